@@ -1,0 +1,1 @@
+//! Node-local block cache.

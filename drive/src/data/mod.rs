@@ -1,0 +1,1 @@
+//! Block data: object stores, block format, encryption.

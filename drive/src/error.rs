@@ -1,0 +1,126 @@
+//! The metadata store's typed error, classified once so that the FUSE adapter (errno), the CSI
+//! services (gRPC codes) and the operator (conditions) each map it in one place.
+
+use crate::model::NameError;
+
+/// What went wrong, as a closed set the adapters map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    NotFound,
+    Exists,
+    NotEmpty,
+    NotADirectory,
+    IsADirectory,
+    InvalidName,
+    NameTooLong,
+    InvalidArgument,
+    ReadOnly,
+    PermissionDenied,
+    Conflict,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorKind {
+    /// The Linux errno for this kind.
+    pub fn errno(self) -> i32 {
+        match self {
+            ErrorKind::NotFound => libc::ENOENT,
+            ErrorKind::Exists => libc::EEXIST,
+            ErrorKind::NotEmpty => libc::ENOTEMPTY,
+            ErrorKind::NotADirectory => libc::ENOTDIR,
+            ErrorKind::IsADirectory => libc::EISDIR,
+            ErrorKind::InvalidName | ErrorKind::InvalidArgument => libc::EINVAL,
+            ErrorKind::NameTooLong => libc::ENAMETOOLONG,
+            ErrorKind::ReadOnly => libc::EROFS,
+            ErrorKind::PermissionDenied => libc::EPERM,
+            ErrorKind::Conflict => libc::EAGAIN,
+            ErrorKind::Unavailable | ErrorKind::Internal => libc::EIO,
+        }
+    }
+
+    /// A stable snake_case label for metrics and condition reasons.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Exists => "exists",
+            ErrorKind::NotEmpty => "not_empty",
+            ErrorKind::NotADirectory => "not_a_directory",
+            ErrorKind::IsADirectory => "is_a_directory",
+            ErrorKind::InvalidName => "invalid_name",
+            ErrorKind::NameTooLong => "name_too_long",
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::ReadOnly => "read_only",
+            ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+/// Errors of the metadata store and the operations built on it.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("already exists: {0}")]
+    Exists(String),
+    #[error("directory not empty: {0}")]
+    NotEmpty(String),
+    #[error("not a directory: {0}")]
+    NotADirectory(String),
+    #[error("is a directory: {0}")]
+    IsADirectory(String),
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("read-only: {0}")]
+    ReadOnly(String),
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("metadata store unavailable: {message}")]
+    Unavailable {
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl MetaError {
+    /// The class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            MetaError::NotFound(_) => ErrorKind::NotFound,
+            MetaError::Exists(_) => ErrorKind::Exists,
+            MetaError::NotEmpty(_) => ErrorKind::NotEmpty,
+            MetaError::NotADirectory(_) => ErrorKind::NotADirectory,
+            MetaError::IsADirectory(_) => ErrorKind::IsADirectory,
+            MetaError::InvalidName(NameError::TooLong(_)) => ErrorKind::NameTooLong,
+            MetaError::InvalidName(_) => ErrorKind::InvalidName,
+            MetaError::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            MetaError::ReadOnly(_) => ErrorKind::ReadOnly,
+            MetaError::PermissionDenied(_) => ErrorKind::PermissionDenied,
+            MetaError::Conflict(_) => ErrorKind::Conflict,
+            MetaError::Unavailable { .. } => ErrorKind::Unavailable,
+            MetaError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Whether retrying the same call later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.kind(), ErrorKind::Conflict | ErrorKind::Unavailable)
+    }
+
+    pub(crate) fn unavailable(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> MetaError {
+        MetaError::Unavailable { message: message.into(), source: Some(Box::new(source)) }
+    }
+}

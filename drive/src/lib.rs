@@ -1,0 +1,15 @@
+//! Studio Drive storage engine.
+//!
+//! The namespace (workspaces, folders, files, snapshots, events) lives in a transactional SQL
+//! store ([`meta`]), file content lives as blocks in an object store ([`data`]) with a
+//! node-local cache ([`cache`]). Nothing in this crate knows about Kubernetes, gRPC or FUSE:
+//! the operator and the CSI driver are thin faces over it.
+
+pub mod cache;
+pub mod data;
+pub mod error;
+pub mod meta;
+pub mod model;
+
+pub use error::{ErrorKind, MetaError};
+pub use meta::{MetaConfig, MetaStats, MetaStore, TlsMode};

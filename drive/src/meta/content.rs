@@ -1,0 +1,324 @@
+//! Block maps: which block holds each block-sized range of a file, epoch-versioned like
+//! inodes, plus the block records (size, tier, transfer state) that GC and tiering act on.
+//!
+//! A content commit (new block map entries, size, mtime, content version) is ONE transaction,
+//! so readers see either the old content or the new, never a mix.
+
+use deadpool_postgres::GenericClient;
+
+use crate::error::MetaError;
+use crate::meta::rows::{WsCtx, execute, guard_write_once, live_inode, query, query_opt, record_event, write_inode, ws_ctx};
+use crate::meta::{MetaStore, in_txn};
+use crate::model::{Actor, Attr, Epoch, NodeId, NodeKind, Timestamp, View, WorkspaceId};
+
+/// One entry of a file's block map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileBlock {
+    /// Block index: the block covers `[idx * block_size, (idx + 1) * block_size)`.
+    pub idx: u64,
+    /// Content address of the block object.
+    pub hash: [u8; 32],
+    /// Valid bytes at the start of the block; the rest reads as zeros.
+    pub len: u64,
+}
+
+/// A change to one block-map entry: `None` makes the range a hole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockChange {
+    pub idx: u64,
+    pub block: Option<([u8; 32], u64)>,
+}
+
+/// Upload state of a block object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockState {
+    /// Recorded before the upload starts; may not be referenced by a commit yet.
+    Created,
+    /// Durable in the object store.
+    Available,
+    /// The upload failed; GC removes the record and any partial object.
+    Failed,
+}
+
+impl BlockState {
+    fn as_str(self) -> &'static str {
+        match self {
+            BlockState::Created => "created",
+            BlockState::Available => "available",
+            BlockState::Failed => "failed",
+        }
+    }
+}
+
+/// A block record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockRecord {
+    pub hash: [u8; 32],
+    pub size: u64,
+    pub stored_size: u64,
+    pub tier: String,
+    pub state: BlockState,
+}
+
+impl MetaStore {
+    /// The block-map entries of `ino` with index in `[first, first + count)`, as seen in `view`.
+    /// Missing indexes are holes.
+    pub async fn block_map(&self, view: View, ino: NodeId, first: u64, count: u64) -> Result<Vec<FileBlock>, MetaError> {
+        let client = self.client().await?;
+        let (lo, hi) = (first as i64, first.saturating_add(count).min(i64::MAX as u64) as i64);
+        let rows = match view {
+            View::Live => {
+                query(
+                    &client,
+                    "SELECT idx, hash, len FROM file_blocks WHERE ino = $1 AND valid_to IS NULL \
+                     AND idx >= $2 AND idx < $3 ORDER BY idx",
+                    &[&(ino.0 as i64), &lo, &hi],
+                )
+                .await?
+            }
+            View::At(Epoch(e)) => {
+                query(
+                    &client,
+                    "SELECT idx, hash, len FROM file_blocks WHERE ino = $1 AND idx >= $2 AND idx < $3 \
+                     AND valid_from <= $4 AND (valid_to IS NULL OR valid_to > $4) ORDER BY idx",
+                    &[&(ino.0 as i64), &lo, &hi, &e],
+                )
+                .await?
+            }
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(FileBlock {
+                    idx: r.get::<_, i64>(0) as u64,
+                    hash: to_hash(r.get::<_, Vec<u8>>(1))?,
+                    len: r.get::<_, i64>(2) as u64,
+                })
+            })
+            .collect()
+    }
+
+    /// Records a block about to be uploaded. Returns `true` when an available object with this
+    /// hash already exists, so the upload can be skipped (identical blocks are stored once).
+    pub async fn register_block(&self, hash: &[u8; 32], size: u64, stored_size: u64) -> Result<bool, MetaError> {
+        let client = self.client().await?;
+        let existing = query_opt(&client, "SELECT state FROM blocks WHERE hash = $1", &[&hash.as_slice()]).await?;
+        if let Some(row) = existing {
+            let state: String = row.get(0);
+            if state == "available" {
+                return Ok(true);
+            }
+            execute(&client, "UPDATE blocks SET state = 'created', updated_at = now() WHERE hash = $1", &[&hash.as_slice()])
+                .await?;
+            return Ok(false);
+        }
+        execute(
+            &client,
+            "INSERT INTO blocks (hash, size, stored_size, state) VALUES ($1, $2, $3, 'created') \
+             ON CONFLICT (hash) DO NOTHING",
+            &[&hash.as_slice(), &(size as i64), &(stored_size as i64)],
+        )
+        .await?;
+        Ok(false)
+    }
+
+    /// Sets a block's transfer state after an upload finished or failed.
+    pub async fn set_block_state(&self, hash: &[u8; 32], state: BlockState, stored_size: u64) -> Result<(), MetaError> {
+        let client = self.client().await?;
+        execute(
+            &client,
+            "UPDATE blocks SET state = $2, stored_size = $3, updated_at = now() WHERE hash = $1",
+            &[&hash.as_slice(), &state.as_str(), &(stored_size as i64)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A block record, if any.
+    pub async fn block(&self, hash: &[u8; 32]) -> Result<Option<BlockRecord>, MetaError> {
+        let client = self.client().await?;
+        let row = query_opt(
+            &client,
+            "SELECT hash, size, stored_size, tier, state FROM blocks WHERE hash = $1",
+            &[&hash.as_slice()],
+        )
+        .await?;
+        row.map(|r| {
+            let state: String = r.get(4);
+            Ok(BlockRecord {
+                hash: to_hash(r.get(0))?,
+                size: r.get::<_, i64>(1) as u64,
+                stored_size: r.get::<_, i64>(2) as u64,
+                tier: r.get(3),
+                state: match state.as_str() {
+                    "created" => BlockState::Created,
+                    "available" => BlockState::Available,
+                    _ => BlockState::Failed,
+                },
+            })
+        })
+        .transpose()
+    }
+
+    /// Commits new content for file `ino` in one transaction: block-map changes, size and
+    /// mtime, and a new content version. Every referenced block must be `Available`.
+    ///
+    /// `base_version` is the content version the writer started from: in project workspaces a
+    /// write session may only commit when the file had no committed content when it began.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn commit_content(
+        &self,
+        actor: &Actor,
+        ws: WorkspaceId,
+        ino: NodeId,
+        base_version: u64,
+        changes: &[BlockChange],
+        new_size: u64,
+        mtime: Timestamp,
+    ) -> Result<Attr, MetaError> {
+        let now = Timestamp::now();
+        let hashes: Vec<&[u8]> = changes.iter().filter_map(|c| c.block.as_ref().map(|(h, _)| h.as_slice())).collect();
+        in_txn!(self, |tx| {
+            async {
+                let ws = ws_ctx(&tx, ws).await?;
+                let mut node = live_inode(&tx, &ws, ino).await?;
+                if node.attr.kind != NodeKind::File {
+                    return Err(MetaError::InvalidArgument(format!("node {ino} is not a regular file")));
+                }
+                if base_version > 0 {
+                    let mut base = node.attr.clone();
+                    base.content_version = base_version;
+                    guard_write_once(&ws, &base, "overwrite")?;
+                }
+                if !hashes.is_empty() {
+                    let row = query_opt(
+                        &tx,
+                        "SELECT count(DISTINCT hash) FROM blocks WHERE hash = ANY($1) AND state = 'available'",
+                        &[&hashes],
+                    )
+                    .await?;
+                    let available = row.map_or(0, |r| r.get::<_, i64>(0)) as usize;
+                    let mut distinct = hashes.clone();
+                    distinct.sort_unstable();
+                    distinct.dedup();
+                    if available != distinct.len() {
+                        return Err(MetaError::InvalidArgument(
+                            "commit references blocks that are not available in the object store".into(),
+                        ));
+                    }
+                }
+                if new_size < node.attr.size {
+                    resize_blocks(&tx, &ws, ino, node.attr.size, new_size).await?;
+                }
+                for change in changes {
+                    set_block(&tx, &ws, ino, change.idx, change.block.as_ref()).await?;
+                }
+                node.attr.size = new_size;
+                node.attr.mtime = mtime;
+                node.attr.ctime = now;
+                node.attr.content_version += 1;
+                write_inode(&tx, &ws, &node).await?;
+                record_event(&tx, ws.id, actor, "write", Some(ino), None, None).await?;
+                Ok(node.attr)
+            }
+            .await
+        })
+    }
+}
+
+fn to_hash(bytes: Vec<u8>) -> Result<[u8; 32], MetaError> {
+    bytes.try_into().map_err(|_| MetaError::Internal("block hash is not 32 bytes".into()))
+}
+
+/// Sets or clears block `idx` of `ino` as a new live version.
+async fn set_block<C: GenericClient>(
+    c: &C,
+    ws: &WsCtx,
+    ino: NodeId,
+    idx: u64,
+    block: Option<&([u8; 32], u64)>,
+) -> Result<(), MetaError> {
+    let (i, x) = (ino.0 as i64, idx as i64);
+    let live = query_opt(c, "SELECT valid_from FROM file_blocks WHERE ino = $1 AND idx = $2 AND valid_to IS NULL", &[&i, &x])
+        .await?
+        .map(|r| r.get::<_, i64>(0));
+    match live {
+        // Rows born in this epoch are invisible to every snapshot: change them in place.
+        Some(from) if from == ws.epoch => match block {
+            Some((hash, len)) => {
+                execute(
+                    c,
+                    "UPDATE file_blocks SET hash = $3, len = $4 WHERE ino = $1 AND idx = $2 AND valid_to IS NULL",
+                    &[&i, &x, &hash.as_slice(), &(*len as i64)],
+                )
+                .await?;
+                return Ok(());
+            }
+            None => {
+                execute(c, "DELETE FROM file_blocks WHERE ino = $1 AND idx = $2 AND valid_to IS NULL", &[&i, &x]).await?;
+                return Ok(());
+            }
+        },
+        Some(_) => {
+            execute(
+                c,
+                "UPDATE file_blocks SET valid_to = $3 WHERE ino = $1 AND idx = $2 AND valid_to IS NULL",
+                &[&i, &x, &ws.epoch],
+            )
+            .await?;
+        }
+        None => {}
+    }
+    if let Some((hash, len)) = block {
+        execute(
+            c,
+            "INSERT INTO file_blocks (ino, idx, valid_from, hash, len) VALUES ($1, $2, $3, $4, $5)",
+            &[&i, &x, &ws.epoch, &hash.as_slice(), &(*len as i64)],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Adjusts the block map of `ino` for a size change: blocks wholly past the new end become
+/// holes and the last block's valid length is cut, so bytes past the new end read as zeros if
+/// the file grows again. Growing needs no change (holes read as zeros).
+pub(crate) async fn resize_blocks<C: GenericClient>(
+    c: &C,
+    ws: &WsCtx,
+    ino: NodeId,
+    old_size: u64,
+    new_size: u64,
+) -> Result<(), MetaError> {
+    if new_size >= old_size {
+        return Ok(());
+    }
+    let bs = ws.block_size;
+    let keep = new_size.div_ceil(bs);
+    let doomed = query(
+        c,
+        "SELECT idx FROM file_blocks WHERE ino = $1 AND idx >= $2 AND valid_to IS NULL",
+        &[&(ino.0 as i64), &(keep as i64)],
+    )
+    .await?;
+    for row in doomed {
+        set_block(c, ws, ino, row.get::<_, i64>(0) as u64, None).await?;
+    }
+    let tail = new_size % bs;
+    if tail != 0 {
+        let idx = new_size / bs;
+        let live = query_opt(
+            c,
+            "SELECT hash, len FROM file_blocks WHERE ino = $1 AND idx = $2 AND valid_to IS NULL",
+            &[&(ino.0 as i64), &(idx as i64)],
+        )
+        .await?;
+        if let Some(row) = live {
+            let len = row.get::<_, i64>(1) as u64;
+            if len > tail {
+                let hash = to_hash(row.get(0))?;
+                set_block(c, ws, ino, idx, Some(&(hash, tail))).await?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! Copy of a subtree that shares content: new nodes, the same blocks (no data copied).
+//!
+//! Conflicts are decided per path by [`MergeMode`]: folders always merge; a file (or any
+//! non-folder) that exists at the destination makes the whole copy fail, is replaced, or is
+//! skipped. The copy is one transaction: with `Fail`, a conflict anywhere writes nothing.
+
+use std::collections::BTreeSet;
+
+use deadpool_postgres::GenericClient;
+
+use crate::error::MetaError;
+use crate::meta::rows::{
+    WsCtx, close_entry, guard_write_once, inode_in_view, insert_entry, insert_inode, live_dir, live_entry, live_inode,
+    query, record_event, write_inode, ws_ctx,
+};
+use crate::meta::sequences::{frame_added, frame_removed};
+use crate::meta::{MetaStore, in_txn};
+use crate::model::{Actor, Epoch, MergeMode, Name, NewNode, NodeId, NodeKind, Timestamp, View, WorkspaceId};
+
+/// What a copy did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CopyReport {
+    /// The node at the destination path.
+    pub root: Option<NodeId>,
+    /// Nodes created.
+    pub copied: u64,
+    /// Existing files replaced (`Overwrite`).
+    pub replaced: u64,
+    /// Source files left out because the destination existed (`Skip`).
+    pub skipped: u64,
+}
+
+impl MetaStore {
+    /// Copies the node `src` as seen in `src_view` (the live tree, or a snapshot: a restore) to
+    /// `dst_parent/dst_name` in the live tree of `ws`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn copy(
+        &self,
+        actor: &Actor,
+        ws: WorkspaceId,
+        src_view: View,
+        src: NodeId,
+        dst_parent: NodeId,
+        dst_name: &Name,
+        merge: MergeMode,
+    ) -> Result<CopyReport, MetaError> {
+        let now = Timestamp::now();
+        in_txn!(self, |tx| {
+            async {
+                let ctx = ws_ctx(&tx, ws).await?;
+                live_dir(&tx, &ctx, dst_parent).await?;
+                let root = inode_in_view(&tx, src_view, src)
+                    .await?
+                    .ok_or_else(|| MetaError::NotFound(format!("node {src}")))?;
+                if root.workspace != ctx.id {
+                    return Err(MetaError::NotFound(format!("node {src}")));
+                }
+                if root.attr.kind == NodeKind::Directory && src_view == View::Live {
+                    super::tree::ensure_not_ancestor(&tx, src, dst_parent).await?;
+                }
+                let mut report = CopyReport::default();
+                let mut touched = BTreeSet::new();
+                let mut stack = vec![(src, dst_parent, dst_name.clone())];
+                while let Some((from, parent, name)) = stack.pop() {
+                    let node = inode_in_view(&tx, src_view, from)
+                        .await?
+                        .ok_or_else(|| MetaError::Internal(format!("node {from} vanished during copy")))?;
+                    let existing = live_entry(&tx, parent, &name).await?;
+                    let target = match &existing {
+                        Some(e) if e.kind == NodeKind::Directory && node.attr.kind == NodeKind::Directory => e.ino,
+                        Some(e) => match merge {
+                            MergeMode::Fail => return Err(MetaError::Exists(name.to_string_lossy())),
+                            MergeMode::Skip => {
+                                report.skipped += 1;
+                                continue;
+                            }
+                            MergeMode::Overwrite => {
+                                let mut old = live_inode(&tx, &ctx, e.ino).await?;
+                                guard_write_once(&ctx, &old.attr, "overwrite")?;
+                                close_entry(&tx, &ctx, e.id, true).await?;
+                                old.attr.nlink = if old.attr.kind == NodeKind::Directory { 0 } else { old.attr.nlink.saturating_sub(1) };
+                                old.attr.ctime = now;
+                                write_inode(&tx, &ctx, &old).await?;
+                                frame_removed(&tx, parent, &name, e.kind).await?;
+                                report.replaced += 1;
+                                copy_node(&tx, &ctx, src_view, &node, parent, &name, now).await?
+                            }
+                        },
+                        None => copy_node(&tx, &ctx, src_view, &node, parent, &name, now).await?,
+                    };
+                    if !matches!(&existing, Some(e) if e.kind == NodeKind::Directory) {
+                        report.copied += 1;
+                        touched.insert(parent);
+                    }
+                    if report.root.is_none() {
+                        report.root = Some(target);
+                    }
+                    if node.attr.kind == NodeKind::Directory {
+                        for (child, _) in children(&tx, src_view, from).await? {
+                            stack.push((child.1, target, child.0));
+                        }
+                    }
+                }
+                for dir in touched {
+                    let mut d = live_inode(&tx, &ctx, dir).await?;
+                    d.attr.mtime = now;
+                    d.attr.ctime = now;
+                    write_inode(&tx, &ctx, &d).await?;
+                }
+                record_event(&tx, ctx.id, actor, "copy", report.root, Some(dst_parent), Some(dst_name)).await?;
+                Ok(report)
+            }
+            .await
+        })
+    }
+}
+
+/// Creates a copy of `node` (attributes, symlink target, block map) at `parent/name`.
+async fn copy_node<C: GenericClient>(
+    c: &C,
+    ctx: &WsCtx,
+    src_view: View,
+    node: &super::rows::InodeRow,
+    parent: NodeId,
+    name: &Name,
+    now: Timestamp,
+) -> Result<NodeId, MetaError> {
+    let a = &node.attr;
+    let spec = NewNode {
+        kind: a.kind,
+        mode: a.mode,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        symlink_target: node.symlink_target.clone(),
+    };
+    let mut attr = insert_inode(c, ctx, &spec, now).await?;
+    insert_entry(c, ctx, parent, name, attr.ino, attr.kind).await?;
+    if a.kind == NodeKind::Directory {
+        let mut p = live_inode(c, ctx, parent).await?;
+        p.attr.nlink += 1;
+        write_inode(c, ctx, &p).await?;
+    }
+    if a.kind == NodeKind::File {
+        let e = match src_view {
+            View::Live => i64::MAX,
+            View::At(Epoch(e)) => e,
+        };
+        query(
+            c,
+            "INSERT INTO file_blocks (ino, idx, valid_from, hash, len) \
+             SELECT $1, idx, $2, hash, len FROM file_blocks \
+             WHERE ino = $3 AND valid_from <= $4 AND (valid_to IS NULL OR valid_to > $4)",
+            &[&(attr.ino.0 as i64), &ctx.epoch, &(a.ino.0 as i64), &e],
+        )
+        .await?;
+        attr.size = a.size;
+        attr.mtime = a.mtime;
+        attr.content_version = 1;
+        let row = super::rows::InodeRow { attr: attr.clone(), workspace: ctx.id, valid_from: ctx.epoch, symlink_target: None };
+        write_inode(c, ctx, &row).await?;
+        frame_added(c, parent, name, attr.kind).await?;
+    }
+    Ok(attr.ino)
+}
+
+/// The (name, node) children of a folder in `view`.
+async fn children<C: GenericClient>(c: &C, view: View, dir: NodeId) -> Result<Vec<((Name, NodeId), NodeKind)>, MetaError> {
+    let e = match view {
+        View::Live => i64::MAX,
+        View::At(Epoch(e)) => e,
+    };
+    let rows = query(
+        c,
+        "SELECT name, ino, kind FROM entries WHERE parent = $1 \
+         AND valid_from <= $2 AND (valid_to IS NULL OR valid_to > $2) ORDER BY name",
+        &[&(dir.0 as i64), &e],
+    )
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let kind: i16 = r.get(2);
+            Ok((
+                (Name::from_stored(r.get(0)), NodeId(r.get::<_, i64>(1) as u64)),
+                NodeKind::from_code(kind).ok_or_else(|| MetaError::Internal(format!("node kind {kind}")))?,
+            ))
+        })
+        .collect()
+}

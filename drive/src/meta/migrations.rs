@@ -1,0 +1,52 @@
+//! Versioned schema migrations, applied at start-up.
+//!
+//! Safe when several processes start at once without advisory locks (which CockroachDB lacks):
+//! each migration runs in one transaction that first inserts its version into
+//! `schema_migrations`. A second runner's insert waits on the first's uncommitted row and then
+//! fails with a unique violation, which means "already applied"; it rolls back its DDL.
+
+use crate::error::{ErrorKind, MetaError};
+use crate::meta::{MetaStore, pg_error};
+
+/// (version, SQL) in order. Never edit a released migration; add a new one.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_namespace.sql"))];
+
+pub(super) async fn apply(store: &MetaStore) -> Result<(), MetaError> {
+    let mut client = store.client().await?;
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version INT8 PRIMARY KEY,
+                applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )",
+        )
+        .await
+        .or_else(|e| match pg_error(e) {
+            // Two first-time runners can race on the catalog itself.
+            err if err.kind() == ErrorKind::Exists => Ok(()),
+            err => Err(err),
+        })?;
+    for (version, sql) in MIGRATIONS {
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let applied = tx
+            .query_opt("SELECT 1 FROM schema_migrations WHERE version = $1", &[version])
+            .await
+            .map_err(pg_error)?;
+        if applied.is_some() {
+            continue;
+        }
+        let claim = tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[version]).await;
+        match claim.map_err(pg_error) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::Exists => continue,
+            Err(e) => return Err(e),
+        }
+        tx.batch_execute(sql).await.map_err(pg_error)?;
+        match tx.commit().await.map_err(pg_error) {
+            Ok(()) => tracing::info!(version, "applied metadata migration"),
+            Err(e) if e.kind() == ErrorKind::Exists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! The metadata store: the namespace in PostgreSQL (CockroachDB-compatible SQL).
+//!
+//! Invariants every operation here keeps:
+//! - every mutation is one SERIALIZABLE transaction, retried on serialization failure
+//!   (SQLSTATE 40001 / 40P01) by [`in_txn!`], and appends its event row in that transaction;
+//! - at most one live entry per (parent, name), enforced by the `entries_live` unique index;
+//! - rows are epoch-versioned: a row older than the workspace's current epoch is closed and a
+//!   new version inserted instead of being updated, so snapshots stay O(1) to take;
+//! - input is validated before a transaction starts: bad input changes nothing.
+//!
+//! Split by concern: `migrations` (schema), `rows` (row mapping and shared statements),
+//! `workspaces`, `tree` (nodes, rename, delete), `copy`, `snapshots`, `sequences`, `events`,
+//! `shares`, `content` (block maps).
+
+mod content;
+mod copy;
+mod events;
+mod migrations;
+mod rows;
+mod sequences;
+mod shares;
+mod snapshots;
+mod tls;
+mod tree;
+mod workspaces;
+
+pub use content::{BlockChange, BlockRecord, BlockState, FileBlock};
+pub use copy::CopyReport;
+pub use events::EventFeed;
+pub use workspaces::WorkspaceUpdate;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::error::SqlState;
+
+use crate::error::MetaError;
+
+/// How to reach PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct MetaConfig {
+    /// A libpq connection string or `postgresql://` URL.
+    pub url: String,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// TLS towards the server.
+    pub tls: TlsMode,
+    /// Give up connecting after this long.
+    pub connect_timeout: Duration,
+}
+
+/// TLS towards PostgreSQL (rustls with the aws-lc-rs provider).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Plain TCP or a Unix socket.
+    Disable,
+    /// TLS with certificate verification against the given CA file, or the webpki roots.
+    Require { ca_file: Option<std::path::PathBuf> },
+}
+
+impl MetaConfig {
+    /// A config for `url` with defaults: 16 connections, no TLS, 10 s connect timeout.
+    pub fn new(url: impl Into<String>) -> MetaConfig {
+        MetaConfig { url: url.into(), pool_size: 16, tls: TlsMode::Disable, connect_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// Counters for the binaries to export.
+#[derive(Debug, Default)]
+pub struct MetaStats {
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Serialization-failure retries.
+    pub retries: AtomicU64,
+    /// Transactions that failed for good.
+    pub failures: AtomicU64,
+}
+
+/// The metadata store: a connection pool over a migrated database.
+#[derive(Clone)]
+pub struct MetaStore {
+    pool: Pool,
+    stats: Arc<MetaStats>,
+}
+
+impl std::fmt::Debug for MetaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaStore").field("pool", &self.pool.status()).finish()
+    }
+}
+
+/// Attempts of one transaction before a serialization conflict is reported to the caller.
+const MAX_TXN_ATTEMPTS: u32 = 60;
+
+impl MetaStore {
+    /// Connects, applies pending migrations and returns the store.
+    pub async fn connect(config: &MetaConfig) -> Result<MetaStore, MetaError> {
+        let mut pg: tokio_postgres::Config = config
+            .url
+            .parse()
+            .map_err(|e| MetaError::InvalidArgument(format!("metadata URL: {e}")))?;
+        pg.connect_timeout(config.connect_timeout);
+        let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        let manager = match &config.tls {
+            TlsMode::Disable => Manager::from_config(pg, tokio_postgres::NoTls, manager_config),
+            TlsMode::Require { ca_file } => {
+                pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                Manager::from_config(pg, tls::connector(ca_file.as_deref())?, manager_config)
+            }
+        };
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(1))
+            .wait_timeout(Some(config.connect_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| MetaError::Internal(format!("build connection pool: {e}")))?;
+        let store = MetaStore { pool, stats: Arc::default() };
+        migrations::apply(&store).await?;
+        Ok(store)
+    }
+
+    /// Transaction counters.
+    pub fn stats(&self) -> &MetaStats {
+        &self.stats
+    }
+
+    /// Checks that the database answers (for readiness probes).
+    pub async fn ping(&self) -> Result<(), MetaError> {
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await.map_err(pg_error)?;
+        Ok(())
+    }
+
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, MetaError> {
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => pg_error(e),
+            other => MetaError::unavailable("no database connection", other),
+        })
+    }
+
+    pub(crate) fn note_commit(&self) {
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn note_failure(&self) {
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sleeps before retry `attempt` of a conflicted transaction (full jitter, capped).
+    pub(crate) async fn backoff(&self, attempt: u32) {
+        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+        let cap_ms = (1u64 << attempt.min(7)).min(100);
+        let wait = rand::random_range(0..=cap_ms * 1000);
+        tokio::time::sleep(Duration::from_micros(wait)).await;
+    }
+}
+
+/// Runs `$body` inside one SERIALIZABLE transaction bound to `$tx`, committing on `Ok` and
+/// retrying the whole body on a serialization failure. `$body` evaluates to
+/// `Result<T, MetaError>` and may use `?` and `.await`.
+macro_rules! in_txn {
+    ($store:expr, |$tx:ident| $body:block) => {{
+        let store: &$crate::meta::MetaStore = $store;
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let result: Result<_, $crate::error::MetaError> = async {
+                let mut client = store.client().await?;
+                let $tx = client
+                    .build_transaction()
+                    .isolation_level(tokio_postgres::IsolationLevel::Serializable)
+                    .start()
+                    .await
+                    .map_err($crate::meta::pg_error)?;
+                let body_result: Result<_, $crate::error::MetaError> = $body;
+                let value = body_result?;
+                $tx.commit().await.map_err($crate::meta::pg_error)?;
+                Ok(value)
+            }
+            .await;
+            match result {
+                Ok(value) => {
+                    store.note_commit();
+                    break Ok(value);
+                }
+                Err(e) if $crate::meta::is_serialization_failure(&e) && attempt < $crate::meta::MAX_ATTEMPTS => {
+                    tracing::debug!(attempt, "serialization conflict; retrying transaction");
+                    store.backoff(attempt).await;
+                }
+                Err(e) => {
+                    store.note_failure();
+                    break Err(e);
+                }
+            }
+        }
+    }};
+}
+pub(crate) use in_txn;
+
+pub(crate) const MAX_ATTEMPTS: u32 = MAX_TXN_ATTEMPTS;
+
+const SERIALIZATION_MESSAGE: &str = "serialization failure; retries exhausted";
+
+pub(crate) fn is_serialization_failure(e: &MetaError) -> bool {
+    matches!(e, MetaError::Conflict(m) if m == SERIALIZATION_MESSAGE)
+}
+
+/// Maps a PostgreSQL error to the store's error, in one place.
+pub(crate) fn pg_error(e: tokio_postgres::Error) -> MetaError {
+    match e.code() {
+        Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED => {
+            MetaError::Conflict(SERIALIZATION_MESSAGE.to_string())
+        }
+        Some(code) if *code == SqlState::UNIQUE_VIOLATION => {
+            let what = e.as_db_error().and_then(|d| d.constraint()).unwrap_or("unique key").to_string();
+            MetaError::Exists(what)
+        }
+        Some(code) if code.code().starts_with("08") || code.code().starts_with("57P") || *code == SqlState::TOO_MANY_CONNECTIONS => {
+            MetaError::unavailable("database connection lost", e)
+        }
+        Some(_) => MetaError::Internal(e.to_string()),
+        None => MetaError::unavailable("database unreachable", e),
+    }
+}

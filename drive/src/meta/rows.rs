@@ -1,0 +1,359 @@
+//! Row mapping and the statements every operation shares: the workspace context of a
+//! transaction, versioned inode updates, entry versions, events.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use crate::error::MetaError;
+use crate::meta::pg_error;
+use crate::model::{Actor, Attr, Epoch, Name, NewNode, NodeId, NodeKind, Timestamp, View, WorkspaceId, WorkspaceKind};
+
+pub(crate) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+pub(crate) async fn query<C: GenericClient>(c: &C, sql: &str, params: Params<'_>) -> Result<Vec<Row>, MetaError> {
+    let stmt = c.prepare_cached(sql).await.map_err(pg_error)?;
+    c.query(&stmt, params).await.map_err(pg_error)
+}
+
+pub(crate) async fn query_opt<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<Option<Row>, MetaError> {
+    let stmt = c.prepare_cached(sql).await.map_err(pg_error)?;
+    c.query_opt(&stmt, params).await.map_err(pg_error)
+}
+
+pub(crate) async fn execute<C: GenericClient>(c: &C, sql: &str, params: Params<'_>) -> Result<u64, MetaError> {
+    let stmt = c.prepare_cached(sql).await.map_err(pg_error)?;
+    c.execute(&stmt, params).await.map_err(pg_error)
+}
+
+pub(crate) fn to_system_time(t: Timestamp) -> SystemTime {
+    if t.0 >= 0 { UNIX_EPOCH + Duration::from_nanos(t.0 as u64) } else { UNIX_EPOCH }
+}
+
+pub(crate) fn from_system_time(t: SystemTime) -> Timestamp {
+    let nanos = t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    Timestamp(i64::try_from(nanos).unwrap_or(i64::MAX))
+}
+
+/// What a mutation needs to know about its workspace; reading it inside the transaction also
+/// makes every mutation conflict with a concurrent snapshot (which bumps the epoch).
+#[derive(Debug, Clone)]
+pub(crate) struct WsCtx {
+    pub id: WorkspaceId,
+    pub epoch: i64,
+    pub kind: WorkspaceKind,
+    pub root: NodeId,
+    pub block_size: u64,
+}
+
+pub(crate) async fn ws_ctx<C: GenericClient>(c: &C, ws: WorkspaceId) -> Result<WsCtx, MetaError> {
+    let row = query_opt(
+        c,
+        "SELECT epoch, kind, root_ino, block_size FROM workspaces WHERE id = $1 AND deleted_at IS NULL",
+        &[&ws.0],
+    )
+    .await?
+    .ok_or_else(|| MetaError::NotFound(format!("workspace {ws}")))?;
+    let kind: String = row.get(1);
+    Ok(WsCtx {
+        id: ws,
+        epoch: row.get(0),
+        kind: WorkspaceKind::parse(&kind).ok_or_else(|| MetaError::Internal(format!("workspace kind {kind}")))?,
+        root: NodeId(row.get::<_, i64>(2) as u64),
+        block_size: row.get::<_, i64>(3) as u64,
+    })
+}
+
+/// One version of an inode.
+#[derive(Debug, Clone)]
+pub(crate) struct InodeRow {
+    pub attr: Attr,
+    pub workspace: WorkspaceId,
+    pub valid_from: i64,
+    pub symlink_target: Option<Vec<u8>>,
+}
+
+pub(crate) const INODE_COLUMNS: &str = "ino, kind, mode, uid, gid, rdev, size, nlink, atime_ns, mtime_ns, \
+     ctime_ns, crtime_ns, content_version, workspace_id, valid_from, symlink_target";
+
+/// Maps the columns of [`INODE_COLUMNS`] starting at `at`.
+pub(crate) fn inode_from_row(row: &Row, at: usize) -> Result<InodeRow, MetaError> {
+    let kind: i16 = row.get(at + 1);
+    Ok(InodeRow {
+        attr: Attr {
+            ino: NodeId(row.get::<_, i64>(at) as u64),
+            kind: NodeKind::from_code(kind).ok_or_else(|| MetaError::Internal(format!("node kind {kind}")))?,
+            mode: row.get::<_, i64>(at + 2) as u32,
+            uid: row.get::<_, i64>(at + 3) as u32,
+            gid: row.get::<_, i64>(at + 4) as u32,
+            rdev: row.get::<_, i64>(at + 5) as u64,
+            size: row.get::<_, i64>(at + 6) as u64,
+            nlink: row.get::<_, i64>(at + 7) as u32,
+            atime: Timestamp(row.get(at + 8)),
+            mtime: Timestamp(row.get(at + 9)),
+            ctime: Timestamp(row.get(at + 10)),
+            crtime: Timestamp(row.get(at + 11)),
+            content_version: row.get::<_, i64>(at + 12) as u64,
+        },
+        workspace: WorkspaceId(row.get(at + 13)),
+        valid_from: row.get(at + 14),
+        symlink_target: row.get(at + 15),
+    })
+}
+
+/// The inode as seen in `view`, if it exists there.
+pub(crate) async fn inode_in_view<C: GenericClient>(
+    c: &C,
+    view: View,
+    ino: NodeId,
+) -> Result<Option<InodeRow>, MetaError> {
+    let row = match view {
+        View::Live => {
+            query_opt(
+                c,
+                &format!("SELECT {INODE_COLUMNS} FROM inodes WHERE ino = $1 AND valid_to IS NULL"),
+                &[&(ino.0 as i64)],
+            )
+            .await?
+        }
+        View::At(Epoch(e)) => {
+            query_opt(
+                c,
+                &format!(
+                    "SELECT {INODE_COLUMNS} FROM inodes WHERE ino = $1 AND valid_from <= $2 \
+                     AND (valid_to IS NULL OR valid_to > $2)"
+                ),
+                &[&(ino.0 as i64), &e],
+            )
+            .await?
+        }
+    };
+    row.map(|r| inode_from_row(&r, 0)).transpose()
+}
+
+/// The live inode `ino` of workspace `ws`, or NotFound.
+pub(crate) async fn live_inode<C: GenericClient>(c: &C, ws: &WsCtx, ino: NodeId) -> Result<InodeRow, MetaError> {
+    match inode_in_view(c, View::Live, ino).await? {
+        Some(row) if row.workspace == ws.id => Ok(row),
+        _ => Err(MetaError::NotFound(format!("node {ino}"))),
+    }
+}
+
+/// A live directory of the workspace, or NotFound / NotADirectory.
+pub(crate) async fn live_dir<C: GenericClient>(c: &C, ws: &WsCtx, ino: NodeId) -> Result<InodeRow, MetaError> {
+    let row = live_inode(c, ws, ino).await?;
+    if row.attr.kind != NodeKind::Directory {
+        return Err(MetaError::NotADirectory(format!("node {ino}")));
+    }
+    if row.attr.nlink == 0 {
+        return Err(MetaError::NotFound(format!("directory {ino} was removed")));
+    }
+    Ok(row)
+}
+
+/// Writes `row.attr` as the live version of the inode: in place when the live version was
+/// created in the current epoch, otherwise by closing it and inserting a new version, so that
+/// snapshots keep seeing the old one.
+pub(crate) async fn write_inode<C: GenericClient>(c: &C, ws: &WsCtx, row: &InodeRow) -> Result<(), MetaError> {
+    let a = &row.attr;
+    let ino = a.ino.0 as i64;
+    if row.valid_from == ws.epoch {
+        execute(
+            c,
+            "UPDATE inodes SET mode = $2, uid = $3, gid = $4, rdev = $5, size = $6, nlink = $7, \
+             atime_ns = $8, mtime_ns = $9, ctime_ns = $10, content_version = $11 \
+             WHERE ino = $1 AND valid_to IS NULL",
+            &[
+                &ino,
+                &(a.mode as i64),
+                &(a.uid as i64),
+                &(a.gid as i64),
+                &(a.rdev as i64),
+                &(a.size as i64),
+                &(a.nlink as i64),
+                &a.atime.0,
+                &a.mtime.0,
+                &a.ctime.0,
+                &(a.content_version as i64),
+            ],
+        )
+        .await?;
+        return Ok(());
+    }
+    execute(c, "UPDATE inodes SET valid_to = $2 WHERE ino = $1 AND valid_to IS NULL", &[&ino, &ws.epoch]).await?;
+    insert_inode_row(c, ws, a, row.symlink_target.as_deref()).await
+}
+
+async fn insert_inode_row<C: GenericClient>(
+    c: &C,
+    ws: &WsCtx,
+    a: &Attr,
+    symlink_target: Option<&[u8]>,
+) -> Result<(), MetaError> {
+    execute(
+        c,
+        "INSERT INTO inodes (ino, valid_from, workspace_id, kind, mode, uid, gid, rdev, size, nlink, \
+         atime_ns, mtime_ns, ctime_ns, crtime_ns, content_version, symlink_target) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        &[
+            &(a.ino.0 as i64),
+            &ws.epoch,
+            &ws.id.0,
+            &a.kind.code(),
+            &(a.mode as i64),
+            &(a.uid as i64),
+            &(a.gid as i64),
+            &(a.rdev as i64),
+            &(a.size as i64),
+            &(a.nlink as i64),
+            &a.atime.0,
+            &a.mtime.0,
+            &a.ctime.0,
+            &a.crtime.0,
+            &(a.content_version as i64),
+            &symlink_target,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Allocates an inode number and inserts a new inode; returns its attributes.
+pub(crate) async fn insert_inode<C: GenericClient>(
+    c: &C,
+    ws: &WsCtx,
+    node: &NewNode,
+    now: Timestamp,
+) -> Result<Attr, MetaError> {
+    let row = query_opt(c, "SELECT nextval('node_ids')", &[]).await?.ok_or_else(|| MetaError::Internal("nextval".into()))?;
+    let ino = NodeId(row.get::<_, i64>(0) as u64);
+    let size = match (node.kind, &node.symlink_target) {
+        (NodeKind::Symlink, Some(t)) => t.len() as u64,
+        _ => 0,
+    };
+    let attr = Attr {
+        ino,
+        kind: node.kind,
+        mode: node.mode & 0o7777,
+        uid: node.uid,
+        gid: node.gid,
+        size,
+        nlink: if node.kind == NodeKind::Directory { 2 } else { 1 },
+        atime: now,
+        mtime: now,
+        ctime: now,
+        crtime: now,
+        rdev: node.rdev,
+        content_version: 0,
+    };
+    insert_inode_row(c, ws, &attr, node.symlink_target.as_deref()).await?;
+    Ok(attr)
+}
+
+/// A live directory entry.
+#[derive(Debug, Clone)]
+pub(crate) struct EntryRow {
+    pub id: i64,
+    pub ino: NodeId,
+    pub kind: NodeKind,
+}
+
+pub(crate) async fn live_entry<C: GenericClient>(
+    c: &C,
+    parent: NodeId,
+    name: &Name,
+) -> Result<Option<EntryRow>, MetaError> {
+    let row = query_opt(
+        c,
+        "SELECT id, ino, kind FROM entries WHERE parent = $1 AND name = $2 AND valid_to IS NULL",
+        &[&(parent.0 as i64), &name.as_bytes()],
+    )
+    .await?;
+    row.map(|r| {
+        let kind: i16 = r.get(2);
+        Ok(EntryRow {
+            id: r.get(0),
+            ino: NodeId(r.get::<_, i64>(1) as u64),
+            kind: NodeKind::from_code(kind).ok_or_else(|| MetaError::Internal(format!("node kind {kind}")))?,
+        })
+    })
+    .transpose()
+}
+
+/// Ends an entry's live version. `deleted` marks a soft delete (unlink, rmdir, subtree delete)
+/// as opposed to a move, so that lifecycle purges can find it.
+pub(crate) async fn close_entry<C: GenericClient>(c: &C, ws: &WsCtx, id: i64, deleted: bool) -> Result<(), MetaError> {
+    let deleted_at = deleted.then(SystemTime::now);
+    execute(c, "UPDATE entries SET valid_to = $2, deleted_at = $3 WHERE id = $1", &[&id, &ws.epoch, &deleted_at])
+        .await?;
+    Ok(())
+}
+
+/// Inserts a live entry; a unique violation (the name is taken) becomes `Exists`.
+pub(crate) async fn insert_entry<C: GenericClient>(
+    c: &C,
+    ws: &WsCtx,
+    parent: NodeId,
+    name: &Name,
+    ino: NodeId,
+    kind: NodeKind,
+) -> Result<(), MetaError> {
+    execute(
+        c,
+        "INSERT INTO entries (parent, name, valid_from, workspace_id, ino, kind) VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&(parent.0 as i64), &name.as_bytes(), &ws.epoch, &ws.id.0, &(ino.0 as i64), &kind.code()],
+    )
+    .await
+    .map_err(|e| match e {
+        MetaError::Exists(_) => MetaError::Exists(name.to_string_lossy()),
+        other => other,
+    })?;
+    Ok(())
+}
+
+/// Appends an event row (the outbox) in the caller's transaction.
+pub(crate) async fn record_event<C: GenericClient>(
+    c: &C,
+    ws: WorkspaceId,
+    actor: &Actor,
+    op: &str,
+    ino: Option<NodeId>,
+    parent: Option<NodeId>,
+    name: Option<&Name>,
+) -> Result<(), MetaError> {
+    execute(
+        c,
+        "INSERT INTO events (workspace_id, actor, op, ino, parent, name) VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            &ws.0,
+            &actor.0,
+            &op,
+            &ino.map(|i| i.0 as i64),
+            &parent.map(|p| p.0 as i64),
+            &name.map(Name::as_bytes),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Whether the workspace refuses changing this node's committed content (project workspaces
+/// are write-once).
+pub(crate) fn guard_write_once(ws: &WsCtx, attr: &Attr, what: &str) -> Result<(), MetaError> {
+    if ws.kind == WorkspaceKind::Project
+        && attr.kind == NodeKind::File
+        && (attr.size > 0 || attr.content_version > 0)
+    {
+        return Err(MetaError::PermissionDenied(format!(
+            "{what}: project workspaces are write-once and file {} has committed content",
+            attr.ino
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,552 @@
+//! Nodes and entries: lookup, getattr, readdir, create, link, unlink, rmdir, rename, setattr,
+//! path resolution and O(1) subtree delete.
+
+use deadpool_postgres::GenericClient;
+
+use crate::error::MetaError;
+use crate::meta::rows::{
+    EntryRow, INODE_COLUMNS, InodeRow, WsCtx, close_entry, guard_write_once, inode_from_row, inode_in_view,
+    insert_entry, insert_inode, live_dir, live_entry, live_inode, query, query_opt, record_event, write_inode,
+    ws_ctx,
+};
+use crate::meta::sequences::{frame_added, frame_removed};
+use crate::meta::{MetaStore, in_txn};
+use crate::model::{
+    Actor, Attr, DirEntry, DirEntryPlus, Epoch, Name, NewNode, NodeId, NodeKind, RenameMode, SetAttr, Timestamp,
+    View, WorkspaceId,
+};
+
+/// Deepest folder nesting the cycle check walks; deeper trees are refused as corrupt.
+const MAX_DEPTH: i32 = 4096;
+
+impl MetaStore {
+    /// Attributes of a node in `view`.
+    pub async fn getattr(&self, view: View, ino: NodeId) -> Result<Attr, MetaError> {
+        let client = self.client().await?;
+        inode_in_view(&client, view, ino)
+            .await?
+            .map(|r| r.attr)
+            .ok_or_else(|| MetaError::NotFound(format!("node {ino}")))
+    }
+
+    /// Looks `name` up in directory `parent` and returns the child's attributes.
+    pub async fn lookup(&self, view: View, parent: NodeId, name: &Name) -> Result<Attr, MetaError> {
+        let client = self.client().await?;
+        let row = match view {
+            View::Live => {
+                query_opt(
+                    &client,
+                    &format!(
+                        "SELECT {} FROM entries e JOIN inodes i ON i.ino = e.ino AND i.valid_to IS NULL \
+                         WHERE e.parent = $1 AND e.name = $2 AND e.valid_to IS NULL",
+                        prefixed_inode_columns()
+                    ),
+                    &[&(parent.0 as i64), &name.as_bytes()],
+                )
+                .await?
+            }
+            View::At(Epoch(e)) => {
+                query_opt(
+                    &client,
+                    &format!(
+                        "SELECT {} FROM entries e JOIN inodes i ON i.ino = e.ino \
+                         AND i.valid_from <= $3 AND (i.valid_to IS NULL OR i.valid_to > $3) \
+                         WHERE e.parent = $1 AND e.name = $2 \
+                         AND e.valid_from <= $3 AND (e.valid_to IS NULL OR e.valid_to > $3)",
+                        prefixed_inode_columns()
+                    ),
+                    &[&(parent.0 as i64), &name.as_bytes(), &e],
+                )
+                .await?
+            }
+        };
+        match row {
+            Some(row) => Ok(inode_from_row(&row, 0)?.attr),
+            None => {
+                // Distinguish "no such name" from "parent is not a directory" (ENOTDIR).
+                let parent_attr = inode_in_view(&client, view, parent)
+                    .await?
+                    .ok_or_else(|| MetaError::NotFound(format!("node {parent}")))?;
+                if parent_attr.attr.kind != NodeKind::Directory {
+                    return Err(MetaError::NotADirectory(format!("node {parent}")));
+                }
+                Err(MetaError::NotFound(name.to_string_lossy()))
+            }
+        }
+    }
+
+    /// Reads a symlink's target.
+    pub async fn readlink(&self, view: View, ino: NodeId) -> Result<Vec<u8>, MetaError> {
+        let client = self.client().await?;
+        let row = inode_in_view(&client, view, ino).await?.ok_or_else(|| MetaError::NotFound(format!("node {ino}")))?;
+        match (row.attr.kind, row.symlink_target) {
+            (NodeKind::Symlink, Some(target)) => Ok(target),
+            _ => Err(MetaError::InvalidArgument(format!("node {ino} is not a symlink"))),
+        }
+    }
+
+    /// Up to `limit` entries of directory `dir` whose names sort after `after`, in byte order.
+    /// Keyset pagination: a page never repeats or skips an entry that exists across the calls,
+    /// whatever is inserted or removed meanwhile.
+    pub async fn readdir(
+        &self,
+        view: View,
+        dir: NodeId,
+        after: Option<&Name>,
+        limit: usize,
+    ) -> Result<Vec<DirEntry>, MetaError> {
+        Ok(self.readdir_plus(view, dir, after, limit).await?.into_iter().map(|e| e.entry).collect())
+    }
+
+    /// Like [`MetaStore::readdir`], with each entry's attributes (readdirplus).
+    pub async fn readdir_plus(
+        &self,
+        view: View,
+        dir: NodeId,
+        after: Option<&Name>,
+        limit: usize,
+    ) -> Result<Vec<DirEntryPlus>, MetaError> {
+        let client = self.client().await?;
+        let after: &[u8] = after.map_or(&[], Name::as_bytes);
+        let limit = limit.min(100_000) as i64;
+        let rows = match view {
+            View::Live => {
+                query(
+                    &client,
+                    &format!(
+                        "SELECT e.name, {} FROM entries e JOIN inodes i ON i.ino = e.ino AND i.valid_to IS NULL \
+                         WHERE e.parent = $1 AND e.valid_to IS NULL AND e.name > $2 ORDER BY e.name LIMIT $3",
+                        prefixed_inode_columns()
+                    ),
+                    &[&(dir.0 as i64), &after, &limit],
+                )
+                .await?
+            }
+            View::At(Epoch(e)) => {
+                query(
+                    &client,
+                    &format!(
+                        "SELECT e.name, {} FROM entries e JOIN inodes i ON i.ino = e.ino \
+                         AND i.valid_from <= $4 AND (i.valid_to IS NULL OR i.valid_to > $4) \
+                         WHERE e.parent = $1 AND e.name > $2 \
+                         AND e.valid_from <= $4 AND (e.valid_to IS NULL OR e.valid_to > $4) \
+                         ORDER BY e.name LIMIT $3",
+                        prefixed_inode_columns()
+                    ),
+                    &[&(dir.0 as i64), &after, &limit, &e],
+                )
+                .await?
+            }
+        };
+        if rows.is_empty() {
+            let attr = inode_in_view(&client, view, dir).await?.ok_or_else(|| MetaError::NotFound(format!("node {dir}")))?;
+            if attr.attr.kind != NodeKind::Directory {
+                return Err(MetaError::NotADirectory(format!("node {dir}")));
+            }
+        }
+        rows.iter()
+            .map(|row| {
+                let attr = inode_from_row(row, 1)?.attr;
+                let name = Name::from_stored(row.get(0));
+                Ok(DirEntryPlus { entry: DirEntry { name, ino: attr.ino, kind: attr.kind }, attr })
+            })
+            .collect()
+    }
+
+    /// Resolves a slash-separated path ("/shots/010/comp") from `root` in `view`. Empty
+    /// components are ignored; "." and ".." are refused as invalid names.
+    pub async fn resolve_from(&self, view: View, root: NodeId, path: &str) -> Result<Attr, MetaError> {
+        let names = parse_path(path)?;
+        let mut attr = self.getattr(view, root).await?;
+        for name in &names {
+            attr = self.lookup(view, attr.ino, name).await?;
+        }
+        Ok(attr)
+    }
+
+    /// Resolves a path in a workspace's live tree.
+    pub async fn resolve(&self, ws: WorkspaceId, path: &str) -> Result<Attr, MetaError> {
+        let names = parse_path(path)?;
+        let root = {
+            let client = self.client().await?;
+            ws_ctx(&client, ws).await?.root
+        };
+        let mut attr = self.getattr(View::Live, root).await?;
+        for name in &names {
+            attr = self.lookup(View::Live, attr.ino, name).await?;
+        }
+        Ok(attr)
+    }
+
+    /// Creates a node named `name` in directory `parent`.
+    pub async fn create(
+        &self,
+        actor: &Actor,
+        ws: WorkspaceId,
+        parent: NodeId,
+        name: &Name,
+        node: &NewNode,
+    ) -> Result<Attr, MetaError> {
+        if node.kind == NodeKind::Symlink && node.symlink_target.as_ref().is_none_or(Vec::is_empty) {
+            return Err(MetaError::InvalidArgument("a symlink needs a non-empty target".into()));
+        }
+        let now = Timestamp::now();
+        in_txn!(self, |tx| {
+            async {
+                let ws = ws_ctx(&tx, ws).await?;
+                let mut dir = live_dir(&tx, &ws, parent).await?;
+                if live_entry(&tx, parent, name).await?.is_some() {
+                    return Err(MetaError::Exists(name.to_string_lossy()));
+                }
+                let attr = insert_inode(&tx, &ws, node, now).await?;
+                insert_entry(&tx, &ws, parent, name, attr.ino, attr.kind).await?;
+                touch_dir(&mut dir, now, if node.kind == NodeKind::Directory { 1 } else { 0 });
+                write_inode(&tx, &ws, &dir).await?;
+                frame_added(&tx, parent, name, attr.kind).await?;
+                record_event(&tx, ws.id, actor, "create", Some(attr.ino), Some(parent), Some(name)).await?;
+                Ok(attr)
+            }
+            .await
+        })
+    }
+
+    /// Adds a hard link `new_parent/new_name` to the existing non-directory node `ino`.
+    pub async fn link(
+        &self,
+        actor: &Actor,
+        ws: WorkspaceId,
+        ino: NodeId,
+        new_parent: NodeId,
+        new_name: &Name,
+    ) -> Result<Attr, MetaError> {
+        let now = Timestamp::now();
+        in_txn!(self, |tx| {
+            async {
+                let ws = ws_ctx(&tx, ws).await?;
+                let mut node = live_inode(&tx, &ws, ino).await?;
+                if node.attr.kind == NodeKind::Directory {
+                    return Err(MetaError::PermissionDenied("hard links to directories are not allowed".into()));
+                }
+                if node.attr.nlink == 0 {
+                    return Err(MetaError::NotFound(format!("node {ino} was removed")));
+                }
+                let mut dir = live_dir(&tx, &ws, new_parent).await?;
+                if live_entry(&tx, new_parent, new_name).await?.is_some() {
+                    return Err(MetaError::Exists(new_name.to_string_lossy()));
+                }
+                insert_entry(&tx, &ws, new_parent, new_name, ino, node.attr.kind).await?;
+                node.attr.nlink += 1;
+                node.attr.ctime = now;
+                write_inode(&tx, &ws, &node).await?;
+                touch_dir(&mut dir, now, 0);
+                write_inode(&tx, &ws, &dir).await?;
+                frame_added(&tx, new_parent, new_name, node.attr.kind).await?;
+                record_event(&tx, ws.id, actor, "link", Some(ino), Some(new_parent), Some(new_name)).await?;
+                Ok(node.attr)
+            }
+            .await
+        })
+    }
+
+    /// Removes the non-directory entry `parent/name` (a soft delete). The node itself lives on
+    /// while other names or open handles refer to it.
+    pub async fn unlink(&self, actor: &Actor, ws: WorkspaceId, parent: NodeId, name: &Name) -> Result<(), MetaError> {
+        self.remove_entry(actor, ws, parent, name, Removal::Unlink).await
+    }
+
+    /// Removes the empty directory `parent/name` (a soft delete).
+    pub async fn rmdir(&self, actor: &Actor, ws: WorkspaceId, parent: NodeId, name: &Name) -> Result<(), MetaError> {
+        self.remove_entry(actor, ws, parent, name, Removal::Rmdir).await
+    }
+
+    /// Deletes the node at `path` with everything below it in O(1): only the subtree's root
+    /// entry is marked deleted; the lifecycle purge reclaims the rest.
+    pub async fn delete_path(&self, actor: &Actor, ws: WorkspaceId, path: &str) -> Result<(), MetaError> {
+        let mut names = parse_path(path)?;
+        let name = names.pop().ok_or_else(|| MetaError::InvalidArgument("cannot delete the workspace root".into()))?;
+        let parent_path: Vec<String> = names.iter().map(Name::to_string_lossy).collect();
+        let parent = self.resolve(ws, &parent_path.join("/")).await?;
+        self.remove_entry(actor, ws, parent.ino, &name, Removal::Subtree).await
+    }
+
+    async fn remove_entry(
+        &self,
+        actor: &Actor,
+        ws: WorkspaceId,
+        parent: NodeId,
+        name: &Name,
+        removal: Removal,
+    ) -> Result<(), MetaError> {
+        let now = Timestamp::now();
+        in_txn!(self, |tx| {
+            async {
+                let ws = ws_ctx(&tx, ws).await?;
+                let mut dir = live_dir(&tx, &ws, parent).await?;
+                let entry = live_entry(&tx, parent, name)
+                    .await?
+                    .ok_or_else(|| MetaError::NotFound(name.to_string_lossy()))?;
+                let mut node = live_inode(&tx, &ws, entry.ino).await?;
+                let is_dir = node.attr.kind == NodeKind::Directory;
+                match removal {
+                    Removal::Unlink if is_dir => return Err(MetaError::IsADirectory(name.to_string_lossy())),
+                    Removal::Rmdir if !is_dir => return Err(MetaError::NotADirectory(name.to_string_lossy())),
+                    Removal::Rmdir => ensure_empty(&tx, entry.ino, name).await?,
+                    Removal::Subtree if is_dir && ws.kind == crate::model::WorkspaceKind::Project => {
+                        ensure_empty(&tx, entry.ino, name).await.map_err(|_| {
+                            MetaError::PermissionDenied(
+                                "project workspaces are write-once: only empty folders can be deleted".into(),
+                            )
+                        })?;
+                    }
+                    _ => {}
+                }
+                guard_write_once(&ws, &node.attr, "delete")?;
+                detach(&tx, &ws, &entry, &mut node, now).await?;
+                touch_dir(&mut dir, now, if is_dir { -1 } else { 0 });
+                write_inode(&tx, &ws, &dir).await?;
+                frame_removed(&tx, parent, name, entry.kind).await?;
+                let op = match removal {
+                    Removal::Unlink => "unlink",
+                    Removal::Rmdir => "rmdir",
+                    Removal::Subtree => "delete",
+                };
+                record_event(&tx, ws.id, actor, op, Some(entry.ino), Some(parent), Some(name)).await?;
+                Ok(())
+            }
+            .await
+        })
+    }
+
+    /// Renames `parent/name` to `new_parent/new_name` with POSIX `rename(2)` rules and the
+    /// Linux `renameat2` flags. Moving a folder changes one entry, whatever its size.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn rename(
+        &self,
+        actor: &Actor,
+        ws: WorkspaceId,
+        parent: NodeId,
+        name: &Name,
+        new_parent: NodeId,
+        new_name: &Name,
+        mode: RenameMode,
+    ) -> Result<(), MetaError> {
+        let now = Timestamp::now();
+        in_txn!(self, |tx| {
+            async {
+                let ws = ws_ctx(&tx, ws).await?;
+                let mut src_dir = live_dir(&tx, &ws, parent).await?;
+                let src = live_entry(&tx, parent, name).await?.ok_or_else(|| MetaError::NotFound(name.to_string_lossy()))?;
+                let same_dir = parent == new_parent;
+                let mut dst_dir = if same_dir { src_dir.clone() } else { live_dir(&tx, &ws, new_parent).await? };
+                let dst = live_entry(&tx, new_parent, new_name).await?;
+                if same_dir && name == new_name {
+                    return Ok(());
+                }
+                let src_is_dir = src.kind == NodeKind::Directory;
+                if src_is_dir && !same_dir {
+                    ensure_not_ancestor(&tx, src.ino, new_parent).await?;
+                }
+                match (mode, &dst) {
+                    (RenameMode::NoReplace, Some(_)) => return Err(MetaError::Exists(new_name.to_string_lossy())),
+                    (RenameMode::Exchange, None) => return Err(MetaError::NotFound(new_name.to_string_lossy())),
+                    _ => {}
+                }
+                if let (RenameMode::Exchange, Some(dst)) = (mode, &dst) {
+                    if dst.ino == src.ino {
+                        return Ok(());
+                    }
+                    if dst.kind == NodeKind::Directory && !same_dir {
+                        ensure_not_ancestor(&tx, dst.ino, parent).await?;
+                    }
+                    close_entry(&tx, &ws, src.id, false).await?;
+                    close_entry(&tx, &ws, dst.id, false).await?;
+                    insert_entry(&tx, &ws, parent, name, dst.ino, dst.kind).await?;
+                    insert_entry(&tx, &ws, new_parent, new_name, src.ino, src.kind).await?;
+                    frame_removed(&tx, parent, name, src.kind).await?;
+                    frame_removed(&tx, new_parent, new_name, dst.kind).await?;
+                    frame_added(&tx, parent, name, dst.kind).await?;
+                    frame_added(&tx, new_parent, new_name, src.kind).await?;
+                    let dirs_moved = i64::from(src_is_dir) - i64::from(dst.kind == NodeKind::Directory);
+                    for ino in [src.ino, dst.ino] {
+                        let mut node = live_inode(&tx, &ws, ino).await?;
+                        node.attr.ctime = now;
+                        write_inode(&tx, &ws, &node).await?;
+                    }
+                    finish_dirs(&tx, &ws, &mut src_dir, &mut dst_dir, same_dir, -dirs_moved, dirs_moved, now).await?;
+                    record_event(&tx, ws.id, actor, "exchange", Some(src.ino), Some(new_parent), Some(new_name)).await?;
+                    return Ok(());
+                }
+                let mut replaced_dir = false;
+                if let Some(dst) = &dst {
+                    if dst.ino == src.ino {
+                        // Two names of one hard-linked file: POSIX says do nothing.
+                        return Ok(());
+                    }
+                    let mut target = live_inode(&tx, &ws, dst.ino).await?;
+                    let target_is_dir = target.attr.kind == NodeKind::Directory;
+                    if src_is_dir && !target_is_dir {
+                        return Err(MetaError::NotADirectory(new_name.to_string_lossy()));
+                    }
+                    if !src_is_dir && target_is_dir {
+                        return Err(MetaError::IsADirectory(new_name.to_string_lossy()));
+                    }
+                    if target_is_dir {
+                        ensure_empty(&tx, dst.ino, new_name).await?;
+                    }
+                    guard_write_once(&ws, &target.attr, "replace")?;
+                    detach(&tx, &ws, dst, &mut target, now).await?;
+                    frame_removed(&tx, new_parent, new_name, dst.kind).await?;
+                    replaced_dir = target_is_dir;
+                }
+                close_entry(&tx, &ws, src.id, false).await?;
+                insert_entry(&tx, &ws, new_parent, new_name, src.ino, src.kind).await?;
+                frame_removed(&tx, parent, name, src.kind).await?;
+                frame_added(&tx, new_parent, new_name, src.kind).await?;
+                let mut node = live_inode(&tx, &ws, src.ino).await?;
+                node.attr.ctime = now;
+                write_inode(&tx, &ws, &node).await?;
+                let moved = i64::from(src_is_dir);
+                finish_dirs(&tx, &ws, &mut src_dir, &mut dst_dir, same_dir, -moved, moved - i64::from(replaced_dir), now)
+                    .await?;
+                record_event(&tx, ws.id, actor, "rename", Some(src.ino), Some(new_parent), Some(new_name)).await?;
+                Ok(())
+            }
+            .await
+        })
+    }
+
+    /// Changes attributes. A size change here only adjusts metadata (block map trimming and
+    /// the valid length of the last block); file content goes through the content path.
+    pub async fn setattr(&self, actor: &Actor, ws: WorkspaceId, ino: NodeId, change: &SetAttr) -> Result<Attr, MetaError> {
+        let now = Timestamp::now();
+        in_txn!(self, |tx| {
+            async {
+                let ws = ws_ctx(&tx, ws).await?;
+                let mut node = live_inode(&tx, &ws, ino).await?;
+                if let Some(size) = change.size {
+                    match node.attr.kind {
+                        NodeKind::Directory => return Err(MetaError::IsADirectory(format!("node {ino}"))),
+                        NodeKind::File => {}
+                        _ => return Err(MetaError::InvalidArgument(format!("node {ino} has no content to resize"))),
+                    }
+                    if size != node.attr.size {
+                        guard_write_once(&ws, &node.attr, "truncate")?;
+                        super::content::resize_blocks(&tx, &ws, ino, node.attr.size, size).await?;
+                        node.attr.size = size;
+                        node.attr.mtime = now;
+                        node.attr.content_version += 1;
+                    }
+                }
+                if let Some(mode) = change.mode {
+                    node.attr.mode = mode & 0o7777;
+                }
+                if let Some(uid) = change.uid {
+                    node.attr.uid = uid;
+                }
+                if let Some(gid) = change.gid {
+                    node.attr.gid = gid;
+                }
+                if let Some(t) = change.atime {
+                    node.attr.atime = t;
+                }
+                if let Some(t) = change.mtime {
+                    node.attr.mtime = t;
+                }
+                node.attr.ctime = now;
+                write_inode(&tx, &ws, &node).await?;
+                record_event(&tx, ws.id, actor, "setattr", Some(ino), None, None).await?;
+                Ok(node.attr)
+            }
+            .await
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Removal {
+    Unlink,
+    Rmdir,
+    Subtree,
+}
+
+fn prefixed_inode_columns() -> String {
+    INODE_COLUMNS.split(", ").map(|c| format!("i.{c}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Splits a path into validated names.
+pub(crate) fn parse_path(path: &str) -> Result<Vec<Name>, MetaError> {
+    path.split('/').filter(|c| !c.is_empty()).map(|c| Name::parse(c).map_err(MetaError::from)).collect()
+}
+
+/// Updates a directory's times (and link count for subdirectories added or removed).
+fn touch_dir(dir: &mut InodeRow, now: Timestamp, subdirs_delta: i64) {
+    dir.attr.mtime = now;
+    dir.attr.ctime = now;
+    dir.attr.nlink = (i64::from(dir.attr.nlink) + subdirs_delta).max(0) as u32;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn finish_dirs<C: GenericClient>(
+    c: &C,
+    ws: &WsCtx,
+    src_dir: &mut InodeRow,
+    dst_dir: &mut InodeRow,
+    same_dir: bool,
+    src_delta: i64,
+    dst_delta: i64,
+    now: Timestamp,
+) -> Result<(), MetaError> {
+    if same_dir {
+        touch_dir(src_dir, now, src_delta + dst_delta);
+        return write_inode(c, ws, src_dir).await;
+    }
+    touch_dir(src_dir, now, src_delta);
+    write_inode(c, ws, src_dir).await?;
+    touch_dir(dst_dir, now, dst_delta);
+    write_inode(c, ws, dst_dir).await
+}
+
+/// Soft-deletes an entry and drops one link from its node.
+async fn detach<C: GenericClient>(
+    c: &C,
+    ws: &WsCtx,
+    entry: &EntryRow,
+    node: &mut InodeRow,
+    now: Timestamp,
+) -> Result<(), MetaError> {
+    close_entry(c, ws, entry.id, true).await?;
+    node.attr.nlink = if node.attr.kind == NodeKind::Directory { 0 } else { node.attr.nlink.saturating_sub(1) };
+    node.attr.ctime = now;
+    write_inode(c, ws, node).await
+}
+
+async fn ensure_empty<C: GenericClient>(c: &C, dir: NodeId, name: &Name) -> Result<(), MetaError> {
+    let child = query_opt(c, "SELECT 1 FROM entries WHERE parent = $1 AND valid_to IS NULL LIMIT 1", &[&(dir.0 as i64)])
+        .await?;
+    if child.is_some() {
+        return Err(MetaError::NotEmpty(name.to_string_lossy()));
+    }
+    Ok(())
+}
+
+/// Refuses moving directory `moved` under `target_parent` when that is `moved` itself or below
+/// it (EINVAL). Walks up the live tree from `target_parent`; under SERIALIZABLE, two racing
+/// moves (a into b, b into a) read each other's entries, so one of them is retried and sees
+/// the other's result: no cycle can be committed.
+pub(crate) async fn ensure_not_ancestor<C: GenericClient>(c: &C, moved: NodeId, target_parent: NodeId) -> Result<(), MetaError> {
+    let hit = query_opt(
+        c,
+        "WITH RECURSIVE up (ino, depth) AS ( \
+             SELECT $2::INT8, 0 \
+             UNION ALL \
+             SELECT e.parent, up.depth + 1 FROM entries e JOIN up ON e.ino = up.ino \
+             WHERE e.valid_to IS NULL AND e.kind = 2 AND up.depth < $3 \
+         ) SELECT 1 FROM up WHERE ino = $1 LIMIT 1",
+        &[&(moved.0 as i64), &(target_parent.0 as i64), &MAX_DEPTH],
+    )
+    .await?;
+    if hit.is_some() {
+        return Err(MetaError::InvalidArgument("cannot move a directory into itself or its own subtree".into()));
+    }
+    Ok(())
+}

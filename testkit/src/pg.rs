@@ -1,0 +1,236 @@
+//! A throwaway PostgreSQL server for tests.
+//!
+//! `initdb` runs into a fresh temp dir; the server listens on a Unix socket inside that dir and
+//! on 127.0.0.1 at a free port. PostgreSQL refuses to run as root, so when the tests run as root
+//! the data dir is handed to the `postgres` user and the server runs as that user.
+//!
+//! Cleanup must also happen when a test panics or the test binary exits without running
+//! destructors (a `static` shared server is never dropped). A tiny watchdog shell process holds
+//! the read end of a pipe whose write end only this process owns: when the pipe closes, for
+//! whatever reason, the watchdog stops the server and removes the directory.
+
+use std::io::Write as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
+
+use anyhow::{Context as _, bail};
+
+/// A running PostgreSQL server owned by the test process.
+pub struct PgServer {
+    root: PathBuf,
+    bin_dir: PathBuf,
+    port: u16,
+    run_as: Option<(u32, u32)>,
+    watchdog: Option<(Child, ChildStdin)>,
+}
+
+/// Where the PostgreSQL server binaries live: `PG_BIN_DIR`, else the newest
+/// `/usr/lib/postgresql/<v>/bin`, else the directory of `initdb` on PATH.
+pub fn find_bin_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("PG_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Ok(bin);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        if dir.join("initdb").exists() && dir.join("postgres").exists() {
+            return Ok(dir);
+        }
+    }
+    bail!("PostgreSQL server binaries not found: install postgresql (apt-get install postgresql) or set PG_BIN_DIR")
+}
+
+impl PgServer {
+    /// A server shared by all tests of this test binary. Each test should use its own
+    /// database ([`PgServer::create_database`]).
+    pub fn shared() -> &'static PgServer {
+        static SHARED: OnceLock<PgServer> = OnceLock::new();
+        SHARED.get_or_init(|| PgServer::start().expect("start the shared test PostgreSQL"))
+    }
+
+    /// Initialises and starts a new server in a fresh temp dir.
+    pub fn start() -> anyhow::Result<PgServer> {
+        let bin_dir = find_bin_dir()?;
+        let root = tempfile::Builder::new().prefix("studiodrive-pg-").tempdir()?.keep();
+        let run_as = postgres_user_if_root()?;
+        if let Some((uid, gid)) = run_as {
+            nix::unistd::chown(&root, Some(uid.into()), Some(gid.into()))
+                .context("chown the PostgreSQL temp dir to the postgres user")?;
+        }
+        let port = free_port()?;
+        let mut server = PgServer { root, bin_dir, port, run_as, watchdog: None };
+        server.spawn_watchdog()?;
+        server.initdb()?;
+        server.resume()?;
+        Ok(server)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    /// The directory holding the server's Unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        &self.root
+    }
+
+    /// The TCP port the server listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.bin_dir.join(program));
+        if let Some((uid, gid)) = self.run_as {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd.env("LC_ALL", "C").stdin(Stdio::null());
+        cmd
+    }
+
+    fn initdb(&self) -> anyhow::Result<()> {
+        let out = self
+            .command("initdb")
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions"])
+            .output()
+            .context("run initdb")?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// Starts (or restarts after [`PgServer::stop`]) the server and waits until it accepts
+    /// connections.
+    pub fn resume(&self) -> anyhow::Result<()> {
+        let options = format!(
+            "-k {} -p {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+             -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB \
+             -c max_pred_locks_per_transaction=256",
+            self.root.display(),
+            self.port
+        );
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("-l")
+            .arg(self.root.join("server.log"))
+            .args(["-o", &options, "-w", "-t", "60", "start"])
+            .output()
+            .context("run pg_ctl start")?;
+        if !out.status.success() {
+            let log = std::fs::read_to_string(self.root.join("server.log")).unwrap_or_default();
+            bail!("pg_ctl start failed: {}\n{log}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// Stops the server at once (as a crash would: `immediate` mode), keeping its data.
+    pub fn stop(&self) -> anyhow::Result<()> {
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-m", "immediate", "-w", "stop"])
+            .output()
+            .context("run pg_ctl stop")?;
+        if !out.status.success() {
+            bail!("pg_ctl stop failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// A libpq-style connection string for `dbname` over the Unix socket.
+    pub fn url(&self, dbname: &str) -> String {
+        format!("host={} port={} user=postgres dbname={dbname}", self.root.display(), self.port)
+    }
+
+    /// A connection string for `dbname` over TCP on 127.0.0.1.
+    pub fn tcp_url(&self, dbname: &str) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/{dbname}", self.port)
+    }
+
+    /// Creates a fresh, empty database with a unique name and returns its name.
+    pub async fn create_database(&self) -> anyhow::Result<String> {
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let (client, conn) = tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls)
+            .await
+            .context("connect to the test PostgreSQL")?;
+        let task = tokio::spawn(conn);
+        client.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+        drop(client);
+        let _ = task.await;
+        Ok(name)
+    }
+
+    fn spawn_watchdog(&mut self) -> anyhow::Result<()> {
+        // Runs as the test's own user (root may signal the server and remove its files).
+        let script = r#"
+            read -r _ignored
+            pid=$(head -n 1 "$PGROOT/data/postmaster.pid" 2>/dev/null)
+            if [ -n "$pid" ]; then
+                kill -INT "$pid" 2>/dev/null
+                i=0
+                while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+                kill -KILL "$pid" 2>/dev/null
+            fi
+            rm -rf "$PGROOT"
+        "#;
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .env("PGROOT", &self.root)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawn the PostgreSQL watchdog")?;
+        let stdin = child.stdin.take().context("watchdog stdin")?;
+        self.watchdog = Some((child, stdin));
+        Ok(())
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        if let Some((mut child, mut stdin)) = self.watchdog.take() {
+            let _ = stdin.write_all(b"stop\n");
+            drop(stdin);
+            let _ = child.wait();
+        }
+    }
+}
+
+fn postgres_user_if_root() -> anyhow::Result<Option<(u32, u32)>> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    let user = nix::unistd::User::from_name("postgres")?
+        .context("running as root needs a `postgres` user to own the test database (apt-get install postgresql creates it)")?;
+    Ok(Some((user.uid.as_raw(), user.gid.as_raw())))
+}
+
+/// A currently free TCP port on 127.0.0.1. Another process could take it before the server
+/// binds it; for a test machine that window is acceptable.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
