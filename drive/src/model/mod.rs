@@ -57,7 +57,7 @@ impl View {
 }
 
 /// The kinds of node the namespace stores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub enum NodeKind {
     File,
     Directory,
