@@ -121,7 +121,7 @@ impl PgServer {
     /// connections.
     pub fn resume(&self) -> anyhow::Result<()> {
         let options = format!(
-            "-k {} -p {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+            "-k {} -p {} -c listen_addresses=127.0.0.1 -c fsync=off \
              -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB \
              -c max_pred_locks_per_transaction=256",
             self.root.display(),
