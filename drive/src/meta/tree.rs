@@ -195,9 +195,8 @@ impl MetaStore {
             async {
                 let ws = ws_ctx(&tx, ws).await?;
                 let mut dir = live_dir(&tx, &ws, parent).await?;
-                if live_entry(&tx, parent, name).await?.is_some() {
-                    return Err(MetaError::Exists(name.to_string_lossy()));
-                }
+                // No read of (parent, name) first: the unique index answers "exists", and
+                // skipping the read keeps concurrent creators from conflicting on it.
                 let attr = insert_inode(&tx, &ws, node, now).await?;
                 insert_entry(&tx, &ws, parent, name, attr.ino, attr.kind).await?;
                 touch_dir(&mut dir, now, if node.kind == NodeKind::Directory { 1 } else { 0 });
