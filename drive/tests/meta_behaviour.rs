@@ -312,3 +312,32 @@ async fn store_outage_gives_unavailable_and_recovers() {
     assert!(store.lookup(View::Live, ws.root, &name("kept")).await.is_ok());
     assert_eq!(store.lookup(View::Live, ws.root, &name("lost")).await.unwrap_err().kind(), ErrorKind::NotFound);
 }
+
+#[tokio::test]
+async fn tls_to_postgres_verifies_the_server_certificate() {
+    drive_testkit::init_tracing();
+    drive_testkit::install_crypto_provider();
+    let ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let cert_pem = ca.cert.pem();
+    let key_pem = ca.signing_key.serialize_pem();
+    let pg = drive_testkit::pg::PgServer::start_with_tls(Some((&cert_pem, &key_pem))).unwrap();
+    let db = pg.create_database().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &cert_pem).unwrap();
+
+    let mut config = drive::MetaConfig::new(pg.tcp_url(&db));
+    config.tls = drive::TlsMode::Require { ca_file: Some(ca_file) };
+    let store = drive::MetaStore::connect(&config).await.expect("TLS connection with the right CA");
+    let ws = workspace(&store, "over-tls", WorkspaceKind::User).await;
+    assert_eq!(store.get_workspace("over-tls").await.unwrap().id, ws.id);
+
+    // A different CA must be refused: the connection is verified, not just encrypted.
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let other_file = dir.path().join("other.pem");
+    std::fs::write(&other_file, other.cert.pem()).unwrap();
+    config.tls = drive::TlsMode::Require { ca_file: Some(other_file) };
+    config.connect_timeout = std::time::Duration::from_secs(3);
+    let e = drive::MetaStore::connect(&config).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+}

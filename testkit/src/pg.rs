@@ -23,6 +23,7 @@ pub struct PgServer {
     bin_dir: PathBuf,
     port: u16,
     run_as: Option<(u32, u32)>,
+    extra_options: String,
     watchdog: Option<(Child, ChildStdin)>,
 }
 
@@ -65,6 +66,12 @@ impl PgServer {
 
     /// Initialises and starts a new server in a fresh temp dir.
     pub fn start() -> anyhow::Result<PgServer> {
+        PgServer::start_with_tls(None)
+    }
+
+    /// Like [`PgServer::start`]; with `Some((cert_pem, key_pem))` the server also accepts TLS
+    /// on its TCP port with that certificate.
+    pub fn start_with_tls(tls: Option<(&str, &str)>) -> anyhow::Result<PgServer> {
         let bin_dir = find_bin_dir()?;
         let root = tempfile::Builder::new().prefix("studiodrive-pg-").tempdir()?.keep();
         let run_as = postgres_user_if_root()?;
@@ -73,9 +80,12 @@ impl PgServer {
                 .context("chown the PostgreSQL temp dir to the postgres user")?;
         }
         let port = free_port()?;
-        let mut server = PgServer { root, bin_dir, port, run_as, watchdog: None };
+        let mut server = PgServer { root, bin_dir, port, run_as, extra_options: String::new(), watchdog: None };
         server.spawn_watchdog()?;
         server.initdb()?;
+        if let Some((cert, key)) = tls {
+            server.install_certificate(cert, key)?;
+        }
         server.resume()?;
         Ok(server)
     }
@@ -117,6 +127,22 @@ impl PgServer {
         Ok(())
     }
 
+    fn install_certificate(&mut self, cert_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let cert = self.data_dir().join("server.crt");
+        let key = self.data_dir().join("server.key");
+        std::fs::write(&cert, cert_pem)?;
+        std::fs::write(&key, key_pem)?;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        if let Some((uid, gid)) = self.run_as {
+            for f in [&cert, &key] {
+                nix::unistd::chown(f, Some(uid.into()), Some(gid.into()))?;
+            }
+        }
+        self.extra_options = format!(" -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}", cert.display(), key.display());
+        Ok(())
+    }
+
     /// Starts (or restarts after [`PgServer::stop`]) the server and waits until it accepts
     /// connections.
     pub fn resume(&self) -> anyhow::Result<()> {
@@ -126,7 +152,7 @@ impl PgServer {
              -c max_pred_locks_per_transaction=256",
             self.root.display(),
             self.port
-        );
+        ) + &self.extra_options;
         let out = self
             .command("pg_ctl")
             .arg("-D")
