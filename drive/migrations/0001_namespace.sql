@@ -79,8 +79,22 @@ CREATE TABLE snapshots (
 );
 CREATE UNIQUE INDEX snapshots_live_name ON snapshots (workspace_id, name) WHERE deleted_at IS NULL;
 
--- Frame-sequence runs per folder, maintained incrementally with every entry change so that a
--- summary reads one row per run instead of one row per frame.
+-- Frame sequences per folder. Entry changes only APPEND to sequence_changes (no reads, so
+-- concurrent creators never conflict on it); reading a summary folds the pending changes into
+-- sequence_runs (one row per run) and removes them, so each change is folded once and a
+-- summary never scans one row per frame.
+CREATE SEQUENCE sequence_change_ids START WITH 1;
+CREATE TABLE sequence_changes (
+    id          INT8 PRIMARY KEY DEFAULT nextval('sequence_change_ids'),
+    parent      INT8 NOT NULL,
+    prefix      BYTEA NOT NULL,
+    padding     INT4 NOT NULL,
+    suffix      BYTEA NOT NULL,
+    frame       INT8 NOT NULL,
+    added       BOOL NOT NULL
+);
+CREATE INDEX sequence_changes_by_parent ON sequence_changes (parent, id);
+
 CREATE TABLE sequence_runs (
     parent      INT8 NOT NULL,
     prefix      BYTEA NOT NULL,
@@ -90,7 +104,6 @@ CREATE TABLE sequence_runs (
     last_frame  INT8 NOT NULL,
     PRIMARY KEY (parent, prefix, padding, suffix, first_frame)
 );
-CREATE INDEX sequence_runs_by_last ON sequence_runs (parent, prefix, padding, suffix, last_frame);
 
 -- Change feed / audit log (outbox): one row per mutation, written in the same transaction.
 CREATE TABLE events (

@@ -240,6 +240,14 @@ async fn frame_sequences_are_kept_incrementally() {
     let expected = summarize(names.iter().map(|n| n.as_bytes()));
     assert_eq!(got, expected);
     assert_eq!(got[0].to_string(), "shot010.%04d.exr [1002-1019,1021-1029,1031-1040,1045,1050-1059]");
+    // Folded once; reading again, and after more changes, stays exact.
+    assert_eq!(store.sequences(d.ino).await.unwrap(), expected);
+    store.unlink(&a, ws.id, d.ino, &name("shot010.1045.exr")).await.unwrap();
+    store.create(&a, ws.id, d.ino, &name("shot010.1041.exr"), &file()).await.unwrap();
+    store.create(&a, ws.id, d.ino, &name("plate.0001.dpx"), &file()).await.unwrap();
+    let got = store.sequences(d.ino).await.unwrap();
+    let text: Vec<String> = got.iter().map(ToString::to_string).collect();
+    assert_eq!(text, vec!["plate.%04d.dpx [1]", "shot010.%04d.exr [1002-1019,1021-1029,1031-1041,1050-1059]"]);
 }
 
 #[tokio::test]

@@ -63,6 +63,46 @@ impl FrameName {
 }
 
 impl FrameSequence {
+    /// Adds `frame` to the runs, merging neighbours. Adding a present frame changes nothing.
+    pub fn add_frame(&mut self, frame: i64) {
+        let i = self.ranges.partition_point(|r| r.last < frame);
+        if i < self.ranges.len() && self.ranges[i].first <= frame {
+            return;
+        }
+        let joins_left = i > 0 && self.ranges[i - 1].last + 1 == frame;
+        let joins_right = i < self.ranges.len() && self.ranges[i].first == frame + 1;
+        match (joins_left, joins_right) {
+            (true, true) => {
+                self.ranges[i - 1].last = self.ranges[i].last;
+                self.ranges.remove(i);
+            }
+            (true, false) => self.ranges[i - 1].last = frame,
+            (false, true) => self.ranges[i].first = frame,
+            (false, false) => self.ranges.insert(i, FrameRange { first: frame, last: frame }),
+        }
+    }
+
+    /// Removes `frame` from the runs, splitting its run. Removing an absent frame changes
+    /// nothing.
+    pub fn remove_frame(&mut self, frame: i64) {
+        let i = self.ranges.partition_point(|r| r.last < frame);
+        let Some(r) = self.ranges.get(i).copied() else { return };
+        if r.first > frame {
+            return;
+        }
+        match (r.first == frame, r.last == frame) {
+            (true, true) => {
+                self.ranges.remove(i);
+            }
+            (true, false) => self.ranges[i].first = frame + 1,
+            (false, true) => self.ranges[i].last = frame - 1,
+            (false, false) => {
+                self.ranges[i].last = frame - 1;
+                self.ranges.insert(i + 1, FrameRange { first: frame + 1, last: r.last });
+            }
+        }
+    }
+
     /// Number of frames in the sequence.
     pub fn frame_count(&self) -> u64 {
         self.ranges.iter().map(|r| (r.last - r.first + 1) as u64).sum()
@@ -127,6 +167,22 @@ pub fn summarize<'a>(names: impl IntoIterator<Item = &'a [u8]>) -> Vec<FrameSequ
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn incremental_runs_equal_a_fresh_summary(ops in proptest::collection::vec((0i64..40, proptest::bool::ANY), 0..200)) {
+            let key = SequenceKey { prefix: b"s.".to_vec(), padding: 4, suffix: b".exr".to_vec() };
+            let mut seq = FrameSequence { key: key.clone(), ranges: Vec::new() };
+            let mut set = std::collections::BTreeSet::new();
+            for (frame, add) in ops {
+                if add { seq.add_frame(frame); set.insert(frame); } else { seq.remove_frame(frame); set.remove(&frame); }
+                let names: Vec<Vec<u8>> = set.iter().map(|f| format!("s.{f:04}.exr").into_bytes()).collect();
+                let fresh = summarize(names.iter().map(Vec::as_slice));
+                let expected = fresh.first().map(|s| s.ranges.clone()).unwrap_or_default();
+                proptest::prop_assert_eq!(&seq.ranges, &expected);
+            }
+        }
+    }
 
     #[test]
     fn frame_names_split_at_the_last_digit_run() {
