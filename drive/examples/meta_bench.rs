@@ -40,15 +40,36 @@ async fn main() -> anyhow::Result<()> {
     // Creates per second, 1 and 8 clients, each client in its own folder.
     let creates_per_client = if quick { 300 } else { 2000 };
     for clients in [1usize, 8] {
-        let ws = store.create_workspace(&actor(), &WorkspaceSpec::new(format!("creates-{clients}"), WorkspaceKind::User)).await?;
+        let ws = store
+            .create_workspace(
+                &actor(),
+                &WorkspaceSpec::new(format!("creates-{clients}"), WorkspaceKind::User),
+            )
+            .await?;
         let start = Instant::now();
         let mut tasks = Vec::new();
         for c in 0..clients {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
-                let dir = store.create(&actor(), ws.id, ws.root, &name(&format!("c{c}")), &NewNode::new(NodeKind::Directory, 0o755)).await?;
+                let dir = store
+                    .create(
+                        &actor(),
+                        ws.id,
+                        ws.root,
+                        &name(&format!("c{c}")),
+                        &NewNode::new(NodeKind::Directory, 0o755),
+                    )
+                    .await?;
                 for i in 0..creates_per_client {
-                    store.create(&actor(), ws.id, dir.ino, &name(&format!("f{i}")), &NewNode::new(NodeKind::File, 0o644)).await?;
+                    store
+                        .create(
+                            &actor(),
+                            ws.id,
+                            dir.ino,
+                            &name(&format!("f{i}")),
+                            &NewNode::new(NodeKind::File, 0o644),
+                        )
+                        .await?;
                 }
                 Ok::<_, drive::MetaError>(())
             }));
@@ -64,7 +85,10 @@ async fn main() -> anyhow::Result<()> {
             std::fs::File::create(ldir.join(format!("f{i}")))?;
         }
         let local_rate = creates_per_client as f64 / local_start.elapsed().as_secs_f64();
-        println!("creates/s, {clients} client(s): {rate:.0}  (local disk, 1 client: {local_rate:.0}; ratio {:.3})", rate / local_rate);
+        println!(
+            "creates/s, {clients} client(s): {rate:.0}  (local disk, 1 client: {local_rate:.0}; ratio {:.3})",
+            rate / local_rate
+        );
     }
 
     // Lookup latency.
@@ -91,14 +115,26 @@ async fn main() -> anyhow::Result<()> {
 
     // Readdir of a 100k-entry folder (readdirplus, pages of 1000).
     let big = if quick { 10_000 } else { 100_000 };
-    let ws = store.create_workspace(&actor(), &WorkspaceSpec::new("readdir", WorkspaceKind::User)).await?;
-    let folder = store.create(&actor(), ws.id, ws.root, &name("frames"), &NewNode::new(NodeKind::Directory, 0o755)).await?;
+    let ws = store
+        .create_workspace(&actor(), &WorkspaceSpec::new("readdir", WorkspaceKind::User))
+        .await?;
+    let folder = store
+        .create(
+            &actor(),
+            ws.id,
+            ws.root,
+            &name("frames"),
+            &NewNode::new(NodeKind::Directory, 0o755),
+        )
+        .await?;
     bulk_files(&raw, ws.id, folder.ino, big).await?;
     let start = Instant::now();
     let mut after: Option<Name> = None;
     let mut n = 0;
     loop {
-        let page = store.readdir_plus(View::Live, folder.ino, after.as_ref(), 1000).await?;
+        let page = store
+            .readdir_plus(View::Live, folder.ino, after.as_ref(), 1000)
+            .await?;
         if page.is_empty() {
             break;
         }
@@ -119,37 +155,98 @@ async fn main() -> anyhow::Result<()> {
     }
     let ltook = lstart.elapsed();
     assert_eq!((n, ln), (big, big));
-    println!("readdirplus of a {big}-entry folder: {:.0} ms  (local ls -l equivalent {:.0} ms; ratio {:.2})", ms(took), ms(ltook), ms(took) / ms(ltook));
+    println!(
+        "readdirplus of a {big}-entry folder: {:.0} ms  (local ls -l equivalent {:.0} ms; ratio {:.2})",
+        ms(took),
+        ms(ltook),
+        ms(took) / ms(ltook)
+    );
 
     // Folder move with 100k descendants.
-    let tree = store.create(&actor(), ws.id, ws.root, &name("tree"), &NewNode::new(NodeKind::Directory, 0o755)).await?;
+    let tree = store
+        .create(
+            &actor(),
+            ws.id,
+            ws.root,
+            &name("tree"),
+            &NewNode::new(NodeKind::Directory, 0o755),
+        )
+        .await?;
     bulk_tree(&raw, ws.id, tree.ino, big / 1000, 1000).await?;
-    let dest = store.create(&actor(), ws.id, ws.root, &name("archive"), &NewNode::new(NodeKind::Directory, 0o755)).await?;
+    let dest = store
+        .create(
+            &actor(),
+            ws.id,
+            ws.root,
+            &name("archive"),
+            &NewNode::new(NodeKind::Directory, 0o755),
+        )
+        .await?;
     let mut moves = Vec::new();
     for i in 0..5 {
-        let (from, to) = if i % 2 == 0 { (ws.root, dest.ino) } else { (dest.ino, ws.root) };
+        let (from, to) = if i % 2 == 0 {
+            (ws.root, dest.ino)
+        } else {
+            (dest.ino, ws.root)
+        };
         let t = Instant::now();
-        store.rename(&actor(), ws.id, from, &name("tree"), to, &name("tree"), RenameMode::Replace).await?;
+        store
+            .rename(
+                &actor(),
+                ws.id,
+                from,
+                &name("tree"),
+                to,
+                &name("tree"),
+                RenameMode::Replace,
+            )
+            .await?;
         moves.push(ms(t.elapsed()));
     }
     moves.sort_by(f64::total_cmp);
-    println!("move of a folder with {} descendants: median {:.2} ms over 5 moves", big + big / 1000, moves[2]);
+    println!(
+        "move of a folder with {} descendants: median {:.2} ms over 5 moves",
+        big + big / 1000,
+        moves[2]
+    );
 
     // Snapshot creation on trees of 10k, 100k and 1M nodes.
-    let sizes: &[usize] = if quick { &[10_000, 100_000] } else { &[10_000, 100_000, 1_000_000] };
+    let sizes: &[usize] = if quick {
+        &[10_000, 100_000]
+    } else {
+        &[10_000, 100_000, 1_000_000]
+    };
     for &size in sizes {
-        let ws = store.create_workspace(&actor(), &WorkspaceSpec::new(format!("snap-{size}"), WorkspaceKind::User)).await?;
+        let ws = store
+            .create_workspace(
+                &actor(),
+                &WorkspaceSpec::new(format!("snap-{size}"), WorkspaceKind::User),
+            )
+            .await?;
         bulk_tree(&raw, ws.id, ws.root, size / 1000, 1000).await?;
         let mut times = Vec::new();
         for i in 0..5 {
             let t = Instant::now();
-            store.create_snapshot(&actor(), ws.id, &format!("s{i}"), "/").await?;
+            store
+                .create_snapshot(&actor(), ws.id, &format!("s{i}"), "/")
+                .await?;
             times.push(ms(t.elapsed()));
             // A change between snapshots so each one has something to protect.
-            store.create(&actor(), ws.id, ws.root, &name(&format!("x{i}")), &NewNode::new(NodeKind::File, 0o644)).await?;
+            store
+                .create(
+                    &actor(),
+                    ws.id,
+                    ws.root,
+                    &name(&format!("x{i}")),
+                    &NewNode::new(NodeKind::File, 0o644),
+                )
+                .await?;
         }
         times.sort_by(f64::total_cmp);
-        println!("snapshot of a {size}-node tree: median {:.2} ms, max {:.2} ms over 5", times[2], times[4]);
+        println!(
+            "snapshot of a {size}-node tree: median {:.2} ms, max {:.2} ms over 5",
+            times[2], times[4]
+        );
     }
     let stats = store.stats();
     println!(
@@ -161,7 +258,12 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Inserts `n` empty files into `dir` in one statement.
-async fn bulk_files(c: &tokio_postgres::Client, ws: WorkspaceId, dir: NodeId, n: usize) -> anyhow::Result<()> {
+async fn bulk_files(
+    c: &tokio_postgres::Client,
+    ws: WorkspaceId,
+    dir: NodeId,
+    n: usize,
+) -> anyhow::Result<()> {
     c.execute(
         "WITH new AS (SELECT nextval('node_ids') AS ino, g FROM generate_series(1, $3::INT8) g), \
          ins AS (INSERT INTO inodes (ino, valid_from, workspace_id, kind, mode, uid, gid, nlink, atime_ns, mtime_ns, ctime_ns, crtime_ns) \
@@ -175,7 +277,13 @@ async fn bulk_files(c: &tokio_postgres::Client, ws: WorkspaceId, dir: NodeId, n:
 }
 
 /// Inserts `dirs` folders under `root`, each with `per_dir` files.
-async fn bulk_tree(c: &tokio_postgres::Client, ws: WorkspaceId, root: NodeId, dirs: usize, per_dir: usize) -> anyhow::Result<()> {
+async fn bulk_tree(
+    c: &tokio_postgres::Client,
+    ws: WorkspaceId,
+    root: NodeId,
+    dirs: usize,
+    per_dir: usize,
+) -> anyhow::Result<()> {
     let rows = c
         .query(
             "WITH new AS (SELECT nextval('node_ids') AS ino, g FROM generate_series(1, $3::INT8) g), \

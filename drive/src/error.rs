@@ -121,6 +121,9 @@ impl MetaError {
         message: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> MetaError {
-        MetaError::Unavailable { message: message.into(), source: Some(Box::new(source)) }
+        MetaError::Unavailable {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
     }
 }

@@ -21,7 +21,11 @@ async fn invalid_names_are_refused_and_write_nothing() {
     for bad in [&b""[..], b".", b"..", b"a/b", b"a\0b", &[b'x'; 256][..]] {
         let err = Name::parse(bad).unwrap_err();
         let err = drive::MetaError::from(err);
-        let expected = if bad.len() > 255 { ErrorKind::NameTooLong } else { ErrorKind::InvalidName };
+        let expected = if bad.len() > 255 {
+            ErrorKind::NameTooLong
+        } else {
+            ErrorKind::InvalidName
+        };
         assert_eq!(err.kind(), expected, "{bad:?}");
     }
     for bad_path in ["/a/../b", "/./x", "/a\0"] {
@@ -30,12 +34,31 @@ async fn invalid_names_are_refused_and_write_nothing() {
         let e = store.delete_path(&actor(), ws.id, bad_path).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidName, "{bad_path}");
     }
-    let e = store.create_snapshot(&actor(), ws.id, "Bad/Name", "/").await.unwrap_err();
+    let e = store
+        .create_snapshot(&actor(), ws.id, "Bad/Name", "/")
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidName);
-    let e = store.create_workspace(&actor(), &WorkspaceSpec::new("x".repeat(254), WorkspaceKind::User)).await.unwrap_err();
+    let e = store
+        .create_workspace(
+            &actor(),
+            &WorkspaceSpec::new("x".repeat(254), WorkspaceKind::User),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NameTooLong);
-    assert_eq!(store.events_after(Some(ws.id), 0, 1000).await.unwrap().len(), before, "nothing was written");
-    assert!(store.readdir(View::Live, ws.root, None, 10).await.unwrap().is_empty());
+    assert_eq!(
+        store.events_after(Some(ws.id), 0, 1000).await.unwrap().len(),
+        before,
+        "nothing was written"
+    );
+    assert!(
+        store
+            .readdir(View::Live, ws.root, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -43,30 +66,67 @@ async fn all_node_kinds_and_hard_links() {
     let store = store().await;
     let ws = workspace(&store, "kinds", WorkspaceKind::User).await;
     let a = actor();
-    let f = store.create(&a, ws.id, ws.root, &name("f"), &file()).await.unwrap();
+    let f = store
+        .create(&a, ws.id, ws.root, &name("f"), &file())
+        .await
+        .unwrap();
     let mut link = NewNode::new(NodeKind::Symlink, 0o777);
     link.symlink_target = Some(b"f".to_vec());
     let l = store.create(&a, ws.id, ws.root, &name("l"), &link).await.unwrap();
     assert_eq!(store.readlink(View::Live, l.ino).await.unwrap(), b"f");
     assert_eq!(l.size, 1);
-    let fifo = store.create(&a, ws.id, ws.root, &name("p"), &NewNode::new(NodeKind::Fifo, 0o600)).await.unwrap();
+    let fifo = store
+        .create(
+            &a,
+            ws.id,
+            ws.root,
+            &name("p"),
+            &NewNode::new(NodeKind::Fifo, 0o600),
+        )
+        .await
+        .unwrap();
     assert_eq!(fifo.kind, NodeKind::Fifo);
-    store.create(&a, ws.id, ws.root, &name("s"), &NewNode::new(NodeKind::Socket, 0o600)).await.unwrap();
+    store
+        .create(
+            &a,
+            ws.id,
+            ws.root,
+            &name("s"),
+            &NewNode::new(NodeKind::Socket, 0o600),
+        )
+        .await
+        .unwrap();
     let mut dev = NewNode::new(NodeKind::CharDevice, 0o600);
     dev.rdev = (1 << 8) | 3;
-    let d = store.create(&a, ws.id, ws.root, &name("null"), &dev).await.unwrap();
+    let d = store
+        .create(&a, ws.id, ws.root, &name("null"), &dev)
+        .await
+        .unwrap();
     assert_eq!(store.getattr(View::Live, d.ino).await.unwrap().rdev, (1 << 8) | 3);
     let e = store.readlink(View::Live, f.ino).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
 
-    let sub = store.create(&a, ws.id, ws.root, &name("sub"), &dir()).await.unwrap();
+    let sub = store
+        .create(&a, ws.id, ws.root, &name("sub"), &dir())
+        .await
+        .unwrap();
     let linked = store.link(&a, ws.id, f.ino, sub.ino, &name("f2")).await.unwrap();
     assert_eq!(linked.nlink, 2);
-    assert_eq!(store.lookup(View::Live, sub.ino, &name("f2")).await.unwrap().ino, f.ino);
+    assert_eq!(
+        store.lookup(View::Live, sub.ino, &name("f2")).await.unwrap().ino,
+        f.ino
+    );
     store.unlink(&a, ws.id, ws.root, &name("f")).await.unwrap();
     let still = store.lookup(View::Live, sub.ino, &name("f2")).await.unwrap();
-    assert_eq!((still.ino, still.nlink), (f.ino, 1), "the other name keeps the node");
-    let e = store.link(&a, ws.id, sub.ino, ws.root, &name("dirlink")).await.unwrap_err();
+    assert_eq!(
+        (still.ino, still.nlink),
+        (f.ino, 1),
+        "the other name keeps the node"
+    );
+    let e = store
+        .link(&a, ws.id, sub.ino, ws.root, &name("dirlink"))
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::PermissionDenied);
     let root = store.getattr(View::Live, ws.root).await.unwrap();
     assert_eq!(root.nlink, 3, "root has one subdirectory");
@@ -80,27 +140,103 @@ async fn posix_rename_rules() {
     let r = ws.root;
     let d1 = store.create(&a, ws.id, r, &name("d1"), &dir()).await.unwrap();
     let d2 = store.create(&a, ws.id, r, &name("d2"), &dir()).await.unwrap();
-    store.create(&a, ws.id, d2.ino, &name("x"), &file()).await.unwrap();
+    store
+        .create(&a, ws.id, d2.ino, &name("x"), &file())
+        .await
+        .unwrap();
     let f = store.create(&a, ws.id, r, &name("f"), &file()).await.unwrap();
     let g = store.create(&a, ws.id, r, &name("g"), &file()).await.unwrap();
     let kind = |res: Result<(), drive::MetaError>| res.unwrap_err().kind();
-    assert_eq!(kind(store.rename(&a, ws.id, r, &name("d1"), r, &name("d2"), RenameMode::Replace).await), ErrorKind::NotEmpty);
-    assert_eq!(kind(store.rename(&a, ws.id, r, &name("f"), r, &name("d1"), RenameMode::Replace).await), ErrorKind::IsADirectory);
-    assert_eq!(kind(store.rename(&a, ws.id, r, &name("d1"), r, &name("f"), RenameMode::Replace).await), ErrorKind::NotADirectory);
-    assert_eq!(kind(store.rename(&a, ws.id, r, &name("d2"), d2.ino, &name("in"), RenameMode::Replace).await), ErrorKind::InvalidArgument);
-    assert_eq!(kind(store.rename(&a, ws.id, r, &name("f"), r, &name("g"), RenameMode::NoReplace).await), ErrorKind::Exists);
-    assert_eq!(kind(store.rename(&a, ws.id, r, &name("f"), r, &name("nope"), RenameMode::Exchange).await), ErrorKind::NotFound);
-    store.rename(&a, ws.id, r, &name("f"), r, &name("g"), RenameMode::Exchange).await.unwrap();
+    assert_eq!(
+        kind(
+            store
+                .rename(&a, ws.id, r, &name("d1"), r, &name("d2"), RenameMode::Replace)
+                .await
+        ),
+        ErrorKind::NotEmpty
+    );
+    assert_eq!(
+        kind(
+            store
+                .rename(&a, ws.id, r, &name("f"), r, &name("d1"), RenameMode::Replace)
+                .await
+        ),
+        ErrorKind::IsADirectory
+    );
+    assert_eq!(
+        kind(
+            store
+                .rename(&a, ws.id, r, &name("d1"), r, &name("f"), RenameMode::Replace)
+                .await
+        ),
+        ErrorKind::NotADirectory
+    );
+    assert_eq!(
+        kind(
+            store
+                .rename(
+                    &a,
+                    ws.id,
+                    r,
+                    &name("d2"),
+                    d2.ino,
+                    &name("in"),
+                    RenameMode::Replace
+                )
+                .await
+        ),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind(
+            store
+                .rename(&a, ws.id, r, &name("f"), r, &name("g"), RenameMode::NoReplace)
+                .await
+        ),
+        ErrorKind::Exists
+    );
+    assert_eq!(
+        kind(
+            store
+                .rename(&a, ws.id, r, &name("f"), r, &name("nope"), RenameMode::Exchange)
+                .await
+        ),
+        ErrorKind::NotFound
+    );
+    store
+        .rename(&a, ws.id, r, &name("f"), r, &name("g"), RenameMode::Exchange)
+        .await
+        .unwrap();
     assert_eq!(store.lookup(View::Live, r, &name("g")).await.unwrap().ino, f.ino);
     assert_eq!(store.lookup(View::Live, r, &name("f")).await.unwrap().ino, g.ino);
-    store.rename(&a, ws.id, r, &name("f"), r, &name("g"), RenameMode::Replace).await.unwrap();
-    assert_eq!(store.lookup(View::Live, r, &name("g")).await.unwrap().ino, g.ino, "file replaced");
-    assert_eq!(kind(store.lookup(View::Live, r, &name("f")).await.map(|_| ())), ErrorKind::NotFound);
+    store
+        .rename(&a, ws.id, r, &name("f"), r, &name("g"), RenameMode::Replace)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.lookup(View::Live, r, &name("g")).await.unwrap().ino,
+        g.ino,
+        "file replaced"
+    );
+    assert_eq!(
+        kind(store.lookup(View::Live, r, &name("f")).await.map(|_| ())),
+        ErrorKind::NotFound
+    );
     // Replacing an empty directory works and fixes link counts.
-    store.rename(&a, ws.id, r, &name("d2"), r, &name("d1"), RenameMode::Replace).await.unwrap();
-    assert_eq!(store.lookup(View::Live, r, &name("d1")).await.unwrap().ino, d2.ino);
+    store
+        .rename(&a, ws.id, r, &name("d2"), r, &name("d1"), RenameMode::Replace)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.lookup(View::Live, r, &name("d1")).await.unwrap().ino,
+        d2.ino
+    );
     assert_eq!(store.getattr(View::Live, r).await.unwrap().nlink, 3);
-    assert_eq!(store.getattr(View::Live, d1.ino).await.unwrap().nlink, 0, "replaced directory is gone");
+    assert_eq!(
+        store.getattr(View::Live, d1.ino).await.unwrap().nlink,
+        0,
+        "replaced directory is gone"
+    );
 }
 
 #[tokio::test]
@@ -108,19 +244,56 @@ async fn moving_a_folder_touches_one_entry_and_subtree_delete_marks_only_its_roo
     let store = store().await;
     let ws = workspace(&store, "move", WorkspaceKind::User).await;
     let a = actor();
-    let shots = store.create(&a, ws.id, ws.root, &name("shots"), &dir()).await.unwrap();
+    let shots = store
+        .create(&a, ws.id, ws.root, &name("shots"), &dir())
+        .await
+        .unwrap();
     let mut leaf = shots.ino;
     for i in 0..20 {
-        leaf = store.create(&a, ws.id, leaf, &name(&format!("l{i}")), &dir()).await.unwrap().ino;
+        leaf = store
+            .create(&a, ws.id, leaf, &name(&format!("l{i}")), &dir())
+            .await
+            .unwrap()
+            .ino;
     }
-    let archive = store.create(&a, ws.id, ws.root, &name("archive"), &dir()).await.unwrap();
-    let before = store.events_after(Some(ws.id), 0, 10_000).await.unwrap().last().unwrap().id;
-    store.rename(&a, ws.id, ws.root, &name("shots"), archive.ino, &name("shots"), RenameMode::Replace).await.unwrap();
+    let archive = store
+        .create(&a, ws.id, ws.root, &name("archive"), &dir())
+        .await
+        .unwrap();
+    let before = store
+        .events_after(Some(ws.id), 0, 10_000)
+        .await
+        .unwrap()
+        .last()
+        .unwrap()
+        .id;
+    store
+        .rename(
+            &a,
+            ws.id,
+            ws.root,
+            &name("shots"),
+            archive.ino,
+            &name("shots"),
+            RenameMode::Replace,
+        )
+        .await
+        .unwrap();
     let events = store.events_after(Some(ws.id), before, 100).await.unwrap();
     assert_eq!(events.len(), 1);
-    assert_eq!((events[0].op.as_str(), events[0].ino), ("rename", Some(shots.ino)));
+    assert_eq!(
+        (events[0].op.as_str(), events[0].ino),
+        ("rename", Some(shots.ino))
+    );
     let path = (0..20).map(|i| format!("l{i}")).collect::<Vec<_>>().join("/");
-    assert_eq!(store.resolve(ws.id, &format!("/archive/shots/{path}")).await.unwrap().ino, leaf);
+    assert_eq!(
+        store
+            .resolve(ws.id, &format!("/archive/shots/{path}"))
+            .await
+            .unwrap()
+            .ino,
+        leaf
+    );
 
     store.delete_path(&a, ws.id, "/archive/shots").await.unwrap();
     let e = store.resolve(ws.id, "/archive/shots").await.unwrap_err();
@@ -135,26 +308,93 @@ async fn copy_shares_content_and_honours_merge_modes() {
     let store = store().await;
     let ws = workspace(&store, "copy", WorkspaceKind::User).await;
     let a = actor();
-    let src = store.create(&a, ws.id, ws.root, &name("src"), &dir()).await.unwrap();
-    let f = store.create(&a, ws.id, src.ino, &name("a.exr"), &file()).await.unwrap();
+    let src = store
+        .create(&a, ws.id, ws.root, &name("src"), &dir())
+        .await
+        .unwrap();
+    let f = store
+        .create(&a, ws.id, src.ino, &name("a.exr"), &file())
+        .await
+        .unwrap();
     store.register_block(&[7; 32], 10, 10).await.unwrap();
-    store.set_block_state(&[7; 32], drive::meta::BlockState::Available, 10).await.unwrap();
-    let change = drive::meta::BlockChange { idx: 0, block: Some(([7; 32], 10)) };
-    store.commit_content(&a, ws.id, f.ino, 0, &[change], 10, Timestamp::now()).await.unwrap();
-    store.create(&a, ws.id, src.ino, &name("b.exr"), &file()).await.unwrap();
-    let dst = store.create(&a, ws.id, ws.root, &name("dst"), &dir()).await.unwrap();
-    let existing = store.create(&a, ws.id, dst.ino, &name("a.exr"), &file()).await.unwrap();
+    store
+        .set_block_state(&[7; 32], drive::meta::BlockState::Available, 10)
+        .await
+        .unwrap();
+    let change = drive::meta::BlockChange {
+        idx: 0,
+        block: Some(([7; 32], 10)),
+    };
+    store
+        .commit_content(&a, ws.id, f.ino, 0, &[change], 10, Timestamp::now())
+        .await
+        .unwrap();
+    store
+        .create(&a, ws.id, src.ino, &name("b.exr"), &file())
+        .await
+        .unwrap();
+    let dst = store
+        .create(&a, ws.id, ws.root, &name("dst"), &dir())
+        .await
+        .unwrap();
+    let existing = store
+        .create(&a, ws.id, dst.ino, &name("a.exr"), &file())
+        .await
+        .unwrap();
 
-    let e = store.copy(&a, ws.id, View::Live, src.ino, ws.root, &name("dst"), MergeMode::Fail).await.unwrap_err();
+    let e = store
+        .copy(
+            &a,
+            ws.id,
+            View::Live,
+            src.ino,
+            ws.root,
+            &name("dst"),
+            MergeMode::Fail,
+        )
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Exists);
-    let e = store.lookup(View::Live, dst.ino, &name("b.exr")).await.unwrap_err();
+    let e = store
+        .lookup(View::Live, dst.ino, &name("b.exr"))
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "a failed copy writes nothing");
 
-    let r = store.copy(&a, ws.id, View::Live, src.ino, ws.root, &name("dst"), MergeMode::Skip).await.unwrap();
+    let r = store
+        .copy(
+            &a,
+            ws.id,
+            View::Live,
+            src.ino,
+            ws.root,
+            &name("dst"),
+            MergeMode::Skip,
+        )
+        .await
+        .unwrap();
     assert_eq!((r.copied, r.skipped, r.replaced), (1, 1, 0));
-    assert_eq!(store.lookup(View::Live, dst.ino, &name("a.exr")).await.unwrap().ino, existing.ino);
+    assert_eq!(
+        store
+            .lookup(View::Live, dst.ino, &name("a.exr"))
+            .await
+            .unwrap()
+            .ino,
+        existing.ino
+    );
 
-    let r = store.copy(&a, ws.id, View::Live, src.ino, ws.root, &name("dst"), MergeMode::Overwrite).await.unwrap();
+    let r = store
+        .copy(
+            &a,
+            ws.id,
+            View::Live,
+            src.ino,
+            ws.root,
+            &name("dst"),
+            MergeMode::Overwrite,
+        )
+        .await
+        .unwrap();
     assert_eq!((r.replaced, r.skipped), (2, 0));
     let copied = store.lookup(View::Live, dst.ino, &name("a.exr")).await.unwrap();
     assert_ne!(copied.ino, f.ino);
@@ -162,8 +402,23 @@ async fn copy_shares_content_and_honours_merge_modes() {
     let blocks = store.block_map(View::Live, copied.ino, 0, 10).await.unwrap();
     assert_eq!(blocks.len(), 1);
     assert_eq!(blocks[0].hash, [7; 32], "the copy shares the block");
-    let e = store.copy(&a, ws.id, View::Live, src.ino, src.ino, &name("inner"), MergeMode::Fail).await.unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "no copy into its own subtree");
+    let e = store
+        .copy(
+            &a,
+            ws.id,
+            View::Live,
+            src.ino,
+            src.ino,
+            &name("inner"),
+            MergeMode::Fail,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.kind(),
+        ErrorKind::InvalidArgument,
+        "no copy into its own subtree"
+    );
 }
 
 #[tokio::test]
@@ -171,22 +426,78 @@ async fn project_workspaces_are_write_once() {
     let store = store().await;
     let ws = workspace(&store, "proj", WorkspaceKind::Project).await;
     let a = actor();
-    let f = store.create(&a, ws.id, ws.root, &name("final.mov"), &file()).await.unwrap();
+    let f = store
+        .create(&a, ws.id, ws.root, &name("final.mov"), &file())
+        .await
+        .unwrap();
     store.register_block(&[1; 32], 5, 5).await.unwrap();
-    store.set_block_state(&[1; 32], drive::meta::BlockState::Available, 5).await.unwrap();
-    let change = drive::meta::BlockChange { idx: 0, block: Some(([1; 32], 5)) };
-    store.commit_content(&a, ws.id, f.ino, 0, std::slice::from_ref(&change), 5, Timestamp::now()).await.unwrap();
+    store
+        .set_block_state(&[1; 32], drive::meta::BlockState::Available, 5)
+        .await
+        .unwrap();
+    let change = drive::meta::BlockChange {
+        idx: 0,
+        block: Some(([1; 32], 5)),
+    };
+    store
+        .commit_content(
+            &a,
+            ws.id,
+            f.ino,
+            0,
+            std::slice::from_ref(&change),
+            5,
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
     let kind = |r: Result<(), drive::MetaError>| r.unwrap_err().kind();
-    assert_eq!(kind(store.unlink(&a, ws.id, ws.root, &name("final.mov")).await), ErrorKind::PermissionDenied);
-    let trunc = SetAttr { size: Some(0), ..SetAttr::default() };
-    assert_eq!(kind(store.setattr(&a, ws.id, f.ino, &trunc).await.map(|_| ())), ErrorKind::PermissionDenied);
-    assert_eq!(kind(store.commit_content(&a, ws.id, f.ino, 1, &[change], 5, Timestamp::now()).await.map(|_| ())), ErrorKind::PermissionDenied);
-    store.create(&a, ws.id, ws.root, &name("other.mov"), &file()).await.unwrap();
     assert_eq!(
-        kind(store.rename(&a, ws.id, ws.root, &name("other.mov"), ws.root, &name("final.mov"), RenameMode::Replace).await),
+        kind(store.unlink(&a, ws.id, ws.root, &name("final.mov")).await),
         ErrorKind::PermissionDenied
     );
-    assert_eq!(store.getattr(View::Live, f.ino).await.unwrap().size, 5, "content intact");
+    let trunc = SetAttr {
+        size: Some(0),
+        ..SetAttr::default()
+    };
+    assert_eq!(
+        kind(store.setattr(&a, ws.id, f.ino, &trunc).await.map(|_| ())),
+        ErrorKind::PermissionDenied
+    );
+    assert_eq!(
+        kind(
+            store
+                .commit_content(&a, ws.id, f.ino, 1, &[change], 5, Timestamp::now())
+                .await
+                .map(|_| ())
+        ),
+        ErrorKind::PermissionDenied
+    );
+    store
+        .create(&a, ws.id, ws.root, &name("other.mov"), &file())
+        .await
+        .unwrap();
+    assert_eq!(
+        kind(
+            store
+                .rename(
+                    &a,
+                    ws.id,
+                    ws.root,
+                    &name("other.mov"),
+                    ws.root,
+                    &name("final.mov"),
+                    RenameMode::Replace
+                )
+                .await
+        ),
+        ErrorKind::PermissionDenied
+    );
+    assert_eq!(
+        store.getattr(View::Live, f.ino).await.unwrap().size,
+        5,
+        "content intact"
+    );
 }
 
 #[tokio::test]
@@ -194,24 +505,79 @@ async fn snapshots_are_read_only_views_of_the_past() {
     let store = store().await;
     let ws = workspace(&store, "snaps", WorkspaceKind::User).await;
     let a = actor();
-    let shots = store.create(&a, ws.id, ws.root, &name("shots"), &dir()).await.unwrap();
-    let f = store.create(&a, ws.id, shots.ino, &name("a"), &file()).await.unwrap();
+    let shots = store
+        .create(&a, ws.id, ws.root, &name("shots"), &dir())
+        .await
+        .unwrap();
+    let f = store
+        .create(&a, ws.id, shots.ino, &name("a"), &file())
+        .await
+        .unwrap();
     let whole = store.create_snapshot(&a, ws.id, "before", "/").await.unwrap();
-    let part = store.create_snapshot(&a, ws.id, "shots-only", "/shots").await.unwrap();
+    let part = store
+        .create_snapshot(&a, ws.id, "shots-only", "/shots")
+        .await
+        .unwrap();
     assert_eq!(part.root, shots.ino);
-    store.setattr(&a, ws.id, f.ino, &SetAttr { mode: Some(0o600), ..SetAttr::default() }).await.unwrap();
+    store
+        .setattr(
+            &a,
+            ws.id,
+            f.ino,
+            &SetAttr {
+                mode: Some(0o600),
+                ..SetAttr::default()
+            },
+        )
+        .await
+        .unwrap();
     store.unlink(&a, ws.id, shots.ino, &name("a")).await.unwrap();
-    store.create(&a, ws.id, shots.ino, &name("b"), &file()).await.unwrap();
-    let past = store.lookup(View::At(whole.epoch), shots.ino, &name("a")).await.unwrap();
+    store
+        .create(&a, ws.id, shots.ino, &name("b"), &file())
+        .await
+        .unwrap();
+    let past = store
+        .lookup(View::At(whole.epoch), shots.ino, &name("a"))
+        .await
+        .unwrap();
     assert_eq!(past.mode, 0o644, "the snapshot keeps the old attributes");
-    assert_eq!(store.lookup(View::At(whole.epoch), shots.ino, &name("b")).await.unwrap_err().kind(), ErrorKind::NotFound);
-    let names: Vec<String> = store.readdir(View::At(part.epoch), part.root, None, 10).await.unwrap().iter().map(|e| e.name.to_string_lossy()).collect();
+    assert_eq!(
+        store
+            .lookup(View::At(whole.epoch), shots.ino, &name("b"))
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+    let names: Vec<String> = store
+        .readdir(View::At(part.epoch), part.root, None, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.name.to_string_lossy())
+        .collect();
     assert_eq!(names, vec!["a"]);
-    let listed: Vec<String> = store.list_snapshots(ws.id).await.unwrap().into_iter().map(|s| s.name).collect();
+    let listed: Vec<String> = store
+        .list_snapshots(ws.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
     assert_eq!(listed, vec!["before", "shots-only"]);
-    assert_eq!(store.create_snapshot(&a, ws.id, "before", "/").await.unwrap_err().kind(), ErrorKind::Exists);
+    assert_eq!(
+        store
+            .create_snapshot(&a, ws.id, "before", "/")
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Exists
+    );
     store.delete_snapshot(&a, ws.id, "before").await.unwrap();
-    assert_eq!(store.get_snapshot(ws.id, "before").await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        store.get_snapshot(ws.id, "before").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     assert_eq!(store.snapshot_usage(&part).await.unwrap().files, 1);
 }
 
@@ -220,53 +586,113 @@ async fn frame_sequences_are_kept_incrementally() {
     let store = store().await;
     let ws = workspace(&store, "seq", WorkspaceKind::User).await;
     let a = actor();
-    let d = store.create(&a, ws.id, ws.root, &name("comp"), &dir()).await.unwrap();
+    let d = store
+        .create(&a, ws.id, ws.root, &name("comp"), &dir())
+        .await
+        .unwrap();
     let mut names: Vec<String> = Vec::new();
     for frame in (1001..=1040).chain(1050..=1060) {
         let n = format!("shot010.{frame:04}.exr");
         store.create(&a, ws.id, d.ino, &name(&n), &file()).await.unwrap();
         names.push(n);
     }
-    store.create(&a, ws.id, d.ino, &name("notes.txt"), &file()).await.unwrap();
+    store
+        .create(&a, ws.id, d.ino, &name("notes.txt"), &file())
+        .await
+        .unwrap();
     for frame in [1001, 1020, 1060] {
         let n = format!("shot010.{frame:04}.exr");
         store.unlink(&a, ws.id, d.ino, &name(&n)).await.unwrap();
         names.retain(|x| *x != n);
     }
-    store.rename(&a, ws.id, d.ino, &name("shot010.1030.exr"), d.ino, &name("shot010.1045.exr"), RenameMode::Replace).await.unwrap();
+    store
+        .rename(
+            &a,
+            ws.id,
+            d.ino,
+            &name("shot010.1030.exr"),
+            d.ino,
+            &name("shot010.1045.exr"),
+            RenameMode::Replace,
+        )
+        .await
+        .unwrap();
     names.retain(|x| x != "shot010.1030.exr");
     names.push("shot010.1045.exr".into());
     let got = store.sequences(d.ino).await.unwrap();
-    let expected = summarize(names.iter().map(|n| n.as_bytes()));
+    let expected = summarize(names.iter().map(String::as_bytes));
     assert_eq!(got, expected);
-    assert_eq!(got[0].to_string(), "shot010.%04d.exr [1002-1019,1021-1029,1031-1040,1045,1050-1059]");
+    assert_eq!(
+        got[0].to_string(),
+        "shot010.%04d.exr [1002-1019,1021-1029,1031-1040,1045,1050-1059]"
+    );
     // Folded once; reading again, and after more changes, stays exact.
     assert_eq!(store.sequences(d.ino).await.unwrap(), expected);
-    store.unlink(&a, ws.id, d.ino, &name("shot010.1045.exr")).await.unwrap();
-    store.create(&a, ws.id, d.ino, &name("shot010.1041.exr"), &file()).await.unwrap();
-    store.create(&a, ws.id, d.ino, &name("plate.0001.dpx"), &file()).await.unwrap();
+    store
+        .unlink(&a, ws.id, d.ino, &name("shot010.1045.exr"))
+        .await
+        .unwrap();
+    store
+        .create(&a, ws.id, d.ino, &name("shot010.1041.exr"), &file())
+        .await
+        .unwrap();
+    store
+        .create(&a, ws.id, d.ino, &name("plate.0001.dpx"), &file())
+        .await
+        .unwrap();
     let got = store.sequences(d.ino).await.unwrap();
     let text: Vec<String> = got.iter().map(ToString::to_string).collect();
-    assert_eq!(text, vec!["plate.%04d.dpx [1]", "shot010.%04d.exr [1002-1019,1021-1029,1031-1041,1050-1059]"]);
+    assert_eq!(
+        text,
+        vec![
+            "plate.%04d.dpx [1]",
+            "shot010.%04d.exr [1002-1019,1021-1029,1031-1041,1050-1059]"
+        ]
+    );
 }
 
 #[tokio::test]
 async fn events_follow_commit_order_through_the_feed() {
     let store = store().await;
     let ws = workspace(&store, "events", WorkspaceKind::User).await;
-    let mut feed = drive::meta::EventFeed::from_now(&store, Some(ws.id)).await.unwrap();
+    let mut feed = drive::meta::EventFeed::from_now(&store, Some(ws.id))
+        .await
+        .unwrap();
     let a = Actor::uid(1000);
-    let f = store.create(&a, ws.id, ws.root, &name("x"), &file()).await.unwrap();
-    store.rename(&a, ws.id, ws.root, &name("x"), ws.root, &name("y"), RenameMode::Replace).await.unwrap();
+    let f = store
+        .create(&a, ws.id, ws.root, &name("x"), &file())
+        .await
+        .unwrap();
+    store
+        .rename(
+            &a,
+            ws.id,
+            ws.root,
+            &name("x"),
+            ws.root,
+            &name("y"),
+            RenameMode::Replace,
+        )
+        .await
+        .unwrap();
     store.unlink(&a, ws.id, ws.root, &name("y")).await.unwrap();
     let got = feed.poll(&store).await.unwrap();
-    let ops: Vec<(&str, Option<NodeId>, String)> =
-        got.iter().map(|e| (e.op.as_str(), e.ino, e.actor.clone())).collect();
+    let ops: Vec<(&str, Option<NodeId>, String)> = got
+        .iter()
+        .map(|e| (e.op.as_str(), e.ino, e.actor.clone()))
+        .collect();
     assert_eq!(
         ops,
-        vec![("create", Some(f.ino), "uid:1000".into()), ("rename", Some(f.ino), "uid:1000".into()), ("unlink", Some(f.ino), "uid:1000".into())]
+        vec![
+            ("create", Some(f.ino), "uid:1000".into()),
+            ("rename", Some(f.ino), "uid:1000".into()),
+            ("unlink", Some(f.ino), "uid:1000".into())
+        ]
     );
-    assert!(feed.poll(&store).await.unwrap().is_empty(), "each event is delivered once");
+    assert!(
+        feed.poll(&store).await.unwrap().is_empty(),
+        "each event is delivered once"
+    );
 }
 
 #[tokio::test]
@@ -277,17 +703,39 @@ async fn workspaces_create_get_update_delete() {
     spec.block_size = 1 << 20;
     spec.owners = vec!["alice".into()];
     let ws = store.create_workspace(&a, &spec).await.unwrap();
-    assert_eq!(store.create_workspace(&a, &spec).await.unwrap_err().kind(), ErrorKind::Exists);
+    assert_eq!(
+        store.create_workspace(&a, &spec).await.unwrap_err().kind(),
+        ErrorKind::Exists
+    );
     let got = store.get_workspace("team-comp").await.unwrap();
-    assert_eq!((got.id, got.kind, got.block_size, got.owners.clone()), (ws.id, WorkspaceKind::Team, 1 << 20, vec!["alice".to_string()]));
-    let upd = drive::meta::WorkspaceUpdate { quota_bytes: Some(Some(1 << 40)), owners: None };
-    assert_eq!(store.update_workspace(&a, "team-comp", &upd).await.unwrap().quota_bytes, Some(1 << 40));
+    assert_eq!(
+        (got.id, got.kind, got.block_size, got.owners.clone()),
+        (ws.id, WorkspaceKind::Team, 1 << 20, vec!["alice".to_string()])
+    );
+    let upd = drive::meta::WorkspaceUpdate {
+        quota_bytes: Some(Some(1 << 40)),
+        owners: None,
+    };
+    assert_eq!(
+        store
+            .update_workspace(&a, "team-comp", &upd)
+            .await
+            .unwrap()
+            .quota_bytes,
+        Some(1 << 40)
+    );
     let mut bad = spec.clone();
     bad.name = "other".into();
     bad.block_size = 3;
-    assert_eq!(store.create_workspace(&a, &bad).await.unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!(
+        store.create_workspace(&a, &bad).await.unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
     store.delete_workspace(&a, "team-comp").await.unwrap();
-    assert_eq!(store.get_workspace("team-comp").await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        store.get_workspace("team-comp").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     assert!(store.list_workspaces().await.unwrap().is_empty());
     store.create_workspace(&a, &spec).await.unwrap();
 }
@@ -301,31 +749,55 @@ async fn store_outage_gives_unavailable_and_recovers() {
     config.connect_timeout = std::time::Duration::from_secs(2);
     let store = drive::MetaStore::connect(&config).await.unwrap();
     let ws = workspace(&store, "outage", WorkspaceKind::User).await;
-    store.create(&actor(), ws.id, ws.root, &name("kept"), &file()).await.unwrap();
+    store
+        .create(&actor(), ws.id, ws.root, &name("kept"), &file())
+        .await
+        .unwrap();
     pg.stop().unwrap();
-    let e = store.create(&actor(), ws.id, ws.root, &name("lost"), &file()).await.unwrap_err();
+    let e = store
+        .create(&actor(), ws.id, ws.root, &name("lost"), &file())
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
     assert!(e.is_retryable());
     pg.resume().unwrap();
     let mut attempt = 0;
     let created = loop {
         attempt += 1;
-        match store.create(&actor(), ws.id, ws.root, &name("after"), &file()).await {
+        match store
+            .create(&actor(), ws.id, ws.root, &name("after"), &file())
+            .await
+        {
             Ok(a) => break a,
             Err(e) if e.kind() == ErrorKind::Unavailable && attempt < 50 => continue,
             Err(e) => panic!("store did not recover: {e}"),
         }
     };
-    assert_eq!(store.lookup(View::Live, ws.root, &name("after")).await.unwrap().ino, created.ino);
+    assert_eq!(
+        store
+            .lookup(View::Live, ws.root, &name("after"))
+            .await
+            .unwrap()
+            .ino,
+        created.ino
+    );
     assert!(store.lookup(View::Live, ws.root, &name("kept")).await.is_ok());
-    assert_eq!(store.lookup(View::Live, ws.root, &name("lost")).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        store
+            .lookup(View::Live, ws.root, &name("lost"))
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
 }
 
 #[tokio::test]
 async fn tls_to_postgres_verifies_the_server_certificate() {
     drive_testkit::init_tracing();
     drive_testkit::install_crypto_provider();
-    let ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let ca =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
     let cert_pem = ca.cert.pem();
     let key_pem = ca.signing_key.serialize_pem();
     let pg = drive_testkit::pg::PgServer::start_with_tls(Some((&cert_pem, &key_pem))).unwrap();
@@ -335,8 +807,12 @@ async fn tls_to_postgres_verifies_the_server_certificate() {
     std::fs::write(&ca_file, &cert_pem).unwrap();
 
     let mut config = drive::MetaConfig::new(pg.tcp_url(&db));
-    config.tls = drive::TlsMode::Require { ca_file: Some(ca_file) };
-    let store = drive::MetaStore::connect(&config).await.expect("TLS connection with the right CA");
+    config.tls = drive::TlsMode::Require {
+        ca_file: Some(ca_file),
+    };
+    let store = drive::MetaStore::connect(&config)
+        .await
+        .expect("TLS connection with the right CA");
     let ws = workspace(&store, "over-tls", WorkspaceKind::User).await;
     assert_eq!(store.get_workspace("over-tls").await.unwrap().id, ws.id);
 
@@ -344,7 +820,9 @@ async fn tls_to_postgres_verifies_the_server_certificate() {
     let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
     let other_file = dir.path().join("other.pem");
     std::fs::write(&other_file, other.cert.pem()).unwrap();
-    config.tls = drive::TlsMode::Require { ca_file: Some(other_file) };
+    config.tls = drive::TlsMode::Require {
+        ca_file: Some(other_file),
+    };
     config.connect_timeout = std::time::Duration::from_secs(3);
     let e = drive::MetaStore::connect(&config).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");

@@ -16,7 +16,9 @@ async fn many_tasks_creating_one_name_have_exactly_one_winner() {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             let node = NewNode::new(NodeKind::File, 0o644).owned_by(i, i);
-            store.create(&actor(), ws.id, ws.root, &name("render.exr"), &node).await
+            store
+                .create(&actor(), ws.id, ws.root, &name("render.exr"), &node)
+                .await
         }));
     }
     let mut winners = Vec::new();
@@ -30,7 +32,10 @@ async fn many_tasks_creating_one_name_have_exactly_one_winner() {
     let listed = store.readdir(View::Live, ws.root, None, 100).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].ino, winners[0].ino);
-    let got = store.lookup(View::Live, ws.root, &name("render.exr")).await.unwrap();
+    let got = store
+        .lookup(View::Live, ws.root, &name("render.exr"))
+        .await
+        .unwrap();
     assert_eq!(got.uid, winners[0].uid, "the stored node is the winner's");
 }
 
@@ -40,7 +45,16 @@ async fn many_tasks_renaming_onto_one_name_keep_the_unique_path_invariant() {
     let ws = workspace(&store, "race-rename", WorkspaceKind::User).await;
     let mut sources = Vec::new();
     for i in 0..12 {
-        let a = store.create(&actor(), ws.id, ws.root, &name(&format!("tmp{i}")), &NewNode::new(NodeKind::File, 0o644)).await.unwrap();
+        let a = store
+            .create(
+                &actor(),
+                ws.id,
+                ws.root,
+                &name(&format!("tmp{i}")),
+                &NewNode::new(NodeKind::File, 0o644),
+            )
+            .await
+            .unwrap();
         sources.push((i, a.ino));
     }
     let mut tasks = Vec::new();
@@ -49,7 +63,15 @@ async fn many_tasks_renaming_onto_one_name_keep_the_unique_path_invariant() {
         let i = *i;
         tasks.push(tokio::spawn(async move {
             store
-                .rename(&actor(), ws.id, ws.root, &name(&format!("tmp{i}")), ws.root, &name("final"), RenameMode::NoReplace)
+                .rename(
+                    &actor(),
+                    ws.id,
+                    ws.root,
+                    &name(&format!("tmp{i}")),
+                    ws.root,
+                    &name("final"),
+                    RenameMode::NoReplace,
+                )
                 .await
         }));
     }
@@ -74,19 +96,50 @@ async fn rename_cycle_race_never_creates_a_loop() {
     for round in 0..10 {
         let a_name = name(&format!("a{round}"));
         let b_name = name(&format!("b{round}"));
-        let a = store.create(&actor(), ws.id, ws.root, &a_name, &NewNode::new(NodeKind::Directory, 0o755)).await.unwrap();
-        let b = store.create(&actor(), ws.id, ws.root, &b_name, &NewNode::new(NodeKind::Directory, 0o755)).await.unwrap();
+        let a = store
+            .create(
+                &actor(),
+                ws.id,
+                ws.root,
+                &a_name,
+                &NewNode::new(NodeKind::Directory, 0o755),
+            )
+            .await
+            .unwrap();
+        let b = store
+            .create(
+                &actor(),
+                ws.id,
+                ws.root,
+                &b_name,
+                &NewNode::new(NodeKind::Directory, 0o755),
+            )
+            .await
+            .unwrap();
         let (s1, s2) = (store.clone(), store.clone());
         let (an, bn, an2, bn2) = (a_name.clone(), b_name.clone(), a_name.clone(), b_name.clone());
-        let t1 = tokio::spawn(async move { s1.rename(&actor(), ws.id, ws.root, &an, b.ino, &an2, RenameMode::Replace).await });
-        let t2 = tokio::spawn(async move { s2.rename(&actor(), ws.id, ws.root, &bn, a.ino, &bn2, RenameMode::Replace).await });
+        let t1 = tokio::spawn(async move {
+            s1.rename(&actor(), ws.id, ws.root, &an, b.ino, &an2, RenameMode::Replace)
+                .await
+        });
+        let t2 = tokio::spawn(async move {
+            s2.rename(&actor(), ws.id, ws.root, &bn, a.ino, &bn2, RenameMode::Replace)
+                .await
+        });
         let r1 = t1.await.unwrap();
         let r2 = t2.await.unwrap();
         let oks = [r1.is_ok(), r2.is_ok()].iter().filter(|x| **x).count();
-        assert_eq!(oks, 1, "exactly one of the crossing moves succeeds: {r1:?} {r2:?}");
+        assert_eq!(
+            oks, 1,
+            "exactly one of the crossing moves succeeds: {r1:?} {r2:?}"
+        );
         for r in [r1, r2] {
             if let Err(e) = r {
-                assert_eq!(e.kind(), ErrorKind::InvalidArgument, "the loser sees the cycle: {e}");
+                assert_eq!(
+                    e.kind(),
+                    ErrorKind::InvalidArgument,
+                    "the loser sees the cycle: {e}"
+                );
             }
         }
         // Both directories remain reachable from the root: no detached loop.
@@ -102,7 +155,10 @@ async fn rename_cycle_race_never_creates_a_loop() {
                 }
             }
         }
-        assert_eq!(reachable, 2, "round {round}: both folders reachable from the root");
+        assert_eq!(
+            reachable, 2,
+            "round {round}: both folders reachable from the root"
+        );
     }
 }
 
@@ -111,20 +167,41 @@ async fn readdir_pages_are_stable_under_concurrent_inserts() {
     let store = store().await;
     let ws = workspace(&store, "race-readdir", WorkspaceKind::User).await;
     for i in 0..200 {
-        store.create(&actor(), ws.id, ws.root, &name(&format!("f{i:04}")), &NewNode::new(NodeKind::File, 0o644)).await.unwrap();
+        store
+            .create(
+                &actor(),
+                ws.id,
+                ws.root,
+                &name(&format!("f{i:04}")),
+                &NewNode::new(NodeKind::File, 0o644),
+            )
+            .await
+            .unwrap();
     }
     let writer = {
         let store = store.clone();
         tokio::spawn(async move {
             for i in 0..200 {
-                store.create(&actor(), ws.id, ws.root, &name(&format!("g{i:04}")), &NewNode::new(NodeKind::File, 0o644)).await.unwrap();
+                store
+                    .create(
+                        &actor(),
+                        ws.id,
+                        ws.root,
+                        &name(&format!("g{i:04}")),
+                        &NewNode::new(NodeKind::File, 0o644),
+                    )
+                    .await
+                    .unwrap();
             }
         })
     };
     let mut seen = Vec::new();
     let mut after: Option<Name> = None;
     loop {
-        let page = store.readdir(View::Live, ws.root, after.as_ref(), 7).await.unwrap();
+        let page = store
+            .readdir(View::Live, ws.root, after.as_ref(), 7)
+            .await
+            .unwrap();
         if page.is_empty() {
             break;
         }
@@ -137,6 +214,9 @@ async fn readdir_pages_are_stable_under_concurrent_inserts() {
     sorted.dedup();
     assert_eq!(sorted, seen, "pages are in order with no repeats");
     for i in 0..200 {
-        assert!(seen.contains(&format!("f{i:04}")), "pre-existing entry f{i:04} was not skipped");
+        assert!(
+            seen.contains(&format!("f{i:04}")),
+            "pre-existing entry f{i:04} was not skipped"
+        );
     }
 }

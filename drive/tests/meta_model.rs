@@ -16,15 +16,44 @@ const NAMES: [&str; 4] = ["a", "b", "c", "shot.0001.exr"];
 
 #[derive(Debug, Clone)]
 enum Op {
-    Create { dir: usize, name: usize, kind: u8 },
-    Link { file: usize, dir: usize, name: usize },
-    Unlink { dir: usize, name: usize },
-    Rmdir { dir: usize, name: usize },
-    Rename { sdir: usize, sname: usize, ddir: usize, dname: usize, mode: u8 },
-    Copy { src: usize, ddir: usize, dname: usize, merge: u8 },
-    DeletePath { node: usize },
+    Create {
+        dir: usize,
+        name: usize,
+        kind: u8,
+    },
+    Link {
+        file: usize,
+        dir: usize,
+        name: usize,
+    },
+    Unlink {
+        dir: usize,
+        name: usize,
+    },
+    Rmdir {
+        dir: usize,
+        name: usize,
+    },
+    Rename {
+        sdir: usize,
+        sname: usize,
+        ddir: usize,
+        dname: usize,
+        mode: u8,
+    },
+    Copy {
+        src: usize,
+        ddir: usize,
+        dname: usize,
+        merge: u8,
+    },
+    DeletePath {
+        node: usize,
+    },
     Snapshot,
-    DeleteSnapshot { idx: usize },
+    DeleteSnapshot {
+        idx: usize,
+    },
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -62,14 +91,26 @@ type Outcome = Result<(), ErrorKind>;
 impl Model {
     fn new() -> Model {
         let mut nodes = BTreeMap::new();
-        nodes.insert(0, MNode { kind: NodeKind::Directory, children: BTreeMap::new() });
+        nodes.insert(
+            0,
+            MNode {
+                kind: NodeKind::Directory,
+                children: BTreeMap::new(),
+            },
+        );
         Model { nodes, next: 1 }
     }
 
     fn add(&mut self, kind: NodeKind) -> u64 {
         let id = self.next;
         self.next += 1;
-        self.nodes.insert(id, MNode { kind, children: BTreeMap::new() });
+        self.nodes.insert(
+            id,
+            MNode {
+                kind,
+                children: BTreeMap::new(),
+            },
+        );
         id
     }
 
@@ -91,11 +132,19 @@ impl Model {
     }
 
     fn dirs(&self) -> Vec<u64> {
-        self.paths().into_iter().filter(|(_, id)| self.nodes[id].kind == NodeKind::Directory).map(|(_, id)| id).collect()
+        self.paths()
+            .into_iter()
+            .filter(|(_, id)| self.nodes[id].kind == NodeKind::Directory)
+            .map(|(_, id)| id)
+            .collect()
     }
 
     fn files(&self) -> Vec<u64> {
-        self.paths().into_iter().filter(|(_, id)| self.nodes[id].kind == NodeKind::File).map(|(_, id)| id).collect()
+        self.paths()
+            .into_iter()
+            .filter(|(_, id)| self.nodes[id].kind == NodeKind::File)
+            .map(|(_, id)| id)
+            .collect()
     }
 
     fn is_ancestor_or_self(&self, anc: u64, node: u64) -> bool {
@@ -129,12 +178,18 @@ impl Model {
         if self.nodes[&dir].children.contains_key(name) {
             return Err(ErrorKind::Exists);
         }
-        self.nodes.get_mut(&dir).unwrap().children.insert(name.into(), file);
+        self.nodes
+            .get_mut(&dir)
+            .unwrap()
+            .children
+            .insert(name.into(), file);
         Ok(())
     }
 
     fn remove(&mut self, dir: u64, name: &str, rmdir: bool) -> Outcome {
-        let Some(&id) = self.nodes[&dir].children.get(name) else { return Err(ErrorKind::NotFound) };
+        let Some(&id) = self.nodes[&dir].children.get(name) else {
+            return Err(ErrorKind::NotFound);
+        };
         let is_dir = self.nodes[&id].kind == NodeKind::Directory;
         match (rmdir, is_dir) {
             (false, true) => return Err(ErrorKind::IsADirectory),
@@ -147,11 +202,19 @@ impl Model {
     }
 
     fn delete_subtree(&mut self, dir: u64, name: &str) -> Outcome {
-        self.nodes.get_mut(&dir).unwrap().children.remove(name).map(|_| ()).ok_or(ErrorKind::NotFound)
+        self.nodes
+            .get_mut(&dir)
+            .unwrap()
+            .children
+            .remove(name)
+            .map(|_| ())
+            .ok_or(ErrorKind::NotFound)
     }
 
     fn rename(&mut self, sd: u64, sn: &str, dd: u64, dn: &str, mode: RenameMode) -> Outcome {
-        let Some(&src) = self.nodes[&sd].children.get(sn) else { return Err(ErrorKind::NotFound) };
+        let Some(&src) = self.nodes[&sd].children.get(sn) else {
+            return Err(ErrorKind::NotFound);
+        };
         let dst = self.nodes[&dd].children.get(dn).copied();
         let same_dir = sd == dd;
         if same_dir && sn == dn {
@@ -170,7 +233,8 @@ impl Model {
             if dst == src {
                 return Ok(());
             }
-            if self.nodes[&dst].kind == NodeKind::Directory && !same_dir && self.is_ancestor_or_self(dst, sd) {
+            if self.nodes[&dst].kind == NodeKind::Directory && !same_dir && self.is_ancestor_or_self(dst, sd)
+            {
                 return Err(ErrorKind::InvalidArgument);
             }
             self.nodes.get_mut(&sd).unwrap().children.insert(sn.into(), dst);
@@ -213,13 +277,21 @@ impl Model {
                     MergeMode::Skip => continue,
                     MergeMode::Overwrite => {
                         let id = work.add(kind);
-                        work.nodes.get_mut(&parent).unwrap().children.insert(name.clone(), id);
+                        work.nodes
+                            .get_mut(&parent)
+                            .unwrap()
+                            .children
+                            .insert(name.clone(), id);
                         id
                     }
                 },
                 None => {
                     let id = work.add(kind);
-                    work.nodes.get_mut(&parent).unwrap().children.insert(name.clone(), id);
+                    work.nodes
+                        .get_mut(&parent)
+                        .unwrap()
+                        .children
+                        .insert(name.clone(), id);
                     id
                 }
             };
@@ -236,7 +308,11 @@ impl Model {
     /// Canonical form: path -> (kind, first path of the same node), so hard links compare
     /// without depending on ids.
     fn canonical(&self) -> BTreeMap<Vec<String>, (NodeKind, Vec<String>)> {
-        canonicalize(self.paths().into_iter().map(|(p, id)| (p, self.nodes[&id].kind, id)))
+        canonicalize(
+            self.paths()
+                .into_iter()
+                .map(|(p, id)| (p, self.nodes[&id].kind, id)),
+        )
     }
 }
 
@@ -254,14 +330,21 @@ fn canonicalize(
     out
 }
 
-async fn store_tree(store: &MetaStore, view: View, root: NodeId) -> BTreeMap<Vec<String>, (NodeKind, Vec<String>)> {
+async fn store_tree(
+    store: &MetaStore,
+    view: View,
+    root: NodeId,
+) -> BTreeMap<Vec<String>, (NodeKind, Vec<String>)> {
     let mut items = vec![(vec![], NodeKind::Directory, root.0)];
     let mut stack = vec![(vec![], root)];
     while let Some((path, dir)) = stack.pop() {
         let mut after: Option<Name> = None;
         loop {
             // Small pages exercise the keyset pagination too.
-            let page = store.readdir(view, dir, after.as_ref(), 2).await.expect("readdir");
+            let page = store
+                .readdir(view, dir, after.as_ref(), 2)
+                .await
+                .expect("readdir");
             if page.is_empty() {
                 break;
             }
@@ -305,7 +388,11 @@ impl Harness {
                 continue;
             }
             let p = path.join("/");
-            let attr = self.store.resolve(self.ws.id, &p).await.expect("resolve model path in store");
+            let attr = self
+                .store
+                .resolve(self.ws.id, &p)
+                .await
+                .expect("resolve model path in store");
             self.ids.insert(id, attr.ino);
         }
     }
@@ -320,12 +407,25 @@ impl Harness {
                 let d = pick(&dirs, *dir);
                 let (k, node) = match kind {
                     0 | 3 => (NodeKind::Directory, NewNode::new(NodeKind::Directory, 0o755)),
-                    2 => (NodeKind::Symlink, NewNode { symlink_target: Some(b"target".to_vec()), ..NewNode::new(NodeKind::Symlink, 0o777) }),
+                    2 => (
+                        NodeKind::Symlink,
+                        NewNode {
+                            symlink_target: Some(b"target".to_vec()),
+                            ..NewNode::new(NodeKind::Symlink, 0o777)
+                        },
+                    ),
                     _ => (NodeKind::File, NewNode::new(NodeKind::File, 0o644)),
                 };
                 let n = NAMES[*name];
                 let e = self.model.create(d, n, k);
-                (e, kind_of(self.store.create(&a, ws, self.node(d), &Name::parse(n).unwrap(), &node).await))
+                (
+                    e,
+                    kind_of(
+                        self.store
+                            .create(&a, ws, self.node(d), &Name::parse(n).unwrap(), &node)
+                            .await,
+                    ),
+                )
             }
             Op::Link { file, dir, name } => {
                 let files = self.model.files();
@@ -334,7 +434,14 @@ impl Harness {
                 }
                 let (f, d, n) = (pick(&files, *file), pick(&dirs, *dir), NAMES[*name]);
                 let e = self.model.link(f, d, n);
-                (e, kind_of(self.store.link(&a, ws, self.node(f), self.node(d), &Name::parse(n).unwrap()).await))
+                (
+                    e,
+                    kind_of(
+                        self.store
+                            .link(&a, ws, self.node(f), self.node(d), &Name::parse(n).unwrap())
+                            .await,
+                    ),
+                )
             }
             Op::Unlink { dir, name } | Op::Rmdir { dir, name } => {
                 let d = pick(&dirs, *dir);
@@ -349,18 +456,37 @@ impl Harness {
                 };
                 (e, kind_of(g))
             }
-            Op::Rename { sdir, sname, ddir, dname, mode } => {
+            Op::Rename {
+                sdir,
+                sname,
+                ddir,
+                dname,
+                mode,
+            } => {
                 let (sd, dd) = (pick(&dirs, *sdir), pick(&dirs, *ddir));
                 let (sn, dn) = (NAMES[*sname], NAMES[*dname]);
                 let mode = [RenameMode::Replace, RenameMode::NoReplace, RenameMode::Exchange][*mode as usize];
                 let e = self.model.rename(sd, sn, dd, dn, mode);
                 let g = self
                     .store
-                    .rename(&a, ws, self.node(sd), &Name::parse(sn).unwrap(), self.node(dd), &Name::parse(dn).unwrap(), mode)
+                    .rename(
+                        &a,
+                        ws,
+                        self.node(sd),
+                        &Name::parse(sn).unwrap(),
+                        self.node(dd),
+                        &Name::parse(dn).unwrap(),
+                        mode,
+                    )
                     .await;
                 (e, kind_of(g))
             }
-            Op::Copy { src, ddir, dname, merge } => {
+            Op::Copy {
+                src,
+                ddir,
+                dname,
+                merge,
+            } => {
                 let all: Vec<u64> = self.model.paths().into_iter().skip(1).map(|(_, id)| id).collect();
                 if all.is_empty() {
                     return;
@@ -370,7 +496,15 @@ impl Harness {
                 let e = self.model.copy(s, dd, dn, merge);
                 let g = self
                     .store
-                    .copy(&a, ws, View::Live, self.node(s), self.node(dd), &Name::parse(dn).unwrap(), merge)
+                    .copy(
+                        &a,
+                        ws,
+                        View::Live,
+                        self.node(s),
+                        self.node(dd),
+                        &Name::parse(dn).unwrap(),
+                        merge,
+                    )
                     .await;
                 (e, kind_of(g))
             }
@@ -381,7 +515,13 @@ impl Harness {
                 }
                 let (path, _) = paths[node % paths.len()].clone();
                 let parent_path = &path[..path.len() - 1];
-                let parent = self.model.paths().into_iter().find(|(p, _)| p == parent_path).unwrap().1;
+                let parent = self
+                    .model
+                    .paths()
+                    .into_iter()
+                    .find(|(p, _)| p == parent_path)
+                    .unwrap()
+                    .1;
                 let e = self.model.delete_subtree(parent, path.last().unwrap());
                 (e, kind_of(self.store.delete_path(&a, ws, &path.join("/")).await))
             }
@@ -400,7 +540,9 @@ impl Harness {
                 (Ok(()), kind_of(self.store.delete_snapshot(&a, ws, &name).await))
             }
         };
-        if std::env::var_os("MODEL_TRACE").is_some() { eprintln!("{op:?} -> {got:?} (model {expected:?})"); }
+        if std::env::var_os("MODEL_TRACE").is_some() {
+            eprintln!("{op:?} -> {got:?} (model {expected:?})");
+        }
         assert_eq!(got, expected, "outcome of {op:?}");
         self.sync_ids().await;
     }
@@ -409,7 +551,11 @@ impl Harness {
         let live = store_tree(&self.store, View::Live, self.ws.root).await;
         assert_eq!(live, self.model.canonical(), "live tree");
         for (name, model) in &self.snapshots {
-            let snap = self.store.get_snapshot(self.ws.id, name).await.expect("snapshot exists");
+            let snap = self
+                .store
+                .get_snapshot(self.ws.id, name)
+                .await
+                .expect("snapshot exists");
             let tree = store_tree(&self.store, View::At(snap.epoch), snap.root).await;
             assert_eq!(tree, model.canonical(), "snapshot {name}");
         }
@@ -417,10 +563,18 @@ impl Harness {
 }
 
 fn run_model_cases(seed_name: &'static str, cases: u32) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let store = rt.block_on(store());
     let counter = std::sync::atomic::AtomicU32::new(0);
-    let config = ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() };
+    let config = ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
     proptest!(config, |(ops in proptest::collection::vec(op_strategy(), 1..48))| {
         let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         rt.block_on(async {

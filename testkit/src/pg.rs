@@ -53,7 +53,9 @@ pub fn find_bin_dir() -> anyhow::Result<PathBuf> {
             return Ok(dir);
         }
     }
-    bail!("PostgreSQL server binaries not found: install postgresql (apt-get install postgresql) or set PG_BIN_DIR")
+    bail!(
+        "PostgreSQL server binaries not found: install postgresql (apt-get install postgresql) or set PG_BIN_DIR"
+    )
 }
 
 impl PgServer {
@@ -73,14 +75,24 @@ impl PgServer {
     /// on its TCP port with that certificate.
     pub fn start_with_tls(tls: Option<(&str, &str)>) -> anyhow::Result<PgServer> {
         let bin_dir = find_bin_dir()?;
-        let root = tempfile::Builder::new().prefix("studiodrive-pg-").tempdir()?.keep();
+        let root = tempfile::Builder::new()
+            .prefix("studiodrive-pg-")
+            .tempdir()?
+            .keep();
         let run_as = postgres_user_if_root()?;
         if let Some((uid, gid)) = run_as {
             nix::unistd::chown(&root, Some(uid.into()), Some(gid.into()))
                 .context("chown the PostgreSQL temp dir to the postgres user")?;
         }
         let port = free_port()?;
-        let mut server = PgServer { root, bin_dir, port, run_as, extra_options: String::new(), watchdog: None };
+        let mut server = PgServer {
+            root,
+            bin_dir,
+            port,
+            run_as,
+            extra_options: String::new(),
+            watchdog: None,
+        };
         server.spawn_watchdog()?;
         server.initdb()?;
         if let Some((cert, key)) = tls {
@@ -118,7 +130,15 @@ impl PgServer {
             .command("initdb")
             .arg("-D")
             .arg(self.data_dir())
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ])
             .output()
             .context("run initdb")?;
         if !out.status.success() {
@@ -139,7 +159,11 @@ impl PgServer {
                 nix::unistd::chown(f, Some(uid.into()), Some(gid.into()))?;
             }
         }
-        self.extra_options = format!(" -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}", cert.display(), key.display());
+        self.extra_options = format!(
+            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            cert.display(),
+            key.display()
+        );
         Ok(())
     }
 
@@ -164,7 +188,10 @@ impl PgServer {
             .context("run pg_ctl start")?;
         if !out.status.success() {
             let log = std::fs::read_to_string(self.root.join("server.log")).unwrap_or_default();
-            bail!("pg_ctl start failed: {}\n{log}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "pg_ctl start failed: {}\n{log}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(())
     }
@@ -186,7 +213,11 @@ impl PgServer {
 
     /// A libpq-style connection string for `dbname` over the Unix socket.
     pub fn url(&self, dbname: &str) -> String {
-        format!("host={} port={} user=postgres dbname={dbname}", self.root.display(), self.port)
+        format!(
+            "host={} port={} user=postgres dbname={dbname}",
+            self.root.display(),
+            self.port
+        )
     }
 
     /// A connection string for `dbname` over TCP on 127.0.0.1.

@@ -7,7 +7,9 @@
 use deadpool_postgres::GenericClient;
 
 use crate::error::MetaError;
-use crate::meta::rows::{WsCtx, execute, guard_write_once, live_inode, query, query_opt, record_event, write_inode, ws_ctx};
+use crate::meta::rows::{
+    WsCtx, execute, guard_write_once, live_inode, query, query_opt, record_event, write_inode, ws_ctx,
+};
 use crate::meta::{MetaStore, in_txn};
 use crate::model::{Actor, Attr, Epoch, NodeId, NodeKind, Timestamp, View, WorkspaceId};
 
@@ -63,9 +65,18 @@ pub struct BlockRecord {
 impl MetaStore {
     /// The block-map entries of `ino` with index in `[first, first + count)`, as seen in `view`.
     /// Missing indexes are holes.
-    pub async fn block_map(&self, view: View, ino: NodeId, first: u64, count: u64) -> Result<Vec<FileBlock>, MetaError> {
+    pub async fn block_map(
+        &self,
+        view: View,
+        ino: NodeId,
+        first: u64,
+        count: u64,
+    ) -> Result<Vec<FileBlock>, MetaError> {
         let client = self.client().await?;
-        let (lo, hi) = (first as i64, first.saturating_add(count).min(i64::MAX as u64) as i64);
+        let (lo, hi) = (
+            first as i64,
+            first.saturating_add(count).min(i64::MAX as u64) as i64,
+        );
         let rows = match view {
             View::Live => {
                 query(
@@ -99,16 +110,30 @@ impl MetaStore {
 
     /// Records a block about to be uploaded. Returns `true` when an available object with this
     /// hash already exists, so the upload can be skipped (identical blocks are stored once).
-    pub async fn register_block(&self, hash: &[u8; 32], size: u64, stored_size: u64) -> Result<bool, MetaError> {
+    pub async fn register_block(
+        &self,
+        hash: &[u8; 32],
+        size: u64,
+        stored_size: u64,
+    ) -> Result<bool, MetaError> {
         let client = self.client().await?;
-        let existing = query_opt(&client, "SELECT state FROM blocks WHERE hash = $1", &[&hash.as_slice()]).await?;
+        let existing = query_opt(
+            &client,
+            "SELECT state FROM blocks WHERE hash = $1",
+            &[&hash.as_slice()],
+        )
+        .await?;
         if let Some(row) = existing {
             let state: String = row.get(0);
             if state == "available" {
                 return Ok(true);
             }
-            execute(&client, "UPDATE blocks SET state = 'created', updated_at = now() WHERE hash = $1", &[&hash.as_slice()])
-                .await?;
+            execute(
+                &client,
+                "UPDATE blocks SET state = 'created', updated_at = now() WHERE hash = $1",
+                &[&hash.as_slice()],
+            )
+            .await?;
             return Ok(false);
         }
         execute(
@@ -122,7 +147,12 @@ impl MetaStore {
     }
 
     /// Sets a block's transfer state after an upload finished or failed.
-    pub async fn set_block_state(&self, hash: &[u8; 32], state: BlockState, stored_size: u64) -> Result<(), MetaError> {
+    pub async fn set_block_state(
+        &self,
+        hash: &[u8; 32],
+        state: BlockState,
+        stored_size: u64,
+    ) -> Result<(), MetaError> {
         let client = self.client().await?;
         execute(
             &client,
@@ -176,7 +206,10 @@ impl MetaStore {
         mtime: Timestamp,
     ) -> Result<Attr, MetaError> {
         let now = Timestamp::now();
-        let hashes: Vec<&[u8]> = changes.iter().filter_map(|c| c.block.as_ref().map(|(h, _)| h.as_slice())).collect();
+        let hashes: Vec<&[u8]> = changes
+            .iter()
+            .filter_map(|c| c.block.as_ref().map(|(h, _)| h.as_slice()))
+            .collect();
         in_txn!(self, |tx| {
             async {
                 let ws = ws_ctx(&tx, ws).await?;
@@ -226,7 +259,9 @@ impl MetaStore {
 }
 
 fn to_hash(bytes: Vec<u8>) -> Result<[u8; 32], MetaError> {
-    bytes.try_into().map_err(|_| MetaError::Internal("block hash is not 32 bytes".into()))
+    bytes
+        .try_into()
+        .map_err(|_| MetaError::Internal("block hash is not 32 bytes".into()))
 }
 
 /// Sets or clears block `idx` of `ino` as a new live version.
@@ -238,9 +273,13 @@ async fn set_block<C: GenericClient>(
     block: Option<&([u8; 32], u64)>,
 ) -> Result<(), MetaError> {
     let (i, x) = (ino.0 as i64, idx as i64);
-    let live = query_opt(c, "SELECT valid_from FROM file_blocks WHERE ino = $1 AND idx = $2 AND valid_to IS NULL", &[&i, &x])
-        .await?
-        .map(|r| r.get::<_, i64>(0));
+    let live = query_opt(
+        c,
+        "SELECT valid_from FROM file_blocks WHERE ino = $1 AND idx = $2 AND valid_to IS NULL",
+        &[&i, &x],
+    )
+    .await?
+    .map(|r| r.get::<_, i64>(0));
     match live {
         // Rows born in this epoch are invisible to every snapshot: change them in place.
         Some(from) if from == ws.epoch => match block {
@@ -254,7 +293,12 @@ async fn set_block<C: GenericClient>(
                 return Ok(());
             }
             None => {
-                execute(c, "DELETE FROM file_blocks WHERE ino = $1 AND idx = $2 AND valid_to IS NULL", &[&i, &x]).await?;
+                execute(
+                    c,
+                    "DELETE FROM file_blocks WHERE ino = $1 AND idx = $2 AND valid_to IS NULL",
+                    &[&i, &x],
+                )
+                .await?;
                 return Ok(());
             }
         },

@@ -10,8 +10,8 @@ use deadpool_postgres::GenericClient;
 
 use crate::error::MetaError;
 use crate::meta::rows::{
-    WsCtx, close_entry, guard_write_once, inode_in_view, insert_entry, insert_inode, live_dir, live_entry, live_inode,
-    query, record_event, write_inode, ws_ctx,
+    WsCtx, close_entry, guard_write_once, inode_in_view, insert_entry, insert_inode, live_dir, live_entry,
+    live_inode, query, record_event, write_inode, ws_ctx,
 };
 use crate::meta::sequences::{frame_added, frame_removed};
 use crate::meta::{MetaStore, in_txn};
@@ -67,7 +67,9 @@ impl MetaStore {
                         .ok_or_else(|| MetaError::Internal(format!("node {from} vanished during copy")))?;
                     let existing = live_entry(&tx, parent, &name).await?;
                     let target = match &existing {
-                        Some(e) if e.kind == NodeKind::Directory && node.attr.kind == NodeKind::Directory => e.ino,
+                        Some(e) if e.kind == NodeKind::Directory && node.attr.kind == NodeKind::Directory => {
+                            e.ino
+                        }
                         Some(e) => match merge {
                             MergeMode::Fail => return Err(MetaError::Exists(name.to_string_lossy())),
                             MergeMode::Skip => {
@@ -78,7 +80,11 @@ impl MetaStore {
                                 let mut old = live_inode(&tx, &ctx, e.ino).await?;
                                 guard_write_once(&ctx, &old.attr, "overwrite")?;
                                 close_entry(&tx, &ctx, e.id, true).await?;
-                                old.attr.nlink = if old.attr.kind == NodeKind::Directory { 0 } else { old.attr.nlink.saturating_sub(1) };
+                                old.attr.nlink = if old.attr.kind == NodeKind::Directory {
+                                    0
+                                } else {
+                                    old.attr.nlink.saturating_sub(1)
+                                };
                                 old.attr.ctime = now;
                                 write_inode(&tx, &ctx, &old).await?;
                                 frame_removed(&tx, parent, &name, e.kind).await?;
@@ -107,7 +113,16 @@ impl MetaStore {
                     d.attr.ctime = now;
                     write_inode(&tx, &ctx, &d).await?;
                 }
-                record_event(&tx, ctx.id, actor, "copy", report.root, Some(dst_parent), Some(dst_name)).await?;
+                record_event(
+                    &tx,
+                    ctx.id,
+                    actor,
+                    "copy",
+                    report.root,
+                    Some(dst_parent),
+                    Some(dst_name),
+                )
+                .await?;
                 Ok(report)
             }
             .await
@@ -157,7 +172,12 @@ async fn copy_node<C: GenericClient>(
         attr.size = a.size;
         attr.mtime = a.mtime;
         attr.content_version = 1;
-        let row = super::rows::InodeRow { attr: attr.clone(), workspace: ctx.id, valid_from: ctx.epoch, symlink_target: None };
+        let row = super::rows::InodeRow {
+            attr: attr.clone(),
+            workspace: ctx.id,
+            valid_from: ctx.epoch,
+            symlink_target: None,
+        };
         write_inode(c, ctx, &row).await?;
         frame_added(c, parent, name, attr.kind).await?;
     }
@@ -165,7 +185,11 @@ async fn copy_node<C: GenericClient>(
 }
 
 /// The (name, node) children of a folder in `view`.
-async fn children<C: GenericClient>(c: &C, view: View, dir: NodeId) -> Result<Vec<((Name, NodeId), NodeKind)>, MetaError> {
+async fn children<C: GenericClient>(
+    c: &C,
+    view: View,
+    dir: NodeId,
+) -> Result<Vec<((Name, NodeId), NodeKind)>, MetaError> {
     let e = match view {
         View::Live => i64::MAX,
         View::At(Epoch(e)) => e,

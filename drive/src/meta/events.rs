@@ -17,7 +17,12 @@ use crate::model::{Event, Name, NodeId, WorkspaceId};
 impl MetaStore {
     /// Up to `limit` events with id greater than `after`, in id order; `ws = None` reads all
     /// workspaces.
-    pub async fn events_after(&self, ws: Option<WorkspaceId>, after: i64, limit: usize) -> Result<Vec<Event>, MetaError> {
+    pub async fn events_after(
+        &self,
+        ws: Option<WorkspaceId>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<Event>, MetaError> {
         let client = self.client().await?;
         let limit = limit.min(10_000) as i64;
         let rows = match ws {
@@ -57,7 +62,9 @@ impl MetaStore {
 
     /// Events with the given ids that are visible now.
     async fn events_with_ids(&self, ws: Option<WorkspaceId>, ids: &[i64]) -> Result<Vec<Event>, MetaError> {
-        let (Some(&lo), Some(&hi)) = (ids.first(), ids.last()) else { return Ok(Vec::new()) };
+        let (Some(&lo), Some(&hi)) = (ids.first(), ids.last()) else {
+            return Ok(Vec::new());
+        };
         let mut found = self.events_after(ws, lo - 1, (hi - lo + 1) as usize).await?;
         found.retain(|e| ids.binary_search(&e.id).is_ok());
         Ok(found)
@@ -79,7 +86,12 @@ pub struct EventFeed {
 impl EventFeed {
     /// A feed that starts after event `cursor` (0 for the beginning).
     pub fn new(ws: Option<WorkspaceId>, cursor: i64) -> EventFeed {
-        EventFeed { ws, high_water: cursor, pending: BTreeMap::new(), gap_timeout: Duration::from_secs(60) }
+        EventFeed {
+            ws,
+            high_water: cursor,
+            pending: BTreeMap::new(),
+            gap_timeout: Duration::from_secs(60),
+        }
     }
 
     /// A feed that starts at the current end of the log (only new events).
@@ -98,7 +110,10 @@ impl EventFeed {
 
     /// The position to resume from after a restart: nothing at or below it is pending.
     pub fn resume_cursor(&self) -> i64 {
-        self.pending.keys().next().map_or(self.high_water, |first| first - 1)
+        self.pending
+            .keys()
+            .next()
+            .map_or(self.high_water, |first| first - 1)
     }
 
     /// Events that became visible since the last poll.
@@ -112,7 +127,8 @@ impl EventFeed {
                 out.push(event);
             }
             let timeout = self.gap_timeout;
-            self.pending.retain(|_, since| now.duration_since(*since) < timeout);
+            self.pending
+                .retain(|_, since| now.duration_since(*since) < timeout);
         }
         loop {
             // Read the global log: ids are global, so gaps can only be told apart from other

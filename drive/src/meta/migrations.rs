@@ -35,7 +35,9 @@ pub(super) async fn apply(store: &MetaStore) -> Result<(), MetaError> {
         if applied.is_some() {
             continue;
         }
-        let claim = tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[version]).await;
+        let claim = tx
+            .execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[version])
+            .await;
         match claim.map_err(pg_error) {
             Ok(_) => {}
             Err(e) if e.kind() == ErrorKind::Exists => continue,

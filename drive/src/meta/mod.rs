@@ -63,7 +63,12 @@ pub enum TlsMode {
 impl MetaConfig {
     /// A config for `url` with defaults: 16 connections, no TLS, 10 s connect timeout.
     pub fn new(url: impl Into<String>) -> MetaConfig {
-        MetaConfig { url: url.into(), pool_size: 16, tls: TlsMode::Disable, connect_timeout: Duration::from_secs(10) }
+        MetaConfig {
+            url: url.into(),
+            pool_size: 16,
+            tls: TlsMode::Disable,
+            connect_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -87,7 +92,9 @@ pub struct MetaStore {
 
 impl std::fmt::Debug for MetaStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MetaStore").field("pool", &self.pool.status()).finish()
+        f.debug_struct("MetaStore")
+            .field("pool", &self.pool.status())
+            .finish()
     }
 }
 
@@ -102,7 +109,9 @@ impl MetaStore {
             .parse()
             .map_err(|e| MetaError::InvalidArgument(format!("metadata URL: {e}")))?;
         pg.connect_timeout(config.connect_timeout);
-        let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
         let manager = match &config.tls {
             TlsMode::Disable => Manager::from_config(pg, tokio_postgres::NoTls, manager_config),
             TlsMode::Require { ca_file } => {
@@ -117,7 +126,10 @@ impl MetaStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| MetaError::Internal(format!("build connection pool: {e}")))?;
-        let store = MetaStore { pool, stats: Arc::default() };
+        let store = MetaStore {
+            pool,
+            stats: Arc::default(),
+        };
         migrations::apply(&store).await?;
         Ok(store)
     }
@@ -186,7 +198,9 @@ macro_rules! in_txn {
                     store.note_commit();
                     break Ok(value);
                 }
-                Err(e) if $crate::meta::is_serialization_failure(&e) && attempt < $crate::meta::MAX_ATTEMPTS => {
+                Err(e)
+                    if $crate::meta::is_serialization_failure(&e) && attempt < $crate::meta::MAX_ATTEMPTS =>
+                {
                     tracing::debug!(attempt, "serialization conflict; retrying transaction");
                     store.backoff(attempt).await;
                 }
@@ -211,14 +225,24 @@ pub(crate) fn is_serialization_failure(e: &MetaError) -> bool {
 /// Maps a PostgreSQL error to the store's error, in one place.
 pub(crate) fn pg_error(e: tokio_postgres::Error) -> MetaError {
     match e.code() {
-        Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED => {
+        Some(code)
+            if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED =>
+        {
             MetaError::Conflict(SERIALIZATION_MESSAGE.to_string())
         }
         Some(code) if *code == SqlState::UNIQUE_VIOLATION => {
-            let what = e.as_db_error().and_then(|d| d.constraint()).unwrap_or("unique key").to_string();
+            let what = e
+                .as_db_error()
+                .and_then(|d| d.constraint())
+                .unwrap_or("unique key")
+                .to_string();
             MetaError::Exists(what)
         }
-        Some(code) if code.code().starts_with("08") || code.code().starts_with("57P") || *code == SqlState::TOO_MANY_CONNECTIONS => {
+        Some(code)
+            if code.code().starts_with("08")
+                || code.code().starts_with("57P")
+                || *code == SqlState::TOO_MANY_CONNECTIONS =>
+        {
             MetaError::unavailable("database connection lost", e)
         }
         Some(_) => MetaError::Internal(e.to_string()),

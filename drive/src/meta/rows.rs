@@ -9,11 +9,17 @@ use tokio_postgres::types::ToSql;
 
 use crate::error::MetaError;
 use crate::meta::pg_error;
-use crate::model::{Actor, Attr, Epoch, Name, NewNode, NodeId, NodeKind, Timestamp, View, WorkspaceId, WorkspaceKind};
+use crate::model::{
+    Actor, Attr, Epoch, Name, NewNode, NodeId, NodeKind, Timestamp, View, WorkspaceId, WorkspaceKind,
+};
 
 pub(crate) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
-pub(crate) async fn query<C: GenericClient>(c: &C, sql: &str, params: Params<'_>) -> Result<Vec<Row>, MetaError> {
+pub(crate) async fn query<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<Vec<Row>, MetaError> {
     let stmt = c.prepare_cached(sql).await.map_err(pg_error)?;
     c.query(&stmt, params).await.map_err(pg_error)
 }
@@ -27,13 +33,21 @@ pub(crate) async fn query_opt<C: GenericClient>(
     c.query_opt(&stmt, params).await.map_err(pg_error)
 }
 
-pub(crate) async fn execute<C: GenericClient>(c: &C, sql: &str, params: Params<'_>) -> Result<u64, MetaError> {
+pub(crate) async fn execute<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<u64, MetaError> {
     let stmt = c.prepare_cached(sql).await.map_err(pg_error)?;
     c.execute(&stmt, params).await.map_err(pg_error)
 }
 
 pub(crate) fn to_system_time(t: Timestamp) -> SystemTime {
-    if t.0 >= 0 { UNIX_EPOCH + Duration::from_nanos(t.0 as u64) } else { UNIX_EPOCH }
+    if t.0 >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(t.0 as u64)
+    } else {
+        UNIX_EPOCH
+    }
 }
 
 pub(crate) fn from_system_time(t: SystemTime) -> Timestamp {
@@ -64,7 +78,8 @@ pub(crate) async fn ws_ctx<C: GenericClient>(c: &C, ws: WorkspaceId) -> Result<W
     Ok(WsCtx {
         id: ws,
         epoch: row.get(0),
-        kind: WorkspaceKind::parse(&kind).ok_or_else(|| MetaError::Internal(format!("workspace kind {kind}")))?,
+        kind: WorkspaceKind::parse(&kind)
+            .ok_or_else(|| MetaError::Internal(format!("workspace kind {kind}")))?,
         root: NodeId(row.get::<_, i64>(2) as u64),
         block_size: row.get::<_, i64>(3) as u64,
     })
@@ -88,7 +103,8 @@ pub(crate) fn inode_from_row(row: &Row, at: usize) -> Result<InodeRow, MetaError
     Ok(InodeRow {
         attr: Attr {
             ino: NodeId(row.get::<_, i64>(at) as u64),
-            kind: NodeKind::from_code(kind).ok_or_else(|| MetaError::Internal(format!("node kind {kind}")))?,
+            kind: NodeKind::from_code(kind)
+                .ok_or_else(|| MetaError::Internal(format!("node kind {kind}")))?,
             mode: row.get::<_, i64>(at + 2) as u32,
             uid: row.get::<_, i64>(at + 3) as u32,
             gid: row.get::<_, i64>(at + 4) as u32,
@@ -138,7 +154,11 @@ pub(crate) async fn inode_in_view<C: GenericClient>(
 }
 
 /// The live inode `ino` of workspace `ws`, or NotFound.
-pub(crate) async fn live_inode<C: GenericClient>(c: &C, ws: &WsCtx, ino: NodeId) -> Result<InodeRow, MetaError> {
+pub(crate) async fn live_inode<C: GenericClient>(
+    c: &C,
+    ws: &WsCtx,
+    ino: NodeId,
+) -> Result<InodeRow, MetaError> {
     match inode_in_view(c, View::Live, ino).await? {
         Some(row) if row.workspace == ws.id => Ok(row),
         _ => Err(MetaError::NotFound(format!("node {ino}"))),
@@ -146,7 +166,11 @@ pub(crate) async fn live_inode<C: GenericClient>(c: &C, ws: &WsCtx, ino: NodeId)
 }
 
 /// A live directory of the workspace, or NotFound / NotADirectory.
-pub(crate) async fn live_dir<C: GenericClient>(c: &C, ws: &WsCtx, ino: NodeId) -> Result<InodeRow, MetaError> {
+pub(crate) async fn live_dir<C: GenericClient>(
+    c: &C,
+    ws: &WsCtx,
+    ino: NodeId,
+) -> Result<InodeRow, MetaError> {
     let row = live_inode(c, ws, ino).await?;
     if row.attr.kind != NodeKind::Directory {
         return Err(MetaError::NotADirectory(format!("node {ino}")));
@@ -160,7 +184,11 @@ pub(crate) async fn live_dir<C: GenericClient>(c: &C, ws: &WsCtx, ino: NodeId) -
 /// Writes `row.attr` as the live version of the inode: in place when the live version was
 /// created in the current epoch, otherwise by closing it and inserting a new version, so that
 /// snapshots keep seeing the old one.
-pub(crate) async fn write_inode<C: GenericClient>(c: &C, ws: &WsCtx, row: &InodeRow) -> Result<(), MetaError> {
+pub(crate) async fn write_inode<C: GenericClient>(
+    c: &C,
+    ws: &WsCtx,
+    row: &InodeRow,
+) -> Result<(), MetaError> {
     let a = &row.attr;
     let ino = a.ino.0 as i64;
     if row.valid_from == ws.epoch {
@@ -186,7 +214,12 @@ pub(crate) async fn write_inode<C: GenericClient>(c: &C, ws: &WsCtx, row: &Inode
         .await?;
         return Ok(());
     }
-    execute(c, "UPDATE inodes SET valid_to = $2 WHERE ino = $1 AND valid_to IS NULL", &[&ino, &ws.epoch]).await?;
+    execute(
+        c,
+        "UPDATE inodes SET valid_to = $2 WHERE ino = $1 AND valid_to IS NULL",
+        &[&ino, &ws.epoch],
+    )
+    .await?;
     insert_inode_row(c, ws, a, row.symlink_target.as_deref()).await
 }
 
@@ -231,7 +264,9 @@ pub(crate) async fn insert_inode<C: GenericClient>(
     node: &NewNode,
     now: Timestamp,
 ) -> Result<Attr, MetaError> {
-    let row = query_opt(c, "SELECT nextval('node_ids')", &[]).await?.ok_or_else(|| MetaError::Internal("nextval".into()))?;
+    let row = query_opt(c, "SELECT nextval('node_ids')", &[])
+        .await?
+        .ok_or_else(|| MetaError::Internal("nextval".into()))?;
     let ino = NodeId(row.get::<_, i64>(0) as u64);
     let size = match (node.kind, &node.symlink_target) {
         (NodeKind::Symlink, Some(t)) => t.len() as u64,
@@ -280,7 +315,8 @@ pub(crate) async fn live_entry<C: GenericClient>(
         Ok(EntryRow {
             id: r.get(0),
             ino: NodeId(r.get::<_, i64>(1) as u64),
-            kind: NodeKind::from_code(kind).ok_or_else(|| MetaError::Internal(format!("node kind {kind}")))?,
+            kind: NodeKind::from_code(kind)
+                .ok_or_else(|| MetaError::Internal(format!("node kind {kind}")))?,
         })
     })
     .transpose()
@@ -288,10 +324,19 @@ pub(crate) async fn live_entry<C: GenericClient>(
 
 /// Ends an entry's live version. `deleted` marks a soft delete (unlink, rmdir, subtree delete)
 /// as opposed to a move, so that lifecycle purges can find it.
-pub(crate) async fn close_entry<C: GenericClient>(c: &C, ws: &WsCtx, id: i64, deleted: bool) -> Result<(), MetaError> {
+pub(crate) async fn close_entry<C: GenericClient>(
+    c: &C,
+    ws: &WsCtx,
+    id: i64,
+    deleted: bool,
+) -> Result<(), MetaError> {
     let deleted_at = deleted.then(SystemTime::now);
-    execute(c, "UPDATE entries SET valid_to = $2, deleted_at = $3 WHERE id = $1", &[&id, &ws.epoch, &deleted_at])
-        .await?;
+    execute(
+        c,
+        "UPDATE entries SET valid_to = $2, deleted_at = $3 WHERE id = $1",
+        &[&id, &ws.epoch, &deleted_at],
+    )
+    .await?;
     Ok(())
 }
 

@@ -17,12 +17,22 @@ use crate::meta::{MetaStore, in_txn};
 use crate::model::{FrameName, FrameRange, FrameSequence, Name, NodeId, NodeKind, SequenceKey};
 
 /// Records that a file named `name` now exists in `parent`.
-pub(crate) async fn frame_added<C: GenericClient>(c: &C, parent: NodeId, name: &Name, kind: NodeKind) -> Result<(), MetaError> {
+pub(crate) async fn frame_added<C: GenericClient>(
+    c: &C,
+    parent: NodeId,
+    name: &Name,
+    kind: NodeKind,
+) -> Result<(), MetaError> {
     record_change(c, parent, name, kind, true).await
 }
 
 /// Records that the file named `name` no longer exists in `parent`.
-pub(crate) async fn frame_removed<C: GenericClient>(c: &C, parent: NodeId, name: &Name, kind: NodeKind) -> Result<(), MetaError> {
+pub(crate) async fn frame_removed<C: GenericClient>(
+    c: &C,
+    parent: NodeId,
+    name: &Name,
+    kind: NodeKind,
+) -> Result<(), MetaError> {
     record_change(c, parent, name, kind, false).await
 }
 
@@ -36,7 +46,9 @@ async fn record_change<C: GenericClient>(
     if kind != NodeKind::File {
         return Ok(());
     }
-    let Some(f) = FrameName::parse(name.as_bytes()) else { return Ok(()) };
+    let Some(f) = FrameName::parse(name.as_bytes()) else {
+        return Ok(());
+    };
     execute(
         c,
         "INSERT INTO sequence_changes (parent, prefix, padding, suffix, frame, added) VALUES ($1, $2, $3, $4, $5, $6)",

@@ -13,9 +13,12 @@ impl MetaStore {
     pub async fn put_share(&self, actor: &Actor, share: &Share) -> Result<(), MetaError> {
         super::tree::parse_path(&share.path)?;
         if share.subjects.is_empty() {
-            return Err(MetaError::InvalidArgument("a share needs at least one subject".into()));
+            return Err(MetaError::InvalidArgument(
+                "a share needs at least one subject".into(),
+            ));
         }
-        let subjects = serde_json::to_value(&share.subjects).map_err(|e| MetaError::Internal(e.to_string()))?;
+        let subjects =
+            serde_json::to_value(&share.subjects).map_err(|e| MetaError::Internal(e.to_string()))?;
         let expires = share.expires_at.map(to_system_time);
         in_txn!(self, |tx| {
             async {
@@ -40,7 +43,12 @@ impl MetaStore {
     pub async fn delete_share(&self, actor: &Actor, ws: WorkspaceId, name: &str) -> Result<bool, MetaError> {
         in_txn!(self, |tx| {
             async {
-                let n = execute(&tx, "DELETE FROM shares WHERE workspace_id = $1 AND name = $2", &[&ws.0, &name]).await?;
+                let n = execute(
+                    &tx,
+                    "DELETE FROM shares WHERE workspace_id = $1 AND name = $2",
+                    &[&ws.0, &name],
+                )
+                .await?;
                 if n > 0 {
                     record_event(&tx, ws, actor, "share.delete", None, None, None).await?;
                 }

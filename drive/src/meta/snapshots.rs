@@ -40,7 +40,11 @@ impl MetaStore {
         let names = super::tree::parse_path(path)?;
         let canonical = format!(
             "/{}",
-            names.iter().map(crate::model::Name::to_string_lossy).collect::<Vec<_>>().join("/")
+            names
+                .iter()
+                .map(crate::model::Name::to_string_lossy)
+                .collect::<Vec<_>>()
+                .join("/")
         );
         let id = SnapshotId(uuid::Uuid::new_v4());
         in_txn!(self, |tx| {

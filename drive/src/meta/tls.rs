@@ -16,7 +16,8 @@ pub(super) fn connector(
             let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
                 .map_err(|e| MetaError::InvalidArgument(format!("CA file {}: {e}", path.display())))?;
             for cert in certs {
-                let cert = cert.map_err(|e| MetaError::InvalidArgument(format!("CA file {}: {e}", path.display())))?;
+                let cert =
+                    cert.map_err(|e| MetaError::InvalidArgument(format!("CA file {}: {e}", path.display())))?;
                 roots
                     .add(cert)
                     .map_err(|e| MetaError::InvalidArgument(format!("CA file {}: {e}", path.display())))?;

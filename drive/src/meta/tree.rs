@@ -6,14 +6,14 @@ use deadpool_postgres::GenericClient;
 use crate::error::MetaError;
 use crate::meta::rows::{
     EntryRow, INODE_COLUMNS, InodeRow, WsCtx, close_entry, guard_write_once, inode_from_row, inode_in_view,
-    insert_entry, insert_inode, live_dir, live_entry, live_inode, query, query_opt, record_event, write_inode,
-    ws_ctx,
+    insert_entry, insert_inode, live_dir, live_entry, live_inode, query, query_opt, record_event,
+    write_inode, ws_ctx,
 };
 use crate::meta::sequences::{frame_added, frame_removed};
 use crate::meta::{MetaStore, in_txn};
 use crate::model::{
-    Actor, Attr, DirEntry, DirEntryPlus, Epoch, Name, NewNode, NodeId, NodeKind, RenameMode, SetAttr, Timestamp,
-    View, WorkspaceId,
+    Actor, Attr, DirEntry, DirEntryPlus, Epoch, Name, NewNode, NodeId, NodeKind, RenameMode, SetAttr,
+    Timestamp, View, WorkspaceId,
 };
 
 /// Deepest folder nesting the cycle check walks; deeper trees are refused as corrupt.
@@ -78,7 +78,9 @@ impl MetaStore {
     /// Reads a symlink's target.
     pub async fn readlink(&self, view: View, ino: NodeId) -> Result<Vec<u8>, MetaError> {
         let client = self.client().await?;
-        let row = inode_in_view(&client, view, ino).await?.ok_or_else(|| MetaError::NotFound(format!("node {ino}")))?;
+        let row = inode_in_view(&client, view, ino)
+            .await?
+            .ok_or_else(|| MetaError::NotFound(format!("node {ino}")))?;
         match (row.attr.kind, row.symlink_target) {
             (NodeKind::Symlink, Some(target)) => Ok(target),
             _ => Err(MetaError::InvalidArgument(format!("node {ino} is not a symlink"))),
@@ -95,7 +97,12 @@ impl MetaStore {
         after: Option<&Name>,
         limit: usize,
     ) -> Result<Vec<DirEntry>, MetaError> {
-        Ok(self.readdir_plus(view, dir, after, limit).await?.into_iter().map(|e| e.entry).collect())
+        Ok(self
+            .readdir_plus(view, dir, after, limit)
+            .await?
+            .into_iter()
+            .map(|e| e.entry)
+            .collect())
     }
 
     /// Like [`MetaStore::readdir`], with each entry's attributes (readdirplus).
@@ -110,18 +117,16 @@ impl MetaStore {
         let after: &[u8] = after.map_or(&[], Name::as_bytes);
         let limit = limit.min(100_000) as i64;
         let rows = match view {
-            View::Live => {
-                query(
-                    &client,
-                    &format!(
-                        "SELECT e.name, {} FROM entries e JOIN inodes i ON i.ino = e.ino AND i.valid_to IS NULL \
+            View::Live => query(
+                &client,
+                &format!(
+                    "SELECT e.name, {} FROM entries e JOIN inodes i ON i.ino = e.ino AND i.valid_to IS NULL \
                          WHERE e.parent = $1 AND e.valid_to IS NULL AND e.name > $2 ORDER BY e.name LIMIT $3",
-                        prefixed_inode_columns()
-                    ),
-                    &[&(dir.0 as i64), &after, &limit],
-                )
-                .await?
-            }
+                    prefixed_inode_columns()
+                ),
+                &[&(dir.0 as i64), &after, &limit],
+            )
+            .await?,
             View::At(Epoch(e)) => {
                 query(
                     &client,
@@ -139,7 +144,9 @@ impl MetaStore {
             }
         };
         if rows.is_empty() {
-            let attr = inode_in_view(&client, view, dir).await?.ok_or_else(|| MetaError::NotFound(format!("node {dir}")))?;
+            let attr = inode_in_view(&client, view, dir)
+                .await?
+                .ok_or_else(|| MetaError::NotFound(format!("node {dir}")))?;
             if attr.attr.kind != NodeKind::Directory {
                 return Err(MetaError::NotADirectory(format!("node {dir}")));
             }
@@ -148,7 +155,14 @@ impl MetaStore {
             .map(|row| {
                 let attr = inode_from_row(row, 1)?.attr;
                 let name = Name::from_stored(row.get(0));
-                Ok(DirEntryPlus { entry: DirEntry { name, ino: attr.ino, kind: attr.kind }, attr })
+                Ok(DirEntryPlus {
+                    entry: DirEntry {
+                        name,
+                        ino: attr.ino,
+                        kind: attr.kind,
+                    },
+                    attr,
+                })
             })
             .collect()
     }
@@ -188,7 +202,9 @@ impl MetaStore {
         node: &NewNode,
     ) -> Result<Attr, MetaError> {
         if node.kind == NodeKind::Symlink && node.symlink_target.as_ref().is_none_or(Vec::is_empty) {
-            return Err(MetaError::InvalidArgument("a symlink needs a non-empty target".into()));
+            return Err(MetaError::InvalidArgument(
+                "a symlink needs a non-empty target".into(),
+            ));
         }
         let now = Timestamp::now();
         in_txn!(self, |tx| {
@@ -199,10 +215,23 @@ impl MetaStore {
                 // skipping the read keeps concurrent creators from conflicting on it.
                 let attr = insert_inode(&tx, &ws, node, now).await?;
                 insert_entry(&tx, &ws, parent, name, attr.ino, attr.kind).await?;
-                touch_dir(&mut dir, now, if node.kind == NodeKind::Directory { 1 } else { 0 });
+                touch_dir(
+                    &mut dir,
+                    now,
+                    if node.kind == NodeKind::Directory { 1 } else { 0 },
+                );
                 write_inode(&tx, &ws, &dir).await?;
                 frame_added(&tx, parent, name, attr.kind).await?;
-                record_event(&tx, ws.id, actor, "create", Some(attr.ino), Some(parent), Some(name)).await?;
+                record_event(
+                    &tx,
+                    ws.id,
+                    actor,
+                    "create",
+                    Some(attr.ino),
+                    Some(parent),
+                    Some(name),
+                )
+                .await?;
                 Ok(attr)
             }
             .await
@@ -224,7 +253,9 @@ impl MetaStore {
                 let ws = ws_ctx(&tx, ws).await?;
                 let mut node = live_inode(&tx, &ws, ino).await?;
                 if node.attr.kind == NodeKind::Directory {
-                    return Err(MetaError::PermissionDenied("hard links to directories are not allowed".into()));
+                    return Err(MetaError::PermissionDenied(
+                        "hard links to directories are not allowed".into(),
+                    ));
                 }
                 if node.attr.nlink == 0 {
                     return Err(MetaError::NotFound(format!("node {ino} was removed")));
@@ -240,7 +271,16 @@ impl MetaStore {
                 touch_dir(&mut dir, now, 0);
                 write_inode(&tx, &ws, &dir).await?;
                 frame_added(&tx, new_parent, new_name, node.attr.kind).await?;
-                record_event(&tx, ws.id, actor, "link", Some(ino), Some(new_parent), Some(new_name)).await?;
+                record_event(
+                    &tx,
+                    ws.id,
+                    actor,
+                    "link",
+                    Some(ino),
+                    Some(new_parent),
+                    Some(new_name),
+                )
+                .await?;
                 Ok(node.attr)
             }
             .await
@@ -249,12 +289,24 @@ impl MetaStore {
 
     /// Removes the non-directory entry `parent/name` (a soft delete). The node itself lives on
     /// while other names or open handles refer to it.
-    pub async fn unlink(&self, actor: &Actor, ws: WorkspaceId, parent: NodeId, name: &Name) -> Result<(), MetaError> {
+    pub async fn unlink(
+        &self,
+        actor: &Actor,
+        ws: WorkspaceId,
+        parent: NodeId,
+        name: &Name,
+    ) -> Result<(), MetaError> {
         self.remove_entry(actor, ws, parent, name, Removal::Unlink).await
     }
 
     /// Removes the empty directory `parent/name` (a soft delete).
-    pub async fn rmdir(&self, actor: &Actor, ws: WorkspaceId, parent: NodeId, name: &Name) -> Result<(), MetaError> {
+    pub async fn rmdir(
+        &self,
+        actor: &Actor,
+        ws: WorkspaceId,
+        parent: NodeId,
+        name: &Name,
+    ) -> Result<(), MetaError> {
         self.remove_entry(actor, ws, parent, name, Removal::Rmdir).await
     }
 
@@ -262,10 +314,13 @@ impl MetaStore {
     /// entry is marked deleted; the lifecycle purge reclaims the rest.
     pub async fn delete_path(&self, actor: &Actor, ws: WorkspaceId, path: &str) -> Result<(), MetaError> {
         let mut names = parse_path(path)?;
-        let name = names.pop().ok_or_else(|| MetaError::InvalidArgument("cannot delete the workspace root".into()))?;
+        let name = names
+            .pop()
+            .ok_or_else(|| MetaError::InvalidArgument("cannot delete the workspace root".into()))?;
         let parent_path: Vec<String> = names.iter().map(Name::to_string_lossy).collect();
         let parent = self.resolve(ws, &parent_path.join("/")).await?;
-        self.remove_entry(actor, ws, parent.ino, &name, Removal::Subtree).await
+        self.remove_entry(actor, ws, parent.ino, &name, Removal::Subtree)
+            .await
     }
 
     async fn remove_entry(
@@ -288,7 +343,9 @@ impl MetaStore {
                 let is_dir = node.attr.kind == NodeKind::Directory;
                 match removal {
                     Removal::Unlink if is_dir => return Err(MetaError::IsADirectory(name.to_string_lossy())),
-                    Removal::Rmdir if !is_dir => return Err(MetaError::NotADirectory(name.to_string_lossy())),
+                    Removal::Rmdir if !is_dir => {
+                        return Err(MetaError::NotADirectory(name.to_string_lossy()));
+                    }
                     Removal::Rmdir => ensure_empty(&tx, entry.ino, name).await?,
                     Removal::Subtree if is_dir && ws.kind == crate::model::WorkspaceKind::Project => {
                         ensure_empty(&tx, entry.ino, name).await.map_err(|_| {
@@ -334,9 +391,15 @@ impl MetaStore {
             async {
                 let ws = ws_ctx(&tx, ws).await?;
                 let mut src_dir = live_dir(&tx, &ws, parent).await?;
-                let src = live_entry(&tx, parent, name).await?.ok_or_else(|| MetaError::NotFound(name.to_string_lossy()))?;
+                let src = live_entry(&tx, parent, name)
+                    .await?
+                    .ok_or_else(|| MetaError::NotFound(name.to_string_lossy()))?;
                 let same_dir = parent == new_parent;
-                let mut dst_dir = if same_dir { src_dir.clone() } else { live_dir(&tx, &ws, new_parent).await? };
+                let mut dst_dir = if same_dir {
+                    src_dir.clone()
+                } else {
+                    live_dir(&tx, &ws, new_parent).await?
+                };
                 let dst = live_entry(&tx, new_parent, new_name).await?;
                 if same_dir && name == new_name {
                     return Ok(());
@@ -346,8 +409,12 @@ impl MetaStore {
                     ensure_not_ancestor(&tx, src.ino, new_parent).await?;
                 }
                 match (mode, &dst) {
-                    (RenameMode::NoReplace, Some(_)) => return Err(MetaError::Exists(new_name.to_string_lossy())),
-                    (RenameMode::Exchange, None) => return Err(MetaError::NotFound(new_name.to_string_lossy())),
+                    (RenameMode::NoReplace, Some(_)) => {
+                        return Err(MetaError::Exists(new_name.to_string_lossy()));
+                    }
+                    (RenameMode::Exchange, None) => {
+                        return Err(MetaError::NotFound(new_name.to_string_lossy()));
+                    }
                     _ => {}
                 }
                 if let (RenameMode::Exchange, Some(dst)) = (mode, &dst) {
@@ -371,8 +438,27 @@ impl MetaStore {
                         node.attr.ctime = now;
                         write_inode(&tx, &ws, &node).await?;
                     }
-                    finish_dirs(&tx, &ws, &mut src_dir, &mut dst_dir, same_dir, -dirs_moved, dirs_moved, now).await?;
-                    record_event(&tx, ws.id, actor, "exchange", Some(src.ino), Some(new_parent), Some(new_name)).await?;
+                    finish_dirs(
+                        &tx,
+                        &ws,
+                        &mut src_dir,
+                        &mut dst_dir,
+                        same_dir,
+                        -dirs_moved,
+                        dirs_moved,
+                        now,
+                    )
+                    .await?;
+                    record_event(
+                        &tx,
+                        ws.id,
+                        actor,
+                        "exchange",
+                        Some(src.ino),
+                        Some(new_parent),
+                        Some(new_name),
+                    )
+                    .await?;
                     return Ok(());
                 }
                 let mut replaced_dir = false;
@@ -405,9 +491,27 @@ impl MetaStore {
                 node.attr.ctime = now;
                 write_inode(&tx, &ws, &node).await?;
                 let moved = i64::from(src_is_dir);
-                finish_dirs(&tx, &ws, &mut src_dir, &mut dst_dir, same_dir, -moved, moved - i64::from(replaced_dir), now)
-                    .await?;
-                record_event(&tx, ws.id, actor, "rename", Some(src.ino), Some(new_parent), Some(new_name)).await?;
+                finish_dirs(
+                    &tx,
+                    &ws,
+                    &mut src_dir,
+                    &mut dst_dir,
+                    same_dir,
+                    -moved,
+                    moved - i64::from(replaced_dir),
+                    now,
+                )
+                .await?;
+                record_event(
+                    &tx,
+                    ws.id,
+                    actor,
+                    "rename",
+                    Some(src.ino),
+                    Some(new_parent),
+                    Some(new_name),
+                )
+                .await?;
                 Ok(())
             }
             .await
@@ -416,7 +520,13 @@ impl MetaStore {
 
     /// Changes attributes. A size change here only adjusts metadata (block map trimming and
     /// the valid length of the last block); file content goes through the content path.
-    pub async fn setattr(&self, actor: &Actor, ws: WorkspaceId, ino: NodeId, change: &SetAttr) -> Result<Attr, MetaError> {
+    pub async fn setattr(
+        &self,
+        actor: &Actor,
+        ws: WorkspaceId,
+        ino: NodeId,
+        change: &SetAttr,
+    ) -> Result<Attr, MetaError> {
         let now = Timestamp::now();
         in_txn!(self, |tx| {
             async {
@@ -426,7 +536,11 @@ impl MetaStore {
                     match node.attr.kind {
                         NodeKind::Directory => return Err(MetaError::IsADirectory(format!("node {ino}"))),
                         NodeKind::File => {}
-                        _ => return Err(MetaError::InvalidArgument(format!("node {ino} has no content to resize"))),
+                        _ => {
+                            return Err(MetaError::InvalidArgument(format!(
+                                "node {ino} has no content to resize"
+                            )));
+                        }
                     }
                     if size != node.attr.size {
                         guard_write_once(&ws, &node.attr, "truncate")?;
@@ -469,12 +583,19 @@ enum Removal {
 }
 
 fn prefixed_inode_columns() -> String {
-    INODE_COLUMNS.split(", ").map(|c| format!("i.{c}")).collect::<Vec<_>>().join(", ")
+    INODE_COLUMNS
+        .split(", ")
+        .map(|c| format!("i.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Splits a path into validated names.
 pub(crate) fn parse_path(path: &str) -> Result<Vec<Name>, MetaError> {
-    path.split('/').filter(|c| !c.is_empty()).map(|c| Name::parse(c).map_err(MetaError::from)).collect()
+    path.split('/')
+        .filter(|c| !c.is_empty())
+        .map(|c| Name::parse(c).map_err(MetaError::from))
+        .collect()
 }
 
 /// Updates a directory's times (and link count for subdirectories added or removed).
@@ -514,14 +635,22 @@ async fn detach<C: GenericClient>(
     now: Timestamp,
 ) -> Result<(), MetaError> {
     close_entry(c, ws, entry.id, true).await?;
-    node.attr.nlink = if node.attr.kind == NodeKind::Directory { 0 } else { node.attr.nlink.saturating_sub(1) };
+    node.attr.nlink = if node.attr.kind == NodeKind::Directory {
+        0
+    } else {
+        node.attr.nlink.saturating_sub(1)
+    };
     node.attr.ctime = now;
     write_inode(c, ws, node).await
 }
 
 async fn ensure_empty<C: GenericClient>(c: &C, dir: NodeId, name: &Name) -> Result<(), MetaError> {
-    let child = query_opt(c, "SELECT 1 FROM entries WHERE parent = $1 AND valid_to IS NULL LIMIT 1", &[&(dir.0 as i64)])
-        .await?;
+    let child = query_opt(
+        c,
+        "SELECT 1 FROM entries WHERE parent = $1 AND valid_to IS NULL LIMIT 1",
+        &[&(dir.0 as i64)],
+    )
+    .await?;
     if child.is_some() {
         return Err(MetaError::NotEmpty(name.to_string_lossy()));
     }
@@ -532,7 +661,11 @@ async fn ensure_empty<C: GenericClient>(c: &C, dir: NodeId, name: &Name) -> Resu
 /// it (EINVAL). Walks up the live tree from `target_parent`; under SERIALIZABLE, two racing
 /// moves (a into b, b into a) read each other's entries, so one of them is retried and sees
 /// the other's result: no cycle can be committed.
-pub(crate) async fn ensure_not_ancestor<C: GenericClient>(c: &C, moved: NodeId, target_parent: NodeId) -> Result<(), MetaError> {
+pub(crate) async fn ensure_not_ancestor<C: GenericClient>(
+    c: &C,
+    moved: NodeId,
+    target_parent: NodeId,
+) -> Result<(), MetaError> {
     let hit = query_opt(
         c,
         "WITH RECURSIVE up (ino, depth) AS ( \
@@ -545,7 +678,9 @@ pub(crate) async fn ensure_not_ancestor<C: GenericClient>(c: &C, moved: NodeId, 
     )
     .await?;
     if hit.is_some() {
-        return Err(MetaError::InvalidArgument("cannot move a directory into itself or its own subtree".into()));
+        return Err(MetaError::InvalidArgument(
+            "cannot move a directory into itself or its own subtree".into(),
+        ));
     }
     Ok(())
 }

@@ -9,8 +9,8 @@ use crate::error::MetaError;
 use crate::meta::rows::{execute, from_system_time, query, query_opt, record_event};
 use crate::meta::{MetaStore, in_txn};
 use crate::model::{
-    Actor, Epoch, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, NodeId, NodeKind, Timestamp, Usage, View, Workspace, WorkspaceId,
-    WorkspaceKind, WorkspaceSpec, validate_workspace_name,
+    Actor, Epoch, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, NodeId, NodeKind, Timestamp, Usage, View, Workspace,
+    WorkspaceId, WorkspaceKind, WorkspaceSpec, validate_workspace_name,
 };
 
 const WORKSPACE_COLUMNS: &str =
@@ -23,7 +23,8 @@ fn workspace_from_row(row: &Row) -> Result<Workspace, MetaError> {
     Ok(Workspace {
         id: WorkspaceId(row.get(0)),
         name: row.get(1),
-        kind: WorkspaceKind::parse(&kind).ok_or_else(|| MetaError::Internal(format!("workspace kind {kind}")))?,
+        kind: WorkspaceKind::parse(&kind)
+            .ok_or_else(|| MetaError::Internal(format!("workspace kind {kind}")))?,
         block_size: row.get::<_, i64>(3) as u32,
         root: NodeId(row.get::<_, i64>(4) as u64),
         epoch: Epoch(row.get(5)),
@@ -46,7 +47,11 @@ pub struct WorkspaceUpdate {
 impl MetaStore {
     /// Creates a workspace with an empty root folder. Fails with `Exists` when a live
     /// workspace has that name.
-    pub async fn create_workspace(&self, actor: &Actor, spec: &WorkspaceSpec) -> Result<Workspace, MetaError> {
+    pub async fn create_workspace(
+        &self,
+        actor: &Actor,
+        spec: &WorkspaceSpec,
+    ) -> Result<Workspace, MetaError> {
         validate_workspace_name(&spec.name)?;
         if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&spec.block_size) {
             return Err(MetaError::InvalidArgument(format!(
@@ -155,7 +160,9 @@ impl MetaStore {
             async {
                 let row = query_opt(
                     &tx,
-                    &format!("SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE name = $1 AND deleted_at IS NULL"),
+                    &format!(
+                        "SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE name = $1 AND deleted_at IS NULL"
+                    ),
                     &[&name],
                 )
                 .await?
@@ -186,11 +193,20 @@ impl MetaStore {
     pub async fn delete_workspace(&self, actor: &Actor, name: &str) -> Result<(), MetaError> {
         in_txn!(self, |tx| {
             async {
-                let row = query_opt(&tx, "SELECT id FROM workspaces WHERE name = $1 AND deleted_at IS NULL", &[&name])
-                    .await?
-                    .ok_or_else(|| MetaError::NotFound(format!("workspace {name}")))?;
+                let row = query_opt(
+                    &tx,
+                    "SELECT id FROM workspaces WHERE name = $1 AND deleted_at IS NULL",
+                    &[&name],
+                )
+                .await?
+                .ok_or_else(|| MetaError::NotFound(format!("workspace {name}")))?;
                 let id = WorkspaceId(row.get(0));
-                execute(&tx, "UPDATE workspaces SET deleted_at = now() WHERE id = $1", &[&id.0]).await?;
+                execute(
+                    &tx,
+                    "UPDATE workspaces SET deleted_at = now() WHERE id = $1",
+                    &[&id.0],
+                )
+                .await?;
                 record_event(&tx, id, actor, "workspace.delete", None, None, None).await?;
                 Ok(())
             }
@@ -205,7 +221,11 @@ impl MetaStore {
     }
 }
 
-pub(crate) async fn tree_usage<C: GenericClient>(c: &C, view: View, root: NodeId) -> Result<Usage, MetaError> {
+pub(crate) async fn tree_usage<C: GenericClient>(
+    c: &C,
+    view: View,
+    root: NodeId,
+) -> Result<Usage, MetaError> {
     let e = match view {
         View::Live => i64::MAX,
         View::At(Epoch(e)) => e,
@@ -233,4 +253,3 @@ pub(crate) async fn tree_usage<C: GenericClient>(c: &C, view: View, root: NodeId
         bytes: row.get::<_, i64>(2) as u64,
     })
 }
-

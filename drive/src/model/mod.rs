@@ -5,7 +5,7 @@
 mod name;
 mod sequence;
 
-pub use name::{Name, NameError, NAME_MAX};
+pub use name::{NAME_MAX, Name, NameError};
 pub use sequence::{FrameName, FrameRange, FrameSequence, SequenceKey, summarize};
 
 use std::fmt;
@@ -244,7 +244,14 @@ pub struct NewNode {
 impl NewNode {
     /// A node of `kind` with `mode`, owned by root.
     pub fn new(kind: NodeKind, mode: u32) -> NewNode {
-        NewNode { kind, mode, uid: 0, gid: 0, rdev: 0, symlink_target: None }
+        NewNode {
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            symlink_target: None,
+        }
     }
 
     /// Sets the owner.
@@ -313,9 +320,11 @@ pub fn validate_workspace_name(name: &str) -> Result<(), NameError> {
     if name.len() > 253 {
         return Err(NameError::TooLong(name.len()));
     }
-    let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-    let ok_ends = name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    let ok_ends =
+        name.as_bytes()[0].is_ascii_alphanumeric() && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
     if !ok_chars || !ok_ends {
         return Err(NameError::NotDnsName);
     }

@@ -104,6 +104,9 @@ mod tests {
         assert!(Name::parse("...").is_ok());
         assert!(Name::parse(".hidden").is_ok());
         assert!(Name::parse(b"\xff\xfe").is_ok());
-        assert_eq!(Name::parse("shot010.1001.exr").unwrap().as_bytes(), b"shot010.1001.exr");
+        assert_eq!(
+            Name::parse("shot010.1001.exr").unwrap().as_bytes(),
+            b"shot010.1001.exr"
+        );
     }
 }

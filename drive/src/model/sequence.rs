@@ -44,7 +44,10 @@ impl FrameName {
     /// Recognises `name` as a frame, or returns `None`.
     pub fn parse(name: &[u8]) -> Option<FrameName> {
         let end = name.iter().rposition(u8::is_ascii_digit)? + 1;
-        let start = name[..end].iter().rposition(|b| !b.is_ascii_digit()).map_or(0, |i| i + 1);
+        let start = name[..end]
+            .iter()
+            .rposition(|b| !b.is_ascii_digit())
+            .map_or(0, |i| i + 1);
         let suffix = &name[end..];
         if !(suffix.is_empty() || suffix[0] == b'.') {
             return None;
@@ -56,7 +59,11 @@ impl FrameName {
         let frame = std::str::from_utf8(digits).ok()?.parse::<i64>().ok()?;
         let padding = u32::try_from(digits.len()).ok()?;
         Some(FrameName {
-            key: SequenceKey { prefix: name[..start].to_vec(), padding, suffix: suffix.to_vec() },
+            key: SequenceKey {
+                prefix: name[..start].to_vec(),
+                padding,
+                suffix: suffix.to_vec(),
+            },
             frame,
         })
     }
@@ -78,7 +85,13 @@ impl FrameSequence {
             }
             (true, false) => self.ranges[i - 1].last = frame,
             (false, true) => self.ranges[i].first = frame,
-            (false, false) => self.ranges.insert(i, FrameRange { first: frame, last: frame }),
+            (false, false) => self.ranges.insert(
+                i,
+                FrameRange {
+                    first: frame,
+                    last: frame,
+                },
+            ),
         }
     }
 
@@ -86,7 +99,9 @@ impl FrameSequence {
     /// nothing.
     pub fn remove_frame(&mut self, frame: i64) {
         let i = self.ranges.partition_point(|r| r.last < frame);
-        let Some(r) = self.ranges.get(i).copied() else { return };
+        let Some(r) = self.ranges.get(i).copied() else {
+            return;
+        };
         if r.first > frame {
             return;
         }
@@ -98,7 +113,13 @@ impl FrameSequence {
             (false, true) => self.ranges[i].last = frame - 1,
             (false, false) => {
                 self.ranges[i].last = frame - 1;
-                self.ranges.insert(i + 1, FrameRange { first: frame + 1, last: r.last });
+                self.ranges.insert(
+                    i + 1,
+                    FrameRange {
+                        first: frame + 1,
+                        last: r.last,
+                    },
+                );
             }
         }
     }
@@ -156,7 +177,10 @@ pub fn summarize<'a>(names: impl IntoIterator<Item = &'a [u8]>) -> Vec<FrameSequ
             for frame in frames {
                 match ranges.last_mut() {
                     Some(r) if r.last + 1 == frame => r.last = frame,
-                    _ => ranges.push(FrameRange { first: frame, last: frame }),
+                    _ => ranges.push(FrameRange {
+                        first: frame,
+                        last: frame,
+                    }),
                 }
             }
             FrameSequence { key, ranges }
@@ -192,7 +216,10 @@ mod tests {
         assert_eq!(f.key.suffix, b".exr");
         assert_eq!(f.frame, 1001);
         let f = FrameName::parse(b"render_0007").unwrap();
-        assert_eq!((f.key.prefix.as_slice(), f.frame, f.key.padding), (&b"render_"[..], 7, 4));
+        assert_eq!(
+            (f.key.prefix.as_slice(), f.frame, f.key.padding),
+            (&b"render_"[..], 7, 4)
+        );
         assert_eq!(FrameName::parse(b"notes.txt"), None);
         assert_eq!(FrameName::parse(b"v2x"), None);
         assert_eq!(FrameName::parse(b"a.1234567890123456789.exr"), None);
@@ -207,7 +234,10 @@ mod tests {
             .collect();
         let seqs = summarize(names.iter().map(Vec::as_slice));
         let text: Vec<String> = seqs.iter().map(ToString::to_string).collect();
-        assert_eq!(text, vec!["shot010.%03d.exr [999]", "shot010.%04d.exr [1001-1240,1250-1300]"]);
+        assert_eq!(
+            text,
+            vec!["shot010.%03d.exr [999]", "shot010.%04d.exr [1001-1240,1250-1300]"]
+        );
         assert_eq!(seqs[1].frame_count(), 240 + 51);
     }
 }

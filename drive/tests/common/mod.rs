@@ -10,11 +10,16 @@ pub async fn store() -> MetaStore {
     drive_testkit::init_tracing();
     let pg = PgServer::shared();
     let db = pg.create_database().await.expect("create test database");
-    MetaStore::connect(&MetaConfig::new(pg.url(&db))).await.expect("connect metadata store")
+    MetaStore::connect(&MetaConfig::new(pg.url(&db)))
+        .await
+        .expect("connect metadata store")
 }
 
 pub async fn workspace(store: &MetaStore, name: &str, kind: WorkspaceKind) -> Workspace {
-    store.create_workspace(&actor(), &WorkspaceSpec::new(name, kind)).await.expect("create workspace")
+    store
+        .create_workspace(&actor(), &WorkspaceSpec::new(name, kind))
+        .await
+        .expect("create workspace")
 }
 
 pub fn actor() -> Actor {
