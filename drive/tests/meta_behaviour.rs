@@ -827,3 +827,46 @@ async fn tls_to_postgres_verifies_the_server_certificate() {
     let e = drive::MetaStore::connect(&config).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
 }
+
+#[tokio::test]
+async fn volumes_are_provisioned_idempotently_by_name() {
+    use drive::meta::{VolumePlacement, VolumeRequest};
+    let store = store().await;
+    let a = actor();
+    let ws = workspace(&store, "default", WorkspaceKind::User).await;
+    let mut params = std::collections::BTreeMap::new();
+    params.insert("workspace".to_string(), "default".to_string());
+    let req = VolumeRequest {
+        name: "pvc-1234".into(),
+        placement: VolumePlacement::Folder { workspace: "default".into(), base_path: "/volumes".into() },
+        capacity_bytes: 1 << 30,
+        parameters: params.clone(),
+    };
+    let v = store.create_volume(&a, &req).await.unwrap();
+    assert_eq!((v.path.as_str(), v.workspace, v.whole_workspace), ("/volumes/pvc-1234", ws.id, false));
+    let again = store.create_volume(&a, &req).await.unwrap();
+    assert_eq!(again, v, "the same request returns the same volume");
+    assert_eq!(store.resolve(ws.id, "/volumes/pvc-1234").await.unwrap().kind, NodeKind::Directory);
+    let mut bigger = req.clone();
+    bigger.capacity_bytes = 2 << 30;
+    assert_eq!(store.create_volume(&a, &bigger).await.unwrap_err().kind(), ErrorKind::Exists);
+
+    let own = VolumeRequest {
+        name: "pvc-own".into(),
+        placement: VolumePlacement::Workspace { kind: WorkspaceKind::Team, block_size: 1 << 20 },
+        capacity_bytes: 0,
+        parameters: params,
+    };
+    let v2 = store.create_volume(&a, &own).await.unwrap();
+    assert!(v2.whole_workspace);
+    assert_eq!(store.get_workspace("pvc-own").await.unwrap().kind, WorkspaceKind::Team);
+    assert_eq!(store.list_volumes().await.unwrap().len(), 2);
+
+    assert!(store.delete_volume(&a, "pvc-1234").await.unwrap());
+    assert!(!store.delete_volume(&a, "pvc-1234").await.unwrap(), "deleting twice succeeds");
+    assert_eq!(store.resolve(ws.id, "/volumes/pvc-1234").await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert!(store.delete_volume(&a, "pvc-own").await.unwrap());
+    assert_eq!(store.get_workspace("pvc-own").await.unwrap_err().kind(), ErrorKind::NotFound);
+    let e = store.create_volume(&a, &VolumeRequest { name: "Bad_Name".into(), ..req }).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidName);
+}

@@ -9,7 +9,10 @@ use crate::error::{ErrorKind, MetaError};
 use crate::meta::{MetaStore, pg_error};
 
 /// (version, SQL) in order. Never edit a released migration; add a new one.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_namespace.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/0001_namespace.sql")),
+    (2, include_str!("../../migrations/0002_volumes.sql")),
+];
 
 pub(super) async fn apply(store: &MetaStore) -> Result<(), MetaError> {
     let mut client = store.client().await?;

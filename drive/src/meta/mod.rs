@@ -22,11 +22,13 @@ mod shares;
 mod snapshots;
 mod tls;
 mod tree;
+mod volumes;
 mod workspaces;
 
 pub use content::{BlockChange, BlockRecord, BlockState, FileBlock};
 pub use copy::CopyReport;
 pub use events::EventFeed;
+pub use volumes::{Volume, VolumePlacement, VolumeRequest};
 pub use workspaces::WorkspaceUpdate;
 
 use std::sync::Arc;

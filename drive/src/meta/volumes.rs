@@ -1,0 +1,204 @@
+//! Provisioned volumes: a named folder in a workspace, or a whole workspace, created on
+//! request (the CSI controller's CreateVolume). Every step is idempotent, so a request
+//! repeated after a crash or a timeout finishes the same volume instead of making another.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use tokio_postgres::Row;
+
+use crate::error::{ErrorKind, MetaError};
+use crate::meta::MetaStore;
+use crate::meta::rows::{execute, from_system_time, query, query_opt};
+use crate::model::{
+    Actor, NewNode, NodeKind, Timestamp, View, WorkspaceId, WorkspaceKind, WorkspaceSpec, validate_workspace_name,
+};
+
+/// Where a volume lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumePlacement {
+    /// A folder `<base_path>/<volume name>` in an existing workspace.
+    Folder { workspace: String, base_path: String },
+    /// A workspace of its own, named like the volume.
+    Workspace { kind: WorkspaceKind, block_size: u32 },
+}
+
+/// A request to provision a volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeRequest {
+    pub name: String,
+    pub placement: VolumePlacement,
+    pub capacity_bytes: u64,
+    /// The caller's parameters, compared on repeated requests.
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// A provisioned volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    pub name: String,
+    pub workspace: WorkspaceId,
+    pub workspace_name: String,
+    /// Path of the volume's root inside its workspace ("/" for a whole workspace).
+    pub path: String,
+    pub whole_workspace: bool,
+    pub capacity_bytes: u64,
+    pub parameters: BTreeMap<String, String>,
+    pub created_at: Timestamp,
+}
+
+const VOLUME_COLUMNS: &str = "v.name, v.workspace_id, w.name, v.path, v.whole_workspace, v.capacity_bytes, v.parameters, v.created_at";
+
+fn volume_from_row(row: &Row) -> Volume {
+    Volume {
+        name: row.get(0),
+        workspace: WorkspaceId(row.get(1)),
+        workspace_name: row.get(2),
+        path: row.get(3),
+        whole_workspace: row.get(4),
+        capacity_bytes: row.get::<_, i64>(5) as u64,
+        parameters: serde_json::from_value(row.get(6)).unwrap_or_default(),
+        created_at: from_system_time(row.get::<_, SystemTime>(7)),
+    }
+}
+
+impl MetaStore {
+    /// Provisions a volume, or returns the existing one when the same request was already
+    /// served. A live volume of that name with other parameters or capacity is `Exists`.
+    pub async fn create_volume(&self, actor: &Actor, req: &VolumeRequest) -> Result<Volume, MetaError> {
+        validate_workspace_name(&req.name)?;
+        if let Some(existing) = self.get_volume(&req.name).await.map(Some).or_else(none_if_not_found)? {
+            return same_request(existing, req);
+        }
+        let (ws, path, whole) = match &req.placement {
+            VolumePlacement::Folder { workspace, base_path } => {
+                let ws = self.get_workspace(workspace).await?;
+                let mut dir = ws.root;
+                let names = super::tree::parse_path(base_path)?;
+                for name in names.iter().chain(std::iter::once(&crate::model::Name::parse(&req.name)?)) {
+                    dir = self.ensure_dir(actor, ws.id, dir, name).await?;
+                }
+                let base: Vec<String> = names.iter().map(crate::model::Name::to_string_lossy).collect();
+                let path = if base.is_empty() { format!("/{}", req.name) } else { format!("/{}/{}", base.join("/"), req.name) };
+                (ws, path, false)
+            }
+            VolumePlacement::Workspace { kind, block_size } => {
+                let mut spec = WorkspaceSpec::new(req.name.clone(), *kind);
+                spec.block_size = *block_size;
+                spec.quota_bytes = Some(req.capacity_bytes).filter(|c| *c > 0);
+                let ws = match self.create_workspace(actor, &spec).await {
+                    Ok(ws) => ws,
+                    // A previous attempt created it and stopped before recording the volume.
+                    Err(e) if e.kind() == ErrorKind::Exists => self.get_workspace(&req.name).await?,
+                    Err(e) => return Err(e),
+                };
+                (ws, "/".to_string(), true)
+            }
+        };
+        let params = serde_json::to_value(&req.parameters).map_err(|e| MetaError::Internal(e.to_string()))?;
+        let client = self.client().await?;
+        let inserted = execute(
+            &client,
+            "INSERT INTO volumes (name, workspace_id, path, whole_workspace, capacity_bytes, parameters) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&req.name, &ws.id.0, &path, &whole, &(req.capacity_bytes as i64), &params],
+        )
+        .await;
+        match inserted {
+            Ok(_) => self.get_volume(&req.name).await,
+            // A concurrent identical request won the race: answer as it did.
+            Err(e) if e.kind() == ErrorKind::Exists => same_request(self.get_volume(&req.name).await?, req),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The live volume `name`.
+    pub async fn get_volume(&self, name: &str) -> Result<Volume, MetaError> {
+        let client = self.client().await?;
+        let row = query_opt(
+            &client,
+            &format!(
+                "SELECT {VOLUME_COLUMNS} FROM volumes v JOIN workspaces w ON w.id = v.workspace_id \
+                 WHERE v.name = $1 AND v.deleted_at IS NULL"
+            ),
+            &[&name],
+        )
+        .await?
+        .ok_or_else(|| MetaError::NotFound(format!("volume {name}")))?;
+        Ok(volume_from_row(&row))
+    }
+
+    /// All live volumes, by name.
+    pub async fn list_volumes(&self) -> Result<Vec<Volume>, MetaError> {
+        let client = self.client().await?;
+        let rows = query(
+            &client,
+            &format!(
+                "SELECT {VOLUME_COLUMNS} FROM volumes v JOIN workspaces w ON w.id = v.workspace_id \
+                 WHERE v.deleted_at IS NULL ORDER BY v.name"
+            ),
+            &[],
+        )
+        .await?;
+        Ok(rows.iter().map(volume_from_row).collect())
+    }
+
+    /// Deletes a volume: its folder (or workspace) is soft-deleted. Returns `false` when no
+    /// such volume exists (deleting twice succeeds).
+    pub async fn delete_volume(&self, actor: &Actor, name: &str) -> Result<bool, MetaError> {
+        let Some(volume) = self.get_volume(name).await.map(Some).or_else(none_if_not_found)? else {
+            return Ok(false);
+        };
+        let removed = if volume.whole_workspace {
+            self.delete_workspace(actor, &volume.workspace_name).await
+        } else {
+            self.delete_path(actor, volume.workspace, &volume.path).await
+        };
+        match removed {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let client = self.client().await?;
+        execute(&client, "UPDATE volumes SET deleted_at = now() WHERE name = $1 AND deleted_at IS NULL", &[&name]).await?;
+        Ok(true)
+    }
+
+    /// The folder `parent/name`, created when missing.
+    async fn ensure_dir(
+        &self,
+        actor: &Actor,
+        ws: WorkspaceId,
+        parent: crate::model::NodeId,
+        name: &crate::model::Name,
+    ) -> Result<crate::model::NodeId, MetaError> {
+        match self.create(actor, ws, parent, name, &NewNode::new(NodeKind::Directory, 0o777)).await {
+            Ok(attr) => Ok(attr.ino),
+            Err(e) if e.kind() == ErrorKind::Exists => {
+                let attr = self.lookup(View::Live, parent, name).await?;
+                if attr.kind != NodeKind::Directory {
+                    return Err(MetaError::NotADirectory(name.to_string_lossy()));
+                }
+                Ok(attr.ino)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn none_if_not_found<T>(e: MetaError) -> Result<Option<T>, MetaError> {
+    if e.kind() == ErrorKind::NotFound { Ok(None) } else { Err(e) }
+}
+
+/// The existing volume if `req` asks for the same thing, else `Exists`.
+fn same_request(existing: Volume, req: &VolumeRequest) -> Result<Volume, MetaError> {
+    let same_place = match &req.placement {
+        VolumePlacement::Folder { workspace, .. } => !existing.whole_workspace && existing.workspace_name == *workspace,
+        VolumePlacement::Workspace { .. } => existing.whole_workspace,
+    };
+    if same_place && existing.capacity_bytes == req.capacity_bytes && existing.parameters == req.parameters {
+        Ok(existing)
+    } else {
+        Err(MetaError::Exists(format!("volume {} exists with different parameters", req.name)))
+    }
+}
