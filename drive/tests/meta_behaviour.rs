@@ -870,3 +870,30 @@ async fn volumes_are_provisioned_idempotently_by_name() {
     let e = store.create_volume(&a, &VolumeRequest { name: "Bad_Name".into(), ..req }).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidName);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn migrations_are_safe_when_several_processes_start_at_once() {
+    drive_testkit::init_tracing();
+    let pg = drive_testkit::pg::PgServer::shared();
+    let db = pg.create_database().await.unwrap();
+    let url = pg.url(&db);
+    let starts: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { drive::MetaStore::connect(&drive::MetaConfig::new(url)).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for s in starts {
+        stores.push(s.await.unwrap().expect("every concurrent start succeeds"));
+    }
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let versions: Vec<i64> =
+        client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(versions, vec![1, 2], "each migration applied once");
+    let ws = workspace(&stores[0], "after-migrate", WorkspaceKind::User).await;
+    assert_eq!(stores[5].get_workspace("after-migrate").await.unwrap().id, ws.id);
+    // Starting again on a migrated database changes nothing.
+    drive::MetaStore::connect(&drive::MetaConfig::new(url)).await.unwrap();
+}

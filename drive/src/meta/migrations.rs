@@ -5,6 +5,8 @@
 //! `schema_migrations`. A second runner's insert waits on the first's uncommitted row and then
 //! fails with a unique violation, which means "already applied"; it rolls back its DDL.
 
+use tokio_postgres::error::SqlState;
+
 use crate::error::{ErrorKind, MetaError};
 use crate::meta::{MetaStore, pg_error};
 
@@ -24,10 +26,14 @@ pub(super) async fn apply(store: &MetaStore) -> Result<(), MetaError> {
             )",
         )
         .await
-        .or_else(|e| match pg_error(e) {
-            // Two first-time runners can race on the catalog itself.
-            err if err.kind() == ErrorKind::Exists => Ok(()),
-            err => Err(err),
+        .or_else(|e| {
+            // Two first-time runners race on the catalog itself; the loser's error names the
+            // object the winner created.
+            let raced = [SqlState::UNIQUE_VIOLATION, SqlState::DUPLICATE_OBJECT, SqlState::DUPLICATE_TABLE];
+            match e.code() {
+                Some(code) if raced.contains(code) => Ok(()),
+                _ => Err(pg_error(e)),
+            }
         })?;
     for (version, sql) in MIGRATIONS {
         let tx = client.transaction().await.map_err(pg_error)?;

@@ -24,6 +24,7 @@ mod tls;
 mod tree;
 mod volumes;
 mod workspaces;
+pub mod xattrs;
 
 pub use content::{BlockChange, BlockRecord, BlockState, FileBlock};
 pub use copy::CopyReport;
@@ -247,7 +248,10 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> MetaError {
         {
             MetaError::unavailable("database connection lost", e)
         }
-        Some(_) => MetaError::Internal(e.to_string()),
+        Some(code) => {
+            let detail = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string());
+            MetaError::Internal(format!("SQLSTATE {}: {detail}", code.code()))
+        }
         None => MetaError::unavailable("database unreachable", e),
     }
 }
