@@ -897,3 +897,30 @@ async fn migrations_are_safe_when_several_processes_start_at_once() {
     // Starting again on a migrated database changes nothing.
     drive::MetaStore::connect(&drive::MetaConfig::new(url)).await.unwrap();
 }
+
+#[tokio::test]
+async fn gc_sees_only_blocks_that_nothing_references() {
+    let store = store().await;
+    let ws = workspace(&store, "gc", WorkspaceKind::User).await;
+    let a = actor();
+    let f = store.create(&a, ws.id, ws.root, &name("f"), &file()).await.unwrap();
+    for h in [[1u8; 32], [2; 32], [3; 32]] {
+        store.register_block(&h, 4, 4).await.unwrap();
+        store.set_block_state(&h, drive::meta::BlockState::Available, 4).await.unwrap();
+    }
+    let commit = |h: [u8; 32]| drive::meta::BlockChange { idx: 0, block: Some((h, 4)) };
+    store.commit_content(&a, ws.id, f.ino, 0, &[commit([1; 32])], 4, Timestamp::now()).await.unwrap();
+    store.create_snapshot(&a, ws.id, "keep", "/").await.unwrap();
+    store.commit_content(&a, ws.id, f.ino, 1, &[commit([2; 32])], 4, Timestamp::now()).await.unwrap();
+    // [1] is kept by the snapshot, [2] is live, [3] was never committed.
+    let zero = std::time::Duration::ZERO;
+    assert_eq!(store.unreferenced_blocks(zero, 100).await.unwrap(), vec![[3u8; 32]]);
+    assert!(store.unreferenced_blocks(std::time::Duration::from_secs(3600), 100).await.unwrap().is_empty(), "grace protects fresh uploads");
+    assert!(!store.forget_block(&[1; 32]).await.unwrap(), "a referenced block is never forgotten");
+    assert!(store.forget_block(&[3; 32]).await.unwrap());
+    assert!(store.block(&[3; 32]).await.unwrap().is_none());
+    // An unavailable block cannot be committed.
+    store.register_block(&[9; 32], 4, 4).await.unwrap();
+    let e = store.commit_content(&a, ws.id, f.ino, 2, &[commit([9; 32])], 4, Timestamp::now()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+}

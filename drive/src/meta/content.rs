@@ -258,6 +258,40 @@ impl MetaStore {
     }
 }
 
+impl MetaStore {
+    /// Blocks no block map of any version references and that are older than `grace` (so an
+    /// upload in flight, recorded but not yet committed, is never picked): the sweep set of
+    /// a mark-and-sweep GC. Snapshots keep blocks alive through their versioned rows.
+    pub async fn unreferenced_blocks(&self, grace: std::time::Duration, limit: usize) -> Result<Vec<[u8; 32]>, MetaError> {
+        let client = self.client().await?;
+        let cutoff = std::time::SystemTime::now() - grace;
+        let rows = query(
+            &client,
+            "SELECT b.hash FROM blocks b WHERE b.updated_at < $1              AND NOT EXISTS (SELECT 1 FROM file_blocks f WHERE f.hash = b.hash) ORDER BY b.hash LIMIT $2",
+            &[&cutoff, &(limit.min(100_000) as i64)],
+        )
+        .await?;
+        rows.iter().map(|r| to_hash(r.get(0))).collect()
+    }
+
+    /// Removes the record of a block whose object was deleted, unless a commit referenced it
+    /// meanwhile (then it returns `false` and the object must be kept or re-uploaded).
+    pub async fn forget_block(&self, hash: &[u8; 32]) -> Result<bool, MetaError> {
+        in_txn!(self, |tx| {
+            async {
+                let n = execute(
+                    &tx,
+                    "DELETE FROM blocks WHERE hash = $1 AND NOT EXISTS (SELECT 1 FROM file_blocks f WHERE f.hash = $1)",
+                    &[&hash.as_slice()],
+                )
+                .await?;
+                Ok(n > 0)
+            }
+            .await
+        })
+    }
+}
+
 fn to_hash(bytes: Vec<u8>) -> Result<[u8; 32], MetaError> {
     bytes
         .try_into()
