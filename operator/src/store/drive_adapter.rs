@@ -1,0 +1,226 @@
+//! [`StudioStore`] over the engine's metadata store (`drive::MetaStore`, PostgreSQL). The one
+//! place where `drive` types and errors meet the operator: `MetaError` is mapped to
+//! [`StoreError`] here and nowhere else.
+
+use drive::MetaStore;
+use drive::meta::WorkspaceUpdate;
+use drive::model::{self, Actor, Timestamp as NanoTime, View};
+use drive::{ErrorKind, MetaError};
+use jiff::Timestamp;
+
+use super::{
+    NewWorkspace, ShareGrant, SnapshotRecord, StoreError, StoreErrorKind, StoreResult, StudioStore, Usage,
+    WorkspaceChange, WorkspaceRecord,
+};
+use crate::crd::{Permission, WorkspaceKind};
+
+/// Every store mutation the operator makes is recorded in the change feed under this actor.
+fn actor() -> Actor {
+    Actor::system("operator")
+}
+
+fn map_error(e: MetaError) -> StoreError {
+    let kind = match e.kind() {
+        ErrorKind::NotFound => StoreErrorKind::NotFound,
+        ErrorKind::Exists => StoreErrorKind::Exists,
+        ErrorKind::Conflict => StoreErrorKind::Conflict,
+        ErrorKind::Unavailable => StoreErrorKind::Unavailable,
+        ErrorKind::Internal => StoreErrorKind::Internal,
+        ErrorKind::NotEmpty
+        | ErrorKind::NotADirectory
+        | ErrorKind::IsADirectory
+        | ErrorKind::InvalidName
+        | ErrorKind::NameTooLong
+        | ErrorKind::InvalidArgument
+        | ErrorKind::ReadOnly
+        | ErrorKind::PermissionDenied => StoreErrorKind::Invalid,
+    };
+    StoreError { kind, message: e.to_string(), source: Some(Box::new(e)) }
+}
+
+/// `Ok(None)` for NotFound, the mapped error otherwise.
+fn absent_if_not_found<T>(r: Result<T, MetaError>) -> StoreResult<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(map_error(e)),
+    }
+}
+
+fn to_kind(kind: WorkspaceKind) -> model::WorkspaceKind {
+    match kind {
+        WorkspaceKind::User => model::WorkspaceKind::User,
+        WorkspaceKind::Project => model::WorkspaceKind::Project,
+        WorkspaceKind::Team => model::WorkspaceKind::Team,
+    }
+}
+
+fn from_kind(kind: model::WorkspaceKind) -> WorkspaceKind {
+    match kind {
+        model::WorkspaceKind::User => WorkspaceKind::User,
+        model::WorkspaceKind::Project => WorkspaceKind::Project,
+        model::WorkspaceKind::Team => WorkspaceKind::Team,
+    }
+}
+
+fn to_permission(p: Permission) -> model::Permission {
+    match p {
+        Permission::Read => model::Permission::Read,
+        Permission::Write => model::Permission::Write,
+        Permission::Admin => model::Permission::Admin,
+    }
+}
+
+fn from_permission(p: model::Permission) -> Permission {
+    match p {
+        model::Permission::Read => Permission::Read,
+        model::Permission::Write => Permission::Write,
+        model::Permission::Admin => Permission::Admin,
+    }
+}
+
+fn to_jiff(t: NanoTime) -> Timestamp {
+    Timestamp::from_nanosecond(i128::from(t.0)).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+fn from_jiff(t: Timestamp) -> NanoTime {
+    NanoTime(i64::try_from(t.as_nanosecond()).unwrap_or(i64::MAX))
+}
+
+fn record(ws: model::Workspace) -> WorkspaceRecord {
+    WorkspaceRecord {
+        id: ws.id.to_string(),
+        name: ws.name,
+        kind: from_kind(ws.kind),
+        block_size: ws.block_size,
+        encrypted: ws.encrypted,
+        quota_bytes: ws.quota_bytes,
+        owners: ws.owners,
+    }
+}
+
+fn usage(u: model::Usage) -> Usage {
+    Usage { files: u.files, directories: u.directories, bytes: u.bytes }
+}
+
+impl MetaStoreAdapter {
+    async fn workspace_id(&self, name: &str) -> StoreResult<model::WorkspaceId> {
+        self.0.get_workspace(name).await.map(|ws| ws.id).map_err(map_error)
+    }
+
+    async fn snapshot_record(&self, snap: model::Snapshot) -> StoreResult<SnapshotRecord> {
+        let u = self.0.snapshot_usage(&snap).await.map_err(map_error)?;
+        Ok(SnapshotRecord {
+            id: snap.id.0.to_string(),
+            name: snap.name,
+            path: snap.path,
+            created_at: to_jiff(snap.created_at),
+            usage: usage(u),
+        })
+    }
+}
+
+/// The adapter: a thin newtype so the port is implemented in this crate.
+#[derive(Debug, Clone)]
+pub struct MetaStoreAdapter(pub MetaStore);
+
+impl StudioStore for MetaStoreAdapter {
+    async fn get_workspace(&self, name: &str) -> StoreResult<Option<WorkspaceRecord>> {
+        Ok(absent_if_not_found(self.0.get_workspace(name).await)?.map(record))
+    }
+
+    async fn create_workspace(&self, ws: &NewWorkspace) -> StoreResult<WorkspaceRecord> {
+        if ws.encrypted {
+            // The engine stores a wrapped data key but has no key-wrapping API yet; creating an
+            // "encrypted" workspace without one would silently store plaintext.
+            return Err(StoreError::new(
+                StoreErrorKind::Invalid,
+                "encrypted workspaces need the engine's key-wrapping support, which this build lacks",
+            ));
+        }
+        let spec = model::WorkspaceSpec {
+            name: ws.name.clone(),
+            kind: to_kind(ws.kind),
+            block_size: ws.block_size,
+            wrapped_key: None,
+            quota_bytes: ws.quota_bytes,
+            owners: ws.owners.clone(),
+        };
+        self.0.create_workspace(&actor(), &spec).await.map(record).map_err(map_error)
+    }
+
+    async fn update_workspace(&self, name: &str, change: &WorkspaceChange) -> StoreResult<WorkspaceRecord> {
+        let update = WorkspaceUpdate { quota_bytes: change.quota_bytes, owners: change.owners.clone() };
+        self.0.update_workspace(&actor(), name, &update).await.map(record).map_err(map_error)
+    }
+
+    async fn delete_workspace(&self, name: &str) -> StoreResult<bool> {
+        Ok(absent_if_not_found(self.0.delete_workspace(&actor(), name).await)?.is_some())
+    }
+
+    async fn workspace_usage(&self, ws: &WorkspaceRecord) -> StoreResult<Usage> {
+        let stored = self.0.get_workspace(&ws.name).await.map_err(map_error)?;
+        self.0.usage(View::Live, stored.root).await.map(usage).map_err(map_error)
+    }
+
+    async fn get_snapshot(&self, workspace: &str, name: &str) -> StoreResult<Option<SnapshotRecord>> {
+        let Some(ws) = absent_if_not_found(self.0.get_workspace(workspace).await)? else {
+            return Ok(None);
+        };
+        match absent_if_not_found(self.0.get_snapshot(ws.id, name).await)? {
+            Some(snap) => self.snapshot_record(snap).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn create_snapshot(&self, workspace: &str, name: &str, path: &str) -> StoreResult<SnapshotRecord> {
+        let ws = self.workspace_id(workspace).await?;
+        let snap = self.0.create_snapshot(&actor(), ws, name, path).await.map_err(map_error)?;
+        self.snapshot_record(snap).await
+    }
+
+    async fn delete_snapshot(&self, workspace: &str, name: &str) -> StoreResult<bool> {
+        let Some(ws) = absent_if_not_found(self.0.get_workspace(workspace).await)? else {
+            return Ok(false);
+        };
+        Ok(absent_if_not_found(self.0.delete_snapshot(&actor(), ws.id, name).await)?.is_some())
+    }
+
+    async fn get_share(&self, workspace: &str, name: &str) -> StoreResult<Option<ShareGrant>> {
+        let Some(ws) = absent_if_not_found(self.0.get_workspace(workspace).await)? else {
+            return Ok(None);
+        };
+        let shares = self.0.list_shares(ws.id).await.map_err(map_error)?;
+        Ok(shares.into_iter().find(|s| s.name == name).map(|s| {
+            let mut subjects = s.subjects;
+            subjects.sort();
+            ShareGrant {
+                name: s.name,
+                path: s.path,
+                subjects,
+                permission: from_permission(s.permission),
+                expires_at: s.expires_at.map(to_jiff),
+            }
+        }))
+    }
+
+    async fn put_share(&self, workspace: &str, grant: &ShareGrant) -> StoreResult<()> {
+        let ws = self.workspace_id(workspace).await?;
+        let share = model::Share {
+            workspace: ws,
+            name: grant.name.clone(),
+            path: grant.path.clone(),
+            subjects: grant.subjects.clone(),
+            permission: to_permission(grant.permission),
+            expires_at: grant.expires_at.map(from_jiff),
+        };
+        self.0.put_share(&actor(), &share).await.map_err(map_error)
+    }
+
+    async fn delete_share(&self, workspace: &str, name: &str) -> StoreResult<bool> {
+        let Some(ws) = absent_if_not_found(self.0.get_workspace(workspace).await)? else {
+            return Ok(false);
+        };
+        self.0.delete_share(&actor(), ws.id, name).await.map_err(map_error)
+    }
+}

@@ -1,0 +1,197 @@
+//! An in-memory [`StudioStore`]: the reference model the planner property tests apply plans
+//! to, and the store behind the kube mock tests. `set_available(false)` makes every call fail
+//! with `Unavailable`, as a PostgreSQL outage does.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use jiff::Timestamp;
+
+use super::{
+    NewWorkspace, ShareGrant, SnapshotRecord, StoreError, StoreErrorKind, StoreResult, StudioStore, Usage,
+    WorkspaceChange, WorkspaceRecord,
+};
+
+#[derive(Debug, Default)]
+struct State {
+    workspaces: BTreeMap<String, WorkspaceRecord>,
+    usage: BTreeMap<String, Usage>,
+    snapshots: BTreeMap<(String, String), SnapshotRecord>,
+    shares: BTreeMap<(String, String), ShareGrant>,
+}
+
+/// The in-memory store.
+#[derive(Debug)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+    available: AtomicBool,
+    next_id: AtomicU64,
+    /// Mutating calls made, so tests can assert that a second reconcile wrote nothing.
+    writes: AtomicU64,
+}
+
+impl Default for MemoryStore {
+    fn default() -> MemoryStore {
+        MemoryStore {
+            state: Mutex::default(),
+            available: AtomicBool::new(true),
+            next_id: AtomicU64::new(1),
+            writes: AtomicU64::new(0),
+        }
+    }
+}
+
+impl MemoryStore {
+    /// Simulates the store going down (`false`) or coming back (`true`).
+    pub fn set_available(&self, available: bool) {
+        self.available.store(available, Ordering::SeqCst);
+    }
+
+    /// Sets the usage a workspace reports.
+    pub fn set_usage(&self, workspace: &str, usage: Usage) {
+        self.lock().usage.insert(workspace.to_string(), usage);
+    }
+
+    /// Mutating calls so far.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::SeqCst)
+    }
+
+    /// A copy of the workspace `name`, if live.
+    pub fn workspace(&self, name: &str) -> Option<WorkspaceRecord> {
+        self.lock().workspaces.get(name).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock can only come from a failing test; keep the data.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn check(&self) -> StoreResult<()> {
+        if self.available.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(StoreError::new(StoreErrorKind::Unavailable, "metadata store unavailable (simulated outage)"))
+        }
+    }
+
+    fn write(&self) -> StoreResult<()> {
+        self.check()?;
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn id(&self) -> String {
+        format!("mem-{}", self.next_id.fetch_add(1, Ordering::SeqCst))
+    }
+}
+
+fn not_found(what: String) -> StoreError {
+    StoreError::new(StoreErrorKind::NotFound, format!("not found: {what}"))
+}
+
+impl StudioStore for MemoryStore {
+    async fn get_workspace(&self, name: &str) -> StoreResult<Option<WorkspaceRecord>> {
+        self.check()?;
+        Ok(self.lock().workspaces.get(name).cloned())
+    }
+
+    async fn create_workspace(&self, ws: &NewWorkspace) -> StoreResult<WorkspaceRecord> {
+        self.write()?;
+        let id = self.id();
+        let mut state = self.lock();
+        if state.workspaces.contains_key(&ws.name) {
+            return Err(StoreError::new(StoreErrorKind::Exists, format!("workspace {}", ws.name)));
+        }
+        let record = WorkspaceRecord {
+            id,
+            name: ws.name.clone(),
+            kind: ws.kind,
+            block_size: ws.block_size,
+            encrypted: ws.encrypted,
+            quota_bytes: ws.quota_bytes,
+            owners: ws.owners.clone(),
+        };
+        state.workspaces.insert(ws.name.clone(), record.clone());
+        Ok(record)
+    }
+
+    async fn update_workspace(&self, name: &str, change: &WorkspaceChange) -> StoreResult<WorkspaceRecord> {
+        self.write()?;
+        let mut state = self.lock();
+        let record = state
+            .workspaces
+            .get_mut(name)
+            .ok_or_else(|| not_found(format!("workspace {name}")))?;
+        if let Some(quota) = change.quota_bytes {
+            record.quota_bytes = quota;
+        }
+        if let Some(owners) = &change.owners {
+            record.owners.clone_from(owners);
+        }
+        Ok(record.clone())
+    }
+
+    async fn delete_workspace(&self, name: &str) -> StoreResult<bool> {
+        self.write()?;
+        Ok(self.lock().workspaces.remove(name).is_some())
+    }
+
+    async fn workspace_usage(&self, ws: &WorkspaceRecord) -> StoreResult<Usage> {
+        self.check()?;
+        Ok(self.lock().usage.get(&ws.name).copied().unwrap_or_default())
+    }
+
+    async fn get_snapshot(&self, workspace: &str, name: &str) -> StoreResult<Option<SnapshotRecord>> {
+        self.check()?;
+        Ok(self.lock().snapshots.get(&(workspace.to_string(), name.to_string())).cloned())
+    }
+
+    async fn create_snapshot(&self, workspace: &str, name: &str, path: &str) -> StoreResult<SnapshotRecord> {
+        self.write()?;
+        let id = self.id();
+        let mut state = self.lock();
+        if !state.workspaces.contains_key(workspace) {
+            return Err(not_found(format!("workspace {workspace}")));
+        }
+        let key = (workspace.to_string(), name.to_string());
+        if state.snapshots.contains_key(&key) {
+            return Err(StoreError::new(StoreErrorKind::Exists, format!("snapshot {name}")));
+        }
+        let record = SnapshotRecord {
+            id,
+            name: name.to_string(),
+            path: path.to_string(),
+            created_at: Timestamp::UNIX_EPOCH,
+            usage: state.usage.get(workspace).copied().unwrap_or_default(),
+        };
+        state.snapshots.insert(key, record.clone());
+        Ok(record)
+    }
+
+    async fn delete_snapshot(&self, workspace: &str, name: &str) -> StoreResult<bool> {
+        self.write()?;
+        Ok(self.lock().snapshots.remove(&(workspace.to_string(), name.to_string())).is_some())
+    }
+
+    async fn get_share(&self, workspace: &str, name: &str) -> StoreResult<Option<ShareGrant>> {
+        self.check()?;
+        Ok(self.lock().shares.get(&(workspace.to_string(), name.to_string())).cloned())
+    }
+
+    async fn put_share(&self, workspace: &str, grant: &ShareGrant) -> StoreResult<()> {
+        self.write()?;
+        let mut state = self.lock();
+        if !state.workspaces.contains_key(workspace) {
+            return Err(not_found(format!("workspace {workspace}")));
+        }
+        state.shares.insert((workspace.to_string(), grant.name.clone()), grant.clone());
+        Ok(())
+    }
+
+    async fn delete_share(&self, workspace: &str, name: &str) -> StoreResult<bool> {
+        self.write()?;
+        Ok(self.lock().shares.remove(&(workspace.to_string(), name.to_string())).is_some())
+    }
+}

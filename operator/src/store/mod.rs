@@ -1,0 +1,168 @@
+//! The operator's port to the metadata store: exactly the operations reconcile needs, in the
+//! operator's own terms (store names, CRD enums), so that planners and reconcilers do not
+//! depend on the engine's API shape.
+//!
+//! Two implementations: [`drive_adapter`] over `drive::MetaStore` (PostgreSQL), and
+//! [`memory::MemoryStore`], an in-memory model with an on/off switch for outages, used by the
+//! planner property tests and the kube mock tests.
+//!
+//! Edge behaviour every implementation keeps: `get_*` returns `Ok(None)` for a missing
+//! object; `delete_*` of a missing object returns `Ok(false)`; `create_*` of an existing
+//! name fails with [`StoreErrorKind::Exists`]; an unreachable store fails with
+//! [`StoreErrorKind::Unavailable`].
+
+pub mod drive_adapter;
+pub mod memory;
+
+use std::future::Future;
+
+use jiff::Timestamp;
+
+use crate::crd::{Permission, WorkspaceKind};
+
+/// A workspace as the store holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkspaceRecord {
+    pub id: String,
+    pub name: String,
+    pub kind: WorkspaceKind,
+    pub block_size: u32,
+    pub encrypted: bool,
+    pub quota_bytes: Option<u64>,
+    pub owners: Vec<String>,
+}
+
+/// A workspace to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewWorkspace {
+    pub name: String,
+    pub kind: WorkspaceKind,
+    pub block_size: u32,
+    pub encrypted: bool,
+    pub quota_bytes: Option<u64>,
+    pub owners: Vec<String>,
+}
+
+/// Changes to a workspace's mutable fields; `None` leaves a field alone.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WorkspaceChange {
+    /// `Some(None)` removes the quota.
+    pub quota_bytes: Option<Option<u64>>,
+    pub owners: Option<Vec<String>>,
+}
+
+/// Files, folders and bytes of a tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub files: u64,
+    pub directories: u64,
+    pub bytes: u64,
+}
+
+/// A snapshot as the store holds it, with the usage of its tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    pub id: String,
+    pub name: String,
+    pub path: String,
+    pub created_at: Timestamp,
+    pub usage: Usage,
+}
+
+/// A grant recorded for a Share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareGrant {
+    pub name: String,
+    pub path: String,
+    /// "ServiceAccount:ns/name", "User:alice", "Group:comp", sorted.
+    pub subjects: Vec<String>,
+    pub permission: Permission,
+    pub expires_at: Option<Timestamp>,
+}
+
+/// Classes of store failure, which decide the condition and the retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoreErrorKind {
+    NotFound,
+    Exists,
+    /// The request was refused as invalid; retrying the same request will not help.
+    Invalid,
+    /// A transaction conflict that outlived the store's own retries.
+    Conflict,
+    /// The store cannot be reached.
+    Unavailable,
+    Internal,
+}
+
+impl StoreErrorKind {
+    /// A stable snake_case label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            StoreErrorKind::NotFound => "not_found",
+            StoreErrorKind::Exists => "exists",
+            StoreErrorKind::Invalid => "invalid",
+            StoreErrorKind::Conflict => "conflict",
+            StoreErrorKind::Unavailable => "unavailable",
+            StoreErrorKind::Internal => "internal",
+        }
+    }
+}
+
+/// A failed store operation.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreError {
+    pub kind: StoreErrorKind,
+    pub message: String,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StoreError {
+    /// An error of `kind` without a source.
+    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> StoreError {
+        StoreError { kind, message: message.into(), source: None }
+    }
+
+    /// Whether the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.kind, StoreErrorKind::Conflict | StoreErrorKind::Unavailable)
+    }
+}
+
+/// Shorthand for store results.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What reconcile needs from the metadata store. Workspaces are addressed by store name.
+pub trait StudioStore: Send + Sync + 'static {
+    fn get_workspace(&self, name: &str) -> impl Future<Output = StoreResult<Option<WorkspaceRecord>>> + Send;
+    fn create_workspace(&self, ws: &NewWorkspace) -> impl Future<Output = StoreResult<WorkspaceRecord>> + Send;
+    fn update_workspace(
+        &self,
+        name: &str,
+        change: &WorkspaceChange,
+    ) -> impl Future<Output = StoreResult<WorkspaceRecord>> + Send;
+    /// Soft-deletes the workspace; `Ok(false)` when there was none.
+    fn delete_workspace(&self, name: &str) -> impl Future<Output = StoreResult<bool>> + Send;
+    fn workspace_usage(&self, ws: &WorkspaceRecord) -> impl Future<Output = StoreResult<Usage>> + Send;
+
+    fn get_snapshot(
+        &self,
+        workspace: &str,
+        name: &str,
+    ) -> impl Future<Output = StoreResult<Option<SnapshotRecord>>> + Send;
+    fn create_snapshot(
+        &self,
+        workspace: &str,
+        name: &str,
+        path: &str,
+    ) -> impl Future<Output = StoreResult<SnapshotRecord>> + Send;
+    /// Releases the snapshot; `Ok(false)` when there was none.
+    fn delete_snapshot(&self, workspace: &str, name: &str) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    fn get_share(&self, workspace: &str, name: &str) -> impl Future<Output = StoreResult<Option<ShareGrant>>> + Send;
+    /// Creates or replaces the grant `grant.name`.
+    fn put_share(&self, workspace: &str, grant: &ShareGrant) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Revokes the grant; `Ok(false)` when there was none.
+    fn delete_share(&self, workspace: &str, name: &str) -> impl Future<Output = StoreResult<bool>> + Send;
+}
