@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod data;
 pub mod error;
+pub mod fs;
 pub mod meta;
 pub mod model;
 

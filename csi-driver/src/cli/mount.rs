@@ -1,0 +1,248 @@
+//! `studiodrive-csi mount`: one FUSE mount of a workspace (path, snapshot) in this process.
+//!
+//! Without `--foreground` the command starts itself again in the background and returns once
+//! the mount is live. SIGTERM/SIGINT commit open files and unmount; `fusermount3 -u` ends the
+//! session the same way. A mount point left dead by a killed mount ("transport endpoint is
+//! not connected") is lazily unmounted before mounting again.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use drive::fs::{DriveFs, FsConfig};
+use drive::model::{Actor, View, WorkspaceKind, WorkspaceSpec};
+use tokio_util::sync::CancellationToken;
+
+use crate::blocks::LocalBlocks;
+use crate::cli::StorageArgs;
+use crate::fuse_adapter::{DriveFuse, Ttls, run_invalidator};
+use crate::metrics::Metrics;
+
+/// Arguments of `mount`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MountArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// Folder of the workspace to mount as the root.
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// Mount this snapshot (read-only) instead of the live tree.
+    #[arg(long)]
+    pub snapshot: Option<String>,
+    /// Refuse every change (EROFS).
+    #[arg(long)]
+    pub read_only: bool,
+    /// Node-local cache directory (default <state-dir>/cache).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Cache size limit in bytes.
+    #[arg(long, default_value_t = 10 << 30)]
+    pub cache_size: u64,
+    /// Block size of a workspace created by this command (1-64 MiB).
+    #[arg(long, default_value_t = drive::model::DEFAULT_BLOCK_SIZE)]
+    pub block_size: u32,
+    /// Key-encryption key file for a workspace created with encrypted blocks.
+    #[arg(long)]
+    pub encryption_key_file: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Stay in the foreground (default: detach once mounted).
+    #[arg(long)]
+    pub foreground: bool,
+    /// Let other users access the mount (FUSE allow_other).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Let the kernel check permissions from mode bits (FUSE default_permissions).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub default_permissions: bool,
+    /// Kernel attribute cache lifetime in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub attr_ttl_ms: u64,
+    /// Kernel entry (name) cache lifetime in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub entry_ttl_ms: u64,
+    /// FUSE worker threads (default: number of CPUs, at least 2).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+}
+
+/// Runs `mount`.
+pub fn run(args: MountArgs) -> anyhow::Result<()> {
+    clean_stale(&args.mountpoint)?;
+    if !args.foreground {
+        return detach(&args);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("studiodrive")
+        .build()?;
+    rt.block_on(serve(args, rt.handle().clone()))
+}
+
+/// Lazily unmounts a FUSE mount point whose server died.
+pub fn clean_stale(mountpoint: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(mountpoint) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            tracing::warn!(mountpoint = %mountpoint.display(), "cleaning a dead FUSE mount");
+            nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH)
+                .with_context(|| format!("lazy unmount of {}", mountpoint.display()))?;
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether `mountpoint` is a FUSE mount right now.
+pub fn is_mounted(mountpoint: &Path) -> bool {
+    let Ok(target) = std::fs::canonicalize(mountpoint) else { return false };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    info.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.len() > 4 && Path::new(f[4]) == target && l.contains(" - fuse")
+    })
+}
+
+fn detach(args: &MountArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(std::env::args_os().skip(1)).arg("--foreground");
+    cmd.stdin(std::process::Stdio::null());
+    let log = args.storage.state_dir()?.join("mount.log");
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+    cmd.stdout(file.try_clone()?).stderr(file);
+    let mut child = cmd.spawn().context("start the mount process")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if is_mounted(&args.mountpoint) {
+            println!("mounted {} (pid {}, log {})", args.mountpoint.display(), child.id(), log.display());
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("the mount process exited with {status}; see {}", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("the mount did not appear within 120 s; see {}", log.display())
+}
+
+async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()> {
+    let state = args.storage.state_dir()?;
+    let meta = args.storage.meta().await?;
+    let ws = match meta.get_workspace(&args.storage.workspace).await {
+        Ok(ws) => ws,
+        Err(e) if e.kind() == drive::ErrorKind::NotFound => {
+            if args.encryption_key_file.is_some() {
+                bail!("encrypted workspaces need the block data path (drive::data), not in this build yet");
+            }
+            let mut spec = WorkspaceSpec::new(args.storage.workspace.clone(), WorkspaceKind::User);
+            spec.block_size = args.block_size;
+            meta.create_workspace(&Actor::system("mount"), &spec).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (view, root, read_only) = match &args.snapshot {
+        Some(name) => {
+            let snap = meta.get_snapshot(ws.id, name).await?;
+            let root = meta.resolve_from(View::At(snap.epoch), snap.root, &args.path).await?;
+            (View::At(snap.epoch), root.ino, true)
+        }
+        None => (View::Live, meta.resolve(ws.id, &args.path).await?.ino, args.read_only),
+    };
+    let blocks = Arc::new(LocalBlocks::new(args.storage.block_dir()?, meta.clone())?);
+    let mut cfg = FsConfig::new(view, root, state.join("staging"));
+    cfg.read_only = read_only;
+    let fs = Arc::new(DriveFs::new(meta.clone(), blocks, ws.clone(), cfg)?);
+    let metrics = Arc::new(Metrics::new()?);
+    let ttls = Ttls {
+        attr: Duration::from_millis(args.attr_ttl_ms),
+        entry: Duration::from_millis(args.entry_ttl_ms),
+    };
+
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(format!("studiodrive:{}", ws.name)),
+        fuser::MountOption::Subtype("studiodrive".into()),
+        fuser::MountOption::NoAtime,
+    ];
+    if args.default_permissions {
+        config.mount_options.push(fuser::MountOption::DefaultPermissions);
+    }
+    if read_only {
+        config.mount_options.push(fuser::MountOption::RO);
+    }
+    config.acl = if args.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    config.n_threads = Some(args.threads.unwrap_or(cpus).max(2));
+    config.clone_fd = true;
+
+    let adapter = DriveFuse::new(fs.clone(), rt.clone(), ttls, metrics.clone());
+    let mut session = fuser::Session::new(adapter, &args.mountpoint, &config)
+        .with_context(|| format!("mount {}", args.mountpoint.display()))?;
+    let notifier = session.notifier();
+    let mut unmounter = session.unmount_callable();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name("fuse-session".into()).spawn(move || {
+        let _ = done_tx.send(session.run());
+    })?;
+    tracing::info!(mountpoint = %args.mountpoint.display(), workspace = %ws.name, "mounted");
+
+    let cancel = CancellationToken::new();
+    let tasks = tokio_util::task::TaskTracker::new();
+    if !view.is_read_only() {
+        tasks.spawn(run_invalidator(fs.clone(), notifier, Duration::from_millis(200), cancel.clone()));
+    }
+    if let Some(addr) = args.metrics_addr {
+        let (m, c) = (metrics.clone(), cancel.clone());
+        tasks.spawn(async move {
+            if let Err(e) = crate::metrics::serve(addr, m, c).await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+    }
+    {
+        let (m, meta, c) = (metrics.clone(), meta.clone(), cancel.clone());
+        tasks.spawn(async move {
+            loop {
+                let s = meta.stats();
+                m.meta_commits.set(s.commits.load(std::sync::atomic::Ordering::Relaxed) as i64);
+                m.meta_retries.set(s.retries.load(std::sync::atomic::Ordering::Relaxed) as i64);
+                tokio::select! {
+                    () = c.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        });
+    }
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let ended_by_kernel = tokio::select! {
+        _ = sigterm.recv() => false,
+        _ = tokio::signal::ctrl_c() => false,
+        r = done_rx => {
+            if let Ok(Err(e)) = r { tracing::warn!(error = %e, "FUSE session ended with an error"); }
+            true
+        }
+    };
+    // Commit whatever open files staged before the kernel connection goes away.
+    let flushed = fs.flush_all().await;
+    if !ended_by_kernel {
+        let mp = args.mountpoint.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = unmounter.unmount() {
+                tracing::warn!(error = %e, "unmount failed; detaching lazily");
+                let _ = nix::mount::umount2(&mp, nix::mount::MntFlags::MNT_DETACH);
+            }
+        })
+        .await?;
+    }
+    cancel.cancel();
+    tasks.close();
+    tasks.wait().await;
+    flushed.context("commit open files at unmount")?;
+    tracing::info!("unmounted");
+    Ok(())
+}

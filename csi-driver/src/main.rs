@@ -1,0 +1,63 @@
+//! `studiodrive-csi`: the CSI plugin and the local FUSE mount.
+
+use clap::{Parser, Subcommand};
+use drive_csi::cli::{StorageArgs, admin, mount};
+
+#[derive(Debug, Parser)]
+#[command(name = "studiodrive-csi", version, about = "Studio Drive: CSI driver and FUSE mount")]
+struct Cli {
+    /// Log as JSON lines.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Mounts a workspace (or a folder or snapshot of it) with FUSE.
+    Mount(mount::MountArgs),
+    /// Creates, lists and deletes snapshots.
+    #[command(subcommand)]
+    Snapshot(admin::SnapshotCmd),
+    /// Prints the frame sequences of a folder.
+    Sequences {
+        #[command(flatten)]
+        storage: StorageArgs,
+        path: String,
+    },
+    /// Prints the workspace's change feed.
+    Events {
+        #[command(flatten)]
+        storage: StorageArgs,
+        /// Keep following new events.
+        #[arg(long)]
+        follow: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if cli.log_json {
+        tracing_subscriber::fmt().with_env_filter(filter).json().init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    match cli.command {
+        Command::Mount(args) => mount::run(args),
+        other => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(async move {
+                match other {
+                    Command::Snapshot(cmd) => admin::snapshot(cmd).await,
+                    Command::Sequences { storage, path } => admin::sequences(storage, path).await,
+                    Command::Events { storage, follow } => admin::events(storage, follow).await,
+                    Command::Mount(_) => anyhow::bail!("mount runs outside this runtime"),
+                }
+            })
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! Open files: open/create, read, write, flush, fsync and release.
+//!
+//! Durability contract: `flush` (every `close(2)`), `fsync` and `release` commit the file's
+//! write session; when they return `Ok` the bytes are in the object store and the new block
+//! map, size and mtime are committed in the metadata store.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::error::ErrorKind;
+use crate::fs::blocks::BlockIo;
+use crate::fs::error::{FsError, FsErrorKind};
+use crate::fs::namespace::parse_name;
+use crate::fs::read::Reader;
+use crate::fs::write::WriteSession;
+use crate::fs::{Caller, DriveFs, Handle, OpenFlags, Opened, lock};
+use crate::model::{Attr, NewNode, NodeId, NodeKind};
+
+impl<B: BlockIo> DriveFs<B> {
+    /// Opens file `ino`.
+    pub async fn open(&self, ino: u64, flags: OpenFlags, caller: Caller) -> Result<Opened, FsError> {
+        let node = self.to_node(ino);
+        let attr = self.meta.getattr(self.cfg.view, node).await?;
+        self.open_node(attr, flags, caller).await
+    }
+
+    /// Creates regular file `name` in `parent` and opens it.
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        flags: OpenFlags,
+        caller: Caller,
+    ) -> Result<Opened, FsError> {
+        self.writable()?;
+        let name = parse_name(name)?;
+        let node = NewNode::new(NodeKind::File, mode & 0o7777).owned_by(caller.uid, caller.gid);
+        let attr = self
+            .meta
+            .create(&self.actor(caller), self.ws.id, self.to_node(parent), &name, &node)
+            .await?;
+        // A new file is empty: truncating it again would only cost a commit.
+        let flags = OpenFlags {
+            truncate: false,
+            ..flags
+        };
+        self.open_node(attr, flags, caller).await
+    }
+
+    async fn open_node(&self, attr: Attr, flags: OpenFlags, caller: Caller) -> Result<Opened, FsError> {
+        match attr.kind {
+            NodeKind::File => {}
+            NodeKind::Directory => {
+                return Err(FsError::new(FsErrorKind::IsADirectory, format!("node {}", attr.ino)));
+            }
+            // FIFOs, sockets and devices are metadata-only: the kernel never opens them here.
+            _ => return Err(FsError::new(FsErrorKind::NotSupported, "not a regular file")),
+        }
+        let node = attr.ino;
+        let session = if flags.write || flags.truncate {
+            self.writable()?;
+            let session = self.join_session(&attr)?;
+            if flags.truncate
+                && let Err(e) = session.truncate(0).await
+            {
+                self.leave_session(node, caller).await.ok();
+                return Err(e);
+            }
+            Some(session)
+        } else {
+            None
+        };
+        let keep_cache = self.note_seen(node, attr.content_version) && session.is_none();
+        let reader = Reader::new(
+            self.meta.clone(),
+            self.blocks.clone(),
+            self.cfg.view,
+            node,
+            attr.size,
+            u64::from(self.ws.block_size),
+            self.cfg.readahead_bytes,
+        );
+        let handle = Arc::new(Handle {
+            ino: node,
+            flags,
+            reader: tokio::sync::Mutex::new(Some(reader)),
+            session,
+        });
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, handle);
+        Ok(Opened {
+            fh,
+            attr: self.outer(attr),
+            keep_cache,
+        })
+    }
+
+    /// The write session of `attr`'s file, created if this mount has none.
+    fn join_session(&self, attr: &Attr) -> Result<Arc<WriteSession<B>>, FsError> {
+        let mut sessions = lock(&self.sessions);
+        if let Some((s, users)) = sessions.get_mut(&attr.ino) {
+            *users += 1;
+            return Ok(s.clone());
+        }
+        let session = Arc::new(WriteSession::new(self.env.clone(), attr, &self.cfg.staging_dir)?);
+        sessions.insert(attr.ino, (session.clone(), 1));
+        Ok(session)
+    }
+
+    /// Drops one user of `node`'s session; the last one commits and removes it.
+    async fn leave_session(&self, node: NodeId, caller: Caller) -> Result<(), FsError> {
+        let last = {
+            let mut sessions = lock(&self.sessions);
+            match sessions.get_mut(&node) {
+                Some((s, users)) => {
+                    *users -= 1;
+                    (*users == 0).then(|| s.clone())
+                }
+                None => None,
+            }
+        };
+        let Some(session) = last else { return Ok(()) };
+        // Commit while the session is still registered, so an open racing with this release
+        // joins it instead of starting from content that is about to change.
+        let result = self.commit_session(&session, caller).await;
+        let mut sessions = lock(&self.sessions);
+        if sessions.get(&node).is_some_and(|(_, users)| *users == 0) {
+            sessions.remove(&node);
+        }
+        result
+    }
+
+    /// Commits a session. A file deleted meanwhile has nowhere to commit to: its bytes are
+    /// unreachable, so that is not an error for the closing process.
+    pub(crate) async fn commit_session(&self, session: &WriteSession<B>, caller: Caller) -> Result<(), FsError> {
+        match session.commit(&self.actor(caller)).await {
+            Ok(Some(attr)) => {
+                self.note_seen(attr.ino, attr.content_version);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(FsError::Meta(e)) if e.kind() == ErrorKind::NotFound => {
+                tracing::debug!(error = %e, "file removed before its content was committed");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads up to `len` bytes at `offset`.
+    pub async fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Vec<u8>, FsError> {
+        let handle = self.handle(fh)?;
+        if let Some(session) = self.session_of(handle.ino) {
+            return session.read(offset, u64::from(len)).await;
+        }
+        let mut reader = handle.reader.lock().await;
+        match reader.as_mut() {
+            Some(r) => r.read(offset, u64::from(len)).await,
+            None => Err(FsError::new(FsErrorKind::BadHandle, "handle is closed")),
+        }
+    }
+
+    /// Writes `data` at `offset` (at the end for O_APPEND handles); returns bytes written.
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+        let handle = self.handle(fh)?;
+        let Some(session) = handle.session.as_ref().filter(|_| handle.flags.write) else {
+            return Err(FsError::new(FsErrorKind::BadHandle, "handle is not open for writing"));
+        };
+        session.write(offset, data, handle.flags.append).await?;
+        Ok(data.len() as u32)
+    }
+
+    /// `close(2)` of one descriptor: commits the file's staged content.
+    pub async fn flush(&self, fh: u64, caller: Caller) -> Result<(), FsError> {
+        let handle = self.handle(fh)?;
+        match &handle.session {
+            Some(session) => self.commit_session(session, caller).await,
+            None => Ok(()),
+        }
+    }
+
+    /// `fsync(2)`: the same commit as flush.
+    pub async fn fsync(&self, fh: u64, caller: Caller) -> Result<(), FsError> {
+        self.flush(fh, caller).await
+    }
+
+    /// The last close of a handle.
+    pub async fn release(&self, fh: u64, caller: Caller) -> Result<(), FsError> {
+        let Some(handle) = lock(&self.handles).remove(&fh) else {
+            return Ok(());
+        };
+        handle.reader.lock().await.take();
+        if handle.session.is_some() {
+            self.leave_session(handle.ino, caller).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,297 @@
+//! The inode-level file system over the metadata store and the block store, with no FUSE
+//! types in it: the FUSE adapter in `drive-csi` converts its requests and replies, and tests
+//! call it directly.
+//!
+//! - Inode numbers: the mount's root node is reported as inode 1 (what FUSE expects) and the
+//!   node that really has id 1, if any, takes the root's id: a swap, so the mapping is a
+//!   bijection whatever the ids are.
+//! - Writes go through per-inode write sessions ([`write`]); `flush`, `fsync` and `release`
+//!   commit them, so a close that returns 0 means data and metadata are durable.
+//! - Reads use a per-handle [`read::Reader`] with sequential prefetch, or the write session
+//!   when this mount has uncommitted bytes for the file.
+//! - A snapshot view is read-only: every mutation fails with `ReadOnly` (EROFS).
+//!
+//! Split by path: `namespace` (lookup, attributes, directory operations), `io` (open, read,
+//! write, flush, release), `xattr`, `write` (the write pipeline), `read` (read path and
+//! prefetch).
+
+pub mod blocks;
+mod error;
+mod io;
+mod namespace;
+mod ranges;
+mod read;
+mod write;
+mod xattr;
+
+pub use blocks::{BlockIo, BlockIoError};
+pub use error::{FsError, FsErrorKind};
+pub use namespace::DirItem;
+pub use write::MAX_FILE_SIZE;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
+
+use crate::meta::MetaStore;
+use crate::model::{Actor, Attr, Event, NodeId, View, Workspace};
+
+use self::read::Reader;
+use self::write::{SessionEnv, WriteSession};
+
+/// The inode number FUSE uses for the root of a mount.
+pub const ROOT_INO: u64 = 1;
+
+/// Settings of one mounted file system.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// Live tree or a snapshot (read-only).
+    pub view: View,
+    /// The node the mount shows as its root.
+    pub root: NodeId,
+    /// Refuse every mutation even on the live tree.
+    pub read_only: bool,
+    /// Where write sessions stage bytes.
+    pub staging_dir: PathBuf,
+    /// Block uploads in flight across the mount (each holds one block in memory).
+    pub max_uploads: usize,
+    /// Largest sequential prefetch window, in bytes.
+    pub readahead_bytes: u64,
+    /// Names this mount in the change feed, so it can tell its own events apart.
+    pub mount_id: String,
+}
+
+impl FsConfig {
+    /// Defaults for a mount of `root` in `view`: 16 uploads, 64 MiB readahead.
+    pub fn new(view: View, root: NodeId, staging_dir: PathBuf) -> FsConfig {
+        FsConfig {
+            view,
+            root,
+            read_only: view.is_read_only(),
+            staging_dir,
+            max_uploads: 16,
+            readahead_bytes: 64 << 20,
+            mount_id: uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
+}
+
+/// Who performs an operation: the caller's uid and gid (and pid for logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+/// Open flags the file system acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OpenFlags {
+    pub read: bool,
+    pub write: bool,
+    pub append: bool,
+    pub truncate: bool,
+}
+
+impl OpenFlags {
+    /// From `open(2)` flags.
+    pub fn from_libc(flags: i32) -> OpenFlags {
+        let acc = flags & libc::O_ACCMODE;
+        OpenFlags {
+            read: acc == libc::O_RDONLY || acc == libc::O_RDWR,
+            write: acc == libc::O_WRONLY || acc == libc::O_RDWR,
+            append: flags & libc::O_APPEND != 0,
+            truncate: flags & libc::O_TRUNC != 0,
+        }
+    }
+}
+
+/// Reply of `open`/`create`: the handle and whether the kernel may keep its page cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    pub attr: Attr,
+    /// The content version is the one this mount saw at its previous open.
+    pub keep_cache: bool,
+}
+
+/// File-system statistics (statfs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+/// One open file handle.
+struct Handle<B: BlockIo> {
+    ino: NodeId,
+    flags: OpenFlags,
+    reader: tokio::sync::Mutex<Option<Reader<B>>>,
+    session: Option<Arc<WriteSession<B>>>,
+}
+
+/// The file system of one mount.
+pub struct DriveFs<B: BlockIo> {
+    meta: MetaStore,
+    blocks: Arc<B>,
+    ws: Workspace,
+    cfg: FsConfig,
+    env: Arc<SessionEnv<B>>,
+    handles: Mutex<HashMap<u64, Arc<Handle<B>>>>,
+    /// Open directories: handle -> (inode, listing so far).
+    dirs: Mutex<HashMap<u64, (u64, Arc<tokio::sync::Mutex<namespace::DirHandle>>)>>,
+    /// Write sessions by store node id, with the number of handles using each.
+    sessions: Mutex<HashMap<NodeId, (Arc<WriteSession<B>>, usize)>>,
+    /// Content version each file had when this mount last opened it (FOPEN_KEEP_CACHE).
+    seen_versions: Mutex<HashMap<NodeId, u64>>,
+    next_fh: AtomicU64,
+}
+
+impl<B: BlockIo> std::fmt::Debug for DriveFs<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DriveFs")
+            .field("workspace", &self.ws.name)
+            .field("cfg", &self.cfg)
+            .finish()
+    }
+}
+
+impl<B: BlockIo> DriveFs<B> {
+    /// A file system over workspace `ws`, rooted and viewed as `cfg` says.
+    pub fn new(meta: MetaStore, blocks: Arc<B>, ws: Workspace, cfg: FsConfig) -> Result<DriveFs<B>, FsError> {
+        std::fs::create_dir_all(&cfg.staging_dir)
+            .map_err(|e| FsError::staging(format!("create {}", cfg.staging_dir.display()), e))?;
+        let env = Arc::new(SessionEnv {
+            meta: meta.clone(),
+            blocks: blocks.clone(),
+            ws: ws.id,
+            block_size: u64::from(ws.block_size),
+            uploads: Arc::new(Semaphore::new(cfg.max_uploads.max(1))),
+        });
+        Ok(DriveFs {
+            meta,
+            blocks,
+            ws,
+            cfg,
+            env,
+            handles: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            seen_versions: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        })
+    }
+
+    /// The workspace mounted.
+    pub fn workspace(&self) -> &Workspace {
+        &self.ws
+    }
+
+    /// The mount's settings.
+    pub fn config(&self) -> &FsConfig {
+        &self.cfg
+    }
+
+    /// The metadata store (for the change feed).
+    pub fn meta(&self) -> &MetaStore {
+        &self.meta
+    }
+
+    /// The store node id behind FUSE inode `ino`.
+    pub fn to_node(&self, ino: u64) -> NodeId {
+        let root = self.cfg.root.0;
+        match ino {
+            ROOT_INO => self.cfg.root,
+            i if i == root => NodeId(ROOT_INO),
+            i => NodeId(i),
+        }
+    }
+
+    /// The FUSE inode number of store node `id`.
+    pub fn to_ino(&self, id: NodeId) -> u64 {
+        let root = self.cfg.root.0;
+        match id.0 {
+            i if i == root => ROOT_INO,
+            ROOT_INO => root,
+            i => i,
+        }
+    }
+
+    /// Whether `event` was caused by this mount (its own changes need no invalidation).
+    pub fn is_own_event(&self, event: &Event) -> bool {
+        event.actor.ends_with(&format!("@{}", self.cfg.mount_id))
+    }
+
+    /// The actor recorded for a caller's mutations.
+    fn actor(&self, caller: Caller) -> Actor {
+        Actor(format!("uid:{}@{}", caller.uid, self.cfg.mount_id))
+    }
+
+    /// Fails with EROFS on read-only mounts.
+    fn writable(&self) -> Result<(), FsError> {
+        if self.cfg.read_only || self.cfg.view.is_read_only() {
+            return Err(error::read_only());
+        }
+        Ok(())
+    }
+
+    /// Converts a store attribute to mount numbering, with uncommitted size and mtime of this
+    /// mount's write session laid over it.
+    fn outer(&self, mut attr: Attr) -> Attr {
+        if let Some(session) = self.session_of(attr.ino) {
+            session.overlay(&mut attr);
+        }
+        attr.ino = NodeId(self.to_ino(attr.ino));
+        attr
+    }
+
+    fn session_of(&self, node: NodeId) -> Option<Arc<WriteSession<B>>> {
+        lock(&self.sessions).get(&node).map(|(s, _)| s.clone())
+    }
+
+    fn handle(&self, fh: u64) -> Result<Arc<Handle<B>>, FsError> {
+        lock(&self.handles)
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| FsError::new(FsErrorKind::BadHandle, format!("no open handle {fh}")))
+    }
+
+    /// Number of open handles (for metrics and shutdown).
+    pub fn open_handles(&self) -> usize {
+        lock(&self.handles).len()
+    }
+
+    /// Commits every write session (shutdown path); returns the first error.
+    pub async fn flush_all(&self) -> Result<(), FsError> {
+        let sessions: Vec<(NodeId, Arc<WriteSession<B>>)> =
+            lock(&self.sessions).iter().map(|(k, (s, _))| (*k, s.clone())).collect();
+        let mut first = None;
+        for (node, session) in sessions {
+            if let Err(e) = session.commit(&Actor::system("mount")).await {
+                tracing::warn!(%node, error = %e, "commit at shutdown failed");
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    fn note_seen(&self, node: NodeId, version: u64) -> bool {
+        let mut seen = lock(&self.seen_versions);
+        seen.insert(node, version) == Some(version)
+    }
+}
+
+/// Locks a std mutex; a poisoned lock only means another thread panicked while holding it,
+/// and the maps guarded here stay consistent at every statement.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,309 @@
+//! Namespace operations: lookup, attributes, node creation, links, removal, rename, directory
+//! listing, statfs and access checks. Each maps to one metadata-store call (one transaction).
+
+use std::sync::Arc;
+
+use crate::fs::error::{FsError, FsErrorKind};
+use crate::fs::{Caller, DriveFs, ROOT_INO, StatFs, lock};
+use crate::fs::blocks::BlockIo;
+use crate::model::{Attr, DirEntryPlus, Name, NewNode, NodeKind, RenameMode, SetAttr};
+
+/// Entries fetched from the store per directory page.
+const DIR_PAGE: usize = 1000;
+
+/// One item of a directory listing; `offset` is the cookie of the item after it.
+#[derive(Debug, Clone)]
+pub struct DirItem {
+    pub offset: u64,
+    pub name: Vec<u8>,
+    pub attr: Attr,
+}
+
+/// An open directory: the entries listed so far. Pages are fetched by name (keyset), so an
+/// entry that exists for the whole listing appears exactly once, whatever is added meanwhile.
+pub(crate) struct DirHandle {
+    entries: Vec<DirEntryPlus>,
+    done: bool,
+}
+
+pub(crate) fn parse_name(name: &[u8]) -> Result<Name, FsError> {
+    Name::parse(name).map_err(|e| FsError::Meta(e.into()))
+}
+
+impl<B: BlockIo> DriveFs<B> {
+    /// Looks `name` up in directory `parent`.
+    pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
+        let name = parse_name(name)?;
+        let attr = self.meta.lookup(self.cfg.view, self.to_node(parent), &name).await?;
+        Ok(self.outer(attr))
+    }
+
+    /// Attributes of `ino`.
+    pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        let attr = self.meta.getattr(self.cfg.view, self.to_node(ino)).await?;
+        Ok(self.outer(attr))
+    }
+
+    /// Changes attributes (chmod, chown, utimens, truncate).
+    pub async fn setattr(&self, ino: u64, change: SetAttr, caller: Caller) -> Result<Attr, FsError> {
+        self.writable()?;
+        let node = self.to_node(ino);
+        let actor = self.actor(caller);
+        let mut rest = change;
+        if let Some(size) = rest.size
+            && let Some(session) = self.session_of(node)
+        {
+            // An open write session owns the content: truncate it there and commit at once so
+            // truncate(2) is as durable as it is without open handles.
+            session.truncate(size).await?;
+            self.commit_session(&session, caller).await?;
+            rest.size = None;
+        }
+        let attr = if rest == SetAttr::default() {
+            self.meta.getattr(self.cfg.view, node).await?
+        } else {
+            self.meta.setattr(&actor, self.ws.id, node, &rest).await?
+        };
+        Ok(self.outer(attr))
+    }
+
+    /// Creates a node (mkdir, mknod, symlink) named `name` in `parent`.
+    pub async fn make_node(&self, parent: u64, name: &[u8], node: NewNode, caller: Caller) -> Result<Attr, FsError> {
+        self.writable()?;
+        let name = parse_name(name)?;
+        let attr = self
+            .meta
+            .create(&self.actor(caller), self.ws.id, self.to_node(parent), &name, &node)
+            .await?;
+        Ok(self.outer(attr))
+    }
+
+    /// Creates a directory.
+    pub async fn mkdir(&self, parent: u64, name: &[u8], mode: u32, caller: Caller) -> Result<Attr, FsError> {
+        let node = NewNode::new(NodeKind::Directory, mode & 0o7777).owned_by(caller.uid, caller.gid);
+        self.make_node(parent, name, node, caller).await
+    }
+
+    /// Creates a symbolic link to `target`.
+    pub async fn symlink(&self, parent: u64, name: &[u8], target: &[u8], caller: Caller) -> Result<Attr, FsError> {
+        let mut node = NewNode::new(NodeKind::Symlink, 0o777).owned_by(caller.uid, caller.gid);
+        node.symlink_target = Some(target.to_vec());
+        self.make_node(parent, name, node, caller).await
+    }
+
+    /// The target of a symbolic link.
+    pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        Ok(self.meta.readlink(self.cfg.view, self.to_node(ino)).await?)
+    }
+
+    /// Adds the hard link `new_parent/new_name` to `ino`.
+    pub async fn link(&self, ino: u64, new_parent: u64, new_name: &[u8], caller: Caller) -> Result<Attr, FsError> {
+        self.writable()?;
+        let name = parse_name(new_name)?;
+        let attr = self
+            .meta
+            .link(&self.actor(caller), self.ws.id, self.to_node(ino), self.to_node(new_parent), &name)
+            .await?;
+        Ok(self.outer(attr))
+    }
+
+    /// Removes a non-directory entry.
+    pub async fn unlink(&self, parent: u64, name: &[u8], caller: Caller) -> Result<(), FsError> {
+        self.writable()?;
+        let name = parse_name(name)?;
+        Ok(self
+            .meta
+            .unlink(&self.actor(caller), self.ws.id, self.to_node(parent), &name)
+            .await?)
+    }
+
+    /// Removes an empty directory.
+    pub async fn rmdir(&self, parent: u64, name: &[u8], caller: Caller) -> Result<(), FsError> {
+        self.writable()?;
+        let name = parse_name(name)?;
+        Ok(self
+            .meta
+            .rmdir(&self.actor(caller), self.ws.id, self.to_node(parent), &name)
+            .await?)
+    }
+
+    /// Renames with `renameat2` semantics.
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        mode: RenameMode,
+        caller: Caller,
+    ) -> Result<(), FsError> {
+        self.writable()?;
+        let (name, new_name) = (parse_name(name)?, parse_name(new_name)?);
+        Ok(self
+            .meta
+            .rename(
+                &self.actor(caller),
+                self.ws.id,
+                self.to_node(parent),
+                &name,
+                self.to_node(new_parent),
+                &new_name,
+                mode,
+            )
+            .await?)
+    }
+
+    /// Opens directory `ino` for listing.
+    pub async fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        let attr = self.meta.getattr(self.cfg.view, self.to_node(ino)).await?;
+        if attr.kind != NodeKind::Directory {
+            return Err(FsError::new(FsErrorKind::NotADirectory, format!("inode {ino}")));
+        }
+        let fh = self.next_fh.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = DirHandle {
+            entries: Vec::new(),
+            done: false,
+        };
+        lock(&self.dirs).insert(fh, (ino, Arc::new(tokio::sync::Mutex::new(dir))));
+        Ok(fh)
+    }
+
+    /// Items of open directory `fh` from cookie `offset`: "." and ".." first, then entries.
+    /// An empty result means the end.
+    pub async fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirItem>, FsError> {
+        let (ino, dir) = lock(&self.dirs)
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| FsError::new(FsErrorKind::BadHandle, format!("no open directory {fh}")))?;
+        let node = self.to_node(ino);
+        let mut items = Vec::new();
+        if offset < 2 {
+            let attr = self.outer(self.meta.getattr(self.cfg.view, node).await?);
+            for (i, name) in [&b"."[..], &b".."[..]].into_iter().enumerate().skip(offset as usize) {
+                let mut a = attr.clone();
+                if i == 1 && ino != ROOT_INO {
+                    // The parent's attributes are not needed by the kernel for "..".
+                    a.ino = attr.ino;
+                }
+                items.push(DirItem {
+                    offset: i as u64 + 1,
+                    name: name.to_vec(),
+                    attr: a,
+                });
+            }
+        }
+        let mut dir = dir.lock().await;
+        let start = offset.saturating_sub(2) as usize;
+        while start >= dir.entries.len() && !dir.done {
+            let after = dir.entries.last().map(|e| e.entry.name.clone());
+            let page = self
+                .meta
+                .readdir_plus(self.cfg.view, node, after.as_ref(), DIR_PAGE)
+                .await?;
+            dir.done = page.len() < DIR_PAGE;
+            dir.entries.extend(page);
+        }
+        for (i, e) in dir.entries.iter().enumerate().skip(start).take(DIR_PAGE) {
+            items.push(DirItem {
+                offset: i as u64 + 3,
+                name: e.entry.name.as_bytes().to_vec(),
+                attr: self.outer(e.attr.clone()),
+            });
+        }
+        Ok(items)
+    }
+
+    /// Closes open directory `fh`.
+    pub fn releasedir(&self, fh: u64) {
+        lock(&self.dirs).remove(&fh);
+    }
+
+    /// File-system statistics. The object store has no fixed capacity, so a large constant
+    /// is reported, as network file systems over object stores do.
+    pub async fn statfs(&self) -> Result<StatFs, FsError> {
+        let bsize = 4096u32;
+        let blocks = (1u64 << 50) / u64::from(bsize);
+        Ok(StatFs {
+            blocks,
+            bfree: blocks,
+            bavail: blocks,
+            files: 1 << 40,
+            ffree: 1 << 40,
+            bsize,
+            namelen: crate::model::NAME_MAX as u32,
+            frsize: bsize,
+        })
+    }
+
+    /// `access(2)`: checks `mask` (R_OK=4, W_OK=2, X_OK=1) against the mode bits.
+    pub async fn access(&self, ino: u64, mask: i32, caller: Caller) -> Result<(), FsError> {
+        let attr = self.meta.getattr(self.cfg.view, self.to_node(ino)).await?;
+        if mask & libc::W_OK != 0 {
+            self.writable()?;
+        }
+        if check_access(&attr, mask as u32 & 7, caller) {
+            Ok(())
+        } else {
+            Err(FsError::new(FsErrorKind::AccessDenied, format!("inode {ino}")))
+        }
+    }
+}
+
+/// The classic owner/group/other check; root passes everything but execute on files that no
+/// one may execute.
+pub(crate) fn check_access(attr: &Attr, want: u32, caller: Caller) -> bool {
+    if want == 0 {
+        return true;
+    }
+    if caller.uid == 0 {
+        let any_x = attr.mode & 0o111 != 0 || attr.kind == NodeKind::Directory;
+        return want & 1 == 0 || any_x;
+    }
+    let bits = if caller.uid == attr.uid {
+        (attr.mode >> 6) & 7
+    } else if caller.gid == attr.gid {
+        (attr.mode >> 3) & 7
+    } else {
+        attr.mode & 7
+    };
+    bits & want == want
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_access;
+    use crate::fs::Caller;
+    use crate::model::{Attr, NodeId, NodeKind, Timestamp};
+
+    fn attr(mode: u32, uid: u32, gid: u32, kind: NodeKind) -> Attr {
+        Attr {
+            ino: NodeId(5),
+            kind,
+            mode,
+            uid,
+            gid,
+            size: 0,
+            nlink: 1,
+            atime: Timestamp(0),
+            mtime: Timestamp(0),
+            ctime: Timestamp(0),
+            crtime: Timestamp(0),
+            rdev: 0,
+            content_version: 0,
+        }
+    }
+
+    #[test]
+    fn owner_group_other_and_root() {
+        let a = attr(0o640, 10, 20, NodeKind::File);
+        let who = |uid, gid| Caller { uid, gid, pid: 0 };
+        assert!(check_access(&a, 6, who(10, 99)));
+        assert!(!check_access(&a, 1, who(10, 99)));
+        assert!(check_access(&a, 4, who(11, 20)));
+        assert!(!check_access(&a, 2, who(11, 20)));
+        assert!(!check_access(&a, 4, who(11, 21)));
+        assert!(check_access(&a, 6, who(0, 0)));
+        assert!(!check_access(&a, 1, who(0, 0)));
+        assert!(check_access(&attr(0o600, 1, 1, NodeKind::Directory), 1, who(0, 0)));
+    }
+}

@@ -1,0 +1,190 @@
+//! The read path of an open file: offset and length to blocks, through the block store (and
+//! its cache), with sequential-read detection and a prefetch window that doubles while reads
+//! stay sequential (up to a byte budget) and collapses on a seek.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::task::JoinHandle;
+
+use crate::fs::blocks::BlockIo;
+use crate::fs::error::FsError;
+use crate::fs::write::copy_block;
+use crate::meta::{FileBlock, MetaStore};
+use crate::model::{NodeId, View};
+
+/// Block-map entries fetched per metadata query.
+const MAP_CHUNK: u64 = 256;
+
+/// A read cursor over the committed content of one file, as of its open.
+pub(crate) struct Reader<B: BlockIo> {
+    meta: MetaStore,
+    blocks: Arc<B>,
+    view: View,
+    ino: NodeId,
+    size: u64,
+    block_size: u64,
+    /// Largest prefetch window, in blocks.
+    max_window: u64,
+    map: BTreeMap<u64, FileBlock>,
+    loaded_chunks: HashSet<u64>,
+    current: Option<(u64, Bytes)>,
+    prefetch: BTreeMap<u64, JoinHandle<Result<Bytes, FsError>>>,
+    next_offset: u64,
+    window: u64,
+}
+
+impl<B: BlockIo> Reader<B> {
+    pub(crate) fn new(
+        meta: MetaStore,
+        blocks: Arc<B>,
+        view: View,
+        ino: NodeId,
+        size: u64,
+        block_size: u64,
+        readahead_bytes: u64,
+    ) -> Reader<B> {
+        Reader {
+            meta,
+            blocks,
+            view,
+            ino,
+            size,
+            block_size,
+            max_window: (readahead_bytes / block_size).max(1),
+            map: BTreeMap::new(),
+            loaded_chunks: HashSet::new(),
+            current: None,
+            prefetch: BTreeMap::new(),
+            next_offset: 0,
+            window: 0,
+        }
+    }
+
+    /// The size this reader reads up to.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Reads up to `len` bytes at `offset` (short at the end of the file).
+    pub(crate) async fn read(&mut self, offset: u64, len: u64) -> Result<Vec<u8>, FsError> {
+        let end = offset.saturating_add(len).min(self.size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        self.track(offset, end);
+        let bs = self.block_size;
+        let mut out = vec![0u8; (end - offset) as usize];
+        let mut pos = offset;
+        while pos < end {
+            let idx = pos / bs;
+            let in_block = pos % bs;
+            let n = (bs - in_block).min(end - pos);
+            let dst = &mut out[(pos - offset) as usize..(pos - offset + n) as usize];
+            match self.entry(idx).await? {
+                None => dst.fill(0),
+                Some(b) => {
+                    let block = self.block(&b).await?;
+                    copy_block(&block, b.len, in_block, dst);
+                }
+            }
+            pos += n;
+        }
+        self.schedule(end).await?;
+        Ok(out)
+    }
+
+    /// Updates the sequential-read detector: the kernel's own readahead keeps requests close
+    /// to each other but not always in order, so "near the last end" counts as sequential.
+    fn track(&mut self, offset: u64, end: u64) {
+        let slack = self.block_size;
+        let sequential = offset + slack >= self.next_offset && offset <= self.next_offset + slack;
+        if sequential && self.next_offset > 0 {
+            self.window = (self.window * 2).clamp(1, self.max_window);
+        } else {
+            self.window = 0;
+            let first = offset / self.block_size;
+            let keep_until = end / self.block_size + self.max_window;
+            self.prefetch.retain(|idx, task| {
+                let keep = *idx >= first && *idx <= keep_until;
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+        }
+        self.next_offset = end;
+    }
+
+    /// Starts fetching the blocks of the window after `end`.
+    async fn schedule(&mut self, end: u64) -> Result<(), FsError> {
+        if self.window == 0 {
+            return Ok(());
+        }
+        let bs = self.block_size;
+        let first = end.div_ceil(bs);
+        let last_block = self.size.div_ceil(bs);
+        for idx in first..(first + self.window).min(last_block) {
+            if self.prefetch.contains_key(&idx) || self.current.as_ref().is_some_and(|(c, _)| *c == idx) {
+                continue;
+            }
+            if let Some(b) = self.entry(idx).await? {
+                let blocks = self.blocks.clone();
+                let task = tokio::spawn(async move { Ok(blocks.get_block(b.hash, b.len).await?) });
+                self.prefetch.insert(idx, task);
+            }
+        }
+        Ok(())
+    }
+
+    /// The block-map entry of `idx` (`None` for a hole), loading the map in chunks.
+    async fn entry(&mut self, idx: u64) -> Result<Option<FileBlock>, FsError> {
+        let chunk = idx / MAP_CHUNK;
+        if !self.loaded_chunks.contains(&chunk) {
+            let found = self
+                .meta
+                .block_map(self.view, self.ino, chunk * MAP_CHUNK, MAP_CHUNK)
+                .await?;
+            for b in found {
+                self.map.insert(b.idx, b);
+            }
+            self.loaded_chunks.insert(chunk);
+        }
+        Ok(self.map.get(&idx).cloned())
+    }
+
+    /// The bytes of block `b`, from the prefetch window or the block store.
+    async fn block(&mut self, b: &FileBlock) -> Result<Bytes, FsError> {
+        if let Some((idx, bytes)) = &self.current
+            && *idx == b.idx
+        {
+            return Ok(bytes.clone());
+        }
+        let bytes = match self.prefetch.remove(&b.idx) {
+            Some(task) => match task.await {
+                Ok(Ok(bytes)) => bytes,
+                // A failed or cancelled prefetch is retried in the foreground, once.
+                _ => self.blocks.get_block(b.hash, b.len).await?,
+            },
+            None => self.blocks.get_block(b.hash, b.len).await?,
+        };
+        // Blocks behind the reader are not needed any more.
+        let stale: Vec<u64> = self.prefetch.range(..b.idx).map(|(k, _)| *k).collect();
+        for idx in stale {
+            if let Some(task) = self.prefetch.remove(&idx) {
+                task.abort();
+            }
+        }
+        self.current = Some((b.idx, bytes.clone()));
+        Ok(bytes)
+    }
+}
+
+impl<B: BlockIo> Drop for Reader<B> {
+    fn drop(&mut self) {
+        for task in self.prefetch.values() {
+            task.abort();
+        }
+    }
+}

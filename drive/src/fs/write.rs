@@ -1,0 +1,476 @@
+//! Write sessions: the staged, not yet committed content of one file on this mount.
+//!
+//! All write handles of an inode share one session. Written bytes land in a local staging
+//! file (unlinked at creation, so a crash leaves nothing behind), one block-sized slot per
+//! dirty block. A block whose bytes are all written is uploaded in the background at once,
+//! with a mount-wide semaphore bounding uploads in flight (and so memory: one block buffer
+//! per permit); a writer that outruns the object store waits for a permit (back-pressure).
+//! Partly written blocks are completed from the old block only when needed (read-modify-write
+//! at commit or on read), so sequential overwrites never read old content.
+//!
+//! `commit` uploads what is left and calls `MetaStore::commit_content` once: until it
+//! succeeds the previous content stays the visible one.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use tokio::sync::{Mutex, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::fs::blocks::BlockIo;
+use crate::fs::error::{FsError, FsErrorKind};
+use crate::fs::ranges::Ranges;
+use crate::meta::{BlockChange, FileBlock, MetaStore};
+use crate::model::{Actor, Attr, NodeId, Timestamp, View, WorkspaceId};
+
+/// The largest file size accepted (the block map indexes are i64 in SQL).
+pub const MAX_FILE_SIZE: u64 = 1 << 50;
+
+/// What the session knows about one dirty block. Every variant keeps its staging slot, so a
+/// block can be re-opened for writing after its upload without fetching it back.
+enum Dirty {
+    /// Being written; `base` is the committed block whose bytes fill the unwritten gaps (its
+    /// length already clipped to what survives truncations).
+    Staged { slot: u64, written: Ranges, base: Option<FileBlock> },
+    /// Upload in flight; the staged bytes stay untouched until it finishes.
+    Uploading { slot: u64, len: u64, task: JoinHandle<Result<[u8; 32], FsError>> },
+    /// Uploaded and durable, waiting for the commit.
+    Uploaded { slot: u64, len: u64, hash: [u8; 32] },
+}
+
+struct Inner {
+    /// Committed size the session's view of the block map is based on.
+    base_size: u64,
+    /// The smallest size the file had since the last commit: committed bytes at or past it
+    /// were truncated away and must not show through again.
+    min_size: u64,
+    blocks: BTreeMap<u64, Dirty>,
+    next_slot: u64,
+    changed: bool,
+}
+
+/// Everything a session needs from its mount.
+pub(crate) struct SessionEnv<B: BlockIo> {
+    pub meta: MetaStore,
+    pub blocks: Arc<B>,
+    pub ws: WorkspaceId,
+    pub block_size: u64,
+    pub uploads: Arc<Semaphore>,
+}
+
+/// The staged content of one file.
+pub(crate) struct WriteSession<B: BlockIo> {
+    env: Arc<SessionEnv<B>>,
+    ino: NodeId,
+    /// The content version the session started from (write-once rules check it).
+    base_version: u64,
+    staging: Arc<std::fs::File>,
+    inner: Mutex<Inner>,
+    /// Logical size and mtime, readable without the lock so getattr never waits on uploads.
+    size: AtomicU64,
+    mtime: AtomicI64,
+}
+
+impl<B: BlockIo> WriteSession<B> {
+    /// Starts a session for `attr` with its staging file in `dir`.
+    pub(crate) fn new(env: Arc<SessionEnv<B>>, attr: &Attr, dir: &Path) -> Result<Self, FsError> {
+        let path = dir.join(format!("stage-{}-{}", attr.ino, uuid::Uuid::new_v4()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| FsError::staging(format!("create {}", path.display()), e))?;
+        // Unlinked at once: the open descriptor keeps it, a crash leaves nothing behind.
+        std::fs::remove_file(&path).map_err(|e| FsError::staging("unlink staging file", e))?;
+        Ok(WriteSession {
+            env,
+            ino: attr.ino,
+            base_version: attr.content_version,
+            staging: Arc::new(file),
+            inner: Mutex::new(Inner {
+                base_size: attr.size,
+                min_size: attr.size,
+                blocks: BTreeMap::new(),
+                next_slot: 0,
+                changed: false,
+            }),
+            size: AtomicU64::new(attr.size),
+            mtime: AtomicI64::new(attr.mtime.0),
+        })
+    }
+
+    /// The current logical size.
+    pub(crate) fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    /// Overlays the session's size and mtime on committed attributes.
+    pub(crate) fn overlay(&self, attr: &mut Attr) {
+        attr.size = self.size();
+        attr.mtime = Timestamp(self.mtime.load(Ordering::Acquire));
+    }
+
+    /// Writes `data` at `offset`; returns the offset actually used (the end for `append`).
+    pub(crate) async fn write(&self, offset: u64, data: &[u8], append: bool) -> Result<u64, FsError> {
+        let mut inner = self.inner.lock().await;
+        let offset = if append { self.size() } else { offset };
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or_else(|| FsError::new(FsErrorKind::TooBig, "write past the largest file size"))?;
+        let bs = self.env.block_size;
+        let mut pos = offset;
+        while pos < end {
+            let idx = pos / bs;
+            let in_block = pos % bs;
+            let n = (bs - in_block).min(end - pos);
+            let piece = &data[(pos - offset) as usize..(pos - offset + n) as usize];
+            let slot = self.stage(&mut inner, idx).await?;
+            self.staging
+                .write_at(piece, slot * bs + in_block)
+                .map_err(|e| FsError::staging("write staging file", e))?;
+            let full = match inner.blocks.get_mut(&idx) {
+                Some(Dirty::Staged { written, .. }) => {
+                    written.insert(in_block, in_block + n);
+                    written.covers(bs)
+                }
+                _ => false,
+            };
+            if full {
+                self.start_upload(&mut inner, idx, bs).await?;
+            }
+            pos += n;
+        }
+        inner.changed = true;
+        if end > self.size() {
+            self.size.store(end, Ordering::Release);
+        }
+        self.mtime.store(Timestamp::now().0, Ordering::Release);
+        Ok(offset)
+    }
+
+    /// Makes block `idx` writable in staging and returns its slot.
+    async fn stage(&self, inner: &mut Inner, idx: u64) -> Result<u64, FsError> {
+        match inner.blocks.remove(&idx) {
+            Some(Dirty::Staged { slot, written, base }) => {
+                inner.blocks.insert(idx, Dirty::Staged { slot, written, base });
+                Ok(slot)
+            }
+            Some(Dirty::Uploading { slot, len, task }) => {
+                // The upload reads the slot: let it finish before the bytes change.
+                let _ = join(task).await;
+                inner.blocks.insert(idx, staged_full(slot, len));
+                Ok(slot)
+            }
+            Some(Dirty::Uploaded { slot, len, .. }) => {
+                inner.blocks.insert(idx, staged_full(slot, len));
+                Ok(slot)
+            }
+            None => {
+                let base = self.base_block(inner, idx).await?;
+                let slot = inner.next_slot;
+                inner.next_slot += 1;
+                inner.blocks.insert(
+                    idx,
+                    Dirty::Staged {
+                        slot,
+                        written: Ranges::default(),
+                        base,
+                    },
+                );
+                Ok(slot)
+            }
+        }
+    }
+
+    /// The committed block `idx`, clipped to the bytes that survived truncation.
+    async fn base_block(&self, inner: &Inner, idx: u64) -> Result<Option<FileBlock>, FsError> {
+        let bs = self.env.block_size;
+        let valid_end = inner.min_size.min(inner.base_size);
+        if idx * bs >= valid_end {
+            return Ok(None);
+        }
+        let found = self.env.meta.block_map(View::Live, self.ino, idx, 1).await?;
+        Ok(found.into_iter().next().map(|mut b| {
+            b.len = b.len.min(valid_end - idx * bs);
+            b
+        }))
+    }
+
+    /// Uploads staged block `idx` in the background, waiting for an upload permit first.
+    async fn start_upload(&self, inner: &mut Inner, idx: u64, len: u64) -> Result<(), FsError> {
+        let Some(Dirty::Staged { slot, .. }) = inner.blocks.get(&idx) else {
+            return Ok(());
+        };
+        let slot = *slot;
+        let permit = self
+            .env
+            .uploads
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| FsError::new(FsErrorKind::Io, "the mount is shutting down"))?;
+        let (staging, blocks, bs) = (self.staging.clone(), self.env.blocks.clone(), self.env.block_size);
+        let task = tokio::spawn(async move {
+            let _permit = permit;
+            let mut buf = vec![0u8; len as usize];
+            staging
+                .read_exact_at(&mut buf, slot * bs)
+                .map_err(|e| FsError::staging("read staging file", e))?;
+            Ok(blocks.put_block(Bytes::from(buf)).await?)
+        });
+        inner.blocks.insert(idx, Dirty::Uploading { slot, len, task });
+        Ok(())
+    }
+
+    /// Fills the unwritten parts of staged block `idx` from its committed block.
+    async fn materialize(&self, inner: &mut Inner, idx: u64) -> Result<(), FsError> {
+        let Some(Dirty::Staged { slot, written, base }) = inner.blocks.get_mut(&idx) else {
+            return Ok(());
+        };
+        let Some(b) = base.take() else {
+            return Ok(());
+        };
+        let gaps = written.gaps(b.len);
+        if !gaps.is_empty() {
+            let old = self.env.blocks.get_block(b.hash, b.len).await;
+            let old = match old {
+                Ok(old) => old,
+                Err(e) => {
+                    // Keep the base so a later attempt can fill the gaps.
+                    *base = Some(b);
+                    return Err(e.into());
+                }
+            };
+            let bs = self.env.block_size;
+            for (a, z) in gaps {
+                let z = z.min(old.len() as u64);
+                if a < z {
+                    self.staging
+                        .write_at(&old[a as usize..z as usize], *slot * bs + a)
+                        .map_err(|e| FsError::staging("write staging file", e))?;
+                }
+            }
+        }
+        written.insert(0, b.len);
+        Ok(())
+    }
+
+    /// Whether block `idx` has staged content (reads must come from the session).
+    pub(crate) async fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, FsError> {
+        let mut inner = self.inner.lock().await;
+        let size = self.size();
+        let end = offset.saturating_add(len).min(size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let bs = self.env.block_size;
+        let mut out = vec![0u8; (end - offset) as usize];
+        let mut pos = offset;
+        while pos < end {
+            let idx = pos / bs;
+            let in_block = pos % bs;
+            let n = (bs - in_block).min(end - pos);
+            let dst = &mut out[(pos - offset) as usize..(pos - offset + n) as usize];
+            if inner.blocks.contains_key(&idx) {
+                self.materialize(&mut inner, idx).await?;
+                let slot = match inner.blocks.get(&idx) {
+                    Some(Dirty::Staged { slot, .. })
+                    | Some(Dirty::Uploading { slot, .. })
+                    | Some(Dirty::Uploaded { slot, .. }) => *slot,
+                    None => unreachable_slot()?,
+                };
+                // Bytes never written in the slot read back as zeros (sparse file).
+                read_fully(&self.staging, dst, slot * bs + in_block)?;
+            } else if let Some(b) = self.base_block(&inner, idx).await? {
+                let block = self.env.blocks.get_block(b.hash, b.len).await?;
+                copy_block(&block, b.len, in_block, dst);
+            }
+            pos += n;
+        }
+        Ok(out)
+    }
+
+    /// Changes the logical size (ftruncate / O_TRUNC / truncate on an open file).
+    pub(crate) async fn truncate(&self, new_size: u64) -> Result<(), FsError> {
+        if new_size > MAX_FILE_SIZE {
+            return Err(FsError::new(FsErrorKind::TooBig, "size past the largest file size"));
+        }
+        let mut inner = self.inner.lock().await;
+        let bs = self.env.block_size;
+        let keep = new_size.div_ceil(bs);
+        let doomed: Vec<u64> = inner.blocks.range(keep..).map(|(k, _)| *k).collect();
+        for idx in doomed {
+            if let Some(Dirty::Uploading { task, .. }) = inner.blocks.remove(&idx) {
+                task.abort();
+            }
+        }
+        let tail = new_size % bs;
+        if tail != 0 && new_size < self.size() {
+            let idx = new_size / bs;
+            // The boundary block keeps its head; its tail must read as zeros from now on.
+            let slot = self.stage(&mut inner, idx).await?;
+            self.materialize(&mut inner, idx).await?;
+            let zeros = vec![0u8; (bs - tail) as usize];
+            self.staging
+                .write_at(&zeros, slot * bs + tail)
+                .map_err(|e| FsError::staging("write staging file", e))?;
+            if let Some(Dirty::Staged { written, .. }) = inner.blocks.get_mut(&idx) {
+                written.insert(0, tail);
+                written.cut(tail);
+                // Zeros past the tail are part of the block now, so nothing is fetched there.
+                written.insert(tail, bs);
+            }
+        }
+        inner.min_size = inner.min_size.min(new_size);
+        inner.changed = true;
+        self.size.store(new_size, Ordering::Release);
+        self.mtime.store(Timestamp::now().0, Ordering::Release);
+        Ok(())
+    }
+
+    /// Uploads everything staged and commits the new content in one transaction. Returns the
+    /// new attributes, or `None` when there was nothing to commit.
+    pub(crate) async fn commit(&self, actor: &Actor) -> Result<Option<Attr>, FsError> {
+        let mut inner = self.inner.lock().await;
+        if !inner.changed {
+            return Ok(None);
+        }
+        let bs = self.env.block_size;
+        let size = self.size();
+        let staged: Vec<u64> = inner
+            .blocks
+            .iter()
+            .filter(|(_, d)| matches!(d, Dirty::Staged { .. }))
+            .map(|(k, _)| *k)
+            .collect();
+        for idx in staged {
+            self.materialize(&mut inner, idx).await?;
+            let len = bs.min(size.saturating_sub(idx * bs));
+            self.start_upload(&mut inner, idx, len).await?;
+        }
+        let mut changes = Vec::new();
+        let mut failure = None;
+        let indexes: Vec<u64> = inner.blocks.keys().copied().collect();
+        for idx in indexes {
+            let Some(dirty) = inner.blocks.remove(&idx) else { continue };
+            let done = match dirty {
+                Dirty::Uploading { slot, len, task } => match join(task).await {
+                    Ok(hash) => Dirty::Uploaded { slot, len, hash },
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                        staged_full(slot, len)
+                    }
+                },
+                other => other,
+            };
+            if let Dirty::Uploaded { len, hash, .. } = &done {
+                let valid = bs.min(size.saturating_sub(idx * bs));
+                changes.push(BlockChange {
+                    idx,
+                    block: Some((*hash, (*len).min(valid))),
+                });
+            }
+            inner.blocks.insert(idx, done);
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        changes.extend(self.truncated_holes(&inner, size).await?);
+        let mtime = Timestamp(self.mtime.load(Ordering::Acquire));
+        let attr = self
+            .env
+            .meta
+            .commit_content(actor, self.env.ws, self.ino, self.base_version, &changes, size, mtime)
+            .await?;
+        inner.blocks.clear();
+        inner.next_slot = 0;
+        inner.base_size = size;
+        inner.min_size = size;
+        inner.changed = false;
+        // Staged bytes are committed: give the space back.
+        self.staging
+            .set_len(0)
+            .map_err(|e| FsError::staging("reset staging file", e))?;
+        Ok(Some(attr))
+    }
+
+    /// Committed blocks that a truncation cut away and that the session did not rewrite: they
+    /// become holes explicitly, because growing again must not bring their bytes back.
+    async fn truncated_holes(&self, inner: &Inner, size: u64) -> Result<Vec<BlockChange>, FsError> {
+        let bs = self.env.block_size;
+        let first = inner.min_size.div_ceil(bs);
+        let end = size.min(inner.base_size).div_ceil(bs);
+        if first >= end {
+            return Ok(Vec::new());
+        }
+        let old = self.env.meta.block_map(View::Live, self.ino, first, end - first).await?;
+        Ok(old
+            .into_iter()
+            .filter(|b| !inner.blocks.contains_key(&b.idx))
+            .map(|b| BlockChange { idx: b.idx, block: None })
+            .collect())
+    }
+}
+
+impl<B: BlockIo> Drop for WriteSession<B> {
+    fn drop(&mut self) {
+        if let Ok(inner) = self.inner.try_lock() {
+            for dirty in inner.blocks.values() {
+                if let Dirty::Uploading { task, .. } = dirty {
+                    task.abort();
+                }
+            }
+        }
+    }
+}
+
+fn staged_full(slot: u64, len: u64) -> Dirty {
+    Dirty::Staged {
+        slot,
+        written: Ranges::of(0, len),
+        base: None,
+    }
+}
+
+async fn join(task: JoinHandle<Result<[u8; 32], FsError>>) -> Result<[u8; 32], FsError> {
+    match task.await {
+        Ok(result) => result,
+        Err(e) => Err(FsError::new(FsErrorKind::Io, format!("upload task ended: {e}"))),
+    }
+}
+
+fn unreachable_slot() -> Result<u64, FsError> {
+    Err(FsError::new(FsErrorKind::Io, "staged block vanished while locked"))
+}
+
+/// Reads `dst.len()` bytes at `at`; bytes past the end of the staging file are zeros.
+fn read_fully(file: &std::fs::File, dst: &mut [u8], at: u64) -> Result<(), FsError> {
+    let mut done = 0;
+    while done < dst.len() {
+        let n = file
+            .read_at(&mut dst[done..], at + done as u64)
+            .map_err(|e| FsError::staging("read staging file", e))?;
+        if n == 0 {
+            dst[done..].fill(0);
+            break;
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+/// Copies block bytes from `in_block` into `dst`; bytes past the block's valid length are zeros.
+pub(crate) fn copy_block(block: &[u8], valid: u64, in_block: u64, dst: &mut [u8]) {
+    let avail = (valid.min(block.len() as u64)).saturating_sub(in_block) as usize;
+    let n = avail.min(dst.len());
+    if n > 0 {
+        dst[..n].copy_from_slice(&block[in_block as usize..in_block as usize + n]);
+    }
+    dst[n..].fill(0);
+}

@@ -1,0 +1,140 @@
+//! Extended attributes: `user.*` attributes stored in the metadata store, plus read-only
+//! virtual ones under `user.studiodrive.*` computed on demand:
+//! - `checksum`: SHA-256 (hex) of a file's committed content;
+//! - `block_size`: the workspace block size in bytes;
+//! - `sequences`: the frame sequences of a folder, one per line.
+
+use std::fmt::Write as _;
+
+use sha2::{Digest, Sha256};
+
+use crate::fs::blocks::BlockIo;
+use crate::fs::error::{FsError, FsErrorKind};
+use crate::fs::read::Reader;
+use crate::fs::{Caller, DriveFs};
+use crate::meta::xattrs::XattrMode;
+use crate::model::NodeKind;
+
+const USER_PREFIX: &[u8] = b"user.";
+const VIRTUAL_PREFIX: &[u8] = b"user.studiodrive.";
+const CHECKSUM: &[u8] = b"user.studiodrive.checksum";
+const BLOCK_SIZE: &[u8] = b"user.studiodrive.block_size";
+const SEQUENCES: &[u8] = b"user.studiodrive.sequences";
+
+/// Bytes read per step while hashing a file.
+const HASH_STEP: u64 = 4 << 20;
+
+impl<B: BlockIo> DriveFs<B> {
+    /// The value of attribute `name`.
+    pub async fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, FsError> {
+        let node = self.to_node(ino);
+        if name.starts_with(VIRTUAL_PREFIX) {
+            let attr = self.meta.getattr(self.cfg.view, node).await?;
+            return match (name, attr.kind) {
+                (CHECKSUM, NodeKind::File) => {
+                    let mut reader = Reader::new(
+                        self.meta.clone(),
+                        self.blocks.clone(),
+                        self.cfg.view,
+                        node,
+                        attr.size,
+                        u64::from(self.ws.block_size),
+                        self.cfg.readahead_bytes,
+                    );
+                    let mut hasher = Sha256::new();
+                    let mut pos = 0;
+                    while pos < reader.size() {
+                        let chunk = reader.read(pos, HASH_STEP).await?;
+                        if chunk.is_empty() {
+                            break;
+                        }
+                        pos += chunk.len() as u64;
+                        hasher.update(&chunk);
+                    }
+                    Ok(hex(&hasher.finalize()).into_bytes())
+                }
+                (BLOCK_SIZE, _) => Ok(self.ws.block_size.to_string().into_bytes()),
+                (SEQUENCES, NodeKind::Directory) => {
+                    let mut out = String::new();
+                    for seq in self.meta.sequences(node).await? {
+                        let _ = writeln!(out, "{seq}");
+                    }
+                    Ok(out.into_bytes())
+                }
+                _ => Err(no_attribute()),
+            };
+        }
+        if !name.starts_with(USER_PREFIX) {
+            // security.*, system.*, trusted.*: none are stored (the kernel asks for
+            // security.capability on every write, so this must be cheap).
+            return Err(no_attribute());
+        }
+        self.meta.get_xattr(node, name).await?.ok_or_else(no_attribute)
+    }
+
+    /// The attribute names of `ino`, virtual ones included.
+    pub async fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>, FsError> {
+        let node = self.to_node(ino);
+        let attr = self.meta.getattr(self.cfg.view, node).await?;
+        let mut names = self.meta.list_xattrs(node).await?;
+        match attr.kind {
+            NodeKind::File => names.extend([CHECKSUM.to_vec(), BLOCK_SIZE.to_vec()]),
+            NodeKind::Directory => names.extend([BLOCK_SIZE.to_vec(), SEQUENCES.to_vec()]),
+            _ => {}
+        }
+        Ok(names)
+    }
+
+    /// Sets attribute `name` (only `user.*`, not the virtual ones).
+    pub async fn setxattr(
+        &self,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        mode: XattrMode,
+        caller: Caller,
+    ) -> Result<(), FsError> {
+        self.writable()?;
+        check_settable(name)?;
+        Ok(self
+            .meta
+            .set_xattr(&self.actor(caller), self.ws.id, self.to_node(ino), name, value, mode)
+            .await?)
+    }
+
+    /// Removes attribute `name`.
+    pub async fn removexattr(&self, ino: u64, name: &[u8], caller: Caller) -> Result<(), FsError> {
+        self.writable()?;
+        check_settable(name)?;
+        match self
+            .meta
+            .remove_xattr(&self.actor(caller), self.ws.id, self.to_node(ino), name)
+            .await
+        {
+            Err(e) if e.kind() == crate::error::ErrorKind::NotFound => Err(no_attribute()),
+            other => Ok(other?),
+        }
+    }
+}
+
+fn check_settable(name: &[u8]) -> Result<(), FsError> {
+    if name.starts_with(VIRTUAL_PREFIX) {
+        return Err(FsError::new(FsErrorKind::NotPermitted, "user.studiodrive.* attributes are read-only"));
+    }
+    if !name.starts_with(USER_PREFIX) {
+        return Err(FsError::new(FsErrorKind::NotSupported, "only user.* attributes are stored"));
+    }
+    Ok(())
+}
+
+fn no_attribute() -> FsError {
+    FsError::new(FsErrorKind::NoAttribute, "no such attribute")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
