@@ -1,14 +1,207 @@
-//! `studiodrive-operator`: `crds` prints the CRDs (temporary bootstrap main).
+//! `studiodrive-operator`: `run` (the controllers), `crds` (print or write the CRD YAML) and
+//! `gc` (one GC pass of a LifecyclePolicy, run by the operator as a Job).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use kube::runtime::events::{Recorder, Reporter};
+use operator::controllers::{LeaseSettings, run_with_leader_election};
+use operator::gc_job::GcJobSettings;
+use operator::http::{HealthState, serve};
+use operator::metrics::Metrics;
+use operator::reconcile::{Backoff, Context};
+use operator::store::drive_adapter::MetaStoreAdapter;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "studiodrive-operator", version, about = "Studio Drive Kubernetes operator")]
+struct Cli {
+    /// Log filter (RUST_LOG syntax).
+    #[arg(long, env = "RUST_LOG", default_value = "info", global = true)]
+    log: String,
+    /// Log format.
+    #[arg(long, env = "STUDIODRIVE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controllers (with leader election) and the metrics/health endpoint.
+    Run(RunArgs),
+    /// Print the CRDs as YAML, or write one file per CRD into a directory.
+    Crds {
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+    /// Run one GC pass of a LifecyclePolicy (started by the operator as a Job).
+    Gc {
+        /// The LifecyclePolicy name (cluster-scoped).
+        #[arg(long)]
+        policy: String,
+        /// The pass id; re-running the same id resumes the pass.
+        #[arg(long)]
+        pass_id: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Metadata store URL (libpq string or postgresql:// URL). Mount it from a Secret.
+    #[arg(long, env = "STUDIODRIVE_METADATA_URL", hide_env_values = true)]
+    metadata_url: String,
+    /// Require TLS to the metadata store.
+    #[arg(long, env = "STUDIODRIVE_METADATA_TLS", default_value_t = false)]
+    metadata_tls: bool,
+    /// CA bundle to verify the metadata store's certificate (default: webpki roots).
+    #[arg(long, env = "STUDIODRIVE_METADATA_CA_FILE")]
+    metadata_ca_file: Option<PathBuf>,
+    /// Connections in the metadata store pool.
+    #[arg(long, env = "STUDIODRIVE_METADATA_POOL_SIZE", default_value_t = 8)]
+    metadata_pool_size: usize,
+    /// Default object store endpoint for workspaces without an objectStore (recorded for GC Jobs).
+    #[arg(long, env = "STUDIODRIVE_OBJECT_STORE_ENDPOINT")]
+    object_store_endpoint: Option<String>,
+    /// Default object store bucket.
+    #[arg(long, env = "STUDIODRIVE_OBJECT_STORE_BUCKET")]
+    object_store_bucket: Option<String>,
+    /// Address of the metrics and health endpoint.
+    #[arg(long, env = "STUDIODRIVE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Namespace of the leader Lease and of GC Jobs.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "studiodrive-system")]
+    namespace: String,
+    /// This replica's identity in leader election.
+    #[arg(long, env = "POD_NAME", default_value = "studiodrive-operator")]
+    identity: String,
+    /// Image for GC Jobs (normally the operator's own image).
+    #[arg(long, env = "STUDIODRIVE_GC_IMAGE", default_value = "ghcr.io/studiodrive/studiodrive-operator:latest")]
+    gc_image: String,
+    /// Secret holding the metadata URL for GC Jobs, as NAME/KEY.
+    #[arg(long, env = "STUDIODRIVE_GC_METADATA_SECRET")]
+    gc_metadata_secret: Option<String>,
+}
+
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("crds") {
-        if let Some(dir) = args.get(3) {
+    // Exactly one rustls provider in the process; a second install only reports it exists.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cli = Cli::parse();
+    init_tracing(&cli.log, &cli.log_format)?;
+    match cli.command {
+        Command::Crds { out_dir } => crds(out_dir),
+        Command::Gc { policy, pass_id } => anyhow::bail!(
+            "GC engine not yet implemented: pass {pass_id} of LifecyclePolicy {policy} cannot run in this build"
+        ),
+        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("build the tokio runtime")?
+            .block_on(run(args)),
+    }
+}
+
+fn init_tracing(filter: &str, format: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).context("parse the log filter")?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let result = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+    result.map_err(|e| anyhow::anyhow!("install the log subscriber: {e}"))
+}
+
+fn crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    match out_dir {
+        None => print!("{}", operator::crd::all_yaml()?),
+        Some(dir) => {
             for def in operator::crd::all() {
-                std::fs::write(std::path::Path::new(dir).join(operator::crd::file_name(&def)), operator::crd::to_yaml(&def)?)?;
+                let path = dir.join(operator::crd::file_name(&def));
+                std::fs::write(&path, operator::crd::to_yaml(&def)?).with_context(|| format!("write {}", path.display()))?;
             }
-        } else {
-            print!("{}", operator::crd::all_yaml()?);
         }
     }
     Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let metrics = Arc::new(Metrics::new()?);
+    let health = Arc::new(HealthState { metrics: metrics.clone(), ready: false.into() });
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr).await.with_context(|| format!("bind {}", args.metrics_addr))?;
+    tokio::spawn(serve(listener, health.clone(), shutdown.clone()));
+
+    let mut config = drive::MetaConfig::new(args.metadata_url.clone());
+    config.pool_size = args.metadata_pool_size;
+    if args.metadata_tls {
+        config.tls = drive::TlsMode::Require { ca_file: args.metadata_ca_file.clone() };
+    }
+    tracing::info!(
+        tls = args.metadata_tls, pool = args.metadata_pool_size, metrics = %args.metrics_addr,
+        namespace = %args.namespace, identity = %args.identity,
+        object_store_endpoint = ?args.object_store_endpoint, object_store_bucket = ?args.object_store_bucket,
+        "starting (metadata URL redacted)"
+    );
+    let store = drive::MetaStore::connect(&config).await.context("connect to the metadata store")?;
+    health.ready.store(true, Ordering::SeqCst);
+    {
+        // Readiness follows the store: a failing ping flips /readyz to 503.
+        let (store, health, token) = (store.clone(), health.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    _ = tick.tick() => health.ready.store(store.ping().await.is_ok(), Ordering::SeqCst),
+                }
+            }
+        });
+    }
+    let client = kube::Client::try_default().await.context("build the Kubernetes client")?;
+    let reporter = Reporter { controller: "studiodrive-operator".into(), instance: Some(args.identity.clone()) };
+    let gc_secret = args
+        .gc_metadata_secret
+        .as_deref()
+        .map(|s| s.split_once('/').map(|(n, k)| (n.to_string(), k.to_string())).context("--gc-metadata-secret is NAME/KEY"))
+        .transpose()?;
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        store: MetaStoreAdapter(store),
+        recorder: Recorder::new(client, reporter),
+        metrics,
+        clock: jiff::Timestamp::now,
+        backoff: Backoff::default(),
+        gc: GcJobSettings {
+            namespace: args.namespace.clone(),
+            image: args.gc_image,
+            service_account: Some("studiodrive-gc".into()),
+            metadata_url_secret: gc_secret,
+        },
+    });
+    {
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            token.cancel();
+        });
+    }
+    let lease = LeaseSettings { name: "studiodrive-operator".into(), namespace: args.namespace, identity: args.identity, duration_secs: 15 };
+    run_with_leader_election(ctx, lease, shutdown).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+        }
+        Err(_) => drop(ctrl_c.await),
+    }
 }

@@ -1,0 +1,187 @@
+//! Reconcilers: load observed state from the store, call the planner, apply the plan through
+//! the store port and the Kubernetes API, and map failures to conditions, events, requeues
+//! and metric labels (in one place: [`ReconcileError::label`] and [`failure_conditions`]).
+//!
+//! Each kind has a store-only `sync` step (observe -> plan -> apply ops -> observe again ->
+//! plan, until the plan has no ops), which the real-PostgreSQL tests drive directly, and a
+//! kube step that wraps it with the finalizer, the status patch and events.
+
+pub mod lifecycle;
+pub mod share;
+pub mod snapshot;
+pub mod workspace;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer;
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::crd::FIELD_MANAGER;
+use crate::crd::conditions::{self, Desired, reason};
+use crate::gc_job::GcJobSettings;
+use crate::metrics::Metrics;
+use crate::plan::EventNote;
+use crate::store::{StoreError, StoreErrorKind};
+
+/// How many plan/apply rounds one reconcile may take before giving up (a planner that keeps
+/// asking for ops after they were applied is a bug; this bounds it).
+const MAX_ROUNDS: usize = 4;
+
+/// Shared state of the controllers.
+pub struct Context<S> {
+    pub client: kube::Client,
+    pub store: S,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// The clock; injected so tests control `now`.
+    pub clock: fn() -> Timestamp,
+    pub backoff: Backoff,
+    pub gc: GcJobSettings,
+}
+
+/// Errors of a reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("metadata store: {0}")]
+    Store(#[from] StoreError),
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<finalizer::Error<ReconcileError>>),
+    #[error("object has no {0}")]
+    MissingField(&'static str),
+    #[error("planner still wants changes after {MAX_ROUNDS} rounds")]
+    NoConvergence,
+}
+
+impl ReconcileError {
+    /// A stable, low-cardinality metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ReconcileError::Store(e) => match e.kind {
+                StoreErrorKind::Unavailable => "store_unavailable",
+                StoreErrorKind::Conflict => "store_conflict",
+                _ => "store_error",
+            },
+            ReconcileError::Kube(_) => "kube_api",
+            ReconcileError::Finalizer(inner) => match inner.as_ref() {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.label(),
+                _ => "finalizer",
+            },
+            ReconcileError::MissingField(_) => "missing_field",
+            ReconcileError::NoConvergence => "no_convergence",
+        }
+    }
+}
+
+/// The Ready condition for a store failure.
+pub fn failure_conditions(e: &StoreError) -> Vec<Desired> {
+    let (why, message) = if e.kind == StoreErrorKind::Unavailable {
+        (reason::STORE_UNAVAILABLE, format!("the metadata store is unavailable; retrying with backoff: {e}"))
+    } else {
+        (reason::STORE_ERROR, format!("the metadata store refused the operation: {e}"))
+    };
+    vec![Desired::no(conditions::READY, why, message.clone()), Desired::yes(conditions::DEGRADED, why, message)]
+}
+
+/// Per-object exponential backoff for failed reconciles: 5 s, 10 s, 20 s ... capped at 5 min,
+/// reset by a success. kube's Controller requeues with whatever `error_policy` returns; this
+/// is where the exponent lives.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Backoff {
+    /// The delay after `failures` consecutive failures (1 = the first).
+    pub fn delay(failures: u32) -> Duration {
+        let exp = failures.saturating_sub(1).min(6);
+        (Duration::from_secs(5) * 2u32.pow(exp)).min(Duration::from_secs(300))
+    }
+
+    /// Records a failure of `key` and returns how long to wait.
+    pub fn fail(&self, key: &str) -> Duration {
+        let mut map = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = map.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        Backoff::delay(*n)
+    }
+
+    /// Forgets the failures of `key`.
+    pub fn succeed(&self, key: &str) {
+        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(key);
+    }
+}
+
+/// The backoff key of an object.
+pub(crate) fn object_key<K: Resource>(obj: &K) -> String {
+    format!("{}/{}", obj.meta().namespace.as_deref().unwrap_or(""), obj.meta().name.as_deref().unwrap_or(""))
+}
+
+/// Patches the status subresource with server-side apply, only when it differs from what the
+/// object already has (no write, no new resourceVersion, no watch event: no GitOps churn).
+pub(crate) async fn patch_status_if_changed<K, St>(
+    api: &Api<K>,
+    obj: &K,
+    current: Option<&St>,
+    desired: &St,
+) -> Result<bool, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    St: Serialize + PartialEq,
+{
+    if current == Some(desired) {
+        return Ok(false);
+    }
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": desired,
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(&obj.name_any(), &params, &Patch::Apply(&body)).await?;
+    Ok(true)
+}
+
+/// Publishes the plan's events. Event failures are logged, not fatal: an event is advisory.
+pub(crate) async fn publish<K: Resource<DynamicType = ()>>(recorder: &Recorder, obj: &K, notes: &[EventNote]) {
+    let reference = obj.object_ref(&());
+    for note in notes {
+        let event = Event {
+            type_: if note.warning { EventType::Warning } else { EventType::Normal },
+            reason: note.reason.to_string(),
+            note: Some(note.note.clone()),
+            action: note.action.to_string(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %e, reason = note.reason, "could not publish event");
+        }
+    }
+}
+
+/// The action after a successful reconcile.
+pub(crate) fn action(requeue: Option<Duration>) -> Action {
+    requeue.map_or_else(Action::await_change, Action::requeue)
+}
+
+/// Conditions after a store failure, keeping the previous ones' transition times.
+pub(crate) fn failed_conditions(previous: &[Condition], e: &StoreError, generation: i64, now: Timestamp) -> Vec<Condition> {
+    conditions::merge(previous, &failure_conditions(e), generation, now)
+}
+
+/// The controllers' error policy: count the failure and back off exponentially.
+pub fn error_policy<K: Resource, S>(obj: Arc<K>, error: &ReconcileError, ctx: Arc<Context<S>>) -> Action {
+    let delay = ctx.backoff.fail(&object_key(obj.as_ref()));
+    tracing::warn!(error = %error, label = error.label(), retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}

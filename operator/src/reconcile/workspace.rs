@@ -1,0 +1,129 @@
+//! Reconciles `Workspace` resources.
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Api, ResourceExt};
+use tracing::instrument;
+
+use super::{Context, ReconcileError, action, failed_conditions, object_key, patch_status_if_changed, publish};
+use crate::crd::{FINALIZER, Workspace, WorkspaceStatus};
+use crate::plan::workspace::{Input, Observed, Op, plan, plan_cleanup};
+use crate::plan::{EventNote, Plan};
+use crate::store::{StoreResult, StudioStore};
+
+fn input(ws: &Workspace) -> Result<Input<'_>, ReconcileError> {
+    Ok(Input {
+        namespace: ws.metadata.namespace.as_deref().ok_or(ReconcileError::MissingField("namespace"))?,
+        name: ws.metadata.name.as_deref().ok_or(ReconcileError::MissingField("name"))?,
+        generation: ws.metadata.generation.unwrap_or_default(),
+        spec: &ws.spec,
+        status: ws.status.as_ref(),
+    })
+}
+
+/// Reads what the store holds for the workspace named in `input`.
+pub async fn observe<S: StudioStore>(store: &S, input: &Input<'_>) -> StoreResult<Observed> {
+    let Ok(name) = crate::plan::workspace::workspace_store_name(input.namespace, input.name) else {
+        return Ok(Observed::default());
+    };
+    let record = store.get_workspace(&name).await?;
+    let usage = match &record {
+        Some(r) => Some(store.workspace_usage(r).await?),
+        None => None,
+    };
+    Ok(Observed { record, usage })
+}
+
+/// Applies store operations.
+pub async fn apply<S: StudioStore>(store: &S, ops: &[Op]) -> StoreResult<()> {
+    for op in ops {
+        match op {
+            Op::Create(new) => drop(store.create_workspace(new).await?),
+            Op::Update { name, change } => drop(store.update_workspace(name, change).await?),
+            Op::Delete { name } => drop(store.delete_workspace(name).await?),
+        }
+    }
+    Ok(())
+}
+
+/// Store-only reconcile: plan and apply until the plan asks for nothing more. Returns the
+/// final plan with the events of every round.
+pub async fn sync<S: StudioStore>(
+    store: &S,
+    input: &Input<'_>,
+    now: Timestamp,
+) -> Result<Plan<Op, WorkspaceStatus>, ReconcileError> {
+    let mut events: Vec<EventNote> = Vec::new();
+    for _ in 0..super::MAX_ROUNDS {
+        let observed = observe(store, input).await?;
+        let mut p = plan(input, &observed, now);
+        events.append(&mut p.events);
+        if p.ops.is_empty() {
+            p.events = events;
+            return Ok(p);
+        }
+        apply(store, &p.ops).await?;
+    }
+    Err(ReconcileError::NoConvergence)
+}
+
+/// Store-only cleanup of a deleted Workspace: soft-delete with `Delete`, keep with `Retain`.
+/// Fails (and the finalizer stays) while the store is unreachable.
+pub async fn cleanup<S: StudioStore>(store: &S, input: &Input<'_>) -> Result<Vec<Op>, ReconcileError> {
+    let observed = observe(store, input).await?;
+    let ops = plan_cleanup(input, &observed);
+    apply(store, &ops).await?;
+    Ok(ops)
+}
+
+/// The controller's reconcile function for Workspaces.
+#[instrument(skip_all, name = "reconcile.workspace", fields(object = %ws.name_any(), namespace = ws.namespace().unwrap_or_default()))]
+pub async fn reconcile<S: StudioStore>(ws: Arc<Workspace>, ctx: Arc<Context<S>>) -> Result<Action, ReconcileError> {
+    let namespace = ws.namespace().ok_or(ReconcileError::MissingField("namespace"))?;
+    let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, ws, |event| async {
+        match event {
+            Finalizer::Apply(ws) => apply_live(&api, &ws, &ctx).await,
+            Finalizer::Cleanup(ws) => {
+                let ops = cleanup(&ctx.store, &input(&ws)?).await?;
+                let note = if ops.is_empty() {
+                    EventNote::normal("Retained", "Delete", "deletionPolicy Retain: the workspace data is kept")
+                } else {
+                    EventNote::normal("Deleted", "Delete", "the workspace was soft-deleted in the metadata store")
+                };
+                publish(&ctx.recorder, ws.as_ref(), &[note]).await;
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await;
+    result.map_err(|e| ReconcileError::Finalizer(Box::new(e)))
+}
+
+async fn apply_live<S: StudioStore>(
+    api: &Api<Workspace>,
+    ws: &Workspace,
+    ctx: &Context<S>,
+) -> Result<Action, ReconcileError> {
+    let now = (ctx.clock)();
+    let input = input(ws)?;
+    match sync(&ctx.store, &input, now).await {
+        Ok(p) => {
+            patch_status_if_changed(api, ws, ws.status.as_ref(), &p.status).await?;
+            publish(&ctx.recorder, ws, &p.events).await;
+            ctx.backoff.succeed(&object_key(ws));
+            Ok(action(p.requeue))
+        }
+        Err(ReconcileError::Store(e)) => {
+            let mut status = ws.status.clone().unwrap_or_default();
+            status.observed_generation = Some(input.generation);
+            status.conditions = failed_conditions(&status.conditions, &e, input.generation, now);
+            patch_status_if_changed(api, ws, ws.status.as_ref(), &status).await?;
+            Err(ReconcileError::Store(e))
+        }
+        Err(other) => Err(other),
+    }
+}
