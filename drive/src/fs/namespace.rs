@@ -50,6 +50,9 @@ impl<B: BlockIo> DriveFs<B> {
         let node = self.to_node(ino);
         let actor = self.actor(caller);
         let mut rest = change;
+        if let (Some(t), Some(session)) = (rest.mtime, self.session_of(node)) {
+            session.set_mtime(t);
+        }
         if let Some(size) = rest.size
             && let Some(session) = self.session_of(node)
         {

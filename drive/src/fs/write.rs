@@ -73,6 +73,8 @@ pub(crate) struct WriteSession<B: BlockIo> {
     /// Logical size and mtime, readable without the lock so getattr never waits on uploads.
     size: AtomicU64,
     mtime: AtomicI64,
+    /// Uncommitted changes exist: only then do size and mtime differ from the store's.
+    dirty: std::sync::atomic::AtomicBool,
 }
 
 impl<B: BlockIo> WriteSession<B> {
@@ -101,6 +103,7 @@ impl<B: BlockIo> WriteSession<B> {
             }),
             size: AtomicU64::new(attr.size),
             mtime: AtomicI64::new(attr.mtime.0),
+            dirty: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -111,8 +114,16 @@ impl<B: BlockIo> WriteSession<B> {
 
     /// Overlays the session's size and mtime on committed attributes.
     pub(crate) fn overlay(&self, attr: &mut Attr) {
+        if !self.dirty.load(Ordering::Acquire) {
+            return;
+        }
         attr.size = self.size();
         attr.mtime = Timestamp(self.mtime.load(Ordering::Acquire));
+    }
+
+    /// Records an explicit mtime (utimens) so a later commit does not overwrite it.
+    pub(crate) fn set_mtime(&self, t: Timestamp) {
+        self.mtime.store(t.0, Ordering::Release);
     }
 
     /// Writes `data` at `offset`; returns the offset actually used (the end for `append`).
@@ -147,6 +158,7 @@ impl<B: BlockIo> WriteSession<B> {
             pos += n;
         }
         inner.changed = true;
+        self.dirty.store(true, Ordering::Release);
         if end > self.size() {
             self.size.store(end, Ordering::Release);
         }
@@ -329,6 +341,7 @@ impl<B: BlockIo> WriteSession<B> {
         }
         inner.min_size = inner.min_size.min(new_size);
         inner.changed = true;
+        self.dirty.store(true, Ordering::Release);
         self.size.store(new_size, Ordering::Release);
         self.mtime.store(Timestamp::now().0, Ordering::Release);
         Ok(())
@@ -393,6 +406,7 @@ impl<B: BlockIo> WriteSession<B> {
         inner.base_size = size;
         inner.min_size = size;
         inner.changed = false;
+        self.dirty.store(false, Ordering::Release);
         // Staged bytes are committed: give the space back.
         self.staging
             .set_len(0)
