@@ -99,8 +99,10 @@ impl Mount {
             .stderr(Stdio::inherit());
         let mut child = cmd.spawn().context("start studiodrive-csi mount")?;
         let deadline = Instant::now() + Duration::from_secs(60);
-        let dir = std::fs::canonicalize(dir)?;
-        while !is_mounted(&dir) {
+        // Not canonicalize(dir): a dead mount point fails stat with ENOTCONN until cleaned.
+        let parent = dir.parent().context("mount point has a parent")?;
+        let dir = std::fs::canonicalize(parent)?.join(dir.file_name().context("mount point name")?);
+        while !(is_mounted(&dir) && std::fs::metadata(&dir).is_ok()) {
             if let Some(status) = child.try_wait()? {
                 bail!("mount exited early: {status}");
             }
