@@ -175,7 +175,7 @@ pub(crate) fn action(requeue: Option<Duration>) -> Action {
 }
 
 /// Conditions after a store failure, keeping the previous ones' transition times.
-pub(crate) fn failed_conditions(previous: &[Condition], e: &StoreError, generation: i64, now: Timestamp) -> Vec<Condition> {
+pub fn failed_conditions(previous: &[Condition], e: &StoreError, generation: i64, now: Timestamp) -> Vec<Condition> {
     conditions::merge(previous, &failure_conditions(e), generation, now)
 }
 

@@ -1,0 +1,60 @@
+//! Shared builders for the operator tests.
+#![allow(dead_code)]
+
+use jiff::Timestamp;
+use kube::api::ObjectMeta;
+use operator::crd::{
+    DeletionPolicy, Permission, Share, ShareSpec, Snapshot, SnapshotSpec, Subject, SubjectKind, Workspace,
+    WorkspaceKind, WorkspaceSpec,
+};
+
+pub fn at(secs: i64) -> Timestamp {
+    Timestamp::from_second(secs).expect("valid timestamp")
+}
+
+pub fn meta(ns: &str, name: &str, generation: i64) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(ns.into()),
+        generation: Some(generation),
+        uid: Some(format!("uid-{name}")),
+        ..ObjectMeta::default()
+    }
+}
+
+pub fn workspace_spec(kind: WorkspaceKind, policy: DeletionPolicy) -> WorkspaceSpec {
+    WorkspaceSpec {
+        kind,
+        owners: vec!["User:alice".into()],
+        block_size_bytes: 4 << 20,
+        encryption: None,
+        object_store: None,
+        quota_bytes: Some(1 << 30),
+        deletion_policy: policy,
+    }
+}
+
+pub fn workspace(ns: &str, name: &str, spec: WorkspaceSpec) -> Workspace {
+    Workspace { metadata: meta(ns, name, 1), spec, status: None }
+}
+
+pub fn snapshot(ns: &str, name: &str, ws: &str, path: &str) -> Snapshot {
+    Snapshot { metadata: meta(ns, name, 1), spec: SnapshotSpec { workspace: ws.into(), path: path.into() }, status: None }
+}
+
+pub fn share(ns: &str, name: &str, ws: &str, expires: Option<Timestamp>) -> Share {
+    Share {
+        metadata: meta(ns, name, 1),
+        spec: ShareSpec {
+            workspace: ws.into(),
+            path: "/comp".into(),
+            subjects: vec![
+                Subject { kind: SubjectKind::ServiceAccount, name: "render".into(), namespace: Some("farm".into()) },
+                Subject { kind: SubjectKind::Group, name: "review".into(), namespace: None },
+            ],
+            permission: Permission::Write,
+            expires_at: expires.map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
+        },
+        status: None,
+    }
+}
