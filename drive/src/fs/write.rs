@@ -231,9 +231,9 @@ impl<B: BlockIo> WriteSession<B> {
         let task = tokio::spawn(async move {
             let _permit = permit;
             let mut buf = vec![0u8; len as usize];
-            staging
-                .read_exact_at(&mut buf, slot * bs)
-                .map_err(|e| FsError::staging("read staging file", e))?;
+            // The last slot may end before `len` (a write inside a block that a truncate grew):
+            // the missing tail is a hole and reads as zeros, as on a read.
+            read_fully(&staging, &mut buf, slot * bs)?;
             Ok(blocks.put_block(Bytes::from(buf)).await?)
         });
         inner.blocks.insert(idx, Dirty::Uploading { slot, len, task });
