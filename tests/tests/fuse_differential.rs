@@ -537,7 +537,7 @@ impl Tree {
     /// A name from the pool in an existing directory (it may or may not exist).
     fn fresh(&self, r: &mut Rng) -> String {
         let dir = r.pick(&self.dirs).clone();
-        Tree::join(&dir, r.pick(&NAMES[..]))
+        Tree::join(&dir, NAMES[r.below(NAMES.len() as u64) as usize])
     }
 
     /// Mostly an existing file; sometimes anything else, so errors get compared too.
