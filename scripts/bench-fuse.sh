@@ -1,0 +1,367 @@
+#!/usr/bin/env bash
+# FUSE mount benchmark: Studio Drive side by side with a FUSE passthrough baseline (bindfs),
+# local disk, and (when an S3 server is available) rclone mount and s3fs on the same S3 server
+# plus Studio Drive on that S3 server. Targets alternate A B A B over ROUNDS rounds in one run;
+# the table shows the median of the rounds and the ratio to bindfs (the baseline).
+#
+# Run as root on Debian (installs fio, bindfs, rclone, s3fs, fuse3, postgresql when missing):
+#
+#     scripts/bench-fuse.sh                          # full size: 4 GiB, 2,000 frames, 100k entries
+#     SIZE=1G FRAMES=500 LS_ENTRIES=20000 scripts/bench-fuse.sh   # quicker
+#
+# Environment (defaults in brackets):
+#   SIZE [4G]            sequential file size (fio size syntax)
+#   RAND_TIME [30]       seconds of random 4 KiB reads
+#   SMALL_FILES [10000]  files in the create/stat/unlink workload (4 KiB each)
+#   FRAMES [2000]        frame-sequence files, FRAME_SIZE [8M] each, FRAME_WRITERS [4] writers
+#   LS_ENTRIES [100000]  entries of the `ls -l` folder
+#   ROUNDS [2]           rounds (each round runs every target once)
+#   TARGETS              space-separated subset of: local bindfs studiodrive studiodrive-s3 rclone s3fs
+#   WORK [/var/tmp/studiodrive-bench]  scratch dir on the local disk (emptied first)
+#   OUT [$WORK/results.md]             where the table goes (also printed)
+#   S3: S3_ENDPOINT (+ S3_ACCESS_KEY, S3_SECRET_KEY, S3_REGION [us-east-1]) for an existing
+#       server; otherwise the script starts `studiodrive-s3-server` (testkit) when that binary
+#       builds. Without either, the S3 targets are skipped with a message.
+#
+# Cold runs: the mount is stopped, the kernel caches are dropped (echo 3 >
+# /proc/sys/vm/drop_caches), the mount's node-local cache (Studio Drive's block cache, rclone's
+# VFS cache) is emptied, and the mount starts again. Warm runs repeat in the same mount.
+# Times are wall-clock and include close()/fsync, i.e. until the data is durable on the target.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+
+SIZE=${SIZE:-4G}
+RAND_TIME=${RAND_TIME:-30}
+SMALL_FILES=${SMALL_FILES:-10000}
+FRAMES=${FRAMES:-2000}
+FRAME_SIZE=${FRAME_SIZE:-8M}
+FRAME_WRITERS=${FRAME_WRITERS:-4}
+LS_ENTRIES=${LS_ENTRIES:-100000}
+ROUNDS=${ROUNDS:-2}
+WORK=${WORK:-/var/tmp/studiodrive-bench}
+OUT=${OUT:-$WORK/results.md}
+S3_REGION=${S3_REGION:-us-east-1}
+
+die() { echo "bench-fuse: $*" >&2; exit 1; }
+say() { echo "==> $*" >&2; }
+
+[ "$(id -u)" -eq 0 ] || die "run as root (mounts, drop_caches, apt-get)"
+
+# ---- packages ---------------------------------------------------------------------------
+need=()
+for p in fio bindfs rclone s3fs python3; do command -v "$p" >/dev/null 2>&1 || need+=("$p"); done
+command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+if [ ${#need[@]} -gt 0 ]; then
+    say "installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust (https://rustup.rs)"
+
+# ---- build ------------------------------------------------------------------------------
+say "cargo build --release -p drive-csi"
+cargo build --release -p drive-csi --bin studiodrive-csi
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+SD=$TARGET_DIR/release/studiodrive-csi
+S3_SERVER_BIN=""
+if [ -z "${S3_ENDPOINT:-}" ] && [ -e testkit/src/bin/studiodrive-s3-server.rs ]; then
+    say "cargo build --release -p drive-testkit --bin studiodrive-s3-server"
+    if cargo build --release -p drive-testkit --bin studiodrive-s3-server; then
+        S3_SERVER_BIN=$TARGET_DIR/release/studiodrive-s3-server
+    else
+        say "the testkit S3 server did not build; S3 targets will be skipped"
+    fi
+fi
+
+# ---- scratch ----------------------------------------------------------------------------
+# The embedded PostgreSQL of a state dir outlives its mounts (it is shared by them).
+stop_embedded_pg() {
+    local pgdata
+    for pgdata in "$WORK"/data/*/postgres/data; do
+        [ -f "$pgdata/postmaster.pid" ] || continue
+        su postgres -s /bin/sh -c "$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)/pg_ctl stop -m fast -D '$pgdata'" \
+            >/dev/null 2>&1
+    done
+}
+cleanup() {
+    set +e
+    for m in "$WORK"/mnt/*; do
+        mountpoint -q "$m" 2>/dev/null && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m"; }
+    done
+    [ -n "${S3_PID:-}" ] && kill "$S3_PID" 2>/dev/null && wait "$S3_PID" 2>/dev/null
+    stop_embedded_pg
+}
+trap cleanup EXIT
+if [ -d "$WORK" ]; then
+    for m in "$WORK"/mnt/*; do mountpoint -q "$m" 2>/dev/null && { fusermount3 -u "$m" || umount -l "$m"; }; done
+    stop_embedded_pg
+    rm -rf "$WORK"
+fi
+mkdir -p "$WORK"/mnt "$WORK"/data
+
+# ---- S3 server --------------------------------------------------------------------------
+S3_OK=""
+if [ -n "${S3_ENDPOINT:-}" ]; then
+    [ -n "${S3_ACCESS_KEY:-}" ] && [ -n "${S3_SECRET_KEY:-}" ] || die "S3_ENDPOINT needs S3_ACCESS_KEY and S3_SECRET_KEY"
+    S3_OK=1
+elif [ -n "$S3_SERVER_BIN" ]; then
+    say "starting the testkit S3 server"
+    mkdir -p "$WORK/s3"
+    "$S3_SERVER_BIN" --root "$WORK/s3" --addr 127.0.0.1:0 >"$WORK/s3.out" 2>"$WORK/s3.log" &
+    S3_PID=$!
+    for _ in $(seq 100); do grep -q endpoint= "$WORK/s3.out" 2>/dev/null && break; sleep 0.1; done
+    line=$(grep endpoint= "$WORK/s3.out" || true)
+    [ -n "$line" ] || die "S3 server did not start: $(cat "$WORK/s3.log")"
+    S3_ENDPOINT=$(sed -E 's/.*endpoint=([^ ]+).*/\1/' <<<"$line")
+    S3_ACCESS_KEY=$(sed -E 's/.*access_key=([^ ]+).*/\1/' <<<"$line")
+    S3_SECRET_KEY=$(sed -E 's/.*secret_key=([^ ]+).*/\1/' <<<"$line")
+    S3_OK=1
+fi
+if [ -n "$S3_OK" ]; then
+    export RCLONE_CONFIG_BENCHS3_TYPE=s3 RCLONE_CONFIG_BENCHS3_PROVIDER=Other
+    export RCLONE_CONFIG_BENCHS3_ENDPOINT=$S3_ENDPOINT RCLONE_CONFIG_BENCHS3_REGION=$S3_REGION
+    export RCLONE_CONFIG_BENCHS3_ACCESS_KEY_ID=$S3_ACCESS_KEY RCLONE_CONFIG_BENCHS3_SECRET_ACCESS_KEY=$S3_SECRET_KEY
+    export RCLONE_CONFIG_BENCHS3_FORCE_PATH_STYLE=true
+    for b in bench-sd bench-rclone bench-s3fs; do rclone mkdir "benchs3:$b" || die "cannot create bucket $b at $S3_ENDPOINT"; done
+    printf '%s:%s\n' "$S3_ACCESS_KEY" "$S3_SECRET_KEY" >"$WORK/s3fs.passwd"
+    chmod 600 "$WORK/s3fs.passwd"
+    echo "S3 server: $S3_ENDPOINT" >&2
+else
+    echo "bench-fuse: no S3 server (set S3_ENDPOINT, or build testkit's studiodrive-s3-server):" \
+        "skipping studiodrive-s3, rclone and s3fs" >&2
+fi
+
+ALL="local bindfs studiodrive"
+[ -n "$S3_OK" ] && ALL="$ALL studiodrive-s3 rclone s3fs"
+TARGETS=${TARGETS:-$ALL}
+for t in $TARGETS; do
+    case " $ALL " in *" $t "*) ;; *) die "target $t is not available (available: $ALL)";; esac
+done
+
+# ---- targets: start, stop, where --------------------------------------------------------
+dir_of() { if [ "$1" = local ]; then echo "$WORK/data/local"; else echo "$WORK/mnt/$1"; fi; }
+
+wait_mounted() {
+    for _ in $(seq 300); do mountpoint -q "$1" && return 0; sleep 0.1; done
+    die "$1 did not mount"
+}
+
+start() {
+    local t=$1 m
+    m=$(dir_of "$t")
+    mkdir -p "$m"
+    case $t in
+    local) ;;
+    bindfs)
+        mkdir -p "$WORK/data/bindfs-src"
+        bindfs --multithreaded "$WORK/data/bindfs-src" "$m" ;;
+    studiodrive)
+        "$SD" mount --state-dir "$WORK/data/sd-state" "$m" >/dev/null ;;
+    studiodrive-s3)
+        AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY AWS_REGION=$S3_REGION \
+            "$SD" mount --state-dir "$WORK/data/sd-s3-state" --store s3://bench-sd/vol \
+            --s3-endpoint "$S3_ENDPOINT" "$m" >/dev/null ;;
+    rclone)
+        rclone mount benchs3:bench-rclone "$m" --daemon --vfs-cache-mode full \
+            --cache-dir "$WORK/data/rclone-cache" --log-file "$WORK/rclone.log" ;;
+    s3fs)
+        s3fs bench-s3fs "$m" -o url="$S3_ENDPOINT" -o use_path_request_style \
+            -o passwd_file="$WORK/s3fs.passwd" -o endpoint="$S3_REGION" -o dbglevel=warn ;;
+    esac
+    [ "$t" = local ] || wait_mounted "$m"
+}
+
+stop() {
+    local t=$1 m
+    m=$(dir_of "$t")
+    [ "$t" = local ] && return 0
+    # fusermount3 -u returns once the kernel has detached; wait for the server to exit, so the
+    # next start finds its state free (Studio Drive commits open files on unmount).
+    fusermount3 -u "$m"
+    for _ in $(seq 600); do
+        case $t in
+        studiodrive | studiodrive-s3) pgrep -f "studiodrive-csi mount .*$m( |$)" >/dev/null || return 0 ;;
+        rclone) pgrep -f "rclone mount .* $m( |$)" >/dev/null || return 0 ;;
+        s3fs) pgrep -f "s3fs bench-s3fs $m( |$)" >/dev/null || return 0 ;;
+        bindfs) pgrep -f "bindfs .* $m( |$)" >/dev/null || return 0 ;;
+        esac
+        sleep 0.1
+    done
+    die "$t did not exit after unmount"
+}
+
+# Cold: stop, drop the kernel caches and the mount's own disk cache, start again.
+cold() {
+    local t=$1
+    stop "$t"
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+    case $t in
+    studiodrive) rm -rf "$WORK/data/sd-state/cache" ;;
+    studiodrive-s3) rm -rf "$WORK/data/sd-s3-state/cache" ;;
+    rclone) rm -rf "$WORK/data/rclone-cache" ;;
+    esac
+    start "$t"
+}
+
+now() { date +%s.%N; }
+elapsed() { python3 -c "print(max($2 - $1, 1e-9))"; }
+bytes_of() { python3 -c "
+s='$1'.upper(); m={'K':1<<10,'M':1<<20,'G':1<<30,'T':1<<40}
+print(int(float(s[:-1])*m[s[-1]]) if s[-1] in m else int(s))"; }
+SIZE_B=$(bytes_of "$SIZE")
+FRAME_B=$(bytes_of "$FRAME_SIZE")
+
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+record() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" >>"$RESULTS"; echo "    $1 $2: $4 $5" >&2; }
+
+# ---- workloads --------------------------------------------------------------------------
+FIO="fio --output-format=json --ioengine=psync --group_reporting --fallocate=none"
+
+seq_io() {  # target round dir
+    local t=$1 r=$2 d=$3 s e
+    cold "$t"
+    s=$(now); $FIO --name=seqwrite --directory="$d" --filename=seq.dat --rw=write --bs=1M --size="$SIZE" --end_fsync=1 >/dev/null; e=$(now)
+    record "$t" "$r" "seq write 1 MiB, cold (MB/s)" "$(python3 -c "print(round($SIZE_B/1e6/$(elapsed "$s" "$e"),1))")" hi
+    s=$(now); $FIO --name=seqwrite2 --directory="$d" --filename=seq.dat --rw=write --bs=1M --size="$SIZE" --end_fsync=1 >/dev/null; e=$(now)
+    record "$t" "$r" "seq overwrite 1 MiB, warm (MB/s)" "$(python3 -c "print(round($SIZE_B/1e6/$(elapsed "$s" "$e"),1))")" hi
+    cold "$t"
+    s=$(now); $FIO --name=seqread --directory="$d" --filename=seq.dat --rw=read --bs=1M --size="$SIZE" >/dev/null; e=$(now)
+    record "$t" "$r" "seq read 1 MiB, cold (MB/s)" "$(python3 -c "print(round($SIZE_B/1e6/$(elapsed "$s" "$e"),1))")" hi
+    s=$(now); $FIO --name=seqread2 --directory="$d" --filename=seq.dat --rw=read --bs=1M --size="$SIZE" >/dev/null; e=$(now)
+    record "$t" "$r" "seq read 1 MiB, warm (MB/s)" "$(python3 -c "print(round($SIZE_B/1e6/$(elapsed "$s" "$e"),1))")" hi
+    cold "$t"
+    local iops
+    iops=$($FIO --name=randread --directory="$d" --filename=seq.dat --rw=randread --bs=4k --size="$SIZE" \
+        --time_based --runtime="$RAND_TIME" --randrepeat=1 |
+        python3 -c 'import json,sys; print(round(json.load(sys.stdin)["jobs"][0]["read"]["iops"]))')
+    record "$t" "$r" "random read 4 KiB, cold start, ${RAND_TIME}s (IOPS)" "$iops" hi
+    rm -f "$d/seq.dat"
+}
+
+small_files() {  # target round dir
+    local t=$1 r=$2 d=$3/small out
+    mkdir -p "$d"
+    out=$(python3 - "$d" "$SMALL_FILES" <<'EOF'
+import os, sys, time
+d, n = sys.argv[1], int(sys.argv[2])
+data = os.urandom(4096)
+t = time.monotonic()
+for i in range(n):
+    fd = os.open(f"{d}/f{i:06d}", os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o644)
+    os.write(fd, data)
+    os.close(fd)
+c = time.monotonic() - t
+t = time.monotonic()
+for i in range(n):
+    os.stat(f"{d}/f{i:06d}")
+s = time.monotonic() - t
+t = time.monotonic()
+for i in range(n):
+    os.unlink(f"{d}/f{i:06d}")
+u = time.monotonic() - t
+print(round(n / c), round(n / s), round(n / u))
+EOF
+)
+    read -r c s u <<<"$out"
+    record "$t" "$r" "create+write 4 KiB+close, ${SMALL_FILES} files (files/s)" "$c" hi
+    record "$t" "$r" "stat, ${SMALL_FILES} files (ops/s)" "$s" hi
+    record "$t" "$r" "unlink, ${SMALL_FILES} files (ops/s)" "$u" hi
+    rmdir "$d"
+}
+
+frames() {  # target round dir
+    local t=$1 r=$2 d=$3/frames s e per total
+    mkdir -p "$d"
+    per=$(( (FRAMES + FRAME_WRITERS - 1) / FRAME_WRITERS ))
+    total=$(python3 -c "print($per*$FRAME_WRITERS*$FRAME_B)")
+    s=$(now)
+    $FIO --name=frame --directory="$d" --numjobs="$FRAME_WRITERS" --nrfiles="$per" --filesize="$FRAME_SIZE" \
+        --bs=1M --rw=write --openfiles=1 --file_service_type=sequential --create_on_open=1 --fsync_on_close=1 >/dev/null
+    e=$(now)
+    record "$t" "$r" "frames: write $((per * FRAME_WRITERS)) x $FRAME_SIZE, $FRAME_WRITERS writers (MB/s)" \
+        "$(python3 -c "print(round($total/1e6/$(elapsed "$s" "$e"),1))")" hi
+    cold "$t"
+    s=$(now)
+    $FIO --name=frame --directory="$d" --numjobs="$FRAME_WRITERS" --nrfiles="$per" --filesize="$FRAME_SIZE" \
+        --bs=1M --rw=read --openfiles=1 --file_service_type=sequential >/dev/null
+    e=$(now)
+    record "$t" "$r" "frames: read back, cold, $FRAME_WRITERS readers (MB/s)" \
+        "$(python3 -c "print(round($total/1e6/$(elapsed "$s" "$e"),1))")" hi
+    rm -rf "$d"
+}
+
+listing() {  # target round dir
+    local t=$1 r=$2 d=$3/many s e
+    mkdir -p "$d"
+    python3 - "$d" "$LS_ENTRIES" <<'EOF'
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    os.close(os.open(f"{d}/entry{i:07d}", os.O_CREAT | os.O_WRONLY, 0o644))
+EOF
+    cold "$t"
+    s=$(now); ls -l "$d" >/dev/null; e=$(now)
+    record "$t" "$r" "ls -l of ${LS_ENTRIES} entries, cold (s)" "$(python3 -c "print(round($(elapsed "$s" "$e"),2))")" lo
+    s=$(now); ls -l "$d" >/dev/null; e=$(now)
+    record "$t" "$r" "ls -l of ${LS_ENTRIES} entries, warm (s)" "$(python3 -c "print(round($(elapsed "$s" "$e"),2))")" lo
+    rm -rf "$d"
+}
+
+# ---- run: rounds of A B A B ---------------------------------------------------------------
+say "targets: $TARGETS; SIZE=$SIZE RAND_TIME=$RAND_TIME SMALL_FILES=$SMALL_FILES FRAMES=$FRAMES x $FRAME_SIZE" \
+    "LS_ENTRIES=$LS_ENTRIES ROUNDS=$ROUNDS"
+START=$(date -u +%FT%TZ)
+for r in $(seq "$ROUNDS"); do
+    for t in $TARGETS; do
+        say "round $r: $t"
+        start "$t"
+        d=$(dir_of "$t")/bench
+        mkdir -p "$d"
+        seq_io "$t" "$r" "$d"
+        small_files "$t" "$r" "$d"
+        frames "$t" "$r" "$d"
+        listing "$t" "$r" "$d"
+        rm -rf "$d"
+        stop "$t"
+    done
+done
+
+# ---- table ------------------------------------------------------------------------------
+python3 - "$RESULTS" "$TARGETS" "$START" >"$OUT" <<'EOF'
+import sys, statistics
+from collections import OrderedDict
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+targets = sys.argv[2].split()
+data, better = OrderedDict(), {}
+for t, r, m, v, hl in rows:
+    data.setdefault(m, {}).setdefault(t, []).append(float(v))
+    better[m] = hl
+base = "bindfs" if "bindfs" in targets else targets[0]
+print(f"Started {sys.argv[3]}; median of rounds (all rounds in brackets); ratio = target / {base} "
+      f"for rates, {base} / target for times (above 1 is better than the baseline).\n")
+print("| workload | " + " | ".join(targets) + " |")
+print("|---|" + "---|" * len(targets))
+def fmt(x):
+    return f"{x:.2f}" if x < 10 else f"{x:.0f}"
+for m, per in data.items():
+    cells = []
+    b = statistics.median(per[base]) if base in per else None
+    for t in targets:
+        vs = per.get(t)
+        if not vs:
+            cells.append("–")
+            continue
+        med = statistics.median(vs)
+        cell = fmt(med) + " [" + ", ".join(fmt(v) for v in vs) + "]"
+        if b and t != base and med > 0:
+            ratio = med / b if better[m] == "hi" else b / med
+            cell += f" ({ratio:.2f}x)"
+        cells.append(cell)
+    print(f"| {m} | " + " | ".join(cells) + " |")
+EOF
+cat "$OUT"
+echo "(table in $OUT, raw figures in $RESULTS)" >&2
