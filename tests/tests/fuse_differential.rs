@@ -569,7 +569,9 @@ impl Tree {
 fn generate(r: &mut Rng, t: &Tree, handles: usize) -> Op {
     const MODES: [u32; 6] = [0o644, 0o600, 0o755, 0o700, 0o444, 0o640];
     loop {
-        let op = match r.below(100) {
+        // 100..=129: more handle traffic (reads and writes through files held open while
+        // path operations change them).
+        let op = match r.below(130) {
             0..=9 => Op::Create {
                 path: if r.chance(70) { t.fresh(r) } else { t.any(r) },
                 mode: *r.pick(&MODES),
@@ -660,17 +662,17 @@ fn generate(r: &mut Rng, t: &Tree, handles: usize) -> Op {
                 path: t.any(r),
                 follow: r.chance(50),
             },
-            79..=82 if handles < MAX_HANDLES => Op::HOpen {
+            79..=82 | 100..=105 if handles < MAX_HANDLES => Op::HOpen {
                 path: t.file(r),
                 how: r.below(5) as u8,
             },
-            83..=87 if handles > 0 => Op::HWrite {
+            83..=87 | 106..=115 if handles > 0 => Op::HWrite {
                 h: r.below(handles as u64) as usize,
                 off: r.offset(),
                 len: r.len(),
                 seed: r.next(),
             },
-            88..=91 if handles > 0 => Op::HRead {
+            88..=91 | 116..=129 if handles > 0 => Op::HRead {
                 h: r.below(handles as u64) as usize,
                 off: r.offset(),
                 len: r.len(),
