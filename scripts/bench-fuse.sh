@@ -95,6 +95,8 @@ cleanup() {
     done
     [ -n "${S3_PID:-}" ] && kill "$S3_PID" 2>/dev/null && wait "$S3_PID" 2>/dev/null
     stop_embedded_pg
+    # Keep the results, not the gigabytes of test data.
+    rm -rf "$WORK/data" "$WORK/s3"
 }
 trap cleanup EXIT
 if [ -d "$WORK" ]; then
