@@ -1,7 +1,6 @@
 //! Studio Drive's Kubernetes data path and local mount: the FUSE adapter over `drive::fs`,
 //! the `mount` command and local admin subcommands.
 
-pub mod blocks;
 pub mod cli;
 pub mod fuse_adapter;
 pub mod metrics;

@@ -1,10 +1,12 @@
 //! Prometheus metrics of a mount, in a registry of its own, served on `--metrics-addr`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use drive::data::BlockStore;
 use tokio_util::sync::CancellationToken;
 
 /// The metrics a mount exports.
@@ -16,6 +18,80 @@ pub struct Metrics {
     pub write_bytes: IntCounter,
     pub meta_commits: IntGauge,
     pub meta_retries: IntGauge,
+    data: DataMetrics,
+    blocks: OnceLock<BlockStore>,
+}
+
+/// Object-store and cache counters, copied from the data path's atomics at each scrape.
+struct DataMetrics {
+    store_requests: IntCounterVec,
+    store_errors: IntCounter,
+    store_bytes: IntCounterVec,
+    dedup_hits: IntCounter,
+    cache_hits: IntCounter,
+    cache_misses: IntCounter,
+    cache_evictions: IntCounter,
+    cache_hit_bytes: IntCounter,
+    cache_bytes: IntGauge,
+}
+
+impl DataMetrics {
+    fn new(registry: &Registry) -> Result<DataMetrics, prometheus::Error> {
+        let m = DataMetrics {
+            store_requests: IntCounterVec::new(
+                Opts::new("object_store_requests_total", "Object-store block requests by operation"),
+                &["op"],
+            )?,
+            store_errors: IntCounter::new("object_store_errors_total", "Object-store requests that failed after retries")?,
+            store_bytes: IntCounterVec::new(
+                Opts::new("object_store_bytes_total", "Bytes moved to and from the object store"),
+                &["direction"],
+            )?,
+            dedup_hits: IntCounter::new("blocks_deduplicated_total", "Blocks not uploaded because already stored")?,
+            cache_hits: IntCounter::new("cache_hits_total", "Block cache hits")?,
+            cache_misses: IntCounter::new("cache_misses_total", "Block cache misses")?,
+            cache_evictions: IntCounter::new("cache_evictions_total", "Blocks evicted from the cache")?,
+            cache_hit_bytes: IntCounter::new("cache_hit_bytes_total", "Bytes served from the block cache")?,
+            cache_bytes: IntGauge::new("cache_bytes", "Bytes held in the block cache")?,
+        };
+        registry.register(Box::new(m.store_requests.clone()))?;
+        registry.register(Box::new(m.store_errors.clone()))?;
+        registry.register(Box::new(m.store_bytes.clone()))?;
+        registry.register(Box::new(m.dedup_hits.clone()))?;
+        registry.register(Box::new(m.cache_hits.clone()))?;
+        registry.register(Box::new(m.cache_misses.clone()))?;
+        registry.register(Box::new(m.cache_evictions.clone()))?;
+        registry.register(Box::new(m.cache_hit_bytes.clone()))?;
+        registry.register(Box::new(m.cache_bytes.clone()))?;
+        Ok(m)
+    }
+
+    fn sync(&self, blocks: &BlockStore) {
+        let s = blocks.stats();
+        advance(&self.store_requests.with_label_values(&["get"]), &s.gets);
+        advance(&self.store_requests.with_label_values(&["put"]), &s.puts);
+        advance(&self.store_errors, &s.errors);
+        advance(&self.store_bytes.with_label_values(&["download"]), &s.bytes_downloaded);
+        advance(&self.store_bytes.with_label_values(&["upload"]), &s.bytes_uploaded);
+        advance(&self.dedup_hits, &s.dedup_hits);
+        if let Some(cache) = blocks.cache() {
+            let c = cache.stats();
+            advance(&self.cache_hits, &c.hits);
+            advance(&self.cache_misses, &c.misses);
+            advance(&self.cache_evictions, &c.evictions);
+            advance(&self.cache_hit_bytes, &c.hit_bytes);
+            self.cache_bytes.set(cache.used_bytes() as i64);
+        }
+    }
+}
+
+/// Moves a Prometheus counter up to the value of a monotonic atomic.
+fn advance(counter: &IntCounter, source: &AtomicU64) {
+    let now = source.load(Ordering::Relaxed);
+    let shown = counter.get();
+    if now > shown {
+        counter.inc_by(now - shown);
+    }
 }
 
 impl Metrics {
@@ -40,6 +116,7 @@ impl Metrics {
         registry.register(Box::new(write_bytes.clone()))?;
         registry.register(Box::new(meta_commits.clone()))?;
         registry.register(Box::new(meta_retries.clone()))?;
+        let data = DataMetrics::new(&registry)?;
         Ok(Metrics {
             registry,
             ops,
@@ -48,7 +125,14 @@ impl Metrics {
             write_bytes,
             meta_commits,
             meta_retries,
+            data,
+            blocks: OnceLock::new(),
         })
+    }
+
+    /// Reports the object-store and cache counters of `blocks` from now on.
+    pub fn watch_blocks(&self, blocks: BlockStore) {
+        let _ = self.blocks.set(blocks);
     }
 
     /// Records one finished operation.
@@ -58,6 +142,9 @@ impl Metrics {
     }
 
     fn render(&self) -> Vec<u8> {
+        if let Some(blocks) = self.blocks.get() {
+            self.data.sync(blocks);
+        }
         let mut out = Vec::new();
         let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out

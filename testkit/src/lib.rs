@@ -2,11 +2,13 @@
 //!
 //! - [`pg::PgServer`]: a throwaway PostgreSQL started from the installed binaries (initdb into a
 //!   temp dir), one database per test.
+//! - [`s3::S3Server`]: a real S3 server (s3s-fs) on 127.0.0.1 with fault injection.
 //!
 //! This crate knows nothing of the `drive` crate's types so that every crate can dev-depend on
 //! it.
 
 pub mod pg;
+pub mod s3;
 
 /// Installs the process-wide rustls crypto provider (aws-lc-rs) once. Tests that build TLS or
 /// S3 clients call it first; a second call is harmless.

@@ -6,8 +6,11 @@ pub mod embedded;
 pub mod mount;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
+
+use drive::data::{ChunkStore, S3Config, StoreLocation};
 use drive::{MetaConfig, MetaStore};
 
 /// Where metadata and blocks live. With no flags, everything sits under the state dir.
@@ -23,9 +26,19 @@ pub struct StorageArgs {
     /// Block store: file:///dir or s3://bucket/prefix. Default: <state-dir>/blocks.
     #[arg(long, env = "STUDIODRIVE_STORE")]
     pub store: Option<String>,
-    /// S3 endpoint URL for s3:// stores (MinIO, Ceph RGW, a local server).
+    /// S3 endpoint URL for s3:// stores (MinIO, Ceph RGW, a local server). With an endpoint,
+    /// requests use path-style addressing and no upload checksums.
     #[arg(long, env = "STUDIODRIVE_S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
+    /// S3 region (default: from the AWS environment, else us-east-1).
+    #[arg(long, env = "STUDIODRIVE_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// A shared-credentials file to use instead of the standard AWS credential chain.
+    #[arg(long, env = "STUDIODRIVE_S3_CREDENTIALS_FILE")]
+    pub s3_credentials_file: Option<PathBuf>,
+    /// Attempts per S3 request before an operation fails (retries back off with jitter).
+    #[arg(long, env = "STUDIODRIVE_S3_MAX_ATTEMPTS", default_value_t = 5)]
+    pub s3_max_attempts: u32,
     /// Workspace to use.
     #[arg(long, default_value = "default")]
     pub workspace: String,
@@ -59,15 +72,33 @@ impl StorageArgs {
             .context("connect to the metadata store")
     }
 
-    /// The local block directory (`file://` store or the embedded default).
-    pub fn block_dir(&self) -> anyhow::Result<PathBuf> {
-        match self.store.as_deref() {
-            None => Ok(self.state_dir()?.join("blocks")),
-            Some(s) if s.starts_with("file://") => Ok(PathBuf::from(&s["file://".len()..])),
-            Some(s) if s.starts_with("s3://") => anyhow::bail!(
-                "s3:// stores need the block data path (drive::data), which this build does not include yet"
-            ),
-            Some(s) => anyhow::bail!("unsupported --store {s:?}: use file:///dir or s3://bucket/prefix"),
+    /// The block store URL: `--store`, or `file://<state-dir>/blocks`.
+    pub fn store_location(&self) -> anyhow::Result<StoreLocation> {
+        match &self.store {
+            Some(url) => Ok(url.parse()?),
+            None => Ok(StoreLocation::Local(self.state_dir()?.join("blocks"))),
         }
+    }
+
+    /// Opens the block store.
+    pub async fn open_store(&self) -> anyhow::Result<Arc<dyn ChunkStore>> {
+        let location = self.store_location()?;
+        let s3 = match &location {
+            StoreLocation::S3 { bucket, .. } => {
+                let mut cfg = S3Config::new(bucket.clone());
+                if let Some(ep) = &self.s3_endpoint {
+                    cfg = cfg.with_endpoint(ep.clone());
+                }
+                cfg.region.clone_from(&self.s3_region);
+                cfg.credentials_file.clone_from(&self.s3_credentials_file);
+                cfg.max_attempts = self.s3_max_attempts;
+                Some(cfg)
+            }
+            StoreLocation::Local(_) => None,
+        };
+        location
+            .open(s3)
+            .await
+            .with_context(|| format!("open the block store {location:?}"))
     }
 }

@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use drive::cache::{BlockCache, CacheConfig};
+use drive::data::{BlockStore, DataKey, Kek};
 use drive::fs::{DriveFs, FsConfig};
 use drive::model::{Actor, View, WorkspaceKind, WorkspaceSpec};
 use tokio_util::sync::CancellationToken;
 
-use crate::blocks::LocalBlocks;
 use crate::cli::StorageArgs;
 use crate::fuse_adapter::{DriveFuse, Ttls, run_invalidator};
 use crate::metrics::Metrics;
@@ -36,13 +37,18 @@ pub struct MountArgs {
     /// Node-local cache directory (default <state-dir>/cache).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
-    /// Cache size limit in bytes.
+    /// Cache size limit in bytes (0 turns the cache off).
     #[arg(long, default_value_t = 10 << 30)]
     pub cache_size: u64,
+    /// Evict cached blocks while the cache's file system has less than this fraction free.
+    #[arg(long, default_value_t = 0.1)]
+    pub cache_min_free: f64,
     /// Block size of a workspace created by this command (1-64 MiB).
     #[arg(long, default_value_t = drive::model::DEFAULT_BLOCK_SIZE)]
     pub block_size: u32,
-    /// Key-encryption key file for a workspace created with encrypted blocks.
+    /// Key-encryption key file (32 raw bytes or 64 hex digits). A workspace created by this
+    /// command is then encrypted; an encrypted workspace needs it (or
+    /// STUDIODRIVE_ENCRYPTION_KEY) to mount.
     #[arg(long)]
     pub encryption_key_file: Option<PathBuf>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
@@ -132,18 +138,29 @@ fn detach(args: &MountArgs) -> anyhow::Result<()> {
 async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()> {
     let state = args.storage.state_dir()?;
     let meta = args.storage.meta().await?;
+    let kek = match &args.encryption_key_file {
+        Some(path) => Some(Kek::from_file(path)?),
+        None => Kek::from_env()?,
+    };
     let ws = match meta.get_workspace(&args.storage.workspace).await {
         Ok(ws) => ws,
         Err(e) if e.kind() == drive::ErrorKind::NotFound => {
-            if args.encryption_key_file.is_some() {
-                bail!("encrypted workspaces need the block data path (drive::data), not in this build yet");
-            }
             let mut spec = WorkspaceSpec::new(args.storage.workspace.clone(), WorkspaceKind::User);
             spec.block_size = args.block_size;
-            meta.create_workspace(&Actor::system("mount"), &spec).await?
+            // A key file given at creation makes the workspace encrypted.
+            if let (Some(kek), Some(_)) = (&kek, &args.encryption_key_file) {
+                spec.wrapped_key = Some(DataKey::generate().wrap(kek));
+            }
+            match meta.create_workspace(&Actor::system("mount"), &spec).await {
+                Ok(ws) => ws,
+                // Another mount created it meanwhile.
+                Err(e) if e.kind() == drive::ErrorKind::Exists => meta.get_workspace(&spec.name).await?,
+                Err(e) => return Err(e.into()),
+            }
         }
         Err(e) => return Err(e.into()),
     };
+    let codec = drive::data::codec_for(&ws, kek.as_ref()).with_context(|| format!("workspace {}", ws.name))?;
     let (view, root, read_only) = match &args.snapshot {
         Some(name) => {
             let snap = meta.get_snapshot(ws.id, name).await?;
@@ -152,11 +169,23 @@ async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()
         }
         None => (View::Live, meta.resolve(ws.id, &args.path).await?.ino, args.read_only),
     };
-    let blocks = Arc::new(LocalBlocks::new(args.storage.block_dir()?, meta.clone())?);
+    let cache = if args.cache_size == 0 {
+        None
+    } else {
+        let dir = args.cache_dir.clone().unwrap_or_else(|| state.join("cache"));
+        let mut cfg = CacheConfig::new(dir, args.cache_size);
+        cfg.min_free_ratio = args.cache_min_free;
+        Some(Arc::new(BlockCache::open(cfg).context("open the block cache")?))
+    };
+    let store = args.storage.open_store().await?;
+    tracing::info!(store = %store.describe(), encrypted = codec.is_encrypted(), "block store");
+    let blocks = BlockStore::new(meta.clone(), store, codec, cache);
+    let blocks = Arc::new(blocks);
     let mut cfg = FsConfig::new(view, root, state.join("staging"));
     cfg.read_only = read_only;
-    let fs = Arc::new(DriveFs::new(meta.clone(), blocks, ws.clone(), cfg)?);
+    let fs = Arc::new(DriveFs::new(meta.clone(), blocks.clone(), ws.clone(), cfg)?);
     let metrics = Arc::new(Metrics::new()?);
+    metrics.watch_blocks((*blocks).clone());
     let ttls = Ttls {
         attr: Duration::from_millis(args.attr_ttl_ms),
         entry: Duration::from_millis(args.entry_ttl_ms),

@@ -1,1 +1,280 @@
-//! Node-local block cache.
+//! Node-local block cache: stored block objects on local disk, keyed by content address.
+//!
+//! - Bounded by bytes and by a minimum free-space ratio of its file system; least recently
+//!   used blocks are evicted first.
+//! - Entries are written to a temp file and renamed into place, so a crash leaves whole
+//!   entries or none; at open the index is rebuilt from the directory (oldest first) and
+//!   leftover temp files are removed.
+//! - Entries are kept in their stored (encoded, possibly encrypted) form: the cache never
+//!   holds plaintext of encrypted workspaces, and every read is verified by the decoder, so a
+//!   damaged entry is dropped and fetched again rather than served.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use lru::LruCache;
+
+/// A content address.
+pub type BlockHash = [u8; 32];
+
+/// Cache settings.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub dir: PathBuf,
+    /// Upper bound of the bytes held.
+    pub max_bytes: u64,
+    /// Evict when the file system's free space falls below this fraction (0.0 - 0.9).
+    pub min_free_ratio: f64,
+}
+
+impl CacheConfig {
+    /// `max_bytes` under `dir`, keeping 10% of the file system free.
+    pub fn new(dir: impl Into<PathBuf>, max_bytes: u64) -> CacheConfig {
+        CacheConfig {
+            dir: dir.into(),
+            max_bytes,
+            min_free_ratio: 0.1,
+        }
+    }
+}
+
+/// Counters, for metrics.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub evictions: AtomicU64,
+    pub inserted_bytes: AtomicU64,
+    pub hit_bytes: AtomicU64,
+}
+
+/// The on-disk block cache.
+#[derive(Debug)]
+pub struct BlockCache {
+    cfg: CacheConfig,
+    index: Mutex<Index>,
+    stats: CacheStats,
+}
+
+#[derive(Debug)]
+struct Index {
+    entries: LruCache<BlockHash, u64>,
+    used: u64,
+}
+
+const TMP_DIR: &str = ".tmp";
+
+fn hex(hash: &BlockHash) -> String {
+    blake3::Hash::from_bytes(*hash).to_hex().to_string()
+}
+
+fn parse_hex(name: &str) -> Option<BlockHash> {
+    blake3::Hash::from_hex(name).ok().map(|h| *h.as_bytes())
+}
+
+impl BlockCache {
+    /// Opens the cache in `cfg.dir`, rebuilding its index from the files present.
+    pub fn open(cfg: CacheConfig) -> std::io::Result<BlockCache> {
+        std::fs::create_dir_all(cfg.dir.join(TMP_DIR))?;
+        for entry in std::fs::read_dir(cfg.dir.join(TMP_DIR))? {
+            let _ = std::fs::remove_file(entry?.path());
+        }
+        let mut found = Vec::new();
+        for shard in std::fs::read_dir(&cfg.dir)? {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() || shard.file_name() == TMP_DIR {
+                continue;
+            }
+            for entry in std::fs::read_dir(shard.path())? {
+                let entry = entry?;
+                let meta = entry.metadata()?;
+                match entry.file_name().to_str().and_then(parse_hex) {
+                    Some(hash) if meta.is_file() => {
+                        found.push((meta.modified().ok(), hash, meta.len()));
+                    }
+                    _ => {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                }
+            }
+        }
+        // Oldest first, so the most recently written end up most recently used.
+        found.sort();
+        let mut index = Index {
+            entries: LruCache::unbounded(),
+            used: 0,
+        };
+        for (_, hash, len) in found {
+            index.entries.put(hash, len);
+            index.used += len;
+        }
+        let cache = BlockCache {
+            cfg,
+            index: Mutex::new(index),
+            stats: CacheStats::default(),
+        };
+        cache.make_room(0);
+        Ok(cache)
+    }
+
+    fn path(&self, hash: &BlockHash) -> PathBuf {
+        let h = hex(hash);
+        self.cfg.dir.join(&h[..2]).join(h)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The cached object for `hash`, if present.
+    pub async fn get(&self, hash: &BlockHash) -> Option<Bytes> {
+        if self.lock().entries.get(hash).is_none() {
+            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        match tokio::fs::read(self.path(hash)).await {
+            Ok(data) => {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                self.stats.hit_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                Some(Bytes::from(data))
+            }
+            Err(_) => {
+                // Evicted meanwhile, or removed behind our back.
+                self.forget(hash);
+                self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Adds `data` as the object for `hash`, evicting older entries to make room. Failures
+    /// only cost a later miss, so they are logged, not returned.
+    pub async fn insert(&self, hash: BlockHash, data: Bytes) {
+        let len = data.len() as u64;
+        if len > self.cfg.max_bytes || self.lock().entries.contains(&hash) {
+            return;
+        }
+        // Room is reserved before the write, so concurrent inserts cannot overshoot the limit.
+        if !self.make_room(len) {
+            return;
+        }
+        let path = self.path(&hash);
+        let tmp = self.cfg.dir.join(TMP_DIR).join(uuid::Uuid::new_v4().simple().to_string());
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let result = (|| {
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(&data)?;
+                std::fs::create_dir_all(path.parent().expect("entries have a parent"))?;
+                std::fs::rename(&tmp, &path)
+            })();
+            if result.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            result
+        })
+        .await;
+        let mut index = self.lock();
+        match written {
+            Ok(Ok(())) => {
+                if index.entries.put(hash, len).is_some() {
+                    // Raced with an insert of the same block: one file, counted once.
+                    index.used -= len;
+                }
+                self.stats.inserted_bytes.fetch_add(len, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => {
+                index.used -= len;
+                tracing::warn!(error = %e, "block cache write failed");
+            }
+            Err(e) => {
+                index.used -= len;
+                tracing::warn!(error = %e, "block cache write task failed");
+            }
+        }
+    }
+
+    /// Drops the entry for `hash` (for example after it failed verification).
+    pub fn remove(&self, hash: &BlockHash) {
+        self.forget(hash);
+        let _ = std::fs::remove_file(self.path(hash));
+    }
+
+    fn forget(&self, hash: &BlockHash) {
+        let mut index = self.lock();
+        if let Some(len) = index.entries.pop(hash) {
+            index.used -= len;
+        }
+    }
+
+    /// Evicts least recently used entries until `incoming` more bytes fit under the byte limit
+    /// and the file system keeps its free-space ratio, then reserves them. Returns `false`
+    /// (reserving nothing) when they cannot fit, e.g. while other inserts hold the room.
+    fn make_room(&self, incoming: u64) -> bool {
+        loop {
+            let victim = {
+                let mut index = self.lock();
+                let over_bytes = index.used + incoming > self.cfg.max_bytes;
+                if !over_bytes && !self.low_on_space(incoming) {
+                    index.used += incoming;
+                    return true;
+                }
+                match index.entries.pop_lru() {
+                    Some((hash, len)) => {
+                        index.used -= len;
+                        hash
+                    }
+                    None => return false,
+                }
+            };
+            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+            let _ = std::fs::remove_file(self.path(&victim));
+        }
+    }
+
+    fn low_on_space(&self, incoming: u64) -> bool {
+        if self.cfg.min_free_ratio <= 0.0 {
+            return false;
+        }
+        match nix::sys::statvfs::statvfs(&self.cfg.dir) {
+            Ok(s) => {
+                let total = s.blocks() as f64 * s.fragment_size() as f64;
+                let free = s.blocks_available() as f64 * s.fragment_size() as f64 - incoming as f64;
+                total > 0.0 && free / total < self.cfg.min_free_ratio
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Bytes held now.
+    pub fn used_bytes(&self) -> u64 {
+        self.lock().used
+    }
+
+    /// Entries held now.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// Whether the cache holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The configured limits.
+    pub fn config(&self) -> &CacheConfig {
+        &self.cfg
+    }
+
+    /// Hit, miss, eviction and byte counters.
+    pub fn stats(&self) -> &CacheStats {
+        &self.stats
+    }
+
+    /// Whether `dir` is this cache's directory (for tests and diagnostics).
+    pub fn dir(&self) -> &Path {
+        &self.cfg.dir
+    }
+}

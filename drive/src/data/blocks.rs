@@ -1,0 +1,230 @@
+//! The block data path of one workspace: content addressing, encryption, the object store,
+//! the node-local cache and the block records in the metadata store, behind
+//! [`crate::fs::BlockIo`].
+//!
+//! - Writes: hash, register the block (an already available identical block is not uploaded
+//!   again), encode, upload, mark available. Only then may a block map reference it.
+//! - Reads: cache first; on a miss one fetch per block however many readers wait for it
+//!   (single-flight), verified by the decoder, then kept in the cache. A damaged cache entry
+//!   is dropped and the block fetched again.
+//!
+//! Hashing and encryption run on the blocking pool: a 4 MiB block costs milliseconds of CPU
+//! that must not stall the async workers.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::FutureExt as _;
+use futures::future::{BoxFuture, Shared};
+
+use crate::cache::BlockCache;
+use crate::data::format::{BlockCodec, BlockHash, FormatError, hash_hex};
+use crate::data::store::{ChunkStore, StoreError};
+use crate::error::MetaError;
+use crate::fs::{BlockIo, BlockIoError};
+use crate::meta::{BlockState, MetaStore};
+
+/// A failure on the block data path.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error("block records: {0}")]
+    Meta(#[from] MetaError),
+    #[error("block {hash} is not available in the metadata store")]
+    Unavailable { hash: String },
+    #[error("{0}")]
+    Shared(Arc<DataError>),
+    #[error("block codec task failed")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+/// Counters of the object-store traffic, for metrics.
+#[derive(Debug, Default)]
+pub struct DataStats {
+    pub gets: AtomicU64,
+    pub puts: AtomicU64,
+    pub errors: AtomicU64,
+    pub bytes_downloaded: AtomicU64,
+    pub bytes_uploaded: AtomicU64,
+    /// Blocks not uploaded because an identical one was already stored.
+    pub dedup_hits: AtomicU64,
+}
+
+type Fetch = Shared<BoxFuture<'static, Result<Bytes, Arc<DataError>>>>;
+
+struct Inner {
+    meta: MetaStore,
+    store: Arc<dyn ChunkStore>,
+    codec: BlockCodec,
+    cache: Option<Arc<BlockCache>>,
+    cache_writes: bool,
+    inflight: Mutex<HashMap<BlockHash, Fetch>>,
+    stats: DataStats,
+}
+
+/// Blocks of one workspace. Cheap to clone.
+#[derive(Clone)]
+pub struct BlockStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for BlockStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockStore")
+            .field("store", &self.inner.store.describe())
+            .field("codec", &self.inner.codec)
+            .field("cache", &self.inner.cache.as_ref().map(|c| c.dir().to_path_buf()))
+            .finish()
+    }
+}
+
+/// The object key of block `hash`.
+pub fn block_key(hash: &BlockHash) -> String {
+    let h = hash_hex(hash);
+    format!("blocks/{}/{h}", &h[..2])
+}
+
+impl BlockStore {
+    /// Blocks encoded by `codec` in `store`, cached in `cache` when given. Written blocks also
+    /// go into the cache, so reading back what this node wrote is warm.
+    pub fn new(meta: MetaStore, store: Arc<dyn ChunkStore>, codec: BlockCodec, cache: Option<Arc<BlockCache>>) -> BlockStore {
+        BlockStore {
+            inner: Arc::new(Inner {
+                meta,
+                store,
+                codec,
+                cache,
+                cache_writes: true,
+                inflight: Mutex::new(HashMap::new()),
+                stats: DataStats::default(),
+            }),
+        }
+    }
+
+    /// Object-store counters.
+    pub fn stats(&self) -> &DataStats {
+        &self.inner.stats
+    }
+
+    /// The cache, if any.
+    pub fn cache(&self) -> Option<&Arc<BlockCache>> {
+        self.inner.cache.as_ref()
+    }
+
+    /// The object store.
+    pub fn store(&self) -> &Arc<dyn ChunkStore> {
+        &self.inner.store
+    }
+
+    /// The codec (its address function names blocks).
+    pub fn codec(&self) -> &BlockCodec {
+        &self.inner.codec
+    }
+
+    /// Stores `data` durably and returns its address.
+    pub async fn put(&self, data: Bytes) -> Result<BlockHash, DataError> {
+        let inner = &self.inner;
+        let codec = inner.codec.clone();
+        let (hash, data) = blocking(move || (codec.address(&data), data)).await?;
+        let len = data.len() as u64;
+        let stored_len = inner.codec.stored_len(data.len()) as u64;
+        if inner.meta.register_block(&hash, len, stored_len).await? {
+            inner.stats.dedup_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(hash);
+        }
+        let codec = inner.codec.clone();
+        let object = blocking(move || codec.encode(&hash, &data)).await?;
+        inner.stats.puts.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = inner.store.put(&block_key(&hash), object.clone()).await {
+            inner.stats.errors.fetch_add(1, Ordering::Relaxed);
+            // Best effort: GC treats failed and stale created records alike.
+            let _ = inner.meta.set_block_state(&hash, BlockState::Failed, stored_len).await;
+            return Err(e.into());
+        }
+        inner.stats.bytes_uploaded.fetch_add(stored_len, Ordering::Relaxed);
+        inner.meta.set_block_state(&hash, BlockState::Available, stored_len).await?;
+        if inner.cache_writes
+            && let Some(cache) = &inner.cache
+        {
+            cache.insert(hash, object).await;
+        }
+        Ok(hash)
+    }
+
+    /// The verified plaintext of block `hash`.
+    pub async fn get(&self, hash: BlockHash) -> Result<Bytes, DataError> {
+        if let Some(cache) = &self.inner.cache
+            && let Some(object) = cache.get(&hash).await
+        {
+            let codec = self.inner.codec.clone();
+            match blocking(move || codec.decode(&hash, &object)).await? {
+                Ok(plaintext) => return Ok(plaintext),
+                Err(e) => {
+                    tracing::warn!(error = %e, "dropping a damaged cache entry");
+                    cache.remove(&hash);
+                }
+            }
+        }
+        let fetch = {
+            let mut inflight = lock(&self.inner.inflight);
+            inflight
+                .entry(hash)
+                .or_insert_with(|| {
+                    let inner = self.inner.clone();
+                    async move {
+                        let result = inner.fetch(hash).await.map_err(Arc::new);
+                        lock(&inner.inflight).remove(&hash);
+                        result
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        fetch.await.map_err(DataError::Shared)
+    }
+}
+
+impl Inner {
+    async fn fetch(&self, hash: BlockHash) -> Result<Bytes, DataError> {
+        self.stats.gets.fetch_add(1, Ordering::Relaxed);
+        let object = match self.store.get(&block_key(&hash)).await {
+            Ok(o) => o,
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                return Err(e.into());
+            }
+        };
+        self.stats.bytes_downloaded.fetch_add(object.len() as u64, Ordering::Relaxed);
+        let codec = self.codec.clone();
+        let (plaintext, object) = blocking(move || (codec.decode(&hash, &object), object)).await?;
+        let plaintext = plaintext?;
+        if let Some(cache) = &self.cache {
+            cache.insert(hash, object).await;
+        }
+        Ok(plaintext)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, DataError> {
+    tokio::task::spawn_blocking(f).await.map_err(DataError::Task)
+}
+
+impl BlockIo for BlockStore {
+    async fn put_block(&self, data: Bytes) -> Result<[u8; 32], BlockIoError> {
+        self.put(data).await.map_err(|e| BlockIoError::new("store block", e))
+    }
+
+    async fn get_block(&self, hash: [u8; 32], _len: u64) -> Result<Bytes, BlockIoError> {
+        self.get(hash).await.map_err(|e| BlockIoError::new("fetch block", e))
+    }
+}

@@ -1,0 +1,164 @@
+//! A local directory as the object store: the embedded default.
+//!
+//! Crash safety: an object is written to a temp file in the same file system, fsynced, then
+//! renamed into place and its directory fsynced, so a crash leaves either no object or the
+//! whole object, never a torn one. Leftover temp files are removed at open.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+
+use crate::data::store::{ChunkStore, StoreError};
+
+/// Objects as files under a root directory.
+#[derive(Debug, Clone)]
+pub struct LocalChunkStore {
+    root: PathBuf,
+}
+
+const TMP_DIR: &str = ".tmp";
+
+impl LocalChunkStore {
+    /// Opens (creating) a store rooted at `root`; removes temp files a crash left behind.
+    pub fn open(root: impl Into<PathBuf>) -> std::io::Result<LocalChunkStore> {
+        let root = root.into();
+        let tmp = root.join(TMP_DIR);
+        std::fs::create_dir_all(&tmp)?;
+        for entry in std::fs::read_dir(&tmp)? {
+            let _ = std::fs::remove_file(entry?.path());
+        }
+        Ok(LocalChunkStore { root })
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        // Keys are ours, but a key must never escape the root.
+        let valid = !key.is_empty()
+            && !key.starts_with('/')
+            && key.split('/').all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'));
+        if !valid || key.starts_with(TMP_DIR) {
+            return Err(StoreError::Failed {
+                op: "resolve",
+                key: key.to_string(),
+                message: "invalid object key".into(),
+                source: None,
+            });
+        }
+        Ok(self.root.join(key))
+    }
+}
+
+fn io_error(op: &'static str, key: &str, e: std::io::Error) -> StoreError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        return StoreError::NotFound { key: key.to_string() };
+    }
+    StoreError::Unavailable {
+        op,
+        key: key.to_string(),
+        message: e.to_string(),
+        source: Some(e.into()),
+    }
+}
+
+fn write_atomically(root: &Path, path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = root.join(TMP_DIR).join(uuid::Uuid::new_v4().simple().to_string());
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        let parent = path.parent().expect("object paths have a parent");
+        std::fs::create_dir_all(parent)?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(parent)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+async fn blocking<T: Send + 'static>(
+    op: &'static str,
+    key: &str,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, StoreError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|e| io_error(op, key, e)),
+        Err(e) => Err(StoreError::Failed {
+            op,
+            key: key.to_string(),
+            message: "I/O task failed".into(),
+            source: Some(e.into()),
+        }),
+    }
+}
+
+impl ChunkStore for LocalChunkStore {
+    fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let path = self.path(key)?;
+            let root = self.root.clone();
+            blocking("put", key, move || write_atomically(&root, &path, &data)).await
+        }
+        .boxed()
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Bytes, StoreError>> {
+        async move {
+            let path = self.path(key)?;
+            blocking("get", key, move || std::fs::read(path)).await.map(Bytes::from)
+        }
+        .boxed()
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let path = self.path(key)?;
+            match blocking("delete", key, move || std::fs::remove_file(path)).await {
+                Err(StoreError::NotFound { .. }) => Ok(()),
+                other => other,
+            }
+        }
+        .boxed()
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        async move {
+            let root = self.root.clone();
+            let prefix_owned = prefix.to_string();
+            blocking("list", prefix, move || {
+                let mut keys = Vec::new();
+                let mut stack = vec![root.clone()];
+                while let Some(dir) = stack.pop() {
+                    let entries = match std::fs::read_dir(&dir) {
+                        Ok(e) => e,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e),
+                    };
+                    for entry in entries {
+                        let entry = entry?;
+                        let path = entry.path();
+                        let rel = path.strip_prefix(&root).expect("under root").to_string_lossy().into_owned();
+                        if rel == TMP_DIR {
+                            continue;
+                        }
+                        if entry.file_type()?.is_dir() {
+                            stack.push(path);
+                        } else if rel.starts_with(&prefix_owned) {
+                            keys.push(rel);
+                        }
+                    }
+                }
+                Ok(keys)
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+}

@@ -1,0 +1,65 @@
+//! The object-store port: where encoded blocks are kept.
+//!
+//! Keys are relative ("blocks/ab/ab12..."); a backend maps them onto its own namespace (a
+//! directory, or a bucket and prefix). Objects are immutable once written: a key is always
+//! written with the same bytes, so a retried or repeated `put` is harmless.
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+/// The cause of a store failure, kept as the error's source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A failed object-store operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The object does not exist.
+    #[error("object {key} not found")]
+    NotFound { key: String },
+    /// The store could not be reached or kept failing transiently (after retries): retry later.
+    #[error("object store unavailable during {op} {key}: {message}")]
+    Unavailable {
+        op: &'static str,
+        key: String,
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The store refused the request (permissions, missing bucket, bad request).
+    #[error("object store {op} {key} failed: {message}")]
+    Failed {
+        op: &'static str,
+        key: String,
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+impl StoreError {
+    /// Whether retrying later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+}
+
+/// An object store holding encoded blocks.
+///
+/// Methods return boxed futures so that a mount can choose its backend at run time
+/// (`Arc<dyn ChunkStore>`).
+pub trait ChunkStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Stores `data` under `key`, durably once the future resolves `Ok`.
+    fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// The whole object under `key`.
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Bytes, StoreError>>;
+
+    /// Removes `key`; removing a missing object succeeds.
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Keys under `prefix`, in no particular order.
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
+
+    /// A short description for logs ("file:///var/lib/blocks", "s3://bucket/prefix").
+    fn describe(&self) -> String;
+}

@@ -1,0 +1,490 @@
+//! The block data path end to end: the file system's write and read paths over a real S3
+//! server (s3s-fs on loopback) and a local block directory, with and without encryption,
+//! with the node-local cache, under injected S3 faults.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use drive::cache::{BlockCache, CacheConfig};
+use drive::data::{BlockCodec, BlockStore, ChunkStore, DataKey, Kek, LocalChunkStore, S3ChunkStore, S3Config, S3Credentials, codec_for};
+use drive::fs::{Caller, DriveFs, FsConfig, OpenFlags, ROOT_INO};
+use drive::model::{View, Workspace, WorkspaceKind, WorkspaceSpec};
+use drive::MetaStore;
+use drive_testkit::s3::{ACCESS_KEY, Fault, S3Server, SECRET_KEY};
+use rand::{RngCore as _, SeedableRng as _};
+
+const BUCKET: &str = "studio";
+const MIB: usize = 1 << 20;
+
+fn caller() -> Caller {
+    Caller { uid: 0, gid: 0, pid: 1 }
+}
+
+fn s3_config(server: &S3Server) -> S3Config {
+    let mut cfg = S3Config::new(BUCKET).with_endpoint(server.endpoint());
+    cfg.prefix = "ws".into();
+    cfg.credentials = Some(S3Credentials {
+        access_key_id: ACCESS_KEY.into(),
+        secret_access_key: SECRET_KEY.into(),
+        session_token: None,
+    });
+    // Quick retries, so that the persistent-outage test fails fast.
+    cfg.max_attempts = 4;
+    cfg.initial_backoff = Duration::from_millis(20);
+    cfg.attempt_timeout = Duration::from_secs(10);
+    cfg
+}
+
+async fn s3_store(server: &S3Server) -> Arc<dyn ChunkStore> {
+    drive_testkit::install_crypto_provider();
+    server.create_bucket(BUCKET).unwrap();
+    Arc::new(S3ChunkStore::connect(&s3_config(server)).await)
+}
+
+/// One workspace with its metadata store and object store; each `mount` is a fresh file
+/// system (as a new node would be) with its own cache.
+struct Rig {
+    meta: MetaStore,
+    ws: Workspace,
+    store: Arc<dyn ChunkStore>,
+    codec: BlockCodec,
+    tmp: tempfile::TempDir,
+}
+
+impl Rig {
+    async fn new(store: Arc<dyn ChunkStore>, encrypted: bool) -> Rig {
+        let meta = common::store().await;
+        let kek = Kek::generate();
+        let mut spec = WorkspaceSpec::new("data", WorkspaceKind::Team);
+        if encrypted {
+            spec.wrapped_key = Some(DataKey::generate().wrap(&kek));
+        }
+        let ws = meta.create_workspace(&common::actor(), &spec).await.unwrap();
+        let codec = codec_for(&ws, Some(&kek)).unwrap();
+        assert_eq!(codec.is_encrypted(), encrypted);
+        Rig {
+            meta,
+            ws,
+            store,
+            codec,
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn blocks(&self, cache_bytes: Option<u64>) -> BlockStore {
+        let cache = cache_bytes.map(|max| {
+            let dir = self.tmp.path().join(format!("cache-{}", uuid_like()));
+            let mut cfg = CacheConfig::new(dir, max);
+            cfg.min_free_ratio = 0.0;
+            Arc::new(BlockCache::open(cfg).unwrap())
+        });
+        BlockStore::new(self.meta.clone(), self.store.clone(), self.codec.clone(), cache)
+    }
+
+    fn mount(&self, blocks: BlockStore) -> DriveFs<BlockStore> {
+        let staging = self.tmp.path().join(format!("staging-{}", uuid_like()));
+        let cfg = FsConfig::new(View::Live, self.ws.root, staging);
+        DriveFs::new(self.meta.clone(), Arc::new(blocks), self.ws.clone(), cfg).unwrap()
+    }
+}
+
+fn uuid_like() -> u64 {
+    rand::rng().next_u64()
+}
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+    data
+}
+
+fn write_flags() -> OpenFlags {
+    OpenFlags {
+        read: true,
+        write: true,
+        ..OpenFlags::default()
+    }
+}
+
+/// Creates `name` with `data`, written in 1 MiB requests, and closes it. Returns its inode.
+async fn write_file(fs: &DriveFs<BlockStore>, name: &str, data: &[u8]) -> u64 {
+    let opened = fs.create(ROOT_INO, name.as_bytes(), 0o644, write_flags(), caller()).await.unwrap();
+    for (i, chunk) in data.chunks(MIB).enumerate() {
+        fs.write(opened.fh, (i * MIB) as u64, chunk).await.unwrap();
+    }
+    fs.flush(opened.fh, caller()).await.unwrap();
+    fs.release(opened.fh, caller()).await.unwrap();
+    fs.to_ino(opened.attr.ino)
+}
+
+async fn read_file(fs: &DriveFs<BlockStore>, ino: u64) -> Result<Vec<u8>, drive::fs::FsError> {
+    let opened = fs.open(ino, OpenFlags { read: true, ..OpenFlags::default() }, caller()).await?;
+    let mut out = Vec::new();
+    let result = loop {
+        match fs.read(opened.fh, out.len() as u64, MIB as u32).await {
+            Ok(chunk) if chunk.is_empty() => break Ok(()),
+            Ok(chunk) => out.extend_from_slice(&chunk),
+            Err(e) => break Err(e),
+        }
+    };
+    fs.release(opened.fh, caller()).await?;
+    result.map(|()| out)
+}
+
+fn assert_same(actual: &[u8], expected: &[u8], what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    if let Some(pos) = actual.iter().zip(expected).position(|(a, b)| a != b) {
+        panic!("{what}: first difference at byte {pos}");
+    }
+}
+
+/// Objects in the server's bucket with their contents.
+fn bucket_objects(server: &S3Server) -> BTreeMap<PathBuf, Vec<u8>> {
+    server
+        .objects(BUCKET, "ws/blocks/")
+        .unwrap()
+        .into_iter()
+        .map(|p| {
+            let data = std::fs::read(&p).unwrap();
+            (p, data)
+        })
+        .collect()
+}
+
+async fn round_trips(rig: &Rig, sizes: &[usize]) {
+    let bs = rig.ws.block_size as usize;
+    let writer = rig.mount(rig.blocks(Some(1 << 30)));
+    let mut files = Vec::new();
+    for (i, &size) in sizes.iter().enumerate() {
+        let size = match size {
+            usize::MAX => bs - 1,
+            s if s == usize::MAX - 1 => bs + 1,
+            s => s,
+        };
+        let data = pattern(size, i as u64);
+        let ino = write_file(&writer, &format!("f{i}-{size}"), &data).await;
+        files.push((ino, data));
+    }
+    // Cold: another node, empty cache. Warm: the same node again, served from its cache.
+    let reader_blocks = rig.blocks(Some(1 << 30));
+    let reader = rig.mount(reader_blocks.clone());
+    for (ino, data) in &files {
+        let gets_before = reader_blocks.stats().gets.load(std::sync::atomic::Ordering::Relaxed);
+        assert_same(&read_file(&reader, *ino).await.unwrap(), data, "cold read");
+        let gets_cold = reader_blocks.stats().gets.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            gets_cold - gets_before,
+            data.len().div_ceil(bs) as u64,
+            "a cold read fetches each block once"
+        );
+        let warm = rig.mount(reader_blocks.clone());
+        assert_same(&read_file(&warm, *ino).await.unwrap(), data, "warm read");
+        assert_eq!(
+            reader_blocks.stats().gets.load(std::sync::atomic::Ordering::Relaxed),
+            gets_cold,
+            "a warm read is served from the cache"
+        );
+    }
+}
+
+const SIZES: &[usize] = &[0, 1, usize::MAX, 4 * MIB, usize::MAX - 1, 9 * MIB + 17];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn round_trips_s3_plaintext() {
+    let server = S3Server::start().unwrap();
+    let rig = Rig::new(s3_store(&server).await, false).await;
+    round_trips(&rig, SIZES).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn round_trips_s3_encrypted_with_a_large_file() {
+    let server = S3Server::start().unwrap();
+    let rig = Rig::new(s3_store(&server).await, true).await;
+    let mut sizes = SIZES.to_vec();
+    sizes.push(200 * MIB);
+    round_trips(&rig, &sizes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn round_trips_local_plaintext_and_encrypted() {
+    for encrypted in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LocalChunkStore::open(dir.path().join("blocks")).unwrap());
+        let rig = Rig::new(store, encrypted).await;
+        round_trips(&rig, SIZES).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overwriting_one_byte_uploads_exactly_one_block() {
+    let server = S3Server::start().unwrap();
+    let rig = Rig::new(s3_store(&server).await, false).await;
+    let fs = rig.mount(rig.blocks(None));
+    let mut data = pattern(100 * MIB, 7);
+    let ino = write_file(&fs, "big", &data).await;
+    let before = bucket_objects(&server);
+    assert_eq!(before.len(), (100 * MIB).div_ceil(rig.ws.block_size as usize));
+    let puts = server.requests().puts();
+
+    let opened = fs.open(ino, write_flags(), caller()).await.unwrap();
+    fs.write(opened.fh, 50 * MIB as u64 + 3, b"X").await.unwrap();
+    fs.release(opened.fh, caller()).await.unwrap();
+    data[50 * MIB + 3] = b'X';
+
+    let after = bucket_objects(&server);
+    assert_eq!(server.requests().puts() - puts, 1, "one upload");
+    assert_eq!(after.len(), before.len() + 1, "one new object");
+    for (path, bytes) in &before {
+        assert_eq!(after.get(path), Some(bytes), "{} changed", path.display());
+    }
+    let reader = rig.mount(rig.blocks(None));
+    assert_same(&read_file(&reader, ino).await.unwrap(), &data, "after the overwrite");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn identical_content_is_stored_once() {
+    let server = S3Server::start().unwrap();
+    let rig = Rig::new(s3_store(&server).await, true).await;
+    let fs = rig.mount(rig.blocks(None));
+    let data = pattern(20 * MIB + 5, 9);
+    write_file(&fs, "a", &data).await;
+    let once = bucket_objects(&server).len();
+    assert_eq!(once, 6);
+    let b = write_file(&fs, "b", &data).await;
+    assert_eq!(bucket_objects(&server).len(), once, "the copy stored nothing new");
+    assert_same(&read_file(&rig.mount(rig.blocks(None)), b).await.unwrap(), &data, "second file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn encrypted_objects_hide_plaintext_and_detect_damage() {
+    let server = S3Server::start().unwrap();
+    let rig = Rig::new(s3_store(&server).await, true).await;
+    let fs = rig.mount(rig.blocks(None));
+    let marker = b"STUDIO-DRIVE-KNOWN-PLAINTEXT-0123456789";
+    let data: Vec<u8> = marker.iter().copied().cycle().take(6 * MIB).collect();
+    let ino = write_file(&fs, "secret.exr", &data).await;
+    let objects = bucket_objects(&server);
+    assert_eq!(objects.len(), 2);
+    for (path, bytes) in &objects {
+        assert!(
+            !bytes.windows(16).any(|w| w == &marker[..16]),
+            "{} holds plaintext",
+            path.display()
+        );
+    }
+
+    // A wrong key-encryption key is refused before any block is touched.
+    let err = codec_for(&rig.ws, Some(&Kek::generate())).unwrap_err();
+    assert!(err.to_string().contains("does not match"), "{err}");
+    let err = codec_for(&rig.ws, None).unwrap_err();
+    assert!(err.to_string().contains("key-encryption key is required"), "{err}");
+
+    // A flipped byte in one object: the read fails with a clear error, never wrong bytes.
+    let (victim, mut bytes) = objects.into_iter().next().unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&victim, &bytes).unwrap();
+    let err = read_file(&rig.mount(rig.blocks(None)), ino).await.unwrap_err();
+    let chain = error_chain(&err);
+    assert!(chain.contains("could not be authenticated"), "{chain}");
+
+    // A truncated object likewise.
+    std::fs::write(&victim, &bytes[..bytes.len() - 100]).unwrap();
+    let err = read_file(&rig.mount(rig.blocks(None)), ino).await.unwrap_err();
+    assert!(error_chain(&err).contains("truncated"), "{}", error_chain(&err));
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transient_s3_faults_are_retried() {
+    let server = S3Server::start().unwrap();
+    let rig = Rig::new(s3_store(&server).await, false).await;
+    let fs = rig.mount(rig.blocks(None));
+    server.faults().next(Some("PUT"), 2, Fault::Status(503));
+    server.faults().next(Some("PUT"), 1, Fault::Status(500));
+    server.faults().next(Some("PUT"), 1, Fault::Drop);
+    server.faults().next(Some("GET"), 2, Fault::Delay(Duration::from_millis(300)));
+    server.faults().next(Some("GET"), 1, Fault::Status(503));
+    let data = pattern(10 * MIB, 3);
+    let ino = write_file(&fs, "flaky", &data).await;
+    assert_same(&read_file(&rig.mount(rig.blocks(None)), ino).await.unwrap(), &data, "after faults");
+    assert_eq!(server.faults().injected(), 7, "every fault was hit and retried past");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_persistent_outage_fails_close_and_keeps_the_old_content() {
+    let server = S3Server::start().unwrap();
+    let rig = Rig::new(s3_store(&server).await, false).await;
+    let fs = rig.mount(rig.blocks(None));
+    let v1 = pattern(5 * MIB, 1);
+    let ino = write_file(&fs, "shot.exr", &v1).await;
+    let objects = bucket_objects(&server).len();
+
+    server.faults().always(None, Fault::Status(503));
+    let opened = fs.open(ino, write_flags(), caller()).await.unwrap();
+    let v2 = pattern(5 * MIB, 2);
+    for (i, chunk) in v2.chunks(MIB).enumerate() {
+        // Writes may already fail once background uploads give up; close must fail either way.
+        if fs.write(opened.fh, (i * MIB) as u64, chunk).await.is_err() {
+            break;
+        }
+    }
+    let err = fs.flush(opened.fh, caller()).await.unwrap_err();
+    assert_eq!(err.kind(), drive::fs::FsErrorKind::Io, "{err}");
+    assert!(error_chain(&err).contains("unavailable"), "{}", error_chain(&err));
+    let _ = fs.release(opened.fh, caller()).await;
+    server.faults().clear();
+
+    assert_eq!(bucket_objects(&server).len(), objects, "nothing new was stored");
+    let attr = rig.meta.getattr(View::Live, fs.to_node(ino)).await.unwrap();
+    assert_eq!(attr.size, v1.len() as u64);
+    assert_same(&read_file(&rig.mount(rig.blocks(None)), ino).await.unwrap(), &v1, "old content");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cache_is_bounded_and_survives_a_restart() {
+    let server = S3Server::start().unwrap();
+    let rig = Rig::new(s3_store(&server).await, true).await;
+    let cache_dir = rig.tmp.path().join("node-cache");
+    let limit = 10 * MIB as u64;
+    let open_cache = || {
+        let mut cfg = CacheConfig::new(&cache_dir, limit);
+        cfg.min_free_ratio = 0.0;
+        Arc::new(BlockCache::open(cfg).unwrap())
+    };
+    let cache = open_cache();
+    let blocks = BlockStore::new(rig.meta.clone(), rig.store.clone(), rig.codec.clone(), Some(cache.clone()));
+    let fs = rig.mount(blocks.clone());
+    let big = pattern(40 * MIB, 4);
+    let ino = write_file(&fs, "larger-than-cache", &big).await;
+    assert!(cache.used_bytes() <= limit, "{} > {limit}", cache.used_bytes());
+    assert_same(&read_file(&fs, ino).await.unwrap(), &big, "read through a small cache");
+    assert!(cache.used_bytes() <= limit);
+    assert!(cache.stats().evictions.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    let on_disk: u64 = walk(&cache_dir).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    assert_eq!(on_disk, cache.used_bytes(), "the index matches the files");
+
+    // A small file that fits, then a restart: its blocks are served without a GET.
+    let small = pattern(6 * MIB, 5);
+    let small_ino = write_file(&fs, "small", &small).await;
+    let held = cache.len();
+    drop(fs);
+    drop(blocks);
+    drop(cache);
+    std::fs::write(cache_dir.join(".tmp").join("torn-entry"), b"half").unwrap();
+    let cache = open_cache();
+    assert_eq!(cache.len(), held, "index rebuilt from disk");
+    assert!(!cache_dir.join(".tmp/torn-entry").exists(), "temp files removed");
+    let blocks = BlockStore::new(rig.meta.clone(), rig.store.clone(), rig.codec.clone(), Some(cache.clone()));
+    let gets = server.requests().gets();
+    assert_same(&read_file(&rig.mount(blocks), small_ino).await.unwrap(), &small, "after restart");
+    assert_eq!(server.requests().gets(), gets, "served from the restarted cache");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_readers_of_a_cold_block_cause_one_get() {
+    let server = S3Server::start().unwrap();
+    let rig = Rig::new(s3_store(&server).await, false).await;
+    let writer = rig.blocks(None);
+    let hash = writer.put(Bytes::from(pattern(4 * MIB, 11))).await.unwrap();
+    let reader = rig.blocks(Some(1 << 30));
+    // Slow the one GET down so that every reader arrives while it is in flight.
+    server.faults().next(Some("GET"), 1, Fault::Delay(Duration::from_millis(500)));
+    let gets = server.requests().gets();
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let r = reader.clone();
+            tokio::spawn(async move { r.get(hash).await.map(|b| *blake3::hash(&b).as_bytes()) })
+        })
+        .collect();
+    let expected = *blake3::hash(&pattern(4 * MIB, 11)).as_bytes();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), expected);
+    }
+    assert_eq!(server.requests().gets() - gets, 1, "single flight");
+}
+
+#[tokio::test]
+async fn local_store_is_crash_safe_and_confined() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join(".tmp")).unwrap();
+    std::fs::write(dir.path().join(".tmp/leftover"), b"torn").unwrap();
+    let store = LocalChunkStore::open(dir.path()).unwrap();
+    assert!(!dir.path().join(".tmp/leftover").exists());
+    store.put("blocks/ab/abc", Bytes::from_static(b"object")).await.unwrap();
+    assert_eq!(store.get("blocks/ab/abc").await.unwrap(), Bytes::from_static(b"object"));
+    assert_eq!(store.list("blocks/").await.unwrap(), vec!["blocks/ab/abc".to_string()]);
+    for bad in ["../escape", "/abs", "a/../../b", "", ".tmp/x"] {
+        assert!(store.put(bad, Bytes::new()).await.is_err(), "{bad:?} accepted");
+    }
+    assert!(matches!(
+        store.get("blocks/none").await,
+        Err(drive::data::StoreError::NotFound { .. })
+    ));
+    store.delete("blocks/ab/abc").await.unwrap();
+    store.delete("blocks/ab/abc").await.unwrap();
+}
+
+#[tokio::test]
+async fn s3_store_lists_deletes_and_uses_multipart_for_large_objects() {
+    let server = S3Server::start().unwrap();
+    server.create_bucket(BUCKET).unwrap();
+    drive_testkit::install_crypto_provider();
+    let mut cfg = s3_config(&server);
+    cfg.multipart_threshold = 6 << 20;
+    cfg.part_size = 5 << 20;
+    cfg.read_part_size = 1 << 20;
+    let store = S3ChunkStore::connect(&cfg).await;
+    let big = Bytes::from(pattern(17 * MIB + 3, 5));
+    let posts = server.requests().post.load(std::sync::atomic::Ordering::Relaxed);
+    store.put("blocks/big", big.clone()).await.unwrap();
+    assert!(
+        server.requests().post.load(std::sync::atomic::Ordering::Relaxed) - posts >= 2,
+        "multipart create and complete are POSTs"
+    );
+    let gets = server.requests().gets();
+    assert_eq!(store.get("blocks/big").await.unwrap(), big);
+    assert_eq!(server.requests().gets() - gets, 18, "ranged GETs of 1 MiB");
+    store.put("blocks/small", Bytes::from_static(b"x")).await.unwrap();
+    let mut keys = store.list("blocks/").await.unwrap();
+    keys.sort();
+    assert_eq!(keys, vec!["blocks/big".to_string(), "blocks/small".to_string()]);
+    store.delete("blocks/big").await.unwrap();
+    assert!(matches!(
+        store.get("blocks/big").await,
+        Err(drive::data::StoreError::NotFound { .. })
+    ));
+    // Refused credentials are a clear, permanent failure (not retried as an outage).
+    let mut wrong = s3_config(&server);
+    wrong.credentials.as_mut().unwrap().secret_access_key = "wrong".into();
+    let err = S3ChunkStore::connect(&wrong).await.put("k", Bytes::new()).await.unwrap_err();
+    assert!(!err.is_transient(), "{err}");
+}
