@@ -31,6 +31,9 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 # The PostgreSQL clusters the Debian package may have started are not used by the tests.
 
+echo "==> building studiodrive-csi (the FUSE and CSI tests run the binary)"
+cargo build -p drive-csi --bin studiodrive-csi
+
 echo "==> Rust tests (cargo nextest)"
 cargo nextest run --workspace --no-fail-fast --profile ci
 
