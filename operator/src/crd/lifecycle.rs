@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 use super::WorkspaceKind;
 
 /// Desired lifecycle of the selected workspaces.
+// clippy reads the repeated `type_ = "..."` of kube's `printcolumn(...)` entries as duplicated
+// attributes; each belongs to a different column.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[kube(
     group = "studiodrive.dev",

@@ -232,6 +232,39 @@ fn kind_of(value: &Value) -> &'static str {
     }
 }
 
+/// The openAPIV3Schema of the first version of `crd`, as JSON.
+pub fn crd_schema(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> Value {
+    crd.spec
+        .versions
+        .first()
+        .and_then(|v| v.schema.as_ref())
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .and_then(|s| serde_json::to_value(s).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// Validates an object (and, for an update, its previous version) as the API server would
+/// on admission: the OpenAPI schema first (types, unknown fields, ranges), then, if that
+/// passed, the CEL rules (`x-kubernetes-validations`, transition rules when `old` is given)
+/// through kube's client-side CEL evaluation. Returns every problem found.
+pub fn validate_resource(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    object: &Value,
+    old: Option<&Value>,
+) -> Vec<String> {
+    let schema = crd_schema(crd);
+    let mut problems = validate(&schema, object);
+    // CEL rules only run on objects that passed the schema (the API server does the same).
+    if problems.is_empty()
+        && let Err(errors) = kube::core::cel::Validator::new().validate(&schema, object, old)
+    {
+        problems.extend(errors.into_vec().into_iter().map(|e| format!("{}: {}", e.field_path, e.message)));
+    }
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,37 +308,4 @@ mod tests {
         assert_eq!(wrong_type, vec![".n: expected \"integer\", got string"]);
         assert_eq!(validate(&schema, &json!({})), vec![".n: required"]);
     }
-}
-
-/// The openAPIV3Schema of the first version of `crd`, as JSON.
-pub fn crd_schema(
-    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-) -> Value {
-    crd.spec
-        .versions
-        .first()
-        .and_then(|v| v.schema.as_ref())
-        .and_then(|s| s.open_api_v3_schema.as_ref())
-        .and_then(|s| serde_json::to_value(s).ok())
-        .unwrap_or(Value::Null)
-}
-
-/// Validates an object (and, for an update, its previous version) as the API server would
-/// on admission: the OpenAPI schema first (types, unknown fields, ranges), then, if that
-/// passed, the CEL rules (`x-kubernetes-validations`, transition rules when `old` is given)
-/// through kube's client-side CEL evaluation. Returns every problem found.
-pub fn validate_resource(
-    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-    object: &Value,
-    old: Option<&Value>,
-) -> Vec<String> {
-    let schema = crd_schema(crd);
-    let mut problems = validate(&schema, object);
-    // CEL rules only run on objects that passed the schema (the API server does the same).
-    if problems.is_empty()
-        && let Err(errors) = kube::core::cel::Validator::new().validate(&schema, object, old)
-    {
-        problems.extend(errors.into_vec().into_iter().map(|e| format!("{}: {}", e.field_path, e.message)));
-    }
-    problems
 }
