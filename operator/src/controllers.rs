@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::batch::v1::Job;
+use kube::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::watcher;
-use kube::Api;
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio_util::sync::CancellationToken;
 
@@ -41,18 +41,29 @@ pub struct LeaseSettings {
     pub duration_secs: u64,
 }
 
-async fn timed<K, S, F, Fut>(kind: &'static str, obj: Arc<K>, ctx: Arc<Context<S>>, f: F) -> Result<Action, ReconcileError>
+async fn timed<K, S, F, Fut>(
+    kind: &'static str,
+    obj: Arc<K>,
+    ctx: Arc<Context<S>>,
+    f: F,
+) -> Result<Action, ReconcileError>
 where
     F: FnOnce(Arc<K>, Arc<Context<S>>) -> Fut,
     Fut: Future<Output = Result<Action, ReconcileError>>,
 {
     let start = Instant::now();
     let result = f(obj, ctx.clone()).await;
-    ctx.metrics.observe(kind, start.elapsed().as_secs_f64(), result.as_ref().err().map(ReconcileError::label));
+    ctx.metrics.observe(
+        kind,
+        start.elapsed().as_secs_f64(),
+        result.as_ref().err().map(ReconcileError::label),
+    );
     result
 }
 
-fn drain<T, E: std::fmt::Debug, S: futures::Stream<Item = Result<T, E>>>(stream: S) -> impl Future<Output = ()> {
+fn drain<T, E: std::fmt::Debug, S: futures::Stream<Item = Result<T, E>>>(
+    stream: S,
+) -> impl Future<Output = ()> {
     stream.for_each(|result| async move {
         if let Err(e) = result {
             tracing::debug!(error = ?e, "controller stream item failed");
@@ -79,13 +90,24 @@ pub async fn run_controllers<S: StudioStore>(ctx: Arc<Context<S>>, shutdown: Can
     let shares = Controller::new(Api::<Share>::all(client.clone()), watcher::Config::default())
         .with_config(config.clone())
         .graceful_shutdown_on(stop());
-    let policies = Controller::new(Api::<LifecyclePolicy>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Job>::namespaced(client.clone(), &ctx.gc.namespace), watcher::Config::default())
-        .with_config(config)
-        .graceful_shutdown_on(stop());
+    let policies = Controller::new(
+        Api::<LifecyclePolicy>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(
+        Api::<Job>::namespaced(client.clone(), &ctx.gc.namespace),
+        watcher::Config::default(),
+    )
+    .with_config(config)
+    .graceful_shutdown_on(stop());
 
     let gauges = {
-        let (ws, sn, sh, lp) = (workspaces.store(), snapshots.store(), shares.store(), policies.store());
+        let (ws, sn, sh, lp) = (
+            workspaces.store(),
+            snapshots.store(),
+            shares.store(),
+            policies.store(),
+        );
         let (metrics, token) = (ctx.metrics.clone(), shutdown.clone());
         async move {
             let mut tick = tokio::time::interval(Duration::from_secs(15));
@@ -104,10 +126,26 @@ pub async fn run_controllers<S: StudioStore>(ctx: Arc<Context<S>>, shutdown: Can
     };
 
     tokio::join!(
-        drain(workspaces.run(|o, c| timed("Workspace", o, c, reconcile::workspace::reconcile), error_policy, ctx.clone())),
-        drain(snapshots.run(|o, c| timed("Snapshot", o, c, reconcile::snapshot::reconcile), error_policy, ctx.clone())),
-        drain(shares.run(|o, c| timed("Share", o, c, reconcile::share::reconcile), error_policy, ctx.clone())),
-        drain(policies.run(|o, c| timed("LifecyclePolicy", o, c, reconcile::lifecycle::reconcile), error_policy, ctx.clone())),
+        drain(workspaces.run(
+            |o, c| timed("Workspace", o, c, reconcile::workspace::reconcile),
+            error_policy,
+            ctx.clone()
+        )),
+        drain(snapshots.run(
+            |o, c| timed("Snapshot", o, c, reconcile::snapshot::reconcile),
+            error_policy,
+            ctx.clone()
+        )),
+        drain(shares.run(
+            |o, c| timed("Share", o, c, reconcile::share::reconcile),
+            error_policy,
+            ctx.clone()
+        )),
+        drain(policies.run(
+            |o, c| timed("LifecyclePolicy", o, c, reconcile::lifecycle::reconcile),
+            error_policy,
+            ctx.clone()
+        )),
         gauges,
     );
 }

@@ -43,14 +43,24 @@ pub fn build_job(policy: &LifecyclePolicy, pass_id: &str, job_name: &str, settin
     let labels = BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), "studiodrive-gc".to_string()),
         ("app.kubernetes.io/part-of".to_string(), "studiodrive".to_string()),
-        ("app.kubernetes.io/managed-by".to_string(), "studiodrive-operator".to_string()),
-        ("studiodrive.dev/lifecycle-policy".to_string(), job_name_label(&policy_name)),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "studiodrive-operator".to_string(),
+        ),
+        (
+            "studiodrive.dev/lifecycle-policy".to_string(),
+            job_name_label(&policy_name),
+        ),
     ]);
     let env = settings.metadata_url_secret.as_ref().map(|(name, key)| {
         vec![EnvVar {
             name: "STUDIODRIVE_METADATA_URL".into(),
             value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector { name: name.clone(), key: key.clone(), optional: Some(false) }),
+                secret_key_ref: Some(SecretKeySelector {
+                    name: name.clone(),
+                    key: key.clone(),
+                    optional: Some(false),
+                }),
                 ..EnvVarSource::default()
             }),
             ..EnvVar::default()
@@ -59,7 +69,13 @@ pub fn build_job(policy: &LifecyclePolicy, pass_id: &str, job_name: &str, settin
     let container = Container {
         name: "gc".into(),
         image: Some(settings.image.clone()),
-        args: Some(vec!["gc".into(), "--policy".into(), policy_name.clone(), "--pass-id".into(), pass_id.into()]),
+        args: Some(vec![
+            "gc".into(),
+            "--policy".into(),
+            policy_name.clone(),
+            "--pass-id".into(),
+            pass_id.into(),
+        ]),
         env,
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
@@ -74,7 +90,10 @@ pub fn build_job(policy: &LifecyclePolicy, pass_id: &str, job_name: &str, settin
             name: Some(job_name.to_string()),
             namespace: Some(settings.namespace.clone()),
             labels: Some(labels.clone()),
-            annotations: Some(BTreeMap::from([("studiodrive.dev/pass-id".to_string(), pass_id.to_string())])),
+            annotations: Some(BTreeMap::from([(
+                "studiodrive.dev/pass-id".to_string(),
+                pass_id.to_string(),
+            )])),
             owner_references: policy.controller_owner_ref(&()).map(|r| vec![r]),
             ..ObjectMeta::default()
         },
@@ -83,7 +102,10 @@ pub fn build_job(policy: &LifecyclePolicy, pass_id: &str, job_name: &str, settin
             backoff_limit: Some(3),
             ttl_seconds_after_finished: Some(7 * 24 * 3600),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(labels), ..ObjectMeta::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".into()),
                     service_account_name: settings.service_account.clone(),
@@ -99,6 +121,16 @@ pub fn build_job(policy: &LifecyclePolicy, pass_id: &str, job_name: &str, settin
 
 /// A label value (at most 63 characters, alphanumeric at both ends) for a policy name.
 fn job_name_label(policy: &str) -> String {
-    let v: String = policy.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).take(63).collect();
+    let v: String = policy
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
     v.trim_matches('-').to_string()
 }

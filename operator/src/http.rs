@@ -24,10 +24,20 @@ pub struct HealthState {
 /// Answers one request.
 pub fn respond(state: &HealthState, method: &Method, path: &str) -> Response<Full<Bytes>> {
     let (status, body, content_type) = match (method, path) {
-        (&Method::GET, "/metrics") => (StatusCode::OK, state.metrics.render(), "text/plain; version=0.0.4"),
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            state.metrics.render(),
+            "text/plain; version=0.0.4",
+        ),
         (&Method::GET, "/healthz") => (StatusCode::OK, "ok\n".to_string(), "text/plain"),
-        (&Method::GET, "/readyz") if state.ready.load(Ordering::SeqCst) => (StatusCode::OK, "ready\n".to_string(), "text/plain"),
-        (&Method::GET, "/readyz") => (StatusCode::SERVICE_UNAVAILABLE, "metadata store unavailable\n".to_string(), "text/plain"),
+        (&Method::GET, "/readyz") if state.ready.load(Ordering::SeqCst) => {
+            (StatusCode::OK, "ready\n".to_string(), "text/plain")
+        }
+        (&Method::GET, "/readyz") => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metadata store unavailable\n".to_string(),
+            "text/plain",
+        ),
         _ => (StatusCode::NOT_FOUND, "not found\n".to_string(), "text/plain"),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -57,7 +67,10 @@ pub async fn serve(listener: TcpListener, state: Arc<HealthState>, shutdown: Can
                 let response = respond(&state, req.method(), req.uri().path());
                 async move { Ok::<_, Infallible>(response) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(error = %e, "metrics connection ended with an error");
             }
         });

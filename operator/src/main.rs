@@ -19,7 +19,11 @@ use operator::store::drive_adapter::MetaStoreAdapter;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "studiodrive-operator", version, about = "Studio Drive Kubernetes operator")]
+#[command(
+    name = "studiodrive-operator",
+    version,
+    about = "Studio Drive Kubernetes operator"
+)]
 struct Cli {
     /// Log filter (RUST_LOG syntax).
     #[arg(long, env = "RUST_LOG", default_value = "info", global = true)]
@@ -81,7 +85,11 @@ struct RunArgs {
     #[arg(long, env = "POD_NAME", default_value = "studiodrive-operator")]
     identity: String,
     /// Image for GC Jobs (normally the operator's own image).
-    #[arg(long, env = "STUDIODRIVE_GC_IMAGE", default_value = "ghcr.io/studiodrive/studiodrive-operator:latest")]
+    #[arg(
+        long,
+        env = "STUDIODRIVE_GC_IMAGE",
+        default_value = "ghcr.io/studiodrive/studiodrive-operator:latest"
+    )]
     gc_image: String,
     /// Secret holding the metadata URL for GC Jobs, as NAME/KEY.
     #[arg(long, env = "STUDIODRIVE_GC_METADATA_SECRET")]
@@ -109,7 +117,11 @@ fn main() -> anyhow::Result<()> {
 fn init_tracing(filter: &str, format: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).context("parse the log filter")?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let result = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let result = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
     result.map_err(|e| anyhow::anyhow!("install the log subscriber: {e}"))
 }
 
@@ -119,7 +131,8 @@ fn crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
         Some(dir) => {
             for def in operator::crd::all() {
                 let path = dir.join(operator::crd::file_name(&def));
-                std::fs::write(&path, operator::crd::to_yaml(&def)?).with_context(|| format!("write {}", path.display()))?;
+                std::fs::write(&path, operator::crd::to_yaml(&def)?)
+                    .with_context(|| format!("write {}", path.display()))?;
             }
         }
     }
@@ -129,14 +142,21 @@ fn crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let metrics = Arc::new(Metrics::new()?);
-    let health = Arc::new(HealthState { metrics: metrics.clone(), ready: false.into() });
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr).await.with_context(|| format!("bind {}", args.metrics_addr))?;
+    let health = Arc::new(HealthState {
+        metrics: metrics.clone(),
+        ready: false.into(),
+    });
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("bind {}", args.metrics_addr))?;
     tokio::spawn(serve(listener, health.clone(), shutdown.clone()));
 
     let mut config = drive::MetaConfig::new(args.metadata_url.clone());
     config.pool_size = args.metadata_pool_size;
     if args.metadata_tls {
-        config.tls = drive::TlsMode::Require { ca_file: args.metadata_ca_file.clone() };
+        config.tls = drive::TlsMode::Require {
+            ca_file: args.metadata_ca_file.clone(),
+        };
     }
     tracing::info!(
         tls = args.metadata_tls, pool = args.metadata_pool_size, metrics = %args.metrics_addr,
@@ -144,7 +164,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         object_store_endpoint = ?args.object_store_endpoint, object_store_bucket = ?args.object_store_bucket,
         "starting (metadata URL redacted)"
     );
-    let store = drive::MetaStore::connect(&config).await.context("connect to the metadata store")?;
+    let store = drive::MetaStore::connect(&config)
+        .await
+        .context("connect to the metadata store")?;
     health.ready.store(true, Ordering::SeqCst);
     {
         // Readiness follows the store: a failing ping flips /readyz to 503.
@@ -159,12 +181,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         });
     }
-    let client = kube::Client::try_default().await.context("build the Kubernetes client")?;
-    let reporter = Reporter { controller: "studiodrive-operator".into(), instance: Some(args.identity.clone()) };
+    let client = kube::Client::try_default()
+        .await
+        .context("build the Kubernetes client")?;
+    let reporter = Reporter {
+        controller: "studiodrive-operator".into(),
+        instance: Some(args.identity.clone()),
+    };
     let gc_secret = args
         .gc_metadata_secret
         .as_deref()
-        .map(|s| s.split_once('/').map(|(n, k)| (n.to_string(), k.to_string())).context("--gc-metadata-secret is NAME/KEY"))
+        .map(|s| {
+            s.split_once('/')
+                .map(|(n, k)| (n.to_string(), k.to_string()))
+                .context("--gc-metadata-secret is NAME/KEY")
+        })
         .transpose()?;
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -188,7 +219,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             token.cancel();
         });
     }
-    let lease = LeaseSettings { name: "studiodrive-operator".into(), namespace: args.namespace, identity: args.identity, duration_secs: 15 };
+    let lease = LeaseSettings {
+        name: "studiodrive-operator".into(),
+        namespace: args.namespace,
+        identity: args.identity,
+        duration_secs: 15,
+    };
     run_with_leader_election(ctx, lease, shutdown).await?;
     Ok(())
 }

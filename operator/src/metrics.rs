@@ -2,7 +2,9 @@
 //! default registry, so tests do not share state). Names are constants here and documented in
 //! docs/operator.md.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 pub const RECONCILES_TOTAL: &str = "studiodrive_reconciles_total";
 pub const RECONCILE_ERRORS_TOTAL: &str = "studiodrive_reconcile_errors_total";
@@ -30,11 +32,18 @@ impl Metrics {
     /// Creates and registers every metric in a fresh registry.
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
-        let reconciles = IntCounterVec::new(Opts::new(RECONCILES_TOTAL, "Reconciles by kind and result"), &["kind", "result"])?;
-        let errors = IntCounterVec::new(Opts::new(RECONCILE_ERRORS_TOTAL, "Failed reconciles by kind and reason"), &["kind", "reason"])?;
+        let reconciles = IntCounterVec::new(
+            Opts::new(RECONCILES_TOTAL, "Reconciles by kind and result"),
+            &["kind", "result"],
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new(RECONCILE_ERRORS_TOTAL, "Failed reconciles by kind and reason"),
+            &["kind", "reason"],
+        )?;
         let duration = HistogramVec::new(
-            HistogramOpts::new(RECONCILE_DURATION_SECONDS, "Reconcile duration by kind")
-                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            HistogramOpts::new(RECONCILE_DURATION_SECONDS, "Reconcile duration by kind").buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
             &["kind"],
         )?;
         let objects = IntGaugeVec::new(Opts::new(OBJECTS_MANAGED, "Objects watched by kind"), &["kind"])?;
@@ -44,7 +53,14 @@ impl Metrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(objects.clone()))?;
         registry.register(Box::new(leader.clone()))?;
-        Ok(Metrics { registry, reconciles, errors, duration, objects, leader })
+        Ok(Metrics {
+            registry,
+            reconciles,
+            errors,
+            duration,
+            objects,
+            leader,
+        })
     }
 
     /// Records one finished reconcile.
@@ -62,7 +78,10 @@ impl Metrics {
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for the text format except on invalid metric data,
         // which the constructors above rule out; an empty body is the safe fallback.
-        if TextEncoder::new().encode(&self.registry.gather(), &mut buf).is_err() {
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .is_err()
+        {
             return String::new();
         }
         String::from_utf8(buf).unwrap_or_default()

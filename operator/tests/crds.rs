@@ -55,14 +55,30 @@ fn crds_have_short_names_category_status_and_the_decided_scope() {
     assert_eq!(all.len(), expected.len());
     for (def, (name, short, scope)) in all.iter().zip(expected) {
         assert_eq!(def.metadata.name.as_deref(), Some(name));
-        assert_eq!(def.spec.names.short_names.as_deref(), Some(&[short.to_string()][..]));
-        assert_eq!(def.spec.names.categories.as_deref(), Some(&["studiodrive".to_string()][..]));
+        assert_eq!(
+            def.spec.names.short_names.as_deref(),
+            Some(&[short.to_string()][..])
+        );
+        assert_eq!(
+            def.spec.names.categories.as_deref(),
+            Some(&["studiodrive".to_string()][..])
+        );
         assert_eq!(def.spec.scope, scope);
         let version = &def.spec.versions[0];
         assert_eq!(version.name, "v1alpha1");
-        assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "{name} has no status subresource");
+        assert!(
+            version
+                .subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some(),
+            "{name} has no status subresource"
+        );
         let columns = version.additional_printer_columns.as_deref().unwrap_or_default();
-        assert!(columns.iter().any(|c| c.name == "Age"), "{name} lacks an Age column");
+        assert!(
+            columns.iter().any(|c| c.name == "Age"),
+            "{name} lacks an Age column"
+        );
     }
 }
 

@@ -23,7 +23,10 @@ type MockHandle = Handle<Request<Body>, Response<Body>>;
 fn context() -> (Arc<Context<MemoryStore>>, MockHandle) {
     let (service, handle) = pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
-    let reporter = Reporter { controller: "studiodrive-operator".into(), instance: Some("test".into()) };
+    let reporter = Reporter {
+        controller: "studiodrive-operator".into(),
+        instance: Some("test".into()),
+    };
     let ctx = Context {
         client: client.clone(),
         store: MemoryStore::default(),
@@ -43,14 +46,24 @@ async fn expect(handle: &mut MockHandle, method: &str, path: &str, reply: &Value
     assert_eq!(request.uri().path(), path);
     let query = request.uri().query().unwrap_or_default().to_string();
     let bytes = request.into_body().collect_bytes().await.expect("request body");
-    let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") };
-    let response = Response::builder().body(Body::from(serde_json::to_vec(reply).expect("reply"))).expect("response");
+    let body: Value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("JSON body")
+    };
+    let response = Response::builder()
+        .body(Body::from(serde_json::to_vec(reply).expect("reply")))
+        .expect("response");
     send.send_response(response);
     (query, body)
 }
 
 fn ws_with_finalizer() -> Workspace {
-    let mut w = workspace("studio", "shot010", workspace_spec(WorkspaceKind::Team, DeletionPolicy::Delete));
+    let mut w = workspace(
+        "studio",
+        "shot010",
+        workspace_spec(WorkspaceKind::Team, DeletionPolicy::Delete),
+    );
     w.metadata.finalizers = Some(vec!["studiodrive.dev/cleanup".into()]);
     w
 }
@@ -60,17 +73,31 @@ const WS_PATH: &str = "/apis/studiodrive.dev/v1alpha1/namespaces/studio/workspac
 #[tokio::test]
 async fn first_reconcile_adds_the_finalizer_with_a_guarded_json_patch() {
     let (ctx, mut handle) = context();
-    let w = workspace("studio", "shot010", workspace_spec(WorkspaceKind::Team, DeletionPolicy::Delete));
+    let w = workspace(
+        "studio",
+        "shot010",
+        workspace_spec(WorkspaceKind::Team, DeletionPolicy::Delete),
+    );
     let reply = serde_json::to_value(ws_with_finalizer()).expect("json");
     let server = async {
         let (_, body) = expect(&mut handle, "PATCH", WS_PATH, &reply).await;
         let ops = body.as_array().expect("a JSON patch").clone();
-        assert!(ops.iter().any(|op| op["op"] == "test"), "the patch is guarded by a test op: {ops:?}");
-        assert!(ops.iter().any(|op| op["op"] == "add" && op["value"].to_string().contains("studiodrive.dev/cleanup")), "{ops:?}");
+        assert!(
+            ops.iter().any(|op| op["op"] == "test"),
+            "the patch is guarded by a test op: {ops:?}"
+        );
+        assert!(
+            ops.iter()
+                .any(|op| op["op"] == "add" && op["value"].to_string().contains("studiodrive.dev/cleanup")),
+            "{ops:?}"
+        );
     };
     let (result, ()) = tokio::join!(workspace::reconcile(Arc::new(w), ctx.clone()), server);
     result.expect("reconcile");
-    assert!(ctx.store.workspace("studio.shot010").is_none(), "nothing is created before the finalizer is in place");
+    assert!(
+        ctx.store.workspace("studio.shot010").is_none(),
+        "nothing is created before the finalizer is in place"
+    );
 }
 
 #[tokio::test]
@@ -79,12 +106,27 @@ async fn reconcile_creates_then_patches_status_by_apply_then_posts_an_event_and_
     let w = ws_with_finalizer();
     let mut status_sent = Value::Null;
     let server = async {
-        let (query, body) = expect(&mut handle, "PATCH", &format!("{WS_PATH}/status"), &serde_json::to_value(ws_with_finalizer()).expect("json")).await;
-        assert!(query.contains("fieldManager=studiodrive") && query.contains("force=true"), "server-side apply: {query}");
+        let (query, body) = expect(
+            &mut handle,
+            "PATCH",
+            &format!("{WS_PATH}/status"),
+            &serde_json::to_value(ws_with_finalizer()).expect("json"),
+        )
+        .await;
+        assert!(
+            query.contains("fieldManager=studiodrive") && query.contains("force=true"),
+            "server-side apply: {query}"
+        );
         assert_eq!(body["kind"], "Workspace");
         assert_eq!(body["apiVersion"], "studiodrive.dev/v1alpha1");
         status_sent = body["status"].clone();
-        let (_, event) = expect(&mut handle, "POST", "/apis/events.k8s.io/v1/namespaces/studio/events", &serde_json::json!({})).await;
+        let (_, event) = expect(
+            &mut handle,
+            "POST",
+            "/apis/events.k8s.io/v1/namespaces/studio/events",
+            &serde_json::json!({}),
+        )
+        .await;
         assert_eq!(event["reason"], "Created");
         assert_eq!(event["type"], "Normal");
         assert_eq!(event["regarding"]["name"], "shot010");
@@ -116,7 +158,13 @@ async fn deletion_while_the_store_is_down_keeps_the_finalizer_then_removes_it_af
     ctx.store.set_available(true);
     operator::reconcile::workspace::sync(
         &ctx.store,
-        &operator::plan::workspace::Input { namespace: "studio", name: "shot010", generation: 1, spec: &w.spec, status: None },
+        &operator::plan::workspace::Input {
+            namespace: "studio",
+            name: "shot010",
+            generation: 1,
+            spec: &w.spec,
+            status: None,
+        },
         at(1),
     )
     .await
@@ -137,32 +185,70 @@ async fn deletion_while_the_store_is_down_keeps_the_finalizer_then_removes_it_af
 
     ctx.store.set_available(true);
     let server = async {
-        let (_, event) = expect(&mut handle, "POST", "/apis/events.k8s.io/v1/namespaces/studio/events", &serde_json::json!({})).await;
+        let (_, event) = expect(
+            &mut handle,
+            "POST",
+            "/apis/events.k8s.io/v1/namespaces/studio/events",
+            &serde_json::json!({}),
+        )
+        .await;
         assert_eq!(event["reason"], "Deleted");
         let mut gone = (*w).clone();
         gone.metadata.finalizers = None;
-        let (_, patch) = expect(&mut handle, "PATCH", WS_PATH, &serde_json::to_value(gone).expect("json")).await;
+        let (_, patch) = expect(
+            &mut handle,
+            "PATCH",
+            WS_PATH,
+            &serde_json::to_value(gone).expect("json"),
+        )
+        .await;
         let ops = patch.as_array().expect("JSON patch").clone();
-        assert!(ops.iter().any(|op| op["op"] == "remove" && op["path"] == "/metadata/finalizers/0"), "{ops:?}");
+        assert!(
+            ops.iter()
+                .any(|op| op["op"] == "remove" && op["path"] == "/metadata/finalizers/0"),
+            "{ops:?}"
+        );
     };
     let (result, ()) = tokio::join!(workspace::reconcile(w.clone(), ctx.clone()), server);
     result.expect("cleanup after recovery");
-    assert!(ctx.store.workspace("studio.shot010").is_none(), "Delete policy soft-deletes");
+    assert!(
+        ctx.store.workspace("studio.shot010").is_none(),
+        "Delete policy soft-deletes"
+    );
 }
 
 #[tokio::test]
 async fn metrics_endpoint_serves_metrics_and_health() {
     let metrics = Arc::new(Metrics::new().expect("metrics"));
     metrics.observe("Workspace", 0.02, Some("store_unavailable"));
-    let state = operator::http::HealthState { metrics, ready: false.into() };
+    let state = operator::http::HealthState {
+        metrics,
+        ready: false.into(),
+    };
     let body = |r: Response<http_body_util::Full<hyper::body::Bytes>>| r.status().as_u16();
-    assert_eq!(body(operator::http::respond(&state, &http::Method::GET, "/healthz")), 200);
-    assert_eq!(body(operator::http::respond(&state, &http::Method::GET, "/readyz")), 503);
+    assert_eq!(
+        body(operator::http::respond(&state, &http::Method::GET, "/healthz")),
+        200
+    );
+    assert_eq!(
+        body(operator::http::respond(&state, &http::Method::GET, "/readyz")),
+        503
+    );
     state.ready.store(true, std::sync::atomic::Ordering::SeqCst);
-    assert_eq!(body(operator::http::respond(&state, &http::Method::GET, "/readyz")), 200);
+    assert_eq!(
+        body(operator::http::respond(&state, &http::Method::GET, "/readyz")),
+        200
+    );
     let text = state.metrics.render();
-    assert!(text.contains("studiodrive_reconciles_total{kind=\"Workspace\",result=\"error\"} 1"), "{text}");
-    assert!(text.contains("studiodrive_reconcile_errors_total{kind=\"Workspace\",reason=\"store_unavailable\"} 1"));
+    assert!(
+        text.contains("studiodrive_reconciles_total{kind=\"Workspace\",result=\"error\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "studiodrive_reconcile_errors_total{kind=\"Workspace\",reason=\"store_unavailable\"} 1"
+        )
+    );
     assert!(text.contains("studiodrive_reconcile_duration_seconds_bucket"));
     assert!(text.contains("studiodrive_operator_leader 0"));
 }

@@ -23,15 +23,27 @@ fn input<'a>(w: &'a operator::crd::Workspace) -> Input<'a> {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 #[test]
 fn workspace_plans_cover_create_update_invalid_and_drift() {
-    let w = workspace("studio", "shot010", workspace_spec(WorkspaceKind::Team, DeletionPolicy::Retain));
+    let w = workspace(
+        "studio",
+        "shot010",
+        workspace_spec(WorkspaceKind::Team, DeletionPolicy::Retain),
+    );
     let created = plan(&input(&w), &Observed::default(), at(100));
-    assert!(matches!(&created.ops[..], [Op::Create(n)] if n.name == "studio.shot010" && n.block_size == 4 << 20));
-    assert_eq!(conditions::find(&created.status.conditions, "Ready").map(|c| c.reason.as_str()), Some(reason::CREATING));
+    assert!(
+        matches!(&created.ops[..], [Op::Create(n)] if n.name == "studio.shot010" && n.block_size == 4 << 20)
+    );
+    assert_eq!(
+        conditions::find(&created.status.conditions, "Ready").map(|c| c.reason.as_str()),
+        Some(reason::CREATING)
+    );
 
     let mut bad = w.clone();
     bad.metadata.name = Some("Bad_Name".into());
@@ -39,37 +51,77 @@ fn workspace_plans_cover_create_update_invalid_and_drift() {
     assert!(invalid.ops.is_empty());
     assert_eq!(invalid.requeue, None);
     let ready = conditions::find(&invalid.status.conditions, "Ready").expect("Ready");
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidSpec"));
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
     assert_eq!(invalid.events.len(), 1, "one warning event on the transition");
 
     let mut tiny = w.clone();
     tiny.spec.block_size_bytes = 4096;
-    assert_eq!(plan(&input(&tiny), &Observed::default(), at(1)).status.conditions[0].reason, "InvalidSpec");
+    assert_eq!(
+        plan(&input(&tiny), &Observed::default(), at(1)).status.conditions[0].reason,
+        "InvalidSpec"
+    );
 }
 
 #[test]
 fn second_sync_changes_nothing_and_mutable_edits_update() {
     rt().block_on(async {
         let store = MemoryStore::default();
-        let mut w = workspace("studio", "shot010", workspace_spec(WorkspaceKind::User, DeletionPolicy::Delete));
-        store.set_usage("studio.shot010", Usage { files: 3, directories: 1, bytes: 42 });
+        let mut w = workspace(
+            "studio",
+            "shot010",
+            workspace_spec(WorkspaceKind::User, DeletionPolicy::Delete),
+        );
+        store.set_usage(
+            "studio.shot010",
+            Usage {
+                files: 3,
+                directories: 1,
+                bytes: 42,
+            },
+        );
         let first = ws_sync::sync(&store, &input(&w), at(10)).await.expect("sync");
-        assert!(conditions::is_true(&first.status.conditions, "Ready"), "{:?}", first.status.conditions);
+        assert!(
+            conditions::is_true(&first.status.conditions, "Ready"),
+            "{:?}",
+            first.status.conditions
+        );
         assert_eq!(first.status.usage.map(|u| u.bytes), Some(42));
-        assert_eq!(first.events.iter().map(|e| e.reason).collect::<Vec<_>>(), ["Created"]);
+        assert_eq!(
+            first.events.iter().map(|e| e.reason).collect::<Vec<_>>(),
+            ["Created"]
+        );
         let writes = store.writes();
         w.status = Some(first.status.clone());
-        let second = ws_sync::sync(&store, &input(&w), at(20)).await.expect("sync again");
+        let second = ws_sync::sync(&store, &input(&w), at(20))
+            .await
+            .expect("sync again");
         assert_eq!(store.writes(), writes, "an unchanged spec must not write");
-        assert_eq!(second.status, first.status, "an unchanged spec must not change status");
+        assert_eq!(
+            second.status, first.status,
+            "an unchanged spec must not change status"
+        );
         assert!(second.events.is_empty());
 
         w.spec.quota_bytes = Some(2 << 30);
         w.metadata.generation = Some(2);
-        let third = ws_sync::sync(&store, &input(&w), at(30)).await.expect("sync after edit");
-        assert_eq!(store.workspace("studio.shot010").and_then(|r| r.quota_bytes), Some(2 << 30));
+        let third = ws_sync::sync(&store, &input(&w), at(30))
+            .await
+            .expect("sync after edit");
+        assert_eq!(
+            store.workspace("studio.shot010").and_then(|r| r.quota_bytes),
+            Some(2 << 30)
+        );
         assert_eq!(third.status.observed_generation, Some(2));
-        assert!(third.status.conditions.iter().all(|c| c.observed_generation == Some(2)));
+        assert!(
+            third
+                .status
+                .conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(2))
+        );
     });
 }
 
@@ -77,17 +129,28 @@ fn second_sync_changes_nothing_and_mutable_edits_update() {
 fn store_outage_fails_with_unavailable_and_cleanup_finishes_after_recovery() {
     rt().block_on(async {
         let store = MemoryStore::default();
-        let w = workspace("studio", "gone", workspace_spec(WorkspaceKind::User, DeletionPolicy::Delete));
+        let w = workspace(
+            "studio",
+            "gone",
+            workspace_spec(WorkspaceKind::User, DeletionPolicy::Delete),
+        );
         ws_sync::sync(&store, &input(&w), at(1)).await.expect("create");
         store.set_available(false);
-        let err = ws_sync::sync(&store, &input(&w), at(2)).await.expect_err("store is down");
+        let err = ws_sync::sync(&store, &input(&w), at(2))
+            .await
+            .expect_err("store is down");
         assert!(matches!(&err, ReconcileError::Store(e) if e.kind == StoreErrorKind::Unavailable));
         assert_eq!(err.label(), "store_unavailable");
         let cleanup = ws_sync::cleanup(&store, &input(&w)).await;
-        assert!(cleanup.is_err(), "cleanup must fail (and keep the finalizer) while the store is down");
+        assert!(
+            cleanup.is_err(),
+            "cleanup must fail (and keep the finalizer) while the store is down"
+        );
         assert!(store.workspace("studio.gone").is_some());
         store.set_available(true);
-        let ops = ws_sync::cleanup(&store, &input(&w)).await.expect("cleanup after recovery");
+        let ops = ws_sync::cleanup(&store, &input(&w))
+            .await
+            .expect("cleanup after recovery");
         assert_eq!(ops.len(), 1);
         assert!(store.get_workspace("studio.gone").await.expect("get").is_none());
     });
@@ -97,9 +160,18 @@ fn store_outage_fails_with_unavailable_and_cleanup_finishes_after_recovery() {
 fn retain_cleanup_keeps_the_workspace() {
     rt().block_on(async {
         let store = MemoryStore::default();
-        let w = workspace("studio", "keep", workspace_spec(WorkspaceKind::Project, DeletionPolicy::Retain));
+        let w = workspace(
+            "studio",
+            "keep",
+            workspace_spec(WorkspaceKind::Project, DeletionPolicy::Retain),
+        );
         ws_sync::sync(&store, &input(&w), at(1)).await.expect("create");
-        assert!(ws_sync::cleanup(&store, &input(&w)).await.expect("cleanup").is_empty());
+        assert!(
+            ws_sync::cleanup(&store, &input(&w))
+                .await
+                .expect("cleanup")
+                .is_empty()
+        );
         assert!(store.workspace("studio.keep").is_some());
     });
 }
@@ -116,7 +188,11 @@ fn backoff_grows_exponentially_and_is_capped() {
 }
 
 fn kinds() -> impl Strategy<Value = WorkspaceKind> {
-    prop_oneof![Just(WorkspaceKind::User), Just(WorkspaceKind::Project), Just(WorkspaceKind::Team)]
+    prop_oneof![
+        Just(WorkspaceKind::User),
+        Just(WorkspaceKind::Project),
+        Just(WorkspaceKind::Team)
+    ]
 }
 
 proptest! {

@@ -17,7 +17,9 @@ use operator::store::{StoreErrorKind, StudioStore};
 async fn store_on(pg: &PgServer) -> (MetaStore, MetaStoreAdapter) {
     drive_testkit::init_tracing();
     let db = pg.create_database().await.expect("create database");
-    let meta = MetaStore::connect(&MetaConfig::new(pg.url(&db))).await.expect("connect");
+    let meta = MetaStore::connect(&MetaConfig::new(pg.url(&db)))
+        .await
+        .expect("connect");
     (meta.clone(), MetaStoreAdapter(meta))
 }
 
@@ -34,50 +36,106 @@ fn ws_input(w: &operator::crd::Workspace) -> ws_plan::Input<'_> {
 #[tokio::test]
 async fn workspace_is_created_idempotent_updated_and_deleted_per_policy() {
     let (meta, store) = store_on(PgServer::shared()).await;
-    let mut w = workspace("studio", "shot010", workspace_spec(WorkspaceKind::Team, DeletionPolicy::Delete));
-    let first = workspace::sync(&store, &ws_input(&w), at(10)).await.expect("create");
-    let stored = meta.get_workspace("studio.shot010").await.expect("workspace exists in the store");
+    let mut w = workspace(
+        "studio",
+        "shot010",
+        workspace_spec(WorkspaceKind::Team, DeletionPolicy::Delete),
+    );
+    let first = workspace::sync(&store, &ws_input(&w), at(10))
+        .await
+        .expect("create");
+    let stored = meta
+        .get_workspace("studio.shot010")
+        .await
+        .expect("workspace exists in the store");
     assert_eq!(stored.kind, drive::model::WorkspaceKind::Team);
     assert_eq!(stored.quota_bytes, Some(1 << 30));
-    assert_eq!(first.status.workspace_id.as_deref(), Some(stored.id.to_string().as_str()));
+    assert_eq!(
+        first.status.workspace_id.as_deref(),
+        Some(stored.id.to_string().as_str())
+    );
     assert!(conditions::is_true(&first.status.conditions, "Ready"));
 
     // Same spec again: nothing changes (same id, same status, no new event rows).
     w.status = Some(first.status.clone());
-    let events_before = meta.events_after(Some(stored.id), 0, 1000).await.expect("events").len();
-    let again = workspace::sync(&store, &ws_input(&w), at(20)).await.expect("sync again");
+    let events_before = meta
+        .events_after(Some(stored.id), 0, 1000)
+        .await
+        .expect("events")
+        .len();
+    let again = workspace::sync(&store, &ws_input(&w), at(20))
+        .await
+        .expect("sync again");
     assert_eq!(again.status, first.status);
-    assert_eq!(meta.events_after(Some(stored.id), 0, 1000).await.expect("events").len(), events_before);
+    assert_eq!(
+        meta.events_after(Some(stored.id), 0, 1000)
+            .await
+            .expect("events")
+            .len(),
+        events_before
+    );
 
     // A mutable field changes.
     w.spec.quota_bytes = Some(5 << 30);
     w.spec.owners = vec!["Group:comp".into()];
-    workspace::sync(&store, &ws_input(&w), at(30)).await.expect("update");
+    workspace::sync(&store, &ws_input(&w), at(30))
+        .await
+        .expect("update");
     let updated = meta.get_workspace("studio.shot010").await.expect("get");
-    assert_eq!((updated.quota_bytes, updated.owners.clone()), (Some(5 << 30), vec!["Group:comp".to_string()]));
+    assert_eq!(
+        (updated.quota_bytes, updated.owners.clone()),
+        (Some(5 << 30), vec!["Group:comp".to_string()])
+    );
     assert_eq!(updated.id, stored.id);
 
     // Usage is reported from the live tree.
     let root = updated.root;
-    meta.create(&Actor::system("test"), updated.id, root, &drive::model::Name::parse("a.exr").expect("name"), &NewNode::new(NodeKind::File, 0o644))
+    meta.create(
+        &Actor::system("test"),
+        updated.id,
+        root,
+        &drive::model::Name::parse("a.exr").expect("name"),
+        &NewNode::new(NodeKind::File, 0o644),
+    )
+    .await
+    .expect("create a file");
+    let with_file = workspace::sync(&store, &ws_input(&w), at(40))
         .await
-        .expect("create a file");
-    let with_file = workspace::sync(&store, &ws_input(&w), at(40)).await.expect("sync");
+        .expect("sync");
     assert_eq!(with_file.status.usage.map(|u| u.files), Some(1));
 
     // Delete policy: cleanup soft-deletes.
     workspace::cleanup(&store, &ws_input(&w)).await.expect("cleanup");
-    assert_eq!(meta.get_workspace("studio.shot010").await.expect_err("soft-deleted").kind(), drive::ErrorKind::NotFound);
+    assert_eq!(
+        meta.get_workspace("studio.shot010")
+            .await
+            .expect_err("soft-deleted")
+            .kind(),
+        drive::ErrorKind::NotFound
+    );
 }
 
 #[tokio::test]
 async fn retain_keeps_the_workspace_and_a_recreated_resource_adopts_it() {
     let (meta, store) = store_on(PgServer::shared()).await;
-    let w = workspace("studio", "assets", workspace_spec(WorkspaceKind::Project, DeletionPolicy::Retain));
-    let first = workspace::sync(&store, &ws_input(&w), at(1)).await.expect("create");
-    assert!(workspace::cleanup(&store, &ws_input(&w)).await.expect("cleanup").is_empty());
+    let w = workspace(
+        "studio",
+        "assets",
+        workspace_spec(WorkspaceKind::Project, DeletionPolicy::Retain),
+    );
+    let first = workspace::sync(&store, &ws_input(&w), at(1))
+        .await
+        .expect("create");
+    assert!(
+        workspace::cleanup(&store, &ws_input(&w))
+            .await
+            .expect("cleanup")
+            .is_empty()
+    );
     let kept = meta.get_workspace("studio.assets").await.expect("retained");
-    let again = workspace::sync(&store, &ws_input(&w), at(2)).await.expect("adopt");
+    let again = workspace::sync(&store, &ws_input(&w), at(2))
+        .await
+        .expect("adopt");
     assert_eq!(again.status.workspace_id, Some(kept.id.to_string()));
     assert_eq!(again.status.workspace_id, first.status.workspace_id);
 }
@@ -85,40 +143,83 @@ async fn retain_keeps_the_workspace_and_a_recreated_resource_adopts_it() {
 #[tokio::test]
 async fn a_kind_change_that_slipped_past_cel_is_reported_as_invalid_spec() {
     let (_meta, store) = store_on(PgServer::shared()).await;
-    let mut w = workspace("studio", "drift", workspace_spec(WorkspaceKind::User, DeletionPolicy::Retain));
-    workspace::sync(&store, &ws_input(&w), at(1)).await.expect("create");
+    let mut w = workspace(
+        "studio",
+        "drift",
+        workspace_spec(WorkspaceKind::User, DeletionPolicy::Retain),
+    );
+    workspace::sync(&store, &ws_input(&w), at(1))
+        .await
+        .expect("create");
     w.spec.kind = WorkspaceKind::Project;
-    let p = workspace::sync(&store, &ws_input(&w), at(2)).await.expect("no store error");
+    let p = workspace::sync(&store, &ws_input(&w), at(2))
+        .await
+        .expect("no store error");
     let ready = conditions::find(&p.status.conditions, "Ready").expect("Ready");
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidSpec"));
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
     assert!(ready.message.contains("kind"), "{}", ready.message);
 }
 
 #[tokio::test]
 async fn snapshot_view_matches_the_tree_at_that_moment_and_delete_releases_it() {
     let (meta, store) = store_on(PgServer::shared()).await;
-    let w = workspace("studio", "shot020", workspace_spec(WorkspaceKind::Team, DeletionPolicy::Retain));
-    workspace::sync(&store, &ws_input(&w), at(1)).await.expect("create workspace");
+    let w = workspace(
+        "studio",
+        "shot020",
+        workspace_spec(WorkspaceKind::Team, DeletionPolicy::Retain),
+    );
+    workspace::sync(&store, &ws_input(&w), at(1))
+        .await
+        .expect("create workspace");
     let ws = meta.get_workspace("studio.shot020").await.expect("ws");
     let actor = Actor::system("test");
     let comp = meta
-        .create(&actor, ws.id, ws.root, &drive::model::Name::parse("comp").expect("name"), &NewNode::new(NodeKind::Directory, 0o755))
+        .create(
+            &actor,
+            ws.id,
+            ws.root,
+            &drive::model::Name::parse("comp").expect("name"),
+            &NewNode::new(NodeKind::Directory, 0o755),
+        )
         .await
         .expect("mkdir");
-    meta.create(&actor, ws.id, comp.ino, &drive::model::Name::parse("v1.exr").expect("name"), &NewNode::new(NodeKind::File, 0o644))
-        .await
-        .expect("file");
+    meta.create(
+        &actor,
+        ws.id,
+        comp.ino,
+        &drive::model::Name::parse("v1.exr").expect("name"),
+        &NewNode::new(NodeKind::File, 0o644),
+    )
+    .await
+    .expect("file");
 
     let s = snapshot("studio", "review-1", "shot020", "/comp");
-    let input = snap_plan::Input { namespace: "studio", name: "review-1", generation: 1, spec: &s.spec, status: None };
-    let p = snapshot::sync(&store, &input, at(2)).await.expect("take snapshot");
+    let input = snap_plan::Input {
+        namespace: "studio",
+        name: "review-1",
+        generation: 1,
+        spec: &s.spec,
+        status: None,
+    };
+    let p = snapshot::sync(&store, &input, at(2))
+        .await
+        .expect("take snapshot");
     assert!(p.status.ready_to_use);
     assert_eq!(p.status.files, Some(1));
 
     // Change the live tree afterwards; the snapshot keeps the old view.
-    meta.create(&actor, ws.id, comp.ino, &drive::model::Name::parse("v2.exr").expect("name"), &NewNode::new(NodeKind::File, 0o644))
-        .await
-        .expect("another file");
+    meta.create(
+        &actor,
+        ws.id,
+        comp.ino,
+        &drive::model::Name::parse("v2.exr").expect("name"),
+        &NewNode::new(NodeKind::File, 0o644),
+    )
+    .await
+    .expect("another file");
     let snap = meta.get_snapshot(ws.id, "review-1").await.expect("snapshot");
     let in_snapshot: Vec<String> = meta
         .readdir(View::At(snap.epoch), snap.root, None, 100)
@@ -131,23 +232,44 @@ async fn snapshot_view_matches_the_tree_at_that_moment_and_delete_releases_it() 
 
     // Reconciling again does not re-take it.
     let status = p.status.clone();
-    let input = snap_plan::Input { status: Some(&status), ..input };
+    let input = snap_plan::Input {
+        status: Some(&status),
+        ..input
+    };
     let again = snapshot::sync(&store, &input, at(3)).await.expect("sync again");
     assert_eq!(again.status.snapshot_id, status.snapshot_id);
     assert_eq!(again.status.files, Some(1));
 
     snapshot::cleanup(&store, &input).await.expect("release");
-    assert_eq!(meta.get_snapshot(ws.id, "review-1").await.expect_err("released").kind(), drive::ErrorKind::NotFound);
+    assert_eq!(
+        meta.get_snapshot(ws.id, "review-1")
+            .await
+            .expect_err("released")
+            .kind(),
+        drive::ErrorKind::NotFound
+    );
 }
 
 #[tokio::test]
 async fn share_grants_are_stored_and_an_expired_share_is_revoked() {
     let (meta, store) = store_on(PgServer::shared()).await;
-    let w = workspace("studio", "shot030", workspace_spec(WorkspaceKind::Team, DeletionPolicy::Retain));
-    workspace::sync(&store, &ws_input(&w), at(1)).await.expect("create workspace");
+    let w = workspace(
+        "studio",
+        "shot030",
+        workspace_spec(WorkspaceKind::Team, DeletionPolicy::Retain),
+    );
+    workspace::sync(&store, &ws_input(&w), at(1))
+        .await
+        .expect("create workspace");
     let ws = meta.get_workspace("studio.shot030").await.expect("ws");
     let sh = share("studio", "farm-write", "shot030", Some(at(1_000)));
-    let input = share_plan::Input { namespace: "studio", name: "farm-write", generation: 1, spec: &sh.spec, status: None };
+    let input = share_plan::Input {
+        namespace: "studio",
+        name: "farm-write",
+        generation: 1,
+        spec: &sh.spec,
+        status: None,
+    };
     let p = share::sync(&store, &input, at(100)).await.expect("grant");
     assert!(conditions::is_true(&p.status.conditions, "Ready"));
     let stored = meta.list_shares(ws.id).await.expect("shares");
@@ -161,7 +283,10 @@ async fn share_grants_are_stored_and_an_expired_share_is_revoked() {
     // After expiry the grant is revoked and the status says so.
     let expired = share::sync(&store, &input, at(2_000)).await.expect("expire");
     assert!(expired.status.expired);
-    assert_eq!(conditions::find(&expired.status.conditions, "Ready").map(|c| c.reason.as_str()), Some("Expired"));
+    assert_eq!(
+        conditions::find(&expired.status.conditions, "Ready").map(|c| c.reason.as_str()),
+        Some("Expired")
+    );
     assert!(meta.list_shares(ws.id).await.expect("shares").is_empty());
 }
 
@@ -170,19 +295,52 @@ async fn store_down_reports_unavailable_and_a_deleted_workspace_finishes_cleanup
     // Its own server: this test stops it.
     let pg = PgServer::start().expect("start PostgreSQL");
     let (meta, store) = store_on(&pg).await;
-    let w = workspace("studio", "outage", workspace_spec(WorkspaceKind::User, DeletionPolicy::Delete));
-    workspace::sync(&store, &ws_input(&w), at(1)).await.expect("create");
+    let w = workspace(
+        "studio",
+        "outage",
+        workspace_spec(WorkspaceKind::User, DeletionPolicy::Delete),
+    );
+    workspace::sync(&store, &ws_input(&w), at(1))
+        .await
+        .expect("create");
 
     pg.stop().expect("stop PostgreSQL");
-    let err = workspace::sync(&store, &ws_input(&w), at(2)).await.expect_err("store down");
-    assert!(matches!(&err, ReconcileError::Store(e) if e.kind == StoreErrorKind::Unavailable), "{err:?}");
-    let conds = operator::reconcile::failed_conditions(&[], match &err { ReconcileError::Store(e) => e, _ => unreachable!() }, 1, at(2));
-    assert_eq!(conditions::find(&conds, "Ready").map(|c| c.reason.as_str()), Some("StoreUnavailable"));
-    assert!(workspace::cleanup(&store, &ws_input(&w)).await.is_err(), "cleanup must fail while the store is down");
+    let err = workspace::sync(&store, &ws_input(&w), at(2))
+        .await
+        .expect_err("store down");
+    assert!(
+        matches!(&err, ReconcileError::Store(e) if e.kind == StoreErrorKind::Unavailable),
+        "{err:?}"
+    );
+    let conds = operator::reconcile::failed_conditions(
+        &[],
+        match &err {
+            ReconcileError::Store(e) => e,
+            _ => unreachable!(),
+        },
+        1,
+        at(2),
+    );
+    assert_eq!(
+        conditions::find(&conds, "Ready").map(|c| c.reason.as_str()),
+        Some("StoreUnavailable")
+    );
+    assert!(
+        workspace::cleanup(&store, &ws_input(&w)).await.is_err(),
+        "cleanup must fail while the store is down"
+    );
 
     pg.resume().expect("restart PostgreSQL");
-    let ops = workspace::cleanup(&store, &ws_input(&w)).await.expect("cleanup after recovery");
+    let ops = workspace::cleanup(&store, &ws_input(&w))
+        .await
+        .expect("cleanup after recovery");
     assert_eq!(ops.len(), 1);
     assert!(store.get_workspace("studio.outage").await.expect("get").is_none());
-    assert_eq!(meta.get_workspace("studio.outage").await.expect_err("deleted").kind(), drive::ErrorKind::NotFound);
+    assert_eq!(
+        meta.get_workspace("studio.outage")
+            .await
+            .expect_err("deleted")
+            .kind(),
+        drive::ErrorKind::NotFound
+    );
 }

@@ -9,7 +9,9 @@ use operator::crd::{self, LifecyclePolicy, Share, Snapshot, Workspace, schema_ch
 use serde_json::{Value, json};
 
 fn sample(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/samples").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../config/samples")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
@@ -27,7 +29,12 @@ fn problems(value: &Value, old: Option<&Value>) -> Vec<String> {
 
 #[test]
 fn every_custom_resource_sample_parses_and_validates() {
-    let files = ["workspace.yaml", "snapshot.yaml", "share.yaml", "lifecyclepolicy.yaml"];
+    let files = [
+        "workspace.yaml",
+        "snapshot.yaml",
+        "share.yaml",
+        "lifecyclepolicy.yaml",
+    ];
     for file in files {
         let text = sample(file);
         let value: Value = serde_saphyr::from_str(&text).expect("sample is YAML");
@@ -38,7 +45,9 @@ fn every_custom_resource_sample_parses_and_validates() {
             Some("Workspace") => drop(serde_json::from_value::<Workspace>(value).expect("Workspace")),
             Some("Snapshot") => drop(serde_json::from_value::<Snapshot>(value).expect("Snapshot")),
             Some("Share") => drop(serde_json::from_value::<Share>(value).expect("Share")),
-            Some("LifecyclePolicy") => drop(serde_json::from_value::<LifecyclePolicy>(value).expect("LifecyclePolicy")),
+            Some("LifecyclePolicy") => {
+                drop(serde_json::from_value::<LifecyclePolicy>(value).expect("LifecyclePolicy"))
+            }
             other => panic!("{file}: unexpected kind {other:?}"),
         }
     }
@@ -51,14 +60,26 @@ fn storage_samples_parse_into_kubernetes_types_and_agree_on_names() {
     let pvc: PersistentVolumeClaim = serde_saphyr::from_str(&sample("pvc.yaml")).expect("PVC");
     let job: Job = serde_saphyr::from_str(&sample("render-job.yaml")).expect("Job");
     let ws: Workspace = serde_saphyr::from_str(&sample("workspace.yaml")).expect("Workspace");
-    let store_name = format!("{}.{}", ws.metadata.namespace.as_deref().unwrap_or_default(), ws.metadata.name.as_deref().unwrap_or_default());
+    let store_name = format!(
+        "{}.{}",
+        ws.metadata.namespace.as_deref().unwrap_or_default(),
+        ws.metadata.name.as_deref().unwrap_or_default()
+    );
     let params = sc.parameters.expect("StorageClass parameters");
     assert_eq!(params.get("workspace"), Some(&store_name));
     assert_eq!(pvc.spec.and_then(|s| s.storage_class_name), sc.metadata.name);
     let pod = job.spec.expect("job spec").template.spec.expect("pod spec");
-    let inline = pod.volumes.unwrap_or_default().into_iter().find_map(|v| v.csi).expect("an inline CSI volume");
+    let inline = pod
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|v| v.csi)
+        .expect("an inline CSI volume");
     assert_eq!(inline.driver, sc.provisioner);
-    assert_eq!(inline.volume_attributes.and_then(|a| a.get("workspace").cloned()), Some(store_name));
+    assert_eq!(
+        inline.volume_attributes.and_then(|a| a.get("workspace").cloned()),
+        Some(store_name)
+    );
 }
 
 fn workspace(spec: Value) -> Value {
@@ -79,50 +100,209 @@ fn policy(rules: Value) -> Value {
 #[test]
 fn malformed_specs_are_rejected_by_schema_or_cel() {
     let long = "a".repeat(254);
-    let share_ok = json!({"workspace": "ws", "subjects": [{"kind": "User", "name": "alice"}], "permission": "read"});
+    let share_ok =
+        json!({"workspace": "ws", "subjects": [{"kind": "User", "name": "alice"}], "permission": "read"});
     let corpus: Vec<(&str, Value, &str)> = vec![
-        ("kind has the wrong type", workspace(json!({"kind": 3})), "expected \"string\""),
-        ("unknown kind", workspace(json!({"kind": "scratch"})), "is not one of"),
-        ("unknown field", workspace(json!({"kind": "user", "colour": "red"})), "unknown field"),
-        ("block size as a string", workspace(json!({"blockSizeBytes": "4MiB"})), "expected \"integer\""),
-        ("block size too small", workspace(json!({"blockSizeBytes": 4096})), "less than the minimum"),
-        ("negative quota", workspace(json!({"quotaBytes": -1})), "less than the minimum"),
-        ("encryption without key", workspace(json!({"encryption": {"enabled": true}})), "needs keySecretRef"),
-        ("inline credentials", workspace(json!({"objectStore": {"bucket": "b-1", "accessKey": "AKIA"}})), "unknown field"),
-        ("endpoint not a URL", workspace(json!({"objectStore": {"bucket": "b-1", "endpoint": "s3.local"}})), "http(s) URL"),
-        ("secret name with a slash", workspace(json!({"encryption": {"enabled": true, "keySecretRef": {"name": "a/b", "key": "k"}}})), "Secret name"),
-        ("workspace name with a slash", named("Workspace", "a/b", json!({})), "DNS-1123"),
-        ("workspace name with NUL", named("Workspace", "a\u{0}b", json!({})), "DNS-1123"),
-        ("workspace name over 253 characters", named("Workspace", &long, json!({})), "DNS-1123"),
-        ("snapshot of a workspace with a slash", named("Snapshot", "s", json!({"workspace": "a/b"})), "workspace must name"),
-        ("snapshot workspace with NUL", named("Snapshot", "s", json!({"workspace": "a\u{0}b"})), "workspace must name"),
-        ("snapshot workspace over 253 characters", named("Snapshot", "s", json!({"workspace": long})), "more than 253"),
-        ("snapshot relative path", named("Snapshot", "s", json!({"workspace": "ws", "path": "comp"})), "absolute"),
-        ("snapshot path with dot-dot", named("Snapshot", "s", json!({"workspace": "ws", "path": "/a/../b"})), "absolute"),
-        ("snapshot without workspace", named("Snapshot", "s", json!({"path": "/"})), "required"),
-        ("snapshot name with a slash", named("Snapshot", "a/b", json!({"workspace": "ws"})), "DNS-1123"),
-        ("share without subjects", named("Share", "s", json!({"workspace": "ws", "subjects": [], "permission": "read"})), "fewer than 1"),
-        ("share with unknown permission", named("Share", "s", json!({"workspace": "ws", "subjects": [{"kind": "User", "name": "a"}], "permission": "owner"})), "is not one of"),
-        ("share subject of unknown kind", named("Share", "s", json!({"workspace": "ws", "subjects": [{"kind": "Robot", "name": "a"}], "permission": "read"})), "is not one of"),
-        ("namespaced user subject", named("Share", "s", json!({"workspace": "ws", "subjects": [{"kind": "User", "name": "a", "namespace": "x"}], "permission": "read"})), "only ServiceAccount"),
-        ("share expiry not a time", named("Share", "s", json!({"workspace": "ws", "subjects": [{"kind": "User", "name": "a"}], "permission": "read", "expiresAt": "tomorrow"})), "RFC 3339"),
-        ("share name with NUL", named("Share", "a\u{0}b", share_ok.clone()), "DNS-1123"),
-        ("negative retention", policy(json!({"purgeDeletedAfterDays": -7})), "less than the minimum"),
-        ("zero retention", policy(json!({"purgeDeletedAfterDays": 0})), "less than the minimum"),
-        ("retention as a string", policy(json!({"purgeDeletedAfterDays": "30d"})), "expected \"integer\""),
+        (
+            "kind has the wrong type",
+            workspace(json!({"kind": 3})),
+            "expected \"string\"",
+        ),
+        (
+            "unknown kind",
+            workspace(json!({"kind": "scratch"})),
+            "is not one of",
+        ),
+        (
+            "unknown field",
+            workspace(json!({"kind": "user", "colour": "red"})),
+            "unknown field",
+        ),
+        (
+            "block size as a string",
+            workspace(json!({"blockSizeBytes": "4MiB"})),
+            "expected \"integer\"",
+        ),
+        (
+            "block size too small",
+            workspace(json!({"blockSizeBytes": 4096})),
+            "less than the minimum",
+        ),
+        (
+            "negative quota",
+            workspace(json!({"quotaBytes": -1})),
+            "less than the minimum",
+        ),
+        (
+            "encryption without key",
+            workspace(json!({"encryption": {"enabled": true}})),
+            "needs keySecretRef",
+        ),
+        (
+            "inline credentials",
+            workspace(json!({"objectStore": {"bucket": "b-1", "accessKey": "AKIA"}})),
+            "unknown field",
+        ),
+        (
+            "endpoint not a URL",
+            workspace(json!({"objectStore": {"bucket": "b-1", "endpoint": "s3.local"}})),
+            "http(s) URL",
+        ),
+        (
+            "secret name with a slash",
+            workspace(json!({"encryption": {"enabled": true, "keySecretRef": {"name": "a/b", "key": "k"}}})),
+            "Secret name",
+        ),
+        (
+            "workspace name with a slash",
+            named("Workspace", "a/b", json!({})),
+            "DNS-1123",
+        ),
+        (
+            "workspace name with NUL",
+            named("Workspace", "a\u{0}b", json!({})),
+            "DNS-1123",
+        ),
+        (
+            "workspace name over 253 characters",
+            named("Workspace", &long, json!({})),
+            "DNS-1123",
+        ),
+        (
+            "snapshot of a workspace with a slash",
+            named("Snapshot", "s", json!({"workspace": "a/b"})),
+            "workspace must name",
+        ),
+        (
+            "snapshot workspace with NUL",
+            named("Snapshot", "s", json!({"workspace": "a\u{0}b"})),
+            "workspace must name",
+        ),
+        (
+            "snapshot workspace over 253 characters",
+            named("Snapshot", "s", json!({"workspace": long})),
+            "more than 253",
+        ),
+        (
+            "snapshot relative path",
+            named("Snapshot", "s", json!({"workspace": "ws", "path": "comp"})),
+            "absolute",
+        ),
+        (
+            "snapshot path with dot-dot",
+            named("Snapshot", "s", json!({"workspace": "ws", "path": "/a/../b"})),
+            "absolute",
+        ),
+        (
+            "snapshot without workspace",
+            named("Snapshot", "s", json!({"path": "/"})),
+            "required",
+        ),
+        (
+            "snapshot name with a slash",
+            named("Snapshot", "a/b", json!({"workspace": "ws"})),
+            "DNS-1123",
+        ),
+        (
+            "share without subjects",
+            named(
+                "Share",
+                "s",
+                json!({"workspace": "ws", "subjects": [], "permission": "read"}),
+            ),
+            "fewer than 1",
+        ),
+        (
+            "share with unknown permission",
+            named(
+                "Share",
+                "s",
+                json!({"workspace": "ws", "subjects": [{"kind": "User", "name": "a"}], "permission": "owner"}),
+            ),
+            "is not one of",
+        ),
+        (
+            "share subject of unknown kind",
+            named(
+                "Share",
+                "s",
+                json!({"workspace": "ws", "subjects": [{"kind": "Robot", "name": "a"}], "permission": "read"}),
+            ),
+            "is not one of",
+        ),
+        (
+            "namespaced user subject",
+            named(
+                "Share",
+                "s",
+                json!({"workspace": "ws", "subjects": [{"kind": "User", "name": "a", "namespace": "x"}], "permission": "read"}),
+            ),
+            "only ServiceAccount",
+        ),
+        (
+            "share expiry not a time",
+            named(
+                "Share",
+                "s",
+                json!({"workspace": "ws", "subjects": [{"kind": "User", "name": "a"}], "permission": "read", "expiresAt": "tomorrow"}),
+            ),
+            "RFC 3339",
+        ),
+        (
+            "share name with NUL",
+            named("Share", "a\u{0}b", share_ok.clone()),
+            "DNS-1123",
+        ),
+        (
+            "negative retention",
+            policy(json!({"purgeDeletedAfterDays": -7})),
+            "less than the minimum",
+        ),
+        (
+            "zero retention",
+            policy(json!({"purgeDeletedAfterDays": 0})),
+            "less than the minimum",
+        ),
+        (
+            "retention as a string",
+            policy(json!({"purgeDeletedAfterDays": "30d"})),
+            "expected \"integer\"",
+        ),
         ("policy without rules", policy(json!({})), "at least one rule"),
-        ("snapshot retention without limits", policy(json!({"snapshotRetention": {}})), "keepLast or maxAgeDays"),
-        ("negative keepLast", policy(json!({"snapshotRetention": {"keepLast": -1}})), "less than the minimum"),
-        ("relative expire path", policy(json!({"expire": {"paths": ["scratch"], "notAccessedForDays": 3}})), "absolute"),
-        ("lowercase storage class", policy(json!({"transition": {"storageClass": "glacier", "afterDays": 3}})), "storage class"),
-        ("zero deletes per second", json!({"apiVersion": "studiodrive.dev/v1alpha1", "kind": "LifecyclePolicy", "metadata": {"name": "p"},
-            "spec": {"rules": {"purgeDeletedAfterDays": 7}, "throttle": {"deletesPerSecond": 0}}}), "less than the minimum"),
+        (
+            "snapshot retention without limits",
+            policy(json!({"snapshotRetention": {}})),
+            "keepLast or maxAgeDays",
+        ),
+        (
+            "negative keepLast",
+            policy(json!({"snapshotRetention": {"keepLast": -1}})),
+            "less than the minimum",
+        ),
+        (
+            "relative expire path",
+            policy(json!({"expire": {"paths": ["scratch"], "notAccessedForDays": 3}})),
+            "absolute",
+        ),
+        (
+            "lowercase storage class",
+            policy(json!({"transition": {"storageClass": "glacier", "afterDays": 3}})),
+            "storage class",
+        ),
+        (
+            "zero deletes per second",
+            json!({"apiVersion": "studiodrive.dev/v1alpha1", "kind": "LifecyclePolicy", "metadata": {"name": "p"},
+            "spec": {"rules": {"purgeDeletedAfterDays": 7}, "throttle": {"deletesPerSecond": 0}}}),
+            "less than the minimum",
+        ),
     ];
     let mut accepted = Vec::new();
     for (what, value, expected) in &corpus {
         let found = problems(value, None);
         if !found.iter().any(|p| p.contains(expected)) {
-            accepted.push(format!("{what}: expected a problem containing {expected:?}, got {found:?}"));
+            accepted.push(format!(
+                "{what}: expected a problem containing {expected:?}, got {found:?}"
+            ));
         }
     }
     assert!(accepted.is_empty(), "{accepted:#?}");
@@ -130,8 +310,10 @@ fn malformed_specs_are_rejected_by_schema_or_cel() {
 
 #[test]
 fn edits_of_immutable_fields_are_rejected_and_mutable_edits_pass() {
-    let base = workspace(json!({"kind": "team", "blockSizeBytes": 8388608, "quotaBytes": 100,
-        "objectStore": {"bucket": "b-1"}}));
+    let base = workspace(
+        json!({"kind": "team", "blockSizeBytes": 8388608, "quotaBytes": 100,
+        "objectStore": {"bucket": "b-1"}}),
+    );
     let edit = |path: &[&str], v: Value| {
         let mut new = base.clone();
         let mut node = &mut new["spec"];
@@ -143,30 +325,64 @@ fn edits_of_immutable_fields_are_rejected_and_mutable_edits_pass() {
     };
     let forbidden: Vec<(Value, &str)> = vec![
         (edit(&["kind"], json!("project")), "kind is immutable"),
-        (edit(&["blockSizeBytes"], json!(4194304)), "blockSizeBytes is immutable"),
-        (edit(&["objectStore", "bucket"], json!("b-2")), "objectStore is immutable"),
-        (edit(&["encryption"], json!({"enabled": true, "keySecretRef": {"name": "k", "key": "kek"}})), "encryption cannot be turned on"),
+        (
+            edit(&["blockSizeBytes"], json!(4194304)),
+            "blockSizeBytes is immutable",
+        ),
+        (
+            edit(&["objectStore", "bucket"], json!("b-2")),
+            "objectStore is immutable",
+        ),
+        (
+            edit(
+                &["encryption"],
+                json!({"enabled": true, "keySecretRef": {"name": "k", "key": "kek"}}),
+            ),
+            "encryption cannot be turned on",
+        ),
     ];
     for (new, expected) in &forbidden {
         let found = problems(new, Some(&base));
-        assert!(found.iter().any(|p| p.contains(expected)), "expected {expected:?}, got {found:?}");
+        assert!(
+            found.iter().any(|p| p.contains(expected)),
+            "expected {expected:?}, got {found:?}"
+        );
     }
     let allowed = edit(&["quotaBytes"], json!(200));
     assert_eq!(problems(&allowed, Some(&base)), Vec::<String>::new());
     let removed_store = {
         let mut v = base.clone();
-        v["spec"].as_object_mut().expect("spec object").remove("objectStore");
+        v["spec"]
+            .as_object_mut()
+            .expect("spec object")
+            .remove("objectStore");
         v
     };
-    assert!(problems(&removed_store, Some(&base)).iter().any(|p| p.contains("cannot be added or removed")));
+    assert!(
+        problems(&removed_store, Some(&base))
+            .iter()
+            .any(|p| p.contains("cannot be added or removed"))
+    );
 
     let snap = named("Snapshot", "s", json!({"workspace": "ws", "path": "/a"}));
     let moved = named("Snapshot", "s", json!({"workspace": "ws", "path": "/b"}));
-    assert!(problems(&moved, Some(&snap)).iter().any(|p| p.contains("spec is immutable")));
-    let share = named("Share", "s", json!({"workspace": "ws", "subjects": [{"kind": "User", "name": "a"}], "permission": "read"}));
+    assert!(
+        problems(&moved, Some(&snap))
+            .iter()
+            .any(|p| p.contains("spec is immutable"))
+    );
+    let share = named(
+        "Share",
+        "s",
+        json!({"workspace": "ws", "subjects": [{"kind": "User", "name": "a"}], "permission": "read"}),
+    );
     let mut reshared = share.clone();
     reshared["spec"]["workspace"] = json!("other");
-    assert!(problems(&reshared, Some(&share)).iter().any(|p| p.contains("workspace is immutable")));
+    assert!(
+        problems(&reshared, Some(&share))
+            .iter()
+            .any(|p| p.contains("workspace is immutable"))
+    );
     let mut upgraded = share.clone();
     upgraded["spec"]["permission"] = json!("write");
     assert_eq!(problems(&upgraded, Some(&share)), Vec::<String>::new());

@@ -51,12 +51,22 @@ pub struct Desired {
 impl Desired {
     /// A condition of `type_` that holds (`True`).
     pub fn yes(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Desired {
-        Desired { type_, status: true, reason, message: message.into() }
+        Desired {
+            type_,
+            status: true,
+            reason,
+            message: message.into(),
+        }
     }
 
     /// A condition of `type_` that does not hold (`False`).
     pub fn no(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Desired {
-        Desired { type_, status: false, reason, message: message.into() }
+        Desired {
+            type_,
+            status: false,
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -110,8 +120,18 @@ mod tests {
 
     #[test]
     fn transition_time_moves_only_when_status_flips() {
-        let first = merge(&[], &[Desired::no(READY, reason::CREATING, "creating")], 1, at(10));
-        let same = merge(&first, &[Desired::no(READY, reason::STORE_UNAVAILABLE, "down")], 2, at(20));
+        let first = merge(
+            &[],
+            &[Desired::no(READY, reason::CREATING, "creating")],
+            1,
+            at(10),
+        );
+        let same = merge(
+            &first,
+            &[Desired::no(READY, reason::STORE_UNAVAILABLE, "down")],
+            2,
+            at(20),
+        );
         assert_eq!(same[0].last_transition_time, Time(at(10)));
         assert_eq!(same[0].reason, "StoreUnavailable");
         assert_eq!(same[0].observed_generation, Some(2));
@@ -124,11 +144,17 @@ mod tests {
     fn merge_is_sorted_and_drops_undesired_types() {
         let before = merge(
             &[],
-            &[Desired::yes(READY, reason::RECONCILED, ""), Desired::yes(DEGRADED, reason::STORE_ERROR, "")],
+            &[
+                Desired::yes(READY, reason::RECONCILED, ""),
+                Desired::yes(DEGRADED, reason::STORE_ERROR, ""),
+            ],
             1,
             at(1),
         );
-        assert_eq!(before.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(), ["Degraded", "Ready"]);
+        assert_eq!(
+            before.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(),
+            ["Degraded", "Ready"]
+        );
         let after = merge(&before, &[Desired::yes(READY, reason::RECONCILED, "")], 1, at(2));
         assert_eq!(after.len(), 1);
         assert!(is_true(&after, READY));

@@ -31,8 +31,13 @@ use super::WorkspaceKind;
     printcolumn(name = "Last run", type_ = "date", json_path = ".status.lastRun.startTime"),
     printcolumn(name = "Result", type_ = "string", json_path = ".status.lastRun.result"),
     printcolumn(name = "Next run", type_ = "date", json_path = ".status.nextRun"),
-    printcolumn(name = "Freed", type_ = "integer", json_path = ".status.lastResult.bytesFreed", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Freed",
+        type_ = "integer",
+        json_path = ".status.lastResult.bytesFreed",
+        priority = 1
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("has(self.rules.purgeDeletedAfterDays) || has(self.rules.expire) || has(self.rules.transition) || has(self.rules.snapshotRetention)").message("a policy needs at least one rule"))]
 #[serde(rename_all = "camelCase")]

@@ -38,7 +38,12 @@ pub const WORKSPACE_LABEL: &str = "studiodrive.dev/workspace";
 
 /// Every CRD of the API, in install order (Workspace first: the others reference it).
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![Workspace::crd(), Snapshot::crd(), Share::crd(), LifecyclePolicy::crd()]
+    vec![
+        Workspace::crd(),
+        Snapshot::crd(),
+        Share::crd(),
+        LifecyclePolicy::crd(),
+    ]
 }
 
 /// Errors while rendering CRDs.

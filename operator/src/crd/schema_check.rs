@@ -51,10 +51,14 @@ fn walk_structural(node: &Value, path: &str, out: &mut Vec<String>) {
         out.push(format!("{path}: no type"));
     }
     if obj.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(false)) {
-        out.push(format!("{path}: x-kubernetes-preserve-unknown-fields must be true or absent"));
+        out.push(format!(
+            "{path}: x-kubernetes-preserve-unknown-fields must be true or absent"
+        ));
     }
     if obj.contains_key("properties") && obj.contains_key("additionalProperties") {
-        out.push(format!("{path}: properties and additionalProperties are mutually exclusive"));
+        out.push(format!(
+            "{path}: properties and additionalProperties are mutually exclusive"
+        ));
     }
     if obj.get("additionalProperties") == Some(&Value::Bool(false)) {
         out.push(format!("{path}: additionalProperties: false is not allowed"));
@@ -95,7 +99,12 @@ fn check_junctor_branch(node: &Value, path: &str, out: &mut Vec<String>) {
             out.push(format!("{path}: `{key}` is not allowed inside a logical junctor"));
         }
     }
-    for sub in obj.get("properties").and_then(Value::as_object).into_iter().flat_map(Map::values) {
+    for sub in obj
+        .get("properties")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flat_map(Map::values)
+    {
         check_junctor_branch(sub, path, out);
     }
 }
@@ -137,7 +146,10 @@ fn check_value(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>)
     if let Some(allowed) = s.get("enum").and_then(Value::as_array)
         && !allowed.contains(value)
     {
-        out.push(format!("{path}: {value} is not one of {}", Value::Array(allowed.clone())));
+        out.push(format!(
+            "{path}: {value} is not one of {}",
+            Value::Array(allowed.clone())
+        ));
     }
     match value {
         Value::Object(map) => check_object(s, map, path, out),
@@ -150,7 +162,15 @@ fn check_value(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>)
             }
         }
         Value::String(text) => {
-            check_count(s, "minLength", "maxLength", text.chars().count(), "characters", path, out);
+            check_count(
+                s,
+                "minLength",
+                "maxLength",
+                text.chars().count(),
+                "characters",
+                path,
+                out,
+            );
             if s.get("format").and_then(Value::as_str) == Some("date-time")
                 && text.parse::<jiff::Timestamp>().is_err()
             {
@@ -260,7 +280,12 @@ pub fn validate_resource(
     if problems.is_empty()
         && let Err(errors) = kube::core::cel::Validator::new().validate(&schema, object, old)
     {
-        problems.extend(errors.into_vec().into_iter().map(|e| format!("{}: {}", e.field_path, e.message)));
+        problems.extend(
+            errors
+                .into_vec()
+                .into_iter()
+                .map(|e| format!("{}: {}", e.field_path, e.message)),
+        );
     }
     problems
 }

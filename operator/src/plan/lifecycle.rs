@@ -50,7 +50,11 @@ pub struct Observed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// Create the GC Job for a pass.
-    StartPass { pass_id: String, job_name: String, scheduled: Timestamp },
+    StartPass {
+        pass_id: String,
+        job_name: String,
+        scheduled: Timestamp,
+    },
 }
 
 /// Parses a five-field cron expression (minute hour day-of-month month day-of-week), UTC.
@@ -109,10 +113,20 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
             let status = LifecyclePolicyStatus {
                 observed_generation: Some(input.generation),
                 next_run: None,
-                conditions: conditions::merge(&previous.conditions, &invalid_spec_conditions(&err), input.generation, now),
+                conditions: conditions::merge(
+                    &previous.conditions,
+                    &invalid_spec_conditions(&err),
+                    input.generation,
+                    now,
+                ),
                 ..previous.clone()
             };
-            return Plan { ops: Vec::new(), status, events: invalid_spec_event(&previous.conditions, &err), requeue: None };
+            return Plan {
+                ops: Vec::new(),
+                status,
+                events: invalid_spec_event(&previous.conditions, &err),
+                requeue: None,
+            };
         }
     };
     let mut events = Vec::new();
@@ -122,12 +136,20 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
             Some(job) if job.succeeded => {
                 run.result = PassResult::Succeeded;
                 run.completion_time = Some(Time(job.completion_time.unwrap_or(now)));
-                events.push(EventNote::normal("PassSucceeded", "Observe", format!("GC pass {} succeeded", run.pass_id)));
+                events.push(EventNote::normal(
+                    "PassSucceeded",
+                    "Observe",
+                    format!("GC pass {} succeeded", run.pass_id),
+                ));
             }
             Some(job) if job.failed => {
                 run.result = PassResult::Failed;
                 run.completion_time = Some(Time(job.completion_time.unwrap_or(now)));
-                events.push(EventNote::warning(reason::PASS_FAILED, "Observe", format!("GC pass {} failed", run.pass_id)));
+                events.push(EventNote::warning(
+                    reason::PASS_FAILED,
+                    "Observe",
+                    format!("GC pass {} failed", run.pass_id),
+                ));
             }
             Some(_) => {}
             None => {
@@ -156,17 +178,33 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
             completion_time: None,
             result: PassResult::Running,
         };
-        ops.push(Op::StartPass { pass_id: run.pass_id.clone(), job_name: run.job_name.clone(), scheduled });
-        events.push(EventNote::normal("PassStarted", "StartPass", format!("started GC pass {}", run.pass_id)));
+        ops.push(Op::StartPass {
+            pass_id: run.pass_id.clone(),
+            job_name: run.job_name.clone(),
+            scheduled,
+        });
+        events.push(EventNote::normal(
+            "PassStarted",
+            "StartPass",
+            format!("started GC pass {}", run.pass_id),
+        ));
         last = Some(run);
     }
     let running = last.as_ref().is_some_and(|r| r.result == PassResult::Running);
     let after = last.as_ref().map_or(now, |r| r.scheduled_time.0.max(now));
-    let next = if input.spec.suspend { None } else { next_run(&cron, after).ok() };
+    let next = if input.spec.suspend {
+        None
+    } else {
+        next_run(&cron, after).ok()
+    };
     let mut desired = Vec::new();
     let failed = last.as_ref().is_some_and(|r| r.result == PassResult::Failed);
     match (&last, running) {
-        (Some(run), true) => desired.push(Desired::yes(conditions::READY, reason::PASS_RUNNING, format!("GC pass {} is running", run.pass_id))),
+        (Some(run), true) => desired.push(Desired::yes(
+            conditions::READY,
+            reason::PASS_RUNNING,
+            format!("GC pass {} is running", run.pass_id),
+        )),
         _ => {
             let message = match (input.spec.suspend, next) {
                 (true, _) => "suspended: no new passes are scheduled".to_string(),
@@ -177,12 +215,17 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
         }
     }
     if failed {
-        desired.push(Desired::yes(conditions::DEGRADED, reason::PASS_FAILED, "the last GC pass failed; see the Job's logs"));
+        desired.push(Desired::yes(
+            conditions::DEGRADED,
+            reason::PASS_FAILED,
+            "the last GC pass failed; see the Job's logs",
+        ));
     }
     let requeue = if running {
         RUNNING_POLL
     } else {
-        next.and_then(|t| Duration::try_from(t.duration_since(now)).ok()).map_or(RESYNC, |d| d.min(RESYNC))
+        next.and_then(|t| Duration::try_from(t.duration_since(now)).ok())
+            .map_or(RESYNC, |d| d.min(RESYNC))
     };
     let status = LifecyclePolicyStatus {
         observed_generation: Some(input.generation),
@@ -191,5 +234,10 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
         last_result: previous.last_result,
         conditions: conditions::merge(&previous.conditions, &desired, input.generation, now),
     };
-    Plan { ops, status, events, requeue: Some(requeue) }
+    Plan {
+        ops,
+        status,
+        events,
+        requeue: Some(requeue),
+    }
 }

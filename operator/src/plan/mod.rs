@@ -33,11 +33,21 @@ pub struct EventNote {
 
 impl EventNote {
     pub fn normal(reason: &'static str, action: &'static str, note: impl Into<String>) -> EventNote {
-        EventNote { warning: false, reason, action, note: note.into() }
+        EventNote {
+            warning: false,
+            reason,
+            action,
+            note: note.into(),
+        }
     }
 
     pub fn warning(reason: &'static str, action: &'static str, note: impl Into<String>) -> EventNote {
-        EventNote { warning: true, reason, action, note: note.into() }
+        EventNote {
+            warning: true,
+            reason,
+            action,
+            note: note.into(),
+        }
     }
 }
 
@@ -66,13 +76,21 @@ pub(crate) fn invalid_spec_event(previous: &[Condition], err: &SpecError) -> Vec
     if previous_ready_reason(previous) == Some(conditions::reason::INVALID_SPEC) {
         Vec::new()
     } else {
-        vec![EventNote::warning(conditions::reason::INVALID_SPEC, "Validate", err.0.clone())]
+        vec![EventNote::warning(
+            conditions::reason::INVALID_SPEC,
+            "Validate",
+            err.0.clone(),
+        )]
     }
 }
 
 /// The conditions of an invalid spec.
 pub(crate) fn invalid_spec_conditions(err: &SpecError) -> Vec<Desired> {
-    vec![Desired::no(conditions::READY, conditions::reason::INVALID_SPEC, err.0.clone())]
+    vec![Desired::no(
+        conditions::READY,
+        conditions::reason::INVALID_SPEC,
+        err.0.clone(),
+    )]
 }
 
 /// Validates an absolute path inside a workspace the way the store will: components are
@@ -84,7 +102,9 @@ pub fn canonical_path(path: &str) -> Result<String, SpecError> {
     let mut parts = Vec::new();
     for part in path.split('/').filter(|p| !p.is_empty()) {
         if part == "." || part == ".." || part.contains('\0') || part.len() > drive::model::NAME_MAX {
-            return Err(SpecError(format!("path {path:?} has an invalid component {part:?}")));
+            return Err(SpecError(format!(
+                "path {path:?} has an invalid component {part:?}"
+            )));
         }
         parts.push(part);
     }

@@ -53,7 +53,11 @@ pub fn desired_grant(input: &Input<'_>) -> Result<(String, ShareGrant), SpecErro
         }
         subjects.push(match s.kind {
             SubjectKind::ServiceAccount => {
-                format!("ServiceAccount:{}/{}", s.namespace.as_deref().unwrap_or(input.namespace), s.name)
+                format!(
+                    "ServiceAccount:{}/{}",
+                    s.namespace.as_deref().unwrap_or(input.namespace),
+                    s.name
+                )
             }
             SubjectKind::User => format!("User:{}", s.name),
             SubjectKind::Group => format!("Group:{}", s.name),
@@ -97,17 +101,33 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
     if let Some(expiry) = grant.expires_at
         && expiry <= now
     {
-        let desired = [Desired::no(conditions::READY, reason::EXPIRED, format!("the grant expired at {expiry}"))];
+        let desired = [Desired::no(
+            conditions::READY,
+            reason::EXPIRED,
+            format!("the grant expired at {expiry}"),
+        )];
         let ops = match &observed.grant {
-            Some(_) => vec![Op::Revoke { workspace, name: grant.name.clone() }],
+            Some(_) => vec![Op::Revoke {
+                workspace,
+                name: grant.name.clone(),
+            }],
             None => Vec::new(),
         };
         let events = if previous_ready_reason(previous) == Some(reason::EXPIRED) {
             Vec::new()
         } else {
-            vec![EventNote::normal(reason::EXPIRED, "Revoke", format!("revoked: the grant expired at {expiry}"))]
+            vec![EventNote::normal(
+                reason::EXPIRED,
+                "Revoke",
+                format!("revoked: the grant expired at {expiry}"),
+            )]
         };
-        return Plan { ops, status: status_from(input, true, &desired, now), events, requeue: None };
+        return Plan {
+            ops,
+            status: status_from(input, true, &desired, now),
+            events,
+            requeue: None,
+        };
     }
     if observed.workspace.is_none() {
         let desired = [Desired::no(
@@ -128,7 +148,11 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
         .and_then(|t| Duration::try_from(t.duration_since(now)).ok())
         .map_or(RESYNC, |d| d.min(RESYNC));
     if observed.grant.as_ref() != Some(&grant) {
-        let desired = [Desired::no(conditions::READY, reason::CREATING, "recording the grant")];
+        let desired = [Desired::no(
+            conditions::READY,
+            reason::CREATING,
+            "recording the grant",
+        )];
         let note = format!(
             "granted {} on {workspace}:{} to {}",
             permission_word(&grant),
@@ -142,8 +166,17 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
             requeue: Some(Duration::ZERO),
         };
     }
-    let desired = [Desired::yes(conditions::READY, reason::RECONCILED, "the grant is recorded")];
-    Plan { ops: Vec::new(), status: status_from(input, false, &desired, now), events: Vec::new(), requeue: Some(requeue) }
+    let desired = [Desired::yes(
+        conditions::READY,
+        reason::RECONCILED,
+        "the grant is recorded",
+    )];
+    Plan {
+        ops: Vec::new(),
+        status: status_from(input, false, &desired, now),
+        events: Vec::new(),
+        requeue: Some(requeue),
+    }
 }
 
 fn permission_word(grant: &ShareGrant) -> &'static str {
@@ -157,7 +190,10 @@ fn permission_word(grant: &ShareGrant) -> &'static str {
 /// Plans cleanup of a Share being deleted: revoke its grant when the store has it.
 pub fn plan_cleanup(input: &Input<'_>, observed: &Observed) -> Vec<Op> {
     match (desired_grant(input), &observed.grant) {
-        (Ok((workspace, grant)), Some(_)) => vec![Op::Revoke { workspace, name: grant.name }],
+        (Ok((workspace, grant)), Some(_)) => vec![Op::Revoke {
+            workspace,
+            name: grant.name,
+        }],
         _ => Vec::new(),
     }
 }

@@ -10,8 +10,8 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::{
-    EventNote, Plan, SpecError, WAIT_FOR_DEPENDENCY, canonical_path, invalid_spec_conditions, invalid_spec_event,
-    store_name,
+    EventNote, Plan, SpecError, WAIT_FOR_DEPENDENCY, canonical_path, invalid_spec_conditions,
+    invalid_spec_event, store_name,
 };
 use crate::crd::conditions::{self, Desired, reason};
 use crate::crd::{SnapshotSpec, SnapshotStatus};
@@ -44,8 +44,15 @@ pub struct Observed {
 /// A store operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    Create { workspace: String, name: String, path: String },
-    Delete { workspace: String, name: String },
+    Create {
+        workspace: String,
+        name: String,
+        path: String,
+    },
+    Delete {
+        workspace: String,
+        name: String,
+    },
 }
 
 /// Store names (workspace, snapshot) and the canonical path of a Snapshot resource.
@@ -56,7 +63,12 @@ pub fn targets(input: &Input<'_>) -> Result<(String, String, String), SpecError>
     Ok((workspace, input.name.to_string(), path))
 }
 
-fn status_from(input: &Input<'_>, snap: Option<&SnapshotRecord>, desired: &[Desired], now: Timestamp) -> SnapshotStatus {
+fn status_from(
+    input: &Input<'_>,
+    snap: Option<&SnapshotRecord>,
+    desired: &[Desired],
+    now: Timestamp,
+) -> SnapshotStatus {
     let previous = input.status.map(|s| s.conditions.as_slice()).unwrap_or_default();
     // Keep what was learnt about a snapshot even when it is now lost or the spec is bad.
     let kept = input.status.cloned().unwrap_or_default();
@@ -99,11 +111,18 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
     }
     match &observed.snapshot {
         Some(snap) if snap.path != path => invalid(
-            SpecError(format!("the stored snapshot is of {}, the spec says {path}; path is immutable", snap.path)),
+            SpecError(format!(
+                "the stored snapshot is of {}, the spec says {path}; path is immutable",
+                snap.path
+            )),
             Some(snap),
         ),
         Some(snap) => {
-            let desired = [Desired::yes(conditions::READY, reason::RECONCILED, "snapshot is ready to use")];
+            let desired = [Desired::yes(
+                conditions::READY,
+                reason::RECONCILED,
+                "snapshot is ready to use",
+            )];
             Plan {
                 ops: Vec::new(),
                 status: status_from(input, Some(snap), &desired, now),
@@ -119,13 +138,26 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
             } else {
                 vec![EventNote::warning(SNAPSHOT_LOST, "Observe", message)]
             };
-            Plan { ops: Vec::new(), status: status_from(input, None, &desired, now), events, requeue: Some(SNAPSHOT_RESYNC) }
+            Plan {
+                ops: Vec::new(),
+                status: status_from(input, None, &desired, now),
+                events,
+                requeue: Some(SNAPSHOT_RESYNC),
+            }
         }
         None => {
-            let desired = [Desired::no(conditions::READY, reason::CREATING, format!("taking snapshot of {workspace}:{path}"))];
+            let desired = [Desired::no(
+                conditions::READY,
+                reason::CREATING,
+                format!("taking snapshot of {workspace}:{path}"),
+            )];
             let note = format!("took snapshot {name} of {workspace}:{path}");
             Plan {
-                ops: vec![Op::Create { workspace, name, path }],
+                ops: vec![Op::Create {
+                    workspace,
+                    name,
+                    path,
+                }],
                 status: status_from(input, None, &desired, now),
                 events: vec![EventNote::normal("Created", "Create", note)],
                 requeue: Some(Duration::ZERO),

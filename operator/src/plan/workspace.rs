@@ -39,7 +39,9 @@ pub enum Op {
 /// The store name of a Workspace: `<namespace>.<name>`.
 pub fn workspace_store_name(namespace: &str, name: &str) -> Result<String, SpecError> {
     if namespace.is_empty() || namespace.contains('.') {
-        return Err(SpecError(format!("namespace {namespace:?} cannot prefix a store name")));
+        return Err(SpecError(format!(
+            "namespace {namespace:?} cannot prefix a store name"
+        )));
     }
     let full = format!("{namespace}.{name}");
     store_name(&full)?;
@@ -56,7 +58,12 @@ fn validate(input: &Input<'_>) -> Result<NewWorkspace, SpecError> {
         )));
     }
     let encrypted = spec.encryption.as_ref().is_some_and(|e| e.enabled);
-    if encrypted && spec.encryption.as_ref().is_some_and(|e| e.key_secret_ref.is_none()) {
+    if encrypted
+        && spec
+            .encryption
+            .as_ref()
+            .is_some_and(|e| e.key_secret_ref.is_none())
+    {
         return Err(SpecError("encryption.enabled needs keySecretRef".into()));
     }
     if spec.quota_bytes == Some(0) {
@@ -79,13 +86,22 @@ fn validate(input: &Input<'_>) -> Result<NewWorkspace, SpecError> {
 fn immutable_drift(want: &NewWorkspace, have: &WorkspaceRecord) -> Option<SpecError> {
     let mut diffs = Vec::new();
     if want.kind != have.kind {
-        diffs.push(format!("kind is {:?} in the store, {:?} in the spec", have.kind, want.kind));
+        diffs.push(format!(
+            "kind is {:?} in the store, {:?} in the spec",
+            have.kind, want.kind
+        ));
     }
     if want.block_size != have.block_size {
-        diffs.push(format!("blockSizeBytes is {} in the store, {} in the spec", have.block_size, want.block_size));
+        diffs.push(format!(
+            "blockSizeBytes is {} in the store, {} in the spec",
+            have.block_size, want.block_size
+        ));
     }
     if want.encrypted != have.encrypted {
-        diffs.push(format!("encryption is {} in the store", if have.encrypted { "on" } else { "off" }));
+        diffs.push(format!(
+            "encryption is {} in the store",
+            if have.encrypted { "on" } else { "off" }
+        ));
     }
     (!diffs.is_empty()).then(|| SpecError(format!("immutable fields differ: {}", diffs.join("; "))))
 }
@@ -102,7 +118,11 @@ fn status(
         observed_generation: Some(input.generation),
         workspace_id: record.map(|r| r.id.clone()),
         workspace_name: record.map(|r| r.name.clone()),
-        usage: usage.map(|u| WorkspaceUsage { files: u.files, directories: u.directories, bytes: u.bytes }),
+        usage: usage.map(|u| WorkspaceUsage {
+            files: u.files,
+            directories: u.directories,
+            bytes: u.bytes,
+        }),
         conditions: conditions::merge(previous, desired, input.generation, now),
     }
 }
@@ -115,7 +135,13 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
         Err(err) => {
             return Plan {
                 ops: Vec::new(),
-                status: status(input, observed.record.as_ref(), observed.usage, &invalid_spec_conditions(&err), now),
+                status: status(
+                    input,
+                    observed.record.as_ref(),
+                    observed.usage,
+                    &invalid_spec_conditions(&err),
+                    now,
+                ),
                 events: invalid_spec_event(previous, &err),
                 requeue: None,
             };
@@ -123,8 +149,16 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
     };
     let Some(have) = &observed.record else {
         let desired = [
-            Desired::no(conditions::READY, reason::CREATING, format!("creating workspace {}", want.name)),
-            Desired::yes(conditions::PROGRESSING, reason::CREATING, "creating the workspace in the metadata store"),
+            Desired::no(
+                conditions::READY,
+                reason::CREATING,
+                format!("creating workspace {}", want.name),
+            ),
+            Desired::yes(
+                conditions::PROGRESSING,
+                reason::CREATING,
+                "creating the workspace in the metadata store",
+            ),
         ];
         let note = format!("created workspace {} in the metadata store", want.name);
         return Plan {
@@ -137,7 +171,13 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
     if let Some(err) = immutable_drift(&want, have) {
         return Plan {
             ops: Vec::new(),
-            status: status(input, Some(have), observed.usage, &invalid_spec_conditions(&err), now),
+            status: status(
+                input,
+                Some(have),
+                observed.usage,
+                &invalid_spec_conditions(&err),
+                now,
+            ),
             events: invalid_spec_event(previous, &err),
             requeue: None,
         };
@@ -148,13 +188,28 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
     };
     if change != WorkspaceChange::default() {
         let desired = [
-            Desired::yes(conditions::READY, reason::RECONCILED, "workspace exists; applying changes"),
-            Desired::yes(conditions::PROGRESSING, reason::RECONCILED, "updating quota or owners"),
+            Desired::yes(
+                conditions::READY,
+                reason::RECONCILED,
+                "workspace exists; applying changes",
+            ),
+            Desired::yes(
+                conditions::PROGRESSING,
+                reason::RECONCILED,
+                "updating quota or owners",
+            ),
         ];
         return Plan {
-            ops: vec![Op::Update { name: want.name.clone(), change }],
+            ops: vec![Op::Update {
+                name: want.name.clone(),
+                change,
+            }],
             status: status(input, Some(have), observed.usage, &desired, now),
-            events: vec![EventNote::normal("Updated", "Update", format!("updated workspace {}", want.name))],
+            events: vec![EventNote::normal(
+                "Updated",
+                "Update",
+                format!("updated workspace {}", want.name),
+            )],
             requeue: Some(std::time::Duration::ZERO),
         };
     }
@@ -165,7 +220,11 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
     let desired = [Desired::yes(conditions::READY, reason::RECONCILED, message)];
     let mut events = Vec::new();
     if previous_ready_reason(previous) != Some(reason::RECONCILED) && !previous.is_empty() {
-        events.push(EventNote::normal(reason::RECONCILED, "Reconcile", format!("workspace {} is ready", want.name)));
+        events.push(EventNote::normal(
+            reason::RECONCILED,
+            "Reconcile",
+            format!("workspace {} is ready", want.name),
+        ));
     }
     Plan {
         ops: Vec::new(),
@@ -179,7 +238,9 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
 /// `Retain` or when the store has no such workspace.
 pub fn plan_cleanup(input: &Input<'_>, observed: &Observed) -> Vec<Op> {
     match (&observed.record, input.spec.deletion_policy) {
-        (Some(record), DeletionPolicy::Delete) => vec![Op::Delete { name: record.name.clone() }],
+        (Some(record), DeletionPolicy::Delete) => vec![Op::Delete {
+            name: record.name.clone(),
+        }],
         _ => Vec::new(),
     }
 }

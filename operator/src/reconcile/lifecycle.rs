@@ -34,11 +34,18 @@ pub fn observe_job(job: &Job) -> JobObservation {
 
 /// The controller's reconcile function for LifecyclePolicies.
 #[instrument(skip_all, name = "reconcile.lifecyclepolicy", fields(object = %policy.name_any()))]
-pub async fn reconcile<S: StudioStore>(policy: Arc<LifecyclePolicy>, ctx: Arc<Context<S>>) -> Result<Action, ReconcileError> {
+pub async fn reconcile<S: StudioStore>(
+    policy: Arc<LifecyclePolicy>,
+    ctx: Arc<Context<S>>,
+) -> Result<Action, ReconcileError> {
     let now = (ctx.clock)();
     let api: Api<LifecyclePolicy> = Api::all(ctx.client.clone());
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ctx.gc.namespace);
-    let name = policy.metadata.name.as_deref().ok_or(ReconcileError::MissingField("name"))?;
+    let name = policy
+        .metadata
+        .name
+        .as_deref()
+        .ok_or(ReconcileError::MissingField("name"))?;
     let input = Input {
         name,
         generation: policy.metadata.generation.unwrap_or_default(),
@@ -52,9 +59,16 @@ pub async fn reconcile<S: StudioStore>(policy: Arc<LifecyclePolicy>, ctx: Arc<Co
     };
     let p = plan(&input, &Observed { job }, now);
     for op in &p.ops {
-        let Op::StartPass { pass_id, job_name, .. } = op;
+        let Op::StartPass {
+            pass_id, job_name, ..
+        } = op;
         let job = build_job(&policy, pass_id, job_name, &ctx.gc);
-        jobs.patch(job_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&job)).await?;
+        jobs.patch(
+            job_name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&job),
+        )
+        .await?;
     }
     patch_status_if_changed(&api, policy.as_ref(), policy.status.as_ref(), &p.status).await?;
     publish(&ctx.recorder, policy.as_ref(), &p.events).await;

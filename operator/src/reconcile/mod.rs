@@ -86,11 +86,20 @@ impl ReconcileError {
 /// The Ready condition for a store failure.
 pub fn failure_conditions(e: &StoreError) -> Vec<Desired> {
     let (why, message) = if e.kind == StoreErrorKind::Unavailable {
-        (reason::STORE_UNAVAILABLE, format!("the metadata store is unavailable; retrying with backoff: {e}"))
+        (
+            reason::STORE_UNAVAILABLE,
+            format!("the metadata store is unavailable; retrying with backoff: {e}"),
+        )
     } else {
-        (reason::STORE_ERROR, format!("the metadata store refused the operation: {e}"))
+        (
+            reason::STORE_ERROR,
+            format!("the metadata store refused the operation: {e}"),
+        )
     };
-    vec![Desired::no(conditions::READY, why, message.clone()), Desired::yes(conditions::DEGRADED, why, message)]
+    vec![
+        Desired::no(conditions::READY, why, message.clone()),
+        Desired::yes(conditions::DEGRADED, why, message),
+    ]
 }
 
 /// Per-object exponential backoff for failed reconciles: 5 s, 10 s, 20 s ... capped at 5 min,
@@ -110,7 +119,10 @@ impl Backoff {
 
     /// Records a failure of `key` and returns how long to wait.
     pub fn fail(&self, key: &str) -> Duration {
-        let mut map = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = map.entry(key.to_string()).or_insert(0);
         *n = n.saturating_add(1);
         Backoff::delay(*n)
@@ -118,13 +130,20 @@ impl Backoff {
 
     /// Forgets the failures of `key`.
     pub fn succeed(&self, key: &str) {
-        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(key);
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
     }
 }
 
 /// The backoff key of an object.
 pub(crate) fn object_key<K: Resource>(obj: &K) -> String {
-    format!("{}/{}", obj.meta().namespace.as_deref().unwrap_or(""), obj.meta().name.as_deref().unwrap_or(""))
+    format!(
+        "{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or(""),
+        obj.meta().name.as_deref().unwrap_or("")
+    )
 }
 
 /// Patches the status subresource with server-side apply, only when it differs from what the
@@ -148,16 +167,25 @@ where
         "status": desired,
     });
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch_status(&obj.name_any(), &params, &Patch::Apply(&body)).await?;
+    api.patch_status(&obj.name_any(), &params, &Patch::Apply(&body))
+        .await?;
     Ok(true)
 }
 
 /// Publishes the plan's events. Event failures are logged, not fatal: an event is advisory.
-pub(crate) async fn publish<K: Resource<DynamicType = ()>>(recorder: &Recorder, obj: &K, notes: &[EventNote]) {
+pub(crate) async fn publish<K: Resource<DynamicType = ()>>(
+    recorder: &Recorder,
+    obj: &K,
+    notes: &[EventNote],
+) {
     let reference = obj.object_ref(&());
     for note in notes {
         let event = Event {
-            type_: if note.warning { EventType::Warning } else { EventType::Normal },
+            type_: if note.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: note.reason.to_string(),
             note: Some(note.note.clone()),
             action: note.action.to_string(),
@@ -175,7 +203,12 @@ pub(crate) fn action(requeue: Option<Duration>) -> Action {
 }
 
 /// Conditions after a store failure, keeping the previous ones' transition times.
-pub fn failed_conditions(previous: &[Condition], e: &StoreError, generation: i64, now: Timestamp) -> Vec<Condition> {
+pub fn failed_conditions(
+    previous: &[Condition],
+    e: &StoreError,
+    generation: i64,
+    now: Timestamp,
+) -> Vec<Condition> {
     conditions::merge(previous, &failure_conditions(e), generation, now)
 }
 

@@ -8,7 +8,9 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
 use tracing::instrument;
 
-use super::{Context, ReconcileError, action, failed_conditions, object_key, patch_status_if_changed, publish};
+use super::{
+    Context, ReconcileError, action, failed_conditions, object_key, patch_status_if_changed, publish,
+};
 use crate::crd::{FINALIZER, Share, ShareStatus};
 use crate::plan::share::{Input, Observed, Op, desired_grant, plan, plan_cleanup};
 use crate::plan::{EventNote, Plan};
@@ -16,8 +18,16 @@ use crate::store::{StoreResult, StudioStore};
 
 fn input(s: &Share) -> Result<Input<'_>, ReconcileError> {
     Ok(Input {
-        namespace: s.metadata.namespace.as_deref().ok_or(ReconcileError::MissingField("namespace"))?,
-        name: s.metadata.name.as_deref().ok_or(ReconcileError::MissingField("name"))?,
+        namespace: s
+            .metadata
+            .namespace
+            .as_deref()
+            .ok_or(ReconcileError::MissingField("namespace"))?,
+        name: s
+            .metadata
+            .name
+            .as_deref()
+            .ok_or(ReconcileError::MissingField("name"))?,
         generation: s.metadata.generation.unwrap_or_default(),
         spec: &s.spec,
         status: s.status.as_ref(),
@@ -78,15 +88,21 @@ pub async fn cleanup<S: StudioStore>(store: &S, input: &Input<'_>) -> Result<Vec
 
 /// The controller's reconcile function for Shares.
 #[instrument(skip_all, name = "reconcile.share", fields(object = %snap.name_any(), namespace = snap.namespace().unwrap_or_default()))]
-pub async fn reconcile<S: StudioStore>(snap: Arc<Share>, ctx: Arc<Context<S>>) -> Result<Action, ReconcileError> {
-    let namespace = snap.namespace().ok_or(ReconcileError::MissingField("namespace"))?;
+pub async fn reconcile<S: StudioStore>(
+    snap: Arc<Share>,
+    ctx: Arc<Context<S>>,
+) -> Result<Action, ReconcileError> {
+    let namespace = snap
+        .namespace()
+        .ok_or(ReconcileError::MissingField("namespace"))?;
     let api: Api<Share> = Api::namespaced(ctx.client.clone(), &namespace);
     let result = finalizer(&api, FINALIZER, snap, |event| async {
         match event {
             Finalizer::Apply(snap) => apply_live(&api, &snap, &ctx).await,
             Finalizer::Cleanup(snap) => {
                 if !cleanup(&ctx.store, &input(&snap)?).await?.is_empty() {
-                    let note = EventNote::normal("Revoked", "Delete", "the grant was revoked in the metadata store");
+                    let note =
+                        EventNote::normal("Revoked", "Delete", "the grant was revoked in the metadata store");
                     publish(&ctx.recorder, snap.as_ref(), &[note]).await;
                 }
                 Ok(Action::await_change())
@@ -97,7 +113,11 @@ pub async fn reconcile<S: StudioStore>(snap: Arc<Share>, ctx: Arc<Context<S>>) -
     result.map_err(|e| ReconcileError::Finalizer(Box::new(e)))
 }
 
-async fn apply_live<S: StudioStore>(api: &Api<Share>, snap: &Share, ctx: &Context<S>) -> Result<Action, ReconcileError> {
+async fn apply_live<S: StudioStore>(
+    api: &Api<Share>,
+    snap: &Share,
+    ctx: &Context<S>,
+) -> Result<Action, ReconcileError> {
     let now = (ctx.clock)();
     let input = input(snap)?;
     match sync(&ctx.store, &input, now).await {

@@ -8,7 +8,9 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
 use tracing::instrument;
 
-use super::{Context, ReconcileError, action, failed_conditions, object_key, patch_status_if_changed, publish};
+use super::{
+    Context, ReconcileError, action, failed_conditions, object_key, patch_status_if_changed, publish,
+};
 use crate::crd::{FINALIZER, Snapshot, SnapshotStatus};
 use crate::plan::snapshot::{Input, Observed, Op, plan, plan_cleanup, targets};
 use crate::plan::{EventNote, Plan};
@@ -16,8 +18,16 @@ use crate::store::{StoreResult, StudioStore};
 
 fn input(s: &Snapshot) -> Result<Input<'_>, ReconcileError> {
     Ok(Input {
-        namespace: s.metadata.namespace.as_deref().ok_or(ReconcileError::MissingField("namespace"))?,
-        name: s.metadata.name.as_deref().ok_or(ReconcileError::MissingField("name"))?,
+        namespace: s
+            .metadata
+            .namespace
+            .as_deref()
+            .ok_or(ReconcileError::MissingField("namespace"))?,
+        name: s
+            .metadata
+            .name
+            .as_deref()
+            .ok_or(ReconcileError::MissingField("name"))?,
         generation: s.metadata.generation.unwrap_or_default(),
         spec: &s.spec,
         status: s.status.as_ref(),
@@ -34,14 +44,21 @@ pub async fn observe<S: StudioStore>(store: &S, input: &Input<'_>) -> StoreResul
         Some(_) => store.get_snapshot(&workspace, &name).await?,
         None => None,
     };
-    Ok(Observed { workspace: ws, snapshot })
+    Ok(Observed {
+        workspace: ws,
+        snapshot,
+    })
 }
 
 /// Applies store operations.
 pub async fn apply<S: StudioStore>(store: &S, ops: &[Op]) -> StoreResult<()> {
     for op in ops {
         match op {
-            Op::Create { workspace, name, path } => drop(store.create_snapshot(workspace, name, path).await?),
+            Op::Create {
+                workspace,
+                name,
+                path,
+            } => drop(store.create_snapshot(workspace, name, path).await?),
             Op::Delete { workspace, name } => drop(store.delete_snapshot(workspace, name).await?),
         }
     }
@@ -78,15 +95,24 @@ pub async fn cleanup<S: StudioStore>(store: &S, input: &Input<'_>) -> Result<Vec
 
 /// The controller's reconcile function for Snapshots.
 #[instrument(skip_all, name = "reconcile.snapshot", fields(object = %snap.name_any(), namespace = snap.namespace().unwrap_or_default()))]
-pub async fn reconcile<S: StudioStore>(snap: Arc<Snapshot>, ctx: Arc<Context<S>>) -> Result<Action, ReconcileError> {
-    let namespace = snap.namespace().ok_or(ReconcileError::MissingField("namespace"))?;
+pub async fn reconcile<S: StudioStore>(
+    snap: Arc<Snapshot>,
+    ctx: Arc<Context<S>>,
+) -> Result<Action, ReconcileError> {
+    let namespace = snap
+        .namespace()
+        .ok_or(ReconcileError::MissingField("namespace"))?;
     let api: Api<Snapshot> = Api::namespaced(ctx.client.clone(), &namespace);
     let result = finalizer(&api, FINALIZER, snap, |event| async {
         match event {
             Finalizer::Apply(snap) => apply_live(&api, &snap, &ctx).await,
             Finalizer::Cleanup(snap) => {
                 if !cleanup(&ctx.store, &input(&snap)?).await?.is_empty() {
-                    let note = EventNote::normal("Released", "Delete", "the snapshot was released in the metadata store");
+                    let note = EventNote::normal(
+                        "Released",
+                        "Delete",
+                        "the snapshot was released in the metadata store",
+                    );
                     publish(&ctx.recorder, snap.as_ref(), &[note]).await;
                 }
                 Ok(Action::await_change())
@@ -97,7 +123,11 @@ pub async fn reconcile<S: StudioStore>(snap: Arc<Snapshot>, ctx: Arc<Context<S>>
     result.map_err(|e| ReconcileError::Finalizer(Box::new(e)))
 }
 
-async fn apply_live<S: StudioStore>(api: &Api<Snapshot>, snap: &Snapshot, ctx: &Context<S>) -> Result<Action, ReconcileError> {
+async fn apply_live<S: StudioStore>(
+    api: &Api<Snapshot>,
+    snap: &Snapshot,
+    ctx: &Context<S>,
+) -> Result<Action, ReconcileError> {
     let now = (ctx.clock)();
     let input = input(snap)?;
     match sync(&ctx.store, &input, now).await {

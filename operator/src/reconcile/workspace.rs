@@ -8,7 +8,9 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
 use tracing::instrument;
 
-use super::{Context, ReconcileError, action, failed_conditions, object_key, patch_status_if_changed, publish};
+use super::{
+    Context, ReconcileError, action, failed_conditions, object_key, patch_status_if_changed, publish,
+};
 use crate::crd::{FINALIZER, Workspace, WorkspaceStatus};
 use crate::plan::workspace::{Input, Observed, Op, plan, plan_cleanup};
 use crate::plan::{EventNote, Plan};
@@ -16,8 +18,16 @@ use crate::store::{StoreResult, StudioStore};
 
 fn input(ws: &Workspace) -> Result<Input<'_>, ReconcileError> {
     Ok(Input {
-        namespace: ws.metadata.namespace.as_deref().ok_or(ReconcileError::MissingField("namespace"))?,
-        name: ws.metadata.name.as_deref().ok_or(ReconcileError::MissingField("name"))?,
+        namespace: ws
+            .metadata
+            .namespace
+            .as_deref()
+            .ok_or(ReconcileError::MissingField("namespace"))?,
+        name: ws
+            .metadata
+            .name
+            .as_deref()
+            .ok_or(ReconcileError::MissingField("name"))?,
         generation: ws.metadata.generation.unwrap_or_default(),
         spec: &ws.spec,
         status: ws.status.as_ref(),
@@ -81,7 +91,10 @@ pub async fn cleanup<S: StudioStore>(store: &S, input: &Input<'_>) -> Result<Vec
 
 /// The controller's reconcile function for Workspaces.
 #[instrument(skip_all, name = "reconcile.workspace", fields(object = %ws.name_any(), namespace = ws.namespace().unwrap_or_default()))]
-pub async fn reconcile<S: StudioStore>(ws: Arc<Workspace>, ctx: Arc<Context<S>>) -> Result<Action, ReconcileError> {
+pub async fn reconcile<S: StudioStore>(
+    ws: Arc<Workspace>,
+    ctx: Arc<Context<S>>,
+) -> Result<Action, ReconcileError> {
     let namespace = ws.namespace().ok_or(ReconcileError::MissingField("namespace"))?;
     let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &namespace);
     let result = finalizer(&api, FINALIZER, ws, |event| async {
@@ -90,9 +103,17 @@ pub async fn reconcile<S: StudioStore>(ws: Arc<Workspace>, ctx: Arc<Context<S>>)
             Finalizer::Cleanup(ws) => {
                 let ops = cleanup(&ctx.store, &input(&ws)?).await?;
                 let note = if ops.is_empty() {
-                    EventNote::normal("Retained", "Delete", "deletionPolicy Retain: the workspace data is kept")
+                    EventNote::normal(
+                        "Retained",
+                        "Delete",
+                        "deletionPolicy Retain: the workspace data is kept",
+                    )
                 } else {
-                    EventNote::normal("Deleted", "Delete", "the workspace was soft-deleted in the metadata store")
+                    EventNote::normal(
+                        "Deleted",
+                        "Delete",
+                        "the workspace was soft-deleted in the metadata store",
+                    )
                 };
                 publish(&ctx.recorder, ws.as_ref(), &[note]).await;
                 Ok(Action::await_change())

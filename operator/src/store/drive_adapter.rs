@@ -35,7 +35,11 @@ fn map_error(e: MetaError) -> StoreError {
         | ErrorKind::ReadOnly
         | ErrorKind::PermissionDenied => StoreErrorKind::Invalid,
     };
-    StoreError { kind, message: e.to_string(), source: Some(Box::new(e)) }
+    StoreError {
+        kind,
+        message: e.to_string(),
+        source: Some(Box::new(e)),
+    }
 }
 
 /// `Ok(None)` for NotFound, the mapped error otherwise.
@@ -100,12 +104,20 @@ fn record(ws: model::Workspace) -> WorkspaceRecord {
 }
 
 fn usage(u: model::Usage) -> Usage {
-    Usage { files: u.files, directories: u.directories, bytes: u.bytes }
+    Usage {
+        files: u.files,
+        directories: u.directories,
+        bytes: u.bytes,
+    }
 }
 
 impl MetaStoreAdapter {
     async fn workspace_id(&self, name: &str) -> StoreResult<model::WorkspaceId> {
-        self.0.get_workspace(name).await.map(|ws| ws.id).map_err(map_error)
+        self.0
+            .get_workspace(name)
+            .await
+            .map(|ws| ws.id)
+            .map_err(map_error)
     }
 
     async fn snapshot_record(&self, snap: model::Snapshot) -> StoreResult<SnapshotRecord> {
@@ -146,12 +158,23 @@ impl StudioStore for MetaStoreAdapter {
             quota_bytes: ws.quota_bytes,
             owners: ws.owners.clone(),
         };
-        self.0.create_workspace(&actor(), &spec).await.map(record).map_err(map_error)
+        self.0
+            .create_workspace(&actor(), &spec)
+            .await
+            .map(record)
+            .map_err(map_error)
     }
 
     async fn update_workspace(&self, name: &str, change: &WorkspaceChange) -> StoreResult<WorkspaceRecord> {
-        let update = WorkspaceUpdate { quota_bytes: change.quota_bytes, owners: change.owners.clone() };
-        self.0.update_workspace(&actor(), name, &update).await.map(record).map_err(map_error)
+        let update = WorkspaceUpdate {
+            quota_bytes: change.quota_bytes,
+            owners: change.owners.clone(),
+        };
+        self.0
+            .update_workspace(&actor(), name, &update)
+            .await
+            .map(record)
+            .map_err(map_error)
     }
 
     async fn delete_workspace(&self, name: &str) -> StoreResult<bool> {
@@ -160,7 +183,11 @@ impl StudioStore for MetaStoreAdapter {
 
     async fn workspace_usage(&self, ws: &WorkspaceRecord) -> StoreResult<Usage> {
         let stored = self.0.get_workspace(&ws.name).await.map_err(map_error)?;
-        self.0.usage(View::Live, stored.root).await.map(usage).map_err(map_error)
+        self.0
+            .usage(View::Live, stored.root)
+            .await
+            .map(usage)
+            .map_err(map_error)
     }
 
     async fn get_snapshot(&self, workspace: &str, name: &str) -> StoreResult<Option<SnapshotRecord>> {
@@ -175,7 +202,11 @@ impl StudioStore for MetaStoreAdapter {
 
     async fn create_snapshot(&self, workspace: &str, name: &str, path: &str) -> StoreResult<SnapshotRecord> {
         let ws = self.workspace_id(workspace).await?;
-        let snap = self.0.create_snapshot(&actor(), ws, name, path).await.map_err(map_error)?;
+        let snap = self
+            .0
+            .create_snapshot(&actor(), ws, name, path)
+            .await
+            .map_err(map_error)?;
         self.snapshot_record(snap).await
     }
 
@@ -221,6 +252,9 @@ impl StudioStore for MetaStoreAdapter {
         let Some(ws) = absent_if_not_found(self.0.get_workspace(workspace).await)? else {
             return Ok(false);
         };
-        self.0.delete_share(&actor(), ws.id, name).await.map_err(map_error)
+        self.0
+            .delete_share(&actor(), ws.id, name)
+            .await
+            .map_err(map_error)
     }
 }

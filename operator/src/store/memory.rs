@@ -65,14 +65,19 @@ impl MemoryStore {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock can only come from a failing test; keep the data.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn check(&self) -> StoreResult<()> {
         if self.available.load(Ordering::SeqCst) {
             Ok(())
         } else {
-            Err(StoreError::new(StoreErrorKind::Unavailable, "metadata store unavailable (simulated outage)"))
+            Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                "metadata store unavailable (simulated outage)",
+            ))
         }
     }
 
@@ -102,7 +107,10 @@ impl StudioStore for MemoryStore {
         let id = self.id();
         let mut state = self.lock();
         if state.workspaces.contains_key(&ws.name) {
-            return Err(StoreError::new(StoreErrorKind::Exists, format!("workspace {}", ws.name)));
+            return Err(StoreError::new(
+                StoreErrorKind::Exists,
+                format!("workspace {}", ws.name),
+            ));
         }
         let record = WorkspaceRecord {
             id,
@@ -145,7 +153,11 @@ impl StudioStore for MemoryStore {
 
     async fn get_snapshot(&self, workspace: &str, name: &str) -> StoreResult<Option<SnapshotRecord>> {
         self.check()?;
-        Ok(self.lock().snapshots.get(&(workspace.to_string(), name.to_string())).cloned())
+        Ok(self
+            .lock()
+            .snapshots
+            .get(&(workspace.to_string(), name.to_string()))
+            .cloned())
     }
 
     async fn create_snapshot(&self, workspace: &str, name: &str, path: &str) -> StoreResult<SnapshotRecord> {
@@ -157,7 +169,10 @@ impl StudioStore for MemoryStore {
         }
         let key = (workspace.to_string(), name.to_string());
         if state.snapshots.contains_key(&key) {
-            return Err(StoreError::new(StoreErrorKind::Exists, format!("snapshot {name}")));
+            return Err(StoreError::new(
+                StoreErrorKind::Exists,
+                format!("snapshot {name}"),
+            ));
         }
         let record = SnapshotRecord {
             id,
@@ -172,12 +187,20 @@ impl StudioStore for MemoryStore {
 
     async fn delete_snapshot(&self, workspace: &str, name: &str) -> StoreResult<bool> {
         self.write()?;
-        Ok(self.lock().snapshots.remove(&(workspace.to_string(), name.to_string())).is_some())
+        Ok(self
+            .lock()
+            .snapshots
+            .remove(&(workspace.to_string(), name.to_string()))
+            .is_some())
     }
 
     async fn get_share(&self, workspace: &str, name: &str) -> StoreResult<Option<ShareGrant>> {
         self.check()?;
-        Ok(self.lock().shares.get(&(workspace.to_string(), name.to_string())).cloned())
+        Ok(self
+            .lock()
+            .shares
+            .get(&(workspace.to_string(), name.to_string()))
+            .cloned())
     }
 
     async fn put_share(&self, workspace: &str, grant: &ShareGrant) -> StoreResult<()> {
@@ -186,12 +209,18 @@ impl StudioStore for MemoryStore {
         if !state.workspaces.contains_key(workspace) {
             return Err(not_found(format!("workspace {workspace}")));
         }
-        state.shares.insert((workspace.to_string(), grant.name.clone()), grant.clone());
+        state
+            .shares
+            .insert((workspace.to_string(), grant.name.clone()), grant.clone());
         Ok(())
     }
 
     async fn delete_share(&self, workspace: &str, name: &str) -> StoreResult<bool> {
         self.write()?;
-        Ok(self.lock().shares.remove(&(workspace.to_string(), name.to_string())).is_some())
+        Ok(self
+            .lock()
+            .shares
+            .remove(&(workspace.to_string(), name.to_string()))
+            .is_some())
     }
 }

@@ -121,7 +121,11 @@ pub struct StoreError {
 impl StoreError {
     /// An error of `kind` without a source.
     pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> StoreError {
-        StoreError { kind, message: message.into(), source: None }
+        StoreError {
+            kind,
+            message: message.into(),
+            source: None,
+        }
     }
 
     /// Whether the same call may succeed later.
@@ -136,7 +140,10 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// What reconcile needs from the metadata store. Workspaces are addressed by store name.
 pub trait StudioStore: Send + Sync + 'static {
     fn get_workspace(&self, name: &str) -> impl Future<Output = StoreResult<Option<WorkspaceRecord>>> + Send;
-    fn create_workspace(&self, ws: &NewWorkspace) -> impl Future<Output = StoreResult<WorkspaceRecord>> + Send;
+    fn create_workspace(
+        &self,
+        ws: &NewWorkspace,
+    ) -> impl Future<Output = StoreResult<WorkspaceRecord>> + Send;
     fn update_workspace(
         &self,
         name: &str,
@@ -160,7 +167,11 @@ pub trait StudioStore: Send + Sync + 'static {
     /// Releases the snapshot; `Ok(false)` when there was none.
     fn delete_snapshot(&self, workspace: &str, name: &str) -> impl Future<Output = StoreResult<bool>> + Send;
 
-    fn get_share(&self, workspace: &str, name: &str) -> impl Future<Output = StoreResult<Option<ShareGrant>>> + Send;
+    fn get_share(
+        &self,
+        workspace: &str,
+        name: &str,
+    ) -> impl Future<Output = StoreResult<Option<ShareGrant>>> + Send;
     /// Creates or replaces the grant `grant.name`.
     fn put_share(&self, workspace: &str, grant: &ShareGrant) -> impl Future<Output = StoreResult<()>> + Send;
     /// Revokes the grant; `Ok(false)` when there was none.

@@ -35,11 +35,22 @@ pub fn workspace_spec(kind: WorkspaceKind, policy: DeletionPolicy) -> WorkspaceS
 }
 
 pub fn workspace(ns: &str, name: &str, spec: WorkspaceSpec) -> Workspace {
-    Workspace { metadata: meta(ns, name, 1), spec, status: None }
+    Workspace {
+        metadata: meta(ns, name, 1),
+        spec,
+        status: None,
+    }
 }
 
 pub fn snapshot(ns: &str, name: &str, ws: &str, path: &str) -> Snapshot {
-    Snapshot { metadata: meta(ns, name, 1), spec: SnapshotSpec { workspace: ws.into(), path: path.into() }, status: None }
+    Snapshot {
+        metadata: meta(ns, name, 1),
+        spec: SnapshotSpec {
+            workspace: ws.into(),
+            path: path.into(),
+        },
+        status: None,
+    }
 }
 
 pub fn share(ns: &str, name: &str, ws: &str, expires: Option<Timestamp>) -> Share {
@@ -49,8 +60,16 @@ pub fn share(ns: &str, name: &str, ws: &str, expires: Option<Timestamp>) -> Shar
             workspace: ws.into(),
             path: "/comp".into(),
             subjects: vec![
-                Subject { kind: SubjectKind::ServiceAccount, name: "render".into(), namespace: Some("farm".into()) },
-                Subject { kind: SubjectKind::Group, name: "review".into(), namespace: None },
+                Subject {
+                    kind: SubjectKind::ServiceAccount,
+                    name: "render".into(),
+                    namespace: Some("farm".into()),
+                },
+                Subject {
+                    kind: SubjectKind::Group,
+                    name: "review".into(),
+                    namespace: None,
+                },
             ],
             permission: Permission::Write,
             expires_at: expires.map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
