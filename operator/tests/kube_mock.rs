@@ -4,59 +4,21 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use common::mock::{context, expect, expect_status};
 use common::*;
-use http::{Request, Response};
-use kube::client::Body;
-use kube::runtime::events::{Recorder, Reporter};
-use operator::crd::{DeletionPolicy, Workspace, WorkspaceKind, conditions};
-use operator::gc_job::GcJobSettings;
+use drive::data::{DataKey, Kek};
+use http::Response;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use operator::crd::{
+    DeletionPolicy, Encryption, SecretKeyRef, Workspace, WorkspaceKind, WorkspaceStatus, conditions,
+};
 use operator::metrics::Metrics;
-use operator::reconcile::{Backoff, Context, workspace};
-use operator::store::memory::MemoryStore;
+use operator::reconcile::workspace;
 use serde_json::Value;
-use tower_test::mock::{Handle, pair};
-
-type MockHandle = Handle<Request<Body>, Response<Body>>;
-
-fn context() -> (Arc<Context<MemoryStore>>, MockHandle) {
-    let (service, handle) = pair::<Request<Body>, Response<Body>>();
-    let client = kube::Client::new(service, "default");
-    let reporter = Reporter {
-        controller: "studiodrive-operator".into(),
-        instance: Some("test".into()),
-    };
-    let ctx = Context {
-        client: client.clone(),
-        store: MemoryStore::default(),
-        recorder: Recorder::new(client, reporter),
-        metrics: Arc::new(Metrics::new().expect("metrics")),
-        clock: || at(1_000),
-        backoff: Backoff::default(),
-        gc: GcJobSettings::default(),
-    };
-    (Arc::new(ctx), handle)
-}
-
-/// Takes the next request, checks method and path, answers with `reply`, returns the body.
-async fn expect(handle: &mut MockHandle, method: &str, path: &str, reply: &Value) -> (String, Value) {
-    let (request, send) = handle.next_request().await.expect("a request");
-    assert_eq!(request.method().as_str(), method, "method of {}", request.uri());
-    assert_eq!(request.uri().path(), path);
-    let query = request.uri().query().unwrap_or_default().to_string();
-    let bytes = request.into_body().collect_bytes().await.expect("request body");
-    let body: Value = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).expect("JSON body")
-    };
-    let response = Response::builder()
-        .body(Body::from(serde_json::to_vec(reply).expect("reply")))
-        .expect("response");
-    send.send_response(response);
-    (query, body)
-}
 
 fn ws_with_finalizer() -> Workspace {
     let mut w = workspace(
@@ -158,6 +120,7 @@ async fn deletion_while_the_store_is_down_keeps_the_finalizer_then_removes_it_af
     ctx.store.set_available(true);
     operator::reconcile::workspace::sync(
         &ctx.store,
+        &NO_KEYS,
         &operator::plan::workspace::Input {
             namespace: "studio",
             name: "shot010",
@@ -251,4 +214,208 @@ async fn metrics_endpoint_serves_metrics_and_health() {
     );
     assert!(text.contains("studiodrive_reconcile_duration_seconds_bucket"));
     assert!(text.contains("studiodrive_operator_leader 0"));
+}
+
+const SECRET_PATH: &str = "/api/v1/namespaces/studio/secrets/shot010-kek";
+const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/studio/events";
+
+fn encrypted_ws() -> Workspace {
+    let mut w = ws_with_finalizer();
+    w.spec.encryption = Some(Encryption {
+        enabled: true,
+        key_secret_ref: Some(SecretKeyRef {
+            name: "shot010-kek".into(),
+            key: "kek".into(),
+        }),
+    });
+    w
+}
+
+fn secret_with(key: &str, value: &[u8]) -> Value {
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("shot010-kek".into()),
+            namespace: Some("studio".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(key.to_string(), ByteString(value.to_vec()))])),
+        ..Secret::default()
+    };
+    serde_json::to_value(secret).expect("json")
+}
+
+fn not_found() -> Value {
+    serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "secrets \"shot010-kek\" not found", "reason": "NotFound", "code": 404,
+    })
+}
+
+fn ready(status: &Value) -> (String, String, String) {
+    let status: WorkspaceStatus = serde_json::from_value(status.clone()).expect("status");
+    let c = conditions::find(&status.conditions, "Ready")
+        .expect("Ready")
+        .clone();
+    (c.status, c.reason, c.message)
+}
+
+#[tokio::test]
+async fn encrypted_workspace_reads_its_key_secret_and_is_created_with_a_wrapped_data_key() {
+    let (ctx, mut handle) = context();
+    let kek = Kek::generate();
+    let hex = kek.to_hex();
+    let mut sent = String::new();
+    let server = async {
+        let (_, get) = expect(
+            &mut handle,
+            "GET",
+            SECRET_PATH,
+            &secret_with("kek", hex.as_bytes()),
+        )
+        .await;
+        assert_eq!(get, Value::Null, "a GET has no body");
+        let (_, status) = expect(
+            &mut handle,
+            "PATCH",
+            &format!("{WS_PATH}/status"),
+            &serde_json::to_value(encrypted_ws()).expect("json"),
+        )
+        .await;
+        let (ready_status, why, _) = ready(&status["status"]);
+        assert_eq!((ready_status.as_str(), why.as_str()), ("True", "Reconciled"));
+        let (_, event) = expect(&mut handle, "POST", EVENTS_PATH, &serde_json::json!({})).await;
+        assert_eq!(event["reason"], "Created");
+        sent = format!("{status} {event}");
+    };
+    let (result, ()) = tokio::join!(
+        workspace::reconcile(Arc::new(encrypted_ws()), ctx.clone()),
+        server
+    );
+    result.expect("reconcile");
+    let record = ctx.store.workspace("studio.shot010").expect("created");
+    assert!(record.encrypted);
+    let wrapped = ctx
+        .store
+        .wrapped_key("studio.shot010")
+        .expect("a wrapped data key");
+    DataKey::unwrap(&wrapped, &kek).expect("the data key unwraps with the Secret's KEK");
+    assert!(!sent.contains(&hex), "the KEK leaked into a request: {sent}");
+}
+
+#[tokio::test]
+async fn a_missing_key_secret_gives_key_secret_missing_a_warning_and_no_workspace() {
+    let (ctx, mut handle) = context();
+    let server = async {
+        expect_status(&mut handle, "GET", SECRET_PATH, 404, &not_found()).await;
+        let (_, status) = expect(
+            &mut handle,
+            "PATCH",
+            &format!("{WS_PATH}/status"),
+            &serde_json::to_value(encrypted_ws()).expect("json"),
+        )
+        .await;
+        let (ready_status, why, message) = ready(&status["status"]);
+        assert_eq!(
+            (ready_status.as_str(), why.as_str()),
+            ("False", "KeySecretMissing")
+        );
+        assert!(
+            message.contains("Secret studio/shot010-kek does not exist"),
+            "{message}"
+        );
+        assert!(status["status"].get("workspaceId").is_none(), "{status}");
+        let (_, event) = expect(&mut handle, "POST", EVENTS_PATH, &serde_json::json!({})).await;
+        assert_eq!(
+            (event["type"].as_str(), event["reason"].as_str()),
+            (Some("Warning"), Some("KeySecretMissing"))
+        );
+    };
+    let (result, ()) = tokio::join!(
+        workspace::reconcile(Arc::new(encrypted_ws()), ctx.clone()),
+        server
+    );
+    let action = result.expect("a missing Secret is a condition, not a reconcile error");
+    assert_eq!(
+        format!("{action:?}"),
+        format!(
+            "{:?}",
+            kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(30))
+        )
+    );
+    assert!(
+        ctx.store.workspace("studio.shot010").is_none(),
+        "nothing is created without the key"
+    );
+    assert_eq!(ctx.store.writes(), 0);
+}
+
+#[tokio::test]
+async fn a_malformed_key_gives_invalid_key_and_its_value_is_in_no_request() {
+    let (ctx, mut handle) = context();
+    let value = b"swordfish-not-a-kek";
+    let mut sent = String::new();
+    let server = async {
+        expect(&mut handle, "GET", SECRET_PATH, &secret_with("kek", value)).await;
+        let (_, status) = expect(
+            &mut handle,
+            "PATCH",
+            &format!("{WS_PATH}/status"),
+            &serde_json::to_value(encrypted_ws()).expect("json"),
+        )
+        .await;
+        let (ready_status, why, message) = ready(&status["status"]);
+        assert_eq!((ready_status.as_str(), why.as_str()), ("False", "InvalidKey"));
+        assert!(
+            message.contains("key \"kek\" of Secret studio/shot010-kek"),
+            "{message}"
+        );
+        let (_, event) = expect(&mut handle, "POST", EVENTS_PATH, &serde_json::json!({})).await;
+        assert_eq!(event["reason"], "InvalidKey");
+        sent = format!("{status} {event}");
+    };
+    let (result, ()) = tokio::join!(
+        workspace::reconcile(Arc::new(encrypted_ws()), ctx.clone()),
+        server
+    );
+    result.expect("reconcile");
+    assert!(ctx.store.workspace("studio.shot010").is_none());
+    assert!(!sent.contains("swordfish"), "the Secret's value leaked: {sent}");
+}
+
+#[tokio::test]
+async fn a_forbidden_key_secret_is_a_retried_error_with_key_secret_unreadable() {
+    let (ctx, mut handle) = context();
+    let forbidden = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "secrets \"shot010-kek\" is forbidden: User \"system:serviceaccount:studiodrive-system:operator\" cannot get resource \"secrets\"",
+        "reason": "Forbidden", "code": 403,
+    });
+    let server = async {
+        expect_status(&mut handle, "GET", SECRET_PATH, 403, &forbidden).await;
+        let (_, status) = expect(
+            &mut handle,
+            "PATCH",
+            &format!("{WS_PATH}/status"),
+            &serde_json::to_value(encrypted_ws()).expect("json"),
+        )
+        .await;
+        let (ready_status, why, message) = ready(&status["status"]);
+        assert_eq!(
+            (ready_status.as_str(), why.as_str()),
+            ("False", "KeySecretUnreadable")
+        );
+        assert!(
+            message.contains("403") && message.contains("forbidden"),
+            "{message}"
+        );
+        let degraded: WorkspaceStatus = serde_json::from_value(status["status"].clone()).expect("status");
+        assert!(conditions::is_true(&degraded.conditions, "Degraded"));
+    };
+    let (result, ()) = tokio::join!(
+        workspace::reconcile(Arc::new(encrypted_ws()), ctx.clone()),
+        server
+    );
+    let err = result.expect_err("an unreadable Secret is retried with backoff");
+    assert_eq!(err.label(), "key_secret_unreadable");
+    assert!(ctx.store.workspace("studio.shot010").is_none());
 }

@@ -4,9 +4,11 @@
 mod common;
 
 use common::*;
+use drive::data::{DataKey, Kek};
 use operator::crd::conditions::{self, reason};
 use operator::crd::{DeletionPolicy, WorkspaceKind};
-use operator::plan::workspace::{Input, Observed, Op, plan};
+use operator::keys::StaticKeySource;
+use operator::plan::workspace::{Input, KeyState, Observed, Op, plan};
 use operator::reconcile::{Backoff, ReconcileError, workspace as ws_sync};
 use operator::store::memory::MemoryStore;
 use operator::store::{StoreErrorKind, StudioStore, Usage};
@@ -82,7 +84,9 @@ fn second_sync_changes_nothing_and_mutable_edits_update() {
                 bytes: 42,
             },
         );
-        let first = ws_sync::sync(&store, &input(&w), at(10)).await.expect("sync");
+        let first = ws_sync::sync(&store, &NO_KEYS, &input(&w), at(10))
+            .await
+            .expect("sync");
         assert!(
             conditions::is_true(&first.status.conditions, "Ready"),
             "{:?}",
@@ -95,7 +99,7 @@ fn second_sync_changes_nothing_and_mutable_edits_update() {
         );
         let writes = store.writes();
         w.status = Some(first.status.clone());
-        let second = ws_sync::sync(&store, &input(&w), at(20))
+        let second = ws_sync::sync(&store, &NO_KEYS, &input(&w), at(20))
             .await
             .expect("sync again");
         assert_eq!(store.writes(), writes, "an unchanged spec must not write");
@@ -107,7 +111,7 @@ fn second_sync_changes_nothing_and_mutable_edits_update() {
 
         w.spec.quota_bytes = Some(2 << 30);
         w.metadata.generation = Some(2);
-        let third = ws_sync::sync(&store, &input(&w), at(30))
+        let third = ws_sync::sync(&store, &NO_KEYS, &input(&w), at(30))
             .await
             .expect("sync after edit");
         assert_eq!(
@@ -134,9 +138,11 @@ fn store_outage_fails_with_unavailable_and_cleanup_finishes_after_recovery() {
             "gone",
             workspace_spec(WorkspaceKind::User, DeletionPolicy::Delete),
         );
-        ws_sync::sync(&store, &input(&w), at(1)).await.expect("create");
+        ws_sync::sync(&store, &NO_KEYS, &input(&w), at(1))
+            .await
+            .expect("create");
         store.set_available(false);
-        let err = ws_sync::sync(&store, &input(&w), at(2))
+        let err = ws_sync::sync(&store, &NO_KEYS, &input(&w), at(2))
             .await
             .expect_err("store is down");
         assert!(matches!(&err, ReconcileError::Store(e) if e.kind == StoreErrorKind::Unavailable));
@@ -165,7 +171,9 @@ fn retain_cleanup_keeps_the_workspace() {
             "keep",
             workspace_spec(WorkspaceKind::Project, DeletionPolicy::Retain),
         );
-        ws_sync::sync(&store, &input(&w), at(1)).await.expect("create");
+        ws_sync::sync(&store, &NO_KEYS, &input(&w), at(1))
+            .await
+            .expect("create");
         assert!(
             ws_sync::cleanup(&store, &input(&w))
                 .await
@@ -198,8 +206,9 @@ fn kinds() -> impl Strategy<Value = WorkspaceKind> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
-    /// For any spec (valid or not), syncing twice writes nothing the second time and yields
-    /// the same status, with observedGeneration equal to metadata.generation.
+    /// For any spec (valid or not, encrypted with or without its key), syncing twice writes
+    /// nothing the second time and yields the same status, with observedGeneration equal to
+    /// metadata.generation.
     #[test]
     fn applying_a_plan_twice_is_a_no_op(
         name in "[a-z][a-z0-9-]{0,20}|[A-Z_/]{1,5}",
@@ -209,6 +218,8 @@ proptest! {
         owners in proptest::collection::vec("[a-zA-Z:]{0,8}", 0..3),
         generation in 1i64..1000,
         delete in any::<bool>(),
+        encrypt in any::<bool>(),
+        key_in_secret in any::<bool>(),
     ) {
         rt().block_on(async {
             let store = MemoryStore::default();
@@ -216,16 +227,157 @@ proptest! {
             spec.block_size_bytes = block;
             spec.quota_bytes = quota;
             spec.owners = owners;
+            if encrypt {
+                spec.encryption = Some(operator::crd::Encryption {
+                    enabled: true,
+                    key_secret_ref: Some(operator::crd::SecretKeyRef { name: "kek".into(), key: "key".into() }),
+                });
+            }
+            let keys = if key_in_secret {
+                StaticKeySource::default().with("ns", "kek", "key", Kek::generate().to_hex())
+            } else {
+                StaticKeySource::default()
+            };
             let mut w = workspace("ns", &name, spec);
             w.metadata.generation = Some(generation);
-            let first = ws_sync::sync(&store, &input(&w), at(5)).await.expect("sync");
+            let first = ws_sync::sync(&store, &keys, &input(&w), at(5)).await.expect("sync");
             prop_assert_eq!(first.status.observed_generation, Some(generation));
             w.status = Some(first.status.clone());
             let writes = store.writes();
-            let second = ws_sync::sync(&store, &input(&w), at(6)).await.expect("sync");
+            let second = ws_sync::sync(&store, &keys, &input(&w), at(6)).await.expect("sync");
             prop_assert_eq!(store.writes(), writes);
             prop_assert_eq!(second.status, first.status);
             Ok(())
         })?;
     }
+}
+
+fn encrypted_input_spec() -> operator::crd::WorkspaceSpec {
+    let mut spec = workspace_spec(WorkspaceKind::Team, DeletionPolicy::Retain);
+    spec.encryption = Some(operator::crd::Encryption {
+        enabled: true,
+        key_secret_ref: Some(operator::crd::SecretKeyRef {
+            name: "kek".into(),
+            key: "key".into(),
+        }),
+    });
+    spec
+}
+
+#[test]
+fn an_encrypted_workspace_is_created_only_once_its_key_is_loaded() {
+    let w = workspace("studio", "vault", encrypted_input_spec());
+    let cases = [
+        (KeyState::NotLoaded, Some(reason::KEY_SECRET_MISSING)),
+        (
+            KeyState::Missing("Secret studio/kek does not exist".into()),
+            Some(reason::KEY_SECRET_MISSING),
+        ),
+        (
+            KeyState::Invalid("key \"key\" of Secret studio/kek: bad".into()),
+            Some(reason::INVALID_KEY),
+        ),
+        (KeyState::Loaded, None),
+    ];
+    for (key, blocked) in cases {
+        let observed = Observed {
+            key: key.clone(),
+            ..Observed::default()
+        };
+        let p = plan(&input(&w), &observed, at(10));
+        match blocked {
+            Some(why) => {
+                assert!(p.ops.is_empty(), "{key:?}: nothing is created");
+                let ready = conditions::find(&p.status.conditions, "Ready").expect("Ready");
+                assert_eq!(
+                    (ready.status.as_str(), ready.reason.as_str()),
+                    ("False", why),
+                    "{key:?}"
+                );
+                assert_eq!(p.requeue, Some(std::time::Duration::from_secs(30)), "{key:?}");
+                assert!(
+                    matches!(&p.events[..], [e] if e.warning && e.reason == why),
+                    "{key:?}: {:?}",
+                    p.events
+                );
+                assert_eq!(p.status.workspace_name, None);
+            }
+            None => {
+                assert!(matches!(&p.ops[..], [Op::Create(n)] if n.encrypted && n.name == "studio.vault"));
+            }
+        }
+    }
+
+    // The warning event fires on the transition only.
+    let first = plan(
+        &input(&w),
+        &Observed {
+            key: KeyState::Missing("gone".into()),
+            ..Observed::default()
+        },
+        at(10),
+    );
+    let mut waiting = w.clone();
+    waiting.status = Some(first.status.clone());
+    let again = plan(
+        &input(&waiting),
+        &Observed {
+            key: KeyState::Missing("gone".into()),
+            ..Observed::default()
+        },
+        at(20),
+    );
+    assert!(again.events.is_empty(), "{:?}", again.events);
+    assert_eq!(again.status, first.status, "no status churn while waiting");
+    let now_invalid = plan(
+        &input(&waiting),
+        &Observed {
+            key: KeyState::Invalid("bad".into()),
+            ..Observed::default()
+        },
+        at(30),
+    );
+    assert_eq!(now_invalid.events.len(), 1, "a new reason is a new transition");
+
+    // An existing encrypted workspace does not need its key: the planner ignores KeyState.
+    let existing = operator::store::WorkspaceRecord {
+        id: "mem-1".into(),
+        name: "studio.vault".into(),
+        kind: WorkspaceKind::Team,
+        block_size: 4 << 20,
+        encrypted: true,
+        quota_bytes: Some(1 << 30),
+        owners: vec!["User:alice".into()],
+    };
+    let observed = Observed {
+        record: Some(existing),
+        usage: Some(Usage::default()),
+        key: KeyState::NotLoaded,
+    };
+    let p = plan(&input(&w), &observed, at(40));
+    assert!(p.ops.is_empty());
+    assert!(conditions::is_true(&p.status.conditions, "Ready"));
+}
+
+#[test]
+fn sync_wraps_a_new_data_key_under_the_secret_kek_in_the_memory_store() {
+    rt().block_on(async {
+        let store = MemoryStore::default();
+        let w = workspace("studio", "vault", encrypted_input_spec());
+        let missing = ws_sync::sync(&store, &NO_KEYS, &input(&w), at(1))
+            .await
+            .expect("sync");
+        assert_eq!(missing.status.conditions[0].reason, reason::KEY_SECRET_MISSING);
+        assert_eq!(store.writes(), 0, "nothing is written without the key");
+
+        let kek = Kek::generate();
+        let keys = StaticKeySource::default().with("studio", "kek", "key", kek.to_hex());
+        let created = ws_sync::sync(&store, &keys, &input(&w), at(2))
+            .await
+            .expect("sync");
+        assert!(conditions::is_true(&created.status.conditions, "Ready"));
+        assert!(store.workspace("studio.vault").is_some_and(|r| r.encrypted));
+        let wrapped = store.wrapped_key("studio.vault").expect("wrapped key");
+        DataKey::unwrap(&wrapped, &kek).expect("unwraps with the KEK");
+    });
 }

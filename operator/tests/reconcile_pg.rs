@@ -5,14 +5,17 @@
 mod common;
 
 use common::*;
+use drive::data::{DataKey, Kek, KeyError};
 use drive::model::{Actor, NewNode, NodeKind, View};
 use drive::{MetaConfig, MetaStore};
 use drive_testkit::pg::PgServer;
 use operator::crd::{DeletionPolicy, WorkspaceKind, conditions};
+use operator::crd::{Encryption, SecretKeyRef};
+use operator::keys::StaticKeySource;
 use operator::plan::{share as share_plan, snapshot as snap_plan, workspace as ws_plan};
 use operator::reconcile::{ReconcileError, share, snapshot, workspace};
 use operator::store::drive_adapter::MetaStoreAdapter;
-use operator::store::{StoreErrorKind, StudioStore};
+use operator::store::{NewWorkspace, StoreErrorKind, StudioStore};
 
 async fn store_on(pg: &PgServer) -> (MetaStore, MetaStoreAdapter) {
     drive_testkit::init_tracing();
@@ -41,7 +44,7 @@ async fn workspace_is_created_idempotent_updated_and_deleted_per_policy() {
         "shot010",
         workspace_spec(WorkspaceKind::Team, DeletionPolicy::Delete),
     );
-    let first = workspace::sync(&store, &ws_input(&w), at(10))
+    let first = workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(10))
         .await
         .expect("create");
     let stored = meta
@@ -63,7 +66,7 @@ async fn workspace_is_created_idempotent_updated_and_deleted_per_policy() {
         .await
         .expect("events")
         .len();
-    let again = workspace::sync(&store, &ws_input(&w), at(20))
+    let again = workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(20))
         .await
         .expect("sync again");
     assert_eq!(again.status, first.status);
@@ -78,7 +81,7 @@ async fn workspace_is_created_idempotent_updated_and_deleted_per_policy() {
     // A mutable field changes.
     w.spec.quota_bytes = Some(5 << 30);
     w.spec.owners = vec!["Group:comp".into()];
-    workspace::sync(&store, &ws_input(&w), at(30))
+    workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(30))
         .await
         .expect("update");
     let updated = meta.get_workspace("studio.shot010").await.expect("get");
@@ -99,7 +102,7 @@ async fn workspace_is_created_idempotent_updated_and_deleted_per_policy() {
     )
     .await
     .expect("create a file");
-    let with_file = workspace::sync(&store, &ws_input(&w), at(40))
+    let with_file = workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(40))
         .await
         .expect("sync");
     assert_eq!(with_file.status.usage.map(|u| u.files), Some(1));
@@ -123,7 +126,7 @@ async fn retain_keeps_the_workspace_and_a_recreated_resource_adopts_it() {
         "assets",
         workspace_spec(WorkspaceKind::Project, DeletionPolicy::Retain),
     );
-    let first = workspace::sync(&store, &ws_input(&w), at(1))
+    let first = workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(1))
         .await
         .expect("create");
     assert!(
@@ -133,7 +136,7 @@ async fn retain_keeps_the_workspace_and_a_recreated_resource_adopts_it() {
             .is_empty()
     );
     let kept = meta.get_workspace("studio.assets").await.expect("retained");
-    let again = workspace::sync(&store, &ws_input(&w), at(2))
+    let again = workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(2))
         .await
         .expect("adopt");
     assert_eq!(again.status.workspace_id, Some(kept.id.to_string()));
@@ -148,11 +151,11 @@ async fn a_kind_change_that_slipped_past_cel_is_reported_as_invalid_spec() {
         "drift",
         workspace_spec(WorkspaceKind::User, DeletionPolicy::Retain),
     );
-    workspace::sync(&store, &ws_input(&w), at(1))
+    workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(1))
         .await
         .expect("create");
     w.spec.kind = WorkspaceKind::Project;
-    let p = workspace::sync(&store, &ws_input(&w), at(2))
+    let p = workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(2))
         .await
         .expect("no store error");
     let ready = conditions::find(&p.status.conditions, "Ready").expect("Ready");
@@ -171,7 +174,7 @@ async fn snapshot_view_matches_the_tree_at_that_moment_and_delete_releases_it() 
         "shot020",
         workspace_spec(WorkspaceKind::Team, DeletionPolicy::Retain),
     );
-    workspace::sync(&store, &ws_input(&w), at(1))
+    workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(1))
         .await
         .expect("create workspace");
     let ws = meta.get_workspace("studio.shot020").await.expect("ws");
@@ -258,7 +261,7 @@ async fn share_grants_are_stored_and_an_expired_share_is_revoked() {
         "shot030",
         workspace_spec(WorkspaceKind::Team, DeletionPolicy::Retain),
     );
-    workspace::sync(&store, &ws_input(&w), at(1))
+    workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(1))
         .await
         .expect("create workspace");
     let ws = meta.get_workspace("studio.shot030").await.expect("ws");
@@ -300,12 +303,12 @@ async fn store_down_reports_unavailable_and_a_deleted_workspace_finishes_cleanup
         "outage",
         workspace_spec(WorkspaceKind::User, DeletionPolicy::Delete),
     );
-    workspace::sync(&store, &ws_input(&w), at(1))
+    workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(1))
         .await
         .expect("create");
 
     pg.stop().expect("stop PostgreSQL");
-    let err = workspace::sync(&store, &ws_input(&w), at(2))
+    let err = workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(2))
         .await
         .expect_err("store down");
     assert!(
@@ -342,5 +345,233 @@ async fn store_down_reports_unavailable_and_a_deleted_workspace_finishes_cleanup
             .expect_err("deleted")
             .kind(),
         drive::ErrorKind::NotFound
+    );
+}
+
+fn encrypted(mut w: operator::crd::Workspace, secret: &str, key: &str) -> operator::crd::Workspace {
+    w.spec.encryption = Some(Encryption {
+        enabled: true,
+        key_secret_ref: Some(SecretKeyRef {
+            name: secret.into(),
+            key: key.into(),
+        }),
+    });
+    w
+}
+
+#[tokio::test]
+async fn encrypted_workspace_stores_a_data_key_wrapped_with_the_secret_kek() {
+    let (meta, store) = store_on(PgServer::shared()).await;
+    let kek = Kek::generate();
+    let keys = StaticKeySource::default().with("studio", "shot040-kek", "key", format!("{}\n", kek.to_hex()));
+    let w = encrypted(
+        workspace(
+            "studio",
+            "shot040",
+            workspace_spec(WorkspaceKind::Team, DeletionPolicy::Retain),
+        ),
+        "shot040-kek",
+        "key",
+    );
+    let p = workspace::sync(&store, &keys, &ws_input(&w), at(1))
+        .await
+        .expect("create");
+    assert!(
+        conditions::is_true(&p.status.conditions, "Ready"),
+        "{:?}",
+        p.status.conditions
+    );
+    assert_eq!(p.events.iter().map(|e| e.reason).collect::<Vec<_>>(), ["Created"]);
+
+    let stored = meta.get_workspace("studio.shot040").await.expect("created");
+    assert!(stored.encrypted);
+    let wrapped = stored.wrapped_key.clone().expect("a wrapped data key");
+    DataKey::unwrap(&wrapped, &kek).expect("the data key unwraps with the Secret's KEK");
+    assert!(
+        matches!(
+            DataKey::unwrap(&wrapped, &Kek::generate()),
+            Err(KeyError::WrongKek)
+        ),
+        "another KEK is refused"
+    );
+
+    // Once created, the Secret is not needed (the store holds the wrapped key): a reconcile
+    // without it changes nothing and stays Ready.
+    let mut w = w;
+    w.status = Some(p.status.clone());
+    let again = workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(2))
+        .await
+        .expect("sync again");
+    assert_eq!(again.status, p.status);
+    let after = meta.get_workspace("studio.shot040").await.expect("still there");
+    assert_eq!(
+        after.wrapped_key.as_deref(),
+        Some(wrapped.as_slice()),
+        "the data key is never re-generated"
+    );
+
+    // A raw 32-byte key works as well as hex.
+    let raw = Kek::generate();
+    let raw_bytes: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&raw.to_hex()[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect();
+    let keys = StaticKeySource::default().with("studio", "raw-kek", "kek.bin", raw_bytes);
+    let w2 = encrypted(
+        workspace(
+            "studio",
+            "shot041",
+            workspace_spec(WorkspaceKind::User, DeletionPolicy::Retain),
+        ),
+        "raw-kek",
+        "kek.bin",
+    );
+    workspace::sync(&store, &keys, &ws_input(&w2), at(3))
+        .await
+        .expect("create with a raw key");
+    let stored = meta.get_workspace("studio.shot041").await.expect("created");
+    DataKey::unwrap(&stored.wrapped_key.expect("wrapped"), &raw).expect("unwraps with the raw KEK");
+}
+
+#[tokio::test]
+async fn encrypted_workspace_without_its_secret_or_with_a_bad_key_is_not_created() {
+    let (meta, store) = store_on(PgServer::shared()).await;
+    let mut w = encrypted(
+        workspace(
+            "studio",
+            "shot050",
+            workspace_spec(WorkspaceKind::Team, DeletionPolicy::Retain),
+        ),
+        "shot050-kek",
+        "key",
+    );
+    let missing = |meta: MetaStore| async move {
+        assert_eq!(
+            meta.get_workspace("studio.shot050")
+                .await
+                .expect_err("not created")
+                .kind(),
+            drive::ErrorKind::NotFound
+        );
+    };
+
+    // No Secret.
+    let p = workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(1))
+        .await
+        .expect("no store error");
+    let ready = conditions::find(&p.status.conditions, "Ready").expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "KeySecretMissing")
+    );
+    assert!(
+        ready.message.contains("Secret studio/shot050-kek does not exist"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(
+        p.requeue,
+        Some(std::time::Duration::from_secs(30)),
+        "rechecked: Secrets are not watched"
+    );
+    assert!(
+        matches!(&p.events[..], [e] if e.warning && e.reason == "KeySecretMissing"),
+        "{:?}",
+        p.events
+    );
+    assert_eq!(p.status.workspace_id, None);
+    missing(meta.clone()).await;
+
+    // Still missing: no second warning event.
+    w.status = Some(p.status.clone());
+    let quiet = workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(2))
+        .await
+        .expect("sync");
+    assert!(quiet.events.is_empty(), "{:?}", quiet.events);
+    assert_eq!(quiet.status, p.status);
+
+    // The Secret exists without the key.
+    let keys = StaticKeySource::default().with("studio", "shot050-kek", "other", Kek::generate().to_hex());
+    let p = workspace::sync(&store, &keys, &ws_input(&w), at(3))
+        .await
+        .expect("sync");
+    let ready = conditions::find(&p.status.conditions, "Ready").expect("Ready");
+    assert_eq!(ready.reason, "KeySecretMissing");
+    assert!(ready.message.contains("has no key \"key\""), "{}", ready.message);
+    missing(meta.clone()).await;
+
+    // The key is not a KEK: InvalidKey, and the value appears nowhere.
+    let secret_value = "swordfish-is-not-a-kek";
+    let keys = StaticKeySource::default().with("studio", "shot050-kek", "key", secret_value);
+    let p = workspace::sync(&store, &keys, &ws_input(&w), at(4))
+        .await
+        .expect("sync");
+    let ready = conditions::find(&p.status.conditions, "Ready").expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "InvalidKey")
+    );
+    assert!(
+        ready
+            .message
+            .contains("expected 32 raw bytes or 64 hex digits, found 22 bytes"),
+        "{}",
+        ready.message
+    );
+    assert!(
+        matches!(&p.events[..], [e] if e.warning && e.reason == "InvalidKey"),
+        "{:?}",
+        p.events
+    );
+    let shown = format!("{:?} {:?}", p.status, p.events);
+    assert!(!shown.contains("swordfish"), "the Secret's value leaked: {shown}");
+    missing(meta.clone()).await;
+
+    // Fixed: created, Ready, and the data key unwraps with the KEK.
+    let kek = Kek::generate();
+    let keys = StaticKeySource::default().with("studio", "shot050-kek", "key", kek.to_hex());
+    let p = workspace::sync(&store, &keys, &ws_input(&w), at(5))
+        .await
+        .expect("create");
+    assert!(conditions::is_true(&p.status.conditions, "Ready"));
+    let stored = meta.get_workspace("studio.shot050").await.expect("created");
+    DataKey::unwrap(&stored.wrapped_key.expect("wrapped"), &kek).expect("unwraps");
+}
+
+#[tokio::test]
+async fn the_adapter_refuses_an_encrypted_workspace_without_a_kek_and_creates_nothing() {
+    let (meta, store) = store_on(PgServer::shared()).await;
+    let new = NewWorkspace {
+        name: "studio.nokek".into(),
+        kind: WorkspaceKind::User,
+        block_size: 4 << 20,
+        encrypted: true,
+        quota_bytes: None,
+        owners: Vec::new(),
+    };
+    let err = store.create_workspace(&new, None).await.expect_err("needs a KEK");
+    assert_eq!(err.kind, StoreErrorKind::Invalid);
+    assert!(err.to_string().contains("key-encryption key"), "{err}");
+    assert_eq!(
+        meta.get_workspace("studio.nokek")
+            .await
+            .expect_err("absent")
+            .kind(),
+        drive::ErrorKind::NotFound
+    );
+
+    // An unencrypted workspace ignores a KEK: no wrapped key is stored.
+    let plain = NewWorkspace {
+        name: "studio.plain".into(),
+        encrypted: false,
+        ..new
+    };
+    let record = store
+        .create_workspace(&plain, Some(&Kek::generate()))
+        .await
+        .expect("create");
+    assert!(!record.encrypted);
+    assert_eq!(
+        meta.get_workspace("studio.plain").await.expect("get").wrapped_key,
+        None
     );
 }

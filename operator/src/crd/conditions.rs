@@ -27,6 +27,12 @@ pub mod reason {
     pub const STORE_ERROR: &str = "StoreError";
     /// The workspace a Snapshot or Share refers to does not exist (yet).
     pub const WORKSPACE_NOT_FOUND: &str = "WorkspaceNotFound";
+    /// An encrypted Workspace's key Secret, or the key in it, does not exist (yet).
+    pub const KEY_SECRET_MISSING: &str = "KeySecretMissing";
+    /// An encrypted Workspace's key Secret holds something that is not a key-encryption key.
+    pub const INVALID_KEY: &str = "InvalidKey";
+    /// An encrypted Workspace's key Secret could not be read (forbidden, API unreachable).
+    pub const KEY_SECRET_UNREADABLE: &str = "KeySecretUnreadable";
     /// The Workspace resource is being deleted.
     pub const DELETING: &str = "Deleting";
     /// A Share has passed its expiry time and its grant was revoked.

@@ -1,11 +1,17 @@
 //! Planner for `Workspace`: create the store workspace, adopt an existing one of the same
 //! store name, update mutable fields (quota, owners), refuse immutable changes, report usage.
+//!
+//! An encrypted workspace is created only once its key-encryption key has been read from the
+//! Secret its spec names ([`KeyState::Loaded`]); a missing Secret or a malformed key leaves it
+//! uncreated with `Ready=False` (`KeySecretMissing` / `InvalidKey`) and a recheck in 30 s (the
+//! operator does not watch Secrets). The key itself never reaches the planner: only whether it
+//! was loaded, and messages that name the Secret.
 
 use jiff::Timestamp;
 
 use super::{
-    EventNote, Plan, RESYNC, SpecError, invalid_spec_conditions, invalid_spec_event, previous_ready_reason,
-    store_name,
+    EventNote, Plan, RESYNC, SpecError, WAIT_FOR_DEPENDENCY, invalid_spec_conditions, invalid_spec_event,
+    previous_ready_reason, store_name,
 };
 use crate::crd::conditions::{self, Desired, reason};
 use crate::crd::{DeletionPolicy, WorkspaceSpec, WorkspaceStatus, WorkspaceUsage};
@@ -21,11 +27,28 @@ pub struct Input<'a> {
     pub status: Option<&'a WorkspaceStatus>,
 }
 
-/// What the store holds for the workspace.
+/// What the store holds for the workspace, and whether the key it needs was loaded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
     pub record: Option<WorkspaceRecord>,
     pub usage: Option<Usage>,
+    pub key: KeyState,
+}
+
+/// The key-encryption key of an encrypted workspace. The reconciler reads it only when the
+/// workspace has to be created (afterwards the store holds the wrapped data key). Messages
+/// name the Secret and key, never their content.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum KeyState {
+    /// Not read (not needed, or not looked up).
+    #[default]
+    NotLoaded,
+    /// Read and valid; the reconciler holds it for the create.
+    Loaded,
+    /// The Secret, or the key in it, does not exist.
+    Missing(String),
+    /// The value is not a key-encryption key.
+    Invalid(String),
 }
 
 /// A store operation.
@@ -127,6 +150,26 @@ fn status(
     }
 }
 
+/// The Ready reason and message when the key of an encrypted workspace to create is not
+/// usable; `None` when it was loaded.
+fn key_blocked(key: &KeyState) -> Option<(&'static str, String)> {
+    match key {
+        KeyState::Loaded => None,
+        KeyState::NotLoaded => Some((
+            reason::KEY_SECRET_MISSING,
+            "waiting for the key-encryption key of this encrypted workspace".to_string(),
+        )),
+        KeyState::Missing(m) => Some((
+            reason::KEY_SECRET_MISSING,
+            format!("{m}; the workspace is created once it exists"),
+        )),
+        KeyState::Invalid(m) => Some((
+            reason::INVALID_KEY,
+            format!("{m}; the workspace is created once it is fixed"),
+        )),
+    }
+}
+
 /// Plans one reconcile of a live (not deleting) Workspace.
 pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, WorkspaceStatus> {
     let previous = input.status.map(|s| s.conditions.as_slice()).unwrap_or_default();
@@ -148,6 +191,22 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
         }
     };
     let Some(have) = &observed.record else {
+        if want.encrypted
+            && let Some((why, message)) = key_blocked(&observed.key)
+        {
+            let events = if previous_ready_reason(previous) == Some(why) {
+                Vec::new()
+            } else {
+                vec![EventNote::warning(why, "LoadKey", message.clone())]
+            };
+            let desired = [Desired::no(conditions::READY, why, message)];
+            return Plan {
+                ops: Vec::new(),
+                status: status(input, None, None, &desired, now),
+                events,
+                requeue: Some(WAIT_FOR_DEPENDENCY),
+            };
+        }
         let desired = [
             Desired::no(
                 conditions::READY,

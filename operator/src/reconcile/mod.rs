@@ -28,6 +28,7 @@ use serde::de::DeserializeOwned;
 use crate::crd::FIELD_MANAGER;
 use crate::crd::conditions::{self, Desired, reason};
 use crate::gc_job::GcJobSettings;
+use crate::keys::SecretReadError;
 use crate::metrics::Metrics;
 use crate::plan::EventNote;
 use crate::store::{StoreError, StoreErrorKind};
@@ -57,6 +58,8 @@ pub enum ReconcileError {
     Kube(#[from] kube::Error),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<ReconcileError>>),
+    #[error(transparent)]
+    KeySecret(#[from] SecretReadError),
     #[error("object has no {0}")]
     MissingField(&'static str),
     #[error("planner still wants changes after {MAX_ROUNDS} rounds")]
@@ -77,6 +80,7 @@ impl ReconcileError {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.label(),
                 _ => "finalizer",
             },
+            ReconcileError::KeySecret(_) => "key_secret_unreadable",
             ReconcileError::MissingField(_) => "missing_field",
             ReconcileError::NoConvergence => "no_convergence",
         }
@@ -99,6 +103,16 @@ pub fn failure_conditions(e: &StoreError) -> Vec<Desired> {
     vec![
         Desired::no(conditions::READY, why, message.clone()),
         Desired::yes(conditions::DEGRADED, why, message),
+    ]
+}
+
+/// The conditions when an encrypted workspace's key Secret cannot be read (not: does not
+/// exist; that is `KeySecretMissing` from the planner).
+pub fn key_read_failure_conditions(e: &SecretReadError) -> Vec<Desired> {
+    let message = format!("{e}; retrying with backoff");
+    vec![
+        Desired::no(conditions::READY, reason::KEY_SECRET_UNREADABLE, message.clone()),
+        Desired::yes(conditions::DEGRADED, reason::KEY_SECRET_UNREADABLE, message),
     ]
 }
 

@@ -1,4 +1,8 @@
 //! Reconciles `Workspace` resources.
+//!
+//! An encrypted Workspace needs its key-encryption key only to be created: [`sync`] reads the
+//! Secret named by `spec.encryption.keySecretRef` (through a [`KeySource`]) when the store has
+//! no such workspace yet, and hands the key to the store, which wraps a new data key with it.
 
 use std::sync::Arc;
 
@@ -9,12 +13,16 @@ use kube::{Api, ResourceExt};
 use tracing::instrument;
 
 use super::{
-    Context, ReconcileError, action, failed_conditions, object_key, patch_status_if_changed, publish,
+    Context, ReconcileError, action, failed_conditions, key_read_failure_conditions, object_key,
+    patch_status_if_changed, publish,
 };
+use crate::crd::conditions;
 use crate::crd::{FINALIZER, Workspace, WorkspaceStatus};
-use crate::plan::workspace::{Input, Observed, Op, plan, plan_cleanup};
+use crate::keys::{KeySource, SecretKeySource, SecretLookup, parse_kek};
+use crate::plan::workspace::{Input, KeyState, Observed, Op, plan, plan_cleanup};
 use crate::plan::{EventNote, Plan};
 use crate::store::{StoreResult, StudioStore};
+use drive::data::Kek;
 
 fn input(ws: &Workspace) -> Result<Input<'_>, ReconcileError> {
     Ok(Input {
@@ -34,7 +42,8 @@ fn input(ws: &Workspace) -> Result<Input<'_>, ReconcileError> {
     })
 }
 
-/// Reads what the store holds for the workspace named in `input`.
+/// Reads what the store holds for the workspace named in `input`. `key` is left
+/// [`KeyState::NotLoaded`]; [`load_key`] fills it in.
 pub async fn observe<S: StudioStore>(store: &S, input: &Input<'_>) -> StoreResult<Observed> {
     let Ok(name) = crate::plan::workspace::workspace_store_name(input.namespace, input.name) else {
         return Ok(Observed::default());
@@ -44,14 +53,57 @@ pub async fn observe<S: StudioStore>(store: &S, input: &Input<'_>) -> StoreResul
         Some(r) => Some(store.workspace_usage(r).await?),
         None => None,
     };
-    Ok(Observed { record, usage })
+    Ok(Observed {
+        record,
+        usage,
+        key: KeyState::NotLoaded,
+    })
 }
 
-/// Applies store operations.
-pub async fn apply<S: StudioStore>(store: &S, ops: &[Op]) -> StoreResult<()> {
+/// Reads the key-encryption key when the planner will need it: the spec asks for encryption
+/// and the store has no workspace yet. Returns what the planner may know about it and, when
+/// loaded, the key for [`apply`]. A Secret that cannot be read at all (forbidden, API down)
+/// is an error, retried with backoff.
+pub async fn load_key<K: KeySource>(
+    keys: &K,
+    input: &Input<'_>,
+    observed: &Observed,
+) -> Result<(KeyState, Option<Kek>), ReconcileError> {
+    let Some(secret) = input
+        .spec
+        .encryption
+        .as_ref()
+        .filter(|e| e.enabled && observed.record.is_none())
+        .and_then(|e| e.key_secret_ref.as_ref())
+    else {
+        return Ok((KeyState::NotLoaded, None));
+    };
+    let (ns, name, key) = (input.namespace, secret.name.as_str(), secret.key.as_str());
+    Ok(match keys.lookup(ns, name, key).await? {
+        SecretLookup::SecretMissing => (
+            KeyState::Missing(format!("Secret {ns}/{name} does not exist")),
+            None,
+        ),
+        SecretLookup::KeyMissing => (
+            KeyState::Missing(format!("Secret {ns}/{name} has no key {key:?}")),
+            None,
+        ),
+        SecretLookup::Found(material) => match parse_kek(material.as_bytes()) {
+            Ok(kek) => (KeyState::Loaded, Some(kek)),
+            Err(e) => (
+                KeyState::Invalid(format!("key {key:?} of Secret {ns}/{name}: {e}")),
+                None,
+            ),
+        },
+    })
+}
+
+/// Applies store operations. `kek` is the key-encryption key for creating an encrypted
+/// workspace (see [`load_key`]).
+pub async fn apply<S: StudioStore>(store: &S, ops: &[Op], kek: Option<&Kek>) -> StoreResult<()> {
     for op in ops {
         match op {
-            Op::Create(new) => drop(store.create_workspace(new).await?),
+            Op::Create(new) => drop(store.create_workspace(new, kek).await?),
             Op::Update { name, change } => drop(store.update_workspace(name, change).await?),
             Op::Delete { name } => drop(store.delete_workspace(name).await?),
         }
@@ -60,22 +112,26 @@ pub async fn apply<S: StudioStore>(store: &S, ops: &[Op]) -> StoreResult<()> {
 }
 
 /// Store-only reconcile: plan and apply until the plan asks for nothing more. Returns the
-/// final plan with the events of every round.
-pub async fn sync<S: StudioStore>(
+/// final plan with the events of every round. `keys` is read only to create an encrypted
+/// workspace.
+pub async fn sync<S: StudioStore, K: KeySource>(
     store: &S,
+    keys: &K,
     input: &Input<'_>,
     now: Timestamp,
 ) -> Result<Plan<Op, WorkspaceStatus>, ReconcileError> {
     let mut events: Vec<EventNote> = Vec::new();
     for _ in 0..super::MAX_ROUNDS {
-        let observed = observe(store, input).await?;
+        let mut observed = observe(store, input).await?;
+        let (key, kek) = load_key(keys, input, &observed).await?;
+        observed.key = key;
         let mut p = plan(input, &observed, now);
         events.append(&mut p.events);
         if p.ops.is_empty() {
             p.events = events;
             return Ok(p);
         }
-        apply(store, &p.ops).await?;
+        apply(store, &p.ops, kek.as_ref()).await?;
     }
     Err(ReconcileError::NoConvergence)
 }
@@ -85,7 +141,7 @@ pub async fn sync<S: StudioStore>(
 pub async fn cleanup<S: StudioStore>(store: &S, input: &Input<'_>) -> Result<Vec<Op>, ReconcileError> {
     let observed = observe(store, input).await?;
     let ops = plan_cleanup(input, &observed);
-    apply(store, &ops).await?;
+    apply(store, &ops, None).await?;
     Ok(ops)
 }
 
@@ -131,7 +187,8 @@ async fn apply_live<S: StudioStore>(
 ) -> Result<Action, ReconcileError> {
     let now = (ctx.clock)();
     let input = input(ws)?;
-    match sync(&ctx.store, &input, now).await {
+    let keys = SecretKeySource::new(ctx.client.clone());
+    match sync(&ctx.store, &keys, &input, now).await {
         Ok(p) => {
             patch_status_if_changed(api, ws, ws.status.as_ref(), &p.status).await?;
             publish(&ctx.recorder, ws, &p.events).await;
@@ -144,6 +201,18 @@ async fn apply_live<S: StudioStore>(
             status.conditions = failed_conditions(&status.conditions, &e, input.generation, now);
             patch_status_if_changed(api, ws, ws.status.as_ref(), &status).await?;
             Err(ReconcileError::Store(e))
+        }
+        Err(ReconcileError::KeySecret(e)) => {
+            let mut status = ws.status.clone().unwrap_or_default();
+            status.observed_generation = Some(input.generation);
+            status.conditions = conditions::merge(
+                &status.conditions,
+                &key_read_failure_conditions(&e),
+                input.generation,
+                now,
+            );
+            patch_status_if_changed(api, ws, ws.status.as_ref(), &status).await?;
+            Err(ReconcileError::KeySecret(e))
         }
         Err(other) => Err(other),
     }

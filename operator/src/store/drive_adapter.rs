@@ -3,6 +3,7 @@
 //! [`StoreError`] here and nowhere else.
 
 use drive::MetaStore;
+use drive::data::{DataKey, Kek};
 use drive::meta::WorkspaceUpdate;
 use drive::model::{self, Actor, Timestamp as NanoTime, View};
 use drive::{ErrorKind, MetaError};
@@ -10,7 +11,7 @@ use jiff::Timestamp;
 
 use super::{
     NewWorkspace, ShareGrant, SnapshotRecord, StoreError, StoreErrorKind, StoreResult, StudioStore, Usage,
-    WorkspaceChange, WorkspaceRecord,
+    WorkspaceChange, WorkspaceRecord, kek_required,
 };
 use crate::crd::{Permission, WorkspaceKind};
 
@@ -141,20 +142,19 @@ impl StudioStore for MetaStoreAdapter {
         Ok(absent_if_not_found(self.0.get_workspace(name).await)?.map(record))
     }
 
-    async fn create_workspace(&self, ws: &NewWorkspace) -> StoreResult<WorkspaceRecord> {
-        if ws.encrypted {
-            // The engine stores a wrapped data key but has no key-wrapping API yet; creating an
-            // "encrypted" workspace without one would silently store plaintext.
-            return Err(StoreError::new(
-                StoreErrorKind::Invalid,
-                "encrypted workspaces need the engine's key-wrapping support, which this build lacks",
-            ));
-        }
+    async fn create_workspace(&self, ws: &NewWorkspace, kek: Option<&Kek>) -> StoreResult<WorkspaceRecord> {
+        // The data key exists only here, long enough to be wrapped; the store keeps the
+        // wrapped form (drive::data::keys), which mounts unwrap with the same KEK.
+        let wrapped_key = match (ws.encrypted, kek) {
+            (false, _) => None,
+            (true, Some(kek)) => Some(DataKey::generate().wrap(kek)),
+            (true, None) => return Err(kek_required(&ws.name)),
+        };
         let spec = model::WorkspaceSpec {
             name: ws.name.clone(),
             kind: to_kind(ws.kind),
             block_size: ws.block_size,
-            wrapped_key: None,
+            wrapped_key,
             quota_bytes: ws.quota_bytes,
             owners: ws.owners.clone(),
         };

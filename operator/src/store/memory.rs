@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use drive::data::{DataKey, Kek};
 use jiff::Timestamp;
 
 use super::{
     NewWorkspace, ShareGrant, SnapshotRecord, StoreError, StoreErrorKind, StoreResult, StudioStore, Usage,
-    WorkspaceChange, WorkspaceRecord,
+    WorkspaceChange, WorkspaceRecord, kek_required,
 };
 
 #[derive(Debug, Default)]
@@ -19,6 +20,7 @@ struct State {
     usage: BTreeMap<String, Usage>,
     snapshots: BTreeMap<(String, String), SnapshotRecord>,
     shares: BTreeMap<(String, String), ShareGrant>,
+    wrapped_keys: BTreeMap<String, Vec<u8>>,
 }
 
 /// The in-memory store.
@@ -56,6 +58,11 @@ impl MemoryStore {
     /// Mutating calls so far.
     pub fn writes(&self) -> u64 {
         self.writes.load(Ordering::SeqCst)
+    }
+
+    /// The wrapped data key of the encrypted workspace `name`, if any.
+    pub fn wrapped_key(&self, name: &str) -> Option<Vec<u8>> {
+        self.lock().wrapped_keys.get(name).cloned()
     }
 
     /// A copy of the workspace `name`, if live.
@@ -102,7 +109,13 @@ impl StudioStore for MemoryStore {
         Ok(self.lock().workspaces.get(name).cloned())
     }
 
-    async fn create_workspace(&self, ws: &NewWorkspace) -> StoreResult<WorkspaceRecord> {
+    async fn create_workspace(&self, ws: &NewWorkspace, kek: Option<&Kek>) -> StoreResult<WorkspaceRecord> {
+        self.check()?;
+        let wrapped_key = match (ws.encrypted, kek) {
+            (false, _) => None,
+            (true, Some(kek)) => Some(DataKey::generate().wrap(kek)),
+            (true, None) => return Err(kek_required(&ws.name)),
+        };
         self.write()?;
         let id = self.id();
         let mut state = self.lock();
@@ -122,6 +135,9 @@ impl StudioStore for MemoryStore {
             owners: ws.owners.clone(),
         };
         state.workspaces.insert(ws.name.clone(), record.clone());
+        if let Some(wrapped) = wrapped_key {
+            state.wrapped_keys.insert(ws.name.clone(), wrapped);
+        }
         Ok(record)
     }
 
@@ -143,7 +159,9 @@ impl StudioStore for MemoryStore {
 
     async fn delete_workspace(&self, name: &str) -> StoreResult<bool> {
         self.write()?;
-        Ok(self.lock().workspaces.remove(name).is_some())
+        let mut state = self.lock();
+        state.wrapped_keys.remove(name);
+        Ok(state.workspaces.remove(name).is_some())
     }
 
     async fn workspace_usage(&self, ws: &WorkspaceRecord) -> StoreResult<Usage> {

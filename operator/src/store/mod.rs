@@ -16,6 +16,7 @@ pub mod memory;
 
 use std::future::Future;
 
+use drive::data::Kek;
 use jiff::Timestamp;
 
 use crate::crd::{Permission, WorkspaceKind};
@@ -108,6 +109,14 @@ impl StoreErrorKind {
     }
 }
 
+/// The error of creating an encrypted workspace without a key-encryption key.
+pub(crate) fn kek_required(name: &str) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Invalid,
+        format!("workspace {name} is encrypted: creating it needs a key-encryption key"),
+    )
+}
+
 /// A failed store operation.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -140,9 +149,13 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// What reconcile needs from the metadata store. Workspaces are addressed by store name.
 pub trait StudioStore: Send + Sync + 'static {
     fn get_workspace(&self, name: &str) -> impl Future<Output = StoreResult<Option<WorkspaceRecord>>> + Send;
+    /// Creates the workspace. An encrypted one (`ws.encrypted`) gets a new random data key,
+    /// stored wrapped under `kek`; without a `kek` it fails with [`StoreErrorKind::Invalid`]
+    /// and creates nothing. `kek` is ignored for an unencrypted workspace.
     fn create_workspace(
         &self,
         ws: &NewWorkspace,
+        kek: Option<&Kek>,
     ) -> impl Future<Output = StoreResult<WorkspaceRecord>> + Send;
     fn update_workspace(
         &self,

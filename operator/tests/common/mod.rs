@@ -1,12 +1,18 @@
 //! Shared builders for the operator tests.
 #![allow(dead_code)]
 
+pub mod mock;
+
 use jiff::Timestamp;
 use kube::api::ObjectMeta;
 use operator::crd::{
     DeletionPolicy, Permission, Share, ShareSpec, Snapshot, SnapshotSpec, Subject, SubjectKind, Workspace,
     WorkspaceKind, WorkspaceSpec,
 };
+use operator::keys::StaticKeySource;
+
+/// A key source without Secrets, for unencrypted workspaces.
+pub const NO_KEYS: StaticKeySource = StaticKeySource::new();
 
 pub fn at(secs: i64) -> Timestamp {
     Timestamp::from_second(secs).expect("valid timestamp")
