@@ -1,6 +1,13 @@
 //! Builds the Kubernetes Job that runs one GC pass of a LifecyclePolicy:
-//! `studiodrive-operator gc --policy <name> --pass-id <id>` in the operator's namespace, owned
-//! by the (cluster-scoped) policy so that deleting the policy deletes its Jobs.
+//! `studiodrive-operator gc --policy <name> --pass-id <id> [--dry-run] --deletes-per-second N
+//! --backoff-latency-ms M` in the operator's namespace, owned by the (cluster-scoped) policy so
+//! that deleting the policy deletes its Jobs.
+//!
+//! The pass's mode (`dryRun`) and limits (`throttle`) are fixed in the Job's arguments when the
+//! pass starts: the Job's pod retries (`backoffLimit`) resume the same pass id, and must not
+//! switch from a dry run to a real one, or change pace, because the policy was edited in
+//! between. The next pass picks up the edit. [`GcPassArgs`] is both what the Job passes and
+//! what the `gc` subcommand parses, so the two cannot drift apart.
 
 use std::collections::BTreeMap;
 
@@ -37,6 +44,60 @@ impl Default for GcJobSettings {
     }
 }
 
+/// The arguments of one GC pass: the `gc` subcommand's flags.
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct GcPassArgs {
+    /// The LifecyclePolicy name (cluster-scoped).
+    #[arg(long)]
+    pub policy: String,
+    /// The pass id; re-running the same id resumes the pass.
+    #[arg(long)]
+    pub pass_id: String,
+    /// Report what the pass would do without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Object deletions per second.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub deletes_per_second: u32,
+    /// Pause while metadata transactions take longer than this many milliseconds.
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u32).range(1..=600_000))]
+    pub backoff_latency_ms: u32,
+}
+
+impl GcPassArgs {
+    /// The arguments of pass `pass_id` of `policy`, from its spec as it is now.
+    pub fn for_pass(policy: &LifecyclePolicy, pass_id: &str) -> GcPassArgs {
+        GcPassArgs {
+            policy: policy.metadata.name.clone().unwrap_or_default(),
+            pass_id: pass_id.to_string(),
+            dry_run: policy.spec.dry_run,
+            deletes_per_second: policy.spec.throttle.deletes_per_second,
+            backoff_latency_ms: policy.spec.throttle.backoff_latency_ms,
+        }
+    }
+
+    /// The container arguments: the `gc` subcommand and its flags (`--dry-run` only when set).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "gc".to_string(),
+            "--policy".to_string(),
+            self.policy.clone(),
+            "--pass-id".to_string(),
+            self.pass_id.clone(),
+        ];
+        if self.dry_run {
+            args.push("--dry-run".to_string());
+        }
+        args.extend([
+            "--deletes-per-second".to_string(),
+            self.deletes_per_second.to_string(),
+            "--backoff-latency-ms".to_string(),
+            self.backoff_latency_ms.to_string(),
+        ]);
+        args
+    }
+}
+
 /// The Job for pass `pass_id` of `policy`.
 pub fn build_job(policy: &LifecyclePolicy, pass_id: &str, job_name: &str, settings: &GcJobSettings) -> Job {
     let policy_name = policy.metadata.name.clone().unwrap_or_default();
@@ -69,13 +130,7 @@ pub fn build_job(policy: &LifecyclePolicy, pass_id: &str, job_name: &str, settin
     let container = Container {
         name: "gc".into(),
         image: Some(settings.image.clone()),
-        args: Some(vec![
-            "gc".into(),
-            "--policy".into(),
-            policy_name.clone(),
-            "--pass-id".into(),
-            pass_id.into(),
-        ]),
+        args: Some(GcPassArgs::for_pass(policy, pass_id).to_args()),
         env,
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),

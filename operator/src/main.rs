@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use kube::runtime::events::{Recorder, Reporter};
 use operator::controllers::{LeaseSettings, run_with_leader_election};
-use operator::gc_job::GcJobSettings;
+use operator::gc_job::{GcJobSettings, GcPassArgs};
 use operator::http::{HealthState, serve};
 use operator::metrics::Metrics;
 use operator::reconcile::{Backoff, Context};
@@ -45,14 +45,7 @@ enum Command {
         out_dir: Option<PathBuf>,
     },
     /// Run one GC pass of a LifecyclePolicy (started by the operator as a Job).
-    Gc {
-        /// The LifecyclePolicy name (cluster-scoped).
-        #[arg(long)]
-        policy: String,
-        /// The pass id; re-running the same id resumes the pass.
-        #[arg(long)]
-        pass_id: String,
-    },
+    Gc(GcPassArgs),
 }
 
 #[derive(clap::Args)]
@@ -103,8 +96,11 @@ fn main() -> anyhow::Result<()> {
     init_tracing(&cli.log, &cli.log_format)?;
     match cli.command {
         Command::Crds { out_dir } => crds(out_dir),
-        Command::Gc { policy, pass_id } => anyhow::bail!(
-            "GC engine not yet implemented: pass {pass_id} of LifecyclePolicy {policy} cannot run in this build"
+        Command::Gc(pass) => anyhow::bail!(
+            "GC engine not yet implemented: pass {} of LifecyclePolicy {} (dry run: {}) cannot run in this build",
+            pass.pass_id,
+            pass.policy,
+            pass.dry_run
         ),
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
