@@ -76,7 +76,12 @@ pub struct DriveFuse<B: BlockIo> {
 
 impl<B: BlockIo> DriveFuse<B> {
     pub fn new(fs: Arc<DriveFs<B>>, rt: Handle, ttls: Ttls, metrics: Arc<Metrics>) -> DriveFuse<B> {
-        DriveFuse { fs, rt, ttls, metrics }
+        DriveFuse {
+            fs,
+            rt,
+            ttls,
+            metrics,
+        }
     }
 
     /// Runs `work` on the runtime and records its latency and outcome.
@@ -265,7 +270,16 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         });
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
         let Some(kind) = kind_of_mode(mode) else {
             reply.error(Errno::EINVAL);
             return;
@@ -319,7 +333,10 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let (name, target) = (link_name.as_bytes().to_vec(), target.as_os_str().as_bytes().to_vec());
+        let (name, target) = (
+            link_name.as_bytes().to_vec(),
+            target.as_os_str().as_bytes().to_vec(),
+        );
         let (ttls, who) = (self.ttls, caller(req));
         self.spawn("symlink", move |fs| async move {
             match fs.symlink(parent.0, &name, &target, who).await {
@@ -379,7 +396,11 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         self.spawn("open", move |fs| async move {
             match fs.open(ino.0, flags, who).await {
                 Ok(o) => {
-                    let f = if o.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                    let f = if o.keep_cache {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
                     reply.opened(FileHandle(o.fh), f);
                     Ok(())
                 }
@@ -495,7 +516,12 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                 Ok(items) => {
                     for item in items {
                         let kind = file_type(item.attr.kind);
-                        if reply.add(INodeNo(item.attr.ino.0), item.offset, kind, OsStr::from_bytes(&item.name)) {
+                        if reply.add(
+                            INodeNo(item.attr.ino.0),
+                            item.offset,
+                            kind,
+                            OsStr::from_bytes(&item.name),
+                        ) {
                             break;
                         }
                     }
@@ -507,7 +533,14 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         });
     }
 
-    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         let ttls = self.ttls;
         self.spawn("readdirplus", move |fs| async move {
             match fs.readdir(fh.0, offset).await {
@@ -528,7 +561,14 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         });
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: fuser::OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: fuser::OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.fs.releasedir(fh.0);
         reply.ok();
     }
@@ -542,7 +582,9 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         self.spawn("statfs", move |fs| async move {
             match fs.statfs().await {
                 Ok(s) => {
-                    reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize);
+                    reply.statfs(
+                        s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+                    );
                     Ok(())
                 }
                 Err(e) => Err(reply.error(report("statfs", &e))),
@@ -550,7 +592,16 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         });
     }
 
-    fn setxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
         let mode = if flags & libc::XATTR_CREATE != 0 {
             XattrMode::Create
         } else if flags & libc::XATTR_REPLACE != 0 {
@@ -617,14 +668,29 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         });
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
         let (name, ttls, who) = (name.as_bytes().to_vec(), self.ttls, caller(req));
         let flags = OpenFlags::from_libc(flags);
         self.spawn("create", move |fs| async move {
             match fs.create(parent.0, &name, mode, flags, who).await {
                 Ok(o) => {
                     let attr = file_attr(&o.attr, blksize(&fs));
-                    reply.created(&ttls.entry, &attr, Generation(0), FileHandle(o.fh), FopenFlags::empty());
+                    reply.created(
+                        &ttls.entry,
+                        &attr,
+                        Generation(0),
+                        FileHandle(o.fh),
+                        FopenFlags::empty(),
+                    );
                     Ok(())
                 }
                 Err(e) => Err(reply.error(report("create", &e))),

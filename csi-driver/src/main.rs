@@ -1,10 +1,14 @@
 //! `studiodrive-csi`: the CSI plugin and the local FUSE mount.
 
 use clap::{Parser, Subcommand};
-use drive_csi::cli::{StorageArgs, admin, mount};
+use drive_csi::cli::{StorageArgs, admin, mount, serve};
 
 #[derive(Debug, Parser)]
-#[command(name = "studiodrive-csi", version, about = "Studio Drive: CSI driver and FUSE mount")]
+#[command(
+    name = "studiodrive-csi",
+    version,
+    about = "Studio Drive: CSI driver and FUSE mount"
+)]
 struct Cli {
     /// Log as JSON lines.
     #[arg(long, global = true)]
@@ -15,6 +19,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Runs the CSI plugin (Identity, Controller, Node) on a Unix socket.
+    Serve(serve::ServeArgs),
     /// Mounts a workspace (or a folder or snapshot of it) with FUSE.
     Mount(mount::MountArgs),
     /// Creates, lists and deletes snapshots.
@@ -48,6 +54,7 @@ fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Mount(args) => mount::run(args),
+        Command::Serve(args) => serve::run(args),
         other => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
@@ -55,7 +62,7 @@ fn main() -> anyhow::Result<()> {
                     Command::Snapshot(cmd) => admin::snapshot(cmd).await,
                     Command::Sequences { storage, path } => admin::sequences(storage, path).await,
                     Command::Events { storage, follow } => admin::events(storage, follow).await,
-                    Command::Mount(_) => anyhow::bail!("mount runs outside this runtime"),
+                    Command::Mount(_) | Command::Serve(_) => anyhow::bail!("runs outside this runtime"),
                 }
             })
         }

@@ -1,12 +1,13 @@
-//! Prometheus metrics of a mount, in a registry of its own, served on `--metrics-addr`.
+//! Prometheus metrics of a mount and of the CSI plugin, each in a registry of its own, served
+//! on `--metrics-addr`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use drive::data::BlockStore;
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio_util::sync::CancellationToken;
 
 /// The metrics a mount exports.
@@ -39,15 +40,27 @@ impl DataMetrics {
     fn new(registry: &Registry) -> Result<DataMetrics, prometheus::Error> {
         let m = DataMetrics {
             store_requests: IntCounterVec::new(
-                Opts::new("object_store_requests_total", "Object-store block requests by operation"),
+                Opts::new(
+                    "object_store_requests_total",
+                    "Object-store block requests by operation",
+                ),
                 &["op"],
             )?,
-            store_errors: IntCounter::new("object_store_errors_total", "Object-store requests that failed after retries")?,
+            store_errors: IntCounter::new(
+                "object_store_errors_total",
+                "Object-store requests that failed after retries",
+            )?,
             store_bytes: IntCounterVec::new(
-                Opts::new("object_store_bytes_total", "Bytes moved to and from the object store"),
+                Opts::new(
+                    "object_store_bytes_total",
+                    "Bytes moved to and from the object store",
+                ),
                 &["direction"],
             )?,
-            dedup_hits: IntCounter::new("blocks_deduplicated_total", "Blocks not uploaded because already stored")?,
+            dedup_hits: IntCounter::new(
+                "blocks_deduplicated_total",
+                "Blocks not uploaded because already stored",
+            )?,
             cache_hits: IntCounter::new("cache_hits_total", "Block cache hits")?,
             cache_misses: IntCounter::new("cache_misses_total", "Block cache misses")?,
             cache_evictions: IntCounter::new("cache_evictions_total", "Blocks evicted from the cache")?,
@@ -71,8 +84,14 @@ impl DataMetrics {
         advance(&self.store_requests.with_label_values(&["get"]), &s.gets);
         advance(&self.store_requests.with_label_values(&["put"]), &s.puts);
         advance(&self.store_errors, &s.errors);
-        advance(&self.store_bytes.with_label_values(&["download"]), &s.bytes_downloaded);
-        advance(&self.store_bytes.with_label_values(&["upload"]), &s.bytes_uploaded);
+        advance(
+            &self.store_bytes.with_label_values(&["download"]),
+            &s.bytes_downloaded,
+        );
+        advance(
+            &self.store_bytes.with_label_values(&["upload"]),
+            &s.bytes_uploaded,
+        );
         advance(&self.dedup_hits, &s.dedup_hits);
         if let Some(cache) = blocks.cache() {
             let c = cache.stats();
@@ -137,22 +156,90 @@ impl Metrics {
 
     /// Records one finished operation.
     pub fn observe_op(&self, op: &str, ok: bool, took: Duration) {
-        self.ops.with_label_values(&[op, if ok { "ok" } else { "error" }]).inc();
+        self.ops
+            .with_label_values(&[op, if ok { "ok" } else { "error" }])
+            .inc();
         self.latency.with_label_values(&[op]).observe(took.as_secs_f64());
     }
+}
 
+/// A set of metrics that can be scraped.
+pub trait Exporter: Send + Sync + 'static {
+    /// The Prometheus text format of every metric.
+    fn render(&self) -> Vec<u8>;
+}
+
+fn encode(registry: &Registry) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = prometheus::TextEncoder::new().encode(&registry.gather(), &mut out);
+    out
+}
+
+impl Exporter for Metrics {
     fn render(&self) -> Vec<u8> {
         if let Some(blocks) = self.blocks.get() {
             self.data.sync(blocks);
         }
-        let mut out = Vec::new();
-        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        out
+        encode(&self.registry)
+    }
+}
+
+/// The CSI plugin's metrics: calls by method and code, their latency, live publications.
+pub struct CsiMetrics {
+    pub registry: Registry,
+    calls: IntCounterVec,
+    latency: HistogramVec,
+    /// Volumes published on this node.
+    pub mounts: IntGauge,
+}
+
+impl CsiMetrics {
+    pub fn new() -> Result<CsiMetrics, prometheus::Error> {
+        let registry = Registry::new_custom(Some("studiodrive".into()), None)?;
+        let calls = IntCounterVec::new(
+            Opts::new("csi_calls_total", "CSI gRPC calls by method and status code"),
+            &["method", "code"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new("csi_call_seconds", "CSI gRPC call latency")
+                .buckets(prometheus::exponential_buckets(0.0005, 2.0, 18)?),
+            &["method"],
+        )?;
+        let mounts = IntGauge::new("csi_mounts", "Volumes published on this node")?;
+        registry.register(Box::new(calls.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(mounts.clone()))?;
+        Ok(CsiMetrics {
+            registry,
+            calls,
+            latency,
+            mounts,
+        })
+    }
+
+    /// Records one finished call.
+    pub fn observe_call(&self, method: &str, code: tonic::Code, took: Duration) {
+        self.calls
+            .with_label_values(&[method, &format!("{code:?}")])
+            .inc();
+        self.latency
+            .with_label_values(&[method])
+            .observe(took.as_secs_f64());
+    }
+}
+
+impl Exporter for CsiMetrics {
+    fn render(&self) -> Vec<u8> {
+        encode(&self.registry)
     }
 }
 
 /// Serves `/metrics` on `addr` until `cancel` fires.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, cancel: CancellationToken) -> std::io::Result<()> {
+pub async fn serve<E: Exporter>(
+    addr: SocketAddr,
+    metrics: Arc<E>,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
     use http_body_util::Full;
     use hyper::body::Bytes;
     use hyper::service::service_fn;
@@ -169,7 +256,9 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, cancel: Cancellation
         tokio::spawn(async move {
             let service = service_fn(move |_req| {
                 let body = metrics.render();
-                async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(body)))) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(body))))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)

@@ -8,7 +8,9 @@ use std::time::Duration;
 use common::{Mount, Storage, eventually, is_mounted};
 
 fn pattern(seed: u32, len: usize) -> Vec<u8> {
-    (0..len).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 13) as u8).collect()
+    (0..len)
+        .map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 13) as u8)
+        .collect()
 }
 
 #[test]
@@ -41,7 +43,8 @@ fn a_file_closed_on_one_mount_reads_new_on_the_other() -> anyhow::Result<()> {
     let a = Mount::new(&storage, &[])?;
     let b = Mount::new(&storage, &[])?;
     fs::write(a.path("shared"), b"version one")?;
-    assert!(eventually(Duration::from_secs(5), || fs::read(b.path("shared")).is_ok_and(|d| d == b"version one")));
+    assert!(eventually(Duration::from_secs(5), || fs::read(b.path("shared"))
+        .is_ok_and(|d| d == b"version one")));
     // B has it cached now; A rewrites it.
     fs::write(a.path("shared"), b"version two, longer")?;
     assert!(eventually(Duration::from_secs(5), || {

@@ -27,7 +27,10 @@ fn posix_behaviour() -> anyhow::Result<()> {
     assert_eq!(errno(&fs::remove_file(m.path("d")).unwrap_err()), libc::EISDIR);
     assert_eq!(errno(&fs::read_dir(m.path("d/f")).unwrap_err()), libc::ENOTDIR);
     let long = "n".repeat(256);
-    assert_eq!(errno(&fs::write(m.path(&long), b"").unwrap_err()), libc::ENAMETOOLONG);
+    assert_eq!(
+        errno(&fs::write(m.path(&long), b"").unwrap_err()),
+        libc::ENAMETOOLONG
+    );
 
     // rename rules: over a file replaces, dir over non-empty dir fails, into own subtree fails
     fs::write(m.path("a"), b"aaa")?;
@@ -36,9 +39,18 @@ fn posix_behaviour() -> anyhow::Result<()> {
     assert_eq!(fs::read(m.path("b"))?, b"aaa");
     assert!(!m.path("a").exists());
     fs::create_dir(m.path("e"))?;
-    assert_eq!(errno(&fs::rename(m.path("e"), m.path("d")).unwrap_err()), libc::ENOTEMPTY);
-    assert_eq!(errno(&fs::rename(m.path("d"), m.path("d/sub")).unwrap_err()), libc::EINVAL);
-    assert_eq!(errno(&fs::rename(m.path("b"), m.path("d")).unwrap_err()), libc::EISDIR);
+    assert_eq!(
+        errno(&fs::rename(m.path("e"), m.path("d")).unwrap_err()),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(
+        errno(&fs::rename(m.path("d"), m.path("d/sub")).unwrap_err()),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(&fs::rename(m.path("b"), m.path("d")).unwrap_err()),
+        libc::EISDIR
+    );
 
     // permissions and ownership bits round-trip
     fs::set_permissions(m.path("b"), fs::Permissions::from_mode(0o640))?;
@@ -73,7 +85,11 @@ fn posix_behaviour() -> anyhow::Result<()> {
     assert!(got[70_000..].iter().all(|&b| b == 0));
 
     // holes, and a partial overwrite in the middle of a block (read-modify-write)
-    let f = OpenOptions::new().create(true).write(true).truncate(true).open(m.path("h"))?;
+    let f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(m.path("h"))?;
     f.write_all_at(b"end", 5_000_000)?;
     drop(f);
     let got = fs::read(m.path("h"))?;
@@ -107,7 +123,10 @@ fn posix_behaviour() -> anyhow::Result<()> {
     fs::create_dir_all(&p)?;
     fs::write(p.join("leaf"), b"leaf")?;
     fs::remove_dir_all(m.path("deep"))?;
-    assert_eq!(fs::metadata(m.path("deep")).unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        fs::metadata(m.path("deep")).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
 
     // readdir while entries are added: every pre-existing entry is seen exactly once
     fs::create_dir(m.path("many"))?;

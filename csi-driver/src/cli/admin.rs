@@ -64,7 +64,10 @@ pub async fn snapshot(cmd: SnapshotCmd) -> anyhow::Result<()> {
 pub async fn sequences(storage: StorageArgs, path: String) -> anyhow::Result<()> {
     let meta = storage.meta().await?;
     let ws = meta.get_workspace(&storage.workspace).await?;
-    let dir = meta.resolve(ws.id, &path).await.with_context(|| format!("resolve {path}"))?;
+    let dir = meta
+        .resolve(ws.id, &path)
+        .await
+        .with_context(|| format!("resolve {path}"))?;
     for seq in meta.sequences(dir.ino).await? {
         println!("{seq}");
     }
@@ -78,10 +81,17 @@ pub async fn events(storage: StorageArgs, follow: bool) -> anyhow::Result<()> {
     let mut feed = EventFeed::new(Some(ws.id), 0);
     loop {
         for e in feed.poll(&meta).await? {
-            let name = e.name.as_ref().map(|n| n.to_string_lossy()).unwrap_or_default();
+            let name = e
+                .name
+                .as_ref()
+                .map(drive::model::Name::to_string_lossy)
+                .unwrap_or_default();
             let ino = e.ino.map(|i| i.0.to_string()).unwrap_or_default();
             let parent = e.parent.map(|i| i.0.to_string()).unwrap_or_default();
-            println!("{}\t{}\t{}\t{}\tino={}\tparent={}\t{}", e.id, e.at.0, e.actor, e.op, ino, parent, name);
+            println!(
+                "{}\t{}\t{}\t{}\tino={}\tparent={}\t{}",
+                e.id, e.at.0, e.actor, e.op, ino, parent, name
+            );
         }
         if !follow {
             return Ok(());

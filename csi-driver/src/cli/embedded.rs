@@ -53,7 +53,10 @@ fn hand_over(dir: &Path) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(());
     }
-    let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status()?;
+    let status = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(dir)
+        .status()?;
     if !status.success() {
         bail!("chown {} to postgres failed", dir.display());
     }
@@ -76,7 +79,11 @@ pub fn ensure_running(root: &Path) -> anyhow::Result<String> {
     if !data.join("PG_VERSION").exists() {
         std::fs::create_dir_all(&data)?;
         hand_over(root)?;
-        let out = run(&bin, "initdb", &["-D", &data_s, "-U", "postgres", "--auth=trust", "-E", "UTF8"])?;
+        let out = run(
+            &bin,
+            "initdb",
+            &["-D", &data_s, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        )?;
         if !out.status.success() {
             bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -84,12 +91,22 @@ pub fn ensure_running(root: &Path) -> anyhow::Result<String> {
     hand_over(root)?;
     let status = run(&bin, "pg_ctl", &["status", "-D", &data_s])?;
     if !status.status.success() {
-        let opts = format!("-k {} -c listen_addresses='' -c max_connections=200", sock.display());
+        let opts = format!(
+            "-k {} -c listen_addresses='' -c max_connections=200",
+            sock.display()
+        );
         let log = root.join("postgres.log").to_string_lossy().to_string();
-        let out = run(&bin, "pg_ctl", &["start", "-w", "-t", "60", "-D", &data_s, "-l", &log, "-o", &opts])?;
+        let out = run(
+            &bin,
+            "pg_ctl",
+            &["start", "-w", "-t", "60", "-D", &data_s, "-l", &log, "-o", &opts],
+        )?;
         // Another mount of the same state dir may have started it meanwhile: check again.
         if !out.status.success() && !run(&bin, "pg_ctl", &["status", "-D", &data_s])?.status.success() {
-            bail!("PostgreSQL did not start (see {log}): {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "PostgreSQL did not start (see {log}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
     Ok(format!("host={} user=postgres dbname=postgres", sock.display()))

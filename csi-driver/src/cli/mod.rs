@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod embedded;
 pub mod mount;
+pub mod serve;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -78,6 +79,26 @@ impl StorageArgs {
             Some(url) => Ok(url.parse()?),
             None => Ok(StoreLocation::Local(self.state_dir()?.join("blocks"))),
         }
+    }
+
+    /// These settings as the environment variables the flags read, for child processes.
+    pub fn child_env(&self) -> anyhow::Result<Vec<(&'static str, Option<std::ffi::OsString>)>> {
+        let os = |v: &Option<String>| v.as_ref().map(std::ffi::OsString::from);
+        Ok(vec![
+            ("STUDIODRIVE_STATE_DIR", Some(self.state_dir()?.into_os_string())),
+            ("STUDIODRIVE_METADATA_URL", os(&self.metadata_url)),
+            ("STUDIODRIVE_STORE", os(&self.store)),
+            ("STUDIODRIVE_S3_ENDPOINT", os(&self.s3_endpoint)),
+            ("STUDIODRIVE_S3_REGION", os(&self.s3_region)),
+            (
+                "STUDIODRIVE_S3_CREDENTIALS_FILE",
+                self.s3_credentials_file.clone().map(PathBuf::into_os_string),
+            ),
+            (
+                "STUDIODRIVE_S3_MAX_ATTEMPTS",
+                Some(self.s3_max_attempts.to_string().into()),
+            ),
+        ])
     }
 
     /// Opens the block store.

@@ -104,12 +104,42 @@ pub fn clean_stale(mountpoint: &Path) -> anyhow::Result<()> {
 
 /// Whether `mountpoint` is a FUSE mount right now.
 pub fn is_mounted(mountpoint: &Path) -> bool {
-    let Ok(target) = std::fs::canonicalize(mountpoint) else { return false };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    info.lines().any(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        f.len() > 4 && Path::new(f[4]) == target && l.contains(" - fuse")
-    })
+    std::fs::canonicalize(mountpoint).is_ok_and(|target| fuse_mounts_at(&target) > 0)
+}
+
+/// How many FUSE mounts sit exactly at the absolute path `path` (stacked mounts count each),
+/// read from /proc/self/mountinfo. No `stat` of the path: a dead mount would fail it.
+pub fn fuse_mounts_at(path: &Path) -> usize {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return 0;
+    };
+    info.lines()
+        .filter(|l| {
+            let mut fields = l.split(' ');
+            let mount_point = fields.nth(4).map(unescape_mountinfo);
+            mount_point.is_some_and(|m| Path::new(&m) == path) && l.contains(" - fuse")
+        })
+        .count()
+}
+
+/// mountinfo writes space, tab, newline and backslash as octal escapes (`\040`).
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+        {
+            out.push((bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn detach(args: &MountArgs) -> anyhow::Result<()> {
@@ -124,7 +154,12 @@ fn detach(args: &MountArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
         if is_mounted(&args.mountpoint) {
-            println!("mounted {} (pid {}, log {})", args.mountpoint.display(), child.id(), log.display());
+            println!(
+                "mounted {} (pid {}, log {})",
+                args.mountpoint.display(),
+                child.id(),
+                log.display()
+            );
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
@@ -160,14 +195,21 @@ async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()
         }
         Err(e) => return Err(e.into()),
     };
-    let codec = drive::data::codec_for(&ws, kek.as_ref()).with_context(|| format!("workspace {}", ws.name))?;
+    let codec =
+        drive::data::codec_for(&ws, kek.as_ref()).with_context(|| format!("workspace {}", ws.name))?;
     let (view, root, read_only) = match &args.snapshot {
         Some(name) => {
             let snap = meta.get_snapshot(ws.id, name).await?;
-            let root = meta.resolve_from(View::At(snap.epoch), snap.root, &args.path).await?;
+            let root = meta
+                .resolve_from(View::At(snap.epoch), snap.root, &args.path)
+                .await?;
             (View::At(snap.epoch), root.ino, true)
         }
-        None => (View::Live, meta.resolve(ws.id, &args.path).await?.ino, args.read_only),
+        None => (
+            View::Live,
+            meta.resolve(ws.id, &args.path).await?.ino,
+            args.read_only,
+        ),
     };
     let cache = if args.cache_size == 0 {
         None
@@ -203,8 +245,12 @@ async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()
     if read_only {
         config.mount_options.push(fuser::MountOption::RO);
     }
-    config.acl = if args.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
-    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    config.acl = if args.allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
+    let cpus = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     config.n_threads = Some(args.threads.unwrap_or(cpus).max(2));
     config.clone_fd = true;
 
@@ -214,15 +260,22 @@ async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()
     let notifier = session.notifier();
     let mut unmounter = session.unmount_callable();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new().name("fuse-session".into()).spawn(move || {
-        let _ = done_tx.send(session.run());
-    })?;
+    std::thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || {
+            let _ = done_tx.send(session.run());
+        })?;
     tracing::info!(mountpoint = %args.mountpoint.display(), workspace = %ws.name, "mounted");
 
     let cancel = CancellationToken::new();
     let tasks = tokio_util::task::TaskTracker::new();
     if !view.is_read_only() {
-        tasks.spawn(run_invalidator(fs.clone(), notifier, Duration::from_millis(200), cancel.clone()));
+        tasks.spawn(run_invalidator(
+            fs.clone(),
+            notifier,
+            Duration::from_millis(200),
+            cancel.clone(),
+        ));
     }
     if let Some(addr) = args.metrics_addr {
         let (m, c) = (metrics.clone(), cancel.clone());
@@ -237,8 +290,10 @@ async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()
         tasks.spawn(async move {
             loop {
                 let s = meta.stats();
-                m.meta_commits.set(s.commits.load(std::sync::atomic::Ordering::Relaxed) as i64);
-                m.meta_retries.set(s.retries.load(std::sync::atomic::Ordering::Relaxed) as i64);
+                m.meta_commits
+                    .set(s.commits.load(std::sync::atomic::Ordering::Relaxed) as i64);
+                m.meta_retries
+                    .set(s.retries.load(std::sync::atomic::Ordering::Relaxed) as i64);
                 tokio::select! {
                     () = c.cancelled() => return,
                     () = tokio::time::sleep(Duration::from_secs(5)) => {}

@@ -128,6 +128,18 @@ impl MetaStore {
         Ok(rows.iter().map(snapshot_from_row).collect())
     }
 
+    /// Live snapshots of every workspace, by workspace and name (for CSI listings).
+    pub async fn list_all_snapshots(&self) -> Result<Vec<Snapshot>, MetaError> {
+        let client = self.client().await?;
+        let rows = query(
+            &client,
+            &format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE deleted_at IS NULL ORDER BY workspace_id, name"),
+            &[],
+        )
+        .await?;
+        Ok(rows.iter().map(snapshot_from_row).collect())
+    }
+
     /// Deletes (soft) a snapshot; the versions only it kept become garbage for GC.
     pub async fn delete_snapshot(&self, actor: &Actor, ws: WorkspaceId, name: &str) -> Result<(), MetaError> {
         in_txn!(self, |tx| {

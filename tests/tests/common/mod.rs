@@ -26,9 +26,16 @@ pub struct Storage {
 
 impl Storage {
     pub fn new() -> anyhow::Result<Storage> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(Storage::create())
+    }
+
+    /// [`Storage::new`] for async tests.
+    pub async fn create() -> anyhow::Result<Storage> {
         let pg = PgServer::shared();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let db = rt.block_on(pg.create_database())?;
+        let db = pg.create_database().await?;
         Ok(Storage {
             url: pg.url(&db),
             dir: tempfile::tempdir()?,
@@ -65,7 +72,9 @@ pub struct Mount {
 }
 
 pub fn is_mounted(dir: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
     info.lines().any(|l| {
         let f: Vec<&str> = l.split(' ').collect();
         f.len() > 4 && Path::new(f[4]) == dir && l.contains(" - fuse")
@@ -135,8 +144,13 @@ impl Mount {
 
     /// SIGTERM and wait: a clean unmount.
     pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let Some(mut c) = self.child.take() else { bail!("not running") };
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
+        let Some(mut c) = self.child.take() else {
+            bail!("not running")
+        };
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
         Ok(c.wait()?)
     }
 }

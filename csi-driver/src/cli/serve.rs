@@ -1,0 +1,242 @@
+//! `studiodrive-csi serve`: the CSI plugin on a Unix socket.
+//!
+//! Settings come from flags, then STUDIODRIVE_* environment variables, then a TOML file
+//! (`--config`, keys named like the flags: `node-id = "node-1"`), then defaults. With no
+//! storage settings it runs on the same embedded defaults as `mount`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::StorageArgs;
+use crate::csi::auth::{AllowAll, Authorizer, RequireToken};
+use crate::csi::controller::ControllerService;
+use crate::csi::identity::IdentityService;
+use crate::csi::node::NodeService;
+use crate::csi::publish::{Publisher, PublisherConfig};
+use crate::csi::{MetaSlot, Mode, server, validate};
+use crate::metrics::CsiMetrics;
+
+/// Arguments of `serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// CSI endpoint: unix:///path/to/csi.sock (or the socket path).
+    #[arg(long, env = "STUDIODRIVE_CSI_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// This node's id, as NodeGetInfo reports it (default: the host name).
+    #[arg(long, env = "STUDIODRIVE_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Services to offer: all, node (DaemonSet) or controller (Deployment). Default: all.
+    #[arg(long, value_enum, env = "STUDIODRIVE_CSI_MODE")]
+    pub mode: Option<Mode>,
+    /// TOML file with settings (keys named like these flags).
+    #[arg(long, env = "STUDIODRIVE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9464).
+    #[arg(long, env = "STUDIODRIVE_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Parent directory of the per-volume block caches (default <state-dir>/csi-cache).
+    #[arg(long, env = "STUDIODRIVE_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Block-cache bytes per published volume, unless its `cacheSize` attribute says
+    /// otherwise (default 10 GiB; 0 turns caching off).
+    #[arg(long, env = "STUDIODRIVE_CACHE_SIZE")]
+    pub cache_size: Option<u64>,
+    /// Refuse (PERMISSION_DENIED) publishes without a service-account token for this
+    /// audience (set CSIDriver tokenRequests to match).
+    #[arg(long, env = "STUDIODRIVE_REQUIRE_TOKEN_AUDIENCE")]
+    pub require_token_audience: Option<String>,
+}
+
+/// The `--config` file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ConfigFile {
+    endpoint: Option<String>,
+    node_id: Option<String>,
+    mode: Option<Mode>,
+    metrics_addr: Option<SocketAddr>,
+    cache_dir: Option<PathBuf>,
+    cache_size: Option<u64>,
+    require_token_audience: Option<String>,
+    state_dir: Option<PathBuf>,
+    metadata_url: Option<String>,
+    store: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    s3_credentials_file: Option<PathBuf>,
+    s3_max_attempts: Option<u32>,
+}
+
+const DEFAULT_S3_MAX_ATTEMPTS: u32 = 5;
+
+impl ServeArgs {
+    /// Fills settings not given as flags or environment from the `--config` file.
+    fn merge_config(&mut self) -> anyhow::Result<()> {
+        let Some(path) = &self.config else { return Ok(()) };
+        let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        let file: ConfigFile = toml::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+        fn fill<T>(slot: &mut Option<T>, value: Option<T>) {
+            if slot.is_none() {
+                *slot = value;
+            }
+        }
+        fill(&mut self.endpoint, file.endpoint);
+        fill(&mut self.node_id, file.node_id);
+        fill(&mut self.mode, file.mode);
+        fill(&mut self.metrics_addr, file.metrics_addr);
+        fill(&mut self.cache_dir, file.cache_dir);
+        fill(&mut self.cache_size, file.cache_size);
+        fill(&mut self.require_token_audience, file.require_token_audience);
+        let s = &mut self.storage;
+        fill(&mut s.state_dir, file.state_dir);
+        fill(&mut s.metadata_url, file.metadata_url);
+        fill(&mut s.store, file.store);
+        fill(&mut s.s3_endpoint, file.s3_endpoint);
+        fill(&mut s.s3_region, file.s3_region);
+        fill(&mut s.s3_credentials_file, file.s3_credentials_file);
+        if let Some(n) = file.s3_max_attempts
+            && s.s3_max_attempts == DEFAULT_S3_MAX_ATTEMPTS
+        {
+            s.s3_max_attempts = n;
+        }
+        Ok(())
+    }
+}
+
+/// The socket path of an endpoint.
+fn socket_path(endpoint: &str) -> anyhow::Result<PathBuf> {
+    let path = endpoint.strip_prefix("unix://").unwrap_or(endpoint);
+    if !path.starts_with('/') {
+        bail!("--endpoint must be unix:///absolute/path (got {endpoint:?})");
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// Runs `serve`.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("studiodrive-csi")
+        .build()?;
+    rt.block_on(serve(args))
+}
+
+async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
+    args.merge_config()?;
+    let socket = socket_path(args.endpoint.as_deref().context("--endpoint is required")?)?;
+    let mode = args.mode.unwrap_or(Mode::All);
+    let node_id = match args.node_id.clone() {
+        Some(id) => id,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("read the host name; pass --node-id")?
+            .trim()
+            .to_string(),
+    };
+    validate::id("node id", &node_id).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    let state_dir = args.storage.state_dir()?;
+    let metrics = Arc::new(CsiMetrics::new()?);
+    let cancel = CancellationToken::new();
+    let tasks = tokio_util::task::TaskTracker::new();
+
+    // Connect in the background: Probe answers "not ready" until the store is reachable.
+    let meta = Arc::new(MetaSlot::default());
+    {
+        let (slot, storage, cancel) = (meta.clone(), args.storage.clone(), cancel.clone());
+        tasks.spawn(async move {
+            let mut wait = Duration::from_millis(500);
+            loop {
+                match storage.meta().await {
+                    Ok(store) => {
+                        tracing::info!("metadata store connected");
+                        slot.set(store);
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), retry_in = ?wait, "metadata store unreachable"),
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        });
+    }
+
+    let identity = IdentityService {
+        mode,
+        meta: meta.clone(),
+        metrics: metrics.clone(),
+    };
+    let controller = mode.controller().then(|| ControllerService {
+        meta: meta.clone(),
+        metrics: metrics.clone(),
+    });
+    let node = if mode.node() {
+        let publisher = Arc::new(Publisher::open(PublisherConfig {
+            exe: std::env::current_exe().context("locate the studiodrive-csi binary")?,
+            storage_env: args.storage.child_env()?,
+            state_dir: state_dir.clone(),
+            cache_dir: args
+                .cache_dir
+                .clone()
+                .unwrap_or_else(|| state_dir.join("csi-cache")),
+            mount_timeout: Duration::from_secs(60),
+            stop_timeout: Duration::from_secs(30),
+        })?);
+        metrics.mounts.set(publisher.count() as i64);
+        tasks.spawn(
+            publisher
+                .clone()
+                .supervise(Duration::from_secs(1), cancel.clone()),
+        );
+        let authorizer: Arc<dyn Authorizer> = match &args.require_token_audience {
+            Some(audience) => Arc::new(RequireToken {
+                audience: audience.clone(),
+            }),
+            None => Arc::new(AllowAll),
+        };
+        Some(NodeService {
+            node_id,
+            meta: meta.clone(),
+            publisher,
+            authorizer,
+            metrics: metrics.clone(),
+            default_cache_size: args.cache_size.unwrap_or(10 << 30),
+        })
+    } else {
+        None
+    };
+    if let Some(addr) = args.metrics_addr {
+        let (m, c) = (metrics.clone(), cancel.clone());
+        tasks.spawn(async move {
+            if let Err(e) = crate::metrics::serve(addr, m, c).await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+    }
+    {
+        let cancel = cancel.clone();
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = sigterm.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            // Published volumes stay mounted: their processes outlive the plugin.
+            tracing::info!("stopping; published volumes stay mounted");
+            cancel.cancel();
+        });
+    }
+    let served = server::serve(&socket, identity, controller, node, cancel.clone()).await;
+    cancel.cancel();
+    tasks.close();
+    tasks.wait().await;
+    served.context("CSI server")
+}

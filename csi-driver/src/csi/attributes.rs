@@ -1,0 +1,254 @@
+//! Volume attributes (a PV's `volumeAttributes`, an inline volume's attributes, or what
+//! CreateVolume returned) and StorageClass parameters, parsed into typed values.
+//!
+//! Keys with a "/" belong to Kubernetes components (pod info, provisioner identity) and are
+//! read where meaningful, otherwise ignored; any other unknown key is refused so typos do
+//! not silently mount the wrong thing.
+
+use std::collections::{BTreeMap, HashMap};
+
+use drive::meta::VolumePlacement;
+use drive::model::WorkspaceKind;
+use tonic::Status;
+
+/// Volume attribute: workspace name (static and inline volumes).
+pub const WORKSPACE: &str = "workspace";
+/// Volume attribute: folder inside the workspace mounted as the volume root.
+pub const PATH: &str = "path";
+/// Volume attribute: snapshot name; the volume is then read-only.
+pub const SNAPSHOT: &str = "snapshot";
+/// Volume attribute: "true" mounts read-only.
+pub const READ_ONLY: &str = "readOnly";
+/// Volume attribute: node-local cache bytes for this volume ("0" turns it off).
+pub const CACHE_SIZE: &str = "cacheSize";
+
+/// Where a published volume's data comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VolumeAttributes {
+    /// `None` for a provisioned volume: the node looks the volume up by id.
+    pub workspace: Option<String>,
+    pub path: Option<String>,
+    pub snapshot: Option<String>,
+    pub read_only: bool,
+    pub cache_size: Option<u64>,
+}
+
+fn invalid(msg: impl Into<String>) -> Status {
+    Status::invalid_argument(msg)
+}
+
+impl VolumeAttributes {
+    /// Parses a volume context. Pod information is returned separately by [`PodIdentity`].
+    pub fn parse(ctx: &HashMap<String, String>) -> Result<VolumeAttributes, Status> {
+        let mut attrs = VolumeAttributes::default();
+        for (key, value) in ctx {
+            match key.as_str() {
+                WORKSPACE => {
+                    drive::model::validate_workspace_name(value)
+                        .map_err(|e| invalid(format!("volume attribute {WORKSPACE}: {e}")))?;
+                    attrs.workspace = Some(value.clone());
+                }
+                PATH => attrs.path = Some(folder_path(PATH, value)?),
+                SNAPSHOT => {
+                    drive::model::validate_workspace_name(value)
+                        .map_err(|e| invalid(format!("volume attribute {SNAPSHOT}: {e}")))?;
+                    attrs.snapshot = Some(value.clone());
+                }
+                READ_ONLY => attrs.read_only = parse_bool(READ_ONLY, value)?,
+                CACHE_SIZE => attrs.cache_size = Some(parse_bytes(CACHE_SIZE, value)?),
+                other if other.contains('/') => {}
+                _ => return Err(invalid(format!("unknown volume attribute {key:?}"))),
+            }
+        }
+        Ok(attrs)
+    }
+}
+
+/// A folder path as the workspace sees it: absolute, no NUL, no "." or ".." parts.
+fn folder_path(field: &str, value: &str) -> Result<String, Status> {
+    if !value.starts_with('/') || value.contains('\0') || value.len() > 1024 {
+        return Err(invalid(format!(
+            "{field} must be an absolute folder path inside the workspace"
+        )));
+    }
+    if value.split('/').any(|p| p == "." || p == "..") {
+        return Err(invalid(format!("{field} must not contain \".\" or \"..\" parts")));
+    }
+    Ok(value.to_string())
+}
+
+fn parse_bool(field: &str, value: &str) -> Result<bool, Status> {
+    match value {
+        "true" | "True" | "TRUE" => Ok(true),
+        "false" | "False" | "FALSE" => Ok(false),
+        _ => Err(invalid(format!("{field} must be \"true\" or \"false\""))),
+    }
+}
+
+/// Bytes as a plain integer or a Kubernetes quantity with a binary suffix ("10Gi").
+pub fn parse_bytes(field: &str, value: &str) -> Result<u64, Status> {
+    let (digits, unit) = match value.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => value.split_at(i),
+        None => (value, ""),
+    };
+    let shift = match unit {
+        "" => 0,
+        "Ki" => 10,
+        "Mi" => 20,
+        "Gi" => 30,
+        "Ti" => 40,
+        _ => {
+            return Err(invalid(format!(
+                "{field} must be bytes, optionally with Ki, Mi, Gi or Ti"
+            )));
+        }
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| invalid(format!("{field} must be bytes, optionally with Ki, Mi, Gi or Ti")))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| invalid(format!("{field} is too large")))
+}
+
+/// StorageClass parameter: "folder" (default) or "workspace".
+pub const PARAM_PLACEMENT: &str = "placement";
+/// StorageClass parameter: the workspace folder volumes are created in (default "default").
+pub const PARAM_WORKSPACE: &str = "workspace";
+/// StorageClass parameter: the folder under which folder volumes are created (default "/volumes").
+pub const PARAM_BASE_PATH: &str = "basePath";
+/// StorageClass parameter: kind of a workspace volume: user, project or team (default team).
+pub const PARAM_KIND: &str = "kind";
+/// StorageClass parameter: block size of a workspace volume (default 4Mi).
+pub const PARAM_BLOCK_SIZE: &str = "blockSize";
+
+/// Parsed StorageClass parameters of CreateVolume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvisionParameters {
+    pub placement: VolumePlacement,
+    /// Our parameters only (Kubernetes' own "csi.storage.k8s.io/..." keys are left out), as
+    /// stored with the volume and compared when a request is repeated.
+    pub recorded: BTreeMap<String, String>,
+}
+
+impl ProvisionParameters {
+    pub fn parse(params: &HashMap<String, String>) -> Result<ProvisionParameters, Status> {
+        let mut recorded = BTreeMap::new();
+        for (key, value) in params {
+            match key.as_str() {
+                PARAM_PLACEMENT | PARAM_WORKSPACE | PARAM_BASE_PATH | PARAM_KIND | PARAM_BLOCK_SIZE => {
+                    recorded.insert(key.clone(), value.clone());
+                }
+                other if other.contains('/') => {}
+                _ => return Err(invalid(format!("unknown StorageClass parameter {key:?}"))),
+            }
+        }
+        let get = |k: &str| recorded.get(k).map(String::as_str);
+        let placement = match get(PARAM_PLACEMENT).unwrap_or("folder") {
+            "folder" => {
+                let workspace = get(PARAM_WORKSPACE).unwrap_or("default").to_string();
+                drive::model::validate_workspace_name(&workspace)
+                    .map_err(|e| invalid(format!("parameter {PARAM_WORKSPACE}: {e}")))?;
+                let base_path = folder_path(PARAM_BASE_PATH, get(PARAM_BASE_PATH).unwrap_or("/volumes"))?;
+                VolumePlacement::Folder { workspace, base_path }
+            }
+            "workspace" => {
+                let kind = match get(PARAM_KIND).unwrap_or("team") {
+                    "user" => WorkspaceKind::User,
+                    "project" => WorkspaceKind::Project,
+                    "team" => WorkspaceKind::Team,
+                    _ => {
+                        return Err(invalid(format!(
+                            "parameter {PARAM_KIND} must be user, project or team"
+                        )));
+                    }
+                };
+                let block_size = match get(PARAM_BLOCK_SIZE) {
+                    Some(v) => u32::try_from(parse_bytes(PARAM_BLOCK_SIZE, v)?)
+                        .map_err(|_| invalid(format!("parameter {PARAM_BLOCK_SIZE} is too large")))?,
+                    None => drive::model::DEFAULT_BLOCK_SIZE,
+                };
+                VolumePlacement::Workspace { kind, block_size }
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "parameter {PARAM_PLACEMENT} must be \"folder\" or \"workspace\""
+                )));
+            }
+        };
+        Ok(ProvisionParameters { placement, recorded })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn attributes() {
+        let a = VolumeAttributes::parse(&ctx(&[
+            ("workspace", "shots"),
+            ("path", "/seq/010"),
+            ("readOnly", "true"),
+            ("cacheSize", "2Gi"),
+            ("csi.storage.k8s.io/pod.name", "render-0"),
+        ]))
+        .unwrap();
+        assert_eq!(a.workspace.as_deref(), Some("shots"));
+        assert_eq!(a.path.as_deref(), Some("/seq/010"));
+        assert!(a.read_only);
+        assert_eq!(a.cache_size, Some(2 << 30));
+        for bad in [
+            ctx(&[("workspace", "Bad/Name")]),
+            ctx(&[("path", "../etc")]),
+            ctx(&[("path", "/a/../b")]),
+            ctx(&[("readOnly", "yes")]),
+            ctx(&[("cacheSize", "10GB")]),
+            ctx(&[("workspce", "typo")]),
+        ] {
+            assert_eq!(
+                VolumeAttributes::parse(&bad).unwrap_err().code(),
+                tonic::Code::InvalidArgument,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn parameters() {
+        let p = ProvisionParameters::parse(&ctx(&[
+            ("workspace", "renders"),
+            ("csi.storage.k8s.io/pvc/name", "data"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            p.placement,
+            VolumePlacement::Folder {
+                workspace: "renders".into(),
+                base_path: "/volumes".into()
+            }
+        );
+        assert_eq!(p.recorded.len(), 1);
+        let w = ProvisionParameters::parse(&ctx(&[
+            ("placement", "workspace"),
+            ("kind", "project"),
+            ("blockSize", "8Mi"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            w.placement,
+            VolumePlacement::Workspace {
+                kind: WorkspaceKind::Project,
+                block_size: 8 << 20
+            }
+        );
+        assert!(ProvisionParameters::parse(&ctx(&[("placement", "bucket")])).is_err());
+        assert!(ProvisionParameters::parse(&ctx(&[("kind", "user"), ("nope", "x")])).is_err());
+    }
+}
