@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use drive::model::View;
+use drive::MetaStore;
+use drive::model::{Attr, Snapshot, View, WorkspaceId};
 use tonic::{Request, Response, Status};
 
 use super::attributes::VolumeAttributes;
@@ -71,27 +72,17 @@ impl NodeService {
             .map_err(|e| meta_status(&e))?;
         // The folder (or the snapshot's view of it) must exist before a process mounts it.
         // A snapshot of a folder is rooted there: `path` becomes relative to that folder.
-        let (path, root) = match &attrs.snapshot {
-            Some(name) => {
-                let snap = meta
-                    .get_snapshot(ws.id, name)
-                    .await
-                    .map_err(|e| meta_status(&e))?;
-                let inside = path_within(&snap.path, &path).ok_or_else(|| {
-                    Status::not_found(format!(
-                        "{path} is outside snapshot {name}, which was taken of {}",
-                        snap.path
-                    ))
-                })?;
-                let root = meta.resolve_from(View::At(snap.epoch), snap.root, &inside).await;
-                (inside, root)
-            }
-            None => {
-                let root = meta.resolve(ws.id, &path).await;
-                (path, root)
-            }
+        let snapshot = snapshot_named(meta, ws.id, attrs.snapshot.as_deref()).await?;
+        let path = match &snapshot {
+            Some(snap) => path_within(&snap.path, &path).ok_or_else(|| {
+                Status::not_found(format!(
+                    "{path} is outside snapshot {}, which was taken of {}",
+                    snap.name, snap.path
+                ))
+            })?,
+            None => path,
         };
-        let root = root.map_err(|e| meta_status(&e))?;
+        let (_, root) = mount_root(meta, ws.id, snapshot.as_ref(), &path).await?;
         if root.kind != drive::model::NodeKind::Directory {
             return Err(Status::failed_precondition(format!(
                 "{path} in workspace {workspace} is not a folder"
@@ -153,20 +144,8 @@ impl NodeService {
             .get_workspace(&spec.workspace)
             .await
             .map_err(|e| meta_status(&e))?;
-        let (view, root) = match &spec.snapshot {
-            Some(name) => {
-                let snap = meta
-                    .get_snapshot(ws.id, name)
-                    .await
-                    .map_err(|e| meta_status(&e))?;
-                let root = meta
-                    .resolve_from(View::At(snap.epoch), snap.root, &spec.path)
-                    .await;
-                (View::At(snap.epoch), root)
-            }
-            None => (View::Live, meta.resolve(ws.id, &spec.path).await),
-        };
-        let root = root.map_err(|e| meta_status(&e))?;
+        let snapshot = snapshot_named(meta, ws.id, spec.snapshot.as_deref()).await?;
+        let (view, root) = mount_root(meta, ws.id, snapshot.as_ref(), &spec.path).await?;
         let usage = meta.usage(view, root.ino).await.map_err(|e| meta_status(&e))?;
         let total_bytes = ws.quota_bytes.unwrap_or(UNBOUNDED_BYTES).max(usage.bytes);
         let inodes = usage.files + usage.directories;
@@ -207,6 +186,40 @@ fn join_paths(base: &str, rel: &str) -> String {
     } else {
         trimmed.to_string()
     }
+}
+
+/// The live snapshot `name` of a workspace, when a name is given.
+async fn snapshot_named(
+    meta: &MetaStore,
+    ws: WorkspaceId,
+    name: Option<&str>,
+) -> Result<Option<Snapshot>, Status> {
+    match name {
+        Some(name) => meta
+            .get_snapshot(ws, name)
+            .await
+            .map(Some)
+            .map_err(|e| meta_status(&e)),
+        None => Ok(None),
+    }
+}
+
+/// The view a mount reads and the node at its root: `path` in the live tree, or relative to
+/// the snapshot's root in the snapshot's view.
+async fn mount_root(
+    meta: &MetaStore,
+    ws: WorkspaceId,
+    snapshot: Option<&Snapshot>,
+    path: &str,
+) -> Result<(View, Attr), Status> {
+    let found = match snapshot {
+        Some(snap) => meta
+            .resolve_from(View::At(snap.epoch), snap.root, path)
+            .await
+            .map(|attr| (View::At(snap.epoch), attr)),
+        None => meta.resolve(ws, path).await.map(|attr| (View::Live, attr)),
+    };
+    found.map_err(|e| meta_status(&e))
 }
 
 /// `path` relative to `base` ("/a" within "/a/b" is "/b"), if it lies inside it.
