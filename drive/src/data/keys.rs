@@ -8,8 +8,7 @@
 use std::fmt;
 use std::path::Path;
 
-use aes_gcm::aead::{AeadInOut as _, KeyInit as _};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use crate::data::aead::{Cipher, TAG_LEN};
 use rand::RngCore as _;
 
 /// Environment variable holding a KEK as 64 hex digits (used when no key file is given).
@@ -121,8 +120,8 @@ impl Kek {
         full[..FINGERPRINT_LEN].try_into().expect("fingerprint length")
     }
 
-    fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new(&self.0.into())
+    fn cipher(&self) -> Cipher {
+        Cipher::new(&self.0)
     }
 }
 
@@ -149,12 +148,9 @@ impl DataKey {
         out.extend_from_slice(&nonce);
         let header_len = out.len();
         let mut body = self.0;
-        let tag = kek
-            .cipher()
-            .encrypt_inout_detached(&Nonce::from(nonce), &out[..header_len], body.as_mut_slice().into())
-            .expect("AES-GCM encrypts 32 bytes");
+        let tag = kek.cipher().seal(nonce, &out[..header_len], &mut body);
         out.extend_from_slice(&body);
-        out.extend_from_slice(tag.as_slice());
+        out.extend_from_slice(&tag);
         out
     }
 
@@ -167,12 +163,15 @@ impl DataKey {
         if wrapped[5..5 + FINGERPRINT_LEN] != kek.fingerprint() {
             return Err(KeyError::WrongKek);
         }
-        let nonce: [u8; 12] = wrapped[5 + FINGERPRINT_LEN..header_len].try_into().expect("nonce length");
-        let mut body: [u8; 32] = wrapped[header_len..header_len + 32].try_into().expect("key length");
-        let tag = Tag::try_from(&wrapped[header_len + 32..]).map_err(|_| KeyError::Damaged)?;
+        let nonce: [u8; 12] = wrapped[5 + FINGERPRINT_LEN..header_len]
+            .try_into()
+            .expect("nonce length");
+        let mut sealed: [u8; 32 + TAG_LEN] =
+            wrapped[header_len..].try_into().map_err(|_| KeyError::Damaged)?;
         kek.cipher()
-            .decrypt_inout_detached(&Nonce::from(nonce), &wrapped[..header_len], body.as_mut_slice().into(), &tag)
+            .open(nonce, &wrapped[..header_len], &mut sealed)
             .map_err(|_| KeyError::Damaged)?;
+        let body: [u8; 32] = sealed[..32].try_into().expect("key length");
         Ok(DataKey(body))
     }
 }
@@ -188,11 +187,17 @@ mod tests {
         let wrapped = key.wrap(&kek);
         assert_eq!(wrapped.len(), WRAPPED_LEN);
         assert_eq!(DataKey::unwrap(&wrapped, &kek).unwrap().0, key.0);
-        assert!(matches!(DataKey::unwrap(&wrapped, &Kek::generate()), Err(KeyError::WrongKek)));
+        assert!(matches!(
+            DataKey::unwrap(&wrapped, &Kek::generate()),
+            Err(KeyError::WrongKek)
+        ));
         let mut damaged = wrapped.clone();
         *damaged.last_mut().unwrap() ^= 1;
         assert!(matches!(DataKey::unwrap(&damaged, &kek), Err(KeyError::Damaged)));
-        assert!(matches!(DataKey::unwrap(&wrapped[1..], &kek), Err(KeyError::Damaged)));
+        assert!(matches!(
+            DataKey::unwrap(&wrapped[1..], &kek),
+            Err(KeyError::Damaged)
+        ));
     }
 
     #[test]

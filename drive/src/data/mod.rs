@@ -9,6 +9,7 @@
 //! - [`blocks::BlockStore`]: the data path of one workspace, implementing
 //!   [`crate::fs::BlockIo`] for the file system.
 
+mod aead;
 pub mod blocks;
 pub mod format;
 pub mod keys;
@@ -128,7 +129,15 @@ mod tests {
                 prefix: "prod/blocks".into()
             }
         );
-        for bad in ["file://relative", "s3://", "s3://UPPER", "s3://a", "http://x", "/dir", ""] {
+        for bad in [
+            "file://relative",
+            "s3://",
+            "s3://UPPER",
+            "s3://a",
+            "http://x",
+            "/dir",
+            "",
+        ] {
             assert!(bad.parse::<StoreLocation>().is_err(), "{bad} accepted");
         }
     }
