@@ -52,7 +52,10 @@ async fn main() -> anyhow::Result<()> {
     let caller = Caller::default();
 
     println!("data path benchmark: {size_mib} MiB per run, {rounds} rounds (A B A B)");
-    println!("{:<8} {:<11} {:>10} {:>10} {:>10} {:>10} {:>8}", "round", "mode", "write", "cold", "warm", "local cp", "warm/cp");
+    println!(
+        "{:<8} {:<11} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "round", "mode", "write", "cold", "warm", "local cp", "warm/cp"
+    );
     for round in 0..rounds {
         for encrypted in [false, true] {
             let kek = Kek::generate();
@@ -63,16 +66,35 @@ async fn main() -> anyhow::Result<()> {
             let ws = meta.create_workspace(&Actor::system("bench"), &spec).await?;
             let codec = codec_for(&ws, Some(&kek))?;
             let new_fs = |tag: &str| -> anyhow::Result<(DriveFs<BlockStore>, BlockStore)> {
-                let mut cache = CacheConfig::new(tmp.path().join(format!("cache-{round}-{encrypted}-{tag}")), 64 << 30);
+                let mut cache = CacheConfig::new(
+                    tmp.path().join(format!("cache-{round}-{encrypted}-{tag}")),
+                    64 << 30,
+                );
                 cache.min_free_ratio = 0.0;
-                let blocks = BlockStore::new(meta.clone(), store.clone(), codec.clone(), Some(Arc::new(BlockCache::open(cache)?)));
-                let cfg = FsConfig::new(View::Live, ws.root, tmp.path().join(format!("staging-{round}-{encrypted}-{tag}")));
-                Ok((DriveFs::new(meta.clone(), Arc::new(blocks.clone()), ws.clone(), cfg)?, blocks))
+                let blocks = BlockStore::new(
+                    meta.clone(),
+                    store.clone(),
+                    codec.clone(),
+                    Some(Arc::new(BlockCache::open(cache)?)),
+                );
+                let cfg = FsConfig::new(
+                    View::Live,
+                    ws.root,
+                    tmp.path().join(format!("staging-{round}-{encrypted}-{tag}")),
+                );
+                Ok((
+                    DriveFs::new(meta.clone(), Arc::new(blocks.clone()), ws.clone(), cfg)?,
+                    blocks,
+                ))
             };
 
             let (writer, _) = new_fs("w")?;
             let t = Instant::now();
-            let flags = OpenFlags { read: true, write: true, ..OpenFlags::default() };
+            let flags = OpenFlags {
+                read: true,
+                write: true,
+                ..OpenFlags::default()
+            };
             let opened = writer.create(ROOT_INO, b"clip.mov", 0o644, flags, caller).await?;
             for (i, chunk) in data.chunks(MIB).enumerate() {
                 writer.write(opened.fh, (i * MIB) as u64, chunk).await?;
@@ -110,8 +132,14 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..256 {
         std::hint::black_box(block.to_vec());
     }
-    println!("parts    blake3 {blake:.2} CPU s/GB, memcpy {:.2} CPU s/GB", t.elapsed().as_secs_f64());
-    for codec in [BlockCodec::plaintext(), BlockCodec::encrypted(&DataKey::generate())] {
+    println!(
+        "parts    blake3 {blake:.2} CPU s/GB, memcpy {:.2} CPU s/GB",
+        t.elapsed().as_secs_f64()
+    );
+    for codec in [
+        BlockCodec::plaintext(),
+        BlockCodec::encrypted(&DataKey::generate()),
+    ] {
         let n = 256; // 1 GiB
         let t = Instant::now();
         for _ in 0..n {
@@ -128,7 +156,11 @@ async fn main() -> anyhow::Result<()> {
         let decode = t.elapsed().as_secs_f64();
         println!(
             "codec {:<10} hash+encode {:.2} CPU s/GB, decode+verify {:.2} CPU s/GB",
-            if codec.is_encrypted() { "encrypted" } else { "plaintext" },
+            if codec.is_encrypted() {
+                "encrypted"
+            } else {
+                "plaintext"
+            },
             encode,
             decode
         );
@@ -139,7 +171,16 @@ async fn main() -> anyhow::Result<()> {
 async fn time_read(fs: &DriveFs<BlockStore>, ino: u64, size: usize) -> anyhow::Result<f64> {
     let caller = Caller::default();
     let t = Instant::now();
-    let opened = fs.open(ino, OpenFlags { read: true, ..OpenFlags::default() }, caller).await?;
+    let opened = fs
+        .open(
+            ino,
+            OpenFlags {
+                read: true,
+                ..OpenFlags::default()
+            },
+            caller,
+        )
+        .await?;
     let mut done = 0;
     while done < size {
         let chunk = fs.read(opened.fh, done as u64, MIB as u32).await?;

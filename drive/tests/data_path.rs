@@ -10,11 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use drive::MetaStore;
 use drive::cache::{BlockCache, CacheConfig};
-use drive::data::{BlockCodec, BlockStore, ChunkStore, DataKey, Kek, LocalChunkStore, S3ChunkStore, S3Config, S3Credentials, codec_for};
+use drive::data::{
+    BlockCodec, BlockStore, ChunkStore, DataKey, Kek, LocalChunkStore, S3ChunkStore, S3Config, S3Credentials,
+    codec_for,
+};
 use drive::fs::{Caller, DriveFs, FsConfig, OpenFlags, ROOT_INO};
 use drive::model::{View, Workspace, WorkspaceKind, WorkspaceSpec};
-use drive::MetaStore;
 use drive_testkit::s3::{ACCESS_KEY, Fault, S3Server, SECRET_KEY};
 use rand::{RngCore as _, SeedableRng as _};
 
@@ -22,7 +25,11 @@ const BUCKET: &str = "studio";
 const MIB: usize = 1 << 20;
 
 fn caller() -> Caller {
-    Caller { uid: 0, gid: 0, pid: 1 }
+    Caller {
+        uid: 0,
+        gid: 0,
+        pid: 1,
+    }
 }
 
 fn s3_config(server: &S3Server) -> S3Config {
@@ -113,7 +120,10 @@ fn write_flags() -> OpenFlags {
 
 /// Creates `name` with `data`, written in 1 MiB requests, and closes it. Returns its inode.
 async fn write_file(fs: &DriveFs<BlockStore>, name: &str, data: &[u8]) -> u64 {
-    let opened = fs.create(ROOT_INO, name.as_bytes(), 0o644, write_flags(), caller()).await.unwrap();
+    let opened = fs
+        .create(ROOT_INO, name.as_bytes(), 0o644, write_flags(), caller())
+        .await
+        .unwrap();
     for (i, chunk) in data.chunks(MIB).enumerate() {
         fs.write(opened.fh, (i * MIB) as u64, chunk).await.unwrap();
     }
@@ -123,7 +133,16 @@ async fn write_file(fs: &DriveFs<BlockStore>, name: &str, data: &[u8]) -> u64 {
 }
 
 async fn read_file(fs: &DriveFs<BlockStore>, ino: u64) -> Result<Vec<u8>, drive::fs::FsError> {
-    let opened = fs.open(ino, OpenFlags { read: true, ..OpenFlags::default() }, caller()).await?;
+    let opened = fs
+        .open(
+            ino,
+            OpenFlags {
+                read: true,
+                ..OpenFlags::default()
+            },
+            caller(),
+        )
+        .await?;
     let mut out = Vec::new();
     let result = loop {
         match fs.read(opened.fh, out.len() as u64, MIB as u32).await {
@@ -174,9 +193,15 @@ async fn round_trips(rig: &Rig, sizes: &[usize]) {
     let reader_blocks = rig.blocks(Some(1 << 30));
     let reader = rig.mount(reader_blocks.clone());
     for (ino, data) in &files {
-        let gets_before = reader_blocks.stats().gets.load(std::sync::atomic::Ordering::Relaxed);
+        let gets_before = reader_blocks
+            .stats()
+            .gets
+            .load(std::sync::atomic::Ordering::Relaxed);
         assert_same(&read_file(&reader, *ino).await.unwrap(), data, "cold read");
-        let gets_cold = reader_blocks.stats().gets.load(std::sync::atomic::Ordering::Relaxed);
+        let gets_cold = reader_blocks
+            .stats()
+            .gets
+            .load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(
             gets_cold - gets_before,
             data.len().div_ceil(bs) as u64,
@@ -185,7 +210,10 @@ async fn round_trips(rig: &Rig, sizes: &[usize]) {
         let warm = rig.mount(reader_blocks.clone());
         assert_same(&read_file(&warm, *ino).await.unwrap(), data, "warm read");
         assert_eq!(
-            reader_blocks.stats().gets.load(std::sync::atomic::Ordering::Relaxed),
+            reader_blocks
+                .stats()
+                .gets
+                .load(std::sync::atomic::Ordering::Relaxed),
             gets_cold,
             "a warm read is served from the cache"
         );
@@ -243,7 +271,11 @@ async fn overwriting_one_byte_uploads_exactly_one_block() {
         assert_eq!(after.get(path), Some(bytes), "{} changed", path.display());
     }
     let reader = rig.mount(rig.blocks(None));
-    assert_same(&read_file(&reader, ino).await.unwrap(), &data, "after the overwrite");
+    assert_same(
+        &read_file(&reader, ino).await.unwrap(),
+        &data,
+        "after the overwrite",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -257,7 +289,11 @@ async fn identical_content_is_stored_once() {
     assert_eq!(once, 6);
     let b = write_file(&fs, "b", &data).await;
     assert_eq!(bucket_objects(&server).len(), once, "the copy stored nothing new");
-    assert_same(&read_file(&rig.mount(rig.blocks(None)), b).await.unwrap(), &data, "second file");
+    assert_same(
+        &read_file(&rig.mount(rig.blocks(None)), b).await.unwrap(),
+        &data,
+        "second file",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -282,7 +318,10 @@ async fn encrypted_objects_hide_plaintext_and_detect_damage() {
     let err = codec_for(&rig.ws, Some(&Kek::generate())).unwrap_err();
     assert!(err.to_string().contains("does not match"), "{err}");
     let err = codec_for(&rig.ws, None).unwrap_err();
-    assert!(err.to_string().contains("key-encryption key is required"), "{err}");
+    assert!(
+        err.to_string().contains("key-encryption key is required"),
+        "{err}"
+    );
 
     // A flipped byte in one object: the read fails with a clear error, never wrong bytes.
     let (victim, mut bytes) = objects.into_iter().next().unwrap();
@@ -318,12 +357,22 @@ async fn transient_s3_faults_are_retried() {
     server.faults().next(Some("PUT"), 2, Fault::Status(503));
     server.faults().next(Some("PUT"), 1, Fault::Status(500));
     server.faults().next(Some("PUT"), 1, Fault::Drop);
-    server.faults().next(Some("GET"), 2, Fault::Delay(Duration::from_millis(300)));
+    server
+        .faults()
+        .next(Some("GET"), 2, Fault::Delay(Duration::from_millis(300)));
     server.faults().next(Some("GET"), 1, Fault::Status(503));
     let data = pattern(10 * MIB, 3);
     let ino = write_file(&fs, "flaky", &data).await;
-    assert_same(&read_file(&rig.mount(rig.blocks(None)), ino).await.unwrap(), &data, "after faults");
-    assert_eq!(server.faults().injected(), 7, "every fault was hit and retried past");
+    assert_same(
+        &read_file(&rig.mount(rig.blocks(None)), ino).await.unwrap(),
+        &data,
+        "after faults",
+    );
+    assert_eq!(
+        server.faults().injected(),
+        7,
+        "every fault was hit and retried past"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -353,7 +402,11 @@ async fn a_persistent_outage_fails_close_and_keeps_the_old_content() {
     assert_eq!(bucket_objects(&server).len(), objects, "nothing new was stored");
     let attr = rig.meta.getattr(View::Live, fs.to_node(ino)).await.unwrap();
     assert_eq!(attr.size, v1.len() as u64);
-    assert_same(&read_file(&rig.mount(rig.blocks(None)), ino).await.unwrap(), &v1, "old content");
+    assert_same(
+        &read_file(&rig.mount(rig.blocks(None)), ino).await.unwrap(),
+        &v1,
+        "old content",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -368,15 +421,27 @@ async fn the_cache_is_bounded_and_survives_a_restart() {
         Arc::new(BlockCache::open(cfg).unwrap())
     };
     let cache = open_cache();
-    let blocks = BlockStore::new(rig.meta.clone(), rig.store.clone(), rig.codec.clone(), Some(cache.clone()));
+    let blocks = BlockStore::new(
+        rig.meta.clone(),
+        rig.store.clone(),
+        rig.codec.clone(),
+        Some(cache.clone()),
+    );
     let fs = rig.mount(blocks.clone());
     let big = pattern(40 * MIB, 4);
     let ino = write_file(&fs, "larger-than-cache", &big).await;
     assert!(cache.used_bytes() <= limit, "{} > {limit}", cache.used_bytes());
-    assert_same(&read_file(&fs, ino).await.unwrap(), &big, "read through a small cache");
+    assert_same(
+        &read_file(&fs, ino).await.unwrap(),
+        &big,
+        "read through a small cache",
+    );
     assert!(cache.used_bytes() <= limit);
     assert!(cache.stats().evictions.load(std::sync::atomic::Ordering::Relaxed) > 0);
-    let on_disk: u64 = walk(&cache_dir).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    let on_disk: u64 = walk(&cache_dir)
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
     assert_eq!(on_disk, cache.used_bytes(), "the index matches the files");
 
     // A small file that fits, then a restart: its blocks are served without a GET.
@@ -390,9 +455,18 @@ async fn the_cache_is_bounded_and_survives_a_restart() {
     let cache = open_cache();
     assert_eq!(cache.len(), held, "index rebuilt from disk");
     assert!(!cache_dir.join(".tmp/torn-entry").exists(), "temp files removed");
-    let blocks = BlockStore::new(rig.meta.clone(), rig.store.clone(), rig.codec.clone(), Some(cache.clone()));
+    let blocks = BlockStore::new(
+        rig.meta.clone(),
+        rig.store.clone(),
+        rig.codec.clone(),
+        Some(cache.clone()),
+    );
     let gets = server.requests().gets();
-    assert_same(&read_file(&rig.mount(blocks), small_ino).await.unwrap(), &small, "after restart");
+    assert_same(
+        &read_file(&rig.mount(blocks), small_ino).await.unwrap(),
+        &small,
+        "after restart",
+    );
     assert_eq!(server.requests().gets(), gets, "served from the restarted cache");
 }
 
@@ -417,7 +491,9 @@ async fn concurrent_readers_of_a_cold_block_cause_one_get() {
     let hash = writer.put(Bytes::from(pattern(4 * MIB, 11))).await.unwrap();
     let reader = rig.blocks(Some(1 << 30));
     // Slow the one GET down so that every reader arrives while it is in flight.
-    server.faults().next(Some("GET"), 1, Fault::Delay(Duration::from_millis(500)));
+    server
+        .faults()
+        .next(Some("GET"), 1, Fault::Delay(Duration::from_millis(500)));
     let gets = server.requests().gets();
     let tasks: Vec<_> = (0..16)
         .map(|_| {
@@ -439,9 +515,18 @@ async fn local_store_is_crash_safe_and_confined() {
     std::fs::write(dir.path().join(".tmp/leftover"), b"torn").unwrap();
     let store = LocalChunkStore::open(dir.path()).unwrap();
     assert!(!dir.path().join(".tmp/leftover").exists());
-    store.put("blocks/ab/abc", Bytes::from_static(b"object")).await.unwrap();
-    assert_eq!(store.get("blocks/ab/abc").await.unwrap(), Bytes::from_static(b"object"));
-    assert_eq!(store.list("blocks/").await.unwrap(), vec!["blocks/ab/abc".to_string()]);
+    store
+        .put("blocks/ab/abc", Bytes::from_static(b"object"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get("blocks/ab/abc").await.unwrap(),
+        Bytes::from_static(b"object")
+    );
+    assert_eq!(
+        store.list("blocks/").await.unwrap(),
+        vec!["blocks/ab/abc".to_string()]
+    );
     for bad in ["../escape", "/abs", "a/../../b", "", ".tmp/x"] {
         assert!(store.put(bad, Bytes::new()).await.is_err(), "{bad:?} accepted");
     }
@@ -485,6 +570,10 @@ async fn s3_store_lists_deletes_and_uses_multipart_for_large_objects() {
     // Refused credentials are a clear, permanent failure (not retried as an outage).
     let mut wrong = s3_config(&server);
     wrong.credentials.as_mut().unwrap().secret_access_key = "wrong".into();
-    let err = S3ChunkStore::connect(&wrong).await.put("k", Bytes::new()).await.unwrap_err();
+    let err = S3ChunkStore::connect(&wrong)
+        .await
+        .put("k", Bytes::new())
+        .await
+        .unwrap_err();
     assert!(!err.is_transient(), "{err}");
 }

@@ -838,36 +838,76 @@ async fn volumes_are_provisioned_idempotently_by_name() {
     params.insert("workspace".to_string(), "default".to_string());
     let req = VolumeRequest {
         name: "pvc-1234".into(),
-        placement: VolumePlacement::Folder { workspace: "default".into(), base_path: "/volumes".into() },
+        placement: VolumePlacement::Folder {
+            workspace: "default".into(),
+            base_path: "/volumes".into(),
+        },
         capacity_bytes: 1 << 30,
         parameters: params.clone(),
     };
     let v = store.create_volume(&a, &req).await.unwrap();
-    assert_eq!((v.path.as_str(), v.workspace, v.whole_workspace), ("/volumes/pvc-1234", ws.id, false));
+    assert_eq!(
+        (v.path.as_str(), v.workspace, v.whole_workspace),
+        ("/volumes/pvc-1234", ws.id, false)
+    );
     let again = store.create_volume(&a, &req).await.unwrap();
     assert_eq!(again, v, "the same request returns the same volume");
-    assert_eq!(store.resolve(ws.id, "/volumes/pvc-1234").await.unwrap().kind, NodeKind::Directory);
+    assert_eq!(
+        store.resolve(ws.id, "/volumes/pvc-1234").await.unwrap().kind,
+        NodeKind::Directory
+    );
     let mut bigger = req.clone();
     bigger.capacity_bytes = 2 << 30;
-    assert_eq!(store.create_volume(&a, &bigger).await.unwrap_err().kind(), ErrorKind::Exists);
+    assert_eq!(
+        store.create_volume(&a, &bigger).await.unwrap_err().kind(),
+        ErrorKind::Exists
+    );
 
     let own = VolumeRequest {
         name: "pvc-own".into(),
-        placement: VolumePlacement::Workspace { kind: WorkspaceKind::Team, block_size: 1 << 20 },
+        placement: VolumePlacement::Workspace {
+            kind: WorkspaceKind::Team,
+            block_size: 1 << 20,
+        },
         capacity_bytes: 0,
         parameters: params,
     };
     let v2 = store.create_volume(&a, &own).await.unwrap();
     assert!(v2.whole_workspace);
-    assert_eq!(store.get_workspace("pvc-own").await.unwrap().kind, WorkspaceKind::Team);
+    assert_eq!(
+        store.get_workspace("pvc-own").await.unwrap().kind,
+        WorkspaceKind::Team
+    );
     assert_eq!(store.list_volumes().await.unwrap().len(), 2);
 
     assert!(store.delete_volume(&a, "pvc-1234").await.unwrap());
-    assert!(!store.delete_volume(&a, "pvc-1234").await.unwrap(), "deleting twice succeeds");
-    assert_eq!(store.resolve(ws.id, "/volumes/pvc-1234").await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert!(
+        !store.delete_volume(&a, "pvc-1234").await.unwrap(),
+        "deleting twice succeeds"
+    );
+    assert_eq!(
+        store
+            .resolve(ws.id, "/volumes/pvc-1234")
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
     assert!(store.delete_volume(&a, "pvc-own").await.unwrap());
-    assert_eq!(store.get_workspace("pvc-own").await.unwrap_err().kind(), ErrorKind::NotFound);
-    let e = store.create_volume(&a, &VolumeRequest { name: "Bad_Name".into(), ..req }).await.unwrap_err();
+    assert_eq!(
+        store.get_workspace("pvc-own").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    let e = store
+        .create_volume(
+            &a,
+            &VolumeRequest {
+                name: "Bad_Name".into(),
+                ..req
+            },
+        )
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidName);
 }
 
@@ -887,15 +927,24 @@ async fn migrations_are_safe_when_several_processes_start_at_once() {
     for s in starts {
         stores.push(s.await.unwrap().expect("every concurrent start succeeds"));
     }
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    let versions: Vec<i64> =
-        client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let versions: Vec<i64> = client
+        .query("SELECT version FROM schema_migrations ORDER BY version", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(versions, vec![1, 2], "each migration applied once");
     let ws = workspace(&stores[0], "after-migrate", WorkspaceKind::User).await;
     assert_eq!(stores[5].get_workspace("after-migrate").await.unwrap().id, ws.id);
     // Starting again on a migrated database changes nothing.
-    drive::MetaStore::connect(&drive::MetaConfig::new(url)).await.unwrap();
+    drive::MetaStore::connect(&drive::MetaConfig::new(url))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -903,24 +952,55 @@ async fn gc_sees_only_blocks_that_nothing_references() {
     let store = store().await;
     let ws = workspace(&store, "gc", WorkspaceKind::User).await;
     let a = actor();
-    let f = store.create(&a, ws.id, ws.root, &name("f"), &file()).await.unwrap();
+    let f = store
+        .create(&a, ws.id, ws.root, &name("f"), &file())
+        .await
+        .unwrap();
     for h in [[1u8; 32], [2; 32], [3; 32]] {
         store.register_block(&h, 4, 4).await.unwrap();
-        store.set_block_state(&h, drive::meta::BlockState::Available, 4).await.unwrap();
+        store
+            .set_block_state(&h, drive::meta::BlockState::Available, 4)
+            .await
+            .unwrap();
     }
-    let commit = |h: [u8; 32]| drive::meta::BlockChange { idx: 0, block: Some((h, 4)) };
-    store.commit_content(&a, ws.id, f.ino, 0, &[commit([1; 32])], 4, Timestamp::now()).await.unwrap();
+    let commit = |h: [u8; 32]| drive::meta::BlockChange {
+        idx: 0,
+        block: Some((h, 4)),
+    };
+    store
+        .commit_content(&a, ws.id, f.ino, 0, &[commit([1; 32])], 4, Timestamp::now())
+        .await
+        .unwrap();
     store.create_snapshot(&a, ws.id, "keep", "/").await.unwrap();
-    store.commit_content(&a, ws.id, f.ino, 1, &[commit([2; 32])], 4, Timestamp::now()).await.unwrap();
+    store
+        .commit_content(&a, ws.id, f.ino, 1, &[commit([2; 32])], 4, Timestamp::now())
+        .await
+        .unwrap();
     // [1] is kept by the snapshot, [2] is live, [3] was never committed.
     let zero = std::time::Duration::ZERO;
-    assert_eq!(store.unreferenced_blocks(zero, 100).await.unwrap(), vec![[3u8; 32]]);
-    assert!(store.unreferenced_blocks(std::time::Duration::from_secs(3600), 100).await.unwrap().is_empty(), "grace protects fresh uploads");
-    assert!(!store.forget_block(&[1; 32]).await.unwrap(), "a referenced block is never forgotten");
+    assert_eq!(
+        store.unreferenced_blocks(zero, 100).await.unwrap(),
+        vec![[3u8; 32]]
+    );
+    assert!(
+        store
+            .unreferenced_blocks(std::time::Duration::from_secs(3600), 100)
+            .await
+            .unwrap()
+            .is_empty(),
+        "grace protects fresh uploads"
+    );
+    assert!(
+        !store.forget_block(&[1; 32]).await.unwrap(),
+        "a referenced block is never forgotten"
+    );
     assert!(store.forget_block(&[3; 32]).await.unwrap());
     assert!(store.block(&[3; 32]).await.unwrap().is_none());
     // An unavailable block cannot be committed.
     store.register_block(&[9; 32], 4, 4).await.unwrap();
-    let e = store.commit_content(&a, ws.id, f.ino, 2, &[commit([9; 32])], 4, Timestamp::now()).await.unwrap_err();
+    let e = store
+        .commit_content(&a, ws.id, f.ino, 2, &[commit([9; 32])], 4, Timestamp::now())
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
 }

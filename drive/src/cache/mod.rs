@@ -126,7 +126,9 @@ impl BlockCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
-        self.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The cached object for `hash`, if present.
@@ -138,7 +140,9 @@ impl BlockCache {
         match tokio::fs::read(self.path(hash)).await {
             Ok(data) => {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                self.stats.hit_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                self.stats
+                    .hit_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
                 Some(Bytes::from(data))
             }
             Err(_) => {
@@ -162,7 +166,11 @@ impl BlockCache {
             return;
         }
         let path = self.path(&hash);
-        let tmp = self.cfg.dir.join(TMP_DIR).join(uuid::Uuid::new_v4().simple().to_string());
+        let tmp = self
+            .cfg
+            .dir
+            .join(TMP_DIR)
+            .join(uuid::Uuid::new_v4().simple().to_string());
         let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let result = (|| {
                 let mut f = std::fs::File::create(&tmp)?;

@@ -92,7 +92,12 @@ pub fn block_key(hash: &BlockHash) -> String {
 impl BlockStore {
     /// Blocks encoded by `codec` in `store`, cached in `cache` when given. Written blocks also
     /// go into the cache, so reading back what this node wrote is warm.
-    pub fn new(meta: MetaStore, store: Arc<dyn ChunkStore>, codec: BlockCodec, cache: Option<Arc<BlockCache>>) -> BlockStore {
+    pub fn new(
+        meta: MetaStore,
+        store: Arc<dyn ChunkStore>,
+        codec: BlockCodec,
+        cache: Option<Arc<BlockCache>>,
+    ) -> BlockStore {
         BlockStore {
             inner: Arc::new(Inner {
                 meta,
@@ -143,11 +148,20 @@ impl BlockStore {
         if let Err(e) = inner.store.put(&block_key(&hash), object.clone()).await {
             inner.stats.errors.fetch_add(1, Ordering::Relaxed);
             // Best effort: GC treats failed and stale created records alike.
-            let _ = inner.meta.set_block_state(&hash, BlockState::Failed, stored_len).await;
+            let _ = inner
+                .meta
+                .set_block_state(&hash, BlockState::Failed, stored_len)
+                .await;
             return Err(e.into());
         }
-        inner.stats.bytes_uploaded.fetch_add(stored_len, Ordering::Relaxed);
-        inner.meta.set_block_state(&hash, BlockState::Available, stored_len).await?;
+        inner
+            .stats
+            .bytes_uploaded
+            .fetch_add(stored_len, Ordering::Relaxed);
+        inner
+            .meta
+            .set_block_state(&hash, BlockState::Available, stored_len)
+            .await?;
         if inner.cache_writes
             && let Some(cache) = &inner.cache
         {
@@ -200,7 +214,9 @@ impl Inner {
                 return Err(e.into());
             }
         };
-        self.stats.bytes_downloaded.fetch_add(object.len() as u64, Ordering::Relaxed);
+        self.stats
+            .bytes_downloaded
+            .fetch_add(object.len() as u64, Ordering::Relaxed);
         let codec = self.codec.clone();
         let (plaintext, object) = blocking(move || (codec.decode(&hash, &object), object)).await?;
         let plaintext = plaintext?;
@@ -221,10 +237,14 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 impl BlockIo for BlockStore {
     async fn put_block(&self, data: Bytes) -> Result<[u8; 32], BlockIoError> {
-        self.put(data).await.map_err(|e| BlockIoError::new("store block", e))
+        self.put(data)
+            .await
+            .map_err(|e| BlockIoError::new("store block", e))
     }
 
     async fn get_block(&self, hash: [u8; 32], _len: u64) -> Result<Bytes, BlockIoError> {
-        self.get(hash).await.map_err(|e| BlockIoError::new("fetch block", e))
+        self.get(hash)
+            .await
+            .map_err(|e| BlockIoError::new("fetch block", e))
     }
 }

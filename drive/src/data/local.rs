@@ -37,7 +37,9 @@ impl LocalChunkStore {
         // Keys are ours, but a key must never escape the root.
         let valid = !key.is_empty()
             && !key.starts_with('/')
-            && key.split('/').all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'));
+            && key
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'));
         if !valid || key.starts_with(TMP_DIR) {
             return Err(StoreError::Failed {
                 op: "resolve",
@@ -108,7 +110,9 @@ impl ChunkStore for LocalChunkStore {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Bytes, StoreError>> {
         async move {
             let path = self.path(key)?;
-            blocking("get", key, move || std::fs::read(path)).await.map(Bytes::from)
+            blocking("get", key, move || std::fs::read(path))
+                .await
+                .map(Bytes::from)
         }
         .boxed()
     }
@@ -140,7 +144,11 @@ impl ChunkStore for LocalChunkStore {
                     for entry in entries {
                         let entry = entry?;
                         let path = entry.path();
-                        let rel = path.strip_prefix(&root).expect("under root").to_string_lossy().into_owned();
+                        let rel = path
+                            .strip_prefix(&root)
+                            .expect("under root")
+                            .to_string_lossy()
+                            .into_owned();
                         if rel == TMP_DIR {
                             continue;
                         }

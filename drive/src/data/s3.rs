@@ -11,7 +11,9 @@ use std::time::Duration;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -136,7 +138,10 @@ impl S3ChunkStore {
         // A custom endpoint without a region must not wait on the instance-metadata lookup.
         match (&cfg.region, &cfg.endpoint) {
             (Some(r), _) => loader = loader.region(Region::new(r.clone())),
-            (None, Some(_)) if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() => {
+            (None, Some(_))
+                if std::env::var_os("AWS_REGION").is_none()
+                    && std::env::var_os("AWS_DEFAULT_REGION").is_none() =>
+            {
                 loader = loader.region(Region::new("us-east-1"));
             }
             _ => {}
@@ -152,7 +157,10 @@ impl S3ChunkStore {
         } else if let Some(file) = &cfg.credentials_file {
             #[allow(deprecated)] // the replacement lives in aws-runtime, not re-exported here
             let files = aws_config::profile::profile_file::ProfileFiles::builder()
-                .with_file(aws_config::profile::profile_file::ProfileFileKind::Credentials, file)
+                .with_file(
+                    aws_config::profile::profile_file::ProfileFileKind::Credentials,
+                    file,
+                )
                 .build();
             loader = loader.profile_files(files);
         }
@@ -198,8 +206,8 @@ impl S3ChunkStore {
             .map_err(|e| classify("create multipart upload", key, e))?;
         let upload_id = upload.upload_id().unwrap_or_default().to_string();
         let part_size = self.part_size as usize;
-        let parts: Result<Vec<CompletedPart>, StoreError> = futures::stream::iter(
-            (0..data.len().div_ceil(part_size)).map(|i| {
+        let parts: Result<Vec<CompletedPart>, StoreError> =
+            futures::stream::iter((0..data.len().div_ceil(part_size)).map(|i| {
                 let body = data.slice(i * part_size..((i + 1) * part_size).min(data.len()));
                 let number = i as i32 + 1;
                 let upload_id = upload_id.clone();
@@ -220,11 +228,10 @@ impl S3ChunkStore {
                         .part_number(number)
                         .build())
                 }
-            }),
-        )
-        .buffered(PARALLEL_PARTS)
-        .try_collect()
-        .await;
+            }))
+            .buffered(PARALLEL_PARTS)
+            .try_collect()
+            .await;
         let result = match parts {
             Ok(parts) => self
                 .client
@@ -254,7 +261,13 @@ impl S3ChunkStore {
     }
 
     /// GETs `range` (inclusive end) and returns the body and the object's total size.
-    async fn get_range(&self, key: &str, object: &str, start: u64, end: u64) -> Result<(Bytes, Option<u64>), StoreError> {
+    async fn get_range(
+        &self,
+        key: &str,
+        object: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<(Bytes, Option<u64>), StoreError> {
         let out = self
             .client
             .get_object()
@@ -279,7 +292,11 @@ impl S3ChunkStore {
 }
 
 /// Maps an SDK error onto the store's error kinds.
-fn classify<E>(op: &'static str, key: &str, err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StoreError
+fn classify<E>(
+    op: &'static str,
+    key: &str,
+    err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -293,7 +310,10 @@ where
         }
         SdkError::ServiceError(_)
             if status.is_some_and(|s| s >= 500 || s == 429)
-                || matches!(code.as_deref(), Some("SlowDown" | "RequestTimeout" | "Throttling")) =>
+                || matches!(
+                    code.as_deref(),
+                    Some("SlowDown" | "RequestTimeout" | "Throttling")
+                ) =>
         {
             StoreError::Unavailable {
                 op,
@@ -346,14 +366,15 @@ impl ChunkStore for S3ChunkStore {
                 return Ok(first);
             };
             // The rest in parallel ranged GETs, reassembled in order.
-            let rest: Vec<Bytes> = futures::stream::iter((first.len() as u64..total).step_by(part as usize).map(|start| {
-                let end = (start + part).min(total) - 1;
-                let object = &object;
-                async move { self.get_range(key, object, start, end).await.map(|(b, _)| b) }
-            }))
-            .buffered(PARALLEL_PARTS)
-            .try_collect()
-            .await?;
+            let rest: Vec<Bytes> =
+                futures::stream::iter((first.len() as u64..total).step_by(part as usize).map(|start| {
+                    let end = (start + part).min(total) - 1;
+                    let object = &object;
+                    async move { self.get_range(key, object, start, end).await.map(|(b, _)| b) }
+                }))
+                .buffered(PARALLEL_PARTS)
+                .try_collect()
+                .await?;
             let mut out = BytesMut::with_capacity(total as usize);
             out.extend_from_slice(&first);
             for b in rest {
@@ -395,7 +416,11 @@ impl ChunkStore for S3ChunkStore {
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
         async move {
             let full = self.object_key(prefix);
-            let strip = if self.prefix.is_empty() { 0 } else { self.prefix.len() + 1 };
+            let strip = if self.prefix.is_empty() {
+                0
+            } else {
+                self.prefix.len() + 1
+            };
             let mut keys = Vec::new();
             let mut pages = self
                 .client

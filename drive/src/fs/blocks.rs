@@ -38,5 +38,6 @@ pub trait BlockIo: Send + Sync + 'static {
     fn put_block(&self, data: Bytes) -> impl Future<Output = Result<[u8; 32], BlockIoError>> + Send;
 
     /// Fetches the plaintext of block `hash`, whose valid length is `len`.
-    fn get_block(&self, hash: [u8; 32], len: u64) -> impl Future<Output = Result<Bytes, BlockIoError>> + Send;
+    fn get_block(&self, hash: [u8; 32], len: u64)
+    -> impl Future<Output = Result<Bytes, BlockIoError>> + Send;
 }

@@ -38,7 +38,13 @@ impl<B: BlockIo> DriveFs<B> {
         let node = NewNode::new(NodeKind::File, mode & 0o7777).owned_by(caller.uid, caller.gid);
         let attr = self
             .meta
-            .create(&self.actor(caller), self.ws.id, self.to_node(parent), &name, &node)
+            .create(
+                &self.actor(caller),
+                self.ws.id,
+                self.to_node(parent),
+                &name,
+                &node,
+            )
             .await?;
         // A new file is empty: truncating it again would only cost a commit.
         let flags = OpenFlags {
@@ -52,7 +58,10 @@ impl<B: BlockIo> DriveFs<B> {
         match attr.kind {
             NodeKind::File => {}
             NodeKind::Directory => {
-                return Err(FsError::new(FsErrorKind::IsADirectory, format!("node {}", attr.ino)));
+                return Err(FsError::new(
+                    FsErrorKind::IsADirectory,
+                    format!("node {}", attr.ino),
+                ));
             }
             // FIFOs, sockets and devices are metadata-only: the kernel never opens them here.
             _ => return Err(FsError::new(FsErrorKind::NotSupported, "not a regular file")),
@@ -133,7 +142,11 @@ impl<B: BlockIo> DriveFs<B> {
 
     /// Commits a session. A file deleted meanwhile has nowhere to commit to: its bytes are
     /// unreachable, so that is not an error for the closing process.
-    pub(crate) async fn commit_session(&self, session: &WriteSession<B>, caller: Caller) -> Result<(), FsError> {
+    pub(crate) async fn commit_session(
+        &self,
+        session: &WriteSession<B>,
+        caller: Caller,
+    ) -> Result<(), FsError> {
         match session.commit(&self.actor(caller)).await {
             Ok(Some(attr)) => {
                 self.note_seen(attr.ino, attr.content_version);
@@ -165,7 +178,10 @@ impl<B: BlockIo> DriveFs<B> {
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
         let handle = self.handle(fh)?;
         let Some(session) = handle.session.as_ref().filter(|_| handle.flags.write) else {
-            return Err(FsError::new(FsErrorKind::BadHandle, "handle is not open for writing"));
+            return Err(FsError::new(
+                FsErrorKind::BadHandle,
+                "handle is not open for writing",
+            ));
         };
         session.write(offset, data, handle.flags.append).await?;
         Ok(data.len() as u32)

@@ -272,8 +272,10 @@ impl<B: BlockIo> DriveFs<B> {
 
     /// Commits every write session (shutdown path); returns the first error.
     pub async fn flush_all(&self) -> Result<(), FsError> {
-        let sessions: Vec<(NodeId, Arc<WriteSession<B>>)> =
-            lock(&self.sessions).iter().map(|(k, (s, _))| (*k, s.clone())).collect();
+        let sessions: Vec<(NodeId, Arc<WriteSession<B>>)> = lock(&self.sessions)
+            .iter()
+            .map(|(k, (s, _))| (*k, s.clone()))
+            .collect();
         let mut first = None;
         for (node, session) in sessions {
             if let Err(e) = session.commit(&Actor::system("mount")).await {

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
+use crate::fs::blocks::BlockIo;
 use crate::fs::error::{FsError, FsErrorKind};
 use crate::fs::{Caller, DriveFs, ROOT_INO, StatFs, lock};
-use crate::fs::blocks::BlockIo;
 use crate::model::{Attr, DirEntryPlus, Name, NewNode, NodeKind, RenameMode, SetAttr};
 
 /// Entries fetched from the store per directory page.
@@ -34,7 +34,10 @@ impl<B: BlockIo> DriveFs<B> {
     /// Looks `name` up in directory `parent`.
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
         let name = parse_name(name)?;
-        let attr = self.meta.lookup(self.cfg.view, self.to_node(parent), &name).await?;
+        let attr = self
+            .meta
+            .lookup(self.cfg.view, self.to_node(parent), &name)
+            .await?;
         Ok(self.outer(attr))
     }
 
@@ -71,12 +74,24 @@ impl<B: BlockIo> DriveFs<B> {
     }
 
     /// Creates a node (mkdir, mknod, symlink) named `name` in `parent`.
-    pub async fn make_node(&self, parent: u64, name: &[u8], node: NewNode, caller: Caller) -> Result<Attr, FsError> {
+    pub async fn make_node(
+        &self,
+        parent: u64,
+        name: &[u8],
+        node: NewNode,
+        caller: Caller,
+    ) -> Result<Attr, FsError> {
         self.writable()?;
         let name = parse_name(name)?;
         let attr = self
             .meta
-            .create(&self.actor(caller), self.ws.id, self.to_node(parent), &name, &node)
+            .create(
+                &self.actor(caller),
+                self.ws.id,
+                self.to_node(parent),
+                &name,
+                &node,
+            )
             .await?;
         Ok(self.outer(attr))
     }
@@ -88,7 +103,13 @@ impl<B: BlockIo> DriveFs<B> {
     }
 
     /// Creates a symbolic link to `target`.
-    pub async fn symlink(&self, parent: u64, name: &[u8], target: &[u8], caller: Caller) -> Result<Attr, FsError> {
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+        caller: Caller,
+    ) -> Result<Attr, FsError> {
         let mut node = NewNode::new(NodeKind::Symlink, 0o777).owned_by(caller.uid, caller.gid);
         node.symlink_target = Some(target.to_vec());
         self.make_node(parent, name, node, caller).await
@@ -100,12 +121,24 @@ impl<B: BlockIo> DriveFs<B> {
     }
 
     /// Adds the hard link `new_parent/new_name` to `ino`.
-    pub async fn link(&self, ino: u64, new_parent: u64, new_name: &[u8], caller: Caller) -> Result<Attr, FsError> {
+    pub async fn link(
+        &self,
+        ino: u64,
+        new_parent: u64,
+        new_name: &[u8],
+        caller: Caller,
+    ) -> Result<Attr, FsError> {
         self.writable()?;
         let name = parse_name(new_name)?;
         let attr = self
             .meta
-            .link(&self.actor(caller), self.ws.id, self.to_node(ino), self.to_node(new_parent), &name)
+            .link(
+                &self.actor(caller),
+                self.ws.id,
+                self.to_node(ino),
+                self.to_node(new_parent),
+                &name,
+            )
             .await?;
         Ok(self.outer(attr))
     }
@@ -182,7 +215,11 @@ impl<B: BlockIo> DriveFs<B> {
         let mut items = Vec::new();
         if offset < 2 {
             let attr = self.outer(self.meta.getattr(self.cfg.view, node).await?);
-            for (i, name) in [&b"."[..], &b".."[..]].into_iter().enumerate().skip(offset as usize) {
+            for (i, name) in [&b"."[..], &b".."[..]]
+                .into_iter()
+                .enumerate()
+                .skip(offset as usize)
+            {
                 let mut a = attr.clone();
                 if i == 1 && ino != ROOT_INO {
                     // The parent's attributes are not needed by the kernel for "..".
@@ -307,6 +344,10 @@ mod tests {
         assert!(!check_access(&a, 4, who(11, 21)));
         assert!(check_access(&a, 6, who(0, 0)));
         assert!(!check_access(&a, 1, who(0, 0)));
-        assert!(check_access(&attr(0o600, 1, 1, NodeKind::Directory), 1, who(0, 0)));
+        assert!(check_access(
+            &attr(0o600, 1, 1, NodeKind::Directory),
+            1,
+            who(0, 0)
+        ));
     }
 }

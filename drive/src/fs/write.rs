@@ -35,9 +35,17 @@ pub const MAX_FILE_SIZE: u64 = 1 << 50;
 enum Dirty {
     /// Being written; `base` is the committed block whose bytes fill the unwritten gaps (its
     /// length already clipped to what survives truncations).
-    Staged { slot: u64, written: Ranges, base: Option<FileBlock> },
+    Staged {
+        slot: u64,
+        written: Ranges,
+        base: Option<FileBlock>,
+    },
     /// Upload in flight; the staged bytes stay untouched until it finishes.
-    Uploading { slot: u64, len: u64, task: JoinHandle<Result<[u8; 32], FsError>> },
+    Uploading {
+        slot: u64,
+        len: u64,
+        task: JoinHandle<Result<[u8; 32], FsError>>,
+    },
     /// Uploaded and durable, waiting for the commit.
     Uploaded { slot: u64, len: u64, hash: [u8; 32] },
 }
@@ -311,7 +319,10 @@ impl<B: BlockIo> WriteSession<B> {
     /// Changes the logical size (ftruncate / O_TRUNC / truncate on an open file).
     pub(crate) async fn truncate(&self, new_size: u64) -> Result<(), FsError> {
         if new_size > MAX_FILE_SIZE {
-            return Err(FsError::new(FsErrorKind::TooBig, "size past the largest file size"));
+            return Err(FsError::new(
+                FsErrorKind::TooBig,
+                "size past the largest file size",
+            ));
         }
         let mut inner = self.inner.lock().await;
         let bs = self.env.block_size;
@@ -371,7 +382,9 @@ impl<B: BlockIo> WriteSession<B> {
         let mut failure = None;
         let indexes: Vec<u64> = inner.blocks.keys().copied().collect();
         for idx in indexes {
-            let Some(dirty) = inner.blocks.remove(&idx) else { continue };
+            let Some(dirty) = inner.blocks.remove(&idx) else {
+                continue;
+            };
             let done = match dirty {
                 Dirty::Uploading { slot, len, task } => match join(task).await {
                     Ok(hash) => Dirty::Uploaded { slot, len, hash },
@@ -399,7 +412,15 @@ impl<B: BlockIo> WriteSession<B> {
         let attr = self
             .env
             .meta
-            .commit_content(actor, self.env.ws, self.ino, self.base_version, &changes, size, mtime)
+            .commit_content(
+                actor,
+                self.env.ws,
+                self.ino,
+                self.base_version,
+                &changes,
+                size,
+                mtime,
+            )
             .await?;
         inner.blocks.clear();
         inner.next_slot = 0;
@@ -423,11 +444,18 @@ impl<B: BlockIo> WriteSession<B> {
         if first >= end {
             return Ok(Vec::new());
         }
-        let old = self.env.meta.block_map(View::Live, self.ino, first, end - first).await?;
+        let old = self
+            .env
+            .meta
+            .block_map(View::Live, self.ino, first, end - first)
+            .await?;
         Ok(old
             .into_iter()
             .filter(|b| !inner.blocks.contains_key(&b.idx))
-            .map(|b| BlockChange { idx: b.idx, block: None })
+            .map(|b| BlockChange {
+                idx: b.idx,
+                block: None,
+            })
             .collect())
     }
 }
@@ -460,7 +488,10 @@ async fn join(task: JoinHandle<Result<[u8; 32], FsError>>) -> Result<[u8; 32], F
 }
 
 fn unreachable_slot() -> Result<u64, FsError> {
-    Err(FsError::new(FsErrorKind::Io, "staged block vanished while locked"))
+    Err(FsError::new(
+        FsErrorKind::Io,
+        "staged block vanished while locked",
+    ))
 }
 
 /// Reads `dst.len()` bytes at `at`; bytes past the end of the staging file are zeros.

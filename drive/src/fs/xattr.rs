@@ -98,7 +98,14 @@ impl<B: BlockIo> DriveFs<B> {
         check_settable(name)?;
         Ok(self
             .meta
-            .set_xattr(&self.actor(caller), self.ws.id, self.to_node(ino), name, value, mode)
+            .set_xattr(
+                &self.actor(caller),
+                self.ws.id,
+                self.to_node(ino),
+                name,
+                value,
+                mode,
+            )
             .await?)
     }
 
@@ -119,10 +126,16 @@ impl<B: BlockIo> DriveFs<B> {
 
 fn check_settable(name: &[u8]) -> Result<(), FsError> {
     if name.starts_with(VIRTUAL_PREFIX) {
-        return Err(FsError::new(FsErrorKind::NotPermitted, "user.studiodrive.* attributes are read-only"));
+        return Err(FsError::new(
+            FsErrorKind::NotPermitted,
+            "user.studiodrive.* attributes are read-only",
+        ));
     }
     if !name.starts_with(USER_PREFIX) {
-        return Err(FsError::new(FsErrorKind::NotSupported, "only user.* attributes are stored"));
+        return Err(FsError::new(
+            FsErrorKind::NotSupported,
+            "only user.* attributes are stored",
+        ));
     }
     Ok(())
 }

@@ -262,7 +262,11 @@ impl MetaStore {
     /// Blocks no block map of any version references and that are older than `grace` (so an
     /// upload in flight, recorded but not yet committed, is never picked): the sweep set of
     /// a mark-and-sweep GC. Snapshots keep blocks alive through their versioned rows.
-    pub async fn unreferenced_blocks(&self, grace: std::time::Duration, limit: usize) -> Result<Vec<[u8; 32]>, MetaError> {
+    pub async fn unreferenced_blocks(
+        &self,
+        grace: std::time::Duration,
+        limit: usize,
+    ) -> Result<Vec<[u8; 32]>, MetaError> {
         let client = self.client().await?;
         let cutoff = std::time::SystemTime::now() - grace;
         let rows = query(

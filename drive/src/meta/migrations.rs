@@ -29,7 +29,11 @@ pub(super) async fn apply(store: &MetaStore) -> Result<(), MetaError> {
         .or_else(|e| {
             // Two first-time runners race on the catalog itself; the loser's error names the
             // object the winner created.
-            let raced = [SqlState::UNIQUE_VIOLATION, SqlState::DUPLICATE_OBJECT, SqlState::DUPLICATE_TABLE];
+            let raced = [
+                SqlState::UNIQUE_VIOLATION,
+                SqlState::DUPLICATE_OBJECT,
+                SqlState::DUPLICATE_TABLE,
+            ];
             match e.code() {
                 Some(code) if raced.contains(code) => Ok(()),
                 _ => Err(pg_error(e)),

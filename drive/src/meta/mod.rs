@@ -249,7 +249,9 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> MetaError {
             MetaError::unavailable("database connection lost", e)
         }
         Some(code) => {
-            let detail = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string());
+            let detail = e
+                .as_db_error()
+                .map_or_else(|| e.to_string(), |d| d.message().to_string());
             MetaError::Internal(format!("SQLSTATE {}: {detail}", code.code()))
         }
         None => MetaError::unavailable("database unreachable", e),

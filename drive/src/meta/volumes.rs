@@ -11,7 +11,8 @@ use crate::error::{ErrorKind, MetaError};
 use crate::meta::MetaStore;
 use crate::meta::rows::{execute, from_system_time, query, query_opt};
 use crate::model::{
-    Actor, NewNode, NodeKind, Timestamp, View, WorkspaceId, WorkspaceKind, WorkspaceSpec, validate_workspace_name,
+    Actor, NewNode, NodeKind, Timestamp, View, WorkspaceId, WorkspaceKind, WorkspaceSpec,
+    validate_workspace_name,
 };
 
 /// Where a volume lives.
@@ -47,7 +48,8 @@ pub struct Volume {
     pub created_at: Timestamp,
 }
 
-const VOLUME_COLUMNS: &str = "v.name, v.workspace_id, w.name, v.path, v.whole_workspace, v.capacity_bytes, v.parameters, v.created_at";
+const VOLUME_COLUMNS: &str =
+    "v.name, v.workspace_id, w.name, v.path, v.whole_workspace, v.capacity_bytes, v.parameters, v.created_at";
 
 fn volume_from_row(row: &Row) -> Volume {
     Volume {
@@ -67,7 +69,12 @@ impl MetaStore {
     /// served. A live volume of that name with other parameters or capacity is `Exists`.
     pub async fn create_volume(&self, actor: &Actor, req: &VolumeRequest) -> Result<Volume, MetaError> {
         validate_workspace_name(&req.name)?;
-        if let Some(existing) = self.get_volume(&req.name).await.map(Some).or_else(none_if_not_found)? {
+        if let Some(existing) = self
+            .get_volume(&req.name)
+            .await
+            .map(Some)
+            .or_else(none_if_not_found)?
+        {
             return same_request(existing, req);
         }
         let (ws, path, whole) = match &req.placement {
@@ -75,11 +82,18 @@ impl MetaStore {
                 let ws = self.get_workspace(workspace).await?;
                 let mut dir = ws.root;
                 let names = super::tree::parse_path(base_path)?;
-                for name in names.iter().chain(std::iter::once(&crate::model::Name::parse(&req.name)?)) {
+                for name in names
+                    .iter()
+                    .chain(std::iter::once(&crate::model::Name::parse(&req.name)?))
+                {
                     dir = self.ensure_dir(actor, ws.id, dir, name).await?;
                 }
                 let base: Vec<String> = names.iter().map(crate::model::Name::to_string_lossy).collect();
-                let path = if base.is_empty() { format!("/{}", req.name) } else { format!("/{}/{}", base.join("/"), req.name) };
+                let path = if base.is_empty() {
+                    format!("/{}", req.name)
+                } else {
+                    format!("/{}/{}", base.join("/"), req.name)
+                };
                 (ws, path, false)
             }
             VolumePlacement::Workspace { kind, block_size } => {
@@ -101,7 +115,14 @@ impl MetaStore {
             &client,
             "INSERT INTO volumes (name, workspace_id, path, whole_workspace, capacity_bytes, parameters) \
              VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&req.name, &ws.id.0, &path, &whole, &(req.capacity_bytes as i64), &params],
+            &[
+                &req.name,
+                &ws.id.0,
+                &path,
+                &whole,
+                &(req.capacity_bytes as i64),
+                &params,
+            ],
         )
         .await;
         match inserted {
@@ -160,7 +181,12 @@ impl MetaStore {
             Err(e) => return Err(e),
         }
         let client = self.client().await?;
-        execute(&client, "UPDATE volumes SET deleted_at = now() WHERE name = $1 AND deleted_at IS NULL", &[&name]).await?;
+        execute(
+            &client,
+            "UPDATE volumes SET deleted_at = now() WHERE name = $1 AND deleted_at IS NULL",
+            &[&name],
+        )
+        .await?;
         Ok(true)
     }
 
@@ -172,7 +198,10 @@ impl MetaStore {
         parent: crate::model::NodeId,
         name: &crate::model::Name,
     ) -> Result<crate::model::NodeId, MetaError> {
-        match self.create(actor, ws, parent, name, &NewNode::new(NodeKind::Directory, 0o777)).await {
+        match self
+            .create(actor, ws, parent, name, &NewNode::new(NodeKind::Directory, 0o777))
+            .await
+        {
             Ok(attr) => Ok(attr.ino),
             Err(e) if e.kind() == ErrorKind::Exists => {
                 let attr = self.lookup(View::Live, parent, name).await?;
@@ -187,18 +216,27 @@ impl MetaStore {
 }
 
 fn none_if_not_found<T>(e: MetaError) -> Result<Option<T>, MetaError> {
-    if e.kind() == ErrorKind::NotFound { Ok(None) } else { Err(e) }
+    if e.kind() == ErrorKind::NotFound {
+        Ok(None)
+    } else {
+        Err(e)
+    }
 }
 
 /// The existing volume if `req` asks for the same thing, else `Exists`.
 fn same_request(existing: Volume, req: &VolumeRequest) -> Result<Volume, MetaError> {
     let same_place = match &req.placement {
-        VolumePlacement::Folder { workspace, .. } => !existing.whole_workspace && existing.workspace_name == *workspace,
+        VolumePlacement::Folder { workspace, .. } => {
+            !existing.whole_workspace && existing.workspace_name == *workspace
+        }
         VolumePlacement::Workspace { .. } => existing.whole_workspace,
     };
     if same_place && existing.capacity_bytes == req.capacity_bytes && existing.parameters == req.parameters {
         Ok(existing)
     } else {
-        Err(MetaError::Exists(format!("volume {} exists with different parameters", req.name)))
+        Err(MetaError::Exists(format!(
+            "volume {} exists with different parameters",
+            req.name
+        )))
     }
 }

@@ -70,9 +70,13 @@ impl MetaStore {
                 let ws = ws_ctx(&tx, ws).await?;
                 live_inode(&tx, &ws, ino).await?;
                 let i = ino.0 as i64;
-                let exists = query_opt(&tx, "SELECT 1 FROM xattrs WHERE ino = $1 AND name = $2", &[&i, &name])
-                    .await?
-                    .is_some();
+                let exists = query_opt(
+                    &tx,
+                    "SELECT 1 FROM xattrs WHERE ino = $1 AND name = $2",
+                    &[&i, &name],
+                )
+                .await?
+                .is_some();
                 match (mode, exists) {
                     (XattrMode::Create, true) => return Err(MetaError::Exists(xattr_label(name))),
                     (XattrMode::Replace, false) => return Err(MetaError::NotFound(xattr_label(name))),
@@ -131,7 +135,10 @@ impl MetaStore {
 
 fn validate(name: &[u8]) -> Result<(), MetaError> {
     if name.is_empty() || name.len() > XATTR_NAME_MAX || name.contains(&0) {
-        return Err(MetaError::InvalidArgument(format!("bad xattr name {}", xattr_label(name))));
+        return Err(MetaError::InvalidArgument(format!(
+            "bad xattr name {}",
+            xattr_label(name)
+        )));
     }
     Ok(())
 }

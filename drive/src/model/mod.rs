@@ -415,8 +415,21 @@ mod purity {
     /// The model is the pure core: it must not grow I/O or async dependencies.
     #[test]
     fn model_imports_no_io() {
-        let sources = [include_str!("mod.rs"), include_str!("name.rs"), include_str!("sequence.rs")];
-        let forbidden = ["tokio", "deadpool", "postgres", "crate::meta", "crate::data", "crate::cache", "std::fs", "std::net"];
+        let sources = [
+            include_str!("mod.rs"),
+            include_str!("name.rs"),
+            include_str!("sequence.rs"),
+        ];
+        let forbidden = [
+            "tokio",
+            "deadpool",
+            "postgres",
+            "crate::meta",
+            "crate::data",
+            "crate::cache",
+            "std::fs",
+            "std::net",
+        ];
         for source in sources {
             for line in source.lines().filter(|l| l.trim_start().starts_with("use ")) {
                 for f in forbidden {
