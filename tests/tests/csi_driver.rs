@@ -861,6 +861,59 @@ async fn snapshots_list_page_and_mount_read_only() -> anyhow::Result<()> {
         .node_unpublish_volume(unpublish_req("pvc-s", &live))
         .await?;
 
+    // A volume restored from snap-1: the old content, writable, without copying data.
+    let from = |id: &str| csi::VolumeContentSource {
+        r#type: Some(csi::volume_content_source::Type::Snapshot(
+            csi::volume_content_source::SnapshotSource {
+                snapshot_id: id.into(),
+            },
+        )),
+    };
+    let restore = |name: &str, id: &str| csi::CreateVolumeRequest {
+        name: name.into(),
+        volume_capabilities: vec![mount_cap(Mode::MultiNodeMultiWriter)],
+        volume_content_source: Some(from(id)),
+        ..Default::default()
+    };
+    let restored = ctl
+        .create_volume(restore("pvc-restored", "default@snap-1"))
+        .await?
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(restored.content_source, Some(from("default@snap-1")));
+    let again = ctl
+        .create_volume(restore("pvc-restored", "default@snap-1"))
+        .await?
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(again, restored, "a repeated restore is the same volume");
+    assert_eq!(
+        code(ctl.create_volume(restore("pvc-restored", "default@snap-2")).await),
+        Code::AlreadyExists
+    );
+    assert_eq!(
+        code(ctl.create_volume(restore("pvc-r2", "default@nope")).await),
+        Code::NotFound
+    );
+    let back = pods.path().join("restored");
+    plugin
+        .node()
+        .node_publish_volume(publish_req("pvc-restored", &back, &[]))
+        .await?;
+    assert_eq!(std::fs::read(back.join("comp.nk"))?, vec![7u8; 10_000]);
+    assert_eq!(
+        std::fs::read_dir(&back)?.count(),
+        1,
+        "only what the snapshot held"
+    );
+    std::fs::write(back.join("comp.nk"), b"a new take")?;
+    plugin
+        .node()
+        .node_unpublish_volume(unpublish_req("pvc-restored", &back))
+        .await?;
+
     ctl.delete_snapshot(csi::DeleteSnapshotRequest {
         snapshot_id: "default@snap-1".into(),
         ..Default::default()

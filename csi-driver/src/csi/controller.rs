@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use drive::meta::{Volume, VolumeRequest};
-use drive::model::{Actor, Snapshot, Timestamp, validate_workspace_name};
+use drive::meta::{Volume, VolumePlacement, VolumeRequest};
+use drive::model::{Actor, MergeMode, Name, Snapshot, Timestamp, View, validate_workspace_name};
 use drive::{ErrorKind, MetaStore};
 use tonic::{Request, Response, Status};
 
@@ -53,6 +53,40 @@ fn csi_volume(v: &Volume) -> csi::Volume {
         content_source: None,
         accessible_topology: Vec::new(),
     }
+}
+
+/// The recorded parameter naming the snapshot a volume was restored from.
+const RESTORED_FROM: &str = "restoredFrom";
+
+/// Merges the snapshot's tree into the volume's (new) folder. Files already there are kept, so
+/// a CreateVolume repeated after a crash finishes the restore without duplicating anything.
+async fn fill_from_snapshot(meta: &MetaStore, volume: &Volume, snapshot: &Snapshot) -> Result<(), Status> {
+    let (parent, name) = match volume.path.rsplit_once('/') {
+        Some((p, n)) if !n.is_empty() => (if p.is_empty() { "/" } else { p }, n),
+        _ => {
+            return Err(Status::internal(format!(
+                "volume {} has no folder to restore into",
+                volume.name
+            )));
+        }
+    };
+    let parent = meta
+        .resolve(volume.workspace, parent)
+        .await
+        .map_err(|e| meta_status(&e))?;
+    let name = Name::parse(name).map_err(|e| Status::internal(e.to_string()))?;
+    meta.copy(
+        &actor(),
+        volume.workspace,
+        View::At(snapshot.epoch),
+        snapshot.root,
+        parent.ino,
+        &name,
+        MergeMode::Skip,
+    )
+    .await
+    .map_err(|e| meta_status(&e))?;
+    Ok(())
 }
 
 /// Position tokens for paginated listings: the last id returned.
@@ -115,26 +149,68 @@ impl ControllerService {
                 }) as u64
             }
         };
-        if req.volume_content_source.is_some() {
-            return Err(Status::invalid_argument(
-                "volumes from a snapshot or another volume are not supported yet",
-            ));
-        }
-        let params = ProvisionParameters::parse(&req.parameters)?;
+        let mut params = ProvisionParameters::parse(&req.parameters)?;
+        let meta = self.meta.get()?;
+        let restore = match req.volume_content_source.as_ref().and_then(|s| s.r#type.as_ref()) {
+            None => None,
+            Some(csi::volume_content_source::Type::Snapshot(source)) => {
+                let snapshot = self.restore_source(meta, &params, &source.snapshot_id).await?;
+                // Recorded, so a repeated request must name the same snapshot.
+                params
+                    .recorded
+                    .insert(RESTORED_FROM.into(), source.snapshot_id.clone());
+                Some((source.snapshot_id.clone(), snapshot))
+            }
+            Some(csi::volume_content_source::Type::Volume(_)) => {
+                return Err(Status::invalid_argument(
+                    "cloning a volume is not offered; restore from a snapshot",
+                ));
+            }
+        };
         let request = VolumeRequest {
             name: req.name.clone(),
             placement: params.placement,
             capacity_bytes: capacity,
             parameters: params.recorded,
         };
-        let meta = self.meta.get()?;
         let volume = meta
             .create_volume(&actor(), &request)
             .await
             .map_err(|e| meta_status(&e))?;
-        Ok(csi::CreateVolumeResponse {
-            volume: Some(csi_volume(&volume)),
-        })
+        let mut answer = csi_volume(&volume);
+        if let Some((snapshot_id, snapshot)) = restore {
+            fill_from_snapshot(meta, &volume, &snapshot).await?;
+            answer.content_source = Some(csi::VolumeContentSource {
+                r#type: Some(csi::volume_content_source::Type::Snapshot(
+                    csi::volume_content_source::SnapshotSource { snapshot_id },
+                )),
+            });
+        }
+        Ok(csi::CreateVolumeResponse { volume: Some(answer) })
+    }
+
+    /// The snapshot a new volume restores, which must live in the workspace its folder goes to
+    /// (a restore shares blocks with the snapshot instead of copying data).
+    async fn restore_source(
+        &self,
+        meta: &MetaStore,
+        params: &ProvisionParameters,
+        snapshot_id: &str,
+    ) -> Result<Snapshot, Status> {
+        let id = validate::id("volume_content_source.snapshot.snapshot_id", snapshot_id)?;
+        let (ws_name, name) =
+            parse_snapshot_id(id).ok_or_else(|| Status::not_found(format!("snapshot {id}")))?;
+        match &params.placement {
+            VolumePlacement::Folder { workspace, .. } if workspace == ws_name => {}
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "a volume restored from {id} must be a folder volume in workspace {ws_name} \
+                     (StorageClass parameters placement: folder, workspace: {ws_name})"
+                )));
+            }
+        }
+        let ws = meta.get_workspace(ws_name).await.map_err(|e| meta_status(&e))?;
+        meta.get_snapshot(ws.id, name).await.map_err(|e| meta_status(&e))
     }
 
     async fn delete_volume(
