@@ -202,7 +202,10 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.entry(&ttls.entry, &file_attr(&a, blksize(&fs)), Generation(0));
                     Ok(())
                 }
-                Err(e) => Err(reply.error(report("lookup", &e))),
+                Err(e) => {
+                    reply.error(report("lookup", &e));
+                    Err(())
+                }
             }
         });
     }
@@ -215,7 +218,10 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.attr(&ttls.attr, &file_attr(&a, blksize(&fs)));
                     Ok(())
                 }
-                Err(e) => Err(reply.error(report("getattr", &e))),
+                Err(e) => {
+                    reply.error(report("getattr", &e));
+                    Err(())
+                }
             }
         });
     }
@@ -253,7 +259,10 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.attr(&ttls.attr, &file_attr(&a, blksize(&fs)));
                     Ok(())
                 }
-                Err(e) => Err(reply.error(report("setattr", &e))),
+                Err(e) => {
+                    reply.error(report("setattr", &e));
+                    Err(())
+                }
             }
         });
     }
@@ -265,7 +274,10 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.data(&t);
                     Ok(())
                 }
-                Err(e) => Err(reply.error(report("readlink", &e))),
+                Err(e) => {
+                    reply.error(report("readlink", &e));
+                    Err(())
+                }
             }
         });
     }
@@ -294,7 +306,10 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.entry(&ttls.entry, &file_attr(&a, blksize(&fs)), Generation(0));
                     Ok(())
                 }
-                Err(e) => Err(reply.error(report("mknod", &e))),
+                Err(e) => {
+                    reply.error(report("mknod", &e));
+                    Err(())
+                }
             }
         });
     }
@@ -307,7 +322,10 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.entry(&ttls.entry, &file_attr(&a, blksize(&fs)), Generation(0));
                     Ok(())
                 }
-                Err(e) => Err(reply.error(report("mkdir", &e))),
+                Err(e) => {
+                    reply.error(report("mkdir", &e));
+                    Err(())
+                }
             }
         });
     }
@@ -316,8 +334,14 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         let (name, who) = (name.as_bytes().to_vec(), caller(req));
         self.spawn("unlink", move |fs| async move {
             match fs.unlink(parent.0, &name, who).await {
-                Ok(()) => Ok(reply.ok()),
-                Err(e) => Err(reply.error(report("unlink", &e))),
+                Ok(()) => {
+                    reply.ok();
+                    Ok(())
+                }
+                Err(e) => {
+                    reply.error(report("unlink", &e));
+                    Err(())
+                }
             }
         });
     }
@@ -326,8 +350,14 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         let (name, who) = (name.as_bytes().to_vec(), caller(req));
         self.spawn("rmdir", move |fs| async move {
             match fs.rmdir(parent.0, &name, who).await {
-                Ok(()) => Ok(reply.ok()),
-                Err(e) => Err(reply.error(report("rmdir", &e))),
+                Ok(()) => {
+                    reply.ok();
+                    Ok(())
+                }
+                Err(e) => {
+                    reply.error(report("rmdir", &e));
+                    Err(())
+                }
             }
         });
     }
@@ -344,7 +374,10 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.entry(&ttls.entry, &file_attr(&a, blksize(&fs)), Generation(0));
                     Ok(())
                 }
-                Err(e) => Err(reply.error(report("symlink", &e))),
+                Err(e) => {
+                    reply.error(report("symlink", &e));
+                    Err(())
+                }
             }
         });
     }
@@ -372,8 +405,14 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         let (name, newname, who) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec(), caller(req));
         self.spawn("rename", move |fs| async move {
             match fs.rename(parent.0, &name, newparent.0, &newname, mode, who).await {
-                Ok(()) => Ok(reply.ok()),
-                Err(e) => Err(reply.error(report("rename", &e))),
+                Ok(()) => {
+                    reply.ok();
+                    Ok(())
+                }
+                Err(e) => {
+                    reply.error(report("rename", &e));
+                    Err(())
+                }
             }
         });
     }
@@ -386,7 +425,10 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.entry(&ttls.entry, &file_attr(&a, blksize(&fs)), Generation(0));
                     Ok(())
                 }
-                Err(e) => Err(reply.error(report("link", &e))),
+                Err(e) => {
+                    reply.error(report("link", &e));
+                    Err(())
+                }
             }
         });
     }
@@ -404,7 +446,10 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.opened(FileHandle(o.fh), f);
                     Ok(())
                 }
-                Err(e) => Err(reply.error(report("open", &e))),
+                Err(e) => {
+                    reply.error(report("open", &e));
+                    Err(())
+                }
             }
         });
     }
@@ -428,7 +473,10 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.data(&data);
                     Ok(())
                 }
-                Err(e) => Err(reply.error(report("read", &e))),
+                Err(e) => {
+                    reply.error(report("read", &e));
+                    Err(())
+                }
             }
         });
     }
@@ -454,7 +502,10 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.written(n);
                     Ok(())
                 }
-                Err(e) => Err(reply.error(report("write", &e))),
+                Err(e) => {
+                    reply.error(report("write", &e));
+                    Err(())
+                }
             }
         });
     }
@@ -463,8 +514,14 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         let who = caller(req);
         self.spawn("flush", move |fs| async move {
             match fs.flush(fh.0, who).await {
-                Ok(()) => Ok(reply.ok()),
-                Err(e) => Err(reply.error(report("flush", &e))),
+                Ok(()) => {
+                    reply.ok();
+                    Ok(())
+                }
+                Err(e) => {
+                    reply.error(report("flush", &e));
+                    Err(())
+                }
             }
         });
     }
@@ -482,8 +539,14 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         let who = caller(req);
         self.spawn("release", move |fs| async move {
             match fs.release(fh.0, who).await {
-                Ok(()) => Ok(reply.ok()),
-                Err(e) => Err(reply.error(report("release", &e))),
+                Ok(()) => {
+                    reply.ok();
+                    Ok(())
+                }
+                Err(e) => {
+                    reply.error(report("release", &e));
+                    Err(())
+                }
             }
         });
     }
@@ -492,8 +555,14 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         let who = caller(req);
         self.spawn("fsync", move |fs| async move {
             match fs.fsync(fh.0, who).await {
-                Ok(()) => Ok(reply.ok()),
-                Err(e) => Err(reply.error(report("fsync", &e))),
+                Ok(()) => {
+                    reply.ok();
+                    Ok(())
+                }
+                Err(e) => {
+                    reply.error(report("fsync", &e));
+                    Err(())
+                }
             }
         });
     }
@@ -505,7 +574,10 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.opened(FileHandle(fh), FopenFlags::empty());
                     Ok(())
                 }
-                Err(e) => Err(reply.error(report("opendir", &e))),
+                Err(e) => {
+                    reply.error(report("opendir", &e));
+                    Err(())
+                }
             }
         });
     }
@@ -528,7 +600,10 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.ok();
                     Ok(())
                 }
-                Err(e) => Err(reply.error(report("readdir", &e))),
+                Err(e) => {
+                    reply.error(report("readdir", &e));
+                    Err(())
+                }
             }
         });
     }
@@ -556,7 +631,10 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.ok();
                     Ok(())
                 }
-                Err(e) => Err(reply.error(report("readdirplus", &e))),
+                Err(e) => {
+                    reply.error(report("readdirplus", &e));
+                    Err(())
+                }
             }
         });
     }
@@ -587,7 +665,10 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     );
                     Ok(())
                 }
-                Err(e) => Err(reply.error(report("statfs", &e))),
+                Err(e) => {
+                    reply.error(report("statfs", &e));
+                    Err(())
+                }
             }
         });
     }
@@ -612,12 +693,19 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         let (name, value, who) = (name.as_bytes().to_vec(), value.to_vec(), caller(req));
         self.spawn("setxattr", move |fs| async move {
             match fs.setxattr(ino.0, &name, &value, mode, who).await {
-                Ok(()) => Ok(reply.ok()),
+                Ok(()) => {
+                    reply.ok();
+                    Ok(())
+                }
                 // XATTR_REPLACE of a missing attribute is ENODATA, not ENOENT.
                 Err(e) if e.kind() == FsErrorKind::NotFound && mode == XattrMode::Replace => {
-                    Err(reply.error(Errno::from_i32(libc::ENODATA)))
+                    reply.error(Errno::from_i32(libc::ENODATA));
+                    Err(())
                 }
-                Err(e) => Err(reply.error(report("setxattr", &e))),
+                Err(e) => {
+                    reply.error(report("setxattr", &e));
+                    Err(())
+                }
             }
         });
     }
@@ -626,8 +714,14 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         let name = name.as_bytes().to_vec();
         self.spawn("getxattr", move |fs| async move {
             match fs.getxattr(ino.0, &name).await {
-                Ok(v) => Ok(reply_xattr(reply, &v, size)),
-                Err(e) => Err(reply.error(report("getxattr", &e))),
+                Ok(v) => {
+                    reply_xattr(reply, &v, size);
+                    Ok(())
+                }
+                Err(e) => {
+                    reply.error(report("getxattr", &e));
+                    Err(())
+                }
             }
         });
     }
@@ -641,9 +735,15 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                         buf.extend_from_slice(&n);
                         buf.push(0);
                     }
-                    Ok(reply_xattr(reply, &buf, size))
+                    {
+                        reply_xattr(reply, &buf, size);
+                        Ok(())
+                    }
                 }
-                Err(e) => Err(reply.error(report("listxattr", &e))),
+                Err(e) => {
+                    reply.error(report("listxattr", &e));
+                    Err(())
+                }
             }
         });
     }
@@ -652,8 +752,14 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         let (name, who) = (name.as_bytes().to_vec(), caller(req));
         self.spawn("removexattr", move |fs| async move {
             match fs.removexattr(ino.0, &name, who).await {
-                Ok(()) => Ok(reply.ok()),
-                Err(e) => Err(reply.error(report("removexattr", &e))),
+                Ok(()) => {
+                    reply.ok();
+                    Ok(())
+                }
+                Err(e) => {
+                    reply.error(report("removexattr", &e));
+                    Err(())
+                }
             }
         });
     }
@@ -662,8 +768,14 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         let who = caller(req);
         self.spawn("access", move |fs| async move {
             match fs.access(ino.0, mask.bits(), who).await {
-                Ok(()) => Ok(reply.ok()),
-                Err(e) => Err(reply.error(report("access", &e))),
+                Ok(()) => {
+                    reply.ok();
+                    Ok(())
+                }
+                Err(e) => {
+                    reply.error(report("access", &e));
+                    Err(())
+                }
             }
         });
     }
@@ -693,7 +805,10 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     );
                     Ok(())
                 }
-                Err(e) => Err(reply.error(report("create", &e))),
+                Err(e) => {
+                    reply.error(report("create", &e));
+                    Err(())
+                }
             }
         });
     }
