@@ -22,9 +22,8 @@
 #   S3: S3_ENDPOINT (+ S3_ACCESS_KEY, S3_SECRET_KEY, S3_REGION [us-east-1]) for an existing
 #       server; otherwise the script starts `studiodrive-s3-server` (testkit) when that binary
 #       builds. Without either, the S3 targets are skipped with a message. The server must
-#       handle directory marker objects ("dir/") and ListObjects as rclone and s3fs use them;
-#       the testkit's s3s-fs server did not in our trial (s3fs mkdir failed with ENOENT and
-#       rclone listed nothing), see docs/benchmarks.md.
+#       handle folder marker objects ("dir/") and ListObjects as rclone and s3fs use them; the
+#       testkit server adds both in front of s3s-fs (testkit/src/s3.rs).
 #
 # Cold runs: the mount is stopped, the kernel caches are dropped (echo 3 >
 # /proc/sys/vm/drop_caches), the mount's node-local cache (Studio Drive's block cache, rclone's
@@ -104,7 +103,11 @@ if [ -d "$WORK" ]; then
     stop_embedded_pg
     rm -rf "$WORK"
 fi
-mkdir -p "$WORK"/mnt "$WORK"/data
+mkdir -p "$WORK"/mnt "$WORK"/data "$WORK"/bin
+# Run private copies: the shared target dir may be rebuilt by someone else during the run.
+cp "$SD" "$WORK/bin/" && SD=$WORK/bin/studiodrive-csi
+if [ -n "$S3_SERVER_BIN" ]; then cp "$S3_SERVER_BIN" "$WORK/bin/" && S3_SERVER_BIN=$WORK/bin/studiodrive-s3-server; fi
+echo "studiodrive-csi: $(git -C "$REPO" rev-parse --short HEAD)$(git -C "$REPO" diff --quiet HEAD -- drive csi-driver || echo ' + uncommitted changes')" >&2
 
 # ---- S3 server --------------------------------------------------------------------------
 S3_OK=""
@@ -141,6 +144,7 @@ else
         "skipping studiodrive-s3, rclone and s3fs" >&2
 fi
 
+BENCH_RC=127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 ALL="local bindfs studiodrive"
 [ -n "$S3_OK" ] && ALL="$ALL studiodrive-s3 rclone s3fs"
 TARGETS=${TARGETS:-$ALL}
@@ -172,10 +176,13 @@ start() {
             "$SD" mount --state-dir "$WORK/data/sd-s3-state" --store s3://bench-sd/vol \
             --s3-endpoint "$S3_ENDPOINT" "$m" >/dev/null ;;
     rclone)
-        # --vfs-write-back 0s: uploads start at close (rclone still acknowledges close before
-        # the upload ends: a weaker contract than Studio Drive's and s3fs's).
-        rclone mount benchs3:bench-rclone "$m" --daemon --vfs-cache-mode full --vfs-write-back 0s \
-            --cache-dir "$WORK/data/rclone-cache" --log-file "$WORK/rclone.log" ;;
+        # --vfs-write-back 0s: uploads start at close. rclone acknowledges close before the
+        # upload ends (a weaker contract than Studio Drive's and s3fs's), so every timed write
+        # job on rclone also waits until its uploads are done (settle). Not --daemon: with it
+        # the forked child cannot bind the remote-control port settle asks.
+        setsid rclone mount benchs3:bench-rclone "$m" --vfs-cache-mode full --vfs-write-back 0s \
+            --cache-dir "$WORK/data/rclone-cache" --log-file "$WORK/rclone.log" \
+            --rc --rc-addr "$BENCH_RC" --rc-no-auth </dev/null >/dev/null 2>&1 & ;;
     s3fs)
         s3fs bench-s3fs "$m" -o url="$S3_ENDPOINT" -o use_path_request_style \
             -o passwd_file="$WORK/s3fs.passwd" -o endpoint="$S3_REGION" -o dbglevel=warn ;;
@@ -216,6 +223,21 @@ cold() {
     start "$t"
 }
 
+# rclone: wait until the objects under bench/$1 of the bucket add up to $2 files of $3 bytes in
+# all and rclone reports no upload queued or running (part of the timed interval).
+settle() {
+    [ "$T" = rclone ] || return 0
+    local want="{\"count\":$2,\"bytes\":$3," got="" stats
+    for _ in $(seq 36000); do
+        got=$(rclone size --json "benchs3:bench-rclone/bench/$1" 2>/dev/null | tr -d ' \n' || true)
+        case $got in "$want"*) ;; *) sleep 0.1; continue ;; esac
+        stats=$(rclone rc --url "http://$BENCH_RC/" vfs/stats 2>/dev/null | tr -d ' \n\t')
+        case $stats in *'"uploadsInProgress":0,"uploadsQueued":0'*) return 0 ;; esac
+        sleep 0.1
+    done
+    die "rclone did not finish uploading bench/$1 (want $want, have $got)"
+}
+
 now() { date +%s.%N; }
 elapsed() { python3 -c "print(max($2 - $1, 1e-9))"; }
 bytes_of() { python3 -c "
@@ -235,9 +257,11 @@ seq_io() {  # target round dir
     local t=$1 r=$2 d=$3 s e
     cold "$t"
     mkdir -p "$d" # rclone forgets empty directories across a remount (S3 has no directories)
-    s=$(now); $FIO --name=seqwrite --directory="$d" --filename=seq.dat --rw=write --bs=1M --size="$SIZE" --end_fsync=1 >/dev/null; e=$(now)
+    s=$(now); $FIO --name=seqwrite --directory="$d" --filename=seq.dat --rw=write --bs=1M --size="$SIZE" --end_fsync=1 >/dev/null
+    settle seq.dat 1 "$SIZE_B"; e=$(now)
     record "$t" "$r" "seq write 1 MiB, cold (MB/s)" "$(python3 -c "print(round($SIZE_B/1e6/$(elapsed "$s" "$e"),1))")" hi
-    s=$(now); $FIO --name=seqwrite2 --directory="$d" --filename=seq.dat --rw=write --bs=1M --size="$SIZE" --end_fsync=1 >/dev/null; e=$(now)
+    s=$(now); $FIO --name=seqwrite2 --directory="$d" --filename=seq.dat --rw=write --bs=1M --size="$SIZE" --end_fsync=1 >/dev/null
+    settle seq.dat 1 "$SIZE_B"; e=$(now)
     record "$t" "$r" "seq overwrite 1 MiB, warm (MB/s)" "$(python3 -c "print(round($SIZE_B/1e6/$(elapsed "$s" "$e"),1))")" hi
     cold "$t"
     s=$(now); $FIO --name=seqread --directory="$d" --filename=seq.dat --rw=read --bs=1M --size="$SIZE" >/dev/null; e=$(now)
@@ -256,15 +280,18 @@ seq_io() {  # target round dir
 small_files() {  # target round dir
     local t=$1 r=$2 d=$3/small out
     mkdir -p "$d"
-    out=$(python3 - "$d" "$SMALL_FILES" <<'EOF'
-import os, sys, time
-d, n = sys.argv[1], int(sys.argv[2])
+    out=$(SETTLE_CMD="$(declare -f settle die); T=$t BENCH_RC=$BENCH_RC settle small $SMALL_FILES $((SMALL_FILES * 4096))" \
+        python3 - "$d" "$SMALL_FILES" "$([ "$t" = rclone ] && echo settle)" <<'EOF'
+import os, subprocess, sys, time
+d, n, settle = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 data = os.urandom(4096)
 t = time.monotonic()
 for i in range(n):
     fd = os.open(f"{d}/f{i:06d}", os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o644)
     os.write(fd, data)
     os.close(fd)
+if settle:  # rclone: until the uploads are done (see settle in the script)
+    subprocess.run(["bash", "-c", os.environ["SETTLE_CMD"]], check=True)
 c = time.monotonic() - t
 t = time.monotonic()
 for i in range(n):
@@ -277,6 +304,7 @@ u = time.monotonic() - t
 print(round(n / c), round(n / s), round(n / u))
 EOF
 )
+    [ -n "$out" ] || die "small files on $t failed"
     read -r c s u <<<"$out"
     record "$t" "$r" "create+write 4 KiB+close, ${SMALL_FILES} files (files/s)" "$c" hi
     record "$t" "$r" "stat, ${SMALL_FILES} files (ops/s)" "$s" hi
@@ -292,6 +320,7 @@ frames() {  # target round dir
     s=$(now)
     $FIO --name=frame --directory="$d" --numjobs="$FRAME_WRITERS" --nrfiles="$per" --filesize="$FRAME_SIZE" \
         --bs=1M --rw=write --openfiles=1 --file_service_type=sequential --create_on_open=1 --fsync_on_close=1 >/dev/null
+    settle frames "$((per * FRAME_WRITERS))" "$total"
     e=$(now)
     record "$t" "$r" "frames: write $((per * FRAME_WRITERS)) x $FRAME_SIZE, $FRAME_WRITERS writers (MB/s)" \
         "$(python3 -c "print(round($total/1e6/$(elapsed "$s" "$e"),1))")" hi
@@ -329,6 +358,7 @@ START=$(date -u +%FT%TZ)
 for r in $(seq "$ROUNDS"); do
     for t in $TARGETS; do
         say "round $r: $t"
+        T=$t
         start "$t"
         d=$(dir_of "$t")/bench
         mkdir -p "$d"

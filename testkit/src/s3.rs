@@ -6,6 +6,16 @@
 //! (500, 503 "SlowDown"), slow responses, and connections closed without a response. Each
 //! object of a bucket is a plain file under `root()/bucket/`, so tests can count and inspect
 //! objects directly.
+//!
+//! s3s-fs keeps every key as a file path, which loses two things file-system clients of S3
+//! (s3fs, rclone) rely on; `Store` restores them in front of it:
+//! - Folder marker objects (`dir/`, zero bytes, with user metadata). s3s-fs turns one into a
+//!   plain directory, so `HEAD dir/` fails (500: it hashes a directory), `HEAD dir` finds the
+//!   directory and fails the same way instead of answering 404, and listings never show the
+//!   marker. `Store` records each marker under `root/.dir-markers/` (not a valid bucket name,
+//!   so never listed as a bucket) and serves HEAD, GET, COPY, DELETE and listings of it.
+//! - An empty `delimiter=` means "no delimiter" (rclone's recursive listing sends it); s3s-fs
+//!   treated it as a delimiter matching everywhere and listed a one-character prefix per key.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -18,6 +28,7 @@ use anyhow::Context as _;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::S3 as _;
 use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 
@@ -163,7 +174,7 @@ impl S3Server {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let fs = s3s_fs::FileSystem::new(root).map_err(|e| anyhow::anyhow!("s3s-fs over {}: {e:?}", root.display()))?;
-        let mut builder = S3ServiceBuilder::new(fs);
+        let mut builder = S3ServiceBuilder::new(Store::new(fs, root));
         builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let service = builder.build();
         let faults = Arc::new(Faults::default());
@@ -299,5 +310,520 @@ impl Drop for S3Server {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Marker of an S3 folder object recorded beside s3s-fs's data.
+const MARKERS_DIR: &str = ".dir-markers";
+/// Name of the record file inside a marker's directory.
+const MARKER_FILE: &str = ".marker";
+/// ETag of an empty body (MD5 of nothing).
+const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
+
+/// A boxed future as `async_trait` expands it, so [`Store`] can implement [`s3s::S3`] without
+/// the macro.
+type BoxFut<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = s3s::S3Result<s3s::S3Response<T>>> + Send + 'a>>;
+
+/// s3s-fs plus folder marker objects and S3's empty-delimiter rule (see the module docs).
+struct Store {
+    inner: s3s_fs::FileSystem,
+    root: PathBuf,
+}
+
+/// A folder marker: its user metadata and content type, and when it was written.
+struct Marker {
+    content_type: Option<String>,
+    metadata: Option<s3s::dto::Metadata>,
+    modified: s3s::dto::Timestamp,
+}
+
+impl Store {
+    fn new(inner: s3s_fs::FileSystem, root: &Path) -> Store {
+        Store {
+            inner,
+            root: root.to_path_buf(),
+        }
+    }
+
+    /// The record of marker `key` (which ends with `/`), or an error for keys that cannot be
+    /// a path (empty, `.` or `..` components).
+    fn marker_path(&self, bucket: &str, key: &str) -> s3s::S3Result<PathBuf> {
+        let mut path = self.root.join(MARKERS_DIR).join(bucket);
+        for part in key.trim_end_matches('/').split('/') {
+            if part.is_empty() || part == "." || part == ".." {
+                return Err(s3s::s3_error!(InvalidArgument, "unsupported folder key"));
+            }
+            path.push(part);
+        }
+        path.push(MARKER_FILE);
+        Ok(path)
+    }
+
+    fn write_marker(
+        &self,
+        bucket: &str,
+        key: &str,
+        content_type: Option<&str>,
+        metadata: Option<&s3s::dto::Metadata>,
+    ) -> s3s::S3Result<s3s::dto::Timestamp> {
+        // One line of content type, then one `name<TAB>value` line per metadata entry.
+        let mut text = format!("{}\n", content_type.unwrap_or(""));
+        for (k, v) in metadata.into_iter().flatten() {
+            if [k, v].iter().any(|s| s.contains(['\n', '\t'])) {
+                return Err(s3s::s3_error!(InvalidArgument, "metadata with a tab or newline"));
+            }
+            text.push_str(&format!("{k}\t{v}\n"));
+        }
+        let path = self.marker_path(bucket, key)?;
+        let io = |e: std::io::Error| s3s::s3_error!(InternalError, "folder marker {}: {e}", path.display());
+        std::fs::create_dir_all(path.parent().expect("marker has a parent")).map_err(io)?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        Ok(s3s::dto::Timestamp::from(std::time::SystemTime::now()))
+    }
+
+    fn read_marker(&self, bucket: &str, key: &str) -> s3s::S3Result<Option<Marker>> {
+        let path = self.marker_path(bucket, key)?;
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(s3s::s3_error!(
+                    InternalError,
+                    "folder marker {}: {e}",
+                    path.display()
+                ));
+            }
+        };
+        let modified = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|_| std::time::SystemTime::now());
+        let mut lines = text.lines();
+        let content_type = lines.next().filter(|l| !l.is_empty()).map(str::to_owned);
+        let metadata: s3s::dto::Metadata = lines
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Ok(Some(Marker {
+            content_type,
+            metadata: (!metadata.is_empty()).then_some(metadata),
+            modified: s3s::dto::Timestamp::from(modified),
+        }))
+    }
+
+    fn remove_marker(&self, bucket: &str, key: &str) -> s3s::S3Result<()> {
+        let Ok(path) = self.marker_path(bucket, key) else {
+            return Ok(());
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(s3s::s3_error!(
+                InternalError,
+                "folder marker {}: {e}",
+                path.display()
+            )),
+        }
+    }
+
+    /// Every marker key of `bucket` that starts with `prefix`, with its time.
+    fn markers(&self, bucket: &str, prefix: &str) -> s3s::S3Result<Vec<(String, s3s::dto::Timestamp)>> {
+        let base = self.root.join(MARKERS_DIR).join(bucket);
+        let mut out = Vec::new();
+        let mut stack = vec![(base, String::new())];
+        while let Some((dir, key)) = stack.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(s3s::s3_error!(
+                        InternalError,
+                        "folder markers {}: {e}",
+                        dir.display()
+                    ));
+                }
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name == MARKER_FILE {
+                    if !key.is_empty() && key.starts_with(prefix) {
+                        let modified = entry
+                            .metadata()
+                            .and_then(|m| m.modified())
+                            .unwrap_or_else(|_| std::time::SystemTime::now());
+                        out.push((key.clone(), s3s::dto::Timestamp::from(modified)));
+                    }
+                } else if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    let child = format!("{key}{name}/");
+                    // Descend only where a key under `prefix` can be.
+                    if child.starts_with(prefix) || prefix.starts_with(&child) {
+                        stack.push((entry.path(), child));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A key without a trailing `/` whose path s3s-fs holds as a directory names no object.
+    fn is_directory(&self, bucket: &str, key: &str) -> bool {
+        !key.ends_with('/') && self.root.join(bucket).join(key).is_dir()
+    }
+
+    /// ListObjectsV2 with folder markers merged in; pagination is done here over the whole
+    /// (sorted) listing, continuing after the last key or common prefix returned.
+    async fn list_v2(
+        &self,
+        req: s3s::S3Request<s3s::dto::ListObjectsV2Input>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectsV2Output>> {
+        use s3s::dto::{CommonPrefix, ListObjectsV2Output, Object};
+        use std::collections::BTreeMap;
+        enum Entry {
+            Object(Box<Object>),
+            Prefix,
+        }
+        let input = req.input.clone();
+        let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let max_keys = usize::try_from(input.max_keys.unwrap_or(1000).clamp(0, 1000)).unwrap_or(1000);
+        let after = match (input.continuation_token.as_deref(), input.start_after.as_deref()) {
+            (Some(a), Some(b)) => Some(a.max(b).to_owned()),
+            (a, b) => a.or(b).map(str::to_owned),
+        };
+
+        let inner_req = req.map_input(|mut i| {
+            i.delimiter = delimiter.clone();
+            i.max_keys = Some(i32::MAX);
+            i
+        });
+        let inner = self.inner.list_objects_v2(inner_req).await?.output;
+        let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+        for o in inner.contents.into_iter().flatten() {
+            if let Some(k) = o.key.clone() {
+                entries.insert(k, Entry::Object(Box::new(o)));
+            }
+        }
+        for p in inner.common_prefixes.into_iter().flatten() {
+            if let Some(k) = p.prefix {
+                entries.insert(k, Entry::Prefix);
+            }
+        }
+        for (key, modified) in self.markers(&input.bucket, &prefix)? {
+            let rest = &key[prefix.len()..];
+            let rolled = delimiter.as_deref().and_then(|d| {
+                rest.find(d)
+                    .map(|pos| format!("{prefix}{}", &rest[..pos + d.len()]))
+            });
+            let (name, entry) = match rolled {
+                Some(p) => (p, Entry::Prefix),
+                None => {
+                    let object = Object {
+                        key: Some(key.clone()),
+                        last_modified: Some(modified),
+                        size: Some(0),
+                        e_tag: Some(s3s::dto::ETag::Strong(EMPTY_MD5.to_owned())),
+                        ..Default::default()
+                    };
+                    (key, Entry::Object(Box::new(object)))
+                }
+            };
+            if after.as_deref().is_none_or(|a| name.as_str() > a) {
+                entries.entry(name).or_insert(entry);
+            }
+        }
+
+        let total = entries.len();
+        let (mut contents, mut prefixes, mut last) = (Vec::new(), Vec::new(), None);
+        for (name, entry) in entries.into_iter().take(max_keys) {
+            match entry {
+                Entry::Object(o) => contents.push(*o),
+                Entry::Prefix => prefixes.push(CommonPrefix {
+                    prefix: Some(name.clone()),
+                }),
+            }
+            last = Some(name);
+        }
+        let returned = contents.len() + prefixes.len();
+        let is_truncated = max_keys > 0 && returned < total;
+        let output = ListObjectsV2Output {
+            key_count: Some(i32::try_from(returned).unwrap_or(i32::MAX)),
+            max_keys: Some(i32::try_from(max_keys).unwrap_or(1000)),
+            is_truncated: Some(is_truncated),
+            contents: (!contents.is_empty()).then_some(contents),
+            common_prefixes: (!prefixes.is_empty()).then_some(prefixes),
+            continuation_token: input.continuation_token,
+            next_continuation_token: if is_truncated { last } else { None },
+            delimiter: input.delimiter,
+            encoding_type: input.encoding_type,
+            name: Some(input.bucket),
+            prefix: input.prefix,
+            start_after: input.start_after,
+            ..Default::default()
+        };
+        Ok(s3s::S3Response::new(output))
+    }
+}
+
+/// Plain delegation to s3s-fs for the operations [`Store`] does not change.
+macro_rules! delegate {
+    ($($name:ident($input:ident) -> $output:ident;)*) => {$(
+        fn $name<'a, 'b>(&'a self, req: s3s::S3Request<s3s::dto::$input>) -> BoxFut<'b, s3s::dto::$output>
+        where
+            'a: 'b,
+            Self: 'b,
+        {
+            Box::pin(async move { self.inner.$name(req).await })
+        }
+    )*};
+}
+
+impl s3s::S3 for Store {
+    delegate! {
+        create_bucket(CreateBucketInput) -> CreateBucketOutput;
+        delete_bucket(DeleteBucketInput) -> DeleteBucketOutput;
+        get_bucket_location(GetBucketLocationInput) -> GetBucketLocationOutput;
+        head_bucket(HeadBucketInput) -> HeadBucketOutput;
+        list_buckets(ListBucketsInput) -> ListBucketsOutput;
+        create_multipart_upload(CreateMultipartUploadInput) -> CreateMultipartUploadOutput;
+        upload_part(UploadPartInput) -> UploadPartOutput;
+        upload_part_copy(UploadPartCopyInput) -> UploadPartCopyOutput;
+        list_parts(ListPartsInput) -> ListPartsOutput;
+        complete_multipart_upload(CompleteMultipartUploadInput) -> CompleteMultipartUploadOutput;
+        abort_multipart_upload(AbortMultipartUploadInput) -> AbortMultipartUploadOutput;
+    }
+
+    fn put_object<'a, 'b>(
+        &'a self,
+        req: s3s::S3Request<s3s::dto::PutObjectInput>,
+    ) -> BoxFut<'b, s3s::dto::PutObjectOutput>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(async move {
+            let i = &req.input;
+            if !i.key.ends_with('/') {
+                return self.inner.put_object(req).await;
+            }
+            let (bucket, key) = (i.bucket.clone(), i.key.clone());
+            let (content_type, metadata) = (i.content_type.clone(), i.metadata.clone());
+            self.marker_path(&bucket, &key)?;
+            // s3s-fs checks the bucket and the empty body, and creates the directory.
+            let out = self.inner.put_object(req).await?;
+            self.write_marker(&bucket, &key, content_type.as_deref(), metadata.as_ref())?;
+            let mut out = out;
+            out.output.e_tag = Some(s3s::dto::ETag::Strong(EMPTY_MD5.to_owned()));
+            Ok(out)
+        })
+    }
+
+    fn head_object<'a, 'b>(
+        &'a self,
+        req: s3s::S3Request<s3s::dto::HeadObjectInput>,
+    ) -> BoxFut<'b, s3s::dto::HeadObjectOutput>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(async move {
+            let (bucket, key) = (&req.input.bucket, &req.input.key);
+            if key.ends_with('/') {
+                let Some(m) = self.read_marker(bucket, key)? else {
+                    return Err(s3s::s3_error!(NoSuchKey));
+                };
+                return Ok(s3s::S3Response::new(s3s::dto::HeadObjectOutput {
+                    content_length: Some(0),
+                    content_type: m.content_type,
+                    last_modified: Some(m.modified),
+                    metadata: m.metadata,
+                    e_tag: Some(s3s::dto::ETag::Strong(EMPTY_MD5.to_owned())),
+                    ..Default::default()
+                }));
+            }
+            if self.is_directory(bucket, key) {
+                return Err(s3s::s3_error!(NoSuchKey));
+            }
+            self.inner.head_object(req).await
+        })
+    }
+
+    fn get_object<'a, 'b>(
+        &'a self,
+        req: s3s::S3Request<s3s::dto::GetObjectInput>,
+    ) -> BoxFut<'b, s3s::dto::GetObjectOutput>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(async move {
+            let (bucket, key) = (&req.input.bucket, &req.input.key);
+            if key.ends_with('/') {
+                let Some(m) = self.read_marker(bucket, key)? else {
+                    return Err(s3s::s3_error!(NoSuchKey));
+                };
+                return Ok(s3s::S3Response::new(s3s::dto::GetObjectOutput {
+                    body: Some(s3s::dto::StreamingBlob::from(s3s::Body::empty())),
+                    content_length: Some(0),
+                    content_type: m.content_type,
+                    last_modified: Some(m.modified),
+                    metadata: m.metadata,
+                    e_tag: Some(s3s::dto::ETag::Strong(EMPTY_MD5.to_owned())),
+                    ..Default::default()
+                }));
+            }
+            if self.is_directory(bucket, key) {
+                return Err(s3s::s3_error!(NoSuchKey));
+            }
+            self.inner.get_object(req).await
+        })
+    }
+
+    fn copy_object<'a, 'b>(
+        &'a self,
+        req: s3s::S3Request<s3s::dto::CopyObjectInput>,
+    ) -> BoxFut<'b, s3s::dto::CopyObjectOutput>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(async move {
+            let i = &req.input;
+            let s3s::dto::CopySource::Bucket {
+                bucket: src_bucket,
+                key: src_key,
+                ..
+            } = &i.copy_source
+            else {
+                return self.inner.copy_object(req).await;
+            };
+            let (src_marker, dst_marker) = (src_key.ends_with('/'), i.key.ends_with('/'));
+            if !src_marker && !dst_marker {
+                if self.is_directory(src_bucket, src_key) {
+                    return Err(s3s::s3_error!(NoSuchKey));
+                }
+                return self.inner.copy_object(req).await;
+            }
+            if !(src_marker && dst_marker) {
+                return Err(s3s::s3_error!(
+                    NotImplemented,
+                    "copy between a folder marker and an object"
+                ));
+            }
+            // A folder marker copied (s3fs also updates a folder's mode and times this way).
+            let Some(src) = self.read_marker(src_bucket, src_key)? else {
+                return Err(s3s::s3_error!(NoSuchKey));
+            };
+            let replace = i
+                .metadata_directive
+                .as_ref()
+                .is_some_and(|d| d.as_str() == s3s::dto::MetadataDirective::REPLACE);
+            let (content_type, metadata) = if replace {
+                (i.content_type.clone(), i.metadata.clone())
+            } else {
+                (src.content_type, src.metadata)
+            };
+            let dst = self.inner_dir(&i.bucket, &i.key)?;
+            std::fs::create_dir_all(&dst)
+                .map_err(|e| s3s::s3_error!(InternalError, "{}: {e}", dst.display()))?;
+            let modified =
+                self.write_marker(&i.bucket, &i.key, content_type.as_deref(), metadata.as_ref())?;
+            Ok(s3s::S3Response::new(s3s::dto::CopyObjectOutput {
+                copy_object_result: Some(s3s::dto::CopyObjectResult {
+                    e_tag: Some(s3s::dto::ETag::Strong(EMPTY_MD5.to_owned())),
+                    last_modified: Some(modified),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }))
+        })
+    }
+
+    fn delete_object<'a, 'b>(
+        &'a self,
+        req: s3s::S3Request<s3s::dto::DeleteObjectInput>,
+    ) -> BoxFut<'b, s3s::dto::DeleteObjectOutput>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(async move {
+            if req.input.key.ends_with('/') {
+                self.remove_marker(&req.input.bucket, &req.input.key)?;
+            } else if self.is_directory(&req.input.bucket, &req.input.key) {
+                // No such object: deleting it succeeds and leaves the folder alone.
+                return Ok(s3s::S3Response::new(s3s::dto::DeleteObjectOutput::default()));
+            }
+            self.inner.delete_object(req).await
+        })
+    }
+
+    fn delete_objects<'a, 'b>(
+        &'a self,
+        req: s3s::S3Request<s3s::dto::DeleteObjectsInput>,
+    ) -> BoxFut<'b, s3s::dto::DeleteObjectsOutput>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(async move {
+            let bucket = req.input.bucket.clone();
+            for o in &req.input.delete.objects {
+                if o.key.ends_with('/') {
+                    self.remove_marker(&bucket, &o.key)?;
+                }
+            }
+            self.inner.delete_objects(req).await
+        })
+    }
+
+    fn list_objects_v2<'a, 'b>(
+        &'a self,
+        req: s3s::S3Request<s3s::dto::ListObjectsV2Input>,
+    ) -> BoxFut<'b, s3s::dto::ListObjectsV2Output>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(self.list_v2(req))
+    }
+
+    fn list_objects<'a, 'b>(
+        &'a self,
+        req: s3s::S3Request<s3s::dto::ListObjectsInput>,
+    ) -> BoxFut<'b, s3s::dto::ListObjectsOutput>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(async move {
+            let marker = req.input.marker.clone();
+            let v2 = self.list_v2(req.map_input(Into::into)).await?;
+            Ok(v2.map_output(|v2| {
+                let next_marker = v2.next_continuation_token.clone();
+                s3s::dto::ListObjectsOutput {
+                    contents: v2.contents,
+                    common_prefixes: v2.common_prefixes,
+                    delimiter: v2.delimiter,
+                    encoding_type: v2.encoding_type,
+                    name: v2.name,
+                    prefix: v2.prefix,
+                    max_keys: v2.max_keys,
+                    is_truncated: v2.is_truncated,
+                    marker,
+                    next_marker,
+                    ..Default::default()
+                }
+            }))
+        })
+    }
+}
+
+impl Store {
+    /// The directory s3s-fs uses for folder key `key` of `bucket`.
+    fn inner_dir(&self, bucket: &str, key: &str) -> s3s::S3Result<PathBuf> {
+        self.marker_path(bucket, key)?;
+        Ok(self.root.join(bucket).join(key.trim_end_matches('/')))
     }
 }
