@@ -34,6 +34,10 @@ struct DataMetrics {
     cache_evictions: IntCounter,
     cache_hit_bytes: IntCounter,
     cache_bytes: IntGauge,
+    memory_hits: IntCounter,
+    memory_misses: IntCounter,
+    memory_evictions: IntCounter,
+    memory_bytes: IntGauge,
 }
 
 impl DataMetrics {
@@ -66,6 +70,22 @@ impl DataMetrics {
             cache_evictions: IntCounter::new("cache_evictions_total", "Blocks evicted from the cache")?,
             cache_hit_bytes: IntCounter::new("cache_hit_bytes_total", "Bytes served from the block cache")?,
             cache_bytes: IntGauge::new("cache_bytes", "Bytes held in the block cache")?,
+            memory_hits: IntCounter::new(
+                "memory_cache_hits_total",
+                "Block reads served from the in-memory plaintext cache",
+            )?,
+            memory_misses: IntCounter::new(
+                "memory_cache_misses_total",
+                "Block reads the in-memory plaintext cache could not serve",
+            )?,
+            memory_evictions: IntCounter::new(
+                "memory_cache_evictions_total",
+                "Blocks evicted from the in-memory plaintext cache",
+            )?,
+            memory_bytes: IntGauge::new(
+                "memory_cache_bytes",
+                "Bytes held in the in-memory plaintext cache",
+            )?,
         };
         registry.register(Box::new(m.store_requests.clone()))?;
         registry.register(Box::new(m.store_errors.clone()))?;
@@ -76,6 +96,10 @@ impl DataMetrics {
         registry.register(Box::new(m.cache_evictions.clone()))?;
         registry.register(Box::new(m.cache_hit_bytes.clone()))?;
         registry.register(Box::new(m.cache_bytes.clone()))?;
+        registry.register(Box::new(m.memory_hits.clone()))?;
+        registry.register(Box::new(m.memory_misses.clone()))?;
+        registry.register(Box::new(m.memory_evictions.clone()))?;
+        registry.register(Box::new(m.memory_bytes.clone()))?;
         Ok(m)
     }
 
@@ -100,6 +124,13 @@ impl DataMetrics {
             advance(&self.cache_evictions, &c.evictions);
             advance(&self.cache_hit_bytes, &c.hit_bytes);
             self.cache_bytes.set(cache.used_bytes() as i64);
+        }
+        if let Some(memory) = blocks.memory_cache() {
+            let m = memory.stats();
+            advance(&self.memory_hits, &m.hits);
+            advance(&self.memory_misses, &m.misses);
+            advance(&self.memory_evictions, &m.evictions);
+            self.memory_bytes.set(memory.used_bytes() as i64);
         }
     }
 }

@@ -151,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
         let stored = codec.encode(&hash, &block);
         let t = Instant::now();
         for _ in 0..n {
-            std::hint::black_box(codec.decode(&hash, &stored)?);
+            std::hint::black_box(codec.decode(&hash, stored.clone())?);
         }
         let decode = t.elapsed().as_secs_f64();
         println!(

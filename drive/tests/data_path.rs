@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use drive::MetaStore;
-use drive::cache::{BlockCache, CacheConfig};
+use drive::cache::{BlockCache, CacheConfig, MemoryCache};
 use drive::data::{
     BlockCodec, BlockStore, ChunkStore, DataKey, Kek, LocalChunkStore, S3ChunkStore, S3Config, S3Credentials,
     codec_for,
@@ -506,6 +506,49 @@ async fn concurrent_readers_of_a_cold_block_cause_one_get() {
         assert_eq!(t.await.unwrap().unwrap(), expected);
     }
     assert_eq!(server.requests().gets() - gets, 1, "single flight");
+}
+
+#[tokio::test]
+async fn hot_blocks_are_served_from_memory_within_its_limit() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let server = S3Server::start().unwrap();
+    let rig = Rig::new(s3_store(&server).await, true).await;
+    let disk = rig.blocks(Some(1 << 30));
+    let disk_cache = disk.cache().unwrap().clone();
+    let memory = Arc::new(MemoryCache::new(8 * MIB as u64));
+    let blocks = disk.with_memory_cache(memory.clone());
+    let fs = rig.mount(blocks.clone());
+    let data = pattern(6 * MIB, 21);
+    let ino = write_file(&fs, "hot", &data).await;
+    // Written blocks are remembered: reading them back touches neither disk nor S3.
+    let (gets, disk_hits) = (server.requests().gets(), disk_cache.stats().hits.load(Relaxed));
+    for _ in 0..3 {
+        assert_same(&read_file(&fs, ino).await.unwrap(), &data, "hot read");
+    }
+    assert_eq!(server.requests().gets(), gets, "no GET for hot blocks");
+    assert_eq!(
+        disk_cache.stats().hits.load(Relaxed),
+        disk_hits,
+        "no disk read for hot blocks"
+    );
+    assert!(memory.stats().hits.load(Relaxed) >= 6, "two blocks, three reads");
+
+    // More data than the memory limit: it stays bounded and evicted blocks come from disk.
+    let more = pattern(16 * MIB, 22);
+    let more_ino = write_file(&fs, "more", &more).await;
+    assert!(
+        memory.used_bytes() <= 8 * MIB as u64,
+        "{} bytes held",
+        memory.used_bytes()
+    );
+    assert!(memory.stats().evictions.load(Relaxed) > 0);
+    assert_same(&read_file(&fs, more_ino).await.unwrap(), &more, "after eviction");
+    assert_same(&read_file(&fs, ino).await.unwrap(), &data, "first file again");
+    assert!(
+        disk_cache.stats().hits.load(Relaxed) > disk_hits,
+        "evicted blocks read from disk"
+    );
+    assert_eq!(server.requests().gets(), gets, "still no GET");
 }
 
 #[tokio::test]

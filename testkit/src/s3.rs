@@ -173,7 +173,8 @@ impl S3Server {
         let listener = std::net::TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let fs = s3s_fs::FileSystem::new(root).map_err(|e| anyhow::anyhow!("s3s-fs over {}: {e:?}", root.display()))?;
+        let fs = s3s_fs::FileSystem::new(root)
+            .map_err(|e| anyhow::anyhow!("s3s-fs over {}: {e:?}", root.display()))?;
         let mut builder = S3ServiceBuilder::new(Store::new(fs, root));
         builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let service = builder.build();
@@ -182,44 +183,49 @@ impl S3Server {
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let (f, r) = (faults.clone(), requests.clone());
         // Its own runtime and thread: the server outlives any test's runtime.
-        let thread = std::thread::Builder::new().name("s3-server".into()).spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("s3 server runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-                let http = ConnBuilder::new(TokioExecutor::new());
-                loop {
-                    let socket = tokio::select! {
-                        accepted = listener.accept() => match accepted {
-                            Ok((socket, _)) => socket,
-                            Err(_) => continue,
-                        },
-                        _ = &mut rx => break,
-                    };
-                    let (service, faults, requests) = (service.clone(), f.clone(), r.clone());
-                    let handler = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (service, faults, requests) = (service.clone(), faults.clone(), requests.clone());
-                        async move {
-                            requests.count(req.method());
-                            match faults.take(req.method()) {
-                                None => {}
-                                Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
-                                Some(Fault::Drop) => return Err(s3s::HttpError::new("injected connection drop".into())),
-                                Some(Fault::Status(code)) => return Ok(error_response(code)),
+        let thread = std::thread::Builder::new()
+            .name("s3-server".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("s3 server runtime");
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                    let http = ConnBuilder::new(TokioExecutor::new());
+                    loop {
+                        let socket = tokio::select! {
+                            accepted = listener.accept() => match accepted {
+                                Ok((socket, _)) => socket,
+                                Err(_) => continue,
+                            },
+                            _ = &mut rx => break,
+                        };
+                        let (service, faults, requests) = (service.clone(), f.clone(), r.clone());
+                        let handler = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (service, faults, requests) =
+                                (service.clone(), faults.clone(), requests.clone());
+                            async move {
+                                requests.count(req.method());
+                                match faults.take(req.method()) {
+                                    None => {}
+                                    Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+                                    Some(Fault::Drop) => {
+                                        return Err(s3s::HttpError::new("injected connection drop".into()));
+                                    }
+                                    Some(Fault::Status(code)) => return Ok(error_response(code)),
+                                }
+                                hyper::service::Service::call(&service, req).await
                             }
-                            hyper::service::Service::call(&service, req).await
-                        }
-                    });
-                    let conn = http.serve_connection(TokioIo::new(socket), handler).into_owned();
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                }
-            });
-        })?;
+                        });
+                        let conn = http.serve_connection(TokioIo::new(socket), handler).into_owned();
+                        tokio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                    }
+                });
+            })?;
         Ok(S3Server {
             addr,
             root: root.to_path_buf(),
@@ -289,16 +295,22 @@ impl S3Server {
 fn error_response(code: u16) -> s3s::HttpResponse {
     let (s3_code, message) = match code {
         503 => ("SlowDown", "Please reduce your request rate."),
-        500 => ("InternalError", "We encountered an internal error. Please try again."),
+        500 => (
+            "InternalError",
+            "We encountered an internal error. Please try again.",
+        ),
         _ => ("InjectedFault", "Injected by the test."),
     };
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{s3_code}</Code><Message>{message}</Message></Error>"
     );
     let mut resp = hyper::Response::new(s3s::Body::from(body));
-    *resp.status_mut() = hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/xml"));
+    *resp.status_mut() =
+        hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/xml"),
+    );
     resp
 }
 

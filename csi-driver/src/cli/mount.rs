@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use drive::cache::{BlockCache, CacheConfig};
+use drive::cache::{BlockCache, CacheConfig, MemoryCache};
 use drive::data::{BlockStore, DataKey, Kek};
 use drive::fs::{DriveFs, FsConfig};
 use drive::model::{Actor, View, WorkspaceKind, WorkspaceSpec};
@@ -40,6 +40,10 @@ pub struct MountArgs {
     /// Cache size limit in bytes (0 turns the cache off).
     #[arg(long, default_value_t = 10 << 30)]
     pub cache_size: u64,
+    /// Memory for verified block plaintext in bytes: hot blocks are served from here
+    /// without reading and verifying them from the disk cache again (0 turns it off).
+    #[arg(long, default_value_t = 256 << 20)]
+    pub memory_cache_size: u64,
     /// Evict cached blocks while the cache's file system has less than this fraction free.
     #[arg(long, default_value_t = 0.1)]
     pub cache_min_free: f64,
@@ -221,7 +225,10 @@ async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()
     };
     let store = args.storage.open_store().await?;
     tracing::info!(store = %store.describe(), encrypted = codec.is_encrypted(), "block store");
-    let blocks = BlockStore::new(meta.clone(), store, codec, cache);
+    let mut blocks = BlockStore::new(meta.clone(), store, codec, cache);
+    if args.memory_cache_size > 0 {
+        blocks = blocks.with_memory_cache(Arc::new(MemoryCache::new(args.memory_cache_size)));
+    }
     let blocks = Arc::new(blocks);
     let mut cfg = FsConfig::new(view, root, state.join("staging"));
     cfg.read_only = read_only;

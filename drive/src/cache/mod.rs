@@ -17,6 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use lru::LruCache;
 
+pub mod memory;
+
+pub use memory::MemoryCache;
+
 /// A content address.
 pub type BlockHash = [u8; 32];
 

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 
-use crate::cache::BlockCache;
+use crate::cache::{BlockCache, MemoryCache};
 use crate::data::format::{BlockCodec, BlockHash, FormatError, hash_hex};
 use crate::data::store::{ChunkStore, StoreError};
 use crate::error::MetaError;
@@ -62,6 +62,7 @@ struct Inner {
     store: Arc<dyn ChunkStore>,
     codec: BlockCodec,
     cache: Option<Arc<BlockCache>>,
+    memory: Option<Arc<MemoryCache>>,
     cache_writes: bool,
     inflight: Mutex<HashMap<BlockHash, Fetch>>,
     stats: DataStats,
@@ -104,11 +105,26 @@ impl BlockStore {
                 store,
                 codec,
                 cache,
+                memory: None,
                 cache_writes: true,
                 inflight: Mutex::new(HashMap::new()),
                 stats: DataStats::default(),
             }),
         }
+    }
+
+    /// Also keeps verified plaintext of recently used blocks in `memory`, so repeated reads
+    /// of a hot block skip the disk cache and its verification. Call before first use.
+    pub fn with_memory_cache(mut self, memory: Arc<MemoryCache>) -> BlockStore {
+        Arc::get_mut(&mut self.inner)
+            .expect("a BlockStore is configured before it is shared")
+            .memory = Some(memory);
+        self
+    }
+
+    /// The in-memory plaintext cache, if any.
+    pub fn memory_cache(&self) -> Option<&Arc<MemoryCache>> {
+        self.inner.memory.as_ref()
     }
 
     /// Object-store counters.
@@ -140,10 +156,12 @@ impl BlockStore {
         let stored_len = inner.codec.stored_len(data.len()) as u64;
         if inner.meta.register_block(&hash, len, stored_len).await? {
             inner.stats.dedup_hits.fetch_add(1, Ordering::Relaxed);
+            inner.remember(hash, &data);
             return Ok(hash);
         }
         let codec = inner.codec.clone();
-        let object = blocking(move || codec.encode(&hash, &data)).await?;
+        let plaintext = data.clone();
+        let object = blocking(move || codec.encode(&hash, &plaintext)).await?;
         inner.stats.puts.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = inner.store.put(&block_key(&hash), object.clone()).await {
             inner.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -167,17 +185,24 @@ impl BlockStore {
         {
             cache.insert(hash, object).await;
         }
+        inner.remember(hash, &data);
         Ok(hash)
     }
 
     /// The verified plaintext of block `hash`.
     pub async fn get(&self, hash: BlockHash) -> Result<Bytes, DataError> {
+        if let Some(plaintext) = self.inner.memory.as_ref().and_then(|m| m.get(&hash)) {
+            return Ok(plaintext);
+        }
         if let Some(cache) = &self.inner.cache
             && let Some(object) = cache.get(&hash).await
         {
             let codec = self.inner.codec.clone();
-            match blocking(move || codec.decode(&hash, &object)).await? {
-                Ok(plaintext) => return Ok(plaintext),
+            match blocking(move || codec.decode(&hash, object)).await? {
+                Ok(plaintext) => {
+                    self.inner.remember(hash, &plaintext);
+                    return Ok(plaintext);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "dropping a damaged cache entry");
                     cache.remove(&hash);
@@ -205,6 +230,13 @@ impl BlockStore {
 }
 
 impl Inner {
+    /// Keeps verified `plaintext` of block `hash` in the memory cache, if there is one.
+    fn remember(&self, hash: BlockHash, plaintext: &Bytes) {
+        if let Some(memory) = &self.memory {
+            memory.insert(hash, plaintext.clone());
+        }
+    }
+
     async fn fetch(&self, hash: BlockHash) -> Result<Bytes, DataError> {
         self.stats.gets.fetch_add(1, Ordering::Relaxed);
         let object = match self.store.get(&block_key(&hash)).await {
@@ -218,8 +250,9 @@ impl Inner {
             .bytes_downloaded
             .fetch_add(object.len() as u64, Ordering::Relaxed);
         let codec = self.codec.clone();
-        let (plaintext, object) = blocking(move || (codec.decode(&hash, &object), object)).await?;
+        let (plaintext, object) = blocking(move || (codec.decode(&hash, object.clone()), object)).await?;
         let plaintext = plaintext?;
+        self.remember(hash, &plaintext);
         if let Some(cache) = &self.cache {
             cache.insert(hash, object).await;
         }

@@ -134,8 +134,10 @@ impl BlockCodec {
         out.freeze()
     }
 
-    /// The plaintext of stored block `hash`, verified against its address.
-    pub fn decode(&self, hash: &BlockHash, stored: &[u8]) -> Result<Bytes, FormatError> {
+    /// The plaintext of stored block `hash`, verified against its address. Takes the object
+    /// by value: a plaintext block is returned as a slice of it, and an encrypted one is
+    /// decrypted in its buffer when nothing else holds it (no copy either way).
+    pub fn decode(&self, hash: &BlockHash, stored: Bytes) -> Result<Bytes, FormatError> {
         let corrupt = |reason| FormatError::Corrupt {
             hash: hash_hex(hash),
             reason,
@@ -168,7 +170,7 @@ impl BlockCodec {
                 Err(corrupt("nonce on a plaintext block"))
             }
             (false, _) => {
-                let plaintext = Bytes::copy_from_slice(&stored[HEADER_LEN..]);
+                let plaintext = stored.slice(HEADER_LEN..);
                 if &self.address(&plaintext) != hash {
                     return Err(corrupt("content does not match its address"));
                 }
@@ -178,7 +180,7 @@ impl BlockCodec {
             (true, Some(e)) => {
                 let nonce: [u8; 12] = stored[12..24].try_into().expect("12 bytes");
                 let aad = associated_data(&stored[..HEADER_LEN], hash);
-                let mut body = BytesMut::from(&stored[HEADER_LEN..]);
+                let mut body = BytesMut::from(stored.slice(HEADER_LEN..));
                 let plain_len = e
                     .cipher
                     .open(nonce, &aad, &mut body[..])
@@ -216,7 +218,7 @@ mod tests {
                 let hash = codec.address(&data);
                 let stored = codec.encode(&hash, &data);
                 assert_eq!(stored.len(), codec.stored_len(len));
-                assert_eq!(codec.decode(&hash, &stored).unwrap(), data);
+                assert_eq!(codec.decode(&hash, stored.clone()).unwrap(), data);
             }
         }
     }
@@ -243,14 +245,17 @@ mod tests {
             for pos in [0, 5, 9, 13, HEADER_LEN, HEADER_LEN + 5000, stored.len() - 1] {
                 let mut bad = stored.to_vec();
                 bad[pos] ^= 0x40;
-                assert!(codec.decode(&hash, &bad).is_err(), "flip at {pos} went unnoticed");
+                assert!(
+                    codec.decode(&hash, bad.into()).is_err(),
+                    "flip at {pos} went unnoticed"
+                );
             }
-            assert!(codec.decode(&hash, &stored[..stored.len() - 1]).is_err());
-            assert!(codec.decode(&hash, &stored[..10]).is_err());
+            assert!(codec.decode(&hash, stored.slice(..stored.len() - 1)).is_err());
+            assert!(codec.decode(&hash, stored.slice(..10)).is_err());
             let mut other = hash;
             other[0] ^= 1;
             assert!(
-                codec.decode(&other, &stored).is_err(),
+                codec.decode(&other, stored.clone()).is_err(),
                 "object under the wrong address"
             );
         }
@@ -263,11 +268,11 @@ mod tests {
         let stored = a.encode(&a.address(&data), &data);
         let b = BlockCodec::encrypted(&DataKey::generate());
         assert!(matches!(
-            b.decode(&a.address(&data), &stored),
+            b.decode(&a.address(&data), stored.clone()),
             Err(FormatError::Authentication { .. })
         ));
         assert!(matches!(
-            BlockCodec::plaintext().decode(&a.address(&data), &stored),
+            BlockCodec::plaintext().decode(&a.address(&data), stored),
             Err(FormatError::KeyMissing { .. })
         ));
     }

@@ -29,8 +29,13 @@ fn main() -> anyhow::Result<()> {
     for b in &buckets {
         server.create_bucket(b)?;
     }
-    println!("endpoint={} access_key={ACCESS_KEY} secret_key={SECRET_KEY}", server.endpoint());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    println!(
+        "endpoint={} access_key={ACCESS_KEY} secret_key={SECRET_KEY}",
+        server.endpoint()
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
