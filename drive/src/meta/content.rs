@@ -8,7 +8,7 @@ use deadpool_postgres::GenericClient;
 
 use crate::error::MetaError;
 use crate::meta::rows::{
-    WsCtx, execute, guard_write_once, live_inode, query, query_opt, record_event, write_inode, ws_ctx,
+    WsCtx, execute, guard_write_once, query, query_opt, record_event, write_inode, ws_and_inode,
 };
 use crate::meta::{MetaStore, in_txn};
 use crate::model::{Actor, Attr, Epoch, NodeId, NodeKind, Timestamp, View, WorkspaceId};
@@ -212,8 +212,7 @@ impl MetaStore {
             .collect();
         in_txn!(self, |tx| {
             async {
-                let ws = ws_ctx(&tx, ws).await?;
-                let mut node = live_inode(&tx, &ws, ino).await?;
+                let (ws, mut node) = ws_and_inode(&tx, ws, ino).await?;
                 if node.attr.kind != NodeKind::File {
                     return Err(MetaError::InvalidArgument(format!("node {ino} is not a regular file")));
                 }

@@ -159,10 +159,44 @@ pub(crate) async fn live_inode<C: GenericClient>(
     ws: &WsCtx,
     ino: NodeId,
 ) -> Result<InodeRow, MetaError> {
-    match inode_in_view(c, View::Live, ino).await? {
+    checked_live_inode(ws, ino, inode_in_view(c, View::Live, ino).await?)
+}
+
+fn checked_live_inode(ws: &WsCtx, ino: NodeId, row: Option<InodeRow>) -> Result<InodeRow, MetaError> {
+    match row {
         Some(row) if row.workspace == ws.id => Ok(row),
         _ => Err(MetaError::NotFound(format!("node {ino}"))),
     }
+}
+
+// Mutations are latency-bound (one round trip per statement), so the reads every one of them
+// starts with go out together, pipelined on the transaction's connection. Results are taken
+// in statement order, so the first failure is the one reported: a serialization failure
+// (40001) that the retry loop looks for, not the "transaction aborted" errors it causes in
+// the statements after it.
+
+/// The workspace and the live node `ino` of it, read together.
+pub(crate) async fn ws_and_inode<C: GenericClient>(
+    c: &C,
+    ws: WorkspaceId,
+    ino: NodeId,
+) -> Result<(WsCtx, InodeRow), MetaError> {
+    let (ws, row) = tokio::join!(ws_ctx(c, ws), inode_in_view(c, View::Live, ino));
+    let ws = ws?;
+    let row = checked_live_inode(&ws, ino, row?)?;
+    Ok((ws, row))
+}
+
+/// The workspace and its live directory `dir`, read together.
+pub(crate) async fn ws_and_dir<C: GenericClient>(
+    c: &C,
+    ws: WorkspaceId,
+    dir: NodeId,
+) -> Result<(WsCtx, InodeRow), MetaError> {
+    let (ws, row) = tokio::join!(ws_ctx(c, ws), inode_in_view(c, View::Live, dir));
+    let ws = ws?;
+    let row = checked_live_dir(&ws, dir, row?)?;
+    Ok((ws, row))
 }
 
 /// A live directory of the workspace, or NotFound / NotADirectory.
@@ -171,7 +205,11 @@ pub(crate) async fn live_dir<C: GenericClient>(
     ws: &WsCtx,
     ino: NodeId,
 ) -> Result<InodeRow, MetaError> {
-    let row = live_inode(c, ws, ino).await?;
+    checked_live_dir(ws, ino, inode_in_view(c, View::Live, ino).await?)
+}
+
+fn checked_live_dir(ws: &WsCtx, ino: NodeId, row: Option<InodeRow>) -> Result<InodeRow, MetaError> {
+    let row = checked_live_inode(ws, ino, row)?;
     if row.attr.kind != NodeKind::Directory {
         return Err(MetaError::NotADirectory(format!("node {ino}")));
     }

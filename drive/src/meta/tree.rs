@@ -7,7 +7,7 @@ use crate::error::MetaError;
 use crate::meta::rows::{
     EntryRow, INODE_COLUMNS, InodeRow, WsCtx, close_entry, guard_write_once, inode_from_row, inode_in_view,
     insert_entry, insert_inode, live_dir, live_entry, live_inode, query, query_opt, record_event,
-    write_inode, ws_ctx,
+    write_inode, ws_and_dir, ws_and_inode, ws_ctx,
 };
 use crate::meta::sequences::{frame_added, frame_removed};
 use crate::meta::{MetaStore, in_txn};
@@ -209,8 +209,7 @@ impl MetaStore {
         let now = Timestamp::now();
         in_txn!(self, |tx| {
             async {
-                let ws = ws_ctx(&tx, ws).await?;
-                let mut dir = live_dir(&tx, &ws, parent).await?;
+                let (ws, mut dir) = ws_and_dir(&tx, ws, parent).await?;
                 // No read of (parent, name) first: the unique index answers "exists", and
                 // skipping the read keeps concurrent creators from conflicting on it.
                 let attr = insert_inode(&tx, &ws, node, now).await?;
@@ -250,8 +249,7 @@ impl MetaStore {
         let now = Timestamp::now();
         in_txn!(self, |tx| {
             async {
-                let ws = ws_ctx(&tx, ws).await?;
-                let mut node = live_inode(&tx, &ws, ino).await?;
+                let (ws, mut node) = ws_and_inode(&tx, ws, ino).await?;
                 if node.attr.kind == NodeKind::Directory {
                     return Err(MetaError::PermissionDenied(
                         "hard links to directories are not allowed".into(),
@@ -334,11 +332,11 @@ impl MetaStore {
         let now = Timestamp::now();
         in_txn!(self, |tx| {
             async {
-                let ws = ws_ctx(&tx, ws).await?;
-                let mut dir = live_dir(&tx, &ws, parent).await?;
-                let entry = live_entry(&tx, parent, name)
-                    .await?
-                    .ok_or_else(|| MetaError::NotFound(name.to_string_lossy()))?;
+                // Pipelined reads, first failure first (see rows::ws_and_dir).
+                let (ws_dir, entry) =
+                    tokio::join!(ws_and_dir(&tx, ws, parent), live_entry(&tx, parent, name));
+                let (ws, mut dir) = ws_dir?;
+                let entry = entry?.ok_or_else(|| MetaError::NotFound(name.to_string_lossy()))?;
                 let mut node = live_inode(&tx, &ws, entry.ino).await?;
                 let is_dir = node.attr.kind == NodeKind::Directory;
                 match removal {
@@ -359,15 +357,17 @@ impl MetaStore {
                 guard_write_once(&ws, &node.attr, "delete")?;
                 detach(&tx, &ws, &entry, &mut node, now).await?;
                 touch_dir(&mut dir, now, if is_dir { -1 } else { 0 });
-                write_inode(&tx, &ws, &dir).await?;
-                frame_removed(&tx, parent, name, entry.kind).await?;
                 let op = match removal {
                     Removal::Unlink => "unlink",
                     Removal::Rmdir => "rmdir",
                     Removal::Subtree => "delete",
                 };
-                record_event(&tx, ws.id, actor, op, Some(entry.ino), Some(parent), Some(name)).await?;
-                Ok(())
+                let (dir_written, frames, event) = tokio::join!(
+                    write_inode(&tx, &ws, &dir),
+                    frame_removed(&tx, parent, name, entry.kind),
+                    record_event(&tx, ws.id, actor, op, Some(entry.ino), Some(parent), Some(name)),
+                );
+                dir_written.and(frames).and(event)
             }
             .await
         })
@@ -389,11 +389,9 @@ impl MetaStore {
         let now = Timestamp::now();
         in_txn!(self, |tx| {
             async {
-                let ws = ws_ctx(&tx, ws).await?;
-                let mut src_dir = live_dir(&tx, &ws, parent).await?;
-                let src = live_entry(&tx, parent, name)
-                    .await?
-                    .ok_or_else(|| MetaError::NotFound(name.to_string_lossy()))?;
+                let (ws_dir, src) = tokio::join!(ws_and_dir(&tx, ws, parent), live_entry(&tx, parent, name));
+                let (ws, mut src_dir) = ws_dir?;
+                let src = src?.ok_or_else(|| MetaError::NotFound(name.to_string_lossy()))?;
                 let same_dir = parent == new_parent;
                 let mut dst_dir = if same_dir {
                     src_dir.clone()
@@ -530,8 +528,7 @@ impl MetaStore {
         let now = Timestamp::now();
         in_txn!(self, |tx| {
             async {
-                let ws = ws_ctx(&tx, ws).await?;
-                let mut node = live_inode(&tx, &ws, ino).await?;
+                let (ws, mut node) = ws_and_inode(&tx, ws, ino).await?;
                 if let Some(size) = change.size {
                     match node.attr.kind {
                         NodeKind::Directory => return Err(MetaError::IsADirectory(format!("node {ino}"))),

@@ -2,7 +2,7 @@
 //! inode and are not epoch-versioned: a snapshot view shows the live attributes.
 
 use crate::error::MetaError;
-use crate::meta::rows::{execute, live_inode, query, query_opt, record_event, ws_ctx};
+use crate::meta::rows::{execute, query, query_opt, record_event, ws_and_inode};
 use crate::meta::{MetaStore, in_txn};
 use crate::model::{Actor, NodeId, WorkspaceId};
 
@@ -67,8 +67,7 @@ impl MetaStore {
         }
         in_txn!(self, |tx| {
             async {
-                let ws = ws_ctx(&tx, ws).await?;
-                live_inode(&tx, &ws, ino).await?;
+                let (ws, _) = ws_and_inode(&tx, ws, ino).await?;
                 let i = ino.0 as i64;
                 let exists = query_opt(
                     &tx,
@@ -114,8 +113,7 @@ impl MetaStore {
     ) -> Result<(), MetaError> {
         in_txn!(self, |tx| {
             async {
-                let ws = ws_ctx(&tx, ws).await?;
-                live_inode(&tx, &ws, ino).await?;
+                let (ws, _) = ws_and_inode(&tx, ws, ino).await?;
                 let gone = execute(
                     &tx,
                     "DELETE FROM xattrs WHERE ino = $1 AND name = $2",
