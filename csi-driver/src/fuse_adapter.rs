@@ -66,6 +66,47 @@ fn report(op: &'static str, e: &FsError) -> Errno {
     errno(e)
 }
 
+/// A reply that can carry an error. fuser's reply types share `error` by name only.
+trait ErrorReply {
+    fn fail(self, err: Errno);
+}
+
+macro_rules! error_reply {
+    ($($reply:ty),* $(,)?) => {$(
+        impl ErrorReply for $reply {
+            fn fail(self, err: Errno) {
+                self.error(err);
+            }
+        }
+    )*};
+}
+
+error_reply!(
+    ReplyAttr,
+    ReplyCreate,
+    ReplyData,
+    ReplyDirectory,
+    ReplyDirectoryPlus,
+    ReplyEmpty,
+    ReplyEntry,
+    ReplyOpen,
+    ReplyStatfs,
+    ReplyWrite,
+    ReplyXattr,
+);
+
+/// Replies with the errno of `e` (logged by [`report`]); the task's outcome is a failure.
+fn failed(reply: impl ErrorReply, op: &'static str, e: &FsError) -> Result<(), ()> {
+    reply.fail(report(op, e));
+    Err(())
+}
+
+/// Replies success to an operation without a payload.
+fn done(reply: ReplyEmpty) -> Result<(), ()> {
+    reply.ok();
+    Ok(())
+}
+
 /// The FUSE face of a mounted workspace.
 pub struct DriveFuse<B: BlockIo> {
     fs: Arc<DriveFs<B>>,
@@ -202,10 +243,7 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.entry(&ttls.entry, &file_attr(&a, blksize(&fs)), Generation(0));
                     Ok(())
                 }
-                Err(e) => {
-                    reply.error(report("lookup", &e));
-                    Err(())
-                }
+                Err(e) => failed(reply, "lookup", &e),
             }
         });
     }
@@ -218,10 +256,7 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.attr(&ttls.attr, &file_attr(&a, blksize(&fs)));
                     Ok(())
                 }
-                Err(e) => {
-                    reply.error(report("getattr", &e));
-                    Err(())
-                }
+                Err(e) => failed(reply, "getattr", &e),
             }
         });
     }
@@ -259,10 +294,7 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.attr(&ttls.attr, &file_attr(&a, blksize(&fs)));
                     Ok(())
                 }
-                Err(e) => {
-                    reply.error(report("setattr", &e));
-                    Err(())
-                }
+                Err(e) => failed(reply, "setattr", &e),
             }
         });
     }
@@ -274,10 +306,7 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.data(&t);
                     Ok(())
                 }
-                Err(e) => {
-                    reply.error(report("readlink", &e));
-                    Err(())
-                }
+                Err(e) => failed(reply, "readlink", &e),
             }
         });
     }
@@ -306,10 +335,7 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.entry(&ttls.entry, &file_attr(&a, blksize(&fs)), Generation(0));
                     Ok(())
                 }
-                Err(e) => {
-                    reply.error(report("mknod", &e));
-                    Err(())
-                }
+                Err(e) => failed(reply, "mknod", &e),
             }
         });
     }
@@ -322,10 +348,7 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.entry(&ttls.entry, &file_attr(&a, blksize(&fs)), Generation(0));
                     Ok(())
                 }
-                Err(e) => {
-                    reply.error(report("mkdir", &e));
-                    Err(())
-                }
+                Err(e) => failed(reply, "mkdir", &e),
             }
         });
     }
@@ -334,14 +357,8 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         let (name, who) = (name.as_bytes().to_vec(), caller(req));
         self.spawn("unlink", move |fs| async move {
             match fs.unlink(parent.0, &name, who).await {
-                Ok(()) => {
-                    reply.ok();
-                    Ok(())
-                }
-                Err(e) => {
-                    reply.error(report("unlink", &e));
-                    Err(())
-                }
+                Ok(()) => done(reply),
+                Err(e) => failed(reply, "unlink", &e),
             }
         });
     }
@@ -350,14 +367,8 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         let (name, who) = (name.as_bytes().to_vec(), caller(req));
         self.spawn("rmdir", move |fs| async move {
             match fs.rmdir(parent.0, &name, who).await {
-                Ok(()) => {
-                    reply.ok();
-                    Ok(())
-                }
-                Err(e) => {
-                    reply.error(report("rmdir", &e));
-                    Err(())
-                }
+                Ok(()) => done(reply),
+                Err(e) => failed(reply, "rmdir", &e),
             }
         });
     }
@@ -374,10 +385,7 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.entry(&ttls.entry, &file_attr(&a, blksize(&fs)), Generation(0));
                     Ok(())
                 }
-                Err(e) => {
-                    reply.error(report("symlink", &e));
-                    Err(())
-                }
+                Err(e) => failed(reply, "symlink", &e),
             }
         });
     }
@@ -405,14 +413,8 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         let (name, newname, who) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec(), caller(req));
         self.spawn("rename", move |fs| async move {
             match fs.rename(parent.0, &name, newparent.0, &newname, mode, who).await {
-                Ok(()) => {
-                    reply.ok();
-                    Ok(())
-                }
-                Err(e) => {
-                    reply.error(report("rename", &e));
-                    Err(())
-                }
+                Ok(()) => done(reply),
+                Err(e) => failed(reply, "rename", &e),
             }
         });
     }
@@ -425,10 +427,7 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.entry(&ttls.entry, &file_attr(&a, blksize(&fs)), Generation(0));
                     Ok(())
                 }
-                Err(e) => {
-                    reply.error(report("link", &e));
-                    Err(())
-                }
+                Err(e) => failed(reply, "link", &e),
             }
         });
     }
@@ -446,10 +445,7 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.opened(FileHandle(o.fh), f);
                     Ok(())
                 }
-                Err(e) => {
-                    reply.error(report("open", &e));
-                    Err(())
-                }
+                Err(e) => failed(reply, "open", &e),
             }
         });
     }
@@ -473,10 +469,7 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.data(&data);
                     Ok(())
                 }
-                Err(e) => {
-                    reply.error(report("read", &e));
-                    Err(())
-                }
+                Err(e) => failed(reply, "read", &e),
             }
         });
     }
@@ -502,10 +495,7 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.written(n);
                     Ok(())
                 }
-                Err(e) => {
-                    reply.error(report("write", &e));
-                    Err(())
-                }
+                Err(e) => failed(reply, "write", &e),
             }
         });
     }
@@ -514,14 +504,8 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         let who = caller(req);
         self.spawn("flush", move |fs| async move {
             match fs.flush(fh.0, who).await {
-                Ok(()) => {
-                    reply.ok();
-                    Ok(())
-                }
-                Err(e) => {
-                    reply.error(report("flush", &e));
-                    Err(())
-                }
+                Ok(()) => done(reply),
+                Err(e) => failed(reply, "flush", &e),
             }
         });
     }
@@ -539,14 +523,8 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         let who = caller(req);
         self.spawn("release", move |fs| async move {
             match fs.release(fh.0, who).await {
-                Ok(()) => {
-                    reply.ok();
-                    Ok(())
-                }
-                Err(e) => {
-                    reply.error(report("release", &e));
-                    Err(())
-                }
+                Ok(()) => done(reply),
+                Err(e) => failed(reply, "release", &e),
             }
         });
     }
@@ -555,14 +533,8 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         let who = caller(req);
         self.spawn("fsync", move |fs| async move {
             match fs.fsync(fh.0, who).await {
-                Ok(()) => {
-                    reply.ok();
-                    Ok(())
-                }
-                Err(e) => {
-                    reply.error(report("fsync", &e));
-                    Err(())
-                }
+                Ok(()) => done(reply),
+                Err(e) => failed(reply, "fsync", &e),
             }
         });
     }
@@ -574,10 +546,7 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.opened(FileHandle(fh), FopenFlags::empty());
                     Ok(())
                 }
-                Err(e) => {
-                    reply.error(report("opendir", &e));
-                    Err(())
-                }
+                Err(e) => failed(reply, "opendir", &e),
             }
         });
     }
@@ -600,10 +569,7 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.ok();
                     Ok(())
                 }
-                Err(e) => {
-                    reply.error(report("readdir", &e));
-                    Err(())
-                }
+                Err(e) => failed(reply, "readdir", &e),
             }
         });
     }
@@ -631,10 +597,7 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply.ok();
                     Ok(())
                 }
-                Err(e) => {
-                    reply.error(report("readdirplus", &e));
-                    Err(())
-                }
+                Err(e) => failed(reply, "readdirplus", &e),
             }
         });
     }
@@ -665,10 +628,7 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     );
                     Ok(())
                 }
-                Err(e) => {
-                    reply.error(report("statfs", &e));
-                    Err(())
-                }
+                Err(e) => failed(reply, "statfs", &e),
             }
         });
     }
@@ -693,19 +653,13 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         let (name, value, who) = (name.as_bytes().to_vec(), value.to_vec(), caller(req));
         self.spawn("setxattr", move |fs| async move {
             match fs.setxattr(ino.0, &name, &value, mode, who).await {
-                Ok(()) => {
-                    reply.ok();
-                    Ok(())
-                }
+                Ok(()) => done(reply),
                 // XATTR_REPLACE of a missing attribute is ENODATA, not ENOENT.
                 Err(e) if e.kind() == FsErrorKind::NotFound && mode == XattrMode::Replace => {
                     reply.error(Errno::from_i32(libc::ENODATA));
                     Err(())
                 }
-                Err(e) => {
-                    reply.error(report("setxattr", &e));
-                    Err(())
-                }
+                Err(e) => failed(reply, "setxattr", &e),
             }
         });
     }
@@ -718,10 +672,7 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     reply_xattr(reply, &v, size);
                     Ok(())
                 }
-                Err(e) => {
-                    reply.error(report("getxattr", &e));
-                    Err(())
-                }
+                Err(e) => failed(reply, "getxattr", &e),
             }
         });
     }
@@ -740,10 +691,7 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                         Ok(())
                     }
                 }
-                Err(e) => {
-                    reply.error(report("listxattr", &e));
-                    Err(())
-                }
+                Err(e) => failed(reply, "listxattr", &e),
             }
         });
     }
@@ -752,14 +700,8 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         let (name, who) = (name.as_bytes().to_vec(), caller(req));
         self.spawn("removexattr", move |fs| async move {
             match fs.removexattr(ino.0, &name, who).await {
-                Ok(()) => {
-                    reply.ok();
-                    Ok(())
-                }
-                Err(e) => {
-                    reply.error(report("removexattr", &e));
-                    Err(())
-                }
+                Ok(()) => done(reply),
+                Err(e) => failed(reply, "removexattr", &e),
             }
         });
     }
@@ -768,14 +710,8 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         let who = caller(req);
         self.spawn("access", move |fs| async move {
             match fs.access(ino.0, mask.bits(), who).await {
-                Ok(()) => {
-                    reply.ok();
-                    Ok(())
-                }
-                Err(e) => {
-                    reply.error(report("access", &e));
-                    Err(())
-                }
+                Ok(()) => done(reply),
+                Err(e) => failed(reply, "access", &e),
             }
         });
     }
@@ -805,10 +741,7 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                     );
                     Ok(())
                 }
-                Err(e) => {
-                    reply.error(report("create", &e));
-                    Err(())
-                }
+                Err(e) => failed(reply, "create", &e),
             }
         });
     }

@@ -139,6 +139,11 @@ struct Handle<B: BlockIo> {
     session: Option<Arc<WriteSession<B>>>,
 }
 
+/// An open directory's listing, shared by the requests on its handle.
+type SharedDirHandle = Arc<tokio::sync::Mutex<namespace::DirHandle>>;
+/// A write session and the number of open handles using it.
+type SessionUse<B> = (Arc<WriteSession<B>>, usize);
+
 /// The file system of one mount.
 pub struct DriveFs<B: BlockIo> {
     meta: MetaStore,
@@ -148,9 +153,9 @@ pub struct DriveFs<B: BlockIo> {
     env: Arc<SessionEnv<B>>,
     handles: Mutex<HashMap<u64, Arc<Handle<B>>>>,
     /// Open directories: handle -> (inode, listing so far).
-    dirs: Mutex<HashMap<u64, (u64, Arc<tokio::sync::Mutex<namespace::DirHandle>>)>>,
+    dirs: Mutex<HashMap<u64, (u64, SharedDirHandle)>>,
     /// Write sessions by store node id, with the number of handles using each.
-    sessions: Mutex<HashMap<NodeId, (Arc<WriteSession<B>>, usize)>>,
+    sessions: Mutex<HashMap<NodeId, SessionUse<B>>>,
     /// Content version each file had when this mount last opened it (FOPEN_KEEP_CACHE).
     seen_versions: Mutex<HashMap<NodeId, u64>>,
     next_fh: AtomicU64,

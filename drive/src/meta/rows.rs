@@ -193,10 +193,8 @@ pub(crate) async fn ws_and_dir<C: GenericClient>(
     ws: WorkspaceId,
     dir: NodeId,
 ) -> Result<(WsCtx, InodeRow), MetaError> {
-    let (ws, row) = tokio::join!(ws_ctx(c, ws), inode_in_view(c, View::Live, dir));
-    let ws = ws?;
-    let row = checked_live_dir(&ws, dir, row?)?;
-    Ok((ws, row))
+    let (ws, row) = ws_and_inode(c, ws, dir).await?;
+    Ok((ws, as_live_dir(dir, row)?))
 }
 
 /// A live directory of the workspace, or NotFound / NotADirectory.
@@ -205,11 +203,11 @@ pub(crate) async fn live_dir<C: GenericClient>(
     ws: &WsCtx,
     ino: NodeId,
 ) -> Result<InodeRow, MetaError> {
-    checked_live_dir(ws, ino, inode_in_view(c, View::Live, ino).await?)
+    as_live_dir(ino, live_inode(c, ws, ino).await?)
 }
 
-fn checked_live_dir(ws: &WsCtx, ino: NodeId, row: Option<InodeRow>) -> Result<InodeRow, MetaError> {
-    let row = checked_live_inode(ws, ino, row)?;
+/// A live inode that must be a directory still linked into the tree.
+fn as_live_dir(ino: NodeId, row: InodeRow) -> Result<InodeRow, MetaError> {
     if row.attr.kind != NodeKind::Directory {
         return Err(MetaError::NotADirectory(format!("node {ino}")));
     }
