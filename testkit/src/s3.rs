@@ -332,8 +332,8 @@ const MARKER_FILE: &str = ".marker";
 /// ETag of an empty body (MD5 of nothing).
 const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
 
-/// A boxed future as `async_trait` expands it, so [`Store`] can implement [`s3s::S3`] without
-/// the macro.
+/// A boxed future as `async_trait` expands it: the methods [`delegate!`] writes are expanded
+/// after `#[async_trait]` has run, so they spell it out.
 type BoxFut<'a, T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = s3s::S3Result<s3s::S3Response<T>>> + Send + 'a>>;
 
@@ -484,6 +484,22 @@ impl Store {
         !key.ends_with('/') && self.root.join(bucket).join(key).is_dir()
     }
 
+    /// What a HEAD or GET of `key` answers before s3s-fs is asked: the folder marker for a
+    /// `dir/` key, NoSuchKey for a missing marker or a key s3s-fs holds as a directory, and
+    /// `None` (ask s3s-fs) otherwise.
+    fn marker_for_read(&self, bucket: &str, key: &str) -> s3s::S3Result<Option<Marker>> {
+        if key.ends_with('/') {
+            return match self.read_marker(bucket, key)? {
+                Some(m) => Ok(Some(m)),
+                None => Err(s3s::s3_error!(NoSuchKey)),
+            };
+        }
+        if self.is_directory(bucket, key) {
+            return Err(s3s::s3_error!(NoSuchKey));
+        }
+        Ok(None)
+    }
+
     /// ListObjectsV2 with folder markers merged in; pagination is done here over the whole
     /// (sorted) listing, continuing after the last key or common prefix returned.
     async fn list_v2(
@@ -591,6 +607,7 @@ macro_rules! delegate {
     )*};
 }
 
+#[async_trait::async_trait]
 impl s3s::S3 for Store {
     delegate! {
         create_bucket(CreateBucketInput) -> CreateBucketOutput;
@@ -606,229 +623,167 @@ impl s3s::S3 for Store {
         abort_multipart_upload(AbortMultipartUploadInput) -> AbortMultipartUploadOutput;
     }
 
-    fn put_object<'a, 'b>(
-        &'a self,
+    async fn put_object(
+        &self,
         req: s3s::S3Request<s3s::dto::PutObjectInput>,
-    ) -> BoxFut<'b, s3s::dto::PutObjectOutput>
-    where
-        'a: 'b,
-        Self: 'b,
-    {
-        Box::pin(async move {
-            let i = &req.input;
-            if !i.key.ends_with('/') {
-                return self.inner.put_object(req).await;
-            }
-            let (bucket, key) = (i.bucket.clone(), i.key.clone());
-            let (content_type, metadata) = (i.content_type.clone(), i.metadata.clone());
-            self.marker_path(&bucket, &key)?;
-            // s3s-fs checks the bucket and the empty body, and creates the directory.
-            let out = self.inner.put_object(req).await?;
-            self.write_marker(&bucket, &key, content_type.as_deref(), metadata.as_ref())?;
-            let mut out = out;
-            out.output.e_tag = Some(s3s::dto::ETag::Strong(EMPTY_MD5.to_owned()));
-            Ok(out)
-        })
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::PutObjectOutput>> {
+        let i = &req.input;
+        if !i.key.ends_with('/') {
+            return self.inner.put_object(req).await;
+        }
+        let (bucket, key) = (i.bucket.clone(), i.key.clone());
+        let (content_type, metadata) = (i.content_type.clone(), i.metadata.clone());
+        self.marker_path(&bucket, &key)?;
+        // s3s-fs checks the bucket and the empty body, and creates the directory.
+        let out = self.inner.put_object(req).await?;
+        self.write_marker(&bucket, &key, content_type.as_deref(), metadata.as_ref())?;
+        let mut out = out;
+        out.output.e_tag = Some(s3s::dto::ETag::Strong(EMPTY_MD5.to_owned()));
+        Ok(out)
     }
 
-    fn head_object<'a, 'b>(
-        &'a self,
+    async fn head_object(
+        &self,
         req: s3s::S3Request<s3s::dto::HeadObjectInput>,
-    ) -> BoxFut<'b, s3s::dto::HeadObjectOutput>
-    where
-        'a: 'b,
-        Self: 'b,
-    {
-        Box::pin(async move {
-            let (bucket, key) = (&req.input.bucket, &req.input.key);
-            if key.ends_with('/') {
-                let Some(m) = self.read_marker(bucket, key)? else {
-                    return Err(s3s::s3_error!(NoSuchKey));
-                };
-                return Ok(s3s::S3Response::new(s3s::dto::HeadObjectOutput {
-                    content_length: Some(0),
-                    content_type: m.content_type,
-                    last_modified: Some(m.modified),
-                    metadata: m.metadata,
-                    e_tag: Some(s3s::dto::ETag::Strong(EMPTY_MD5.to_owned())),
-                    ..Default::default()
-                }));
-            }
-            if self.is_directory(bucket, key) {
-                return Err(s3s::s3_error!(NoSuchKey));
-            }
-            self.inner.head_object(req).await
-        })
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::HeadObjectOutput>> {
+        let Some(m) = self.marker_for_read(&req.input.bucket, &req.input.key)? else {
+            return self.inner.head_object(req).await;
+        };
+        Ok(s3s::S3Response::new(s3s::dto::HeadObjectOutput {
+            content_length: Some(0),
+            content_type: m.content_type,
+            last_modified: Some(m.modified),
+            metadata: m.metadata,
+            e_tag: Some(s3s::dto::ETag::Strong(EMPTY_MD5.to_owned())),
+            ..Default::default()
+        }))
     }
 
-    fn get_object<'a, 'b>(
-        &'a self,
+    async fn get_object(
+        &self,
         req: s3s::S3Request<s3s::dto::GetObjectInput>,
-    ) -> BoxFut<'b, s3s::dto::GetObjectOutput>
-    where
-        'a: 'b,
-        Self: 'b,
-    {
-        Box::pin(async move {
-            let (bucket, key) = (&req.input.bucket, &req.input.key);
-            if key.ends_with('/') {
-                let Some(m) = self.read_marker(bucket, key)? else {
-                    return Err(s3s::s3_error!(NoSuchKey));
-                };
-                return Ok(s3s::S3Response::new(s3s::dto::GetObjectOutput {
-                    body: Some(s3s::dto::StreamingBlob::from(s3s::Body::empty())),
-                    content_length: Some(0),
-                    content_type: m.content_type,
-                    last_modified: Some(m.modified),
-                    metadata: m.metadata,
-                    e_tag: Some(s3s::dto::ETag::Strong(EMPTY_MD5.to_owned())),
-                    ..Default::default()
-                }));
-            }
-            if self.is_directory(bucket, key) {
-                return Err(s3s::s3_error!(NoSuchKey));
-            }
-            self.inner.get_object(req).await
-        })
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::GetObjectOutput>> {
+        let Some(m) = self.marker_for_read(&req.input.bucket, &req.input.key)? else {
+            return self.inner.get_object(req).await;
+        };
+        Ok(s3s::S3Response::new(s3s::dto::GetObjectOutput {
+            body: Some(s3s::dto::StreamingBlob::from(s3s::Body::empty())),
+            content_length: Some(0),
+            content_type: m.content_type,
+            last_modified: Some(m.modified),
+            metadata: m.metadata,
+            e_tag: Some(s3s::dto::ETag::Strong(EMPTY_MD5.to_owned())),
+            ..Default::default()
+        }))
     }
 
-    fn copy_object<'a, 'b>(
-        &'a self,
+    async fn copy_object(
+        &self,
         req: s3s::S3Request<s3s::dto::CopyObjectInput>,
-    ) -> BoxFut<'b, s3s::dto::CopyObjectOutput>
-    where
-        'a: 'b,
-        Self: 'b,
-    {
-        Box::pin(async move {
-            let i = &req.input;
-            let s3s::dto::CopySource::Bucket {
-                bucket: src_bucket,
-                key: src_key,
-                ..
-            } = &i.copy_source
-            else {
-                return self.inner.copy_object(req).await;
-            };
-            let (src_marker, dst_marker) = (src_key.ends_with('/'), i.key.ends_with('/'));
-            if !src_marker && !dst_marker {
-                if self.is_directory(src_bucket, src_key) {
-                    return Err(s3s::s3_error!(NoSuchKey));
-                }
-                return self.inner.copy_object(req).await;
-            }
-            if !(src_marker && dst_marker) {
-                return Err(s3s::s3_error!(
-                    NotImplemented,
-                    "copy between a folder marker and an object"
-                ));
-            }
-            // A folder marker copied (s3fs also updates a folder's mode and times this way).
-            let Some(src) = self.read_marker(src_bucket, src_key)? else {
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::CopyObjectOutput>> {
+        let i = &req.input;
+        let s3s::dto::CopySource::Bucket {
+            bucket: src_bucket,
+            key: src_key,
+            ..
+        } = &i.copy_source
+        else {
+            return self.inner.copy_object(req).await;
+        };
+        let (src_marker, dst_marker) = (src_key.ends_with('/'), i.key.ends_with('/'));
+        if !src_marker && !dst_marker {
+            if self.is_directory(src_bucket, src_key) {
                 return Err(s3s::s3_error!(NoSuchKey));
-            };
-            let replace = i
-                .metadata_directive
-                .as_ref()
-                .is_some_and(|d| d.as_str() == s3s::dto::MetadataDirective::REPLACE);
-            let (content_type, metadata) = if replace {
-                (i.content_type.clone(), i.metadata.clone())
-            } else {
-                (src.content_type, src.metadata)
-            };
-            let dst = self.inner_dir(&i.bucket, &i.key)?;
-            std::fs::create_dir_all(&dst)
-                .map_err(|e| s3s::s3_error!(InternalError, "{}: {e}", dst.display()))?;
-            let modified =
-                self.write_marker(&i.bucket, &i.key, content_type.as_deref(), metadata.as_ref())?;
-            Ok(s3s::S3Response::new(s3s::dto::CopyObjectOutput {
-                copy_object_result: Some(s3s::dto::CopyObjectResult {
-                    e_tag: Some(s3s::dto::ETag::Strong(EMPTY_MD5.to_owned())),
-                    last_modified: Some(modified),
-                    ..Default::default()
-                }),
+            }
+            return self.inner.copy_object(req).await;
+        }
+        if !(src_marker && dst_marker) {
+            return Err(s3s::s3_error!(
+                NotImplemented,
+                "copy between a folder marker and an object"
+            ));
+        }
+        // A folder marker copied (s3fs also updates a folder's mode and times this way).
+        let Some(src) = self.read_marker(src_bucket, src_key)? else {
+            return Err(s3s::s3_error!(NoSuchKey));
+        };
+        let replace = i
+            .metadata_directive
+            .as_ref()
+            .is_some_and(|d| d.as_str() == s3s::dto::MetadataDirective::REPLACE);
+        let (content_type, metadata) = if replace {
+            (i.content_type.clone(), i.metadata.clone())
+        } else {
+            (src.content_type, src.metadata)
+        };
+        let dst = self.inner_dir(&i.bucket, &i.key)?;
+        std::fs::create_dir_all(&dst).map_err(|e| s3s::s3_error!(InternalError, "{}: {e}", dst.display()))?;
+        let modified = self.write_marker(&i.bucket, &i.key, content_type.as_deref(), metadata.as_ref())?;
+        Ok(s3s::S3Response::new(s3s::dto::CopyObjectOutput {
+            copy_object_result: Some(s3s::dto::CopyObjectResult {
+                e_tag: Some(s3s::dto::ETag::Strong(EMPTY_MD5.to_owned())),
+                last_modified: Some(modified),
                 ..Default::default()
-            }))
-        })
+            }),
+            ..Default::default()
+        }))
     }
 
-    fn delete_object<'a, 'b>(
-        &'a self,
+    async fn delete_object(
+        &self,
         req: s3s::S3Request<s3s::dto::DeleteObjectInput>,
-    ) -> BoxFut<'b, s3s::dto::DeleteObjectOutput>
-    where
-        'a: 'b,
-        Self: 'b,
-    {
-        Box::pin(async move {
-            if req.input.key.ends_with('/') {
-                self.remove_marker(&req.input.bucket, &req.input.key)?;
-            } else if self.is_directory(&req.input.bucket, &req.input.key) {
-                // No such object: deleting it succeeds and leaves the folder alone.
-                return Ok(s3s::S3Response::new(s3s::dto::DeleteObjectOutput::default()));
-            }
-            self.inner.delete_object(req).await
-        })
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::DeleteObjectOutput>> {
+        if req.input.key.ends_with('/') {
+            self.remove_marker(&req.input.bucket, &req.input.key)?;
+        } else if self.is_directory(&req.input.bucket, &req.input.key) {
+            // No such object: deleting it succeeds and leaves the folder alone.
+            return Ok(s3s::S3Response::new(s3s::dto::DeleteObjectOutput::default()));
+        }
+        self.inner.delete_object(req).await
     }
 
-    fn delete_objects<'a, 'b>(
-        &'a self,
+    async fn delete_objects(
+        &self,
         req: s3s::S3Request<s3s::dto::DeleteObjectsInput>,
-    ) -> BoxFut<'b, s3s::dto::DeleteObjectsOutput>
-    where
-        'a: 'b,
-        Self: 'b,
-    {
-        Box::pin(async move {
-            let bucket = req.input.bucket.clone();
-            for o in &req.input.delete.objects {
-                if o.key.ends_with('/') {
-                    self.remove_marker(&bucket, &o.key)?;
-                }
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::DeleteObjectsOutput>> {
+        let bucket = req.input.bucket.clone();
+        for o in &req.input.delete.objects {
+            if o.key.ends_with('/') {
+                self.remove_marker(&bucket, &o.key)?;
             }
-            self.inner.delete_objects(req).await
-        })
+        }
+        self.inner.delete_objects(req).await
     }
 
-    fn list_objects_v2<'a, 'b>(
-        &'a self,
+    async fn list_objects_v2(
+        &self,
         req: s3s::S3Request<s3s::dto::ListObjectsV2Input>,
-    ) -> BoxFut<'b, s3s::dto::ListObjectsV2Output>
-    where
-        'a: 'b,
-        Self: 'b,
-    {
-        Box::pin(self.list_v2(req))
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectsV2Output>> {
+        self.list_v2(req).await
     }
 
-    fn list_objects<'a, 'b>(
-        &'a self,
+    async fn list_objects(
+        &self,
         req: s3s::S3Request<s3s::dto::ListObjectsInput>,
-    ) -> BoxFut<'b, s3s::dto::ListObjectsOutput>
-    where
-        'a: 'b,
-        Self: 'b,
-    {
-        Box::pin(async move {
-            let marker = req.input.marker.clone();
-            let v2 = self.list_v2(req.map_input(Into::into)).await?;
-            Ok(v2.map_output(|v2| {
-                let next_marker = v2.next_continuation_token.clone();
-                s3s::dto::ListObjectsOutput {
-                    contents: v2.contents,
-                    common_prefixes: v2.common_prefixes,
-                    delimiter: v2.delimiter,
-                    encoding_type: v2.encoding_type,
-                    name: v2.name,
-                    prefix: v2.prefix,
-                    max_keys: v2.max_keys,
-                    is_truncated: v2.is_truncated,
-                    marker,
-                    next_marker,
-                    ..Default::default()
-                }
-            }))
-        })
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectsOutput>> {
+        let marker = req.input.marker.clone();
+        let v2 = self.list_v2(req.map_input(Into::into)).await?;
+        Ok(v2.map_output(|v2| {
+            let next_marker = v2.next_continuation_token.clone();
+            s3s::dto::ListObjectsOutput {
+                contents: v2.contents,
+                common_prefixes: v2.common_prefixes,
+                delimiter: v2.delimiter,
+                encoding_type: v2.encoding_type,
+                name: v2.name,
+                prefix: v2.prefix,
+                max_keys: v2.max_keys,
+                is_truncated: v2.is_truncated,
+                marker,
+                next_marker,
+                ..Default::default()
+            }
+        }))
     }
 }
 
