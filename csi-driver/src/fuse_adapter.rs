@@ -97,7 +97,12 @@ error_reply!(
 
 /// Replies with the errno of `e` (logged by [`report`]); the task's outcome is a failure.
 fn failed(reply: impl ErrorReply, op: &'static str, e: &FsError) -> Result<(), ()> {
-    reply.fail(report(op, e));
+    refused(reply, report(op, e))
+}
+
+/// Replies with `err`; the task's outcome is a failure.
+fn refused(reply: impl ErrorReply, err: Errno) -> Result<(), ()> {
+    reply.fail(err);
     Err(())
 }
 
@@ -656,8 +661,7 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                 Ok(()) => done(reply),
                 // XATTR_REPLACE of a missing attribute is ENODATA, not ENOENT.
                 Err(e) if e.kind() == FsErrorKind::NotFound && mode == XattrMode::Replace => {
-                    reply.error(Errno::from_i32(libc::ENODATA));
-                    Err(())
+                    refused(reply, Errno::from_i32(libc::ENODATA))
                 }
                 Err(e) => failed(reply, "setxattr", &e),
             }
@@ -686,10 +690,8 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
                         buf.extend_from_slice(&n);
                         buf.push(0);
                     }
-                    {
-                        reply_xattr(reply, &buf, size);
-                        Ok(())
-                    }
+                    reply_xattr(reply, &buf, size);
+                    Ok(())
                 }
                 Err(e) => failed(reply, "listxattr", &e),
             }

@@ -94,11 +94,6 @@ impl MemoryCache {
         self.lock().used
     }
 
-    /// The limit in bytes.
-    pub fn max_bytes(&self) -> u64 {
-        self.max_bytes
-    }
-
     /// Counters.
     pub fn stats(&self) -> &MemoryCacheStats {
         &self.stats

@@ -23,7 +23,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf as _, Bytes, BytesMut};
 use rand::RngCore as _;
 
 use crate::data::aead::{Cipher, TAG_LEN};
@@ -180,7 +180,11 @@ impl BlockCodec {
             (true, Some(e)) => {
                 let nonce: [u8; 12] = stored[12..24].try_into().expect("12 bytes");
                 let aad = associated_data(&stored[..HEADER_LEN], hash);
-                let mut body = BytesMut::from(stored.slice(HEADER_LEN..));
+                // Move the object's only handle into the buffer (a slice would be a second
+                // handle and force a copy).
+                let mut body = stored;
+                body.advance(HEADER_LEN);
+                let mut body = BytesMut::from(body);
                 let plain_len = e
                     .cipher
                     .open(nonce, &aad, &mut body[..])
