@@ -17,6 +17,7 @@
 #   LS_ENTRIES [100000]  entries of the `ls -l` folder
 #   ROUNDS [2]           rounds (each round runs every target once)
 #   TARGETS              space-separated subset of: local bindfs studiodrive studiodrive-s3 rclone s3fs
+#   WORKLOADS [seq small frames ls]  space-separated subset of the workloads to run
 #   WORK [/var/tmp/studiodrive-bench]  scratch dir on the local disk (emptied first)
 #   OUT [$WORK/results.md]             where the table goes (also printed)
 #   S3: S3_ENDPOINT (+ S3_ACCESS_KEY, S3_SECRET_KEY, S3_REGION [us-east-1]) for an existing
@@ -36,6 +37,7 @@ REPO=$(pwd)
 SIZE=${SIZE:-4G}
 RAND_TIME=${RAND_TIME:-30}
 SMALL_FILES=${SMALL_FILES:-10000}
+WORKLOADS=${WORKLOADS:-seq small frames ls}
 FRAMES=${FRAMES:-2000}
 FRAME_SIZE=${FRAME_SIZE:-8M}
 FRAME_WRITERS=${FRAME_WRITERS:-4}
@@ -353,7 +355,7 @@ EOF
 
 # ---- run: rounds of A B A B ---------------------------------------------------------------
 say "targets: $TARGETS; SIZE=$SIZE RAND_TIME=$RAND_TIME SMALL_FILES=$SMALL_FILES FRAMES=$FRAMES x $FRAME_SIZE" \
-    "LS_ENTRIES=$LS_ENTRIES ROUNDS=$ROUNDS"
+    "LS_ENTRIES=$LS_ENTRIES ROUNDS=$ROUNDS WORKLOADS=$WORKLOADS"
 START=$(date -u +%FT%TZ)
 for r in $(seq "$ROUNDS"); do
     for t in $TARGETS; do
@@ -362,10 +364,15 @@ for r in $(seq "$ROUNDS"); do
         start "$t"
         d=$(dir_of "$t")/bench
         mkdir -p "$d"
-        seq_io "$t" "$r" "$d"
-        small_files "$t" "$r" "$d"
-        frames "$t" "$r" "$d"
-        listing "$t" "$r" "$d"
+        for w in $WORKLOADS; do
+            case $w in
+            seq) seq_io "$t" "$r" "$d" ;;
+            small) small_files "$t" "$r" "$d" ;;
+            frames) frames "$t" "$r" "$d" ;;
+            ls) listing "$t" "$r" "$d" ;;
+            *) die "unknown workload $w (seq small frames ls)" ;;
+            esac
+        done
         rm -rf "$d"
         stop "$t"
     done

@@ -760,9 +760,10 @@ fn reply_xattr(reply: ReplyXattr, value: &[u8], size: u32) {
     }
 }
 
-/// Follows the change feed and invalidates the kernel's caches for other mounts' changes,
-/// until `cancel` fires. Polling every `interval` bounds how stale another mount's view can
-/// be after a close (close-to-open across mounts).
+/// Follows the change feed and invalidates the mount's metadata cache and the kernel's caches
+/// for other mounts' changes, until `cancel` fires. Polling every `interval` bounds how stale
+/// another mount's view can be after a close (close-to-open across mounts); while polls fail,
+/// the metadata cache stops answering once its staleness bound passes.
 pub async fn run_invalidator<B: BlockIo>(
     fs: Arc<DriveFs<B>>,
     notifier: Notifier,
@@ -787,6 +788,7 @@ pub async fn run_invalidator<B: BlockIo>(
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
         }
+        let poll_started = std::time::Instant::now();
         let events = match feed.poll(fs.meta()).await {
             Ok(events) => events,
             Err(e) => {
@@ -794,22 +796,10 @@ pub async fn run_invalidator<B: BlockIo>(
                 continue;
             }
         };
-        let mut inodes = Vec::new();
-        let mut entries = Vec::new();
-        for ev in events.iter().filter(|e| !fs.is_own_event(e)) {
-            if let Some(ino) = ev.ino {
-                inodes.push(fs.to_ino(ino));
-            }
-            if let (Some(parent), Some(name)) = (ev.parent, &ev.name) {
-                entries.push((fs.to_ino(parent), name.as_bytes().to_vec()));
-                inodes.push(fs.to_ino(parent));
-            }
-        }
+        let drive::fs::Invalidations { inodes, entries } = fs.apply_feed(&events, poll_started);
         if inodes.is_empty() && entries.is_empty() {
             continue;
         }
-        inodes.sort_unstable();
-        inodes.dedup();
         let notifier = notifier.clone();
         // The notifications are writes to /dev/fuse that may wait on the kernel: keep them off
         // the runtime's worker threads.

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use drive::data::BlockStore;
+use drive::fs::MetaCacheStats;
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +22,9 @@ pub struct Metrics {
     pub meta_retries: IntGauge,
     data: DataMetrics,
     blocks: OnceLock<BlockStore>,
+    meta_cache_hits: IntCounter,
+    meta_cache_misses: IntCounter,
+    meta_cache: OnceLock<Arc<MetaCacheStats>>,
 }
 
 /// Object-store and cache counters, copied from the data path's atomics at each scrape.
@@ -166,6 +170,16 @@ impl Metrics {
         registry.register(Box::new(write_bytes.clone()))?;
         registry.register(Box::new(meta_commits.clone()))?;
         registry.register(Box::new(meta_retries.clone()))?;
+        let meta_cache_hits = IntCounter::new(
+            "metadata_cache_hits_total",
+            "Lookups and getattrs answered by the mount's metadata cache",
+        )?;
+        let meta_cache_misses = IntCounter::new(
+            "metadata_cache_misses_total",
+            "Lookups and getattrs the metadata cache sent to the metadata store",
+        )?;
+        registry.register(Box::new(meta_cache_hits.clone()))?;
+        registry.register(Box::new(meta_cache_misses.clone()))?;
         let data = DataMetrics::new(&registry)?;
         Ok(Metrics {
             registry,
@@ -177,12 +191,20 @@ impl Metrics {
             meta_retries,
             data,
             blocks: OnceLock::new(),
+            meta_cache_hits,
+            meta_cache_misses,
+            meta_cache: OnceLock::new(),
         })
     }
 
     /// Reports the object-store and cache counters of `blocks` from now on.
     pub fn watch_blocks(&self, blocks: BlockStore) {
         let _ = self.blocks.set(blocks);
+    }
+
+    /// Reports the metadata cache's counters from now on.
+    pub fn watch_meta_cache(&self, stats: Arc<MetaCacheStats>) {
+        let _ = self.meta_cache.set(stats);
     }
 
     /// Records one finished operation.
@@ -210,6 +232,10 @@ impl Exporter for Metrics {
     fn render(&self) -> Vec<u8> {
         if let Some(blocks) = self.blocks.get() {
             self.data.sync(blocks);
+        }
+        if let Some(stats) = self.meta_cache.get() {
+            advance(&self.meta_cache_hits, &stats.hits);
+            advance(&self.meta_cache_misses, &stats.misses);
         }
         encode(&self.registry)
     }

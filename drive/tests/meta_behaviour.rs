@@ -453,7 +453,12 @@ async fn project_workspaces_are_write_once() {
         .unwrap();
     let kind = |r: Result<(), drive::MetaError>| r.unwrap_err().kind();
     assert_eq!(
-        kind(store.unlink(&a, ws.id, ws.root, &name("final.mov")).await),
+        kind(
+            store
+                .unlink(&a, ws.id, ws.root, &name("final.mov"))
+                .await
+                .map(drop)
+        ),
         ErrorKind::PermissionDenied
     );
     let trunc = SetAttr {
@@ -689,6 +694,13 @@ async fn events_follow_commit_order_through_the_feed() {
             ("unlink", Some(f.ino), "uid:1000".into())
         ]
     );
+    // A rename names both entries, so followers can drop the old name at once.
+    let moved = &got[1];
+    assert_eq!(
+        (moved.parent, moved.name.clone(), moved.from.clone()),
+        (Some(ws.root), Some(name("y")), Some((ws.root, name("x"))))
+    );
+    assert_eq!(got[0].from, None);
     assert!(
         feed.poll(&store).await.unwrap().is_empty(),
         "each event is delivered once"
@@ -938,7 +950,7 @@ async fn migrations_are_safe_when_several_processes_start_at_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2], "each migration applied once");
+    assert_eq!(versions, vec![1, 2, 3], "each migration applied once");
     let ws = workspace(&stores[0], "after-migrate", WorkspaceKind::User).await;
     assert_eq!(stores[5].get_workspace("after-migrate").await.unwrap().id, ws.id);
     // Starting again on a migrated database changes nothing.
@@ -996,11 +1008,38 @@ async fn gc_sees_only_blocks_that_nothing_references() {
     );
     assert!(store.forget_block(&[3; 32]).await.unwrap());
     assert!(store.block(&[3; 32]).await.unwrap().is_none());
-    // An unavailable block cannot be committed.
+    // A block whose upload failed, or that was never registered, cannot be committed.
     store.register_block(&[9; 32], 4, 4).await.unwrap();
-    let e = store
-        .commit_content(&a, ws.id, f.ino, 2, &[commit([9; 32])], 4, Timestamp::now())
+    store
+        .set_block_state(&[9; 32], drive::meta::BlockState::Failed, 4)
         .await
-        .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        .unwrap();
+    for bad in [[9u8; 32], [10; 32]] {
+        let e = store
+            .commit_content(&a, ws.id, f.ino, 2, &[commit(bad)], 4, Timestamp::now())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    }
+    // A registered block becomes available with the commit that references it, and a second
+    // registration of it then reports it as stored (dedup).
+    store.register_block(&[11; 32], 4, 4).await.unwrap();
+    let state = |h: [u8; 32]| {
+        let store = store.clone();
+        async move { store.block(&h).await.unwrap().map(|b| b.state) }
+    };
+    assert_eq!(state([11; 32]).await, Some(drive::meta::BlockState::Created));
+    assert!(
+        !store.register_block(&[11; 32], 4, 4).await.unwrap(),
+        "not stored yet"
+    );
+    store
+        .commit_content(&a, ws.id, f.ino, 2, &[commit([11; 32])], 4, Timestamp::now())
+        .await
+        .unwrap();
+    assert_eq!(state([11; 32]).await, Some(drive::meta::BlockState::Available));
+    assert!(
+        store.register_block(&[11; 32], 4, 4).await.unwrap(),
+        "stored: skip the upload"
+    );
 }

@@ -73,6 +73,10 @@ pub struct MountArgs {
     /// Kernel entry (name) cache lifetime in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub entry_ttl_ms: u64,
+    /// Directory entries and attributes kept in the mount's own metadata cache (each), which
+    /// the change feed keeps coherent with other mounts (0 turns it off).
+    #[arg(long, default_value_t = 200_000)]
+    pub metadata_cache_entries: usize,
     /// FUSE worker threads (default: number of CPUs, at least 2).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -232,9 +236,11 @@ async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()
     let blocks = Arc::new(blocks);
     let mut cfg = FsConfig::new(view, root, state.join("staging"));
     cfg.read_only = read_only;
+    cfg.meta_cache_entries = args.metadata_cache_entries;
     let fs = Arc::new(DriveFs::new(meta.clone(), blocks.clone(), ws.clone(), cfg)?);
     let metrics = Arc::new(Metrics::new()?);
     metrics.watch_blocks((*blocks).clone());
+    metrics.watch_meta_cache(fs.meta_cache_stats());
     let ttls = Ttls {
         attr: Duration::from_millis(args.attr_ttl_ms),
         entry: Duration::from_millis(args.entry_ttl_ms),

@@ -176,10 +176,8 @@ impl BlockStore {
             .stats
             .bytes_uploaded
             .fetch_add(stored_len, Ordering::Relaxed);
-        inner
-            .meta
-            .set_block_state(&hash, BlockState::Available, stored_len)
-            .await?;
+        // The record stays `created` until the content commit that references the block makes
+        // it available (one metadata commit fewer per block).
         if inner.cache_writes
             && let Some(cache) = &inner.cache
         {

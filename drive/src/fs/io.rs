@@ -19,8 +19,7 @@ use crate::model::{Attr, NewNode, NodeId, NodeKind};
 impl<B: BlockIo> DriveFs<B> {
     /// Opens file `ino`.
     pub async fn open(&self, ino: u64, flags: OpenFlags, caller: Caller) -> Result<Opened, FsError> {
-        let node = self.to_node(ino);
-        let attr = self.meta.getattr(self.cfg.view, node).await?;
+        let attr = self.fresh_attr(self.to_node(ino)).await?;
         self.open_node(attr, flags, caller).await
     }
 
@@ -36,16 +35,7 @@ impl<B: BlockIo> DriveFs<B> {
         self.writable()?;
         let name = parse_name(name)?;
         let node = NewNode::new(NodeKind::File, mode & 0o7777).owned_by(caller.uid, caller.gid);
-        let attr = self
-            .meta
-            .create(
-                &self.actor(caller),
-                self.ws.id,
-                self.to_node(parent),
-                &name,
-                &node,
-            )
-            .await?;
+        let attr = self.create_entry(parent, &name, &node, caller).await?;
         // A new file is empty: truncating it again would only cost a commit.
         let flags = OpenFlags {
             truncate: false,
@@ -147,9 +137,14 @@ impl<B: BlockIo> DriveFs<B> {
         session: &WriteSession<B>,
         caller: Caller,
     ) -> Result<(), FsError> {
-        match session.commit(&self.actor(caller)).await {
+        let result = session.commit(&self.actor(caller)).await;
+        if result.is_err() {
+            self.touched(&[session.node()]);
+        }
+        match result {
             Ok(Some(attr)) => {
                 self.note_seen(attr.ino, attr.content_version);
+                self.cache.set_attr(&attr);
                 Ok(())
             }
             Ok(None) => Ok(()),

@@ -16,6 +16,7 @@
 //! prefetch).
 
 pub mod blocks;
+mod cache;
 mod error;
 mod io;
 mod namespace;
@@ -25,6 +26,7 @@ mod write;
 mod xattr;
 
 pub use blocks::{BlockIo, BlockIoError};
+pub use cache::MetaCacheStats;
 pub use error::{FsError, FsErrorKind};
 pub use namespace::DirItem;
 pub use write::MAX_FILE_SIZE;
@@ -33,12 +35,14 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
 use crate::meta::MetaStore;
 use crate::model::{Actor, Attr, Event, NodeId, View, Workspace};
 
+use self::cache::MetaCache;
 use self::read::Reader;
 use self::write::{SessionEnv, WriteSession};
 
@@ -62,10 +66,16 @@ pub struct FsConfig {
     pub readahead_bytes: u64,
     /// Names this mount in the change feed, so it can tell its own events apart.
     pub mount_id: String,
+    /// Entries and attributes kept in the mount's metadata cache (each); 0 turns it off.
+    pub meta_cache_entries: usize,
+    /// How long after the change feed was last read to its end the metadata cache may still
+    /// answer (the bound on how stale another mount's change can look here).
+    pub meta_cache_staleness: Duration,
 }
 
 impl FsConfig {
-    /// Defaults for a mount of `root` in `view`: 16 uploads, 64 MiB readahead.
+    /// Defaults for a mount of `root` in `view`: 16 uploads, 64 MiB readahead, a metadata
+    /// cache of 200,000 entries that answers up to 1 s after the feed was last read.
     pub fn new(view: View, root: NodeId, staging_dir: PathBuf) -> FsConfig {
         FsConfig {
             view,
@@ -75,6 +85,8 @@ impl FsConfig {
             max_uploads: 16,
             readahead_bytes: 64 << 20,
             mount_id: uuid::Uuid::new_v4().simple().to_string(),
+            meta_cache_entries: 200_000,
+            meta_cache_staleness: Duration::from_secs(1),
         }
     }
 }
@@ -118,6 +130,14 @@ pub struct Opened {
     pub keep_cache: bool,
 }
 
+/// What the kernel must forget after other writers' changes: inodes (attributes and page
+/// cache) and directory entries (parent inode, name).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Invalidations {
+    pub inodes: Vec<u64>,
+    pub entries: Vec<(u64, Vec<u8>)>,
+}
+
 /// File-system statistics (statfs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StatFs {
@@ -151,6 +171,7 @@ pub struct DriveFs<B: BlockIo> {
     ws: Workspace,
     cfg: FsConfig,
     env: Arc<SessionEnv<B>>,
+    cache: MetaCache,
     handles: Mutex<HashMap<u64, Arc<Handle<B>>>>,
     /// Open directories: handle -> (inode, listing so far).
     dirs: Mutex<HashMap<u64, (u64, SharedDirHandle)>>,
@@ -182,7 +203,13 @@ impl<B: BlockIo> DriveFs<B> {
             block_size: u64::from(ws.block_size),
             uploads: Arc::new(Semaphore::new(cfg.max_uploads.max(1))),
         });
+        let cache = MetaCache::new(
+            cfg.meta_cache_entries,
+            cfg.meta_cache_staleness,
+            cfg.view.is_read_only(),
+        );
         Ok(DriveFs {
+            cache,
             meta,
             blocks,
             ws,
@@ -234,6 +261,36 @@ impl<B: BlockIo> DriveFs<B> {
     /// Whether `event` was caused by this mount (its own changes need no invalidation).
     pub fn is_own_event(&self, event: &Event) -> bool {
         event.actor.ends_with(&format!("@{}", self.cfg.mount_id))
+    }
+
+    /// Applies change-feed events read by a poll that started at `poll_started` and read the
+    /// feed to its end: other writers' changes leave the metadata cache, and the returned
+    /// invalidations say what the kernel must drop.
+    pub fn apply_feed(&self, events: &[Event], poll_started: Instant) -> Invalidations {
+        let mut out = Invalidations::default();
+        for ev in events.iter().filter(|e| !self.is_own_event(e)) {
+            self.cache.forget_event(ev);
+            out.inodes.extend(ev.ino.map(|i| self.to_ino(i)));
+            let entries = [
+                (ev.parent, ev.name.as_ref()),
+                (ev.from.as_ref().map(|f| f.0), ev.from.as_ref().map(|f| &f.1)),
+            ];
+            for (parent, name) in entries {
+                if let (Some(parent), Some(name)) = (parent, name) {
+                    out.entries.push((self.to_ino(parent), name.as_bytes().to_vec()));
+                    out.inodes.push(self.to_ino(parent));
+                }
+            }
+        }
+        out.inodes.sort_unstable();
+        out.inodes.dedup();
+        self.cache.feed_caught_up(poll_started);
+        out
+    }
+
+    /// Metadata cache counters.
+    pub fn meta_cache_stats(&self) -> Arc<MetaCacheStats> {
+        self.cache.stats()
     }
 
     /// The actor recorded for a caller's mutations.

@@ -3,10 +3,12 @@
 
 use std::sync::Arc;
 
+use crate::error::ErrorKind;
 use crate::fs::blocks::BlockIo;
+use crate::fs::cache::Cached;
 use crate::fs::error::{FsError, FsErrorKind};
 use crate::fs::{Caller, DriveFs, ROOT_INO, StatFs, lock};
-use crate::model::{Attr, DirEntryPlus, Name, NewNode, NodeKind, RenameMode, SetAttr};
+use crate::model::{Attr, DirEntryPlus, Name, NewNode, NodeId, NodeKind, RenameMode, SetAttr};
 
 /// Entries fetched from the store per directory page.
 const DIR_PAGE: usize = 1000;
@@ -34,17 +36,57 @@ impl<B: BlockIo> DriveFs<B> {
     /// Looks `name` up in directory `parent`.
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
         let name = parse_name(name)?;
-        let attr = self
-            .meta
-            .lookup(self.cfg.view, self.to_node(parent), &name)
-            .await?;
-        Ok(self.outer(attr))
+        let parent = self.to_node(parent);
+        match self.cache.entry(parent, &name) {
+            Cached::Found(attr) => return Ok(self.outer(attr)),
+            Cached::Absent => return Err(FsError::new(FsErrorKind::NotFound, name.to_string_lossy())),
+            Cached::Unknown => {}
+        }
+        let ticket = self.cache.ticket();
+        match self.meta.lookup(self.cfg.view, parent, &name).await {
+            Ok(attr) => {
+                self.cache.fill_entry(ticket, parent, &name, Some(&attr));
+                Ok(self.outer(attr))
+            }
+            Err(e) => {
+                if e.kind() == ErrorKind::NotFound {
+                    self.cache.fill_entry(ticket, parent, &name, None);
+                }
+                Err(e.into())
+            }
+        }
     }
 
     /// Attributes of `ino`.
     pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
-        let attr = self.meta.getattr(self.cfg.view, self.to_node(ino)).await?;
+        let attr = self.stored_attr(self.to_node(ino)).await?;
         Ok(self.outer(attr))
+    }
+
+    /// The store's attributes of `node`, from the cache when it knows them.
+    pub(crate) async fn stored_attr(&self, node: NodeId) -> Result<Attr, FsError> {
+        if let Some(attr) = self.cache.attr(node) {
+            return Ok(attr);
+        }
+        self.fresh_attr(node).await
+    }
+
+    /// The store's attributes of `node`, read from the store (close-to-open: `open` must see
+    /// the latest committed version), refreshing the cache.
+    pub(crate) async fn fresh_attr(&self, node: NodeId) -> Result<Attr, FsError> {
+        let ticket = self.cache.ticket();
+        let attr = self.meta.getattr(self.cfg.view, node).await?;
+        self.cache.fill_attr(ticket, &attr);
+        Ok(attr)
+    }
+
+    /// Keeps the cache true after a mutation of `nodes`: forgets their attributes (their
+    /// ctime, mtime or link count changed), whether it succeeded or not (a failed commit may
+    /// still have landed).
+    pub(crate) fn touched(&self, nodes: &[NodeId]) {
+        for node in nodes {
+            self.cache.forget_attr(*node);
+        }
     }
 
     /// Changes attributes (chmod, chown, utimens, truncate).
@@ -66,9 +108,13 @@ impl<B: BlockIo> DriveFs<B> {
             rest.size = None;
         }
         let attr = if rest == SetAttr::default() {
-            self.meta.getattr(self.cfg.view, node).await?
+            self.fresh_attr(node).await?
         } else {
-            self.meta.setattr(&actor, self.ws.id, node, &rest).await?
+            let result = self.meta.setattr(&actor, self.ws.id, node, &rest).await;
+            self.touched(&[node]);
+            let attr = result?;
+            self.cache.set_attr(&attr);
+            attr
         };
         Ok(self.outer(attr))
     }
@@ -83,16 +129,7 @@ impl<B: BlockIo> DriveFs<B> {
     ) -> Result<Attr, FsError> {
         self.writable()?;
         let name = parse_name(name)?;
-        let attr = self
-            .meta
-            .create(
-                &self.actor(caller),
-                self.ws.id,
-                self.to_node(parent),
-                &name,
-                &node,
-            )
-            .await?;
+        let attr = self.create_entry(parent, &name, &node, caller).await?;
         Ok(self.outer(attr))
     }
 
@@ -130,37 +167,82 @@ impl<B: BlockIo> DriveFs<B> {
     ) -> Result<Attr, FsError> {
         self.writable()?;
         let name = parse_name(new_name)?;
-        let attr = self
+        let (node, parent) = (self.to_node(ino), self.to_node(new_parent));
+        let result = self
             .meta
-            .link(
-                &self.actor(caller),
-                self.ws.id,
-                self.to_node(ino),
-                self.to_node(new_parent),
-                &name,
-            )
-            .await?;
-        Ok(self.outer(attr))
+            .link(&self.actor(caller), self.ws.id, node, parent, &name)
+            .await;
+        self.touched(&[node, parent]);
+        match result {
+            Ok(attr) => {
+                self.cache.set_entry(parent, &name, &attr);
+                Ok(self.outer(attr))
+            }
+            Err(e) => {
+                self.cache.forget_entry(parent, &name);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Creates node `node` named `name` in `parent`, keeping the cache true.
+    pub(crate) async fn create_entry(
+        &self,
+        parent: u64,
+        name: &Name,
+        node: &NewNode,
+        caller: Caller,
+    ) -> Result<Attr, FsError> {
+        let parent = self.to_node(parent);
+        let result = self
+            .meta
+            .create_in(&self.actor(caller), self.ws.id, parent, name, node)
+            .await;
+        self.touched(&[parent]);
+        match result {
+            Ok((attr, dir)) => {
+                self.cache.set_entry(parent, name, &attr);
+                self.cache.set_attr(&dir);
+                Ok(attr)
+            }
+            Err(e) => {
+                self.cache.forget_entry(parent, name);
+                Err(e.into())
+            }
+        }
     }
 
     /// Removes a non-directory entry.
     pub async fn unlink(&self, parent: u64, name: &[u8], caller: Caller) -> Result<(), FsError> {
-        self.writable()?;
-        let name = parse_name(name)?;
-        Ok(self
-            .meta
-            .unlink(&self.actor(caller), self.ws.id, self.to_node(parent), &name)
-            .await?)
+        self.remove(parent, name, false, caller).await
     }
 
     /// Removes an empty directory.
     pub async fn rmdir(&self, parent: u64, name: &[u8], caller: Caller) -> Result<(), FsError> {
+        self.remove(parent, name, true, caller).await
+    }
+
+    async fn remove(&self, parent: u64, name: &[u8], dir: bool, caller: Caller) -> Result<(), FsError> {
         self.writable()?;
         let name = parse_name(name)?;
-        Ok(self
-            .meta
-            .rmdir(&self.actor(caller), self.ws.id, self.to_node(parent), &name)
-            .await?)
+        let (parent, actor) = (self.to_node(parent), self.actor(caller));
+        let result = if dir {
+            self.meta.rmdir(&actor, self.ws.id, parent, &name).await
+        } else {
+            self.meta.unlink(&actor, self.ws.id, parent, &name).await
+        };
+        self.touched(&[parent]);
+        match result {
+            Ok(dir) => {
+                self.cache.set_absent(parent, &name);
+                self.cache.set_attr(&dir);
+                Ok(())
+            }
+            Err(e) => {
+                self.cache.forget_entry(parent, &name);
+                Err(e.into())
+            }
+        }
     }
 
     /// Renames with `renameat2` semantics.
@@ -175,23 +257,32 @@ impl<B: BlockIo> DriveFs<B> {
     ) -> Result<(), FsError> {
         self.writable()?;
         let (name, new_name) = (parse_name(name)?, parse_name(new_name)?);
-        Ok(self
+        let (parent, new_parent) = (self.to_node(parent), self.to_node(new_parent));
+        let result = self
             .meta
             .rename(
                 &self.actor(caller),
                 self.ws.id,
-                self.to_node(parent),
+                parent,
                 &name,
-                self.to_node(new_parent),
+                new_parent,
                 &new_name,
                 mode,
             )
-            .await?)
+            .await;
+        // Both names and whatever they named changed (or may have, on failure).
+        self.cache.forget_entry(parent, &name);
+        self.cache.forget_entry(new_parent, &new_name);
+        self.touched(&[parent, new_parent]);
+        if result.is_ok() && mode != RenameMode::Exchange {
+            self.cache.set_absent(parent, &name);
+        }
+        Ok(result?)
     }
 
     /// Opens directory `ino` for listing.
     pub async fn opendir(&self, ino: u64) -> Result<u64, FsError> {
-        let attr = self.meta.getattr(self.cfg.view, self.to_node(ino)).await?;
+        let attr = self.stored_attr(self.to_node(ino)).await?;
         if attr.kind != NodeKind::Directory {
             return Err(FsError::new(FsErrorKind::NotADirectory, format!("inode {ino}")));
         }
@@ -214,7 +305,7 @@ impl<B: BlockIo> DriveFs<B> {
         let node = self.to_node(ino);
         let mut items = Vec::new();
         if offset < 2 {
-            let attr = self.outer(self.meta.getattr(self.cfg.view, node).await?);
+            let attr = self.outer(self.stored_attr(node).await?);
             for (i, name) in [&b"."[..], &b".."[..]]
                 .into_iter()
                 .enumerate()
@@ -236,10 +327,12 @@ impl<B: BlockIo> DriveFs<B> {
         let start = offset.saturating_sub(2) as usize;
         while start >= dir.entries.len() && !dir.done {
             let after = dir.entries.last().map(|e| e.entry.name.clone());
+            let ticket = self.cache.ticket();
             let page = self
                 .meta
                 .readdir_plus(self.cfg.view, node, after.as_ref(), DIR_PAGE)
                 .await?;
+            self.cache.fill_listing(ticket, node, &page);
             dir.done = page.len() < DIR_PAGE;
             dir.entries.extend(page);
         }
@@ -277,7 +370,7 @@ impl<B: BlockIo> DriveFs<B> {
 
     /// `access(2)`: checks `mask` (R_OK=4, W_OK=2, X_OK=1) against the mode bits.
     pub async fn access(&self, ino: u64, mask: i32, caller: Caller) -> Result<(), FsError> {
-        let attr = self.meta.getattr(self.cfg.view, self.to_node(ino)).await?;
+        let attr = self.stored_attr(self.to_node(ino)).await?;
         if mask & libc::W_OK != 0 {
             self.writable()?;
         }

@@ -115,6 +115,11 @@ impl<B: BlockIo> WriteSession<B> {
         })
     }
 
+    /// The file's node.
+    pub(crate) fn node(&self) -> NodeId {
+        self.ino
+    }
+
     /// The current logical size.
     pub(crate) fn size(&self) -> u64 {
         self.size.load(Ordering::Acquire)

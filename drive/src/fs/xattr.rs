@@ -29,7 +29,8 @@ impl<B: BlockIo> DriveFs<B> {
     pub async fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, FsError> {
         let node = self.to_node(ino);
         if name.starts_with(VIRTUAL_PREFIX) {
-            let attr = self.meta.getattr(self.cfg.view, node).await?;
+            // Fresh: the checksum must be of the latest committed content.
+            let attr = self.fresh_attr(node).await?;
             return match (name, attr.kind) {
                 (CHECKSUM, NodeKind::File) => {
                     let mut reader = Reader::new(
@@ -75,7 +76,7 @@ impl<B: BlockIo> DriveFs<B> {
     /// The attribute names of `ino`, virtual ones included.
     pub async fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>, FsError> {
         let node = self.to_node(ino);
-        let attr = self.meta.getattr(self.cfg.view, node).await?;
+        let attr = self.stored_attr(node).await?;
         let mut names = self.meta.list_xattrs(node).await?;
         match attr.kind {
             NodeKind::File => names.extend([CHECKSUM.to_vec(), BLOCK_SIZE.to_vec()]),
@@ -96,28 +97,27 @@ impl<B: BlockIo> DriveFs<B> {
     ) -> Result<(), FsError> {
         self.writable()?;
         check_settable(name)?;
-        Ok(self
+        let node = self.to_node(ino);
+        let result = self
             .meta
-            .set_xattr(
-                &self.actor(caller),
-                self.ws.id,
-                self.to_node(ino),
-                name,
-                value,
-                mode,
-            )
-            .await?)
+            .set_xattr(&self.actor(caller), self.ws.id, node, name, value, mode)
+            .await;
+        // The change moved the node's ctime.
+        self.touched(&[node]);
+        Ok(result?)
     }
 
     /// Removes attribute `name`.
     pub async fn removexattr(&self, ino: u64, name: &[u8], caller: Caller) -> Result<(), FsError> {
         self.writable()?;
         check_settable(name)?;
-        match self
+        let node = self.to_node(ino);
+        let result = self
             .meta
-            .remove_xattr(&self.actor(caller), self.ws.id, self.to_node(ino), name)
-            .await
-        {
+            .remove_xattr(&self.actor(caller), self.ws.id, node, name)
+            .await;
+        self.touched(&[node]);
+        match result {
             Err(e) if e.kind() == crate::error::ErrorKind::NotFound => Err(no_attribute()),
             other => Ok(other?),
         }

@@ -5,10 +5,12 @@
 //! so readers see either the old content or the new, never a mix.
 
 use deadpool_postgres::GenericClient;
+use tokio_postgres::types::ToSql;
 
 use crate::error::MetaError;
 use crate::meta::rows::{
-    WsCtx, execute, guard_write_once, query, query_opt, record_event, write_inode, ws_and_inode,
+    WsCtx, execute, first_failure, guard_write_once, query, query_opt, record_event, write_inode,
+    ws_and_inode,
 };
 use crate::meta::{MetaStore, in_txn};
 use crate::model::{Actor, Attr, Epoch, NodeId, NodeKind, Timestamp, View, WorkspaceId};
@@ -34,9 +36,10 @@ pub struct BlockChange {
 /// Upload state of a block object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockState {
-    /// Recorded before the upload starts; may not be referenced by a commit yet.
+    /// Recorded before the upload starts. The content commit that first references the
+    /// block (the writer's word that its upload finished) makes it `Available`.
     Created,
-    /// Durable in the object store.
+    /// Durable in the object store and referenced by a committed block map (or was).
     Available,
     /// The upload failed; GC removes the record and any partial object.
     Failed,
@@ -117,33 +120,17 @@ impl MetaStore {
         stored_size: u64,
     ) -> Result<bool, MetaError> {
         let client = self.client().await?;
-        let existing = query_opt(
-            &client,
-            "SELECT state FROM blocks WHERE hash = $1",
-            &[&hash.as_slice()],
-        )
-        .await?;
-        if let Some(row) = existing {
-            let state: String = row.get(0);
-            if state == "available" {
-                return Ok(true);
-            }
-            execute(
-                &client,
-                "UPDATE blocks SET state = 'created', updated_at = now() WHERE hash = $1",
-                &[&hash.as_slice()],
-            )
-            .await?;
-            return Ok(false);
-        }
-        execute(
+        // One statement: a new record, or a failed/created one renewed (its grace restarts);
+        // no row back means an available record was there and nothing was written.
+        let row = query_opt(
             &client,
             "INSERT INTO blocks (hash, size, stored_size, state) VALUES ($1, $2, $3, 'created') \
-             ON CONFLICT (hash) DO NOTHING",
+             ON CONFLICT (hash) DO UPDATE SET state = 'created', updated_at = now() \
+             WHERE blocks.state <> 'available' RETURNING state",
             &[&hash.as_slice(), &(size as i64), &(stored_size as i64)],
         )
         .await?;
-        Ok(false)
+        Ok(row.is_none())
     }
 
     /// Sets a block's transfer state after an upload finished or failed.
@@ -190,7 +177,9 @@ impl MetaStore {
     }
 
     /// Commits new content for file `ino` in one transaction: block-map changes, size and
-    /// mtime, and a new content version. Every referenced block must be `Available`.
+    /// mtime, and a new content version. Every referenced block must be registered and not
+    /// `Failed`; the commit is the writer's word that the uploads finished, so it makes
+    /// `Created` ones `Available` in the same transaction (no separate state update per block).
     ///
     /// `base_version` is the content version the writer started from: in project workspaces a
     /// write session may only commit when the file had no committed content when it began.
@@ -212,44 +201,40 @@ impl MetaStore {
             .collect();
         in_txn!(self, |tx| {
             async {
-                let (ws, mut node) = ws_and_inode(&tx, ws, ino).await?;
+                let (found, claimed) = tokio::join!(ws_and_inode(&tx, ws, ino), claim_blocks(&tx, &hashes));
+                let (ws, mut node) = found?;
+                claimed?;
                 if node.attr.kind != NodeKind::File {
-                    return Err(MetaError::InvalidArgument(format!("node {ino} is not a regular file")));
+                    return Err(MetaError::InvalidArgument(format!(
+                        "node {ino} is not a regular file"
+                    )));
                 }
                 if base_version > 0 {
                     let mut base = node.attr.clone();
                     base.content_version = base_version;
                     guard_write_once(&ws, &base, "overwrite")?;
                 }
-                if !hashes.is_empty() {
-                    let row = query_opt(
-                        &tx,
-                        "SELECT count(DISTINCT hash) FROM blocks WHERE hash = ANY($1) AND state = 'available'",
-                        &[&hashes],
-                    )
-                    .await?;
-                    let available = row.map_or(0, |r| r.get::<_, i64>(0)) as usize;
-                    let mut distinct = hashes.clone();
-                    distinct.sort_unstable();
-                    distinct.dedup();
-                    if available != distinct.len() {
-                        return Err(MetaError::InvalidArgument(
-                            "commit references blocks that are not available in the object store".into(),
-                        ));
-                    }
-                }
-                if new_size < node.attr.size {
-                    resize_blocks(&tx, &ws, ino, node.attr.size, new_size).await?;
-                }
-                for change in changes {
-                    set_block(&tx, &ws, ino, change.idx, change.block.as_ref()).await?;
-                }
+                let old_size = node.attr.size;
                 node.attr.size = new_size;
                 node.attr.mtime = mtime;
                 node.attr.ctime = now;
                 node.attr.content_version += 1;
-                write_inode(&tx, &ws, &node).await?;
-                record_event(&tx, ws.id, actor, "write", Some(ino), None, None).await?;
+                let block_map = async {
+                    if new_size < old_size {
+                        resize_blocks(&tx, &ws, ino, old_size, new_size).await?;
+                    }
+                    // Independent rows: every change goes out at once.
+                    let set = changes
+                        .iter()
+                        .map(|change| set_block(&tx, &ws, ino, change.idx, change.block.as_ref()));
+                    first_failure(futures::future::join_all(set).await)
+                };
+                let (mapped, written, event) = tokio::join!(
+                    block_map,
+                    write_inode(&tx, &ws, &node),
+                    record_event(&tx, ws.id, actor, "write", Some(ino), None, None),
+                );
+                first_failure([mapped, written, event])?;
                 Ok(node.attr)
             }
             .await
@@ -301,7 +286,42 @@ fn to_hash(bytes: Vec<u8>) -> Result<[u8; 32], MetaError> {
         .map_err(|_| MetaError::Internal("block hash is not 32 bytes".into()))
 }
 
-/// Sets or clears block `idx` of `ino` as a new live version.
+/// Checks that every block in `hashes` is registered and not failed, and makes the `Created`
+/// ones `Available` (see [`MetaStore::commit_content`]). Both statements go out together.
+async fn claim_blocks<C: GenericClient>(c: &C, hashes: &[&[u8]]) -> Result<(), MetaError> {
+    if hashes.is_empty() {
+        return Ok(());
+    }
+    let params: [&(dyn ToSql + Sync); 1] = [&hashes];
+    let (counted, marked) = tokio::join!(
+        query_opt(
+            c,
+            "SELECT count(DISTINCT hash) FROM blocks WHERE hash = ANY($1) AND state IN ('created', 'available')",
+            &params,
+        ),
+        execute(
+            c,
+            "UPDATE blocks SET state = 'available', updated_at = now() WHERE hash = ANY($1) AND state = 'created'",
+            &params,
+        ),
+    );
+    let known = counted?.map_or(0, |r| r.get::<_, i64>(0)) as usize;
+    marked?;
+    let mut distinct = hashes.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if known != distinct.len() {
+        return Err(MetaError::InvalidArgument(
+            "commit references blocks that were never registered or whose upload failed".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Sets or clears block `idx` of `ino` as a new live version, in two statements sent
+/// together (no read first): the first closes a live row born in an earlier epoch (snapshots
+/// keep it); the second then writes the current epoch's row in place, or removes it for a hole.
+/// Rows born in this epoch are invisible to every snapshot, so changing them in place is safe.
 async fn set_block<C: GenericClient>(
     c: &C,
     ws: &WsCtx,
@@ -310,54 +330,38 @@ async fn set_block<C: GenericClient>(
     block: Option<&([u8; 32], u64)>,
 ) -> Result<(), MetaError> {
     let (i, x) = (ino.0 as i64, idx as i64);
-    let live = query_opt(
+    let key: [&(dyn ToSql + Sync); 3] = [&i, &x, &ws.epoch];
+    let close = execute(
         c,
-        "SELECT valid_from FROM file_blocks WHERE ino = $1 AND idx = $2 AND valid_to IS NULL",
-        &[&i, &x],
-    )
-    .await?
-    .map(|r| r.get::<_, i64>(0));
-    match live {
-        // Rows born in this epoch are invisible to every snapshot: change them in place.
-        Some(from) if from == ws.epoch => match block {
-            Some((hash, len)) => {
+        "UPDATE file_blocks SET valid_to = $3 WHERE ino = $1 AND idx = $2 AND valid_to IS NULL \
+         AND valid_from < $3",
+        &key,
+    );
+    let (closed, written) = match block {
+        Some((hash, len)) => {
+            let (hash, len) = (hash.as_slice(), *len as i64);
+            let row: [&(dyn ToSql + Sync); 5] = [&i, &x, &ws.epoch, &hash, &len];
+            tokio::join!(
+                close,
                 execute(
                     c,
-                    "UPDATE file_blocks SET hash = $3, len = $4 WHERE ino = $1 AND idx = $2 AND valid_to IS NULL",
-                    &[&i, &x, &hash.as_slice(), &(*len as i64)],
+                    "INSERT INTO file_blocks (ino, idx, valid_from, hash, len) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (ino, idx) WHERE valid_to IS NULL \
+                     DO UPDATE SET hash = excluded.hash, len = excluded.len",
+                    &row,
                 )
-                .await?;
-                return Ok(());
-            }
-            None => {
-                execute(
-                    c,
-                    "DELETE FROM file_blocks WHERE ino = $1 AND idx = $2 AND valid_to IS NULL",
-                    &[&i, &x],
-                )
-                .await?;
-                return Ok(());
-            }
-        },
-        Some(_) => {
+            )
+        }
+        None => tokio::join!(
+            close,
             execute(
                 c,
-                "UPDATE file_blocks SET valid_to = $3 WHERE ino = $1 AND idx = $2 AND valid_to IS NULL",
-                &[&i, &x, &ws.epoch],
+                "DELETE FROM file_blocks WHERE ino = $1 AND idx = $2 AND valid_to IS NULL AND valid_from = $3",
+                &key,
             )
-            .await?;
-        }
-        None => {}
-    }
-    if let Some((hash, len)) = block {
-        execute(
-            c,
-            "INSERT INTO file_blocks (ino, idx, valid_from, hash, len) VALUES ($1, $2, $3, $4, $5)",
-            &[&i, &x, &ws.epoch, &hash.as_slice(), &(*len as i64)],
-        )
-        .await?;
-    }
-    Ok(())
+        ),
+    };
+    first_failure([closed.map(drop), written.map(drop)])
 }
 
 /// Adjusts the block map of `ino` for a size change: blocks wholly past the new end become

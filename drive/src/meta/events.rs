@@ -29,7 +29,7 @@ impl MetaStore {
             Some(ws) => {
                 query(
                     &client,
-                    "SELECT id, workspace_id, at, actor, op, ino, parent, name FROM events \
+                    "SELECT id, workspace_id, at, actor, op, ino, parent, name, from_parent, from_name FROM events \
                      WHERE workspace_id = $1 AND id > $2 ORDER BY id LIMIT $3",
                     &[&ws.0, &after, &limit],
                 )
@@ -38,7 +38,7 @@ impl MetaStore {
             None => {
                 query(
                     &client,
-                    "SELECT id, workspace_id, at, actor, op, ino, parent, name FROM events \
+                    "SELECT id, workspace_id, at, actor, op, ino, parent, name, from_parent, from_name FROM events \
                      WHERE id > $1 ORDER BY id LIMIT $2",
                     &[&after, &limit],
                 )
@@ -56,6 +56,10 @@ impl MetaStore {
                 ino: r.get::<_, Option<i64>>(5).map(|i| NodeId(i as u64)),
                 parent: r.get::<_, Option<i64>>(6).map(|i| NodeId(i as u64)),
                 name: r.get::<_, Option<Vec<u8>>>(7).map(Name::from_stored),
+                from: match (r.get::<_, Option<i64>>(8), r.get::<_, Option<Vec<u8>>>(9)) {
+                    (Some(parent), Some(name)) => Some((NodeId(parent as u64), Name::from_stored(name))),
+                    _ => None,
+                },
             })
             .collect())
     }

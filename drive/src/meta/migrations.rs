@@ -14,6 +14,7 @@ use crate::meta::{MetaStore, pg_error};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/0001_namespace.sql")),
     (2, include_str!("../../migrations/0002_volumes.sql")),
+    (3, include_str!("../../migrations/0003_event_sources.sql")),
 ];
 
 pub(super) async fn apply(store: &MetaStore) -> Result<(), MetaError> {

@@ -225,6 +225,14 @@ pub(crate) fn is_serialization_failure(e: &MetaError) -> bool {
     matches!(e, MetaError::Conflict(m) if m == SERIALIZATION_MESSAGE)
 }
 
+const ABORTED_PREFIX: &str = "SQLSTATE 25P02";
+
+/// A statement refused because an earlier one in the transaction failed (pipelined
+/// statements after a failure all end like this).
+pub(crate) fn is_aborted_transaction(e: &MetaError) -> bool {
+    matches!(e, MetaError::Internal(m) if m.starts_with(ABORTED_PREFIX))
+}
+
 /// Maps a PostgreSQL error to the store's error, in one place.
 pub(crate) fn pg_error(e: tokio_postgres::Error) -> MetaError {
     match e.code() {

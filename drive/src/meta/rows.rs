@@ -162,7 +162,11 @@ pub(crate) async fn live_inode<C: GenericClient>(
     checked_live_inode(ws, ino, inode_in_view(c, View::Live, ino).await?)
 }
 
-fn checked_live_inode(ws: &WsCtx, ino: NodeId, row: Option<InodeRow>) -> Result<InodeRow, MetaError> {
+pub(crate) fn checked_live_inode(
+    ws: &WsCtx,
+    ino: NodeId,
+    row: Option<InodeRow>,
+) -> Result<InodeRow, MetaError> {
     match row {
         Some(row) if row.workspace == ws.id => Ok(row),
         _ => Err(MetaError::NotFound(format!("node {ino}"))),
@@ -174,6 +178,28 @@ fn checked_live_inode(ws: &WsCtx, ino: NodeId, row: Option<InodeRow>) -> Result<
 // in statement order, so the first failure is the one reported: a serialization failure
 // (40001) that the retry loop looks for, not the "transaction aborted" errors it causes in
 // the statements after it.
+
+/// The outcome of statements sent together: the first failure that is not the "transaction
+/// aborted" echo of an earlier one (so a unique violation still reads as "exists"), and a
+/// serialization failure before anything else, since that is what the retry loop looks for.
+pub(crate) fn first_failure(
+    results: impl IntoIterator<Item = Result<(), MetaError>>,
+) -> Result<(), MetaError> {
+    let mut errors: Vec<MetaError> = results.into_iter().filter_map(Result::err).collect();
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let pick = errors
+        .iter()
+        .position(crate::meta::is_serialization_failure)
+        .or_else(|| {
+            errors
+                .iter()
+                .position(|e| !crate::meta::is_aborted_transaction(e))
+        })
+        .unwrap_or(0);
+    Err(errors.swap_remove(pick))
+}
 
 /// The workspace and the live node `ino` of it, read together.
 pub(crate) async fn ws_and_inode<C: GenericClient>(
@@ -300,15 +326,36 @@ pub(crate) async fn insert_inode<C: GenericClient>(
     node: &NewNode,
     now: Timestamp,
 ) -> Result<Attr, MetaError> {
+    let attr = new_inode_attr(next_node_id(c).await?, node, now);
+    insert_new_inode(c, ws, node, &attr).await?;
+    Ok(attr)
+}
+
+/// A fresh inode number (it needs nothing else, so callers can send it with their reads).
+pub(crate) async fn next_node_id<C: GenericClient>(c: &C) -> Result<NodeId, MetaError> {
     let row = query_opt(c, "SELECT nextval('node_ids')", &[])
         .await?
         .ok_or_else(|| MetaError::Internal("nextval".into()))?;
-    let ino = NodeId(row.get::<_, i64>(0) as u64);
+    Ok(NodeId(row.get::<_, i64>(0) as u64))
+}
+
+/// Inserts the inode `attr` (from [`new_inode_attr`]) describes.
+pub(crate) async fn insert_new_inode<C: GenericClient>(
+    c: &C,
+    ws: &WsCtx,
+    node: &NewNode,
+    attr: &Attr,
+) -> Result<(), MetaError> {
+    insert_inode_row(c, ws, attr, node.symlink_target.as_deref()).await
+}
+
+/// The attributes of a new node numbered `ino`.
+pub(crate) fn new_inode_attr(ino: NodeId, node: &NewNode, now: Timestamp) -> Attr {
     let size = match (node.kind, &node.symlink_target) {
         (NodeKind::Symlink, Some(t)) => t.len() as u64,
         _ => 0,
     };
-    let attr = Attr {
+    Attr {
         ino,
         kind: node.kind,
         mode: node.mode & 0o7777,
@@ -322,9 +369,7 @@ pub(crate) async fn insert_inode<C: GenericClient>(
         crtime: now,
         rdev: node.rdev,
         content_version: 0,
-    };
-    insert_inode_row(c, ws, &attr, node.symlink_target.as_deref()).await?;
-    Ok(attr)
+    }
 }
 
 /// A live directory entry.
@@ -333,6 +378,52 @@ pub(crate) struct EntryRow {
     pub id: i64,
     pub ino: NodeId,
     pub kind: NodeKind,
+}
+
+/// A live entry and the live inode it names, in one statement.
+pub(crate) async fn live_entry_and_inode<C: GenericClient>(
+    c: &C,
+    parent: NodeId,
+    name: &Name,
+) -> Result<Option<(EntryRow, Option<InodeRow>)>, MetaError> {
+    let row = query_opt(
+        c,
+        &format!(
+            "SELECT e.id, e.ino, e.kind, {} FROM entries e \
+             LEFT JOIN inodes i ON i.ino = e.ino AND i.valid_to IS NULL \
+             WHERE e.parent = $1 AND e.name = $2 AND e.valid_to IS NULL",
+            prefixed_inode_columns()
+        ),
+        &[&(parent.0 as i64), &name.as_bytes()],
+    )
+    .await?;
+    row.map(|r| {
+        let entry = entry_from_row(&r)?;
+        let node = match r.get::<_, Option<i64>>(3) {
+            Some(_) => Some(inode_from_row(&r, 3)?),
+            None => None,
+        };
+        Ok((entry, node))
+    })
+    .transpose()
+}
+
+/// [`INODE_COLUMNS`] qualified with the table alias `i`, for joins.
+pub(crate) fn prefixed_inode_columns() -> String {
+    INODE_COLUMNS
+        .split(", ")
+        .map(|c| format!("i.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn entry_from_row(r: &Row) -> Result<EntryRow, MetaError> {
+    let kind: i16 = r.get(2);
+    Ok(EntryRow {
+        id: r.get(0),
+        ino: NodeId(r.get::<_, i64>(1) as u64),
+        kind: NodeKind::from_code(kind).ok_or_else(|| MetaError::Internal(format!("node kind {kind}")))?,
+    })
 }
 
 pub(crate) async fn live_entry<C: GenericClient>(
@@ -346,16 +437,7 @@ pub(crate) async fn live_entry<C: GenericClient>(
         &[&(parent.0 as i64), &name.as_bytes()],
     )
     .await?;
-    row.map(|r| {
-        let kind: i16 = r.get(2);
-        Ok(EntryRow {
-            id: r.get(0),
-            ino: NodeId(r.get::<_, i64>(1) as u64),
-            kind: NodeKind::from_code(kind)
-                .ok_or_else(|| MetaError::Internal(format!("node kind {kind}")))?,
-        })
-    })
-    .transpose()
+    row.map(|r| entry_from_row(&r)).transpose()
 }
 
 /// Ends an entry's live version. `deleted` marks a soft delete (unlink, rmdir, subtree delete)
@@ -408,9 +490,35 @@ pub(crate) async fn record_event<C: GenericClient>(
     parent: Option<NodeId>,
     name: Option<&Name>,
 ) -> Result<(), MetaError> {
+    insert_event(c, ws, actor, op, ino, (parent, name), None).await
+}
+
+/// Appends the event of a rename or exchange: the node, its new entry and the one it left.
+pub(crate) async fn record_move_event<C: GenericClient>(
+    c: &C,
+    ws: WorkspaceId,
+    actor: &Actor,
+    op: &str,
+    ino: NodeId,
+    from: (NodeId, &Name),
+    to: (NodeId, &Name),
+) -> Result<(), MetaError> {
+    insert_event(c, ws, actor, op, Some(ino), (Some(to.0), Some(to.1)), Some(from)).await
+}
+
+async fn insert_event<C: GenericClient>(
+    c: &C,
+    ws: WorkspaceId,
+    actor: &Actor,
+    op: &str,
+    ino: Option<NodeId>,
+    (parent, name): (Option<NodeId>, Option<&Name>),
+    from: Option<(NodeId, &Name)>,
+) -> Result<(), MetaError> {
     execute(
         c,
-        "INSERT INTO events (workspace_id, actor, op, ino, parent, name) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO events (workspace_id, actor, op, ino, parent, name, from_parent, from_name) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         &[
             &ws.0,
             &actor.0,
@@ -418,6 +526,8 @@ pub(crate) async fn record_event<C: GenericClient>(
             &ino.map(|i| i.0 as i64),
             &parent.map(|p| p.0 as i64),
             &name.map(Name::as_bytes),
+            &from.map(|(p, _)| p.0 as i64),
+            &from.map(|(_, n)| n.as_bytes()),
         ],
     )
     .await?;

@@ -5,9 +5,10 @@ use deadpool_postgres::GenericClient;
 
 use crate::error::MetaError;
 use crate::meta::rows::{
-    EntryRow, INODE_COLUMNS, InodeRow, WsCtx, close_entry, guard_write_once, inode_from_row, inode_in_view,
-    insert_entry, insert_inode, live_dir, live_entry, live_inode, query, query_opt, record_event,
-    write_inode, ws_and_dir, ws_and_inode, ws_ctx,
+    EntryRow, InodeRow, WsCtx, checked_live_inode, close_entry, first_failure, guard_write_once,
+    inode_from_row, inode_in_view, insert_entry, insert_new_inode, live_dir, live_entry,
+    live_entry_and_inode, live_inode, new_inode_attr, next_node_id, prefixed_inode_columns, query, query_opt,
+    record_event, record_move_event, write_inode, ws_and_dir, ws_and_inode, ws_ctx,
 };
 use crate::meta::sequences::{frame_added, frame_removed};
 use crate::meta::{MetaStore, in_txn};
@@ -201,6 +202,19 @@ impl MetaStore {
         name: &Name,
         node: &NewNode,
     ) -> Result<Attr, MetaError> {
+        Ok(self.create_in(actor, ws, parent, name, node).await?.0)
+    }
+
+    /// Like [`MetaStore::create`], also returning the directory's new attributes (for a
+    /// client's cache).
+    pub async fn create_in(
+        &self,
+        actor: &Actor,
+        ws: WorkspaceId,
+        parent: NodeId,
+        name: &Name,
+        node: &NewNode,
+    ) -> Result<(Attr, Attr), MetaError> {
         if node.kind == NodeKind::Symlink && node.symlink_target.as_ref().is_none_or(Vec::is_empty) {
             return Err(MetaError::InvalidArgument(
                 "a symlink needs a non-empty target".into(),
@@ -209,29 +223,34 @@ impl MetaStore {
         let now = Timestamp::now();
         in_txn!(self, |tx| {
             async {
-                let (ws, mut dir) = ws_and_dir(&tx, ws, parent).await?;
-                // No read of (parent, name) first: the unique index answers "exists", and
-                // skipping the read keeps concurrent creators from conflicting on it.
-                let attr = insert_inode(&tx, &ws, node, now).await?;
-                insert_entry(&tx, &ws, parent, name, attr.ino, attr.kind).await?;
+                let (ws_dir, ino) = tokio::join!(ws_and_dir(&tx, ws, parent), next_node_id(&tx));
+                let (ws, mut dir) = ws_dir?;
+                let attr = new_inode_attr(ino?, node, now);
                 touch_dir(
                     &mut dir,
                     now,
                     if node.kind == NodeKind::Directory { 1 } else { 0 },
                 );
-                write_inode(&tx, &ws, &dir).await?;
-                frame_added(&tx, parent, name, attr.kind).await?;
-                record_event(
-                    &tx,
-                    ws.id,
-                    actor,
-                    "create",
-                    Some(attr.ino),
-                    Some(parent),
-                    Some(name),
-                )
-                .await?;
-                Ok(attr)
+                // No read of (parent, name) first: the unique index answers "exists", and
+                // skipping the read keeps concurrent creators from conflicting on it. The
+                // writes go out together (see rows::first_failure).
+                let (inode, entry, dir_written, frames, event) = tokio::join!(
+                    insert_new_inode(&tx, &ws, node, &attr),
+                    insert_entry(&tx, &ws, parent, name, attr.ino, attr.kind),
+                    write_inode(&tx, &ws, &dir),
+                    frame_added(&tx, parent, name, attr.kind),
+                    record_event(
+                        &tx,
+                        ws.id,
+                        actor,
+                        "create",
+                        Some(attr.ino),
+                        Some(parent),
+                        Some(name)
+                    ),
+                );
+                first_failure([inode, entry, dir_written, frames, event])?;
+                Ok((attr, dir.attr))
             }
             .await
         })
@@ -286,25 +305,26 @@ impl MetaStore {
     }
 
     /// Removes the non-directory entry `parent/name` (a soft delete). The node itself lives on
-    /// while other names or open handles refer to it.
+    /// while other names or open handles refer to it. Returns the directory's new attributes.
     pub async fn unlink(
         &self,
         actor: &Actor,
         ws: WorkspaceId,
         parent: NodeId,
         name: &Name,
-    ) -> Result<(), MetaError> {
+    ) -> Result<Attr, MetaError> {
         self.remove_entry(actor, ws, parent, name, Removal::Unlink).await
     }
 
-    /// Removes the empty directory `parent/name` (a soft delete).
+    /// Removes the empty directory `parent/name` (a soft delete). Returns the directory's new
+    /// attributes.
     pub async fn rmdir(
         &self,
         actor: &Actor,
         ws: WorkspaceId,
         parent: NodeId,
         name: &Name,
-    ) -> Result<(), MetaError> {
+    ) -> Result<Attr, MetaError> {
         self.remove_entry(actor, ws, parent, name, Removal::Rmdir).await
     }
 
@@ -318,7 +338,8 @@ impl MetaStore {
         let parent_path: Vec<String> = names.iter().map(Name::to_string_lossy).collect();
         let parent = self.resolve(ws, &parent_path.join("/")).await?;
         self.remove_entry(actor, ws, parent.ino, &name, Removal::Subtree)
-            .await
+            .await?;
+        Ok(())
     }
 
     async fn remove_entry(
@@ -328,16 +349,18 @@ impl MetaStore {
         parent: NodeId,
         name: &Name,
         removal: Removal,
-    ) -> Result<(), MetaError> {
+    ) -> Result<Attr, MetaError> {
         let now = Timestamp::now();
         in_txn!(self, |tx| {
             async {
                 // Pipelined reads, first failure first (see rows::ws_and_dir).
-                let (ws_dir, entry) =
-                    tokio::join!(ws_and_dir(&tx, ws, parent), live_entry(&tx, parent, name));
+                let (ws_dir, found) = tokio::join!(
+                    ws_and_dir(&tx, ws, parent),
+                    live_entry_and_inode(&tx, parent, name)
+                );
                 let (ws, mut dir) = ws_dir?;
-                let entry = entry?.ok_or_else(|| MetaError::NotFound(name.to_string_lossy()))?;
-                let mut node = live_inode(&tx, &ws, entry.ino).await?;
+                let (entry, node) = found?.ok_or_else(|| MetaError::NotFound(name.to_string_lossy()))?;
+                let mut node = checked_live_inode(&ws, entry.ino, node)?;
                 let is_dir = node.attr.kind == NodeKind::Directory;
                 match removal {
                     Removal::Unlink if is_dir => return Err(MetaError::IsADirectory(name.to_string_lossy())),
@@ -355,19 +378,22 @@ impl MetaStore {
                     _ => {}
                 }
                 guard_write_once(&ws, &node.attr, "delete")?;
-                detach(&tx, &ws, &entry, &mut node, now).await?;
+                drop_link(&mut node, now);
                 touch_dir(&mut dir, now, if is_dir { -1 } else { 0 });
                 let op = match removal {
                     Removal::Unlink => "unlink",
                     Removal::Rmdir => "rmdir",
                     Removal::Subtree => "delete",
                 };
-                let (dir_written, frames, event) = tokio::join!(
+                let (closed, node_written, dir_written, frames, event) = tokio::join!(
+                    close_entry(&tx, &ws, entry.id, true),
+                    write_inode(&tx, &ws, &node),
                     write_inode(&tx, &ws, &dir),
                     frame_removed(&tx, parent, name, entry.kind),
                     record_event(&tx, ws.id, actor, op, Some(entry.ino), Some(parent), Some(name)),
                 );
-                dir_written.and(frames).and(event)
+                first_failure([closed, node_written, dir_written, frames, event])?;
+                Ok(dir.attr)
             }
             .await
         })
@@ -447,14 +473,14 @@ impl MetaStore {
                         now,
                     )
                     .await?;
-                    record_event(
+                    record_move_event(
                         &tx,
                         ws.id,
                         actor,
                         "exchange",
-                        Some(src.ino),
-                        Some(new_parent),
-                        Some(new_name),
+                        src.ino,
+                        (parent, name),
+                        (new_parent, new_name),
                     )
                     .await?;
                     return Ok(());
@@ -500,14 +526,14 @@ impl MetaStore {
                     now,
                 )
                 .await?;
-                record_event(
+                record_move_event(
                     &tx,
                     ws.id,
                     actor,
                     "rename",
-                    Some(src.ino),
-                    Some(new_parent),
-                    Some(new_name),
+                    src.ino,
+                    (parent, name),
+                    (new_parent, new_name),
                 )
                 .await?;
                 Ok(())
@@ -579,14 +605,6 @@ enum Removal {
     Subtree,
 }
 
-fn prefixed_inode_columns() -> String {
-    INODE_COLUMNS
-        .split(", ")
-        .map(|c| format!("i.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Splits a path into validated names.
 pub(crate) fn parse_path(path: &str) -> Result<Vec<Name>, MetaError> {
     path.split('/')
@@ -632,13 +650,18 @@ async fn detach<C: GenericClient>(
     now: Timestamp,
 ) -> Result<(), MetaError> {
     close_entry(c, ws, entry.id, true).await?;
+    drop_link(node, now);
+    write_inode(c, ws, node).await
+}
+
+/// A node's attributes after one of its names is removed.
+fn drop_link(node: &mut InodeRow, now: Timestamp) {
     node.attr.nlink = if node.attr.kind == NodeKind::Directory {
         0
     } else {
         node.attr.nlink.saturating_sub(1)
     };
     node.attr.ctime = now;
-    write_inode(c, ws, node).await
 }
 
 async fn ensure_empty<C: GenericClient>(c: &C, dir: NodeId, name: &Name) -> Result<(), MetaError> {

@@ -358,6 +358,8 @@ pub struct Event {
     pub ino: Option<NodeId>,
     pub parent: Option<NodeId>,
     pub name: Option<Name>,
+    /// The old entry of a rename or exchange: its parent and name.
+    pub from: Option<(NodeId, Name)>,
 }
 
 /// File and byte counts of a tree.
