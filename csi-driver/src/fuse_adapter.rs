@@ -240,10 +240,23 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let name = name.as_bytes().to_vec();
         let ttls = self.ttls;
+        // A metadata-cache hit is answered here, without a hop to the runtime.
+        let start = Instant::now();
+        if let Some(answer) = self.fs.lookup_cached(parent.0, name.as_bytes()) {
+            let ok = match answer {
+                Ok(a) => {
+                    reply.entry(&ttls.entry, &file_attr(&a, blksize(&self.fs)), Generation(0));
+                    true
+                }
+                Err(e) => failed(reply, "lookup", &e).is_ok(),
+            };
+            self.metrics.observe_op("lookup", ok, start.elapsed());
+            return;
+        }
+        let name = name.as_bytes().to_vec();
         self.spawn("lookup", move |fs| async move {
-            match fs.lookup(parent.0, &name).await {
+            match fs.lookup_in_store(parent.0, &name).await {
                 Ok(a) => {
                     reply.entry(&ttls.entry, &file_attr(&a, blksize(&fs)), Generation(0));
                     Ok(())
@@ -255,8 +268,14 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let ttls = self.ttls;
+        let start = Instant::now();
+        if let Some(a) = self.fs.getattr_cached(ino.0) {
+            reply.attr(&ttls.attr, &file_attr(&a, blksize(&self.fs)));
+            self.metrics.observe_op("getattr", true, start.elapsed());
+            return;
+        }
         self.spawn("getattr", move |fs| async move {
-            match fs.getattr(ino.0).await {
+            match fs.getattr_in_store(ino.0).await {
                 Ok(a) => {
                     reply.attr(&ttls.attr, &file_attr(&a, blksize(&fs)));
                     Ok(())

@@ -3,6 +3,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
 use common::{Mount, Storage, eventually, is_mounted};
@@ -52,6 +53,42 @@ fn a_file_closed_on_one_mount_reads_new_on_the_other() -> anyhow::Result<()> {
     }));
     fs::remove_file(b.path("shared"))?;
     assert!(eventually(Duration::from_secs(5), || !a.path("shared").exists()));
+    Ok(())
+}
+
+#[test]
+fn the_metadata_cache_follows_the_other_mounts_changes() -> anyhow::Result<()> {
+    let storage = Storage::new()?;
+    let a = Mount::new(&storage, &[])?;
+    // B's kernel caches nothing, so every answer on B comes from B's metadata cache (kept
+    // true by the change feed) or from the store.
+    let b = Mount::new(&storage, &["--attr-ttl-ms", "0", "--entry-ttl-ms", "0"])?;
+    let soon = Duration::from_secs(5);
+    let meta = |p: &str| fs::symlink_metadata(b.path(p));
+    fs::create_dir(a.path("d1"))?;
+    fs::create_dir(a.path("d2"))?;
+    fs::write(a.path("d1/f"), b"frame")?;
+    // B learns d1/f, and that d2/g does not exist (a cached negative entry).
+    assert!(eventually(soon, || meta("d1/f").is_ok()));
+    assert!(meta("d2/g").is_err());
+    fs::set_permissions(a.path("d1/f"), fs::Permissions::from_mode(0o600))?;
+    assert!(eventually(soon, || meta("d1/f").is_ok_and(|m| m.mode() & 0o777 == 0o600)));
+    fs::hard_link(a.path("d1/f"), a.path("d1/h"))?;
+    assert!(eventually(soon, || meta("d1/f").is_ok_and(|m| m.nlink() == 2)));
+    // A rename drops the old name on B as well as adding the new one.
+    fs::rename(a.path("d1/f"), a.path("d2/g"))?;
+    assert!(eventually(soon, || meta("d1/f").is_err() && meta("d2/g").is_ok()));
+    fs::write(a.path("d2/g"), b"a longer frame")?;
+    assert!(eventually(soon, || meta("d2/g").is_ok_and(|m| m.len() == 14)));
+    assert_eq!(fs::read(b.path("d2/g"))?, b"a longer frame");
+    fs::remove_file(a.path("d2/g"))?;
+    assert!(eventually(soon, || meta("d2/g").is_err()));
+    assert!(eventually(soon, || meta("d1/h").is_ok_and(|m| m.nlink() == 1)));
+    // B's own changes show on B at once.
+    fs::write(b.path("d2/new"), b"x")?;
+    assert_eq!(meta("d2/new")?.len(), 1);
+    fs::remove_file(b.path("d2/new"))?;
+    assert_eq!(meta("d2/new").unwrap_err().raw_os_error(), Some(libc::ENOENT));
     Ok(())
 }
 

@@ -16,10 +16,13 @@
 //!   started at and is dropped if anything was forgotten or changed since.
 //!
 //! Negative entries ("no such name") are cached too: they are what a create-heavy job looks up.
+//! A directory this mount created is known to be complete (every entry it has is in the
+//! cache) until anything about it is forgotten, so names missing from it need no store read:
+//! a render writing frames into a fresh folder looks up each name before creating it.
 //! The maps are bounded by `capacity` entries each and cleared when full (cheap, and a full
 //! cache of an idle mount refills from the store at the cost it would have had anyway).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,6 +57,8 @@ struct State {
     attrs: HashMap<NodeId, Attr>,
     /// `None`: the name is known to be absent.
     entries: HashMap<(NodeId, Name), Option<NodeId>>,
+    /// Directories whose every live entry is in `entries`.
+    complete: HashSet<NodeId>,
     fresh_until: Option<Instant>,
 }
 
@@ -101,6 +106,7 @@ impl MetaCache {
                     .get(node)
                     .cloned()
                     .map_or(Cached::Unknown, Cached::Found),
+                None if state.complete.contains(&parent) => Cached::Absent,
                 None => Cached::Unknown,
             }
         } else {
@@ -170,6 +176,13 @@ impl MetaCache {
         });
     }
 
+    /// Records that this mount created the empty directory `dir`: it is complete.
+    pub(crate) fn set_empty_dir(&self, dir: NodeId) {
+        self.change(|state, _| {
+            state.complete.insert(dir);
+        });
+    }
+
     /// Records this mount's committed change of `attr`'s node.
     pub(crate) fn set_attr(&self, attr: &Attr) {
         self.change(|state, capacity| put_attr(state, attr, capacity));
@@ -202,10 +215,12 @@ impl MetaCache {
             let mut known = false;
             if let Some(ino) = event.ino {
                 state.attrs.remove(&ino);
+                state.complete.remove(&ino);
                 known = true;
             }
             if let Some(parent) = event.parent {
                 state.attrs.remove(&parent);
+                state.complete.remove(&parent);
                 if let Some(name) = &event.name {
                     forget_entry(state, parent, name);
                 }
@@ -220,6 +235,7 @@ impl MetaCache {
             if !known && !event.op.starts_with("share.") {
                 state.attrs.clear();
                 state.entries.clear();
+                state.complete.clear();
             }
         });
     }
@@ -249,11 +265,14 @@ fn put_attr(state: &mut State, attr: &Attr, capacity: usize) {
 fn put_entry(state: &mut State, parent: NodeId, name: Name, node: Option<NodeId>, capacity: usize) {
     if state.entries.len() >= capacity {
         state.entries.clear();
+        state.complete.clear();
     }
     state.entries.insert((parent, name), node);
 }
 
+/// Forgets an entry and the node it named; its directory is no longer known complete.
 fn forget_entry(state: &mut State, parent: NodeId, name: &Name) {
+    state.complete.remove(&parent);
     if let Some(Some(node)) = state.entries.remove(&(parent, name.clone())) {
         state.attrs.remove(&node);
     }
@@ -382,6 +401,32 @@ mod tests {
             None,
             "an event naming no node forgets everything"
         );
+    }
+
+    #[test]
+    fn a_directory_made_here_answers_absent_names_until_others_touch_it() {
+        let cache = fresh_cache();
+        let dir = NodeId(50);
+        cache.set_empty_dir(dir);
+        assert_eq!(cache.entry(dir, &name("frame.0001.exr")), Cached::Absent);
+        cache.set_entry(dir, &name("frame.0001.exr"), &attr(51, 0));
+        assert_eq!(
+            cache.entry(dir, &name("frame.0001.exr")),
+            Cached::Found(attr(51, 0))
+        );
+        assert_eq!(cache.entry(dir, &name("frame.0002.exr")), Cached::Absent);
+        // Another mount created a file in it: names not cached are unknown again.
+        cache.forget_event(&event("create", Some(60), Some((50, "theirs")), None));
+        assert_eq!(cache.entry(dir, &name("theirs")), Cached::Unknown);
+        assert_eq!(cache.entry(dir, &name("frame.0002.exr")), Cached::Unknown);
+        // A failed change of our own forgets completeness too.
+        cache.set_empty_dir(NodeId(70));
+        cache.forget_entry(NodeId(70), &name("x"));
+        assert_eq!(cache.entry(NodeId(70), &name("y")), Cached::Unknown);
+        // So does a rename out of it by another mount.
+        cache.set_empty_dir(NodeId(80));
+        cache.forget_event(&event("rename", Some(81), Some((90, "b")), Some((80, "a"))));
+        assert_eq!(cache.entry(NodeId(80), &name("z")), Cached::Unknown);
     }
 
     #[test]

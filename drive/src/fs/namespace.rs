@@ -35,13 +35,27 @@ pub(crate) fn parse_name(name: &[u8]) -> Result<Name, FsError> {
 impl<B: BlockIo> DriveFs<B> {
     /// Looks `name` up in directory `parent`.
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
+        match self.lookup_cached(parent, name) {
+            Some(answer) => answer,
+            None => self.lookup_in_store(parent, name).await,
+        }
+    }
+
+    /// `lookup` answered by the metadata cache alone; `None` when the store must be asked.
+    /// Needs no runtime, so the FUSE adapter can answer a hit on its own thread.
+    pub fn lookup_cached(&self, parent: u64, name: &[u8]) -> Option<Result<Attr, FsError>> {
+        let name = parse_name(name).ok()?;
+        match self.cache.entry(self.to_node(parent), &name) {
+            Cached::Found(attr) => Some(Ok(self.outer(attr))),
+            Cached::Absent => Some(Err(FsError::new(FsErrorKind::NotFound, name.to_string_lossy()))),
+            Cached::Unknown => None,
+        }
+    }
+
+    /// `lookup` from the store (after [`DriveFs::lookup_cached`] said `None`), filling the cache.
+    pub async fn lookup_in_store(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
         let name = parse_name(name)?;
         let parent = self.to_node(parent);
-        match self.cache.entry(parent, &name) {
-            Cached::Found(attr) => return Ok(self.outer(attr)),
-            Cached::Absent => return Err(FsError::new(FsErrorKind::NotFound, name.to_string_lossy())),
-            Cached::Unknown => {}
-        }
         let ticket = self.cache.ticket();
         match self.meta.lookup(self.cfg.view, parent, &name).await {
             Ok(attr) => {
@@ -60,6 +74,17 @@ impl<B: BlockIo> DriveFs<B> {
     /// Attributes of `ino`.
     pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         let attr = self.stored_attr(self.to_node(ino)).await?;
+        Ok(self.outer(attr))
+    }
+
+    /// `getattr` answered by the metadata cache alone; `None` when the store must be asked.
+    pub fn getattr_cached(&self, ino: u64) -> Option<Attr> {
+        self.cache.attr(self.to_node(ino)).map(|a| self.outer(a))
+    }
+
+    /// `getattr` from the store (after [`DriveFs::getattr_cached`] said `None`).
+    pub async fn getattr_in_store(&self, ino: u64) -> Result<Attr, FsError> {
+        let attr = self.fresh_attr(self.to_node(ino)).await?;
         Ok(self.outer(attr))
     }
 
@@ -203,6 +228,9 @@ impl<B: BlockIo> DriveFs<B> {
             Ok((attr, dir)) => {
                 self.cache.set_entry(parent, name, &attr);
                 self.cache.set_attr(&dir);
+                if attr.kind == NodeKind::Directory {
+                    self.cache.set_empty_dir(attr.ino);
+                }
                 Ok(attr)
             }
             Err(e) => {

@@ -9,8 +9,8 @@ use tokio_postgres::types::ToSql;
 
 use crate::error::MetaError;
 use crate::meta::rows::{
-    WsCtx, execute, first_failure, guard_write_once, query, query_opt, record_event, write_inode,
-    ws_and_inode,
+    WsCtx, execute, execute_in_order, first_failure, guard_write_once, query, query_opt, record_event,
+    write_inode, ws_and_inode,
 };
 use crate::meta::{MetaStore, in_txn};
 use crate::model::{Actor, Attr, Epoch, NodeId, NodeKind, Timestamp, View, WorkspaceId};
@@ -201,7 +201,7 @@ impl MetaStore {
             .collect();
         in_txn!(self, |tx| {
             async {
-                let (found, claimed) = tokio::join!(ws_and_inode(&tx, ws, ino), claim_blocks(&tx, &hashes));
+                let (found, claimed) = tokio::join!(ws_and_inode(tx, ws, ino), claim_blocks(tx, &hashes));
                 let (ws, mut node) = found?;
                 claimed?;
                 if node.attr.kind != NodeKind::File {
@@ -221,18 +221,18 @@ impl MetaStore {
                 node.attr.content_version += 1;
                 let block_map = async {
                     if new_size < old_size {
-                        resize_blocks(&tx, &ws, ino, old_size, new_size).await?;
+                        resize_blocks(tx, &ws, ino, old_size, new_size).await?;
                     }
                     // Independent rows: every change goes out at once.
                     let set = changes
                         .iter()
-                        .map(|change| set_block(&tx, &ws, ino, change.idx, change.block.as_ref()));
+                        .map(|change| set_block(tx, &ws, ino, change.idx, change.block.as_ref()));
                     first_failure(futures::future::join_all(set).await)
                 };
                 let (mapped, written, event) = tokio::join!(
                     block_map,
-                    write_inode(&tx, &ws, &node),
-                    record_event(&tx, ws.id, actor, "write", Some(ino), None, None),
+                    write_inode(tx, &ws, &node),
+                    record_event(tx, ws.id, actor, "write", Some(ino), None, None),
                 );
                 first_failure([mapped, written, event])?;
                 Ok(node.attr)
@@ -268,7 +268,7 @@ impl MetaStore {
         in_txn!(self, |tx| {
             async {
                 let n = execute(
-                    &tx,
+                    tx,
                     "DELETE FROM blocks WHERE hash = $1 AND NOT EXISTS (SELECT 1 FROM file_blocks f WHERE f.hash = $1)",
                     &[&hash.as_slice()],
                 )
@@ -331,37 +331,31 @@ async fn set_block<C: GenericClient>(
 ) -> Result<(), MetaError> {
     let (i, x) = (ino.0 as i64, idx as i64);
     let key: [&(dyn ToSql + Sync); 3] = [&i, &x, &ws.epoch];
-    let close = execute(
-        c,
+    let close = (
         "UPDATE file_blocks SET valid_to = $3 WHERE ino = $1 AND idx = $2 AND valid_to IS NULL \
          AND valid_from < $3",
-        &key,
+        &key[..],
     );
-    let (closed, written) = match block {
+    match block {
         Some((hash, len)) => {
             let (hash, len) = (hash.as_slice(), *len as i64);
             let row: [&(dyn ToSql + Sync); 5] = [&i, &x, &ws.epoch, &hash, &len];
-            tokio::join!(
-                close,
-                execute(
-                    c,
-                    "INSERT INTO file_blocks (ino, idx, valid_from, hash, len) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (ino, idx) WHERE valid_to IS NULL \
-                     DO UPDATE SET hash = excluded.hash, len = excluded.len",
-                    &row,
-                )
-            )
+            let write = (
+                "INSERT INTO file_blocks (ino, idx, valid_from, hash, len) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (ino, idx) WHERE valid_to IS NULL \
+                 DO UPDATE SET hash = excluded.hash, len = excluded.len",
+                &row[..],
+            );
+            execute_in_order(c, &[close, write]).await
         }
-        None => tokio::join!(
-            close,
-            execute(
-                c,
+        None => {
+            let remove = (
                 "DELETE FROM file_blocks WHERE ino = $1 AND idx = $2 AND valid_to IS NULL AND valid_from = $3",
-                &key,
-            )
-        ),
-    };
-    first_failure([closed.map(drop), written.map(drop)])
+                &key[..],
+            );
+            execute_in_order(c, &[close, remove]).await
+        }
+    }
 }
 
 /// Adjusts the block map of `ino` for a size change: blocks wholly past the new end become

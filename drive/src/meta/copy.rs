@@ -47,25 +47,25 @@ impl MetaStore {
         let now = Timestamp::now();
         in_txn!(self, |tx| {
             async {
-                let ctx = ws_ctx(&tx, ws).await?;
-                live_dir(&tx, &ctx, dst_parent).await?;
-                let root = inode_in_view(&tx, src_view, src)
+                let ctx = ws_ctx(tx, ws).await?;
+                live_dir(tx, &ctx, dst_parent).await?;
+                let root = inode_in_view(tx, src_view, src)
                     .await?
                     .ok_or_else(|| MetaError::NotFound(format!("node {src}")))?;
                 if root.workspace != ctx.id {
                     return Err(MetaError::NotFound(format!("node {src}")));
                 }
                 if root.attr.kind == NodeKind::Directory && src_view == View::Live {
-                    super::tree::ensure_not_ancestor(&tx, src, dst_parent).await?;
+                    super::tree::ensure_not_ancestor(tx, src, dst_parent).await?;
                 }
                 let mut report = CopyReport::default();
                 let mut touched = BTreeSet::new();
                 let mut stack = vec![(src, dst_parent, dst_name.clone())];
                 while let Some((from, parent, name)) = stack.pop() {
-                    let node = inode_in_view(&tx, src_view, from)
+                    let node = inode_in_view(tx, src_view, from)
                         .await?
                         .ok_or_else(|| MetaError::Internal(format!("node {from} vanished during copy")))?;
-                    let existing = live_entry(&tx, parent, &name).await?;
+                    let existing = live_entry(tx, parent, &name).await?;
                     let target = match &existing {
                         Some(e) if e.kind == NodeKind::Directory && node.attr.kind == NodeKind::Directory => {
                             e.ino
@@ -77,22 +77,22 @@ impl MetaStore {
                                 continue;
                             }
                             MergeMode::Overwrite => {
-                                let mut old = live_inode(&tx, &ctx, e.ino).await?;
+                                let mut old = live_inode(tx, &ctx, e.ino).await?;
                                 guard_write_once(&ctx, &old.attr, "overwrite")?;
-                                close_entry(&tx, &ctx, e.id, true).await?;
+                                close_entry(tx, &ctx, e.id, true).await?;
                                 old.attr.nlink = if old.attr.kind == NodeKind::Directory {
                                     0
                                 } else {
                                     old.attr.nlink.saturating_sub(1)
                                 };
                                 old.attr.ctime = now;
-                                write_inode(&tx, &ctx, &old).await?;
-                                frame_removed(&tx, parent, &name, e.kind).await?;
+                                write_inode(tx, &ctx, &old).await?;
+                                frame_removed(tx, parent, &name, e.kind).await?;
                                 report.replaced += 1;
-                                copy_node(&tx, &ctx, src_view, &node, parent, &name, now).await?
+                                copy_node(tx, &ctx, src_view, &node, parent, &name, now).await?
                             }
                         },
-                        None => copy_node(&tx, &ctx, src_view, &node, parent, &name, now).await?,
+                        None => copy_node(tx, &ctx, src_view, &node, parent, &name, now).await?,
                     };
                     if !matches!(&existing, Some(e) if e.kind == NodeKind::Directory) {
                         report.copied += 1;
@@ -102,19 +102,19 @@ impl MetaStore {
                         report.root = Some(target);
                     }
                     if node.attr.kind == NodeKind::Directory {
-                        for (child, _) in children(&tx, src_view, from).await? {
+                        for (child, _) in children(tx, src_view, from).await? {
                             stack.push((child.1, target, child.0));
                         }
                     }
                 }
                 for dir in touched {
-                    let mut d = live_inode(&tx, &ctx, dir).await?;
+                    let mut d = live_inode(tx, &ctx, dir).await?;
                     d.attr.mtime = now;
                     d.attr.ctime = now;
-                    write_inode(&tx, &ctx, &d).await?;
+                    write_inode(tx, &ctx, &d).await?;
                 }
                 record_event(
-                    &tx,
+                    tx,
                     ctx.id,
                     actor,
                     "copy",

@@ -42,6 +42,27 @@ pub(crate) async fn execute<C: GenericClient>(
     c.execute(&stmt, params).await.map_err(pg_error)
 }
 
+/// Runs statements that must execute in the given order, sent together. All are prepared
+/// first (from the statement cache, normally no round trip), so that a statement this
+/// connection has not prepared yet cannot fall behind a later one while its Parse is in
+/// flight. (Statements sent together with `join!` otherwise only keep their order when all are
+/// cached, which is fine for independent rows but not for "close the old row, then insert".)
+pub(crate) async fn execute_in_order<C: GenericClient>(
+    c: &C,
+    statements: &[(&str, Params<'_>)],
+) -> Result<(), MetaError> {
+    let prepared = futures::future::join_all(statements.iter().map(|(sql, _)| c.prepare_cached(sql))).await;
+    let mut ready = Vec::with_capacity(prepared.len());
+    for p in prepared {
+        ready.push(p.map_err(pg_error)?);
+    }
+    let runs = ready
+        .iter()
+        .zip(statements)
+        .map(|(stmt, (_, params))| async move { c.execute(stmt, params).await.map(drop).map_err(pg_error) });
+    first_failure(futures::future::join_all(runs).await)
+}
+
 pub(crate) fn to_system_time(t: Timestamp) -> SystemTime {
     if t.0 >= 0 {
         UNIX_EPOCH + Duration::from_nanos(t.0 as u64)

@@ -66,7 +66,7 @@ impl MetaStore {
             async {
                 let mut seqs: BTreeMap<SequenceKey, FrameSequence> = BTreeMap::new();
                 let runs = query(
-                    &tx,
+                    tx,
                     "SELECT prefix, padding, suffix, first_frame, last_frame FROM sequence_runs WHERE parent = $1 \
                      ORDER BY prefix, padding, suffix, first_frame",
                     &[&d],
@@ -78,7 +78,7 @@ impl MetaStore {
                     seqs.entry(key.clone()).or_insert_with(|| FrameSequence { key, ranges: Vec::new() }).ranges.push(range);
                 }
                 let changes = query(
-                    &tx,
+                    tx,
                     "SELECT id, prefix, padding, suffix, frame, added FROM sequence_changes WHERE parent = $1 ORDER BY id",
                     &[&d],
                 )
@@ -104,14 +104,14 @@ impl MetaStore {
                 for key in &touched {
                     let pad = key.padding as i32;
                     execute(
-                        &tx,
+                        tx,
                         "DELETE FROM sequence_runs WHERE parent = $1 AND prefix = $2 AND padding = $3 AND suffix = $4",
                         &[&d, &key.prefix, &pad, &key.suffix],
                     )
                     .await?;
                     for r in &seqs[key].ranges {
                         execute(
-                            &tx,
+                            tx,
                             "INSERT INTO sequence_runs (parent, prefix, padding, suffix, first_frame, last_frame) \
                              VALUES ($1, $2, $3, $4, $5, $6)",
                             &[&d, &key.prefix, &pad, &key.suffix, &r.first, &r.last],
@@ -119,7 +119,7 @@ impl MetaStore {
                         .await?;
                     }
                 }
-                execute(&tx, "DELETE FROM sequence_changes WHERE id = ANY($1)", &[&ids]).await?;
+                execute(tx, "DELETE FROM sequence_changes WHERE id = ANY($1)", &[&ids]).await?;
                 Ok(seqs.into_values().filter(|s| !s.ranges.is_empty()).collect())
             }
             .await

@@ -22,9 +22,9 @@ impl MetaStore {
         let expires = share.expires_at.map(to_system_time);
         in_txn!(self, |tx| {
             async {
-                super::rows::ws_ctx(&tx, share.workspace).await?;
+                super::rows::ws_ctx(tx, share.workspace).await?;
                 execute(
-                    &tx,
+                    tx,
                     "INSERT INTO shares (workspace_id, name, path, subjects, permission, expires_at) \
                      VALUES ($1, $2, $3, $4, $5, $6) \
                      ON CONFLICT (workspace_id, name) DO UPDATE SET path = excluded.path, \
@@ -32,7 +32,7 @@ impl MetaStore {
                     &[&share.workspace.0, &share.name, &share.path, &subjects, &share.permission.as_str(), &expires],
                 )
                 .await?;
-                record_event(&tx, share.workspace, actor, "share.put", None, None, None).await?;
+                record_event(tx, share.workspace, actor, "share.put", None, None, None).await?;
                 Ok(())
             }
             .await
@@ -44,13 +44,13 @@ impl MetaStore {
         in_txn!(self, |tx| {
             async {
                 let n = execute(
-                    &tx,
+                    tx,
                     "DELETE FROM shares WHERE workspace_id = $1 AND name = $2",
                     &[&ws.0, &name],
                 )
                 .await?;
                 if n > 0 {
-                    record_event(&tx, ws, actor, "share.delete", None, None, None).await?;
+                    record_event(tx, ws, actor, "share.delete", None, None, None).await?;
                 }
                 Ok(n > 0)
             }

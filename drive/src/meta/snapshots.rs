@@ -49,9 +49,9 @@ impl MetaStore {
         let id = SnapshotId(uuid::Uuid::new_v4());
         in_txn!(self, |tx| {
             async {
-                let ctx = ws_ctx(&tx, ws).await?;
+                let ctx = ws_ctx(tx, ws).await?;
                 if query_opt(
-                    &tx,
+                    tx,
                     "SELECT 1 FROM snapshots WHERE workspace_id = $1 AND name = $2 AND deleted_at IS NULL",
                     &[&ws.0, &name],
                 )
@@ -63,7 +63,7 @@ impl MetaStore {
                 // Resolve inside the transaction so the root is the one at the snapshot epoch.
                 let mut root = ctx.root;
                 for n in &names {
-                    let entry = super::rows::live_entry(&tx, root, n)
+                    let entry = super::rows::live_entry(tx, root, n)
                         .await?
                         .ok_or_else(|| MetaError::NotFound(format!("path {canonical}")))?;
                     root = entry.ino;
@@ -72,14 +72,14 @@ impl MetaStore {
                     }
                 }
                 execute(
-                    &tx,
+                    tx,
                     "INSERT INTO snapshots (id, workspace_id, name, epoch, root_ino, path) VALUES ($1, $2, $3, $4, $5, $6)",
                     &[&id.0, &ws.0, &name, &ctx.epoch, &(root.0 as i64), &canonical],
                 )
                 .await?;
-                execute(&tx, "UPDATE workspaces SET epoch = epoch + 1 WHERE id = $1", &[&ws.0]).await?;
-                record_event(&tx, ws, actor, "snapshot.create", Some(root), None, None).await?;
-                let row = query_opt(&tx, &format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE id = $1"), &[&id.0])
+                execute(tx, "UPDATE workspaces SET epoch = epoch + 1 WHERE id = $1", &[&ws.0]).await?;
+                record_event(tx, ws, actor, "snapshot.create", Some(root), None, None).await?;
+                let row = query_opt(tx, &format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE id = $1"), &[&id.0])
                     .await?
                     .ok_or_else(|| MetaError::Internal("snapshot vanished".into()))?;
                 Ok(snapshot_from_row(&row))
@@ -145,7 +145,7 @@ impl MetaStore {
         in_txn!(self, |tx| {
             async {
                 let n = execute(
-                    &tx,
+                    tx,
                     "UPDATE snapshots SET deleted_at = now() WHERE workspace_id = $1 AND name = $2 AND deleted_at IS NULL",
                     &[&ws.0, &name],
                 )
@@ -153,7 +153,7 @@ impl MetaStore {
                 if n == 0 {
                     return Err(MetaError::NotFound(format!("snapshot {name}")));
                 }
-                record_event(&tx, ws, actor, "snapshot.delete", None, None, None).await?;
+                record_event(tx, ws, actor, "snapshot.delete", None, None, None).await?;
                 Ok(())
             }
             .await

@@ -223,7 +223,7 @@ impl MetaStore {
         let now = Timestamp::now();
         in_txn!(self, |tx| {
             async {
-                let (ws_dir, ino) = tokio::join!(ws_and_dir(&tx, ws, parent), next_node_id(&tx));
+                let (ws_dir, ino) = tokio::join!(ws_and_dir(tx, ws, parent), next_node_id(tx));
                 let (ws, mut dir) = ws_dir?;
                 let attr = new_inode_attr(ino?, node, now);
                 touch_dir(
@@ -235,12 +235,12 @@ impl MetaStore {
                 // skipping the read keeps concurrent creators from conflicting on it. The
                 // writes go out together (see rows::first_failure).
                 let (inode, entry, dir_written, frames, event) = tokio::join!(
-                    insert_new_inode(&tx, &ws, node, &attr),
-                    insert_entry(&tx, &ws, parent, name, attr.ino, attr.kind),
-                    write_inode(&tx, &ws, &dir),
-                    frame_added(&tx, parent, name, attr.kind),
+                    insert_new_inode(tx, &ws, node, &attr),
+                    insert_entry(tx, &ws, parent, name, attr.ino, attr.kind),
+                    write_inode(tx, &ws, &dir),
+                    frame_added(tx, parent, name, attr.kind),
                     record_event(
-                        &tx,
+                        tx,
                         ws.id,
                         actor,
                         "create",
@@ -268,7 +268,7 @@ impl MetaStore {
         let now = Timestamp::now();
         in_txn!(self, |tx| {
             async {
-                let (ws, mut node) = ws_and_inode(&tx, ws, ino).await?;
+                let (ws, mut node) = ws_and_inode(tx, ws, ino).await?;
                 if node.attr.kind == NodeKind::Directory {
                     return Err(MetaError::PermissionDenied(
                         "hard links to directories are not allowed".into(),
@@ -277,19 +277,19 @@ impl MetaStore {
                 if node.attr.nlink == 0 {
                     return Err(MetaError::NotFound(format!("node {ino} was removed")));
                 }
-                let mut dir = live_dir(&tx, &ws, new_parent).await?;
-                if live_entry(&tx, new_parent, new_name).await?.is_some() {
+                let mut dir = live_dir(tx, &ws, new_parent).await?;
+                if live_entry(tx, new_parent, new_name).await?.is_some() {
                     return Err(MetaError::Exists(new_name.to_string_lossy()));
                 }
-                insert_entry(&tx, &ws, new_parent, new_name, ino, node.attr.kind).await?;
+                insert_entry(tx, &ws, new_parent, new_name, ino, node.attr.kind).await?;
                 node.attr.nlink += 1;
                 node.attr.ctime = now;
-                write_inode(&tx, &ws, &node).await?;
+                write_inode(tx, &ws, &node).await?;
                 touch_dir(&mut dir, now, 0);
-                write_inode(&tx, &ws, &dir).await?;
-                frame_added(&tx, new_parent, new_name, node.attr.kind).await?;
+                write_inode(tx, &ws, &dir).await?;
+                frame_added(tx, new_parent, new_name, node.attr.kind).await?;
                 record_event(
-                    &tx,
+                    tx,
                     ws.id,
                     actor,
                     "link",
@@ -354,10 +354,8 @@ impl MetaStore {
         in_txn!(self, |tx| {
             async {
                 // Pipelined reads, first failure first (see rows::ws_and_dir).
-                let (ws_dir, found) = tokio::join!(
-                    ws_and_dir(&tx, ws, parent),
-                    live_entry_and_inode(&tx, parent, name)
-                );
+                let (ws_dir, found) =
+                    tokio::join!(ws_and_dir(tx, ws, parent), live_entry_and_inode(tx, parent, name));
                 let (ws, mut dir) = ws_dir?;
                 let (entry, node) = found?.ok_or_else(|| MetaError::NotFound(name.to_string_lossy()))?;
                 let mut node = checked_live_inode(&ws, entry.ino, node)?;
@@ -367,9 +365,9 @@ impl MetaStore {
                     Removal::Rmdir if !is_dir => {
                         return Err(MetaError::NotADirectory(name.to_string_lossy()));
                     }
-                    Removal::Rmdir => ensure_empty(&tx, entry.ino, name).await?,
+                    Removal::Rmdir => ensure_empty(tx, entry.ino, name).await?,
                     Removal::Subtree if is_dir && ws.kind == crate::model::WorkspaceKind::Project => {
-                        ensure_empty(&tx, entry.ino, name).await.map_err(|_| {
+                        ensure_empty(tx, entry.ino, name).await.map_err(|_| {
                             MetaError::PermissionDenied(
                                 "project workspaces are write-once: only empty folders can be deleted".into(),
                             )
@@ -386,11 +384,11 @@ impl MetaStore {
                     Removal::Subtree => "delete",
                 };
                 let (closed, node_written, dir_written, frames, event) = tokio::join!(
-                    close_entry(&tx, &ws, entry.id, true),
-                    write_inode(&tx, &ws, &node),
-                    write_inode(&tx, &ws, &dir),
-                    frame_removed(&tx, parent, name, entry.kind),
-                    record_event(&tx, ws.id, actor, op, Some(entry.ino), Some(parent), Some(name)),
+                    close_entry(tx, &ws, entry.id, true),
+                    write_inode(tx, &ws, &node),
+                    write_inode(tx, &ws, &dir),
+                    frame_removed(tx, parent, name, entry.kind),
+                    record_event(tx, ws.id, actor, op, Some(entry.ino), Some(parent), Some(name)),
                 );
                 first_failure([closed, node_written, dir_written, frames, event])?;
                 Ok(dir.attr)
@@ -415,22 +413,22 @@ impl MetaStore {
         let now = Timestamp::now();
         in_txn!(self, |tx| {
             async {
-                let (ws_dir, src) = tokio::join!(ws_and_dir(&tx, ws, parent), live_entry(&tx, parent, name));
+                let (ws_dir, src) = tokio::join!(ws_and_dir(tx, ws, parent), live_entry(tx, parent, name));
                 let (ws, mut src_dir) = ws_dir?;
                 let src = src?.ok_or_else(|| MetaError::NotFound(name.to_string_lossy()))?;
                 let same_dir = parent == new_parent;
                 let mut dst_dir = if same_dir {
                     src_dir.clone()
                 } else {
-                    live_dir(&tx, &ws, new_parent).await?
+                    live_dir(tx, &ws, new_parent).await?
                 };
-                let dst = live_entry(&tx, new_parent, new_name).await?;
+                let dst = live_entry(tx, new_parent, new_name).await?;
                 if same_dir && name == new_name {
                     return Ok(());
                 }
                 let src_is_dir = src.kind == NodeKind::Directory;
                 if src_is_dir && !same_dir {
-                    ensure_not_ancestor(&tx, src.ino, new_parent).await?;
+                    ensure_not_ancestor(tx, src.ino, new_parent).await?;
                 }
                 match (mode, &dst) {
                     (RenameMode::NoReplace, Some(_)) => {
@@ -446,24 +444,24 @@ impl MetaStore {
                         return Ok(());
                     }
                     if dst.kind == NodeKind::Directory && !same_dir {
-                        ensure_not_ancestor(&tx, dst.ino, parent).await?;
+                        ensure_not_ancestor(tx, dst.ino, parent).await?;
                     }
-                    close_entry(&tx, &ws, src.id, false).await?;
-                    close_entry(&tx, &ws, dst.id, false).await?;
-                    insert_entry(&tx, &ws, parent, name, dst.ino, dst.kind).await?;
-                    insert_entry(&tx, &ws, new_parent, new_name, src.ino, src.kind).await?;
-                    frame_removed(&tx, parent, name, src.kind).await?;
-                    frame_removed(&tx, new_parent, new_name, dst.kind).await?;
-                    frame_added(&tx, parent, name, dst.kind).await?;
-                    frame_added(&tx, new_parent, new_name, src.kind).await?;
+                    close_entry(tx, &ws, src.id, false).await?;
+                    close_entry(tx, &ws, dst.id, false).await?;
+                    insert_entry(tx, &ws, parent, name, dst.ino, dst.kind).await?;
+                    insert_entry(tx, &ws, new_parent, new_name, src.ino, src.kind).await?;
+                    frame_removed(tx, parent, name, src.kind).await?;
+                    frame_removed(tx, new_parent, new_name, dst.kind).await?;
+                    frame_added(tx, parent, name, dst.kind).await?;
+                    frame_added(tx, new_parent, new_name, src.kind).await?;
                     let dirs_moved = i64::from(src_is_dir) - i64::from(dst.kind == NodeKind::Directory);
                     for ino in [src.ino, dst.ino] {
-                        let mut node = live_inode(&tx, &ws, ino).await?;
+                        let mut node = live_inode(tx, &ws, ino).await?;
                         node.attr.ctime = now;
-                        write_inode(&tx, &ws, &node).await?;
+                        write_inode(tx, &ws, &node).await?;
                     }
                     finish_dirs(
-                        &tx,
+                        tx,
                         &ws,
                         &mut src_dir,
                         &mut dst_dir,
@@ -474,7 +472,7 @@ impl MetaStore {
                     )
                     .await?;
                     record_move_event(
-                        &tx,
+                        tx,
                         ws.id,
                         actor,
                         "exchange",
@@ -491,7 +489,7 @@ impl MetaStore {
                         // Two names of one hard-linked file: POSIX says do nothing.
                         return Ok(());
                     }
-                    let mut target = live_inode(&tx, &ws, dst.ino).await?;
+                    let mut target = live_inode(tx, &ws, dst.ino).await?;
                     let target_is_dir = target.attr.kind == NodeKind::Directory;
                     if src_is_dir && !target_is_dir {
                         return Err(MetaError::NotADirectory(new_name.to_string_lossy()));
@@ -500,23 +498,23 @@ impl MetaStore {
                         return Err(MetaError::IsADirectory(new_name.to_string_lossy()));
                     }
                     if target_is_dir {
-                        ensure_empty(&tx, dst.ino, new_name).await?;
+                        ensure_empty(tx, dst.ino, new_name).await?;
                     }
                     guard_write_once(&ws, &target.attr, "replace")?;
-                    detach(&tx, &ws, dst, &mut target, now).await?;
-                    frame_removed(&tx, new_parent, new_name, dst.kind).await?;
+                    detach(tx, &ws, dst, &mut target, now).await?;
+                    frame_removed(tx, new_parent, new_name, dst.kind).await?;
                     replaced_dir = target_is_dir;
                 }
-                close_entry(&tx, &ws, src.id, false).await?;
-                insert_entry(&tx, &ws, new_parent, new_name, src.ino, src.kind).await?;
-                frame_removed(&tx, parent, name, src.kind).await?;
-                frame_added(&tx, new_parent, new_name, src.kind).await?;
-                let mut node = live_inode(&tx, &ws, src.ino).await?;
+                close_entry(tx, &ws, src.id, false).await?;
+                insert_entry(tx, &ws, new_parent, new_name, src.ino, src.kind).await?;
+                frame_removed(tx, parent, name, src.kind).await?;
+                frame_added(tx, new_parent, new_name, src.kind).await?;
+                let mut node = live_inode(tx, &ws, src.ino).await?;
                 node.attr.ctime = now;
-                write_inode(&tx, &ws, &node).await?;
+                write_inode(tx, &ws, &node).await?;
                 let moved = i64::from(src_is_dir);
                 finish_dirs(
-                    &tx,
+                    tx,
                     &ws,
                     &mut src_dir,
                     &mut dst_dir,
@@ -527,7 +525,7 @@ impl MetaStore {
                 )
                 .await?;
                 record_move_event(
-                    &tx,
+                    tx,
                     ws.id,
                     actor,
                     "rename",
@@ -554,7 +552,7 @@ impl MetaStore {
         let now = Timestamp::now();
         in_txn!(self, |tx| {
             async {
-                let (ws, mut node) = ws_and_inode(&tx, ws, ino).await?;
+                let (ws, mut node) = ws_and_inode(tx, ws, ino).await?;
                 if let Some(size) = change.size {
                     match node.attr.kind {
                         NodeKind::Directory => return Err(MetaError::IsADirectory(format!("node {ino}"))),
@@ -567,7 +565,7 @@ impl MetaStore {
                     }
                     if size != node.attr.size {
                         guard_write_once(&ws, &node.attr, "truncate")?;
-                        super::content::resize_blocks(&tx, &ws, ino, node.attr.size, size).await?;
+                        super::content::resize_blocks(tx, &ws, ino, node.attr.size, size).await?;
                         node.attr.size = size;
                         node.attr.mtime = now;
                         node.attr.content_version += 1;
@@ -589,8 +587,8 @@ impl MetaStore {
                     node.attr.mtime = t;
                 }
                 node.attr.ctime = now;
-                write_inode(&tx, &ws, &node).await?;
-                record_event(&tx, ws.id, actor, "setattr", Some(ino), None, None).await?;
+                write_inode(tx, &ws, &node).await?;
+                record_event(tx, ws.id, actor, "setattr", Some(ino), None, None).await?;
                 Ok(node.attr)
             }
             .await

@@ -64,16 +64,16 @@ impl MetaStore {
         let owners = serde_json::to_value(&spec.owners).map_err(|e| MetaError::Internal(e.to_string()))?;
         in_txn!(self, |tx| {
             async {
-                if query_opt(&tx, "SELECT 1 FROM workspaces WHERE name = $1 AND deleted_at IS NULL", &[&spec.name])
+                if query_opt(tx, "SELECT 1 FROM workspaces WHERE name = $1 AND deleted_at IS NULL", &[&spec.name])
                     .await?
                     .is_some()
                 {
                     return Err(MetaError::Exists(format!("workspace {}", spec.name)));
                 }
-                let root = query_opt(&tx, "SELECT nextval('node_ids')", &[]).await?.map(|r| r.get::<_, i64>(0));
+                let root = query_opt(tx, "SELECT nextval('node_ids')", &[]).await?.map(|r| r.get::<_, i64>(0));
                 let root = root.ok_or_else(|| MetaError::Internal("nextval".into()))?;
                 execute(
-                    &tx,
+                    tx,
                     "INSERT INTO workspaces (id, name, kind, block_size, root_ino, wrapped_key, quota_bytes, owners) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                     &[
@@ -89,14 +89,14 @@ impl MetaStore {
                 )
                 .await?;
                 execute(
-                    &tx,
+                    tx,
                     "INSERT INTO inodes (ino, valid_from, workspace_id, kind, mode, uid, gid, nlink, atime_ns, \
                      mtime_ns, ctime_ns, crtime_ns) VALUES ($1, 1, $2, $3, 493, 0, 0, 2, $4, $4, $4, $4)",
                     &[&root, &id.0, &NodeKind::Directory.code(), &now.0],
                 )
                 .await?;
-                record_event(&tx, id, actor, "workspace.create", Some(NodeId(root as u64)), None, None).await?;
-                let row = query_opt(&tx, &format!("SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE id = $1"), &[&id.0])
+                record_event(tx, id, actor, "workspace.create", Some(NodeId(root as u64)), None, None).await?;
+                let row = query_opt(tx, &format!("SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE id = $1"), &[&id.0])
                     .await?
                     .ok_or_else(|| MetaError::Internal("workspace vanished".into()))?;
                 workspace_from_row(&row)
@@ -159,7 +159,7 @@ impl MetaStore {
         in_txn!(self, |tx| {
             async {
                 let row = query_opt(
-                    &tx,
+                    tx,
                     &format!(
                         "SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE name = $1 AND deleted_at IS NULL"
                     ),
@@ -176,12 +176,12 @@ impl MetaStore {
                 }
                 let owners_json = owners.clone().unwrap_or_else(|| serde_json::json!(ws.owners));
                 execute(
-                    &tx,
+                    tx,
                     "UPDATE workspaces SET quota_bytes = $2, owners = $3 WHERE id = $1",
                     &[&ws.id.0, &ws.quota_bytes.map(|q| q as i64), &owners_json],
                 )
                 .await?;
-                record_event(&tx, ws.id, actor, "workspace.update", None, None, None).await?;
+                record_event(tx, ws.id, actor, "workspace.update", None, None, None).await?;
                 Ok(ws)
             }
             .await
@@ -194,7 +194,7 @@ impl MetaStore {
         in_txn!(self, |tx| {
             async {
                 let row = query_opt(
-                    &tx,
+                    tx,
                     "SELECT id FROM workspaces WHERE name = $1 AND deleted_at IS NULL",
                     &[&name],
                 )
@@ -202,12 +202,12 @@ impl MetaStore {
                 .ok_or_else(|| MetaError::NotFound(format!("workspace {name}")))?;
                 let id = WorkspaceId(row.get(0));
                 execute(
-                    &tx,
+                    tx,
                     "UPDATE workspaces SET deleted_at = now() WHERE id = $1",
                     &[&id.0],
                 )
                 .await?;
-                record_event(&tx, id, actor, "workspace.delete", None, None, None).await?;
+                record_event(tx, id, actor, "workspace.delete", None, None, None).await?;
                 Ok(())
             }
             .await

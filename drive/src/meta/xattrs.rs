@@ -67,10 +67,10 @@ impl MetaStore {
         }
         in_txn!(self, |tx| {
             async {
-                let (ws, _) = ws_and_inode(&tx, ws, ino).await?;
+                let (ws, _) = ws_and_inode(tx, ws, ino).await?;
                 let i = ino.0 as i64;
                 let exists = query_opt(
-                    &tx,
+                    tx,
                     "SELECT 1 FROM xattrs WHERE ino = $1 AND name = $2",
                     &[&i, &name],
                 )
@@ -83,20 +83,20 @@ impl MetaStore {
                 }
                 if exists {
                     execute(
-                        &tx,
+                        tx,
                         "UPDATE xattrs SET value = $3 WHERE ino = $1 AND name = $2",
                         &[&i, &name, &value],
                     )
                     .await?;
                 } else {
                     execute(
-                        &tx,
+                        tx,
                         "INSERT INTO xattrs (ino, name, value) VALUES ($1, $2, $3)",
                         &[&i, &name, &value],
                     )
                     .await?;
                 }
-                record_event(&tx, ws.id, actor, "setxattr", Some(ino), None, None).await?;
+                record_event(tx, ws.id, actor, "setxattr", Some(ino), None, None).await?;
                 Ok(())
             }
             .await
@@ -113,9 +113,9 @@ impl MetaStore {
     ) -> Result<(), MetaError> {
         in_txn!(self, |tx| {
             async {
-                let (ws, _) = ws_and_inode(&tx, ws, ino).await?;
+                let (ws, _) = ws_and_inode(tx, ws, ino).await?;
                 let gone = execute(
-                    &tx,
+                    tx,
                     "DELETE FROM xattrs WHERE ino = $1 AND name = $2",
                     &[&(ino.0 as i64), &name],
                 )
@@ -123,7 +123,7 @@ impl MetaStore {
                 if gone == 0 {
                     return Err(MetaError::NotFound(xattr_label(name)));
                 }
-                record_event(&tx, ws.id, actor, "removexattr", Some(ino), None, None).await?;
+                record_event(tx, ws.id, actor, "removexattr", Some(ino), None, None).await?;
                 Ok(())
             }
             .await
