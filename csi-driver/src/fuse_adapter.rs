@@ -16,9 +16,9 @@ use drive::meta::xattrs::XattrMode;
 use drive::model::{Attr, NewNode, NodeKind, RenameMode, SetAttr, Timestamp};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, Notifier, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    InitFlags, IoctlFlags, KernelConfig, LockOwner, Notifier, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
@@ -638,9 +638,30 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         reply.ok();
     }
 
+    /// No ioctls: ENOTTY, quietly (every buffered `open` in Python or libc asks whether the
+    /// file is a terminal; fuser's default logs a warning each time).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(Errno::from_i32(libc::ENOTTY));
+    }
+
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        // Every namespace change is committed before its reply: nothing is pending.
-        reply.ok();
+        // Namespace changes are committed before their reply, except queued removals.
+        self.spawn("fsyncdir", move |fs| async move {
+            match fs.fsyncdir().await {
+                Ok(()) => done(reply),
+                Err(e) => failed(reply, "fsyncdir", &e),
+            }
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -1043,3 +1043,60 @@ async fn gc_sees_only_blocks_that_nothing_references() {
         "stored: skip the upload"
     );
 }
+
+#[tokio::test]
+async fn a_batch_of_unlinks_removes_what_it_may_and_reports_the_rest() {
+    let store = store().await;
+    let ws = workspace(&store, "batch", WorkspaceKind::User).await;
+    let a = actor();
+    let r = ws.root;
+    let f = store.create(&a, ws.id, r, &name("f"), &file()).await.unwrap();
+    store.link(&a, ws.id, f.ino, r, &name("f2")).await.unwrap();
+    let g = store.create(&a, ws.id, r, &name("g"), &file()).await.unwrap();
+    let d = store.create(&a, ws.id, r, &name("d"), &dir()).await.unwrap();
+    let other = store.create(&a, ws.id, r, &name("other"), &file()).await.unwrap();
+    let item = |n: &str, ino: NodeId| drive::meta::QueuedUnlink {
+        parent: r,
+        name: name(n),
+        ino,
+        actor: a.clone(),
+    };
+    let items = [
+        item("f", f.ino),
+        item("f2", f.ino),      // the second name of the same node
+        item("g", other.ino),   // the name holds another node than expected
+        item("d", d.ino),       // a directory
+        item("missing", g.ino), // no such name
+    ];
+    let out = store.unlink_many(ws.id, &items).await.unwrap();
+    let kinds: Vec<Option<ErrorKind>> = out.iter().map(|o| o.as_ref().err().map(|e| e.kind())).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            None,
+            None,
+            Some(ErrorKind::Conflict),
+            Some(ErrorKind::IsADirectory),
+            Some(ErrorKind::NotFound)
+        ]
+    );
+    let names: Vec<String> = store
+        .readdir(View::Live, r, None, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.name.to_string_lossy())
+        .collect();
+    assert_eq!(names, vec!["d", "g", "other"]);
+    // Both names went in one transaction: the node has no links left, not one.
+    assert_eq!(store.getattr(View::Live, f.ino).await.unwrap().nlink, 0);
+    let dir_attr = out[0].as_ref().unwrap();
+    assert_eq!(dir_attr, &store.getattr(View::Live, r).await.unwrap());
+    let events = store.events_after(Some(ws.id), 0, 1000).await.unwrap();
+    let unlinked: Vec<String> = events
+        .iter()
+        .filter(|e| e.op == "unlink")
+        .filter_map(|e| e.name.as_ref().map(Name::to_string_lossy))
+        .collect();
+    assert_eq!(unlinked, vec!["f", "f2"]);
+}

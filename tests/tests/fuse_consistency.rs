@@ -93,6 +93,51 @@ fn the_metadata_cache_follows_the_other_mounts_changes() -> anyhow::Result<()> {
 }
 
 #[test]
+fn write_behind_removals_keep_their_order_and_fsync_of_the_folder_makes_them_durable() -> anyhow::Result<()> {
+    let storage = Storage::new()?;
+    let holder = tempfile::tempdir()?;
+    let dir = holder.path().join("mnt");
+    fs::create_dir(&dir)?;
+    let mut a = Mount::at(&storage, &dir, &[])?;
+    let b = Mount::new(&storage, &["--attr-ttl-ms", "0", "--entry-ttl-ms", "0"])?;
+    fs::create_dir(a.path("out"))?;
+    let names: Vec<String> = (0..300).map(|i| format!("out/frame.{i:04}.exr")).collect();
+    for n in &names {
+        fs::write(a.path(n), n.as_bytes())?;
+    }
+    for n in &names {
+        fs::remove_file(a.path(n))?;
+    }
+    // Removed names are gone at once on this mount; a name re-created right after its
+    // removal holds the new file (the create waits for the queued removal).
+    assert!(names.iter().all(|n| !a.path(n).exists()));
+    fs::write(a.path("out/frame.0007.exr"), b"second take")?;
+    let listed: Vec<_> = fs::read_dir(a.path("out"))?
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(listed, vec![std::ffi::OsString::from("frame.0007.exr")]);
+    assert!(eventually(Duration::from_secs(5), || {
+        fs::read_dir(b.path("out")).is_ok_and(|d| d.count() == 1)
+            && fs::read(b.path("out/frame.0007.exr")).is_ok_and(|d| d == b"second take")
+    }));
+    // Removals are durable once fsync of the folder returns, even if the mount dies next.
+    for i in 0..50 {
+        fs::write(a.path(&format!("out/tmp{i}")), b"x")?;
+    }
+    for i in 0..50 {
+        fs::remove_file(a.path(&format!("out/tmp{i}")))?;
+    }
+    fs::File::open(a.path("out"))?.sync_all()?;
+    a.kill9()?;
+    let a2 = Mount::at(&storage, &dir, &[])?;
+    let listed: Vec<_> = fs::read_dir(a2.path("out"))?
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(listed, vec![std::ffi::OsString::from("frame.0007.exr")]);
+    Ok(())
+}
+
+#[test]
 fn a_mounted_snapshot_is_read_only_and_shows_the_old_tree() -> anyhow::Result<()> {
     let storage = Storage::new()?;
     let live = Mount::new(&storage, &[])?;

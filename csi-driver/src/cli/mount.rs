@@ -289,6 +289,8 @@ async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()
             Duration::from_millis(200),
             cancel.clone(),
         ));
+        let (fs, c) = (fs.clone(), cancel.clone());
+        tasks.spawn(async move { fs.run_removals(c.cancelled()).await });
     }
     if let Some(addr) = args.metrics_addr {
         let (m, c) = (metrics.clone(), cancel.clone());

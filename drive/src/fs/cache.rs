@@ -197,6 +197,17 @@ impl MetaCache {
         });
     }
 
+    /// Records that this mount changed directory `dir`'s content at `now` (its mtime and ctime)
+    /// ahead of the commit, which brings the exact values.
+    pub(crate) fn touch_dir(&self, dir: NodeId, now: crate::model::Timestamp) {
+        self.change(|state, _| {
+            if let Some(attr) = state.attrs.get_mut(&dir) {
+                attr.mtime = now;
+                attr.ctime = now;
+            }
+        });
+    }
+
     /// Forgets the entry `parent/name` and the node it named.
     pub(crate) fn forget_entry(&self, parent: NodeId, name: &Name) {
         self.change(|state, _| forget_entry(state, parent, name));

@@ -22,6 +22,7 @@ mod io;
 mod namespace;
 mod ranges;
 mod read;
+mod removals;
 mod write;
 mod xattr;
 
@@ -44,6 +45,7 @@ use crate::model::{Actor, Attr, Event, NodeId, View, Workspace};
 
 use self::cache::MetaCache;
 use self::read::Reader;
+use self::removals::Removals;
 use self::write::{SessionEnv, WriteSession};
 
 /// The inode number FUSE uses for the root of a mount.
@@ -172,6 +174,7 @@ pub struct DriveFs<B: BlockIo> {
     cfg: FsConfig,
     env: Arc<SessionEnv<B>>,
     cache: MetaCache,
+    removals: Removals,
     handles: Mutex<HashMap<u64, Arc<Handle<B>>>>,
     /// Open directories: handle -> (inode, listing so far).
     dirs: Mutex<HashMap<u64, (u64, SharedDirHandle)>>,
@@ -210,6 +213,7 @@ impl<B: BlockIo> DriveFs<B> {
         );
         Ok(DriveFs {
             cache,
+            removals: Removals::default(),
             meta,
             blocks,
             ws,
@@ -332,8 +336,10 @@ impl<B: BlockIo> DriveFs<B> {
         lock(&self.handles).len()
     }
 
-    /// Commits every write session (shutdown path); returns the first error.
+    /// Commits every write session and queued removal (shutdown path); returns the first
+    /// error.
     pub async fn flush_all(&self) -> Result<(), FsError> {
+        let drained = self.drain_removals().await;
         let sessions: Vec<(NodeId, Arc<WriteSession<B>>)> = lock(&self.sessions)
             .iter()
             .map(|(k, (s, _))| (*k, s.clone()))
@@ -345,7 +351,91 @@ impl<B: BlockIo> DriveFs<B> {
                 first.get_or_insert(e);
             }
         }
-        first.map_or(Ok(()), Err)
+        drained.and(first.map_or(Ok(()), Err))
+    }
+
+    /// Commits queued removals (write-behind `unlink`, see `removals`) until `stop`
+    /// completes, then what is left. Removals are queued only while this runs.
+    pub async fn run_removals(&self, stop: impl std::future::Future<Output = ()>) {
+        self.removals.set_running(true);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                batch = self.removals.next_batch(removals::BATCH) => {
+                    if !self.commit_removals(batch).await {
+                        tokio::time::sleep(removals::RETRY_PAUSE).await;
+                    }
+                }
+            }
+        }
+        self.removals.set_running(false);
+        let mut attempts = 0;
+        while !self.removals.is_empty() && attempts < 25 {
+            let batch = self.removals.next_batch(removals::BATCH).await;
+            if !self.commit_removals(batch).await {
+                attempts += 1;
+                tokio::time::sleep(removals::RETRY_PAUSE).await;
+            }
+        }
+        if !self.removals.is_empty() {
+            tracing::error!("metadata store unreachable at shutdown: queued removals are lost");
+        }
+    }
+
+    /// Commits one batch of queued removals; `false` when the store was unreachable and the
+    /// batch went back to the queue.
+    async fn commit_removals(&self, batch: Vec<(u64, crate::meta::QueuedUnlink)>) -> bool {
+        let Some(last) = batch.last().map(|(seq, _)| *seq) else {
+            return true;
+        };
+        let items: Vec<_> = batch.iter().map(|(_, item)| item.clone()).collect();
+        match self.meta.unlink_many(self.ws.id, &items).await {
+            Ok(outcomes) => {
+                for (item, outcome) in items.iter().zip(outcomes) {
+                    match outcome {
+                        Ok(dir) => self.cache.set_attr(&dir),
+                        Err(e) => {
+                            // Gone already, or the name holds another node now: let the
+                            // store's answer show again.
+                            tracing::debug!(name = %item.name.to_string_lossy(), error = %e, "queued removal skipped");
+                            self.cache.forget_entry(item.parent, &item.name);
+                            self.cache.forget_attr(item.parent);
+                        }
+                    }
+                }
+                self.removals.settled(last);
+                true
+            }
+            Err(e) if e.kind() == crate::error::ErrorKind::Unavailable => {
+                tracing::warn!(error = %e, queued = items.len(), "queued removals wait for the metadata store");
+                self.removals.retry(batch, e.to_string());
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, count = items.len(), "queued removals failed; the files stay");
+                for item in &items {
+                    self.cache.forget_entry(item.parent, &item.name);
+                    self.cache.forget_attr(item.parent);
+                }
+                self.removals.settled(last);
+                true
+            }
+        }
+    }
+
+    /// Waits until this mount's queued removals are committed (the barrier in front of every
+    /// other metadata access; see `removals`).
+    pub(crate) async fn drain_removals(&self) -> Result<(), FsError> {
+        self.removals
+            .drain()
+            .await
+            .map_err(|e| FsError::new(FsErrorKind::Io, format!("queued removals not committed: {e}")))
+    }
+
+    /// `fsyncdir`: the directory's queued removals are durable when it returns.
+    pub async fn fsyncdir(&self) -> Result<(), FsError> {
+        self.drain_removals().await
     }
 
     fn note_seen(&self, node: NodeId, version: u64) -> bool {

@@ -8,7 +8,10 @@ use crate::fs::blocks::BlockIo;
 use crate::fs::cache::Cached;
 use crate::fs::error::{FsError, FsErrorKind};
 use crate::fs::{Caller, DriveFs, ROOT_INO, StatFs, lock};
-use crate::model::{Attr, DirEntryPlus, Name, NewNode, NodeId, NodeKind, RenameMode, SetAttr};
+use crate::meta::QueuedUnlink;
+use crate::model::{
+    Attr, DirEntryPlus, Name, NewNode, NodeId, NodeKind, RenameMode, SetAttr, Timestamp, WorkspaceKind,
+};
 
 /// Entries fetched from the store per directory page.
 const DIR_PAGE: usize = 1000;
@@ -56,6 +59,7 @@ impl<B: BlockIo> DriveFs<B> {
     pub async fn lookup_in_store(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
         let name = parse_name(name)?;
         let parent = self.to_node(parent);
+        self.drain_removals().await?;
         let ticket = self.cache.ticket();
         match self.meta.lookup(self.cfg.view, parent, &name).await {
             Ok(attr) => {
@@ -99,6 +103,7 @@ impl<B: BlockIo> DriveFs<B> {
     /// The store's attributes of `node`, read from the store (close-to-open: `open` must see
     /// the latest committed version), refreshing the cache.
     pub(crate) async fn fresh_attr(&self, node: NodeId) -> Result<Attr, FsError> {
+        self.drain_removals().await?;
         let ticket = self.cache.ticket();
         let attr = self.meta.getattr(self.cfg.view, node).await?;
         self.cache.fill_attr(ticket, &attr);
@@ -135,6 +140,7 @@ impl<B: BlockIo> DriveFs<B> {
         let attr = if rest == SetAttr::default() {
             self.fresh_attr(node).await?
         } else {
+            self.drain_removals().await?;
             let result = self.meta.setattr(&actor, self.ws.id, node, &rest).await;
             self.touched(&[node]);
             let attr = result?;
@@ -193,6 +199,7 @@ impl<B: BlockIo> DriveFs<B> {
         self.writable()?;
         let name = parse_name(new_name)?;
         let (node, parent) = (self.to_node(ino), self.to_node(new_parent));
+        self.drain_removals().await?;
         let result = self
             .meta
             .link(&self.actor(caller), self.ws.id, node, parent, &name)
@@ -219,6 +226,7 @@ impl<B: BlockIo> DriveFs<B> {
         caller: Caller,
     ) -> Result<Attr, FsError> {
         let parent = self.to_node(parent);
+        self.drain_removals().await?;
         let result = self
             .meta
             .create_in(&self.actor(caller), self.ws.id, parent, name, node)
@@ -254,6 +262,23 @@ impl<B: BlockIo> DriveFs<B> {
         self.writable()?;
         let name = parse_name(name)?;
         let (parent, actor) = (self.to_node(parent), self.actor(caller));
+        // Write-behind when the mount alone can decide it (see `removals`).
+        if !dir
+            && self.ws.kind != WorkspaceKind::Project
+            && let Cached::Found(attr) = self.cache.entry(parent, &name)
+            && attr.kind != NodeKind::Directory
+            && self.removals.push(QueuedUnlink {
+                parent,
+                name: name.clone(),
+                ino: attr.ino,
+                actor: actor.clone(),
+            })
+        {
+            self.cache.set_absent(parent, &name);
+            self.cache.touch_dir(parent, Timestamp::now());
+            return Ok(());
+        }
+        self.drain_removals().await?;
         let result = if dir {
             self.meta.rmdir(&actor, self.ws.id, parent, &name).await
         } else {
@@ -286,6 +311,7 @@ impl<B: BlockIo> DriveFs<B> {
         self.writable()?;
         let (name, new_name) = (parse_name(name)?, parse_name(new_name)?);
         let (parent, new_parent) = (self.to_node(parent), self.to_node(new_parent));
+        self.drain_removals().await?;
         let result = self
             .meta
             .rename(
@@ -355,6 +381,7 @@ impl<B: BlockIo> DriveFs<B> {
         let start = offset.saturating_sub(2) as usize;
         while start >= dir.entries.len() && !dir.done {
             let after = dir.entries.last().map(|e| e.entry.name.clone());
+            self.drain_removals().await?;
             let ticket = self.cache.ticket();
             let page = self
                 .meta

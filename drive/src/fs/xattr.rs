@@ -98,6 +98,7 @@ impl<B: BlockIo> DriveFs<B> {
         self.writable()?;
         check_settable(name)?;
         let node = self.to_node(ino);
+        self.drain_removals().await?;
         let result = self
             .meta
             .set_xattr(&self.actor(caller), self.ws.id, node, name, value, mode)
@@ -112,6 +113,7 @@ impl<B: BlockIo> DriveFs<B> {
         self.writable()?;
         check_settable(name)?;
         let node = self.to_node(ino);
+        self.drain_removals().await?;
         let result = self
             .meta
             .remove_xattr(&self.actor(caller), self.ws.id, node, name)

@@ -29,6 +29,7 @@ pub mod xattrs;
 pub use content::{BlockChange, BlockRecord, BlockState, FileBlock};
 pub use copy::CopyReport;
 pub use events::EventFeed;
+pub use tree::QueuedUnlink;
 pub use volumes::{Volume, VolumePlacement, VolumeRequest};
 pub use workspaces::WorkspaceUpdate;
 

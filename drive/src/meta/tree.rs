@@ -1,6 +1,8 @@
 //! Nodes and entries: lookup, getattr, readdir, create, link, unlink, rmdir, rename, setattr,
 //! path resolution and O(1) subtree delete.
 
+use std::collections::HashMap;
+
 use deadpool_postgres::GenericClient;
 
 use crate::error::MetaError;
@@ -397,6 +399,135 @@ impl MetaStore {
         })
     }
 
+    /// Removes many non-directory entries in one transaction (a mount's queued removals).
+    /// Each item names the node its entry is expected to hold; an item whose entry is gone,
+    /// names another node, is a directory, or is protected (write-once) is skipped with its
+    /// reason and does not stop the others. Returns one outcome per item (`Ok` with the
+    /// directory's new attributes when removed).
+    pub async fn unlink_many(
+        &self,
+        ws: WorkspaceId,
+        items: &[QueuedUnlink],
+    ) -> Result<Vec<Result<Attr, MetaError>>, MetaError> {
+        let now = Timestamp::now();
+        in_txn!(self, |tx| {
+            async {
+                let mut parents: Vec<NodeId> = items.iter().map(|i| i.parent).collect();
+                parents.sort_unstable();
+                parents.dedup();
+                let (ctx, found, dirs) = tokio::join!(
+                    ws_ctx(tx, ws),
+                    futures::future::join_all(
+                        items.iter().map(|i| live_entry_and_inode(tx, i.parent, &i.name))
+                    ),
+                    futures::future::join_all(parents.iter().map(|p| inode_in_view(tx, View::Live, *p))),
+                );
+                let ws = ctx?;
+                let mut dir_rows = HashMap::new();
+                for (parent, row) in parents.iter().zip(dirs) {
+                    if let Some(row) = row? {
+                        dir_rows.insert(*parent, row);
+                    }
+                }
+                let mut nodes: HashMap<NodeId, InodeRow> = HashMap::new();
+                let mut removed = Vec::new();
+                let mut outcomes: Vec<Result<(), MetaError>> = Vec::with_capacity(items.len());
+                for (item, found) in items.iter().zip(found) {
+                    let what = || item.name.to_string_lossy();
+                    let outcome = match found? {
+                        None => Err(MetaError::NotFound(what())),
+                        Some((entry, _)) if entry.ino != item.ino => {
+                            Err(MetaError::Conflict(format!("{} names another node now", what())))
+                        }
+                        Some((_, _)) if !dir_rows.contains_key(&item.parent) => {
+                            Err(MetaError::NotFound(what()))
+                        }
+                        Some((entry, node)) => {
+                            let node = match nodes.remove(&entry.ino) {
+                                Some(row) => Ok(row),
+                                None => checked_live_inode(&ws, entry.ino, node),
+                            };
+                            match node {
+                                Err(e) => Err(e),
+                                Ok(row) if row.attr.kind == NodeKind::Directory => {
+                                    nodes.insert(entry.ino, row);
+                                    Err(MetaError::IsADirectory(what()))
+                                }
+                                Ok(row) => match guard_write_once(&ws, &row.attr, "delete") {
+                                    Err(e) => {
+                                        nodes.insert(entry.ino, row);
+                                        Err(e)
+                                    }
+                                    Ok(()) => {
+                                        let mut row = row;
+                                        drop_link(&mut row, now);
+                                        nodes.insert(entry.ino, row);
+                                        removed.push((item, entry));
+                                        Ok(())
+                                    }
+                                },
+                            }
+                        }
+                    };
+                    outcomes.push(outcome);
+                }
+                // Hard links: every removed name of a node dropped one link from the same row.
+                let touched_nodes: Vec<&InodeRow> = {
+                    let mut ids: Vec<NodeId> = removed.iter().map(|(_, e)| e.ino).collect();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    ids.iter().filter_map(|id| nodes.get(id)).collect()
+                };
+                let mut touched_dirs: Vec<NodeId> = removed.iter().map(|(i, _)| i.parent).collect();
+                touched_dirs.sort_unstable();
+                touched_dirs.dedup();
+                for dir in &touched_dirs {
+                    if let Some(row) = dir_rows.get_mut(dir) {
+                        touch_dir(row, now, 0);
+                    }
+                }
+                let writes = removed
+                    .iter()
+                    .flat_map(|(item, entry)| {
+                        [
+                            boxed(close_entry(tx, &ws, entry.id, true)),
+                            boxed(frame_removed(tx, item.parent, &item.name, entry.kind)),
+                            boxed(record_event(
+                                tx,
+                                ws.id,
+                                &item.actor,
+                                "unlink",
+                                Some(entry.ino),
+                                Some(item.parent),
+                                Some(&item.name),
+                            )),
+                        ]
+                    })
+                    .chain(touched_nodes.iter().map(|row| boxed(write_inode(tx, &ws, row))))
+                    .chain(
+                        touched_dirs
+                            .iter()
+                            .filter_map(|d| dir_rows.get(d))
+                            .map(|row| boxed(write_inode(tx, &ws, row))),
+                    );
+                first_failure(futures::future::join_all(writes).await)?;
+                Ok(items
+                    .iter()
+                    .zip(outcomes)
+                    .map(|(item, outcome)| {
+                        outcome.and_then(|()| {
+                            dir_rows
+                                .get(&item.parent)
+                                .map(|row| row.attr.clone())
+                                .ok_or_else(|| MetaError::NotFound(format!("directory {}", item.parent)))
+                        })
+                    })
+                    .collect())
+            }
+            .await
+        })
+    }
+
     /// Renames `parent/name` to `new_parent/new_name` with POSIX `rename(2)` rules and the
     /// Linux `renameat2` flags. Moving a folder changes one entry, whatever its size.
     #[allow(clippy::too_many_arguments)]
@@ -594,6 +725,23 @@ impl MetaStore {
             .await
         })
     }
+}
+
+/// One removal of a batch for [`MetaStore::unlink_many`].
+#[derive(Debug, Clone)]
+pub struct QueuedUnlink {
+    pub parent: NodeId,
+    pub name: Name,
+    /// The node the entry is expected to name (the remover's view).
+    pub ino: NodeId,
+    pub actor: Actor,
+}
+
+type WriteFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), MetaError>> + Send + 'a>>;
+
+fn boxed<'a>(f: impl std::future::Future<Output = Result<(), MetaError>> + Send + 'a) -> WriteFuture<'a> {
+    Box::pin(f)
 }
 
 #[derive(Debug, Clone, Copy)]

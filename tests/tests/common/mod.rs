@@ -106,12 +106,14 @@ impl Mount {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().context("start studiodrive-csi mount")?;
-        let deadline = Instant::now() + Duration::from_secs(60);
         // Not canonicalize(dir): a dead mount point fails stat with ENOTCONN until cleaned.
         let parent = dir.parent().context("mount point has a parent")?;
         let dir = std::fs::canonicalize(parent)?.join(dir.file_name().context("mount point name")?);
-        while !(is_mounted(&dir) && std::fs::metadata(&dir).is_ok()) {
+        let mut child = cmd.spawn().context("start studiodrive-csi mount")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // A dead mount left on `dir` (kill -9) is still listed, and the kernel may answer stat
+        // from cached attributes; listing the root reaches the file system.
+        while !(is_mounted(&dir) && std::fs::read_dir(&dir).is_ok()) {
             if let Some(status) = child.try_wait()? {
                 bail!("mount exited early: {status}");
             }
