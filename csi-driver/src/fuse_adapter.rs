@@ -709,6 +709,12 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if let Some(e) = self.fs.getxattr_unstored(name.as_bytes()) {
+            let start = Instant::now();
+            let _ = failed(reply, "getxattr", &e);
+            self.metrics.observe_op("getxattr", false, start.elapsed());
+            return;
+        }
         let name = name.as_bytes().to_vec();
         self.spawn("getxattr", move |fs| async move {
             match fs.getxattr(ino.0, &name).await {

@@ -1069,7 +1069,10 @@ async fn a_batch_of_unlinks_removes_what_it_may_and_reports_the_rest() {
         item("missing", g.ino), // no such name
     ];
     let out = store.unlink_many(ws.id, &items).await.unwrap();
-    let kinds: Vec<Option<ErrorKind>> = out.iter().map(|o| o.as_ref().err().map(|e| e.kind())).collect();
+    let kinds: Vec<Option<ErrorKind>> = out
+        .iter()
+        .map(|o| o.as_ref().err().map(drive::MetaError::kind))
+        .collect();
     assert_eq!(
         kinds,
         vec![

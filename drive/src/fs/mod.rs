@@ -360,13 +360,14 @@ impl<B: BlockIo> DriveFs<B> {
         self.removals.set_running(true);
         tokio::pin!(stop);
         loop {
-            tokio::select! {
+            // Only the wait is raced against `stop`: a batch taken is always committed (or
+            // put back), never dropped with a cancelled transaction.
+            let batch = tokio::select! {
                 () = &mut stop => break,
-                batch = self.removals.next_batch(removals::BATCH) => {
-                    if !self.commit_removals(batch).await {
-                        tokio::time::sleep(removals::RETRY_PAUSE).await;
-                    }
-                }
+                batch = self.removals.next_batch(removals::BATCH) => batch,
+            };
+            if !self.commit_removals(batch).await {
+                tokio::time::sleep(removals::RETRY_PAUSE).await;
             }
         }
         self.removals.set_running(false);
@@ -390,7 +391,10 @@ impl<B: BlockIo> DriveFs<B> {
             return true;
         };
         let items: Vec<_> = batch.iter().map(|(_, item)| item.clone()).collect();
-        match self.meta.unlink_many(self.ws.id, &items).await {
+        let started = Instant::now();
+        let result = self.meta.unlink_many(self.ws.id, &items).await;
+        tracing::debug!(count = items.len(), took = ?started.elapsed(), ok = result.is_ok(), "queued removals committed");
+        match result {
             Ok(outcomes) => {
                 for (item, outcome) in items.iter().zip(outcomes) {
                     match outcome {

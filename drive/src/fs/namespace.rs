@@ -267,12 +267,15 @@ impl<B: BlockIo> DriveFs<B> {
             && self.ws.kind != WorkspaceKind::Project
             && let Cached::Found(attr) = self.cache.entry(parent, &name)
             && attr.kind != NodeKind::Directory
-            && self.removals.push(QueuedUnlink {
-                parent,
-                name: name.clone(),
-                ino: attr.ino,
-                actor: actor.clone(),
-            })
+            && self
+                .removals
+                .push(QueuedUnlink {
+                    parent,
+                    name: name.clone(),
+                    ino: attr.ino,
+                    actor: actor.clone(),
+                })
+                .await
         {
             self.cache.set_absent(parent, &name);
             self.cache.touch_dir(parent, Timestamp::now());

@@ -19,8 +19,9 @@
 //!   queued (the files are back), as a local file system loses the last moments before a
 //!   crash. File contents keep their close-to-open durability;
 //! - while the metadata store is unreachable the committer retries and `drain` reports the
-//!   error, so the operations behind it fail instead of running out of order; the queue is
-//!   bounded, so unlinks fall back to the synchronous path when it is full.
+//!   error, so the operations behind it fail instead of running out of order, and new
+//!   unlinks take the synchronous path (and fail the same way); the queue is bounded: a full
+//!   queue makes `unlink` wait for room.
 //!
 //! Without a running committer (a `DriveFs` used directly, as in tests) nothing is queued.
 
@@ -70,21 +71,30 @@ impl Default for Removals {
 }
 
 impl Removals {
-    /// Queues `item`; `false` when nothing may be queued (no committer, or the queue is full).
-    pub(crate) fn push(&self, item: QueuedUnlink) -> bool {
-        if !self.running.load(Ordering::Acquire) {
-            return false;
+    /// Queues `item`, waiting for room while the queue is full (back-pressure: `rm` then
+    /// runs at the committer's pace). `false` when nothing may be queued: no committer, or the
+    /// committer reports the store unreachable.
+    pub(crate) async fn push(&self, item: QueuedUnlink) -> bool {
+        let mut progress = self.progress.subscribe();
+        loop {
+            if !self.running.load(Ordering::Acquire) || progress.borrow_and_update().error.is_some() {
+                return false;
+            }
+            {
+                let mut queue = lock(&self.queue);
+                if queue.items.len() < MAX_QUEUED {
+                    queue.last_seq += 1;
+                    let seq = queue.last_seq;
+                    queue.items.push((seq, item));
+                    drop(queue);
+                    self.wake.notify_one();
+                    return true;
+                }
+            }
+            if progress.changed().await.is_err() {
+                return false;
+            }
         }
-        let mut queue = lock(&self.queue);
-        if queue.items.len() >= MAX_QUEUED {
-            return false;
-        }
-        queue.last_seq += 1;
-        let seq = queue.last_seq;
-        queue.items.push((seq, item));
-        drop(queue);
-        self.wake.notify_one();
-        true
     }
 
     /// Waits until every removal queued before this call is committed; fails with the store's

@@ -65,12 +65,17 @@ impl<B: BlockIo> DriveFs<B> {
                 _ => Err(no_attribute()),
             };
         }
-        if !name.starts_with(USER_PREFIX) {
-            // security.*, system.*, trusted.*: none are stored (the kernel asks for
-            // security.capability on every write, so this must be cheap).
-            return Err(no_attribute());
+        if let Some(none) = self.getxattr_unstored(name) {
+            return Err(none);
         }
         self.meta.get_xattr(node, name).await?.ok_or_else(no_attribute)
+    }
+
+    /// `getxattr` of a name that is never stored (security.*, system.*, trusted.*), answered
+    /// without I/O: the kernel asks for security.capability on every write, so the FUSE
+    /// adapter answers it on its own thread. `None` for `user.*` names.
+    pub fn getxattr_unstored(&self, name: &[u8]) -> Option<FsError> {
+        (!name.starts_with(USER_PREFIX)).then(no_attribute)
     }
 
     /// The attribute names of `ino`, virtual ones included.

@@ -1,6 +1,7 @@
 //! Row mapping and the statements every operation shares: the workspace context of a
 //! transaction, versioned inode updates, entry versions, events.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deadpool_postgres::GenericClient;
@@ -429,6 +430,39 @@ pub(crate) async fn live_entry_and_inode<C: GenericClient>(
     .transpose()
 }
 
+/// The live entries `(parent, name)` and the live inodes they name, in one statement; names
+/// without a live entry are missing from the result.
+pub(crate) async fn live_entries_and_inodes<C: GenericClient>(
+    c: &C,
+    keys: &[(NodeId, &Name)],
+) -> Result<HashMap<(NodeId, Name), (EntryRow, Option<InodeRow>)>, MetaError> {
+    let parents: Vec<i64> = keys.iter().map(|k| k.0.0 as i64).collect();
+    let names: Vec<&[u8]> = keys.iter().map(|k| k.1.as_bytes()).collect();
+    let rows = query(
+        c,
+        &format!(
+            "SELECT e.id, e.ino, e.kind, e.parent, e.name, {} \
+             FROM unnest($1::INT8[], $2::BYTEA[]) AS k(parent, name) \
+             JOIN entries e ON e.parent = k.parent AND e.name = k.name AND e.valid_to IS NULL \
+             LEFT JOIN inodes i ON i.ino = e.ino AND i.valid_to IS NULL",
+            prefixed_inode_columns()
+        ),
+        &[&parents, &names],
+    )
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let entry = entry_from_row(r)?;
+            let key = (NodeId(r.get::<_, i64>(3) as u64), Name::from_stored(r.get(4)));
+            let node = match r.get::<_, Option<i64>>(5) {
+                Some(_) => Some(inode_from_row(r, 5)?),
+                None => None,
+            };
+            Ok((key, (entry, node)))
+        })
+        .collect()
+}
+
 /// [`INODE_COLUMNS`] qualified with the table alias `i`, for joins.
 pub(crate) fn prefixed_inode_columns() -> String {
     INODE_COLUMNS
@@ -512,6 +546,46 @@ pub(crate) async fn record_event<C: GenericClient>(
     name: Option<&Name>,
 ) -> Result<(), MetaError> {
     insert_event(c, ws, actor, op, ino, (parent, name), None).await
+}
+
+/// Appends one `op` event per removed entry `(actor, node, parent, name)` in one statement
+/// (ids are taken in slice order).
+pub(crate) async fn record_removal_events<C: GenericClient>(
+    c: &C,
+    ws: WorkspaceId,
+    op: &str,
+    removed: &[(&Actor, NodeId, NodeId, &Name)],
+) -> Result<(), MetaError> {
+    if removed.is_empty() {
+        return Ok(());
+    }
+    let actors: Vec<&str> = removed.iter().map(|r| r.0.0.as_str()).collect();
+    let inos: Vec<i64> = removed.iter().map(|r| r.1.0 as i64).collect();
+    let parents: Vec<i64> = removed.iter().map(|r| r.2.0 as i64).collect();
+    let names: Vec<&[u8]> = removed.iter().map(|r| r.3.as_bytes()).collect();
+    execute(
+        c,
+        "INSERT INTO events (workspace_id, actor, op, ino, parent, name) \
+         SELECT $1, t.actor, $2, t.ino, t.parent, t.name \
+         FROM unnest($3::TEXT[], $4::INT8[], $5::INT8[], $6::BYTEA[]) AS t(actor, ino, parent, name)",
+        &[&ws.0, &op, &actors, &inos, &parents, &names],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Ends the live versions of entries `ids` as soft deletes, in one statement.
+pub(crate) async fn close_entries<C: GenericClient>(c: &C, ws: &WsCtx, ids: &[i64]) -> Result<(), MetaError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    execute(
+        c,
+        "UPDATE entries SET valid_to = $2, deleted_at = $3 WHERE id = ANY($1)",
+        &[&ids, &ws.epoch, &SystemTime::now()],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Appends the event of a rename or exchange: the node, its new entry and the one it left.

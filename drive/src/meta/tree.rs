@@ -7,10 +7,11 @@ use deadpool_postgres::GenericClient;
 
 use crate::error::MetaError;
 use crate::meta::rows::{
-    EntryRow, InodeRow, WsCtx, checked_live_inode, close_entry, first_failure, guard_write_once,
-    inode_from_row, inode_in_view, insert_entry, insert_new_inode, live_dir, live_entry,
-    live_entry_and_inode, live_inode, new_inode_attr, next_node_id, prefixed_inode_columns, query, query_opt,
-    record_event, record_move_event, write_inode, ws_and_dir, ws_and_inode, ws_ctx,
+    EntryRow, InodeRow, WsCtx, checked_live_inode, close_entries, close_entry, first_failure,
+    guard_write_once, inode_from_row, inode_in_view, insert_entry, insert_new_inode, live_dir,
+    live_entries_and_inodes, live_entry, live_entry_and_inode, live_inode, new_inode_attr, next_node_id,
+    prefixed_inode_columns, query, query_opt, record_event, record_move_event, record_removal_events,
+    write_inode, ws_and_dir, ws_and_inode, ws_ctx,
 };
 use crate::meta::sequences::{frame_added, frame_removed};
 use crate::meta::{MetaStore, in_txn};
@@ -415,14 +416,14 @@ impl MetaStore {
                 let mut parents: Vec<NodeId> = items.iter().map(|i| i.parent).collect();
                 parents.sort_unstable();
                 parents.dedup();
+                let keys: Vec<(NodeId, &Name)> = items.iter().map(|i| (i.parent, &i.name)).collect();
                 let (ctx, found, dirs) = tokio::join!(
                     ws_ctx(tx, ws),
-                    futures::future::join_all(
-                        items.iter().map(|i| live_entry_and_inode(tx, i.parent, &i.name))
-                    ),
+                    live_entries_and_inodes(tx, &keys),
                     futures::future::join_all(parents.iter().map(|p| inode_in_view(tx, View::Live, *p))),
                 );
                 let ws = ctx?;
+                let mut found = found?;
                 let mut dir_rows = HashMap::new();
                 for (parent, row) in parents.iter().zip(dirs) {
                     if let Some(row) = row? {
@@ -432,9 +433,9 @@ impl MetaStore {
                 let mut nodes: HashMap<NodeId, InodeRow> = HashMap::new();
                 let mut removed = Vec::new();
                 let mut outcomes: Vec<Result<(), MetaError>> = Vec::with_capacity(items.len());
-                for (item, found) in items.iter().zip(found) {
+                for item in items {
                     let what = || item.name.to_string_lossy();
-                    let outcome = match found? {
+                    let outcome = match found.remove(&(item.parent, item.name.clone())) {
                         None => Err(MetaError::NotFound(what())),
                         Some((entry, _)) if entry.ino != item.ino => {
                             Err(MetaError::Conflict(format!("{} names another node now", what())))
@@ -486,30 +487,28 @@ impl MetaStore {
                         touch_dir(row, now, 0);
                     }
                 }
-                let writes = removed
+                let entry_ids: Vec<i64> = removed.iter().map(|(_, e)| e.id).collect();
+                let events: Vec<(&Actor, NodeId, NodeId, &Name)> = removed
                     .iter()
-                    .flat_map(|(item, entry)| {
-                        [
-                            boxed(close_entry(tx, &ws, entry.id, true)),
-                            boxed(frame_removed(tx, item.parent, &item.name, entry.kind)),
-                            boxed(record_event(
-                                tx,
-                                ws.id,
-                                &item.actor,
-                                "unlink",
-                                Some(entry.ino),
-                                Some(item.parent),
-                                Some(&item.name),
-                            )),
-                        ]
-                    })
-                    .chain(touched_nodes.iter().map(|row| boxed(write_inode(tx, &ws, row))))
-                    .chain(
-                        touched_dirs
-                            .iter()
-                            .filter_map(|d| dir_rows.get(d))
-                            .map(|row| boxed(write_inode(tx, &ws, row))),
-                    );
+                    .map(|(item, entry)| (&item.actor, entry.ino, item.parent, &item.name))
+                    .collect();
+                let writes = [
+                    boxed(close_entries(tx, &ws, &entry_ids)),
+                    boxed(record_removal_events(tx, ws.id, "unlink", &events)),
+                ]
+                .into_iter()
+                .chain(
+                    removed
+                        .iter()
+                        .map(|(item, entry)| boxed(frame_removed(tx, item.parent, &item.name, entry.kind))),
+                )
+                .chain(touched_nodes.iter().map(|row| boxed(write_inode(tx, &ws, row))))
+                .chain(
+                    touched_dirs
+                        .iter()
+                        .filter_map(|d| dir_rows.get(d))
+                        .map(|row| boxed(write_inode(tx, &ws, row))),
+                );
                 first_failure(futures::future::join_all(writes).await)?;
                 Ok(items
                     .iter()
