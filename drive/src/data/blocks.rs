@@ -84,9 +84,6 @@ impl std::fmt::Debug for BlockStore {
     }
 }
 
-/// Blocks smaller than this register and upload at the same time (see [`BlockStore::put`]).
-pub const REGISTER_WHILE_UPLOADING_BELOW: usize = 1 << 20;
-
 /// The object key of block `hash`.
 pub fn block_key(hash: &BlockHash) -> String {
     let h = hash_hex(hash);
@@ -151,23 +148,13 @@ impl BlockStore {
     }
 
     /// Stores `data` durably and returns its address.
-    ///
-    /// The block's record goes to the metadata store before its object is uploaded, so an
-    /// object never exists without a record GC can find, and an identical block already
-    /// stored is not uploaded again. Blocks under [`REGISTER_WHILE_UPLOADING_BELOW`] (the tail
-    /// of a small file, written at close) register and upload at the same time instead: that
-    /// saves a metadata round trip and WAL flush per small file, at the price of an upload
-    /// for a block that turns out to be stored already, and of an object without a record if
-    /// the mount dies (or the metadata store fails) in the fraction of a millisecond between
-    /// the two. Such an object is never referenced; a bucket sweep by GC reclaims it.
     pub async fn put(&self, data: Bytes) -> Result<BlockHash, DataError> {
         let inner = &self.inner;
         let codec = inner.codec.clone();
         let (hash, data) = blocking(move || (codec.address(&data), data)).await?;
         let len = data.len() as u64;
         let stored_len = inner.codec.stored_len(data.len()) as u64;
-        let together = data.len() < REGISTER_WHILE_UPLOADING_BELOW;
-        if !together && inner.meta.register_block(&hash, len, stored_len).await? {
+        if inner.meta.register_block(&hash, len, stored_len).await? {
             inner.stats.dedup_hits.fetch_add(1, Ordering::Relaxed);
             inner.remember(hash, &data);
             return Ok(hash);
@@ -176,16 +163,7 @@ impl BlockStore {
         let plaintext = data.clone();
         let object = blocking(move || codec.encode(&hash, &plaintext)).await?;
         inner.stats.puts.fetch_add(1, Ordering::Relaxed);
-        let key = block_key(&hash);
-        let upload = inner.store.put(&key, object.clone());
-        let (registered, uploaded) = if together {
-            let (registered, uploaded) =
-                tokio::join!(inner.meta.register_block(&hash, len, stored_len), upload);
-            (registered.map(drop), uploaded)
-        } else {
-            (Ok(()), upload.await)
-        };
-        if let Err(e) = uploaded {
+        if let Err(e) = inner.store.put(&block_key(&hash), object.clone()).await {
             inner.stats.errors.fetch_add(1, Ordering::Relaxed);
             // Best effort: GC treats failed and stale created records alike.
             let _ = inner
@@ -194,7 +172,6 @@ impl BlockStore {
                 .await;
             return Err(e.into());
         }
-        registered?;
         inner
             .stats
             .bytes_uploaded
