@@ -292,24 +292,10 @@ fn forget_entry(state: &mut State, parent: NodeId, name: &Name) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{NodeKind, Timestamp, WorkspaceId};
+    use crate::model::{NodeKind, Timestamp, WorkspaceId, test_attr};
 
     fn attr(ino: u64, size: u64) -> Attr {
-        Attr {
-            ino: NodeId(ino),
-            kind: NodeKind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            size,
-            nlink: 1,
-            atime: Timestamp(0),
-            mtime: Timestamp(0),
-            ctime: Timestamp(0),
-            crtime: Timestamp(0),
-            rdev: 0,
-            content_version: 0,
-        }
+        test_attr(ino, NodeKind::File, 0o644, 0, 0, size)
     }
 
     fn name(s: &str) -> Name {

@@ -464,24 +464,10 @@ pub(crate) fn check_access(attr: &Attr, want: u32, caller: Caller) -> bool {
 mod tests {
     use super::check_access;
     use crate::fs::Caller;
-    use crate::model::{Attr, NodeId, NodeKind, Timestamp};
+    use crate::model::{Attr, NodeKind, test_attr};
 
     fn attr(mode: u32, uid: u32, gid: u32, kind: NodeKind) -> Attr {
-        Attr {
-            ino: NodeId(5),
-            kind,
-            mode,
-            uid,
-            gid,
-            size: 0,
-            nlink: 1,
-            atime: Timestamp(0),
-            mtime: Timestamp(0),
-            ctime: Timestamp(0),
-            crtime: Timestamp(0),
-            rdev: 0,
-            content_version: 0,
-        }
+        test_attr(5, kind, mode, uid, gid, 0)
     }
 
     #[test]

@@ -163,6 +163,26 @@ pub struct Attr {
     pub content_version: u64,
 }
 
+/// Attributes of a node with times at the epoch, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_attr(ino: u64, kind: NodeKind, mode: u32, uid: u32, gid: u32, size: u64) -> Attr {
+    Attr {
+        ino: NodeId(ino),
+        kind,
+        mode,
+        uid,
+        gid,
+        size,
+        nlink: 1,
+        atime: Timestamp(0),
+        mtime: Timestamp(0),
+        ctime: Timestamp(0),
+        crtime: Timestamp(0),
+        rdev: 0,
+        content_version: 0,
+    }
+}
+
 /// One directory entry, as readdir returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
