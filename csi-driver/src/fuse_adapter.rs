@@ -834,7 +834,7 @@ pub async fn run_invalidator<B: BlockIo>(
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
         }
-        let poll_started = std::time::Instant::now();
+        let poll_started = Instant::now();
         let events = match feed.poll(fs.meta()).await {
             Ok(events) => events,
             Err(e) => {

@@ -189,10 +189,11 @@ impl MetaCache {
     }
 
     /// Records that `parent/name` no longer exists (this mount removed it); the node it named
-    /// changed too (link count, ctime).
+    /// changed too (link count, ctime). A complete directory stays complete: its entries are
+    /// still all known.
     pub(crate) fn set_absent(&self, parent: NodeId, name: &Name) {
         self.change(|state, capacity| {
-            forget_entry(state, parent, name);
+            drop_entry(state, parent, name);
             put_entry(state, parent, name.clone(), None, capacity);
         });
     }
@@ -284,6 +285,11 @@ fn put_entry(state: &mut State, parent: NodeId, name: Name, node: Option<NodeId>
 /// Forgets an entry and the node it named; its directory is no longer known complete.
 fn forget_entry(state: &mut State, parent: NodeId, name: &Name) {
     state.complete.remove(&parent);
+    drop_entry(state, parent, name);
+}
+
+/// Removes an entry and the attributes of the node it named.
+fn drop_entry(state: &mut State, parent: NodeId, name: &Name) {
     if let Some(Some(node)) = state.entries.remove(&(parent, name.clone())) {
         state.attrs.remove(&node);
     }
@@ -412,6 +418,11 @@ mod tests {
             Cached::Found(attr(51, 0))
         );
         assert_eq!(cache.entry(dir, &name("frame.0002.exr")), Cached::Absent);
+        // Removing a name of our own keeps it complete.
+        cache.set_absent(dir, &name("frame.0001.exr"));
+        assert_eq!(cache.entry(dir, &name("frame.0001.exr")), Cached::Absent);
+        assert_eq!(cache.entry(dir, &name("frame.0003.exr")), Cached::Absent);
+        cache.set_entry(dir, &name("frame.0001.exr"), &attr(51, 0));
         // Another mount created a file in it: names not cached are unknown again.
         cache.forget_event(&event("create", Some(60), Some((50, "theirs")), None));
         assert_eq!(cache.entry(dir, &name("theirs")), Cached::Unknown);

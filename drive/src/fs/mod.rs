@@ -400,11 +400,9 @@ impl<B: BlockIo> DriveFs<B> {
                     match outcome {
                         Ok(dir) => self.cache.set_attr(&dir),
                         Err(e) => {
-                            // Gone already, or the name holds another node now: let the
-                            // store's answer show again.
+                            // Gone already, or the name holds another node now.
                             tracing::debug!(name = %item.name.to_string_lossy(), error = %e, "queued removal skipped");
-                            self.cache.forget_entry(item.parent, &item.name);
-                            self.cache.forget_attr(item.parent);
+                            self.unqueued(item);
                         }
                     }
                 }
@@ -419,13 +417,19 @@ impl<B: BlockIo> DriveFs<B> {
             Err(e) => {
                 tracing::error!(error = %e, count = items.len(), "queued removals failed; the files stay");
                 for item in &items {
-                    self.cache.forget_entry(item.parent, &item.name);
-                    self.cache.forget_attr(item.parent);
+                    self.unqueued(item);
                 }
                 self.removals.settled(last);
                 true
             }
         }
+    }
+
+    /// A queued removal that did not happen: the cache said the name was absent, so let the
+    /// store's answer show again.
+    fn unqueued(&self, item: &crate::meta::QueuedUnlink) {
+        self.cache.forget_entry(item.parent, &item.name);
+        self.cache.forget_attr(item.parent);
     }
 
     /// Waits until this mount's queued removals are committed (the barrier in front of every

@@ -9,9 +9,11 @@
 //! - only removals the mount can decide alone are queued: the metadata cache knows the entry
 //!   and its node is not a directory, and the workspace is not write-once. Anything else is
 //!   removed synchronously, with its exact error;
-//! - this mount never sees a queued removal out of order: every other mutation, every
-//!   metadata-store read, directory listings, `fsyncdir` and unmount first wait until the
-//!   queue is committed ([`Removals::drain`]). Queued names read as absent from the cache;
+//! - this mount never sees a queued removal out of order: every other namespace change,
+//!   every lookup and attribute read that goes to the store, directory listings, the
+//!   sequence summary, `fsyncdir` and unmount first wait until the queue is committed
+//!   ([`Removals::drain`]). Reads of a node's own data (content, xattrs, symlink target) do
+//!   not wait: a removal does not change them. Queued names read as absent from the cache;
 //! - each item names the node it expects, so a name another mount re-created meanwhile is
 //!   left alone (the removal is skipped and the cache forgets the name);
 //! - durability: queued removals are committed within a few milliseconds; `fsync` of the

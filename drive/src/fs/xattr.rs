@@ -56,6 +56,8 @@ impl<B: BlockIo> DriveFs<B> {
                 }
                 (BLOCK_SIZE, _) => Ok(self.ws.block_size.to_string().into_bytes()),
                 (SEQUENCES, NodeKind::Directory) => {
+                    // The summary counts files: queued removals first.
+                    self.drain_removals().await?;
                     let mut out = String::new();
                     for seq in self.meta.sequences(node).await? {
                         let _ = writeln!(out, "{seq}");

@@ -2,6 +2,7 @@
 //! path resolution and O(1) subtree delete.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use deadpool_postgres::GenericClient;
 
@@ -440,34 +441,24 @@ impl MetaStore {
                         Some((entry, _)) if entry.ino != item.ino => {
                             Err(MetaError::Conflict(format!("{} names another node now", what())))
                         }
-                        Some((_, _)) if !dir_rows.contains_key(&item.parent) => {
-                            Err(MetaError::NotFound(what()))
-                        }
+                        Some(_) if !dir_rows.contains_key(&item.parent) => Err(MetaError::NotFound(what())),
                         Some((entry, node)) => {
-                            let node = match nodes.remove(&entry.ino) {
-                                Some(row) => Ok(row),
-                                None => checked_live_inode(&ws, entry.ino, node),
-                            };
-                            match node {
-                                Err(e) => Err(e),
-                                Ok(row) if row.attr.kind == NodeKind::Directory => {
-                                    nodes.insert(entry.ino, row);
-                                    Err(MetaError::IsADirectory(what()))
+                            // A node named twice in the batch (hard links) keeps one row.
+                            let row = match nodes.entry(entry.ino) {
+                                Entry::Occupied(o) => Ok(o.into_mut()),
+                                Entry::Vacant(v) => {
+                                    checked_live_inode(&ws, entry.ino, node).map(|r| v.insert(r))
                                 }
-                                Ok(row) => match guard_write_once(&ws, &row.attr, "delete") {
-                                    Err(e) => {
-                                        nodes.insert(entry.ino, row);
-                                        Err(e)
-                                    }
-                                    Ok(()) => {
-                                        let mut row = row;
-                                        drop_link(&mut row, now);
-                                        nodes.insert(entry.ino, row);
-                                        removed.push((item, entry));
-                                        Ok(())
-                                    }
-                                },
-                            }
+                            };
+                            row.and_then(|row| {
+                                if row.attr.kind == NodeKind::Directory {
+                                    return Err(MetaError::IsADirectory(what()));
+                                }
+                                guard_write_once(&ws, &row.attr, "delete")?;
+                                drop_link(row, now);
+                                removed.push((item, entry));
+                                Ok(())
+                            })
                         }
                     };
                     outcomes.push(outcome);
