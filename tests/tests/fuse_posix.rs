@@ -146,3 +146,79 @@ fn posix_behaviour() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Waits until the mount's kernel readahead (its backing device in sysfs) is `kb` KiB: the
+/// mount sets it right after the kernel's INIT, which is when the mount starts answering.
+fn assert_read_ahead_kb(m: &Mount, kb: u64) -> anyhow::Result<()> {
+    let dev = fs::metadata(&m.dir)?.dev();
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let now: u64 = fs::read_to_string(&path)?.trim().parse()?;
+        if now == kb {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "read_ahead_kb stays {now}, expected {kb}"
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn sequential_reads_get_the_mounts_readahead_and_the_written_bytes() -> anyhow::Result<()> {
+    let storage = Storage::new()?;
+    // Default: 4 MiB readahead, 4 MiB blocks (1 MiB reads lie inside one block).
+    let m = Mount::new(&storage, &[])?;
+    assert_read_ahead_kb(&m, 4096)?;
+    // Not a multiple of anything: the last read is short, the file ends inside a block.
+    let data: Vec<u8> = (0..(9 << 20) + 4321u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(m.path("seq"), &data)?;
+    // Drop the kernel's copy so the reads reach the mount.
+    let f = fs::File::open(m.path("seq"))?;
+    nix::fcntl::posix_fadvise(&f, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED)?;
+    let mut read = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut f = f;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        read.extend_from_slice(&buf[..n]);
+    }
+    assert!(read == data, "sequential read differs from what was written");
+    drop(f);
+    drop(m);
+
+    // Smaller blocks than a request (reads span blocks) and a chosen readahead.
+    let m = Mount::new(
+        &storage,
+        &[
+            "--kernel-readahead",
+            "1048576",
+            "--workspace",
+            "small-blocks",
+            "--block-size",
+            "65536",
+        ],
+    )?;
+    assert_read_ahead_kb(&m, 1024)?;
+    fs::write(m.path("seq"), &data)?;
+    let f = fs::File::open(m.path("seq"))?;
+    nix::fcntl::posix_fadvise(&f, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED)?;
+    let mut at = vec![0u8; 3 << 20];
+    f.read_exact_at(&mut at, (1 << 20) + 7)?;
+    assert!(
+        at[..] == data[(1 << 20) + 7..(4 << 20) + 7],
+        "a read across blocks differs"
+    );
+    Ok(())
+}

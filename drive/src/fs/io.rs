@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use bytes::Bytes;
+
 use crate::error::ErrorKind;
 use crate::fs::blocks::BlockIo;
 use crate::fs::error::{FsError, FsErrorKind};
@@ -157,10 +159,10 @@ impl<B: BlockIo> DriveFs<B> {
     }
 
     /// Reads up to `len` bytes at `offset`.
-    pub async fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Vec<u8>, FsError> {
+    pub async fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Bytes, FsError> {
         let handle = self.handle(fh)?;
         if let Some(session) = self.session_of(handle.ino) {
-            return session.read(offset, u64::from(len)).await;
+            return Ok(Bytes::from(session.read(offset, u64::from(len)).await?));
         }
         let mut reader = handle.reader.lock().await;
         match reader.as_mut() {

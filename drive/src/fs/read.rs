@@ -67,14 +67,26 @@ impl<B: BlockIo> Reader<B> {
         self.size
     }
 
-    /// Reads up to `len` bytes at `offset` (short at the end of the file).
-    pub(crate) async fn read(&mut self, offset: u64, len: u64) -> Result<Vec<u8>, FsError> {
+    /// Reads up to `len` bytes at `offset` (short at the end of the file). A range inside one
+    /// stored block is returned as a slice of it, without a copy.
+    pub(crate) async fn read(&mut self, offset: u64, len: u64) -> Result<Bytes, FsError> {
         let end = offset.saturating_add(len).min(self.size);
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok(Bytes::new());
         }
         self.track(offset, end);
         let bs = self.block_size;
+        let in_block = offset % bs;
+        if offset / bs == (end - 1) / bs
+            && let Some(b) = self.entry(offset / bs).await?
+        {
+            let block = self.block(&b).await?;
+            let stop = in_block + (end - offset);
+            if stop <= b.len.min(block.len() as u64) {
+                self.schedule(end).await?;
+                return Ok(block.slice(in_block as usize..stop as usize));
+            }
+        }
         let mut out = vec![0u8; (end - offset) as usize];
         let mut pos = offset;
         while pos < end {
@@ -92,7 +104,7 @@ impl<B: BlockIo> Reader<B> {
             pos += n;
         }
         self.schedule(end).await?;
-        Ok(out)
+        Ok(Bytes::from(out))
     }
 
     /// Updates the sequential-read detector: the kernel's own readahead keeps requests close
