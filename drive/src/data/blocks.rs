@@ -8,8 +8,8 @@
 //!   (single-flight), verified by the decoder, then kept in the cache. A damaged cache entry
 //!   is dropped and the block fetched again.
 //!
-//! Hashing and encryption run on the blocking pool: a 4 MiB block costs milliseconds of CPU
-//! that must not stall the async workers.
+//! Hashing and encryption of blocks over 64 KiB run on the blocking pool: a 4 MiB block costs
+//! milliseconds of CPU that must not stall the async workers. Smaller ones run in place.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -151,7 +151,7 @@ impl BlockStore {
     pub async fn put(&self, data: Bytes) -> Result<BlockHash, DataError> {
         let inner = &self.inner;
         let codec = inner.codec.clone();
-        let (hash, data) = blocking(move || (codec.address(&data), data)).await?;
+        let (hash, data) = codec_work(data.len(), move || (codec.address(&data), data)).await?;
         let len = data.len() as u64;
         let stored_len = inner.codec.stored_len(data.len()) as u64;
         if inner.meta.register_block(&hash, len, stored_len).await? {
@@ -161,7 +161,7 @@ impl BlockStore {
         }
         let codec = inner.codec.clone();
         let plaintext = data.clone();
-        let object = blocking(move || codec.encode(&hash, &plaintext)).await?;
+        let object = codec_work(plaintext.len(), move || codec.encode(&hash, &plaintext)).await?;
         inner.stats.puts.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = inner.store.put(&block_key(&hash), object.clone()).await {
             inner.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -196,7 +196,7 @@ impl BlockStore {
             && let Some(object) = cache.get(&hash).await
         {
             let codec = self.inner.codec.clone();
-            match blocking(move || codec.decode(&hash, object)).await? {
+            match codec_work(object.len(), move || codec.decode(&hash, object)).await? {
                 Ok(plaintext) => {
                     self.inner.remember(hash, &plaintext);
                     return Ok(plaintext);
@@ -248,7 +248,8 @@ impl Inner {
             .bytes_downloaded
             .fetch_add(object.len() as u64, Ordering::Relaxed);
         let codec = self.codec.clone();
-        let (plaintext, object) = blocking(move || (codec.decode(&hash, object.clone()), object)).await?;
+        let (plaintext, object) =
+            codec_work(object.len(), move || (codec.decode(&hash, object.clone()), object)).await?;
         let plaintext = plaintext?;
         self.remember(hash, &plaintext);
         if let Some(cache) = &self.cache {
@@ -262,7 +263,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, DataError> {
+/// Hashing or encoding up to this many bytes runs in place: it takes microseconds, less than
+/// the hop to the blocking pool and back (a 4 KiB file's close made four such hops).
+const IN_PLACE_CODEC_BYTES: usize = 64 << 10;
+
+/// Runs codec work on `len` bytes: in place when small, else on the blocking pool (a 4 MiB
+/// block costs milliseconds of CPU that must not stall the async workers).
+async fn codec_work<T: Send + 'static>(len: usize, f: impl FnOnce() -> T + Send + 'static) -> Result<T, DataError> {
+    if len <= IN_PLACE_CODEC_BYTES {
+        return Ok(f());
+    }
     tokio::task::spawn_blocking(f).await.map_err(DataError::Task)
 }
 
