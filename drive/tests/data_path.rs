@@ -620,3 +620,45 @@ async fn s3_store_lists_deletes_and_uses_multipart_for_large_objects() {
         .unwrap_err();
     assert!(!err.is_transient(), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_cache_entry_is_dropped_and_fetched_again() {
+    let server = S3Server::start().unwrap();
+    let rig = Rig::new(s3_store(&server).await, false).await;
+    let blocks = rig.blocks(Some(1 << 30));
+    let cache = blocks.cache().unwrap().clone();
+    let data = pattern(6 * MIB, 9);
+    let ino = write_file(&rig.mount(blocks.clone()), "damaged", &data).await;
+    let entries: Vec<PathBuf> = walk(cache.dir())
+        .into_iter()
+        .filter(|p| !p.starts_with(cache.dir().join(".tmp")))
+        .collect();
+    assert_eq!(entries.len(), 2, "both written blocks are cached");
+    // One entry with a flipped bit, one cut short.
+    let mut flipped = std::fs::read(&entries[0]).unwrap();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x10;
+    std::fs::write(&entries[0], &flipped).unwrap();
+    let cut = std::fs::read(&entries[1]).unwrap();
+    std::fs::write(&entries[1], &cut[..cut.len() - 3]).unwrap();
+
+    let gets = server.requests().gets();
+    assert_same(
+        &read_file(&rig.mount(blocks.clone()), ino).await.unwrap(),
+        &data,
+        "read over damaged cache entries",
+    );
+    assert_eq!(
+        server.requests().gets() - gets,
+        2,
+        "each damaged block fetched again"
+    );
+    // The refetched blocks replaced the damaged entries: the next read needs no GET.
+    let gets = server.requests().gets();
+    assert_same(
+        &read_file(&rig.mount(blocks), ino).await.unwrap(),
+        &data,
+        "read after repair",
+    );
+    assert_eq!(server.requests().gets(), gets, "served from the repaired cache");
+}

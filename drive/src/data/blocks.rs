@@ -6,7 +6,8 @@
 //!   again), encode, upload, mark available. Only then may a block map reference it.
 //! - Reads: cache first; on a miss one fetch per block however many readers wait for it
 //!   (single-flight), verified by the decoder, then kept in the cache. A damaged cache entry
-//!   is dropped and the block fetched again.
+//!   is dropped and the block fetched again (the cache checks its own entries; see
+//!   [`crate::cache`]).
 //!
 //! Hashing and encryption of blocks over 64 KiB run on the blocking pool: a 4 MiB block costs
 //! milliseconds of CPU that must not stall the async workers. Smaller ones run in place.
@@ -196,7 +197,7 @@ impl BlockStore {
             && let Some(object) = cache.get(&hash).await
         {
             let codec = self.inner.codec.clone();
-            match codec_work(object.len(), move || codec.decode(&hash, object)).await? {
+            match codec_work(object.len(), move || codec.decode_cached(&hash, object)).await? {
                 Ok(plaintext) => {
                     self.inner.remember(hash, &plaintext);
                     return Ok(plaintext);
@@ -248,8 +249,10 @@ impl Inner {
             .bytes_downloaded
             .fetch_add(object.len() as u64, Ordering::Relaxed);
         let codec = self.codec.clone();
-        let (plaintext, object) =
-            codec_work(object.len(), move || (codec.decode(&hash, object.clone()), object)).await?;
+        let (plaintext, object) = codec_work(object.len(), move || {
+            (codec.decode(&hash, object.clone()), object)
+        })
+        .await?;
         let plaintext = plaintext?;
         self.remember(hash, &plaintext);
         if let Some(cache) = &self.cache {
@@ -269,7 +272,10 @@ const IN_PLACE_CODEC_BYTES: usize = 64 << 10;
 
 /// Runs codec work on `len` bytes: in place when small, else on the blocking pool (a 4 MiB
 /// block costs milliseconds of CPU that must not stall the async workers).
-async fn codec_work<T: Send + 'static>(len: usize, f: impl FnOnce() -> T + Send + 'static) -> Result<T, DataError> {
+async fn codec_work<T: Send + 'static>(
+    len: usize,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, DataError> {
     if len <= IN_PLACE_CODEC_BYTES {
         return Ok(f());
     }
