@@ -197,7 +197,10 @@ impl BlockStore {
             && let Some(object) = cache.get(&hash).await
         {
             let codec = self.inner.codec.clone();
-            match codec_work(object.len(), move || codec.decode_cached(&hash, object)).await? {
+            // In a plaintext workspace a hit is only a header check (the cache checked its
+            // CRC32C): no hop to the blocking pool for it.
+            let work = if codec.is_encrypted() { object.len() } else { 0 };
+            match codec_work(work, move || codec.decode_cached(&hash, object)).await? {
                 Ok(plaintext) => {
                     self.inner.remember(hash, &plaintext);
                     return Ok(plaintext);
@@ -270,8 +273,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// the hop to the blocking pool and back (a 4 KiB file's close made four such hops).
 const IN_PLACE_CODEC_BYTES: usize = 64 << 10;
 
-/// Runs codec work on `len` bytes: in place when small, else on the blocking pool (a 4 MiB
-/// block costs milliseconds of CPU that must not stall the async workers).
+/// Runs codec work that hashes or encrypts `len` bytes: in place when small, else on the
+/// blocking pool (a 4 MiB block costs milliseconds of CPU that must not stall the async
+/// workers).
 async fn codec_work<T: Send + 'static>(
     len: usize,
     f: impl FnOnce() -> T + Send + 'static,
