@@ -44,7 +44,8 @@ pub struct MountArgs {
     /// without reading and verifying them from the disk cache again (0 turns it off).
     #[arg(long, default_value_t = 256 << 20)]
     pub memory_cache_size: u64,
-    /// Evict cached blocks while the cache's file system has less than this fraction free.
+    /// Evict cached blocks while the cache's file system has less than this fraction free
+    /// (as `df` counts it: 100% minus its Use%).
     #[arg(long, default_value_t = 0.1)]
     pub cache_min_free: f64,
     /// Block size of a workspace created by this command (1-64 MiB).

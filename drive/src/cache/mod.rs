@@ -16,7 +16,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use lru::LruCache;
@@ -49,6 +49,22 @@ impl CacheConfig {
     }
 }
 
+/// The fraction of a file system still free for ordinary users once `incoming` more bytes are
+/// written, as `df` reports it: the blocks reserved for root count neither as free nor as
+/// capacity (an ext4 volume with a 5% reserve and 5% available is full to `df` and to users,
+/// and one with a large reserve is far from full when 15% of its raw size is available).
+fn free_fraction(total: u64, free: u64, available: u64, incoming: u64) -> f64 {
+    if total == 0 {
+        return 1.0; // a file system that reports no size (some FUSE ones): nothing to keep free
+    }
+    let reserved = free.saturating_sub(available);
+    let usable = total.saturating_sub(reserved);
+    if usable == 0 {
+        return 0.0;
+    }
+    available.saturating_sub(incoming) as f64 / usable as f64
+}
+
 /// Counters, for metrics.
 #[derive(Debug, Default)]
 pub struct CacheStats {
@@ -65,6 +81,8 @@ pub struct BlockCache {
     cfg: CacheConfig,
     index: Mutex<Index>,
     stats: CacheStats,
+    /// Whether the last free-space check found the file system short (warn on the change).
+    low_space: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -146,6 +164,7 @@ impl BlockCache {
             cfg,
             index: Mutex::new(index),
             stats: CacheStats::default(),
+            low_space: AtomicBool::new(false),
         };
         cache.make_room(0);
         Ok(cache)
@@ -289,14 +308,29 @@ impl BlockCache {
         if self.cfg.min_free_ratio <= 0.0 {
             return false;
         }
-        match nix::sys::statvfs::statvfs(&self.cfg.dir) {
-            Ok(s) => {
-                let total = s.blocks() as f64 * s.fragment_size() as f64;
-                let free = s.blocks_available() as f64 * s.fragment_size() as f64 - incoming as f64;
-                total > 0.0 && free / total < self.cfg.min_free_ratio
-            }
-            Err(_) => false,
+        let Ok(s) = nix::sys::statvfs::statvfs(&self.cfg.dir) else {
+            return false;
+        };
+        let unit = s.fragment_size();
+        let free = free_fraction(
+            s.blocks() * unit,
+            s.blocks_free() * unit,
+            s.blocks_available() * unit,
+            incoming,
+        );
+        let low = free < self.cfg.min_free_ratio;
+        let was_low = self.low_space.swap(low, Ordering::Relaxed);
+        if low && !was_low {
+            tracing::warn!(
+                dir = %self.cfg.dir.display(),
+                free_percent = format_args!("{:.1}", free * 100.0),
+                min_free_percent = format_args!("{:.1}", self.cfg.min_free_ratio * 100.0),
+                "cache file system is short of space: evicting cached blocks to keep it free"
+            );
+        } else if was_low && !low {
+            tracing::info!(dir = %self.cfg.dir.display(), "cache file system has room again");
         }
+        low
     }
 
     /// Bytes held now.
@@ -327,5 +361,29 @@ impl BlockCache {
     /// Whether `dir` is this cache's directory (for tests and diagnostics).
     pub fn dir(&self) -> &Path {
         &self.cfg.dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_fraction;
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn free_space_is_measured_as_df_does() {
+        // No reserve: plain available / total.
+        assert!((free_fraction(100 * GIB, 40 * GIB, 40 * GIB, 0) - 0.40).abs() < 1e-9);
+        // A 160 GiB root reserve on a 252 GiB volume with 38 GiB available: `df` says 41%
+        // free (54 GiB used), not 15%.
+        let f = free_fraction(252 * GIB, 198 * GIB, 38 * GIB, 0);
+        assert!((f - 38.0 / 92.0).abs() < 1e-9, "{f}");
+        // A 5% reserve with only the reserve left is full.
+        assert_eq!(free_fraction(100 * GIB, 5 * GIB, 0, 0), 0.0);
+        // The incoming bytes count as used.
+        assert!((free_fraction(100 * GIB, 10 * GIB, 10 * GIB, 5 * GIB) - 0.05).abs() < 1e-9);
+        assert_eq!(free_fraction(100 * GIB, GIB, GIB, 2 * GIB), 0.0);
+        // A file system that reports no size keeps nothing free.
+        assert_eq!(free_fraction(0, 0, 0, 0), 1.0);
     }
 }
