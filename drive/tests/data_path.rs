@@ -621,6 +621,38 @@ async fn s3_store_lists_deletes_and_uses_multipart_for_large_objects() {
     assert!(!err.is_transient(), "{err}");
 }
 
+/// Paging through a few thousand keys, and the listings after changes: the test S3 server
+/// keeps the last full listing between pages, which every change must void.
+#[tokio::test]
+async fn s3_listings_page_through_thousands_of_keys_and_see_changes() {
+    use futures::StreamExt as _;
+    let server = S3Server::start().unwrap();
+    server.create_bucket(BUCKET).unwrap();
+    drive_testkit::install_crypto_provider();
+    let store = S3ChunkStore::connect(&s3_config(&server)).await;
+    let want: Vec<String> = (0..2_300).map(|i| format!("many/k{i:05}")).collect();
+    futures::stream::iter(want.iter())
+        .map(|k| store.put(k, Bytes::from_static(b"x")))
+        .buffer_unordered(32)
+        .for_each(|r| async move { r.unwrap() })
+        .await;
+    store.put("other/k", Bytes::from_static(b"x")).await.unwrap();
+
+    let gets = server.requests().gets();
+    assert_eq!(store.list("many/").await.unwrap(), want, "every key once, in order");
+    assert_eq!(server.requests().gets() - gets, 3, "three pages of at most 1,000 keys");
+
+    // Each change is listed on its own, so each must void the listing before it.
+    let mut changed = want.clone();
+    store.delete("many/k00001").await.unwrap();
+    changed.remove(1);
+    assert_eq!(store.list("many/").await.unwrap(), changed, "after a delete");
+    store.put("many/k99999", Bytes::from_static(b"x")).await.unwrap();
+    changed.push("many/k99999".to_string());
+    assert_eq!(store.list("many/").await.unwrap(), changed, "after a put");
+    assert_eq!(store.list("other/").await.unwrap(), vec!["other/k".to_string()]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_cache_entry_is_dropped_and_fetched_again() {
     let server = S3Server::start().unwrap();

@@ -341,6 +341,49 @@ type BoxFut<'a, T> =
 struct Store {
     inner: s3s_fs::FileSystem,
     root: PathBuf,
+    listings: Listings,
+}
+
+/// The last full listing, kept for the following pages of the same walk: s3s-fs reads the
+/// whole directory for each request, so paging through a 100k-key folder 1,000 keys at a time
+/// re-read it 100 times (over ten minutes for one `ls`).
+#[derive(Default)]
+struct Listings {
+    /// Bumped after every change to any bucket; a listing built under an older value is stale.
+    generation: AtomicU64,
+    last: Mutex<Option<Listing>>,
+}
+
+/// One full, sorted listing: objects and rolled-up prefixes by name.
+struct Listing {
+    generation: u64,
+    bucket: String,
+    prefix: String,
+    delimiter: Option<String>,
+    entries: Arc<Vec<(String, ListEntry)>>,
+}
+
+#[derive(Clone)]
+enum ListEntry {
+    Object(Box<s3s::dto::Object>),
+    Prefix,
+}
+
+impl Listings {
+    /// Held across a change to a bucket: dropping it (once the change is done, whether it
+    /// succeeded or not) voids the listings read before, so one read while the change ran is
+    /// never kept as current.
+    fn change(&self) -> ChangeGuard<'_> {
+        ChangeGuard(self)
+    }
+}
+
+struct ChangeGuard<'a>(&'a Listings);
+
+impl Drop for ChangeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.generation.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 /// A folder marker: its user metadata and content type, and when it was written.
@@ -355,6 +398,7 @@ impl Store {
         Store {
             inner,
             root: root.to_path_buf(),
+            listings: Listings::default(),
         }
     }
 
@@ -506,72 +550,29 @@ impl Store {
         &self,
         req: s3s::S3Request<s3s::dto::ListObjectsV2Input>,
     ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectsV2Output>> {
-        use s3s::dto::{CommonPrefix, ListObjectsV2Output, Object};
-        use std::collections::BTreeMap;
-        enum Entry {
-            Object(Box<Object>),
-            Prefix,
-        }
+        use s3s::dto::{CommonPrefix, ListObjectsV2Output};
         let input = req.input.clone();
-        let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
-        let prefix = input.prefix.clone().unwrap_or_default();
         let max_keys = usize::try_from(input.max_keys.unwrap_or(1000).clamp(0, 1000)).unwrap_or(1000);
         let after = match (input.continuation_token.as_deref(), input.start_after.as_deref()) {
             (Some(a), Some(b)) => Some(a.max(b).to_owned()),
             (a, b) => a.or(b).map(str::to_owned),
         };
-
-        let inner_req = req.map_input(|mut i| {
-            i.delimiter = delimiter.clone();
-            i.max_keys = Some(i32::MAX);
-            i
-        });
-        let inner = self.inner.list_objects_v2(inner_req).await?.output;
-        let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
-        for o in inner.contents.into_iter().flatten() {
-            if let Some(k) = o.key.clone() {
-                entries.insert(k, Entry::Object(Box::new(o)));
-            }
-        }
-        for p in inner.common_prefixes.into_iter().flatten() {
-            if let Some(k) = p.prefix {
-                entries.insert(k, Entry::Prefix);
-            }
-        }
-        for (key, modified) in self.markers(&input.bucket, &prefix)? {
-            let rest = &key[prefix.len()..];
-            let rolled = delimiter.as_deref().and_then(|d| {
-                rest.find(d)
-                    .map(|pos| format!("{prefix}{}", &rest[..pos + d.len()]))
-            });
-            let (name, entry) = match rolled {
-                Some(p) => (p, Entry::Prefix),
-                None => {
-                    let object = Object {
-                        key: Some(key.clone()),
-                        last_modified: Some(modified),
-                        size: Some(0),
-                        e_tag: Some(s3s::dto::ETag::Strong(EMPTY_MD5.to_owned())),
-                        ..Default::default()
-                    };
-                    (key, Entry::Object(Box::new(object)))
-                }
-            };
-            if after.as_deref().is_none_or(|a| name.as_str() > a) {
-                entries.entry(name).or_insert(entry);
-            }
-        }
+        let all = self.full_listing(req).await?;
+        let first = after
+            .as_deref()
+            .map_or(0, |a| all.partition_point(|(name, _)| name.as_str() <= a));
+        let entries = &all[first..];
 
         let total = entries.len();
         let (mut contents, mut prefixes, mut last) = (Vec::new(), Vec::new(), None);
-        for (name, entry) in entries.into_iter().take(max_keys) {
+        for (name, entry) in entries.iter().take(max_keys) {
             match entry {
-                Entry::Object(o) => contents.push(*o),
-                Entry::Prefix => prefixes.push(CommonPrefix {
+                ListEntry::Object(o) => contents.push((**o).clone()),
+                ListEntry::Prefix => prefixes.push(CommonPrefix {
                     prefix: Some(name.clone()),
                 }),
             }
-            last = Some(name);
+            last = Some(name.clone());
         }
         let returned = contents.len() + prefixes.len();
         let is_truncated = max_keys > 0 && returned < total;
@@ -592,17 +593,93 @@ impl Store {
         };
         Ok(s3s::S3Response::new(output))
     }
+
+    /// Every entry under the request's prefix (rolled up at its delimiter), sorted, folder
+    /// markers included: the last one built if nothing changed since, else read afresh.
+    async fn full_listing(
+        &self,
+        req: s3s::S3Request<s3s::dto::ListObjectsV2Input>,
+    ) -> s3s::S3Result<Arc<Vec<(String, ListEntry)>>> {
+        use std::collections::BTreeMap;
+        let delimiter = req.input.delimiter.clone().filter(|d| !d.is_empty());
+        let bucket = req.input.bucket.clone();
+        let prefix = req.input.prefix.clone().unwrap_or_default();
+        // Read before listing: a change finishing meanwhile bumps it and voids this listing.
+        let generation = self.listings.generation.load(Ordering::SeqCst);
+        if let Some(l) = self.listings.last.lock().expect("listing cache lock").as_ref()
+            && l.generation == generation
+            && l.bucket == bucket
+            && l.prefix == prefix
+            && l.delimiter == delimiter
+        {
+            return Ok(l.entries.clone());
+        }
+
+        let inner_req = req.map_input(|mut i| {
+            i.delimiter = delimiter.clone();
+            i.max_keys = Some(i32::MAX);
+            i.continuation_token = None;
+            i.start_after = None;
+            i
+        });
+        let inner = self.inner.list_objects_v2(inner_req).await?.output;
+        let mut entries: BTreeMap<String, ListEntry> = BTreeMap::new();
+        for o in inner.contents.into_iter().flatten() {
+            if let Some(k) = o.key.clone() {
+                entries.insert(k, ListEntry::Object(Box::new(o)));
+            }
+        }
+        for p in inner.common_prefixes.into_iter().flatten() {
+            if let Some(k) = p.prefix {
+                entries.insert(k, ListEntry::Prefix);
+            }
+        }
+        for (key, modified) in self.markers(&bucket, &prefix)? {
+            let rest = &key[prefix.len()..];
+            let rolled = delimiter.as_deref().and_then(|d| {
+                rest.find(d)
+                    .map(|pos| format!("{prefix}{}", &rest[..pos + d.len()]))
+            });
+            let (name, entry) = match rolled {
+                Some(p) => (p, ListEntry::Prefix),
+                None => {
+                    let object = s3s::dto::Object {
+                        key: Some(key.clone()),
+                        last_modified: Some(modified),
+                        size: Some(0),
+                        e_tag: Some(s3s::dto::ETag::Strong(EMPTY_MD5.to_owned())),
+                        ..Default::default()
+                    };
+                    (key, ListEntry::Object(Box::new(object)))
+                }
+            };
+            entries.entry(name).or_insert(entry);
+        }
+        let entries = Arc::new(entries.into_iter().collect::<Vec<_>>());
+        *self.listings.last.lock().expect("listing cache lock") = Some(Listing {
+            generation,
+            bucket,
+            prefix,
+            delimiter,
+            entries: entries.clone(),
+        });
+        Ok(entries)
+    }
 }
 
-/// Plain delegation to s3s-fs for the operations [`Store`] does not change.
+/// Plain delegation to s3s-fs for the operations [`Store`] does not change; those marked
+/// `[change]` alter what a listing returns.
 macro_rules! delegate {
-    ($($name:ident($input:ident) -> $output:ident;)*) => {$(
+    ($($name:ident($input:ident) -> $output:ident $([$change:ident])?;)*) => {$(
         fn $name<'a, 'b>(&'a self, req: s3s::S3Request<s3s::dto::$input>) -> BoxFut<'b, s3s::dto::$output>
         where
             'a: 'b,
             Self: 'b,
         {
-            Box::pin(async move { self.inner.$name(req).await })
+            Box::pin(async move {
+                $(let _listings = self.listings.$change();)?
+                self.inner.$name(req).await
+            })
         }
     )*};
 }
@@ -610,8 +687,8 @@ macro_rules! delegate {
 #[async_trait::async_trait]
 impl s3s::S3 for Store {
     delegate! {
-        create_bucket(CreateBucketInput) -> CreateBucketOutput;
-        delete_bucket(DeleteBucketInput) -> DeleteBucketOutput;
+        create_bucket(CreateBucketInput) -> CreateBucketOutput [change];
+        delete_bucket(DeleteBucketInput) -> DeleteBucketOutput [change];
         get_bucket_location(GetBucketLocationInput) -> GetBucketLocationOutput;
         head_bucket(HeadBucketInput) -> HeadBucketOutput;
         list_buckets(ListBucketsInput) -> ListBucketsOutput;
@@ -619,7 +696,7 @@ impl s3s::S3 for Store {
         upload_part(UploadPartInput) -> UploadPartOutput;
         upload_part_copy(UploadPartCopyInput) -> UploadPartCopyOutput;
         list_parts(ListPartsInput) -> ListPartsOutput;
-        complete_multipart_upload(CompleteMultipartUploadInput) -> CompleteMultipartUploadOutput;
+        complete_multipart_upload(CompleteMultipartUploadInput) -> CompleteMultipartUploadOutput [change];
         abort_multipart_upload(AbortMultipartUploadInput) -> AbortMultipartUploadOutput;
     }
 
@@ -627,6 +704,7 @@ impl s3s::S3 for Store {
         &self,
         req: s3s::S3Request<s3s::dto::PutObjectInput>,
     ) -> s3s::S3Result<s3s::S3Response<s3s::dto::PutObjectOutput>> {
+        let _listings = self.listings.change();
         let i = &req.input;
         if !i.key.ends_with('/') {
             return self.inner.put_object(req).await;
@@ -681,6 +759,7 @@ impl s3s::S3 for Store {
         &self,
         req: s3s::S3Request<s3s::dto::CopyObjectInput>,
     ) -> s3s::S3Result<s3s::S3Response<s3s::dto::CopyObjectOutput>> {
+        let _listings = self.listings.change();
         let i = &req.input;
         let s3s::dto::CopySource::Bucket {
             bucket: src_bucket,
@@ -733,6 +812,7 @@ impl s3s::S3 for Store {
         &self,
         req: s3s::S3Request<s3s::dto::DeleteObjectInput>,
     ) -> s3s::S3Result<s3s::S3Response<s3s::dto::DeleteObjectOutput>> {
+        let _listings = self.listings.change();
         if req.input.key.ends_with('/') {
             self.remove_marker(&req.input.bucket, &req.input.key)?;
         } else if self.is_directory(&req.input.bucket, &req.input.key) {
@@ -746,6 +826,7 @@ impl s3s::S3 for Store {
         &self,
         req: s3s::S3Request<s3s::dto::DeleteObjectsInput>,
     ) -> s3s::S3Result<s3s::S3Response<s3s::dto::DeleteObjectsOutput>> {
+        let _listings = self.listings.change();
         let bucket = req.input.bucket.clone();
         for o in &req.input.delete.objects {
             if o.key.ends_with('/') {

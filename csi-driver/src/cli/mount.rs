@@ -122,6 +122,28 @@ fn tune_allocator() {
     }
 }
 
+/// A disk-cache entry mapped read-only instead of read into a buffer: a warm sequential read
+/// then costs one copy (into the FUSE reply) instead of two, which halved the mount's CPU time
+/// on a 4 GiB re-read (2.5-3.2 s -> 1.2-1.7 s). Pages are mapped up front (`MAP_POPULATE`).
+/// The price of not copying: if another process truncated an entry, or the disk failed under
+/// a mapped page the kernel had evicted, the access would fault (SIGBUS) instead of becoming
+/// a cache miss. Where the file system cannot map files the entry is read instead.
+fn map_cache_entry(path: &Path) -> std::io::Result<bytes::Bytes> {
+    let file = std::fs::File::open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Ok(bytes::Bytes::new()); // cannot be mapped; fails the check as damaged
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: the map is read-only, and the cache never writes to or truncates an entry once
+    // it is renamed into place (it only unlinks, which leaves the mapping intact); see above
+    // for what another process could do.
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) };
+    match map {
+        Ok(map) => Ok(bytes::Bytes::from_owner(map)),
+        Err(_) => drive::cache::read_entry_copied(path),
+    }
+}
+
 /// Sets the readahead of the FUSE mount just made at the absolute path `mountpoint`, in its
 /// backing device's sysfs entry (needs root). FUSE's `max_readahead` cannot do it: the kernel
 /// offers its 128 KiB default in INIT and takes the smaller value from the reply, so this
@@ -274,6 +296,7 @@ async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()
         let dir = args.cache_dir.clone().unwrap_or_else(|| state.join("cache"));
         let mut cfg = CacheConfig::new(dir, args.cache_size);
         cfg.min_free_ratio = args.cache_min_free;
+        cfg.read_entry = map_cache_entry;
         Some(Arc::new(BlockCache::open(cfg).context("open the block cache")?))
     };
     let store = args.storage.open_store().await?;
