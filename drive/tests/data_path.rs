@@ -639,8 +639,16 @@ async fn s3_listings_page_through_thousands_of_keys_and_see_changes() {
     store.put("other/k", Bytes::from_static(b"x")).await.unwrap();
 
     let gets = server.requests().gets();
-    assert_eq!(store.list("many/").await.unwrap(), want, "every key once, in order");
-    assert_eq!(server.requests().gets() - gets, 3, "three pages of at most 1,000 keys");
+    assert_eq!(
+        store.list("many/").await.unwrap(),
+        want,
+        "every key once, in order"
+    );
+    assert_eq!(
+        server.requests().gets() - gets,
+        3,
+        "three pages of at most 1,000 keys"
+    );
 
     // Each change is listed on its own, so each must void the listing before it.
     let mut changed = want.clone();

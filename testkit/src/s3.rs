@@ -363,7 +363,6 @@ struct Listing {
     entries: Arc<Vec<(String, ListEntry)>>,
 }
 
-#[derive(Clone)]
 enum ListEntry {
     Object(Box<s3s::dto::Object>),
     Prefix,
@@ -378,6 +377,7 @@ impl Listings {
     }
 }
 
+/// See [`Listings::change`].
 struct ChangeGuard<'a>(&'a Listings);
 
 impl Drop for ChangeGuard<'_> {

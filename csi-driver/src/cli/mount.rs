@@ -425,3 +425,59 @@ async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()
     tracing::info!("unmounted");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::map_cache_entry;
+    use drive::cache::{BlockCache, CacheConfig};
+
+    #[tokio::test]
+    async fn mapped_cache_entries_read_back_and_damage_is_still_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = CacheConfig::new(dir.path().join("cache"), 64 << 20);
+        cfg.min_free_ratio = 0.0;
+        cfg.read_entry = map_cache_entry;
+        let cache = BlockCache::open(cfg).unwrap();
+        let object = bytes::Bytes::from((0..3 << 20).map(|i: u32| (i % 251) as u8).collect::<Vec<_>>());
+        let hash = *blake3::hash(&object).as_bytes();
+        cache.insert(hash, object.clone()).await;
+        let hit = cache.get(&hash).await.expect("a hit");
+        assert_eq!(hit, object);
+
+        // The mapping outlives the entry's removal (eviction only unlinks).
+        cache.remove(&hash);
+        assert_eq!(hit, object);
+        assert!(cache.get(&hash).await.is_none());
+
+        // A damaged entry read through a map is caught by its CRC and dropped.
+        cache.insert(hash, object.clone()).await;
+        let name = blake3::Hash::from_bytes(hash).to_hex().to_string();
+        let file = walk_files(dir.path())
+            .into_iter()
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy() == name))
+            .expect("the entry's file");
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[1000] ^= 1;
+        std::fs::write(&file, &bytes).unwrap();
+        assert!(cache.get(&hash).await.is_none(), "a flipped bit is a miss");
+        assert!(!file.exists(), "and the entry is gone");
+
+        // An empty file (cannot be mapped) reads as empty, which no check accepts.
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(map_cache_entry(&empty).unwrap().is_empty());
+    }
+
+    fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk_files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+}

@@ -109,12 +109,12 @@ fn trailer(object: &[u8]) -> [u8; TRAILER_LEN] {
     t
 }
 
-/// The object of an entry's bytes, if its trailer checks out.
 /// The default [`CacheConfig::read_entry`]: the whole entry read into a buffer.
 pub fn read_entry_copied(path: &Path) -> std::io::Result<Bytes> {
     std::fs::read(path).map(Bytes::from)
 }
 
+/// The object of an entry's bytes, if its trailer checks out.
 fn checked_object(mut entry: Bytes) -> Option<Bytes> {
     let body = entry.len().checked_sub(TRAILER_LEN)?;
     let (object, t) = entry.split_at(body);
