@@ -16,6 +16,9 @@
 //!   so never listed as a bucket) and serves HEAD, GET, COPY, DELETE and listings of it.
 //! - An empty `delimiter=` means "no delimiter" (rclone's recursive listing sends it); s3s-fs
 //!   treated it as a delimiter matching everywhere and listed a one-character prefix per key.
+//!
+//! `Store` also pages listings itself from the last full listing it read, kept until the next
+//! change to any bucket (s3s-fs re-reads the whole directory for every page).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
