@@ -147,9 +147,20 @@ fn map_cache_entry(path: &Path) -> std::io::Result<bytes::Bytes> {
 /// Sets the readahead of the FUSE mount just made at the absolute path `mountpoint`, in its
 /// backing device's sysfs entry (needs root). FUSE's `max_readahead` cannot do it: the kernel
 /// offers its 128 KiB default in INIT and takes the smaller value from the reply, so this
-/// runs after INIT, which the `stat` here waits for (the session must be running).
+/// runs after INIT, which a `stat` of the mount waits for (the session must be running).
+///
+/// The `stat` runs in a child process, never in this one: if this process died (SIGTERM,
+/// kill -9) after its session thread had taken the GETATTR but before it answered, a thread
+/// of ours would wait for its own dead server forever, the process could not finish exiting,
+/// and the mount would hang (seen once in CI). A child's `stat` gets ENOTCONN instead.
 fn set_kernel_readahead(mountpoint: &Path, bytes: u64) -> anyhow::Result<()> {
-    std::fs::metadata(mountpoint).context("stat the new mount")?;
+    let status = std::process::Command::new("stat")
+        .arg("--")
+        .arg(mountpoint)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("run stat on the new mount")?;
+    anyhow::ensure!(status.success(), "stat of the new mount failed ({status})");
     let dev = fuse_mount_devices_at(mountpoint)
         .pop()
         .context("the new mount is not in /proc/self/mountinfo")?;
