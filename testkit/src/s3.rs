@@ -18,7 +18,9 @@
 //!   treated it as a delimiter matching everywhere and listed a one-character prefix per key.
 //!
 //! `Store` also pages listings itself from the last full listing it read, kept until the next
-//! change to any bucket (s3s-fs re-reads the whole directory for every page).
+//! change to any bucket made through the server (s3s-fs re-reads the whole directory for
+//! every page). Files a test changes directly under `root()` are listed after the next such
+//! change.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
