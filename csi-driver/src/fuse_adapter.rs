@@ -137,11 +137,20 @@ impl<B: BlockIo> DriveFuse<B> {
     {
         let fs = self.fs.clone();
         let metrics = self.metrics.clone();
-        self.rt.spawn(async move {
+        let mut task = Box::pin(async move {
             let start = Instant::now();
             let ok = work(fs).await.is_ok();
             metrics.observe_op(op, ok, start.elapsed());
         });
+        // Poll once here: a request answered from memory (a cached lookup or getattr, a write
+        // into the staging buffer) replies without waking a runtime worker, two context
+        // switches fewer. The first wait for I/O moves the task to the runtime, where it is
+        // polled again with a real waker; nothing here blocks on I/O.
+        let _runtime = self.rt.enter();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if task.as_mut().poll(&mut cx).is_pending() {
+            self.rt.spawn(task);
+        }
     }
 }
 

@@ -702,3 +702,175 @@ async fn a_damaged_cache_entry_is_dropped_and_fetched_again() {
     );
     assert_eq!(server.requests().gets(), gets, "served from the repaired cache");
 }
+
+fn local_rig_store(dir: &tempfile::TempDir) -> Arc<dyn ChunkStore> {
+    Arc::new(LocalChunkStore::open(dir.path().join("blocks")).unwrap())
+}
+
+/// Names in the root as another mount lists them.
+async fn listed(fs: &DriveFs<BlockStore>) -> Vec<String> {
+    let dh = fs.opendir(ROOT_INO).await.unwrap();
+    let mut names = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = fs.readdir(dh, offset).await.unwrap();
+        let Some(last) = page.last() else { break };
+        offset = last.offset;
+        names.extend(
+            page.iter()
+                .map(|item| String::from_utf8_lossy(&item.name).into_owned()),
+        );
+    }
+    fs.releasedir(dh);
+    names.retain(|n| n != "." && n != "..");
+    names
+}
+
+/// A file created for writing reaches the store with its first close, in one transaction
+/// with its content: until then the creating mount sees it and another mount does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_file_and_its_content_are_committed_together_at_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = Rig::new(local_rig_store(&dir), false).await;
+    let (writer, other) = (rig.mount(rig.blocks(None)), rig.mount(rig.blocks(None)));
+    let data = pattern(3 * MIB + 17, 21);
+
+    let opened = writer
+        .create(ROOT_INO, b"take.mov", 0o640, write_flags(), caller())
+        .await
+        .unwrap();
+    writer.write(opened.fh, 0, &data).await.unwrap();
+    let seen = writer.lookup_in_store(ROOT_INO, b"take.mov").await.unwrap();
+    assert_eq!((seen.ino, seen.size), (opened.attr.ino, data.len() as u64));
+    assert_eq!(
+        writer.getattr_in_store(seen.ino.0).await.unwrap().mode & 0o777,
+        0o640
+    );
+    let err = other.lookup(ROOT_INO, b"take.mov").await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        drive::fs::FsErrorKind::NotFound,
+        "not visible before close"
+    );
+    let err = writer
+        .create(ROOT_INO, b"take.mov", 0o640, write_flags(), caller())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        drive::fs::FsErrorKind::Exists,
+        "the name is taken here"
+    );
+
+    let commits = rig
+        .meta
+        .stats()
+        .commits
+        .load(std::sync::atomic::Ordering::Relaxed);
+    writer.flush(opened.fh, caller()).await.unwrap();
+    let after = rig
+        .meta
+        .stats()
+        .commits
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(after - commits, 1, "create and content in one transaction");
+    writer.release(opened.fh, caller()).await.unwrap();
+
+    let found = other.lookup(ROOT_INO, b"take.mov").await.unwrap();
+    assert_eq!((found.size, found.mode & 0o777), (data.len() as u64, 0o640));
+    assert_same(
+        &read_file(&other, found.ino.0).await.unwrap(),
+        &data,
+        "read by the other mount",
+    );
+    assert_eq!(listed(&other).await, ["take.mov"]);
+}
+
+/// Operations that need the file in the store (listing, rename, unlink) commit a deferred
+/// create first; an unlinked new file does not come back at its close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_file_is_committed_before_operations_that_need_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = Rig::new(local_rig_store(&dir), false).await;
+    let (writer, other) = (rig.mount(rig.blocks(None)), rig.mount(rig.blocks(None)));
+    let data = pattern(MIB, 22);
+
+    let a = writer
+        .create(ROOT_INO, b"a.tmp", 0o644, write_flags(), caller())
+        .await
+        .unwrap();
+    writer.write(a.fh, 0, &data).await.unwrap();
+    assert_eq!(listed(&writer).await, ["a.tmp"], "listed while open");
+    writer
+        .rename(
+            ROOT_INO,
+            b"a.tmp",
+            ROOT_INO,
+            b"a.exr",
+            drive::model::RenameMode::Replace,
+            caller(),
+        )
+        .await
+        .unwrap();
+    let b = writer
+        .create(ROOT_INO, b"b.tmp", 0o644, write_flags(), caller())
+        .await
+        .unwrap();
+    writer.write(b.fh, 0, &data).await.unwrap();
+    writer.unlink(ROOT_INO, b"b.tmp", caller()).await.unwrap();
+    for opened in [a, b] {
+        writer.flush(opened.fh, caller()).await.unwrap();
+        writer.release(opened.fh, caller()).await.unwrap();
+    }
+    writer.fsyncdir().await.unwrap();
+
+    assert_eq!(listed(&other).await, ["a.exr"]);
+    let found = other.lookup(ROOT_INO, b"a.exr").await.unwrap();
+    assert_same(
+        &read_file(&other, found.ino.0).await.unwrap(),
+        &data,
+        "renamed while open",
+    );
+}
+
+/// Two mounts create the same name: the first close wins, the second fails with EEXIST and
+/// leaves the first file alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_first_close_of_a_name_created_on_two_mounts_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = Rig::new(local_rig_store(&dir), false).await;
+    let (one, two) = (rig.mount(rig.blocks(None)), rig.mount(rig.blocks(None)));
+    let (first, second) = (pattern(1000, 23), pattern(2000, 24));
+
+    let a = one
+        .create(ROOT_INO, b"lock", 0o644, write_flags(), caller())
+        .await
+        .unwrap();
+    one.write(a.fh, 0, &first).await.unwrap();
+    let b = two
+        .create(ROOT_INO, b"lock", 0o644, write_flags(), caller())
+        .await
+        .unwrap();
+    two.write(b.fh, 0, &second).await.unwrap();
+    one.flush(a.fh, caller()).await.unwrap();
+    one.release(a.fh, caller()).await.unwrap();
+    let err = two.flush(b.fh, caller()).await.unwrap_err();
+    assert_eq!(err.kind(), drive::fs::FsErrorKind::Exists, "{err}");
+    let _ = two.release(b.fh, caller()).await;
+
+    let found = rig
+        .mount(rig.blocks(None))
+        .lookup(ROOT_INO, b"lock")
+        .await
+        .unwrap();
+    assert_same(
+        &read_file(&two, found.ino.0).await.unwrap(),
+        &first,
+        "the first close's file",
+    );
+    let seen_by_two = two.lookup(ROOT_INO, b"lock").await.unwrap();
+    assert_eq!(
+        seen_by_two.ino, found.ino,
+        "the losing mount sees the winner's file"
+    );
+}

@@ -11,18 +11,20 @@ use bytes::Bytes;
 
 use crate::error::ErrorKind;
 use crate::fs::blocks::BlockIo;
+use crate::fs::cache::Cached;
 use crate::fs::error::{FsError, FsErrorKind};
 use crate::fs::namespace::parse_name;
 use crate::fs::read::Reader;
-use crate::fs::write::WriteSession;
+use crate::fs::write::{DeferredCreate, WriteSession};
 use crate::fs::{Caller, DriveFs, Handle, OpenFlags, Opened, lock};
-use crate::model::{Attr, NewNode, NodeId, NodeKind};
+use crate::meta::new_inode_attr;
+use crate::model::{Attr, NewNode, NodeId, NodeKind, Timestamp};
 
 impl<B: BlockIo> DriveFs<B> {
     /// Opens file `ino`.
     pub async fn open(&self, ino: u64, flags: OpenFlags, caller: Caller) -> Result<Opened, FsError> {
         let attr = self.fresh_attr(self.to_node(ino)).await?;
-        self.open_node(attr, flags, caller).await
+        self.open_node(attr, flags, None, caller).await
     }
 
     /// Creates regular file `name` in `parent` and opens it.
@@ -37,16 +39,56 @@ impl<B: BlockIo> DriveFs<B> {
         self.writable()?;
         let name = parse_name(name)?;
         let node = NewNode::new(NodeKind::File, mode & 0o7777).owned_by(caller.uid, caller.gid);
-        let attr = self.create_entry(parent, &name, &node, caller).await?;
         // A new file is empty: truncating it again would only cost a commit.
         let flags = OpenFlags {
             truncate: false,
             ..flags
         };
-        self.open_node(attr, flags, caller).await
+        if !flags.write {
+            let attr = self.create_entry(parent, &name, &node, caller).await?;
+            return self.open_node(attr, flags, None, caller).await;
+        }
+        // Opened for writing: the create is deferred to the first commit of the file's
+        // session (see `write::DeferredCreate`).
+        let parent = self.to_node(parent);
+        let taken = matches!(self.cache.entry(parent, &name), Cached::Found(_))
+            || lock(&self.deferred_names).contains_key(&(parent, name.clone()));
+        if taken {
+            return Err(FsError::new(FsErrorKind::Exists, name.to_string_lossy()));
+        }
+        // A removal of the same name still queued must land before the create can.
+        self.drain_removals().await?;
+        let dir = self.stored_attr(parent).await?;
+        if dir.kind != NodeKind::Directory {
+            return Err(FsError::new(FsErrorKind::NotADirectory, format!("node {parent}")));
+        }
+        let now = Timestamp::now();
+        let attr = new_inode_attr(self.meta.reserve_node_id().await?, &node, now);
+        let create = DeferredCreate {
+            parent,
+            name: name.clone(),
+            node,
+            actor: self.actor(caller),
+            attr: attr.clone(),
+        };
+        lock(&self.deferred_names).insert((parent, name.clone()), attr.ino);
+        self.cache.set_entry(parent, &name, &attr);
+        self.cache.touch_dir(parent, now);
+        let opened = self.open_node(attr.clone(), flags, Some(create), caller).await;
+        if opened.is_err() {
+            lock(&self.deferred_names).remove(&(parent, name.clone()));
+            self.cache.forget_entry(parent, &name);
+        }
+        opened
     }
 
-    async fn open_node(&self, attr: Attr, flags: OpenFlags, caller: Caller) -> Result<Opened, FsError> {
+    async fn open_node(
+        &self,
+        attr: Attr,
+        flags: OpenFlags,
+        deferred: Option<DeferredCreate>,
+        caller: Caller,
+    ) -> Result<Opened, FsError> {
         match attr.kind {
             NodeKind::File => {}
             NodeKind::Directory => {
@@ -61,7 +103,7 @@ impl<B: BlockIo> DriveFs<B> {
         let node = attr.ino;
         let session = if flags.write || flags.truncate {
             self.writable()?;
-            let session = self.join_session(&attr)?;
+            let session = self.join_session(&attr, deferred)?;
             if flags.truncate
                 && let Err(e) = session.truncate(0).await
             {
@@ -98,13 +140,22 @@ impl<B: BlockIo> DriveFs<B> {
     }
 
     /// The write session of `attr`'s file, created if this mount has none.
-    fn join_session(&self, attr: &Attr) -> Result<Arc<WriteSession<B>>, FsError> {
+    fn join_session(
+        &self,
+        attr: &Attr,
+        deferred: Option<DeferredCreate>,
+    ) -> Result<Arc<WriteSession<B>>, FsError> {
         let mut sessions = lock(&self.sessions);
         if let Some((s, users)) = sessions.get_mut(&attr.ino) {
             *users += 1;
             return Ok(s.clone());
         }
-        let session = Arc::new(WriteSession::new(self.env.clone(), attr, &self.cfg.staging_dir)?);
+        let session = Arc::new(WriteSession::new(
+            self.env.clone(),
+            attr,
+            &self.cfg.staging_dir,
+            deferred,
+        )?);
         sessions.insert(attr.ino, (session.clone(), 1));
         Ok(session)
     }
@@ -128,6 +179,12 @@ impl<B: BlockIo> DriveFs<B> {
         let mut sessions = lock(&self.sessions);
         if sessions.get(&node).is_some_and(|(_, users)| *users == 0) {
             sessions.remove(&node);
+            // A create that could not be committed goes with its session (the failure was
+            // reported to this close); the name must not stay reserved.
+            if let Some(create) = session.deferred_create() {
+                lock(&self.deferred_names).remove(&(create.parent, create.name.clone()));
+                self.cache.forget_entry(create.parent, &create.name);
+            }
         }
         result
     }
@@ -144,9 +201,8 @@ impl<B: BlockIo> DriveFs<B> {
             self.touched(&[session.node()]);
         }
         match result {
-            Ok(Some(attr)) => {
-                self.note_seen(attr.ino, attr.content_version);
-                self.cache.set_attr(&attr);
+            Ok(Some(committed)) => {
+                self.note_committed(&committed);
                 Ok(())
             }
             Ok(None) => Ok(()),

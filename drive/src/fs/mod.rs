@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use crate::meta::MetaStore;
-use crate::model::{Actor, Attr, Event, NodeId, View, Workspace};
+use crate::model::{Actor, Attr, Event, Name, NodeId, View, Workspace};
 
 use self::cache::MetaCache;
 use self::read::Reader;
@@ -180,6 +180,8 @@ pub struct DriveFs<B: BlockIo> {
     dirs: Mutex<HashMap<u64, (u64, SharedDirHandle)>>,
     /// Write sessions by store node id, with the number of handles using each.
     sessions: Mutex<HashMap<NodeId, SessionUse<B>>>,
+    /// Names of files created here whose create is deferred (see `write::DeferredCreate`).
+    deferred_names: Mutex<HashMap<(NodeId, Name), NodeId>>,
     /// Content version each file had when this mount last opened it (FOPEN_KEEP_CACHE).
     seen_versions: Mutex<HashMap<NodeId, u64>>,
     next_fh: AtomicU64,
@@ -222,6 +224,7 @@ impl<B: BlockIo> DriveFs<B> {
             handles: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
+            deferred_names: Mutex::new(HashMap::new()),
             seen_versions: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
         })
@@ -339,16 +342,20 @@ impl<B: BlockIo> DriveFs<B> {
     /// Commits every write session and queued removal (shutdown path); returns the first
     /// error.
     pub async fn flush_all(&self) -> Result<(), FsError> {
-        let drained = self.drain_removals().await;
+        let drained = self.settle_local().await;
         let sessions: Vec<(NodeId, Arc<WriteSession<B>>)> = lock(&self.sessions)
             .iter()
             .map(|(k, (s, _))| (*k, s.clone()))
             .collect();
         let mut first = None;
         for (node, session) in sessions {
-            if let Err(e) = session.commit(&Actor::system("mount")).await {
-                tracing::warn!(%node, error = %e, "commit at shutdown failed");
-                first.get_or_insert(e);
+            match session.commit(&Actor::system("mount")).await {
+                Ok(Some(committed)) => self.note_committed(&committed),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(%node, error = %e, "commit at shutdown failed");
+                    first.get_or_insert(e);
+                }
             }
         }
         drained.and(first.map_or(Ok(()), Err))
@@ -432,8 +439,51 @@ impl<B: BlockIo> DriveFs<B> {
         self.cache.forget_attr(item.parent);
     }
 
-    /// Waits until this mount's queued removals are committed (the barrier in front of every
-    /// other metadata access; see `removals`).
+    /// Commits what this mount has deferred, creates of files not closed yet and queued
+    /// removals: the barrier in front of every metadata access whose answer they could change.
+    /// (Lookups and attribute reads of other nodes only wait for the removals.)
+    pub(crate) async fn settle_local(&self) -> Result<(), FsError> {
+        self.settle_creates().await?;
+        self.drain_removals().await
+    }
+
+    /// Commits the deferred creates of this mount's files that are still open.
+    pub(crate) async fn settle_creates(&self) -> Result<(), FsError> {
+        let nodes: Vec<NodeId> = lock(&self.deferred_names).values().copied().collect();
+        for node in nodes {
+            if let Some(session) = self.session_of(node)
+                && let Some(committed) = session.commit_create().await?
+            {
+                self.note_committed(&committed);
+            }
+        }
+        Ok(())
+    }
+
+    /// The attributes of `node` while its create is deferred.
+    pub(crate) fn deferred_attr(&self, node: NodeId) -> Option<Attr> {
+        Some(self.session_of(node)?.deferred_create()?.attr)
+    }
+
+    /// The node named `name` in `parent` whose create is deferred, if any.
+    pub(crate) fn deferred_entry(&self, parent: NodeId, name: &Name) -> Option<Attr> {
+        let node = *lock(&self.deferred_names).get(&(parent, name.clone()))?;
+        self.deferred_attr(node)
+    }
+
+    /// Keeps the cache true after a commit of a write session.
+    pub(crate) fn note_committed(&self, committed: &write::Committed) {
+        let attr = &committed.attr;
+        self.note_seen(attr.ino, attr.content_version);
+        self.cache.set_attr(attr);
+        if let Some((parent, name, dir)) = &committed.created {
+            lock(&self.deferred_names).remove(&(*parent, name.clone()));
+            self.cache.set_entry(*parent, name, attr);
+            self.cache.set_attr(dir);
+        }
+    }
+
+    /// Waits until this mount's queued removals are committed (see `removals`).
     pub(crate) async fn drain_removals(&self) -> Result<(), FsError> {
         self.removals
             .drain()
@@ -443,7 +493,7 @@ impl<B: BlockIo> DriveFs<B> {
 
     /// `fsyncdir`: the directory's queued removals are durable when it returns.
     pub async fn fsyncdir(&self) -> Result<(), FsError> {
-        self.drain_removals().await
+        self.settle_local().await
     }
 
     fn note_seen(&self, node: NodeId, version: u64) -> bool {

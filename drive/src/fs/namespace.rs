@@ -59,6 +59,9 @@ impl<B: BlockIo> DriveFs<B> {
     pub async fn lookup_in_store(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
         let name = parse_name(name)?;
         let parent = self.to_node(parent);
+        if let Some(attr) = self.deferred_entry(parent, &name) {
+            return Ok(self.outer(attr));
+        }
         self.drain_removals().await?;
         let ticket = self.cache.ticket();
         match self.meta.lookup(self.cfg.view, parent, &name).await {
@@ -103,6 +106,9 @@ impl<B: BlockIo> DriveFs<B> {
     /// The store's attributes of `node`, read from the store (close-to-open: `open` must see
     /// the latest committed version), refreshing the cache.
     pub(crate) async fn fresh_attr(&self, node: NodeId) -> Result<Attr, FsError> {
+        if let Some(attr) = self.deferred_attr(node) {
+            return Ok(attr);
+        }
         self.drain_removals().await?;
         let ticket = self.cache.ticket();
         let attr = self.meta.getattr(self.cfg.view, node).await?;
@@ -140,7 +146,7 @@ impl<B: BlockIo> DriveFs<B> {
         let attr = if rest == SetAttr::default() {
             self.fresh_attr(node).await?
         } else {
-            self.drain_removals().await?;
+            self.settle_local().await?;
             let result = self.meta.setattr(&actor, self.ws.id, node, &rest).await;
             self.touched(&[node]);
             let attr = result?;
@@ -199,7 +205,7 @@ impl<B: BlockIo> DriveFs<B> {
         self.writable()?;
         let name = parse_name(new_name)?;
         let (node, parent) = (self.to_node(ino), self.to_node(new_parent));
-        self.drain_removals().await?;
+        self.settle_local().await?;
         let result = self
             .meta
             .link(&self.actor(caller), self.ws.id, node, parent, &name)
@@ -226,7 +232,7 @@ impl<B: BlockIo> DriveFs<B> {
         caller: Caller,
     ) -> Result<Attr, FsError> {
         let parent = self.to_node(parent);
-        self.drain_removals().await?;
+        self.settle_local().await?;
         let result = self
             .meta
             .create_in(&self.actor(caller), self.ws.id, parent, name, node)
@@ -262,6 +268,9 @@ impl<B: BlockIo> DriveFs<B> {
         self.writable()?;
         let name = parse_name(name)?;
         let (parent, actor) = (self.to_node(parent), self.actor(caller));
+        // A deferred create of the name must land first, or the queued removal would find
+        // nothing and the file would appear at its close.
+        self.settle_creates().await?;
         // Write-behind when the mount alone can decide it (see `removals`).
         if !dir
             && self.ws.kind != WorkspaceKind::Project
@@ -281,7 +290,7 @@ impl<B: BlockIo> DriveFs<B> {
             self.cache.touch_dir(parent, Timestamp::now());
             return Ok(());
         }
-        self.drain_removals().await?;
+        self.settle_local().await?;
         let result = if dir {
             self.meta.rmdir(&actor, self.ws.id, parent, &name).await
         } else {
@@ -314,7 +323,7 @@ impl<B: BlockIo> DriveFs<B> {
         self.writable()?;
         let (name, new_name) = (parse_name(name)?, parse_name(new_name)?);
         let (parent, new_parent) = (self.to_node(parent), self.to_node(new_parent));
-        self.drain_removals().await?;
+        self.settle_local().await?;
         let result = self
             .meta
             .rename(
@@ -384,7 +393,7 @@ impl<B: BlockIo> DriveFs<B> {
         let start = offset.saturating_sub(2) as usize;
         while start >= dir.entries.len() && !dir.done {
             let after = dir.entries.last().map(|e| e.entry.name.clone());
-            self.drain_removals().await?;
+            self.settle_local().await?;
             let ticket = self.cache.ticket();
             let page = self
                 .meta

@@ -24,8 +24,8 @@ use tokio::task::JoinHandle;
 use crate::fs::blocks::BlockIo;
 use crate::fs::error::{FsError, FsErrorKind};
 use crate::fs::ranges::Ranges;
-use crate::meta::{BlockChange, FileBlock, MetaStore};
-use crate::model::{Actor, Attr, NodeId, Timestamp, View, WorkspaceId};
+use crate::meta::{BlockChange, FileBlock, InitialContent, MetaStore};
+use crate::model::{Actor, Attr, Name, NewNode, NodeId, Timestamp, View, WorkspaceId};
 
 /// The largest file size accepted (the block map indexes are i64 in SQL).
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
@@ -61,6 +61,28 @@ struct Inner {
     changed: bool,
 }
 
+/// A file this mount created and has not committed yet. Its create goes into the same
+/// transaction as its first content commit (a small file costs one transaction, not two),
+/// or is committed on its own before any other metadata access of the mount
+/// (`DriveFs::settle_local`). Until then other mounts do not see the file.
+#[derive(Debug, Clone)]
+pub(crate) struct DeferredCreate {
+    pub parent: NodeId,
+    pub name: Name,
+    pub node: NewNode,
+    pub actor: Actor,
+    pub attr: Attr,
+}
+
+/// What a commit changed in the store.
+pub(crate) struct Committed {
+    /// The file's new attributes.
+    pub attr: Attr,
+    /// Set when this commit also created the file: its entry and the directory's new
+    /// attributes.
+    pub created: Option<(NodeId, Name, Attr)>,
+}
+
 /// Everything a session needs from its mount.
 pub(crate) struct SessionEnv<B: BlockIo> {
     pub meta: MetaStore,
@@ -83,11 +105,19 @@ pub(crate) struct WriteSession<B: BlockIo> {
     mtime: AtomicI64,
     /// Uncommitted changes exist: only then do size and mtime differ from the store's.
     dirty: std::sync::atomic::AtomicBool,
+    /// The file's create, while it is not committed. Changed only with `inner` locked, so
+    /// a commit and a settle never both create the file.
+    deferred: std::sync::Mutex<Option<DeferredCreate>>,
 }
 
 impl<B: BlockIo> WriteSession<B> {
     /// Starts a session for `attr` with its staging file in `dir`.
-    pub(crate) fn new(env: Arc<SessionEnv<B>>, attr: &Attr, dir: &Path) -> Result<Self, FsError> {
+    pub(crate) fn new(
+        env: Arc<SessionEnv<B>>,
+        attr: &Attr,
+        dir: &Path,
+        deferred: Option<DeferredCreate>,
+    ) -> Result<Self, FsError> {
         let path = dir.join(format!("stage-{}-{}", attr.ino, uuid::Uuid::new_v4()));
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -112,6 +142,56 @@ impl<B: BlockIo> WriteSession<B> {
             size: AtomicU64::new(attr.size),
             mtime: AtomicI64::new(attr.mtime.0),
             dirty: std::sync::atomic::AtomicBool::new(false),
+            deferred: std::sync::Mutex::new(deferred),
+        })
+    }
+
+    /// The create this session still has to commit, if any.
+    pub(crate) fn deferred_create(&self) -> Option<DeferredCreate> {
+        self.deferred
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_deferred(&self, value: Option<DeferredCreate>) {
+        *self
+            .deferred
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = value;
+    }
+
+    /// Commits the file's deferred create on its own (staged content stays staged).
+    pub(crate) async fn commit_create(&self) -> Result<Option<Committed>, FsError> {
+        let _inner = self.inner.lock().await;
+        let Some(create) = self.deferred_create() else {
+            return Ok(None);
+        };
+        self.create_with(&create, None).await.map(Some)
+    }
+
+    async fn create_with(
+        &self,
+        create: &DeferredCreate,
+        content: Option<&InitialContent<'_>>,
+    ) -> Result<Committed, FsError> {
+        let (attr, dir) = self
+            .env
+            .meta
+            .create_file(
+                &create.actor,
+                self.env.ws,
+                create.parent,
+                &create.name,
+                &create.node,
+                self.ino,
+                content,
+            )
+            .await?;
+        self.set_deferred(None);
+        Ok(Committed {
+            attr,
+            created: Some((create.parent, create.name.clone(), dir)),
         })
     }
 
@@ -365,10 +445,14 @@ impl<B: BlockIo> WriteSession<B> {
 
     /// Uploads everything staged and commits the new content in one transaction. Returns the
     /// new attributes, or `None` when there was nothing to commit.
-    pub(crate) async fn commit(&self, actor: &Actor) -> Result<Option<Attr>, FsError> {
+    pub(crate) async fn commit(&self, actor: &Actor) -> Result<Option<Committed>, FsError> {
         let mut inner = self.inner.lock().await;
+        let deferred = self.deferred_create();
         if !inner.changed {
-            return Ok(None);
+            return match deferred {
+                Some(create) => self.create_with(&create, None).await.map(Some),
+                None => Ok(None),
+            };
         }
         let bs = self.env.block_size;
         let size = self.size();
@@ -414,19 +498,38 @@ impl<B: BlockIo> WriteSession<B> {
         }
         changes.extend(self.truncated_holes(&inner, size).await?);
         let mtime = Timestamp(self.mtime.load(Ordering::Acquire));
-        let attr = self
-            .env
-            .meta
-            .commit_content(
-                actor,
-                self.env.ws,
-                self.ino,
-                self.base_version,
-                &changes,
-                size,
-                mtime,
-            )
-            .await?;
+        let committed = match deferred {
+            Some(create) => {
+                // A new file: no earlier block map, so every change is a block (holes are
+                // simply absent).
+                let blocks: Vec<(u64, [u8; 32], u64)> = changes
+                    .iter()
+                    .filter_map(|c| c.block.map(|(hash, len)| (c.idx, hash, len)))
+                    .collect();
+                let content = InitialContent {
+                    blocks: &blocks,
+                    size,
+                    mtime,
+                };
+                self.create_with(&create, Some(&content)).await?
+            }
+            None => Committed {
+                attr: self
+                    .env
+                    .meta
+                    .commit_content(
+                        actor,
+                        self.env.ws,
+                        self.ino,
+                        self.base_version,
+                        &changes,
+                        size,
+                        mtime,
+                    )
+                    .await?,
+                created: None,
+            },
+        };
         inner.blocks.clear();
         inner.next_slot = 0;
         inner.base_size = size;
@@ -437,7 +540,7 @@ impl<B: BlockIo> WriteSession<B> {
         self.staging
             .set_len(0)
             .map_err(|e| FsError::staging("reset staging file", e))?;
-        Ok(Some(attr))
+        Ok(Some(committed))
     }
 
     /// Committed blocks that a truncation cut away and that the session did not rewrite: they

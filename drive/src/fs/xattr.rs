@@ -57,7 +57,7 @@ impl<B: BlockIo> DriveFs<B> {
                 (BLOCK_SIZE, _) => Ok(self.ws.block_size.to_string().into_bytes()),
                 (SEQUENCES, NodeKind::Directory) => {
                     // The summary counts files: queued removals first.
-                    self.drain_removals().await?;
+                    self.settle_local().await?;
                     let mut out = String::new();
                     for seq in self.meta.sequences(node).await? {
                         let _ = writeln!(out, "{seq}");
@@ -105,7 +105,7 @@ impl<B: BlockIo> DriveFs<B> {
         self.writable()?;
         check_settable(name)?;
         let node = self.to_node(ino);
-        self.drain_removals().await?;
+        self.settle_local().await?;
         let result = self
             .meta
             .set_xattr(&self.actor(caller), self.ws.id, node, name, value, mode)
@@ -120,7 +120,7 @@ impl<B: BlockIo> DriveFs<B> {
         self.writable()?;
         check_settable(name)?;
         let node = self.to_node(ino);
-        self.drain_removals().await?;
+        self.settle_local().await?;
         let result = self
             .meta
             .remove_xattr(&self.actor(caller), self.ws.id, node, name)

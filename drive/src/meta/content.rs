@@ -33,6 +33,15 @@ pub struct BlockChange {
     pub block: Option<([u8; 32], u64)>,
 }
 
+/// The first content of a file created with [`MetaStore::create_file`]: its blocks as
+/// `(index, hash, valid length)` (missing indexes are holes), size and mtime.
+#[derive(Debug, Clone, Copy)]
+pub struct InitialContent<'a> {
+    pub blocks: &'a [(u64, [u8; 32], u64)],
+    pub size: u64,
+    pub mtime: Timestamp,
+}
+
 /// Upload state of a block object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockState {
@@ -288,7 +297,7 @@ fn to_hash(bytes: Vec<u8>) -> Result<[u8; 32], MetaError> {
 
 /// Checks that every block in `hashes` is registered and not failed, and makes the `Created`
 /// ones `Available` (see [`MetaStore::commit_content`]). Both statements go out together.
-async fn claim_blocks<C: GenericClient>(c: &C, hashes: &[&[u8]]) -> Result<(), MetaError> {
+pub(crate) async fn claim_blocks<C: GenericClient>(c: &C, hashes: &[&[u8]]) -> Result<(), MetaError> {
     if hashes.is_empty() {
         return Ok(());
     }
@@ -356,6 +365,29 @@ async fn set_block<C: GenericClient>(
             execute_in_order(c, &[close, remove]).await
         }
     }
+}
+
+/// Writes the block map of the new file `ino` (no earlier rows exist), in one statement.
+pub(crate) async fn insert_blocks<C: GenericClient>(
+    c: &C,
+    ws: &WsCtx,
+    ino: NodeId,
+    blocks: &[(u64, [u8; 32], u64)],
+) -> Result<(), MetaError> {
+    if blocks.is_empty() {
+        return Ok(());
+    }
+    let idxs: Vec<i64> = blocks.iter().map(|b| b.0 as i64).collect();
+    let hashes: Vec<&[u8]> = blocks.iter().map(|b| b.1.as_slice()).collect();
+    let lens: Vec<i64> = blocks.iter().map(|b| b.2 as i64).collect();
+    execute(
+        c,
+        "INSERT INTO file_blocks (ino, idx, valid_from, hash, len) \
+         SELECT $1, t.idx, $2, t.hash, t.len FROM unnest($3::INT8[], $4::BYTEA[], $5::INT8[]) AS t(idx, hash, len)",
+        &[&(ino.0 as i64), &ws.epoch, &idxs, &hashes, &lens],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Adjusts the block map of `ino` for a size change: blocks wholly past the new end become

@@ -26,9 +26,10 @@ mod volumes;
 mod workspaces;
 pub mod xattrs;
 
-pub use content::{BlockChange, BlockRecord, BlockState, FileBlock};
+pub use content::{BlockChange, BlockRecord, BlockState, FileBlock, InitialContent};
 pub use copy::CopyReport;
 pub use events::EventFeed;
+pub(crate) use rows::new_inode_attr;
 pub use tree::QueuedUnlink;
 pub use volumes::{Volume, VolumePlacement, VolumeRequest};
 pub use workspaces::WorkspaceUpdate;
@@ -41,6 +42,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
 
 use crate::error::MetaError;
+use crate::model::NodeId;
 
 /// How to reach PostgreSQL.
 #[derive(Debug, Clone)]
@@ -92,6 +94,8 @@ pub struct MetaStats {
 pub struct MetaStore {
     pool: Pool,
     stats: Arc<MetaStats>,
+    /// Node numbers taken from the sequence in batches for [`MetaStore::reserve_node_id`].
+    reserved_ids: Arc<std::sync::Mutex<Vec<u64>>>,
 }
 
 impl std::fmt::Debug for MetaStore {
@@ -101,6 +105,9 @@ impl std::fmt::Debug for MetaStore {
             .finish()
     }
 }
+
+/// Node numbers [`MetaStore::reserve_node_id`] takes from the sequence at a time.
+const NODE_ID_BATCH: i32 = 64;
 
 /// Attempts of one transaction before a serialization conflict is reported to the caller.
 const MAX_TXN_ATTEMPTS: u32 = 60;
@@ -133,9 +140,43 @@ impl MetaStore {
         let store = MetaStore {
             pool,
             stats: Arc::default(),
+            reserved_ids: Arc::default(),
         };
         migrations::apply(&store).await?;
         Ok(store)
+    }
+
+    /// A node number for a node this client creates later ([`MetaStore::create_file`]).
+    /// Numbers are taken from the sequence in batches, so most calls need no round trip;
+    /// numbers a process never uses are simply skipped, like any sequence value.
+    pub async fn reserve_node_id(&self) -> Result<NodeId, MetaError> {
+        if let Some(id) = self.take_reserved_id() {
+            return Ok(id);
+        }
+        let client = self.client().await?;
+        let rows = rows::query(
+            &client,
+            "SELECT nextval('node_ids') FROM generate_series(1, $1)",
+            &[&NODE_ID_BATCH],
+        )
+        .await?;
+        let mut batch: Vec<u64> = rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect();
+        let id = batch
+            .pop()
+            .ok_or_else(|| MetaError::Internal("nextval returned no rows".into()))?;
+        self.reserved_ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(batch);
+        Ok(NodeId(id))
+    }
+
+    fn take_reserved_id(&self) -> Option<NodeId> {
+        self.reserved_ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+            .map(NodeId)
     }
 
     /// Transaction counters.

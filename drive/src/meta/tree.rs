@@ -7,6 +7,7 @@ use std::collections::hash_map::Entry;
 use deadpool_postgres::GenericClient;
 
 use crate::error::MetaError;
+use crate::meta::content::{InitialContent, claim_blocks, insert_blocks};
 use crate::meta::rows::{
     EntryRow, InodeRow, WsCtx, checked_live_inode, close_entries, close_entry, first_failure,
     guard_write_once, inode_from_row, inode_in_view, insert_entry, insert_new_inode, live_dir,
@@ -219,17 +220,70 @@ impl MetaStore {
         name: &Name,
         node: &NewNode,
     ) -> Result<(Attr, Attr), MetaError> {
+        self.create_node(actor, ws, parent, (name, node), None, None)
+            .await
+    }
+
+    /// Creates regular file `name` in `parent` as node `ino` (from
+    /// [`MetaStore::reserve_node_id`]), with `content` as its first content when given, in
+    /// one transaction: a mount that creates a file and writes it before the first close
+    /// commits both at that close. Returns the file's and the directory's attributes.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_file(
+        &self,
+        actor: &Actor,
+        ws: WorkspaceId,
+        parent: NodeId,
+        name: &Name,
+        node: &NewNode,
+        ino: NodeId,
+        content: Option<&InitialContent<'_>>,
+    ) -> Result<(Attr, Attr), MetaError> {
+        if node.kind != NodeKind::File {
+            return Err(MetaError::InvalidArgument(
+                "create_file creates regular files".into(),
+            ));
+        }
+        self.create_node(actor, ws, parent, (name, node), Some(ino), content)
+            .await
+    }
+
+    async fn create_node(
+        &self,
+        actor: &Actor,
+        ws: WorkspaceId,
+        parent: NodeId,
+        (name, node): (&Name, &NewNode),
+        reserved: Option<NodeId>,
+        content: Option<&InitialContent<'_>>,
+    ) -> Result<(Attr, Attr), MetaError> {
         if node.kind == NodeKind::Symlink && node.symlink_target.as_ref().is_none_or(Vec::is_empty) {
             return Err(MetaError::InvalidArgument(
                 "a symlink needs a non-empty target".into(),
             ));
         }
         let now = Timestamp::now();
+        let hashes: Vec<&[u8]> = content
+            .map(|c| c.blocks.iter().map(|(_, h, _)| h.as_slice()).collect())
+            .unwrap_or_default();
         in_txn!(self, |tx| {
             async {
-                let (ws_dir, ino) = tokio::join!(ws_and_dir(tx, ws, parent), next_node_id(tx));
+                let ino = async {
+                    match reserved {
+                        Some(ino) => Ok(ino),
+                        None => next_node_id(tx).await,
+                    }
+                };
+                let (ws_dir, ino, claimed) =
+                    tokio::join!(ws_and_dir(tx, ws, parent), ino, claim_blocks(tx, &hashes));
                 let (ws, mut dir) = ws_dir?;
-                let attr = new_inode_attr(ino?, node, now);
+                claimed?;
+                let mut attr = new_inode_attr(ino?, node, now);
+                if let Some(content) = content {
+                    attr.size = content.size;
+                    attr.mtime = content.mtime;
+                    attr.content_version = 1;
+                }
                 touch_dir(
                     &mut dir,
                     now,
@@ -238,7 +292,19 @@ impl MetaStore {
                 // No read of (parent, name) first: the unique index answers "exists", and
                 // skipping the read keeps concurrent creators from conflicting on it. The
                 // writes go out together (see rows::first_failure).
-                let (inode, entry, dir_written, frames, event) = tokio::join!(
+                let written = async {
+                    match content {
+                        Some(content) => {
+                            let (blocks, event) = tokio::join!(
+                                insert_blocks(tx, &ws, attr.ino, content.blocks),
+                                record_event(tx, ws.id, actor, "write", Some(attr.ino), None, None),
+                            );
+                            first_failure([blocks, event])
+                        }
+                        None => Ok(()),
+                    }
+                };
+                let (inode, entry, dir_written, frames, event, content_written) = tokio::join!(
                     insert_new_inode(tx, &ws, node, &attr),
                     insert_entry(tx, &ws, parent, name, attr.ino, attr.kind),
                     write_inode(tx, &ws, &dir),
@@ -252,8 +318,9 @@ impl MetaStore {
                         Some(parent),
                         Some(name)
                     ),
+                    written,
                 );
-                first_failure([inode, entry, dir_written, frames, event])?;
+                first_failure([inode, entry, dir_written, frames, event, content_written])?;
                 Ok((attr, dir.attr))
             }
             .await
