@@ -833,8 +833,8 @@ async fn a_new_file_is_committed_before_operations_that_need_it() {
     );
 }
 
-/// Two mounts create the same name: the first close wins, the second fails with EEXIST and
-/// leaves the first file alone.
+/// Two mounts create the same name: the first close wins; the second fails with EEXIST and
+/// its bytes are kept under a name of their own, not dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_first_close_of_a_name_created_on_two_mounts_wins() {
     let dir = tempfile::tempdir().unwrap();
@@ -856,21 +856,29 @@ async fn the_first_close_of_a_name_created_on_two_mounts_wins() {
     one.release(a.fh, caller()).await.unwrap();
     let err = two.flush(b.fh, caller()).await.unwrap_err();
     assert_eq!(err.kind(), drive::fs::FsErrorKind::Exists, "{err}");
-    let _ = two.release(b.fh, caller()).await;
+    two.release(b.fh, caller()).await.unwrap();
 
-    let found = rig
-        .mount(rig.blocks(None))
-        .lookup(ROOT_INO, b"lock")
-        .await
-        .unwrap();
+    let third = rig.mount(rig.blocks(None));
+    let kept = format!("lock.conflict-{}", two.to_node(b.attr.ino.0));
+    let mut names = listed(&third).await;
+    names.sort();
+    assert_eq!(names, ["lock".to_string(), kept.clone()]);
+    assert!(err.to_string().contains(&kept), "{err}");
+    let winner = third.lookup(ROOT_INO, b"lock").await.unwrap();
     assert_same(
-        &read_file(&two, found.ino.0).await.unwrap(),
+        &read_file(&third, winner.ino.0).await.unwrap(),
         &first,
         "the first close's file",
     );
+    let copy = third.lookup(ROOT_INO, kept.as_bytes()).await.unwrap();
+    assert_same(
+        &read_file(&third, copy.ino.0).await.unwrap(),
+        &second,
+        "the second close's bytes",
+    );
     let seen_by_two = two.lookup(ROOT_INO, b"lock").await.unwrap();
     assert_eq!(
-        seen_by_two.ino, found.ino,
+        seen_by_two.ino, winner.ino,
         "the losing mount sees the winner's file"
     );
 }

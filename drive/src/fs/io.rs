@@ -201,10 +201,7 @@ impl<B: BlockIo> DriveFs<B> {
             self.touched(&[session.node()]);
         }
         match result {
-            Ok(Some(committed)) => {
-                self.note_committed(&committed);
-                Ok(())
-            }
+            Ok(Some(committed)) => self.note_committed(&committed),
             Ok(None) => Ok(()),
             Err(FsError::Meta(e)) if e.kind() == ErrorKind::NotFound => {
                 tracing::debug!(error = %e, "file removed before its content was committed");

@@ -350,7 +350,9 @@ impl<B: BlockIo> DriveFs<B> {
         let mut first = None;
         for (node, session) in sessions {
             match session.commit(&Actor::system("mount")).await {
-                Ok(Some(committed)) => self.note_committed(&committed),
+                Ok(Some(committed)) => {
+                    let _ = self.note_committed(&committed);
+                }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(%node, error = %e, "commit at shutdown failed");
@@ -454,7 +456,9 @@ impl<B: BlockIo> DriveFs<B> {
             if let Some(session) = self.session_of(node)
                 && let Some(committed) = session.commit_create().await?
             {
-                self.note_committed(&committed);
+                // On a conflict the writer still has the file open and finds it under its new
+                // name; the warning is all this operation can do about it.
+                let _ = self.note_committed(&committed);
             }
         }
         Ok(())
@@ -471,16 +475,35 @@ impl<B: BlockIo> DriveFs<B> {
         self.deferred_attr(node)
     }
 
-    /// Keeps the cache true after a commit of a write session.
-    pub(crate) fn note_committed(&self, committed: &write::Committed) {
+    /// Keeps the cache true after a commit of a write session. A new file that had to be
+    /// stored under a conflict name is logged and comes back as the error for its writer.
+    pub(crate) fn note_committed(&self, committed: &write::Committed) -> Result<(), FsError> {
         let attr = &committed.attr;
         self.note_seen(attr.ino, attr.content_version);
         self.cache.set_attr(attr);
         if let Some((parent, name, dir)) = &committed.created {
-            lock(&self.deferred_names).remove(&(*parent, name.clone()));
+            let mut names = lock(&self.deferred_names);
+            names.remove(&(*parent, name.clone()));
+            if let Some(lost) = &committed.conflict {
+                names.remove(&(*parent, lost.clone()));
+                // The name holds another mount's file: let the store answer for it.
+                self.cache.forget_entry(*parent, lost);
+            }
+            drop(names);
             self.cache.set_entry(*parent, name, attr);
             self.cache.set_attr(dir);
+            if let Some(lost) = &committed.conflict {
+                let (lost, kept) = (lost.to_string_lossy(), name.to_string_lossy());
+                tracing::warn!(%lost, %kept, "another mount created the name first; the new file is kept under another name");
+                return Err(FsError::new(
+                    FsErrorKind::Exists,
+                    format!(
+                        "{lost} was created by another mount before this file was closed; its content is kept as {kept}"
+                    ),
+                ));
+            }
         }
+        Ok(())
     }
 
     /// Waits until this mount's queued removals are committed (see `removals`).

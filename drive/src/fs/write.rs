@@ -21,11 +21,12 @@ use bytes::Bytes;
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::error::ErrorKind;
 use crate::fs::blocks::BlockIo;
 use crate::fs::error::{FsError, FsErrorKind};
 use crate::fs::ranges::Ranges;
 use crate::meta::{BlockChange, FileBlock, InitialContent, MetaStore};
-use crate::model::{Actor, Attr, Name, NewNode, NodeId, Timestamp, View, WorkspaceId};
+use crate::model::{Actor, Attr, NAME_MAX, Name, NewNode, NodeId, Timestamp, View, WorkspaceId};
 
 /// The largest file size accepted (the block map indexes are i64 in SQL).
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
@@ -81,6 +82,24 @@ pub(crate) struct Committed {
     /// Set when this commit also created the file: its entry and the directory's new
     /// attributes.
     pub created: Option<(NodeId, Name, Attr)>,
+    /// The name a new file was created for and could not take, because another mount
+    /// created it first: the file was stored under [`conflict_name`] instead.
+    pub conflict: Option<Name>,
+}
+
+/// The name a new file gets when another mount took its name before its first close:
+/// `<name>.conflict-<node>`, the original cut to fit `NAME_MAX`.
+pub(crate) fn conflict_name(name: &Name, ino: NodeId) -> Result<Name, FsError> {
+    let suffix = format!(".conflict-{ino}");
+    let mut keep = name.as_bytes().len().min(NAME_MAX - suffix.len());
+    // Cut at a character boundary when the name is UTF-8, so it stays readable.
+    let utf8 = std::str::from_utf8(name.as_bytes()).is_ok();
+    while utf8 && keep > 0 && std::str::from_utf8(&name.as_bytes()[..keep]).is_err() {
+        keep -= 1;
+    }
+    let mut bytes = name.as_bytes()[..keep].to_vec();
+    bytes.extend_from_slice(suffix.as_bytes());
+    Name::parse(&bytes).map_err(|e| FsError::Meta(e.into()))
 }
 
 /// Everything a session needs from its mount.
@@ -175,23 +194,36 @@ impl<B: BlockIo> WriteSession<B> {
         create: &DeferredCreate,
         content: Option<&InitialContent<'_>>,
     ) -> Result<Committed, FsError> {
-        let (attr, dir) = self
-            .env
-            .meta
-            .create_file(
-                &create.actor,
-                self.env.ws,
-                create.parent,
-                &create.name,
-                &create.node,
-                self.ino,
-                content,
-            )
-            .await?;
+        let create_as = |name: Name| async move {
+            self.env
+                .meta
+                .create_file(
+                    &create.actor,
+                    self.env.ws,
+                    create.parent,
+                    &name,
+                    &create.node,
+                    self.ino,
+                    content,
+                )
+                .await
+                .map(|(attr, dir)| (attr, dir, name))
+        };
+        let mut lost_name = None;
+        let (attr, dir, name) = match create_as(create.name.clone()).await {
+            // Another mount created the name since: keep these bytes under a name of their
+            // own rather than drop them; the close still fails (see `Committed::conflict`).
+            Err(e) if e.kind() == ErrorKind::Exists => {
+                lost_name = Some(create.name.clone());
+                create_as(conflict_name(&create.name, self.ino)?).await?
+            }
+            other => other?,
+        };
         self.set_deferred(None);
         Ok(Committed {
             attr,
-            created: Some((create.parent, create.name.clone(), dir)),
+            created: Some((create.parent, name, dir)),
+            conflict: lost_name,
         })
     }
 
@@ -514,6 +546,7 @@ impl<B: BlockIo> WriteSession<B> {
                 self.create_with(&create, Some(&content)).await?
             }
             None => Committed {
+                conflict: None,
                 attr: self
                     .env
                     .meta
