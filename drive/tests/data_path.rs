@@ -882,3 +882,23 @@ async fn the_first_close_of_a_name_created_on_two_mounts_wins() {
         "the losing mount sees the winner's file"
     );
 }
+
+/// Another mount removes the (empty, as far as the store knows) folder of a new file before
+/// its first close: the close fails and says why, instead of dropping the bytes silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_file_whose_folder_was_removed_fails_its_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = Rig::new(local_rig_store(&dir), false).await;
+    let (one, two) = (rig.mount(rig.blocks(None)), rig.mount(rig.blocks(None)));
+    let folder = one.mkdir(ROOT_INO, b"shots", 0o755, caller()).await.unwrap();
+    let opened = one
+        .create(folder.ino.0, b"a.exr", 0o644, write_flags(), caller())
+        .await
+        .unwrap();
+    one.write(opened.fh, 0, b"frame").await.unwrap();
+    two.rmdir(ROOT_INO, b"shots", caller()).await.unwrap();
+
+    let err = one.flush(opened.fh, caller()).await.unwrap_err();
+    assert_eq!(err.kind(), drive::fs::FsErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("a.exr"), "{err}");
+}

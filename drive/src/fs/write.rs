@@ -217,6 +217,17 @@ impl<B: BlockIo> WriteSession<B> {
                 lost_name = Some(create.name.clone());
                 create_as(conflict_name(&create.name, self.ino)?).await?
             }
+            // Unlike a committed file removed meanwhile (nothing to commit to, and nobody
+            // expects its bytes), a file whose folder went away is the writer's to know about.
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(FsError::new(
+                    FsErrorKind::NotFound,
+                    format!(
+                        "the folder of new file {} was removed before the file was first closed: {e}",
+                        create.name.to_string_lossy()
+                    ),
+                ));
+            }
             other => other?,
         };
         self.set_deferred(None);
