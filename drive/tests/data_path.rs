@@ -902,3 +902,36 @@ async fn a_new_file_whose_folder_was_removed_fails_its_close() {
     assert_eq!(err.kind(), drive::fs::FsErrorKind::NotFound, "{err}");
     assert!(err.to_string().contains("a.exr"), "{err}");
 }
+
+/// `rm f; cp g f`: the removal is write-behind and the create deferred; the new file must
+/// take the name after the removal lands, not collide with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removed_name_created_again_at_once_holds_the_new_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = Rig::new(local_rig_store(&dir), false).await;
+    let fs = Arc::new(rig.mount(rig.blocks(None)));
+    let committer = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.run_removals(std::future::pending()).await })
+    };
+    let (old, new) = (pattern(3000, 25), pattern(5000, 26));
+    for round in 0..20 {
+        write_file(&fs, "f", &old).await;
+        // What the mount's change-feed follower does after each poll: the cache may answer
+        // (write-behind unlinks need it to know the entry).
+        fs.apply_feed(&[], std::time::Instant::now());
+        fs.unlink(ROOT_INO, b"f", caller()).await.unwrap();
+        let ino = write_file(&fs, "f", &new).await;
+        assert_eq!(listed(&fs).await, ["f"], "round {round}");
+        let other = rig.mount(rig.blocks(None));
+        let found = other.lookup(ROOT_INO, b"f").await.unwrap();
+        assert_eq!(found.ino, fs.to_node(ino), "round {round}");
+        assert_same(
+            &read_file(&other, found.ino.0).await.unwrap(),
+            &new,
+            "the new file",
+        );
+        fs.unlink(ROOT_INO, b"f", caller()).await.unwrap();
+    }
+    committer.abort();
+}

@@ -11,7 +11,6 @@ use bytes::Bytes;
 
 use crate::error::ErrorKind;
 use crate::fs::blocks::BlockIo;
-use crate::fs::cache::Cached;
 use crate::fs::error::{FsError, FsErrorKind};
 use crate::fs::namespace::parse_name;
 use crate::fs::read::Reader;
@@ -49,15 +48,16 @@ impl<B: BlockIo> DriveFs<B> {
             return self.open_node(attr, flags, None, caller).await;
         }
         // Opened for writing: the create is deferred to the first commit of the file's
-        // session (see `write::DeferredCreate`).
-        let parent = self.to_node(parent);
-        let taken = matches!(self.cache.entry(parent, &name), Cached::Found(_))
-            || lock(&self.deferred_names).contains_key(&(parent, name.clone()));
-        if taken {
-            return Err(FsError::new(FsErrorKind::Exists, name.to_string_lossy()));
+        // session (see `write::DeferredCreate`). The name must be free here and in the store
+        // (the kernel looked it up just before, so this is normally a cache hit).
+        match self.lookup(parent, name.as_bytes()).await {
+            Ok(_) => return Err(FsError::new(FsErrorKind::Exists, name.to_string_lossy())),
+            Err(e) if e.kind() == FsErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
-        // A removal of the same name still queued must land before the create can.
+        // A queued removal of this name (`rm f; cp g f`) must land before the create does.
         self.drain_removals().await?;
+        let parent = self.to_node(parent);
         let dir = self.stored_attr(parent).await?;
         if dir.kind != NodeKind::Directory {
             return Err(FsError::new(FsErrorKind::NotADirectory, format!("node {parent}")));
