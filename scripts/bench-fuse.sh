@@ -383,6 +383,17 @@ EOF
 }
 
 # ---- run: rounds of A B A B ---------------------------------------------------------------
+# Frames need room: Studio Drive's block stores keep every round's frames (the bench runs no
+# GC), and the target being measured holds one more copy plus its cache's (rclone's VFS cache
+# fills the disk with EIO otherwise, as in stop 11's run K).
+case " $WORKLOADS " in *" frames "*)
+    sd_targets=$(for t in $TARGETS; do case $t in studiodrive*) echo "$t" ;; esac; done | wc -l)
+    need=$(python3 -c "print($FRAMES * $FRAME_B * (2 + $sd_targets * $ROUNDS))")
+    avail=$(df --output=avail -B1 "$WORK" | tail -1)
+    [ "$avail" -ge "$need" ] || die "frames need about $((need >> 30)) GiB free under $WORK, $((avail >> 30)) GiB available: lower FRAMES or ROUNDS, or free space"
+    ;;
+esac
+
 say "targets: $TARGETS; SIZE=$SIZE RAND_TIME=$RAND_TIME SMALL_FILES=$SMALL_FILES FRAMES=$FRAMES x $FRAME_SIZE" \
     "LS_ENTRIES=$LS_ENTRIES ROUNDS=$ROUNDS WORKLOADS=$WORKLOADS"
 START=$(date -u +%FT%TZ)
