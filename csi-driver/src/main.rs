@@ -32,6 +32,10 @@ enum Command {
         storage: StorageArgs,
         path: String,
     },
+    /// Returns once the mount at PATH answers (internal: a new mount runs it in a child
+    /// process before it sets the kernel's readahead).
+    #[command(hide = true)]
+    WaitMounted { path: std::path::PathBuf },
     /// Prints the workspace's change feed.
     Events {
         #[command(flatten)]
@@ -55,6 +59,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Mount(args) => mount::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::WaitMounted { path } => mount::wait_mounted(&path),
         other => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
@@ -62,7 +67,9 @@ fn main() -> anyhow::Result<()> {
                     Command::Snapshot(cmd) => admin::snapshot(cmd).await,
                     Command::Sequences { storage, path } => admin::sequences(storage, path).await,
                     Command::Events { storage, follow } => admin::events(storage, follow).await,
-                    Command::Mount(_) | Command::Serve(_) => anyhow::bail!("runs outside this runtime"),
+                    Command::Mount(_) | Command::Serve(_) | Command::WaitMounted { .. } => {
+                        anyhow::bail!("runs outside this runtime")
+                    }
                 }
             })
         }

@@ -149,17 +149,18 @@ fn map_cache_entry(path: &Path) -> std::io::Result<bytes::Bytes> {
 /// offers its 128 KiB default in INIT and takes the smaller value from the reply, so this
 /// runs after INIT, which a `stat` of the mount waits for (the session must be running).
 ///
-/// The `stat` runs in a child process, never in this one: if this process died (SIGTERM,
-/// kill -9) after its session thread had taken the GETATTR but before it answered, a thread
-/// of ours would wait for its own dead server forever, the process could not finish exiting,
-/// and the mount would hang (seen once in CI). A child's `stat` gets ENOTCONN instead.
+/// The `stat` runs in a child process (this binary again, `wait-mounted`, so no coreutils are
+/// needed in a container image), never in this one: if this process died (SIGTERM, kill -9)
+/// after its session thread had taken the GETATTR but before it answered, a thread of ours
+/// would wait for its own dead server forever, the process could not finish exiting, and the
+/// mount would hang (seen once in CI). A child's `stat` gets ENOTCONN instead.
 fn set_kernel_readahead(mountpoint: &Path, bytes: u64) -> anyhow::Result<()> {
-    let status = std::process::Command::new("stat")
-        .arg("--")
+    let status = std::process::Command::new("/proc/self/exe")
+        .arg("wait-mounted")
         .arg(mountpoint)
         .stdout(std::process::Stdio::null())
         .status()
-        .context("run stat on the new mount")?;
+        .context("run `studiodrive-csi wait-mounted` on the new mount")?;
     anyhow::ensure!(status.success(), "stat of the new mount failed ({status})");
     let dev = fuse_mount_devices_at(mountpoint)
         .pop()
@@ -167,6 +168,13 @@ fn set_kernel_readahead(mountpoint: &Path, bytes: u64) -> anyhow::Result<()> {
     let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
     std::fs::write(&path, (bytes / 1024).max(4).to_string()).with_context(|| format!("write {path}"))?;
     tracing::debug!(%path, bytes, "kernel readahead set");
+    Ok(())
+}
+
+/// `studiodrive-csi wait-mounted PATH` (internal): returns once the file system at `path`
+/// answers a `stat`; [`set_kernel_readahead`] runs it in a child process.
+pub fn wait_mounted(path: &Path) -> anyhow::Result<()> {
+    std::fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
     Ok(())
 }
 
