@@ -935,3 +935,49 @@ async fn a_removed_name_created_again_at_once_holds_the_new_file() {
     }
     committer.abort();
 }
+
+/// Uploads sign their bodies only where nothing else checks them in transit: against this
+/// plain-HTTP server without request checksums they are signed; unsigned (as over TLS) they
+/// are accepted by a real S3 server, single and multipart, and read back intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_uploads_are_signed_only_where_nothing_else_checks_the_body() {
+    let server = S3Server::start().unwrap();
+    server.create_bucket(BUCKET).unwrap();
+    drive_testkit::install_crypto_provider();
+    let mut cfg = s3_config(&server);
+    assert!(cfg.signs_payloads(), "plain HTTP, no request checksums");
+    let unsigned = || {
+        server
+            .requests()
+            .unsigned
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    S3ChunkStore::connect(&cfg)
+        .await
+        .put("blocks/signed", Bytes::from_static(b"signed"))
+        .await
+        .unwrap();
+    assert_eq!(unsigned(), 0);
+
+    cfg.sign_payloads = Some(false);
+    cfg.multipart_threshold = 6 << 20;
+    cfg.part_size = 5 << 20;
+    let store = S3ChunkStore::connect(&cfg).await;
+    let (small, big) = (Bytes::from(pattern(MIB, 27)), Bytes::from(pattern(11 * MIB, 28)));
+    store.put("blocks/small", small.clone()).await.unwrap();
+    store.put("blocks/big", big.clone()).await.unwrap();
+    assert_eq!(unsigned(), 1 + 3, "one PUT and three parts, unsigned");
+    assert_eq!(store.get("blocks/small").await.unwrap(), small);
+    assert_eq!(store.get("blocks/big").await.unwrap(), big);
+
+    let mut over_tls = S3Config::new(BUCKET).with_endpoint("https://s3.example.net");
+    assert!(!over_tls.signs_payloads(), "TLS checks the body");
+    over_tls.endpoint = None;
+    assert!(!over_tls.signs_payloads(), "the default AWS endpoint is TLS");
+    let mut with_checksums = S3Config::new(BUCKET).with_endpoint("http://store.local:9000");
+    with_checksums.request_checksums = true;
+    assert!(
+        !with_checksums.signs_payloads(),
+        "request checksums check the body"
+    );
+}

@@ -126,11 +126,20 @@ pub struct RequestCounts {
     pub post: AtomicU64,
     pub delete: AtomicU64,
     pub other: AtomicU64,
+    /// Uploads whose body was not signed (`x-amz-content-sha256: UNSIGNED-PAYLOAD`).
+    pub unsigned: AtomicU64,
 }
 
 impl RequestCounts {
-    fn count(&self, method: &hyper::Method) {
-        let counter = match *method {
+    fn count<B>(&self, req: &hyper::Request<B>) {
+        let unsigned = req
+            .headers()
+            .get("x-amz-content-sha256")
+            .is_some_and(|v| v.as_bytes() == b"UNSIGNED-PAYLOAD");
+        if unsigned {
+            self.unsigned.fetch_add(1, Ordering::Relaxed);
+        }
+        let counter = match *req.method() {
             hyper::Method::GET => &self.get,
             hyper::Method::PUT => &self.put,
             hyper::Method::POST => &self.post,
@@ -212,7 +221,7 @@ impl S3Server {
                             let (service, faults, requests) =
                                 (service.clone(), faults.clone(), requests.clone());
                             async move {
-                                requests.count(req.method());
+                                requests.count(&req);
                                 match faults.take(req.method()) {
                                     None => {}
                                     Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
