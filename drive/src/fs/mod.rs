@@ -482,17 +482,13 @@ impl<B: BlockIo> DriveFs<B> {
         self.note_seen(attr.ino, attr.content_version);
         self.cache.set_attr(attr);
         if let Some((parent, name, dir)) = &committed.created {
-            let mut names = lock(&self.deferred_names);
-            names.remove(&(*parent, name.clone()));
-            if let Some(lost) = &committed.conflict {
-                names.remove(&(*parent, lost.clone()));
-                // The name holds another mount's file: let the store answer for it.
-                self.cache.forget_entry(*parent, lost);
-            }
-            drop(names);
+            let reserved = committed.conflict.as_ref().unwrap_or(name);
+            lock(&self.deferred_names).remove(&(*parent, reserved.clone()));
             self.cache.set_entry(*parent, name, attr);
             self.cache.set_attr(dir);
             if let Some(lost) = &committed.conflict {
+                // The name holds another mount's file: let the store answer for it.
+                self.cache.forget_entry(*parent, lost);
                 let (lost, kept) = (lost.to_string_lossy(), name.to_string_lossy());
                 tracing::warn!(%lost, %kept, "another mount created the name first; the new file is kept under another name");
                 return Err(FsError::new(

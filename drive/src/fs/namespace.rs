@@ -290,7 +290,7 @@ impl<B: BlockIo> DriveFs<B> {
             self.cache.touch_dir(parent, Timestamp::now());
             return Ok(());
         }
-        self.settle_local().await?;
+        self.drain_removals().await?;
         let result = if dir {
             self.meta.rmdir(&actor, self.ws.id, parent, &name).await
         } else {

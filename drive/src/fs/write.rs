@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use crate::error::ErrorKind;
 use crate::fs::blocks::BlockIo;
 use crate::fs::error::{FsError, FsErrorKind};
+use crate::fs::lock;
 use crate::fs::ranges::Ranges;
 use crate::meta::{BlockChange, FileBlock, InitialContent, MetaStore};
 use crate::model::{Actor, Attr, NAME_MAX, Name, NewNode, NodeId, Timestamp, View, WorkspaceId};
@@ -167,17 +168,11 @@ impl<B: BlockIo> WriteSession<B> {
 
     /// The create this session still has to commit, if any.
     pub(crate) fn deferred_create(&self) -> Option<DeferredCreate> {
-        self.deferred
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        lock(&self.deferred).clone()
     }
 
     fn set_deferred(&self, value: Option<DeferredCreate>) {
-        *self
-            .deferred
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = value;
+        *lock(&self.deferred) = value;
     }
 
     /// Commits the file's deferred create on its own (staged content stays staged).
