@@ -115,8 +115,8 @@ pub async fn run_controllers<S: StudioStore>(ctx: Arc<Context<S>>, shutdown: Can
                 tokio::select! {
                     () = token.cancelled() => break,
                     _ = tick.tick() => {
-                        for (kind, n) in [("Workspace", ws.state().len()), ("Snapshot", sn.state().len()),
-                                          ("Share", sh.state().len()), ("LifecyclePolicy", lp.state().len())] {
+                        let counts = [ws.state().len(), sn.state().len(), sh.state().len(), lp.state().len()];
+                        for (kind, n) in crate::metrics::KINDS.into_iter().zip(counts) {
                             metrics.objects.with_label_values(&[kind]).set(i64::try_from(n).unwrap_or(i64::MAX));
                         }
                     }

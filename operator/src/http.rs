@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -46,6 +47,33 @@ pub fn respond(state: &HealthState, method: &Method, path: &str) -> Response<Ful
         response.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
     }
     response
+}
+
+/// Keeps `state.ready` equal to whether the metadata store answered its last ping, checked
+/// every `interval` until `shutdown`. A ping that takes longer than `interval` counts as a
+/// failure: a database that hangs is not ready (an unknown answer is a refusal).
+pub async fn follow_store_health<F, Fut>(
+    ping: F,
+    state: Arc<HealthState>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let answered = tokio::time::timeout(interval, ping()).await.unwrap_or(false);
+        let was = state.ready.swap(answered, Ordering::SeqCst);
+        if was != answered {
+            tracing::info!(ready = answered, "metadata store health changed");
+        }
+    }
 }
 
 /// Serves the endpoint on `listener` until `shutdown` is cancelled.

@@ -165,17 +165,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("connect to the metadata store")?;
     health.ready.store(true, Ordering::SeqCst);
     {
-        // Readiness follows the store: a failing ping flips /readyz to 503.
-        let (store, health, token) = (store.clone(), health.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
-            loop {
-                tokio::select! {
-                    () = token.cancelled() => break,
-                    _ = tick.tick() => health.ready.store(store.ping().await.is_ok(), Ordering::SeqCst),
-                }
-            }
-        });
+        let store = store.clone();
+        tokio::spawn(operator::http::follow_store_health(
+            move || {
+                let store = store.clone();
+                async move { store.ping().await.is_ok() }
+            },
+            health.clone(),
+            Duration::from_secs(10),
+            shutdown.clone(),
+        ));
     }
     let client = kube::Client::try_default()
         .await

@@ -12,6 +12,9 @@ pub const RECONCILE_DURATION_SECONDS: &str = "studiodrive_reconcile_duration_sec
 pub const OBJECTS_MANAGED: &str = "studiodrive_operator_objects_managed";
 pub const LEADER: &str = "studiodrive_operator_leader";
 
+/// The kinds the operator reconciles, as the `kind` label spells them.
+pub const KINDS: [&str; 4] = ["Workspace", "Snapshot", "Share", "LifecyclePolicy"];
+
 /// The operator's metrics.
 #[derive(Clone)]
 pub struct Metrics {
@@ -53,6 +56,10 @@ impl Metrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(objects.clone()))?;
         registry.register(Box::new(leader.clone()))?;
+        // Served from the first scrape (0 until the caches sync), not once a count is known.
+        for kind in KINDS {
+            objects.with_label_values(&[kind]).set(0);
+        }
         Ok(Metrics {
             registry,
             reconciles,

@@ -24,6 +24,9 @@ pub struct PgServer {
     port: u16,
     run_as: Option<(u32, u32)>,
     extra_options: String,
+    /// Production durability: fsync, full-page writes and synchronous commit on (the default
+    /// test server trades them for speed; the durability tier must not).
+    durable: bool,
     watchdog: Option<(Child, ChildStdin)>,
 }
 
@@ -71,9 +74,20 @@ impl PgServer {
         PgServer::start_with_tls(None)
     }
 
+    /// Like [`PgServer::start`], with PostgreSQL's production durability settings (`fsync`,
+    /// `full_page_writes`, `synchronous_commit` on, and a synced `initdb`), for tests of what
+    /// survives a crash.
+    pub fn start_durable() -> anyhow::Result<PgServer> {
+        PgServer::start_with(None, true)
+    }
+
     /// Like [`PgServer::start`]; with `Some((cert_pem, key_pem))` the server also accepts TLS
     /// on its TCP port with that certificate.
     pub fn start_with_tls(tls: Option<(&str, &str)>) -> anyhow::Result<PgServer> {
+        PgServer::start_with(tls, false)
+    }
+
+    fn start_with(tls: Option<(&str, &str)>, durable: bool) -> anyhow::Result<PgServer> {
         let bin_dir = find_bin_dir()?;
         let root = tempfile::Builder::new()
             .prefix("studiodrive-pg-")
@@ -91,6 +105,7 @@ impl PgServer {
             port,
             run_as,
             extra_options: String::new(),
+            durable,
             watchdog: None,
         };
         server.spawn_watchdog()?;
@@ -126,19 +141,19 @@ impl PgServer {
     }
 
     fn initdb(&self) -> anyhow::Result<()> {
-        let out = self
-            .command("initdb")
-            .arg("-D")
-            .arg(self.data_dir())
-            .args([
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-                "--no-instructions",
-            ])
+        let mut cmd = self.command("initdb");
+        cmd.arg("-D").arg(self.data_dir()).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-instructions",
+        ]);
+        if !self.durable {
+            cmd.arg("--no-sync");
+        }
+        let out = cmd
             .output()
             .context("run initdb")?;
         if !out.status.success() {
@@ -170,10 +185,14 @@ impl PgServer {
     /// Starts (or restarts after [`PgServer::stop`]) the server and waits until it accepts
     /// connections.
     pub fn resume(&self) -> anyhow::Result<()> {
+        let durability = if self.durable {
+            "-c fsync=on -c full_page_writes=on -c synchronous_commit=on"
+        } else {
+            "-c fsync=off -c full_page_writes=off"
+        };
         let options = format!(
-            "-k {} -p {} -c listen_addresses=127.0.0.1 -c fsync=off \
-             -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB \
-             -c max_pred_locks_per_transaction=256",
+            "-k {} -p {} -c listen_addresses=127.0.0.1 {durability} -c max_connections=300 \
+             -c shared_buffers=128MB -c max_pred_locks_per_transaction=256",
             self.root.display(),
             self.port
         ) + &self.extra_options;

@@ -5,7 +5,8 @@
 //! step stops the mount cleanly, mounts the workspace again and compares the entire tree.
 //!
 //! Deterministic from the seed. Environment:
-//! - `FUSE_DIFF_SEED=N` runs only seed N (in `differential_seed_1`; the other seeds skip);
+//! - `FUSE_DIFF_SEED=N` replaces the seed of every differential test that runs (select one
+//!   with `-E 'test(differential_seed_1)'`);
 //! - `FUSE_DIFF_STEPS=N` sets the number of steps per seed (default 300).
 //!
 //! A failure prints the seed, the step, the operation, the recent history and the command that
@@ -19,7 +20,7 @@ use std::io::{ErrorKind, Write as _};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use common::{Mount, Storage};
 use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use nix::sys::stat::{UtimensatFlags, utimensat};
@@ -701,16 +702,13 @@ fn steps_from_env() -> usize {
         .unwrap_or(300)
 }
 
-/// The seed to run in place of `default`, or None when `FUSE_DIFF_SEED` picks another test.
-fn seed_for(default: u64, runs_env_seed: bool) -> Option<u64> {
-    match std::env::var("FUSE_DIFF_SEED").ok().and_then(|s| s.parse().ok()) {
-        Some(s) if runs_env_seed => Some(s),
-        Some(_) => {
-            eprintln!("FUSE_DIFF_SEED is set: differential_seed_1 runs it, this test skips");
-            None
-        }
-        None => Some(default),
-    }
+/// The seed to run: `FUSE_DIFF_SEED` replaces the test's own (the replay command selects one
+/// test, so nothing is skipped; every selected test runs a workload).
+fn seed_or(default: u64) -> u64 {
+    std::env::var("FUSE_DIFF_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
 
 fn run(seed: u64, steps: usize) -> anyhow::Result<()> {
@@ -736,7 +734,7 @@ fn run(seed: u64, steps: usize) -> anyhow::Result<()> {
             .join("\n  ");
         anyhow::anyhow!(
             "seed {seed}: {what}\nrecent operations:\n  {recent}\nreplay: FUSE_DIFF_SEED={seed} FUSE_DIFF_STEPS={steps} \
-             cargo nextest run -p drive-integration -E 'test(differential_seed_1)'"
+             cargo nextest run -p drive-csi -E 'test(differential_seed_1)'"
         )
     };
 
@@ -829,34 +827,17 @@ fn run(seed: u64, steps: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_seed(default: u64, runs_env_seed: bool) -> anyhow::Result<()> {
-    if !Path::new("/dev/fuse").exists() || !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: needs root and /dev/fuse");
-        return Ok(());
-    }
-    let Some(seed) = seed_for(default, runs_env_seed) else {
-        return Ok(());
-    };
-    if !common::binary().exists() {
-        bail!(
-            "{} missing: cargo build -p drive-csi --bin studiodrive-csi",
-            common::binary().display()
-        );
-    }
-    run(seed, steps_from_env())
-}
-
 #[test]
 fn differential_seed_1() -> anyhow::Result<()> {
-    run_seed(1, true)
+    run(seed_or(1), steps_from_env())
 }
 
 #[test]
 fn differential_seed_2() -> anyhow::Result<()> {
-    run_seed(2, false)
+    run(seed_or(2), steps_from_env())
 }
 
 #[test]
 fn differential_seed_3() -> anyhow::Result<()> {
-    run_seed(3, false)
+    run(seed_or(3), steps_from_env())
 }

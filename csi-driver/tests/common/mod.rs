@@ -10,12 +10,26 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use drive_testkit::pg::PgServer;
 
-/// The mount binary, built by `cargo build -p drive-csi` (scripts/test.sh does it first).
+/// The binary under test: cargo builds it before this package's integration tests, so it is
+/// never older than the code the tests were built from.
 pub fn binary() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("debug/studiodrive-csi")
+    PathBuf::from(env!("CARGO_BIN_EXE_studiodrive-csi"))
+}
+
+/// Fails the test (never passes it) where a FUSE mount cannot work: every test of this tier
+/// mounts. `scripts/test.sh` leaves the tier out, saying why, on machines without FUSE.
+pub fn require_fuse() {
+    let root = nix::unistd::geteuid().is_root();
+    let fuse = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse");
+    assert!(
+        root && fuse.is_ok(),
+        "this test mounts FUSE and needs root and a usable /dev/fuse (root: {root}, /dev/fuse: {:?}); \
+         ./scripts/test.sh reports the FUSE tier as skipped where they are missing",
+        fuse.err()
+    );
 }
 
 /// Storage shared by the mounts of one test: a database and a block directory.
@@ -26,15 +40,24 @@ pub struct Storage {
 
 impl Storage {
     pub fn new() -> anyhow::Result<Storage> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(Storage::create())
+        Storage::on(PgServer::shared())
     }
 
     /// [`Storage::new`] for async tests.
     pub async fn create() -> anyhow::Result<Storage> {
-        let pg = PgServer::shared();
+        Storage::create_on(PgServer::shared()).await
+    }
+
+    /// Storage whose database lives on `pg` (a server of the test's own, e.g. a durable one).
+    pub fn on(pg: &PgServer) -> anyhow::Result<Storage> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(Storage::create_on(pg))
+    }
+
+    async fn create_on(pg: &PgServer) -> anyhow::Result<Storage> {
+        require_fuse();
         let db = pg.create_database().await?;
         Ok(Storage {
             url: pg.url(&db),
