@@ -3,9 +3,9 @@
 //!
 //! Faults are injected at the server's HTTP front, after the request is read and before s3s
 //! sees it, so a client experiences exactly what a flaky object store does: error statuses
-//! (500, 503 "SlowDown"), slow responses, and connections closed without a response. Each
-//! object of a bucket is a plain file under `root()/bucket/`, so tests can count and inspect
-//! objects directly.
+//! (500, 503 "SlowDown"), slow responses, response bodies that stall part-way, and
+//! connections closed without a response. Each object of a bucket is a plain file under
+//! `root()/bucket/`, so tests can count and inspect objects directly.
 //!
 //! s3s-fs keeps every key as a file path, which loses two things file-system clients of S3
 //! (s3fs, rclone) rely on; `Store` restores them in front of it:
@@ -53,6 +53,10 @@ pub enum Fault {
     Drop,
     /// Wait this long, then serve the request normally.
     Delay(Duration),
+    /// Serve the request, but stop sending the response body for `stall` after its first
+    /// `after` bytes (a download whose connection goes quiet once the headers are through;
+    /// then the rest follows).
+    StallBody { after: u64, stall: Duration },
 }
 
 #[derive(Debug, Clone)]
@@ -128,6 +132,18 @@ pub struct RequestCounts {
     pub other: AtomicU64,
     /// Uploads whose body was not signed (`x-amz-content-sha256: UNSIGNED-PAYLOAD`).
     pub unsigned: AtomicU64,
+    /// Requests being handled now (see [`RequestCounts::in_flight`]).
+    active: AtomicU64,
+}
+
+/// Counts a request as in flight until dropped (also when the connection closes and the
+/// server drops the handler).
+struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl RequestCounts {
@@ -147,6 +163,19 @@ impl RequestCounts {
             _ => &self.other,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn enter(&self) -> InFlight<'_> {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        InFlight(&self.active)
+    }
+
+    /// Requests the server is still handling: faults being applied (a delay still running)
+    /// and requests being served up to their response head. A PUT counted here may still
+    /// write its object, even when its client gave up long ago; once this is 0, every
+    /// request received so far has had its full effect on the stored objects.
+    pub fn in_flight(&self) -> u64 {
+        self.active.load(Ordering::SeqCst)
     }
 
     /// GET requests so far.
@@ -222,6 +251,8 @@ impl S3Server {
                                 (service.clone(), faults.clone(), requests.clone());
                             async move {
                                 requests.count(&req);
+                                let _in_flight = requests.enter();
+                                let mut stall = None;
                                 match faults.take(req.method()) {
                                     None => {}
                                     Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
@@ -229,8 +260,15 @@ impl S3Server {
                                         return Err(s3s::HttpError::new("injected connection drop".into()));
                                     }
                                     Some(Fault::Status(code)) => return Ok(error_response(code)),
+                                    Some(Fault::StallBody { after, stall: d }) => stall = Some((after, d)),
                                 }
-                                hyper::service::Service::call(&service, req).await
+                                let resp = hyper::service::Service::call(&service, req).await;
+                                match stall {
+                                    None => resp,
+                                    Some((after, d)) => resp.map(|r| {
+                                        r.map(|body| s3s::Body::http_body(StalledBody::new(body, after, d)))
+                                    }),
+                                }
                             }
                         });
                         let conn = http.serve_connection(TokioIo::new(socket), handler).into_owned();
@@ -303,6 +341,83 @@ impl S3Server {
         }
         out.sort();
         Ok(out)
+    }
+}
+
+/// A response body that pauses once, for `stall`, after its first `after` bytes
+/// ([`Fault::StallBody`]). Its size hint stays the inner body's, so the declared length is
+/// kept and a client that gives up mid-way sees a short body.
+struct StalledBody {
+    inner: std::pin::Pin<Box<s3s::Body>>,
+    after: u64,
+    sent: u64,
+    stall: Duration,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    stalled: bool,
+    /// The part of a frame past `after`, sent once the stall is over.
+    held: Option<bytes::Bytes>,
+}
+
+impl StalledBody {
+    fn new(inner: s3s::Body, after: u64, stall: Duration) -> StalledBody {
+        StalledBody {
+            inner: Box::pin(inner),
+            after,
+            sent: 0,
+            stall,
+            sleep: None,
+            stalled: false,
+            held: None,
+        }
+    }
+}
+
+impl hyper::body::Body for StalledBody {
+    type Data = bytes::Bytes;
+    type Error = s3s::StdError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, s3s::StdError>>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.sent >= this.after && !this.stalled {
+            let stall = this.stall;
+            let sleep = this
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.stalled = true;
+        }
+        if let Some(rest) = this.held.take() {
+            this.sent += rest.len() as u64;
+            return Poll::Ready(Some(Ok(hyper::body::Frame::data(rest))));
+        }
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(mut data) => {
+                    if !this.stalled && this.sent + data.len() as u64 > this.after {
+                        this.held = Some(data.split_off((this.after - this.sent) as usize));
+                    }
+                    this.sent += data.len() as u64;
+                    Poll::Ready(Some(Ok(hyper::body::Frame::data(data))))
+                }
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.held.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

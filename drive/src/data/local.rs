@@ -71,7 +71,7 @@ fn write_atomically(root: &Path, path: &Path, data: &[u8]) -> std::io::Result<()
         f.write_all(data)?;
         f.sync_all()?;
         let parent = path.parent().expect("object paths have a parent");
-        std::fs::create_dir_all(parent)?;
+        create_dir_durably(parent)?;
         std::fs::rename(&tmp, path)?;
         std::fs::File::open(parent)?.sync_all()
     })();
@@ -79,6 +79,33 @@ fn write_atomically(root: &Path, path: &Path, data: &[u8]) -> std::io::Result<()
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Creates `dir` and its missing ancestors, each made durable by an fsync of its parent (a new
+/// directory's entry is not durable until its parent is synced, so an object renamed into it
+/// could vanish with it after a power cut). A directory that already exists costs one `stat`;
+/// one that a concurrent put created first is synced here too, since that put may not have
+/// synced its parent yet.
+fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().unwrap_or(dir);
+    if let Err(e) = std::fs::create_dir(dir) {
+        match e.kind() {
+            std::io::ErrorKind::AlreadyExists => {}
+            std::io::ErrorKind::NotFound if parent != dir => {
+                create_dir_durably(parent)?;
+                if let Err(e) = std::fs::create_dir(dir)
+                    && e.kind() != std::io::ErrorKind::AlreadyExists
+                {
+                    return Err(e);
+                }
+            }
+            _ => return Err(e),
+        }
+    }
+    std::fs::File::open(parent)?.sync_all()
 }
 
 async fn blocking<T: Send + 'static>(

@@ -132,6 +132,9 @@ pub struct S3ChunkStore {
     part_size: u64,
     read_part_size: u64,
     sign_payloads: bool,
+    /// The SDK's attempt timeout ends with the response head; a body read gets its own.
+    attempt_timeout: Duration,
+    max_attempts: u32,
 }
 
 const PARALLEL_PARTS: usize = 4;
@@ -199,6 +202,8 @@ impl S3ChunkStore {
             bucket: cfg.bucket.clone(),
             prefix: cfg.prefix.trim_matches('/').to_string(),
             sign_payloads: cfg.signs_payloads(),
+            attempt_timeout: cfg.attempt_timeout,
+            max_attempts: cfg.max_attempts.max(1),
             multipart_threshold: cfg.multipart_threshold.max(5 << 20),
             part_size: cfg.part_size.max(5 << 20),
             read_part_size: cfg.read_part_size.max(64 << 10),
@@ -282,6 +287,11 @@ impl S3ChunkStore {
     }
 
     /// GETs `range` (inclusive end) and returns the body and the object's total size.
+    ///
+    /// The SDK retries a request until its response head arrives; a body that fails or goes
+    /// quiet after that (a dropped connection, a stalled server) is not its business. Such a
+    /// read is bounded by the attempt timeout and the GET is sent again, up to the same
+    /// number of attempts.
     async fn get_range(
         &self,
         key: &str,
@@ -289,26 +299,45 @@ impl S3ChunkStore {
         start: u64,
         end: u64,
     ) -> Result<(Bytes, Option<u64>), StoreError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(object)
-            .range(format!("bytes={start}-{end}"))
-            .send()
-            .await
-            .map_err(|e| classify("get", key, e))?;
-        let total = out
-            .content_range()
-            .and_then(|r| r.rsplit('/').next())
-            .and_then(|t| t.parse().ok());
-        let body = out.body.collect().await.map_err(|e| StoreError::Unavailable {
-            op: "get",
-            key: key.to_string(),
-            message: "reading the response body failed".into(),
-            source: Some(e.into()),
-        })?;
-        Ok((body.into_bytes(), total))
+        let mut attempt = 1;
+        loop {
+            let out = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(object)
+                .range(format!("bytes={start}-{end}"))
+                .send()
+                .await
+                .map_err(|e| classify("get", key, e))?;
+            let total = out
+                .content_range()
+                .and_then(|r| r.rsplit('/').next())
+                .and_then(|t| t.parse().ok());
+            let failure = match tokio::time::timeout(self.attempt_timeout, out.body.collect()).await {
+                Ok(Ok(body)) => return Ok((body.into_bytes(), total)),
+                Ok(Err(e)) => StoreError::Unavailable {
+                    op: "get",
+                    key: key.to_string(),
+                    message: "reading the response body failed".into(),
+                    source: Some(e.into()),
+                },
+                Err(_) => StoreError::Unavailable {
+                    op: "get",
+                    key: key.to_string(),
+                    message: format!(
+                        "reading the response body took longer than the attempt timeout ({:?})",
+                        self.attempt_timeout
+                    ),
+                    source: None,
+                },
+            };
+            if attempt >= self.max_attempts {
+                return Err(failure);
+            }
+            tracing::debug!(key, attempt, error = %failure, "GET body failed; sending the GET again");
+            attempt += 1;
+        }
     }
 }
 

@@ -391,6 +391,10 @@ impl<B: BlockIo> DriveFs<B> {
         }
         let mut dir = dir.lock().await;
         let start = offset.saturating_sub(2) as usize;
+        // Entries below this index were read from the store by an earlier request: their
+        // attributes may predate a change since (a write this mount committed, an unlink), and
+        // READDIRPLUS hands them to the kernel as current, so they are looked up again.
+        let fetched_now_from = dir.entries.len();
         while start >= dir.entries.len() && !dir.done {
             let after = dir.entries.last().map(|e| e.entry.name.clone());
             self.settle_local().await?;
@@ -404,10 +408,20 @@ impl<B: BlockIo> DriveFs<B> {
             dir.entries.extend(page);
         }
         for (i, e) in dir.entries.iter().enumerate().skip(start).take(DIR_PAGE) {
+            let attr = if i >= fetched_now_from {
+                e.attr.clone()
+            } else {
+                match self.stored_attr(e.attr.ino).await {
+                    Ok(attr) => attr,
+                    // Removed since the page was read: leaving it out is what POSIX allows.
+                    Err(err) if err.kind() == FsErrorKind::NotFound => continue,
+                    Err(err) => return Err(err),
+                }
+            };
             items.push(DirItem {
                 offset: i as u64 + 3,
                 name: e.entry.name.as_bytes().to_vec(),
-                attr: self.outer(e.attr.clone()),
+                attr: self.outer(attr),
             });
         }
         Ok(items)

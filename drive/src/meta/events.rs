@@ -45,35 +45,49 @@ impl MetaStore {
                 .await?
             }
         };
-        Ok(rows
-            .iter()
-            .map(|r| Event {
-                id: r.get(0),
-                workspace: WorkspaceId(r.get(1)),
-                at: from_system_time(r.get::<_, SystemTime>(2)),
-                actor: r.get(3),
-                op: r.get(4),
-                ino: r.get::<_, Option<i64>>(5).map(|i| NodeId(i as u64)),
-                parent: r.get::<_, Option<i64>>(6).map(|i| NodeId(i as u64)),
-                name: r.get::<_, Option<Vec<u8>>>(7).map(Name::from_stored),
-                from: match (r.get::<_, Option<i64>>(8), r.get::<_, Option<Vec<u8>>>(9)) {
-                    (Some(parent), Some(name)) => Some((NodeId(parent as u64), Name::from_stored(name))),
-                    _ => None,
-                },
-            })
-            .collect())
+        Ok(events_from_rows(&rows))
     }
 
-    /// Events with the given ids that are visible now.
-    async fn events_with_ids(&self, ws: Option<WorkspaceId>, ids: &[i64]) -> Result<Vec<Event>, MetaError> {
-        let (Some(&lo), Some(&hi)) = (ids.first(), ids.last()) else {
+    /// Events with the given ids that are visible now, in id order. By id, not by range: a
+    /// range from the lowest id with a row limit would never reach ids far above it.
+    async fn events_with_ids(&self, ids: &[i64]) -> Result<Vec<Event>, MetaError> {
+        if ids.is_empty() {
             return Ok(Vec::new());
-        };
-        let mut found = self.events_after(ws, lo - 1, (hi - lo + 1) as usize).await?;
-        found.retain(|e| ids.binary_search(&e.id).is_ok());
-        Ok(found)
+        }
+        let client = self.client().await?;
+        let rows = query(
+            &client,
+            "SELECT id, workspace_id, at, actor, op, ino, parent, name, from_parent, from_name FROM events \
+             WHERE id = ANY($1) ORDER BY id",
+            &[&ids],
+        )
+        .await?;
+        Ok(events_from_rows(&rows))
     }
 }
+
+fn events_from_rows(rows: &[tokio_postgres::Row]) -> Vec<Event> {
+    rows.iter()
+        .map(|r| Event {
+            id: r.get(0),
+            workspace: WorkspaceId(r.get(1)),
+            at: from_system_time(r.get::<_, SystemTime>(2)),
+            actor: r.get(3),
+            op: r.get(4),
+            ino: r.get::<_, Option<i64>>(5).map(|i| NodeId(i as u64)),
+            parent: r.get::<_, Option<i64>>(6).map(|i| NodeId(i as u64)),
+            name: r.get::<_, Option<Vec<u8>>>(7).map(Name::from_stored),
+            from: match (r.get::<_, Option<i64>>(8), r.get::<_, Option<Vec<u8>>>(9)) {
+                (Some(parent), Some(name)) => Some((NodeId(parent as u64), Name::from_stored(name))),
+                _ => None,
+            },
+        })
+        .collect()
+}
+
+/// How far below the end of the log [`EventFeed::from_now`] looks for ids still in flight
+/// (more than the transactions open at once on any database this serves).
+const FROM_NOW_WINDOW: i64 = 1_000;
 
 /// Most missing ids tracked at once; beyond this a burst of rollbacks is not worth tracking.
 const MAX_PENDING: usize = 100_000;
@@ -98,12 +112,28 @@ impl EventFeed {
         }
     }
 
-    /// A feed that starts at the current end of the log (only new events).
+    /// A feed that starts at the current end of the log (only new events). Ids missing in
+    /// the last [`FROM_NOW_WINDOW`] below the end may belong to transactions still in flight:
+    /// they are tracked as gaps like any other, so those events are delivered when they commit.
     pub async fn from_now(store: &MetaStore, ws: Option<WorkspaceId>) -> Result<EventFeed, MetaError> {
         let client = store.client().await?;
         let row = query(&client, "SELECT COALESCE(max(id), 0) FROM events", &[]).await?;
         let end: i64 = row.first().map_or(0, |r| r.get(0));
-        Ok(EventFeed::new(ws, end))
+        let low = (end - FROM_NOW_WINDOW).max(0);
+        let present = query(
+            &client,
+            "SELECT id FROM events WHERE id > $1 AND id <= $2",
+            &[&low, &end],
+        )
+        .await?;
+        let present: std::collections::HashSet<i64> = present.iter().map(|r| r.get(0)).collect();
+        let mut feed = EventFeed::new(ws, end);
+        let now = Instant::now();
+        feed.pending = (low + 1..end)
+            .filter(|id| !present.contains(id))
+            .map(|id| (id, now))
+            .collect();
+        Ok(feed)
     }
 
     /// How long a missing id is waited for before it is taken to be a rolled-back transaction.
@@ -126,7 +156,7 @@ impl EventFeed {
         let mut out = Vec::new();
         if !self.pending.is_empty() {
             let ids: Vec<i64> = self.pending.keys().copied().collect();
-            for event in store.events_with_ids(None, &ids).await? {
+            for event in store.events_with_ids(&ids).await? {
                 self.pending.remove(&event.id);
                 out.push(event);
             }

@@ -77,8 +77,11 @@ pub(crate) fn from_system_time(t: SystemTime) -> Timestamp {
     Timestamp(i64::try_from(nanos).unwrap_or(i64::MAX))
 }
 
-/// What a mutation needs to know about its workspace; reading it inside the transaction also
-/// makes every mutation conflict with a concurrent snapshot (which bumps the epoch).
+/// What a mutation needs to know about its workspace. [`ws_ctx`] reads it `FOR SHARE`, so a
+/// snapshot (which locks the row to bump the epoch) waits for every mutation that read the
+/// epoch before it, and mutations that start after it read the new epoch. Reading the row is
+/// not enough: SERIALIZABLE may order a mutation that read epoch E before a snapshot of E that
+/// commits first, and the snapshot's view would then change after it was returned.
 #[derive(Debug, Clone)]
 pub(crate) struct WsCtx {
     pub id: WorkspaceId,
@@ -91,7 +94,7 @@ pub(crate) struct WsCtx {
 pub(crate) async fn ws_ctx<C: GenericClient>(c: &C, ws: WorkspaceId) -> Result<WsCtx, MetaError> {
     let row = query_opt(
         c,
-        "SELECT epoch, kind, root_ino, block_size FROM workspaces WHERE id = $1 AND deleted_at IS NULL",
+        "SELECT epoch, kind, root_ino, block_size FROM workspaces WHERE id = $1 AND deleted_at IS NULL FOR SHARE",
         &[&ws.0],
     )
     .await?

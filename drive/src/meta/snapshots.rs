@@ -49,6 +49,10 @@ impl MetaStore {
         let id = SnapshotId(uuid::Uuid::new_v4());
         in_txn!(self, |tx| {
             async {
+                // Exclusive before the shared read of ws_ctx: waits for the mutations in flight
+                // (see WsCtx), and two snapshots never both hold it shared and then deadlock
+                // upgrading it.
+                execute(tx, "SELECT 1 FROM workspaces WHERE id = $1 FOR UPDATE", &[&ws.0]).await?;
                 let ctx = ws_ctx(tx, ws).await?;
                 if query_opt(
                     tx,
