@@ -5,143 +5,18 @@ mod common;
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use common::{Storage, binary, eventually};
+use common::{Plugin, binary, eventually};
 use drive::model::{Actor, WorkspaceKind, WorkspaceSpec};
-use drive_csi::csi::proto::controller_client::ControllerClient;
 use drive_csi::csi::proto::identity_client::IdentityClient;
-use drive_csi::csi::proto::node_client::NodeClient;
 use drive_csi::csi::proto::volume_capability::{AccessMode, AccessType, MountVolume, access_mode::Mode};
 use drive_csi::csi::proto::{self as csi, VolumeCapability};
 use tonic::Code;
-use tonic::transport::Channel;
 
 const SENTINEL: &str = "SENTINEL-TOKEN-7f3a9c";
-
-/// A running `studiodrive-csi serve`.
-struct Plugin {
-    child: Option<Child>,
-    state: PathBuf,
-    log: PathBuf,
-    args: Vec<String>,
-    channel: Channel,
-}
-
-impl Plugin {
-    async fn start(storage: &Storage, state: &Path, extra: &[&str]) -> anyhow::Result<Plugin> {
-        let mut args: Vec<String> = storage.args();
-        args.extend([
-            "--state-dir".into(),
-            state.display().to_string(),
-            "--node-id".into(),
-            "node-1".into(),
-        ]);
-        args.extend(extra.iter().map(ToString::to_string));
-        Plugin::launch(state, args).await
-    }
-
-    async fn launch(state: &Path, args: Vec<String>) -> anyhow::Result<Plugin> {
-        let socket = state.join("csi.sock");
-        let log = state.join("plugin.log");
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
-        let child = Command::new(binary())
-            .arg("serve")
-            .arg("--endpoint")
-            .arg(format!("unix://{}", socket.display()))
-            .args(&args)
-            .env("RUST_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()
-            .context("start studiodrive-csi serve")?;
-        let mut plugin = Plugin {
-            child: Some(child),
-            state: state.to_path_buf(),
-            log,
-            args,
-            channel: Channel::from_static("http://[::]:1").connect_lazy(),
-        };
-        let mut ready = false;
-        for _ in 0..600 {
-            if let Some(status) = plugin.child.as_mut().unwrap().try_wait()? {
-                anyhow::bail!(
-                    "plugin exited: {status}: {}",
-                    std::fs::read_to_string(&plugin.log)?
-                );
-            }
-            if socket.exists() {
-                let channel =
-                    tonic::transport::Endpoint::from_shared(format!("unix://{}", socket.display()))?
-                        .connect()
-                        .await;
-                if let Ok(channel) = channel {
-                    plugin.channel = channel;
-                    let probe = IdentityClient::new(plugin.channel.clone())
-                        .probe(csi::ProbeRequest {})
-                        .await?;
-                    if probe.into_inner().ready == Some(true) {
-                        ready = true;
-                        break;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        anyhow::ensure!(
-            ready,
-            "plugin not ready: {}",
-            std::fs::read_to_string(&plugin.log)?
-        );
-        Ok(plugin)
-    }
-
-    /// A new plugin on the same state directory and flags.
-    async fn restart(&self) -> anyhow::Result<Plugin> {
-        Plugin::launch(&self.state, self.args.clone()).await
-    }
-
-    fn node(&self) -> NodeClient<Channel> {
-        NodeClient::new(self.channel.clone())
-    }
-
-    fn controller(&self) -> ControllerClient<Channel> {
-        ControllerClient::new(self.channel.clone())
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Plugin {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// Test storage with a "default" workspace (folder volumes are created in it).
-async fn storage() -> anyhow::Result<Storage> {
-    drive_testkit::install_crypto_provider();
-    let storage = Storage::create().await?;
-    let meta = drive::MetaStore::connect(&drive::MetaConfig::new(storage.url.clone())).await?;
-    meta.create_workspace(
-        &Actor::system("test"),
-        &WorkspaceSpec::new("default", WorkspaceKind::User),
-    )
-    .await?;
-    Ok(storage)
-}
 
 fn mount_cap(mode: Mode) -> VolumeCapability {
     VolumeCapability {
@@ -193,7 +68,7 @@ fn code<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Code {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn identity_and_capabilities() -> anyhow::Result<()> {
-    let storage = storage().await?;
+    let storage = common::storage_with_default_workspace().await?;
     let state = tempfile::tempdir()?;
     let plugin = Plugin::start(&storage, state.path(), &[]).await?;
     let mut identity = IdentityClient::new(plugin.channel.clone());
@@ -257,7 +132,7 @@ async fn identity_and_capabilities() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn publish_twice_share_files_then_unpublish() -> anyhow::Result<()> {
-    let storage = storage().await?;
+    let storage = common::storage_with_default_workspace().await?;
     let state = tempfile::tempdir()?;
     let pods = tempfile::tempdir()?;
     let plugin = Plugin::start(&storage, state.path(), &[]).await?;
@@ -358,7 +233,7 @@ async fn publish_twice_share_files_then_unpublish() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn missing_arguments_and_unknown_ids() -> anyhow::Result<()> {
-    let storage = storage().await?;
+    let storage = common::storage_with_default_workspace().await?;
     let state = tempfile::tempdir()?;
     let pods = tempfile::tempdir()?;
     let plugin = Plugin::start(&storage, state.path(), &[]).await?;
@@ -546,7 +421,7 @@ async fn missing_arguments_and_unknown_ids() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hostile_input_is_refused_and_tokens_never_leak() -> anyhow::Result<()> {
-    let storage = storage().await?;
+    let storage = common::storage_with_default_workspace().await?;
     let state = tempfile::tempdir()?;
     let pods = tempfile::tempdir()?;
     let port = drive_testkit::pg::free_port()?;
@@ -696,7 +571,7 @@ fn scrape(addr: &str) -> anyhow::Result<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_publishes_mount_once() -> anyhow::Result<()> {
-    let storage = storage().await?;
+    let storage = common::storage_with_default_workspace().await?;
     let state = tempfile::tempdir()?;
     let pods = tempfile::tempdir()?;
     let plugin = Plugin::start(&storage, state.path(), &[]).await?;
@@ -735,7 +610,7 @@ async fn futures_join<T>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn snapshots_list_page_and_mount_read_only() -> anyhow::Result<()> {
-    let storage = storage().await?;
+    let storage = common::storage_with_default_workspace().await?;
     let state = tempfile::tempdir()?;
     let pods = tempfile::tempdir()?;
     let plugin = Plugin::start(&storage, state.path(), &[]).await?;
@@ -934,7 +809,7 @@ async fn snapshots_list_page_and_mount_read_only() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn volume_stats_follow_the_files() -> anyhow::Result<()> {
-    let storage = storage().await?;
+    let storage = common::storage_with_default_workspace().await?;
     let state = tempfile::tempdir()?;
     let pods = tempfile::tempdir()?;
     let plugin = Plugin::start(&storage, state.path(), &[]).await?;
@@ -980,7 +855,7 @@ async fn volume_stats_follow_the_files() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_plugin_leaves_reads_running_and_restart_adopts() -> anyhow::Result<()> {
-    let storage = storage().await?;
+    let storage = common::storage_with_default_workspace().await?;
     let state = tempfile::tempdir()?;
     let pods = tempfile::tempdir()?;
     let mut plugin = Plugin::start(&storage, state.path(), &[]).await?;
@@ -1049,7 +924,7 @@ fn digest(data: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_mount_process_is_restarted_and_unpublish_cleans_up() -> anyhow::Result<()> {
-    let storage = storage().await?;
+    let storage = common::storage_with_default_workspace().await?;
     let state = tempfile::tempdir()?;
     let pods = tempfile::tempdir()?;
     let plugin = Plugin::start(&storage, state.path(), &[]).await?;
@@ -1158,7 +1033,7 @@ async fn probe_is_not_ready_while_the_metadata_store_is_down() -> anyhow::Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn settings_come_from_a_toml_file_and_flags_win() -> anyhow::Result<()> {
-    let storage = storage().await?;
+    let storage = common::storage_with_default_workspace().await?;
     let state = tempfile::tempdir()?;
     let config = state.path().join("csi.toml");
     let mut f = std::fs::File::create(&config)?;
@@ -1225,5 +1100,109 @@ async fn settings_come_from_a_toml_file_and_flags_win() -> anyhow::Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    Ok(())
+}
+
+// Catches: volume_condition reported normal while the volume's mount process is dead (pods
+// would keep using a mount that answers ENOTCONN) or while every restart of it fails, an
+// abnormal condition without a message, and a condition stuck abnormal after the supervisor
+// has brought the mount back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn volume_condition_is_abnormal_while_the_mount_process_is_down() -> anyhow::Result<()> {
+    let storage = common::storage_with_default_workspace().await?;
+    let state = tempfile::tempdir()?;
+    let pods = tempfile::tempdir()?;
+    let plugin = Plugin::start(&storage, state.path(), &[]).await?;
+    create_volume(&plugin, "pvc-c").await?;
+    let target = pods.path().join("c");
+    plugin
+        .node()
+        .node_publish_volume(publish_req("pvc-c", &target, &[]))
+        .await?;
+    std::fs::write(target.join("shot.txt"), b"take 5")?;
+    let condition = || {
+        let mut node = plugin.node();
+        let req = csi::NodeGetVolumeStatsRequest {
+            volume_id: "pvc-c".into(),
+            volume_path: target.display().to_string(),
+            ..Default::default()
+        };
+        async move {
+            let resp = node.node_get_volume_stats(req).await?.into_inner();
+            resp.volume_condition.context("no volume_condition")
+        }
+    };
+    /// Polls `condition` until its `abnormal` is `abnormal`, for up to a minute; returns the
+    /// last condition seen.
+    async fn until<F, Fut>(condition: F, abnormal: bool) -> anyhow::Result<csi::VolumeCondition>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<csi::VolumeCondition>>,
+    {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let c = condition().await?;
+            if c.abnormal == abnormal || std::time::Instant::now() > deadline {
+                return Ok(c);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let up = condition().await?;
+    assert!(!up.abnormal, "published and mounted: {up:?}");
+
+    // Keep the volume down for as long as the test wants: with its cache directory replaced
+    // by a file, every new mount process of it fails to start.
+    let caches: Vec<PathBuf> = std::fs::read_dir(state.path().join("csi-cache"))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    let [cache] = caches.as_slice() else {
+        anyhow::bail!("one volume cache: {caches:?}")
+    };
+    let aside = cache.with_extension("aside");
+    std::fs::rename(cache, &aside)?;
+    std::fs::write(cache, b"not a directory")?;
+    let record = std::fs::read_dir(state.path().join("csi-publications"))?
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .context("a publication record")?;
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(record.path())?)?;
+    let pid = json["pid"].as_u64().context("pid")? as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)?;
+    // Dead (a zombie until the plugin reaps it): its dead FUSE mount is still listed at the
+    // target until the supervisor detaches it, which must not pass for a live mount.
+    let gone = eventually(Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+    });
+    assert!(gone, "the mount process {pid} died");
+    let down = condition().await?;
+    assert!(down.abnormal, "right after the mount process died: {down:?}");
+    assert!(!down.message.is_empty(), "an abnormal condition says why");
+    // Still abnormal once the supervisor has tried to restart it and failed.
+    let log_deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !plugin.log_text().contains("restart failed") {
+        anyhow::ensure!(
+            std::time::Instant::now() < log_deadline,
+            "no failed restart: {}",
+            plugin.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let still = condition().await?;
+    assert!(still.abnormal, "after a failed restart: {still:?}");
+    assert!(!still.message.is_empty());
+
+    // The volume can mount again: the supervisor's next attempt brings it back.
+    std::fs::remove_file(cache)?;
+    std::fs::rename(&aside, cache)?;
+    let back = until(&condition, false).await?;
+    assert!(!back.abnormal, "the supervisor restarted the mount: {back:?}");
+    assert_eq!(std::fs::read(target.join("shot.txt"))?, b"take 5");
+    plugin
+        .node()
+        .node_unpublish_volume(unpublish_req("pvc-c", &target))
+        .await?;
+    assert_eq!(mounts_at(&target), 0);
     Ok(())
 }

@@ -204,3 +204,386 @@ pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+// Block stores other than the plaintext file store (fuse_stores.rs, metrics.rs): the storage
+// flags of a mount behind a trait, an S3 bucket on the test S3 server, and mounts over either.
+
+/// Where a mount's metadata and blocks live: the storage flags `mount` and the admin commands
+/// take.
+pub trait Backend {
+    fn storage_args(&self) -> Vec<String>;
+
+    /// Runs an admin subcommand over this storage and returns its stdout. Logs below warnings
+    /// are off: the binary logs to stdout, where they would mix with the output.
+    fn run_admin(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(binary())
+            .args(args)
+            .args(self.storage_args())
+            .env("RUST_LOG", "warn")
+            .output()?;
+        if !out.status.success() {
+            bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Backend for Storage {
+    fn storage_args(&self) -> Vec<String> {
+        self.args()
+    }
+}
+
+/// Blocks in bucket `studio` (prefix `drive`) of an S3 server of the test's own, with fault
+/// injection ([`drive_testkit::s3::S3Server::faults`]); metadata in a database of its own.
+pub struct S3Storage {
+    /// The database (its block directory stays unused).
+    pub meta: Storage,
+    pub s3: drive_testkit::s3::S3Server,
+    /// `--s3-max-attempts`: attempts per S3 request before an operation fails.
+    pub max_attempts: u32,
+    credentials: PathBuf,
+}
+
+impl S3Storage {
+    pub const BUCKET: &'static str = "studio";
+    pub const PREFIX: &'static str = "drive";
+
+    /// On the shared test PostgreSQL.
+    pub fn new(max_attempts: u32) -> anyhow::Result<S3Storage> {
+        S3Storage::with(Storage::new()?, max_attempts)
+    }
+
+    /// With its database on `pg` (a server of the test's own, e.g. one it stops).
+    pub fn on(pg: &PgServer, max_attempts: u32) -> anyhow::Result<S3Storage> {
+        S3Storage::with(Storage::on(pg)?, max_attempts)
+    }
+
+    fn with(meta: Storage, max_attempts: u32) -> anyhow::Result<S3Storage> {
+        let s3 = drive_testkit::s3::S3Server::start()?;
+        s3.create_bucket(S3Storage::BUCKET)?;
+        let credentials = meta.dir.path().join("s3-credentials");
+        std::fs::write(
+            &credentials,
+            format!(
+                "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+                drive_testkit::s3::ACCESS_KEY,
+                drive_testkit::s3::SECRET_KEY
+            ),
+        )?;
+        Ok(S3Storage {
+            meta,
+            s3,
+            max_attempts,
+            credentials,
+        })
+    }
+
+    /// The files holding this storage's objects on the S3 server, sorted.
+    pub fn objects(&self) -> anyhow::Result<Vec<PathBuf>> {
+        self.s3.objects(S3Storage::BUCKET, S3Storage::PREFIX)
+    }
+}
+
+impl Backend for S3Storage {
+    fn storage_args(&self) -> Vec<String> {
+        vec![
+            "--metadata-url".into(),
+            self.meta.url.clone(),
+            "--store".into(),
+            format!("s3://{}/{}", S3Storage::BUCKET, S3Storage::PREFIX),
+            "--s3-endpoint".into(),
+            self.s3.endpoint(),
+            "--s3-region".into(),
+            drive_testkit::s3::REGION.into(),
+            "--s3-credentials-file".into(),
+            self.credentials.display().to_string(),
+            "--s3-max-attempts".into(),
+            self.max_attempts.to_string(),
+        ]
+    }
+}
+
+impl Mount {
+    /// [`Mount::new`] over any backend.
+    pub fn on(backend: &dyn Backend, extra: &[&str]) -> anyhow::Result<Mount> {
+        let holder = tempfile::tempdir()?;
+        let dir = holder.path().join("mnt");
+        std::fs::create_dir(&dir)?;
+        let mut m = Mount::on_at(backend, &dir, extra)?;
+        m._holder = Some(holder);
+        Ok(m)
+    }
+
+    /// [`Mount::at`] over any backend.
+    pub fn on_at(backend: &dyn Backend, dir: &Path, extra: &[&str]) -> anyhow::Result<Mount> {
+        let state = tempfile::tempdir()?;
+        let mut cmd = Command::new(binary());
+        cmd.arg("mount")
+            .args(backend.storage_args())
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(extra)
+            .arg("--foreground")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let parent = dir.parent().context("mount point has a parent")?;
+        let dir = std::fs::canonicalize(parent)?.join(dir.file_name().context("mount point name")?);
+        let mut child = cmd.spawn().context("start studiodrive-csi mount")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !(is_mounted(&dir) && std::fs::read_dir(&dir).is_ok()) {
+            if let Some(status) = child.try_wait()? {
+                bail!("mount exited early: {status}");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("mount did not appear");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Mount {
+            dir,
+            _holder: None,
+            child: Some(child),
+            state,
+        })
+    }
+
+    /// The mount process's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// The errno of a failed call, or a panic naming what succeeded instead.
+pub fn errno_of<T: std::fmt::Debug>(what: &str, r: std::io::Result<T>) -> i32 {
+    match r {
+        Ok(v) => panic!("{what} succeeded ({v:?}); an error was expected"),
+        Err(e) => e.raw_os_error().unwrap_or_else(|| panic!("{what}: {e} has no errno")),
+    }
+}
+
+/// Asserts `got == want` for file contents without printing megabytes: the lengths and the
+/// first differing offset.
+#[track_caller]
+pub fn assert_bytes(what: &str, got: &[u8], want: &[u8]) {
+    if got != want {
+        let at = got.iter().zip(want).position(|(a, b)| a != b);
+        panic!(
+            "{what}: {} bytes read, {} expected; first difference at {:?}",
+            got.len(),
+            want.len(),
+            at.or(Some(got.len().min(want.len())))
+        );
+    }
+}
+
+/// The Prometheus text format served at `http://ADDR/metrics`.
+pub fn scrape(addr: &str) -> anyhow::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("an HTTP response")?;
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "GET /metrics: {head}");
+    Ok(body.to_string())
+}
+
+/// One sample line of the Prometheus text format: name, labels, value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// The samples of a Prometheus text exposition (comments left out).
+pub fn samples(text: &str) -> anyhow::Result<Vec<Sample>> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').context("a sample line")?;
+        let value: f64 = value.parse().with_context(|| format!("the value of {line}"))?;
+        let (name, mut rest) = match series.split_once('{') {
+            Some((n, r)) => (n, r.strip_suffix('}').context("labels end with }")?),
+            None => (series, ""),
+        };
+        let mut labels = Vec::new();
+        while !rest.is_empty() {
+            let (key, after) = rest.split_once("=\"").context("label=\"value\"")?;
+            // The value ends at the first quote not escaped by a backslash.
+            let mut end = None;
+            let mut escaped = false;
+            for (i, ch) in after.char_indices() {
+                match ch {
+                    '\\' if !escaped => escaped = true,
+                    '"' if !escaped => {
+                        end = Some(i);
+                        break;
+                    }
+                    _ => escaped = false,
+                }
+            }
+            let end = end.context("a closed label value")?;
+            labels.push((key.to_string(), after[..end].replace("\\\"", "\"").replace("\\\\", "\\")));
+            rest = after[end + 1..].trim_start_matches(',');
+        }
+        out.push(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        });
+    }
+    Ok(out)
+}
+
+/// The value of the sample `name` with exactly `labels`, in a scrape.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut want: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    want.sort();
+    samples(text).ok()?.into_iter().find_map(|s| {
+        let mut got = s.labels.clone();
+        got.sort();
+        (s.name == name && got == want).then_some(s.value)
+    })
+}
+
+// The CSI plugin (csi_driver.rs, csi_sanity.rs, metrics.rs).
+
+use tonic::transport::Channel;
+
+/// A running `studiodrive-csi serve`.
+pub struct Plugin {
+    child: Option<Child>,
+    pub state: PathBuf,
+    pub log: PathBuf,
+    args: Vec<String>,
+    pub channel: Channel,
+}
+
+impl Plugin {
+    pub async fn start(storage: &Storage, state: &Path, extra: &[&str]) -> anyhow::Result<Plugin> {
+        let mut args: Vec<String> = storage.args();
+        args.extend([
+            "--state-dir".into(),
+            state.display().to_string(),
+            "--node-id".into(),
+            "node-1".into(),
+        ]);
+        args.extend(extra.iter().map(ToString::to_string));
+        Plugin::launch(state, args).await
+    }
+
+    /// `serve` with exactly `args` (beside the endpoint), state in `state`.
+    pub async fn launch(state: &Path, args: Vec<String>) -> anyhow::Result<Plugin> {
+        let socket = state.join("csi.sock");
+        let log = state.join("plugin.log");
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let child = Command::new(binary())
+            .arg("serve")
+            .arg("--endpoint")
+            .arg(format!("unix://{}", socket.display()))
+            .args(&args)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .context("start studiodrive-csi serve")?;
+        let mut plugin = Plugin {
+            child: Some(child),
+            state: state.to_path_buf(),
+            log,
+            args,
+            channel: Channel::from_static("http://[::]:1").connect_lazy(),
+        };
+        let mut ready = false;
+        for _ in 0..600 {
+            if let Some(status) = plugin.child.as_mut().unwrap().try_wait()? {
+                anyhow::bail!(
+                    "plugin exited: {status}: {}",
+                    std::fs::read_to_string(&plugin.log)?
+                );
+            }
+            if socket.exists() {
+                let channel =
+                    tonic::transport::Endpoint::from_shared(format!("unix://{}", socket.display()))?
+                        .connect()
+                        .await;
+                if let Ok(channel) = channel {
+                    plugin.channel = channel;
+                    let probe = drive_csi::csi::proto::identity_client::IdentityClient::new(plugin.channel.clone())
+                        .probe(drive_csi::csi::proto::ProbeRequest {})
+                        .await?;
+                    if probe.into_inner().ready == Some(true) {
+                        ready = true;
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::ensure!(
+            ready,
+            "plugin not ready: {}",
+            std::fs::read_to_string(&plugin.log)?
+        );
+        Ok(plugin)
+    }
+
+    /// A new plugin on the same state directory and flags.
+    pub async fn restart(&self) -> anyhow::Result<Plugin> {
+        Plugin::launch(&self.state, self.args.clone()).await
+    }
+
+    pub fn node(&self) -> drive_csi::csi::proto::node_client::NodeClient<Channel> {
+        drive_csi::csi::proto::node_client::NodeClient::new(self.channel.clone())
+    }
+
+    pub fn controller(&self) -> drive_csi::csi::proto::controller_client::ControllerClient<Channel> {
+        drive_csi::csi::proto::controller_client::ControllerClient::new(self.channel.clone())
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The plugin's CSI socket.
+    pub fn socket(&self) -> PathBuf {
+        self.state.join("csi.sock")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Test storage with a "default" workspace (folder volumes are created in it).
+pub async fn storage_with_default_workspace() -> anyhow::Result<Storage> {
+    drive_testkit::install_crypto_provider();
+    let storage = Storage::create().await?;
+    let meta = drive::MetaStore::connect(&drive::MetaConfig::new(storage.url.clone())).await?;
+    meta.create_workspace(
+        &drive::model::Actor::system("test"),
+        &drive::model::WorkspaceSpec::new("default", drive::model::WorkspaceKind::User),
+    )
+    .await?;
+    Ok(storage)
+}
