@@ -1172,8 +1172,9 @@ async fn volume_condition_is_abnormal_while_the_mount_process_is_down() -> anyho
     // Dead (a zombie until the plugin reaps it): its dead FUSE mount is still listed at the
     // target until the supervisor detaches it, which must not pass for a live mount.
     let gone = eventually(Duration::from_secs(10), || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map_or(true, |s| s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
     });
     assert!(gone, "the mount process {pid} died");
     let down = condition().await?;

@@ -18,9 +18,14 @@ use std::process::Command;
 use common::Plugin;
 
 fn csi_sanity() -> PathBuf {
-    std::env::var_os("CSI_SANITY").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/tools/csi-sanity"))
-    })
+    std::env::var_os("CSI_SANITY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../shared/tools/csi-sanity"
+            ))
+        })
 }
 
 /// The names of failed specs in csi-sanity's summary (`  [FAIL] <spec> [It] <case>` lines
@@ -51,11 +56,14 @@ async fn csi_sanity_passes_every_spec_but_the_known_failures() -> anyhow::Result
     let output = Command::new(&sanity)
         .arg(format!("--csi.endpoint=unix://{}", plugin.socket().display()))
         .arg(format!("--csi.mountdir={}", work.path().join("target").display()))
-        .arg(format!("--csi.stagingdir={}", work.path().join("staging").display()))
+        .arg(format!(
+            "--csi.stagingdir={}",
+            work.path().join("staging").display()
+        ))
         .arg("--ginkgo.no-color")
         .output()?;
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
+    let text =
+        String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
     let ran = text
         .lines()
         .find(|l| l.starts_with("Ran "))
@@ -77,7 +85,11 @@ async fn csi_sanity_passes_every_spec_but_the_known_failures() -> anyhow::Result
          failing but not listed (regressions):\n  {}\n\
          listed but passing (remove them from the list):\n  {}\n\
          plugin log:\n{}",
-        regressions.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n  "),
+        regressions
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n  "),
         fixed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n  "),
         plugin.log_text()
     );
@@ -96,6 +108,9 @@ fn the_summary_parser_reads_ginkgo_fail_lines() {
     let got = failed_specs(out);
     assert_eq!(
         got.into_iter().collect::<Vec<_>>(),
-        vec!["A [It] b".to_string(), "Node Service [It] should work".to_string()]
+        vec![
+            "A [It] b".to_string(),
+            "Node Service [It] should work".to_string()
+        ]
     );
 }

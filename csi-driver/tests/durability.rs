@@ -75,9 +75,7 @@ fn acknowledged_closes_survive_a_crash_of_postgresql_and_of_the_mount() -> anyho
         .collect();
 
     // Crash PostgreSQL while both writers are busy.
-    let acknowledged = |o: &BTreeMap<u32, Closed>| {
-        o.values().filter(|c| **c == Closed::Acknowledged).count()
-    };
+    let acknowledged = |o: &BTreeMap<u32, Closed>| o.values().filter(|c| **c == Closed::Acknowledged).count();
     assert!(
         eventually(std::time::Duration::from_secs(120), || acknowledged(
             &outcomes.lock().unwrap()
@@ -113,7 +111,11 @@ fn acknowledged_closes_survive_a_crash_of_postgresql_and_of_the_mount() -> anyho
             (closed, got) => lost.push(format!(
                 "f{i:05} ({closed:?}): {}",
                 match got {
-                    Ok(b) => format!("{} bytes that differ from the {} written", b.len(), content(*i).len()),
+                    Ok(b) => format!(
+                        "{} bytes that differ from the {} written",
+                        b.len(),
+                        content(*i).len()
+                    ),
                     Err(e) => e.to_string(),
                 }
             )),

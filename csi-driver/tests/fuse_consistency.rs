@@ -6,7 +6,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
-use common::{Mount, Storage, eventually, is_mounted};
+use common::{Backend as _, Mount, Storage, eventually, is_mounted};
 
 fn pattern(seed: u32, len: usize) -> Vec<u8> {
     (0..len)
@@ -143,7 +143,7 @@ fn a_mounted_snapshot_is_read_only_and_shows_the_old_tree() -> anyhow::Result<()
     let live = Mount::new(&storage, &[])?;
     fs::create_dir(live.path("shots"))?;
     fs::write(live.path("shots/a.exr"), b"old")?;
-    storage.admin(&["snapshot", "create", "--workspace", "default", "before"])?;
+    storage.run_admin(&["snapshot", "create", "--workspace", "default", "before"])?;
     fs::write(live.path("shots/a.exr"), b"new content")?;
     fs::write(live.path("shots/b.exr"), b"b")?;
     let snap = Mount::new(&storage, &["--snapshot", "before"])?;

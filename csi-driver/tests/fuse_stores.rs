@@ -99,7 +99,11 @@ fn workload(root: &Path) -> anyhow::Result<Expected> {
     close(f)?;
     plate[2 * BS - 100..2 * BS + 200].fill(0xA5);
     plate[4 * BS..4 * BS + 10].copy_from_slice(b"0123456789");
-    assert_bytes("overwritten in the middle", &fs::read(p("work/plate.raw"))?, &plate);
+    assert_bytes(
+        "overwritten in the middle",
+        &fs::read(p("work/plate.raw"))?,
+        &plate,
+    );
 
     // Cut into block 3, then grow again: the cut bytes must not come back (a hole reads zeros).
     let f = OpenOptions::new().write(true).open(p("work/plate.raw"))?;
@@ -127,7 +131,11 @@ fn workload(root: &Path) -> anyhow::Result<Expected> {
     f.write_all(&tail)?;
     close(f)?;
     plate.extend_from_slice(&tail);
-    assert_bytes("appended through the link", &fs::read(p("work/final.raw"))?, &plate);
+    assert_bytes(
+        "appended through the link",
+        &fs::read(p("work/final.raw"))?,
+        &plate,
+    );
 
     put(&p("work/empty"), b"")?;
     put(&p("work/one"), &[7])?;
@@ -235,14 +243,14 @@ fn an_encrypted_s3_mount_keeps_the_workload_and_no_plaintext_reaches_the_bucket(
     let storage = S3Storage::new(5)?;
     let key = key_file(storage.meta.dir.path(), "kek", 0x42)?;
     let flags = ["--block-size", BLOCK_SIZE, "--encryption-key-file", &key];
-    let mut m = Mount::on(&storage, &flags)?;
+    let mut m = Mount::new(&storage, &flags)?;
     let expected = workload(&m.dir)?;
     check(&m.dir, &expected)?;
     assert!(m.stop()?.success(), "clean unmount");
 
     // A new mount has empty caches: every byte comes back from the bucket.
     let gets = storage.s3.requests().gets();
-    let m2 = Mount::on(&storage, &flags)?;
+    let m2 = Mount::new(&storage, &flags)?;
     check(&m2.dir, &expected)?;
     assert!(
         storage.s3.requests().gets() > gets,
@@ -353,12 +361,18 @@ fn a_read_only_mount_refuses_every_change_with_erofs_and_reads_the_live_tree() -
     let p = |rel: &str| ro.path(rel);
     let file = p("work/final.raw");
     let refusals: Vec<(&str, std::io::Result<()>)> = vec![
-        ("open for writing", OpenOptions::new().write(true).open(&file).map(drop)),
+        (
+            "open for writing",
+            OpenOptions::new().write(true).open(&file).map(drop),
+        ),
         (
             "open for reading and writing",
             OpenOptions::new().read(true).write(true).open(&file).map(drop),
         ),
-        ("open for appending", OpenOptions::new().append(true).open(&file).map(drop)),
+        (
+            "open for appending",
+            OpenOptions::new().append(true).open(&file).map(drop),
+        ),
         ("create", fs::File::create(p("work/new.raw")).map(drop)),
         ("create over an existing file", fs::File::create(&file).map(drop)),
         ("unlink", fs::remove_file(p("work/one"))),
@@ -373,7 +387,10 @@ fn a_read_only_mount_refuses_every_change_with_erofs_and_reads_the_live_tree() -
             nix::unistd::mkfifo(&p("work/fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644))
                 .map_err(std::io::Error::from),
         ),
-        ("chmod", fs::set_permissions(&file, fs::Permissions::from_mode(0o600))),
+        (
+            "chmod",
+            fs::set_permissions(&file, fs::Permissions::from_mode(0o600)),
+        ),
         ("chown", std::os::unix::fs::chown(&file, Some(1000), Some(1000))),
         (
             "truncate",
@@ -408,7 +425,10 @@ fn a_read_only_mount_refuses_every_change_with_erofs_and_reads_the_live_tree() -
             .is_ok_and(|d| d == b"written after the read-only mount")),
         "the read-only mount follows the live tree"
     );
-    expected.insert("work/later.raw".into(), b"written after the read-only mount".to_vec());
+    expected.insert(
+        "work/later.raw".into(),
+        b"written after the read-only mount".to_vec(),
+    );
 
     // And a remount reads the same.
     drop(ro);
@@ -449,7 +469,10 @@ fn a_mount_rooted_at_a_folder_shows_only_that_folder() -> anyhow::Result<()> {
     // The root is inode 1, and its `..` entry is the root itself.
     assert_eq!(fs::metadata(&rooted.dir)?.ino(), 1);
     let dotdot = dirent_ino(&rooted.dir, "..")?.context("the root lists ..")?;
-    assert_eq!(dotdot, 1, "`..` of the mount root (the folder above is inode {shows_ino})");
+    assert_eq!(
+        dotdot, 1,
+        "`..` of the mount root (the folder above is inode {shows_ino})"
+    );
     // A path walk up from the root leaves the mount for the host directory it sits in.
     let host = rooted.dir.parent().context("mount point parent")?.to_path_buf();
     assert_eq!(fs::canonicalize(r(".."))?, fs::canonicalize(&host)?);
@@ -553,12 +576,15 @@ fn close_and_fsync_fail_with_eio_while_s3_is_down_and_the_previous_content_stays
     let storage = S3Storage::new(2)?;
     let addr = metrics_addr()?;
     let flags = ["--block-size", BLOCK_SIZE];
-    let m = Mount::on(&storage, &["--block-size", BLOCK_SIZE, "--metrics-addr", &addr])?;
+    let m = Mount::new(&storage, &["--block-size", BLOCK_SIZE, "--metrics-addr", &addr])?;
     let shot = m.path("shot.exr");
     let old = canary(10, 2 * BS + 500);
     put(&shot, &old)?;
     assert_bytes("before the outage", &fs::read(&shot)?, &old);
-    assert!(eventually(SOON, || common::scrape(&addr).is_ok()), "metrics are served");
+    assert!(
+        eventually(SOON, || common::scrape(&addr).is_ok()),
+        "metrics are served"
+    );
     let released = failed_releases(&addr);
 
     let faults = storage.s3.faults();
@@ -601,8 +627,12 @@ fn close_and_fsync_fail_with_eio_while_s3_is_down_and_the_previous_content_stays
     );
 
     faults.clear();
-    let fresh = Mount::on(&storage, &flags)?;
-    assert_bytes("a new mount after the outage", &fs::read(fresh.path("shot.exr"))?, &old);
+    let fresh = Mount::new(&storage, &flags)?;
+    assert_bytes(
+        "a new mount after the outage",
+        &fs::read(fresh.path("shot.exr"))?,
+        &old,
+    );
     assert_eq!(names(&fresh.dir)?, ["shot.exr"]);
 
     // A descriptor whose fsync failed stays open across the end of a second outage (this
@@ -627,7 +657,10 @@ fn close_and_fsync_fail_with_eio_while_s3_is_down_and_the_previous_content_stays
         }
         Err(e) => {
             assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
-            assert_eq!(errno_of("close after a sticky fsync error", close(held)), libc::EIO);
+            assert_eq!(
+                errno_of("close after a sticky fsync error", close(held)),
+                libc::EIO
+            );
             assert_bytes(
                 "another mount after a retried fsync failed again",
                 &fs::read(fresh.path("shot.exr"))?,
@@ -642,7 +675,8 @@ fn close_and_fsync_fail_with_eio_while_s3_is_down_and_the_previous_content_stays
     put(&m.path("new.exr"), b"second try")?;
     assert_bytes("rewritten", &fs::read(&shot)?, &newer);
     assert!(
-        eventually(SOON, || fs::read(fresh.path("shot.exr")).is_ok_and(|d| d == newer)
+        eventually(SOON, || fs::read(fresh.path("shot.exr"))
+            .is_ok_and(|d| d == newer)
             && fs::read(fresh.path("new.exr")).is_ok_and(|d| d == b"second try")),
         "the other mount reads the rewrite"
     );
@@ -665,7 +699,10 @@ fn close_and_fsync_fail_with_eio_while_postgresql_is_down() -> anyhow::Result<()
     for (name, data) in files.iter().zip(&old) {
         put(&m.path(name), data)?;
     }
-    assert!(eventually(SOON, || common::scrape(&addr).is_ok()), "metrics are served");
+    assert!(
+        eventually(SOON, || common::scrape(&addr).is_ok()),
+        "metrics are served"
+    );
     let released = failed_releases(&addr);
 
     // Opened while PostgreSQL is up: open asks it for the file's latest version.
@@ -675,7 +712,10 @@ fn close_and_fsync_fail_with_eio_while_postgresql_is_down() -> anyhow::Result<()
     // Bytes past the committed end need PostgreSQL only at the commit.
     a.write_all_at(&canary(30, 2 * BS + 1), (3 * BS) as u64)
         .context("extend a while PostgreSQL is down")?;
-    assert_eq!(errno_of("fsync while PostgreSQL is down", a.sync_all()), libc::EIO);
+    assert_eq!(
+        errno_of("fsync while PostgreSQL is down", a.sync_all()),
+        libc::EIO
+    );
     assert_eq!(errno_of("close after the failed fsync", close(a)), libc::EIO);
     b.write_all_at(b"tail", (6 * BS) as u64)
         .context("extend b while PostgreSQL is down")?;
@@ -736,7 +776,7 @@ fn close_and_fsync_fail_with_eio_while_postgresql_is_down() -> anyhow::Result<()
 #[test]
 fn a_failed_in_place_overwrite_is_not_served_from_the_page_cache() -> anyhow::Result<()> {
     let storage = S3Storage::new(2)?;
-    let m = Mount::on(&storage, &["--block-size", BLOCK_SIZE])?;
+    let m = Mount::new(&storage, &["--block-size", BLOCK_SIZE])?;
     let shot = m.path("shot.exr");
     let old = canary(40, 2 * BS + 500);
     put(&shot, &old)?;
@@ -760,7 +800,7 @@ fn a_failed_in_place_overwrite_is_not_served_from_the_page_cache() -> anyhow::Re
 #[test]
 fn a_file_whose_close_failed_is_not_inherited_by_the_next_writer() -> anyhow::Result<()> {
     let storage = S3Storage::new(5)?;
-    let m = Mount::on(&storage, &["--block-size", BLOCK_SIZE])?;
+    let m = Mount::new(&storage, &["--block-size", BLOCK_SIZE])?;
     let shot = m.path("shot.exr");
     let old = canary(30, 2 * BS + 500);
     put(&shot, &old)?;
@@ -775,7 +815,11 @@ fn a_file_whose_close_failed_is_not_inherited_by_the_next_writer() -> anyhow::Re
     close(b)?;
     let mut want = old.clone();
     want[0] = b'B';
-    let fresh = Mount::on(&storage, &["--block-size", BLOCK_SIZE])?;
-    assert_bytes("stored after b's close", &fs::read(fresh.path("shot.exr"))?, &want);
+    let fresh = Mount::new(&storage, &["--block-size", BLOCK_SIZE])?;
+    assert_bytes(
+        "stored after b's close",
+        &fs::read(fresh.path("shot.exr"))?,
+        &want,
+    );
     Ok(())
 }

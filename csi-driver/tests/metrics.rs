@@ -189,7 +189,7 @@ fn every_documented_mount_metric_is_exported_and_moves() -> anyhow::Result<()> {
     let addr = format!("127.0.0.1:{}", drive_testkit::pg::free_port()?);
     // Caches of two blocks (memory) and three stored blocks (disk), so a few reads hit, miss
     // and evict in both.
-    let m = Mount::on(
+    let m = Mount::new(
         &storage,
         &[
             "--block-size",
@@ -254,7 +254,10 @@ fn every_documented_mount_metric_is_exported_and_moves() -> anyhow::Result<()> {
         .keys()
         .filter(|n| !names.contains(n.as_str()) && !UNDOCUMENTED_MOUNT_METRICS.contains(&n.as_str()))
         .collect();
-    assert!(undocumented.is_empty(), "exported but not documented: {undocumented:?}");
+    assert!(
+        undocumented.is_empty(),
+        "exported but not documented: {undocumented:?}"
+    );
     for n in UNDOCUMENTED_MOUNT_METRICS {
         assert!(scraped.types.contains_key(*n), "{n} is no longer exported");
     }
@@ -331,7 +334,10 @@ async fn every_documented_plugin_metric_is_exported_and_moves() -> anyhow::Resul
         .keys()
         .filter(|n| !documented.iter().any(|d| &d.name == *n))
         .collect();
-    assert!(undocumented.is_empty(), "exported but not documented: {undocumented:?}");
+    assert!(
+        undocumented.is_empty(),
+        "exported but not documented: {undocumented:?}"
+    );
 
     node.node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
         volume_id: "static-1".into(),

@@ -6,6 +6,8 @@
 //! Each test names the bug it catches. Tests named `as_root_*` mount a tmpfs and fail (never
 //! pass) without root; `scripts/test.sh` leaves them out by name on machines without root.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::fs::FileExt as _;
@@ -432,19 +434,8 @@ async fn s3_store(server: &S3Server) -> S3ChunkStore {
     S3ChunkStore::connect(&cfg).await
 }
 
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
 fn assert_timed_out(err: &StoreError, elapsed: Duration, within: Duration, what: &str) {
-    let chain = error_chain(err);
+    let chain = common::error_chain(err);
     eprintln!("{what}: {chain}");
     assert!(
         matches!(err, StoreError::Unavailable { .. }) && err.is_transient(),
@@ -617,7 +608,7 @@ async fn s3_put_slower_than_the_attempt_timeout_is_retried_then_fails_leaving_no
             match store.get("blocks/new").await {
                 Err(StoreError::NotFound { .. }) => {}
                 Ok(got) => assert!(got == *v2, "{when}: blocks/new holds {} torn bytes", got.len()),
-                Err(e) => panic!("{when}: {}", error_chain(&e)),
+                Err(e) => panic!("{when}: {}", common::error_chain(&e)),
             }
             let got = store.get("blocks/existing").await.unwrap();
             assert!(
@@ -959,7 +950,7 @@ fn check_after_crash(dir: &Path, preput: bool, at: &str) -> Leftovers {
                 assert!(!preput, "{at}: B existed before the put and is gone");
                 false
             }
-            Err(e) => panic!("{at}: reading B: {}", error_chain(&e)),
+            Err(e) => panic!("{at}: reading B: {}", common::error_chain(&e)),
         };
         let mut keys = store.list("").await.unwrap();
         keys.sort();

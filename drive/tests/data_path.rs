@@ -329,24 +329,17 @@ async fn encrypted_objects_hide_plaintext_and_detect_damage() {
     bytes[mid] ^= 0x01;
     std::fs::write(&victim, &bytes).unwrap();
     let err = read_file(&rig.mount(rig.blocks(None)), ino).await.unwrap_err();
-    let chain = error_chain(&err);
+    let chain = common::error_chain(&err);
     assert!(chain.contains("could not be authenticated"), "{chain}");
 
     // A truncated object likewise.
     std::fs::write(&victim, &bytes[..bytes.len() - 100]).unwrap();
     let err = read_file(&rig.mount(rig.blocks(None)), ino).await.unwrap_err();
-    assert!(error_chain(&err).contains("truncated"), "{}", error_chain(&err));
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+    assert!(
+        common::error_chain(&err).contains("truncated"),
+        "{}",
+        common::error_chain(&err)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -395,7 +388,11 @@ async fn a_persistent_outage_fails_close_and_keeps_the_old_content() {
     }
     let err = fs.flush(opened.fh, caller()).await.unwrap_err();
     assert_eq!(err.kind(), drive::fs::FsErrorKind::Io, "{err}");
-    assert!(error_chain(&err).contains("unavailable"), "{}", error_chain(&err));
+    assert!(
+        common::error_chain(&err).contains("unavailable"),
+        "{}",
+        common::error_chain(&err)
+    );
     let _ = fs.release(opened.fh, caller()).await;
     server.faults().clear();
 

@@ -537,26 +537,6 @@ async fn snapshots_taken_while_mutations_commit_are_consistent_states() {
     }
 }
 
-/// A store on a fresh database, and the URL of that database for raw connections.
-async fn store_and_url() -> (MetaStore, String) {
-    drive_testkit::init_tracing();
-    let pg = drive_testkit::pg::PgServer::shared();
-    let db = pg.create_database().await.expect("create test database");
-    let url = pg.url(&db);
-    let store = MetaStore::connect(&drive::MetaConfig::new(url.clone()))
-        .await
-        .expect("connect metadata store");
-    (store, url)
-}
-
-async fn raw_client(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("raw connection to the test database");
-    tokio::spawn(conn);
-    client
-}
-
 // Catches (found by this test, fixed with it): a mutation reads the workspace epoch E, a
 // snapshot at E commits, then the mutation commits its rows at epoch E. Under SERIALIZABLE
 // that is a valid order (mutation first), but the snapshot's view changed after it was
@@ -620,7 +600,10 @@ async fn snapshot_view_does_not_change_after_it_was_taken() {
         if waiting >= 2 || snapshot.is_finished() {
             break;
         }
-        assert!(Instant::now() < deadline, "the snapshot neither waited nor finished");
+        assert!(
+            Instant::now() < deadline,
+            "the snapshot neither waited nor finished"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     blocker.batch_execute("ROLLBACK").await.unwrap();

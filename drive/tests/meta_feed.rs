@@ -11,31 +11,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{actor, name, workspace};
+use common::{actor, name, raw_client, store_and_url, workspace};
+use drive::MetaStore;
 use drive::meta::EventFeed;
 use drive::model::*;
-use drive::{MetaConfig, MetaStore};
-use drive_testkit::pg::PgServer;
-
-/// A store on a fresh database, and the URL of that database for raw connections.
-async fn store_and_url() -> (MetaStore, String) {
-    drive_testkit::init_tracing();
-    let pg = PgServer::shared();
-    let db = pg.create_database().await.expect("create test database");
-    let url = pg.url(&db);
-    let store = MetaStore::connect(&MetaConfig::new(url.clone()))
-        .await
-        .expect("connect metadata store");
-    (store, url)
-}
-
-async fn raw_client(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("raw connection to the test database");
-    tokio::spawn(conn);
-    client
-}
 
 /// A transaction that took an event id and has not committed yet.
 struct Late {

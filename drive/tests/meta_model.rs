@@ -1270,15 +1270,24 @@ async fn replay_strict(store: &MetaStore, ws_name: &str, kind: WorkspaceKind, op
 async fn replay_with(store: &MetaStore, ws_name: &str, kind: WorkspaceKind, ops: &[Op], known_bugs: bool) {
     let t = std::time::Instant::now();
     let mut h = Harness::new(store, ws_name, kind, known_bugs).await;
-    T_WS.fetch_add(t.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+    T_WS.fetch_add(
+        t.elapsed().as_micros() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     for (step, op) in ops.iter().enumerate() {
         h.step = step;
         let t = std::time::Instant::now();
         h.apply(op).await;
-        T_APPLY.fetch_add(t.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+        T_APPLY.fetch_add(
+            t.elapsed().as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let t = std::time::Instant::now();
         h.check(op, step + 1 == ops.len()).await;
-        T_CHECK.fetch_add(t.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+        T_CHECK.fetch_add(
+            t.elapsed().as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         N_STEPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
@@ -1412,7 +1421,14 @@ fn run_model_cases(test: &'static str, ws_prefix: &'static str, part: u64, defau
         ));
         Ok(())
     });
-    eprintln!("PROFILE total {} ms apply {} ms check {} ms ws {} ms steps {}", t0.elapsed().as_millis(), T_APPLY.load(std::sync::atomic::Ordering::Relaxed)/1000, T_CHECK.load(std::sync::atomic::Ordering::Relaxed)/1000, T_WS.load(std::sync::atomic::Ordering::Relaxed)/1000, N_STEPS.load(std::sync::atomic::Ordering::Relaxed));
+    eprintln!(
+        "PROFILE total {} ms apply {} ms check {} ms ws {} ms steps {}",
+        t0.elapsed().as_millis(),
+        T_APPLY.load(std::sync::atomic::Ordering::Relaxed) / 1000,
+        T_CHECK.load(std::sync::atomic::Ordering::Relaxed) / 1000,
+        T_WS.load(std::sync::atomic::Ordering::Relaxed) / 1000,
+        N_STEPS.load(std::sync::atomic::Ordering::Relaxed)
+    );
     eprintln!(
         "{test}: ran {} cases (with shrinking)",
         counter.load(std::sync::atomic::Ordering::Relaxed)

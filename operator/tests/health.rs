@@ -170,6 +170,9 @@ async fn metrics_scrape_has_every_documented_name() {
         .filter_map(|l| l.split(' ').next())
         .collect();
     let missing: Vec<&&str> = documented.iter().filter(|n| !scraped.contains(**n)).collect();
-    assert!(missing.is_empty(), "documented but not served: {missing:?}\nserved: {scraped:?}");
+    assert!(
+        missing.is_empty(),
+        "documented but not served: {missing:?}\nserved: {scraped:?}"
+    );
     shutdown.cancel();
 }

@@ -153,9 +153,7 @@ impl PgServer {
         if !self.durable {
             cmd.arg("--no-sync");
         }
-        let out = cmd
-            .output()
-            .context("run initdb")?;
+        let out = cmd.output().context("run initdb")?;
         if !out.status.success() {
             bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         }

@@ -73,17 +73,6 @@ impl Storage {
             format!("file://{}", self.dir.path().join("blocks").display()),
         ]
     }
-
-    /// Runs an admin subcommand and returns its stdout.
-    pub fn admin(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut cmd = Command::new(binary());
-        cmd.args(args).args(self.args());
-        let out = cmd.output()?;
-        if !out.status.success() {
-            bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
 }
 
 /// A live mount.
@@ -105,22 +94,22 @@ pub fn is_mounted(dir: &Path) -> bool {
 }
 
 impl Mount {
-    /// Mounts the storage's workspace on a fresh temp dir.
-    pub fn new(storage: &Storage, extra: &[&str]) -> anyhow::Result<Mount> {
+    /// Mounts the workspace of `backend` (a [`Storage`], an [`S3Storage`]) on a fresh temp dir.
+    pub fn new(backend: &dyn Backend, extra: &[&str]) -> anyhow::Result<Mount> {
         let holder = tempfile::tempdir()?;
         let dir = holder.path().join("mnt");
         std::fs::create_dir(&dir)?;
-        let mut m = Mount::at(storage, &dir, extra)?;
+        let mut m = Mount::at(backend, &dir, extra)?;
         m._holder = Some(holder);
         Ok(m)
     }
 
     /// Mounts on `dir`.
-    pub fn at(storage: &Storage, dir: &Path, extra: &[&str]) -> anyhow::Result<Mount> {
+    pub fn at(backend: &dyn Backend, dir: &Path, extra: &[&str]) -> anyhow::Result<Mount> {
         let state = tempfile::tempdir()?;
         let mut cmd = Command::new(binary());
         cmd.arg("mount")
-            .args(storage.args())
+            .args(backend.storage_args())
             .arg("--state-dir")
             .arg(state.path())
             .args(extra)
@@ -152,6 +141,11 @@ impl Mount {
             child: Some(child),
             state,
         })
+    }
+
+    /// The mount process's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -304,64 +298,13 @@ impl Backend for S3Storage {
     }
 }
 
-impl Mount {
-    /// [`Mount::new`] over any backend.
-    pub fn on(backend: &dyn Backend, extra: &[&str]) -> anyhow::Result<Mount> {
-        let holder = tempfile::tempdir()?;
-        let dir = holder.path().join("mnt");
-        std::fs::create_dir(&dir)?;
-        let mut m = Mount::on_at(backend, &dir, extra)?;
-        m._holder = Some(holder);
-        Ok(m)
-    }
-
-    /// [`Mount::at`] over any backend.
-    pub fn on_at(backend: &dyn Backend, dir: &Path, extra: &[&str]) -> anyhow::Result<Mount> {
-        let state = tempfile::tempdir()?;
-        let mut cmd = Command::new(binary());
-        cmd.arg("mount")
-            .args(backend.storage_args())
-            .arg("--state-dir")
-            .arg(state.path())
-            .args(extra)
-            .arg("--foreground")
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        let parent = dir.parent().context("mount point has a parent")?;
-        let dir = std::fs::canonicalize(parent)?.join(dir.file_name().context("mount point name")?);
-        let mut child = cmd.spawn().context("start studiodrive-csi mount")?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !(is_mounted(&dir) && std::fs::read_dir(&dir).is_ok()) {
-            if let Some(status) = child.try_wait()? {
-                bail!("mount exited early: {status}");
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("mount did not appear");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Mount {
-            dir,
-            _holder: None,
-            child: Some(child),
-            state,
-        })
-    }
-
-    /// The mount process's pid, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-}
-
 /// The errno of a failed call, or a panic naming what succeeded instead.
 pub fn errno_of<T: std::fmt::Debug>(what: &str, r: std::io::Result<T>) -> i32 {
     match r {
         Ok(v) => panic!("{what} succeeded ({v:?}); an error was expected"),
-        Err(e) => e.raw_os_error().unwrap_or_else(|| panic!("{what}: {e} has no errno")),
+        Err(e) => e
+            .raw_os_error()
+            .unwrap_or_else(|| panic!("{what}: {e} has no errno")),
     }
 }
 
@@ -385,12 +328,13 @@ pub fn scrape(addr: &str) -> anyhow::Result<String> {
     use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
     s.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("an HTTP response")?;
+    let (head, body) = response.split_once("\r\n\r\n").context("an HTTP response")?;
     anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "GET /metrics: {head}");
     Ok(body.to_string())
 }
@@ -430,7 +374,10 @@ pub fn samples(text: &str) -> anyhow::Result<Vec<Sample>> {
                 }
             }
             let end = end.context("a closed label value")?;
-            labels.push((key.to_string(), after[..end].replace("\\\"", "\"").replace("\\\\", "\\")));
+            labels.push((
+                key.to_string(),
+                after[..end].replace("\\\"", "\"").replace("\\\\", "\\"),
+            ));
             rest = after[end + 1..].trim_start_matches(',');
         }
         out.push(Sample {
@@ -520,9 +467,10 @@ impl Plugin {
                         .await;
                 if let Ok(channel) = channel {
                     plugin.channel = channel;
-                    let probe = drive_csi::csi::proto::identity_client::IdentityClient::new(plugin.channel.clone())
-                        .probe(drive_csi::csi::proto::ProbeRequest {})
-                        .await?;
+                    let probe =
+                        drive_csi::csi::proto::identity_client::IdentityClient::new(plugin.channel.clone())
+                            .probe(drive_csi::csi::proto::ProbeRequest {})
+                            .await?;
                     if probe.into_inner().ready == Some(true) {
                         ready = true;
                         break;

@@ -7,12 +7,28 @@ use drive::{MetaConfig, MetaStore};
 use drive_testkit::pg::PgServer;
 
 pub async fn store() -> MetaStore {
+    store_and_url().await.0
+}
+
+/// A store on a fresh database, and the URL of that database for raw connections.
+pub async fn store_and_url() -> (MetaStore, String) {
     drive_testkit::init_tracing();
     let pg = PgServer::shared();
     let db = pg.create_database().await.expect("create test database");
-    MetaStore::connect(&MetaConfig::new(pg.url(&db)))
+    let url = pg.url(&db);
+    let store = MetaStore::connect(&MetaConfig::new(url.clone()))
         .await
-        .expect("connect metadata store")
+        .expect("connect metadata store");
+    (store, url)
+}
+
+/// A connection of the test's own to the database at `url` (to hold transactions open).
+pub async fn raw_client(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("raw connection to the test database");
+    tokio::spawn(conn);
+    client
 }
 
 pub async fn workspace(store: &MetaStore, name: &str, kind: WorkspaceKind) -> Workspace {
@@ -28,4 +44,16 @@ pub fn actor() -> Actor {
 
 pub fn name(s: &str) -> Name {
     Name::parse(s).expect("valid test name")
+}
+
+/// `err` and its sources, joined by ": " (what the tests match error causes against).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
