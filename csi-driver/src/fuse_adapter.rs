@@ -844,14 +844,18 @@ pub async fn run_invalidator<B: BlockIo>(
             () = tokio::time::sleep(interval) => {}
         }
         let poll_started = Instant::now();
-        let events = match feed.poll(fs.meta()).await {
-            Ok(events) => events,
+        let mut changes = match feed.poll(fs.meta()).await {
+            Ok(events) => fs.apply_feed(&events, poll_started),
             Err(e) => {
                 tracing::warn!(error = %e, "change feed poll failed");
-                continue;
+                drive::fs::Invalidations::default()
             }
         };
-        let drive::fs::Invalidations { inodes, entries } = fs.apply_feed(&events, poll_started);
+        // What this mount's failed commits dropped goes out even while the feed is down.
+        let dropped = fs.take_dropped();
+        changes.inodes.extend(dropped.inodes);
+        changes.entries.extend(dropped.entries);
+        let drive::fs::Invalidations { inodes, entries } = changes;
         if inodes.is_empty() && entries.is_empty() {
             continue;
         }

@@ -16,10 +16,9 @@
 //! stay the same (a changed strategy turns it into one more random case), so a real bug is
 //! also pinned as a named test with the op list.
 //!
-//! The engine bugs this test found are listed in [`KNOWN_BUGS`]: until they are fixed, the
-//! model reproduces them and their pinned tests build only with `--features known-bugs`. `META_MODEL_STRICT=1` makes the
-//! model expect the right behaviour. `MODEL_TRACE=1` prints each operation with the store's
-//! and the model's outcome.
+//! The engine bugs this test found are pinned as named regression tests at the end of this
+//! file, each with the case that found it. `MODEL_TRACE=1` prints each operation with the
+//! store's and the model's outcome.
 
 mod common;
 
@@ -54,29 +53,6 @@ const REGRESSIONS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/meta_model.proptest-regressions"
 );
-const STRICT_VAR: &str = "META_MODEL_STRICT";
-
-/// Engine bugs this test found, each pinned by an ignored regression test below that asserts
-/// the right behaviour. Until they are fixed the model reproduces them (so the generated
-/// cases keep checking everything else); `META_MODEL_STRICT=1` makes it expect the right
-/// behaviour instead. Remove an entry, its `known_bugs` branch and the `known-bugs` gate of its
-/// test together with the fix.
-const KNOWN_BUGS: [&str; 3] = [
-    "copy with MergeMode::Overwrite of a non-folder over a folder leaves the parent's link count \
-     one too high (copy.rs: the Overwrite branch sets the replaced folder's nlink to 0 but never \
-     drops the parent's; copy_node adds one for a folder, nothing takes one off); \
-     regression test copy_over_folder_drops_parent_link",
-    "unlink_many: an item whose (parent, name) an earlier item of the batch named but did not \
-     remove (that one: Conflict, IsADirectory or PermissionDenied) fails with NotFound instead \
-     of being judged on its own (tree.rs: `found.remove` consumes the entry for the first \
-     item); regression test unlink_many_judges_each_item_of_a_name",
-    "write-once bypass: in a project workspace, copy (or restore) with MergeMode::Overwrite of a \
-     non-folder over a non-empty folder replaces the folder and so unlinks the committed files \
-     in it, which unlink, delete_path, rename and truncate all refuse (copy.rs checks \
-     guard_write_once on the replaced node only, and that passes for a folder); regression test \
-     project_copy_does_not_replace_a_full_folder",
-];
-
 /// One step. Indices pick from what exists at that point (modulo its count), so every
 /// sequence is valid and shrinking keeps it meaningful. The `Debug` form is valid Rust
 /// under `use Op::*`, so a printed case pastes into a regression test.
@@ -211,9 +187,6 @@ struct Model {
     /// A project workspace: files with committed content (size > 0 or a content version) are
     /// write-once, and only empty folders can be deleted.
     project: bool,
-    /// Reproduce the engine bugs listed at [`KNOWN_BUGS`] instead of reporting them (off with
-    /// `META_MODEL_STRICT=1`, and in the regression tests that pin them).
-    known_bugs: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -234,9 +207,6 @@ struct MNode {
     /// A directory whose own entry was removed (rmdir, delete_path, replaced by rename or
     /// copy): the store counts it 0 links from then on.
     removed: bool,
-    /// Links a directory's count keeps for subdirectories it no longer has (known engine
-    /// bug, see [`Model::known_bugs`]).
-    stale_links: u32,
     children: BTreeMap<String, u64>,
 }
 
@@ -276,7 +246,6 @@ impl MNode {
             content_version: 0,
             links: 1,
             removed: false,
-            stale_links: 0,
             children: BTreeMap::new(),
         }
     }
@@ -287,7 +256,7 @@ impl MNode {
 }
 
 impl Model {
-    fn new(project: bool, known_bugs: bool) -> Model {
+    fn new(project: bool) -> Model {
         let mut nodes = BTreeMap::new();
         // The workspace root as the store creates it.
         nodes.insert(0, MNode::new(NodeKind::Directory, 0o755, 0, 0, 0));
@@ -295,7 +264,6 @@ impl Model {
             nodes,
             next: 1,
             project,
-            known_bugs,
         }
     }
 
@@ -317,7 +285,7 @@ impl Model {
         match (n.is_dir(), n.removed) {
             (true, true) => 0,
             (true, false) => {
-                2 + n.children.values().filter(|c| self.nodes[c].is_dir()).count() as u32 + n.stale_links
+                2 + n.children.values().filter(|c| self.nodes[c].is_dir()).count() as u32
             }
             (false, _) => n.links,
         }
@@ -553,15 +521,10 @@ impl Model {
                         if work.write_once(e) {
                             return Err(ErrorKind::PermissionDenied);
                         }
-                        // As delete_path: a project workspace deletes only empty folders
-                        // (KNOWN_BUGS[2]: the store replaces a full one).
+                        // As delete_path: a project workspace deletes only empty folders.
                         let full_dir = work.nodes[&e].is_dir() && !work.nodes[&e].children.is_empty();
-                        if work.project && full_dir && !work.known_bugs {
+                        if work.project && full_dir {
                             return Err(ErrorKind::PermissionDenied);
-                        }
-                        if work.known_bugs && work.nodes[&e].is_dir() && !node.is_dir() {
-                            // KNOWN_BUGS[0]: the parent keeps the replaced folder's link.
-                            work.node_mut(parent).stale_links += 1;
                         }
                         work.detach(e);
                         let id = work.add(MNode {
@@ -716,14 +679,14 @@ struct Harness {
 }
 
 impl Harness {
-    async fn new(store: &MetaStore, ws_name: &str, kind: WorkspaceKind, known_bugs: bool) -> Harness {
+    async fn new(store: &MetaStore, ws_name: &str, kind: WorkspaceKind) -> Harness {
         let ws = workspace(store, ws_name, kind).await;
         Harness {
             store: store.clone(),
             ids: BTreeMap::from([(0, ws.root)]),
             inos: BTreeMap::from([(ws.root, 0)]),
             ws,
-            model: Model::new(kind == WorkspaceKind::Project, known_bugs),
+            model: Model::new(kind == WorkspaceKind::Project),
             snapshots: BTreeMap::new(),
             records: BTreeMap::new(),
             step: 0,
@@ -811,7 +774,6 @@ impl Harness {
             Op::UnlinkMany { items } => {
                 let mut queued = Vec::new();
                 let mut e = Vec::new();
-                let mut named = BTreeSet::new();
                 for (dir, n, stale) in items {
                     let d = pick(&dirs, *dir);
                     // The root is never an entry's node: a stale expectation.
@@ -819,13 +781,7 @@ impl Harness {
                         Some(&id) if !stale => id,
                         _ => 0,
                     };
-                    let again = !named.insert((d, *n));
-                    e.push(if again && self.model.known_bugs {
-                        // KNOWN_BUGS[1]
-                        Err(ErrorKind::NotFound)
-                    } else {
-                        self.model.unlink_expecting(d, NAMES[*n], expected)
-                    });
+                    e.push(self.model.unlink_expecting(d, NAMES[*n], expected));
                     queued.push((
                         d,
                         QueuedUnlink {
@@ -1253,23 +1209,10 @@ impl Harness {
 }
 
 /// Runs `ops` against a fresh workspace and the model, comparing after every step (what each
-/// generated case does; regression tests call it with a shrunk case). The model reproduces
-/// [`KNOWN_BUGS`] unless `META_MODEL_STRICT=1`.
+/// generated case does; regression tests call it with a shrunk case).
 async fn replay(store: &MetaStore, ws_name: &str, kind: WorkspaceKind, ops: &[Op]) {
-    let strict = std::env::var(STRICT_VAR).is_ok_and(|v| v == "1");
-    replay_with(store, ws_name, kind, ops, !strict).await;
-}
-
-/// [`replay`] against a model that expects the right behaviour (for the tests that pin a
-/// known bug).
-#[cfg(feature = "known-bugs")]
-async fn replay_strict(store: &MetaStore, ws_name: &str, kind: WorkspaceKind, ops: &[Op]) {
-    replay_with(store, ws_name, kind, ops, false).await;
-}
-
-async fn replay_with(store: &MetaStore, ws_name: &str, kind: WorkspaceKind, ops: &[Op], known_bugs: bool) {
     let t = std::time::Instant::now();
-    let mut h = Harness::new(store, ws_name, kind, known_bugs).await;
+    let mut h = Harness::new(store, ws_name, kind).await;
     T_WS.fetch_add(
         t.elapsed().as_micros() as u64,
         std::sync::atomic::Ordering::Relaxed,
@@ -1376,18 +1319,7 @@ fn run_model_cases(test: &'static str, ws_prefix: &'static str, part: u64, defau
             .unwrap_or_else(|_| panic!("{CASES_VAR}={s}: expected a number")),
         Err(_) => default_cases,
     };
-    let strict = std::env::var(STRICT_VAR).is_ok_and(|v| v == "1");
-    eprintln!(
-        "{test}: {SEED_VAR}={base} (generator seed {seed}), {cases} cases after the saved ones; {}",
-        if strict {
-            "strict: known engine bugs are reported".to_string()
-        } else {
-            format!(
-                "the model reproduces {} known engine bug(s) ({STRICT_VAR}=1 to report them)",
-                KNOWN_BUGS.len()
-            )
-        }
-    );
+    eprintln!("{test}: {SEED_VAR}={base} (generator seed {seed}), {cases} cases after the saved ones");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -1454,10 +1386,6 @@ fn run_model_cases(test: &'static str, ws_prefix: &'static str, part: u64, defau
                 ),
                 None => format!("A saved case from {REGRESSIONS} (those run first)."),
             };
-            let (strict_env, replay) = match strict {
-                true => (format!("{STRICT_VAR}=1 "), "replay_strict"),
-                false => (String::new(), "replay"),
-            };
             let mut listing = String::new();
             for op in &ops {
                 // Debug shows a Vec as `[..]`; the test needs `vec![..]`.
@@ -1467,7 +1395,7 @@ fn run_model_cases(test: &'static str, ws_prefix: &'static str, part: u64, defau
             panic!(
                 "{test}: the store and the model disagree.\n\
                  Seed: {SEED_VAR}={base} (ChaCha generator seed {seed}). Rerun:\n    \
-                 {strict_env}{SEED_VAR}={base} cargo nextest run -p drive --test meta_model {test}\n\
+                 {SEED_VAR}={base} cargo nextest run -p drive --test meta_model {test}\n\
                  {origin}\n\
                  Minimal case ({} ops) fails with: {why}\n\
                  As a regression test:\n\n\
@@ -1475,7 +1403,7 @@ fn run_model_cases(test: &'static str, ws_prefix: &'static str, part: u64, defau
                  async fn regression_NAME() {{\n    \
                      use Op::*;\n    \
                      let store = store().await;\n    \
-                     {replay}(\n        &store,\n        \"regression-NAME\",\n        WorkspaceKind::{:?},\n        &[\n\
+                     replay(\n        &store,\n        \"regression-NAME\",\n        WorkspaceKind::{:?},\n        &[\n\
                  {listing}        ],\n    )\n    .await;\n\
                  }}\n",
                 ops.len(),
@@ -1495,15 +1423,15 @@ fn store_matches_reference_model_part_2() {
     run_model_cases("store_matches_reference_model_part_2", "model-b", 1, 250);
 }
 
-/// KNOWN_BUGS[0], as found by the model (seed cc 9fa2ee2a… in the regressions file): /a holds
+/// Found by the model (seed cc 9fa2ee2a… in the regressions file): /a holds
 /// file /a/a and folder /a/c; copying /a/a over /a/c with Overwrite replaces the folder by a
-/// file, and /a must go back to 2 links. The store leaves it at 3.
+/// file, and /a must go back to 2 links (the store left it at 3: copy's Overwrite branch never
+/// dropped the replaced folder's link to its parent).
 #[tokio::test]
-#[cfg(feature = "known-bugs")]
 async fn copy_over_folder_drops_parent_link() {
     use Op::*;
     let store = store().await;
-    replay_strict(
+    replay(
         &store,
         "regression-copy-over-folder",
         WorkspaceKind::User,
@@ -1553,15 +1481,15 @@ async fn copy_over_folder_drops_parent_link() {
     .await;
 }
 
-/// KNOWN_BUGS[1], as found by the model: /shot.0001.exr is a file; a batch removes it twice,
-/// first expecting another node (Conflict: left alone), then expecting the right one, which
-/// must remove it. The store answers NotFound for the second item and keeps the file.
+/// Found by the model: /shot.0001.exr is a file; a batch removes it twice, first expecting
+/// another node (Conflict: left alone), then expecting the right one, which must remove it
+/// (the store answered NotFound for the second item and kept the file: unlink_many consumed
+/// the entry while judging the first).
 #[tokio::test]
-#[cfg(feature = "known-bugs")]
 async fn unlink_many_judges_each_item_of_a_name() {
     use Op::*;
     let store = store().await;
-    replay_strict(
+    replay(
         &store,
         "regression-unlink-many-twice",
         WorkspaceKind::User,
@@ -1581,16 +1509,15 @@ async fn unlink_many_judges_each_item_of_a_name() {
     .await;
 }
 
-/// KNOWN_BUGS[2], written after reading copy.rs and confirmed by the model: in a project
-/// workspace /a/b is a file with committed content (truncated to 4096: content version 1),
-/// so neither `unlink` nor `delete_path` of /a may remove it; copying file /c over folder /a
-/// with Overwrite must be refused as well. The store replaces /a, and /a/b is gone.
+/// Written after reading copy.rs and confirmed by the model: in a project workspace /a/b is a
+/// file with committed content (truncated to 4096: content version 1), so neither `unlink`
+/// nor `delete_path` of /a may remove it; copying file /c over folder /a with Overwrite must
+/// be refused as well (the store replaced /a, and /a/b was gone).
 #[tokio::test]
-#[cfg(feature = "known-bugs")]
 async fn project_copy_does_not_replace_a_full_folder() {
     use Op::*;
     let store = store().await;
-    replay_strict(
+    replay(
         &store,
         "regression-project-copy-over-full-folder",
         WorkspaceKind::Project,

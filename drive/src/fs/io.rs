@@ -128,6 +128,7 @@ impl<B: BlockIo> DriveFs<B> {
             ino: node,
             flags,
             reader: tokio::sync::Mutex::new(Some(reader)),
+            failures_seen: session.as_ref().map_or(0, |s| s.failures()),
             session,
         });
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -179,12 +180,6 @@ impl<B: BlockIo> DriveFs<B> {
         let mut sessions = lock(&self.sessions);
         if sessions.get(&node).is_some_and(|(_, users)| *users == 0) {
             sessions.remove(&node);
-            // A create that could not be committed goes with its session (the failure was
-            // reported to this close); the name must not stay reserved.
-            if let Some(create) = session.deferred_create() {
-                lock(&self.deferred_names).remove(&(create.parent, create.name.clone()));
-                self.cache.forget_entry(create.parent, &create.name);
-            }
         }
         result
     }
@@ -198,7 +193,19 @@ impl<B: BlockIo> DriveFs<B> {
     ) -> Result<(), FsError> {
         let result = session.commit(&self.actor(caller)).await;
         if result.is_err() {
-            self.touched(&[session.node()]);
+            // The commit dropped the changes (see `write`): cached attributes and the kernel's
+            // pages may still show them.
+            let node = session.node();
+            self.touched(&[node]);
+            lock(&self.seen_versions).remove(&node);
+            // A new file whose first commit failed is not created: its name is free again.
+            let abandoned = session.take_abandoned_create();
+            if let Some(create) = &abandoned {
+                lock(&self.deferred_names).remove(&(create.parent, create.name.clone()));
+                self.cache.forget_entry(create.parent, &create.name);
+                self.touched(&[create.parent]);
+            }
+            self.note_dropped(node, abandoned.as_ref().map(|c| (c.parent, &c.name)));
         }
         match result {
             Ok(Some(committed)) => self.note_committed(&committed),
@@ -233,6 +240,7 @@ impl<B: BlockIo> DriveFs<B> {
                 "handle is not open for writing",
             ));
         };
+        Self::lost_writes(&handle)?;
         session.write(offset, data, handle.flags.append).await?;
         Ok(data.len() as u32)
     }
@@ -240,9 +248,25 @@ impl<B: BlockIo> DriveFs<B> {
     /// `close(2)` of one descriptor: commits the file's staged content.
     pub async fn flush(&self, fh: u64, caller: Caller) -> Result<(), FsError> {
         let handle = self.handle(fh)?;
+        Self::lost_writes(&handle)?;
         match &handle.session {
             Some(session) => self.commit_session(session, caller).await,
             None => Ok(()),
+        }
+    }
+
+    /// Fails once a commit of the handle's file failed while the handle was open: what was
+    /// written through it may be gone, so its every later write, flush, fsync and release
+    /// says so (an error that sticks, unlike the "fsyncgate" behaviour of reporting it once
+    /// and then returning 0). Handles opened after the failure start clean.
+    fn lost_writes(handle: &Handle<B>) -> Result<(), FsError> {
+        match &handle.session {
+            Some(session) if session.failures() > handle.failures_seen => Err(FsError::new(
+                FsErrorKind::Io,
+                "a commit of this file failed while this descriptor was open: \
+                 the writes not yet committed were lost",
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -258,7 +282,9 @@ impl<B: BlockIo> DriveFs<B> {
         };
         handle.reader.lock().await.take();
         if handle.session.is_some() {
+            let lost = Self::lost_writes(&handle);
             self.leave_session(handle.ino, caller).await?;
+            lost?;
         }
         Ok(())
     }

@@ -132,8 +132,9 @@ pub struct Opened {
     pub keep_cache: bool,
 }
 
-/// What the kernel must forget after other writers' changes: inodes (attributes and page
-/// cache) and directory entries (parent inode, name).
+/// What the kernel must forget after other writers' changes, or after a commit of this
+/// mount failed: inodes (attributes and page cache) and directory entries (parent inode,
+/// name).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Invalidations {
     pub inodes: Vec<u64>,
@@ -159,6 +160,9 @@ struct Handle<B: BlockIo> {
     flags: OpenFlags,
     reader: tokio::sync::Mutex<Option<Reader<B>>>,
     session: Option<Arc<WriteSession<B>>>,
+    /// The session's failed commits when this handle joined it: a later failure dropped
+    /// writes this handle may have made (see `DriveFs::lost_writes`).
+    failures_seen: u64,
 }
 
 /// An open directory's listing, shared by the requests on its handle.
@@ -184,6 +188,9 @@ pub struct DriveFs<B: BlockIo> {
     deferred_names: Mutex<HashMap<(NodeId, Name), NodeId>>,
     /// Content version each file had when this mount last opened it (FOPEN_KEEP_CACHE).
     seen_versions: Mutex<HashMap<NodeId, u64>>,
+    /// What a failed commit here dropped and the kernel may still cache (the file's pages,
+    /// the entry of a new file that is not created), for the invalidator to send.
+    dropped: Mutex<Invalidations>,
     next_fh: AtomicU64,
 }
 
@@ -226,6 +233,7 @@ impl<B: BlockIo> DriveFs<B> {
             sessions: Mutex::new(HashMap::new()),
             deferred_names: Mutex::new(HashMap::new()),
             seen_versions: Mutex::new(HashMap::new()),
+            dropped: Mutex::new(Invalidations::default()),
             next_fh: AtomicU64::new(1),
         })
     }
@@ -293,6 +301,22 @@ impl<B: BlockIo> DriveFs<B> {
         out.inodes.dedup();
         self.cache.feed_caught_up(poll_started);
         out
+    }
+
+    /// What failed commits of this mount dropped since the last call, for the kernel to
+    /// forget (the invalidator sends it with, or without, the feed's changes).
+    pub fn take_dropped(&self) -> Invalidations {
+        std::mem::take(&mut *lock(&self.dropped))
+    }
+
+    /// Records what a failed commit dropped (see [`DriveFs::take_dropped`]).
+    fn note_dropped(&self, node: NodeId, entry: Option<(NodeId, &Name)>) {
+        let mut dropped = lock(&self.dropped);
+        dropped.inodes.push(self.to_ino(node));
+        if let Some((parent, name)) = entry {
+            dropped.entries.push((self.to_ino(parent), name.as_bytes().to_vec()));
+            dropped.inodes.push(self.to_ino(parent));
+        }
     }
 
     /// Metadata cache counters.

@@ -9,7 +9,11 @@
 //! at commit or on read), so sequential overwrites never read old content.
 //!
 //! `commit` uploads what is left and calls `MetaStore::commit_content` once: until it
-//! succeeds the previous content stays the visible one.
+//! succeeds the previous content stays the visible one. A commit that fails drops what it
+//! could not commit (as a local file system drops dirty pages after a writeback error):
+//! the file reads as its committed content again, and the session counts the failure so that
+//! every descriptor that was open across it reports the loss (see `DriveFs::lost_writes`)
+//! instead of a later commit storing bytes their writer was told were lost.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
@@ -55,6 +59,8 @@ enum Dirty {
 struct Inner {
     /// Committed size the session's view of the block map is based on.
     base_size: u64,
+    /// Committed mtime, shown again when uncommitted changes are dropped.
+    base_mtime: Timestamp,
     /// The smallest size the file had since the last commit: committed bytes at or past it
     /// were truncated away and must not show through again.
     min_size: u64,
@@ -128,6 +134,10 @@ pub(crate) struct WriteSession<B: BlockIo> {
     /// The file's create, while it is not committed. Changed only with `inner` locked, so
     /// a commit and a settle never both create the file.
     deferred: std::sync::Mutex<Option<DeferredCreate>>,
+    /// Commits that failed and dropped their changes.
+    failures: AtomicU64,
+    /// The create a failed commit gave up, for the mount to release its name.
+    abandoned: std::sync::Mutex<Option<DeferredCreate>>,
 }
 
 impl<B: BlockIo> WriteSession<B> {
@@ -154,6 +164,7 @@ impl<B: BlockIo> WriteSession<B> {
             staging: Arc::new(file),
             inner: Mutex::new(Inner {
                 base_size: attr.size,
+                base_mtime: attr.mtime,
                 min_size: attr.size,
                 blocks: BTreeMap::new(),
                 next_slot: 0,
@@ -163,7 +174,14 @@ impl<B: BlockIo> WriteSession<B> {
             mtime: AtomicI64::new(attr.mtime.0),
             dirty: std::sync::atomic::AtomicBool::new(false),
             deferred: std::sync::Mutex::new(deferred),
+            failures: AtomicU64::new(0),
+            abandoned: std::sync::Mutex::new(None),
         })
+    }
+
+    /// How many commits of this session failed (each dropped the changes it held).
+    pub(crate) fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Acquire)
     }
 
     /// The create this session still has to commit, if any.
@@ -483,8 +501,47 @@ impl<B: BlockIo> WriteSession<B> {
 
     /// Uploads everything staged and commits the new content in one transaction. Returns the
     /// new attributes, or `None` when there was nothing to commit.
+    /// On failure the uncommitted changes are dropped, in the same critical section, so no
+    /// write lands between the failure and the drop (see the module comment).
     pub(crate) async fn commit(&self, actor: &Actor) -> Result<Option<Committed>, FsError> {
         let mut inner = self.inner.lock().await;
+        let result = self.commit_locked(&mut inner, actor).await;
+        if result.is_err() {
+            self.drop_changes(&mut inner);
+        }
+        result
+    }
+
+    /// The create the last failed commit gave up, once.
+    pub(crate) fn take_abandoned_create(&self) -> Option<DeferredCreate> {
+        lock(&self.abandoned).take()
+    }
+
+    /// Forgets every uncommitted change: the session shows the committed content again. A new
+    /// file is not created at all (its content is what failed): the create is abandoned.
+    fn drop_changes(&self, inner: &mut Inner) {
+        if let Some(create) = lock(&self.deferred).take() {
+            *lock(&self.abandoned) = Some(create);
+        }
+        for dirty in std::mem::take(&mut inner.blocks).into_values() {
+            if let Dirty::Uploading { task, .. } = dirty {
+                task.abort();
+            }
+        }
+        inner.next_slot = 0;
+        inner.min_size = inner.base_size;
+        inner.changed = false;
+        self.size.store(inner.base_size, Ordering::Release);
+        self.mtime.store(inner.base_mtime.0, Ordering::Release);
+        self.dirty.store(false, Ordering::Release);
+        self.failures.fetch_add(1, Ordering::AcqRel);
+        if let Err(e) = self.staging.set_len(0) {
+            // The space comes back when the session ends; the content is already forgotten.
+            tracing::warn!(error = %e, "could not reset the staging file of a failed commit");
+        }
+    }
+
+    async fn commit_locked(&self, inner: &mut Inner, actor: &Actor) -> Result<Option<Committed>, FsError> {
         let deferred = self.deferred_create();
         if !inner.changed {
             return match deferred {
@@ -501,9 +558,9 @@ impl<B: BlockIo> WriteSession<B> {
             .map(|(k, _)| *k)
             .collect();
         for idx in staged {
-            self.materialize(&mut inner, idx).await?;
+            self.materialize(inner, idx).await?;
             let len = bs.min(size.saturating_sub(idx * bs));
-            self.start_upload(&mut inner, idx, len).await?;
+            self.start_upload(inner, idx, len).await?;
         }
         let mut changes = Vec::new();
         let mut failure = None;
@@ -534,7 +591,7 @@ impl<B: BlockIo> WriteSession<B> {
         if let Some(e) = failure {
             return Err(e);
         }
-        changes.extend(self.truncated_holes(&inner, size).await?);
+        changes.extend(self.truncated_holes(inner, size).await?);
         let mtime = Timestamp(self.mtime.load(Ordering::Acquire));
         let committed = match deferred {
             Some(create) => {
@@ -572,6 +629,7 @@ impl<B: BlockIo> WriteSession<B> {
         inner.blocks.clear();
         inner.next_slot = 0;
         inner.base_size = size;
+        inner.base_mtime = committed.attr.mtime;
         inner.min_size = size;
         inner.changed = false;
         self.dirty.store(false, Ordering::Release);

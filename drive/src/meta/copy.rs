@@ -79,8 +79,18 @@ impl MetaStore {
                             MergeMode::Overwrite => {
                                 let mut old = live_inode(tx, &ctx, e.ino).await?;
                                 guard_write_once(&ctx, &old.attr, "overwrite")?;
+                                let replaces_folder = old.attr.kind == NodeKind::Directory;
+                                if replaces_folder {
+                                    super::tree::guard_write_once_folder(tx, &ctx, e.ino, &name).await?;
+                                }
                                 close_entry(tx, &ctx, e.id, true).await?;
-                                old.attr.nlink = if old.attr.kind == NodeKind::Directory {
+                                if replaces_folder {
+                                    // The folder's ".." link to its parent goes with it.
+                                    let mut p = live_inode(tx, &ctx, parent).await?;
+                                    p.attr.nlink = p.attr.nlink.saturating_sub(1);
+                                    write_inode(tx, &ctx, &p).await?;
+                                }
+                                old.attr.nlink = if replaces_folder {
                                     0
                                 } else {
                                     old.attr.nlink.saturating_sub(1)

@@ -437,13 +437,7 @@ impl MetaStore {
                         return Err(MetaError::NotADirectory(name.to_string_lossy()));
                     }
                     Removal::Rmdir => ensure_empty(tx, entry.ino, name).await?,
-                    Removal::Subtree if is_dir && ws.kind == crate::model::WorkspaceKind::Project => {
-                        ensure_empty(tx, entry.ino, name).await.map_err(|_| {
-                            MetaError::PermissionDenied(
-                                "project workspaces are write-once: only empty folders can be deleted".into(),
-                            )
-                        })?;
-                    }
+                    Removal::Subtree if is_dir => guard_write_once_folder(tx, &ws, entry.ino, name).await?,
                     _ => {}
                 }
                 guard_write_once(&ws, &node.attr, "delete")?;
@@ -503,7 +497,10 @@ impl MetaStore {
                 let mut outcomes: Vec<Result<(), MetaError>> = Vec::with_capacity(items.len());
                 for item in items {
                     let what = || item.name.to_string_lossy();
-                    let outcome = match found.remove(&(item.parent, item.name.clone())) {
+                    // An entry leaves `found` only when this item removes it: a later item
+                    // naming the same (parent, name) is judged on its own.
+                    let key = (item.parent, item.name.clone());
+                    let outcome = match found.get(&key) {
                         None => Err(MetaError::NotFound(what())),
                         Some((entry, _)) if entry.ino != item.ino => {
                             Err(MetaError::Conflict(format!("{} names another node now", what())))
@@ -514,7 +511,7 @@ impl MetaStore {
                             let row = match nodes.entry(entry.ino) {
                                 Entry::Occupied(o) => Ok(o.into_mut()),
                                 Entry::Vacant(v) => {
-                                    checked_live_inode(&ws, entry.ino, node).map(|r| v.insert(r))
+                                    checked_live_inode(&ws, entry.ino, node.clone()).map(|r| v.insert(r))
                                 }
                             };
                             row.and_then(|row| {
@@ -523,8 +520,11 @@ impl MetaStore {
                                 }
                                 guard_write_once(&ws, &row.attr, "delete")?;
                                 drop_link(row, now);
-                                removed.push((item, entry));
                                 Ok(())
+                            })
+                            .map(|()| {
+                                let (entry, _) = found.remove(&key).expect("the entry was just found");
+                                removed.push((item, entry));
                             })
                         }
                     };
@@ -865,6 +865,27 @@ fn drop_link(node: &mut InodeRow, now: Timestamp) {
         node.attr.nlink.saturating_sub(1)
     };
     node.attr.ctime = now;
+}
+
+/// Whether the workspace refuses removing this folder with what is in it: a project
+/// workspace (write-once) lets only empty folders go, as their files may hold committed
+/// content. Every removal of a whole folder (delete, a copy or restore that replaces it)
+/// asks this.
+pub(super) async fn guard_write_once_folder<C: GenericClient>(
+    c: &C,
+    ws: &WsCtx,
+    dir: NodeId,
+    name: &Name,
+) -> Result<(), MetaError> {
+    if ws.kind != crate::model::WorkspaceKind::Project {
+        return Ok(());
+    }
+    ensure_empty(c, dir, name).await.map_err(|e| match e {
+        MetaError::NotEmpty(_) => MetaError::PermissionDenied(
+            "project workspaces are write-once: only empty folders can be deleted".into(),
+        ),
+        other => other,
+    })
 }
 
 async fn ensure_empty<C: GenericClient>(c: &C, dir: NodeId, name: &Name) -> Result<(), MetaError> {
