@@ -82,11 +82,23 @@ pub enum MetaError {
     PermissionDenied(String),
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A SERIALIZABLE transaction lost to a concurrent one (SQLSTATE 40001 or 40P01): the
+    /// transaction loop retries it, and reports it only once its attempts are used up.
+    #[error("conflict: serialization failure; retries exhausted")]
+    SerializationFailure(#[source] tokio_postgres::Error),
     #[error("metadata store unavailable: {message}")]
     Unavailable {
         message: String,
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// A database error no other variant covers, with its SQLSTATE kept.
+    #[error("database error (SQLSTATE {}): {message}", code.code())]
+    Database {
+        code: tokio_postgres::error::SqlState,
+        message: String,
+        #[source]
+        source: tokio_postgres::Error,
     },
     #[error("internal error: {0}")]
     Internal(String),
@@ -106,15 +118,27 @@ impl MetaError {
             MetaError::InvalidArgument(_) => ErrorKind::InvalidArgument,
             MetaError::ReadOnly(_) => ErrorKind::ReadOnly,
             MetaError::PermissionDenied(_) => ErrorKind::PermissionDenied,
-            MetaError::Conflict(_) => ErrorKind::Conflict,
+            MetaError::Conflict(_) | MetaError::SerializationFailure(_) => ErrorKind::Conflict,
             MetaError::Unavailable { .. } => ErrorKind::Unavailable,
-            MetaError::Internal(_) => ErrorKind::Internal,
+            MetaError::Database { .. } | MetaError::Internal(_) => ErrorKind::Internal,
         }
     }
 
     /// Whether retrying the same call later may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self.kind(), ErrorKind::Conflict | ErrorKind::Unavailable)
+    }
+
+    /// The SQLSTATE of a database error, if this is one.
+    pub fn sqlstate(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            MetaError::Database { code, .. } => Some(code),
+            MetaError::SerializationFailure(e) => e.code(),
+            MetaError::Unavailable { source: Some(s), .. } => s
+                .downcast_ref::<tokio_postgres::Error>()
+                .and_then(tokio_postgres::Error::code),
+            _ => None,
+        }
     }
 
     pub(crate) fn unavailable(

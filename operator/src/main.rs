@@ -62,6 +62,11 @@ struct RunArgs {
     /// Connections in the metadata store pool.
     #[arg(long, env = "STUDIODRIVE_METADATA_POOL_SIZE", default_value_t = 8)]
     metadata_pool_size: usize,
+    /// Milliseconds a metadata statement may go unanswered before the call fails; also the
+    /// server's statement_timeout.
+    #[arg(long, env = "STUDIODRIVE_METADATA_STATEMENT_TIMEOUT_MS", default_value_t = 15_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    metadata_statement_timeout_ms: u64,
     /// Default object store endpoint for workspaces without an objectStore (recorded for GC Jobs).
     #[arg(long, env = "STUDIODRIVE_OBJECT_STORE_ENDPOINT")]
     object_store_endpoint: Option<String>,
@@ -149,6 +154,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let mut config = drive::MetaConfig::new(args.metadata_url.clone());
     config.pool_size = args.metadata_pool_size;
+    config.statement_timeout = std::time::Duration::from_millis(args.metadata_statement_timeout_ms);
     if args.metadata_tls {
         config.tls = drive::TlsMode::Require {
             ca_file: args.metadata_ca_file.clone(),

@@ -213,6 +213,42 @@ impl PgServer {
         Ok(())
     }
 
+    /// Freezes the server and every backend (SIGSTOP), as a host that stopped answering
+    /// without closing its connections: the kernel still accepts and acknowledges, nothing
+    /// replies. The server runs again when the returned guard drops.
+    pub fn freeze(&self) -> anyhow::Result<Frozen> {
+        let pid_file = std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .context("read postmaster.pid")?;
+        let postmaster: i32 = pid_file
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .context("postmaster.pid has no pid")?;
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            // /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces.
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if ppid == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        let frozen = Frozen { pids };
+        for pid in &frozen.pids {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGSTOP)
+                .with_context(|| format!("SIGSTOP {pid}"))?;
+        }
+        Ok(frozen)
+    }
+
     /// Stops the server at once (as a crash would: `immediate` mode), keeping its data.
     pub fn stop(&self) -> anyhow::Result<()> {
         let out = self
@@ -304,6 +340,19 @@ fn postgres_user_if_root() -> anyhow::Result<Option<(u32, u32)>> {
 
 /// A currently free TCP port on 127.0.0.1. Another process could take it before the server
 /// binds it; for a test machine that window is acceptable.
+/// A frozen server (see [`PgServer::freeze`]); dropping it lets the server run again.
+pub struct Frozen {
+    pids: Vec<i32>,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for pid in &self.pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+}
+
 pub fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())

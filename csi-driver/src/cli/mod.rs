@@ -24,6 +24,11 @@ pub struct StorageArgs {
     /// PostgreSQL URL of the metadata store; without it an embedded PostgreSQL is started.
     #[arg(long, env = "STUDIODRIVE_METADATA_URL")]
     pub metadata_url: Option<String>,
+    /// Milliseconds a metadata statement may go unanswered before the operation fails (EIO
+    /// through a mount); also the server's statement_timeout.
+    #[arg(long, env = "STUDIODRIVE_METADATA_STATEMENT_TIMEOUT_MS", default_value_t = 15_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub metadata_statement_timeout_ms: u64,
     /// Block store: file:///dir or s3://bucket/prefix. Default: <state-dir>/blocks.
     #[arg(long, env = "STUDIODRIVE_STORE")]
     pub store: Option<String>,
@@ -68,7 +73,9 @@ impl StorageArgs {
             Some(url) => url.clone(),
             None => embedded::ensure_running(&self.state_dir()?.join("postgres"))?,
         };
-        MetaStore::connect(&MetaConfig::new(url))
+        let mut config = MetaConfig::new(url);
+        config.statement_timeout = std::time::Duration::from_millis(self.metadata_statement_timeout_ms);
+        MetaStore::connect(&config)
             .await
             .context("connect to the metadata store")
     }
@@ -87,6 +94,10 @@ impl StorageArgs {
         Ok(vec![
             ("STUDIODRIVE_STATE_DIR", Some(self.state_dir()?.into_os_string())),
             ("STUDIODRIVE_METADATA_URL", os(&self.metadata_url)),
+            (
+                "STUDIODRIVE_METADATA_STATEMENT_TIMEOUT_MS",
+                Some(self.metadata_statement_timeout_ms.to_string().into()),
+            ),
             ("STUDIODRIVE_STORE", os(&self.store)),
             ("STUDIODRIVE_S3_ENDPOINT", os(&self.s3_endpoint)),
             ("STUDIODRIVE_S3_REGION", os(&self.s3_region)),

@@ -55,6 +55,14 @@ pub struct MetaConfig {
     pub tls: TlsMode,
     /// Give up connecting after this long.
     pub connect_timeout: Duration,
+    /// Give up on a statement (or BEGIN, COMMIT) that has not answered after this long: the
+    /// operation fails as unavailable (EIO through a mount) instead of waiting for a server
+    /// that stopped answering. Also sent as the server's `statement_timeout`. One value per
+    /// process (the last store connected sets it).
+    pub statement_timeout: Duration,
+    /// TCP keepalive idle time; probes every half of it, three lost probes close the
+    /// connection (a peer gone without a RST is noticed in about twice this).
+    pub keepalive_idle: Duration,
 }
 
 /// TLS towards PostgreSQL (rustls with the aws-lc-rs provider).
@@ -67,13 +75,16 @@ pub enum TlsMode {
 }
 
 impl MetaConfig {
-    /// A config for `url` with defaults: 16 connections, no TLS, 10 s connect timeout.
+    /// A config for `url` with defaults: 16 connections, no TLS, 10 s connect timeout,
+    /// 15 s statement timeout, 10 s keepalive idle.
     pub fn new(url: impl Into<String>) -> MetaConfig {
         MetaConfig {
             url: url.into(),
             pool_size: 16,
             tls: TlsMode::Disable,
             connect_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(15),
+            keepalive_idle: Duration::from_secs(10),
         }
     }
 }
@@ -119,7 +130,27 @@ impl MetaStore {
             .url
             .parse()
             .map_err(|e| MetaError::InvalidArgument(format!("metadata URL: {e}")))?;
-        pg.connect_timeout(config.connect_timeout);
+        if config.statement_timeout.is_zero() || config.keepalive_idle.is_zero() {
+            return Err(MetaError::InvalidArgument(
+                "statement timeout and keepalive idle time must be positive".into(),
+            ));
+        }
+        pg.connect_timeout(config.connect_timeout)
+            .keepalives(true)
+            .keepalives_idle(config.keepalive_idle)
+            .keepalives_interval((config.keepalive_idle / 2).max(Duration::from_secs(1)))
+            .keepalives_retries(3)
+            // Unacknowledged data (a request sent to a host that vanished) closes the
+            // connection after this long, without waiting for keepalives.
+            .tcp_user_timeout(config.statement_timeout);
+        // The server cancels its own side of a statement that runs too long (57014).
+        let server_timeout = format!("-c statement_timeout={}", config.statement_timeout.as_millis());
+        let options = match pg.get_options() {
+            Some(given) if !given.is_empty() => format!("{given} {server_timeout}"),
+            _ => server_timeout,
+        };
+        pg.options(options);
+        rows::set_statement_timeout(config.statement_timeout);
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
@@ -187,7 +218,7 @@ impl MetaStore {
     /// Checks that the database answers (for readiness probes).
     pub async fn ping(&self) -> Result<(), MetaError> {
         let client = self.client().await?;
-        client.simple_query("SELECT 1").await.map_err(pg_error)?;
+        rows::timed(client.simple_query("SELECT 1")).await?;
         Ok(())
     }
 
@@ -230,16 +261,17 @@ macro_rules! in_txn {
             attempt += 1;
             let result: Result<_, $crate::error::MetaError> = async {
                 let mut client = store.client().await?;
-                let transaction = client
-                    .build_transaction()
-                    .isolation_level(tokio_postgres::IsolationLevel::Serializable)
-                    .start()
-                    .await
-                    .map_err($crate::meta::pg_error)?;
+                let transaction = $crate::meta::timed(
+                    client
+                        .build_transaction()
+                        .isolation_level(tokio_postgres::IsolationLevel::Serializable)
+                        .start(),
+                )
+                .await?;
                 let $tx = &transaction;
                 let body_result: Result<_, $crate::error::MetaError> = $body;
                 let value = body_result?;
-                transaction.commit().await.map_err($crate::meta::pg_error)?;
+                $crate::meta::timed(transaction.commit()).await?;
                 Ok(value)
             }
             .await;
@@ -266,49 +298,49 @@ pub(crate) use in_txn;
 
 pub(crate) const MAX_ATTEMPTS: u32 = MAX_TXN_ATTEMPTS;
 
-const SERIALIZATION_MESSAGE: &str = "serialization failure; retries exhausted";
+pub(crate) use rows::timed;
 
 pub(crate) fn is_serialization_failure(e: &MetaError) -> bool {
-    matches!(e, MetaError::Conflict(m) if m == SERIALIZATION_MESSAGE)
+    matches!(e, MetaError::SerializationFailure(_))
 }
-
-const ABORTED_PREFIX: &str = "SQLSTATE 25P02";
 
 /// A statement refused because an earlier one in the transaction failed (pipelined
 /// statements after a failure all end like this).
 pub(crate) fn is_aborted_transaction(e: &MetaError) -> bool {
-    matches!(e, MetaError::Internal(m) if m.starts_with(ABORTED_PREFIX))
+    e.sqlstate() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION)
 }
 
-/// Maps a PostgreSQL error to the store's error, in one place.
+/// Maps a PostgreSQL error to the store's error, in one place, by SQLSTATE class.
 pub(crate) fn pg_error(e: tokio_postgres::Error) -> MetaError {
-    match e.code() {
-        Some(code)
-            if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED =>
-        {
-            MetaError::Conflict(SERIALIZATION_MESSAGE.to_string())
-        }
-        Some(code) if *code == SqlState::UNIQUE_VIOLATION => {
-            let what = e
-                .as_db_error()
-                .and_then(|d| d.constraint())
-                .unwrap_or("unique key")
-                .to_string();
-            MetaError::Exists(what)
-        }
-        Some(code)
-            if code.code().starts_with("08")
-                || code.code().starts_with("57P")
-                || *code == SqlState::TOO_MANY_CONNECTIONS =>
-        {
-            MetaError::unavailable("database connection lost", e)
-        }
-        Some(code) => {
-            let detail = e
+    let Some(code) = e.code().cloned() else {
+        // No SQLSTATE: the connection itself failed (closed, reset, TLS, I/O).
+        return MetaError::unavailable("database unreachable", e);
+    };
+    if code == SqlState::T_R_SERIALIZATION_FAILURE || code == SqlState::T_R_DEADLOCK_DETECTED {
+        return MetaError::SerializationFailure(e);
+    }
+    if code == SqlState::UNIQUE_VIOLATION {
+        let what = e
+            .as_db_error()
+            .and_then(|d| d.constraint())
+            .unwrap_or("unique key")
+            .to_string();
+        return MetaError::Exists(what);
+    }
+    match &code.code()[..2] {
+        // 08 connection exception, 57 operator intervention (shutdown, cancel, the server's
+        // statement_timeout), 53 insufficient resources (disk full, out of memory, too many
+        // connections): the database cannot serve now; a later try may succeed.
+        "08" | "57" | "53" => MetaError::unavailable(format!("database unavailable (SQLSTATE {})", code.code()), e),
+        _ => {
+            let message = e
                 .as_db_error()
                 .map_or_else(|| e.to_string(), |d| d.message().to_string());
-            MetaError::Internal(format!("SQLSTATE {}: {detail}", code.code()))
+            MetaError::Database {
+                code,
+                message,
+                source: e,
+            }
         }
-        None => MetaError::unavailable("database unreachable", e),
     }
 }

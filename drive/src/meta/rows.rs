@@ -2,6 +2,8 @@
 //! transaction, versioned inode updates, entry versions, events.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deadpool_postgres::GenericClient;
@@ -16,13 +18,36 @@ use crate::model::{
 
 pub(crate) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
+/// The client-side statement deadline, in milliseconds (see `MetaConfig::statement_timeout`).
+static STATEMENT_TIMEOUT_MS: AtomicU64 = AtomicU64::new(15_000);
+
+pub(crate) fn set_statement_timeout(limit: Duration) {
+    STATEMENT_TIMEOUT_MS.store(limit.as_millis().max(1) as u64, Ordering::Relaxed);
+}
+
+/// Awaits one database round trip for at most the statement timeout. A future dropped at
+/// the deadline leaves its connection usable: tokio-postgres still reads (and discards) the
+/// late answer, and a dropped transaction is rolled back.
+pub(crate) async fn timed<T>(
+    round_trip: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, MetaError> {
+    let limit = Duration::from_millis(STATEMENT_TIMEOUT_MS.load(Ordering::Relaxed));
+    match tokio::time::timeout(limit, round_trip).await {
+        Ok(result) => result.map_err(pg_error),
+        Err(_) => Err(MetaError::Unavailable {
+            message: format!("the database did not answer within {} ms", limit.as_millis()),
+            source: None,
+        }),
+    }
+}
+
 pub(crate) async fn query<C: GenericClient>(
     c: &C,
     sql: &str,
     params: Params<'_>,
 ) -> Result<Vec<Row>, MetaError> {
-    let stmt = c.prepare_cached(sql).await.map_err(pg_error)?;
-    c.query(&stmt, params).await.map_err(pg_error)
+    let stmt = timed(c.prepare_cached(sql)).await?;
+    timed(c.query(&stmt, params)).await
 }
 
 pub(crate) async fn query_opt<C: GenericClient>(
@@ -30,8 +55,8 @@ pub(crate) async fn query_opt<C: GenericClient>(
     sql: &str,
     params: Params<'_>,
 ) -> Result<Option<Row>, MetaError> {
-    let stmt = c.prepare_cached(sql).await.map_err(pg_error)?;
-    c.query_opt(&stmt, params).await.map_err(pg_error)
+    let stmt = timed(c.prepare_cached(sql)).await?;
+    timed(c.query_opt(&stmt, params)).await
 }
 
 pub(crate) async fn execute<C: GenericClient>(
@@ -39,8 +64,8 @@ pub(crate) async fn execute<C: GenericClient>(
     sql: &str,
     params: Params<'_>,
 ) -> Result<u64, MetaError> {
-    let stmt = c.prepare_cached(sql).await.map_err(pg_error)?;
-    c.execute(&stmt, params).await.map_err(pg_error)
+    let stmt = timed(c.prepare_cached(sql)).await?;
+    timed(c.execute(&stmt, params)).await
 }
 
 /// Runs statements that must execute in the given order, sent together. All are prepared
@@ -52,15 +77,16 @@ pub(crate) async fn execute_in_order<C: GenericClient>(
     c: &C,
     statements: &[(&str, Params<'_>)],
 ) -> Result<(), MetaError> {
-    let prepared = futures::future::join_all(statements.iter().map(|(sql, _)| c.prepare_cached(sql))).await;
+    let prepared =
+        futures::future::join_all(statements.iter().map(|(sql, _)| timed(c.prepare_cached(sql)))).await;
     let mut ready = Vec::with_capacity(prepared.len());
     for p in prepared {
-        ready.push(p.map_err(pg_error)?);
+        ready.push(p?);
     }
     let runs = ready
         .iter()
         .zip(statements)
-        .map(|(stmt, (_, params))| async move { c.execute(stmt, params).await.map(drop).map_err(pg_error) });
+        .map(|(stmt, (_, params))| async move { timed(c.execute(stmt, params)).await.map(drop) });
     first_failure(futures::future::join_all(runs).await)
 }
 
