@@ -11,6 +11,7 @@ pub mod error;
 pub mod fs;
 pub mod meta;
 pub mod model;
+pub mod sync;
 
 pub use error::{ErrorKind, MetaError};
 pub use meta::{MetaConfig, MetaStats, MetaStore, TlsMode};

@@ -186,9 +186,7 @@ impl BlockCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
-        self.index
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.index)
     }
 
     /// The cached object for `hash`, if present and undamaged (its CRC32C checked; see the

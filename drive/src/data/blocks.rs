@@ -265,9 +265,7 @@ impl Inner {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::sync::lock;
 
 /// Hashing or encoding up to this many bytes runs in place: it takes microseconds, less than
 /// the hop to the blocking pool and back (a 4 KiB file's close made four such hops).

@@ -545,8 +545,4 @@ impl<B: BlockIo> DriveFs<B> {
     }
 }
 
-/// Locks a std mutex; a poisoned lock only means another thread panicked while holding it,
-/// and the maps guarded here stay consistent at every statement.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::sync::lock;

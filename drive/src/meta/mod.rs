@@ -195,17 +195,12 @@ impl MetaStore {
         let id = batch
             .pop()
             .ok_or_else(|| MetaError::Internal("nextval returned no rows".into()))?;
-        self.reserved_ids
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend(batch);
+        crate::sync::lock(&self.reserved_ids).extend(batch);
         Ok(NodeId(id))
     }
 
     fn take_reserved_id(&self) -> Option<NodeId> {
-        self.reserved_ids
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.reserved_ids)
             .pop()
             .map(NodeId)
     }

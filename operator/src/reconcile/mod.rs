@@ -133,10 +133,7 @@ impl Backoff {
 
     /// Records a failure of `key` and returns how long to wait.
     pub fn fail(&self, key: &str) -> Duration {
-        let mut map = self
-            .failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = drive::sync::lock(&self.failures);
         let n = map.entry(key.to_string()).or_insert(0);
         *n = n.saturating_add(1);
         Backoff::delay(*n)
@@ -144,10 +141,7 @@ impl Backoff {
 
     /// Forgets the failures of `key`.
     pub fn succeed(&self, key: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(key);
+        drive::sync::lock(&self.failures).remove(key);
     }
 }
 
