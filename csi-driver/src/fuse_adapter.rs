@@ -53,6 +53,7 @@ pub fn errno(e: &FsError) -> Errno {
         FsErrorKind::BadHandle => Errno::EBADF,
         FsErrorKind::TooBig => Errno::from_i32(libc::EFBIG),
         FsErrorKind::Io => Errno::EIO,
+        FsErrorKind::NoSpace => Errno::ENOSPC,
         FsErrorKind::Busy => Errno::from_i32(libc::EAGAIN),
     }
 }

@@ -978,3 +978,114 @@ async fn s3_uploads_are_signed_only_where_nothing_else_checks_the_body() {
         "request checksums check the body"
     );
 }
+
+/// Writes `data` over file `ino` through a new descriptor and closes it; the error of the
+/// first failing step (write, flush, then release), if any.
+async fn overwrite(fs: &DriveFs<BlockStore>, ino: u64, data: &[u8]) -> Result<(), drive::fs::FsError> {
+    let opened = fs.open(ino, write_flags(), caller()).await?;
+    let mut result = Ok(());
+    for (i, chunk) in data.chunks(MIB).enumerate() {
+        // Writes may already fail once background uploads give up; close must fail either way.
+        if let Err(e) = fs.write(opened.fh, (i * MIB) as u64, chunk).await {
+            result = Err(e);
+            break;
+        }
+    }
+    let flushed = fs.flush(opened.fh, caller()).await;
+    let released = fs.release(opened.fh, caller()).await;
+    result.and(flushed).and(released)
+}
+
+// Catches: every block failure reported as EIO (a full store must say ENOSPC, so that
+// writers and their operators know to free space rather than retry), an unavailable or
+// refusing store reported as success or as ENOSPC, a failed commit that changes the file, and
+// a store that stays broken for the mount after the fault is gone. In-process, through the
+// object-store port (FaultyChunkStore over MemoryChunkStore).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_faults_fail_close_with_their_own_errno_and_lose_nothing() {
+    use drive::data::{FaultyChunkStore, MemoryChunkStore, StoreFault, StoreOp};
+    use drive::fs::FsErrorKind;
+    let objects = Arc::new(MemoryChunkStore::new());
+    let faulty = Arc::new(FaultyChunkStore::new(objects.clone()));
+    let rig = Rig::new(faulty.clone(), true).await;
+    let fs = rig.mount(rig.blocks(None));
+    let v1 = pattern(3 * MIB + 17, 1);
+    let ino = write_file(&fs, "shot.exr", &v1).await;
+    let stored = objects.len();
+
+    for (n, (fault, errno)) in [
+        (StoreFault::NoSpace, FsErrorKind::NoSpace),
+        (StoreFault::Unavailable, FsErrorKind::Io),
+        (StoreFault::Refused, FsErrorKind::Io),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        faulty.set(StoreOp::Put, fault);
+        let before = faulty.injected();
+        let err = overwrite(&fs, ino, &pattern(2 * MIB + 5, 10 + n as u64))
+            .await
+            .expect_err("an overwrite while the store fails");
+        assert_eq!(err.kind(), errno, "{fault:?}: {}", common::error_chain(&err));
+        assert!(faulty.injected() > before, "{fault:?}: the store was asked");
+        faulty.clear();
+        assert_eq!(objects.len(), stored, "{fault:?}: nothing new was stored");
+        assert_same(&read_file(&fs, ino).await.unwrap(), &v1, "same mount after the failure");
+        assert_same(
+            &read_file(&rig.mount(rig.blocks(None)), ino).await.unwrap(),
+            &v1,
+            "another mount after the failure",
+        );
+    }
+
+    // A new file whose first close fails for lack of space is not created.
+    faulty.set(StoreOp::Put, StoreFault::NoSpace);
+    let opened = fs
+        .create(ROOT_INO, b"new.exr", 0o644, write_flags(), caller())
+        .await
+        .unwrap();
+    fs.write(opened.fh, 0, &pattern(MIB, 20)).await.unwrap();
+    let err = fs.flush(opened.fh, caller()).await.unwrap_err();
+    assert_eq!(err.kind(), FsErrorKind::NoSpace, "{err}");
+    let _ = fs.release(opened.fh, caller()).await;
+    faulty.clear();
+    let lookup = fs.lookup(ROOT_INO, b"new.exr").await.map(|_| ()).map_err(|e| e.kind());
+    assert_eq!(lookup, Err(FsErrorKind::NotFound), "the new file is not created");
+
+    // Reads: a store that cannot serve fails the read with EIO, and serves again after.
+    let cold = rig.mount(rig.blocks(None));
+    faulty.set(StoreOp::Get, StoreFault::Unavailable);
+    let err = read_file(&cold, ino).await.unwrap_err();
+    assert_eq!(err.kind(), FsErrorKind::Io, "{err}");
+    faulty.clear();
+    assert_same(&read_file(&cold, ino).await.unwrap(), &v1, "read once the store is back");
+
+    // A slow store is not a failing one: the overwrite commits and reads back whole.
+    faulty.set(StoreOp::Put, StoreFault::Slow(Duration::from_millis(30)));
+    faulty.set(StoreOp::Get, StoreFault::Slow(Duration::from_millis(30)));
+    let v2 = pattern(2 * MIB + 9, 30);
+    overwrite(&fs, ino, &v2).await.expect("an overwrite on a slow store");
+    let mut want = v1.clone();
+    want[..v2.len()].copy_from_slice(&v2);
+    assert_same(
+        &read_file(&rig.mount(rig.blocks(None)), ino).await.unwrap(),
+        &want,
+        "written through a slow store",
+    );
+}
+
+// Catches: an S3 "storage full" answer (HTTP 507, MinIO's XMinioStorageFull) classified as
+// a transient outage (EIO) instead of ENOSPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_s3_store_fails_close_with_enospc() {
+    let server = S3Server::start().unwrap();
+    let rig = Rig::new(s3_store(&server).await, false).await;
+    let fs = rig.mount(rig.blocks(None));
+    let v1 = pattern(2 * MIB, 1);
+    let ino = write_file(&fs, "shot.exr", &v1).await;
+    server.faults().always(Some("PUT"), Fault::Status(507));
+    let err = overwrite(&fs, ino, &pattern(2 * MIB, 2)).await.unwrap_err();
+    assert_eq!(err.kind(), drive::fs::FsErrorKind::NoSpace, "{}", common::error_chain(&err));
+    server.faults().clear();
+    assert_same(&read_file(&fs, ino).await.unwrap(), &v1, "old content");
+}

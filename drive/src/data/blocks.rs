@@ -24,7 +24,7 @@ use crate::cache::{BlockCache, MemoryCache};
 use crate::data::format::{BlockCodec, BlockHash, FormatError, hash_hex};
 use crate::data::store::{ChunkStore, StoreError};
 use crate::error::MetaError;
-use crate::fs::{BlockIo, BlockIoError};
+use crate::fs::{BlockErrorKind, BlockIo, BlockIoError};
 use crate::meta::{BlockState, MetaStore};
 
 /// A failure on the block data path.
@@ -284,16 +284,33 @@ async fn codec_work<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(DataError::Task)
 }
 
+impl DataError {
+    /// The class of this failure, for the file-system layer's errno.
+    pub fn block_kind(&self) -> BlockErrorKind {
+        match self {
+            DataError::Store(StoreError::NoSpace { .. }) => BlockErrorKind::NoSpace,
+            DataError::Store(StoreError::Unavailable { .. }) => BlockErrorKind::Unavailable,
+            DataError::Store(StoreError::NotFound { .. }) | DataError::Format(_) => BlockErrorKind::Corrupt,
+            DataError::Store(StoreError::Failed { .. }) => BlockErrorKind::Refused,
+            DataError::Meta(e) if e.kind() == crate::error::ErrorKind::Unavailable => BlockErrorKind::Unavailable,
+            DataError::Meta(_) | DataError::Task(_) => BlockErrorKind::Internal,
+            // The record says the block is not stored (never uploaded, or failed).
+            DataError::Unavailable { .. } => BlockErrorKind::Corrupt,
+            DataError::Shared(inner) => inner.block_kind(),
+        }
+    }
+}
+
 impl BlockIo for BlockStore {
     async fn put_block(&self, data: Bytes) -> Result<[u8; 32], BlockIoError> {
         self.put(data)
             .await
-            .map_err(|e| BlockIoError::new("store block", e))
+            .map_err(|e| BlockIoError::new(e.block_kind(), "store block", e))
     }
 
     async fn get_block(&self, hash: [u8; 32], _len: u64) -> Result<Bytes, BlockIoError> {
         self.get(hash)
             .await
-            .map_err(|e| BlockIoError::new("fetch block", e))
+            .map_err(|e| BlockIoError::new(e.block_kind(), "fetch block", e))
     }
 }

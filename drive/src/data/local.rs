@@ -56,6 +56,14 @@ fn io_error(op: &'static str, key: &str, e: std::io::Error) -> StoreError {
     if e.kind() == std::io::ErrorKind::NotFound {
         return StoreError::NotFound { key: key.to_string() };
     }
+    if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+        return StoreError::NoSpace {
+            op,
+            key: key.to_string(),
+            message: e.to_string(),
+            source: Some(e.into()),
+        };
+    }
     StoreError::Unavailable {
         op,
         key: key.to_string(),

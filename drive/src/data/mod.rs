@@ -2,7 +2,8 @@
 //! to the metadata store and the node-local cache.
 //!
 //! - [`store::ChunkStore`]: the object-store port, with [`local::LocalChunkStore`] (a
-//!   directory, the embedded default) and [`s3::S3ChunkStore`] (S3 and compatible stores).
+//!   directory, the embedded default) and [`s3::S3ChunkStore`] (S3 and compatible stores);
+//!   [`memory`] has an in-memory store and a failure-injecting wrapper for tests.
 //! - [`format::BlockCodec`]: the stored form of a block (versioned header, optional
 //!   AES-256-GCM) and its content address (BLAKE3, keyed per workspace when encrypted).
 //! - [`keys`]: workspace data keys wrapped by a key-encryption key.
@@ -14,6 +15,7 @@ pub mod blocks;
 pub mod format;
 pub mod keys;
 pub mod local;
+pub mod memory;
 pub mod s3;
 pub mod store;
 
@@ -25,6 +27,7 @@ pub use blocks::{BlockStore, DataError, DataStats, block_key};
 pub use format::{BlockCodec, BlockHash, FormatError};
 pub use keys::{DataKey, Kek, KeyError};
 pub use local::LocalChunkStore;
+pub use memory::{FaultyChunkStore, MemoryChunkStore, StoreFault, StoreOp};
 pub use s3::{S3ChunkStore, S3Config, S3Credentials};
 pub use store::{ChunkStore, StoreError};
 

@@ -359,6 +359,17 @@ where
             StoreError::NotFound { key }
         }
         SdkError::ServiceError(_)
+            if status == Some(507)
+                || matches!(code.as_deref(), Some("XMinioStorageFull" | "InsufficientStorage")) =>
+        {
+            StoreError::NoSpace {
+                op,
+                key,
+                message,
+                source: Some(err.into()),
+            }
+        }
+        SdkError::ServiceError(_)
             if status.is_some_and(|s| s >= 500 || s == 429)
                 || matches!(
                     code.as_deref(),

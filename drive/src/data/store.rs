@@ -25,6 +25,16 @@ pub enum StoreError {
         #[source]
         source: Option<BoxError>,
     },
+    /// The store has no room for the object (a full disk or quota; MinIO's 507): not
+    /// transient in the sense of a retry moments later, and reported as ENOSPC.
+    #[error("object store full during {op} {key}: {message}")]
+    NoSpace {
+        op: &'static str,
+        key: String,
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The store refused the request (permissions, missing bucket, bad request).
     #[error("object store {op} {key} failed: {message}")]
     Failed {

@@ -10,22 +10,42 @@ use std::future::Future;
 
 use bytes::Bytes;
 
-/// A block store failure, with its cause kept as the source.
+/// What kind of block failure: the file-system layer maps it to an errno (ENOSPC for
+/// `NoSpace`, EIO for the rest) in `FsError::kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BlockErrorKind {
+    /// The object store (or the node's disk under it) has no room.
+    NoSpace,
+    /// The object store or the metadata store could not be reached, or kept failing or
+    /// throttling after retries: a later try may succeed.
+    Unavailable,
+    /// The stored object is missing, or failed verification (a damaged or foreign object).
+    Corrupt,
+    /// The store refused the request (permissions, a missing bucket, a key it rejects).
+    Refused,
+    /// A failure of this process (a crashed codec task).
+    Internal,
+}
+
+/// A block store failure, with its kind and its cause kept as the source.
 #[derive(Debug, thiserror::Error)]
 #[error("block store: {message}")]
 pub struct BlockIoError {
+    pub kind: BlockErrorKind,
     pub message: String,
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl BlockIoError {
-    /// An error with a message and a cause.
+    /// An error of `kind` with a message and a cause.
     pub fn new(
+        kind: BlockErrorKind,
         message: impl Into<String>,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> BlockIoError {
         BlockIoError {
+            kind,
             message: message.into(),
             source: Some(source.into()),
         }

@@ -2,7 +2,7 @@
 //! maps to errno in exactly one function.
 
 use crate::error::{ErrorKind, MetaError};
-use crate::fs::blocks::BlockIoError;
+use crate::fs::blocks::{BlockErrorKind, BlockIoError};
 
 /// What went wrong, as a closed set an adapter maps (FUSE: errno).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -29,6 +29,8 @@ pub enum FsErrorKind {
     TooBig,
     /// Storage (metadata or object store, or local staging) failed (EIO).
     Io,
+    /// The object store or the local staging disk is full (ENOSPC).
+    NoSpace,
     /// A transient conflict that a retry may resolve (EAGAIN).
     Busy,
 }
@@ -52,6 +54,7 @@ impl FsErrorKind {
             FsErrorKind::BadHandle => "bad_handle",
             FsErrorKind::TooBig => "too_big",
             FsErrorKind::Io => "io",
+            FsErrorKind::NoSpace => "no_space",
             FsErrorKind::Busy => "busy",
         }
     }
@@ -106,6 +109,10 @@ impl FsError {
                 ErrorKind::Conflict => FsErrorKind::Busy,
                 ErrorKind::Unavailable | ErrorKind::Internal => FsErrorKind::Io,
             },
+            FsError::Blocks(e) if e.kind == BlockErrorKind::NoSpace => FsErrorKind::NoSpace,
+            FsError::Staging { source, .. } if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => {
+                FsErrorKind::NoSpace
+            }
             FsError::Blocks(_) | FsError::Staging { .. } => FsErrorKind::Io,
             FsError::Plain { kind, .. } => *kind,
         }

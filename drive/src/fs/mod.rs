@@ -26,7 +26,7 @@ mod removals;
 mod write;
 mod xattr;
 
-pub use blocks::{BlockIo, BlockIoError};
+pub use blocks::{BlockErrorKind, BlockIo, BlockIoError};
 pub use cache::MetaCacheStats;
 pub use error::{FsError, FsErrorKind};
 pub use namespace::DirItem;

@@ -1,0 +1,199 @@
+//! Object stores for tests and simulations: [`MemoryChunkStore`] keeps objects in a map, and
+//! [`FaultyChunkStore`] wraps any store with failures a test turns on and off (a full store,
+//! an unavailable one, a refused request, a slow one), so the data path's error handling is
+//! tested in-process, without a server.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+
+use crate::data::store::{ChunkStore, StoreError};
+use crate::sync::lock;
+
+/// Objects in memory; lost with the process.
+#[derive(Debug, Default)]
+pub struct MemoryChunkStore {
+    objects: Mutex<HashMap<String, Bytes>>,
+}
+
+impl MemoryChunkStore {
+    pub fn new() -> MemoryChunkStore {
+        MemoryChunkStore::default()
+    }
+
+    /// Number of objects held.
+    pub fn len(&self) -> usize {
+        lock(&self.objects).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+// Each call does its work when awaited, not when called, as a real store's futures do (a
+// wrapper that decides not to await one must leave the store untouched).
+impl ChunkStore for MemoryChunkStore {
+    fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            lock(&self.objects).insert(key.to_string(), data);
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Bytes, StoreError>> {
+        async move {
+            let found = lock(&self.objects).get(key).cloned();
+            found.ok_or_else(|| StoreError::NotFound { key: key.to_string() })
+        }
+        .boxed()
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            lock(&self.objects).remove(key);
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        async move {
+            Ok(lock(&self.objects)
+                .keys()
+                .filter(|k| k.starts_with(prefix))
+                .cloned()
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn describe(&self) -> String {
+        "memory://".into()
+    }
+}
+
+/// A failure [`FaultyChunkStore`] injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFault {
+    /// `StoreError::NoSpace`, as a full disk or a store over quota answers.
+    NoSpace,
+    /// `StoreError::Unavailable`, as a store that is down after retries.
+    Unavailable,
+    /// `StoreError::Failed`, as a store refusing the request (permissions).
+    Refused,
+    /// The request succeeds after this delay.
+    Slow(Duration),
+}
+
+/// Which requests a fault applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoreOp {
+    Put,
+    Get,
+    Delete,
+    List,
+}
+
+/// Wraps a store with faults per operation; without faults it forwards every call.
+#[derive(Debug)]
+pub struct FaultyChunkStore {
+    inner: Arc<dyn ChunkStore>,
+    faults: Mutex<HashMap<StoreOp, StoreFault>>,
+    injected: AtomicU64,
+}
+
+impl FaultyChunkStore {
+    pub fn new(inner: Arc<dyn ChunkStore>) -> FaultyChunkStore {
+        FaultyChunkStore {
+            inner,
+            faults: Mutex::new(HashMap::new()),
+            injected: AtomicU64::new(0),
+        }
+    }
+
+    /// Applies `fault` to every later `op` until cleared.
+    pub fn set(&self, op: StoreOp, fault: StoreFault) {
+        lock(&self.faults).insert(op, fault);
+    }
+
+    /// Removes every fault.
+    pub fn clear(&self) {
+        lock(&self.faults).clear();
+    }
+
+    /// Requests that met a fault so far.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::Relaxed)
+    }
+
+    /// Runs `forward` unless a fault for `op` says otherwise.
+    fn guarded<'a, T: Send + 'a>(
+        &'a self,
+        op: StoreOp,
+        key: &'a str,
+        forward: BoxFuture<'a, Result<T, StoreError>>,
+    ) -> BoxFuture<'a, Result<T, StoreError>> {
+        let fault = lock(&self.faults).get(&op).copied();
+        if fault.is_some() {
+            self.injected.fetch_add(1, Ordering::Relaxed);
+        }
+        let name = match op {
+            StoreOp::Put => "put",
+            StoreOp::Get => "get",
+            StoreOp::Delete => "delete",
+            StoreOp::List => "list",
+        };
+        let error = move |message: &str| (name, key.to_string(), format!("injected: {message}"));
+        async move {
+            match fault {
+                None => forward.await,
+                Some(StoreFault::Slow(delay)) => {
+                    tokio::time::sleep(delay).await;
+                    forward.await
+                }
+                Some(StoreFault::NoSpace) => {
+                    let (op, key, message) = error("no space");
+                    Err(StoreError::NoSpace { op, key, message, source: None })
+                }
+                Some(StoreFault::Unavailable) => {
+                    let (op, key, message) = error("unavailable");
+                    Err(StoreError::Unavailable { op, key, message, source: None })
+                }
+                Some(StoreFault::Refused) => {
+                    let (op, key, message) = error("refused");
+                    Err(StoreError::Failed { op, key, message, source: None })
+                }
+            }
+        }
+        .boxed()
+    }
+}
+
+impl ChunkStore for FaultyChunkStore {
+    fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.guarded(StoreOp::Put, key, self.inner.put(key, data))
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Bytes, StoreError>> {
+        self.guarded(StoreOp::Get, key, self.inner.get(key))
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.guarded(StoreOp::Delete, key, self.inner.delete(key))
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        self.guarded(StoreOp::List, prefix, self.inner.list(prefix))
+    }
+
+    fn describe(&self) -> String {
+        format!("faulty({})", self.inner.describe())
+    }
+}
