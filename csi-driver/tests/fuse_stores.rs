@@ -579,7 +579,10 @@ fn close_and_fsync_fail_with_eio_while_s3_is_down_and_the_previous_content_stays
 
     // fsync of an overwrite fails, and so does the close of the same descriptor.
     let new = canary(11, 3 * BS + 17);
-    let f = OpenOptions::new().write(true).open(&shot).context("open for the fsync")?;
+    let f = OpenOptions::new()
+        .write(true)
+        .open(&shot)
+        .context("open for the fsync")?;
     f.write_all_at(&new, 0).context("write for the fsync")?;
     assert_eq!(errno_of("fsync while S3 is down", f.sync_all()), libc::EIO);
     assert_eq!(errno_of("close after the failed fsync", close(f)), libc::EIO);
@@ -591,8 +594,12 @@ fn close_and_fsync_fail_with_eio_while_s3_is_down_and_the_previous_content_stays
 
     // A close without fsync, of a small overwrite in the first block: the kernel cached the
     // page it wrote, and must not serve it.
-    let f = OpenOptions::new().write(true).open(&shot).context("open for the small overwrite")?;
-    f.write_all_at(b"a new first line\n", 0).context("the small overwrite")?;
+    let f = OpenOptions::new()
+        .write(true)
+        .open(&shot)
+        .context("open for the small overwrite")?;
+    f.write_all_at(b"a new first line\n", 0)
+        .context("the small overwrite")?;
     assert_eq!(errno_of("close while S3 is down", close(f)), libc::EIO);
     assert_reads_now("same mount after a failed small overwrite", &shot, &old);
 

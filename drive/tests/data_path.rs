@@ -94,8 +94,13 @@ impl Rig {
     }
 
     fn mount(&self, blocks: BlockStore) -> DriveFs<BlockStore> {
+        self.mount_with(blocks, |_| {})
+    }
+
+    fn mount_with(&self, blocks: BlockStore, settings: impl FnOnce(&mut FsConfig)) -> DriveFs<BlockStore> {
         let staging = self.tmp.path().join(format!("staging-{}", uuid_like()));
-        let cfg = FsConfig::new(View::Live, self.ws.root, staging);
+        let mut cfg = FsConfig::new(View::Live, self.ws.root, staging);
+        settings(&mut cfg);
         DriveFs::new(self.meta.clone(), Arc::new(blocks), self.ws.clone(), cfg).unwrap()
     }
 }
@@ -1030,7 +1035,11 @@ async fn store_faults_fail_close_with_their_own_errno_and_lose_nothing() {
         assert!(faulty.injected() > before, "{fault:?}: the store was asked");
         faulty.clear();
         assert_eq!(objects.len(), stored, "{fault:?}: nothing new was stored");
-        assert_same(&read_file(&fs, ino).await.unwrap(), &v1, "same mount after the failure");
+        assert_same(
+            &read_file(&fs, ino).await.unwrap(),
+            &v1,
+            "same mount after the failure",
+        );
         assert_same(
             &read_file(&rig.mount(rig.blocks(None)), ino).await.unwrap(),
             &v1,
@@ -1049,7 +1058,11 @@ async fn store_faults_fail_close_with_their_own_errno_and_lose_nothing() {
     assert_eq!(err.kind(), FsErrorKind::NoSpace, "{err}");
     let _ = fs.release(opened.fh, caller()).await;
     faulty.clear();
-    let lookup = fs.lookup(ROOT_INO, b"new.exr").await.map(|_| ()).map_err(|e| e.kind());
+    let lookup = fs
+        .lookup(ROOT_INO, b"new.exr")
+        .await
+        .map(|_| ())
+        .map_err(|e| e.kind());
     assert_eq!(lookup, Err(FsErrorKind::NotFound), "the new file is not created");
 
     // Reads: a store that cannot serve fails the read with EIO, and serves again after.
@@ -1058,13 +1071,19 @@ async fn store_faults_fail_close_with_their_own_errno_and_lose_nothing() {
     let err = read_file(&cold, ino).await.unwrap_err();
     assert_eq!(err.kind(), FsErrorKind::Io, "{err}");
     faulty.clear();
-    assert_same(&read_file(&cold, ino).await.unwrap(), &v1, "read once the store is back");
+    assert_same(
+        &read_file(&cold, ino).await.unwrap(),
+        &v1,
+        "read once the store is back",
+    );
 
     // A slow store is not a failing one: the overwrite commits and reads back whole.
     faulty.set(StoreOp::Put, StoreFault::Slow(Duration::from_millis(30)));
     faulty.set(StoreOp::Get, StoreFault::Slow(Duration::from_millis(30)));
     let v2 = pattern(2 * MIB + 9, 30);
-    overwrite(&fs, ino, &v2).await.expect("an overwrite on a slow store");
+    overwrite(&fs, ino, &v2)
+        .await
+        .expect("an overwrite on a slow store");
     let mut want = v1.clone();
     want[..v2.len()].copy_from_slice(&v2);
     assert_same(
@@ -1085,7 +1104,150 @@ async fn a_full_s3_store_fails_close_with_enospc() {
     let ino = write_file(&fs, "shot.exr", &v1).await;
     server.faults().always(Some("PUT"), Fault::Status(507));
     let err = overwrite(&fs, ino, &pattern(2 * MIB, 2)).await.unwrap_err();
-    assert_eq!(err.kind(), drive::fs::FsErrorKind::NoSpace, "{}", common::error_chain(&err));
+    assert_eq!(
+        err.kind(),
+        drive::fs::FsErrorKind::NoSpace,
+        "{}",
+        common::error_chain(&err)
+    );
     server.faults().clear();
     assert_same(&read_file(&fs, ino).await.unwrap(), &v1, "old content");
+}
+
+// Catches: a directory handle that forgets entries it still needs (a window trimmed under the
+// page being read, a repeated request at the same offset answered from the wrong index) and
+// one that cannot go back once the window moved on (rewinddir and seekdir to a cookie before
+// the window must list from there again, complete and in order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_handle_keeps_a_window_and_still_seeks_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = Rig::new(local_rig_store(&dir), false).await;
+    let n = 2_345;
+    let node = drive::model::NewNode::new(drive::model::NodeKind::File, 0o644);
+    let mut want: Vec<String> = (0..n).map(|i| format!("f{i:05}")).collect();
+    futures::future::try_join_all(want.chunks(200).map(|chunk| {
+        let (meta, ws, node) = (rig.meta.clone(), rig.ws.clone(), node.clone());
+        async move {
+            for name in chunk {
+                meta.create(&common::actor(), ws.id, ws.root, &common::name(name), &node)
+                    .await?;
+            }
+            Ok::<_, drive::MetaError>(())
+        }
+    }))
+    .await
+    .unwrap();
+    want.sort();
+    let fs = rig.mount(rig.blocks(None));
+    assert_eq!(
+        listed(&fs).await,
+        want,
+        "one pass lists every entry once, in order"
+    );
+
+    let names = |items: &[drive::fs::DirItem]| -> Vec<String> {
+        items
+            .iter()
+            .map(|i| String::from_utf8_lossy(&i.name).into_owned())
+            .filter(|n| n != "." && n != "..")
+            .collect()
+    };
+    let dh = fs.opendir(ROOT_INO).await.unwrap();
+    // Read to the end, remembering each page's starting cookie.
+    let mut pages = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = fs.readdir(dh, offset).await.unwrap();
+        let Some(last) = page.last() else { break };
+        pages.push((offset, names(&page)));
+        offset = last.offset;
+    }
+    assert!(pages.len() >= 3, "the listing spans more than the window");
+    // The last page asked again: the same entries.
+    let (last_offset, last_names) = pages.last().unwrap().clone();
+    assert_eq!(names(&fs.readdir(dh, last_offset).await.unwrap()), last_names);
+    // The first page, long out of the window: listed again from the start.
+    let (_, first_names) = &pages[0];
+    let again = fs.readdir(dh, 0).await.unwrap();
+    assert_eq!(&names(&again), first_names, "rewinddir");
+    assert_eq!(String::from_utf8_lossy(&again[0].name), ".");
+    // A cookie in the middle of an early page (seekdir back): from that entry on.
+    let (second_offset, second_names) = &pages[1];
+    let mid = second_offset + 10;
+    let from_mid = fs.readdir(dh, mid).await.unwrap();
+    assert_eq!(
+        names(&from_mid)[0],
+        second_names[10],
+        "seekdir into an earlier page"
+    );
+    // And onward from there to the end, nothing lost or repeated.
+    let mut rest = names(&from_mid);
+    let mut offset = from_mid.last().unwrap().offset;
+    loop {
+        let page = fs.readdir(dh, offset).await.unwrap();
+        let Some(last) = page.last() else { break };
+        rest.extend(names(&page));
+        offset = last.offset;
+    }
+    let start = want.iter().position(|n| *n == second_names[10]).unwrap();
+    assert_eq!(rest, want[start..], "the listing from the seek to the end");
+    fs.releasedir(dh);
+}
+
+// Catches: prefetch that grows with the number of open files (each sequential reader's
+// window fetched regardless of the mount's budget), and a budget that, once spent, stalls or
+// corrupts reads (a reader must then fetch what it reads, and every byte must still be right).
+// The store is slow, so prefetches overlap and the most GETs at once measures what the
+// mount holds in flight: the budget's blocks plus the one read waiting in the foreground.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_stays_within_the_mount_budget_across_many_readers() {
+    use drive::data::{FaultyChunkStore, MemoryChunkStore, StoreFault, StoreOp};
+    let faulty = Arc::new(FaultyChunkStore::new(Arc::new(MemoryChunkStore::new())));
+    let rig = Rig::new(faulty.clone(), false).await;
+    let writer = rig.mount(rig.blocks(None));
+    let bs = rig.ws.block_size as usize;
+    let mut files = Vec::new();
+    for i in 0..6 {
+        let data = pattern(5 * bs + 100, 40 + i);
+        files.push((write_file(&writer, &format!("plate{i}.exr"), &data).await, data));
+    }
+    let budget_blocks = 2;
+    let fs = rig.mount_with(rig.blocks(None), |cfg| {
+        cfg.prefetch_budget_bytes = budget_blocks * bs as u64;
+    });
+    faulty.set(StoreOp::Get, StoreFault::Slow(Duration::from_millis(40)));
+    let read_only = OpenFlags {
+        read: true,
+        ..OpenFlags::default()
+    };
+    let mut handles = Vec::new();
+    for (ino, _) in &files {
+        handles.push(fs.open(*ino, read_only, caller()).await.unwrap().fh);
+    }
+    let mut got: Vec<Vec<u8>> = vec![Vec::new(); files.len()];
+    // Every reader reads sequentially, one request in turn, so all windows grow at once.
+    let chunk = (bs / 2) as u32;
+    loop {
+        let mut progressed = false;
+        for (i, fh) in handles.iter().enumerate() {
+            let page = fs.read(*fh, got[i].len() as u64, chunk).await.unwrap();
+            progressed |= !page.is_empty();
+            got[i].extend_from_slice(&page);
+        }
+        if !progressed {
+            break;
+        }
+    }
+    for (i, (_, data)) in files.iter().enumerate() {
+        assert_same(&got[i], data, &format!("plate{i}.exr"));
+    }
+    let most = faulty.most_gets_in_flight();
+    assert!(most >= 2, "the readers prefetched at all ({most} GETs at once)");
+    assert!(
+        most <= budget_blocks + 1,
+        "{most} GETs at once: more than the budget's {budget_blocks} blocks and one read"
+    );
+    for fh in handles {
+        fs.release(fh, caller()).await.unwrap();
+    }
 }

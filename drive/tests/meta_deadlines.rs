@@ -34,7 +34,9 @@ async fn a_frozen_database_fails_calls_within_the_statement_timeout_and_they_rec
     let store = MetaStore::connect(&config).await?;
     let ws = workspace(&store, "deadlines", WorkspaceKind::User).await;
     let folder = NewNode::new(NodeKind::Directory, 0o755);
-    let before = store.create(&actor(), ws.id, ws.root, &name("before"), &folder).await?;
+    let before = store
+        .create(&actor(), ws.id, ws.root, &name("before"), &folder)
+        .await?;
 
     // Each call is bounded here too, so that a store without a deadline fails this test
     // instead of hanging it (the server stays frozen until the calls return).
@@ -51,19 +53,41 @@ async fn a_frozen_database_fails_calls_within_the_statement_timeout_and_they_rec
     let read_took = started.elapsed();
     let ping = tokio::time::timeout(GIVE_UP_BY, store.ping()).await;
     drop(frozen);
-    let (create, read, ping) = (bounded("create", create), bounded("lookup", read), bounded("ping", ping));
+    let (create, read, ping) = (
+        bounded("create", create),
+        bounded("lookup", read),
+        bounded("ping", ping),
+    );
 
     for (what, kind, took) in [
-        ("create", create.as_ref().err().map(|e| e.kind()), create_took),
-        ("lookup", read.as_ref().err().map(|e| e.kind()), read_took),
+        (
+            "create",
+            create.as_ref().err().map(drive::MetaError::kind),
+            create_took,
+        ),
+        (
+            "lookup",
+            read.as_ref().err().map(drive::MetaError::kind),
+            read_took,
+        ),
     ] {
         assert_eq!(kind, Some(ErrorKind::Unavailable), "{what} while frozen");
-        assert!(took >= TIMEOUT, "{what} gave up after {took:?}, before the deadline");
-        assert!(took < GIVE_UP_BY, "{what} took {took:?}: the deadline did not fire");
+        assert!(
+            took >= TIMEOUT,
+            "{what} gave up after {took:?}, before the deadline"
+        );
+        assert!(
+            took < GIVE_UP_BY,
+            "{what} took {took:?}: the deadline did not fire"
+        );
     }
     let message = create.unwrap_err().to_string();
     assert!(message.contains("did not answer within 800 ms"), "{message}");
-    assert_eq!(ping.map_err(|e| e.kind()), Err(ErrorKind::Unavailable), "ping while frozen");
+    assert_eq!(
+        ping.map_err(|e| e.kind()),
+        Err(ErrorKind::Unavailable),
+        "ping while frozen"
+    );
 
     // Back: every pooled connection serves again (more calls at once than the pool holds, so
     // the connections that timed out are among them), and the timed-out create left nothing.

@@ -284,9 +284,7 @@ impl Model {
         let n = &self.nodes[&id];
         match (n.is_dir(), n.removed) {
             (true, true) => 0,
-            (true, false) => {
-                2 + n.children.values().filter(|c| self.nodes[c].is_dir()).count() as u32
-            }
+            (true, false) => 2 + n.children.values().filter(|c| self.nodes[c].is_dir()).count() as u32,
             (false, _) => n.links,
         }
     }

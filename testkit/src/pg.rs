@@ -217,8 +217,8 @@ impl PgServer {
     /// without closing its connections: the kernel still accepts and acknowledges, nothing
     /// replies. The server runs again when the returned guard drops.
     pub fn freeze(&self) -> anyhow::Result<Frozen> {
-        let pid_file = std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
-            .context("read postmaster.pid")?;
+        let pid_file =
+            std::fs::read_to_string(self.data_dir().join("postmaster.pid")).context("read postmaster.pid")?;
         let postmaster: i32 = pid_file
             .lines()
             .next()
@@ -243,8 +243,11 @@ impl PgServer {
         }
         let frozen = Frozen { pids };
         for pid in &frozen.pids {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGSTOP)
-                .with_context(|| format!("SIGSTOP {pid}"))?;
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGSTOP,
+            )
+            .with_context(|| format!("SIGSTOP {pid}"))?;
         }
         Ok(frozen)
     }
@@ -348,7 +351,10 @@ pub struct Frozen {
 impl Drop for Frozen {
     fn drop(&mut self) {
         for pid in &self.pids {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGCONT);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGCONT,
+            );
         }
     }
 }

@@ -78,6 +78,10 @@ pub struct MountArgs {
     /// the change feed keeps coherent with other mounts (0 turns it off).
     #[arg(long, default_value_t = 200_000)]
     pub metadata_cache_entries: usize,
+    /// Bytes of blocks prefetched ahead of sequential readers, across all open files (each
+    /// file's window is at most 64 MiB).
+    #[arg(long, default_value_t = 256 << 20)]
+    pub prefetch_budget: u64,
     /// Kernel readahead of the mount in bytes (its read_ahead_kb in sysfs): with the kernel's
     /// 128 KiB default, sequential reads reach the mount as 256 KiB requests; with 1 MiB or
     /// more, as 1 MiB requests, several in flight (0 keeps the kernel's default).
@@ -328,6 +332,7 @@ async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()
     let mut cfg = FsConfig::new(view, root, state.join("staging"));
     cfg.read_only = read_only;
     cfg.meta_cache_entries = args.metadata_cache_entries;
+    cfg.prefetch_budget_bytes = args.prefetch_budget;
     let fs = Arc::new(DriveFs::new(meta.clone(), blocks.clone(), ws.clone(), cfg)?);
     let metrics = Arc::new(Metrics::new()?);
     metrics.watch_blocks((*blocks).clone());

@@ -292,7 +292,9 @@ impl DataError {
             DataError::Store(StoreError::Unavailable { .. }) => BlockErrorKind::Unavailable,
             DataError::Store(StoreError::NotFound { .. }) | DataError::Format(_) => BlockErrorKind::Corrupt,
             DataError::Store(StoreError::Failed { .. }) => BlockErrorKind::Refused,
-            DataError::Meta(e) if e.kind() == crate::error::ErrorKind::Unavailable => BlockErrorKind::Unavailable,
+            DataError::Meta(e) if e.kind() == crate::error::ErrorKind::Unavailable => {
+                BlockErrorKind::Unavailable
+            }
             DataError::Meta(_) | DataError::Task(_) => BlockErrorKind::Internal,
             // The record says the block is not stored (never uploaded, or failed).
             DataError::Unavailable { .. } => BlockErrorKind::Corrupt,

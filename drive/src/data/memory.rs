@@ -107,6 +107,9 @@ pub struct FaultyChunkStore {
     inner: Arc<dyn ChunkStore>,
     faults: Mutex<HashMap<StoreOp, StoreFault>>,
     injected: AtomicU64,
+    /// GETs running now, and the most that ever ran at once.
+    gets_in_flight: AtomicU64,
+    most_gets_in_flight: AtomicU64,
 }
 
 impl FaultyChunkStore {
@@ -115,6 +118,8 @@ impl FaultyChunkStore {
             inner,
             faults: Mutex::new(HashMap::new()),
             injected: AtomicU64::new(0),
+            gets_in_flight: AtomicU64::new(0),
+            most_gets_in_flight: AtomicU64::new(0),
         }
     }
 
@@ -126,6 +131,11 @@ impl FaultyChunkStore {
     /// Removes every fault.
     pub fn clear(&self) {
         lock(&self.faults).clear();
+    }
+
+    /// The most GETs that ran at once so far (prefetch and reads together).
+    pub fn most_gets_in_flight(&self) -> u64 {
+        self.most_gets_in_flight.load(Ordering::Relaxed)
     }
 
     /// Requests that met a fault so far.
@@ -160,15 +170,30 @@ impl FaultyChunkStore {
                 }
                 Some(StoreFault::NoSpace) => {
                     let (op, key, message) = error("no space");
-                    Err(StoreError::NoSpace { op, key, message, source: None })
+                    Err(StoreError::NoSpace {
+                        op,
+                        key,
+                        message,
+                        source: None,
+                    })
                 }
                 Some(StoreFault::Unavailable) => {
                     let (op, key, message) = error("unavailable");
-                    Err(StoreError::Unavailable { op, key, message, source: None })
+                    Err(StoreError::Unavailable {
+                        op,
+                        key,
+                        message,
+                        source: None,
+                    })
                 }
                 Some(StoreFault::Refused) => {
                     let (op, key, message) = error("refused");
-                    Err(StoreError::Failed { op, key, message, source: None })
+                    Err(StoreError::Failed {
+                        op,
+                        key,
+                        message,
+                        source: None,
+                    })
                 }
             }
         }
@@ -182,7 +207,21 @@ impl ChunkStore for FaultyChunkStore {
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Bytes, StoreError>> {
-        self.guarded(StoreOp::Get, key, self.inner.get(key))
+        let get = self.guarded(StoreOp::Get, key, self.inner.get(key));
+        async move {
+            let now = self.gets_in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+            self.most_gets_in_flight.fetch_max(now, Ordering::AcqRel);
+            // Counted down on completion and on cancellation (an aborted prefetch) alike.
+            struct Done<'s>(&'s AtomicU64);
+            impl Drop for Done<'_> {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+            let _done = Done(&self.gets_in_flight);
+            get.await
+        }
+        .boxed()
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {

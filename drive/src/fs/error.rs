@@ -110,7 +110,9 @@ impl FsError {
                 ErrorKind::Unavailable | ErrorKind::Internal => FsErrorKind::Io,
             },
             FsError::Blocks(e) if e.kind == BlockErrorKind::NoSpace => FsErrorKind::NoSpace,
-            FsError::Staging { source, .. } if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => {
+            FsError::Staging { source, .. }
+                if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+            {
                 FsErrorKind::NoSpace
             }
             FsError::Blocks(_) | FsError::Staging { .. } => FsErrorKind::Io,

@@ -13,7 +13,6 @@ use crate::error::ErrorKind;
 use crate::fs::blocks::BlockIo;
 use crate::fs::error::{FsError, FsErrorKind};
 use crate::fs::namespace::parse_name;
-use crate::fs::read::Reader;
 use crate::fs::write::{DeferredCreate, WriteSession};
 use crate::fs::{Caller, DriveFs, Handle, OpenFlags, Opened, lock};
 use crate::meta::new_inode_attr;
@@ -115,15 +114,7 @@ impl<B: BlockIo> DriveFs<B> {
             None
         };
         let keep_cache = self.note_seen(node, attr.content_version) && session.is_none();
-        let reader = Reader::new(
-            self.meta.clone(),
-            self.blocks.clone(),
-            self.cfg.view,
-            node,
-            attr.size,
-            u64::from(self.ws.block_size),
-            self.cfg.readahead_bytes,
-        );
+        let reader = self.reader(node, attr.size);
         let handle = Arc::new(Handle {
             ino: node,
             flags,

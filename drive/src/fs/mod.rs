@@ -64,8 +64,12 @@ pub struct FsConfig {
     pub staging_dir: PathBuf,
     /// Block uploads in flight across the mount (each holds one block in memory).
     pub max_uploads: usize,
-    /// Largest sequential prefetch window, in bytes.
+    /// Largest sequential prefetch window of one open file, in bytes.
     pub readahead_bytes: u64,
+    /// Prefetched bytes held at once across the mount (fetched ahead of readers and not yet
+    /// read): with many files open, prefetch stops at this bound instead of growing with the
+    /// number of readers. Reads themselves are never refused.
+    pub prefetch_budget_bytes: u64,
     /// Names this mount in the change feed, so it can tell its own events apart.
     pub mount_id: String,
     /// Entries and attributes kept in the mount's metadata cache (each); 0 turns it off.
@@ -76,7 +80,8 @@ pub struct FsConfig {
 }
 
 impl FsConfig {
-    /// Defaults for a mount of `root` in `view`: 16 uploads, 64 MiB readahead, a metadata
+    /// Defaults for a mount of `root` in `view`: 16 uploads, 64 MiB readahead per file and
+    /// 256 MiB of prefetch across the mount, a metadata
     /// cache of 200,000 entries that answers up to 1 s after the feed was last read.
     pub fn new(view: View, root: NodeId, staging_dir: PathBuf) -> FsConfig {
         FsConfig {
@@ -86,6 +91,7 @@ impl FsConfig {
             staging_dir,
             max_uploads: 16,
             readahead_bytes: 64 << 20,
+            prefetch_budget_bytes: 256 << 20,
             mount_id: uuid::Uuid::new_v4().simple().to_string(),
             meta_cache_entries: 200_000,
             meta_cache_staleness: Duration::from_secs(1),
@@ -177,6 +183,8 @@ pub struct DriveFs<B: BlockIo> {
     ws: Workspace,
     cfg: FsConfig,
     env: Arc<SessionEnv<B>>,
+    /// Permits of one block each for prefetched blocks (see `FsConfig::prefetch_budget_bytes`).
+    prefetch_budget: Arc<Semaphore>,
     cache: MetaCache,
     removals: Removals,
     handles: Mutex<HashMap<u64, Arc<Handle<B>>>>,
@@ -186,7 +194,9 @@ pub struct DriveFs<B: BlockIo> {
     sessions: Mutex<HashMap<NodeId, SessionUse<B>>>,
     /// Names of files created here whose create is deferred (see `write::DeferredCreate`).
     deferred_names: Mutex<HashMap<(NodeId, Name), NodeId>>,
-    /// Content version each file had when this mount last opened it (FOPEN_KEEP_CACHE).
+    /// Content version each file had when this mount last opened it (FOPEN_KEEP_CACHE), for
+    /// at most `meta_cache_entries` files: a file left out only has its pages dropped at its
+    /// next open, so the map is simply emptied when full.
     seen_versions: Mutex<HashMap<NodeId, u64>>,
     /// What a failed commit here dropped and the kernel may still cache (the file's pages,
     /// the entry of a new file that is not created), for the invalidator to send.
@@ -220,7 +230,11 @@ impl<B: BlockIo> DriveFs<B> {
             cfg.meta_cache_staleness,
             cfg.view.is_read_only(),
         );
+        let prefetch_blocks = (cfg.prefetch_budget_bytes / u64::from(ws.block_size).max(1)).max(1);
         Ok(DriveFs {
+            prefetch_budget: Arc::new(Semaphore::new(
+                prefetch_blocks.min(Semaphore::MAX_PERMITS as u64) as usize
+            )),
             cache,
             removals: Removals::default(),
             meta,
@@ -314,7 +328,9 @@ impl<B: BlockIo> DriveFs<B> {
         let mut dropped = lock(&self.dropped);
         dropped.inodes.push(self.to_ino(node));
         if let Some((parent, name)) = entry {
-            dropped.entries.push((self.to_ino(parent), name.as_bytes().to_vec()));
+            dropped
+                .entries
+                .push((self.to_ino(parent), name.as_bytes().to_vec()));
             dropped.inodes.push(self.to_ino(parent));
         }
     }
@@ -345,6 +361,21 @@ impl<B: BlockIo> DriveFs<B> {
         }
         attr.ino = NodeId(self.to_ino(attr.ino));
         attr
+    }
+
+    /// A reader of `node`'s committed content up to `size`, prefetching within the mount's
+    /// budget.
+    fn reader(&self, node: NodeId, size: u64) -> Reader<B> {
+        Reader::new(
+            self.meta.clone(),
+            self.blocks.clone(),
+            self.cfg.view,
+            node,
+            size,
+            u64::from(self.ws.block_size),
+            self.cfg.readahead_bytes,
+            self.prefetch_budget.clone(),
+        )
     }
 
     fn session_of(&self, node: NodeId) -> Option<Arc<WriteSession<B>>> {
@@ -541,6 +572,9 @@ impl<B: BlockIo> DriveFs<B> {
 
     fn note_seen(&self, node: NodeId, version: u64) -> bool {
         let mut seen = lock(&self.seen_versions);
+        if seen.len() >= self.cfg.meta_cache_entries.max(1) && !seen.contains_key(&node) {
+            seen.clear();
+        }
         seen.insert(node, version) == Some(version)
     }
 }

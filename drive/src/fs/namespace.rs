@@ -15,6 +15,10 @@ use crate::model::{
 
 /// Entries fetched from the store per directory page.
 const DIR_PAGE: usize = 1000;
+/// Entries an open directory keeps: the page the kernel reads now and the one before it (a
+/// request repeated at the same offset, a short seek back). A 5M-entry frame folder costs a
+/// handle this much, not the whole listing.
+const DIR_WINDOW: usize = 2 * DIR_PAGE;
 
 /// One item of a directory listing; `offset` is the cookie of the item after it.
 #[derive(Debug, Clone)]
@@ -24,10 +28,17 @@ pub struct DirItem {
     pub attr: Attr,
 }
 
-/// An open directory: the entries listed so far. Pages are fetched by name (keyset), so an
-/// entry that exists for the whole listing appears exactly once, whatever is added meanwhile.
+/// An open directory: a window of the entries listed so far. Pages are fetched by name
+/// (keyset), so an entry that exists for the whole listing appears exactly once, whatever is
+/// added meanwhile. An offset before the window (rewinddir, a seekdir back) lists again from
+/// the start.
+#[derive(Default)]
 pub(crate) struct DirHandle {
-    entries: Vec<DirEntryPlus>,
+    /// Entries `base..base + entries.len()` of the listing, at most [`DIR_WINDOW`].
+    entries: std::collections::VecDeque<DirEntryPlus>,
+    base: usize,
+    /// The last name read from the store: the keyset cursor of the next page.
+    last: Option<Name>,
     done: bool,
 }
 
@@ -353,10 +364,7 @@ impl<B: BlockIo> DriveFs<B> {
             return Err(FsError::new(FsErrorKind::NotADirectory, format!("inode {ino}")));
         }
         let fh = self.next_fh.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = DirHandle {
-            entries: Vec::new(),
-            done: false,
-        };
+        let dir = DirHandle::default();
         lock(&self.dirs).insert(fh, (ino, Arc::new(tokio::sync::Mutex::new(dir))));
         Ok(fh)
     }
@@ -391,23 +399,33 @@ impl<B: BlockIo> DriveFs<B> {
         }
         let mut dir = dir.lock().await;
         let start = offset.saturating_sub(2) as usize;
+        if start < dir.base {
+            *dir = DirHandle::default();
+        }
         // Entries below this index were read from the store by an earlier request: their
         // attributes may predate a change since (a write this mount committed, an unlink), and
         // READDIRPLUS hands them to the kernel as current, so they are looked up again.
-        let fetched_now_from = dir.entries.len();
-        while start >= dir.entries.len() && !dir.done {
-            let after = dir.entries.last().map(|e| e.entry.name.clone());
+        let fetched_now_from = dir.base + dir.entries.len();
+        while start >= dir.base + dir.entries.len() && !dir.done {
             self.settle_local().await?;
             let ticket = self.cache.ticket();
             let page = self
                 .meta
-                .readdir_plus(self.cfg.view, node, after.as_ref(), DIR_PAGE)
+                .readdir_plus(self.cfg.view, node, dir.last.as_ref(), DIR_PAGE)
                 .await?;
             self.cache.fill_listing(ticket, node, &page);
             dir.done = page.len() < DIR_PAGE;
+            if let Some(last) = page.last() {
+                dir.last = Some(last.entry.name.clone());
+            }
             dir.entries.extend(page);
+            let excess = dir.entries.len().saturating_sub(DIR_WINDOW);
+            dir.entries.drain(..excess);
+            dir.base += excess;
         }
-        for (i, e) in dir.entries.iter().enumerate().skip(start).take(DIR_PAGE) {
+        let skip = start.saturating_sub(dir.base);
+        for (i, e) in dir.entries.iter().enumerate().skip(skip).take(DIR_PAGE) {
+            let i = dir.base + i;
             let attr = if i >= fetched_now_from {
                 e.attr.clone()
             } else {

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::fs::blocks::BlockIo;
@@ -16,6 +17,10 @@ use crate::model::{NodeId, View};
 
 /// Block-map entries fetched per metadata query.
 const MAP_CHUNK: u64 = 256;
+
+/// A block fetched ahead, holding one permit of the mount's prefetch budget until it is read
+/// or dropped.
+type Prefetch = JoinHandle<Result<(Bytes, OwnedSemaphorePermit), FsError>>;
 
 /// A read cursor over the committed content of one file, as of its open.
 pub(crate) struct Reader<B: BlockIo> {
@@ -30,12 +35,14 @@ pub(crate) struct Reader<B: BlockIo> {
     map: BTreeMap<u64, FileBlock>,
     loaded_chunks: HashSet<u64>,
     current: Option<(u64, Bytes)>,
-    prefetch: BTreeMap<u64, JoinHandle<Result<Bytes, FsError>>>,
+    prefetch: BTreeMap<u64, Prefetch>,
+    budget: Arc<Semaphore>,
     next_offset: u64,
     window: u64,
 }
 
 impl<B: BlockIo> Reader<B> {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         meta: MetaStore,
         blocks: Arc<B>,
@@ -44,6 +51,7 @@ impl<B: BlockIo> Reader<B> {
         size: u64,
         block_size: u64,
         readahead_bytes: u64,
+        budget: Arc<Semaphore>,
     ) -> Reader<B> {
         Reader {
             meta,
@@ -57,6 +65,7 @@ impl<B: BlockIo> Reader<B> {
             loaded_chunks: HashSet::new(),
             current: None,
             prefetch: BTreeMap::new(),
+            budget,
             next_offset: 0,
             window: 0,
         }
@@ -142,8 +151,12 @@ impl<B: BlockIo> Reader<B> {
                 continue;
             }
             if let Some(b) = self.entry(idx).await? {
+                // The mount's budget is spent: fetch the rest when it is read.
+                let Ok(permit) = self.budget.clone().try_acquire_owned() else {
+                    break;
+                };
                 let blocks = self.blocks.clone();
-                let task = tokio::spawn(async move { Ok(blocks.get_block(b.hash, b.len).await?) });
+                let task = tokio::spawn(async move { Ok((blocks.get_block(b.hash, b.len).await?, permit)) });
                 self.prefetch.insert(idx, task);
             }
         }
@@ -175,7 +188,7 @@ impl<B: BlockIo> Reader<B> {
         }
         let bytes = match self.prefetch.remove(&b.idx) {
             Some(task) => match task.await {
-                Ok(Ok(bytes)) => bytes,
+                Ok(Ok((bytes, _permit))) => bytes,
                 // A failed or cancelled prefetch is retried in the foreground, once.
                 _ => self.blocks.get_block(b.hash, b.len).await?,
             },

@@ -10,7 +10,6 @@ use sha2::{Digest, Sha256};
 
 use crate::fs::blocks::BlockIo;
 use crate::fs::error::{FsError, FsErrorKind};
-use crate::fs::read::Reader;
 use crate::fs::{Caller, DriveFs};
 use crate::meta::xattrs::XattrMode;
 use crate::model::NodeKind;
@@ -33,15 +32,7 @@ impl<B: BlockIo> DriveFs<B> {
             let attr = self.fresh_attr(node).await?;
             return match (name, attr.kind) {
                 (CHECKSUM, NodeKind::File) => {
-                    let mut reader = Reader::new(
-                        self.meta.clone(),
-                        self.blocks.clone(),
-                        self.cfg.view,
-                        node,
-                        attr.size,
-                        u64::from(self.ws.block_size),
-                        self.cfg.readahead_bytes,
-                    );
+                    let mut reader = self.reader(node, attr.size);
                     let mut hasher = Sha256::new();
                     let mut pos = 0;
                     while pos < reader.size() {

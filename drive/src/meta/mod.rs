@@ -200,9 +200,7 @@ impl MetaStore {
     }
 
     fn take_reserved_id(&self) -> Option<NodeId> {
-        crate::sync::lock(&self.reserved_ids)
-            .pop()
-            .map(NodeId)
+        crate::sync::lock(&self.reserved_ids).pop().map(NodeId)
     }
 
     /// Transaction counters.
@@ -326,7 +324,9 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> MetaError {
         // 08 connection exception, 57 operator intervention (shutdown, cancel, the server's
         // statement_timeout), 53 insufficient resources (disk full, out of memory, too many
         // connections): the database cannot serve now; a later try may succeed.
-        "08" | "57" | "53" => MetaError::unavailable(format!("database unavailable (SQLSTATE {})", code.code()), e),
+        "08" | "57" | "53" => {
+            MetaError::unavailable(format!("database unavailable (SQLSTATE {})", code.code()), e)
+        }
         _ => {
             let message = e
                 .as_db_error()
