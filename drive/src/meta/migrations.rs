@@ -57,6 +57,11 @@ pub(super) async fn apply(store: &MetaStore) -> Result<(), MetaError> {
             Err(e) if e.kind() == ErrorKind::Exists => continue,
             Err(e) => return Err(e),
         }
+        // A schema change on a large table may take longer than any statement of normal
+        // operation: the migration runs without the connection's statement_timeout.
+        tx.batch_execute("SET LOCAL statement_timeout = 0")
+            .await
+            .map_err(pg_error)?;
         tx.batch_execute(sql).await.map_err(pg_error)?;
         match tx.commit().await.map_err(pg_error) {
             Ok(()) => tracing::info!(version, "applied metadata migration"),
