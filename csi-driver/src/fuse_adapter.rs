@@ -12,13 +12,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use drive::fs::{BlockIo, Caller, DriveFs, FsError, FsErrorKind, OpenFlags};
+use drive::meta::LockKind;
 use drive::meta::xattrs::XattrMode;
 use drive::model::{Attr, NewNode, NodeKind, RenameMode, SetAttr, Timestamp};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, IoctlFlags, KernelConfig, LockOwner, Notifier, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
@@ -90,6 +91,7 @@ error_reply!(
     ReplyDirectoryPlus,
     ReplyEmpty,
     ReplyEntry,
+    ReplyLock,
     ReplyOpen,
     ReplyStatfs,
     ReplyWrite,
@@ -246,6 +248,16 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
             | InitFlags::FUSE_PARALLEL_DIROPS;
         let offered = config.capabilities() & wanted;
         let _ = config.add_capabilities(offered);
+        // Locks are the file system's, not each kernel's, so that they hold across mounts:
+        // fcntl record locks, and flock, which reaches `setlk` as a whole-file lock owned by
+        // the open file (fuser does not pass the FUSE_LK_FLOCK flag, so a flock and an fcntl
+        // lock of one file by two owners exclude each other, stricter than Linux).
+        let locks = InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS;
+        if config.capabilities().contains(locks) {
+            let _ = config.add_capabilities(locks);
+        } else {
+            tracing::warn!("the kernel offers no FUSE lock requests: file locks hold within this mount only");
+        }
         Ok(())
     }
 
@@ -534,9 +546,15 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         });
     }
 
-    fn flush(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, req: &Request, ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
         let who = caller(req);
         self.spawn("flush", move |fs| async move {
+            // A close by an owner ends its record locks on the file (POSIX), whatever the
+            // commit's outcome.
+            let unlocked = fs.release_locks(ino.0, lock_owner.0).await;
+            if let Err(e) = &unlocked {
+                tracing::warn!(error = %e, "could not release file locks at close; they last until the lease expires");
+            }
             match fs.flush(fh.0, who).await {
                 Ok(()) => done(reply),
                 Err(e) => failed(reply, "flush", &e),
@@ -544,18 +562,86 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         });
     }
 
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        self.spawn("getlk", move |fs| async move {
+            let Some(kind) = lock_kind(typ) else {
+                return refused(reply, Errno::EINVAL);
+            };
+            match fs.getlk(ino.0, lock_owner.0, start, end, kind, pid).await {
+                Ok(None) => {
+                    reply.locked(start, end, libc::F_UNLCK, 0);
+                    Ok(())
+                }
+                Ok(Some(holder)) => {
+                    let typ = if holder.kind == LockKind::Exclusive {
+                        libc::F_WRLCK
+                    } else {
+                        libc::F_RDLCK
+                    };
+                    reply.locked(holder.start, holder.end, typ, holder.pid);
+                    Ok(())
+                }
+                Err(e) => failed(reply, "getlk", &e),
+            }
+        });
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn("setlk", move |fs| async move {
+            let Some(kind) = lock_kind(typ) else {
+                return refused(reply, Errno::EINVAL);
+            };
+            match fs
+                .setlk(fh.0, ino.0, lock_owner.0, start, end, kind, pid, sleep)
+                .await
+            {
+                Ok(()) => done(reply),
+                Err(e) => failed(reply, "setlk", &e),
+            }
+        });
+    }
+
     fn release(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: fuser::OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         let who = caller(req);
         self.spawn("release", move |fs| async move {
+            // The last close of an open file ends its flock (the kernel names the owner).
+            if let Some(owner) = lock_owner
+                && let Err(e) = fs.release_locks(ino.0, owner.0).await
+            {
+                tracing::warn!(error = %e, "could not release flock at the last close; it lasts until the lease expires");
+            }
             match fs.release(fh.0, who).await {
                 Ok(()) => done(reply),
                 Err(e) => failed(reply, "release", &e),
@@ -813,6 +899,16 @@ fn reply_xattr(reply: ReplyXattr, value: &[u8], size: u32) {
         reply.error(Errno::from_i32(libc::ERANGE));
     } else {
         reply.data(value);
+    }
+}
+
+/// The lock request of an fcntl/flock type.
+fn lock_kind(typ: i32) -> Option<LockKind> {
+    match typ {
+        libc::F_RDLCK => Some(LockKind::Shared),
+        libc::F_WRLCK => Some(LockKind::Exclusive),
+        libc::F_UNLCK => Some(LockKind::Unlock),
+        _ => None,
     }
 }
 

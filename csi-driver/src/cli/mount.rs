@@ -82,6 +82,10 @@ pub struct MountArgs {
     /// file's window is at most 64 MiB).
     #[arg(long, default_value_t = 256 << 20)]
     pub prefetch_budget: u64,
+    /// Milliseconds this mount's file locks (fcntl, flock) outlive its last lease renewal:
+    /// how long another mount waits for the locks of a mount that died.
+    #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(300..=3_600_000))]
+    pub lock_lease_ms: u64,
     /// Kernel readahead of the mount in bytes (its read_ahead_kb in sysfs): with the kernel's
     /// 128 KiB default, sequential reads reach the mount as 256 KiB requests; with 1 MiB or
     /// more, as 1 MiB requests, several in flight (0 keeps the kernel's default).
@@ -333,6 +337,7 @@ async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()
     cfg.read_only = read_only;
     cfg.meta_cache_entries = args.metadata_cache_entries;
     cfg.prefetch_budget_bytes = args.prefetch_budget;
+    cfg.lock_lease = Duration::from_millis(args.lock_lease_ms);
     let fs = Arc::new(DriveFs::new(meta.clone(), blocks.clone(), ws.clone(), cfg)?);
     let metrics = Arc::new(Metrics::new()?);
     metrics.watch_blocks((*blocks).clone());
@@ -395,6 +400,10 @@ async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()
         ));
         let (fs, c) = (fs.clone(), cancel.clone());
         tasks.spawn(async move { fs.run_removals(c.cancelled()).await });
+    }
+    {
+        let (fs, c) = (fs.clone(), cancel.clone());
+        tasks.spawn(async move { fs.run_lock_lease(c.cancelled()).await });
     }
     if let Some(addr) = args.metrics_addr {
         let (m, c) = (metrics.clone(), cancel.clone());

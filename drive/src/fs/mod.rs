@@ -19,6 +19,7 @@ pub mod blocks;
 mod cache;
 mod error;
 mod io;
+mod locks;
 mod namespace;
 mod ranges;
 mod read;
@@ -70,6 +71,9 @@ pub struct FsConfig {
     /// read): with many files open, prefetch stops at this bound instead of growing with the
     /// number of readers. Reads themselves are never refused.
     pub prefetch_budget_bytes: u64,
+    /// How long this mount's file locks outlive its last lease renewal (a killed mount's
+    /// locks are free again after this).
+    pub lock_lease: Duration,
     /// Names this mount in the change feed, so it can tell its own events apart.
     pub mount_id: String,
     /// Entries and attributes kept in the mount's metadata cache (each); 0 turns it off.
@@ -92,6 +96,7 @@ impl FsConfig {
             max_uploads: 16,
             readahead_bytes: 64 << 20,
             prefetch_budget_bytes: 256 << 20,
+            lock_lease: Duration::from_secs(15),
             mount_id: uuid::Uuid::new_v4().simple().to_string(),
             meta_cache_entries: 200_000,
             meta_cache_staleness: Duration::from_secs(1),
@@ -201,6 +206,8 @@ pub struct DriveFs<B: BlockIo> {
     /// What a failed commit here dropped and the kernel may still cache (the file's pages,
     /// the entry of a new file that is not created), for the invalidator to send.
     dropped: Mutex<Invalidations>,
+    /// (file, lock owner) pairs this mount took a lock for (see `locks`).
+    held_locks: Mutex<std::collections::HashSet<(NodeId, u64)>>,
     next_fh: AtomicU64,
 }
 
@@ -248,6 +255,7 @@ impl<B: BlockIo> DriveFs<B> {
             deferred_names: Mutex::new(HashMap::new()),
             seen_versions: Mutex::new(HashMap::new()),
             dropped: Mutex::new(Invalidations::default()),
+            held_locks: Mutex::new(std::collections::HashSet::new()),
             next_fh: AtomicU64::new(1),
         })
     }

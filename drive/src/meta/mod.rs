@@ -15,6 +15,7 @@
 mod content;
 mod copy;
 mod events;
+mod locks;
 mod migrations;
 mod rows;
 mod sequences;
@@ -29,6 +30,7 @@ pub mod xattrs;
 pub use content::{BlockChange, BlockRecord, BlockState, FileBlock, InitialContent};
 pub use copy::CopyReport;
 pub use events::EventFeed;
+pub use locks::{FileLock, LockKind};
 pub(crate) use rows::new_inode_attr;
 pub use tree::QueuedUnlink;
 pub use volumes::{Volume, VolumePlacement, VolumeRequest};
