@@ -113,7 +113,9 @@ impl MetaError {
             MetaError::NotEmpty(_) => ErrorKind::NotEmpty,
             MetaError::NotADirectory(_) => ErrorKind::NotADirectory,
             MetaError::IsADirectory(_) => ErrorKind::IsADirectory,
-            MetaError::InvalidName(NameError::TooLong(_)) => ErrorKind::NameTooLong,
+            MetaError::InvalidName(NameError::TooLong(_) | NameError::PathTooLong(_)) => {
+                ErrorKind::NameTooLong
+            }
             MetaError::InvalidName(_) => ErrorKind::InvalidName,
             MetaError::InvalidArgument(_) => ErrorKind::InvalidArgument,
             MetaError::ReadOnly(_) => ErrorKind::ReadOnly,

@@ -64,17 +64,18 @@ impl VolumeAttributes {
     }
 }
 
-/// A folder path as the workspace sees it: absolute, no NUL, no "." or ".." parts.
+/// A folder path as the workspace sees it, checked by the store's own parser
+/// ([`drive::model::WorkspacePath`]): absolute, valid names (no NUL, no "." or ".." parts).
+/// Returns the canonical form.
 fn folder_path(field: &str, value: &str) -> Result<String, Status> {
-    if !value.starts_with('/') || value.contains('\0') || value.len() > 1024 {
+    if !value.starts_with('/') {
         return Err(invalid(format!(
             "{field} must be an absolute folder path inside the workspace"
         )));
     }
-    if value.split('/').any(|p| p == "." || p == "..") {
-        return Err(invalid(format!("{field} must not contain \".\" or \"..\" parts")));
-    }
-    Ok(value.to_string())
+    drive::model::WorkspacePath::parse(value)
+        .map(|p| p.to_string())
+        .map_err(|e| invalid(format!("{field}: {e}")))
 }
 
 fn parse_bool(field: &str, value: &str) -> Result<bool, Status> {

@@ -808,12 +808,9 @@ enum Removal {
     Subtree,
 }
 
-/// Splits a path into validated names.
+/// Splits a path into validated names (see [`WorkspacePath`]).
 pub(crate) fn parse_path(path: &str) -> Result<Vec<Name>, MetaError> {
-    path.split('/')
-        .filter(|c| !c.is_empty())
-        .map(|c| Name::parse(c).map_err(MetaError::from))
-        .collect()
+    Ok(crate::model::WorkspacePath::parse(path)?.into_names())
 }
 
 /// Updates a directory's times (and link count for subdirectories added or removed).

@@ -5,7 +5,7 @@
 mod name;
 mod sequence;
 
-pub use name::{NAME_MAX, Name, NameError};
+pub use name::{NAME_MAX, Name, NameError, PATH_MAX, WorkspacePath};
 pub use sequence::{FrameName, FrameRange, FrameSequence, SequenceKey, summarize};
 
 use std::fmt;

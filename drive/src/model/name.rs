@@ -5,6 +5,9 @@ use std::fmt;
 /// Longest name in bytes (Linux `NAME_MAX`).
 pub const NAME_MAX: usize = 255;
 
+/// Longest path in bytes (Linux `PATH_MAX`).
+pub const PATH_MAX: usize = 4096;
+
 /// A directory-entry name: 1-255 bytes, not "." or "..", no "/" and no NUL. Any other bytes
 /// are allowed (Linux names need not be UTF-8).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -23,6 +26,8 @@ pub enum NameError {
     Nul,
     #[error("invalid name: {0} bytes is longer than 255")]
     TooLong(usize),
+    #[error("invalid path: {0} bytes is longer than 4096")]
+    PathTooLong(usize),
     #[error("invalid name: must be lowercase letters, digits, '-' and '.', starting and ending alphanumeric")]
     NotDnsName,
 }
@@ -107,6 +112,79 @@ mod tests {
         assert_eq!(
             Name::parse("shot010.1001.exr").unwrap().as_bytes(),
             b"shot010.1001.exr"
+        );
+    }
+}
+
+/// A path inside a workspace, from its root: names separated by '/'. Empty parts are
+/// ignored ("//shots/sh010/" is "/shots/sh010") and a leading '/' is optional (a path is
+/// always from the workspace root); every part is a valid [`Name`] (so no "." or ".."), and
+/// the whole is at most [`PATH_MAX`] bytes. The one path parser of the engine, the operator
+/// and the CSI driver; shown in its canonical form, "/shots/sh010" ("/" for the root).
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct WorkspacePath(Vec<Name>);
+
+impl WorkspacePath {
+    pub fn parse(path: &str) -> Result<WorkspacePath, NameError> {
+        if path.len() > PATH_MAX {
+            return Err(NameError::PathTooLong(path.len()));
+        }
+        path.split('/')
+            .filter(|part| !part.is_empty())
+            .map(Name::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map(WorkspacePath)
+    }
+
+    /// The names from the root down.
+    pub fn names(&self) -> &[Name] {
+        &self.0
+    }
+
+    pub fn into_names(self) -> Vec<Name> {
+        self.0
+    }
+}
+
+impl fmt::Display for WorkspacePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("/");
+        }
+        for name in &self.0 {
+            write!(f, "/{name}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::*;
+
+    #[test]
+    fn workspace_paths_parse_to_names_and_print_canonically() {
+        let shown = |p: &str| WorkspacePath::parse(p).map(|p| p.to_string());
+        assert_eq!(shown("/").as_deref(), Ok("/"));
+        assert_eq!(shown("").as_deref(), Ok("/"));
+        assert_eq!(shown("//shots///sh010/").as_deref(), Ok("/shots/sh010"));
+        assert_eq!(shown("shots/sh010").as_deref(), Ok("/shots/sh010"));
+        let names = WorkspacePath::parse("/a/b c").unwrap().into_names();
+        assert_eq!(
+            names,
+            vec![Name::parse("a").unwrap(), Name::parse("b c").unwrap()]
+        );
+        assert_eq!(WorkspacePath::parse("/a/../b"), Err(NameError::Dot));
+        assert_eq!(WorkspacePath::parse("/a/./b"), Err(NameError::Dot));
+        assert_eq!(WorkspacePath::parse("/a/\0b"), Err(NameError::Nul));
+        assert_eq!(
+            WorkspacePath::parse(&format!("/{}", "x".repeat(256))),
+            Err(NameError::TooLong(256))
+        );
+        let long = "/abc".repeat(1025);
+        assert_eq!(
+            WorkspacePath::parse(&long),
+            Err(NameError::PathTooLong(long.len()))
         );
     }
 }

@@ -93,22 +93,15 @@ pub(crate) fn invalid_spec_conditions(err: &SpecError) -> Vec<Desired> {
     )]
 }
 
-/// Validates an absolute path inside a workspace the way the store will: components are
-/// file names (not empty, ".", "..", no NUL, at most 255 bytes). Returns the canonical form.
+/// Validates an absolute path inside a workspace with the store's own parser
+/// ([`drive::model::WorkspacePath`]). Returns the canonical form.
 pub fn canonical_path(path: &str) -> Result<String, SpecError> {
     if !path.starts_with('/') {
         return Err(SpecError(format!("path {path:?} must be absolute")));
     }
-    let mut parts = Vec::new();
-    for part in path.split('/').filter(|p| !p.is_empty()) {
-        if part == "." || part == ".." || part.contains('\0') || part.len() > drive::model::NAME_MAX {
-            return Err(SpecError(format!(
-                "path {path:?} has an invalid component {part:?}"
-            )));
-        }
-        parts.push(part);
-    }
-    Ok(format!("/{}", parts.join("/")))
+    drive::model::WorkspacePath::parse(path)
+        .map(|p| p.to_string())
+        .map_err(|e| SpecError(format!("path {path:?}: {e}")))
 }
 
 /// Validates a name that becomes a store name (DNS-1123 subdomain, at most 253 bytes).
