@@ -87,23 +87,23 @@ pub async fn cleanup<S: StudioStore>(store: &S, input: &Input<'_>) -> Result<Vec
 }
 
 /// The controller's reconcile function for Shares.
-#[instrument(skip_all, name = "reconcile.share", fields(object = %snap.name_any(), namespace = snap.namespace().unwrap_or_default()))]
+#[instrument(skip_all, name = "reconcile.share", fields(object = %share.name_any(), namespace = share.namespace().unwrap_or_default()))]
 pub async fn reconcile<S: StudioStore>(
-    snap: Arc<Share>,
+    share: Arc<Share>,
     ctx: Arc<Context<S>>,
 ) -> Result<Action, ReconcileError> {
-    let namespace = snap
+    let namespace = share
         .namespace()
         .ok_or(ReconcileError::MissingField("namespace"))?;
     let api: Api<Share> = Api::namespaced(ctx.client.clone(), &namespace);
-    let result = finalizer(&api, FINALIZER, snap, |event| async {
+    let result = finalizer(&api, FINALIZER, share, |event| async {
         match event {
-            Finalizer::Apply(snap) => apply_live(&api, &snap, &ctx).await,
-            Finalizer::Cleanup(snap) => {
-                if !cleanup(&ctx.store, &input(&snap)?).await?.is_empty() {
+            Finalizer::Apply(share) => apply_live(&api, &share, &ctx).await,
+            Finalizer::Cleanup(share) => {
+                if !cleanup(&ctx.store, &input(&share)?).await?.is_empty() {
                     let note =
                         EventNote::normal("Revoked", "Delete", "the grant was revoked in the metadata store");
-                    publish(&ctx.recorder, snap.as_ref(), &[note]).await;
+                    publish(&ctx.recorder, share.as_ref(), &[note]).await;
                 }
                 Ok(Action::await_change())
             }
@@ -115,23 +115,23 @@ pub async fn reconcile<S: StudioStore>(
 
 async fn apply_live<S: StudioStore>(
     api: &Api<Share>,
-    snap: &Share,
+    share: &Share,
     ctx: &Context<S>,
 ) -> Result<Action, ReconcileError> {
     let now = (ctx.clock)();
-    let input = input(snap)?;
+    let input = input(share)?;
     match sync(&ctx.store, &input, now).await {
         Ok(p) => {
-            patch_status_if_changed(api, snap, snap.status.as_ref(), &p.status).await?;
-            publish(&ctx.recorder, snap, &p.events).await;
-            ctx.backoff.succeed(&object_key(snap));
+            patch_status_if_changed(api, share, share.status.as_ref(), &p.status).await?;
+            publish(&ctx.recorder, share, &p.events).await;
+            ctx.backoff.succeed(&object_key(share));
             Ok(action(p.requeue))
         }
         Err(ReconcileError::Store(e)) => {
-            let mut status = snap.status.clone().unwrap_or_default();
+            let mut status = share.status.clone().unwrap_or_default();
             status.observed_generation = Some(input.generation);
             status.conditions = failed_conditions(&status.conditions, &e, input.generation, now);
-            patch_status_if_changed(api, snap, snap.status.as_ref(), &status).await?;
+            patch_status_if_changed(api, share, share.status.as_ref(), &status).await?;
             Err(ReconcileError::Store(e))
         }
         Err(other) => Err(other),
