@@ -26,6 +26,7 @@ use crate::data::store::{ChunkStore, StoreError};
 use crate::error::MetaError;
 use crate::fs::{BlockErrorKind, BlockIo, BlockIoError};
 use crate::meta::{BlockState, MetaStore};
+use crate::sync::lock;
 
 /// A failure on the block data path.
 #[derive(Debug, thiserror::Error)]
@@ -264,8 +265,6 @@ impl Inner {
         Ok(plaintext)
     }
 }
-
-use crate::sync::lock;
 
 /// Hashing or encoding up to this many bytes runs in place: it takes microseconds, less than
 /// the hop to the blocking pool and back (a 4 KiB file's close made four such hops).

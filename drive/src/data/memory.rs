@@ -154,47 +154,38 @@ impl FaultyChunkStore {
         if fault.is_some() {
             self.injected.fetch_add(1, Ordering::Relaxed);
         }
-        let name = match op {
+        let op = match op {
             StoreOp::Put => "put",
             StoreOp::Get => "get",
             StoreOp::Delete => "delete",
             StoreOp::List => "list",
         };
-        let error = move |message: &str| (name, key.to_string(), format!("injected: {message}"));
         async move {
+            let (key, source) = (key.to_string(), None);
             match fault {
                 None => forward.await,
                 Some(StoreFault::Slow(delay)) => {
                     tokio::time::sleep(delay).await;
                     forward.await
                 }
-                Some(StoreFault::NoSpace) => {
-                    let (op, key, message) = error("no space");
-                    Err(StoreError::NoSpace {
-                        op,
-                        key,
-                        message,
-                        source: None,
-                    })
-                }
-                Some(StoreFault::Unavailable) => {
-                    let (op, key, message) = error("unavailable");
-                    Err(StoreError::Unavailable {
-                        op,
-                        key,
-                        message,
-                        source: None,
-                    })
-                }
-                Some(StoreFault::Refused) => {
-                    let (op, key, message) = error("refused");
-                    Err(StoreError::Failed {
-                        op,
-                        key,
-                        message,
-                        source: None,
-                    })
-                }
+                Some(StoreFault::NoSpace) => Err(StoreError::NoSpace {
+                    op,
+                    key,
+                    message: "injected: no space".into(),
+                    source,
+                }),
+                Some(StoreFault::Unavailable) => Err(StoreError::Unavailable {
+                    op,
+                    key,
+                    message: "injected: unavailable".into(),
+                    source,
+                }),
+                Some(StoreFault::Refused) => Err(StoreError::Failed {
+                    op,
+                    key,
+                    message: "injected: refused".into(),
+                    source,
+                }),
             }
         }
         .boxed()

@@ -43,6 +43,7 @@ use tokio::sync::Semaphore;
 
 use crate::meta::MetaStore;
 use crate::model::{Actor, Attr, Event, Name, NodeId, View, Workspace};
+use crate::sync::lock;
 
 use self::cache::MetaCache;
 use self::read::Reader;
@@ -586,5 +587,3 @@ impl<B: BlockIo> DriveFs<B> {
         seen.insert(node, version) == Some(version)
     }
 }
-
-use crate::sync::lock;

@@ -523,6 +523,19 @@ impl<B: BlockIo> WriteSession<B> {
         if let Some(create) = lock(&self.deferred).take() {
             *lock(&self.abandoned) = Some(create);
         }
+        self.size.store(inner.base_size, Ordering::Release);
+        self.mtime.store(inner.base_mtime.0, Ordering::Release);
+        self.failures.fetch_add(1, Ordering::AcqRel);
+        if let Err(e) = self.clear_staged(inner) {
+            // The space comes back when the session ends; the content is already forgotten.
+            tracing::warn!(error = %e, "could not reset the staging file of a failed commit");
+        }
+    }
+
+    /// Ends the staged state after a commit, committed or dropped: no dirty block (an upload
+    /// still running is aborted), nothing truncated past the base, and the staging space
+    /// given back.
+    fn clear_staged(&self, inner: &mut Inner) -> Result<(), FsError> {
         for dirty in std::mem::take(&mut inner.blocks).into_values() {
             if let Dirty::Uploading { task, .. } = dirty {
                 task.abort();
@@ -531,14 +544,10 @@ impl<B: BlockIo> WriteSession<B> {
         inner.next_slot = 0;
         inner.min_size = inner.base_size;
         inner.changed = false;
-        self.size.store(inner.base_size, Ordering::Release);
-        self.mtime.store(inner.base_mtime.0, Ordering::Release);
         self.dirty.store(false, Ordering::Release);
-        self.failures.fetch_add(1, Ordering::AcqRel);
-        if let Err(e) = self.staging.set_len(0) {
-            // The space comes back when the session ends; the content is already forgotten.
-            tracing::warn!(error = %e, "could not reset the staging file of a failed commit");
-        }
+        self.staging
+            .set_len(0)
+            .map_err(|e| FsError::staging("reset staging file", e))
     }
 
     async fn commit_locked(&self, inner: &mut Inner, actor: &Actor) -> Result<Option<Committed>, FsError> {
@@ -626,17 +635,9 @@ impl<B: BlockIo> WriteSession<B> {
                 created: None,
             },
         };
-        inner.blocks.clear();
-        inner.next_slot = 0;
         inner.base_size = size;
         inner.base_mtime = committed.attr.mtime;
-        inner.min_size = size;
-        inner.changed = false;
-        self.dirty.store(false, Ordering::Release);
-        // Staged bytes are committed: give the space back.
-        self.staging
-            .set_len(0)
-            .map_err(|e| FsError::staging("reset staging file", e))?;
+        self.clear_staged(inner)?;
         Ok(Some(committed))
     }
 
