@@ -912,8 +912,9 @@ fn lock_kind(typ: i32) -> Option<LockKind> {
     }
 }
 
-/// Follows the change feed and invalidates the mount's metadata cache and the kernel's caches
-/// for other mounts' changes, until `cancel` fires. Polling every `interval` bounds how stale
+/// Follows the workspace's change feed (its own events only, and a turn at advancing the
+/// feed's horizon) and invalidates the mount's metadata cache and the kernel's caches for
+/// other mounts' changes, until `cancel` fires. Polling every `interval` bounds how stale
 /// another mount's view can be after a close (close-to-open across mounts); while polls fail,
 /// the metadata cache stops answering once its staleness bound passes.
 pub async fn run_invalidator<B: BlockIo>(
@@ -924,7 +925,7 @@ pub async fn run_invalidator<B: BlockIo>(
 ) {
     let ws = fs.workspace().id;
     let mut feed = loop {
-        match drive::meta::EventFeed::from_now(fs.meta(), Some(ws)).await {
+        match drive::meta::WorkspaceFeed::from_now(fs.meta(), ws).await {
             Ok(feed) => break feed,
             Err(e) => {
                 tracing::warn!(error = %e, "change feed unavailable; retrying");

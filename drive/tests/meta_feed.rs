@@ -1,5 +1,6 @@
-//! The change feed (`EventFeed`) against real PostgreSQL, with commits deliberately out of id
-//! order.
+//! The change feed against real PostgreSQL, with commits deliberately out of id order: the
+//! whole-log feed (`EventFeed`) and the per-workspace feed below the horizon
+//! (`WorkspaceFeed`) pass the same scenarios, and the horizon's own rules are tested after.
 //!
 //! Event ids come from a sequence, so a transaction that took id N can commit after one that
 //! took N+1. The tests hold such a transaction open on a raw connection to the store's
@@ -13,8 +14,97 @@ use std::time::{Duration, Instant};
 
 use common::{actor, name, raw_client, store_and_url, workspace};
 use drive::MetaStore;
-use drive::meta::EventFeed;
+use drive::meta::{EventFeed, WorkspaceFeed};
 use drive::model::*;
+
+/// What the scenarios need of a feed of one workspace.
+#[allow(async_fn_in_trait)]
+trait Feed: Sized {
+    async fn from_now(store: &MetaStore, ws: WorkspaceId) -> Self;
+    fn resumed(ws: WorkspaceId, cursor: i64) -> Self;
+    fn with_gap_timeout(self, timeout: Duration) -> Self;
+    async fn poll(&mut self, store: &MetaStore) -> Vec<Event>;
+    fn resume_cursor(&self) -> i64;
+}
+
+impl Feed for EventFeed {
+    async fn from_now(store: &MetaStore, ws: WorkspaceId) -> Self {
+        EventFeed::from_now(store, Some(ws)).await.unwrap()
+    }
+    fn resumed(ws: WorkspaceId, cursor: i64) -> Self {
+        EventFeed::new(Some(ws), cursor)
+    }
+    fn with_gap_timeout(self, timeout: Duration) -> Self {
+        EventFeed::with_gap_timeout(self, timeout)
+    }
+    async fn poll(&mut self, store: &MetaStore) -> Vec<Event> {
+        EventFeed::poll(self, store).await.unwrap()
+    }
+    fn resume_cursor(&self) -> i64 {
+        EventFeed::resume_cursor(self)
+    }
+}
+
+impl Feed for WorkspaceFeed {
+    async fn from_now(store: &MetaStore, ws: WorkspaceId) -> Self {
+        WorkspaceFeed::from_now(store, ws)
+            .await
+            .unwrap()
+            .with_keeper_lease(TEST_KEEPER_LEASE)
+    }
+    fn resumed(ws: WorkspaceId, cursor: i64) -> Self {
+        WorkspaceFeed::new(ws, cursor).with_keeper_lease(TEST_KEEPER_LEASE)
+    }
+    fn with_gap_timeout(self, timeout: Duration) -> Self {
+        WorkspaceFeed::with_gap_timeout(self, timeout)
+    }
+    async fn poll(&mut self, store: &MetaStore) -> Vec<Event> {
+        WorkspaceFeed::poll(self, store).await.unwrap()
+    }
+    fn resume_cursor(&self) -> i64 {
+        WorkspaceFeed::resume_cursor(self)
+    }
+}
+
+/// Runs each scenario against both feeds.
+macro_rules! both_feeds {
+    ($scenario:ident, $whole_log:ident, $per_workspace:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $whole_log() {
+            $scenario::<EventFeed>().await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $per_workspace() {
+            $scenario::<WorkspaceFeed>().await;
+        }
+    };
+}
+
+/// The lease of a per-workspace feed's claim on the horizon in these tests: short, so that a
+/// feed dropped by a test (a restarted follower) hands over quickly.
+const TEST_KEEPER_LEASE: Duration = Duration::from_millis(300);
+
+/// Polls until the feed's resume cursor is `cursor`, asserting that nothing is delivered on
+/// the way. A per-workspace feed's cursor follows the horizon, which its own polls advance
+/// once it holds the horizon's lease (after a dropped holder's lease lapses).
+async fn settle_at<F: Feed>(feed: &mut F, store: &MetaStore, cursor: i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while feed.resume_cursor() != cursor {
+        assert!(
+            Instant::now() < deadline,
+            "the resume cursor stays at {} instead of {cursor}",
+            feed.resume_cursor()
+        );
+        assert_eq!(described(&feed.poll(store).await), vec![], "nothing new while settling");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The id of the newest event of `ws`.
+async fn last_event(store: &MetaStore, ws: &Workspace) -> i64 {
+    let events = store.events_after(Some(ws.id), 0, 10_000).await.unwrap();
+    events.last().map_or(0, |e| e.id)
+}
 
 /// A transaction that took an event id and has not committed yet.
 struct Late {
@@ -94,44 +184,52 @@ fn pair(id: i64, n: &str) -> (i64, String) {
 
 // Catches a feed that reads only `id > cursor` (the late event below the cursor is lost) and
 // one that delivers a pending event twice (once found, it must leave the pending set).
-#[tokio::test]
-async fn late_commit_is_delivered_once_after_it_commits() {
+both_feeds!(
+    late_commit_is_delivered_once_after_it_commits,
+    whole_log_late_commit_is_delivered_once_after_it_commits,
+    workspace_late_commit_is_delivered_once_after_it_commits
+);
+async fn late_commit_is_delivered_once_after_it_commits<F: Feed>() {
     let (store, url) = store_and_url().await;
     let ws = workspace(&store, "feed-late", WorkspaceKind::User).await;
-    let mut feed = EventFeed::from_now(&store, Some(ws.id)).await.unwrap();
+    let mut feed = F::from_now(&store, ws.id).await;
     let late = Late::begin(&url, &ws, "late").await;
     let a = create(&store, &ws, "a").await;
     let b = create(&store, &ws, "b").await;
     assert!(late.id < a, "the late transaction took the lower id");
     assert_eq!(
-        described(&feed.poll(&store).await.unwrap()),
+        described(&feed.poll(&store).await),
         vec![pair(a, "a"), pair(b, "b")],
         "committed events are delivered; the open one is not"
     );
     assert_eq!(
-        described(&feed.poll(&store).await.unwrap()),
+        described(&feed.poll(&store).await),
         vec![],
         "nothing new while the late transaction is open"
     );
     let (late_id, late_name) = late.commit().await;
     assert_eq!(
-        described(&feed.poll(&store).await.unwrap()),
+        described(&feed.poll(&store).await),
         vec![(late_id, late_name)],
         "the late event is delivered by the first poll after its commit"
     );
     let c = create(&store, &ws, "c").await;
     assert_eq!(
-        described(&feed.poll(&store).await.unwrap()),
+        described(&feed.poll(&store).await),
         vec![pair(c, "c")],
         "the late event is not delivered a second time"
     );
-    assert_eq!(feed.resume_cursor(), c, "no gap left behind");
+    settle_at(&mut feed, &store, c).await; // no gap left behind
 }
 
 // Catches a feed that tracks only one gap (the newest or the oldest) or that loses a gap when
 // another one fills, and any duplicate delivery under real concurrent writers.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn out_of_order_commits_from_concurrent_writers_are_all_delivered_exactly_once() {
+both_feeds!(
+    out_of_order_commits_are_all_delivered_exactly_once,
+    whole_log_out_of_order_commits_from_concurrent_writers_are_all_delivered_exactly_once,
+    workspace_out_of_order_commits_from_concurrent_writers_are_all_delivered_exactly_once
+);
+async fn out_of_order_commits_are_all_delivered_exactly_once<F: Feed>() {
     let (store, url) = store_and_url().await;
     let ws = workspace(&store, "feed-many", WorkspaceKind::User).await;
     let mut dirs = Vec::new();
@@ -148,8 +246,8 @@ async fn out_of_order_commits_from_concurrent_writers_are_all_delivered_exactly_
             .unwrap();
         dirs.push(d.ino);
     }
-    let mut feed = EventFeed::from_now(&store, Some(ws.id)).await.unwrap();
-    let start = feed.resume_cursor();
+    let start = last_event(&store, &ws).await;
+    let mut feed = F::from_now(&store, ws.id).await;
     // Three open transactions with ids interleaved between committed events.
     let late0 = Late::begin(&url, &ws, "late-0").await;
     create(&store, &ws, "between-0").await;
@@ -181,12 +279,12 @@ async fn out_of_order_commits_from_concurrent_writers_are_all_delivered_exactly_
         .collect();
     let mut delivered: Vec<Event> = Vec::new();
     while !writers.iter().all(tokio::task::JoinHandle::is_finished) {
-        delivered.extend(feed.poll(&store).await.unwrap());
+        delivered.extend(feed.poll(&store).await);
     }
     for w in writers {
         w.await.unwrap();
     }
-    delivered.extend(feed.poll(&store).await.unwrap());
+    delivered.extend(feed.poll(&store).await);
     let late_ids = [late0.id, late1.id, late2.id];
     assert!(
         delivered.iter().all(|e| !late_ids.contains(&e.id)),
@@ -195,7 +293,7 @@ async fn out_of_order_commits_from_concurrent_writers_are_all_delivered_exactly_
     // Commit in an order unrelated to the ids: newest, oldest, middle.
     for late in [late2, late0, late1] {
         let (id, n) = late.commit().await;
-        let got = feed.poll(&store).await.unwrap();
+        let got = feed.poll(&store).await;
         assert_eq!(
             described(&got),
             vec![(id, n.clone())],
@@ -203,7 +301,7 @@ async fn out_of_order_commits_from_concurrent_writers_are_all_delivered_exactly_
         );
         delivered.extend(got);
     }
-    delivered.extend(feed.poll(&store).await.unwrap());
+    delivered.extend(feed.poll(&store).await);
     let ids: Vec<i64> = delivered.iter().map(|e| e.id).collect();
     let unique: BTreeSet<i64> = ids.iter().copied().collect();
     assert_eq!(ids.len(), unique.len(), "an event was delivered twice: {ids:?}");
@@ -225,28 +323,31 @@ async fn out_of_order_commits_from_concurrent_writers_are_all_delivered_exactly_
 
 // Catches a gap that never expires (the resume cursor would stay behind it forever) and a
 // feed that holds back events above a gap until the gap fills.
-#[tokio::test]
-async fn rolled_back_gap_is_given_up_after_the_gap_timeout_without_blocking_later_events() {
+both_feeds!(
+    rolled_back_gap_is_given_up_without_blocking_later_events,
+    whole_log_rolled_back_gap_is_given_up_after_the_gap_timeout_without_blocking_later_events,
+    workspace_rolled_back_gap_is_given_up_after_the_gap_timeout_without_blocking_later_events
+);
+async fn rolled_back_gap_is_given_up_without_blocking_later_events<F: Feed>() {
     let (store, url) = store_and_url().await;
     let ws = workspace(&store, "feed-rollback", WorkspaceKind::User).await;
-    let mut feed = EventFeed::from_now(&store, Some(ws.id))
+    let mut feed = F::from_now(&store, ws.id)
         .await
-        .unwrap()
-        .with_gap_timeout(Duration::from_millis(200));
+        .with_gap_timeout(Duration::from_secs(2));
     let a = create(&store, &ws, "a").await;
     let doomed = Late::begin(&url, &ws, "never").await;
     let b = create(&store, &ws, "b").await;
     let gap = doomed.rollback().await;
     assert!(a < gap && gap < b);
     assert_eq!(
-        described(&feed.poll(&store).await.unwrap()),
+        described(&feed.poll(&store).await),
         vec![pair(a, "a"), pair(b, "b")],
         "the event above the gap is not held back"
     );
-    assert_eq!(feed.resume_cursor(), gap - 1, "the gap is pending");
+    settle_at(&mut feed, &store, gap - 1).await; // the gap is pending
     let c = create(&store, &ws, "c").await;
     assert_eq!(
-        described(&feed.poll(&store).await.unwrap()),
+        described(&feed.poll(&store).await),
         vec![pair(c, "c")],
         "events keep flowing while the gap is pending"
     );
@@ -257,21 +358,25 @@ async fn rolled_back_gap_is_given_up_after_the_gap_timeout_without_blocking_late
             "the rolled-back gap {gap} was never given up (resume cursor {})",
             feed.resume_cursor()
         );
-        assert_eq!(described(&feed.poll(&store).await.unwrap()), vec![]);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(described(&feed.poll(&store).await), vec![]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let d = create(&store, &ws, "d").await;
-    assert_eq!(described(&feed.poll(&store).await.unwrap()), vec![pair(d, "d")]);
-    assert_eq!(feed.resume_cursor(), d);
+    assert_eq!(described(&feed.poll(&store).await), vec![pair(d, "d")]);
+    settle_at(&mut feed, &store, d).await;
 }
 
 // Catches a resume cursor that passes an undelivered gap (the high-water mark, or one below
 // only the newest gap), which makes a restarted follower lose the late event for good.
-#[tokio::test]
-async fn resume_cursor_stays_below_the_oldest_undelivered_gap() {
+both_feeds!(
+    resume_cursor_stays_below_the_oldest_undelivered_gap,
+    whole_log_resume_cursor_stays_below_the_oldest_undelivered_gap,
+    workspace_resume_cursor_stays_below_the_oldest_undelivered_gap
+);
+async fn resume_cursor_stays_below_the_oldest_undelivered_gap<F: Feed>() {
     let (store, url) = store_and_url().await;
     let ws = workspace(&store, "feed-resume", WorkspaceKind::User).await;
-    let mut feed = EventFeed::from_now(&store, Some(ws.id)).await.unwrap();
+    let mut feed = F::from_now(&store, ws.id).await;
     let late1 = Late::begin(&url, &ws, "late-1").await;
     let a = create(&store, &ws, "a").await;
     let late2 = Late::begin(&url, &ws, "late-2").await;
@@ -279,33 +384,29 @@ async fn resume_cursor_stays_below_the_oldest_undelivered_gap() {
     let (l1, l2) = (late1.id, late2.id);
     assert!(l1 < a && a < l2 && l2 < b);
     assert_eq!(
-        described(&feed.poll(&store).await.unwrap()),
+        described(&feed.poll(&store).await),
         vec![pair(a, "a"), pair(b, "b")]
     );
-    assert_eq!(feed.resume_cursor(), l1 - 1, "two gaps: resume below the older");
+    settle_at(&mut feed, &store, l1 - 1).await; // two gaps: resume below the older
     late2.commit().await;
     assert_eq!(
-        described(&feed.poll(&store).await.unwrap()),
+        described(&feed.poll(&store).await),
         vec![pair(l2, "late-2")]
     );
-    assert_eq!(
-        feed.resume_cursor(),
-        l1 - 1,
-        "the newer gap filled; the older one still holds the cursor"
-    );
+    settle_at(&mut feed, &store, l1 - 1).await; // the newer gap filled; the older one holds
     let cursor = feed.resume_cursor();
     drop(feed); // a follower restart
     late1.commit().await;
-    let mut resumed = EventFeed::new(Some(ws.id), cursor);
+    let mut resumed = F::resumed(ws.id, cursor);
     assert_eq!(
-        described(&resumed.poll(&store).await.unwrap()),
+        described(&resumed.poll(&store).await),
         vec![pair(l1, "late-1"), pair(a, "a"), pair(l2, "late-2"), pair(b, "b")],
         "the resumed feed gets the late event (and replays what followed it)"
     );
-    assert_eq!(resumed.resume_cursor(), b, "no gaps: resume after the last event");
-    let mut again = EventFeed::new(Some(ws.id), resumed.resume_cursor());
+    settle_at(&mut resumed, &store, b).await; // no gaps: resume after the last event
+    let mut again = F::resumed(ws.id, resumed.resume_cursor());
     assert_eq!(
-        described(&again.poll(&store).await.unwrap()),
+        described(&again.poll(&store).await),
         vec![],
         "resuming without gaps replays nothing"
     );
@@ -313,35 +414,39 @@ async fn resume_cursor_stays_below_the_oldest_undelivered_gap() {
 
 // Catches a feed that reads its own workspace's rows only: other workspaces' ids would look
 // like gaps and hold the resume cursor back (or their events would leak into this feed).
-#[tokio::test]
-async fn other_workspaces_events_are_filtered_out_but_are_not_gaps() {
+both_feeds!(
+    other_workspaces_events_are_filtered_out_but_are_not_gaps,
+    whole_log_other_workspaces_events_are_filtered_out_but_are_not_gaps,
+    workspace_other_workspaces_events_are_filtered_out_but_are_not_gaps
+);
+async fn other_workspaces_events_are_filtered_out_but_are_not_gaps<F: Feed>() {
     let (store, _url) = store_and_url().await;
     let mine = workspace(&store, "feed-mine", WorkspaceKind::User).await;
     let other = workspace(&store, "feed-other", WorkspaceKind::User).await;
-    let mut feed = EventFeed::from_now(&store, Some(mine.id)).await.unwrap();
+    let mut feed = F::from_now(&store, mine.id).await;
     let a = create(&store, &mine, "mine-a").await;
     create(&store, &other, "other-a").await;
     let b = create(&store, &mine, "mine-b").await;
     let last_other = create(&store, &other, "other-b").await;
-    let got = feed.poll(&store).await.unwrap();
+    let got = feed.poll(&store).await;
     assert_eq!(described(&got), vec![pair(a, "mine-a"), pair(b, "mine-b")]);
     assert!(got.iter().all(|e| e.workspace == mine.id));
-    assert_eq!(
-        feed.resume_cursor(),
-        last_other,
-        "other workspaces' events are seen, not pending"
-    );
-    assert_eq!(described(&feed.poll(&store).await.unwrap()), vec![]);
+    // Other workspaces' events are seen, not pending.
+    settle_at(&mut feed, &store, last_other).await;
 }
 
 // Catches (found by this test, fixed with it): re-reading pending ids as a range from the
 // oldest with a row limit, which never reaches a pending id more than 10,000 above an older
 // gap; both were first seen in one poll, so they expired together and the late event was lost.
-#[tokio::test]
-async fn late_event_far_above_an_older_gap_is_delivered() {
+both_feeds!(
+    late_event_far_above_an_older_gap_is_delivered,
+    whole_log_late_event_far_above_an_older_gap_is_delivered,
+    workspace_late_event_far_above_an_older_gap_is_delivered
+);
+async fn late_event_far_above_an_older_gap_is_delivered<F: Feed>() {
     let (store, url) = store_and_url().await;
     let ws = workspace(&store, "feed-far", WorkspaceKind::User).await;
-    let mut feed = EventFeed::from_now(&store, Some(ws.id)).await.unwrap();
+    let mut feed = F::from_now(&store, ws.id).await;
     let old_gap = Late::begin(&url, &ws, "rolled-back").await.rollback().await;
     let bulk = raw_client(&url).await;
     bulk.execute(
@@ -354,12 +459,12 @@ async fn late_event_far_above_an_older_gap_is_delivered() {
     let late = Late::begin(&url, &ws, "late-far").await;
     let after = create(&store, &ws, "after").await;
     assert!(late.id - old_gap > 10_000);
-    let first = feed.poll(&store).await.unwrap();
+    let first = feed.poll(&store).await;
     assert_eq!(first.len(), 10_051, "the bulk events and `after`");
     assert_eq!(first.last().map(|e| e.id), Some(after));
     let (id, n) = late.commit().await;
     assert_eq!(
-        described(&feed.poll(&store).await.unwrap()),
+        described(&feed.poll(&store).await),
         vec![(id, n)],
         "the committed late event is delivered"
     );
@@ -368,17 +473,90 @@ async fn late_event_far_above_an_older_gap_is_delivered() {
 // Catches (found by this test, fixed with it): `from_now` starting at max(id) with no pending
 // ids, so an event with a lower id that commits after the feed started was never delivered
 // (the mount's cache invalidator starts this way and missed that change).
-#[tokio::test]
-async fn feed_from_now_delivers_an_event_in_flight_when_it_started() {
+both_feeds!(
+    feed_from_now_delivers_an_event_in_flight_when_it_started,
+    whole_log_feed_from_now_delivers_an_event_in_flight_when_it_started,
+    workspace_feed_from_now_delivers_an_event_in_flight_when_it_started
+);
+async fn feed_from_now_delivers_an_event_in_flight_when_it_started<F: Feed>() {
     let (store, url) = store_and_url().await;
     let ws = workspace(&store, "feed-now", WorkspaceKind::User).await;
     let late = Late::begin(&url, &ws, "in-flight").await;
     create(&store, &ws, "committed").await;
-    let mut feed = EventFeed::from_now(&store, Some(ws.id)).await.unwrap();
+    let mut feed = F::from_now(&store, ws.id).await;
     let (id, n) = late.commit().await;
     assert_eq!(
-        described(&feed.poll(&store).await.unwrap()),
+        described(&feed.poll(&store).await),
         vec![(id, n)],
         "an event that becomes visible after the feed started is new to it"
     );
+}
+
+// The horizon's own rules (per-workspace feed).
+
+// Catches a keeper that publishes its high-water mark instead of its resume cursor: a reader
+// would then raise its floor past the open transaction and never deliver its event.
+#[tokio::test]
+async fn horizon_never_passes_an_open_transaction() {
+    let (store, url) = store_and_url().await;
+    let ws = workspace(&store, "horizon-open", WorkspaceKind::User).await;
+    let mut feed = WorkspaceFeed::from_now(&store, ws.id).await.unwrap();
+    let late = Late::begin(&url, &ws, "open").await;
+    let after = create(&store, &ws, "after").await;
+    assert_eq!(described(&feed.poll(&store).await.unwrap()), vec![pair(after, "after")]);
+    for _ in 0..3 {
+        assert_eq!(described(&feed.poll(&store).await.unwrap()), vec![]);
+    }
+    assert!(feed.keeps_horizon(), "the only reader holds the horizon");
+    let horizon = store.feed_horizon().await.unwrap().horizon;
+    assert_eq!(horizon, late.id - 1, "the horizon waits below the open transaction");
+    assert_eq!(feed.resume_cursor(), late.id - 1);
+    let (id, n) = late.commit().await;
+    assert_eq!(described(&feed.poll(&store).await.unwrap()), vec![(id, n)]);
+    settle_at(&mut feed, &store, after).await;
+    assert_eq!(store.feed_horizon().await.unwrap().horizon, after);
+}
+
+// Catches a reader that trusts the horizon to move: while the holder is alive but stalled, the
+// horizon stays put, and a second reader must still deliver everything, a late commit included,
+// each once. Then the stalled holder's lease lapses and the reader takes the horizon over.
+#[tokio::test]
+async fn a_stalled_holder_neither_blocks_nor_duplicates_delivery_and_is_taken_over() {
+    let (store, url) = store_and_url().await;
+    let ws = workspace(&store, "horizon-stalled", WorkspaceKind::User).await;
+    let mut holder = WorkspaceFeed::from_now(&store, ws.id)
+        .await
+        .unwrap()
+        .with_keeper_lease(Duration::from_secs(2));
+    holder.poll(&store).await.unwrap();
+    assert!(holder.keeps_horizon());
+    let stuck = store.feed_horizon().await.unwrap();
+    // The holder stops polling from here on, its lease still live.
+    let mut reader = WorkspaceFeed::from_now(&store, ws.id)
+        .await
+        .unwrap()
+        .with_keeper_lease(TEST_KEEPER_LEASE);
+    let late = Late::begin(&url, &ws, "late").await;
+    let a = create(&store, &ws, "a").await;
+    assert_eq!(described(&reader.poll(&store).await.unwrap()), vec![pair(a, "a")]);
+    assert!(!reader.keeps_horizon(), "the holder's lease is live");
+    let b = create(&store, &ws, "b").await;
+    assert_eq!(described(&reader.poll(&store).await.unwrap()), vec![pair(b, "b")]);
+    let (id, n) = late.commit().await;
+    assert_eq!(described(&reader.poll(&store).await.unwrap()), vec![(id, n.clone())]);
+    assert_eq!(described(&reader.poll(&store).await.unwrap()), vec![], "each once");
+    assert_eq!(store.feed_horizon().await.unwrap().horizon, stuck.horizon, "the horizon stood still");
+    // Once the holder's lease lapses the reader takes over and the horizon catches up.
+    settle_at(&mut reader, &store, b).await;
+    assert!(reader.keeps_horizon());
+    let now = store.feed_horizon().await.unwrap();
+    assert_ne!(now.holder, stuck.holder);
+    assert_eq!(now.horizon, b);
+    // The old holder finds it lost the horizon at its next poll, and delivers what it missed
+    // in id order.
+    assert_eq!(
+        described(&holder.poll(&store).await.unwrap()),
+        vec![(id, n), pair(a, "a"), pair(b, "b")]
+    );
+    assert!(!holder.keeps_horizon());
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use drive::meta::EventFeed;
+use drive::meta::WorkspaceFeed;
 use drive::model::Actor;
 
 use crate::cli::StorageArgs;
@@ -78,7 +78,7 @@ pub async fn sequences(storage: StorageArgs, path: String) -> anyhow::Result<()>
 pub async fn events(storage: StorageArgs, follow: bool) -> anyhow::Result<()> {
     let meta = storage.meta().await?;
     let ws = meta.get_workspace(&storage.workspace).await?;
-    let mut feed = EventFeed::new(Some(ws.id), 0);
+    let mut feed = WorkspaceFeed::new(ws.id, 0);
     loop {
         for e in feed.poll(&meta).await? {
             let name = e

@@ -5,13 +5,22 @@
 //! ids it has not seen below its high-water mark as pending gaps and delivers them when they
 //! become visible, until `gap_timeout` (longer than any transaction) says the gap is a rolled
 //! back transaction. Events are delivered in the order they become visible, each once.
+//!
+//! Following the whole log costs every reader all workspaces' traffic. A mount needs one
+//! workspace, so it follows a [`WorkspaceFeed`]: the horizon (`feed_horizon`) names the id at
+//! or below which no transaction is still in flight, and a workspace reader re-reads only its
+//! own workspace's events above the horizon it last saw (an indexed range, a poll interval or
+//! two of that workspace's traffic). One reader at a time holds the horizon's lease and
+//! advances it with an [`EventFeed`] over the whole log; every workspace reader is a candidate,
+//! so the horizon keeps moving while any reader runs, and a reader stays correct (only its
+//! re-read window grows) while it does not.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::MetaError;
 use crate::meta::MetaStore;
-use crate::meta::rows::{from_system_time, query};
+use crate::meta::rows::{execute, from_system_time, query, query_opt};
 use crate::model::{Event, Name, NodeId, WorkspaceId};
 
 impl MetaStore {
@@ -67,22 +76,130 @@ impl MetaStore {
 }
 
 fn events_from_rows(rows: &[tokio_postgres::Row]) -> Vec<Event> {
-    rows.iter()
-        .map(|r| Event {
-            id: r.get(0),
-            workspace: WorkspaceId(r.get(1)),
-            at: from_system_time(r.get::<_, SystemTime>(2)),
-            actor: r.get(3),
-            op: r.get(4),
-            ino: r.get::<_, Option<i64>>(5).map(|i| NodeId(i as u64)),
-            parent: r.get::<_, Option<i64>>(6).map(|i| NodeId(i as u64)),
-            name: r.get::<_, Option<Vec<u8>>>(7).map(Name::from_stored),
-            from: match (r.get::<_, Option<i64>>(8), r.get::<_, Option<Vec<u8>>>(9)) {
-                (Some(parent), Some(name)) => Some((NodeId(parent as u64), Name::from_stored(name))),
-                _ => None,
-            },
+    rows.iter().map(|r| event_from_row(r, 0)).collect()
+}
+
+/// The event in columns `at..at + 10` of `row` (the column order of the queries above).
+fn event_from_row(r: &tokio_postgres::Row, at: usize) -> Event {
+    Event {
+        id: r.get(at),
+        workspace: WorkspaceId(r.get(at + 1)),
+        at: from_system_time(r.get::<_, SystemTime>(at + 2)),
+        actor: r.get(at + 3),
+        op: r.get(at + 4),
+        ino: r.get::<_, Option<i64>>(at + 5).map(|i| NodeId(i as u64)),
+        parent: r.get::<_, Option<i64>>(at + 6).map(|i| NodeId(i as u64)),
+        name: r.get::<_, Option<Vec<u8>>>(at + 7).map(Name::from_stored),
+        from: match (r.get::<_, Option<i64>>(at + 8), r.get::<_, Option<Vec<u8>>>(at + 9)) {
+            (Some(parent), Some(name)) => Some((NodeId(parent as u64), Name::from_stored(name))),
+            _ => None,
+        },
+    }
+}
+
+/// The feed horizon as one reader saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedHorizon {
+    /// No transaction holding an event id at or below this is still in flight.
+    pub horizon: i64,
+    /// Who advances it (empty before anyone has).
+    pub holder: String,
+    /// Whether the holder's lease is live.
+    pub live: bool,
+}
+
+/// Events read per statement by a [`WorkspaceFeed`].
+const WINDOW_BATCH: i64 = 1_000;
+
+impl MetaStore {
+    /// The feed horizon now.
+    pub async fn feed_horizon(&self) -> Result<FeedHorizon, MetaError> {
+        let client = self.client().await?;
+        let row = query_opt(
+            &client,
+            "SELECT horizon, holder, lease_until > now() FROM feed_horizon WHERE id = 1",
+            &[],
+        )
+        .await?
+        .ok_or_else(unmigrated)?;
+        Ok(FeedHorizon {
+            horizon: row.get(0),
+            holder: row.get(1),
+            live: row.get(2),
         })
-        .collect()
+    }
+
+    /// The horizon and, in the same snapshot, up to [`WINDOW_BATCH`] events of `ws` above
+    /// `after`, in id order. One statement: every event at or below the horizon it returns is
+    /// visible to it.
+    async fn horizon_and_window(
+        &self,
+        ws: WorkspaceId,
+        after: i64,
+    ) -> Result<(FeedHorizon, Vec<Event>), MetaError> {
+        let client = self.client().await?;
+        let rows = query(
+            &client,
+            "SELECT h.horizon, h.holder, h.lease_until > now(), \
+                    e.id, e.workspace_id, e.at, e.actor, e.op, e.ino, e.parent, e.name, e.from_parent, e.from_name \
+             FROM feed_horizon h LEFT JOIN LATERAL ( \
+                 SELECT id, workspace_id, at, actor, op, ino, parent, name, from_parent, from_name FROM events \
+                 WHERE workspace_id = $1 AND id > $2 ORDER BY id LIMIT $3 \
+             ) e ON true \
+             WHERE h.id = 1 ORDER BY e.id",
+            &[&ws.0, &after, &WINDOW_BATCH],
+        )
+        .await?;
+        let first = rows.first().ok_or_else(unmigrated)?;
+        let horizon = FeedHorizon {
+            horizon: first.get(0),
+            holder: first.get(1),
+            live: first.get(2),
+        };
+        let events = rows
+            .iter()
+            .filter(|r| r.get::<_, Option<i64>>(3).is_some())
+            .map(|r| event_from_row(r, 3))
+            .collect();
+        Ok((horizon, events))
+    }
+
+    /// Takes the horizon's lease for `holder` if nobody else holds a live one; the horizon
+    /// when taken.
+    async fn claim_feed_horizon(&self, holder: &str, lease: Duration) -> Result<Option<i64>, MetaError> {
+        let client = self.client().await?;
+        let row = query_opt(
+            &client,
+            "UPDATE feed_horizon SET holder = $1, lease_until = now() + $2::INT8 * INTERVAL '1 millisecond' \
+             WHERE id = 1 AND (holder = $1 OR lease_until <= now()) RETURNING horizon",
+            &[&holder, &millis(lease)],
+        )
+        .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Moves the horizon up to `horizon` (never down) and renews `holder`'s lease; false when
+    /// `holder` no longer holds it.
+    async fn advance_feed_horizon(&self, holder: &str, horizon: i64, lease: Duration) -> Result<bool, MetaError> {
+        let client = self.client().await?;
+        let changed = execute(
+            &client,
+            "UPDATE feed_horizon SET horizon = GREATEST(horizon, $2), \
+                 lease_until = now() + $3::INT8 * INTERVAL '1 millisecond' \
+             WHERE id = 1 AND holder = $1",
+            &[&holder, &horizon, &millis(lease)],
+        )
+        .await?;
+        Ok(changed == 1)
+    }
+}
+
+fn unmigrated() -> MetaError {
+    MetaError::Internal("feed_horizon has no row: the schema is not migrated".into())
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// How far below the end of the log [`EventFeed::from_now`] looks for ids still in flight
@@ -186,5 +303,145 @@ impl EventFeed {
             out.retain(|e| e.workspace == ws);
         }
         Ok(out)
+    }
+}
+
+/// How long the horizon's holder keeps it without renewing (it renews on every poll).
+const KEEPER_LEASE: Duration = Duration::from_secs(5);
+
+/// A cursor over one workspace's change feed that reads only that workspace's events.
+///
+/// Invariant: every event of the workspace with id at or below `floor` has been delivered (or
+/// came before the feed started), and `delivered` holds the ids above `floor` that have. A
+/// poll reads the workspace's events above `floor` with the horizon in one snapshot, delivers
+/// the ones not yet delivered, and raises `floor` to that horizon: below it nothing was in
+/// flight, so nothing can appear there later. Events are delivered in the order they become
+/// visible, each once, and an event above a pending gap is not held back by it.
+#[derive(Debug)]
+pub struct WorkspaceFeed {
+    ws: WorkspaceId,
+    floor: i64,
+    delivered: BTreeSet<i64>,
+    keeper: HorizonKeeper,
+}
+
+/// A candidate for advancing the horizon: follows the whole log while it holds the lease.
+#[derive(Debug)]
+struct HorizonKeeper {
+    me: String,
+    lease: Duration,
+    gap_timeout: Duration,
+    log: Option<EventFeed>,
+}
+
+impl WorkspaceFeed {
+    /// A feed of `ws` that starts after event `cursor` (0 for the beginning).
+    pub fn new(ws: WorkspaceId, cursor: i64) -> WorkspaceFeed {
+        WorkspaceFeed {
+            ws,
+            floor: cursor,
+            delivered: BTreeSet::new(),
+            keeper: HorizonKeeper {
+                me: format!("feed:{}", uuid::Uuid::new_v4()),
+                lease: KEEPER_LEASE,
+                gap_timeout: Duration::from_secs(60),
+                log: None,
+            },
+        }
+    }
+
+    /// A feed of `ws` that delivers only events that become visible after it starts.
+    pub async fn from_now(store: &MetaStore, ws: WorkspaceId) -> Result<WorkspaceFeed, MetaError> {
+        let mut feed = WorkspaceFeed::new(ws, 0);
+        let start = store.feed_horizon().await?.horizon;
+        let (horizon, mut window) = store.horizon_and_window(ws, start).await?;
+        feed.floor = horizon.horizon;
+        loop {
+            let full = window.len() as i64 == WINDOW_BATCH;
+            let last = window.last().map(|e| e.id);
+            feed.delivered.extend(window.iter().map(|e| e.id).filter(|id| *id > feed.floor));
+            match last {
+                Some(last) if full => window = store.events_after(Some(ws), last, WINDOW_BATCH as usize).await?,
+                _ => break,
+            }
+        }
+        Ok(feed)
+    }
+
+    /// How long the holder of the horizon waits for a missing id before taking it to be a
+    /// rolled-back transaction (applies when this feed becomes the holder).
+    pub fn with_gap_timeout(mut self, timeout: Duration) -> WorkspaceFeed {
+        self.keeper.gap_timeout = timeout;
+        self
+    }
+
+    /// How long this feed's claim on the horizon lasts without a poll.
+    pub fn with_keeper_lease(mut self, lease: Duration) -> WorkspaceFeed {
+        self.keeper.lease = lease;
+        self
+    }
+
+    /// The position to resume from after a restart: every event at or below it was delivered.
+    pub fn resume_cursor(&self) -> i64 {
+        self.floor
+    }
+
+    /// Whether this feed advanced the horizon at its last poll.
+    pub fn keeps_horizon(&self) -> bool {
+        self.keeper.log.is_some()
+    }
+
+    /// Events of the workspace that became visible since the last poll.
+    pub async fn poll(&mut self, store: &MetaStore) -> Result<Vec<Event>, MetaError> {
+        let (horizon, mut window) = store.horizon_and_window(self.ws, self.floor).await?;
+        let mut out = Vec::new();
+        loop {
+            let full = window.len() as i64 == WINDOW_BATCH;
+            let last = window.last().map(|e| e.id);
+            out.extend(window.into_iter().filter(|e| self.delivered.insert(e.id)));
+            match last {
+                Some(last) if full => {
+                    window = store.events_after(Some(self.ws), last, WINDOW_BATCH as usize).await?;
+                }
+                _ => break,
+            }
+        }
+        if horizon.horizon > self.floor {
+            self.floor = horizon.horizon;
+            self.delivered = self.delivered.split_off(&(self.floor + 1));
+        }
+        // The events are taken: a failure to advance the horizon must not lose them.
+        if let Err(e) = self.keeper.step(store, &horizon).await {
+            tracing::warn!(error = %e, "could not advance the change feed's horizon");
+            self.keeper.log = None;
+        }
+        Ok(out)
+    }
+}
+
+impl HorizonKeeper {
+    /// Advances the horizon when this keeper holds it, or takes it over when its holder's
+    /// lease lapsed. A new holder starts its log at the horizon it took over: everything
+    /// below is resolved, and every missing id above is tracked as a gap.
+    async fn step(&mut self, store: &MetaStore, seen: &FeedHorizon) -> Result<(), MetaError> {
+        if seen.live && seen.holder != self.me {
+            self.log = None;
+            return Ok(());
+        }
+        match self.log.as_mut() {
+            Some(log) if seen.holder == self.me => {
+                log.poll(store).await?;
+                if !store.advance_feed_horizon(&self.me, log.resume_cursor(), self.lease).await? {
+                    self.log = None;
+                }
+            }
+            _ => {
+                self.log = store
+                    .claim_feed_horizon(&self.me, self.lease)
+                    .await?
+                    .map(|horizon| EventFeed::new(None, horizon).with_gap_timeout(self.gap_timeout));
+            }
+        }
+        Ok(())
     }
 }

@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/0002_volumes.sql")),
     (3, include_str!("../../migrations/0003_event_sources.sql")),
     (4, include_str!("../../migrations/0004_file_locks.sql")),
+    (5, include_str!("../../migrations/0005_feed_horizon.sql")),
 ];
 
 pub(super) async fn apply(store: &MetaStore) -> Result<(), MetaError> {

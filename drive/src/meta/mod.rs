@@ -29,7 +29,7 @@ pub mod xattrs;
 
 pub use content::{BlockChange, BlockRecord, BlockState, FileBlock, InitialContent};
 pub use copy::CopyReport;
-pub use events::EventFeed;
+pub use events::{EventFeed, FeedHorizon, WorkspaceFeed};
 pub use locks::{FileLock, LockKind};
 pub(crate) use rows::new_inode_attr;
 pub use tree::QueuedUnlink;
