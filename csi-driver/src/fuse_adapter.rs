@@ -630,17 +630,15 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         ino: INodeNo,
         fh: FileHandle,
         _flags: fuser::OpenFlags,
-        lock_owner: Option<LockOwner>,
+        _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         let who = caller(req);
         self.spawn("release", move |fs| async move {
-            // The last close of an open file ends its flock (the kernel names the owner).
-            if let Some(owner) = lock_owner
-                && let Err(e) = fs.release_locks(ino.0, owner.0).await
-            {
-                tracing::warn!(error = %e, "could not release flock at the last close; it lasts until the lease expires");
+            // The last close of an open file ends its flock and OFD locks.
+            if let Err(e) = fs.release_handle_locks(fh.0, ino.0).await {
+                tracing::warn!(error = %e, "could not release the open file's locks at its last close; they last until the lease expires");
             }
             match fs.release(fh.0, who).await {
                 Ok(()) => done(reply),

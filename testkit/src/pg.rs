@@ -217,6 +217,20 @@ impl PgServer {
     /// without closing its connections: the kernel still accepts and acknowledges, nothing
     /// replies. The server runs again when the returned guard drops.
     pub fn freeze(&self) -> anyhow::Result<Frozen> {
+        let pids = self.processes()?;
+        let frozen = Frozen { pids };
+        for pid in &frozen.pids {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGSTOP,
+            )
+            .with_context(|| format!("SIGSTOP {pid}"))?;
+        }
+        Ok(frozen)
+    }
+
+    /// The postmaster and its children (backends and background workers), postmaster first.
+    fn processes(&self) -> anyhow::Result<Vec<i32>> {
         let pid_file =
             std::fs::read_to_string(self.data_dir().join("postmaster.pid")).context("read postmaster.pid")?;
         let postmaster: i32 = pid_file
@@ -229,27 +243,36 @@ impl PgServer {
             let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
                 continue;
             };
-            // /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces.
             let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
                 continue;
             };
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<i32>().ok());
-            if ppid == Some(postmaster) {
+            if proc_stat_fields(&stat).and_then(|f| f.get(1).and_then(|p| p.parse::<i32>().ok()))
+                == Some(postmaster)
+            {
                 pids.push(pid);
             }
         }
-        let frozen = Frozen { pids };
-        for pid in &frozen.pids {
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(*pid),
-                nix::sys::signal::Signal::SIGSTOP,
-            )
-            .with_context(|| format!("SIGSTOP {pid}"))?;
+        Ok(pids)
+    }
+
+    /// CPU seconds the server has used so far: its live processes' user and system time, and
+    /// the time of the backends that have exited (the postmaster's reaped children).
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.context("CLK_TCK")? as f64;
+        let pids = self.processes()?;
+        let mut total = 0u64;
+        for (i, pid) in pids.iter().enumerate() {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue; // exited since it was listed: its time is in the postmaster's children
+            };
+            let fields = proc_stat_fields(&stat).context("parse /proc/PID/stat")?;
+            // After "(comm)": state is field 0, utime 11, stime 12, cutime 13, cstime 14.
+            let take = if i == 0 { 11..15 } else { 11..13 };
+            for f in &fields[take] {
+                total += f.parse::<u64>().context("a /proc/PID/stat time field")?;
+            }
         }
-        Ok(frozen)
+        Ok(total as f64 / ticks)
     }
 
     /// Stops the server at once (as a crash would: `immediate` mode), keeping its data.
@@ -357,6 +380,13 @@ impl Drop for Frozen {
             );
         }
     }
+}
+
+/// The fields of a /proc/PID/stat line after "(comm)", which may itself hold spaces.
+fn proc_stat_fields(stat: &str) -> Option<Vec<&str>> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    (fields.len() > 15).then_some(fields)
 }
 
 pub fn free_port() -> anyhow::Result<u16> {

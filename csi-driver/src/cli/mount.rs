@@ -78,10 +78,10 @@ pub struct MountArgs {
     /// the change feed keeps coherent with other mounts (0 turns it off).
     #[arg(long, default_value_t = 200_000)]
     pub metadata_cache_entries: usize,
-    /// Bytes of blocks prefetched ahead of sequential readers, across all open files (each
-    /// file's window is at most 64 MiB).
-    #[arg(long, default_value_t = 256 << 20)]
-    pub prefetch_budget: u64,
+    /// Bytes of blocks held by open files across the mount: prefetched ahead of sequential
+    /// readers (each file's window is at most 64 MiB) and each file's block being read.
+    #[arg(long, default_value_t = 192 << 20)]
+    pub read_buffer_size: u64,
     /// Milliseconds this mount's file locks (fcntl, flock) outlive its last lease renewal:
     /// how long another mount waits for the locks of a mount that died.
     #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(300..=3_600_000))]
@@ -336,7 +336,7 @@ async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()
     let mut cfg = FsConfig::new(view, root, state.join("staging"));
     cfg.read_only = read_only;
     cfg.meta_cache_entries = args.metadata_cache_entries;
-    cfg.prefetch_budget_bytes = args.prefetch_budget;
+    cfg.read_buffer_bytes = args.read_buffer_size;
     cfg.lock_lease = Duration::from_millis(args.lock_lease_ms);
     let fs = Arc::new(DriveFs::new(meta.clone(), blocks.clone(), ws.clone(), cfg)?);
     let metrics = Arc::new(Metrics::new()?);

@@ -110,6 +110,7 @@ pub struct FaultyChunkStore {
     /// GETs running now, and the most that ever ran at once.
     gets_in_flight: AtomicU64,
     most_gets_in_flight: AtomicU64,
+    gets: AtomicU64,
 }
 
 impl FaultyChunkStore {
@@ -120,6 +121,7 @@ impl FaultyChunkStore {
             injected: AtomicU64::new(0),
             gets_in_flight: AtomicU64::new(0),
             most_gets_in_flight: AtomicU64::new(0),
+            gets: AtomicU64::new(0),
         }
     }
 
@@ -136,6 +138,11 @@ impl FaultyChunkStore {
     /// The most GETs that ran at once so far (prefetch and reads together).
     pub fn most_gets_in_flight(&self) -> u64 {
         self.most_gets_in_flight.load(Ordering::Relaxed)
+    }
+
+    /// GETs so far.
+    pub fn gets(&self) -> u64 {
+        self.gets.load(Ordering::Relaxed)
     }
 
     /// Requests that met a fault so far.
@@ -200,6 +207,7 @@ impl ChunkStore for FaultyChunkStore {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Bytes, StoreError>> {
         let get = self.guarded(StoreOp::Get, key, self.inner.get(key));
         async move {
+            self.gets.fetch_add(1, Ordering::Relaxed);
             let now = self.gets_in_flight.fetch_add(1, Ordering::AcqRel) + 1;
             self.most_gets_in_flight.fetch_max(now, Ordering::AcqRel);
             // Counted down on completion and on cancellation (an aborted prefetch) alike.

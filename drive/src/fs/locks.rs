@@ -72,10 +72,12 @@ impl<B: BlockIo> DriveFs<B> {
                 // Recorded before the store has it, so a close racing with this request
                 // always looks for the lock.
                 lock(&self.held_locks).insert((wanted.ino, owner));
+                lock(&self.handle_lock_owners).entry(fh).or_default().insert(owner);
             }
             match self.meta.set_lock(&wanted, self.cfg.lock_lease).await? {
                 None if open() || kind == LockKind::Unlock => return Ok(()),
                 None => {
+                    lock(&self.handle_lock_owners).remove(&fh);
                     self.release_locks(ino, owner).await?;
                     return Err(closed());
                 }
@@ -105,6 +107,20 @@ impl<B: BlockIo> DriveFs<B> {
         }
         self.meta.release_locks(node, &self.cfg.mount_id, owner).await?;
         lock(&self.held_locks).remove(&(node, owner));
+        Ok(())
+    }
+
+    /// The last close of open file `fh`: releases the locks of every owner that locked
+    /// through it. That ends its flock locks and its open-file-description (OFD) locks, whose
+    /// owner is the open file. The kernel names the owner only for flock, and sends nothing
+    /// for OFD locks, because with FUSE_POSIX_LOCKS it keeps no record lock of its own to
+    /// remove. A process's record locks taken through `fh` are already gone: its close of the
+    /// descriptor flushed them first.
+    pub async fn release_handle_locks(&self, fh: u64, ino: u64) -> Result<(), FsError> {
+        let owners = lock(&self.handle_lock_owners).remove(&fh).unwrap_or_default();
+        for owner in owners {
+            self.release_locks(ino, owner).await?;
+        }
         Ok(())
     }
 

@@ -68,10 +68,12 @@ pub struct FsConfig {
     pub max_uploads: usize,
     /// Largest sequential prefetch window of one open file, in bytes.
     pub readahead_bytes: u64,
-    /// Prefetched bytes held at once across the mount (fetched ahead of readers and not yet
-    /// read): with many files open, prefetch stops at this bound instead of growing with the
-    /// number of readers. Reads themselves are never refused.
-    pub prefetch_budget_bytes: u64,
+    /// Block bytes open files hold at once across the mount: blocks fetched ahead of readers
+    /// and not yet read, and the block each open file is reading. With many files open,
+    /// prefetch stops at this bound and a file beyond it keeps no block between reads (it
+    /// reads again through the memory cache), instead of memory growing with the number of
+    /// open files. Reads themselves are never refused.
+    pub read_buffer_bytes: u64,
     /// How long this mount's file locks outlive its last lease renewal (a killed mount's
     /// locks are free again after this).
     pub lock_lease: Duration,
@@ -96,7 +98,7 @@ impl FsConfig {
             staging_dir,
             max_uploads: 16,
             readahead_bytes: 64 << 20,
-            prefetch_budget_bytes: 256 << 20,
+            read_buffer_bytes: 192 << 20,
             lock_lease: Duration::from_secs(15),
             mount_id: uuid::Uuid::new_v4().simple().to_string(),
             meta_cache_entries: 200_000,
@@ -189,8 +191,9 @@ pub struct DriveFs<B: BlockIo> {
     ws: Workspace,
     cfg: FsConfig,
     env: Arc<SessionEnv<B>>,
-    /// Permits of one block each for prefetched blocks (see `FsConfig::prefetch_budget_bytes`).
-    prefetch_budget: Arc<Semaphore>,
+    /// Permits of one block each for blocks held by open files (see
+    /// `FsConfig::read_buffer_bytes`).
+    read_buffers: Arc<Semaphore>,
     cache: MetaCache,
     removals: Removals,
     handles: Mutex<HashMap<u64, Arc<Handle<B>>>>,
@@ -209,6 +212,8 @@ pub struct DriveFs<B: BlockIo> {
     dropped: Mutex<Invalidations>,
     /// (file, lock owner) pairs this mount took a lock for (see `locks`).
     held_locks: Mutex<std::collections::HashSet<(NodeId, u64)>>,
+    /// The lock owners that took a lock through each open file (see `locks`).
+    handle_lock_owners: Mutex<HashMap<u64, std::collections::HashSet<u64>>>,
     next_fh: AtomicU64,
 }
 
@@ -238,10 +243,10 @@ impl<B: BlockIo> DriveFs<B> {
             cfg.meta_cache_staleness,
             cfg.view.is_read_only(),
         );
-        let prefetch_blocks = (cfg.prefetch_budget_bytes / u64::from(ws.block_size).max(1)).max(1);
+        let buffer_blocks = (cfg.read_buffer_bytes / u64::from(ws.block_size).max(1)).max(1);
         Ok(DriveFs {
-            prefetch_budget: Arc::new(Semaphore::new(
-                prefetch_blocks.min(Semaphore::MAX_PERMITS as u64) as usize
+            read_buffers: Arc::new(Semaphore::new(
+                buffer_blocks.min(Semaphore::MAX_PERMITS as u64) as usize
             )),
             cache,
             removals: Removals::default(),
@@ -257,6 +262,7 @@ impl<B: BlockIo> DriveFs<B> {
             seen_versions: Mutex::new(HashMap::new()),
             dropped: Mutex::new(Invalidations::default()),
             held_locks: Mutex::new(std::collections::HashSet::new()),
+            handle_lock_owners: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
         })
     }
@@ -383,7 +389,7 @@ impl<B: BlockIo> DriveFs<B> {
             size,
             u64::from(self.ws.block_size),
             self.cfg.readahead_bytes,
-            self.prefetch_budget.clone(),
+            self.read_buffers.clone(),
         )
     }
 

@@ -1,6 +1,8 @@
 //! The read path of an open file: offset and length to blocks, through the block store (and
 //! its cache), with sequential-read detection and a prefetch window that doubles while reads
-//! stay sequential (up to a byte budget) and collapses on a seek.
+//! stay sequential (up to a byte budget) and collapses on a seek. Every block a reader holds
+//! (fetched ahead, or the one it is reading) holds a permit of the mount's read buffers, so
+//! memory does not grow with the number of open files.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -18,8 +20,8 @@ use crate::model::{NodeId, View};
 /// Block-map entries fetched per metadata query.
 const MAP_CHUNK: u64 = 256;
 
-/// A block fetched ahead, holding one permit of the mount's prefetch budget until it is read
-/// or dropped.
+/// A block fetched ahead, holding one permit of the mount's read buffers until it is read or
+/// dropped.
 type Prefetch = JoinHandle<Result<(Bytes, OwnedSemaphorePermit), FsError>>;
 
 /// A read cursor over the committed content of one file, as of its open.
@@ -34,7 +36,8 @@ pub(crate) struct Reader<B: BlockIo> {
     max_window: u64,
     map: BTreeMap<u64, FileBlock>,
     loaded_chunks: HashSet<u64>,
-    current: Option<(u64, Bytes)>,
+    /// The block being read, kept between reads while it holds a read-buffer permit.
+    current: Option<(u64, Bytes, OwnedSemaphorePermit)>,
     prefetch: BTreeMap<u64, Prefetch>,
     budget: Arc<Semaphore>,
     next_offset: u64,
@@ -147,11 +150,11 @@ impl<B: BlockIo> Reader<B> {
         let first = end.div_ceil(bs);
         let last_block = self.size.div_ceil(bs);
         for idx in first..(first + self.window).min(last_block) {
-            if self.prefetch.contains_key(&idx) || self.current.as_ref().is_some_and(|(c, _)| *c == idx) {
+            if self.prefetch.contains_key(&idx) || self.current.as_ref().is_some_and(|(c, ..)| *c == idx) {
                 continue;
             }
             if let Some(b) = self.entry(idx).await? {
-                // The mount's budget is spent: fetch the rest when it is read.
+                // The mount's read buffers are spent: fetch the rest when it is read.
                 let Ok(permit) = self.budget.clone().try_acquire_owned() else {
                     break;
                 };
@@ -181,19 +184,22 @@ impl<B: BlockIo> Reader<B> {
 
     /// The bytes of block `b`, from the prefetch window or the block store.
     async fn block(&mut self, b: &FileBlock) -> Result<Bytes, FsError> {
-        if let Some((idx, bytes)) = &self.current
+        if let Some((idx, bytes, _)) = &self.current
             && *idx == b.idx
         {
             return Ok(bytes.clone());
         }
-        let bytes = match self.prefetch.remove(&b.idx) {
+        // The previous block goes first: its permit may be the one this block can keep.
+        let previous = self.current.take().map(|(_, _, permit)| permit);
+        let (bytes, permit) = match self.prefetch.remove(&b.idx) {
             Some(task) => match task.await {
-                Ok(Ok((bytes, _permit))) => bytes,
+                Ok(Ok((bytes, permit))) => (bytes, Some(permit)),
                 // A failed or cancelled prefetch is retried in the foreground, once.
-                _ => self.blocks.get_block(b.hash, b.len).await?,
+                _ => (self.blocks.get_block(b.hash, b.len).await?, previous),
             },
-            None => self.blocks.get_block(b.hash, b.len).await?,
+            None => (self.blocks.get_block(b.hash, b.len).await?, previous),
         };
+        let permit = permit.or_else(|| self.budget.clone().try_acquire_owned().ok());
         // Blocks behind the reader are not needed any more.
         let stale: Vec<u64> = self.prefetch.range(..b.idx).map(|(k, _)| *k).collect();
         for idx in stale {
@@ -201,7 +207,9 @@ impl<B: BlockIo> Reader<B> {
                 task.abort();
             }
         }
-        self.current = Some((b.idx, bytes.clone()));
+        // Without a permit the block is not kept: the next read fetches it again (from the
+        // memory cache when it is still there).
+        self.current = permit.map(|permit| (b.idx, bytes.clone(), permit));
         Ok(bytes)
     }
 }
