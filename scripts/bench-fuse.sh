@@ -47,27 +47,17 @@ WORK=${WORK:-/var/tmp/studiodrive-bench}
 OUT=${OUT:-$WORK/results.md}
 S3_REGION=${S3_REGION:-us-east-1}
 
-die() { echo "bench-fuse: $*" >&2; exit 1; }
-say() { echo "==> $*" >&2; }
-
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 [ "$(id -u)" -eq 0 ] || die "run as root (mounts, drop_caches, apt-get)"
 
 # ---- packages ---------------------------------------------------------------------------
-need=()
-for p in fio bindfs rclone s3fs python3; do command -v "$p" >/dev/null 2>&1 || need+=("$p"); done
-command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
-ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
-if [ ${#need[@]} -gt 0 ]; then
-    say "installing ${need[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust (https://rustup.rs)"
+install_missing fio:fio bindfs:bindfs rclone:rclone s3fs:s3fs python3:python3 fusermount3:fuse3 initdb:postgresql
 
 # ---- build ------------------------------------------------------------------------------
 say "cargo build --release -p drive-csi"
 cargo build --release -p drive-csi --bin studiodrive-csi
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+TARGET_DIR=$(target_dir)
 SD=$TARGET_DIR/release/studiodrive-csi
 S3_SERVER_BIN=""
 if [ -z "${S3_ENDPOINT:-}" ] && [ -e testkit/src/bin/studiodrive-s3-server.rs ]; then

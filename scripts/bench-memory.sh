@@ -24,24 +24,14 @@ BOUND_MIB=${BOUND_MIB:-512}
 WORK=${WORK:-/var/tmp/studiodrive-bench-memory}
 MOUNT_ARGS=${MOUNT_ARGS:-}
 
-die() { echo "bench-memory: $*" >&2; exit 1; }
-say() { echo "==> $*" >&2; }
-
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 [ "$(id -u)" -eq 0 ] || die "run as root (mounts, drop_caches, apt-get)"
-need=()
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
-ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
-if [ ${#need[@]} -gt 0 ]; then
-    say "installing ${need[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust (https://rustup.rs)"
+install_missing python3:python3 fusermount3:fuse3 initdb:postgresql
 
 say "cargo build --release -p drive-csi"
 cargo build --release -p drive-csi --bin studiodrive-csi
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+TARGET_DIR=$(target_dir)
 
 MNT=$WORK/mnt
 STATE=$WORK/state

@@ -5,3 +5,4 @@ pub mod cli;
 pub mod csi;
 pub mod fuse_adapter;
 pub mod metrics;
+pub mod mount_table;

@@ -56,7 +56,7 @@ async fn create_volume(plugin: &Plugin, name: &str) -> anyhow::Result<csi::Volum
 
 /// FUSE mounts exactly at `path`.
 fn mounts_at(path: &Path) -> usize {
-    drive_csi::cli::mount::fuse_mounts_at(path)
+    drive_csi::mount_table::fuse_mounts_at(path)
 }
 
 fn code<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Code {

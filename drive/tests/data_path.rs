@@ -1194,12 +1194,12 @@ async fn a_directory_handle_keeps_a_window_and_still_seeks_back() {
     fs.releasedir(dh);
 }
 
-// Catches: open files that each keep the block they read between reads whatever their number
-// (200 open files of 4 MiB blocks held 830 MiB in a mount): beyond the mount's read buffers a
-// file keeps nothing, and its next read in the same block fetches the block again. Without a
-// memory cache, each such read is a GET, which is what this counts.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn open_files_keep_blocks_only_within_the_read_buffers() {
+/// A rig on a fault-injecting in-memory store with six files `{prefix}{i}` of `size(block
+/// size)` bytes each, distinct content, written through a mount of their own.
+async fn six_files_on_a_faulty_store(
+    prefix: &str,
+    size: impl Fn(usize) -> usize,
+) -> (Arc<drive::data::FaultyChunkStore>, Rig, Vec<(u64, Vec<u8>)>) {
     use drive::data::{FaultyChunkStore, MemoryChunkStore};
     let faulty = Arc::new(FaultyChunkStore::new(Arc::new(MemoryChunkStore::new())));
     let rig = Rig::new(faulty.clone(), false).await;
@@ -1207,10 +1207,21 @@ async fn open_files_keep_blocks_only_within_the_read_buffers() {
     let bs = rig.ws.block_size as usize;
     let mut files = Vec::new();
     for i in 0..6 {
-        // One block each: nothing to prefetch.
-        let data = pattern(bs - 100, 70 + i);
-        files.push((write_file(&writer, &format!("slate{i}.dpx"), &data).await, data));
+        let data = pattern(size(bs), 40 + i);
+        files.push((write_file(&writer, &format!("{prefix}{i}"), &data).await, data));
     }
+    (faulty, rig, files)
+}
+
+// Catches: open files that each keep the block they read between reads whatever their number
+// (200 open files of 4 MiB blocks held 830 MiB in a mount): beyond the mount's read buffers a
+// file keeps nothing, and its next read in the same block fetches the block again. Without a
+// memory cache, each such read is a GET, which is what this counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_files_keep_blocks_only_within_the_read_buffers() {
+    // One block each: nothing to prefetch.
+    let (faulty, rig, files) = six_files_on_a_faulty_store("slate", |bs| bs - 100).await;
+    let bs = rig.ws.block_size as usize;
     let buffers = 2;
     let fs = rig.mount_with(rig.blocks(None), |cfg| {
         cfg.read_buffer_bytes = buffers * bs as u64;
@@ -1253,16 +1264,9 @@ async fn open_files_keep_blocks_only_within_the_read_buffers() {
 // mount holds in flight: the budget's blocks plus the one read waiting in the foreground.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetch_stays_within_the_mount_budget_across_many_readers() {
-    use drive::data::{FaultyChunkStore, MemoryChunkStore, StoreFault, StoreOp};
-    let faulty = Arc::new(FaultyChunkStore::new(Arc::new(MemoryChunkStore::new())));
-    let rig = Rig::new(faulty.clone(), false).await;
-    let writer = rig.mount(rig.blocks(None));
+    use drive::data::{StoreFault, StoreOp};
+    let (faulty, rig, files) = six_files_on_a_faulty_store("plate", |bs| 5 * bs + 100).await;
     let bs = rig.ws.block_size as usize;
-    let mut files = Vec::new();
-    for i in 0..6 {
-        let data = pattern(5 * bs + 100, 40 + i);
-        files.push((write_file(&writer, &format!("plate{i}.exr"), &data).await, data));
-    }
     // Each of the 6 readers keeps the block it reads, so 8 leave 2 or more for prefetch.
     let budget_blocks = 8;
     let fs = rig.mount_with(rig.blocks(None), |cfg| {

@@ -16,6 +16,7 @@ use drive::fs::{DriveFs, FsConfig};
 use drive::model::{Actor, View, WorkspaceKind, WorkspaceSpec};
 use tokio_util::sync::CancellationToken;
 
+use crate::mount_table::{clean_stale, fuse_mount_devices_at, is_mounted};
 use crate::cli::StorageArgs;
 use crate::fuse_adapter::{DriveFuse, Ttls, run_invalidator};
 use crate::metrics::Metrics;
@@ -184,68 +185,6 @@ fn set_kernel_readahead(mountpoint: &Path, bytes: u64) -> anyhow::Result<()> {
 pub fn wait_mounted(path: &Path) -> anyhow::Result<()> {
     std::fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
     Ok(())
-}
-
-/// Lazily unmounts a FUSE mount point whose server died. Asks with `statfs`, which always
-/// reaches the server: `stat` may be answered from the dead mount's cached attributes.
-pub fn clean_stale(mountpoint: &Path) -> anyhow::Result<()> {
-    match nix::sys::statfs::statfs(mountpoint) {
-        Err(nix::errno::Errno::ENOTCONN) => {
-            tracing::warn!(mountpoint = %mountpoint.display(), "cleaning a dead FUSE mount");
-            nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH)
-                .with_context(|| format!("lazy unmount of {}", mountpoint.display()))?;
-            Ok(())
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Whether `mountpoint` is a FUSE mount right now.
-pub fn is_mounted(mountpoint: &Path) -> bool {
-    std::fs::canonicalize(mountpoint).is_ok_and(|target| fuse_mounts_at(&target) > 0)
-}
-
-/// How many FUSE mounts sit exactly at the absolute path `path` (stacked mounts count each),
-/// read from /proc/self/mountinfo. No `stat` of the path: a dead mount would fail it.
-pub fn fuse_mounts_at(path: &Path) -> usize {
-    fuse_mount_devices_at(path).len()
-}
-
-/// The devices (`major:minor`) of the FUSE mounts at the absolute path `path`, the topmost
-/// last.
-fn fuse_mount_devices_at(path: &Path) -> Vec<String> {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    info.lines()
-        .filter(|l| l.contains(" - fuse"))
-        .filter_map(|l| {
-            let mut fields = l.split(' ');
-            let dev = fields.nth(2)?;
-            let mount_point = unescape_mountinfo(fields.nth(1)?);
-            (Path::new(&mount_point) == path).then(|| dev.to_string())
-        })
-        .collect()
-}
-
-/// mountinfo writes space, tab, newline and backslash as octal escapes (`\040`).
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
-        {
-            out.push((bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn detach(args: &MountArgs) -> anyhow::Result<()> {

@@ -20,7 +20,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::mount::fuse_mounts_at;
+use crate::mount_table::fuse_mounts_at;
 
 /// What one publication mounts.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

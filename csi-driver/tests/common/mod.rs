@@ -83,14 +83,9 @@ pub struct Mount {
     pub state: tempfile::TempDir,
 }
 
+/// Whether a FUSE mount sits at `dir` (absolute), dead or alive.
 pub fn is_mounted(dir: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    info.lines().any(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        f.len() > 4 && Path::new(f[4]) == dir && l.contains(" - fuse")
-    })
+    drive_csi::mount_table::fuse_mounts_at(dir) > 0
 }
 
 impl Mount {
