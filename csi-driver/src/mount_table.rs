@@ -66,4 +66,3 @@ fn unescape_mountinfo(field: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
-

@@ -400,7 +400,11 @@ fn apply(op: &Op, side: Side<'_>) -> Outcome {
         } => {
             use nix::fcntl::FcntlArg;
             let fl = lock_request(*kind, *start, *len);
-            let arg = if *ofd { FcntlArg::F_OFD_SETLK(&fl) } else { FcntlArg::F_SETLK(&fl) };
+            let arg = if *ofd {
+                FcntlArg::F_OFD_SETLK(&fl)
+            } else {
+                FcntlArg::F_SETLK(&fl)
+            };
             nx(nix::fcntl::fcntl(&side.handles[*h], arg)).map(|_| String::new())
         }
         Op::HTestLock {
@@ -835,7 +839,11 @@ fn run(seed: u64, steps: usize) -> anyhow::Result<()> {
     let mut mount = Mount::new(&storage, &mount_args)?;
     let local = tempfile::tempdir()?;
     let mut rng = Rng(seed);
-    let locks = if seed % 2 == 0 { LockStyle::Record } else { LockStyle::Flock };
+    let locks = if seed % 2 == 0 {
+        LockStyle::Record
+    } else {
+        LockStyle::Flock
+    };
     let (mut lh, mut mh): (Vec<File>, Vec<File>) = (Vec::new(), Vec::new());
     let mut history: Vec<String> = Vec::new();
     let mut tree = Tree::of(&snapshot(local.path())?);

@@ -129,7 +129,13 @@ async fn run(
         let ws = &workspaces[w];
         let name = Name::parse(&format!("{}-{n}", rand::random::<u64>())).expect("valid name");
         store
-            .create(&actor, ws.id, ws.root, &name, &NewNode::new(NodeKind::File, 0o644))
+            .create(
+                &actor,
+                ws.id,
+                ws.root,
+                &name,
+                &NewNode::new(NodeKind::File, 0o644),
+            )
             .await?;
         written[w] += 1;
         n += 1;
@@ -163,8 +169,12 @@ async fn main() -> anyhow::Result<()> {
         .collect::<Result<_, _>>()
         .map_err(|e| anyhow::anyhow!("arguments are MOUNTS WORKSPACES EVENTS_PER_S SECONDS: {e}"))?;
     let arg = |i: usize, default: u64| args.get(i).copied().unwrap_or(default);
-    let (mounts, n_workspaces, events_per_s, seconds) = (arg(0, 500) as usize, arg(1, 100), arg(2, 200), arg(3, 10));
-    anyhow::ensure!(mounts > 0 && n_workspaces > 0 && events_per_s > 0 && seconds > 0, "arguments must be positive");
+    let (mounts, n_workspaces, events_per_s, seconds) =
+        (arg(0, 500) as usize, arg(1, 100), arg(2, 200), arg(3, 10));
+    anyhow::ensure!(
+        mounts > 0 && n_workspaces > 0 && events_per_s > 0 && seconds > 0,
+        "arguments must be positive"
+    );
 
     let pg = drive_testkit::pg::PgServer::start()?;
     let db = pg.create_database().await?;
@@ -178,7 +188,10 @@ async fn main() -> anyhow::Result<()> {
     for w in 0..n_workspaces {
         workspaces.push(
             store
-                .create_workspace(&actor, &WorkspaceSpec::new(format!("feed-{w}"), WorkspaceKind::User))
+                .create_workspace(
+                    &actor,
+                    &WorkspaceSpec::new(format!("feed-{w}"), WorkspaceKind::User),
+                )
                 .await?,
         );
     }
@@ -190,11 +203,26 @@ async fn main() -> anyhow::Result<()> {
     println!("| run | feed | DB xacts/s | DB rows read/s | DB CPU % | polls/s | delivered / expected |");
     println!("|---|---|---|---|---|---|---|");
     let mut figures: Vec<(Kind, Figures)> = Vec::new();
-    for (i, kind) in [Kind::WholeLog, Kind::PerWorkspace, Kind::WholeLog, Kind::PerWorkspace]
-        .into_iter()
-        .enumerate()
+    for (i, kind) in [
+        Kind::WholeLog,
+        Kind::PerWorkspace,
+        Kind::WholeLog,
+        Kind::PerWorkspace,
+    ]
+    .into_iter()
+    .enumerate()
     {
-        let f = run(kind, &pg, &store, &raw, &workspaces, mounts, events_per_s, seconds).await?;
+        let f = run(
+            kind,
+            &pg,
+            &store,
+            &raw,
+            &workspaces,
+            mounts,
+            events_per_s,
+            seconds,
+        )
+        .await?;
         println!(
             "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} / {} |",
             i + 1,
@@ -209,11 +237,18 @@ async fn main() -> anyhow::Result<()> {
         figures.push((kind, f));
     }
     let mean = |kind: Kind, pick: fn(&Figures) -> f64| {
-        let v: Vec<f64> = figures.iter().filter(|(k, _)| *k == kind).map(|(_, f)| pick(f)).collect();
+        let v: Vec<f64> = figures
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, f)| pick(f))
+            .collect();
         v.iter().sum::<f64>() / v.len() as f64
     };
     for (what, pick) in [
-        ("DB rows read/s", (|f: &Figures| f.rows_per_s) as fn(&Figures) -> f64),
+        (
+            "DB rows read/s",
+            (|f: &Figures| f.rows_per_s) as fn(&Figures) -> f64,
+        ),
         ("DB CPU", |f: &Figures| f.cpu_percent),
         ("DB xacts/s", |f: &Figures| f.xacts_per_s),
     ] {

@@ -95,7 +95,11 @@ async fn settle_at<F: Feed>(feed: &mut F, store: &MetaStore, cursor: i64) {
             "the resume cursor stays at {} instead of {cursor}",
             feed.resume_cursor()
         );
-        assert_eq!(described(&feed.poll(store).await), vec![], "nothing new while settling");
+        assert_eq!(
+            described(&feed.poll(store).await),
+            vec![],
+            "nothing new while settling"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -389,10 +393,7 @@ async fn resume_cursor_stays_below_the_oldest_undelivered_gap<F: Feed>() {
     );
     settle_at(&mut feed, &store, l1 - 1).await; // two gaps: resume below the older
     late2.commit().await;
-    assert_eq!(
-        described(&feed.poll(&store).await),
-        vec![pair(l2, "late-2")]
-    );
+    assert_eq!(described(&feed.poll(&store).await), vec![pair(l2, "late-2")]);
     settle_at(&mut feed, &store, l1 - 1).await; // the newer gap filled; the older one holds
     let cursor = feed.resume_cursor();
     drop(feed); // a follower restart
@@ -503,13 +504,20 @@ async fn horizon_never_passes_an_open_transaction() {
     let mut feed = WorkspaceFeed::from_now(&store, ws.id).await.unwrap();
     let late = Late::begin(&url, &ws, "open").await;
     let after = create(&store, &ws, "after").await;
-    assert_eq!(described(&feed.poll(&store).await.unwrap()), vec![pair(after, "after")]);
+    assert_eq!(
+        described(&feed.poll(&store).await.unwrap()),
+        vec![pair(after, "after")]
+    );
     for _ in 0..3 {
         assert_eq!(described(&feed.poll(&store).await.unwrap()), vec![]);
     }
     assert!(feed.keeps_horizon(), "the only reader holds the horizon");
     let horizon = store.feed_horizon().await.unwrap().horizon;
-    assert_eq!(horizon, late.id - 1, "the horizon waits below the open transaction");
+    assert_eq!(
+        horizon,
+        late.id - 1,
+        "the horizon waits below the open transaction"
+    );
     assert_eq!(feed.resume_cursor(), late.id - 1);
     let (id, n) = late.commit().await;
     assert_eq!(described(&feed.poll(&store).await.unwrap()), vec![(id, n)]);
@@ -543,9 +551,20 @@ async fn a_stalled_holder_neither_blocks_nor_duplicates_delivery_and_is_taken_ov
     let b = create(&store, &ws, "b").await;
     assert_eq!(described(&reader.poll(&store).await.unwrap()), vec![pair(b, "b")]);
     let (id, n) = late.commit().await;
-    assert_eq!(described(&reader.poll(&store).await.unwrap()), vec![(id, n.clone())]);
-    assert_eq!(described(&reader.poll(&store).await.unwrap()), vec![], "each once");
-    assert_eq!(store.feed_horizon().await.unwrap().horizon, stuck.horizon, "the horizon stood still");
+    assert_eq!(
+        described(&reader.poll(&store).await.unwrap()),
+        vec![(id, n.clone())]
+    );
+    assert_eq!(
+        described(&reader.poll(&store).await.unwrap()),
+        vec![],
+        "each once"
+    );
+    assert_eq!(
+        store.feed_horizon().await.unwrap().horizon,
+        stuck.horizon,
+        "the horizon stood still"
+    );
     // Once the holder's lease lapses the reader takes over and the horizon catches up.
     settle_at(&mut reader, &store, b).await;
     assert!(reader.keeps_horizon());

@@ -16,10 +16,10 @@ use drive::fs::{DriveFs, FsConfig};
 use drive::model::{Actor, View, WorkspaceKind, WorkspaceSpec};
 use tokio_util::sync::CancellationToken;
 
-use crate::mount_table::{clean_stale, fuse_mount_devices_at, is_mounted};
 use crate::cli::StorageArgs;
 use crate::fuse_adapter::{DriveFuse, Ttls, run_invalidator};
 use crate::metrics::Metrics;
+use crate::mount_table::{clean_stale, fuse_mount_devices_at, is_mounted};
 
 /// Arguments of `mount`.
 #[derive(Debug, Clone, clap::Args)]

@@ -72,7 +72,10 @@ impl<B: BlockIo> DriveFs<B> {
                 // Recorded before the store has it, so a close racing with this request
                 // always looks for the lock.
                 lock(&self.held_locks).insert((wanted.ino, owner));
-                lock(&self.handle_lock_owners).entry(fh).or_default().insert(owner);
+                lock(&self.handle_lock_owners)
+                    .entry(fh)
+                    .or_default()
+                    .insert(owner);
             }
             match self.meta.set_lock(&wanted, self.cfg.lock_lease).await? {
                 None if open() || kind == LockKind::Unlock => return Ok(()),

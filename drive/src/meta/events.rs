@@ -90,7 +90,10 @@ fn event_from_row(r: &tokio_postgres::Row, at: usize) -> Event {
         ino: r.get::<_, Option<i64>>(at + 5).map(|i| NodeId(i as u64)),
         parent: r.get::<_, Option<i64>>(at + 6).map(|i| NodeId(i as u64)),
         name: r.get::<_, Option<Vec<u8>>>(at + 7).map(Name::from_stored),
-        from: match (r.get::<_, Option<i64>>(at + 8), r.get::<_, Option<Vec<u8>>>(at + 9)) {
+        from: match (
+            r.get::<_, Option<i64>>(at + 8),
+            r.get::<_, Option<Vec<u8>>>(at + 9),
+        ) {
             (Some(parent), Some(name)) => Some((NodeId(parent as u64), Name::from_stored(name))),
             _ => None,
         },
@@ -180,7 +183,12 @@ impl MetaStore {
 
     /// Moves the horizon up to `horizon` (never down) and renews `holder`'s lease; false when
     /// `holder` no longer holds it.
-    async fn advance_feed_horizon(&self, holder: &str, horizon: i64, lease: Duration) -> Result<bool, MetaError> {
+    async fn advance_feed_horizon(
+        &self,
+        holder: &str,
+        horizon: i64,
+        lease: Duration,
+    ) -> Result<bool, MetaError> {
         let client = self.client().await?;
         let changed = execute(
             &client,
@@ -359,9 +367,12 @@ impl WorkspaceFeed {
         loop {
             let full = window.len() as i64 == WINDOW_BATCH;
             let last = window.last().map(|e| e.id);
-            feed.delivered.extend(window.iter().map(|e| e.id).filter(|id| *id > feed.floor));
+            feed.delivered
+                .extend(window.iter().map(|e| e.id).filter(|id| *id > feed.floor));
             match last {
-                Some(last) if full => window = store.events_after(Some(ws), last, WINDOW_BATCH as usize).await?,
+                Some(last) if full => {
+                    window = store.events_after(Some(ws), last, WINDOW_BATCH as usize).await?
+                }
                 _ => break,
             }
         }
@@ -401,7 +412,9 @@ impl WorkspaceFeed {
             out.extend(window.into_iter().filter(|e| self.delivered.insert(e.id)));
             match last {
                 Some(last) if full => {
-                    window = store.events_after(Some(self.ws), last, WINDOW_BATCH as usize).await?;
+                    window = store
+                        .events_after(Some(self.ws), last, WINDOW_BATCH as usize)
+                        .await?;
                 }
                 _ => break,
             }
@@ -431,7 +444,10 @@ impl HorizonKeeper {
         match self.log.as_mut() {
             Some(log) if seen.holder == self.me => {
                 log.poll(store).await?;
-                if !store.advance_feed_horizon(&self.me, log.resume_cursor(), self.lease).await? {
+                if !store
+                    .advance_feed_horizon(&self.me, log.resume_cursor(), self.lease)
+                    .await?
+                {
                     self.log = None;
                 }
             }
