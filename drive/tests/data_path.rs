@@ -1213,6 +1213,19 @@ async fn six_files_on_a_faulty_store(
     (faulty, rig, files)
 }
 
+/// Opens each of `files` for reading; their handles, in order.
+async fn open_read_only(fs: &DriveFs<BlockStore>, files: &[(u64, Vec<u8>)]) -> Vec<u64> {
+    let read_only = OpenFlags {
+        read: true,
+        ..OpenFlags::default()
+    };
+    let mut handles = Vec::new();
+    for (ino, _) in files {
+        handles.push(fs.open(*ino, read_only, caller()).await.unwrap().fh);
+    }
+    handles
+}
+
 // Catches: open files that each keep the block they read between reads whatever their number
 // (200 open files of 4 MiB blocks held 830 MiB in a mount): beyond the mount's read buffers a
 // file keeps nothing, and its next read in the same block fetches the block again. Without a
@@ -1226,14 +1239,7 @@ async fn open_files_keep_blocks_only_within_the_read_buffers() {
     let fs = rig.mount_with(rig.blocks(None), |cfg| {
         cfg.read_buffer_bytes = buffers * bs as u64;
     });
-    let read_only = OpenFlags {
-        read: true,
-        ..OpenFlags::default()
-    };
-    let mut handles = Vec::new();
-    for (ino, _) in &files {
-        handles.push(fs.open(*ino, read_only, caller()).await.unwrap().fh);
-    }
+    let handles = open_read_only(&fs, &files).await;
     let before = faulty.gets();
     let half = (bs / 2) as u32;
     let mut got: Vec<Vec<u8>> = vec![Vec::new(); files.len()];
@@ -1273,14 +1279,7 @@ async fn prefetch_stays_within_the_mount_budget_across_many_readers() {
         cfg.read_buffer_bytes = budget_blocks * bs as u64;
     });
     faulty.set(StoreOp::Get, StoreFault::Slow(Duration::from_millis(40)));
-    let read_only = OpenFlags {
-        read: true,
-        ..OpenFlags::default()
-    };
-    let mut handles = Vec::new();
-    for (ino, _) in &files {
-        handles.push(fs.open(*ino, read_only, caller()).await.unwrap().fh);
-    }
+    let handles = open_read_only(&fs, &files).await;
     let mut got: Vec<Vec<u8>> = vec![Vec::new(); files.len()];
     // Every reader reads sequentially, one request in turn, so all windows grow at once.
     let chunk = (bs / 2) as u32;
