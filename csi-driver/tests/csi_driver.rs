@@ -964,7 +964,7 @@ async fn probe_is_not_ready_while_the_metadata_store_is_down() -> anyhow::Result
     let pg = drive_testkit::pg::PgServer::start()?;
     let db = pg.create_database().await?;
     let url = pg.url(&db);
-    let meta = drive::MetaStore::connect(&drive::MetaConfig::new(url.clone())).await?;
+    let meta = drive::PgMetaStore::connect(&drive::MetaConfig::new(url.clone())).await?;
     meta.create_workspace(
         &Actor::system("test"),
         &WorkspaceSpec::new("default", WorkspaceKind::User),

@@ -278,7 +278,7 @@ async fn every_documented_plugin_metric_is_exported_and_moves() -> anyhow::Resul
 
     drive_testkit::install_crypto_provider();
     let storage = Storage::create().await?;
-    let meta = drive::MetaStore::connect(&drive::MetaConfig::new(storage.url.clone())).await?;
+    let meta = drive::PgMetaStore::connect(&drive::MetaConfig::new(storage.url.clone())).await?;
     meta.create_workspace(
         &Actor::system("test"),
         &WorkspaceSpec::new("default", WorkspaceKind::User),

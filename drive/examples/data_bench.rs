@@ -15,7 +15,7 @@ use drive::cache::{BlockCache, CacheConfig};
 use drive::data::{BlockCodec, BlockStore, DataKey, Kek, S3ChunkStore, S3Config, S3Credentials, codec_for};
 use drive::fs::{Caller, DriveFs, FsConfig, OpenFlags, ROOT_INO};
 use drive::model::{Actor, View, WorkspaceKind, WorkspaceSpec};
-use drive::{MetaConfig, MetaStore};
+use drive::{MetaConfig, PgMetaStore};
 use drive_testkit::pg::PgServer;
 use drive_testkit::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
 use rand::RngCore as _;
@@ -38,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
 
     let pg = PgServer::start()?;
     let db = pg.create_database().await?;
-    let meta = MetaStore::connect(&MetaConfig::new(pg.url(&db))).await?;
+    let meta = PgMetaStore::connect(&MetaConfig::new(pg.url(&db))).await?;
     let server = S3Server::start()?;
     server.create_bucket("bench")?;
     let mut s3 = S3Config::new("bench").with_endpoint(server.endpoint());

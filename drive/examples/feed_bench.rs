@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use drive::meta::{EventFeed, WorkspaceFeed};
 use drive::model::*;
-use drive::{MetaConfig, MetaError, MetaStore};
+use drive::{MetaConfig, MetaError, PgMetaStore};
 
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -40,14 +40,14 @@ enum Reader {
 }
 
 impl Reader {
-    async fn start(kind: Kind, store: &MetaStore, ws: WorkspaceId) -> Result<Reader, MetaError> {
+    async fn start(kind: Kind, store: &PgMetaStore, ws: WorkspaceId) -> Result<Reader, MetaError> {
         Ok(match kind {
             Kind::WholeLog => Reader::WholeLog(EventFeed::from_now(store, Some(ws)).await?),
             Kind::PerWorkspace => Reader::PerWorkspace(WorkspaceFeed::from_now(store, ws).await?),
         })
     }
 
-    async fn poll(&mut self, store: &MetaStore) -> Result<usize, MetaError> {
+    async fn poll(&mut self, store: &PgMetaStore) -> Result<usize, MetaError> {
         Ok(match self {
             Reader::WholeLog(feed) => feed.poll(store).await?.len(),
             Reader::PerWorkspace(feed) => feed.poll(store).await?.len(),
@@ -81,7 +81,7 @@ async fn server_counters(raw: &tokio_postgres::Client) -> anyhow::Result<(f64, f
 async fn run(
     kind: Kind,
     pg: &drive_testkit::pg::PgServer,
-    store: &MetaStore,
+    store: &PgMetaStore,
     raw: &tokio_postgres::Client,
     workspaces: &[Workspace],
     mounts: usize,
@@ -180,7 +180,7 @@ async fn main() -> anyhow::Result<()> {
     let db = pg.create_database().await?;
     let mut config = MetaConfig::new(pg.url(&db));
     config.pool_size = 64;
-    let store = MetaStore::connect(&config).await?;
+    let store = PgMetaStore::connect(&config).await?;
     let (raw, conn) = tokio_postgres::connect(&pg.url(&db), tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     let actor = Actor::system("feed-bench");

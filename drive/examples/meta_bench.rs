@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use drive::model::*;
-use drive::{MetaConfig, MetaStore};
+use drive::{MetaConfig, PgMetaStore};
 use hdrhistogram::Histogram;
 
 fn actor() -> Actor {
@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
     let db = pg.create_database().await?;
     let mut config = MetaConfig::new(pg.url(&db));
     config.pool_size = 32;
-    let store = MetaStore::connect(&config).await?;
+    let store = PgMetaStore::connect(&config).await?;
     let (raw, conn) = tokio_postgres::connect(&pg.url(&db), tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     let local = tempfile::tempdir()?;

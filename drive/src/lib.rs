@@ -11,7 +11,10 @@ pub mod error;
 pub mod fs;
 pub mod meta;
 pub mod model;
+pub mod ports;
+pub mod rules;
 pub mod sync;
 
 pub use error::{ErrorKind, MetaError};
-pub use meta::{MetaConfig, MetaStats, MetaStore, TlsMode};
+pub use meta::{MemMetaStore, MetaConfig, MetaStats, PgMetaStore, TlsMode};
+pub use ports::MetaStore;

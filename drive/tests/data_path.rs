@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use drive::MetaStore;
+use drive::PgMetaStore;
 use drive::cache::{BlockCache, CacheConfig, MemoryCache};
 use drive::data::{
     BlockCodec, BlockStore, ChunkStore, DataKey, Kek, LocalChunkStore, S3ChunkStore, S3Config, S3Credentials,
@@ -56,7 +56,7 @@ async fn s3_store(server: &S3Server) -> Arc<dyn ChunkStore> {
 /// One workspace with its metadata store and object store; each `mount` is a fresh file
 /// system (as a new node would be) with its own cache.
 struct Rig {
-    meta: MetaStore,
+    meta: PgMetaStore,
     ws: Workspace,
     store: Arc<dyn ChunkStore>,
     codec: BlockCodec,

@@ -759,7 +759,7 @@ async fn store_outage_gives_unavailable_and_recovers() {
     let db = pg.create_database().await.unwrap();
     let mut config = drive::MetaConfig::new(pg.url(&db));
     config.connect_timeout = std::time::Duration::from_secs(2);
-    let store = drive::MetaStore::connect(&config).await.unwrap();
+    let store = drive::PgMetaStore::connect(&config).await.unwrap();
     let ws = workspace(&store, "outage", WorkspaceKind::User).await;
     store
         .create(&actor(), ws.id, ws.root, &name("kept"), &file())
@@ -822,7 +822,7 @@ async fn tls_to_postgres_verifies_the_server_certificate() {
     config.tls = drive::TlsMode::Require {
         ca_file: Some(ca_file),
     };
-    let store = drive::MetaStore::connect(&config)
+    let store = drive::PgMetaStore::connect(&config)
         .await
         .expect("TLS connection with the right CA");
     let ws = workspace(&store, "over-tls", WorkspaceKind::User).await;
@@ -836,7 +836,7 @@ async fn tls_to_postgres_verifies_the_server_certificate() {
         ca_file: Some(other_file),
     };
     config.connect_timeout = std::time::Duration::from_secs(3);
-    let e = drive::MetaStore::connect(&config).await.unwrap_err();
+    let e = drive::PgMetaStore::connect(&config).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
 }
 
@@ -932,7 +932,7 @@ async fn migrations_are_safe_when_several_processes_start_at_once() {
     let starts: Vec<_> = (0..6)
         .map(|_| {
             let url = url.clone();
-            tokio::spawn(async move { drive::MetaStore::connect(&drive::MetaConfig::new(url)).await })
+            tokio::spawn(async move { drive::PgMetaStore::connect(&drive::MetaConfig::new(url)).await })
         })
         .collect();
     let mut stores = Vec::new();
@@ -966,7 +966,7 @@ async fn migrations_are_safe_when_several_processes_start_at_once() {
     let ws = workspace(&stores[0], "after-migrate", WorkspaceKind::User).await;
     assert_eq!(stores[5].get_workspace("after-migrate").await.unwrap().id, ws.id);
     // Starting again on a migrated database changes nothing.
-    drive::MetaStore::connect(&drive::MetaConfig::new(url))
+    drive::PgMetaStore::connect(&drive::MetaConfig::new(url))
         .await
         .unwrap();
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use drive::model::*;
-use drive::{ErrorKind, MetaStore};
+use drive::{ErrorKind, PgMetaStore};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_tasks_creating_one_name_have_exactly_one_winner() {
@@ -176,7 +176,7 @@ fn folder() -> NewNode {
     NewNode::new(NodeKind::Directory, 0o755)
 }
 
-async fn mkdir(store: &MetaStore, ws: &Workspace, parent: NodeId, n: &str) -> NodeId {
+async fn mkdir(store: &PgMetaStore, ws: &Workspace, parent: NodeId, n: &str) -> NodeId {
     store
         .create(&actor(), ws.id, parent, &name(n), &folder())
         .await
@@ -184,7 +184,7 @@ async fn mkdir(store: &MetaStore, ws: &Workspace, parent: NodeId, n: &str) -> No
         .ino
 }
 
-async fn touch(store: &MetaStore, ws: &Workspace, parent: NodeId, n: &str) -> NodeId {
+async fn touch(store: &PgMetaStore, ws: &Workspace, parent: NodeId, n: &str) -> NodeId {
     store
         .create(&actor(), ws.id, parent, &name(n), &file())
         .await
@@ -193,7 +193,7 @@ async fn touch(store: &MetaStore, ws: &Workspace, parent: NodeId, n: &str) -> No
 }
 
 /// Every entry of `dir` in `view`, read in keyset pages.
-async fn list(store: &MetaStore, view: View, dir: NodeId) -> Vec<DirEntry> {
+async fn list(store: &PgMetaStore, view: View, dir: NodeId) -> Vec<DirEntry> {
     let mut out: Vec<DirEntry> = Vec::new();
     loop {
         let page = store
@@ -207,7 +207,7 @@ async fn list(store: &MetaStore, view: View, dir: NodeId) -> Vec<DirEntry> {
     }
 }
 
-async fn names_in(store: &MetaStore, view: View, dir: NodeId) -> Vec<String> {
+async fn names_in(store: &PgMetaStore, view: View, dir: NodeId) -> Vec<String> {
     list(store, view, dir)
         .await
         .iter()
@@ -716,7 +716,7 @@ fn store_summary(seqs: &[FrameSequence]) -> Summary {
 
 /// Checks the store's summary of `dir` against the naive one of its regular files (folders
 /// and symlinks are never frames) and returns the rendered summary.
-async fn check_summary(store: &MetaStore, dir: NodeId, when: &str) -> Vec<String> {
+async fn check_summary(store: &PgMetaStore, dir: NodeId, when: &str) -> Vec<String> {
     let files: Vec<String> = list(store, View::Live, dir)
         .await
         .iter()
@@ -734,7 +734,7 @@ async fn check_summary(store: &MetaStore, dir: NodeId, when: &str) -> Vec<String
     render(&oracle)
 }
 
-async fn mv(store: &MetaStore, ws: &Workspace, from: (NodeId, &str), to: (NodeId, &str), mode: RenameMode) {
+async fn mv(store: &PgMetaStore, ws: &Workspace, from: (NodeId, &str), to: (NodeId, &str), mode: RenameMode) {
     store
         .rename(&actor(), ws.id, from.0, &name(from.1), to.0, &name(to.1), mode)
         .await
@@ -944,7 +944,7 @@ async fn frame_sequence_summary_matches_a_naive_oracle_through_creates_unlinks_a
 }
 
 /// Waits until `dir/n` exists.
-async fn wait_for(store: &MetaStore, dir: NodeId, n: &str) {
+async fn wait_for(store: &PgMetaStore, dir: NodeId, n: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while store.lookup(View::Live, dir, &name(n)).await.is_err() {
         assert!(Instant::now() < deadline, "{n} never appeared");

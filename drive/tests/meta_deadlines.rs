@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{actor, name, workspace};
 use drive::model::{NewNode, NodeKind, View, WorkspaceKind};
-use drive::{ErrorKind, MetaConfig, MetaStore};
+use drive::{ErrorKind, MetaConfig, PgMetaStore};
 use drive_testkit::pg::PgServer;
 
 const TIMEOUT: Duration = Duration::from_millis(800);
@@ -31,7 +31,7 @@ async fn a_frozen_database_fails_calls_within_the_statement_timeout_and_they_rec
     let mut config = MetaConfig::new(pg.tcp_url(&db));
     config.statement_timeout = TIMEOUT;
     config.pool_size = 4;
-    let store = MetaStore::connect(&config).await?;
+    let store = PgMetaStore::connect(&config).await?;
     let ws = workspace(&store, "deadlines", WorkspaceKind::User).await;
     let folder = NewNode::new(NodeKind::Directory, 0o755);
     let before = store
@@ -92,7 +92,7 @@ async fn a_frozen_database_fails_calls_within_the_statement_timeout_and_they_rec
     // Back: every pooled connection serves again (more calls at once than the pool holds, so
     // the connections that timed out are among them), and the timed-out create left nothing.
     let calls = (0..12).map(|i| {
-        let store: MetaStore = store.clone();
+        let store: PgMetaStore = store.clone();
         let folder = folder.clone();
         let (ws, root) = (ws.id, ws.root);
         async move {

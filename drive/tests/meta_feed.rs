@@ -13,22 +13,22 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::{actor, name, raw_client, store_and_url, workspace};
-use drive::MetaStore;
+use drive::PgMetaStore;
 use drive::meta::{EventFeed, WorkspaceFeed};
 use drive::model::*;
 
 /// What the scenarios need of a feed of one workspace.
 #[allow(async_fn_in_trait)]
 trait Feed: Sized {
-    async fn from_now(store: &MetaStore, ws: WorkspaceId) -> Self;
+    async fn from_now(store: &PgMetaStore, ws: WorkspaceId) -> Self;
     fn resumed(ws: WorkspaceId, cursor: i64) -> Self;
     fn with_gap_timeout(self, timeout: Duration) -> Self;
-    async fn poll(&mut self, store: &MetaStore) -> Vec<Event>;
+    async fn poll(&mut self, store: &PgMetaStore) -> Vec<Event>;
     fn resume_cursor(&self) -> i64;
 }
 
 impl Feed for EventFeed {
-    async fn from_now(store: &MetaStore, ws: WorkspaceId) -> Self {
+    async fn from_now(store: &PgMetaStore, ws: WorkspaceId) -> Self {
         EventFeed::from_now(store, Some(ws)).await.unwrap()
     }
     fn resumed(ws: WorkspaceId, cursor: i64) -> Self {
@@ -37,7 +37,7 @@ impl Feed for EventFeed {
     fn with_gap_timeout(self, timeout: Duration) -> Self {
         EventFeed::with_gap_timeout(self, timeout)
     }
-    async fn poll(&mut self, store: &MetaStore) -> Vec<Event> {
+    async fn poll(&mut self, store: &PgMetaStore) -> Vec<Event> {
         EventFeed::poll(self, store).await.unwrap()
     }
     fn resume_cursor(&self) -> i64 {
@@ -46,7 +46,7 @@ impl Feed for EventFeed {
 }
 
 impl Feed for WorkspaceFeed {
-    async fn from_now(store: &MetaStore, ws: WorkspaceId) -> Self {
+    async fn from_now(store: &PgMetaStore, ws: WorkspaceId) -> Self {
         WorkspaceFeed::from_now(store, ws)
             .await
             .unwrap()
@@ -58,7 +58,7 @@ impl Feed for WorkspaceFeed {
     fn with_gap_timeout(self, timeout: Duration) -> Self {
         WorkspaceFeed::with_gap_timeout(self, timeout)
     }
-    async fn poll(&mut self, store: &MetaStore) -> Vec<Event> {
+    async fn poll(&mut self, store: &PgMetaStore) -> Vec<Event> {
         WorkspaceFeed::poll(self, store).await.unwrap()
     }
     fn resume_cursor(&self) -> i64 {
@@ -87,7 +87,7 @@ const TEST_KEEPER_LEASE: Duration = Duration::from_millis(300);
 /// Polls until the feed's resume cursor is `cursor`, asserting that nothing is delivered on
 /// the way. A per-workspace feed's cursor follows the horizon, which its own polls advance
 /// once it holds the horizon's lease (after a dropped holder's lease lapses).
-async fn settle_at<F: Feed>(feed: &mut F, store: &MetaStore, cursor: i64) {
+async fn settle_at<F: Feed>(feed: &mut F, store: &PgMetaStore, cursor: i64) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while feed.resume_cursor() != cursor {
         assert!(
@@ -105,7 +105,7 @@ async fn settle_at<F: Feed>(feed: &mut F, store: &MetaStore, cursor: i64) {
 }
 
 /// The id of the newest event of `ws`.
-async fn last_event(store: &MetaStore, ws: &Workspace) -> i64 {
+async fn last_event(store: &PgMetaStore, ws: &Workspace) -> i64 {
     let events = store.events_after(Some(ws.id), 0, 10_000).await.unwrap();
     events.last().map_or(0, |e| e.id)
 }
@@ -153,7 +153,7 @@ impl Late {
 }
 
 /// Creates file `n` in the workspace root and returns the id of its `create` event.
-async fn create(store: &MetaStore, ws: &Workspace, n: &str) -> i64 {
+async fn create(store: &PgMetaStore, ws: &Workspace, n: &str) -> i64 {
     let before = EventFeed::from_now(store, None).await.unwrap().resume_cursor();
     let attr = store
         .create(

@@ -28,7 +28,7 @@ use std::fmt::Write as _;
 
 use common::*;
 use drive::ErrorKind;
-use drive::MetaStore;
+use drive::PgMetaStore;
 use drive::meta::QueuedUnlink;
 use drive::model::*;
 use proptest::prelude::*;
@@ -663,7 +663,7 @@ fn diff(expected: &Tree, got: &Tree) -> String {
 }
 
 struct Harness {
-    store: MetaStore,
+    store: PgMetaStore,
     ws: Workspace,
     model: Model,
     /// model id -> store node id, and back.
@@ -677,7 +677,7 @@ struct Harness {
 }
 
 impl Harness {
-    async fn new(store: &MetaStore, ws_name: &str, kind: WorkspaceKind) -> Harness {
+    async fn new(store: &PgMetaStore, ws_name: &str, kind: WorkspaceKind) -> Harness {
         let ws = workspace(store, ws_name, kind).await;
         Harness {
             store: store.clone(),
@@ -1208,7 +1208,7 @@ impl Harness {
 
 /// Runs `ops` against a fresh workspace and the model, comparing after every step (what each
 /// generated case does; regression tests call it with a shrunk case).
-async fn replay(store: &MetaStore, ws_name: &str, kind: WorkspaceKind, ops: &[Op]) {
+async fn replay(store: &PgMetaStore, ws_name: &str, kind: WorkspaceKind, ops: &[Op]) {
     let t = std::time::Instant::now();
     let mut h = Harness::new(store, ws_name, kind).await;
     T_WS.fetch_add(

@@ -166,7 +166,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         object_store_endpoint = ?args.object_store_endpoint, object_store_bucket = ?args.object_store_bucket,
         "starting (metadata URL redacted)"
     );
-    let store = drive::MetaStore::connect(&config)
+    let store = drive::PgMetaStore::connect(&config)
         .await
         .context("connect to the metadata store")?;
     health.ready.store(true, Ordering::SeqCst);

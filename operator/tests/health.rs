@@ -51,7 +51,7 @@ async fn readyz_follows_the_metadata_store_down_and_back() {
     let db = pg.create_database().await.expect("database");
     let mut config = drive::MetaConfig::new(pg.url(&db));
     config.connect_timeout = Duration::from_secs(1);
-    let store = drive::MetaStore::connect(&config).await.expect("connect");
+    let store = drive::PgMetaStore::connect(&config).await.expect("connect");
 
     let state = Arc::new(HealthState {
         metrics: Arc::new(Metrics::new().expect("metrics")),

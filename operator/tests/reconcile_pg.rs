@@ -1,5 +1,5 @@
 //! Reconcile logic against the real metadata store: PostgreSQL started by the testkit, the
-//! engine's `MetaStore`, and the operator's adapter, driven through the store-only sync and
+//! engine's `PgMetaStore`, and the operator's adapter, driven through the store-only sync and
 //! cleanup steps that the controllers run.
 
 mod common;
@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use drive::data::{DataKey, Kek, KeyError};
 use drive::model::{Actor, NewNode, NodeKind, View};
-use drive::{MetaConfig, MetaStore};
+use drive::{MetaConfig, PgMetaStore};
 use drive_testkit::pg::PgServer;
 use operator::crd::{DeletionPolicy, WorkspaceKind, conditions};
 use operator::crd::{Encryption, SecretKeyRef};
@@ -17,10 +17,10 @@ use operator::reconcile::{ReconcileError, share, snapshot, workspace};
 use operator::store::drive_adapter::MetaStoreAdapter;
 use operator::store::{NewWorkspace, StoreErrorKind, StudioStore};
 
-async fn store_on(pg: &PgServer) -> (MetaStore, MetaStoreAdapter) {
+async fn store_on(pg: &PgServer) -> (PgMetaStore, MetaStoreAdapter) {
     drive_testkit::init_tracing();
     let db = pg.create_database().await.expect("create database");
-    let meta = MetaStore::connect(&MetaConfig::new(pg.url(&db)))
+    let meta = PgMetaStore::connect(&MetaConfig::new(pg.url(&db)))
         .await
         .expect("connect");
     (meta.clone(), MetaStoreAdapter(meta))
@@ -444,7 +444,7 @@ async fn encrypted_workspace_without_its_secret_or_with_a_bad_key_is_not_created
         "shot050-kek",
         "key",
     );
-    let missing = |meta: MetaStore| async move {
+    let missing = |meta: PgMetaStore| async move {
         assert_eq!(
             meta.get_workspace("studio.shot050")
                 .await

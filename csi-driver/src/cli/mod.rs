@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use drive::data::{ChunkStore, S3Config, StoreLocation};
-use drive::{MetaConfig, MetaStore};
+use drive::{MetaConfig, PgMetaStore};
 
 /// Where metadata and blocks live. With no flags, everything sits under the state dir.
 #[derive(Debug, Clone, clap::Args)]
@@ -68,14 +68,14 @@ impl StorageArgs {
     }
 
     /// Connects to the metadata store, starting the embedded PostgreSQL when no URL is given.
-    pub async fn meta(&self) -> anyhow::Result<MetaStore> {
+    pub async fn meta(&self) -> anyhow::Result<PgMetaStore> {
         let url = match &self.metadata_url {
             Some(url) => url.clone(),
             None => embedded::ensure_running(&self.state_dir()?.join("postgres"))?,
         };
         let mut config = MetaConfig::new(url);
         config.statement_timeout = std::time::Duration::from_millis(self.metadata_statement_timeout_ms);
-        MetaStore::connect(&config)
+        PgMetaStore::connect(&config)
             .await
             .context("connect to the metadata store")
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use drive::meta::{Volume, VolumePlacement, VolumeRequest};
 use drive::model::{Actor, MergeMode, Name, Snapshot, Timestamp, View, validate_workspace_name};
-use drive::{ErrorKind, MetaStore};
+use drive::{ErrorKind, PgMetaStore};
 use tonic::{Request, Response, Status};
 
 use super::attributes::{self, ProvisionParameters};
@@ -60,7 +60,7 @@ const RESTORED_FROM: &str = "restoredFrom";
 
 /// Merges the snapshot's tree into the volume's (new) folder. Files already there are kept, so
 /// a CreateVolume repeated after a crash finishes the restore without duplicating anything.
-async fn fill_from_snapshot(meta: &MetaStore, volume: &Volume, snapshot: &Snapshot) -> Result<(), Status> {
+async fn fill_from_snapshot(meta: &PgMetaStore, volume: &Volume, snapshot: &Snapshot) -> Result<(), Status> {
     let (parent, name) = match volume.path.rsplit_once('/') {
         Some((p, n)) if !n.is_empty() => (if p.is_empty() { "/" } else { p }, n),
         _ => {
@@ -193,7 +193,7 @@ impl ControllerService {
     /// (a restore shares blocks with the snapshot instead of copying data).
     async fn restore_source(
         &self,
-        meta: &MetaStore,
+        meta: &PgMetaStore,
         params: &ProvisionParameters,
         snapshot_id: &str,
     ) -> Result<Snapshot, Status> {
@@ -283,7 +283,7 @@ impl ControllerService {
     }
 
     async fn csi_snapshot(
-        meta: &MetaStore,
+        meta: &PgMetaStore,
         ws_name: &str,
         s: &Snapshot,
         source: &str,

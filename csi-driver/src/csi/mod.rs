@@ -21,7 +21,7 @@ pub mod proto {
 use std::sync::Arc;
 use std::time::Instant;
 
-use drive::{ErrorKind, MetaError, MetaStore};
+use drive::{ErrorKind, MetaError, PgMetaStore};
 use tonic::{Code, Response, Status};
 
 use crate::metrics::CsiMetrics;
@@ -54,16 +54,16 @@ impl Mode {
 /// ready") while the database is still down; calls that need it get UNAVAILABLE.
 #[derive(Default)]
 pub struct MetaSlot {
-    cell: tokio::sync::OnceCell<MetaStore>,
+    cell: tokio::sync::OnceCell<PgMetaStore>,
 }
 
 impl MetaSlot {
-    pub fn set(&self, meta: MetaStore) {
+    pub fn set(&self, meta: PgMetaStore) {
         let _ = self.cell.set(meta);
     }
 
     /// The store, or UNAVAILABLE (retriable) while not connected.
-    pub fn get(&self) -> Result<&MetaStore, Status> {
+    pub fn get(&self) -> Result<&PgMetaStore, Status> {
         self.cell
             .get()
             .ok_or_else(|| Status::unavailable("the metadata store is not connected yet"))

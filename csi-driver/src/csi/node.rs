@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use drive::MetaStore;
+use drive::PgMetaStore;
 use drive::model::{Attr, Snapshot, View, WorkspaceId};
 use tonic::{Request, Response, Status};
 
@@ -190,7 +190,7 @@ fn join_paths(base: &str, rel: &str) -> String {
 
 /// The live snapshot `name` of a workspace, when a name is given.
 async fn snapshot_named(
-    meta: &MetaStore,
+    meta: &PgMetaStore,
     ws: WorkspaceId,
     name: Option<&str>,
 ) -> Result<Option<Snapshot>, Status> {
@@ -207,7 +207,7 @@ async fn snapshot_named(
 /// The view a mount reads and the node at its root: `path` in the live tree, or relative to
 /// the snapshot's root in the snapshot's view.
 async fn mount_root(
-    meta: &MetaStore,
+    meta: &PgMetaStore,
     ws: WorkspaceId,
     snapshot: Option<&Snapshot>,
     path: &str,

@@ -522,7 +522,7 @@ impl Drop for Plugin {
 pub async fn storage_with_default_workspace() -> anyhow::Result<Storage> {
     drive_testkit::install_crypto_provider();
     let storage = Storage::create().await?;
-    let meta = drive::MetaStore::connect(&drive::MetaConfig::new(storage.url.clone())).await?;
+    let meta = drive::PgMetaStore::connect(&drive::MetaConfig::new(storage.url.clone())).await?;
     meta.create_workspace(
         &drive::model::Actor::system("test"),
         &drive::model::WorkspaceSpec::new("default", drive::model::WorkspaceKind::User),

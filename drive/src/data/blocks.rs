@@ -25,7 +25,8 @@ use crate::data::format::{BlockCodec, BlockHash, FormatError, hash_hex};
 use crate::data::store::{ChunkStore, StoreError};
 use crate::error::MetaError;
 use crate::fs::{BlockErrorKind, BlockIo, BlockIoError};
-use crate::meta::{BlockState, MetaStore};
+use crate::meta::{BlockState, PgMetaStore};
+use crate::ports::MetaStore;
 use crate::sync::lock;
 
 /// A failure on the block data path.
@@ -59,8 +60,8 @@ pub struct DataStats {
 
 type Fetch = Shared<BoxFuture<'static, Result<Bytes, Arc<DataError>>>>;
 
-struct Inner {
-    meta: MetaStore,
+struct Inner<M> {
+    meta: M,
     store: Arc<dyn ChunkStore>,
     codec: BlockCodec,
     cache: Option<Arc<BlockCache>>,
@@ -72,11 +73,11 @@ struct Inner {
 
 /// Blocks of one workspace. Cheap to clone.
 #[derive(Clone)]
-pub struct BlockStore {
-    inner: Arc<Inner>,
+pub struct BlockStore<M: MetaStore = PgMetaStore> {
+    inner: Arc<Inner<M>>,
 }
 
-impl std::fmt::Debug for BlockStore {
+impl<M: MetaStore> std::fmt::Debug for BlockStore<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BlockStore")
             .field("store", &self.inner.store.describe())
@@ -92,15 +93,15 @@ pub fn block_key(hash: &BlockHash) -> String {
     format!("blocks/{}/{h}", &h[..2])
 }
 
-impl BlockStore {
+impl<M: MetaStore> BlockStore<M> {
     /// Blocks encoded by `codec` in `store`, cached in `cache` when given. Written blocks also
     /// go into the cache, so reading back what this node wrote is warm.
     pub fn new(
-        meta: MetaStore,
+        meta: M,
         store: Arc<dyn ChunkStore>,
         codec: BlockCodec,
         cache: Option<Arc<BlockCache>>,
-    ) -> BlockStore {
+    ) -> BlockStore<M> {
         BlockStore {
             inner: Arc::new(Inner {
                 meta,
@@ -117,7 +118,7 @@ impl BlockStore {
 
     /// Also keeps verified plaintext of recently used blocks in `memory`, so repeated reads
     /// of a hot block skip the disk cache and its verification. Call before first use.
-    pub fn with_memory_cache(mut self, memory: Arc<MemoryCache>) -> BlockStore {
+    pub fn with_memory_cache(mut self, memory: Arc<MemoryCache>) -> BlockStore<M> {
         Arc::get_mut(&mut self.inner)
             .expect("a BlockStore is configured before it is shared")
             .memory = Some(memory);
@@ -232,7 +233,7 @@ impl BlockStore {
     }
 }
 
-impl Inner {
+impl<M: MetaStore> Inner<M> {
     /// Keeps verified `plaintext` of block `hash` in the memory cache, if there is one.
     fn remember(&self, hash: BlockHash, plaintext: &Bytes) {
         if let Some(memory) = &self.memory {
@@ -302,7 +303,7 @@ impl DataError {
     }
 }
 
-impl BlockIo for BlockStore {
+impl<M: MetaStore> BlockIo for BlockStore<M> {
     async fn put_block(&self, data: Bytes) -> Result<[u8; 32], BlockIoError> {
         self.put(data)
             .await

@@ -17,8 +17,9 @@ use crate::fs::write::{DeferredCreate, WriteSession};
 use crate::fs::{Caller, DriveFs, Handle, OpenFlags, Opened, lock};
 use crate::meta::new_inode_attr;
 use crate::model::{Attr, NewNode, NodeId, NodeKind, Timestamp};
+use crate::ports::MetaStore;
 
-impl<B: BlockIo> DriveFs<B> {
+impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
     /// Opens file `ino`.
     pub async fn open(&self, ino: u64, flags: OpenFlags, caller: Caller) -> Result<Opened, FsError> {
         let attr = self.fresh_attr(self.to_node(ino)).await?;
@@ -136,7 +137,7 @@ impl<B: BlockIo> DriveFs<B> {
         &self,
         attr: &Attr,
         deferred: Option<DeferredCreate>,
-    ) -> Result<Arc<WriteSession<B>>, FsError> {
+    ) -> Result<Arc<WriteSession<B, M>>, FsError> {
         let mut sessions = lock(&self.sessions);
         if let Some((s, users)) = sessions.get_mut(&attr.ino) {
             *users += 1;
@@ -179,7 +180,7 @@ impl<B: BlockIo> DriveFs<B> {
     /// unreachable, so that is not an error for the closing process.
     pub(crate) async fn commit_session(
         &self,
-        session: &WriteSession<B>,
+        session: &WriteSession<B, M>,
         caller: Caller,
     ) -> Result<(), FsError> {
         let result = session.commit(&self.actor(caller)).await;
@@ -250,7 +251,7 @@ impl<B: BlockIo> DriveFs<B> {
     /// written through it may be gone, so its every later write, flush, fsync and release
     /// says so (an error that sticks, unlike the "fsyncgate" behaviour of reporting it once
     /// and then returning 0). Handles opened after the failure start clean.
-    fn lost_writes(handle: &Handle<B>) -> Result<(), FsError> {
+    fn lost_writes(handle: &Handle<B, M>) -> Result<(), FsError> {
         match &handle.session {
             Some(session) if session.failures() > handle.failures_seen => Err(FsError::new(
                 FsErrorKind::Io,

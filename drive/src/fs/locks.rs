@@ -7,11 +7,12 @@ use std::time::Duration;
 use crate::fs::error::{FsError, FsErrorKind};
 use crate::fs::{BlockIo, DriveFs, lock};
 use crate::meta::{FileLock, LockKind};
+use crate::ports::MetaStore;
 
 /// Longest pause between two tries of a blocking lock request.
 const MAX_WAIT_STEP: Duration = Duration::from_millis(500);
 
-impl<B: BlockIo> DriveFs<B> {
+impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
     fn file_lock(&self, ino: u64, owner: u64, start: u64, end: u64, kind: LockKind, pid: u32) -> FileLock {
         FileLock {
             ino: self.to_node(ino),

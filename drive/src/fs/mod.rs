@@ -41,8 +41,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use crate::meta::MetaStore;
+use crate::meta::PgMetaStore;
 use crate::model::{Actor, Attr, Event, Name, NodeId, View, Workspace};
+use crate::ports::MetaStore;
 use crate::sync::lock;
 
 use self::cache::MetaCache;
@@ -169,11 +170,11 @@ pub struct StatFs {
 }
 
 /// One open file handle.
-struct Handle<B: BlockIo> {
+struct Handle<B: BlockIo, M: MetaStore> {
     ino: NodeId,
     flags: OpenFlags,
-    reader: tokio::sync::Mutex<Option<Reader<B>>>,
-    session: Option<Arc<WriteSession<B>>>,
+    reader: tokio::sync::Mutex<Option<Reader<B, M>>>,
+    session: Option<Arc<WriteSession<B, M>>>,
     /// The session's failed commits when this handle joined it: a later failure dropped
     /// writes this handle may have made (see `DriveFs::lost_writes`).
     failures_seen: u64,
@@ -182,25 +183,25 @@ struct Handle<B: BlockIo> {
 /// An open directory's listing, shared by the requests on its handle.
 type SharedDirHandle = Arc<tokio::sync::Mutex<namespace::DirHandle>>;
 /// A write session and the number of open handles using it.
-type SessionUse<B> = (Arc<WriteSession<B>>, usize);
+type SessionUse<B, M> = (Arc<WriteSession<B, M>>, usize);
 
 /// The file system of one mount.
-pub struct DriveFs<B: BlockIo> {
-    meta: MetaStore,
+pub struct DriveFs<B: BlockIo, M: MetaStore = PgMetaStore> {
+    meta: M,
     blocks: Arc<B>,
     ws: Workspace,
     cfg: FsConfig,
-    env: Arc<SessionEnv<B>>,
+    env: Arc<SessionEnv<B, M>>,
     /// Permits of one block each for blocks held by open files (see
     /// `FsConfig::read_buffer_bytes`).
     read_buffers: Arc<Semaphore>,
     cache: MetaCache,
     removals: Removals,
-    handles: Mutex<HashMap<u64, Arc<Handle<B>>>>,
+    handles: Mutex<HashMap<u64, Arc<Handle<B, M>>>>,
     /// Open directories: handle -> (inode, listing so far).
     dirs: Mutex<HashMap<u64, (u64, SharedDirHandle)>>,
     /// Write sessions by store node id, with the number of handles using each.
-    sessions: Mutex<HashMap<NodeId, SessionUse<B>>>,
+    sessions: Mutex<HashMap<NodeId, SessionUse<B, M>>>,
     /// Names of files created here whose create is deferred (see `write::DeferredCreate`).
     deferred_names: Mutex<HashMap<(NodeId, Name), NodeId>>,
     /// Content version each file had when this mount last opened it (FOPEN_KEEP_CACHE), for
@@ -217,7 +218,7 @@ pub struct DriveFs<B: BlockIo> {
     next_fh: AtomicU64,
 }
 
-impl<B: BlockIo> std::fmt::Debug for DriveFs<B> {
+impl<B: BlockIo, M: MetaStore> std::fmt::Debug for DriveFs<B, M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DriveFs")
             .field("workspace", &self.ws.name)
@@ -226,9 +227,9 @@ impl<B: BlockIo> std::fmt::Debug for DriveFs<B> {
     }
 }
 
-impl<B: BlockIo> DriveFs<B> {
+impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
     /// A file system over workspace `ws`, rooted and viewed as `cfg` says.
-    pub fn new(meta: MetaStore, blocks: Arc<B>, ws: Workspace, cfg: FsConfig) -> Result<DriveFs<B>, FsError> {
+    pub fn new(meta: M, blocks: Arc<B>, ws: Workspace, cfg: FsConfig) -> Result<DriveFs<B, M>, FsError> {
         std::fs::create_dir_all(&cfg.staging_dir)
             .map_err(|e| FsError::staging(format!("create {}", cfg.staging_dir.display()), e))?;
         let env = Arc::new(SessionEnv {
@@ -278,7 +279,7 @@ impl<B: BlockIo> DriveFs<B> {
     }
 
     /// The metadata store (for the change feed).
-    pub fn meta(&self) -> &MetaStore {
+    pub fn meta(&self) -> &M {
         &self.meta
     }
 
@@ -380,7 +381,7 @@ impl<B: BlockIo> DriveFs<B> {
 
     /// A reader of `node`'s committed content up to `size`, prefetching within the mount's
     /// budget.
-    fn reader(&self, node: NodeId, size: u64) -> Reader<B> {
+    fn reader(&self, node: NodeId, size: u64) -> Reader<B, M> {
         Reader::new(
             self.meta.clone(),
             self.blocks.clone(),
@@ -393,11 +394,11 @@ impl<B: BlockIo> DriveFs<B> {
         )
     }
 
-    fn session_of(&self, node: NodeId) -> Option<Arc<WriteSession<B>>> {
+    fn session_of(&self, node: NodeId) -> Option<Arc<WriteSession<B, M>>> {
         lock(&self.sessions).get(&node).map(|(s, _)| s.clone())
     }
 
-    fn handle(&self, fh: u64) -> Result<Arc<Handle<B>>, FsError> {
+    fn handle(&self, fh: u64) -> Result<Arc<Handle<B, M>>, FsError> {
         lock(&self.handles)
             .get(&fh)
             .cloned()
@@ -413,7 +414,7 @@ impl<B: BlockIo> DriveFs<B> {
     /// error.
     pub async fn flush_all(&self) -> Result<(), FsError> {
         let drained = self.settle_local().await;
-        let sessions: Vec<(NodeId, Arc<WriteSession<B>>)> = lock(&self.sessions)
+        let sessions: Vec<(NodeId, Arc<WriteSession<B, M>>)> = lock(&self.sessions)
             .iter()
             .map(|(k, (s, _))| (*k, s.clone()))
             .collect();

@@ -12,6 +12,7 @@ use crate::meta::QueuedUnlink;
 use crate::model::{
     Attr, DirEntryPlus, Name, NewNode, NodeId, NodeKind, RenameMode, SetAttr, Timestamp, WorkspaceKind,
 };
+use crate::ports::MetaStore;
 
 /// Entries fetched from the store per directory page.
 const DIR_PAGE: usize = 1000;
@@ -46,7 +47,7 @@ pub(crate) fn parse_name(name: &[u8]) -> Result<Name, FsError> {
     Name::parse(name).map_err(|e| FsError::Meta(e.into()))
 }
 
-impl<B: BlockIo> DriveFs<B> {
+impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
     /// Looks `name` up in directory `parent`.
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
         match self.lookup_cached(parent, name) {

@@ -14,8 +14,9 @@ use tokio::task::JoinHandle;
 use crate::fs::blocks::BlockIo;
 use crate::fs::error::FsError;
 use crate::fs::write::copy_block;
-use crate::meta::{FileBlock, MetaStore};
+use crate::meta::FileBlock;
 use crate::model::{NodeId, View};
+use crate::ports::MetaStore;
 
 /// Block-map entries fetched per metadata query.
 const MAP_CHUNK: u64 = 256;
@@ -25,8 +26,8 @@ const MAP_CHUNK: u64 = 256;
 type Prefetch = JoinHandle<Result<(Bytes, OwnedSemaphorePermit), FsError>>;
 
 /// A read cursor over the committed content of one file, as of its open.
-pub(crate) struct Reader<B: BlockIo> {
-    meta: MetaStore,
+pub(crate) struct Reader<B: BlockIo, M: MetaStore> {
+    meta: M,
     blocks: Arc<B>,
     view: View,
     ino: NodeId,
@@ -44,10 +45,10 @@ pub(crate) struct Reader<B: BlockIo> {
     window: u64,
 }
 
-impl<B: BlockIo> Reader<B> {
+impl<B: BlockIo, M: MetaStore> Reader<B, M> {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        meta: MetaStore,
+        meta: M,
         blocks: Arc<B>,
         view: View,
         ino: NodeId,
@@ -55,7 +56,7 @@ impl<B: BlockIo> Reader<B> {
         block_size: u64,
         readahead_bytes: u64,
         budget: Arc<Semaphore>,
-    ) -> Reader<B> {
+    ) -> Reader<B, M> {
         Reader {
             meta,
             blocks,
@@ -214,7 +215,7 @@ impl<B: BlockIo> Reader<B> {
     }
 }
 
-impl<B: BlockIo> Drop for Reader<B> {
+impl<B: BlockIo, M: MetaStore> Drop for Reader<B, M> {
     fn drop(&mut self) {
         for task in self.prefetch.values() {
             task.abort();

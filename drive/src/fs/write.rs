@@ -30,8 +30,9 @@ use crate::fs::blocks::BlockIo;
 use crate::fs::error::{FsError, FsErrorKind};
 use crate::fs::lock;
 use crate::fs::ranges::Ranges;
-use crate::meta::{BlockChange, FileBlock, InitialContent, MetaStore};
+use crate::meta::{BlockChange, FileBlock, InitialContent};
 use crate::model::{Actor, Attr, NAME_MAX, Name, NewNode, NodeId, Timestamp, View, WorkspaceId};
+use crate::ports::MetaStore;
 
 /// The largest file size accepted (the block map indexes are i64 in SQL).
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
@@ -110,8 +111,8 @@ pub(crate) fn conflict_name(name: &Name, ino: NodeId) -> Result<Name, FsError> {
 }
 
 /// Everything a session needs from its mount.
-pub(crate) struct SessionEnv<B: BlockIo> {
-    pub meta: MetaStore,
+pub(crate) struct SessionEnv<B: BlockIo, M: MetaStore> {
+    pub meta: M,
     pub blocks: Arc<B>,
     pub ws: WorkspaceId,
     pub block_size: u64,
@@ -119,8 +120,8 @@ pub(crate) struct SessionEnv<B: BlockIo> {
 }
 
 /// The staged content of one file.
-pub(crate) struct WriteSession<B: BlockIo> {
-    env: Arc<SessionEnv<B>>,
+pub(crate) struct WriteSession<B: BlockIo, M: MetaStore> {
+    env: Arc<SessionEnv<B, M>>,
     ino: NodeId,
     /// The content version the session started from (write-once rules check it).
     base_version: u64,
@@ -140,10 +141,10 @@ pub(crate) struct WriteSession<B: BlockIo> {
     abandoned: std::sync::Mutex<Option<DeferredCreate>>,
 }
 
-impl<B: BlockIo> WriteSession<B> {
+impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
     /// Starts a session for `attr` with its staging file in `dir`.
     pub(crate) fn new(
-        env: Arc<SessionEnv<B>>,
+        env: Arc<SessionEnv<B, M>>,
         attr: &Attr,
         dir: &Path,
         deferred: Option<DeferredCreate>,
@@ -666,7 +667,7 @@ impl<B: BlockIo> WriteSession<B> {
     }
 }
 
-impl<B: BlockIo> Drop for WriteSession<B> {
+impl<B: BlockIo, M: MetaStore> Drop for WriteSession<B, M> {
     fn drop(&mut self) {
         if let Ok(inner) = self.inner.try_lock() {
             for dirty in inner.blocks.values() {

@@ -13,6 +13,7 @@ use crate::fs::error::{FsError, FsErrorKind};
 use crate::fs::{Caller, DriveFs};
 use crate::meta::xattrs::XattrMode;
 use crate::model::NodeKind;
+use crate::ports::MetaStore;
 
 const USER_PREFIX: &[u8] = b"user.";
 const VIRTUAL_PREFIX: &[u8] = b"user.studiodrive.";
@@ -23,7 +24,7 @@ const SEQUENCES: &[u8] = b"user.studiodrive.sequences";
 /// Bytes read per step while hashing a file.
 const HASH_STEP: u64 = 4 << 20;
 
-impl<B: BlockIo> DriveFs<B> {
+impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
     /// The value of attribute `name`.
     pub async fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, FsError> {
         let node = self.to_node(ino);

@@ -12,7 +12,7 @@ use crate::meta::rows::{
     WsCtx, execute, execute_in_order, first_failure, guard_write_once, query, query_opt, record_event,
     write_inode, ws_and_inode,
 };
-use crate::meta::{MetaStore, in_txn};
+use crate::meta::{PgMetaStore, in_txn};
 use crate::model::{Actor, Attr, Epoch, NodeId, NodeKind, Timestamp, View, WorkspaceId};
 
 /// One entry of a file's block map.
@@ -33,7 +33,7 @@ pub struct BlockChange {
     pub block: Option<([u8; 32], u64)>,
 }
 
-/// The first content of a file created with [`MetaStore::create_file`]: its blocks as
+/// The first content of a file created with [`PgMetaStore::create_file`]: its blocks as
 /// `(index, hash, valid length)` (missing indexes are holes), size and mtime.
 #[derive(Debug, Clone, Copy)]
 pub struct InitialContent<'a> {
@@ -74,7 +74,7 @@ pub struct BlockRecord {
     pub state: BlockState,
 }
 
-impl MetaStore {
+impl PgMetaStore {
     /// The block-map entries of `ino` with index in `[first, first + count)`, as seen in `view`.
     /// Missing indexes are holes.
     pub async fn block_map(
@@ -251,7 +251,7 @@ impl MetaStore {
     }
 }
 
-impl MetaStore {
+impl PgMetaStore {
     /// Blocks no block map of any version references and that are older than `grace` (so an
     /// upload in flight, recorded but not yet committed, is never picked): the sweep set of
     /// a mark-and-sweep GC. Snapshots keep blocks alive through their versioned rows.
@@ -296,7 +296,7 @@ fn to_hash(bytes: Vec<u8>) -> Result<[u8; 32], MetaError> {
 }
 
 /// Checks that every block in `hashes` is registered and not failed, and makes the `Created`
-/// ones `Available` (see [`MetaStore::commit_content`]). Both statements go out together.
+/// ones `Available` (see [`PgMetaStore::commit_content`]). Both statements go out together.
 pub(crate) async fn claim_blocks<C: GenericClient>(c: &C, hashes: &[&[u8]]) -> Result<(), MetaError> {
     if hashes.is_empty() {
         return Ok(());

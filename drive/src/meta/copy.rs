@@ -14,7 +14,7 @@ use crate::meta::rows::{
     live_inode, query, record_event, write_inode, ws_ctx,
 };
 use crate::meta::sequences::{frame_added, frame_removed};
-use crate::meta::{MetaStore, in_txn};
+use crate::meta::{PgMetaStore, in_txn};
 use crate::model::{Actor, Epoch, MergeMode, Name, NewNode, NodeId, NodeKind, Timestamp, View, WorkspaceId};
 
 /// What a copy did.
@@ -30,7 +30,7 @@ pub struct CopyReport {
     pub skipped: u64,
 }
 
-impl MetaStore {
+impl PgMetaStore {
     /// Copies the node `src` as seen in `src_view` (the live tree, or a snapshot: a restore) to
     /// `dst_parent/dst_name` in the live tree of `ws`.
     #[allow(clippy::too_many_arguments)]
@@ -81,7 +81,7 @@ impl MetaStore {
                                 guard_write_once(&ctx, &old.attr, "overwrite")?;
                                 let replaces_folder = old.attr.kind == NodeKind::Directory;
                                 if replaces_folder {
-                                    super::tree::guard_write_once_folder(tx, &ctx, e.ino, &name).await?;
+                                    super::tree::guard_write_once_folder(tx, &ctx, e.ino).await?;
                                 }
                                 close_entry(tx, &ctx, e.id, true).await?;
                                 if replaces_folder {

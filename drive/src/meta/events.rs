@@ -19,11 +19,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::MetaError;
-use crate::meta::MetaStore;
+use crate::meta::PgMetaStore;
 use crate::meta::rows::{execute, from_system_time, query, query_opt};
 use crate::model::{Event, Name, NodeId, WorkspaceId};
 
-impl MetaStore {
+impl PgMetaStore {
     /// Up to `limit` events with id greater than `after`, in id order; `ws = None` reads all
     /// workspaces.
     pub async fn events_after(
@@ -114,7 +114,7 @@ pub struct FeedHorizon {
 /// Events read per statement by a [`WorkspaceFeed`].
 const WINDOW_BATCH: i64 = 1_000;
 
-impl MetaStore {
+impl PgMetaStore {
     /// The feed horizon now.
     pub async fn feed_horizon(&self) -> Result<FeedHorizon, MetaError> {
         let client = self.client().await?;
@@ -240,7 +240,7 @@ impl EventFeed {
     /// A feed that starts at the current end of the log (only new events). Ids missing in
     /// the last [`FROM_NOW_WINDOW`] below the end may belong to transactions still in flight:
     /// they are tracked as gaps like any other, so those events are delivered when they commit.
-    pub async fn from_now(store: &MetaStore, ws: Option<WorkspaceId>) -> Result<EventFeed, MetaError> {
+    pub async fn from_now(store: &PgMetaStore, ws: Option<WorkspaceId>) -> Result<EventFeed, MetaError> {
         let client = store.client().await?;
         let row = query(&client, "SELECT COALESCE(max(id), 0) FROM events", &[]).await?;
         let end: i64 = row.first().map_or(0, |r| r.get(0));
@@ -276,7 +276,7 @@ impl EventFeed {
     }
 
     /// Events that became visible since the last poll.
-    pub async fn poll(&mut self, store: &MetaStore) -> Result<Vec<Event>, MetaError> {
+    pub async fn poll(&mut self, store: &PgMetaStore) -> Result<Vec<Event>, MetaError> {
         let now = Instant::now();
         let mut out = Vec::new();
         if !self.pending.is_empty() {
@@ -359,7 +359,7 @@ impl WorkspaceFeed {
     }
 
     /// A feed of `ws` that delivers only events that become visible after it starts.
-    pub async fn from_now(store: &MetaStore, ws: WorkspaceId) -> Result<WorkspaceFeed, MetaError> {
+    pub async fn from_now(store: &PgMetaStore, ws: WorkspaceId) -> Result<WorkspaceFeed, MetaError> {
         let mut feed = WorkspaceFeed::new(ws, 0);
         let start = store.feed_horizon().await?.horizon;
         let (horizon, mut window) = store.horizon_and_window(ws, start).await?;
@@ -403,7 +403,7 @@ impl WorkspaceFeed {
     }
 
     /// Events of the workspace that became visible since the last poll.
-    pub async fn poll(&mut self, store: &MetaStore) -> Result<Vec<Event>, MetaError> {
+    pub async fn poll(&mut self, store: &PgMetaStore) -> Result<Vec<Event>, MetaError> {
         let (horizon, mut window) = store.horizon_and_window(self.ws, self.floor).await?;
         let mut out = Vec::new();
         loop {
@@ -436,7 +436,7 @@ impl HorizonKeeper {
     /// Advances the horizon when this keeper holds it, or takes it over when its holder's
     /// lease lapsed. A new holder starts its log at the horizon it took over: everything
     /// below is resolved, and every missing id above is tracked as a gap.
-    async fn step(&mut self, store: &MetaStore, seen: &FeedHorizon) -> Result<(), MetaError> {
+    async fn step(&mut self, store: &PgMetaStore, seen: &FeedHorizon) -> Result<(), MetaError> {
         if seen.live && seen.holder != self.me {
             self.log = None;
             return Ok(());

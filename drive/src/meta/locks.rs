@@ -4,7 +4,7 @@
 //!
 //! A lock belongs to (mount, owner): the owner is the kernel's lock owner of the request.
 //! A mount's locks count only while its lease (`mount_leases`) is live; taking a lock renews
-//! it, and a mount holding locks renews it in the background ([`MetaStore::renew_mount_lease`]).
+//! it, and a mount holding locks renews it in the background ([`PgMetaStore::renew_mount_lease`]).
 //! A mount whose lease expired (killed, partitioned, frozen) loses its locks: others may take
 //! them, and when it comes back its old rows are deleted before it may lock again.
 //! Every change is one SERIALIZABLE transaction, so two mounts racing for one range cannot
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::error::MetaError;
 use crate::meta::rows::{execute, query, query_opt};
-use crate::meta::{MetaStore, in_txn};
+use crate::meta::{PgMetaStore, in_txn};
 use crate::model::NodeId;
 
 /// Shared, exclusive, or a release of a range.
@@ -45,7 +45,7 @@ fn off(x: u64) -> i64 {
     x.min(LAST) as i64
 }
 
-impl MetaStore {
+impl PgMetaStore {
     /// Takes, changes or releases `lock`. Returns the conflicting lock of another owner (live
     /// mounts only) instead, and changes nothing, when one holds an overlapping range in a
     /// mode that excludes this one. The owner's own locks in the range are replaced (split

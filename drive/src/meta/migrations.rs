@@ -8,7 +8,7 @@
 use tokio_postgres::error::SqlState;
 
 use crate::error::{ErrorKind, MetaError};
-use crate::meta::{MetaStore, pg_error};
+use crate::meta::{PgMetaStore, pg_error};
 
 /// (version, SQL) in order. Never edit a released migration; add a new one.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -19,7 +19,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../../migrations/0005_feed_horizon.sql")),
 ];
 
-pub(super) async fn apply(store: &MetaStore) -> Result<(), MetaError> {
+pub(super) async fn apply(store: &PgMetaStore) -> Result<(), MetaError> {
     let mut client = store.client().await?;
     client
         .batch_execute(

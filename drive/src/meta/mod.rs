@@ -16,7 +16,9 @@ mod content;
 mod copy;
 mod events;
 mod locks;
+mod memory;
 mod migrations;
+mod port;
 mod rows;
 mod sequences;
 mod shares;
@@ -31,6 +33,7 @@ pub use content::{BlockChange, BlockRecord, BlockState, FileBlock, InitialConten
 pub use copy::CopyReport;
 pub use events::{EventFeed, FeedHorizon, WorkspaceFeed};
 pub use locks::{FileLock, LockKind};
+pub use memory::MemMetaStore;
 pub(crate) use rows::new_inode_attr;
 pub use tree::QueuedUnlink;
 pub use volumes::{Volume, VolumePlacement, VolumeRequest};
@@ -104,30 +107,30 @@ pub struct MetaStats {
 
 /// The metadata store: a connection pool over a migrated database.
 #[derive(Clone)]
-pub struct MetaStore {
+pub struct PgMetaStore {
     pool: Pool,
     stats: Arc<MetaStats>,
-    /// Node numbers taken from the sequence in batches for [`MetaStore::reserve_node_id`].
+    /// Node numbers taken from the sequence in batches for [`PgMetaStore::reserve_node_id`].
     reserved_ids: Arc<std::sync::Mutex<Vec<u64>>>,
 }
 
-impl std::fmt::Debug for MetaStore {
+impl std::fmt::Debug for PgMetaStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MetaStore")
+        f.debug_struct("PgMetaStore")
             .field("pool", &self.pool.status())
             .finish()
     }
 }
 
-/// Node numbers [`MetaStore::reserve_node_id`] takes from the sequence at a time.
+/// Node numbers [`PgMetaStore::reserve_node_id`] takes from the sequence at a time.
 const NODE_ID_BATCH: i32 = 64;
 
 /// Attempts of one transaction before a serialization conflict is reported to the caller.
 const MAX_TXN_ATTEMPTS: u32 = 60;
 
-impl MetaStore {
+impl PgMetaStore {
     /// Connects, applies pending migrations and returns the store.
-    pub async fn connect(config: &MetaConfig) -> Result<MetaStore, MetaError> {
+    pub async fn connect(config: &MetaConfig) -> Result<PgMetaStore, MetaError> {
         let mut pg: tokio_postgres::Config = config
             .url
             .parse()
@@ -170,7 +173,7 @@ impl MetaStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| MetaError::Internal(format!("build connection pool: {e}")))?;
-        let store = MetaStore {
+        let store = PgMetaStore {
             pool,
             stats: Arc::default(),
             reserved_ids: Arc::default(),
@@ -179,7 +182,7 @@ impl MetaStore {
         Ok(store)
     }
 
-    /// A node number for a node this client creates later ([`MetaStore::create_file`]).
+    /// A node number for a node this client creates later ([`PgMetaStore::create_file`]).
     /// Numbers are taken from the sequence in batches, so most calls need no round trip;
     /// numbers a process never uses are simply skipped, like any sequence value.
     pub async fn reserve_node_id(&self) -> Result<NodeId, MetaError> {
@@ -250,7 +253,7 @@ impl MetaStore {
 /// creates 308-321/s against 387-388/s, A B A B), so it is not done.
 macro_rules! in_txn {
     ($store:expr, |$tx:ident| $body:block) => {{
-        let store: &$crate::meta::MetaStore = $store;
+        let store: &$crate::meta::PgMetaStore = $store;
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;

@@ -661,14 +661,5 @@ async fn insert_event<C: GenericClient>(
 /// Whether the workspace refuses changing this node's committed content (project workspaces
 /// are write-once).
 pub(crate) fn guard_write_once(ws: &WsCtx, attr: &Attr, what: &str) -> Result<(), MetaError> {
-    if ws.kind == WorkspaceKind::Project
-        && attr.kind == NodeKind::File
-        && (attr.size > 0 || attr.content_version > 0)
-    {
-        return Err(MetaError::PermissionDenied(format!(
-            "{what}: project workspaces are write-once and file {} has committed content",
-            attr.ino
-        )));
-    }
-    Ok(())
+    crate::rules::write_once::guard(ws.kind, attr, what)
 }

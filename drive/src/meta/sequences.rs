@@ -13,7 +13,7 @@ use deadpool_postgres::GenericClient;
 
 use crate::error::MetaError;
 use crate::meta::rows::{execute, query};
-use crate::meta::{MetaStore, in_txn};
+use crate::meta::{PgMetaStore, in_txn};
 use crate::model::{FrameName, FrameRange, FrameSequence, Name, NodeId, NodeKind, SequenceKey};
 
 /// Records that a file named `name` now exists in `parent`.
@@ -58,7 +58,7 @@ async fn record_change<C: GenericClient>(
     Ok(())
 }
 
-impl MetaStore {
+impl PgMetaStore {
     /// The frame sequences of a live folder, ordered by pattern.
     pub async fn sequences(&self, dir: NodeId) -> Result<Vec<FrameSequence>, MetaError> {
         let d = dir.0 as i64;

@@ -5,10 +5,10 @@ use std::time::SystemTime;
 
 use crate::error::MetaError;
 use crate::meta::rows::{execute, from_system_time, query, record_event, to_system_time};
-use crate::meta::{MetaStore, in_txn};
+use crate::meta::{PgMetaStore, in_txn};
 use crate::model::{Actor, Permission, Share, WorkspaceId};
 
-impl MetaStore {
+impl PgMetaStore {
     /// Creates or replaces the share `share.name` of its workspace.
     pub async fn put_share(&self, actor: &Actor, share: &Share) -> Result<(), MetaError> {
         super::tree::parse_path(&share.path)?;

@@ -7,7 +7,7 @@ use tokio_postgres::Row;
 
 use crate::error::MetaError;
 use crate::meta::rows::{execute, from_system_time, query, query_opt, record_event, ws_ctx};
-use crate::meta::{MetaStore, in_txn};
+use crate::meta::{PgMetaStore, in_txn};
 use crate::model::{
     Actor, Epoch, NodeId, NodeKind, Snapshot, SnapshotId, Usage, View, WorkspaceId, validate_workspace_name,
 };
@@ -26,7 +26,7 @@ fn snapshot_from_row(row: &Row) -> Snapshot {
     }
 }
 
-impl MetaStore {
+impl PgMetaStore {
     /// Takes a snapshot named `name` of the folder at `path` ("/" for the whole workspace).
     /// Constant time whatever the size of the tree.
     pub async fn create_snapshot(

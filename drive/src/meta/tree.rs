@@ -16,16 +16,17 @@ use crate::meta::rows::{
     write_inode, ws_and_dir, ws_and_inode, ws_ctx,
 };
 use crate::meta::sequences::{frame_added, frame_removed};
-use crate::meta::{MetaStore, in_txn};
+use crate::meta::{PgMetaStore, in_txn};
 use crate::model::{
     Actor, Attr, DirEntry, DirEntryPlus, Epoch, Name, NewNode, NodeId, NodeKind, RenameMode, SetAttr,
     Timestamp, View, WorkspaceId,
 };
+use crate::rules::rename::{self, EntryFacts, RenameCheck, RenameStep};
 
 /// Deepest folder nesting the cycle check walks; deeper trees are refused as corrupt.
 const MAX_DEPTH: i32 = 4096;
 
-impl MetaStore {
+impl PgMetaStore {
     /// Attributes of a node in `view`.
     pub async fn getattr(&self, view: View, ino: NodeId) -> Result<Attr, MetaError> {
         let client = self.client().await?;
@@ -111,7 +112,7 @@ impl MetaStore {
             .collect())
     }
 
-    /// Like [`MetaStore::readdir`], with each entry's attributes (readdirplus).
+    /// Like [`PgMetaStore::readdir`], with each entry's attributes (readdirplus).
     pub async fn readdir_plus(
         &self,
         view: View,
@@ -210,7 +211,7 @@ impl MetaStore {
         Ok(self.create_in(actor, ws, parent, name, node).await?.0)
     }
 
-    /// Like [`MetaStore::create`], also returning the directory's new attributes (for a
+    /// Like [`PgMetaStore::create`], also returning the directory's new attributes (for a
     /// client's cache).
     pub async fn create_in(
         &self,
@@ -225,7 +226,7 @@ impl MetaStore {
     }
 
     /// Creates regular file `name` in `parent` as node `ino` (from
-    /// [`MetaStore::reserve_node_id`]), with `content` as its first content when given, in
+    /// [`PgMetaStore::reserve_node_id`]), with `content` as its first content when given, in
     /// one transaction: a mount that creates a file and writes it before the first close
     /// commits both at that close. Returns the file's and the directory's attributes.
     #[allow(clippy::too_many_arguments)]
@@ -437,7 +438,7 @@ impl MetaStore {
                         return Err(MetaError::NotADirectory(name.to_string_lossy()));
                     }
                     Removal::Rmdir => ensure_empty(tx, entry.ino, name).await?,
-                    Removal::Subtree if is_dir => guard_write_once_folder(tx, &ws, entry.ino, name).await?,
+                    Removal::Subtree if is_dir => guard_write_once_folder(tx, &ws, entry.ino).await?,
                     _ => {}
                 }
                 guard_write_once(&ws, &node.attr, "delete")?;
@@ -611,104 +612,73 @@ impl MetaStore {
                     live_dir(tx, &ws, new_parent).await?
                 };
                 let dst = live_entry(tx, new_parent, new_name).await?;
-                if same_dir && name == new_name {
-                    return Ok(());
+                let facts = |e: &EntryRow| EntryFacts {
+                    ino: e.ino,
+                    kind: e.kind,
+                };
+                let plan = rename::plan(
+                    mode,
+                    (parent, name),
+                    (new_parent, new_name),
+                    facts(&src),
+                    dst.as_ref().map(facts),
+                );
+                for check in plan.checks {
+                    let passed = match check {
+                        RenameCheck::NotAbove { moved, target_parent } => {
+                            !is_above(tx, moved, target_parent).await?
+                        }
+                        RenameCheck::Empty(dir) => !has_entries(tx, dir).await?,
+                    };
+                    if !passed {
+                        return Err(rename::check_failure(check, new_name));
+                    }
                 }
-                let src_is_dir = src.kind == NodeKind::Directory;
-                if src_is_dir && !same_dir {
-                    ensure_not_ancestor(tx, src.ino, new_parent).await?;
+                let step = plan.outcome?;
+                let (src_delta, dst_delta) = rename::folder_link_deltas(step, facts(&src));
+                let (op, moved) = match (step, &dst) {
+                    (RenameStep::Nothing, _) => return Ok(()),
+                    (RenameStep::Exchange { .. }, Some(dst)) => {
+                        close_entry(tx, &ws, src.id, false).await?;
+                        close_entry(tx, &ws, dst.id, false).await?;
+                        insert_entry(tx, &ws, parent, name, dst.ino, dst.kind).await?;
+                        insert_entry(tx, &ws, new_parent, new_name, src.ino, src.kind).await?;
+                        frame_removed(tx, parent, name, src.kind).await?;
+                        frame_removed(tx, new_parent, new_name, dst.kind).await?;
+                        frame_added(tx, parent, name, dst.kind).await?;
+                        frame_added(tx, new_parent, new_name, src.kind).await?;
+                        ("exchange", vec![src.ino, dst.ino])
+                    }
+                    (RenameStep::Exchange { .. }, None) => {
+                        return Err(MetaError::Internal("exchange without a target".into()));
+                    }
+                    (RenameStep::Move { replaces }, _) => {
+                        if let (Some(_), Some(dst)) = (replaces, &dst) {
+                            let mut target = live_inode(tx, &ws, dst.ino).await?;
+                            guard_write_once(&ws, &target.attr, "replace")?;
+                            detach(tx, &ws, dst, &mut target, now).await?;
+                            frame_removed(tx, new_parent, new_name, dst.kind).await?;
+                        }
+                        close_entry(tx, &ws, src.id, false).await?;
+                        insert_entry(tx, &ws, new_parent, new_name, src.ino, src.kind).await?;
+                        frame_removed(tx, parent, name, src.kind).await?;
+                        frame_added(tx, new_parent, new_name, src.kind).await?;
+                        ("rename", vec![src.ino])
+                    }
+                };
+                for ino in moved {
+                    let mut node = live_inode(tx, &ws, ino).await?;
+                    node.attr.ctime = now;
+                    write_inode(tx, &ws, &node).await?;
                 }
-                match (mode, &dst) {
-                    (RenameMode::NoReplace, Some(_)) => {
-                        return Err(MetaError::Exists(new_name.to_string_lossy()));
-                    }
-                    (RenameMode::Exchange, None) => {
-                        return Err(MetaError::NotFound(new_name.to_string_lossy()));
-                    }
-                    _ => {}
-                }
-                if let (RenameMode::Exchange, Some(dst)) = (mode, &dst) {
-                    if dst.ino == src.ino {
-                        return Ok(());
-                    }
-                    if dst.kind == NodeKind::Directory && !same_dir {
-                        ensure_not_ancestor(tx, dst.ino, parent).await?;
-                    }
-                    close_entry(tx, &ws, src.id, false).await?;
-                    close_entry(tx, &ws, dst.id, false).await?;
-                    insert_entry(tx, &ws, parent, name, dst.ino, dst.kind).await?;
-                    insert_entry(tx, &ws, new_parent, new_name, src.ino, src.kind).await?;
-                    frame_removed(tx, parent, name, src.kind).await?;
-                    frame_removed(tx, new_parent, new_name, dst.kind).await?;
-                    frame_added(tx, parent, name, dst.kind).await?;
-                    frame_added(tx, new_parent, new_name, src.kind).await?;
-                    let dirs_moved = i64::from(src_is_dir) - i64::from(dst.kind == NodeKind::Directory);
-                    for ino in [src.ino, dst.ino] {
-                        let mut node = live_inode(tx, &ws, ino).await?;
-                        node.attr.ctime = now;
-                        write_inode(tx, &ws, &node).await?;
-                    }
-                    finish_dirs(
-                        tx,
-                        &ws,
-                        &mut src_dir,
-                        &mut dst_dir,
-                        same_dir,
-                        -dirs_moved,
-                        dirs_moved,
-                        now,
-                    )
-                    .await?;
-                    record_move_event(
-                        tx,
-                        ws.id,
-                        actor,
-                        "exchange",
-                        src.ino,
-                        (parent, name),
-                        (new_parent, new_name),
-                    )
-                    .await?;
-                    return Ok(());
-                }
-                let mut replaced_dir = false;
-                if let Some(dst) = &dst {
-                    if dst.ino == src.ino {
-                        // Two names of one hard-linked file: POSIX says do nothing.
-                        return Ok(());
-                    }
-                    let mut target = live_inode(tx, &ws, dst.ino).await?;
-                    let target_is_dir = target.attr.kind == NodeKind::Directory;
-                    if src_is_dir && !target_is_dir {
-                        return Err(MetaError::NotADirectory(new_name.to_string_lossy()));
-                    }
-                    if !src_is_dir && target_is_dir {
-                        return Err(MetaError::IsADirectory(new_name.to_string_lossy()));
-                    }
-                    if target_is_dir {
-                        ensure_empty(tx, dst.ino, new_name).await?;
-                    }
-                    guard_write_once(&ws, &target.attr, "replace")?;
-                    detach(tx, &ws, dst, &mut target, now).await?;
-                    frame_removed(tx, new_parent, new_name, dst.kind).await?;
-                    replaced_dir = target_is_dir;
-                }
-                close_entry(tx, &ws, src.id, false).await?;
-                insert_entry(tx, &ws, new_parent, new_name, src.ino, src.kind).await?;
-                frame_removed(tx, parent, name, src.kind).await?;
-                frame_added(tx, new_parent, new_name, src.kind).await?;
-                let mut node = live_inode(tx, &ws, src.ino).await?;
-                node.attr.ctime = now;
-                write_inode(tx, &ws, &node).await?;
-                let moved = i64::from(src_is_dir);
                 finish_dirs(
                     tx,
                     &ws,
                     &mut src_dir,
                     &mut dst_dir,
                     same_dir,
-                    -moved,
-                    moved - i64::from(replaced_dir),
+                    src_delta,
+                    dst_delta,
                     now,
                 )
                 .await?;
@@ -716,7 +686,7 @@ impl MetaStore {
                     tx,
                     ws.id,
                     actor,
-                    "rename",
+                    op,
                     src.ino,
                     (parent, name),
                     (new_parent, new_name),
@@ -784,7 +754,7 @@ impl MetaStore {
     }
 }
 
-/// One removal of a batch for [`MetaStore::unlink_many`].
+/// One removal of a batch for [`PgMetaStore::unlink_many`].
 #[derive(Debug, Clone)]
 pub struct QueuedUnlink {
     pub parent: NodeId,
@@ -872,41 +842,51 @@ pub(super) async fn guard_write_once_folder<C: GenericClient>(
     c: &C,
     ws: &WsCtx,
     dir: NodeId,
-    name: &Name,
 ) -> Result<(), MetaError> {
-    if ws.kind != crate::model::WorkspaceKind::Project {
-        return Ok(());
+    if ws.kind == crate::model::WorkspaceKind::Project && has_entries(c, dir).await? {
+        return Err(crate::rules::write_once::full_folder_refusal());
     }
-    ensure_empty(c, dir, name).await.map_err(|e| match e {
-        MetaError::NotEmpty(_) => MetaError::PermissionDenied(
-            "project workspaces are write-once: only empty folders can be deleted".into(),
-        ),
-        other => other,
-    })
+    Ok(())
 }
 
 async fn ensure_empty<C: GenericClient>(c: &C, dir: NodeId, name: &Name) -> Result<(), MetaError> {
+    if has_entries(c, dir).await? {
+        return Err(MetaError::NotEmpty(name.to_string_lossy()));
+    }
+    Ok(())
+}
+
+/// Whether live folder `dir` has any entry.
+async fn has_entries<C: GenericClient>(c: &C, dir: NodeId) -> Result<bool, MetaError> {
     let child = query_opt(
         c,
         "SELECT 1 FROM entries WHERE parent = $1 AND valid_to IS NULL LIMIT 1",
         &[&(dir.0 as i64)],
     )
     .await?;
-    if child.is_some() {
-        return Err(MetaError::NotEmpty(name.to_string_lossy()));
-    }
-    Ok(())
+    Ok(child.is_some())
 }
 
 /// Refuses moving directory `moved` under `target_parent` when that is `moved` itself or below
-/// it (EINVAL). Walks up the live tree from `target_parent`; under SERIALIZABLE, two racing
-/// moves (a into b, b into a) read each other's entries, so one of them is retried and sees
-/// the other's result: no cycle can be committed.
+/// it (EINVAL).
 pub(crate) async fn ensure_not_ancestor<C: GenericClient>(
     c: &C,
     moved: NodeId,
     target_parent: NodeId,
 ) -> Result<(), MetaError> {
+    if is_above(c, moved, target_parent).await? {
+        return Err(MetaError::InvalidArgument(
+            "cannot move a directory into itself or its own subtree".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether folder `moved` is `target_parent` or above it in the live tree. Walks up from
+/// `target_parent`; under SERIALIZABLE, two racing moves (a into b, b into a) read each
+/// other's entries, so one of them is retried and sees the other's result: no cycle can be
+/// committed.
+async fn is_above<C: GenericClient>(c: &C, moved: NodeId, target_parent: NodeId) -> Result<bool, MetaError> {
     let hit = query_opt(
         c,
         "WITH RECURSIVE up (ino, depth) AS ( \
@@ -918,10 +898,5 @@ pub(crate) async fn ensure_not_ancestor<C: GenericClient>(
         &[&(moved.0 as i64), &(target_parent.0 as i64), &MAX_DEPTH],
     )
     .await?;
-    if hit.is_some() {
-        return Err(MetaError::InvalidArgument(
-            "cannot move a directory into itself or its own subtree".into(),
-        ));
-    }
-    Ok(())
+    Ok(hit.is_some())
 }

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use tokio_postgres::Row;
 
 use crate::error::{ErrorKind, MetaError};
-use crate::meta::MetaStore;
+use crate::meta::PgMetaStore;
 use crate::meta::rows::{execute, from_system_time, query, query_opt};
 use crate::model::{
     Actor, NewNode, NodeKind, Timestamp, View, WorkspaceId, WorkspaceKind, WorkspaceSpec,
@@ -64,7 +64,7 @@ fn volume_from_row(row: &Row) -> Volume {
     }
 }
 
-impl MetaStore {
+impl PgMetaStore {
     /// Provisions a volume, or returns the existing one when the same request was already
     /// served. A live volume of that name with other parameters or capacity is `Exists`.
     pub async fn create_volume(&self, actor: &Actor, req: &VolumeRequest) -> Result<Volume, MetaError> {

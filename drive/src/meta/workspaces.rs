@@ -7,7 +7,7 @@ use tokio_postgres::Row;
 
 use crate::error::MetaError;
 use crate::meta::rows::{execute, from_system_time, query, query_opt, record_event};
-use crate::meta::{MetaStore, in_txn};
+use crate::meta::{PgMetaStore, in_txn};
 use crate::model::{
     Actor, Epoch, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, NodeId, NodeKind, Timestamp, Usage, View, Workspace,
     WorkspaceId, WorkspaceKind, WorkspaceSpec, validate_workspace_name,
@@ -44,7 +44,7 @@ pub struct WorkspaceUpdate {
     pub owners: Option<Vec<String>>,
 }
 
-impl MetaStore {
+impl PgMetaStore {
     /// Creates a workspace with an empty root folder. Fails with `Exists` when a live
     /// workspace has that name.
     pub async fn create_workspace(

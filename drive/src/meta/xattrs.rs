@@ -3,7 +3,7 @@
 
 use crate::error::MetaError;
 use crate::meta::rows::{execute, query, query_opt, record_event, ws_and_inode};
-use crate::meta::{MetaStore, in_txn};
+use crate::meta::{PgMetaStore, in_txn};
 use crate::model::{Actor, NodeId, WorkspaceId};
 
 /// Largest value accepted, as Linux's XATTR_SIZE_MAX.
@@ -23,7 +23,7 @@ pub enum XattrMode {
     Replace,
 }
 
-impl MetaStore {
+impl PgMetaStore {
     /// The value of attribute `name` of `ino`, if set.
     pub async fn get_xattr(&self, ino: NodeId, name: &[u8]) -> Result<Option<Vec<u8>>, MetaError> {
         let client = self.client().await?;
@@ -58,13 +58,7 @@ impl MetaStore {
         value: &[u8],
         mode: XattrMode,
     ) -> Result<(), MetaError> {
-        validate(name)?;
-        if value.len() > XATTR_VALUE_MAX {
-            return Err(MetaError::InvalidArgument(format!(
-                "xattr value of {} bytes exceeds {XATTR_VALUE_MAX}",
-                value.len()
-            )));
-        }
+        check_xattr(name, value)?;
         in_txn!(self, |tx| {
             async {
                 let (ws, _) = ws_and_inode(tx, ws, ino).await?;
@@ -131,16 +125,23 @@ impl MetaStore {
     }
 }
 
-fn validate(name: &[u8]) -> Result<(), MetaError> {
+/// Refuses a bad attribute name (empty, NUL, too long) or a value over the limit.
+pub(crate) fn check_xattr(name: &[u8], value: &[u8]) -> Result<(), MetaError> {
     if name.is_empty() || name.len() > XATTR_NAME_MAX || name.contains(&0) {
         return Err(MetaError::InvalidArgument(format!(
             "bad xattr name {}",
             xattr_label(name)
         )));
     }
+    if value.len() > XATTR_VALUE_MAX {
+        return Err(MetaError::InvalidArgument(format!(
+            "xattr value of {} bytes exceeds {XATTR_VALUE_MAX}",
+            value.len()
+        )));
+    }
     Ok(())
 }
 
-fn xattr_label(name: &[u8]) -> String {
+pub(crate) fn xattr_label(name: &[u8]) -> String {
     format!("xattr {:?}", String::from_utf8_lossy(name))
 }

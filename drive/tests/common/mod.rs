@@ -3,20 +3,20 @@
 #![allow(dead_code)]
 
 use drive::model::{Actor, Name, Workspace, WorkspaceKind, WorkspaceSpec};
-use drive::{MetaConfig, MetaStore};
+use drive::{MetaConfig, PgMetaStore};
 use drive_testkit::pg::PgServer;
 
-pub async fn store() -> MetaStore {
+pub async fn store() -> PgMetaStore {
     store_and_url().await.0
 }
 
 /// A store on a fresh database, and the URL of that database for raw connections.
-pub async fn store_and_url() -> (MetaStore, String) {
+pub async fn store_and_url() -> (PgMetaStore, String) {
     drive_testkit::init_tracing();
     let pg = PgServer::shared();
     let db = pg.create_database().await.expect("create test database");
     let url = pg.url(&db);
-    let store = MetaStore::connect(&MetaConfig::new(url.clone()))
+    let store = PgMetaStore::connect(&MetaConfig::new(url.clone()))
         .await
         .expect("connect metadata store");
     (store, url)
@@ -31,7 +31,7 @@ pub async fn raw_client(url: &str) -> tokio_postgres::Client {
     client
 }
 
-pub async fn workspace(store: &MetaStore, name: &str, kind: WorkspaceKind) -> Workspace {
+pub async fn workspace(store: &PgMetaStore, name: &str, kind: WorkspaceKind) -> Workspace {
     store
         .create_workspace(&actor(), &WorkspaceSpec::new(name, kind))
         .await

@@ -1,8 +1,8 @@
-//! [`StudioStore`] over the engine's metadata store (`drive::MetaStore`, PostgreSQL). The one
+//! [`StudioStore`] over the engine's metadata store (`drive::PgMetaStore`, PostgreSQL). The one
 //! place where `drive` types and errors meet the operator: `MetaError` is mapped to
 //! [`StoreError`] here and nowhere else.
 
-use drive::MetaStore;
+use drive::PgMetaStore;
 use drive::data::{DataKey, Kek};
 use drive::meta::WorkspaceUpdate;
 use drive::model::{self, Actor, Timestamp as NanoTime, View};
@@ -135,7 +135,7 @@ impl MetaStoreAdapter {
 
 /// The adapter: a thin newtype so the port is implemented in this crate.
 #[derive(Debug, Clone)]
-pub struct MetaStoreAdapter(pub MetaStore);
+pub struct MetaStoreAdapter(pub PgMetaStore);
 
 impl StudioStore for MetaStoreAdapter {
     async fn get_workspace(&self, name: &str) -> StoreResult<Option<WorkspaceRecord>> {

@@ -2,7 +2,7 @@
 //! operator's own terms (store names, CRD enums), so that planners and reconcilers do not
 //! depend on the engine's API shape.
 //!
-//! Two implementations: [`drive_adapter`] over `drive::MetaStore` (PostgreSQL), and
+//! Two implementations: [`drive_adapter`] over `drive::PgMetaStore` (PostgreSQL), and
 //! [`memory::MemoryStore`], an in-memory model with an on/off switch for outages, used by the
 //! planner property tests and the kube mock tests.
 //!
