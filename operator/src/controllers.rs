@@ -18,7 +18,9 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tokio_util::sync::CancellationToken;
 
 use crate::crd::{LifecyclePolicy, Share, Snapshot, Workspace};
-use crate::reconcile::{self, Context, ReconcileError, error_policy};
+use crate::reconcile::{
+    Context, LifecyclePolicies, ReconcileError, Shares, Snapshots, Workspaces, error_policy, reconcile,
+};
 use crate::store::StudioStore;
 
 /// Errors of the controller runtime.
@@ -127,22 +129,22 @@ pub async fn run_controllers<S: StudioStore>(ctx: Arc<Context<S>>, shutdown: Can
 
     tokio::join!(
         drain(workspaces.run(
-            |o, c| timed("Workspace", o, c, reconcile::workspace::reconcile),
+            |o, c| timed("Workspace", o, c, reconcile::<Workspaces, _>),
             error_policy,
             ctx.clone()
         )),
         drain(snapshots.run(
-            |o, c| timed("Snapshot", o, c, reconcile::snapshot::reconcile),
+            |o, c| timed("Snapshot", o, c, reconcile::<Snapshots, _>),
             error_policy,
             ctx.clone()
         )),
         drain(shares.run(
-            |o, c| timed("Share", o, c, reconcile::share::reconcile),
+            |o, c| timed("Share", o, c, reconcile::<Shares, _>),
             error_policy,
             ctx.clone()
         )),
         drain(policies.run(
-            |o, c| timed("LifecyclePolicy", o, c, reconcile::lifecycle::reconcile),
+            |o, c| timed("LifecyclePolicy", o, c, reconcile::<LifecyclePolicies, _>),
             error_policy,
             ctx.clone()
         )),

@@ -72,6 +72,18 @@ pub trait KeySource: Send + Sync {
     ) -> impl Future<Output = Result<SecretLookup, SecretReadError>> + Send;
 }
 
+/// A borrowed key source is one too (tests lend theirs to the store-only sync).
+impl<K: KeySource + ?Sized> KeySource for &K {
+    fn lookup(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<SecretLookup, SecretReadError>> + Send {
+        (**self).lookup(namespace, name, key)
+    }
+}
+
 /// Why a Secret value is not a KEK. The message describes the shape, never the bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidKek {

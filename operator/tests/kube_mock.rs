@@ -17,7 +17,7 @@ use operator::crd::{
     DeletionPolicy, Encryption, SecretKeyRef, Workspace, WorkspaceKind, WorkspaceStatus, conditions,
 };
 use operator::metrics::Metrics;
-use operator::reconcile::workspace;
+use operator::reconcile::{Workspaces, reconcile, sync};
 use serde_json::Value;
 
 fn ws_with_finalizer() -> Workspace {
@@ -54,7 +54,7 @@ async fn first_reconcile_adds_the_finalizer_with_a_guarded_json_patch() {
             "{ops:?}"
         );
     };
-    let (result, ()) = tokio::join!(workspace::reconcile(Arc::new(w), ctx.clone()), server);
+    let (result, ()) = tokio::join!(reconcile::<Workspaces, _>(Arc::new(w), ctx.clone()), server);
     result.expect("reconcile");
     assert!(
         ctx.store.workspace("studio.shot010").is_none(),
@@ -94,7 +94,10 @@ async fn reconcile_creates_then_patches_status_by_apply_then_posts_an_event_and_
         assert_eq!(event["regarding"]["name"], "shot010");
         assert_eq!(event["reportingController"], "studiodrive-operator");
     };
-    let (result, ()) = tokio::join!(workspace::reconcile(Arc::new(w.clone()), ctx.clone()), server);
+    let (result, ()) = tokio::join!(
+        reconcile::<Workspaces, _>(Arc::new(w.clone()), ctx.clone()),
+        server
+    );
     result.expect("reconcile");
     assert!(ctx.store.workspace("studio.shot010").is_some());
     assert_eq!(status_sent["workspaceName"], "studio.shot010");
@@ -107,7 +110,7 @@ async fn reconcile_creates_then_patches_status_by_apply_then_posts_an_event_and_
     settled.status = Some(status);
     tokio::select! {
         biased;
-        result = workspace::reconcile(Arc::new(settled), ctx.clone()) => { result.expect("quiet reconcile"); }
+        result = reconcile::<Workspaces, _>(Arc::new(settled), ctx.clone()) => { result.expect("quiet reconcile"); }
         request = handle.next_request() => panic!("unexpected request {:?}", request.map(|(r, _)| r.uri().clone())),
     }
 }
@@ -118,9 +121,9 @@ async fn deletion_while_the_store_is_down_keeps_the_finalizer_then_removes_it_af
     let mut w = ws_with_finalizer();
     // Create it in the store first.
     ctx.store.set_available(true);
-    operator::reconcile::workspace::sync(
+    sync(
+        &Workspaces(NO_KEYS),
         &ctx.store,
-        &NO_KEYS,
         &operator::plan::workspace::Input {
             namespace: "studio",
             name: "shot010",
@@ -138,7 +141,7 @@ async fn deletion_while_the_store_is_down_keeps_the_finalizer_then_removes_it_af
     ctx.store.set_available(false);
     tokio::select! {
         biased;
-        result = workspace::reconcile(w.clone(), ctx.clone()) => {
+        result = reconcile::<Workspaces, _>(w.clone(), ctx.clone()) => {
             let err = result.expect_err("cleanup must fail while the store is down");
             assert_eq!(err.label(), "store_unavailable");
         }
@@ -172,7 +175,7 @@ async fn deletion_while_the_store_is_down_keeps_the_finalizer_then_removes_it_af
             "{ops:?}"
         );
     };
-    let (result, ()) = tokio::join!(workspace::reconcile(w.clone(), ctx.clone()), server);
+    let (result, ()) = tokio::join!(reconcile::<Workspaces, _>(w.clone(), ctx.clone()), server);
     result.expect("cleanup after recovery");
     assert!(
         ctx.store.workspace("studio.shot010").is_none(),
@@ -288,7 +291,7 @@ async fn encrypted_workspace_reads_its_key_secret_and_is_created_with_a_wrapped_
         sent = format!("{status} {event}");
     };
     let (result, ()) = tokio::join!(
-        workspace::reconcile(Arc::new(encrypted_ws()), ctx.clone()),
+        reconcile::<Workspaces, _>(Arc::new(encrypted_ws()), ctx.clone()),
         server
     );
     result.expect("reconcile");
@@ -331,7 +334,7 @@ async fn a_missing_key_secret_gives_key_secret_missing_a_warning_and_no_workspac
         );
     };
     let (result, ()) = tokio::join!(
-        workspace::reconcile(Arc::new(encrypted_ws()), ctx.clone()),
+        reconcile::<Workspaces, _>(Arc::new(encrypted_ws()), ctx.clone()),
         server
     );
     let action = result.expect("a missing Secret is a condition, not a reconcile error");
@@ -374,7 +377,7 @@ async fn a_malformed_key_gives_invalid_key_and_its_value_is_in_no_request() {
         sent = format!("{status} {event}");
     };
     let (result, ()) = tokio::join!(
-        workspace::reconcile(Arc::new(encrypted_ws()), ctx.clone()),
+        reconcile::<Workspaces, _>(Arc::new(encrypted_ws()), ctx.clone()),
         server
     );
     result.expect("reconcile");
@@ -412,7 +415,7 @@ async fn a_forbidden_key_secret_is_a_retried_error_with_key_secret_unreadable() 
         assert!(conditions::is_true(&degraded.conditions, "Degraded"));
     };
     let (result, ()) = tokio::join!(
-        workspace::reconcile(Arc::new(encrypted_ws()), ctx.clone()),
+        reconcile::<Workspaces, _>(Arc::new(encrypted_ws()), ctx.clone()),
         server
     );
     let err = result.expect_err("an unreadable Secret is retried with backoff");

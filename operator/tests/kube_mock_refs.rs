@@ -14,7 +14,7 @@ use kube::runtime::controller::Action;
 use operator::crd::{
     DeletionPolicy, Share, ShareStatus, Snapshot, SnapshotStatus, WorkspaceKind, conditions,
 };
-use operator::reconcile::{share as share_reconcile, snapshot as snapshot_reconcile};
+use operator::reconcile::{Shares, Snapshots, Workspaces, reconcile, sync};
 use operator::store::StudioStore;
 use operator::store::memory::MemoryStore;
 use serde_json::json;
@@ -53,7 +53,7 @@ async fn with_workspace(store: &MemoryStore) {
         spec: &w.spec,
         status: None,
     };
-    operator::reconcile::workspace::sync(store, &NO_KEYS, &input, at(1))
+    sync(&Workspaces(NO_KEYS), store, &input, at(1))
         .await
         .expect("workspace");
 }
@@ -82,10 +82,7 @@ async fn a_snapshot_of_a_missing_workspace_reports_workspace_not_found_and_waits
         );
         assert!(ready.message.contains("studio.shot010"), "{}", ready.message);
     };
-    let (result, ()) = tokio::join!(
-        snapshot_reconcile::reconcile(Arc::new(snap()), ctx.clone()),
-        server
-    );
+    let (result, ()) = tokio::join!(reconcile::<Snapshots, _>(Arc::new(snap()), ctx.clone()), server);
     requeue(&result.expect("reconcile"), Duration::from_secs(30));
     assert_eq!(ctx.store.writes(), 0);
 }
@@ -117,10 +114,7 @@ async fn a_snapshot_is_taken_then_its_status_is_applied_and_a_created_event_post
             (Some("Created"), Some("Snapshot"))
         );
     };
-    let (result, ()) = tokio::join!(
-        snapshot_reconcile::reconcile(Arc::new(snap()), ctx.clone()),
-        server
-    );
+    let (result, ()) = tokio::join!(reconcile::<Snapshots, _>(Arc::new(snap()), ctx.clone()), server);
     result.expect("reconcile");
     let taken = ctx
         .store
@@ -161,7 +155,7 @@ async fn deleting_a_snapshot_releases_it_then_removes_the_finalizer() {
         );
     };
     let (result, ()) = tokio::join!(
-        snapshot_reconcile::reconcile(Arc::new(deleting.clone()), ctx.clone()),
+        reconcile::<Snapshots, _>(Arc::new(deleting.clone()), ctx.clone()),
         server
     );
     result.expect("cleanup");
@@ -202,7 +196,7 @@ async fn a_share_is_granted_with_status_and_a_granted_event_and_wakes_up_for_exp
             "{note}"
         );
     };
-    let (result, ()) = tokio::join!(share_reconcile::reconcile(Arc::new(grant()), ctx.clone()), server);
+    let (result, ()) = tokio::join!(reconcile::<Shares, _>(Arc::new(grant()), ctx.clone()), server);
     requeue(&result.expect("reconcile"), Duration::from_secs(300));
     let stored = ctx
         .store
@@ -229,7 +223,7 @@ async fn deleting_a_share_revokes_the_grant_then_removes_the_finalizer() {
         .await;
         expect(&mut handle, "POST", EVENTS, &json!({})).await;
     };
-    let (result, ()) = tokio::join!(share_reconcile::reconcile(Arc::new(grant()), ctx.clone()), server);
+    let (result, ()) = tokio::join!(reconcile::<Shares, _>(Arc::new(grant()), ctx.clone()), server);
     result.expect("grant");
 
     let mut deleting = grant();
@@ -256,7 +250,7 @@ async fn deleting_a_share_revokes_the_grant_then_removes_the_finalizer() {
         );
     };
     let (result, ()) = tokio::join!(
-        share_reconcile::reconcile(Arc::new(deleting.clone()), ctx.clone()),
+        reconcile::<Shares, _>(Arc::new(deleting.clone()), ctx.clone()),
         server
     );
     result.expect("cleanup");
@@ -289,7 +283,7 @@ async fn a_store_outage_during_a_share_reconcile_writes_store_unavailable_and_fa
         );
         assert!(conditions::is_true(&status.conditions, "Degraded"));
     };
-    let (result, ()) = tokio::join!(share_reconcile::reconcile(Arc::new(grant()), ctx.clone()), server);
+    let (result, ()) = tokio::join!(reconcile::<Shares, _>(Arc::new(grant()), ctx.clone()), server);
     assert_eq!(result.expect_err("store down").label(), "store_unavailable");
 }
 

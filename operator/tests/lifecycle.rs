@@ -20,7 +20,8 @@ use operator::crd::{
 };
 use operator::gc_job::{GcJobSettings, GcPassArgs, build_job};
 use operator::plan::lifecycle::{Input, JobObservation, Observed, Op, job_name, pass_id, plan};
-use operator::reconcile::lifecycle::{observe_job, reconcile};
+use operator::reconcile::lifecycle::observe_job;
+use operator::reconcile::{LifecyclePolicies, reconcile};
 use serde_json::Value;
 
 const HOUR: i64 = 3600;
@@ -587,7 +588,10 @@ async fn a_due_policy_applies_its_gc_job_then_writes_status_then_records_pass_st
         );
         assert_eq!(event["regarding"]["kind"], "LifecyclePolicy");
     };
-    let (result, ()) = tokio::join!(reconcile(Arc::new(p), ctx.clone()), server);
+    let (result, ()) = tokio::join!(
+        reconcile::<LifecyclePolicies, _>(Arc::new(p), ctx.clone()),
+        server
+    );
     let action = result.expect("reconcile");
     assert_eq!(
         format!("{action:?}"),
@@ -638,6 +642,9 @@ async fn a_running_pass_is_looked_up_by_its_job_and_its_success_recorded() {
         let (_, event) = expect(&mut handle, "POST", EVENTS, &serde_json::json!({})).await;
         assert_eq!(event["reason"], "PassSucceeded");
     };
-    let (result, ()) = tokio::join!(reconcile(Arc::new(p), ctx.clone()), server);
+    let (result, ()) = tokio::join!(
+        reconcile::<LifecyclePolicies, _>(Arc::new(p), ctx.clone()),
+        server
+    );
     result.expect("reconcile");
 }

@@ -9,7 +9,7 @@ use operator::crd::conditions::{self, reason};
 use operator::crd::{DeletionPolicy, WorkspaceKind};
 use operator::keys::StaticKeySource;
 use operator::plan::workspace::{Input, KeyState, Observed, Op, plan};
-use operator::reconcile::{Backoff, ReconcileError, workspace as ws_sync};
+use operator::reconcile::{self, Backoff, ReconcileError, Workspaces};
 use operator::store::memory::MemoryStore;
 use operator::store::{StoreErrorKind, StudioStore, Usage};
 use proptest::prelude::*;
@@ -84,7 +84,7 @@ fn second_sync_changes_nothing_and_mutable_edits_update() {
                 bytes: 42,
             },
         );
-        let first = ws_sync::sync(&store, &NO_KEYS, &input(&w), at(10))
+        let first = reconcile::sync(&Workspaces(NO_KEYS), &store, &input(&w), at(10))
             .await
             .expect("sync");
         assert!(
@@ -99,7 +99,7 @@ fn second_sync_changes_nothing_and_mutable_edits_update() {
         );
         let writes = store.writes();
         w.status = Some(first.status.clone());
-        let second = ws_sync::sync(&store, &NO_KEYS, &input(&w), at(20))
+        let second = reconcile::sync(&Workspaces(NO_KEYS), &store, &input(&w), at(20))
             .await
             .expect("sync again");
         assert_eq!(store.writes(), writes, "an unchanged spec must not write");
@@ -111,7 +111,7 @@ fn second_sync_changes_nothing_and_mutable_edits_update() {
 
         w.spec.quota_bytes = Some(2 << 30);
         w.metadata.generation = Some(2);
-        let third = ws_sync::sync(&store, &NO_KEYS, &input(&w), at(30))
+        let third = reconcile::sync(&Workspaces(NO_KEYS), &store, &input(&w), at(30))
             .await
             .expect("sync after edit");
         assert_eq!(
@@ -138,23 +138,23 @@ fn store_outage_fails_with_unavailable_and_cleanup_finishes_after_recovery() {
             "gone",
             workspace_spec(WorkspaceKind::User, DeletionPolicy::Delete),
         );
-        ws_sync::sync(&store, &NO_KEYS, &input(&w), at(1))
+        reconcile::sync(&Workspaces(NO_KEYS), &store, &input(&w), at(1))
             .await
             .expect("create");
         store.set_available(false);
-        let err = ws_sync::sync(&store, &NO_KEYS, &input(&w), at(2))
+        let err = reconcile::sync(&Workspaces(NO_KEYS), &store, &input(&w), at(2))
             .await
             .expect_err("store is down");
         assert!(matches!(&err, ReconcileError::Store(e) if e.kind == StoreErrorKind::Unavailable));
         assert_eq!(err.label(), "store_unavailable");
-        let cleanup = ws_sync::cleanup(&store, &input(&w)).await;
+        let cleanup = reconcile::cleanup(&Workspaces(NO_KEYS), &store, &input(&w)).await;
         assert!(
             cleanup.is_err(),
             "cleanup must fail (and keep the finalizer) while the store is down"
         );
         assert!(store.workspace("studio.gone").is_some());
         store.set_available(true);
-        let ops = ws_sync::cleanup(&store, &input(&w))
+        let ops = reconcile::cleanup(&Workspaces(NO_KEYS), &store, &input(&w))
             .await
             .expect("cleanup after recovery");
         assert_eq!(ops.len(), 1);
@@ -171,11 +171,11 @@ fn retain_cleanup_keeps_the_workspace() {
             "keep",
             workspace_spec(WorkspaceKind::Project, DeletionPolicy::Retain),
         );
-        ws_sync::sync(&store, &NO_KEYS, &input(&w), at(1))
+        reconcile::sync(&Workspaces(NO_KEYS), &store, &input(&w), at(1))
             .await
             .expect("create");
         assert!(
-            ws_sync::cleanup(&store, &input(&w))
+            reconcile::cleanup(&Workspaces(NO_KEYS), &store, &input(&w))
                 .await
                 .expect("cleanup")
                 .is_empty()
@@ -240,11 +240,11 @@ proptest! {
             };
             let mut w = workspace("ns", &name, spec);
             w.metadata.generation = Some(generation);
-            let first = ws_sync::sync(&store, &keys, &input(&w), at(5)).await.expect("sync");
+            let first = reconcile::sync(&Workspaces(&keys), &store, &input(&w), at(5)).await.expect("sync");
             prop_assert_eq!(first.status.observed_generation, Some(generation));
             w.status = Some(first.status.clone());
             let writes = store.writes();
-            let second = ws_sync::sync(&store, &keys, &input(&w), at(6)).await.expect("sync");
+            let second = reconcile::sync(&Workspaces(&keys), &store, &input(&w), at(6)).await.expect("sync");
             prop_assert_eq!(store.writes(), writes);
             prop_assert_eq!(second.status, first.status);
             Ok(())
@@ -364,7 +364,7 @@ fn sync_wraps_a_new_data_key_under_the_secret_kek_in_the_memory_store() {
     rt().block_on(async {
         let store = MemoryStore::default();
         let w = workspace("studio", "vault", encrypted_input_spec());
-        let missing = ws_sync::sync(&store, &NO_KEYS, &input(&w), at(1))
+        let missing = reconcile::sync(&Workspaces(NO_KEYS), &store, &input(&w), at(1))
             .await
             .expect("sync");
         assert_eq!(missing.status.conditions[0].reason, reason::KEY_SECRET_MISSING);
@@ -372,7 +372,7 @@ fn sync_wraps_a_new_data_key_under_the_secret_kek_in_the_memory_store() {
 
         let kek = Kek::generate();
         let keys = StaticKeySource::default().with("studio", "kek", "key", kek.to_hex());
-        let created = ws_sync::sync(&store, &keys, &input(&w), at(2))
+        let created = reconcile::sync(&Workspaces(&keys), &store, &input(&w), at(2))
             .await
             .expect("sync");
         assert!(conditions::is_true(&created.status.conditions, "Ready"));

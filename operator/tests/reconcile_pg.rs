@@ -13,7 +13,7 @@ use operator::crd::{DeletionPolicy, WorkspaceKind, conditions};
 use operator::crd::{Encryption, SecretKeyRef};
 use operator::keys::StaticKeySource;
 use operator::plan::{share as share_plan, snapshot as snap_plan, workspace as ws_plan};
-use operator::reconcile::{ReconcileError, share, snapshot, workspace};
+use operator::reconcile::{self, ReconcileError, Shares, Snapshots, Workspaces};
 use operator::store::drive_adapter::MetaStoreAdapter;
 use operator::store::{NewWorkspace, StoreErrorKind, StudioStore};
 
@@ -44,7 +44,7 @@ async fn workspace_is_created_idempotent_updated_and_deleted_per_policy() {
         "shot010",
         workspace_spec(WorkspaceKind::Team, DeletionPolicy::Delete),
     );
-    let first = workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(10))
+    let first = reconcile::sync(&Workspaces(NO_KEYS), &store, &ws_input(&w), at(10))
         .await
         .expect("create");
     let stored = meta
@@ -66,7 +66,7 @@ async fn workspace_is_created_idempotent_updated_and_deleted_per_policy() {
         .await
         .expect("events")
         .len();
-    let again = workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(20))
+    let again = reconcile::sync(&Workspaces(NO_KEYS), &store, &ws_input(&w), at(20))
         .await
         .expect("sync again");
     assert_eq!(again.status, first.status);
@@ -81,7 +81,7 @@ async fn workspace_is_created_idempotent_updated_and_deleted_per_policy() {
     // A mutable field changes.
     w.spec.quota_bytes = Some(5 << 30);
     w.spec.owners = vec!["Group:comp".into()];
-    workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(30))
+    reconcile::sync(&Workspaces(NO_KEYS), &store, &ws_input(&w), at(30))
         .await
         .expect("update");
     let updated = meta.get_workspace("studio.shot010").await.expect("get");
@@ -102,13 +102,15 @@ async fn workspace_is_created_idempotent_updated_and_deleted_per_policy() {
     )
     .await
     .expect("create a file");
-    let with_file = workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(40))
+    let with_file = reconcile::sync(&Workspaces(NO_KEYS), &store, &ws_input(&w), at(40))
         .await
         .expect("sync");
     assert_eq!(with_file.status.usage.map(|u| u.files), Some(1));
 
     // Delete policy: cleanup soft-deletes.
-    workspace::cleanup(&store, &ws_input(&w)).await.expect("cleanup");
+    reconcile::cleanup(&Workspaces(NO_KEYS), &store, &ws_input(&w))
+        .await
+        .expect("cleanup");
     assert_eq!(
         meta.get_workspace("studio.shot010")
             .await
@@ -126,17 +128,17 @@ async fn retain_keeps_the_workspace_and_a_recreated_resource_adopts_it() {
         "assets",
         workspace_spec(WorkspaceKind::Project, DeletionPolicy::Retain),
     );
-    let first = workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(1))
+    let first = reconcile::sync(&Workspaces(NO_KEYS), &store, &ws_input(&w), at(1))
         .await
         .expect("create");
     assert!(
-        workspace::cleanup(&store, &ws_input(&w))
+        reconcile::cleanup(&Workspaces(NO_KEYS), &store, &ws_input(&w))
             .await
             .expect("cleanup")
             .is_empty()
     );
     let kept = meta.get_workspace("studio.assets").await.expect("retained");
-    let again = workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(2))
+    let again = reconcile::sync(&Workspaces(NO_KEYS), &store, &ws_input(&w), at(2))
         .await
         .expect("adopt");
     assert_eq!(again.status.workspace_id, Some(kept.id.to_string()));
@@ -151,11 +153,11 @@ async fn a_kind_change_that_slipped_past_cel_is_reported_as_invalid_spec() {
         "drift",
         workspace_spec(WorkspaceKind::User, DeletionPolicy::Retain),
     );
-    workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(1))
+    reconcile::sync(&Workspaces(NO_KEYS), &store, &ws_input(&w), at(1))
         .await
         .expect("create");
     w.spec.kind = WorkspaceKind::Project;
-    let p = workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(2))
+    let p = reconcile::sync(&Workspaces(NO_KEYS), &store, &ws_input(&w), at(2))
         .await
         .expect("no store error");
     let ready = conditions::find(&p.status.conditions, "Ready").expect("Ready");
@@ -174,7 +176,7 @@ async fn snapshot_view_matches_the_tree_at_that_moment_and_delete_releases_it() 
         "shot020",
         workspace_spec(WorkspaceKind::Team, DeletionPolicy::Retain),
     );
-    workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(1))
+    reconcile::sync(&Workspaces(NO_KEYS), &store, &ws_input(&w), at(1))
         .await
         .expect("create workspace");
     let ws = meta.get_workspace("studio.shot020").await.expect("ws");
@@ -207,7 +209,7 @@ async fn snapshot_view_matches_the_tree_at_that_moment_and_delete_releases_it() 
         spec: &s.spec,
         status: None,
     };
-    let p = snapshot::sync(&store, &input, at(2))
+    let p = reconcile::sync(&Snapshots, &store, &input, at(2))
         .await
         .expect("take snapshot");
     assert!(p.status.ready_to_use);
@@ -239,11 +241,15 @@ async fn snapshot_view_matches_the_tree_at_that_moment_and_delete_releases_it() 
         status: Some(&status),
         ..input
     };
-    let again = snapshot::sync(&store, &input, at(3)).await.expect("sync again");
+    let again = reconcile::sync(&Snapshots, &store, &input, at(3))
+        .await
+        .expect("sync again");
     assert_eq!(again.status.snapshot_id, status.snapshot_id);
     assert_eq!(again.status.files, Some(1));
 
-    snapshot::cleanup(&store, &input).await.expect("release");
+    reconcile::cleanup(&Snapshots, &store, &input)
+        .await
+        .expect("release");
     assert_eq!(
         meta.get_snapshot(ws.id, "review-1")
             .await
@@ -261,7 +267,7 @@ async fn share_grants_are_stored_and_an_expired_share_is_revoked() {
         "shot030",
         workspace_spec(WorkspaceKind::Team, DeletionPolicy::Retain),
     );
-    workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(1))
+    reconcile::sync(&Workspaces(NO_KEYS), &store, &ws_input(&w), at(1))
         .await
         .expect("create workspace");
     let ws = meta.get_workspace("studio.shot030").await.expect("ws");
@@ -273,7 +279,9 @@ async fn share_grants_are_stored_and_an_expired_share_is_revoked() {
         spec: &sh.spec,
         status: None,
     };
-    let p = share::sync(&store, &input, at(100)).await.expect("grant");
+    let p = reconcile::sync(&Shares, &store, &input, at(100))
+        .await
+        .expect("grant");
     assert!(conditions::is_true(&p.status.conditions, "Ready"));
     let stored = meta.list_shares(ws.id).await.expect("shares");
     assert_eq!(stored.len(), 1);
@@ -284,7 +292,9 @@ async fn share_grants_are_stored_and_an_expired_share_is_revoked() {
     assert_eq!(subjects, ["Group:review", "ServiceAccount:farm/render"]);
 
     // After expiry the grant is revoked and the status says so.
-    let expired = share::sync(&store, &input, at(2_000)).await.expect("expire");
+    let expired = reconcile::sync(&Shares, &store, &input, at(2_000))
+        .await
+        .expect("expire");
     assert!(expired.status.expired);
     assert_eq!(
         conditions::find(&expired.status.conditions, "Ready").map(|c| c.reason.as_str()),
@@ -303,12 +313,12 @@ async fn store_down_reports_unavailable_and_a_deleted_workspace_finishes_cleanup
         "outage",
         workspace_spec(WorkspaceKind::User, DeletionPolicy::Delete),
     );
-    workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(1))
+    reconcile::sync(&Workspaces(NO_KEYS), &store, &ws_input(&w), at(1))
         .await
         .expect("create");
 
     pg.stop().expect("stop PostgreSQL");
-    let err = workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(2))
+    let err = reconcile::sync(&Workspaces(NO_KEYS), &store, &ws_input(&w), at(2))
         .await
         .expect_err("store down");
     assert!(
@@ -329,12 +339,14 @@ async fn store_down_reports_unavailable_and_a_deleted_workspace_finishes_cleanup
         Some("StoreUnavailable")
     );
     assert!(
-        workspace::cleanup(&store, &ws_input(&w)).await.is_err(),
+        reconcile::cleanup(&Workspaces(NO_KEYS), &store, &ws_input(&w))
+            .await
+            .is_err(),
         "cleanup must fail while the store is down"
     );
 
     pg.resume().expect("restart PostgreSQL");
-    let ops = workspace::cleanup(&store, &ws_input(&w))
+    let ops = reconcile::cleanup(&Workspaces(NO_KEYS), &store, &ws_input(&w))
         .await
         .expect("cleanup after recovery");
     assert_eq!(ops.len(), 1);
@@ -373,7 +385,7 @@ async fn encrypted_workspace_stores_a_data_key_wrapped_with_the_secret_kek() {
         "shot040-kek",
         "key",
     );
-    let p = workspace::sync(&store, &keys, &ws_input(&w), at(1))
+    let p = reconcile::sync(&Workspaces(&keys), &store, &ws_input(&w), at(1))
         .await
         .expect("create");
     assert!(
@@ -399,7 +411,7 @@ async fn encrypted_workspace_stores_a_data_key_wrapped_with_the_secret_kek() {
     // without it changes nothing and stays Ready.
     let mut w = w;
     w.status = Some(p.status.clone());
-    let again = workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(2))
+    let again = reconcile::sync(&Workspaces(NO_KEYS), &store, &ws_input(&w), at(2))
         .await
         .expect("sync again");
     assert_eq!(again.status, p.status);
@@ -425,7 +437,7 @@ async fn encrypted_workspace_stores_a_data_key_wrapped_with_the_secret_kek() {
         "raw-kek",
         "kek.bin",
     );
-    workspace::sync(&store, &keys, &ws_input(&w2), at(3))
+    reconcile::sync(&Workspaces(&keys), &store, &ws_input(&w2), at(3))
         .await
         .expect("create with a raw key");
     let stored = meta.get_workspace("studio.shot041").await.expect("created");
@@ -455,7 +467,7 @@ async fn encrypted_workspace_without_its_secret_or_with_a_bad_key_is_not_created
     };
 
     // No Secret.
-    let p = workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(1))
+    let p = reconcile::sync(&Workspaces(NO_KEYS), &store, &ws_input(&w), at(1))
         .await
         .expect("no store error");
     let ready = conditions::find(&p.status.conditions, "Ready").expect("Ready");
@@ -483,7 +495,7 @@ async fn encrypted_workspace_without_its_secret_or_with_a_bad_key_is_not_created
 
     // Still missing: no second warning event.
     w.status = Some(p.status.clone());
-    let quiet = workspace::sync(&store, &NO_KEYS, &ws_input(&w), at(2))
+    let quiet = reconcile::sync(&Workspaces(NO_KEYS), &store, &ws_input(&w), at(2))
         .await
         .expect("sync");
     assert!(quiet.events.is_empty(), "{:?}", quiet.events);
@@ -491,7 +503,7 @@ async fn encrypted_workspace_without_its_secret_or_with_a_bad_key_is_not_created
 
     // The Secret exists without the key.
     let keys = StaticKeySource::default().with("studio", "shot050-kek", "other", Kek::generate().to_hex());
-    let p = workspace::sync(&store, &keys, &ws_input(&w), at(3))
+    let p = reconcile::sync(&Workspaces(&keys), &store, &ws_input(&w), at(3))
         .await
         .expect("sync");
     let ready = conditions::find(&p.status.conditions, "Ready").expect("Ready");
@@ -502,7 +514,7 @@ async fn encrypted_workspace_without_its_secret_or_with_a_bad_key_is_not_created
     // The key is not a KEK: InvalidKey, and the value appears nowhere.
     let secret_value = "swordfish-is-not-a-kek";
     let keys = StaticKeySource::default().with("studio", "shot050-kek", "key", secret_value);
-    let p = workspace::sync(&store, &keys, &ws_input(&w), at(4))
+    let p = reconcile::sync(&Workspaces(&keys), &store, &ws_input(&w), at(4))
         .await
         .expect("sync");
     let ready = conditions::find(&p.status.conditions, "Ready").expect("Ready");
@@ -529,7 +541,7 @@ async fn encrypted_workspace_without_its_secret_or_with_a_bad_key_is_not_created
     // Fixed: created, Ready, and the data key unwraps with the KEK.
     let kek = Kek::generate();
     let keys = StaticKeySource::default().with("studio", "shot050-kek", "key", kek.to_hex());
-    let p = workspace::sync(&store, &keys, &ws_input(&w), at(5))
+    let p = reconcile::sync(&Workspaces(&keys), &store, &ws_input(&w), at(5))
         .await
         .expect("create");
     assert!(conditions::is_true(&p.status.conditions, "Ready"));

@@ -1,15 +1,24 @@
-//! Reconcilers: load observed state from the store, call the planner, apply the plan through
-//! the store port and the Kubernetes API, and map failures to conditions, events, requeues
-//! and metric labels (in one place: [`ReconcileError::label`] and [`failure_conditions`]).
+//! Reconcilers: load observed state, call the planner, apply the plan through the store port
+//! and the Kubernetes API, and map failures to conditions, events, requeues and metric labels
+//! (in one place: [`ReconcileError::label`] and [`failure_conditions`]).
 //!
-//! Each kind has a store-only `sync` step (observe -> plan -> apply ops -> observe again ->
-//! plan, until the plan has no ops), which the real-PostgreSQL tests drive directly, and a
-//! kube step that wraps it with the finalizer, the status patch and events.
+//! One generic driver ([`driver`]: [`sync`], [`cleanup`], [`reconcile`]) serves all four
+//! kinds. Each kind module implements [`Kind`] and [`LiveKind`] with only its own parts:
+//! [`Workspaces`] (with the key Secret read), [`Snapshots`], [`Shares`] and
+//! [`LifecyclePolicies`] (the GC Job, no finalizer). This module holds what they share: the
+//! context, errors, backoff, the status patch and event publishing.
 
+pub mod driver;
 pub mod lifecycle;
 pub mod share;
 pub mod snapshot;
 pub mod workspace;
+
+pub use driver::{Kind, LiveKind, StatusFields, cleanup, reconcile, sync};
+pub use lifecycle::LifecyclePolicies;
+pub use share::Shares;
+pub use snapshot::Snapshots;
+pub use workspace::Workspaces;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
