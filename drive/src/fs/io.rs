@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use crate::error::ErrorKind;
+use crate::fs::Pending;
 use crate::fs::blocks::BlockIo;
 use crate::fs::error::{FsError, FsErrorKind};
 use crate::fs::namespace::parse_name;
@@ -56,14 +57,14 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
             Err(e) => return Err(e),
         }
         // A queued removal of this name (`rm f; cp g f`) must land before the create does.
-        self.drain_removals().await?;
+        let meta = self.settled(Pending::Removals).await?;
         let parent = self.to_node(parent);
         let dir = self.stored_attr(parent).await?;
         if dir.kind != NodeKind::Directory {
             return Err(FsError::new(FsErrorKind::NotADirectory, format!("node {parent}")));
         }
         let now = Timestamp::now();
-        let attr = new_inode_attr(self.meta.reserve_node_id().await?, &node, now);
+        let attr = new_inode_attr(meta.reserve_node_id().await?, &node, now);
         let create = DeferredCreate {
             parent,
             name: name.clone(),

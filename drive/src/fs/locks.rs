@@ -36,7 +36,7 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
         pid: u32,
     ) -> Result<Option<FileLock>, FsError> {
         let wanted = self.file_lock(ino, owner, start, end, kind, pid);
-        Ok(self.meta.test_lock(&wanted).await?)
+        Ok(self.unsettled().test_lock(&wanted).await?)
     }
 
     /// F_SETLK, F_SETLKW, flock: takes, changes or releases a lock for `owner` through open
@@ -78,7 +78,7 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
                     .or_default()
                     .insert(owner);
             }
-            match self.meta.set_lock(&wanted, self.cfg.lock_lease).await? {
+            match self.unsettled().set_lock(&wanted, self.cfg.lock_lease).await? {
                 None if open() || kind == LockKind::Unlock => return Ok(()),
                 None => {
                     lock(&self.handle_lock_owners).remove(&fh);
@@ -109,7 +109,9 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
         if !lock(&self.held_locks).contains(&(node, owner)) {
             return Ok(());
         }
-        self.meta.release_locks(node, &self.cfg.mount_id, owner).await?;
+        self.unsettled()
+            .release_locks(node, &self.cfg.mount_id, owner)
+            .await?;
         lock(&self.held_locks).remove(&(node, owner));
         Ok(())
     }
@@ -142,7 +144,7 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
                 continue;
             }
             if let Err(e) = self
-                .meta
+                .unsettled()
                 .renew_mount_lease(&self.cfg.mount_id, self.cfg.lock_lease)
                 .await
             {
@@ -150,7 +152,7 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
             }
         }
         if !lock(&self.held_locks).is_empty()
-            && let Err(e) = self.meta.drop_mount_lease(&self.cfg.mount_id).await
+            && let Err(e) = self.unsettled().drop_mount_lease(&self.cfg.mount_id).await
         {
             tracing::warn!(error = %e, "could not give up the lock lease; its locks last until it expires");
         }

@@ -156,6 +156,36 @@ pub struct Invalidations {
     pub entries: Vec<(u64, Vec<u8>)>,
 }
 
+/// This mount's local changes that are not in the metadata store yet, which an operation's
+/// answer may depend on. The ordering guarantee: an operation that reaches the store through
+/// [`DriveFs::settled`] sees every change this mount acknowledged before it, as if nothing
+/// were deferred; the deferral is invisible to the callers of the file system.
+///
+/// - Deferred creates: a file created for writing is created in the store at its first
+///   commit, with its content (`write::DeferredCreate`); until then only this mount knows it.
+/// - Queued removals: `unlink` of a known file is write-behind (`removals`), committed in
+///   batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pending {
+    /// Queued removals only: reads of a name or a node (a lookup of a name this mount
+    /// unlinked must not find it), and operations that settled the creates themselves.
+    Removals,
+    /// Deferred creates and queued removals: every mutation and every listing.
+    All,
+}
+
+/// The metadata store after this mount's pending changes were committed (the only value
+/// [`DriveFs::settled`] hands out; it derefs to the store).
+pub(crate) struct Settled<'a, M>(&'a M);
+
+impl<M> std::ops::Deref for Settled<'_, M> {
+    type Target = M;
+
+    fn deref(&self) -> &M {
+        self.0
+    }
+}
+
 /// File-system statistics (statfs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StatFs {
@@ -383,7 +413,7 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
     /// budget.
     fn reader(&self, node: NodeId, size: u64) -> Reader<B, M> {
         Reader::new(
-            self.meta.clone(),
+            self.unsettled().clone(),
             self.blocks.clone(),
             self.cfg.view,
             node,
@@ -512,10 +542,26 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
         self.cache.forget_attr(item.parent);
     }
 
+    /// The metadata store once the pending local changes `pending` names are committed: the
+    /// one way the operations in this module's files reach the store when a pending change
+    /// of this mount could change the answer (see [`Pending`]).
+    pub(crate) async fn settled(&self, pending: Pending) -> Result<Settled<'_, M>, FsError> {
+        match pending {
+            Pending::Removals => self.drain_removals().await?,
+            Pending::All => self.settle_local().await?,
+        }
+        Ok(Settled(&self.meta))
+    }
+
+    /// The metadata store for calls no pending change of this mount can affect (file locks,
+    /// xattr reads, symlink targets, reading committed content), without waiting.
+    pub(crate) fn unsettled(&self) -> &M {
+        &self.meta
+    }
+
     /// Commits what this mount has deferred, creates of files not closed yet and queued
-    /// removals: the barrier in front of every metadata access whose answer they could change.
-    /// (Lookups and attribute reads of other nodes only wait for the removals.)
-    pub(crate) async fn settle_local(&self) -> Result<(), FsError> {
+    /// removals (see [`DriveFs::settled`]).
+    async fn settle_local(&self) -> Result<(), FsError> {
         self.settle_creates().await?;
         self.drain_removals().await
     }
@@ -574,7 +620,7 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
     }
 
     /// Waits until this mount's queued removals are committed (see `removals`).
-    pub(crate) async fn drain_removals(&self) -> Result<(), FsError> {
+    async fn drain_removals(&self) -> Result<(), FsError> {
         self.removals
             .drain()
             .await
@@ -592,5 +638,32 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
             seen.clear();
         }
         seen.insert(node, version) == Some(version)
+    }
+}
+
+#[cfg(test)]
+mod settle_rule {
+    /// The operations reach the metadata store only through `settled` or `unsettled`, so
+    /// none can forget to settle this mount's pending changes first (mod.rs owns the field).
+    #[test]
+    fn operations_reach_the_store_through_the_settle_layer() {
+        let sources = [
+            ("namespace.rs", include_str!("namespace.rs")),
+            ("io.rs", include_str!("io.rs")),
+            ("xattr.rs", include_str!("xattr.rs")),
+            ("locks.rs", include_str!("locks.rs")),
+        ];
+        for (file, source) in sources {
+            for (n, line) in source.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or_default();
+                for bare in ["self.meta.", ".meta\n", "settle_local(", "drain_removals("] {
+                    assert!(
+                        !code.contains(bare.trim_end()) || code.contains(".meta()"),
+                        "{file}:{}: reach the store through `settled`/`unsettled`: {line}",
+                        n + 1
+                    );
+                }
+            }
+        }
     }
 }

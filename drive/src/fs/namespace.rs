@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::error::ErrorKind;
+use crate::fs::Pending;
 use crate::fs::blocks::BlockIo;
 use crate::fs::cache::Cached;
 use crate::fs::error::{FsError, FsErrorKind};
@@ -74,9 +75,9 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
         if let Some(attr) = self.deferred_entry(parent, &name) {
             return Ok(self.outer(attr));
         }
-        self.drain_removals().await?;
+        let meta = self.settled(Pending::Removals).await?;
         let ticket = self.cache.ticket();
-        match self.meta.lookup(self.cfg.view, parent, &name).await {
+        match meta.lookup(self.cfg.view, parent, &name).await {
             Ok(attr) => {
                 self.cache.fill_entry(ticket, parent, &name, Some(&attr));
                 Ok(self.outer(attr))
@@ -121,9 +122,9 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
         if let Some(attr) = self.deferred_attr(node) {
             return Ok(attr);
         }
-        self.drain_removals().await?;
+        let meta = self.settled(Pending::Removals).await?;
         let ticket = self.cache.ticket();
-        let attr = self.meta.getattr(self.cfg.view, node).await?;
+        let attr = meta.getattr(self.cfg.view, node).await?;
         self.cache.fill_attr(ticket, &attr);
         Ok(attr)
     }
@@ -158,8 +159,8 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
         let attr = if rest == SetAttr::default() {
             self.fresh_attr(node).await?
         } else {
-            self.settle_local().await?;
-            let result = self.meta.setattr(&actor, self.ws.id, node, &rest).await;
+            let meta = self.settled(Pending::All).await?;
+            let result = meta.setattr(&actor, self.ws.id, node, &rest).await;
             self.touched(&[node]);
             let attr = result?;
             self.cache.set_attr(&attr);
@@ -203,7 +204,11 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
 
     /// The target of a symbolic link.
     pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
-        Ok(self.meta.readlink(self.cfg.view, self.to_node(ino)).await?)
+        // A symlink's target never changes, and a pending removal does not change it either.
+        Ok(self
+            .unsettled()
+            .readlink(self.cfg.view, self.to_node(ino))
+            .await?)
     }
 
     /// Adds the hard link `new_parent/new_name` to `ino`.
@@ -217,9 +222,9 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
         self.writable()?;
         let name = parse_name(new_name)?;
         let (node, parent) = (self.to_node(ino), self.to_node(new_parent));
-        self.settle_local().await?;
         let result = self
-            .meta
+            .settled(Pending::All)
+            .await?
             .link(&self.actor(caller), self.ws.id, node, parent, &name)
             .await;
         self.touched(&[node, parent]);
@@ -244,9 +249,9 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
         caller: Caller,
     ) -> Result<Attr, FsError> {
         let parent = self.to_node(parent);
-        self.settle_local().await?;
         let result = self
-            .meta
+            .settled(Pending::All)
+            .await?
             .create_in(&self.actor(caller), self.ws.id, parent, name, node)
             .await;
         self.touched(&[parent]);
@@ -302,11 +307,12 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
             self.cache.touch_dir(parent, Timestamp::now());
             return Ok(());
         }
-        self.drain_removals().await?;
+        // Deferred creates were settled above.
+        let meta = self.settled(Pending::Removals).await?;
         let result = if dir {
-            self.meta.rmdir(&actor, self.ws.id, parent, &name).await
+            meta.rmdir(&actor, self.ws.id, parent, &name).await
         } else {
-            self.meta.unlink(&actor, self.ws.id, parent, &name).await
+            meta.unlink(&actor, self.ws.id, parent, &name).await
         };
         self.touched(&[parent]);
         match result {
@@ -335,9 +341,9 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
         self.writable()?;
         let (name, new_name) = (parse_name(name)?, parse_name(new_name)?);
         let (parent, new_parent) = (self.to_node(parent), self.to_node(new_parent));
-        self.settle_local().await?;
         let result = self
-            .meta
+            .settled(Pending::All)
+            .await?
             .rename(
                 &self.actor(caller),
                 self.ws.id,
@@ -408,10 +414,9 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
         // READDIRPLUS hands them to the kernel as current, so they are looked up again.
         let fetched_now_from = dir.base + dir.entries.len();
         while start >= dir.base + dir.entries.len() && !dir.done {
-            self.settle_local().await?;
+            let meta = self.settled(Pending::All).await?;
             let ticket = self.cache.ticket();
-            let page = self
-                .meta
+            let page = meta
                 .readdir_plus(self.cfg.view, node, dir.last.as_ref(), DIR_PAGE)
                 .await?;
             self.cache.fill_listing(ticket, node, &page);

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 
 use sha2::{Digest, Sha256};
 
+use crate::fs::Pending;
 use crate::fs::blocks::BlockIo;
 use crate::fs::error::{FsError, FsErrorKind};
 use crate::fs::{Caller, DriveFs};
@@ -49,9 +50,8 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
                 (BLOCK_SIZE, _) => Ok(self.ws.block_size.to_string().into_bytes()),
                 (SEQUENCES, NodeKind::Directory) => {
                     // The summary counts files: queued removals first.
-                    self.settle_local().await?;
                     let mut out = String::new();
-                    for seq in self.meta.sequences(node).await? {
+                    for seq in self.settled(Pending::All).await?.sequences(node).await? {
                         let _ = writeln!(out, "{seq}");
                     }
                     Ok(out.into_bytes())
@@ -62,7 +62,10 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
         if let Some(none) = self.getxattr_unstored(name) {
             return Err(none);
         }
-        self.meta.get_xattr(node, name).await?.ok_or_else(no_attribute)
+        self.unsettled()
+            .get_xattr(node, name)
+            .await?
+            .ok_or_else(no_attribute)
     }
 
     /// `getxattr` of a name that is never stored (security.*, system.*, trusted.*), answered
@@ -76,7 +79,7 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
     pub async fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>, FsError> {
         let node = self.to_node(ino);
         let attr = self.stored_attr(node).await?;
-        let mut names = self.meta.list_xattrs(node).await?;
+        let mut names = self.unsettled().list_xattrs(node).await?;
         match attr.kind {
             NodeKind::File => names.extend([CHECKSUM.to_vec(), BLOCK_SIZE.to_vec()]),
             NodeKind::Directory => names.extend([BLOCK_SIZE.to_vec(), SEQUENCES.to_vec()]),
@@ -97,9 +100,9 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
         self.writable()?;
         check_settable(name)?;
         let node = self.to_node(ino);
-        self.settle_local().await?;
         let result = self
-            .meta
+            .settled(Pending::All)
+            .await?
             .set_xattr(&self.actor(caller), self.ws.id, node, name, value, mode)
             .await;
         // The change moved the node's ctime.
@@ -112,9 +115,9 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
         self.writable()?;
         check_settable(name)?;
         let node = self.to_node(ino);
-        self.settle_local().await?;
         let result = self
-            .meta
+            .settled(Pending::All)
+            .await?
             .remove_xattr(&self.actor(caller), self.ws.id, node, name)
             .await;
         self.touched(&[node]);
