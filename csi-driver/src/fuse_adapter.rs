@@ -15,6 +15,7 @@ use drive::fs::{BlockIo, Caller, DriveFs, FsError, FsErrorKind, OpenFlags};
 use drive::meta::LockKind;
 use drive::meta::xattrs::XattrMode;
 use drive::model::{Attr, NewNode, NodeKind, RenameMode, SetAttr, Timestamp};
+use drive::ports::Clock;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, IoctlFlags, KernelConfig, LockOwner, Notifier, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
@@ -173,9 +174,10 @@ fn system_time(t: Timestamp) -> SystemTime {
     }
 }
 
-fn timestamp(t: TimeOrNow) -> Timestamp {
+/// `t`, with "now" read from the file system's clock.
+fn timestamp(t: TimeOrNow, clock: &dyn Clock) -> Timestamp {
     match t {
-        TimeOrNow::Now => Timestamp::now(),
+        TimeOrNow::Now => clock.now(),
         TimeOrNow::SpecificTime(st) => {
             let nanos = st.duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
             Timestamp(i64::try_from(nanos).unwrap_or(i64::MAX))
@@ -330,8 +332,8 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
             uid,
             gid,
             size,
-            atime: atime.map(timestamp),
-            mtime: mtime.map(timestamp),
+            atime: atime.map(|t| timestamp(t, &*self.fs.config().clock)),
+            mtime: mtime.map(|t| timestamp(t, &*self.fs.config().clock)),
         };
         let (ttls, who) = (self.ttls, caller(req));
         self.spawn("setattr", move |fs| async move {

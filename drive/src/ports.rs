@@ -281,3 +281,45 @@ pub trait MetaStore: Clone + Send + Sync + std::fmt::Debug + 'static {
     /// Gives up `mount`'s lease and every lock it holds.
     fn drop_mount_lease(&self, mount: &str) -> impl Future<Output = Result<(), MetaError>> + Send;
 }
+
+/// The time the engine stamps on what it changes (mtime, ctime, creation times). Injected so
+/// that the core reads no wall clock and tests can set the time.
+pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
+    /// The current time.
+    fn now(&self) -> Timestamp;
+}
+
+/// The wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp(i64::try_from(since_epoch.as_nanos()).unwrap_or(i64::MAX))
+    }
+}
+
+/// A clock that moves only when told to (tests).
+#[derive(Debug, Clone, Default)]
+pub struct ManualClock(std::sync::Arc<std::sync::atomic::AtomicI64>);
+
+impl ManualClock {
+    /// A clock standing at `at`.
+    pub fn at(at: Timestamp) -> ManualClock {
+        ManualClock(std::sync::Arc::new(std::sync::atomic::AtomicI64::new(at.0)))
+    }
+
+    /// Moves the clock (every clone of it) to `at`.
+    pub fn set(&self, at: Timestamp) {
+        self.0.store(at.0, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}

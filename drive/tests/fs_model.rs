@@ -816,3 +816,54 @@ fn fs_over_postgres_matches_reference_model() {
         rt.block_on(run_case(meta.clone(), chunks.clone(), &ops))
     });
 }
+
+/// Every time the layers stamp comes from the injected clock: the store's for what it
+/// creates and changes, the mount's for written content (a stray wall-clock read fails this).
+#[tokio::test]
+async fn times_come_from_the_injected_clocks() {
+    use drive::model::Timestamp;
+    use drive::ports::ManualClock;
+    let store_clock = ManualClock::at(Timestamp(1_000_000_000));
+    let mount_clock = ManualClock::at(Timestamp(2_000_000_000));
+    let meta = MemMetaStore::new().with_clock(Arc::new(store_clock.clone()));
+    let rig = Rig::new(meta, Arc::new(MemoryChunkStore::new())).await;
+    let mut cfg = FsConfig::new(View::Live, rig.ws.root, rig.tmp.path().join("clocked"));
+    cfg.clock = Arc::new(mount_clock.clone());
+    let blocks = BlockStore::new(
+        rig.meta.clone(),
+        rig.chunks.clone(),
+        BlockCodec::plaintext(),
+        None,
+    );
+    let fs = DriveFs::new(rig.meta.clone(), Arc::new(blocks), rig.ws.clone(), cfg).unwrap();
+
+    let dir = fs.mkdir(ROOT_INO, b"d", 0o755, caller()).await.unwrap();
+    let t = Timestamp(1_000_000_000);
+    assert_eq!(
+        (dir.crtime, dir.mtime, dir.ctime),
+        (t, t, t),
+        "a new folder's times are the store's"
+    );
+    let opened = fs.create(ROOT_INO, b"f", 0o644, rw(), caller()).await.unwrap();
+    fs.write(opened.fh, 0, b"frame").await.unwrap();
+    store_clock.set(Timestamp(3_000_000_000));
+    fs.flush(opened.fh, caller()).await.unwrap();
+    fs.release(opened.fh, caller()).await.unwrap();
+    let file = fs.getattr(fs.to_ino(opened.attr.ino)).await.unwrap();
+    assert_eq!(
+        file.mtime,
+        Timestamp(2_000_000_000),
+        "content time is the mount's clock"
+    );
+    assert_eq!(file.size, 5);
+    let change = SetAttr {
+        mode: Some(0o600),
+        ..SetAttr::default()
+    };
+    let changed = fs.setattr(fs.to_ino(file.ino), change, caller()).await.unwrap();
+    assert_eq!(
+        changed.ctime,
+        Timestamp(3_000_000_000),
+        "a change's ctime is the store's clock"
+    );
+}

@@ -326,7 +326,15 @@ async fn copy_shares_content_and_honours_merge_modes() {
         block: Some(([7; 32], 10)),
     };
     store
-        .commit_content(&a, ws.id, f.ino, 0, &[change], 10, Timestamp::now())
+        .commit_content(
+            &a,
+            ws.id,
+            f.ino,
+            0,
+            &[change],
+            10,
+            drive::ports::Clock::now(&drive::ports::SystemClock),
+        )
         .await
         .unwrap();
     store
@@ -447,7 +455,7 @@ async fn project_workspaces_are_write_once() {
             0,
             std::slice::from_ref(&change),
             5,
-            Timestamp::now(),
+            drive::ports::Clock::now(&drive::ports::SystemClock),
         )
         .await
         .unwrap();
@@ -472,7 +480,15 @@ async fn project_workspaces_are_write_once() {
     assert_eq!(
         kind(
             store
-                .commit_content(&a, ws.id, f.ino, 1, &[change], 5, Timestamp::now())
+                .commit_content(
+                    &a,
+                    ws.id,
+                    f.ino,
+                    1,
+                    &[change],
+                    5,
+                    drive::ports::Clock::now(&drive::ports::SystemClock)
+                )
                 .await
                 .map(|_| ())
         ),
@@ -992,12 +1008,28 @@ async fn gc_sees_only_blocks_that_nothing_references() {
         block: Some((h, 4)),
     };
     store
-        .commit_content(&a, ws.id, f.ino, 0, &[commit([1; 32])], 4, Timestamp::now())
+        .commit_content(
+            &a,
+            ws.id,
+            f.ino,
+            0,
+            &[commit([1; 32])],
+            4,
+            drive::ports::Clock::now(&drive::ports::SystemClock),
+        )
         .await
         .unwrap();
     store.create_snapshot(&a, ws.id, "keep", "/").await.unwrap();
     store
-        .commit_content(&a, ws.id, f.ino, 1, &[commit([2; 32])], 4, Timestamp::now())
+        .commit_content(
+            &a,
+            ws.id,
+            f.ino,
+            1,
+            &[commit([2; 32])],
+            4,
+            drive::ports::Clock::now(&drive::ports::SystemClock),
+        )
         .await
         .unwrap();
     // [1] is kept by the snapshot, [2] is live, [3] was never committed.
@@ -1028,7 +1060,15 @@ async fn gc_sees_only_blocks_that_nothing_references() {
         .unwrap();
     for bad in [[9u8; 32], [10; 32]] {
         let e = store
-            .commit_content(&a, ws.id, f.ino, 2, &[commit(bad)], 4, Timestamp::now())
+            .commit_content(
+                &a,
+                ws.id,
+                f.ino,
+                2,
+                &[commit(bad)],
+                4,
+                drive::ports::Clock::now(&drive::ports::SystemClock),
+            )
             .await
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
@@ -1046,7 +1086,15 @@ async fn gc_sees_only_blocks_that_nothing_references() {
         "not stored yet"
     );
     store
-        .commit_content(&a, ws.id, f.ino, 2, &[commit([11; 32])], 4, Timestamp::now())
+        .commit_content(
+            &a,
+            ws.id,
+            f.ino,
+            2,
+            &[commit([11; 32])],
+            4,
+            drive::ports::Clock::now(&drive::ports::SystemClock),
+        )
         .await
         .unwrap();
     assert_eq!(state([11; 32]).await, Some(drive::meta::BlockState::Available));

@@ -17,7 +17,7 @@ use crate::fs::namespace::parse_name;
 use crate::fs::write::{DeferredCreate, WriteSession};
 use crate::fs::{Caller, DriveFs, Handle, OpenFlags, Opened, lock};
 use crate::meta::new_inode_attr;
-use crate::model::{Attr, NewNode, NodeId, NodeKind, Timestamp};
+use crate::model::{Attr, NewNode, NodeId, NodeKind};
 use crate::ports::MetaStore;
 
 impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
@@ -63,7 +63,7 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
         if dir.kind != NodeKind::Directory {
             return Err(FsError::new(FsErrorKind::NotADirectory, format!("node {parent}")));
         }
-        let now = Timestamp::now();
+        let now = self.cfg.clock.now();
         let attr = new_inode_attr(meta.reserve_node_id().await?, &node, now);
         let create = DeferredCreate {
             parent,

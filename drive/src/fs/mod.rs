@@ -43,7 +43,7 @@ use tokio::sync::Semaphore;
 
 use crate::meta::PgMetaStore;
 use crate::model::{Actor, Attr, Event, Name, NodeId, View, Workspace};
-use crate::ports::MetaStore;
+use crate::ports::{Clock, MetaStore, SystemClock};
 use crate::sync::lock;
 
 use self::cache::MetaCache;
@@ -80,6 +80,8 @@ pub struct FsConfig {
     pub lock_lease: Duration,
     /// Names this mount in the change feed, so it can tell its own events apart.
     pub mount_id: String,
+    /// What stamps the times this mount sets (mtime of writes, `utimensat(UTIME_NOW)`).
+    pub clock: Arc<dyn Clock>,
     /// Entries and attributes kept in the mount's metadata cache (each); 0 turns it off.
     pub meta_cache_entries: usize,
     /// How long after the change feed was last read to its end the metadata cache may still
@@ -102,6 +104,7 @@ impl FsConfig {
             read_buffer_bytes: 192 << 20,
             lock_lease: Duration::from_secs(15),
             mount_id: uuid::Uuid::new_v4().simple().to_string(),
+            clock: Arc::new(SystemClock),
             meta_cache_entries: 200_000,
             meta_cache_staleness: Duration::from_secs(1),
         }
@@ -268,6 +271,7 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
             ws: ws.id,
             block_size: u64::from(ws.block_size),
             uploads: Arc::new(Semaphore::new(cfg.max_uploads.max(1))),
+            clock: cfg.clock.clone(),
         });
         let cache = MetaCache::new(
             cfg.meta_cache_entries,

@@ -10,9 +10,7 @@ use crate::fs::cache::Cached;
 use crate::fs::error::{FsError, FsErrorKind};
 use crate::fs::{Caller, DriveFs, ROOT_INO, StatFs, lock};
 use crate::meta::QueuedUnlink;
-use crate::model::{
-    Attr, DirEntryPlus, Name, NewNode, NodeId, NodeKind, RenameMode, SetAttr, Timestamp, WorkspaceKind,
-};
+use crate::model::{Attr, DirEntryPlus, Name, NewNode, NodeId, NodeKind, RenameMode, SetAttr, WorkspaceKind};
 use crate::ports::MetaStore;
 
 /// Entries fetched from the store per directory page.
@@ -304,7 +302,7 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
                 .await
         {
             self.cache.set_absent(parent, &name);
-            self.cache.touch_dir(parent, Timestamp::now());
+            self.cache.touch_dir(parent, self.cfg.clock.now());
             return Ok(());
         }
         // Deferred creates were settled above.

@@ -32,7 +32,7 @@ use crate::fs::lock;
 use crate::fs::ranges::Ranges;
 use crate::meta::{BlockChange, FileBlock, InitialContent};
 use crate::model::{Actor, Attr, NAME_MAX, Name, NewNode, NodeId, Timestamp, View, WorkspaceId};
-use crate::ports::MetaStore;
+use crate::ports::{Clock, MetaStore};
 
 /// The largest file size accepted (the block map indexes are i64 in SQL).
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
@@ -117,6 +117,7 @@ pub(crate) struct SessionEnv<B: BlockIo, M: MetaStore> {
     pub ws: WorkspaceId,
     pub block_size: u64,
     pub uploads: Arc<Semaphore>,
+    pub clock: Arc<dyn Clock>,
 }
 
 /// The staged content of one file.
@@ -312,7 +313,7 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
         if end > self.size() {
             self.size.store(end, Ordering::Release);
         }
-        self.mtime.store(Timestamp::now().0, Ordering::Release);
+        self.mtime.store(self.env.clock.now().0, Ordering::Release);
         Ok(offset)
     }
 
@@ -496,7 +497,7 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
         inner.changed = true;
         self.dirty.store(true, Ordering::Release);
         self.size.store(new_size, Ordering::Release);
-        self.mtime.store(Timestamp::now().0, Ordering::Release);
+        self.mtime.store(self.env.clock.now().0, Ordering::Release);
         Ok(())
     }
 

@@ -203,7 +203,7 @@ impl PgMetaStore {
         new_size: u64,
         mtime: Timestamp,
     ) -> Result<Attr, MetaError> {
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let hashes: Vec<&[u8]> = changes
             .iter()
             .filter_map(|c| c.block.as_ref().map(|(h, _)| h.as_slice()))

@@ -44,7 +44,7 @@ impl PgMetaStore {
         dst_name: &Name,
         merge: MergeMode,
     ) -> Result<CopyReport, MetaError> {
-        let now = Timestamp::now();
+        let now = self.clock.now();
         in_txn!(self, |tx| {
             async {
                 let ctx = ws_ctx(tx, ws).await?;

@@ -25,7 +25,7 @@ use crate::model::{
     NodeId, NodeKind, RenameMode, SetAttr, Snapshot, SnapshotId, Timestamp, View, Workspace, WorkspaceId,
     WorkspaceSpec, summarize, validate_workspace_name,
 };
-use crate::ports::MetaStore;
+use crate::ports::{Clock, MetaStore, SystemClock};
 use crate::rules::rename::{self, EntryFacts, RenameCheck, RenameStep};
 use crate::rules::write_once;
 use crate::sync::lock;
@@ -46,6 +46,12 @@ impl MemMetaStore {
     /// An empty store.
     pub fn new() -> MemMetaStore {
         MemMetaStore::default()
+    }
+
+    /// Stamps times from `clock` instead of the wall clock.
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> MemMetaStore {
+        lock(&self.state).clock = StoreClock(clock);
+        self
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> Result<T, MetaError>) -> Result<T, MetaError> {
@@ -167,8 +173,25 @@ impl Tree {
     }
 }
 
+/// The store's clock; the wall clock unless a test sets another.
+#[derive(Debug, Clone)]
+struct StoreClock(Arc<dyn Clock>);
+
+impl Default for StoreClock {
+    fn default() -> StoreClock {
+        StoreClock(Arc::new(SystemClock))
+    }
+}
+
+impl StoreClock {
+    fn now(&self) -> Timestamp {
+        self.0.now()
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
+    clock: StoreClock,
     last_id: u64,
     workspaces: HashMap<WorkspaceId, Workspace>,
     live: HashMap<WorkspaceId, Tree>,
@@ -280,7 +303,7 @@ impl State {
                 "a symlink needs a non-empty target".into(),
             ));
         }
-        let now = Timestamp::now();
+        let now = self.clock.now();
         self.tree_of(ws, parent)?.1.dir(parent)?;
         if let Some(content) = content {
             self.claim_blocks(content.blocks.iter().map(|(_, h, _)| h))?;
@@ -326,7 +349,7 @@ impl State {
         name: &Name,
         rmdir: bool,
     ) -> Result<Attr, MetaError> {
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let (workspace, tree) = self.tree_of(ws, parent)?;
         tree.dir(parent)?;
         let entry = tree
@@ -357,7 +380,7 @@ impl State {
         (new_parent, new_name): (NodeId, &Name),
         mode: RenameMode,
     ) -> Result<(), MetaError> {
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let (workspace, tree) = self.tree_of(ws, parent)?;
         tree.dir(parent)?;
         let src = tree
@@ -453,7 +476,7 @@ impl MetaStore for MemMetaStore {
             if s.workspaces.values().any(|w| w.name == spec.name) {
                 return Err(MetaError::Exists(format!("workspace {}", spec.name)));
             }
-            let now = Timestamp::now();
+            let now = s.clock.now();
             let root = s.next_id();
             let ws = Workspace {
                 id: WorkspaceId(uuid::Uuid::new_v4()),
@@ -534,7 +557,7 @@ impl MetaStore for MemMetaStore {
                 epoch: workspace.epoch,
                 root,
                 path: canonical,
-                created_at: Timestamp::now(),
+                created_at: s.clock.now(),
             };
             let copy = tree.clone();
             s.frozen.insert((ws, workspace.epoch), copy);
@@ -684,7 +707,7 @@ impl MetaStore for MemMetaStore {
         new_name: &Name,
     ) -> impl Future<Output = Result<Attr, MetaError>> + Send {
         self.run(move |s| {
-            let now = Timestamp::now();
+            let now = s.clock.now();
             let (_, tree) = s.tree_of(ws, ino)?;
             let node = tree.inode(ino)?.attr.clone();
             if node.kind == NodeKind::Directory {
@@ -738,7 +761,7 @@ impl MetaStore for MemMetaStore {
         items: &[QueuedUnlink],
     ) -> impl Future<Output = Result<Vec<Result<Attr, MetaError>>, MetaError>> + Send {
         self.run(move |s| {
-            let now = Timestamp::now();
+            let now = s.clock.now();
             let kind = s.workspace(ws)?.kind;
             let tree = s.live.get_mut(&ws).expect("every workspace has a live tree");
             let mut outcomes = Vec::with_capacity(items.len());
@@ -796,7 +819,7 @@ impl MetaStore for MemMetaStore {
         change: &SetAttr,
     ) -> impl Future<Output = Result<Attr, MetaError>> + Send {
         self.run(move |s| {
-            let now = Timestamp::now();
+            let now = s.clock.now();
             let (workspace, tree) = s.tree_of(ws, ino)?;
             let mut attr = tree.inode(ino)?.attr.clone();
             if let Some(size) = change.size {
@@ -862,7 +885,7 @@ impl MetaStore for MemMetaStore {
         mtime: Timestamp,
     ) -> impl Future<Output = Result<Attr, MetaError>> + Send {
         self.run(move |s| {
-            let now = Timestamp::now();
+            let now = s.clock.now();
             s.tree_of(ws, ino)?;
             s.claim_blocks(changes.iter().filter_map(|c| c.block.as_ref().map(|(h, _)| h)))?;
             let (workspace, tree) = s.tree_of(ws, ino)?;

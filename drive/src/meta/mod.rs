@@ -112,6 +112,8 @@ pub struct PgMetaStore {
     stats: Arc<MetaStats>,
     /// Node numbers taken from the sequence in batches for [`PgMetaStore::reserve_node_id`].
     reserved_ids: Arc<std::sync::Mutex<Vec<u64>>>,
+    /// What stamps mtime, ctime and creation times.
+    clock: Arc<dyn crate::ports::Clock>,
 }
 
 impl std::fmt::Debug for PgMetaStore {
@@ -177,9 +179,16 @@ impl PgMetaStore {
             pool,
             stats: Arc::default(),
             reserved_ids: Arc::default(),
+            clock: Arc::new(crate::ports::SystemClock),
         };
         migrations::apply(&store).await?;
         Ok(store)
+    }
+
+    /// Stamps times from `clock` instead of the wall clock (tests).
+    pub fn with_clock(mut self, clock: Arc<dyn crate::ports::Clock>) -> PgMetaStore {
+        self.clock = clock;
+        self
     }
 
     /// A node number for a node this client creates later ([`PgMetaStore::create_file`]).

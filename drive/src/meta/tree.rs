@@ -263,7 +263,7 @@ impl PgMetaStore {
                 "a symlink needs a non-empty target".into(),
             ));
         }
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let hashes: Vec<&[u8]> = content
             .map(|c| c.blocks.iter().map(|(_, h, _)| h.as_slice()).collect())
             .unwrap_or_default();
@@ -337,7 +337,7 @@ impl PgMetaStore {
         new_parent: NodeId,
         new_name: &Name,
     ) -> Result<Attr, MetaError> {
-        let now = Timestamp::now();
+        let now = self.clock.now();
         in_txn!(self, |tx| {
             async {
                 let (ws, mut node) = ws_and_inode(tx, ws, ino).await?;
@@ -422,7 +422,7 @@ impl PgMetaStore {
         name: &Name,
         removal: Removal,
     ) -> Result<Attr, MetaError> {
-        let now = Timestamp::now();
+        let now = self.clock.now();
         in_txn!(self, |tx| {
             async {
                 // Pipelined reads, first failure first (see rows::ws_and_dir).
@@ -473,7 +473,7 @@ impl PgMetaStore {
         ws: WorkspaceId,
         items: &[QueuedUnlink],
     ) -> Result<Vec<Result<Attr, MetaError>>, MetaError> {
-        let now = Timestamp::now();
+        let now = self.clock.now();
         in_txn!(self, |tx| {
             async {
                 let mut parents: Vec<NodeId> = items.iter().map(|i| i.parent).collect();
@@ -599,7 +599,7 @@ impl PgMetaStore {
         new_name: &Name,
         mode: RenameMode,
     ) -> Result<(), MetaError> {
-        let now = Timestamp::now();
+        let now = self.clock.now();
         in_txn!(self, |tx| {
             async {
                 let (ws_dir, src) = tokio::join!(ws_and_dir(tx, ws, parent), live_entry(tx, parent, name));
@@ -707,7 +707,7 @@ impl PgMetaStore {
         ino: NodeId,
         change: &SetAttr,
     ) -> Result<Attr, MetaError> {
-        let now = Timestamp::now();
+        let now = self.clock.now();
         in_txn!(self, |tx| {
             async {
                 let (ws, mut node) = ws_and_inode(tx, ws, ino).await?;

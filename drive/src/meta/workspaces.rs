@@ -9,8 +9,8 @@ use crate::error::MetaError;
 use crate::meta::rows::{execute, from_system_time, query, query_opt, record_event};
 use crate::meta::{PgMetaStore, in_txn};
 use crate::model::{
-    Actor, Epoch, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, NodeId, NodeKind, Timestamp, Usage, View, Workspace,
-    WorkspaceId, WorkspaceKind, WorkspaceSpec, validate_workspace_name,
+    Actor, Epoch, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, NodeId, NodeKind, Usage, View, Workspace, WorkspaceId,
+    WorkspaceKind, WorkspaceSpec, validate_workspace_name,
 };
 
 const WORKSPACE_COLUMNS: &str =
@@ -60,7 +60,7 @@ impl PgMetaStore {
             )));
         }
         let id = WorkspaceId(uuid::Uuid::new_v4());
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let owners = serde_json::to_value(&spec.owners).map_err(|e| MetaError::Internal(e.to_string()))?;
         in_txn!(self, |tx| {
             async {

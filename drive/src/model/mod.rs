@@ -132,16 +132,6 @@ impl WorkspaceKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Timestamp(pub i64);
 
-impl Timestamp {
-    /// The current wall-clock time.
-    pub fn now() -> Timestamp {
-        let d = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        Timestamp(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-    }
-}
-
 /// Attributes of a node (an inode).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attr {
@@ -451,6 +441,7 @@ mod purity {
             "crate::cache",
             "std::fs",
             "std::net",
+            "SystemTime",
         ];
         for source in sources {
             for line in source.lines().filter(|l| l.trim_start().starts_with("use ")) {
