@@ -17,6 +17,7 @@ use crate::fs::write::copy_block;
 use crate::meta::FileBlock;
 use crate::model::{NodeId, View};
 use crate::ports::MetaStore;
+use crate::rules::blocks::spans;
 
 /// Block-map entries fetched per metadata query.
 const MAP_CHUNK: u64 = 256;
@@ -101,20 +102,15 @@ impl<B: BlockIo, M: MetaStore> Reader<B, M> {
             }
         }
         let mut out = vec![0u8; (end - offset) as usize];
-        let mut pos = offset;
-        while pos < end {
-            let idx = pos / bs;
-            let in_block = pos % bs;
-            let n = (bs - in_block).min(end - pos);
-            let dst = &mut out[(pos - offset) as usize..(pos - offset + n) as usize];
-            match self.entry(idx).await? {
+        for span in spans(offset, end, bs) {
+            let dst = &mut out[span.in_buffer()];
+            match self.entry(span.idx).await? {
                 None => dst.fill(0),
                 Some(b) => {
                     let block = self.block(&b).await?;
-                    copy_block(&block, b.len, in_block, dst);
+                    copy_block(&block, b.len, span.in_block, dst);
                 }
             }
-            pos += n;
         }
         self.schedule(end).await?;
         Ok(Bytes::from(out))

@@ -33,6 +33,7 @@ use crate::fs::ranges::Ranges;
 use crate::meta::{BlockChange, FileBlock, InitialContent};
 use crate::model::{Actor, Attr, NAME_MAX, Name, NewNode, NodeId, Timestamp, View, WorkspaceId};
 use crate::ports::{Clock, MetaStore};
+use crate::rules::blocks::{Shrink, shrink, spans};
 
 /// The largest file size accepted (the block map indexes are i64 in SQL).
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
@@ -286,12 +287,9 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
             .filter(|&e| e <= MAX_FILE_SIZE)
             .ok_or_else(|| FsError::new(FsErrorKind::TooBig, "write past the largest file size"))?;
         let bs = self.env.block_size;
-        let mut pos = offset;
-        while pos < end {
-            let idx = pos / bs;
-            let in_block = pos % bs;
-            let n = (bs - in_block).min(end - pos);
-            let piece = &data[(pos - offset) as usize..(pos - offset + n) as usize];
+        for span in spans(offset, end, bs) {
+            let (idx, in_block, n) = (span.idx, span.in_block, span.len);
+            let piece = &data[span.in_buffer()];
             let slot = self.stage(&mut inner, idx).await?;
             self.staging
                 .write_at(piece, slot * bs + in_block)
@@ -306,7 +304,6 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
             if full {
                 self.start_upload(&mut inner, idx, bs).await?;
             }
-            pos += n;
         }
         inner.changed = true;
         self.dirty.store(true, Ordering::Release);
@@ -434,12 +431,9 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
         }
         let bs = self.env.block_size;
         let mut out = vec![0u8; (end - offset) as usize];
-        let mut pos = offset;
-        while pos < end {
-            let idx = pos / bs;
-            let in_block = pos % bs;
-            let n = (bs - in_block).min(end - pos);
-            let dst = &mut out[(pos - offset) as usize..(pos - offset + n) as usize];
+        for span in spans(offset, end, bs) {
+            let (idx, in_block) = (span.idx, span.in_block);
+            let dst = &mut out[span.in_buffer()];
             if inner.blocks.contains_key(&idx) {
                 self.materialize(&mut inner, idx).await?;
                 let slot = match inner.blocks.get(&idx) {
@@ -454,7 +448,6 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
                 let block = self.env.blocks.get_block(b.hash, b.len).await?;
                 copy_block(&block, b.len, in_block, dst);
             }
-            pos += n;
         }
         Ok(out)
     }
@@ -469,16 +462,14 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
         }
         let mut inner = self.inner.lock().await;
         let bs = self.env.block_size;
-        let keep = new_size.div_ceil(bs);
+        let Shrink { keep, tail } = shrink(new_size, bs);
         let doomed: Vec<u64> = inner.blocks.range(keep..).map(|(k, _)| *k).collect();
         for idx in doomed {
             if let Some(Dirty::Uploading { task, .. }) = inner.blocks.remove(&idx) {
                 task.abort();
             }
         }
-        let tail = new_size % bs;
-        if tail != 0 && new_size < self.size() {
-            let idx = new_size / bs;
+        if let Some((idx, tail)) = tail.filter(|_| new_size < self.size()) {
             // The boundary block keeps its head; its tail must read as zeros from now on.
             let slot = self.stage(&mut inner, idx).await?;
             self.materialize(&mut inner, idx).await?;

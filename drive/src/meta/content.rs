@@ -14,6 +14,7 @@ use crate::meta::rows::{
 };
 use crate::meta::{PgMetaStore, in_txn};
 use crate::model::{Actor, Attr, Epoch, NodeId, NodeKind, Timestamp, View, WorkspaceId};
+use crate::rules::blocks::{Shrink, shrink};
 
 /// One entry of a file's block map.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -403,8 +404,7 @@ pub(crate) async fn resize_blocks<C: GenericClient>(
     if new_size >= old_size {
         return Ok(());
     }
-    let bs = ws.block_size;
-    let keep = new_size.div_ceil(bs);
+    let Shrink { keep, tail } = shrink(new_size, ws.block_size);
     let doomed = query(
         c,
         "SELECT idx FROM file_blocks WHERE ino = $1 AND idx >= $2 AND valid_to IS NULL",
@@ -414,9 +414,7 @@ pub(crate) async fn resize_blocks<C: GenericClient>(
     for row in doomed {
         set_block(c, ws, ino, row.get::<_, i64>(0) as u64, None).await?;
     }
-    let tail = new_size % bs;
-    if tail != 0 {
-        let idx = new_size / bs;
+    if let Some((idx, tail)) = tail {
         let live = query_opt(
             c,
             "SELECT hash, len FROM file_blocks WHERE ino = $1 AND idx = $2 AND valid_to IS NULL",

@@ -26,6 +26,7 @@ use crate::model::{
     WorkspaceSpec, summarize, validate_workspace_name,
 };
 use crate::ports::{Clock, MetaStore, SystemClock};
+use crate::rules::blocks::shrink;
 use crate::rules::rename::{self, EntryFacts, RenameCheck, RenameStep};
 use crate::rules::write_once;
 use crate::sync::lock;
@@ -163,10 +164,10 @@ impl Tree {
         let Some(map) = self.content.get_mut(&ino) else {
             return;
         };
-        map.retain(|idx, _| *idx < new_size.div_ceil(block_size));
-        let tail = new_size % block_size;
-        if tail != 0
-            && let Some((_, len)) = map.get_mut(&(new_size / block_size))
+        let cut = shrink(new_size, block_size);
+        map.retain(|idx, _| *idx < cut.keep);
+        if let Some((idx, tail)) = cut.tail
+            && let Some((_, len)) = map.get_mut(&idx)
         {
             *len = (*len).min(tail);
         }

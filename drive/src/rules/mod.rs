@@ -2,9 +2,11 @@
 //! I/O and no clock. The stores gather the facts a rule needs, ask it, and carry out what it
 //! decides, so the PostgreSQL store and the in-memory one cannot drift apart on a rule.
 //!
+//! - [`blocks`]: which blocks a byte range covers, what a shrink keeps;
 //! - [`rename`]: the POSIX `rename(2)` / `renameat2` decision table;
 //! - [`write_once`]: what a project (write-once) workspace refuses.
 
+pub mod blocks;
 pub mod rename;
 pub mod write_once;
 
@@ -15,6 +17,7 @@ mod purity {
     fn rules_import_no_io() {
         let sources = [
             include_str!("mod.rs"),
+            include_str!("blocks.rs"),
             include_str!("rename.rs"),
             include_str!("write_once.rs"),
         ];
