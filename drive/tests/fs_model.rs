@@ -20,7 +20,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use drive::data::{BlockCodec, BlockStore, MemoryChunkStore};
+use drive::data::{
+    BlockCodec, BlockStore, ChunkStore, FaultyChunkStore, MemoryChunkStore, StoreFault, StoreOp,
+};
 use drive::fs::{Caller, DriveFs, FsConfig, FsErrorKind, OpenFlags, ROOT_INO};
 use drive::model::{
     MIN_BLOCK_SIZE, NodeKind, RenameMode, SetAttr, View, Workspace, WorkspaceKind, WorkspaceSpec,
@@ -82,6 +84,12 @@ enum Op {
     },
     Snapshot,
     Remount,
+    /// A create or write while the object store refuses uploads (full, or down): it fails
+    /// with ENOSPC or EIO and changes nothing, or (nothing to upload) succeeds whole.
+    StoreFailing {
+        full: bool,
+        op: Box<Op>,
+    },
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -100,6 +108,15 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => (i(), n()).prop_map(|(dir, name)| Op::Rmdir { dir, name }),
         1 => Just(Op::Snapshot),
         1 => Just(Op::Remount),
+        1 => (
+            any::<bool>(),
+            prop_oneof![
+                (i(), n(), 0..LENS.len(), any::<u8>()).prop_map(|(dir, name, len, seed)| Op::Create { dir, name, len, seed }),
+                (i(), 0..OFFSETS.len(), 0..LENS.len(), any::<u8>())
+                    .prop_map(|(file, offset, len, seed)| Op::Write { file, offset, len, seed }),
+            ]
+        )
+            .prop_map(|(full, op)| Op::StoreFailing { full, op: Box::new(op) }),
     ]
 }
 
@@ -311,7 +328,7 @@ fn rw() -> OpenFlags {
 struct Rig<M: MetaStore> {
     meta: M,
     ws: Workspace,
-    chunks: Arc<MemoryChunkStore>,
+    chunks: Arc<FaultyChunkStore>,
     tmp: tempfile::TempDir,
     fs: Arc<Fs<M>>,
     removals: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
@@ -323,12 +340,13 @@ static CASE: AtomicU64 = AtomicU64::new(0);
 fn mount<M: MetaStore>(
     meta: &M,
     ws: &Workspace,
-    chunks: &Arc<MemoryChunkStore>,
+    chunks: &Arc<FaultyChunkStore>,
     tmp: &tempfile::TempDir,
     view: View,
     root: drive::model::NodeId,
 ) -> Fs<M> {
-    let blocks = BlockStore::new(meta.clone(), chunks.clone(), BlockCodec::plaintext(), None);
+    let store: Arc<dyn ChunkStore> = chunks.clone();
+    let blocks = BlockStore::new(meta.clone(), store, BlockCodec::plaintext(), None);
     let staging = tmp
         .path()
         .join(format!("staging-{}", CASE.fetch_add(1, Ordering::Relaxed)));
@@ -345,6 +363,7 @@ impl<M: MetaStore> Rig<M> {
     /// A fresh workspace of `meta` whose blocks go to `chunks` (one object store per metadata
     /// store: block records are shared by its workspaces, so dedup finds blocks stored there).
     async fn new(meta: M, chunks: Arc<MemoryChunkStore>) -> Rig<M> {
+        let chunks = Arc::new(FaultyChunkStore::new(chunks));
         let name = format!("model-{}", CASE.fetch_add(1, Ordering::Relaxed));
         let mut spec = WorkspaceSpec::new(name, WorkspaceKind::User);
         spec.block_size = MIN_BLOCK_SIZE;
@@ -434,8 +453,35 @@ impl<M: MetaStore> Rig<M> {
 
     /// Applies `op` to the model and the engine; their outcomes must agree.
     async fn apply(&mut self, model: &mut Model, op: &Op) -> Result<(), String> {
+        let (expected, got) = match op {
+            Op::StoreFailing { full, op } => {
+                let (fault, errno) = match full {
+                    true => (StoreFault::NoSpace, FsErrorKind::NoSpace),
+                    false => (StoreFault::Unavailable, FsErrorKind::Io),
+                };
+                let mut tried = model.clone();
+                self.chunks.set(StoreOp::Put, fault);
+                let outcomes = Box::pin(self.outcomes(&mut tried, op)).await;
+                self.chunks.clear();
+                let (expected, got) = outcomes?;
+                if expected.is_ok() && got == Err(errno) {
+                    return Ok(()); // refused whole: the model stays as it was
+                }
+                *model = tried;
+                (expected, got)
+            }
+            op => self.outcomes(model, op).await?,
+        };
+        if expected != got {
+            return Err(format!("{op:?}: model says {expected:?}, engine says {got:?}"));
+        }
+        Ok(())
+    }
+
+    /// Applies `op` to the model and the engine and returns both outcomes.
+    async fn outcomes(&mut self, model: &mut Model, op: &Op) -> Result<(Outcome, Outcome), String> {
         let fs = self.fs.clone();
-        let (expected, got): (Outcome, Outcome) = match *op {
+        Ok(match *op {
             Op::Create { dir, name, len, seed } => {
                 let (path, d) = model.dir(dir);
                 let data = LENS.get(len).map_or(Vec::new(), |l| bytes(*l, seed));
@@ -466,7 +512,7 @@ impl<M: MetaStore> Rig<M> {
                 seed,
             } => {
                 let Some((path, node)) = model.pick(file, |n| matches!(n, MNode::File(_))) else {
-                    return Ok(());
+                    return Ok((Ok(()), Ok(())));
                 };
                 let (offset, data) = (OFFSETS[offset], bytes(LENS[len], seed));
                 if let Some(MNode::File(content)) = model.nodes.get_mut(&node) {
@@ -483,7 +529,7 @@ impl<M: MetaStore> Rig<M> {
             }
             Op::Truncate { file, size } => {
                 let Some((path, node)) = model.pick(file, |n| matches!(n, MNode::File(_))) else {
-                    return Ok(());
+                    return Ok((Ok(()), Ok(())));
                 };
                 if let Some(MNode::File(content)) = model.nodes.get_mut(&node) {
                     content.resize(SIZES[size] as usize, 0);
@@ -537,7 +583,7 @@ impl<M: MetaStore> Rig<M> {
             }
             Op::Link { node, dir, name } => {
                 let Some((path, n)) = model.pick(node, |_| true).filter(|(p, _)| !p.is_empty()) else {
-                    return Ok(());
+                    return Ok((Ok(()), Ok(())));
                 };
                 let (dpath, d) = model.dir(dir);
                 let expected = match model.entries.entry((d, NAMES[name].to_owned())) {
@@ -578,7 +624,7 @@ impl<M: MetaStore> Rig<M> {
             }
             Op::Snapshot => {
                 if self.snapshots.len() >= MAX_SNAPSHOTS {
-                    return Ok(());
+                    return Ok((Ok(()), Ok(())));
                 }
                 // A snapshot sees what was committed: settle this mount's queued removals first,
                 // as `studiodrive-csi snapshot` does through fsyncdir of the mount.
@@ -596,11 +642,8 @@ impl<M: MetaStore> Rig<M> {
                 self.remount().await?;
                 (Ok(()), Ok(()))
             }
-        };
-        if expected != got {
-            return Err(format!("{op:?}: model says {expected:?}, engine says {got:?}"));
-        }
-        Ok(())
+            Op::StoreFailing { .. } => return Err("a failing store does not nest".into()),
+        })
     }
 
     /// The tree `fs` shows, read through its own API.
