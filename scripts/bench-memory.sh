@@ -13,7 +13,8 @@
 #
 # Environment: LS_ENTRIES [1000000], OPEN_FILES [200], BOUND_MIB [512],
 #   WORK [/var/tmp/studiodrive-bench-memory] scratch dir (emptied first), MOUNT_ARGS extra
-#   arguments for `studiodrive-csi mount` (to measure other settings).
+#   arguments for `studiodrive-csi mount` (to measure other settings), SD_BIN a prebuilt
+#   studiodrive-csi to measure instead of building this checkout's (A/B runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -23,15 +24,18 @@ OPEN_FILES=${OPEN_FILES:-200}
 BOUND_MIB=${BOUND_MIB:-512}
 WORK=${WORK:-/var/tmp/studiodrive-bench-memory}
 MOUNT_ARGS=${MOUNT_ARGS:-}
+SD_BIN=${SD_BIN:-}
 
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 [ "$(id -u)" -eq 0 ] || die "run as root (mounts, drop_caches, apt-get)"
 install_missing python3:python3 fusermount3:fuse3 initdb:postgresql
 
-say "cargo build --release -p drive-csi"
-cargo build --release -p drive-csi --bin studiodrive-csi
-TARGET_DIR=$(target_dir)
+if [ -z "$SD_BIN" ]; then
+    say "cargo build --release -p drive-csi"
+    cargo build --release -p drive-csi --bin studiodrive-csi
+    SD_BIN=$(target_dir)/release/studiodrive-csi
+fi
 
 MNT=$WORK/mnt
 STATE=$WORK/state
@@ -47,9 +51,13 @@ if [ -d "$WORK" ]; then cleanup; rm -rf "$WORK"; fi
 trap cleanup EXIT
 mkdir -p "$MNT" "$WORK/bin"
 # A private copy: the shared target dir may be rebuilt during the run.
-cp "$TARGET_DIR/release/studiodrive-csi" "$WORK/bin/"
+cp "$SD_BIN" "$WORK/bin/studiodrive-csi"
 SD=$WORK/bin/studiodrive-csi
-echo "studiodrive-csi: $(git -C "$REPO" rev-parse --short HEAD)$(git -C "$REPO" diff --quiet HEAD -- drive csi-driver || echo ' + uncommitted changes')" >&2
+if [ "$SD_BIN" = "$(target_dir)/release/studiodrive-csi" ]; then
+    echo "studiodrive-csi: $(git -C "$REPO" rev-parse --short HEAD)$(git -C "$REPO" diff --quiet HEAD -- drive csi-driver || echo ' + uncommitted changes')" >&2
+else
+    echo "studiodrive-csi: $SD_BIN" >&2
+fi
 
 mount_pid() { pgrep -f "studiodrive-csi mount .*$MNT( |$)" | head -1; }
 start() {

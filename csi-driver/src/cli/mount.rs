@@ -42,8 +42,9 @@ pub struct MountArgs {
     #[arg(long, default_value_t = 10 << 30)]
     pub cache_size: u64,
     /// Memory for verified block plaintext in bytes: hot blocks are served from here
-    /// without reading and verifying them from the disk cache again (0 turns it off).
-    #[arg(long, default_value_t = 256 << 20)]
+    /// without reading and verifying them from the disk cache again (0 turns it off). One of
+    /// the budgets that add up to the mount's memory bound ([`MEMORY_BOUND`]).
+    #[arg(long, default_value_t = 128 << 20)]
     pub memory_cache_size: u64,
     /// Evict cached blocks while the cache's file system has less than this fraction free
     /// (as `df` counts it: 100% minus its Use%).
@@ -80,8 +81,9 @@ pub struct MountArgs {
     #[arg(long, default_value_t = 200_000)]
     pub metadata_cache_entries: usize,
     /// Bytes of blocks held by open files across the mount: prefetched ahead of sequential
-    /// readers (each file's window is at most 64 MiB) and each file's block being read.
-    #[arg(long, default_value_t = 192 << 20)]
+    /// readers (each file's window is at most 64 MiB) and each file's block being read. One
+    /// of the budgets that add up to the mount's memory bound ([`MEMORY_BOUND`]).
+    #[arg(long, default_value_t = 128 << 20)]
     pub read_buffer_size: u64,
     /// Milliseconds this mount's file locks (fcntl, flock) outlive its last lease renewal:
     /// how long another mount waits for the locks of a mount that died.
@@ -99,6 +101,26 @@ pub struct MountArgs {
     pub mountpoint: PathBuf,
 }
 
+/// What a mount on default settings stays under, in resident memory (docs/architecture.md,
+/// "Bounded per mount"): its block budgets ([`MountArgs::block_memory`]) plus
+/// [`OTHER_MEMORY`]. Each budget is a setting; raising one raises the mount's peak by as much.
+pub const MEMORY_BOUND: u64 = 512 << 20;
+
+/// Resident memory a mount uses besides block buffers: the runtime and its threads, FUSE
+/// request buffers, directory windows, the metadata cache at its default 200,000 entries
+/// (listing 1,000,000 entries through four handles peaked at 96 MiB in all).
+pub const OTHER_MEMORY: u64 = 128 << 20;
+
+impl MountArgs {
+    /// Block bytes these settings let the mount hold at once, with `block_size` blocks and
+    /// `max_uploads` uploads in flight: the memory cache, the read buffers, and each upload's
+    /// block with its encoded object. What these buffers free goes back to the kernel
+    /// ([`tune_allocator`]), so resident memory follows them.
+    pub fn block_memory(&self, block_size: u64, max_uploads: usize) -> u64 {
+        self.memory_cache_size + self.read_buffer_size + 2 * block_size * max_uploads as u64
+    }
+}
+
 /// Runs `mount`.
 pub fn run(args: MountArgs) -> anyhow::Result<()> {
     clean_stale(&args.mountpoint)?;
@@ -113,21 +135,36 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     rt.block_on(serve(args, rt.handle().clone()))
 }
 
-/// Tunes glibc's allocator for block-sized buffers, before any other thread starts. By
-/// default each thread may get its own arena and large freed chunks go back to the kernel,
-/// so the 4 MiB buffers that move between tokio's blocking threads are faulted in and zeroed
-/// again and again: a warm 4 GiB read made about 200,000 page faults and used 4.3 CPU
-/// seconds in the mount; with one arena that keeps freed memory (up to 1 GiB at its top),
-/// 10,000-16,000 faults and 2.5-3.0 s.
-fn tune_allocator() {
+/// Buffers of this many bytes or more get a mapping of their own from glibc, returned to the
+/// kernel when freed: every buffer of a 4 MiB block (fetched, decrypted, uploaded, encoded)
+/// and none of the 1 MiB FUSE requests.
+pub const MMAP_THRESHOLD: usize = 2 << 20;
+
+/// Freed heap memory glibc keeps at the top of its heap before giving it back.
+pub const TRIM_THRESHOLD: usize = 32 << 20;
+
+/// Tunes glibc's allocator before any other thread starts: one arena (per-thread arenas each
+/// kept their own freed memory), block-sized buffers mapped on their own
+/// ([`MMAP_THRESHOLD`]), at most [`TRIM_THRESHOLD`] of freed memory kept at the heap's top.
+/// Setting the thresholds also stops glibc from raising them as mapped buffers are freed
+/// (its default), which moved block buffers into the heap.
+///
+/// The mount's memory bound rests on this: its budgets (memory cache, read buffers, uploads)
+/// bound the block bytes alive, and a freed block buffer must not stay resident. Kept in the
+/// heap instead (mmap threshold 64 MiB, trim threshold 1 GiB, until 2026-12), the heap
+/// stayed at the high-water mark of everything once alive: 200 open files read round-robin
+/// left 473 MiB of anonymous memory resident while the memory cache refilled with mapped
+/// disk-cache entries (266 MiB more, file-backed), 818 MiB in all. The price is a page fault
+/// per 4 KiB page of each new block buffer (docs/benchmarks.md, "Mount memory").
+pub fn tune_allocator() {
     #[cfg(target_env = "gnu")]
     #[allow(unsafe_code)]
-    // SAFETY: mallopt only sets allocator parameters and is called while this is the only
-    // thread; a refused setting (return 0) leaves glibc's default.
+    // SAFETY: mallopt only sets allocator parameters; a refused setting (return 0) leaves
+    // glibc's default.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD as libc::c_int);
     }
 }
 
@@ -276,6 +313,10 @@ async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()
     cfg.read_only = read_only;
     cfg.meta_cache_entries = args.metadata_cache_entries;
     cfg.read_buffer_bytes = args.read_buffer_size;
+    tracing::info!(
+        block_memory = args.block_memory(u64::from(ws.block_size), cfg.max_uploads),
+        "block memory budget (memory cache + read buffers + uploads in flight)"
+    );
     cfg.lock_lease = Duration::from_millis(args.lock_lease_ms);
     let fs = Arc::new(DriveFs::new(meta.clone(), blocks.clone(), ws.clone(), cfg)?);
     let metrics = Arc::new(Metrics::new()?);
@@ -400,8 +441,60 @@ async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()
 
 #[cfg(test)]
 mod tests {
-    use super::map_cache_entry;
+    use super::{MEMORY_BOUND, MountArgs, OTHER_MEMORY, map_cache_entry, tune_allocator};
     use drive::cache::{BlockCache, CacheConfig};
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        mount: MountArgs,
+    }
+
+    #[test]
+    fn default_budgets_add_up_under_the_memory_bound() {
+        use clap::Parser as _;
+        let args = Cli::try_parse_from(["mount", "/mnt"]).unwrap().mount;
+        let defaults =
+            drive::fs::FsConfig::new(drive::model::View::Live, drive::model::NodeId(1), "/tmp".into());
+        assert_eq!(
+            args.read_buffer_size, defaults.read_buffer_bytes,
+            "one default, two places"
+        );
+        let blocks = args.block_memory(u64::from(drive::model::DEFAULT_BLOCK_SIZE), defaults.max_uploads);
+        assert_eq!(blocks, (128 + 128 + 16 * 8) << 20);
+        assert!(
+            blocks + OTHER_MEMORY <= MEMORY_BOUND,
+            "default budgets {} MiB + {} MiB over the {} MiB bound",
+            blocks >> 20,
+            OTHER_MEMORY >> 20,
+            MEMORY_BOUND >> 20
+        );
+    }
+
+    /// Resident anonymous memory of this process, in bytes.
+    fn rss_anon() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() << 10
+    }
+
+    /// The budgets bound the block buffers alive; this is what keeps freed ones from staying
+    /// resident (with glibc's heap keeping them, as before, RSS stayed at the high-water mark).
+    #[cfg(target_env = "gnu")]
+    #[test]
+    fn freed_block_buffers_leave_resident_memory() {
+        tune_allocator();
+        let blocks: Vec<Vec<u8>> = (0..16u8).map(|i| vec![i + 1; 4 << 20]).collect();
+        let held = rss_anon();
+        assert_eq!(blocks.iter().map(|b| b[b.len() - 1] as u64).sum::<u64>(), 136);
+        drop(blocks);
+        let freed = held.saturating_sub(rss_anon());
+        assert!(
+            freed >= 56 << 20,
+            "dropping 64 MiB of blocks freed {} KiB",
+            freed >> 10
+        );
+    }
 
     #[tokio::test]
     async fn mapped_cache_entries_read_back_and_damage_is_still_caught() {

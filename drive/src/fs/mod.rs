@@ -91,7 +91,7 @@ pub struct FsConfig {
 
 impl FsConfig {
     /// Defaults for a mount of `root` in `view`: 16 uploads, 64 MiB readahead per file and
-    /// 256 MiB of prefetch across the mount, a metadata
+    /// 128 MiB of read buffers across the mount, a metadata
     /// cache of 200,000 entries that answers up to 1 s after the feed was last read.
     pub fn new(view: View, root: NodeId, staging_dir: PathBuf) -> FsConfig {
         FsConfig {
@@ -101,7 +101,7 @@ impl FsConfig {
             staging_dir,
             max_uploads: 16,
             readahead_bytes: 64 << 20,
-            read_buffer_bytes: 192 << 20,
+            read_buffer_bytes: 128 << 20,
             lock_lease: Duration::from_secs(15),
             mount_id: uuid::Uuid::new_v4().simple().to_string(),
             clock: Arc::new(SystemClock),
