@@ -11,6 +11,7 @@ pub mod error;
 pub mod fs;
 pub mod meta;
 pub mod model;
+pub mod mount;
 pub mod ports;
 pub mod rules;
 pub mod sync;

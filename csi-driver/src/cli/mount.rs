@@ -10,10 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use drive::cache::{BlockCache, CacheConfig, MemoryCache};
-use drive::data::{BlockStore, DataKey, Kek};
-use drive::fs::{DriveFs, FsConfig};
-use drive::model::{Actor, View, WorkspaceKind, WorkspaceSpec};
+use drive::cache::CacheConfig;
+use drive::data::Kek;
+use drive::mount::{DiskCache, MountPath, MountSpec, MountTarget, NewWorkspace, OpenedMount};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::StorageArgs;
@@ -26,7 +25,8 @@ use crate::mount_table::{clean_stale, fuse_mount_devices_at, is_mounted};
 pub struct MountArgs {
     #[command(flatten)]
     pub storage: StorageArgs,
-    /// Folder of the workspace to mount as the root.
+    /// Folder to mount as the root: a path of the workspace, or with `--snapshot` a path below
+    /// the folder the snapshot was taken of.
     #[arg(long, default_value = "/")]
     pub path: String,
     /// Mount this snapshot (read-only) instead of the live tree.
@@ -252,73 +252,58 @@ fn detach(args: &MountArgs) -> anyhow::Result<()> {
     bail!("the mount did not appear within 120 s; see {}", log.display())
 }
 
-async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()> {
-    let state = args.storage.state_dir()?;
-    let meta = args.storage.meta().await?;
+/// The front door's settings from the command line: `--path` is below the snapshot's folder
+/// when `--snapshot` is given, a missing workspace is created (encrypted with a key file).
+fn mount_spec(args: &MountArgs, state: &Path) -> anyhow::Result<MountSpec> {
     let kek = match &args.encryption_key_file {
         Some(path) => Some(Kek::from_file(path)?),
         None => Kek::from_env()?,
     };
-    let ws = match meta.get_workspace(&args.storage.workspace).await {
-        Ok(ws) => ws,
-        Err(e) if e.kind() == drive::ErrorKind::NotFound => {
-            let mut spec = WorkspaceSpec::new(args.storage.workspace.clone(), WorkspaceKind::User);
-            spec.block_size = args.block_size;
-            // A key file given at creation makes the workspace encrypted.
-            if let (Some(kek), Some(_)) = (&kek, &args.encryption_key_file) {
-                spec.wrapped_key = Some(DataKey::generate().wrap(kek));
-            }
-            match meta.create_workspace(&Actor::system("mount"), &spec).await {
-                Ok(ws) => ws,
-                // Another mount created it meanwhile.
-                Err(e) if e.kind() == drive::ErrorKind::Exists => meta.get_workspace(&spec.name).await?,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(e) => return Err(e.into()),
+    let target = MountTarget {
+        workspace: args.storage.workspace.clone(),
+        path: MountPath::FromRoot(args.path.clone()),
+        snapshot: args.snapshot.clone(),
     };
-    let codec =
-        drive::data::codec_for(&ws, kek.as_ref()).with_context(|| format!("workspace {}", ws.name))?;
-    let (view, root, read_only) = match &args.snapshot {
-        Some(name) => {
-            let snap = meta.get_snapshot(ws.id, name).await?;
-            let root = meta
-                .resolve_from(View::At(snap.epoch), snap.root, &args.path)
-                .await?;
-            (View::At(snap.epoch), root.ino, true)
-        }
-        None => (
-            View::Live,
-            meta.resolve(ws.id, &args.path).await?.ino,
-            args.read_only,
-        ),
-    };
-    let cache = if args.cache_size == 0 {
-        None
-    } else {
+    let mut spec = MountSpec::new(target, state.join("staging"));
+    spec.read_only = args.read_only;
+    if args.cache_size > 0 {
         let dir = args.cache_dir.clone().unwrap_or_else(|| state.join("cache"));
         let mut cfg = CacheConfig::new(dir, args.cache_size);
         cfg.min_free_ratio = args.cache_min_free;
         cfg.read_entry = map_cache_entry;
-        Some(Arc::new(BlockCache::open(cfg).context("open the block cache")?))
-    };
-    let store = args.storage.open_store().await?;
-    tracing::info!(store = %store.describe(), encrypted = codec.is_encrypted(), "block store");
-    let mut blocks = BlockStore::new(meta.clone(), store, codec, cache);
-    if args.memory_cache_size > 0 {
-        blocks = blocks.with_memory_cache(Arc::new(MemoryCache::new(args.memory_cache_size)));
+        spec.disk_cache = DiskCache::Open(cfg);
     }
-    let blocks = Arc::new(blocks);
-    let mut cfg = FsConfig::new(view, root, state.join("staging"));
-    cfg.read_only = read_only;
-    cfg.meta_cache_entries = args.metadata_cache_entries;
-    cfg.read_buffer_bytes = args.read_buffer_size;
+    spec.memory_cache_bytes = args.memory_cache_size;
+    spec.read_buffer_bytes = args.read_buffer_size;
+    spec.meta_cache_entries = args.metadata_cache_entries;
+    spec.lock_lease = Duration::from_millis(args.lock_lease_ms);
+    spec.kek = kek;
+    // A key file given at creation makes the workspace encrypted.
+    spec.create = Some(NewWorkspace {
+        block_size: args.block_size,
+        encrypted: args.encryption_key_file.is_some(),
+    });
+    Ok(spec)
+}
+
+async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()> {
+    let state = args.storage.state_dir()?;
+    let spec = mount_spec(&args, &state)?;
+    let meta = args.storage.meta().await?;
+    let store = args.storage.open_store().await?;
+    let describe = store.describe();
+    let OpenedMount {
+        fs,
+        blocks,
+        resolved,
+        read_only,
+    } = drive::mount::open(meta.clone(), store, &spec).await?;
+    let (ws, view) = (resolved.workspace, resolved.view);
+    tracing::info!(store = %describe, encrypted = ws.encrypted, "block store");
     tracing::info!(
-        block_memory = args.block_memory(u64::from(ws.block_size), cfg.max_uploads),
+        block_memory = args.block_memory(u64::from(ws.block_size), fs.config().max_uploads),
         "block memory budget (memory cache + read buffers + uploads in flight)"
     );
-    cfg.lock_lease = Duration::from_millis(args.lock_lease_ms);
-    let fs = Arc::new(DriveFs::new(meta.clone(), blocks.clone(), ws.clone(), cfg)?);
     let metrics = Arc::new(Metrics::new()?);
     metrics.watch_blocks((*blocks).clone());
     metrics.watch_meta_cache(fs.meta_cache_stats());

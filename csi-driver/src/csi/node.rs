@@ -3,8 +3,7 @@
 
 use std::sync::Arc;
 
-use drive::PgMetaStore;
-use drive::model::{Attr, Snapshot, View, WorkspaceId};
+use drive::mount::{MountPath, MountTarget, Resolved};
 use tonic::{Request, Response, Status};
 
 use super::attributes::VolumeAttributes;
@@ -13,7 +12,7 @@ use super::proto::node_server::Node;
 use super::proto::node_service_capability::{Rpc, rpc::Type as RpcType};
 use super::proto::{self as csi, volume_usage::Unit};
 use super::publish::{MountSpec, PublishError, Publisher};
-use super::{MetaSlot, meta_status, observed, validate};
+use super::{MetaSlot, meta_status, mount_status, observed, validate};
 use crate::metrics::CsiMetrics;
 
 /// Capacity reported for volumes without a quota: object storage has no fixed size (the same
@@ -66,28 +65,17 @@ impl NodeService {
             Some(p) => join_paths(&base_path, p),
             None => base_path,
         };
-        let ws = meta
-            .get_workspace(&workspace)
-            .await
-            .map_err(|e| meta_status(&e))?;
         // The folder (or the snapshot's view of it) must exist before a process mounts it.
-        // A snapshot of a folder is rooted there: `path` becomes relative to that folder.
-        let snapshot = snapshot_named(meta, ws.id, attrs.snapshot.as_deref()).await?;
-        let path = match &snapshot {
-            Some(snap) => path_within(&snap.path, &path).ok_or_else(|| {
-                Status::not_found(format!(
-                    "{path} is outside snapshot {}, which was taken of {}",
-                    snap.name, snap.path
-                ))
-            })?,
-            None => path,
+        // The process takes the path below the snapshot's folder (the front door's rule).
+        let folder = MountTarget {
+            workspace: workspace.clone(),
+            path: MountPath::Workspace(path),
+            snapshot: attrs.snapshot.clone(),
         };
-        let (_, root) = mount_root(meta, ws.id, snapshot.as_ref(), &path).await?;
-        if root.kind != drive::model::NodeKind::Directory {
-            return Err(Status::failed_precondition(format!(
-                "{path} in workspace {workspace} is not a folder"
-            )));
-        }
+        let path = drive::mount::resolve(meta, &folder)
+            .await
+            .map_err(|e| mount_status(&e))?
+            .path;
         let read_only =
             req.readonly || mount.reader_only || mount.ro_flag || attrs.read_only || attrs.snapshot.is_some();
         self.authorizer
@@ -140,12 +128,19 @@ impl NodeService {
                 ))
             })?;
         let meta = self.meta.get()?;
-        let ws = meta
-            .get_workspace(&spec.workspace)
+        let folder = MountTarget {
+            workspace: spec.workspace,
+            path: MountPath::FromRoot(spec.path),
+            snapshot: spec.snapshot,
+        };
+        let Resolved {
+            workspace: ws,
+            view,
+            root,
+            ..
+        } = drive::mount::resolve(meta, &folder)
             .await
-            .map_err(|e| meta_status(&e))?;
-        let snapshot = snapshot_named(meta, ws.id, spec.snapshot.as_deref()).await?;
-        let (view, root) = mount_root(meta, ws.id, snapshot.as_ref(), &spec.path).await?;
+            .map_err(|e| mount_status(&e))?;
         let usage = meta.usage(view, root.ino).await.map_err(|e| meta_status(&e))?;
         let total_bytes = ws.quota_bytes.unwrap_or(UNBOUNDED_BYTES).max(usage.bytes);
         let inodes = usage.files + usage.directories;
@@ -185,53 +180,6 @@ fn join_paths(base: &str, rel: &str) -> String {
         "/".to_string()
     } else {
         trimmed.to_string()
-    }
-}
-
-/// The live snapshot `name` of a workspace, when a name is given.
-async fn snapshot_named(
-    meta: &PgMetaStore,
-    ws: WorkspaceId,
-    name: Option<&str>,
-) -> Result<Option<Snapshot>, Status> {
-    match name {
-        Some(name) => meta
-            .get_snapshot(ws, name)
-            .await
-            .map(Some)
-            .map_err(|e| meta_status(&e)),
-        None => Ok(None),
-    }
-}
-
-/// The view a mount reads and the node at its root: `path` in the live tree, or relative to
-/// the snapshot's root in the snapshot's view.
-async fn mount_root(
-    meta: &PgMetaStore,
-    ws: WorkspaceId,
-    snapshot: Option<&Snapshot>,
-    path: &str,
-) -> Result<(View, Attr), Status> {
-    let found = match snapshot {
-        Some(snap) => meta
-            .resolve_from(View::At(snap.epoch), snap.root, path)
-            .await
-            .map(|attr| (View::At(snap.epoch), attr)),
-        None => meta.resolve(ws, path).await.map(|attr| (View::Live, attr)),
-    };
-    found.map_err(|e| meta_status(&e))
-}
-
-/// `path` relative to `base` ("/a" within "/a/b" is "/b"), if it lies inside it.
-fn path_within(base: &str, path: &str) -> Option<String> {
-    let base = base.trim_end_matches('/');
-    let rest = path.strip_prefix(base)?;
-    if rest.is_empty() {
-        Some("/".to_string())
-    } else if rest.starts_with('/') {
-        Some(rest.to_string())
-    } else {
-        None
     }
 }
 
@@ -326,22 +274,7 @@ impl Node for NodeService {
 
 #[cfg(test)]
 mod tests {
-    use super::{join_paths, path_within};
-
-    #[test]
-    fn paths_within_snapshots() {
-        assert_eq!(path_within("/", "/shots/010").as_deref(), Some("/shots/010"));
-        assert_eq!(
-            path_within("/volumes/pvc-1", "/volumes/pvc-1").as_deref(),
-            Some("/")
-        );
-        assert_eq!(
-            path_within("/volumes/pvc-1", "/volumes/pvc-1/renders").as_deref(),
-            Some("/renders")
-        );
-        assert_eq!(path_within("/volumes/pvc-1", "/volumes/pvc-10"), None);
-        assert_eq!(path_within("/volumes/pvc-1", "/other"), None);
-    }
+    use super::join_paths;
 
     #[test]
     fn paths_join() {

@@ -144,6 +144,19 @@ impl WorkspacePath {
     pub fn into_names(self) -> Vec<Name> {
         self.0
     }
+
+    /// Whether this is the root ("/").
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// This path relative to `base`, if it lies inside it ("/a/b" within "/a" is "/b", "/a"
+    /// within "/a" is "/"; "/ab" is not within "/a").
+    pub fn relative_to(&self, base: &WorkspacePath) -> Option<WorkspacePath> {
+        self.0
+            .strip_prefix(base.0.as_slice())
+            .map(|rest| WorkspacePath(rest.to_vec()))
+    }
 }
 
 impl fmt::Display for WorkspacePath {
@@ -186,5 +199,21 @@ mod path_tests {
             WorkspacePath::parse(&long),
             Err(NameError::PathTooLong(long.len()))
         );
+    }
+
+    #[test]
+    fn paths_relative_to_a_folder() {
+        let p = |s: &str| WorkspacePath::parse(s).unwrap();
+        let within = |path: &str, base: &str| p(path).relative_to(&p(base)).map(|r| r.to_string());
+        assert_eq!(within("/shots/010", "/").as_deref(), Some("/shots/010"));
+        assert_eq!(within("/volumes/pvc-1", "/volumes/pvc-1/").as_deref(), Some("/"));
+        assert_eq!(
+            within("/volumes/pvc-1/renders", "/volumes/pvc-1").as_deref(),
+            Some("/renders")
+        );
+        assert_eq!(within("/volumes/pvc-10", "/volumes/pvc-1"), None);
+        assert_eq!(within("/other", "/volumes/pvc-1"), None);
+        assert_eq!(within("/", "/volumes"), None);
+        assert!(p("//").is_root() && !p("/a").is_root());
     }
 }
