@@ -299,11 +299,7 @@ impl State {
         reserved: Option<NodeId>,
         content: Option<&InitialContent<'_>>,
     ) -> Result<(Attr, Attr), MetaError> {
-        if node.kind == NodeKind::Symlink && node.symlink_target.as_ref().is_none_or(Vec::is_empty) {
-            return Err(MetaError::InvalidArgument(
-                "a symlink needs a non-empty target".into(),
-            ));
-        }
+        crate::rules::check_new_node(node)?;
         let now = self.clock.now();
         self.tree_of(ws, parent)?.1.dir(parent)?;
         if let Some(content) = content {

@@ -258,11 +258,7 @@ impl PgMetaStore {
         reserved: Option<NodeId>,
         content: Option<&InitialContent<'_>>,
     ) -> Result<(Attr, Attr), MetaError> {
-        if node.kind == NodeKind::Symlink && node.symlink_target.as_ref().is_none_or(Vec::is_empty) {
-            return Err(MetaError::InvalidArgument(
-                "a symlink needs a non-empty target".into(),
-            ));
-        }
+        crate::rules::check_new_node(node)?;
         let now = self.clock.now();
         let hashes: Vec<&[u8]> = content
             .map(|c| c.blocks.iter().map(|(_, h, _)| h.as_slice()).collect())

@@ -422,6 +422,31 @@ impl Permission {
     }
 }
 
+/// Fails when a `use` line of `sources` imports I/O, async, a store or the wall clock: the
+/// check that keeps the pure core (`model`, `rules`) pure.
+#[cfg(test)]
+pub(crate) fn assert_imports_pure(what: &str, sources: &[&str]) {
+    let forbidden = [
+        "tokio",
+        "deadpool",
+        "postgres",
+        "crate::meta",
+        "crate::data",
+        "crate::cache",
+        "crate::fs",
+        "std::fs",
+        "std::net",
+        "SystemTime",
+    ];
+    for source in sources {
+        for line in source.lines().filter(|l| l.trim_start().starts_with("use ")) {
+            for f in forbidden {
+                assert!(!line.contains(f), "{what} must stay pure, found `{line}`");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod purity {
     /// The model is the pure core: it must not grow I/O or async dependencies.
@@ -432,23 +457,6 @@ mod purity {
             include_str!("name.rs"),
             include_str!("sequence.rs"),
         ];
-        let forbidden = [
-            "tokio",
-            "deadpool",
-            "postgres",
-            "crate::meta",
-            "crate::data",
-            "crate::cache",
-            "std::fs",
-            "std::net",
-            "SystemTime",
-        ];
-        for source in sources {
-            for line in source.lines().filter(|l| l.trim_start().starts_with("use ")) {
-                for f in forbidden {
-                    assert!(!line.contains(f), "model must stay pure, found `{line}`");
-                }
-            }
-        }
+        super::assert_imports_pure("model", &sources);
     }
 }

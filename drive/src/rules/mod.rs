@@ -6,9 +6,22 @@
 //! - [`rename`]: the POSIX `rename(2)` / `renameat2` decision table;
 //! - [`write_once`]: what a project (write-once) workspace refuses.
 
+use crate::error::MetaError;
+use crate::model::{NewNode, NodeKind};
+
 pub mod blocks;
 pub mod rename;
 pub mod write_once;
+
+/// Refuses a node that cannot be created whatever the tree holds (a symlink needs a target).
+pub fn check_new_node(node: &NewNode) -> Result<(), MetaError> {
+    if node.kind == NodeKind::Symlink && node.symlink_target.as_ref().is_none_or(Vec::is_empty) {
+        return Err(MetaError::InvalidArgument(
+            "a symlink needs a non-empty target".into(),
+        ));
+    }
+    Ok(())
+}
 
 #[cfg(test)]
 mod purity {
@@ -21,23 +34,6 @@ mod purity {
             include_str!("rename.rs"),
             include_str!("write_once.rs"),
         ];
-        let forbidden = [
-            "tokio",
-            "deadpool",
-            "postgres",
-            "crate::meta",
-            "crate::data",
-            "crate::cache",
-            "std::fs",
-            "std::net",
-            "SystemTime",
-        ];
-        for source in sources {
-            for line in source.lines().filter(|l| l.trim_start().starts_with("use ")) {
-                for f in forbidden {
-                    assert!(!line.contains(f), "rules must stay pure, found `{line}`");
-                }
-            }
-        }
+        crate::model::assert_imports_pure("rules", &sources);
     }
 }
