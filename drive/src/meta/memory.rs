@@ -21,14 +21,15 @@ use crate::meta::new_inode_attr;
 use crate::meta::tree::{QueuedUnlink, parse_path};
 use crate::meta::xattrs::{XattrMode, check_xattr, xattr_label};
 use crate::model::{
-    Actor, Attr, DirEntry, DirEntryPlus, Epoch, FrameSequence, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Name, NewNode,
-    NodeId, NodeKind, RenameMode, SetAttr, Snapshot, SnapshotId, Timestamp, View, Workspace, WorkspaceId,
-    WorkspaceSpec, summarize, validate_workspace_name,
+    Actor, Attr, DirEntry, DirEntryPlus, Epoch, FrameSequence, Name, NewNode, NodeId, NodeKind, RenameMode,
+    SetAttr, Snapshot, SnapshotId, Timestamp, View, Workspace, WorkspaceId, WorkspaceSpec, summarize,
+    validate_workspace_name,
 };
 use crate::ports::{Clock, MetaStore, SystemClock};
 use crate::rules::blocks::shrink;
 use crate::rules::rename::{self, EntryFacts, RenameCheck, RenameStep};
 use crate::rules::write_once;
+use crate::rules::{check_workspace_spec, drop_link, touch_dir};
 use crate::sync::lock;
 
 /// The in-memory metadata store. Clones share one state.
@@ -204,23 +205,6 @@ struct State {
     xattrs: HashMap<NodeId, BTreeMap<Vec<u8>, Vec<u8>>>,
     locks: Vec<FileLock>,
     leases: HashMap<String, Instant>,
-}
-
-/// Updates a directory's times and its link count for subfolders added or removed.
-fn touch_dir(dir: &mut Attr, now: Timestamp, subdirs_delta: i64) {
-    dir.mtime = now;
-    dir.ctime = now;
-    dir.nlink = (i64::from(dir.nlink) + subdirs_delta).max(0) as u32;
-}
-
-/// A node's attributes after one of its names is removed.
-fn drop_link(node: &mut Attr, now: Timestamp) {
-    node.nlink = if node.kind == NodeKind::Directory {
-        0
-    } else {
-        node.nlink.saturating_sub(1)
-    };
-    node.ctime = now;
 }
 
 fn overlaps(a: &FileLock, start: u64, end: u64) -> bool {
@@ -463,13 +447,7 @@ impl MetaStore for MemMetaStore {
         spec: &WorkspaceSpec,
     ) -> impl Future<Output = Result<Workspace, MetaError>> + Send {
         self.run(move |s| {
-            validate_workspace_name(&spec.name)?;
-            if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&spec.block_size) {
-                return Err(MetaError::InvalidArgument(format!(
-                    "block size {} is outside {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE} bytes",
-                    spec.block_size
-                )));
-            }
+            check_workspace_spec(spec)?;
             if s.workspaces.values().any(|w| w.name == spec.name) {
                 return Err(MetaError::Exists(format!("workspace {}", spec.name)));
             }
@@ -523,15 +501,9 @@ impl MetaStore for MemMetaStore {
     ) -> impl Future<Output = Result<Snapshot, MetaError>> + Send {
         self.run(move |s| {
             validate_workspace_name(name)?;
-            let names = parse_path(path)?;
-            let canonical = format!(
-                "/{}",
-                names
-                    .iter()
-                    .map(Name::to_string_lossy)
-                    .collect::<Vec<_>>()
-                    .join("/")
-            );
+            let path = crate::model::WorkspacePath::parse(path)?;
+            let canonical = path.to_string();
+            let names = path.into_names();
             let workspace = s.workspace(ws)?.clone();
             if s.snapshots.iter().any(|x| x.workspace == ws && x.name == name) {
                 return Err(MetaError::Exists(format!("snapshot {name}")));

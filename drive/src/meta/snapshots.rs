@@ -37,15 +37,9 @@ impl PgMetaStore {
         path: &str,
     ) -> Result<Snapshot, MetaError> {
         validate_workspace_name(name)?;
-        let names = super::tree::parse_path(path)?;
-        let canonical = format!(
-            "/{}",
-            names
-                .iter()
-                .map(crate::model::Name::to_string_lossy)
-                .collect::<Vec<_>>()
-                .join("/")
-        );
+        let path = crate::model::WorkspacePath::parse(path)?;
+        let canonical = path.to_string();
+        let names = path.into_names();
         let id = SnapshotId(uuid::Uuid::new_v4());
         in_txn!(self, |tx| {
             async {

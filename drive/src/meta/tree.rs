@@ -779,11 +779,9 @@ pub(crate) fn parse_path(path: &str) -> Result<Vec<Name>, MetaError> {
     Ok(crate::model::WorkspacePath::parse(path)?.into_names())
 }
 
-/// Updates a directory's times (and link count for subdirectories added or removed).
+/// Updates a directory row's times and link count (see [`crate::rules::touch_dir`]).
 fn touch_dir(dir: &mut InodeRow, now: Timestamp, subdirs_delta: i64) {
-    dir.attr.mtime = now;
-    dir.attr.ctime = now;
-    dir.attr.nlink = (i64::from(dir.attr.nlink) + subdirs_delta).max(0) as u32;
+    crate::rules::touch_dir(&mut dir.attr, now, subdirs_delta);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -820,14 +818,9 @@ async fn detach<C: GenericClient>(
     write_inode(c, ws, node).await
 }
 
-/// A node's attributes after one of its names is removed.
+/// A node row after one of its names is removed (see [`crate::rules::drop_link`]).
 fn drop_link(node: &mut InodeRow, now: Timestamp) {
-    node.attr.nlink = if node.attr.kind == NodeKind::Directory {
-        0
-    } else {
-        node.attr.nlink.saturating_sub(1)
-    };
-    node.attr.ctime = now;
+    crate::rules::drop_link(&mut node.attr, now);
 }
 
 /// Whether the workspace refuses removing this folder with what is in it: a project

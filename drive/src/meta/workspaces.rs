@@ -9,8 +9,7 @@ use crate::error::MetaError;
 use crate::meta::rows::{execute, from_system_time, query, query_opt, record_event};
 use crate::meta::{PgMetaStore, in_txn};
 use crate::model::{
-    Actor, Epoch, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, NodeId, NodeKind, Usage, View, Workspace, WorkspaceId,
-    WorkspaceKind, WorkspaceSpec, validate_workspace_name,
+    Actor, Epoch, NodeId, NodeKind, Usage, View, Workspace, WorkspaceId, WorkspaceKind, WorkspaceSpec,
 };
 
 const WORKSPACE_COLUMNS: &str =
@@ -52,13 +51,7 @@ impl PgMetaStore {
         actor: &Actor,
         spec: &WorkspaceSpec,
     ) -> Result<Workspace, MetaError> {
-        validate_workspace_name(&spec.name)?;
-        if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&spec.block_size) {
-            return Err(MetaError::InvalidArgument(format!(
-                "block size {} is outside {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE} bytes",
-                spec.block_size
-            )));
-        }
+        crate::rules::check_workspace_spec(spec)?;
         let id = WorkspaceId(uuid::Uuid::new_v4());
         let now = self.clock.now();
         let owners = serde_json::to_value(&spec.owners).map_err(|e| MetaError::Internal(e.to_string()))?;
