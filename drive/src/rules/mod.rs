@@ -2,6 +2,7 @@
 //! I/O and no clock. The stores gather the facts a rule needs, ask it, and carry out what it
 //! decides, so the PostgreSQL store and the in-memory one cannot drift apart on a rule.
 //!
+//! - [`access`]: who may mount which path of a workspace;
 //! - [`blocks`]: which blocks a byte range covers, what a shrink keeps;
 //! - [`rename`]: the POSIX `rename(2)` / `renameat2` decision table;
 //! - [`write_once`]: what a project (write-once) workspace refuses.
@@ -12,6 +13,7 @@ use crate::model::{
     validate_workspace_name,
 };
 
+pub mod access;
 pub mod blocks;
 pub mod rename;
 pub mod write_once;
