@@ -23,6 +23,7 @@ use crate::ports::MetaStore;
 impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
     /// Opens file `ino`.
     pub async fn open(&self, ino: u64, flags: OpenFlags, caller: Caller) -> Result<Opened, FsError> {
+        self.readable()?;
         let attr = self.fresh_attr(self.to_node(ino)).await?;
         self.open_node(attr, flags, None, caller).await
     }

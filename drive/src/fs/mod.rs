@@ -35,7 +35,7 @@ pub use write::MAX_FILE_SIZE;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,7 @@ use tokio::sync::Semaphore;
 use crate::meta::PgMetaStore;
 use crate::model::{Actor, Attr, Event, Name, NodeId, View, Workspace};
 use crate::ports::{Clock, MetaStore, SystemClock};
+use crate::rules::access::MountAccess;
 use crate::sync::lock;
 
 use self::cache::MetaCache;
@@ -249,6 +250,9 @@ pub struct DriveFs<B: BlockIo, M: MetaStore = PgMetaStore> {
     /// The lock owners that took a lock through each open file (see `locks`).
     handle_lock_owners: Mutex<HashMap<u64, std::collections::HashSet<u64>>>,
     next_fh: AtomicU64,
+    /// What the mount's grant still allows, as a [`MountAccess`] code: an access recheck
+    /// lowers it when a Share is deleted or expires, and restores it when access returns.
+    access: AtomicU8,
 }
 
 impl<B: BlockIo, M: MetaStore> std::fmt::Debug for DriveFs<B, M> {
@@ -298,6 +302,7 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
             dropped: Mutex::new(Invalidations::default()),
             held_locks: Mutex::new(std::collections::HashSet::new()),
             handle_lock_owners: Mutex::new(HashMap::new()),
+            access: AtomicU8::new(access_code(MountAccess::ReadWrite)),
             next_fh: AtomicU64::new(1),
         })
     }
@@ -395,12 +400,43 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
         Actor(format!("uid:{}@{}", caller.uid, self.cfg.mount_id))
     }
 
-    /// Fails with EROFS on read-only mounts.
+    /// Fails with EROFS on read-only mounts, and with EACCES once access was revoked.
     fn writable(&self) -> Result<(), FsError> {
-        if self.cfg.read_only || self.cfg.view.is_read_only() {
+        self.readable()?;
+        if self.cfg.read_only || self.cfg.view.is_read_only() || self.mount_access() == MountAccess::ReadOnly {
             return Err(error::read_only());
         }
         Ok(())
+    }
+
+    /// Fails with EACCES once the mount's access was revoked: lookups and opens are refused,
+    /// files already open keep reading until closed.
+    fn readable(&self) -> Result<(), FsError> {
+        if self.mount_access() == MountAccess::Denied {
+            return Err(FsError::new(
+                FsErrorKind::AccessDenied,
+                "access to this workspace path was revoked",
+            ));
+        }
+        Ok(())
+    }
+
+    /// What the mount's grant allows now.
+    pub fn mount_access(&self) -> MountAccess {
+        match self.access.load(Ordering::Relaxed) {
+            2 => MountAccess::ReadWrite,
+            1 => MountAccess::ReadOnly,
+            _ => MountAccess::Denied,
+        }
+    }
+
+    /// Lowers (or restores) what the mount allows; a mount opened read-only stays read-only.
+    pub fn set_mount_access(&self, access: MountAccess) {
+        let before = self.mount_access();
+        self.access.store(access_code(access), Ordering::Relaxed);
+        if before != access {
+            tracing::warn!(workspace = %self.ws.name, ?before, now = ?access, "mount access changed");
+        }
     }
 
     /// Converts a store attribute to mount numbering, with uncommitted size and mtime of this
@@ -669,5 +705,13 @@ mod settle_rule {
                 }
             }
         }
+    }
+}
+
+fn access_code(access: MountAccess) -> u8 {
+    match access {
+        MountAccess::Denied => 0,
+        MountAccess::ReadOnly => 1,
+        MountAccess::ReadWrite => 2,
     }
 }

@@ -58,6 +58,9 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
     /// `lookup` answered by the metadata cache alone; `None` when the store must be asked.
     /// Needs no runtime, so the FUSE adapter can answer a hit on its own thread.
     pub fn lookup_cached(&self, parent: u64, name: &[u8]) -> Option<Result<Attr, FsError>> {
+        if let Err(e) = self.readable() {
+            return Some(Err(e));
+        }
         let name = parse_name(name).ok()?;
         match self.cache.entry(self.to_node(parent), &name) {
             Cached::Found(attr) => Some(Ok(self.outer(attr))),
@@ -68,6 +71,7 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
 
     /// `lookup` from the store (after [`DriveFs::lookup_cached`] said `None`), filling the cache.
     pub async fn lookup_in_store(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
+        self.readable()?;
         let name = parse_name(name)?;
         let parent = self.to_node(parent);
         if let Some(attr) = self.deferred_entry(parent, &name) {
@@ -364,6 +368,7 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
 
     /// Opens directory `ino` for listing.
     pub async fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        self.readable()?;
         let attr = self.stored_attr(self.to_node(ino)).await?;
         if attr.kind != NodeKind::Directory {
             return Err(FsError::new(FsErrorKind::NotADirectory, format!("inode {ino}")));

@@ -7,6 +7,7 @@ use crate::error::MetaError;
 use crate::meta::rows::{execute, from_system_time, query, record_event, to_system_time};
 use crate::meta::{PgMetaStore, in_txn};
 use crate::model::{Actor, Permission, Share, WorkspaceId};
+use crate::rules::access::{WorkspaceFacts, home_namespace};
 
 impl PgMetaStore {
     /// Creates or replaces the share `share.name` of its workspace.
@@ -81,5 +82,21 @@ impl PgMetaStore {
                 })
             })
             .collect()
+    }
+
+    /// What the access rule needs to know about workspace `name`: its home namespace, owners
+    /// and Shares; `None` when no live workspace has that name.
+    pub async fn access_facts(&self, name: &str) -> Result<Option<WorkspaceFacts>, MetaError> {
+        let ws = match self.get_workspace(name).await {
+            Ok(ws) => ws,
+            Err(MetaError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let shares = self.list_shares(ws.id).await?;
+        Ok(Some(WorkspaceFacts::of_workspace(
+            home_namespace(&ws.name),
+            &ws.owners,
+            &shares,
+        )))
     }
 }
