@@ -9,38 +9,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use common::{Plugin, binary, eventually};
+use common::{Plugin, binary, code, eventually, mount_cap, mounts_at, publish_req, unpublish_req};
 use drive::model::{Actor, WorkspaceKind, WorkspaceSpec};
 use drive_csi::csi::proto::identity_client::IdentityClient;
-use drive_csi::csi::proto::volume_capability::{AccessMode, AccessType, MountVolume, access_mode::Mode};
+use drive_csi::csi::proto::volume_capability::access_mode::Mode;
 use drive_csi::csi::proto::{self as csi, VolumeCapability};
 use tonic::Code;
 
 const SENTINEL: &str = "SENTINEL-TOKEN-7f3a9c";
-
-fn mount_cap(mode: Mode) -> VolumeCapability {
-    VolumeCapability {
-        access_type: Some(AccessType::Mount(MountVolume::default())),
-        access_mode: Some(AccessMode { mode: mode as i32 }),
-    }
-}
-
-fn publish_req(volume: &str, target: &Path, ctx: &[(&str, &str)]) -> csi::NodePublishVolumeRequest {
-    csi::NodePublishVolumeRequest {
-        volume_id: volume.into(),
-        target_path: target.display().to_string(),
-        volume_capability: Some(mount_cap(Mode::MultiNodeMultiWriter)),
-        volume_context: ctx.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        ..Default::default()
-    }
-}
-
-fn unpublish_req(volume: &str, target: &Path) -> csi::NodeUnpublishVolumeRequest {
-    csi::NodeUnpublishVolumeRequest {
-        volume_id: volume.into(),
-        target_path: target.display().to_string(),
-    }
-}
 
 async fn create_volume(plugin: &Plugin, name: &str) -> anyhow::Result<csi::Volume> {
     let resp = plugin
@@ -52,18 +28,6 @@ async fn create_volume(plugin: &Plugin, name: &str) -> anyhow::Result<csi::Volum
         })
         .await?;
     resp.into_inner().volume.context("no volume in the response")
-}
-
-/// FUSE mounts exactly at `path`.
-fn mounts_at(path: &Path) -> usize {
-    drive_csi::mount_table::fuse_mounts_at(path)
-}
-
-fn code<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Code {
-    match r {
-        Ok(_) => Code::Ok,
-        Err(s) => s.code(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -426,18 +390,41 @@ async fn hostile_input_is_refused_and_tokens_never_leak() -> anyhow::Result<()> 
     let pods = tempfile::tempdir()?;
     let port = drive_testkit::pg::free_port()?;
     let metrics_addr = format!("127.0.0.1:{port}");
+    let api = common::KubeApi::start().await?;
+    api.vouch(
+        SENTINEL,
+        common::Vouched {
+            namespace: "vfx".into(),
+            service_account: "render".into(),
+            pod_name: "render-0".into(),
+            pod_uid: "uid-0".into(),
+            audience: "studiodrive".into(),
+        },
+    );
+    let kubeconfig = api.kubeconfig.display().to_string();
     let plugin = Plugin::start(
         &storage,
         state.path(),
         &[
             "--metrics-addr",
             &metrics_addr,
-            "--require-token-audience",
+            "--kubeconfig",
+            &kubeconfig,
+            "--token-audience",
             "studiodrive",
         ],
     )
     .await?;
-    create_volume(&plugin, "pvc-h").await?;
+    // Provisioned for a claim of namespace vfx, whose pods may then mount it.
+    plugin
+        .controller()
+        .create_volume(csi::CreateVolumeRequest {
+            name: "pvc-h".into(),
+            volume_capabilities: vec![mount_cap(Mode::MultiNodeMultiWriter)],
+            parameters: [("csi.storage.k8s.io/pvc/namespace".to_string(), "vfx".to_string())].into(),
+            ..Default::default()
+        })
+        .await?;
     let mut node = plugin.node();
     let good = pods.path().join("good");
     let long_id = "v".repeat(4096);
@@ -509,6 +496,8 @@ async fn hostile_input_is_refused_and_tokens_never_leak() -> anyhow::Result<()> 
     let pod = [
         ("csi.storage.k8s.io/pod.name", "render-0"),
         ("csi.storage.k8s.io/pod.namespace", "vfx"),
+        ("csi.storage.k8s.io/pod.uid", "uid-0"),
+        ("csi.storage.k8s.io/serviceAccount.name", "render"),
     ];
     let mut ctx = pod.to_vec();
     ctx.push((tokens_key, &other_audience));

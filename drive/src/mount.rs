@@ -104,6 +104,8 @@ pub struct MountSpec {
     pub kek: Option<Kek>,
     /// Create the workspace when it is missing, like this; `None` refuses (NotFound).
     pub create: Option<NewWorkspace>,
+    /// Who the mount acts for beyond the local uid ([`FsConfig::actor`]).
+    pub actor: Option<String>,
 }
 
 impl MountSpec {
@@ -127,6 +129,7 @@ impl MountSpec {
             lock_lease: fs.lock_lease,
             kek: None,
             create: None,
+            actor: None,
         }
     }
 }
@@ -418,6 +421,7 @@ pub async fn open<M: MetaStore>(
     cfg.meta_cache_entries = spec.meta_cache_entries;
     cfg.read_buffer_bytes = spec.read_buffer_bytes;
     cfg.lock_lease = spec.lock_lease;
+    cfg.actor = spec.actor.clone();
     let fs = DriveFs::new(meta, blocks.clone(), resolved.workspace.clone(), cfg).map_err(MountError::Fs)?;
     Ok(OpenedMount {
         fs: Arc::new(fs),

@@ -13,6 +13,8 @@ use anyhow::{Context as _, bail};
 use drive::cache::CacheConfig;
 use drive::data::Kek;
 use drive::mount::{DiskCache, MountPath, MountSpec, MountTarget, NewWorkspace, OpenedMount};
+use drive::ports::{Clock as _, SystemClock};
+use drive::rules::access::{AccessCheck, MountAccess};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::StorageArgs;
@@ -97,6 +99,18 @@ pub struct MountArgs {
     /// FUSE worker threads (default: number of CPUs, at least 2).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Who this mount acts for, recorded with the local uid in every event it causes (the
+    /// CSI node plugin passes the pod: "pod:<ns>/<name>,sa:<sa>").
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// The access decision to take again while mounted, as JSON (set by the CSI node plugin
+    /// for authorized publishes): a Share deleted or expired lowers the mount to read-only or
+    /// refuses lookups and opens.
+    #[arg(long, hide = true)]
+    pub access_check: Option<String>,
+    /// Milliseconds between access rechecks.
+    #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub access_recheck_ms: u64,
     /// Where to mount.
     pub mountpoint: PathBuf,
 }
@@ -278,6 +292,7 @@ fn mount_spec(args: &MountArgs, state: &Path) -> anyhow::Result<MountSpec> {
     spec.meta_cache_entries = args.metadata_cache_entries;
     spec.lock_lease = Duration::from_millis(args.lock_lease_ms);
     spec.kek = kek;
+    spec.actor = args.actor.clone();
     // A key file given at creation makes the workspace encrypted.
     spec.create = Some(NewWorkspace {
         block_size: args.block_size,
@@ -289,6 +304,12 @@ fn mount_spec(args: &MountArgs, state: &Path) -> anyhow::Result<MountSpec> {
 async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()> {
     let state = args.storage.state_dir()?;
     let spec = mount_spec(&args, &state)?;
+    let access_check: Option<AccessCheck> = args
+        .access_check
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .context("--access-check is not a valid access check")?;
     let meta = args.storage.meta().await?;
     let store = args.storage.open_store().await?;
     let describe = store.describe();
@@ -369,6 +390,11 @@ async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()
     {
         let (fs, c) = (fs.clone(), cancel.clone());
         tasks.spawn(async move { fs.run_lock_lease(c.cancelled()).await });
+    }
+    if let Some(check) = access_check {
+        let (fs, meta, c) = (fs.clone(), meta.clone(), cancel.clone());
+        let every = Duration::from_millis(args.access_recheck_ms);
+        tasks.spawn(async move { recheck_access(&fs, &meta, &check, every, c.cancelled()).await });
     }
     if let Some(addr) = args.metrics_addr {
         let (m, c) = (metrics.clone(), cancel.clone());
@@ -514,5 +540,41 @@ mod tests {
         let empty = dir.path().join("empty");
         std::fs::write(&empty, b"").unwrap();
         assert!(map_cache_entry(&empty).unwrap().is_empty());
+    }
+}
+
+/// How long a mount keeps its access while the database cannot answer a recheck: past this,
+/// an unknown answer is a refusal.
+const ACCESS_UNKNOWN_GRACE: Duration = Duration::from_secs(60);
+
+/// Takes the publish's access decision again every `every` until `stop`, so a deleted or
+/// expired Share stops granting a live mount: it becomes read-only (writes fail with EROFS)
+/// when a read grant is left, and refuses lookups and opens (EACCES) when nothing is.
+async fn recheck_access<B: drive::fs::BlockIo>(
+    fs: &drive::fs::DriveFs<B>,
+    meta: &drive::PgMetaStore,
+    check: &AccessCheck,
+    every: Duration,
+    stop: impl Future<Output = ()>,
+) {
+    let workspace = fs.workspace().name.clone();
+    let mut last_answer = Instant::now();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        match meta.access_facts(&workspace).await {
+            Ok(facts) => {
+                last_answer = Instant::now();
+                fs.set_mount_access(check.decide(facts, SystemClock.now()));
+            }
+            Err(e) if last_answer.elapsed() > ACCESS_UNKNOWN_GRACE => {
+                tracing::error!(error = %e, "access cannot be rechecked; refusing until it can");
+                fs.set_mount_access(MountAccess::Denied);
+            }
+            Err(e) => tracing::warn!(error = %e, "access recheck failed; retrying"),
+        }
     }
 }

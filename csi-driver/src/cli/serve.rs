@@ -13,11 +13,12 @@ use anyhow::{Context as _, bail};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::StorageArgs;
-use crate::csi::auth::{AllowAll, Authorizer, RequireToken};
+use crate::csi::auth::{Authenticator, NoAuthorization, NoKubernetesApi, TokenAuthenticator};
 use crate::csi::controller::ControllerService;
 use crate::csi::identity::IdentityService;
 use crate::csi::node::NodeService;
 use crate::csi::publish::{Publisher, PublisherConfig};
+use crate::csi::token_review::KubeTokenReviewer;
 use crate::csi::{MetaSlot, Mode, server, validate};
 use crate::metrics::CsiMetrics;
 
@@ -48,11 +49,36 @@ pub struct ServeArgs {
     /// otherwise (default 10 GiB; 0 turns caching off).
     #[arg(long, env = "STUDIODRIVE_CACHE_SIZE")]
     pub cache_size: Option<u64>,
-    /// Refuse (PERMISSION_DENIED) publishes without a service-account token for this
-    /// audience (set CSIDriver tokenRequests to match).
-    #[arg(long, env = "STUDIODRIVE_REQUIRE_TOKEN_AUDIENCE")]
-    pub require_token_audience: Option<String>,
+    /// Who may mount what: `kubernetes` (default) verifies each pod's service-account token
+    /// with a TokenReview and grants by namespace, owners and Shares; without a reachable
+    /// Kubernetes API every publish is then refused. `none` lets every pod mount everything:
+    /// only for a single machine without Kubernetes.
+    #[arg(long, value_enum, env = "STUDIODRIVE_AUTHORIZATION")]
+    pub authorization: Option<Authorization>,
+    /// Kubeconfig for the Kubernetes API (default: the in-cluster service account, then
+    /// KUBECONFIG, then ~/.kube/config).
+    #[arg(long, env = "STUDIODRIVE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The audience of the service-account tokens kubelet passes (CSIDriver tokenRequests).
+    #[arg(long, env = "STUDIODRIVE_TOKEN_AUDIENCE")]
+    pub token_audience: Option<String>,
+    /// Refuse inline (ephemeral) volumes: pods then get volumes only through claims.
+    #[arg(long, env = "STUDIODRIVE_REFUSE_INLINE_VOLUMES")]
+    pub refuse_inline_volumes: Option<bool>,
 }
+
+/// How publishes are authorized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Authorization {
+    /// TokenReview of the pod's token, then namespace, owners and Shares (the default).
+    Kubernetes,
+    /// No checks: every pod may mount every workspace.
+    None,
+}
+
+/// The default token audience (CSIDriver `tokenRequests`).
+pub const DEFAULT_TOKEN_AUDIENCE: &str = "csi.studiodrive.dev";
 
 /// The `--config` file.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -64,7 +90,10 @@ struct ConfigFile {
     metrics_addr: Option<SocketAddr>,
     cache_dir: Option<PathBuf>,
     cache_size: Option<u64>,
-    require_token_audience: Option<String>,
+    authorization: Option<Authorization>,
+    token_audience: Option<String>,
+    kubeconfig: Option<PathBuf>,
+    refuse_inline_volumes: Option<bool>,
     state_dir: Option<PathBuf>,
     metadata_url: Option<String>,
     store: Option<String>,
@@ -93,7 +122,10 @@ impl ServeArgs {
         fill(&mut self.metrics_addr, file.metrics_addr);
         fill(&mut self.cache_dir, file.cache_dir);
         fill(&mut self.cache_size, file.cache_size);
-        fill(&mut self.require_token_audience, file.require_token_audience);
+        fill(&mut self.authorization, file.authorization);
+        fill(&mut self.token_audience, file.token_audience);
+        fill(&mut self.kubeconfig, file.kubeconfig);
+        fill(&mut self.refuse_inline_volumes, file.refuse_inline_volumes);
         let s = &mut self.storage;
         fill(&mut s.state_dir, file.state_dir);
         fill(&mut s.metadata_url, file.metadata_url);
@@ -196,17 +228,22 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
                 .clone()
                 .supervise(Duration::from_secs(1), cancel.clone()),
         );
-        let authorizer: Arc<dyn Authorizer> = match &args.require_token_audience {
-            Some(audience) => Arc::new(RequireToken {
-                audience: audience.clone(),
-            }),
-            None => Arc::new(AllowAll),
-        };
+        let audience = args
+            .token_audience
+            .clone()
+            .unwrap_or_else(|| DEFAULT_TOKEN_AUDIENCE.to_string());
+        let authenticator = authenticator(
+            args.authorization.unwrap_or(Authorization::Kubernetes),
+            args.kubeconfig.as_deref(),
+            audience,
+        )
+        .await;
         Some(NodeService {
             node_id,
             meta: meta.clone(),
             publisher,
-            authorizer,
+            authenticator,
+            refuse_inline: args.refuse_inline_volumes.unwrap_or(false),
             metrics: metrics.clone(),
             default_cache_size: args.cache_size.unwrap_or(10 << 30),
         })
@@ -239,4 +276,44 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     tasks.close();
     tasks.wait().await;
     served.context("CSI server")
+}
+
+/// The authenticator `mode` asks for. Kubernetes mode without a Kubernetes API still starts
+/// (the controller face and probes work) but refuses every publish, saying why.
+async fn authenticator(
+    mode: Authorization,
+    kubeconfig: Option<&std::path::Path>,
+    audience: String,
+) -> Arc<dyn Authenticator> {
+    match mode {
+        Authorization::None => {
+            tracing::warn!("--authorization none: every pod may mount every workspace");
+            Arc::new(NoAuthorization)
+        }
+        Authorization::Kubernetes => {
+            let config = match kubeconfig {
+                Some(path) => match kube::config::Kubeconfig::read_from(path) {
+                    Ok(file) => kube::Config::from_custom_kubeconfig(file, &Default::default())
+                        .await
+                        .map_err(|e| format!("{}: {e}", path.display())),
+                    Err(e) => Err(format!("{}: {e}", path.display())),
+                },
+                None => kube::Config::infer().await.map_err(|e| e.to_string()),
+            };
+            let client = config.and_then(|c| kube::Client::try_from(c).map_err(|e| e.to_string()));
+            match client {
+                Ok(client) => {
+                    tracing::info!(%audience, "publishes are authorized by TokenReview, namespace, owners and Shares");
+                    Arc::new(TokenAuthenticator::new(
+                        Arc::new(KubeTokenReviewer::new(client)),
+                        audience,
+                    ))
+                }
+                Err(reason) => {
+                    tracing::error!(%reason, "no Kubernetes API: every publish will be refused");
+                    Arc::new(NoKubernetesApi { reason })
+                }
+            }
+        }
+    }
 }

@@ -126,8 +126,8 @@ pub const PARAM_BLOCK_SIZE: &str = "blockSize";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProvisionParameters {
     pub placement: VolumePlacement,
-    /// Our parameters only (Kubernetes' own "csi.storage.k8s.io/..." keys are left out), as
-    /// stored with the volume and compared when a request is repeated.
+    /// Our parameters and the claim's namespace (Kubernetes' other "csi.storage.k8s.io/..."
+    /// keys are left out), as stored with the volume and compared when a request is repeated.
     pub recorded: BTreeMap<String, String>,
 }
 
@@ -137,6 +137,10 @@ impl ProvisionParameters {
         for (key, value) in params {
             match key.as_str() {
                 PARAM_PLACEMENT | PARAM_WORKSPACE | PARAM_BASE_PATH | PARAM_KIND | PARAM_BLOCK_SIZE => {
+                    recorded.insert(key.clone(), value.clone());
+                }
+                // Kept: the claim's namespace is whose pods may mount the volume.
+                super::node::PVC_NAMESPACE => {
                     recorded.insert(key.clone(), value.clone());
                 }
                 other if other.contains('/') => {}

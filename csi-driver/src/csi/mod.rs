@@ -10,6 +10,7 @@ pub mod identity;
 pub mod node;
 pub mod publish;
 pub mod server;
+pub mod token_review;
 pub mod validate;
 
 /// The generated CSI messages, servers and clients.

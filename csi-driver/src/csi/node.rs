@@ -3,11 +3,14 @@
 
 use std::sync::Arc;
 
+use drive::model::Permission;
 use drive::mount::{MountPath, MountTarget, Resolved};
+use drive::ports::{Clock as _, SystemClock};
+use drive::rules::access::{AccessCheck, MountAccess, holds_any, may_learn_absence};
 use tonic::{Request, Response, Status};
 
 use super::attributes::VolumeAttributes;
-use super::auth::{AccessRequest, Authorizer, PodIdentity};
+use super::auth::{Authenticator, PodIdentity};
 use super::proto::node_server::Node;
 use super::proto::node_service_capability::{Rpc, rpc::Type as RpcType};
 use super::proto::{self as csi, volume_usage::Unit};
@@ -19,12 +22,17 @@ use crate::metrics::CsiMetrics;
 /// figure `statfs` gives on the mount).
 const UNBOUNDED_BYTES: u64 = 1 << 50;
 const UNBOUNDED_INODES: u64 = 1 << 40;
+/// The CreateVolume parameter csi-provisioner's `--extra-create-metadata` fills with the
+/// claim's namespace; recorded with the volume, it lets that namespace's pods mount it.
+pub const PVC_NAMESPACE: &str = "csi.storage.k8s.io/pvc/namespace";
 
 pub struct NodeService {
     pub node_id: String,
     pub meta: Arc<MetaSlot>,
     pub publisher: Arc<Publisher>,
-    pub authorizer: Arc<dyn Authorizer>,
+    pub authenticator: Arc<dyn Authenticator>,
+    /// Refuse inline (ephemeral) volumes.
+    pub refuse_inline: bool,
     pub metrics: Arc<CsiMetrics>,
     /// Cache bytes per volume unless its attributes say otherwise.
     pub default_cache_size: u64,
@@ -51,49 +59,94 @@ impl NodeService {
         validate::context_size(&req.volume_context)?;
         let attrs = VolumeAttributes::parse(&req.volume_context)?;
         let pod = PodIdentity::from_context(&req.volume_context)?;
+        if pod.ephemeral && self.refuse_inline {
+            return Err(Status::permission_denied(format!(
+                "{}: inline volumes are refused on this node; use a PersistentVolumeClaim",
+                pod.describe()
+            )));
+        }
+        // Who the pod is, verified, before anything is looked up for it.
+        let principal = self.authenticator.authenticate(&pod).await?;
         let meta = self.meta.get()?;
 
         // Where the volume lives: its attributes, else the provisioned volume of that id.
-        let (workspace, base_path) = match &attrs.workspace {
-            Some(ws) => (ws.clone(), "/".to_string()),
+        let (workspace, base_path, provisioned) = match &attrs.workspace {
+            Some(ws) => (ws.clone(), "/".to_string(), None),
             None => {
                 let vol = meta.get_volume(volume_id).await.map_err(|e| meta_status(&e))?;
-                (vol.workspace_name, vol.path)
+                let provisioned = vol
+                    .parameters
+                    .get(PVC_NAMESPACE)
+                    .map(|ns| (ns.clone(), vol.path.clone()));
+                (vol.workspace_name, vol.path, provisioned)
             }
         };
         let path = match &attrs.path {
             Some(p) => join_paths(&base_path, p),
             None => base_path,
         };
+        let requested_read_only =
+            req.readonly || mount.reader_only || mount.ro_flag || attrs.read_only || attrs.snapshot.is_some();
+        // The decision for a live folder is taken on the path asked for, before anything
+        // says whether the workspace or folder exists: a refusal reads the same either way.
+        let now = SystemClock.now();
+        let (mut check, facts) = match principal {
+            None => (None, None),
+            Some(principal) => {
+                let check = AccessCheck {
+                    principal,
+                    path: path.clone(),
+                    provisioned,
+                    read_only: requested_read_only,
+                };
+                let facts = meta.access_facts(&workspace).await.map_err(|e| meta_status(&e))?;
+                let allowed = if attrs.snapshot.is_some() {
+                    holds_any(&check.principal, facts.as_ref(), now)
+                } else {
+                    check.decide(facts.clone(), now) != MountAccess::Denied
+                };
+                if !allowed {
+                    if facts.is_none() && may_learn_absence(&check.principal, &workspace) {
+                        return Err(Status::not_found(format!("workspace {workspace} does not exist")));
+                    }
+                    return Err(refusal(&pod, &workspace, &path));
+                }
+                (Some(check), facts)
+            }
+        };
         // The folder (or the snapshot's view of it) must exist before a process mounts it.
         // The process takes the path below the snapshot's folder (the front door's rule).
         let folder = MountTarget {
             workspace: workspace.clone(),
-            path: MountPath::Workspace(path),
+            path: MountPath::Workspace(path.clone()),
             snapshot: attrs.snapshot.clone(),
         };
-        let path = drive::mount::resolve(meta, &folder)
+        let resolved = drive::mount::resolve(meta, &folder)
             .await
-            .map_err(|e| mount_status(&e))?
-            .path;
-        let read_only =
-            req.readonly || mount.reader_only || mount.ro_flag || attrs.read_only || attrs.snapshot.is_some();
-        self.authorizer
-            .authorize(&AccessRequest {
-                volume_id,
-                workspace: &workspace,
-                path: &path,
-                read_only,
-                pod: &pod,
-            })
-            .await?;
+            .map_err(|e| mount_status(&e))?;
+        let access = match &mut check {
+            None => MountAccess::of(Some(Permission::Admin), requested_read_only),
+            Some(check) => {
+                // A snapshot shows a folder known only now: decide on its live path.
+                if let Some(snapshot) = &resolved.snapshot {
+                    check.path = join_paths(&snapshot.path, &resolved.path);
+                }
+                check.decide(facts, now)
+            }
+        };
+        if access == MountAccess::Denied {
+            return Err(refusal(&pod, &workspace, &path));
+        }
+        let read_only = access == MountAccess::ReadOnly;
         let spec = MountSpec {
             volume_id: volume_id.to_string(),
             workspace,
-            path,
+            path: resolved.path,
             snapshot: attrs.snapshot,
             read_only,
             cache_size: attrs.cache_size.unwrap_or(self.default_cache_size),
+            access: check,
+            actor: pod.actor(),
         };
         self.publisher.publish(&target, spec).await?;
         self.metrics.mounts.set(self.publisher.count() as i64);
@@ -170,6 +223,14 @@ impl NodeService {
             }),
         })
     }
+}
+
+/// The one refusal of a publish, whether or not the workspace or folder exists.
+fn refusal(pod: &PodIdentity, workspace: &str, path: &str) -> Status {
+    Status::permission_denied(format!(
+        "{} may not mount {path} of workspace {workspace}: no namespace, owner or Share grants it",
+        pod.describe()
+    ))
 }
 
 /// `base` + `rel`, both absolute folder paths ("/volumes/pvc-1" + "/renders").

@@ -20,6 +20,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
 
+use drive::rules::access::AccessCheck;
+
 use crate::mount_table::fuse_mounts_at;
 
 /// What one publication mounts.
@@ -32,6 +34,12 @@ pub struct MountSpec {
     pub read_only: bool,
     /// Cache bytes for this mount (0: no cache).
     pub cache_size: u64,
+    /// What the mount re-decides while it runs (`None`: authorization is off).
+    #[serde(default)]
+    pub access: Option<AccessCheck>,
+    /// Who the mount's changes are recorded as (the pod), beside the local uid.
+    #[serde(default)]
+    pub actor: Option<String>,
 }
 
 /// A publication as recorded on disk.
@@ -300,6 +308,17 @@ impl Publisher {
         }
         if spec.read_only {
             cmd.arg("--read-only");
+        }
+        if let Some(check) = &spec.access {
+            // The principal is not a secret: names of a namespace, service account, groups.
+            let json = serde_json::to_string(check).map_err(|e| PublishError::Io {
+                context: "encode the access check".into(),
+                source: std::io::Error::other(e),
+            })?;
+            cmd.arg("--access-check").arg(json);
+        }
+        if let Some(actor) = &spec.actor {
+            cmd.arg("--actor").arg(actor);
         }
         cmd.arg("--cache-dir")
             .arg(self.cache_path(target))

@@ -412,6 +412,8 @@ pub struct Plugin {
 }
 
 impl Plugin {
+    /// `serve` on `storage`. Without a Kubernetes API here, tests run it with
+    /// `--authorization none` unless `extra` chooses (`--authorization`, `--kubeconfig`).
     pub async fn start(storage: &Storage, state: &Path, extra: &[&str]) -> anyhow::Result<Plugin> {
         let mut args: Vec<String> = storage.args();
         args.extend([
@@ -420,6 +422,12 @@ impl Plugin {
             "--node-id".into(),
             "node-1".into(),
         ]);
+        if !extra
+            .iter()
+            .any(|a| *a == "--authorization" || *a == "--kubeconfig")
+        {
+            args.extend(["--authorization".into(), "none".into()]);
+        }
         args.extend(extra.iter().map(ToString::to_string));
         Plugin::launch(state, args).await
     }
@@ -529,4 +537,192 @@ pub async fn storage_with_default_workspace() -> anyhow::Result<Storage> {
     )
     .await?;
     Ok(storage)
+}
+
+// Calls as kubelet makes them (csi_driver.rs, access.rs).
+
+use drive_csi::csi::proto::volume_capability::{AccessMode, AccessType, MountVolume, access_mode::Mode};
+use drive_csi::csi::proto::{self as csi, VolumeCapability};
+use tonic::Code;
+
+pub fn mount_cap(mode: Mode) -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+    }
+}
+
+pub fn publish_req(volume: &str, target: &Path, ctx: &[(&str, &str)]) -> csi::NodePublishVolumeRequest {
+    csi::NodePublishVolumeRequest {
+        volume_id: volume.into(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(mount_cap(Mode::MultiNodeMultiWriter)),
+        volume_context: ctx.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..Default::default()
+    }
+}
+
+pub fn unpublish_req(volume: &str, target: &Path) -> csi::NodeUnpublishVolumeRequest {
+    csi::NodeUnpublishVolumeRequest {
+        volume_id: volume.into(),
+        target_path: target.display().to_string(),
+    }
+}
+
+/// FUSE mounts exactly at `path`.
+pub fn mounts_at(path: &Path) -> usize {
+    drive_csi::mount_table::fuse_mounts_at(path)
+}
+
+pub fn code<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Code {
+    match r {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+// A stand-in Kubernetes API server (access.rs, csi_driver.rs).
+
+/// A pod identity the stand-in API server vouches for.
+#[derive(Debug, Clone)]
+pub struct Vouched {
+    pub namespace: String,
+    pub service_account: String,
+    pub pod_name: String,
+    pub pod_uid: String,
+    /// The audience the token was issued for.
+    pub audience: String,
+}
+
+/// A stand-in Kubernetes API server answering TokenReviews (authentication.k8s.io/v1) from a
+/// table of tokens, for a real `studiodrive-csi serve` process (kube's in-process mock
+/// service cannot reach another process; this answers the same requests over HTTP). Unknown
+/// tokens are not authenticated; [`KubeApi::stop`] makes the API unreachable.
+pub struct KubeApi {
+    pub kubeconfig: PathBuf,
+    tokens: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vouched>>>,
+    reviews: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    server: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl KubeApi {
+    pub async fn start() -> anyhow::Result<KubeApi> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let dir = tempfile::tempdir()?;
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: stub\n\
+                 clusters: [{{name: stub, cluster: {{server: \"http://{addr}\"}}}}]\n\
+                 users: [{{name: stub, user: {{token: node-plugin}}}}]\n\
+                 contexts: [{{name: stub, context: {{cluster: stub, user: stub}}}}]\n"
+            ),
+        )?;
+        let tokens: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vouched>>> =
+            Default::default();
+        let reviews: std::sync::Arc<std::sync::atomic::AtomicUsize> = Default::default();
+        let (t, r) = (tokens.clone(), reviews.clone());
+        let server = tokio::spawn(async move {
+            // Connections live in this set: aborting the server closes them too.
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                let (t, r) = (t.clone(), r.clone());
+                let service = hyper::service::service_fn(move |req| {
+                    let (t, r) = (t.clone(), r.clone());
+                    async move { Ok::<_, std::convert::Infallible>(answer_review(req, &t, &r).await) }
+                });
+                connections.spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        });
+        Ok(KubeApi {
+            kubeconfig,
+            tokens,
+            reviews,
+            server,
+            _dir: dir,
+        })
+    }
+
+    /// Makes `token` stand for `who`.
+    pub fn vouch(&self, token: &str, who: Vouched) {
+        self.tokens.lock().unwrap().insert(token.to_string(), who);
+    }
+
+    /// TokenReviews answered so far.
+    pub fn reviews(&self) -> usize {
+        self.reviews.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The API becomes unreachable (connections refused).
+    pub fn stop(&self) {
+        self.server.abort();
+    }
+}
+
+impl Drop for KubeApi {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn answer_review(
+    req: hyper::Request<hyper::body::Incoming>,
+    tokens: &std::sync::Mutex<std::collections::HashMap<String, Vouched>>,
+    reviews: &std::sync::atomic::AtomicUsize,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    use http_body_util::BodyExt as _;
+    let reply = |status: u16, body: serde_json::Value| {
+        hyper::Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+            .unwrap()
+    };
+    if req.method() != hyper::Method::POST
+        || req.uri().path() != "/apis/authentication.k8s.io/v1/tokenreviews"
+    {
+        return reply(
+            404,
+            serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": "not served by the stub"}),
+        );
+    }
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let sent: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    reviews.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let token = sent["spec"]["token"].as_str().unwrap_or_default();
+    let asked: Vec<String> = serde_json::from_value(sent["spec"]["audiences"].clone()).unwrap_or_default();
+    let who = tokens.lock().unwrap().get(token).cloned();
+    let status = match who {
+        Some(w) if asked.contains(&w.audience) => serde_json::json!({
+            "authenticated": true,
+            "audiences": [w.audience],
+            "user": {
+                "username": format!("system:serviceaccount:{}:{}", w.namespace, w.service_account),
+                "uid": "sa-uid",
+                "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", w.namespace), "system:authenticated"],
+                "extra": {
+                    "authentication.kubernetes.io/pod-name": [w.pod_name],
+                    "authentication.kubernetes.io/pod-uid": [w.pod_uid]
+                }
+            }
+        }),
+        _ => serde_json::json!({"authenticated": false, "error": "invalid bearer token"}),
+    };
+    reply(
+        201,
+        serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": sent["spec"], "status": status}),
+    )
 }

@@ -35,7 +35,7 @@ pub use write::MAX_FILE_SIZE;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,9 @@ pub struct FsConfig {
     pub lock_lease: Duration,
     /// Names this mount in the change feed, so it can tell its own events apart.
     pub mount_id: String,
+    /// Who this mount acts for beyond the local uid (for a CSI mount, its pod), recorded
+    /// in every event it causes.
+    pub actor: Option<String>,
     /// What stamps the times this mount sets (mtime of writes, `utimensat(UTIME_NOW)`).
     pub clock: Arc<dyn Clock>,
     /// Entries and attributes kept in the mount's metadata cache (each); 0 turns it off.
@@ -105,6 +108,7 @@ impl FsConfig {
             read_buffer_bytes: 128 << 20,
             lock_lease: Duration::from_secs(15),
             mount_id: uuid::Uuid::new_v4().simple().to_string(),
+            actor: None,
             clock: Arc::new(SystemClock),
             meta_cache_entries: 200_000,
             meta_cache_staleness: Duration::from_secs(1),
@@ -397,13 +401,18 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
 
     /// The actor recorded for a caller's mutations.
     fn actor(&self, caller: Caller) -> Actor {
-        Actor(format!("uid:{}@{}", caller.uid, self.cfg.mount_id))
+        match &self.cfg.actor {
+            // The mount id stays last: `is_own_event` recognises it there.
+            Some(who) => Actor(format!("{who} uid:{}@{}", caller.uid, self.cfg.mount_id)),
+            None => Actor(format!("uid:{}@{}", caller.uid, self.cfg.mount_id)),
+        }
     }
 
     /// Fails with EROFS on read-only mounts, and with EACCES once access was revoked.
     fn writable(&self) -> Result<(), FsError> {
         self.readable()?;
-        if self.cfg.read_only || self.cfg.view.is_read_only() || self.mount_access() == MountAccess::ReadOnly {
+        if self.cfg.read_only || self.cfg.view.is_read_only() || self.mount_access() == MountAccess::ReadOnly
+        {
             return Err(error::read_only());
         }
         Ok(())

@@ -78,6 +78,17 @@ pub struct Grant {
     pub expires_at: Option<Timestamp>,
 }
 
+impl Grant {
+    /// Whether the grant is live at `now` and held by `principal` (wherever it applies).
+    fn holds(&self, principal: &Principal, now: Timestamp) -> bool {
+        self.expires_at.is_none_or(|t| now < t)
+            && match &self.holder {
+                Holder::Namespace(ns) => *ns == principal.namespace,
+                Holder::Subject(s) => principal.is(s),
+            }
+    }
+}
+
 /// What is known about the workspace a mount asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkspaceFacts {
@@ -98,7 +109,11 @@ impl WorkspaceFacts {
         let mut grants: Vec<Grant> = home_namespace
             .map(|ns| whole(Holder::Namespace(ns.to_string()), Permission::Admin))
             .into_iter()
-            .chain(owners.iter().map(|o| whole(Holder::Subject(o.clone()), Permission::Admin)))
+            .chain(
+                owners
+                    .iter()
+                    .map(|o| whole(Holder::Subject(o.clone()), Permission::Admin)),
+            )
             .collect();
         for share in shares {
             grants.extend(share.subjects.iter().map(|s| Grant {
@@ -128,14 +143,27 @@ impl WorkspaceFacts {
 /// workspace "<namespace>.<name>". Names without a dot (made by hand or by a StorageClass)
 /// belong to no namespace.
 pub fn home_namespace(workspace: &str) -> Option<&str> {
-    workspace.split_once('.').map(|(ns, _)| ns).filter(|ns| !ns.is_empty())
+    workspace
+        .split_once('.')
+        .map(|(ns, _)| ns)
+        .filter(|ns| !ns.is_empty())
+}
+
+/// Whether `principal` may be told that workspace `name` does not exist: only the namespace
+/// it would belong to (everyone else gets the same refusal whether or not it exists).
+pub fn may_learn_absence(principal: &Principal, name: &str) -> bool {
+    home_namespace(name) == Some(principal.namespace.as_str())
 }
 
 /// Whether a grant on `grant_path` covers `path`: the same folder or one below it, compared
 /// by whole names (`/a` covers `/a/b`, not `/ab`). Paths that are not absolute or do not parse
 /// cover nothing.
 pub fn covers(grant_path: &str, path: &str) -> bool {
-    let absolute = |p: &str| Some(p).filter(|p| p.starts_with('/')).and_then(|p| WorkspacePath::parse(p).ok());
+    let absolute = |p: &str| {
+        Some(p)
+            .filter(|p| p.starts_with('/'))
+            .and_then(|p| WorkspacePath::parse(p).ok())
+    };
     match (absolute(grant_path), absolute(path)) {
         (Some(grant), Some(path)) => path.relative_to(&grant).is_some(),
         _ => false,
@@ -153,12 +181,7 @@ pub fn decide(
     facts?
         .grants
         .iter()
-        .filter(|g| g.expires_at.is_none_or(|t| now < t))
-        .filter(|g| match &g.holder {
-            Holder::Namespace(ns) => *ns == principal.namespace,
-            Holder::Subject(s) => principal.is(s),
-        })
-        .filter(|g| covers(&g.path, path))
+        .filter(|g| g.holds(principal, now) && covers(&g.path, path))
         .map(|g| g.permission)
         .max()
 }
@@ -182,6 +205,41 @@ impl MountAccess {
             Some(_) if read_only_requested => MountAccess::ReadOnly,
             Some(_) => MountAccess::ReadWrite,
         }
+    }
+}
+
+/// Whether `principal` holds any live grant on the workspace at all: the first question for
+/// a snapshot mount, whose folder is known only once the snapshot is resolved (a principal
+/// with no grant learns nothing about what the workspace holds).
+pub fn holds_any(principal: &Principal, facts: Option<&WorkspaceFacts>, now: Timestamp) -> bool {
+    facts.is_some_and(|f| f.grants.iter().any(|g| g.holds(principal, now)))
+}
+
+/// What a mount decided at publish and decides again while it runs (a Share deleted or
+/// expired revokes what it granted): handed to the mount process with its spec.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AccessCheck {
+    pub principal: Principal,
+    /// The live-tree path the mount shows (for a snapshot: the snapshot's folder joined with
+    /// the path below it).
+    pub path: String,
+    /// The namespace and folder a provisioned volume was made for.
+    pub provisioned: Option<(String, String)>,
+    /// The publish asked for read-only.
+    pub read_only: bool,
+}
+
+impl AccessCheck {
+    /// What the mount may do, given the workspace's facts now (`None`: it is gone).
+    pub fn decide(&self, facts: Option<WorkspaceFacts>, now: Timestamp) -> MountAccess {
+        let facts = match (&self.provisioned, facts) {
+            (Some((ns, path)), Some(f)) => Some(f.with_provisioned(ns, path)),
+            (_, f) => f,
+        };
+        MountAccess::of(
+            decide(&self.principal, facts.as_ref(), &self.path, now),
+            self.read_only,
+        )
     }
 }
 
@@ -218,7 +276,10 @@ mod tests {
     #[test]
     fn only_service_account_user_names_make_principals() {
         let p = sa("vfx", "render");
-        assert_eq!((p.namespace.as_str(), p.service_account.as_str()), ("vfx", "render"));
+        assert_eq!(
+            (p.namespace.as_str(), p.service_account.as_str()),
+            ("vfx", "render")
+        );
         for bad in [
             "alice",
             "system:serviceaccount:",
@@ -285,6 +346,10 @@ mod tests {
         assert_eq!(home_namespace("studio-a.shot010"), Some("studio-a"));
         assert_eq!(home_namespace("default"), None);
         assert_eq!(home_namespace(".x"), None);
+        let me = sa("vfx", "render");
+        assert!(may_learn_absence(&me, "vfx.shot"));
+        assert!(!may_learn_absence(&me, "vfx2.shot"));
+        assert!(!may_learn_absence(&me, "default"));
     }
 
     /// Every combination of holder, path, expiry and permission against one principal.
@@ -299,8 +364,19 @@ mod tests {
             (Holder::Subject("Group:system:serviceaccounts:vfx".into()), true),
             (Holder::Subject("User:alice".into()), false),
         ];
-        let paths = [("/", true), ("/shots", true), ("/shots/sh010", true), ("/shotsx", false), ("/other", false)];
-        let expiries = [(None, true), (Some(NOW.0 + 1), true), (Some(NOW.0), false), (Some(NOW.0 - 1), false)];
+        let paths = [
+            ("/", true),
+            ("/shots", true),
+            ("/shots/sh010", true),
+            ("/shotsx", false),
+            ("/other", false),
+        ];
+        let expiries = [
+            (None, true),
+            (Some(NOW.0 + 1), true),
+            (Some(NOW.0), false),
+            (Some(NOW.0 - 1), false),
+        ];
         let permissions = [Permission::Read, Permission::Write, Permission::Admin];
         for (holder, holder_ok) in &holders {
             for (grant_path, _) in &paths {
@@ -315,7 +391,8 @@ mod tests {
                             }],
                         };
                         for (path, _) in &paths {
-                            let want = (*holder_ok && *live && covers(grant_path, path)).then_some(permission);
+                            let want =
+                                (*holder_ok && *live && covers(grant_path, path)).then_some(permission);
                             assert_eq!(
                                 decide(&me, Some(&facts), path, NOW),
                                 want,
@@ -339,17 +416,73 @@ mod tests {
             &["User:alice".into()],
             &[
                 share("/a", &["ServiceAccount:vfx/render"], Permission::Read, None),
-                share("/a/b", &["Group:system:serviceaccounts:vfx"], Permission::Write, None),
-                share("/a/b/c", &["ServiceAccount:vfx/render"], Permission::Admin, Some(NOW.0 - 1)),
+                share(
+                    "/a/b",
+                    &["Group:system:serviceaccounts:vfx"],
+                    Permission::Write,
+                    None,
+                ),
+                share(
+                    "/a/b/c",
+                    &["ServiceAccount:vfx/render"],
+                    Permission::Admin,
+                    Some(NOW.0 - 1),
+                ),
             ],
         );
         assert_eq!(decide(&me, Some(&facts), "/a", NOW), Some(Permission::Read));
         assert_eq!(decide(&me, Some(&facts), "/a/b/c", NOW), Some(Permission::Write));
         assert_eq!(decide(&me, Some(&facts), "/", NOW), None);
-        assert_eq!(decide(&sa("studio", "x"), Some(&facts), "/", NOW), Some(Permission::Admin));
+        assert_eq!(
+            decide(&sa("studio", "x"), Some(&facts), "/", NOW),
+            Some(Permission::Admin)
+        );
         let provisioned = WorkspaceFacts::default().with_provisioned("vfx", "/volumes/pvc-1");
-        assert_eq!(decide(&me, Some(&provisioned), "/volumes/pvc-1/x", NOW), Some(Permission::Write));
+        assert_eq!(
+            decide(&me, Some(&provisioned), "/volumes/pvc-1/x", NOW),
+            Some(Permission::Write)
+        );
         assert_eq!(decide(&me, Some(&provisioned), "/volumes/pvc-2", NOW), None);
+        assert!(holds_any(&me, Some(&facts), NOW));
+        assert!(!holds_any(&sa("evil", "x"), Some(&facts), NOW));
+        assert!(!holds_any(&me, None, NOW));
+    }
+
+    #[test]
+    fn a_running_mount_loses_what_a_lapsed_share_granted() {
+        let me = sa("vfx", "render");
+        let check = AccessCheck {
+            principal: me,
+            path: "/shots/sh010".into(),
+            provisioned: None,
+            read_only: false,
+        };
+        let with = |shares: &[Share]| Some(WorkspaceFacts::of_workspace(Some("studio"), &[], shares));
+        let write = share(
+            "/shots",
+            &["ServiceAccount:vfx/render"],
+            Permission::Write,
+            Some(NOW.0 + 10),
+        );
+        let read = share("/", &["Group:system:serviceaccounts:vfx"], Permission::Read, None);
+        assert_eq!(
+            check.decide(with(&[write.clone(), read.clone()]), NOW),
+            MountAccess::ReadWrite
+        );
+        // The write share expires: the read share is left.
+        assert_eq!(
+            check.decide(with(&[write.clone(), read]), Timestamp(NOW.0 + 10)),
+            MountAccess::ReadOnly
+        );
+        // Both deleted, or the workspace gone: nothing.
+        assert_eq!(check.decide(with(&[]), NOW), MountAccess::Denied);
+        assert_eq!(check.decide(None, NOW), MountAccess::Denied);
+        let provisioned = AccessCheck {
+            provisioned: Some(("vfx".into(), "/shots".into())),
+            ..check
+        };
+        assert_eq!(provisioned.decide(with(&[]), NOW), MountAccess::ReadWrite);
+        assert_eq!(provisioned.decide(None, NOW), MountAccess::Denied);
     }
 
     #[test]
