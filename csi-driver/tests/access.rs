@@ -356,3 +356,50 @@ async fn without_a_kubernetes_api_every_publish_is_refused() -> anyhow::Result<(
     assert_eq!(mounts_at(&target), 0);
     Ok(())
 }
+
+/// An admin can refuse inline volumes altogether; claims still mount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inline_volumes_can_be_refused() -> anyhow::Result<()> {
+    common::require_fuse();
+    let storage = common::storage_with_default_workspace().await?;
+    let state = tempfile::tempdir()?;
+    let plugin = Plugin::start(
+        &storage,
+        state.path(),
+        &["--authorization", "none", "--refuse-inline-volumes", "true"],
+    )
+    .await?;
+    let pods = tempfile::tempdir()?;
+    let inline = STUDIO.context("default", "/");
+    let inline: Vec<(&str, &str)> = inline.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let target = pods.path().join("inline");
+    let status = plugin
+        .node()
+        .node_publish_volume(publish_req("inline-vol", &target, &inline))
+        .await
+        .expect_err("inline refused");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(
+        status.message().contains("inline volumes are refused"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(mounts_at(&target), 0);
+    // The same pod's claim (no ephemeral key) mounts.
+    let claim: Vec<(&str, &str)> = inline
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "csi.storage.k8s.io/ephemeral")
+        .collect();
+    let target = pods.path().join("claim");
+    plugin
+        .node()
+        .node_publish_volume(publish_req("claim-vol", &target, &claim))
+        .await?;
+    assert_eq!(mounts_at(&target), 1);
+    plugin
+        .node()
+        .node_unpublish_volume(unpublish_req("claim-vol", &target))
+        .await?;
+    Ok(())
+}

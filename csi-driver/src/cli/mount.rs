@@ -320,6 +320,12 @@ async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()
         read_only,
     } = drive::mount::open(meta.clone(), store, &spec).await?;
     let (ws, view) = (resolved.workspace, resolved.view);
+    if let Some(check) = &access_check {
+        // Decided again before the first request: a mount restarted after its Share was
+        // deleted must not serve on the decision of its publish.
+        let facts = meta.access_facts(&ws.name).await?;
+        fs.set_mount_access(check.decide(facts, SystemClock.now()));
+    }
     tracing::info!(store = %describe, encrypted = ws.encrypted, "block store");
     tracing::info!(
         block_memory = args.block_memory(u64::from(ws.block_size), fs.config().max_uploads),
