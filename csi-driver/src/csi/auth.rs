@@ -243,7 +243,7 @@ impl TokenAuthenticator {
         if !review.authenticated {
             return Err(refused("was not authenticated by the API server"));
         }
-        if !review.audiences.iter().any(|a| *a == self.audience) {
+        if !review.audiences.contains(&self.audience) {
             return Err(refused("is not valid for this audience"));
         }
         let principal = Principal::service_account(&review.username, review.groups)
@@ -377,7 +377,7 @@ mod tests {
             authenticated: true,
             username: user.into(),
             groups: vec!["system:serviceaccounts".into()],
-            audiences: audiences.iter().map(|a| a.to_string()).collect(),
+            audiences: audiences.iter().map(ToString::to_string).collect(),
             pod_name: Some(pod.0.into()),
             pod_uid: Some(pod.1.into()),
             error: None,

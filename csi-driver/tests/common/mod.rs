@@ -698,7 +698,7 @@ async fn answer_review(
         .into_body()
         .collect()
         .await
-        .map(|b| b.to_bytes())
+        .map(http_body_util::Collected::to_bytes)
         .unwrap_or_default();
     let sent: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     reviews.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -690,6 +690,14 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
     }
 }
 
+fn access_code(access: MountAccess) -> u8 {
+    match access {
+        MountAccess::Denied => 0,
+        MountAccess::ReadOnly => 1,
+        MountAccess::ReadWrite => 2,
+    }
+}
+
 #[cfg(test)]
 mod settle_rule {
     /// The operations reach the metadata store only through `settled` or `unsettled`, so
@@ -714,13 +722,5 @@ mod settle_rule {
                 }
             }
         }
-    }
-}
-
-fn access_code(access: MountAccess) -> u8 {
-    match access {
-        MountAccess::Denied => 0,
-        MountAccess::ReadOnly => 1,
-        MountAccess::ReadWrite => 2,
     }
 }

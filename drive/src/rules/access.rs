@@ -267,7 +267,7 @@ mod tests {
             workspace: WorkspaceId(uuid::Uuid::nil()),
             name: "s".into(),
             path: path.into(),
-            subjects: subjects.iter().map(|s| s.to_string()).collect(),
+            subjects: subjects.iter().map(ToString::to_string).collect(),
             permission,
             expires_at: expires_at.map(Timestamp),
         }
