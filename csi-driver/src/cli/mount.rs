@@ -456,6 +456,42 @@ async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()
     Ok(())
 }
 
+/// How long a mount keeps its access while the database cannot answer a recheck: past this,
+/// an unknown answer is a refusal.
+const ACCESS_UNKNOWN_GRACE: Duration = Duration::from_secs(60);
+
+/// Takes the publish's access decision again every `every` until `stop`, so a deleted or
+/// expired Share stops granting a live mount: it becomes read-only (writes fail with EROFS)
+/// when a read grant is left, and refuses lookups and opens (EACCES) when nothing is.
+async fn recheck_access<B: drive::fs::BlockIo>(
+    fs: &drive::fs::DriveFs<B>,
+    meta: &drive::PgMetaStore,
+    check: &AccessCheck,
+    every: Duration,
+    stop: impl Future<Output = ()>,
+) {
+    let workspace = fs.workspace().name.clone();
+    let mut last_answer = Instant::now();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        match meta.access_facts(&workspace).await {
+            Ok(facts) => {
+                last_answer = Instant::now();
+                fs.set_mount_access(check.decide(facts, SystemClock.now()));
+            }
+            Err(e) if last_answer.elapsed() > ACCESS_UNKNOWN_GRACE => {
+                tracing::error!(error = %e, "access cannot be rechecked; refusing until it can");
+                fs.set_mount_access(MountAccess::Denied);
+            }
+            Err(e) => tracing::warn!(error = %e, "access recheck failed; retrying"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{MEMORY_BOUND, MountArgs, OTHER_MEMORY, map_cache_entry, tune_allocator};
@@ -546,41 +582,5 @@ mod tests {
         let empty = dir.path().join("empty");
         std::fs::write(&empty, b"").unwrap();
         assert!(map_cache_entry(&empty).unwrap().is_empty());
-    }
-}
-
-/// How long a mount keeps its access while the database cannot answer a recheck: past this,
-/// an unknown answer is a refusal.
-const ACCESS_UNKNOWN_GRACE: Duration = Duration::from_secs(60);
-
-/// Takes the publish's access decision again every `every` until `stop`, so a deleted or
-/// expired Share stops granting a live mount: it becomes read-only (writes fail with EROFS)
-/// when a read grant is left, and refuses lookups and opens (EACCES) when nothing is.
-async fn recheck_access<B: drive::fs::BlockIo>(
-    fs: &drive::fs::DriveFs<B>,
-    meta: &drive::PgMetaStore,
-    check: &AccessCheck,
-    every: Duration,
-    stop: impl Future<Output = ()>,
-) {
-    let workspace = fs.workspace().name.clone();
-    let mut last_answer = Instant::now();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            () = &mut stop => return,
-            () = tokio::time::sleep(every) => {}
-        }
-        match meta.access_facts(&workspace).await {
-            Ok(facts) => {
-                last_answer = Instant::now();
-                fs.set_mount_access(check.decide(facts, SystemClock.now()));
-            }
-            Err(e) if last_answer.elapsed() > ACCESS_UNKNOWN_GRACE => {
-                tracing::error!(error = %e, "access cannot be rechecked; refusing until it can");
-                fs.set_mount_access(MountAccess::Denied);
-            }
-            Err(e) => tracing::warn!(error = %e, "access recheck failed; retrying"),
-        }
     }
 }
