@@ -317,10 +317,6 @@ async fn copy_shares_content_and_honours_merge_modes() {
         .await
         .unwrap();
     store.register_block(&[7; 32], 10, 10).await.unwrap();
-    store
-        .set_block_state(&[7; 32], drive::meta::BlockState::Available, 10)
-        .await
-        .unwrap();
     let change = drive::meta::BlockChange {
         idx: 0,
         block: Some(([7; 32], 10)),
@@ -439,10 +435,6 @@ async fn project_workspaces_are_write_once() {
         .await
         .unwrap();
     store.register_block(&[1; 32], 5, 5).await.unwrap();
-    store
-        .set_block_state(&[1; 32], drive::meta::BlockState::Available, 5)
-        .await
-        .unwrap();
     let change = drive::meta::BlockChange {
         idx: 0,
         block: Some(([1; 32], 5)),
@@ -998,10 +990,6 @@ async fn gc_sees_only_blocks_that_nothing_references() {
         .unwrap();
     for h in [[1u8; 32], [2; 32], [3; 32]] {
         store.register_block(&h, 4, 4).await.unwrap();
-        store
-            .set_block_state(&h, drive::meta::BlockState::Available, 4)
-            .await
-            .unwrap();
     }
     let commit = |h: [u8; 32]| drive::meta::BlockChange {
         idx: 0,
@@ -1052,27 +1040,20 @@ async fn gc_sees_only_blocks_that_nothing_references() {
     );
     assert!(store.forget_block(&[3; 32]).await.unwrap());
     assert!(store.block(&[3; 32]).await.unwrap().is_none());
-    // A block whose upload failed, or that was never registered, cannot be committed.
-    store.register_block(&[9; 32], 4, 4).await.unwrap();
-    store
-        .set_block_state(&[9; 32], drive::meta::BlockState::Failed, 4)
+    // A block that was never registered cannot be committed.
+    let e = store
+        .commit_content(
+            &a,
+            ws.id,
+            f.ino,
+            2,
+            &[commit([10; 32])],
+            4,
+            drive::ports::Clock::now(&drive::ports::SystemClock),
+        )
         .await
-        .unwrap();
-    for bad in [[9u8; 32], [10; 32]] {
-        let e = store
-            .commit_content(
-                &a,
-                ws.id,
-                f.ino,
-                2,
-                &[commit(bad)],
-                4,
-                drive::ports::Clock::now(&drive::ports::SystemClock),
-            )
-            .await
-            .unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
-    }
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     // A registered block becomes available with the commit that references it, and a second
     // registration of it then reports it as stored (dedup).
     store.register_block(&[11; 32], 4, 4).await.unwrap();

@@ -255,18 +255,12 @@ impl State {
         Ok((tree, tree.inode(ino)?))
     }
 
-    /// Checks every block of a commit is registered and not failed, and marks them available.
+    /// Checks every block of a commit is registered, and marks them available.
     fn claim_blocks<'a>(&mut self, hashes: impl Iterator<Item = &'a [u8; 32]>) -> Result<(), MetaError> {
         let hashes: Vec<&[u8; 32]> = hashes.collect();
-        let refused = hashes.iter().any(|h| {
-            !matches!(
-                self.blocks.get(*h),
-                Some(BlockState::Created | BlockState::Available)
-            )
-        });
-        if refused {
+        if hashes.iter().any(|h| !self.blocks.contains_key(*h)) {
             return Err(MetaError::InvalidArgument(
-                "commit references blocks that were never registered or whose upload failed".into(),
+                "commit references blocks that were never registered".into(),
             ));
         }
         for h in hashes {
@@ -898,20 +892,6 @@ impl MetaStore for MemMetaStore {
             }
             s.blocks.insert(*hash, BlockState::Created);
             Ok(false)
-        })
-    }
-
-    fn set_block_state(
-        &self,
-        hash: &[u8; 32],
-        state: BlockState,
-        _stored_size: u64,
-    ) -> impl Future<Output = Result<(), MetaError>> + Send {
-        self.run(move |s| {
-            if let Some(current) = s.blocks.get_mut(hash) {
-                *current = state;
-            }
-            Ok(())
         })
     }
 
