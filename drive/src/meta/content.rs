@@ -9,12 +9,13 @@ use tokio_postgres::types::ToSql;
 
 use crate::error::MetaError;
 use crate::meta::rows::{
-    WsCtx, execute, execute_in_order, first_failure, guard_write_once, query, query_opt, record_event,
-    write_inode, ws_and_inode,
+    WsCtx, execute, execute_in_order, first_failure, query, query_opt, record_event, write_inode,
+    ws_and_inode,
 };
 use crate::meta::{PgMetaStore, in_txn};
 use crate::model::{Actor, Attr, Epoch, NodeId, NodeKind, Timestamp, View, WorkspaceId};
 use crate::rules::blocks::{Shrink, shrink};
+use crate::rules::write_once;
 
 /// One entry of a file's block map.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,7 +178,8 @@ impl PgMetaStore {
     /// transaction (no separate state update per block).
     ///
     /// `base_version` is the content version the writer started from: in project workspaces a
-    /// write session may only commit when the file had no committed content when it began.
+    /// write session may only commit when the file had no committed content when it began and
+    /// nobody committed it since (see [`write_once::commit`]).
     #[allow(clippy::too_many_arguments)]
     pub async fn commit_content(
         &self,
@@ -204,11 +206,7 @@ impl PgMetaStore {
                         "node {ino} is not a regular file"
                     )));
                 }
-                if base_version > 0 {
-                    let mut base = node.attr.clone();
-                    base.content_version = base_version;
-                    guard_write_once(&ws, &base, "overwrite")?;
-                }
+                write_once::commit(ws.kind, &node.attr, base_version)?;
                 let old_size = node.attr.size;
                 node.attr.size = new_size;
                 node.attr.mtime = mtime;

@@ -385,6 +385,11 @@ impl State {
         let moved = match step {
             RenameStep::Nothing => return Ok(()),
             RenameStep::Exchange { target } => {
+                write_once::exchange(
+                    workspace.kind,
+                    &tree.inode(src.ino)?.attr,
+                    &tree.inode(target.ino)?.attr,
+                )?;
                 tree.entries.insert(old_key, target.ino);
                 tree.entries.insert(new_key, src.ino);
                 vec![src.ino, target.ino]
@@ -795,8 +800,8 @@ impl MetaStore for MemMetaStore {
                         )));
                     }
                 }
+                write_once::resize(workspace.kind, &attr, size)?;
                 if size != attr.size {
-                    write_once::guard(workspace.kind, &attr, "truncate")?;
                     tree.resize(ino, u64::from(workspace.block_size), attr.size, size);
                     attr.size = size;
                     attr.mtime = now;
@@ -858,11 +863,7 @@ impl MetaStore for MemMetaStore {
                     "node {ino} is not a regular file"
                 )));
             }
-            if base_version > 0 {
-                let mut base = attr.clone();
-                base.content_version = base_version;
-                write_once::guard(workspace.kind, &base, "overwrite")?;
-            }
+            write_once::commit(workspace.kind, &attr, base_version)?;
             tree.resize(ino, u64::from(workspace.block_size), attr.size, new_size);
             let map = tree.content.entry(ino).or_default();
             for change in changes {
