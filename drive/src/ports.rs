@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::error::MetaError;
 use crate::meta::xattrs::XattrMode;
-use crate::meta::{BlockChange, BlockState, FileBlock, FileLock, InitialContent, QueuedUnlink};
+use crate::meta::{BlockChange, FileBlock, FileLock, InitialContent, QueuedUnlink};
 use crate::model::{
     Actor, Attr, DirEntryPlus, FrameSequence, Name, NewNode, NodeId, RenameMode, SetAttr, Snapshot,
     Timestamp, View, Workspace, WorkspaceId, WorkspaceSpec,
@@ -202,21 +202,15 @@ pub trait MetaStore: Clone + Send + Sync + std::fmt::Debug + 'static {
         mtime: Timestamp,
     ) -> impl Future<Output = Result<Attr, MetaError>> + Send;
 
-    /// Records a block about to be uploaded; `true` when an available copy exists already.
+    /// Records a block about to be uploaded; `true` when an available copy exists already, so
+    /// the upload may be skipped. Otherwise the caller uploads itself. There is no way to
+    /// write a block's state: only a content commit changes it (see [`crate::meta::BlockState`]).
     fn register_block(
         &self,
         hash: &[u8; 32],
         size: u64,
         stored_size: u64,
     ) -> impl Future<Output = Result<bool, MetaError>> + Send;
-
-    /// Sets a block's transfer state after its upload finished or failed.
-    fn set_block_state(
-        &self,
-        hash: &[u8; 32],
-        state: BlockState,
-        stored_size: u64,
-    ) -> impl Future<Output = Result<(), MetaError>> + Send;
 
     // Extended attributes (per node, not epoch-versioned).
 

@@ -137,7 +137,10 @@ async fn write_file(fs: &DriveFs<BlockStore>, name: &str, data: &[u8]) -> u64 {
     fs.to_ino(opened.attr.ino)
 }
 
-async fn read_file(fs: &DriveFs<BlockStore>, ino: u64) -> Result<Vec<u8>, drive::fs::FsError> {
+async fn read_file<M: drive::MetaStore>(
+    fs: &DriveFs<BlockStore<M>, M>,
+    ino: u64,
+) -> Result<Vec<u8>, drive::fs::FsError> {
     let opened = fs
         .open(
             ino,
@@ -1091,6 +1094,97 @@ async fn store_faults_fail_close_with_their_own_errno_and_lose_nothing() {
         &want,
         "written through a slow store",
     );
+}
+
+// Catches: a failed upload that marks a block failed for everyone (an unconditional state
+// write by hash), so another writer of the same block, whose own upload succeeded, fails its
+// close with EINVAL and loses its data. Two mounts write one identical block; the upload of
+// the second fails; the first must still commit and read back. Over both metadata stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upload_does_not_fail_another_writer_of_the_same_block() {
+    let rig = Rig::new(Arc::new(drive::data::MemoryChunkStore::new()), true).await;
+    failed_upload_beside_a_successful_one(rig.meta.clone(), rig.ws.clone(), rig.codec.clone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upload_does_not_fail_another_writer_of_the_same_block_in_memory() {
+    let meta = drive::MemMetaStore::new();
+    let ws = drive::MetaStore::create_workspace(
+        &meta,
+        &common::actor(),
+        &WorkspaceSpec::new("data", WorkspaceKind::Team),
+    )
+    .await
+    .unwrap();
+    let codec = codec_for(&ws, None).unwrap();
+    failed_upload_beside_a_successful_one(meta, ws, codec).await;
+}
+
+async fn failed_upload_beside_a_successful_one<M: drive::MetaStore>(
+    meta: M,
+    ws: Workspace,
+    codec: BlockCodec,
+) {
+    use drive::data::{FaultyChunkStore, MemoryChunkStore, StoreFault, StoreOp};
+    use drive::fs::FsErrorKind;
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = |store: Arc<dyn ChunkStore>, n: u32| {
+        let blocks = BlockStore::new(meta.clone(), store, codec.clone(), None);
+        let cfg = FsConfig::new(View::Live, ws.root, tmp.path().join(format!("staging-{n}")));
+        (
+            blocks.clone(),
+            DriveFs::new(meta.clone(), Arc::new(blocks), ws.clone(), cfg).unwrap(),
+        )
+    };
+    let objects = Arc::new(MemoryChunkStore::new());
+    let (good, fs_good) = mount(objects.clone(), 1);
+    let faulty = Arc::new(FaultyChunkStore::new(objects.clone()));
+    faulty.set(StoreOp::Put, StoreFault::Refused);
+    let (_, fs_failing) = mount(faulty.clone(), 2);
+    // One whole block: its upload starts in the background while the file is still open.
+    let block = pattern(drive::model::DEFAULT_BLOCK_SIZE as usize, 77);
+
+    let kept = fs_good
+        .create(ROOT_INO, b"kept.exr", 0o644, write_flags(), caller())
+        .await
+        .unwrap();
+    fs_good.write(kept.fh, 0, &block).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while good
+        .stats()
+        .bytes_uploaded
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first upload never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let lost = fs_failing
+        .create(ROOT_INO, b"lost.exr", 0o644, write_flags(), caller())
+        .await
+        .unwrap();
+    let written = fs_failing.write(lost.fh, 0, &block).await;
+    let flushed = fs_failing.flush(lost.fh, caller()).await;
+    let _ = fs_failing.release(lost.fh, caller()).await;
+    let err = written
+        .and(flushed)
+        .expect_err("the refused upload fails its writer");
+    assert_eq!(err.kind(), FsErrorKind::Io, "{}", common::error_chain(&err));
+    assert!(faulty.injected() > 0, "the failing mount tried to upload");
+
+    fs_good
+        .flush(kept.fh, caller())
+        .await
+        .unwrap_or_else(|e| panic!("the successful writer's close: {}", common::error_chain(&e)));
+    fs_good.release(kept.fh, caller()).await.unwrap();
+    let ino = fs_good.to_ino(kept.attr.ino);
+    let (_, fresh) = mount(objects.clone(), 3);
+    let back = read_file(&fresh, ino).await.unwrap();
+    assert_same(&back, &block, "the successful writer's file on another mount");
 }
 
 // Catches: an S3 "storage full" answer (HTTP 507, MinIO's XMinioStorageFull) classified as

@@ -317,10 +317,6 @@ async fn copy_shares_content_and_honours_merge_modes() {
         .await
         .unwrap();
     store.register_block(&[7; 32], 10, 10).await.unwrap();
-    store
-        .set_block_state(&[7; 32], drive::meta::BlockState::Available, 10)
-        .await
-        .unwrap();
     let change = drive::meta::BlockChange {
         idx: 0,
         block: Some(([7; 32], 10)),
@@ -431,94 +427,127 @@ async fn copy_shares_content_and_honours_merge_modes() {
 
 #[tokio::test]
 async fn project_workspaces_are_write_once() {
-    let store = store().await;
-    let ws = workspace(&store, "proj", WorkspaceKind::Project).await;
+    project_files_are_write_once(store().await).await;
+}
+
+#[tokio::test]
+async fn project_workspaces_are_write_once_in_memory() {
+    project_files_are_write_once(drive::MemMetaStore::new()).await;
+}
+
+/// Catches: a store that lets a committed project file change (unlink, truncate, overwrite,
+/// rename over it, exchange it), or lets two write sessions that both began on one empty file
+/// both commit (the later one silently replacing the first).
+async fn project_files_are_write_once<M: drive::MetaStore>(store: M) {
     let a = actor();
-    let f = store
-        .create(&a, ws.id, ws.root, &name("final.mov"), &file())
+    let ws = store
+        .create_workspace(&a, &WorkspaceSpec::new("proj", WorkspaceKind::Project))
         .await
         .unwrap();
-    store.register_block(&[1; 32], 5, 5).await.unwrap();
-    store
-        .set_block_state(&[1; 32], drive::meta::BlockState::Available, 5)
-        .await
-        .unwrap();
-    let change = drive::meta::BlockChange {
-        idx: 0,
-        block: Some(([1; 32], 5)),
-    };
-    store
-        .commit_content(
-            &a,
-            ws.id,
-            f.ino,
-            0,
-            std::slice::from_ref(&change),
-            5,
-            drive::ports::Clock::now(&drive::ports::SystemClock),
-        )
-        .await
-        .unwrap();
-    let kind = |r: Result<(), drive::MetaError>| r.unwrap_err().kind();
-    assert_eq!(
-        kind(
+    let create = |n: &'static str| {
+        let store = store.clone();
+        let a = a.clone();
+        async move {
             store
-                .unlink(&a, ws.id, ws.root, &name("final.mov"))
+                .create_in(&a, ws.id, ws.root, &name(n), &file())
                 .await
-                .map(drop)
-        ),
-        ErrorKind::PermissionDenied
-    );
-    let trunc = SetAttr {
-        size: Some(0),
-        ..SetAttr::default()
+                .unwrap()
+                .0
+        }
     };
-    assert_eq!(
-        kind(store.setattr(&a, ws.id, f.ino, &trunc).await.map(|_| ())),
-        ErrorKind::PermissionDenied
-    );
-    assert_eq!(
-        kind(
+    let commit = |ino: NodeId, base: u64, hash: [u8; 32]| {
+        let store = store.clone();
+        let a = a.clone();
+        async move {
+            store.register_block(&hash, 5, 5).await.unwrap();
+            let change = drive::meta::BlockChange {
+                idx: 0,
+                block: Some((hash, 5)),
+            };
+            let now = drive::ports::Clock::now(&drive::ports::SystemClock);
             store
-                .commit_content(
-                    &a,
-                    ws.id,
-                    f.ino,
-                    1,
-                    &[change],
-                    5,
-                    drive::ports::Clock::now(&drive::ports::SystemClock)
-                )
+                .commit_content(&a, ws.id, ino, base, &[change], 5, now)
                 .await
                 .map(|_| ())
-        ),
-        ErrorKind::PermissionDenied
+        }
+    };
+
+    // Two sessions began on one empty file (base version 0): the first commit wins, the
+    // second is refused inside its transaction, and the file keeps the winner's block.
+    let f = create("final.mov").await;
+    commit(f.ino, 0, [1; 32]).await.unwrap();
+    assert_denied(commit(f.ino, 0, [2; 32]).await, "second session");
+    assert_denied(commit(f.ino, 1, [2; 32]).await, "a session on the committed file");
+    let blocks = store.block_map(View::Live, f.ino, 0, 10).await.unwrap();
+    assert_eq!(blocks.len(), 1);
+    assert_eq!(blocks[0].hash, [1; 32], "the winner's content");
+
+    assert_denied(
+        store
+            .unlink(&a, ws.id, ws.root, &name("final.mov"))
+            .await
+            .map(drop),
+        "unlink",
     );
+    let resize = |size| SetAttr {
+        size: Some(size),
+        ..SetAttr::default()
+    };
+    for size in [0, 3, 9] {
+        assert_denied(
+            store.setattr(&a, ws.id, f.ino, &resize(size)).await.map(drop),
+            &format!("resize to {size}"),
+        );
+    }
     store
-        .create(&a, ws.id, ws.root, &name("other.mov"), &file())
+        .setattr(&a, ws.id, f.ino, &resize(5))
         .await
-        .unwrap();
-    assert_eq!(
-        kind(
-            store
-                .rename(
-                    &a,
-                    ws.id,
-                    ws.root,
-                    &name("other.mov"),
-                    ws.root,
-                    &name("final.mov"),
-                    RenameMode::Replace
-                )
-                .await
-        ),
-        ErrorKind::PermissionDenied
-    );
-    assert_eq!(
-        store.getattr(View::Live, f.ino).await.unwrap().size,
-        5,
-        "content intact"
-    );
+        .expect("setting the size a committed file has changes nothing");
+    let other = create("other.mov").await;
+    for mode in [RenameMode::Replace, RenameMode::Exchange] {
+        let renamed = store
+            .rename(
+                &a,
+                ws.id,
+                ws.root,
+                &name("other.mov"),
+                ws.root,
+                &name("final.mov"),
+                mode,
+            )
+            .await;
+        assert_denied(renamed, &format!("{mode:?} onto the committed file"));
+    }
+    // Exchanging it with another file is refused from either side (moving it onto an empty
+    // file, which replaces that one, is not a change of its content and stays allowed).
+    let exchanged = store
+        .rename(
+            &a,
+            ws.id,
+            ws.root,
+            &name("final.mov"),
+            ws.root,
+            &name("other.mov"),
+            RenameMode::Exchange,
+        )
+        .await;
+    assert_denied(exchanged, "exchange of the committed file");
+    let at = |n: &'static str| {
+        let store = store.clone();
+        async move { store.lookup(View::Live, ws.root, &name(n)).await.unwrap() }
+    };
+    let (kept, moved) = (at("final.mov").await, at("other.mov").await);
+    assert_eq!((kept.ino, kept.size), (f.ino, 5), "content and name intact");
+    assert_eq!((moved.ino, moved.size), (other.ino, 0));
+    // An empty file still takes its first content.
+    commit(other.ino, 0, [3; 32]).await.unwrap();
+}
+
+fn assert_denied(result: Result<(), drive::MetaError>, what: &str) {
+    match result {
+        Ok(()) => panic!("{what}: allowed"),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{what}: {e}"),
+    }
 }
 
 #[tokio::test]
@@ -998,10 +1027,6 @@ async fn gc_sees_only_blocks_that_nothing_references() {
         .unwrap();
     for h in [[1u8; 32], [2; 32], [3; 32]] {
         store.register_block(&h, 4, 4).await.unwrap();
-        store
-            .set_block_state(&h, drive::meta::BlockState::Available, 4)
-            .await
-            .unwrap();
     }
     let commit = |h: [u8; 32]| drive::meta::BlockChange {
         idx: 0,
@@ -1052,27 +1077,20 @@ async fn gc_sees_only_blocks_that_nothing_references() {
     );
     assert!(store.forget_block(&[3; 32]).await.unwrap());
     assert!(store.block(&[3; 32]).await.unwrap().is_none());
-    // A block whose upload failed, or that was never registered, cannot be committed.
-    store.register_block(&[9; 32], 4, 4).await.unwrap();
-    store
-        .set_block_state(&[9; 32], drive::meta::BlockState::Failed, 4)
+    // A block that was never registered cannot be committed.
+    let e = store
+        .commit_content(
+            &a,
+            ws.id,
+            f.ino,
+            2,
+            &[commit([10; 32])],
+            4,
+            drive::ports::Clock::now(&drive::ports::SystemClock),
+        )
         .await
-        .unwrap();
-    for bad in [[9u8; 32], [10; 32]] {
-        let e = store
-            .commit_content(
-                &a,
-                ws.id,
-                f.ino,
-                2,
-                &[commit(bad)],
-                4,
-                drive::ports::Clock::now(&drive::ports::SystemClock),
-            )
-            .await
-            .unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
-    }
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     // A registered block becomes available with the commit that references it, and a second
     // registration of it then reports it as stored (dedup).
     store.register_block(&[11; 32], 4, 4).await.unwrap();

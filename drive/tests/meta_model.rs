@@ -462,6 +462,10 @@ impl Model {
             if self.nodes[&dst].is_dir() && !same_dir && self.is_ancestor_or_self(dst, sd) {
                 return Err(ErrorKind::InvalidArgument);
             }
+            // Either name would then show another node: a committed file is replaced.
+            if self.write_once(src) || self.write_once(dst) {
+                return Err(ErrorKind::PermissionDenied);
+            }
             self.node_mut(sd).children.insert(sn.into(), dst);
             self.node_mut(dd).children.insert(dn.into(), src);
             return Ok(());

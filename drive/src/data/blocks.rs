@@ -3,7 +3,9 @@
 //! [`crate::fs::BlockIo`].
 //!
 //! - Writes: hash, register the block (an already available identical block is not uploaded
-//!   again), encode, upload, mark available. Only then may a block map reference it.
+//!   again; one still `created` is uploaded by this writer too), encode, upload. Only then
+//!   may a block map reference it; its commit makes it available. A failed upload changes no
+//!   shared state (see [`crate::meta::BlockState`]).
 //! - Reads: cache first; on a miss one fetch per block however many readers wait for it
 //!   (single-flight), verified by the decoder, then kept in the cache. A damaged cache entry
 //!   is dropped and the block fetched again (the cache checks its own entries; see
@@ -25,7 +27,7 @@ use crate::data::format::{BlockCodec, BlockHash, FormatError, hash_hex};
 use crate::data::store::{ChunkStore, StoreError};
 use crate::error::MetaError;
 use crate::fs::{BlockErrorKind, BlockIo, BlockIoError};
-use crate::meta::{BlockState, PgMetaStore};
+use crate::meta::PgMetaStore;
 use crate::ports::MetaStore;
 use crate::sync::lock;
 
@@ -168,11 +170,8 @@ impl<M: MetaStore> BlockStore<M> {
         inner.stats.puts.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = inner.store.put(&block_key(&hash), object.clone()).await {
             inner.stats.errors.fetch_add(1, Ordering::Relaxed);
-            // Best effort: GC treats failed and stale created records alike.
-            let _ = inner
-                .meta
-                .set_block_state(&hash, BlockState::Failed, stored_len)
-                .await;
+            // The record stays as it is: another writer of the same block may have uploaded it
+            // and be about to commit. An unreferenced `created` record is GC's to sweep.
             return Err(e.into());
         }
         inner

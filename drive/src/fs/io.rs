@@ -19,6 +19,7 @@ use crate::fs::{Caller, DriveFs, Handle, OpenFlags, Opened, lock};
 use crate::meta::new_inode_attr;
 use crate::model::{Attr, NewNode, NodeId, NodeKind};
 use crate::ports::MetaStore;
+use crate::rules::write_once;
 
 impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
     /// Opens file `ino`.
@@ -105,6 +106,8 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
         let node = attr.ino;
         let session = if flags.write || flags.truncate {
             self.writable()?;
+            // Refused here, not at close: nothing may be staged for a file that cannot change.
+            write_once::open(self.ws.kind, &attr, flags.write, flags.truncate)?;
             let session = self.join_session(&attr, deferred)?;
             if flags.truncate
                 && let Err(e) = session.truncate(0).await

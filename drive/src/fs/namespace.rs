@@ -12,6 +12,7 @@ use crate::fs::{Caller, DriveFs, ROOT_INO, StatFs, lock};
 use crate::meta::QueuedUnlink;
 use crate::model::{Attr, DirEntryPlus, Name, NewNode, NodeId, NodeKind, RenameMode, SetAttr, WorkspaceKind};
 use crate::ports::MetaStore;
+use crate::rules::write_once;
 
 /// Entries fetched from the store per directory page.
 const DIR_PAGE: usize = 1000;
@@ -146,6 +147,13 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
         let node = self.to_node(ino);
         let actor = self.actor(caller);
         let mut rest = change;
+        if let Some(size) = rest.size
+            && self.ws.kind == WorkspaceKind::Project
+        {
+            // Refused at the call, before an open write session stages the change (its commit
+            // would refuse it too, and drop the session's other changes with it).
+            write_once::resize(self.ws.kind, &self.fresh_attr(node).await?, size)?;
+        }
         if let (Some(t), Some(session)) = (rest.mtime, self.session_of(node)) {
             session.set_mtime(t);
         }

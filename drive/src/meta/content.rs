@@ -9,12 +9,13 @@ use tokio_postgres::types::ToSql;
 
 use crate::error::MetaError;
 use crate::meta::rows::{
-    WsCtx, execute, execute_in_order, first_failure, guard_write_once, query, query_opt, record_event,
-    write_inode, ws_and_inode,
+    WsCtx, execute, execute_in_order, first_failure, query, query_opt, record_event, write_inode,
+    ws_and_inode,
 };
 use crate::meta::{PgMetaStore, in_txn};
 use crate::model::{Actor, Attr, Epoch, NodeId, NodeKind, Timestamp, View, WorkspaceId};
 use crate::rules::blocks::{Shrink, shrink};
+use crate::rules::write_once;
 
 /// One entry of a file's block map.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,26 +44,23 @@ pub struct InitialContent<'a> {
     pub mtime: Timestamp,
 }
 
-/// Upload state of a block object.
+/// Upload state of a block record, shared by every writer of the same content.
+///
+/// The one transition is `Created -> Available`, made by a content commit. No upload ever
+/// writes a state: several writers may upload one block at once (objects are
+/// content-addressed, so their uploads are idempotent), and a writer that saw its own upload
+/// succeed must not be failed by another's failure. So a failed upload changes nothing
+/// shared and leaves the record `created`; GC (not built yet) sweeps `created` records no
+/// block map references once they are older than its grace period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockState {
-    /// Recorded before the upload starts. The content commit that first references the
-    /// block (the writer's word that its upload finished) makes it `Available`.
+    /// Recorded (or renewed) before an upload starts; not known to be stored. The content
+    /// commit that first references the block (the writer's word that its own upload
+    /// finished) makes it `Available`.
     Created,
-    /// Durable in the object store and referenced by a committed block map (or was).
+    /// Durable in the object store and referenced by a committed block map (or was): a
+    /// writer may skip uploading it.
     Available,
-    /// The upload failed; GC removes the record and any partial object.
-    Failed,
-}
-
-impl BlockState {
-    fn as_str(self) -> &'static str {
-        match self {
-            BlockState::Created => "created",
-            BlockState::Available => "available",
-            BlockState::Failed => "failed",
-        }
-    }
 }
 
 /// A block record.
@@ -123,6 +121,8 @@ impl PgMetaStore {
 
     /// Records a block about to be uploaded. Returns `true` when an available object with this
     /// hash already exists, so the upload can be skipped (identical blocks are stored once).
+    /// A `created` record (another writer's upload in flight, or one that failed) is no
+    /// reason to skip: the caller uploads itself.
     pub async fn register_block(
         &self,
         hash: &[u8; 32],
@@ -130,8 +130,9 @@ impl PgMetaStore {
         stored_size: u64,
     ) -> Result<bool, MetaError> {
         let client = self.client().await?;
-        // One statement: a new record, or a failed/created one renewed (its grace restarts);
-        // no row back means an available record was there and nothing was written.
+        // One statement: a new record, or a created one renewed (its grace restarts; `failed`,
+        // written by older versions, is renewed alike); no row back means an available record
+        // was there and nothing was written.
         let row = query_opt(
             &client,
             "INSERT INTO blocks (hash, size, stored_size, state) VALUES ($1, $2, $3, 'created') \
@@ -141,23 +142,6 @@ impl PgMetaStore {
         )
         .await?;
         Ok(row.is_none())
-    }
-
-    /// Sets a block's transfer state after an upload finished or failed.
-    pub async fn set_block_state(
-        &self,
-        hash: &[u8; 32],
-        state: BlockState,
-        stored_size: u64,
-    ) -> Result<(), MetaError> {
-        let client = self.client().await?;
-        execute(
-            &client,
-            "UPDATE blocks SET state = $2, stored_size = $3, updated_at = now() WHERE hash = $1",
-            &[&hash.as_slice(), &state.as_str(), &(stored_size as i64)],
-        )
-        .await?;
-        Ok(())
     }
 
     /// A block record, if any.
@@ -176,10 +160,11 @@ impl PgMetaStore {
                 size: r.get::<_, i64>(1) as u64,
                 stored_size: r.get::<_, i64>(2) as u64,
                 tier: r.get(3),
+                // `failed` (written by older versions) means what `created` does: not known
+                // to be stored.
                 state: match state.as_str() {
-                    "created" => BlockState::Created,
                     "available" => BlockState::Available,
-                    _ => BlockState::Failed,
+                    _ => BlockState::Created,
                 },
             })
         })
@@ -187,12 +172,14 @@ impl PgMetaStore {
     }
 
     /// Commits new content for file `ino` in one transaction: block-map changes, size and
-    /// mtime, and a new content version. Every referenced block must be registered and not
-    /// `Failed`; the commit is the writer's word that the uploads finished, so it makes
-    /// `Created` ones `Available` in the same transaction (no separate state update per block).
+    /// mtime, and a new content version. Every referenced block must be registered; the commit
+    /// is the writer's word that it saw its own uploads of the `Created` ones succeed (or found
+    /// them `Available` when it registered them), so it makes them `Available` in the same
+    /// transaction (no separate state update per block).
     ///
     /// `base_version` is the content version the writer started from: in project workspaces a
-    /// write session may only commit when the file had no committed content when it began.
+    /// write session may only commit when the file had no committed content when it began and
+    /// nobody committed it since (see [`write_once::commit`]).
     #[allow(clippy::too_many_arguments)]
     pub async fn commit_content(
         &self,
@@ -219,11 +206,7 @@ impl PgMetaStore {
                         "node {ino} is not a regular file"
                     )));
                 }
-                if base_version > 0 {
-                    let mut base = node.attr.clone();
-                    base.content_version = base_version;
-                    guard_write_once(&ws, &base, "overwrite")?;
-                }
+                write_once::commit(ws.kind, &node.attr, base_version)?;
                 let old_size = node.attr.size;
                 node.attr.size = new_size;
                 node.attr.mtime = mtime;
@@ -296,7 +279,8 @@ fn to_hash(bytes: Vec<u8>) -> Result<[u8; 32], MetaError> {
         .map_err(|_| MetaError::Internal("block hash is not 32 bytes".into()))
 }
 
-/// Checks that every block in `hashes` is registered and not failed, and makes the `Created`
+/// Checks that every block in `hashes` is registered (a `failed` record left by an older
+/// version is refused, though a writer renews it when it registers), and makes the `Created`
 /// ones `Available` (see [`PgMetaStore::commit_content`]). Both statements go out together.
 pub(crate) async fn claim_blocks<C: GenericClient>(c: &C, hashes: &[&[u8]]) -> Result<(), MetaError> {
     if hashes.is_empty() {
@@ -322,7 +306,7 @@ pub(crate) async fn claim_blocks<C: GenericClient>(c: &C, hashes: &[&[u8]]) -> R
     distinct.dedup();
     if known != distinct.len() {
         return Err(MetaError::InvalidArgument(
-            "commit references blocks that were never registered or whose upload failed".into(),
+            "commit references blocks that were never registered".into(),
         ));
     }
     Ok(())

@@ -255,18 +255,12 @@ impl State {
         Ok((tree, tree.inode(ino)?))
     }
 
-    /// Checks every block of a commit is registered and not failed, and marks them available.
+    /// Checks every block of a commit is registered, and marks them available.
     fn claim_blocks<'a>(&mut self, hashes: impl Iterator<Item = &'a [u8; 32]>) -> Result<(), MetaError> {
         let hashes: Vec<&[u8; 32]> = hashes.collect();
-        let refused = hashes.iter().any(|h| {
-            !matches!(
-                self.blocks.get(*h),
-                Some(BlockState::Created | BlockState::Available)
-            )
-        });
-        if refused {
+        if hashes.iter().any(|h| !self.blocks.contains_key(*h)) {
             return Err(MetaError::InvalidArgument(
-                "commit references blocks that were never registered or whose upload failed".into(),
+                "commit references blocks that were never registered".into(),
             ));
         }
         for h in hashes {
@@ -391,6 +385,11 @@ impl State {
         let moved = match step {
             RenameStep::Nothing => return Ok(()),
             RenameStep::Exchange { target } => {
+                write_once::exchange(
+                    workspace.kind,
+                    &tree.inode(src.ino)?.attr,
+                    &tree.inode(target.ino)?.attr,
+                )?;
                 tree.entries.insert(old_key, target.ino);
                 tree.entries.insert(new_key, src.ino);
                 vec![src.ino, target.ino]
@@ -801,8 +800,8 @@ impl MetaStore for MemMetaStore {
                         )));
                     }
                 }
+                write_once::resize(workspace.kind, &attr, size)?;
                 if size != attr.size {
-                    write_once::guard(workspace.kind, &attr, "truncate")?;
                     tree.resize(ino, u64::from(workspace.block_size), attr.size, size);
                     attr.size = size;
                     attr.mtime = now;
@@ -864,11 +863,7 @@ impl MetaStore for MemMetaStore {
                     "node {ino} is not a regular file"
                 )));
             }
-            if base_version > 0 {
-                let mut base = attr.clone();
-                base.content_version = base_version;
-                write_once::guard(workspace.kind, &base, "overwrite")?;
-            }
+            write_once::commit(workspace.kind, &attr, base_version)?;
             tree.resize(ino, u64::from(workspace.block_size), attr.size, new_size);
             let map = tree.content.entry(ino).or_default();
             for change in changes {
@@ -898,20 +893,6 @@ impl MetaStore for MemMetaStore {
             }
             s.blocks.insert(*hash, BlockState::Created);
             Ok(false)
-        })
-    }
-
-    fn set_block_state(
-        &self,
-        hash: &[u8; 32],
-        state: BlockState,
-        _stored_size: u64,
-    ) -> impl Future<Output = Result<(), MetaError>> + Send {
-        self.run(move |s| {
-            if let Some(current) = s.blocks.get_mut(hash) {
-                *current = state;
-            }
-            Ok(())
         })
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::error::MetaError;
 use crate::meta::xattrs::XattrMode;
-use crate::meta::{BlockChange, BlockState, FileBlock, FileLock, InitialContent, PgMetaStore, QueuedUnlink};
+use crate::meta::{BlockChange, FileBlock, FileLock, InitialContent, PgMetaStore, QueuedUnlink};
 use crate::model::{
     Actor, Attr, DirEntryPlus, FrameSequence, Name, NewNode, NodeId, RenameMode, SetAttr, Snapshot,
     Timestamp, View, Workspace, WorkspaceId, WorkspaceSpec,
@@ -76,7 +76,6 @@ impl MetaStore for PgMetaStore {
             mtime: Timestamp,
         ) -> Attr;
         fn register_block(&self, hash: &[u8; 32], size: u64, stored_size: u64) -> bool;
-        fn set_block_state(&self, hash: &[u8; 32], state: BlockState, stored_size: u64) -> ();
         fn get_xattr(&self, ino: NodeId, name: &[u8]) -> Option<Vec<u8>>;
         fn list_xattrs(&self, ino: NodeId) -> Vec<Vec<u8>>;
         fn set_xattr(

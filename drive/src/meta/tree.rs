@@ -22,6 +22,7 @@ use crate::model::{
     Timestamp, View, WorkspaceId,
 };
 use crate::rules::rename::{self, EntryFacts, RenameCheck, RenameStep};
+use crate::rules::write_once;
 
 /// Deepest folder nesting the cycle check walks; deeper trees are refused as corrupt.
 const MAX_DEPTH: i32 = 4096;
@@ -635,6 +636,8 @@ impl PgMetaStore {
                 let (op, moved) = match (step, &dst) {
                     (RenameStep::Nothing, _) => return Ok(()),
                     (RenameStep::Exchange { .. }, Some(dst)) => {
+                        let (a, b) = tokio::join!(live_inode(tx, &ws, src.ino), live_inode(tx, &ws, dst.ino));
+                        write_once::exchange(ws.kind, &a?.attr, &b?.attr)?;
                         close_entry(tx, &ws, src.id, false).await?;
                         close_entry(tx, &ws, dst.id, false).await?;
                         insert_entry(tx, &ws, parent, name, dst.ino, dst.kind).await?;
@@ -717,8 +720,8 @@ impl PgMetaStore {
                             )));
                         }
                     }
+                    write_once::resize(ws.kind, &node.attr, size)?;
                     if size != node.attr.size {
-                        guard_write_once(&ws, &node.attr, "truncate")?;
                         super::content::resize_blocks(tx, &ws, ino, node.attr.size, size).await?;
                         node.attr.size = size;
                         node.attr.mtime = now;
