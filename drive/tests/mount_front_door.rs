@@ -489,3 +489,41 @@ async fn an_opened_cache_is_shared() {
     assert!(Arc::ptr_eq(second.blocks.cache().expect("a disk cache"), &cache));
     assert!(!Path::new(&rig.dir.path().join("cache-b")).exists());
 }
+
+/// A mount's access switch: read-only refuses changes with EROFS and keeps reads, denied
+/// refuses lookups and opens with EACCES, and restoring it restores both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lowered_access_refuses_at_the_operation_and_can_be_restored() {
+    use drive::rules::access::MountAccess;
+    let rig = Rig::new();
+    let spec = Rig::creating(rig.spec("studio.a", live("/"), None, "m"));
+    let fs = rig.open(&spec).await.expect("open").fs;
+    put(&fs, "shot/frame.exr", b"pixels").await;
+
+    fs.set_mount_access(MountAccess::ReadOnly);
+    assert_eq!(get(&fs, "shot/frame.exr").await, Ok(b"pixels".to_vec()));
+    let err = fs.mkdir(ROOT_INO, b"new", 0o755, caller()).await.unwrap_err();
+    assert_eq!(err.kind(), FsErrorKind::ReadOnly);
+    let write = OpenFlags {
+        write: true,
+        ..OpenFlags::default()
+    };
+    let err = fs
+        .create(ROOT_INO, b"new.exr", 0o644, write, caller())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), FsErrorKind::ReadOnly);
+
+    fs.set_mount_access(MountAccess::Denied);
+    assert_eq!(get(&fs, "shot/frame.exr").await, Err(FsErrorKind::AccessDenied));
+    assert_eq!(
+        fs.opendir(ROOT_INO).await.unwrap_err().kind(),
+        FsErrorKind::AccessDenied
+    );
+    let err = fs.mkdir(ROOT_INO, b"new", 0o755, caller()).await.unwrap_err();
+    assert_eq!(err.kind(), FsErrorKind::AccessDenied);
+
+    fs.set_mount_access(MountAccess::ReadWrite);
+    put(&fs, "shot/frame.exr", b"again").await;
+    assert_eq!(get(&fs, "shot/frame.exr").await, Ok(b"again".to_vec()));
+}
