@@ -178,7 +178,11 @@ pub enum MountError {
         #[source]
         source: NameError,
     },
-    /// Looking up (or creating) the workspace failed; NotFound when it does not exist.
+    /// The workspace does not exist (never created, or deleted) and the spec does not
+    /// create it.
+    #[error("workspace {name} does not exist or was deleted")]
+    WorkspaceMissing { name: String },
+    /// Looking up (or creating) the workspace failed.
     #[error("workspace {name}")]
     Workspace {
         name: String,
@@ -241,7 +245,7 @@ impl MountError {
             | MountError::Snapshot { source, .. }
             | MountError::Path { source, .. } => source.kind(),
             MountError::NotAFolder { .. } => ErrorKind::NotADirectory,
-            MountError::OutsideSnapshot { .. } => ErrorKind::NotFound,
+            MountError::WorkspaceMissing { .. } | MountError::OutsideSnapshot { .. } => ErrorKind::NotFound,
             MountError::Key { source, .. } => match source {
                 KeyError::KekRequired(_) | KeyError::WrongKek => ErrorKind::PermissionDenied,
                 KeyError::File { .. } | KeyError::Invalid(_) => ErrorKind::InvalidArgument,
@@ -249,6 +253,20 @@ impl MountError {
             },
             MountError::Cache { .. } | MountError::Fs(_) => ErrorKind::Internal,
         }
+    }
+}
+
+/// A failed lookup of workspace `name`: [`MountError::WorkspaceMissing`] when it does not
+/// exist, else the store's error.
+fn workspace_error(name: &str, source: MetaError) -> MountError {
+    match source.kind() {
+        ErrorKind::NotFound => MountError::WorkspaceMissing {
+            name: name.to_string(),
+        },
+        _ => MountError::Workspace {
+            name: name.to_string(),
+            source,
+        },
     }
 }
 
@@ -266,10 +284,7 @@ pub async fn resolve<M: MetaStore>(meta: &M, target: &MountTarget) -> Result<Res
     let workspace = meta
         .get_workspace(&target.workspace)
         .await
-        .map_err(|source| MountError::Workspace {
-            name: target.workspace.clone(),
-            source,
-        })?;
+        .map_err(|source| workspace_error(&target.workspace, source))?;
     resolve_in(meta, workspace, &target.path, path, target.snapshot.as_deref()).await
 }
 
@@ -355,7 +370,7 @@ async fn workspace<M: MetaStore>(
     };
     let new = match spec.create {
         Some(new) if spec.target.snapshot.is_none() && path.is_root() => new,
-        _ => return Err(failed(missing)),
+        _ => return Err(workspace_error(name, missing)),
     };
     let mut ws = WorkspaceSpec::new(name.clone(), WorkspaceKind::User);
     ws.block_size = new.block_size;

@@ -347,7 +347,8 @@ async fn an_unknown_workspace_is_created_only_when_asked_and_only_once() {
         .open(&rig.spec("new-ws", live("/"), None, "a"))
         .await
         .unwrap_err();
-    assert!(matches!(err, MountError::Workspace { .. }), "{err}");
+    assert!(matches!(err, MountError::WorkspaceMissing { .. }), "{err}");
+    assert_eq!(err.to_string(), "workspace new-ws does not exist or was deleted");
     assert_eq!(err.kind(), ErrorKind::NotFound);
     let target = MountTarget {
         workspace: "new-ws".into(),
@@ -365,7 +366,7 @@ async fn an_unknown_workspace_is_created_only_when_asked_and_only_once() {
             .open(&Rig::creating(rig.spec("new-ws", live(path), snapshot, "a")))
             .await
             .unwrap_err();
-        assert!(matches!(err, MountError::Workspace { .. }), "{err}");
+        assert!(matches!(err, MountError::WorkspaceMissing { .. }), "{err}");
         assert_eq!(err.kind(), ErrorKind::NotFound);
         assert!(workspace_missing(&rig.meta, "new-ws"), "nothing created");
     }

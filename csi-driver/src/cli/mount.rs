@@ -58,6 +58,13 @@ pub struct MountArgs {
     /// STUDIODRIVE_ENCRYPTION_KEY) to mount.
     #[arg(long)]
     pub encryption_key_file: Option<PathBuf>,
+    /// Never create the workspace: a missing (or deleted) workspace fails the mount. The CSI
+    /// node plugin passes this to every mount it starts, so a mount its supervisor restarts
+    /// after the workspace was deleted fails instead of creating an empty, unencrypted
+    /// workspace of the same name that pods would write into. Without it a missing workspace
+    /// is created for a mount of its root (local use).
+    #[arg(long)]
+    pub existing_workspace_only: bool,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -253,7 +260,8 @@ fn detach(args: &MountArgs) -> anyhow::Result<()> {
 }
 
 /// The front door's settings from the command line: `--path` is below the snapshot's folder
-/// when `--snapshot` is given, a missing workspace is created (encrypted with a key file).
+/// when `--snapshot` is given, a missing workspace is created (encrypted with a key file)
+/// unless `--existing-workspace-only`.
 fn mount_spec(args: &MountArgs, state: &Path) -> anyhow::Result<MountSpec> {
     let kek = match &args.encryption_key_file {
         Some(path) => Some(Kek::from_file(path)?),
@@ -279,7 +287,7 @@ fn mount_spec(args: &MountArgs, state: &Path) -> anyhow::Result<MountSpec> {
     spec.lock_lease = Duration::from_millis(args.lock_lease_ms);
     spec.kek = kek;
     // A key file given at creation makes the workspace encrypted.
-    spec.create = Some(NewWorkspace {
+    spec.create = (!args.existing_workspace_only).then_some(NewWorkspace {
         block_size: args.block_size,
         encrypted: args.encryption_key_file.is_some(),
     });

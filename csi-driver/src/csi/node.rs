@@ -133,14 +133,27 @@ impl NodeService {
             path: MountPath::FromRoot(spec.path),
             snapshot: spec.snapshot,
         };
+        let resolved = match drive::mount::resolve(meta, &folder).await {
+            Ok(resolved) => resolved,
+            // Published, but what it shows is gone (the workspace was deleted): no usage to
+            // report, and the condition says why the mount cannot come back.
+            Err(e) if e.kind() == drive::ErrorKind::NotFound => {
+                return Ok(csi::NodeGetVolumeStatsResponse {
+                    usage: Vec::new(),
+                    volume_condition: Some(csi::VolumeCondition {
+                        abnormal: true,
+                        message: self.publisher.failure(&target).unwrap_or_else(|| e.to_string()),
+                    }),
+                });
+            }
+            Err(e) => return Err(mount_status(&e)),
+        };
         let Resolved {
             workspace: ws,
             view,
             root,
             ..
-        } = drive::mount::resolve(meta, &folder)
-            .await
-            .map_err(|e| mount_status(&e))?;
+        } = resolved;
         let usage = meta.usage(view, root.ino).await.map_err(|e| meta_status(&e))?;
         let total_bytes = ws.quota_bytes.unwrap_or(UNBOUNDED_BYTES).max(usage.bytes);
         let inodes = usage.files + usage.directories;
@@ -162,10 +175,10 @@ impl NodeService {
             ],
             volume_condition: Some(csi::VolumeCondition {
                 abnormal: !healthy,
-                message: if healthy {
-                    "mounted".into()
-                } else {
-                    "the mount process is not running; the node plugin restarts it".into()
+                message: match (healthy, self.publisher.failure(&target)) {
+                    (true, _) => "mounted".into(),
+                    (false, None) => "the mount process is not running; the node plugin restarts it".into(),
+                    (false, Some(failure)) => format!("the mount process is not running: {failure}"),
                 },
             }),
         })

@@ -50,6 +50,8 @@ struct Entry {
     /// When the supervisor may try again after a failed restart.
     retry_at: Instant,
     backoff: Duration,
+    /// Why the last restart failed; cleared when a restart succeeds.
+    failure: Option<String>,
 }
 
 /// How the node runs mounts.
@@ -134,6 +136,7 @@ impl Publisher {
                     child: None,
                     retry_at: Instant::now(),
                     backoff: Duration::from_millis(500),
+                    failure: None,
                 },
             );
         }
@@ -191,6 +194,15 @@ impl Publisher {
             .unwrap()
             .get(target)
             .map(|e| e.record.spec.clone())
+    }
+
+    /// Why the supervisor's last restart of `target`'s mount failed, while it keeps failing.
+    pub fn failure(&self, target: &Path) -> Option<String> {
+        self.mounts
+            .lock()
+            .unwrap()
+            .get(target)
+            .and_then(|e| e.failure.clone())
     }
 
     /// Whether the mount process of `target` is running and its file system answers.
@@ -259,6 +271,7 @@ impl Publisher {
                         child: Some(child),
                         retry_at: Instant::now(),
                         backoff: Duration::from_millis(500),
+                        failure: None,
                     },
                 );
                 Ok(())
@@ -307,6 +320,9 @@ impl Publisher {
             .arg(spec.cache_size.to_string())
             // Pods run as any uid; permissions are then checked from the mode bits.
             .arg("--allow-other")
+            // Workspaces are created by the operator or the controller, never by a mount: a
+            // restart after the workspace was deleted must fail, not re-create it.
+            .arg("--existing-workspace-only")
             .arg("--foreground")
             .arg(target);
         cmd.stdin(Stdio::null())
@@ -375,6 +391,7 @@ impl Publisher {
             e.record = record;
             e.child = Some(child);
             e.backoff = Duration::from_millis(500);
+            e.failure = None;
         }
         Ok(())
     }
@@ -466,6 +483,7 @@ impl Publisher {
             if let Err(e) = self.restart(&target).await {
                 tracing::error!(target = %target.display(), error = %e, "restart failed");
                 if let Some(entry) = self.mounts.lock().unwrap().get_mut(&target) {
+                    entry.failure = Some(e.to_string());
                     entry.retry_at = Instant::now() + entry.backoff;
                     entry.backoff = (entry.backoff * 2).min(Duration::from_secs(60));
                 }
@@ -534,9 +552,20 @@ fn detach(target: &Path) {
     }
 }
 
-/// The last lines of a mount log, for error messages.
+/// What a mount log says about a failure, for error messages: the error a mount process
+/// exited with (the last "Error: " report, its causes, without a backtrace), else its last
+/// lines.
 fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().rev().take(3).collect();
-    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+    let lines: Vec<&str> = text.lines().collect();
+    let report = match lines.iter().rposition(|l| l.starts_with("Error: ")) {
+        Some(at) => lines[at..]
+            .iter()
+            .take_while(|l| !l.starts_with("Stack backtrace:"))
+            .map(|l| l.trim())
+            .filter(|l| !l.is_empty())
+            .collect(),
+        None => lines[lines.len().saturating_sub(3)..].to_vec(),
+    };
+    report.join(" | ")
 }
