@@ -9,38 +9,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use common::{Plugin, binary, eventually};
+use common::{Plugin, binary, eventually, mount_cap, publish_req, unpublish_req};
 use drive::model::{Actor, WorkspaceKind, WorkspaceSpec};
 use drive_csi::csi::proto::identity_client::IdentityClient;
-use drive_csi::csi::proto::volume_capability::{AccessMode, AccessType, MountVolume, access_mode::Mode};
+use drive_csi::csi::proto::volume_capability::access_mode::Mode;
 use drive_csi::csi::proto::{self as csi, VolumeCapability};
 use tonic::Code;
 
 const SENTINEL: &str = "SENTINEL-TOKEN-7f3a9c";
-
-fn mount_cap(mode: Mode) -> VolumeCapability {
-    VolumeCapability {
-        access_type: Some(AccessType::Mount(MountVolume::default())),
-        access_mode: Some(AccessMode { mode: mode as i32 }),
-    }
-}
-
-fn publish_req(volume: &str, target: &Path, ctx: &[(&str, &str)]) -> csi::NodePublishVolumeRequest {
-    csi::NodePublishVolumeRequest {
-        volume_id: volume.into(),
-        target_path: target.display().to_string(),
-        volume_capability: Some(mount_cap(Mode::MultiNodeMultiWriter)),
-        volume_context: ctx.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        ..Default::default()
-    }
-}
-
-fn unpublish_req(volume: &str, target: &Path) -> csi::NodeUnpublishVolumeRequest {
-    csi::NodeUnpublishVolumeRequest {
-        volume_id: volume.into(),
-        target_path: target.display().to_string(),
-    }
-}
 
 async fn create_volume(plugin: &Plugin, name: &str) -> anyhow::Result<csi::Volume> {
     let resp = plugin

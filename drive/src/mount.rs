@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::{BlockCache, CacheConfig, MemoryCache};
-use crate::data::{BlockStore, ChunkStore, DataKey, Kek, KeyError, codec_for};
+use crate::data::{BlockCodec, BlockStore, ChunkStore, DataKey, Kek, KeyError, codec_for};
 use crate::error::{ErrorKind, MetaError};
 use crate::fs::{DriveFs, FsConfig, FsError};
 use crate::model::{
@@ -389,6 +389,16 @@ async fn workspace<M: MetaStore>(
     }
 }
 
+/// The block codec of `ws`: its data key unwrapped with `kek` when it is encrypted. [`open`]
+/// calls it before anything is opened; the CSI node service calls it to refuse a publish
+/// without the right key before it starts a mount process.
+pub fn unlock(ws: &Workspace, kek: Option<&Kek>) -> Result<BlockCodec, MountError> {
+    codec_for(ws, kek).map_err(|source| MountError::Key {
+        workspace: ws.name.clone(),
+        source,
+    })
+}
+
 /// Opens a mount of `spec.target` with blocks in `store`: resolves it (creating the workspace
 /// when allowed), unwraps the workspace's data key, opens the caches and builds the file
 /// system. Refusals (missing targets, a file as root, a path outside the snapshot, keys)
@@ -400,10 +410,7 @@ pub async fn open<M: MetaStore>(
 ) -> Result<OpenedMount<M>, MountError> {
     let path = parse_path(spec.target.path.text())?;
     let ws = workspace(&meta, spec, &path).await?;
-    let codec = codec_for(&ws, spec.kek.as_ref()).map_err(|source| MountError::Key {
-        workspace: ws.name.clone(),
-        source,
-    })?;
+    let codec = unlock(&ws, spec.kek.as_ref())?;
     let resolved = resolve_in(
         &meta,
         ws,

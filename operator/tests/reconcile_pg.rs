@@ -157,7 +157,12 @@ async fn a_kind_change_that_slipped_past_cel_is_reported_as_invalid_spec() {
         .await
         .expect("create");
     w.spec.kind = WorkspaceKind::Project;
-    let p = reconcile::sync(&Workspaces(NO_KEYS), &store, &ws_input(&w), at(2))
+    assert_invalid_spec(&store, &w, "kind").await;
+}
+
+/// Syncs `w` and asserts Ready=False InvalidSpec with a message naming `field`.
+async fn assert_invalid_spec(store: &MetaStoreAdapter, w: &operator::crd::Workspace, field: &str) {
+    let p = reconcile::sync(&Workspaces(NO_KEYS), store, &ws_input(w), at(2))
         .await
         .expect("no store error");
     let ready = conditions::find(&p.status.conditions, "Ready").expect("Ready");
@@ -165,7 +170,7 @@ async fn a_kind_change_that_slipped_past_cel_is_reported_as_invalid_spec() {
         (ready.status.as_str(), ready.reason.as_str()),
         ("False", "InvalidSpec")
     );
-    assert!(ready.message.contains("kind"), "{}", ready.message);
+    assert!(ready.message.contains(field), "{}", ready.message);
 }
 
 #[tokio::test]
@@ -624,15 +629,7 @@ async fn the_object_store_location_is_recorded_at_creation_and_never_changed() {
 
     // A change that slipped past CEL is reported, and the store keeps the first location.
     w.spec.object_store.as_mut().expect("set").bucket = "tenant-b".into();
-    let p = reconcile::sync(&Workspaces(NO_KEYS), &store, &ws_input(&w), at(2))
-        .await
-        .expect("no store error");
-    let ready = conditions::find(&p.status.conditions, "Ready").expect("Ready");
-    assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str()),
-        ("False", "InvalidSpec")
-    );
-    assert!(ready.message.contains("objectStore"), "{}", ready.message);
+    assert_invalid_spec(&store, &w, "objectStore").await;
     let stored = meta.get_workspace("studio.tenant").await.expect("still there");
     assert_eq!(stored.object_store, Some(recorded));
 

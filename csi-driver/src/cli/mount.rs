@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use drive::cache::CacheConfig;
-use drive::data::Kek;
+use drive::data::{ChunkStore, Kek, S3ChunkStore, S3Config};
 use drive::mount::{DiskCache, MountPath, MountSpec, MountTarget, NewWorkspace, OpenedMount};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::StorageArgs;
+use crate::csi::secrets::PublishSecrets;
 use crate::fuse_adapter::{DriveFuse, Ttls, run_invalidator};
 use crate::metrics::Metrics;
 use crate::mount_table::{clean_stale, fuse_mount_devices_at, is_mounted};
@@ -65,6 +66,12 @@ pub struct MountArgs {
     /// is created for a mount of its root (local use).
     #[arg(long)]
     pub existing_workspace_only: bool,
+    /// A file of publish secrets, as the CSI node plugin writes it (a JSON object with
+    /// `encryptionKey`, `accessKeyId`, `secretAccessKey`, each optional; 0600 in a 0700
+    /// directory): the workspace's key-encryption key (preferred over
+    /// `--encryption-key-file`) and the credentials of the workspace's own object store.
+    #[arg(long)]
+    pub secrets_file: Option<PathBuf>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -262,10 +269,11 @@ fn detach(args: &MountArgs) -> anyhow::Result<()> {
 /// The front door's settings from the command line: `--path` is below the snapshot's folder
 /// when `--snapshot` is given, a missing workspace is created (encrypted with a key file)
 /// unless `--existing-workspace-only`.
-fn mount_spec(args: &MountArgs, state: &Path) -> anyhow::Result<MountSpec> {
-    let kek = match &args.encryption_key_file {
-        Some(path) => Some(Kek::from_file(path)?),
-        None => Kek::from_env()?,
+fn mount_spec(args: &MountArgs, state: &Path, secrets: &PublishSecrets) -> anyhow::Result<MountSpec> {
+    let kek = match (secrets.kek(), &args.encryption_key_file) {
+        (Some(kek), _) => Some(kek.clone()),
+        (None, Some(path)) => Some(Kek::from_file(path)?),
+        (None, None) => Kek::from_env()?,
     };
     let target = MountTarget {
         workspace: args.storage.workspace.clone(),
@@ -294,11 +302,38 @@ fn mount_spec(args: &MountArgs, state: &Path) -> anyhow::Result<MountSpec> {
     Ok(spec)
 }
 
+/// The object store of `workspace`: the one it records (with the credentials from the
+/// secrets, else the AWS default chain), else the node's (`--store`). A workspace that does
+/// not exist yet uses the node's: one created by this mount records none.
+async fn workspace_store(
+    storage: &StorageArgs,
+    meta: &drive::PgMetaStore,
+    workspace: &str,
+    secrets: &PublishSecrets,
+) -> anyhow::Result<Arc<dyn ChunkStore>> {
+    let location = match meta.get_workspace(workspace).await {
+        Ok(ws) => ws.object_store,
+        Err(e) if e.kind() == drive::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("read workspace {workspace}")),
+    };
+    let Some(location) = location else {
+        return storage.open_store().await;
+    };
+    let mut cfg = S3Config::at(&location);
+    cfg.credentials = secrets.credentials().cloned();
+    cfg.max_attempts = storage.s3_max_attempts;
+    Ok(Arc::new(S3ChunkStore::connect(&cfg).await))
+}
+
 async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()> {
     let state = args.storage.state_dir()?;
-    let spec = mount_spec(&args, &state)?;
+    let secrets = match &args.secrets_file {
+        Some(path) => PublishSecrets::read_file(path)?,
+        None => PublishSecrets::default(),
+    };
+    let spec = mount_spec(&args, &state, &secrets)?;
     let meta = args.storage.meta().await?;
-    let store = args.storage.open_store().await?;
+    let store = workspace_store(&args.storage, &meta, &spec.target.workspace, &secrets).await?;
     let describe = store.describe();
     let OpenedMount {
         fs,

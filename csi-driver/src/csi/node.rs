@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use drive::data::Kek;
 use drive::mount::{MountPath, MountTarget, Resolved};
 use tonic::{Request, Response, Status};
 
@@ -12,6 +13,7 @@ use super::proto::node_server::Node;
 use super::proto::node_service_capability::{Rpc, rpc::Type as RpcType};
 use super::proto::{self as csi, volume_usage::Unit};
 use super::publish::{MountSpec, PublishError, Publisher};
+use super::secrets::PublishSecrets;
 use super::{MetaSlot, meta_status, mount_status, observed, validate};
 use crate::metrics::CsiMetrics;
 
@@ -51,6 +53,8 @@ impl NodeService {
         validate::context_size(&req.volume_context)?;
         let attrs = VolumeAttributes::parse(&req.volume_context)?;
         let pod = PodIdentity::from_context(&req.volume_context)?;
+        let secrets =
+            PublishSecrets::parse(&req.secrets).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let meta = self.meta.get()?;
 
         // Where the volume lives: its attributes, else the provisioned volume of that id.
@@ -72,10 +76,10 @@ impl NodeService {
             path: MountPath::Workspace(path),
             snapshot: attrs.snapshot.clone(),
         };
-        let path = drive::mount::resolve(meta, &folder)
+        let resolved = drive::mount::resolve(meta, &folder)
             .await
-            .map_err(|e| mount_status(&e))?
-            .path;
+            .map_err(|e| mount_status(&e))?;
+        let path = resolved.path.clone();
         let read_only =
             req.readonly || mount.reader_only || mount.ro_flag || attrs.read_only || attrs.snapshot.is_some();
         self.authorizer
@@ -87,6 +91,13 @@ impl NodeService {
                 pod: &pod,
             })
             .await?;
+        // An encrypted workspace needs its key: refused here, with the front door's code for a
+        // missing or wrong key, rather than as a mount process that fails to start. A key
+        // from the node's environment (one key for the node) still counts.
+        let node_kek = Kek::from_env().ok().flatten();
+        drive::mount::unlock(&resolved.workspace, secrets.kek().or(node_kek.as_ref()))
+            .map_err(|e| mount_status(&e))?;
+
         let spec = MountSpec {
             volume_id: volume_id.to_string(),
             workspace,
@@ -95,7 +106,7 @@ impl NodeService {
             read_only,
             cache_size: attrs.cache_size.unwrap_or(self.default_cache_size),
         };
-        self.publisher.publish(&target, spec).await?;
+        self.publisher.publish(&target, spec, &secrets).await?;
         self.metrics.mounts.set(self.publisher.count() as i64);
         Ok(csi::NodePublishVolumeResponse {})
     }

@@ -243,6 +243,11 @@ impl S3Storage {
         S3Storage::with(Storage::new()?, max_attempts)
     }
 
+    /// [`S3Storage::new`] for async tests.
+    pub async fn create(max_attempts: u32) -> anyhow::Result<S3Storage> {
+        S3Storage::with(Storage::create().await?, max_attempts)
+    }
+
     /// With its database on `pg` (a server of the test's own, e.g. one it stops).
     pub fn on(pg: &PgServer, max_attempts: u32) -> anyhow::Result<S3Storage> {
         S3Storage::with(Storage::on(pg)?, max_attempts)
@@ -413,7 +418,12 @@ pub struct Plugin {
 
 impl Plugin {
     pub async fn start(storage: &Storage, state: &Path, extra: &[&str]) -> anyhow::Result<Plugin> {
-        let mut args: Vec<String> = storage.args();
+        Plugin::start_on(storage, state, extra).await
+    }
+
+    /// [`Plugin::start`] over any storage (an S3 bucket as the node's store).
+    pub async fn start_on(backend: &dyn Backend, state: &Path, extra: &[&str]) -> anyhow::Result<Plugin> {
+        let mut args: Vec<String> = backend.storage_args();
         args.extend([
             "--state-dir".into(),
             state.display().to_string(),
@@ -515,6 +525,35 @@ impl Plugin {
 impl Drop for Plugin {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+use drive_csi::csi::proto::volume_capability::{AccessMode, AccessType, MountVolume, access_mode::Mode};
+use drive_csi::csi::proto::{self as csi, VolumeCapability};
+
+/// A mount capability with access mode `mode`.
+pub fn mount_cap(mode: Mode) -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+    }
+}
+
+/// A NodePublishVolume of `volume` at `target` with volume context `ctx`.
+pub fn publish_req(volume: &str, target: &Path, ctx: &[(&str, &str)]) -> csi::NodePublishVolumeRequest {
+    csi::NodePublishVolumeRequest {
+        volume_id: volume.into(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(mount_cap(Mode::MultiNodeMultiWriter)),
+        volume_context: ctx.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..Default::default()
+    }
+}
+
+pub fn unpublish_req(volume: &str, target: &Path) -> csi::NodeUnpublishVolumeRequest {
+    csi::NodeUnpublishVolumeRequest {
+        volume_id: volume.into(),
+        target_path: target.display().to_string(),
     }
 }
 
