@@ -490,3 +490,31 @@ async fn an_opened_cache_is_shared() {
     assert!(Arc::ptr_eq(second.blocks.cache().expect("a disk cache"), &cache));
     assert!(!Path::new(&rig.dir.path().join("cache-b")).exists());
 }
+
+// Catches: the in-memory store dropping a workspace's object-store location (its mounts would
+// put blocks in the node's store), or accepting one the PostgreSQL store refuses.
+#[tokio::test]
+async fn the_in_memory_store_keeps_the_object_store_location() {
+    let meta = MemMetaStore::new();
+    let location = drive::model::ObjectStoreLocation {
+        bucket: "tenant-a".into(),
+        prefix: "studio/shot010".into(),
+        endpoint: Some("http://127.0.0.1:9000".into()),
+        region: Some("eu-west-1".into()),
+    };
+    let mut spec = drive::model::WorkspaceSpec::new("tenant", drive::model::WorkspaceKind::Team);
+    spec.object_store = Some(location.clone());
+    let actor = Actor::system("test");
+    let created = meta.create_workspace(&actor, &spec).await.unwrap();
+    assert_eq!(created.object_store.as_ref(), Some(&location));
+    assert_eq!(
+        meta.get_workspace("tenant").await.unwrap().object_store,
+        Some(location)
+    );
+
+    spec.name = "other".into();
+    spec.object_store.as_mut().unwrap().bucket = "Not_A_Bucket".into();
+    let err = meta.create_workspace(&actor, &spec).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(meta.get_workspace("other").await.is_err(), "nothing created");
+}
