@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::{BlockCache, CacheConfig, MemoryCache};
-use crate::data::{BlockStore, ChunkStore, DataKey, Kek, KeyError, codec_for};
+use crate::data::{BlockCodec, BlockStore, ChunkStore, DataKey, Kek, KeyError, codec_for};
 use crate::error::{ErrorKind, MetaError};
 use crate::fs::{DriveFs, FsConfig, FsError};
 use crate::model::{
@@ -181,7 +181,11 @@ pub enum MountError {
         #[source]
         source: NameError,
     },
-    /// Looking up (or creating) the workspace failed; NotFound when it does not exist.
+    /// The workspace does not exist (never created, or deleted) and the spec does not
+    /// create it.
+    #[error("workspace {name} does not exist or was deleted")]
+    WorkspaceMissing { name: String },
+    /// Looking up (or creating) the workspace failed.
     #[error("workspace {name}")]
     Workspace {
         name: String,
@@ -244,7 +248,7 @@ impl MountError {
             | MountError::Snapshot { source, .. }
             | MountError::Path { source, .. } => source.kind(),
             MountError::NotAFolder { .. } => ErrorKind::NotADirectory,
-            MountError::OutsideSnapshot { .. } => ErrorKind::NotFound,
+            MountError::WorkspaceMissing { .. } | MountError::OutsideSnapshot { .. } => ErrorKind::NotFound,
             MountError::Key { source, .. } => match source {
                 KeyError::KekRequired(_) | KeyError::WrongKek => ErrorKind::PermissionDenied,
                 KeyError::File { .. } | KeyError::Invalid(_) => ErrorKind::InvalidArgument,
@@ -252,6 +256,20 @@ impl MountError {
             },
             MountError::Cache { .. } | MountError::Fs(_) => ErrorKind::Internal,
         }
+    }
+}
+
+/// A failed lookup of workspace `name`: [`MountError::WorkspaceMissing`] when it does not
+/// exist, else the store's error.
+fn workspace_error(name: &str, source: MetaError) -> MountError {
+    match source.kind() {
+        ErrorKind::NotFound => MountError::WorkspaceMissing {
+            name: name.to_string(),
+        },
+        _ => MountError::Workspace {
+            name: name.to_string(),
+            source,
+        },
     }
 }
 
@@ -269,10 +287,7 @@ pub async fn resolve<M: MetaStore>(meta: &M, target: &MountTarget) -> Result<Res
     let workspace = meta
         .get_workspace(&target.workspace)
         .await
-        .map_err(|source| MountError::Workspace {
-            name: target.workspace.clone(),
-            source,
-        })?;
+        .map_err(|source| workspace_error(&target.workspace, source))?;
     resolve_in(meta, workspace, &target.path, path, target.snapshot.as_deref()).await
 }
 
@@ -358,7 +373,7 @@ async fn workspace<M: MetaStore>(
     };
     let new = match spec.create {
         Some(new) if spec.target.snapshot.is_none() && path.is_root() => new,
-        _ => return Err(failed(missing)),
+        _ => return Err(workspace_error(name, missing)),
     };
     let mut ws = WorkspaceSpec::new(name.clone(), WorkspaceKind::User);
     ws.block_size = new.block_size;
@@ -377,6 +392,16 @@ async fn workspace<M: MetaStore>(
     }
 }
 
+/// The block codec of `ws`: its data key unwrapped with `kek` when it is encrypted. [`open`]
+/// calls it before anything is opened; the CSI node service calls it to refuse a publish
+/// without the right key before it starts a mount process.
+pub fn unlock(ws: &Workspace, kek: Option<&Kek>) -> Result<BlockCodec, MountError> {
+    codec_for(ws, kek).map_err(|source| MountError::Key {
+        workspace: ws.name.clone(),
+        source,
+    })
+}
+
 /// Opens a mount of `spec.target` with blocks in `store`: resolves it (creating the workspace
 /// when allowed), unwraps the workspace's data key, opens the caches and builds the file
 /// system. Refusals (missing targets, a file as root, a path outside the snapshot, keys)
@@ -388,10 +413,7 @@ pub async fn open<M: MetaStore>(
 ) -> Result<OpenedMount<M>, MountError> {
     let path = parse_path(spec.target.path.text())?;
     let ws = workspace(&meta, spec, &path).await?;
-    let codec = codec_for(&ws, spec.kek.as_ref()).map_err(|source| MountError::Key {
-        workspace: ws.name.clone(),
-        source,
-    })?;
+    let codec = unlock(&ws, spec.kek.as_ref())?;
     let resolved = resolve_in(
         &meta,
         ws,

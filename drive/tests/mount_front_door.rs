@@ -347,7 +347,8 @@ async fn an_unknown_workspace_is_created_only_when_asked_and_only_once() {
         .open(&rig.spec("new-ws", live("/"), None, "a"))
         .await
         .unwrap_err();
-    assert!(matches!(err, MountError::Workspace { .. }), "{err}");
+    assert!(matches!(err, MountError::WorkspaceMissing { .. }), "{err}");
+    assert_eq!(err.to_string(), "workspace new-ws does not exist or was deleted");
     assert_eq!(err.kind(), ErrorKind::NotFound);
     let target = MountTarget {
         workspace: "new-ws".into(),
@@ -365,7 +366,7 @@ async fn an_unknown_workspace_is_created_only_when_asked_and_only_once() {
             .open(&Rig::creating(rig.spec("new-ws", live(path), snapshot, "a")))
             .await
             .unwrap_err();
-        assert!(matches!(err, MountError::Workspace { .. }), "{err}");
+        assert!(matches!(err, MountError::WorkspaceMissing { .. }), "{err}");
         assert_eq!(err.kind(), ErrorKind::NotFound);
         assert!(workspace_missing(&rig.meta, "new-ws"), "nothing created");
     }
@@ -526,4 +527,32 @@ async fn a_lowered_access_refuses_at_the_operation_and_can_be_restored() {
     fs.set_mount_access(MountAccess::ReadWrite);
     put(&fs, "shot/frame.exr", b"again").await;
     assert_eq!(get(&fs, "shot/frame.exr").await, Ok(b"again".to_vec()));
+}
+
+// Catches: the in-memory store dropping a workspace's object-store location (its mounts would
+// put blocks in the node's store), or accepting one the PostgreSQL store refuses.
+#[tokio::test]
+async fn the_in_memory_store_keeps_the_object_store_location() {
+    let meta = MemMetaStore::new();
+    let location = drive::model::ObjectStoreLocation {
+        bucket: "tenant-a".into(),
+        prefix: "studio/shot010".into(),
+        endpoint: Some("http://127.0.0.1:9000".into()),
+        region: Some("eu-west-1".into()),
+    };
+    let mut spec = drive::model::WorkspaceSpec::new("tenant", drive::model::WorkspaceKind::Team);
+    spec.object_store = Some(location.clone());
+    let actor = Actor::system("test");
+    let created = meta.create_workspace(&actor, &spec).await.unwrap();
+    assert_eq!(created.object_store.as_ref(), Some(&location));
+    assert_eq!(
+        meta.get_workspace("tenant").await.unwrap().object_store,
+        Some(location)
+    );
+
+    spec.name = "other".into();
+    spec.object_store.as_mut().unwrap().bucket = "Not_A_Bucket".into();
+    let err = meta.create_workspace(&actor, &spec).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(meta.get_workspace("other").await.is_err(), "nothing created");
 }

@@ -96,28 +96,12 @@ pub enum InvalidKek {
 /// Parses a KEK: exactly 32 raw bytes, or 64 hex digits with optional surrounding whitespace.
 /// An all-zero key is refused: it is what an unfilled template Secret holds.
 pub fn parse_kek(bytes: &[u8]) -> Result<Kek, InvalidKek> {
-    let raw = match <[u8; 32]>::try_from(bytes) {
-        Ok(raw) => raw,
-        Err(_) => std::str::from_utf8(bytes)
-            .ok()
-            .and_then(|text| parse_hex(text.trim()))
-            .ok_or(InvalidKek::Format(bytes.len()))?,
-    };
-    if raw == [0u8; 32] {
+    // The mount's parser (key files, CSI publish secrets), so the formats cannot drift apart.
+    let kek = Kek::parse(bytes).map_err(|_| InvalidKek::Format(bytes.len()))?;
+    if kek.fingerprint() == Kek::from_bytes([0u8; 32]).fingerprint() {
         return Err(InvalidKek::AllZero);
     }
-    Ok(Kek::from_bytes(raw))
-}
-
-fn parse_hex(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    Ok(kek)
 }
 
 /// Reads Secrets through the Kubernetes API (needs `get` on `secrets` in the Workspaces'

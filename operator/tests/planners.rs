@@ -348,6 +348,7 @@ fn an_encrypted_workspace_is_created_only_once_its_key_is_loaded() {
         encrypted: true,
         quota_bytes: Some(1 << 30),
         owners: vec!["User:alice".into()],
+        object_store: None,
     };
     let observed = Observed {
         record: Some(existing),

@@ -157,7 +157,12 @@ async fn a_kind_change_that_slipped_past_cel_is_reported_as_invalid_spec() {
         .await
         .expect("create");
     w.spec.kind = WorkspaceKind::Project;
-    let p = reconcile::sync(&Workspaces(NO_KEYS), &store, &ws_input(&w), at(2))
+    assert_invalid_spec(&store, &w, "kind").await;
+}
+
+/// Syncs `w` and asserts Ready=False InvalidSpec with a message naming `field`.
+async fn assert_invalid_spec(store: &MetaStoreAdapter, w: &operator::crd::Workspace, field: &str) {
+    let p = reconcile::sync(&Workspaces(NO_KEYS), store, &ws_input(w), at(2))
         .await
         .expect("no store error");
     let ready = conditions::find(&p.status.conditions, "Ready").expect("Ready");
@@ -165,7 +170,7 @@ async fn a_kind_change_that_slipped_past_cel_is_reported_as_invalid_spec() {
         (ready.status.as_str(), ready.reason.as_str()),
         ("False", "InvalidSpec")
     );
-    assert!(ready.message.contains("kind"), "{}", ready.message);
+    assert!(ready.message.contains(field), "{}", ready.message);
 }
 
 #[tokio::test]
@@ -559,6 +564,7 @@ async fn the_adapter_refuses_an_encrypted_workspace_without_a_kek_and_creates_no
         encrypted: true,
         quota_bytes: None,
         owners: Vec::new(),
+        object_store: None,
     };
     let err = store.create_workspace(&new, None).await.expect_err("needs a KEK");
     assert_eq!(err.kind, StoreErrorKind::Invalid);
@@ -584,6 +590,63 @@ async fn the_adapter_refuses_an_encrypted_workspace_without_a_kek_and_creates_no
     assert!(!record.encrypted);
     assert_eq!(
         meta.get_workspace("studio.plain").await.expect("get").wrapped_key,
+        None
+    );
+}
+
+// Catches: `spec.objectStore` not recorded (every tenant's blocks in the node's store), the
+// credentials Secret recorded with it, a prefix kept with its slashes, and a changed location
+// applied or ignored instead of reported (blocks already stored would be orphaned).
+#[tokio::test]
+async fn the_object_store_location_is_recorded_at_creation_and_never_changed() {
+    let (meta, store) = store_on(PgServer::shared()).await;
+    let mut w = workspace(
+        "studio",
+        "tenant",
+        workspace_spec(WorkspaceKind::Team, DeletionPolicy::Retain),
+    );
+    w.spec.object_store = Some(operator::crd::ObjectStoreRef {
+        bucket: "tenant-a".into(),
+        prefix: "/studio/tenant/".into(),
+        endpoint: Some("http://127.0.0.1:9000".into()),
+        region: Some("eu-west-1".into()),
+        credentials_secret_ref: Some(operator::crd::SecretRef {
+            name: "tenant-s3".into(),
+        }),
+    });
+    let first = reconcile::sync(&Workspaces(NO_KEYS), &store, &ws_input(&w), at(1))
+        .await
+        .expect("create");
+    assert!(conditions::is_true(&first.status.conditions, "Ready"));
+    let recorded = drive::model::ObjectStoreLocation {
+        bucket: "tenant-a".into(),
+        prefix: "studio/tenant".into(),
+        endpoint: Some("http://127.0.0.1:9000".into()),
+        region: Some("eu-west-1".into()),
+    };
+    let stored = meta.get_workspace("studio.tenant").await.expect("created");
+    assert_eq!(stored.object_store.as_ref(), Some(&recorded));
+
+    // A change that slipped past CEL is reported, and the store keeps the first location.
+    w.spec.object_store.as_mut().expect("set").bucket = "tenant-b".into();
+    assert_invalid_spec(&store, &w, "objectStore").await;
+    let stored = meta.get_workspace("studio.tenant").await.expect("still there");
+    assert_eq!(stored.object_store, Some(recorded));
+
+    // A workspace without one records none: its blocks go to the mounting node's store.
+    let plain = workspace(
+        "studio",
+        "plain",
+        workspace_spec(WorkspaceKind::User, DeletionPolicy::Retain),
+    );
+    reconcile::sync(&Workspaces(NO_KEYS), &store, &ws_input(&plain), at(3))
+        .await
+        .expect("create");
+    assert_eq!(
+        meta.get_workspace("studio.plain")
+            .await
+            .expect("created")
+            .object_store,
         None
     );
 }

@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use drive::cache::CacheConfig;
-use drive::data::Kek;
+use drive::data::{ChunkStore, Kek, S3ChunkStore, S3Config};
 use drive::mount::{DiskCache, MountPath, MountSpec, MountTarget, NewWorkspace, OpenedMount};
 use drive::ports::{Clock as _, SystemClock};
 use drive::rules::access::{AccessCheck, MountAccess};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::StorageArgs;
+use crate::csi::secrets::PublishSecrets;
 use crate::fuse_adapter::{DriveFuse, Ttls, run_invalidator};
 use crate::metrics::Metrics;
 use crate::mount_table::{clean_stale, fuse_mount_devices_at, is_mounted};
@@ -60,6 +61,19 @@ pub struct MountArgs {
     /// STUDIODRIVE_ENCRYPTION_KEY) to mount.
     #[arg(long)]
     pub encryption_key_file: Option<PathBuf>,
+    /// Never create the workspace: a missing (or deleted) workspace fails the mount. The CSI
+    /// node plugin passes this to every mount it starts, so a mount its supervisor restarts
+    /// after the workspace was deleted fails instead of creating an empty, unencrypted
+    /// workspace of the same name that pods would write into. Without it a missing workspace
+    /// is created for a mount of its root (local use).
+    #[arg(long)]
+    pub existing_workspace_only: bool,
+    /// A file of publish secrets, as the CSI node plugin writes it (a JSON object with
+    /// `encryptionKey`, `accessKeyId`, `secretAccessKey`, each optional; 0600 in a 0700
+    /// directory): the workspace's key-encryption key (preferred over
+    /// `--encryption-key-file`) and the credentials of the workspace's own object store.
+    #[arg(long)]
+    pub secrets_file: Option<PathBuf>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -267,11 +281,13 @@ fn detach(args: &MountArgs) -> anyhow::Result<()> {
 }
 
 /// The front door's settings from the command line: `--path` is below the snapshot's folder
-/// when `--snapshot` is given, a missing workspace is created (encrypted with a key file).
-fn mount_spec(args: &MountArgs, state: &Path) -> anyhow::Result<MountSpec> {
-    let kek = match &args.encryption_key_file {
-        Some(path) => Some(Kek::from_file(path)?),
-        None => Kek::from_env()?,
+/// when `--snapshot` is given, a missing workspace is created (encrypted with a key file)
+/// unless `--existing-workspace-only`.
+fn mount_spec(args: &MountArgs, state: &Path, secrets: &PublishSecrets) -> anyhow::Result<MountSpec> {
+    let kek = match (secrets.kek(), &args.encryption_key_file) {
+        (Some(kek), _) => Some(kek.clone()),
+        (None, Some(path)) => Some(Kek::from_file(path)?),
+        (None, None) => Kek::from_env()?,
     };
     let target = MountTarget {
         workspace: args.storage.workspace.clone(),
@@ -294,16 +310,43 @@ fn mount_spec(args: &MountArgs, state: &Path) -> anyhow::Result<MountSpec> {
     spec.kek = kek;
     spec.actor = args.actor.clone();
     // A key file given at creation makes the workspace encrypted.
-    spec.create = Some(NewWorkspace {
+    spec.create = (!args.existing_workspace_only).then_some(NewWorkspace {
         block_size: args.block_size,
         encrypted: args.encryption_key_file.is_some(),
     });
     Ok(spec)
 }
 
+/// The object store of `workspace`: the one it records (with the credentials from the
+/// secrets, else the AWS default chain), else the node's (`--store`). A workspace that does
+/// not exist yet uses the node's: one created by this mount records none.
+async fn workspace_store(
+    storage: &StorageArgs,
+    meta: &drive::PgMetaStore,
+    workspace: &str,
+    secrets: &PublishSecrets,
+) -> anyhow::Result<Arc<dyn ChunkStore>> {
+    let location = match meta.get_workspace(workspace).await {
+        Ok(ws) => ws.object_store,
+        Err(e) if e.kind() == drive::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("read workspace {workspace}")),
+    };
+    let Some(location) = location else {
+        return storage.open_store().await;
+    };
+    let mut cfg = S3Config::at(&location);
+    cfg.credentials = secrets.credentials().cloned();
+    cfg.max_attempts = storage.s3_max_attempts;
+    Ok(Arc::new(S3ChunkStore::connect(&cfg).await))
+}
+
 async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()> {
     let state = args.storage.state_dir()?;
-    let spec = mount_spec(&args, &state)?;
+    let secrets = match &args.secrets_file {
+        Some(path) => PublishSecrets::read_file(path)?,
+        None => PublishSecrets::default(),
+    };
+    let spec = mount_spec(&args, &state, &secrets)?;
     let access_check: Option<AccessCheck> = args
         .access_check
         .as_deref()
@@ -311,7 +354,7 @@ async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()
         .transpose()
         .context("--access-check is not a valid access check")?;
     let meta = args.storage.meta().await?;
-    let store = args.storage.open_store().await?;
+    let store = workspace_store(&args.storage, &meta, &spec.target.workspace, &secrets).await?;
     let describe = store.describe();
     let OpenedMount {
         fs,

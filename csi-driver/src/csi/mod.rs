@@ -9,6 +9,7 @@ pub mod controller;
 pub mod identity;
 pub mod node;
 pub mod publish;
+pub mod secrets;
 pub mod server;
 pub mod token_review;
 pub mod validate;
@@ -142,6 +143,7 @@ mod tests {
             ("identity.rs", include_str!("identity.rs")),
             ("node.rs", include_str!("node.rs")),
             ("publish.rs", include_str!("publish.rs")),
+            ("secrets.rs", include_str!("secrets.rs")),
             ("server.rs", include_str!("server.rs")),
             ("validate.rs", include_str!("validate.rs")),
         ];

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use drive::data::Kek;
 use drive::model::Permission;
 use drive::mount::{MountPath, MountTarget, Resolved};
 use drive::ports::{Clock as _, SystemClock};
@@ -15,6 +16,7 @@ use super::proto::node_server::Node;
 use super::proto::node_service_capability::{Rpc, rpc::Type as RpcType};
 use super::proto::{self as csi, volume_usage::Unit};
 use super::publish::{MountSpec, PublishError, Publisher};
+use super::secrets::PublishSecrets;
 use super::{MetaSlot, meta_status, mount_status, observed, validate};
 use crate::metrics::CsiMetrics;
 
@@ -59,6 +61,8 @@ impl NodeService {
         validate::context_size(&req.volume_context)?;
         let attrs = VolumeAttributes::parse(&req.volume_context)?;
         let pod = PodIdentity::from_context(&req.volume_context)?;
+        let secrets =
+            PublishSecrets::parse(&req.secrets).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if pod.ephemeral && self.refuse_inline {
             return Err(Status::permission_denied(format!(
                 "{}: inline volumes are refused on this node; use a PersistentVolumeClaim",
@@ -138,6 +142,13 @@ impl NodeService {
             return Err(refusal(&pod, &workspace, &path));
         }
         let read_only = access == MountAccess::ReadOnly;
+        // An encrypted workspace needs its key: refused here, with the front door's code for a
+        // missing or wrong key, rather than as a mount process that fails to start. A key
+        // from the node's environment (one key for the node) still counts.
+        let node_kek = Kek::from_env().ok().flatten();
+        drive::mount::unlock(&resolved.workspace, secrets.kek().or(node_kek.as_ref()))
+            .map_err(|e| mount_status(&e))?;
+
         let spec = MountSpec {
             volume_id: volume_id.to_string(),
             workspace,
@@ -148,7 +159,7 @@ impl NodeService {
             access: check,
             actor: pod.actor(),
         };
-        self.publisher.publish(&target, spec).await?;
+        self.publisher.publish(&target, spec, &secrets).await?;
         self.metrics.mounts.set(self.publisher.count() as i64);
         Ok(csi::NodePublishVolumeResponse {})
     }
@@ -186,14 +197,27 @@ impl NodeService {
             path: MountPath::FromRoot(spec.path),
             snapshot: spec.snapshot,
         };
+        let resolved = match drive::mount::resolve(meta, &folder).await {
+            Ok(resolved) => resolved,
+            // Published, but what it shows is gone (the workspace was deleted): no usage to
+            // report, and the condition says why the mount cannot come back.
+            Err(e) if e.kind() == drive::ErrorKind::NotFound => {
+                return Ok(csi::NodeGetVolumeStatsResponse {
+                    usage: Vec::new(),
+                    volume_condition: Some(csi::VolumeCondition {
+                        abnormal: true,
+                        message: self.publisher.failure(&target).unwrap_or_else(|| e.to_string()),
+                    }),
+                });
+            }
+            Err(e) => return Err(mount_status(&e)),
+        };
         let Resolved {
             workspace: ws,
             view,
             root,
             ..
-        } = drive::mount::resolve(meta, &folder)
-            .await
-            .map_err(|e| mount_status(&e))?;
+        } = resolved;
         let usage = meta.usage(view, root.ino).await.map_err(|e| meta_status(&e))?;
         let total_bytes = ws.quota_bytes.unwrap_or(UNBOUNDED_BYTES).max(usage.bytes);
         let inodes = usage.files + usage.directories;
@@ -215,10 +239,10 @@ impl NodeService {
             ],
             volume_condition: Some(csi::VolumeCondition {
                 abnormal: !healthy,
-                message: if healthy {
-                    "mounted".into()
-                } else {
-                    "the mount process is not running; the node plugin restarts it".into()
+                message: match (healthy, self.publisher.failure(&target)) {
+                    (true, _) => "mounted".into(),
+                    (false, None) => "the mount process is not running; the node plugin restarts it".into(),
+                    (false, Some(failure)) => format!("the mount process is not running: {failure}"),
                 },
             }),
         })

@@ -6,6 +6,16 @@
 //! JSON file under the state directory; a restarted plugin reads them back and adopts the
 //! processes still serving (found by pid and command line), so unpublish keeps working. The
 //! supervisor restarts a mount whose process died while the volume is still published.
+//!
+//! A publication's secrets (its workspace's key-encryption key, its object store's
+//! credentials) reach the mount process through a file, `<state_dir>/csi-secrets/<key>.json`:
+//! the directory is 0700, the file is created 0600 with O_CREAT|O_EXCL (never widened and then
+//! narrowed), and only its path is in the command line; nothing secret is in argv or the
+//! environment, both of which other local users can read. A file rather than a pipe on
+//! stdin: the supervisor must be able to restart a mount after the plugin itself restarted
+//! (a DaemonSet upgrade, a crash), when no process holds the secrets in memory any more and
+//! kubelet does not send them again. The file lives while the volume is published and is
+//! removed at unpublish (or when the publish fails).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -22,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use drive::rules::access::AccessCheck;
 
+use super::secrets::PublishSecrets;
 use crate::mount_table::fuse_mounts_at;
 
 /// What one publication mounts.
@@ -58,6 +69,8 @@ struct Entry {
     /// When the supervisor may try again after a failed restart.
     retry_at: Instant,
     backoff: Duration,
+    /// Why the last restart failed; cleared when a restart succeeds.
+    failure: Option<String>,
 }
 
 /// How the node runs mounts.
@@ -69,7 +82,8 @@ pub struct PublisherConfig {
     /// (not flags: a metadata URL may hold a password, and command lines are public).
     /// `None` removes the variable.
     pub storage_env: Vec<(&'static str, Option<OsString>)>,
-    /// Records and mount logs live in `<state_dir>/csi-publications`.
+    /// Records and mount logs live in `<state_dir>/csi-publications`, publish secrets in
+    /// `<state_dir>/csi-secrets`.
     pub state_dir: PathBuf,
     /// Per-publication caches live in `<cache_dir>/<key>`.
     pub cache_dir: PathBuf,
@@ -100,6 +114,7 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> PublishE
 pub struct Publisher {
     cfg: PublisherConfig,
     records_dir: PathBuf,
+    secrets_dir: PathBuf,
     mounts: Mutex<HashMap<PathBuf, Entry>>,
     /// One lock per target path: publish, unpublish and supervision of a target never overlap.
     locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
@@ -110,6 +125,8 @@ impl Publisher {
     pub fn open(cfg: PublisherConfig) -> Result<Publisher, PublishError> {
         let records_dir = cfg.state_dir.join("csi-publications");
         std::fs::create_dir_all(&records_dir).map_err(io_err(format!("create {}", records_dir.display())))?;
+        let secrets_dir = cfg.state_dir.join("csi-secrets");
+        private_dir(&secrets_dir).map_err(io_err(format!("create {}", secrets_dir.display())))?;
         let mut mounts = HashMap::new();
         for entry in std::fs::read_dir(&records_dir).map_err(io_err("read the publication records"))? {
             let path = entry.map_err(io_err("read the publication records"))?.path();
@@ -142,12 +159,14 @@ impl Publisher {
                     child: None,
                     retry_at: Instant::now(),
                     backoff: Duration::from_millis(500),
+                    failure: None,
                 },
             );
         }
         Ok(Publisher {
             cfg,
             records_dir,
+            secrets_dir,
             mounts: Mutex::new(mounts),
             locks: Mutex::new(HashMap::new()),
         })
@@ -172,6 +191,47 @@ impl Publisher {
 
     fn log_path(&self, target: &Path) -> PathBuf {
         self.records_dir.join(format!("{}.log", Self::key(target)))
+    }
+
+    fn secrets_path(&self, target: &Path) -> PathBuf {
+        self.secrets_dir.join(format!("{}.json", Self::key(target)))
+    }
+
+    /// Writes the secrets file of `target` (replacing an older one), or removes it when there
+    /// are no secrets. Written under a temporary name created 0600 with O_EXCL, then renamed
+    /// into place, so the mount never reads half a file.
+    fn save_secrets(&self, target: &Path, secrets: &PublishSecrets) -> Result<(), PublishError> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = self.secrets_path(target);
+        if secrets.is_empty() {
+            return self.remove_secrets(target);
+        }
+        let tmp = path.with_extension("tmp");
+        let context = format!("write {}", tmp.display());
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(context)(e)),
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(context.clone()))?;
+        f.write_all(&secrets.to_file_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(io_err(context))?;
+        std::fs::rename(&tmp, &path).map_err(io_err(format!("rename {}", path.display())))
+    }
+
+    fn remove_secrets(&self, target: &Path) -> Result<(), PublishError> {
+        let path = self.secrets_path(target);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(format!("remove {}", path.display()))(e)),
+        }
     }
 
     fn cache_path(&self, target: &Path) -> PathBuf {
@@ -201,6 +261,15 @@ impl Publisher {
             .map(|e| e.record.spec.clone())
     }
 
+    /// Why the supervisor's last restart of `target`'s mount failed, while it keeps failing.
+    pub fn failure(&self, target: &Path) -> Option<String> {
+        self.mounts
+            .lock()
+            .unwrap()
+            .get(target)
+            .and_then(|e| e.failure.clone())
+    }
+
     /// Whether the mount process of `target` is running and its file system answers.
     pub fn healthy(&self, target: &Path) -> bool {
         let alive = self
@@ -217,9 +286,15 @@ impl Publisher {
         self.mounts.lock().unwrap().len()
     }
 
-    /// Mounts `spec` at `target`. Repeating a publish of the same spec is a no-op (and revives
-    /// a dead mount); another spec at the same target is a conflict.
-    pub async fn publish(&self, target: &Path, spec: MountSpec) -> Result<(), PublishError> {
+    /// Mounts `spec` at `target`, handing `secrets` to the mount process. Repeating a publish
+    /// of the same spec is a no-op (and revives a dead mount, with the secrets given now);
+    /// another spec at the same target is a conflict.
+    pub async fn publish(
+        &self,
+        target: &Path,
+        spec: MountSpec,
+        secrets: &PublishSecrets,
+    ) -> Result<(), PublishError> {
         let lock = self.lock_for(target);
         let _held = lock.lock().await;
         let existing = {
@@ -236,7 +311,10 @@ impl Publisher {
         };
         match existing {
             Some(true) if fuse_mounts_at(target) > 0 => return Ok(()),
-            Some(_) => return self.restart(target).await,
+            Some(_) => {
+                self.save_secrets(target, secrets)?;
+                return self.restart(target).await;
+            }
             None => {}
         }
         if fuse_mounts_at(target) > 0 {
@@ -256,7 +334,11 @@ impl Publisher {
             pid: 0,
         };
         self.save(&record)?;
-        match self.start(&record).await {
+        let started = match self.save_secrets(target, secrets) {
+            Ok(()) => self.start(&record).await,
+            Err(e) => Err(e),
+        };
+        match started {
             Ok(child) => {
                 record.pid = child.id();
                 self.save(&record)?;
@@ -267,11 +349,13 @@ impl Publisher {
                         child: Some(child),
                         retry_at: Instant::now(),
                         backoff: Duration::from_millis(500),
+                        failure: None,
                     },
                 );
                 Ok(())
             }
             Err(e) => {
+                let _ = self.remove_secrets(target);
                 let _ = std::fs::remove_file(self.record_path(target));
                 if created {
                     let _ = std::fs::remove_dir(target);
@@ -320,12 +404,19 @@ impl Publisher {
         if let Some(actor) = &spec.actor {
             cmd.arg("--actor").arg(actor);
         }
+        let secrets = self.secrets_path(target);
+        if secrets.exists() {
+            cmd.arg("--secrets-file").arg(secrets);
+        }
         cmd.arg("--cache-dir")
             .arg(self.cache_path(target))
             .arg("--cache-size")
             .arg(spec.cache_size.to_string())
             // Pods run as any uid; permissions are then checked from the mode bits.
             .arg("--allow-other")
+            // Workspaces are created by the operator or the controller, never by a mount: a
+            // restart after the workspace was deleted must fail, not re-create it.
+            .arg("--existing-workspace-only")
             .arg("--foreground")
             .arg(target);
         cmd.stdin(Stdio::null())
@@ -394,6 +485,7 @@ impl Publisher {
             e.record = record;
             e.child = Some(child);
             e.backoff = Duration::from_millis(500);
+            e.failure = None;
         }
         Ok(())
     }
@@ -443,6 +535,7 @@ impl Publisher {
             Err(e) => tracing::warn!(target = %target.display(), error = %e, "target path left in place"),
         }
         let _ = std::fs::remove_dir_all(self.cache_path(target));
+        self.remove_secrets(target)?;
         match std::fs::remove_file(self.record_path(target)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -485,6 +578,7 @@ impl Publisher {
             if let Err(e) = self.restart(&target).await {
                 tracing::error!(target = %target.display(), error = %e, "restart failed");
                 if let Some(entry) = self.mounts.lock().unwrap().get_mut(&target) {
+                    entry.failure = Some(e.to_string());
                     entry.retry_at = Instant::now() + entry.backoff;
                     entry.backoff = (entry.backoff * 2).min(Duration::from_secs(60));
                 }
@@ -546,6 +640,17 @@ async fn stop_process(pid: u32, target: &Path, timeout: Duration) {
     }
 }
 
+/// Creates `dir` readable by its owner only (0700); an existing one is narrowed to 0700.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// Lazily unmounts whatever is mounted at `target`.
 fn detach(target: &Path) {
     if let Err(e) = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
@@ -553,9 +658,20 @@ fn detach(target: &Path) {
     }
 }
 
-/// The last lines of a mount log, for error messages.
+/// What a mount log says about a failure, for error messages: the error a mount process
+/// exited with (the last "Error: " report, its causes, without a backtrace), else its last
+/// lines.
 fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().rev().take(3).collect();
-    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+    let lines: Vec<&str> = text.lines().collect();
+    let report = match lines.iter().rposition(|l| l.starts_with("Error: ")) {
+        Some(at) => lines[at..]
+            .iter()
+            .take_while(|l| !l.starts_with("Stack backtrace:"))
+            .map(|l| l.trim())
+            .filter(|l| !l.is_empty())
+            .collect(),
+        None => lines[lines.len().saturating_sub(3)..].to_vec(),
+    };
+    report.join(" | ")
 }

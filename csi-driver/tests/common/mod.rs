@@ -243,6 +243,11 @@ impl S3Storage {
         S3Storage::with(Storage::new()?, max_attempts)
     }
 
+    /// [`S3Storage::new`] for async tests.
+    pub async fn create(max_attempts: u32) -> anyhow::Result<S3Storage> {
+        S3Storage::with(Storage::create().await?, max_attempts)
+    }
+
     /// With its database on `pg` (a server of the test's own, e.g. one it stops).
     pub fn on(pg: &PgServer, max_attempts: u32) -> anyhow::Result<S3Storage> {
         S3Storage::with(Storage::on(pg)?, max_attempts)
@@ -415,7 +420,12 @@ impl Plugin {
     /// `serve` on `storage`. Without a Kubernetes API here, tests run it with
     /// `--authorization none` unless `extra` chooses (`--authorization`, `--kubeconfig`).
     pub async fn start(storage: &Storage, state: &Path, extra: &[&str]) -> anyhow::Result<Plugin> {
-        let mut args: Vec<String> = storage.args();
+        Plugin::start_on(storage, state, extra).await
+    }
+
+    /// [`Plugin::start`] over any storage (an S3 bucket as the node's store).
+    pub async fn start_on(backend: &dyn Backend, state: &Path, extra: &[&str]) -> anyhow::Result<Plugin> {
+        let mut args: Vec<String> = backend.storage_args();
         args.extend([
             "--state-dir".into(),
             state.display().to_string(),
@@ -526,25 +536,10 @@ impl Drop for Plugin {
     }
 }
 
-/// Test storage with a "default" workspace (folder volumes are created in it).
-pub async fn storage_with_default_workspace() -> anyhow::Result<Storage> {
-    drive_testkit::install_crypto_provider();
-    let storage = Storage::create().await?;
-    let meta = drive::PgMetaStore::connect(&drive::MetaConfig::new(storage.url.clone())).await?;
-    meta.create_workspace(
-        &drive::model::Actor::system("test"),
-        &drive::model::WorkspaceSpec::new("default", drive::model::WorkspaceKind::User),
-    )
-    .await?;
-    Ok(storage)
-}
-
-// Calls as kubelet makes them (csi_driver.rs, access.rs).
-
 use drive_csi::csi::proto::volume_capability::{AccessMode, AccessType, MountVolume, access_mode::Mode};
 use drive_csi::csi::proto::{self as csi, VolumeCapability};
-use tonic::Code;
 
+/// A mount capability with access mode `mode`.
 pub fn mount_cap(mode: Mode) -> VolumeCapability {
     VolumeCapability {
         access_type: Some(AccessType::Mount(MountVolume::default())),
@@ -552,6 +547,7 @@ pub fn mount_cap(mode: Mode) -> VolumeCapability {
     }
 }
 
+/// A NodePublishVolume of `volume` at `target` with volume context `ctx`.
 pub fn publish_req(volume: &str, target: &Path, ctx: &[(&str, &str)]) -> csi::NodePublishVolumeRequest {
     csi::NodePublishVolumeRequest {
         volume_id: volume.into(),
@@ -568,6 +564,23 @@ pub fn unpublish_req(volume: &str, target: &Path) -> csi::NodeUnpublishVolumeReq
         target_path: target.display().to_string(),
     }
 }
+
+/// Test storage with a "default" workspace (folder volumes are created in it).
+pub async fn storage_with_default_workspace() -> anyhow::Result<Storage> {
+    drive_testkit::install_crypto_provider();
+    let storage = Storage::create().await?;
+    let meta = drive::PgMetaStore::connect(&drive::MetaConfig::new(storage.url.clone())).await?;
+    meta.create_workspace(
+        &drive::model::Actor::system("test"),
+        &drive::model::WorkspaceSpec::new("default", drive::model::WorkspaceKind::User),
+    )
+    .await?;
+    Ok(storage)
+}
+
+// Calls as kubelet makes them (csi_driver.rs, access.rs).
+
+use tonic::Code;
 
 /// FUSE mounts exactly at `path`.
 pub fn mounts_at(path: &Path) -> usize {

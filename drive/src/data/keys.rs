@@ -59,7 +59,8 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn parse_hex(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 || !text.is_ascii() {
+    // Digits only: `from_str_radix` alone would take "+f" as a byte.
+    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; 32];
@@ -89,14 +90,25 @@ impl Kek {
             message,
         };
         let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        if let Ok(raw) = <[u8; 32]>::try_from(bytes.as_slice()) {
+        Kek::parse(&bytes).map_err(|e| err(e.to_string()))
+    }
+
+    /// Parses key material (a key file, a Secret's value): exactly 32 raw bytes, or 64 hex
+    /// digits (surrounding whitespace ignored). The error describes the shape, never the bytes.
+    pub fn parse(bytes: &[u8]) -> Result<Kek, KeyError> {
+        if let Ok(raw) = <[u8; 32]>::try_from(bytes) {
             return Ok(Kek(raw));
         }
-        std::str::from_utf8(&bytes)
+        std::str::from_utf8(bytes)
             .ok()
             .and_then(|t| parse_hex(t.trim()))
             .map(Kek)
-            .ok_or_else(|| err("expected 32 raw bytes or 64 hex digits".into()))
+            .ok_or_else(|| {
+                KeyError::Invalid(format!(
+                    "expected 32 raw bytes or 64 hex digits, found {} bytes",
+                    bytes.len()
+                ))
+            })
     }
 
     /// The KEK from [`KEK_ENV`], if set.

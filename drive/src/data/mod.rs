@@ -66,11 +66,7 @@ impl FromStr for StoreLocation {
         }
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            let valid_bucket = (3..=63).contains(&bucket.len())
-                && bucket
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-            if !valid_bucket {
+            if !crate::model::valid_bucket_name(bucket) {
                 return Err(err("bucket names are 3-63 characters of a-z, 0-9, '-' and '.'"));
             }
             return Ok(StoreLocation::S3 {

@@ -113,6 +113,17 @@ impl S3Config {
         })
     }
 
+    /// Defaults for a workspace's own bucket and prefix, with its endpoint and region.
+    pub fn at(location: &crate::model::ObjectStoreLocation) -> S3Config {
+        let mut cfg = S3Config::new(location.bucket.clone());
+        if let Some(endpoint) = &location.endpoint {
+            cfg = cfg.with_endpoint(endpoint.clone());
+        }
+        cfg.prefix.clone_from(&location.prefix);
+        cfg.region.clone_from(&location.region);
+        cfg
+    }
+
     /// A custom endpoint (MinIO, Ceph RGW, a local server): path-style, no upload checksums.
     pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> S3Config {
         self.endpoint = Some(endpoint.into());

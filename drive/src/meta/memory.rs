@@ -463,6 +463,7 @@ impl MetaStore for MemMetaStore {
                 wrapped_key: spec.wrapped_key.clone(),
                 quota_bytes: spec.quota_bytes,
                 owners: spec.owners.clone(),
+                object_store: spec.object_store.clone(),
                 created_at: now,
             };
             let mut tree = Tree::default();

@@ -9,11 +9,12 @@ use crate::error::MetaError;
 use crate::meta::rows::{execute, from_system_time, query, query_opt, record_event};
 use crate::meta::{PgMetaStore, in_txn};
 use crate::model::{
-    Actor, Epoch, NodeId, NodeKind, Usage, View, Workspace, WorkspaceId, WorkspaceKind, WorkspaceSpec,
+    Actor, Epoch, NodeId, NodeKind, ObjectStoreLocation, Usage, View, Workspace, WorkspaceId, WorkspaceKind,
+    WorkspaceSpec,
 };
 
-const WORKSPACE_COLUMNS: &str =
-    "id, name, kind, block_size, root_ino, epoch, wrapped_key, quota_bytes, owners, created_at";
+const WORKSPACE_COLUMNS: &str = "id, name, kind, block_size, root_ino, epoch, wrapped_key, quota_bytes, owners, \
+     created_at, store_bucket, store_prefix, store_endpoint, store_region";
 
 fn workspace_from_row(row: &Row) -> Result<Workspace, MetaError> {
     let kind: String = row.get(2);
@@ -32,6 +33,14 @@ fn workspace_from_row(row: &Row) -> Result<Workspace, MetaError> {
         quota_bytes: row.get::<_, Option<i64>>(7).map(|q| q as u64),
         owners: serde_json::from_value(owners).unwrap_or_default(),
         created_at: from_system_time(row.get::<_, SystemTime>(9)),
+        object_store: row
+            .get::<_, Option<String>>(10)
+            .map(|bucket| ObjectStoreLocation {
+                bucket,
+                prefix: row.get::<_, Option<String>>(11).unwrap_or_default(),
+                endpoint: row.get(12),
+                region: row.get(13),
+            }),
     })
 }
 
@@ -55,6 +64,7 @@ impl PgMetaStore {
         let id = WorkspaceId(uuid::Uuid::new_v4());
         let now = self.clock.now();
         let owners = serde_json::to_value(&spec.owners).map_err(|e| MetaError::Internal(e.to_string()))?;
+        let store = spec.object_store.as_ref();
         in_txn!(self, |tx| {
             async {
                 if query_opt(tx, "SELECT 1 FROM workspaces WHERE name = $1 AND deleted_at IS NULL", &[&spec.name])
@@ -67,8 +77,9 @@ impl PgMetaStore {
                 let root = root.ok_or_else(|| MetaError::Internal("nextval".into()))?;
                 execute(
                     tx,
-                    "INSERT INTO workspaces (id, name, kind, block_size, root_ino, wrapped_key, quota_bytes, owners) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    "INSERT INTO workspaces (id, name, kind, block_size, root_ino, wrapped_key, quota_bytes, owners, \
+                     store_bucket, store_prefix, store_endpoint, store_region) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                     &[
                         &id.0,
                         &spec.name,
@@ -78,6 +89,10 @@ impl PgMetaStore {
                         &spec.wrapped_key,
                         &spec.quota_bytes.map(|q| q as i64),
                         &owners,
+                        &store.map(|s| &s.bucket),
+                        &store.map(|s| &s.prefix),
+                        &store.and_then(|s| s.endpoint.as_ref()),
+                        &store.and_then(|s| s.region.as_ref()),
                     ],
                 )
                 .await?;

@@ -286,7 +286,34 @@ pub struct Workspace {
     pub wrapped_key: Option<Vec<u8>>,
     pub quota_bytes: Option<u64>,
     pub owners: Vec<String>,
+    /// Where its blocks live; the mounting node's default object store when `None`.
+    /// Recorded at creation and never changed (blocks already stored stay where they are).
+    pub object_store: Option<ObjectStoreLocation>,
     pub created_at: Timestamp,
+}
+
+/// An S3 bucket and prefix holding one workspace's blocks instead of the node's default
+/// store. Only the location: credentials are given to each mount (CSI publish secrets), never
+/// stored with the workspace. It is a property of the workspace, so what a pod asks for
+/// cannot send a shared workspace's writes elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectStoreLocation {
+    /// Bucket name ([`valid_bucket_name`]).
+    pub bucket: String,
+    /// Key prefix inside the bucket, without leading or trailing '/' ("" for none).
+    pub prefix: String,
+    /// S3-compatible endpoint URL (http or https); AWS when `None`.
+    pub endpoint: Option<String>,
+    /// Region of the bucket; from the environment, else us-east-1, when `None`.
+    pub region: Option<String>,
+}
+
+/// Whether `name` is a usable S3 bucket name: 3-63 characters of a-z, 0-9, '-' and '.'.
+pub fn valid_bucket_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
 }
 
 /// Parameters of a workspace to create.
@@ -298,6 +325,8 @@ pub struct WorkspaceSpec {
     pub wrapped_key: Option<Vec<u8>>,
     pub quota_bytes: Option<u64>,
     pub owners: Vec<String>,
+    /// Where its blocks live; `None` for the mounting node's default store.
+    pub object_store: Option<ObjectStoreLocation>,
 }
 
 /// Default block size: 4 MiB.
@@ -317,6 +346,7 @@ impl WorkspaceSpec {
             wrapped_key: None,
             quota_bytes: None,
             owners: Vec::new(),
+            object_store: None,
         }
     }
 }

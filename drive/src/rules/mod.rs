@@ -9,8 +9,8 @@
 
 use crate::error::MetaError;
 use crate::model::{
-    Attr, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, NewNode, NodeKind, Timestamp, WorkspaceSpec,
-    validate_workspace_name,
+    Attr, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, NewNode, NodeKind, ObjectStoreLocation, Timestamp, WorkspaceSpec,
+    valid_bucket_name, validate_workspace_name,
 };
 
 pub mod access;
@@ -18,7 +18,8 @@ pub mod blocks;
 pub mod rename;
 pub mod write_once;
 
-/// Refuses a workspace spec with a bad name or a block size out of range.
+/// Refuses a workspace spec with a bad name, a block size out of range or an unusable object
+/// store location.
 pub fn check_workspace_spec(spec: &WorkspaceSpec) -> Result<(), MetaError> {
     validate_workspace_name(&spec.name)?;
     if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&spec.block_size) {
@@ -26,6 +27,39 @@ pub fn check_workspace_spec(spec: &WorkspaceSpec) -> Result<(), MetaError> {
             "block size {} is outside {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE} bytes",
             spec.block_size
         )));
+    }
+    if let Some(location) = &spec.object_store {
+        check_object_store(location)?;
+    }
+    Ok(())
+}
+
+/// Longest object-store prefix a workspace may record.
+const MAX_STORE_PREFIX: usize = 512;
+
+fn check_object_store(location: &ObjectStoreLocation) -> Result<(), MetaError> {
+    let invalid = |what: String| Err(MetaError::InvalidArgument(format!("object store: {what}")));
+    if !valid_bucket_name(&location.bucket) {
+        return invalid(format!(
+            "bucket {:?} is not 3-63 characters of a-z, 0-9, '-' and '.'",
+            location.bucket
+        ));
+    }
+    let prefix = &location.prefix;
+    if prefix.len() > MAX_STORE_PREFIX
+        || prefix.starts_with('/')
+        || prefix.ends_with('/')
+        || prefix.split('/').any(|part| part == "." || part == "..")
+        || prefix.contains('\0')
+    {
+        return invalid(format!(
+            "prefix {prefix:?} must be at most {MAX_STORE_PREFIX} bytes, without leading or trailing '/', '.' or '..' parts"
+        ));
+    }
+    if let Some(endpoint) = &location.endpoint
+        && !(endpoint.starts_with("https://") || endpoint.starts_with("http://"))
+    {
+        return invalid(format!("endpoint {endpoint:?} is not an http(s) URL"));
     }
     Ok(())
 }
@@ -71,5 +105,45 @@ mod purity {
             include_str!("write_once.rs"),
         ];
         crate::model::assert_imports_pure("rules", &sources);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::WorkspaceKind;
+
+    fn with_store(bucket: &str, prefix: &str, endpoint: Option<&str>) -> WorkspaceSpec {
+        let mut spec = WorkspaceSpec::new("ws", WorkspaceKind::User);
+        spec.object_store = Some(ObjectStoreLocation {
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+            endpoint: endpoint.map(Into::into),
+            region: None,
+        });
+        spec
+    }
+
+    #[test]
+    fn object_store_locations_are_checked() {
+        for ok in [
+            with_store("tenant-a", "", None),
+            with_store("tenant-a", "studio/shot010", Some("https://s3.example.com")),
+            with_store("a.b-c", "x", Some("http://127.0.0.1:9000")),
+        ] {
+            assert!(check_workspace_spec(&ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            with_store("UPPER", "", None),
+            with_store("ab", "", None),
+            with_store("tenant-a", "/lead", None),
+            with_store("tenant-a", "trail/", None),
+            with_store("tenant-a", "a/../b", None),
+            with_store("tenant-a", &"p".repeat(513), None),
+            with_store("tenant-a", "", Some("ftp://host")),
+        ] {
+            let err = check_workspace_spec(&bad).expect_err("refused");
+            assert_eq!(err.kind(), crate::error::ErrorKind::InvalidArgument, "{bad:?}");
+        }
     }
 }

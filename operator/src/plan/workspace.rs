@@ -14,8 +14,8 @@ use super::{
     previous_ready_reason, store_name,
 };
 use crate::crd::conditions::{self, Desired, reason};
-use crate::crd::{DeletionPolicy, WorkspaceSpec, WorkspaceStatus, WorkspaceUsage};
-use crate::store::{NewWorkspace, Usage, WorkspaceChange, WorkspaceRecord};
+use crate::crd::{DeletionPolicy, ObjectStoreRef, WorkspaceSpec, WorkspaceStatus, WorkspaceUsage};
+use crate::store::{NewWorkspace, ObjectStoreLocation, Usage, WorkspaceChange, WorkspaceRecord};
 
 /// The resource being planned.
 #[derive(Debug, Clone, Copy)]
@@ -102,7 +102,20 @@ fn validate(input: &Input<'_>) -> Result<NewWorkspace, SpecError> {
         encrypted,
         quota_bytes: spec.quota_bytes,
         owners: spec.owners.clone(),
+        object_store: spec.object_store.as_ref().map(object_store_location),
     })
+}
+
+/// The location the store records for `spec.objectStore`: bucket, prefix (without leading or
+/// trailing '/'), endpoint and region. The credentials Secret is not recorded: mounts get
+/// credentials from their publish secrets.
+fn object_store_location(store: &ObjectStoreRef) -> ObjectStoreLocation {
+    ObjectStoreLocation {
+        bucket: store.bucket.clone(),
+        prefix: store.prefix.trim_matches('/').to_string(),
+        endpoint: store.endpoint.clone(),
+        region: store.region.clone(),
+    }
 }
 
 /// Immutable fields that differ between the store and the spec.
@@ -119,6 +132,9 @@ fn immutable_drift(want: &NewWorkspace, have: &WorkspaceRecord) -> Option<SpecEr
             "blockSizeBytes is {} in the store, {} in the spec",
             have.block_size, want.block_size
         ));
+    }
+    if want.object_store != have.object_store {
+        diffs.push("objectStore differs from the location recorded at creation".to_string());
     }
     if want.encrypted != have.encrypted {
         diffs.push(format!(

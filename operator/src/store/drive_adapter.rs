@@ -101,6 +101,7 @@ fn record(ws: model::Workspace) -> WorkspaceRecord {
         encrypted: ws.encrypted,
         quota_bytes: ws.quota_bytes,
         owners: ws.owners,
+        object_store: ws.object_store,
     }
 }
 
@@ -157,6 +158,7 @@ impl StudioStore for MetaStoreAdapter {
             wrapped_key,
             quota_bytes: ws.quota_bytes,
             owners: ws.owners.clone(),
+            object_store: ws.object_store.clone(),
         };
         self.0
             .create_workspace(&actor(), &spec)

@@ -130,6 +130,7 @@ impl StudioStore for MemoryStore {
             encrypted: ws.encrypted,
             quota_bytes: ws.quota_bytes,
             owners: ws.owners.clone(),
+            object_store: ws.object_store.clone(),
         };
         state.workspaces.insert(ws.name.clone(), record.clone());
         if let Some(wrapped) = wrapped_key {

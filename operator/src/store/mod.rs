@@ -17,6 +17,7 @@ pub mod memory;
 use std::future::Future;
 
 use drive::data::Kek;
+pub use drive::model::ObjectStoreLocation;
 use jiff::Timestamp;
 
 use crate::crd::{Permission, WorkspaceKind};
@@ -31,6 +32,8 @@ pub struct WorkspaceRecord {
     pub encrypted: bool,
     pub quota_bytes: Option<u64>,
     pub owners: Vec<String>,
+    /// Where its blocks live (`spec.objectStore` without credentials); immutable.
+    pub object_store: Option<ObjectStoreLocation>,
 }
 
 /// A workspace to create.
@@ -42,6 +45,7 @@ pub struct NewWorkspace {
     pub encrypted: bool,
     pub quota_bytes: Option<u64>,
     pub owners: Vec<String>,
+    pub object_store: Option<ObjectStoreLocation>,
 }
 
 /// Changes to a workspace's mutable fields; `None` leaves a field alone.
