@@ -592,14 +592,17 @@ pub(crate) fn statfs_figures(usage: Option<&WorkspaceUsage>) -> StatFs {
 mod statfs_tests {
     use super::*;
 
+    fn usage(bytes: u64, nodes: u64, quota_bytes: Option<u64>) -> WorkspaceUsage {
+        WorkspaceUsage {
+            bytes,
+            nodes,
+            quota_bytes,
+        }
+    }
+
     #[test]
     fn the_quota_is_the_capacity_and_the_counters_are_used() {
-        let usage = WorkspaceUsage {
-            bytes: 3 << 20,
-            nodes: 5,
-            quota_bytes: Some(8 << 20),
-        };
-        let s = statfs_figures(Some(&usage));
+        let s = statfs_figures(Some(&usage(3 << 20, 5, Some(8 << 20))));
         assert_eq!(s.blocks * u64::from(s.frsize), 8 << 20);
         assert_eq!((s.blocks - s.bfree) * u64::from(s.frsize), 3 << 20);
         assert_eq!(s.bavail, s.bfree);
@@ -608,12 +611,7 @@ mod statfs_tests {
 
     #[test]
     fn usage_above_a_lowered_quota_shows_a_full_file_system() {
-        let usage = WorkspaceUsage {
-            bytes: 9 << 20,
-            nodes: 1,
-            quota_bytes: Some(8 << 20),
-        };
-        let s = statfs_figures(Some(&usage));
+        let s = statfs_figures(Some(&usage(9 << 20, 1, Some(8 << 20))));
         assert_eq!(s.bfree, 0);
         assert_eq!(s.blocks * u64::from(s.frsize), 8 << 20);
     }
@@ -623,11 +621,6 @@ mod statfs_tests {
         let s = statfs_figures(None);
         assert_eq!(s.blocks * u64::from(s.frsize), 1 << 50);
         assert_eq!(s.bfree, s.blocks);
-        let used = WorkspaceUsage {
-            bytes: 4096,
-            nodes: 1,
-            quota_bytes: None,
-        };
-        assert_eq!(statfs_figures(Some(&used)).bfree, s.blocks - 1);
+        assert_eq!(statfs_figures(Some(&usage(4096, 1, None))).bfree, s.blocks - 1);
     }
 }

@@ -106,23 +106,12 @@ pub fn write_exceeds(headroom: Option<u64>, committed_size: u64, current_size: u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{NodeId, Timestamp};
+    use crate::model::test_attr;
 
     fn attr(kind: NodeKind, size: u64, nlink: u32) -> Attr {
         Attr {
-            ino: NodeId(7),
-            kind,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            size,
             nlink,
-            atime: Timestamp(0),
-            mtime: Timestamp(0),
-            ctime: Timestamp(0),
-            crtime: Timestamp(0),
-            rdev: 0,
-            content_version: 0,
+            ..test_attr(7, kind, 0o644, 0, 0, size)
         }
     }
 
