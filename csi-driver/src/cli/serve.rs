@@ -48,6 +48,14 @@ pub struct ServeArgs {
     /// otherwise (default 10 GiB; 0 turns caching off).
     #[arg(long, env = "STUDIODRIVE_CACHE_SIZE")]
     pub cache_size: Option<u64>,
+    /// The most block-cache bytes one published volume gets: a larger `cacheSize` attribute
+    /// (or default) is cut to this, with a log line (default: no maximum).
+    #[arg(long, env = "STUDIODRIVE_MAX_CACHE_SIZE")]
+    pub max_cache_size: Option<u64>,
+    /// Each volume's cache yields while its file system has less than this fraction free
+    /// (default 0.15, above kubelet's 10% eviction threshold).
+    #[arg(long, env = "STUDIODRIVE_CACHE_MIN_FREE")]
+    pub cache_min_free: Option<f64>,
     /// Refuse (PERMISSION_DENIED) publishes without a service-account token for this
     /// audience (set CSIDriver tokenRequests to match).
     #[arg(long, env = "STUDIODRIVE_REQUIRE_TOKEN_AUDIENCE")]
@@ -64,6 +72,8 @@ struct ConfigFile {
     metrics_addr: Option<SocketAddr>,
     cache_dir: Option<PathBuf>,
     cache_size: Option<u64>,
+    max_cache_size: Option<u64>,
+    cache_min_free: Option<f64>,
     require_token_audience: Option<String>,
     state_dir: Option<PathBuf>,
     metadata_url: Option<String>,
@@ -93,6 +103,8 @@ impl ServeArgs {
         fill(&mut self.metrics_addr, file.metrics_addr);
         fill(&mut self.cache_dir, file.cache_dir);
         fill(&mut self.cache_size, file.cache_size);
+        fill(&mut self.max_cache_size, file.max_cache_size);
+        fill(&mut self.cache_min_free, file.cache_min_free);
         fill(&mut self.require_token_audience, file.require_token_audience);
         let s = &mut self.storage;
         fill(&mut s.state_dir, file.state_dir);
@@ -107,6 +119,14 @@ impl ServeArgs {
             s.s3_max_attempts = n;
         }
         Ok(())
+    }
+}
+
+impl ServeArgs {
+    /// The free-space floor of the volumes' caches (given, or the cache's default).
+    fn cache_min_free(&self) -> f64 {
+        self.cache_min_free
+            .unwrap_or(drive::cache::DEFAULT_MIN_FREE_RATIO)
     }
 }
 
@@ -187,6 +207,7 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
                 .cache_dir
                 .clone()
                 .unwrap_or_else(|| state_dir.join("csi-cache")),
+            cache_min_free: args.cache_min_free(),
             mount_timeout: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(30),
         })?);
@@ -209,6 +230,7 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
             authorizer,
             metrics: metrics.clone(),
             default_cache_size: args.cache_size.unwrap_or(10 << 30),
+            max_cache_size: args.max_cache_size,
         })
     } else {
         None
@@ -239,4 +261,47 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     tasks.close();
     tasks.wait().await;
     served.context("CSI server")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServeArgs;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        use clap::Parser as _;
+        Cli::try_parse_from(args).unwrap().serve
+    }
+
+    #[test]
+    fn cache_floor_defaults_to_15_percent_and_the_maximum_to_none() {
+        let args = parse(&["serve"]);
+        assert_eq!(args.cache_min_free(), 0.15);
+        assert_eq!(args.max_cache_size, None);
+        let args = parse(&[
+            "serve",
+            "--cache-min-free",
+            "0.2",
+            "--max-cache-size",
+            "1073741824",
+        ]);
+        assert_eq!(args.cache_min_free(), 0.2);
+        assert_eq!(args.max_cache_size, Some(1 << 30));
+    }
+
+    #[test]
+    fn cache_limits_come_from_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve.toml");
+        std::fs::write(&path, "max-cache-size = 1073741824\ncache-min-free = 0.25\n").unwrap();
+        let mut args = parse(&["serve", "--config", path.to_str().unwrap()]);
+        args.merge_config().unwrap();
+        assert_eq!(args.max_cache_size, Some(1 << 30));
+        assert_eq!(args.cache_min_free(), 0.25);
+    }
 }

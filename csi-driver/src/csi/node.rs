@@ -6,7 +6,7 @@ use std::sync::Arc;
 use drive::mount::{MountPath, MountTarget, Resolved};
 use tonic::{Request, Response, Status};
 
-use super::attributes::VolumeAttributes;
+use super::attributes::{VolumeAttributes, volume_cache_size};
 use super::auth::{AccessRequest, Authorizer, PodIdentity};
 use super::proto::node_server::Node;
 use super::proto::node_service_capability::{Rpc, rpc::Type as RpcType};
@@ -28,6 +28,8 @@ pub struct NodeService {
     pub metrics: Arc<CsiMetrics>,
     /// Cache bytes per volume unless its attributes say otherwise.
     pub default_cache_size: u64,
+    /// The most cache bytes a volume gets, whatever its attributes ask for.
+    pub max_cache_size: Option<u64>,
 }
 
 impl From<PublishError> for Status {
@@ -93,7 +95,12 @@ impl NodeService {
             path,
             snapshot: attrs.snapshot,
             read_only,
-            cache_size: attrs.cache_size.unwrap_or(self.default_cache_size),
+            cache_size: volume_cache_size(
+                volume_id,
+                attrs.cache_size,
+                self.default_cache_size,
+                self.max_cache_size,
+            ),
         };
         self.publisher.publish(&target, spec).await?;
         self.metrics.mounts.set(self.publisher.count() as i64);
@@ -141,16 +148,22 @@ impl NodeService {
         } = drive::mount::resolve(meta, &folder)
             .await
             .map_err(|e| mount_status(&e))?;
-        let usage = meta.usage(view, root.ino).await.map_err(|e| meta_status(&e))?;
-        let total_bytes = ws.quota_bytes.unwrap_or(UNBOUNDED_BYTES).max(usage.bytes);
-        let inodes = usage.files + usage.directories;
+        let (used_bytes, inodes, quota) = if view == drive::model::View::Live && root.ino == ws.root {
+            // The whole workspace: its usage counters, no walk of the tree.
+            let u = meta.workspace_usage(ws.id).await.map_err(|e| meta_status(&e))?;
+            (u.bytes, u.nodes, u.quota_bytes)
+        } else {
+            let u = meta.usage(view, root.ino).await.map_err(|e| meta_status(&e))?;
+            (u.bytes, u.files + u.directories, ws.quota_bytes)
+        };
+        let total_bytes = quota.unwrap_or(UNBOUNDED_BYTES).max(used_bytes);
         let healthy = self.publisher.healthy(&target);
         Ok(csi::NodeGetVolumeStatsResponse {
             usage: vec![
                 csi::VolumeUsage {
-                    available: (total_bytes - usage.bytes) as i64,
+                    available: (total_bytes - used_bytes) as i64,
                     total: total_bytes as i64,
-                    used: usage.bytes as i64,
+                    used: used_bytes as i64,
                     unit: Unit::Bytes as i32,
                 },
                 csi::VolumeUsage {
