@@ -56,6 +56,7 @@ pub fn errno(e: &FsError) -> Errno {
         FsErrorKind::TooBig => Errno::from_i32(libc::EFBIG),
         FsErrorKind::Io => Errno::EIO,
         FsErrorKind::NoSpace => Errno::ENOSPC,
+        FsErrorKind::QuotaExceeded => Errno::EDQUOT,
         FsErrorKind::Busy => Errno::from_i32(libc::EAGAIN),
     }
 }

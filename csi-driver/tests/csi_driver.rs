@@ -1196,3 +1196,60 @@ async fn volume_condition_is_abnormal_while_the_mount_process_is_down() -> anyho
     assert_eq!(mounts_at(&target), 0);
     Ok(())
 }
+
+/// A whole-workspace volume: NodeGetVolumeStats reports its quota (the requested capacity) as
+/// the total and the workspace's usage counters as used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workspace_volume_stats_are_its_quota_and_counters() -> anyhow::Result<()> {
+    let storage = common::Storage::create().await?;
+    let state = tempfile::tempdir()?;
+    let pods = tempfile::tempdir()?;
+    let plugin = Plugin::start(&storage, state.path(), &[]).await?;
+    plugin
+        .controller()
+        .create_volume(csi::CreateVolumeRequest {
+            name: "pvc-ws".into(),
+            volume_capabilities: vec![mount_cap(Mode::MultiNodeMultiWriter)],
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: 64 << 20,
+                limit_bytes: 0,
+            }),
+            parameters: [("placement".to_string(), "workspace".to_string())].into(),
+            ..Default::default()
+        })
+        .await?;
+    let target = pods.path().join("w");
+    plugin
+        .node()
+        .node_publish_volume(publish_req("pvc-ws", &target, &[]))
+        .await?;
+    std::fs::create_dir(target.join("plates"))?;
+    for i in 0..3 {
+        std::fs::write(target.join(format!("plates/p{i}.dpx")), vec![1u8; 1000 * (i + 1)])?;
+    }
+    std::fs::hard_link(target.join("plates/p0.dpx"), target.join("p0-again.dpx"))?;
+    let r = plugin
+        .node()
+        .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+            volume_id: "pvc-ws".into(),
+            volume_path: target.display().to_string(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let find = |unit: csi::volume_usage::Unit| {
+        let u = r.usage.iter().find(|u| u.unit == unit as i32).unwrap();
+        (u.total, u.used, u.available)
+    };
+    // A hard link is one inode: its bytes count once.
+    assert_eq!(
+        find(csi::volume_usage::Unit::Bytes),
+        (64 << 20, 6000, (64 << 20) - 6000)
+    );
+    assert_eq!(find(csi::volume_usage::Unit::Inodes).1, 4);
+    plugin
+        .node()
+        .node_unpublish_volume(unpublish_req("pvc-ws", &target))
+        .await?;
+    Ok(())
+}

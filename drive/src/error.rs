@@ -16,6 +16,8 @@ pub enum ErrorKind {
     InvalidArgument,
     ReadOnly,
     PermissionDenied,
+    /// The change would take the workspace above its quota.
+    QuotaExceeded,
     Conflict,
     Unavailable,
     Internal,
@@ -34,6 +36,7 @@ impl ErrorKind {
             ErrorKind::NameTooLong => libc::ENAMETOOLONG,
             ErrorKind::ReadOnly => libc::EROFS,
             ErrorKind::PermissionDenied => libc::EPERM,
+            ErrorKind::QuotaExceeded => libc::EDQUOT,
             ErrorKind::Conflict => libc::EAGAIN,
             ErrorKind::Unavailable | ErrorKind::Internal => libc::EIO,
         }
@@ -52,6 +55,7 @@ impl ErrorKind {
             ErrorKind::InvalidArgument => "invalid_argument",
             ErrorKind::ReadOnly => "read_only",
             ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::QuotaExceeded => "quota_exceeded",
             ErrorKind::Conflict => "conflict",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Internal => "internal",
@@ -80,6 +84,8 @@ pub enum MetaError {
     ReadOnly(String),
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
     #[error("conflict: {0}")]
     Conflict(String),
     /// A SERIALIZABLE transaction lost to a concurrent one (SQLSTATE 40001 or 40P01): the
@@ -120,6 +126,7 @@ impl MetaError {
             MetaError::InvalidArgument(_) => ErrorKind::InvalidArgument,
             MetaError::ReadOnly(_) => ErrorKind::ReadOnly,
             MetaError::PermissionDenied(_) => ErrorKind::PermissionDenied,
+            MetaError::QuotaExceeded(_) => ErrorKind::QuotaExceeded,
             MetaError::Conflict(_) | MetaError::SerializationFailure(_) => ErrorKind::Conflict,
             MetaError::Unavailable { .. } => ErrorKind::Unavailable,
             MetaError::Database { .. } | MetaError::Internal(_) => ErrorKind::Internal,

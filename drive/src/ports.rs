@@ -19,7 +19,7 @@ use crate::meta::xattrs::XattrMode;
 use crate::meta::{BlockChange, FileBlock, FileLock, InitialContent, QueuedUnlink};
 use crate::model::{
     Actor, Attr, DirEntryPlus, FrameSequence, Name, NewNode, NodeId, RenameMode, SetAttr, Snapshot,
-    Timestamp, View, Workspace, WorkspaceId, WorkspaceSpec,
+    Timestamp, View, Workspace, WorkspaceId, WorkspaceSpec, WorkspaceUsage,
 };
 
 /// The metadata store as the file system and the data path use it. Cloning is cheap (a
@@ -54,6 +54,14 @@ pub trait MetaStore: Clone + Send + Sync + std::fmt::Debug + 'static {
         ws: WorkspaceId,
         name: &str,
     ) -> impl Future<Output = Result<Snapshot, MetaError>> + Send;
+
+    /// What the live tree of `ws` uses (bytes of its files, each inode once; nodes below the
+    /// root) and its quota, from counters kept by the mutations themselves: no walk of the
+    /// tree. Snapshots are not charged.
+    fn workspace_usage(
+        &self,
+        ws: WorkspaceId,
+    ) -> impl Future<Output = Result<WorkspaceUsage, MetaError>> + Send;
 
     /// The node at `path` of `ws`'s live tree.
     fn resolve(&self, ws: WorkspaceId, path: &str) -> impl Future<Output = Result<Attr, MetaError>> + Send;

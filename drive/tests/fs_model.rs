@@ -2,7 +2,8 @@
 //! truncates, mkdirs, renames, links, unlinks, rmdirs, snapshots and remounts run against
 //! `DriveFs` and against a plain in-memory model of a POSIX tree. Each operation must succeed
 //! in both or fail in both with the same error kind; after every step the live tree (paths,
-//! kinds, sizes, link counts, which paths are one node) must match, and after the last step
+//! kinds, sizes, link counts, which paths are one node) must match, and so must the store's
+//! usage counters (bytes of files, each node once, and nodes), and after the last step
 //! also every file's bytes and every snapshot's tree.
 //!
 //! The same cases run over the in-memory metadata store (`MemMetaStore`, many cases) and over
@@ -216,6 +217,20 @@ impl Model {
             }
             MNode::File(_) => self.entries.values().filter(|n| **n == node).count() as u32,
         }
+    }
+
+    /// What the usage counters should say: bytes of the files (each node once, however
+    /// many names it has) and the number of nodes below the root.
+    fn usage(&self) -> (u64, u64) {
+        let nodes: BTreeSet<u64> = self.paths().into_iter().skip(1).map(|(_, n)| n).collect();
+        let bytes = nodes
+            .iter()
+            .map(|n| match &self.nodes[n] {
+                MNode::File(data) => data.len() as u64,
+                MNode::Dir => 0,
+            })
+            .sum();
+        (bytes, nodes.len() as u64)
     }
 
     fn add(&mut self, dir: u64, name: &str, node: MNode) -> Outcome {
@@ -733,6 +748,21 @@ impl<M: MetaStore> Rig<M> {
                 "live tree differs:\n  model:  {}\n  engine: {}",
                 brief(&want),
                 brief(&got)
+            ));
+        }
+        // The store's usage counters against the model's tree, once this mount's queued
+        // removals have landed.
+        self.fs.fsyncdir().await.map_err(|e| format!("fsyncdir: {e}"))?;
+        let usage = self
+            .meta
+            .workspace_usage(self.ws.id)
+            .await
+            .map_err(|e| format!("workspace_usage: {e}"))?;
+        let want = model.usage();
+        if (usage.bytes, usage.nodes) != want {
+            return Err(format!(
+                "usage counters (bytes, nodes): store {:?}, model {want:?}",
+                (usage.bytes, usage.nodes)
             ));
         }
         if contents {

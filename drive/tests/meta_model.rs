@@ -4,8 +4,9 @@
 //! the workspace or of a folder) must equal the model's: for every path, its kind, its node
 //! (hard links are one node, a copy is a new one, a snapshot shows the node the live tree
 //! had), mode, owner, size, content version and link count. After the last step, also the
-//! list of snapshots (name, path, root, epoch) and the usage totals of every view. A quarter
-//! of the cases run in a write-once project workspace.
+//! list of snapshots (name, path, root, epoch) and the usage totals of every view. The
+//! workspace's usage counters (kept by the mutations) must match the model after every
+//! step. A quarter of the cases run in a write-once project workspace.
 //!
 //! Reproducible: cases come from proptest's ChaCha generator with a fixed seed, printed when
 //! the test starts and on failure. `META_MODEL_SEED=<u64>` (or `random`) explores other cases
@@ -625,6 +626,23 @@ impl Model {
         u
     }
 
+    /// What the workspace's usage counters should say: bytes of the files that have a link,
+    /// each node once however many names it has, and the number of linked nodes besides the
+    /// root (a folder deleted whole leaves what was below it linked until the purge).
+    fn counters(&self) -> (u64, u64) {
+        let linked = self.nodes.iter().filter(|(id, n)| {
+            **id != 0
+                && match n.is_dir() {
+                    true => !n.removed,
+                    false => n.links > 0,
+                }
+        });
+        linked.fold((0, 0), |(bytes, nodes), (_, n)| {
+            let size = if n.kind == NodeKind::File { n.size } else { 0 };
+            (bytes + size, nodes + 1)
+        })
+    }
+
     /// What the tree under `root` should show.
     fn tree(&self, root: u64) -> Tree {
         self.paths_from(root)
@@ -1142,6 +1160,20 @@ impl Harness {
             }
         };
         let mut live_d = diff(&self.model.tree(0), &self.seen_tree(&live));
+        let counted = self
+            .store
+            .workspace_usage(self.ws.id)
+            .await
+            .expect("workspace usage");
+        if (counted.bytes, counted.nodes) != self.model.counters() {
+            writeln!(
+                live_d,
+                "  usage counters (bytes, nodes): store {:?}, model {:?}",
+                (counted.bytes, counted.nodes),
+                self.model.counters()
+            )
+            .unwrap();
+        }
         if last {
             let (got, want) = (
                 self.store.usage(View::Live, self.ws.root).await.expect("usage"),

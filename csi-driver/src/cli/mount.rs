@@ -50,8 +50,9 @@ pub struct MountArgs {
     #[arg(long, default_value_t = 128 << 20)]
     pub memory_cache_size: u64,
     /// Evict cached blocks while the cache's file system has less than this fraction free
-    /// (as `df` counts it: 100% minus its Use%).
-    #[arg(long, default_value_t = 0.1)]
+    /// (as `df` counts it: 100% minus its Use%). The default, 0.15, stays above kubelet's
+    /// 10% eviction threshold.
+    #[arg(long, env = "STUDIODRIVE_CACHE_MIN_FREE", default_value_t = drive::cache::DEFAULT_MIN_FREE_RATIO)]
     pub cache_min_free: f64,
     /// Block size of a workspace created by this command (1-64 MiB).
     #[arg(long, default_value_t = drive::model::DEFAULT_BLOCK_SIZE)]
@@ -555,6 +556,10 @@ mod tests {
         assert_eq!(
             args.read_buffer_size, defaults.read_buffer_bytes,
             "one default, two places"
+        );
+        assert_eq!(
+            args.cache_min_free, 0.15,
+            "the cache's free-space floor stays above kubelet's 10%"
         );
         let blocks = args.block_memory(u64::from(drive::model::DEFAULT_BLOCK_SIZE), defaults.max_uploads);
         assert_eq!(blocks, (128 + 128 + 16 * 8) << 20);

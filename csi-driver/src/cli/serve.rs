@@ -65,6 +65,14 @@ pub struct ServeArgs {
     /// Refuse inline (ephemeral) volumes: pods then get volumes only through claims.
     #[arg(long, env = "STUDIODRIVE_REFUSE_INLINE_VOLUMES")]
     pub refuse_inline_volumes: Option<bool>,
+    /// The most block-cache bytes one published volume gets: a larger `cacheSize` attribute
+    /// (or default) is cut to this, with a log line (default: no maximum).
+    #[arg(long, env = "STUDIODRIVE_MAX_CACHE_SIZE")]
+    pub max_cache_size: Option<u64>,
+    /// Each volume's cache yields while its file system has less than this fraction free
+    /// (default 0.15, above kubelet's 10% eviction threshold).
+    #[arg(long, env = "STUDIODRIVE_CACHE_MIN_FREE")]
+    pub cache_min_free: Option<f64>,
 }
 
 /// How publishes are authorized.
@@ -94,6 +102,8 @@ struct ConfigFile {
     token_audience: Option<String>,
     kubeconfig: Option<PathBuf>,
     refuse_inline_volumes: Option<bool>,
+    max_cache_size: Option<u64>,
+    cache_min_free: Option<f64>,
     state_dir: Option<PathBuf>,
     metadata_url: Option<String>,
     store: Option<String>,
@@ -126,6 +136,8 @@ impl ServeArgs {
         fill(&mut self.token_audience, file.token_audience);
         fill(&mut self.kubeconfig, file.kubeconfig);
         fill(&mut self.refuse_inline_volumes, file.refuse_inline_volumes);
+        fill(&mut self.max_cache_size, file.max_cache_size);
+        fill(&mut self.cache_min_free, file.cache_min_free);
         let s = &mut self.storage;
         fill(&mut s.state_dir, file.state_dir);
         fill(&mut s.metadata_url, file.metadata_url);
@@ -139,6 +151,14 @@ impl ServeArgs {
             s.s3_max_attempts = n;
         }
         Ok(())
+    }
+}
+
+impl ServeArgs {
+    /// The free-space floor of the volumes' caches (given, or the cache's default).
+    fn cache_min_free(&self) -> f64 {
+        self.cache_min_free
+            .unwrap_or(drive::cache::DEFAULT_MIN_FREE_RATIO)
     }
 }
 
@@ -219,6 +239,7 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
                 .cache_dir
                 .clone()
                 .unwrap_or_else(|| state_dir.join("csi-cache")),
+            cache_min_free: args.cache_min_free(),
             mount_timeout: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(30),
         })?);
@@ -246,6 +267,7 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
             refuse_inline: args.refuse_inline_volumes.unwrap_or(false),
             metrics: metrics.clone(),
             default_cache_size: args.cache_size.unwrap_or(10 << 30),
+            max_cache_size: args.max_cache_size,
         })
     } else {
         None
@@ -315,5 +337,48 @@ async fn authenticator(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServeArgs;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        use clap::Parser as _;
+        Cli::try_parse_from(args).unwrap().serve
+    }
+
+    #[test]
+    fn cache_floor_defaults_to_15_percent_and_the_maximum_to_none() {
+        let args = parse(&["serve"]);
+        assert_eq!(args.cache_min_free(), 0.15);
+        assert_eq!(args.max_cache_size, None);
+        let args = parse(&[
+            "serve",
+            "--cache-min-free",
+            "0.2",
+            "--max-cache-size",
+            "1073741824",
+        ]);
+        assert_eq!(args.cache_min_free(), 0.2);
+        assert_eq!(args.max_cache_size, Some(1 << 30));
+    }
+
+    #[test]
+    fn cache_limits_come_from_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve.toml");
+        std::fs::write(&path, "max-cache-size = 1073741824\ncache-min-free = 0.25\n").unwrap();
+        let mut args = parse(&["serve", "--config", path.to_str().unwrap()]);
+        args.merge_config().unwrap();
+        assert_eq!(args.max_cache_size, Some(1 << 30));
+        assert_eq!(args.cache_min_free(), 0.25);
     }
 }

@@ -64,6 +64,29 @@ impl VolumeAttributes {
     }
 }
 
+/// The cache bytes of a volume: what its `cacheSize` attribute asks for (or the node's
+/// default), at most the admin's maximum (`serve --max-cache-size`). Pure; see
+/// [`volume_cache_size`] for the logging form the node service uses.
+pub fn clamp_cache_size(requested: u64, max: Option<u64>) -> u64 {
+    max.map_or(requested, |max| requested.min(max))
+}
+
+/// [`clamp_cache_size`] of the attribute's request (or `default`), logged at info when the
+/// maximum cut it.
+pub fn volume_cache_size(volume_id: &str, requested: Option<u64>, default: u64, max: Option<u64>) -> u64 {
+    let asked = requested.unwrap_or(default);
+    let granted = clamp_cache_size(asked, max);
+    if granted < asked {
+        tracing::info!(
+            volume_id,
+            asked,
+            granted,
+            "volume cache size clamped to the node's maximum"
+        );
+    }
+    granted
+}
+
 /// A folder path as the workspace sees it, checked by the store's own parser
 /// ([`drive::model::WorkspacePath`]): absolute, valid names (no NUL, no "." or ".." parts).
 /// Returns the canonical form.
@@ -187,6 +210,21 @@ impl ProvisionParameters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_size_is_clamped_to_the_admin_maximum() {
+        assert_eq!(clamp_cache_size(50 << 30, Some(20 << 30)), 20 << 30);
+        assert_eq!(clamp_cache_size(5 << 30, Some(20 << 30)), 5 << 30);
+        assert_eq!(
+            clamp_cache_size(0, Some(20 << 30)),
+            0,
+            "0 still turns the cache off"
+        );
+        assert_eq!(clamp_cache_size(50 << 30, None), 50 << 30);
+        // The node's default is clamped like an attribute.
+        assert_eq!(volume_cache_size("v", None, 10 << 30, Some(1 << 30)), 1 << 30);
+        assert_eq!(volume_cache_size("v", Some(2 << 30), 10 << 30, None), 2 << 30);
+    }
 
     fn ctx(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs

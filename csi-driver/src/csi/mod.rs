@@ -81,6 +81,7 @@ fn code_for(kind: ErrorKind) -> Code {
         ErrorKind::InvalidName | ErrorKind::NameTooLong | ErrorKind::InvalidArgument => Code::InvalidArgument,
         ErrorKind::NotADirectory | ErrorKind::IsADirectory | ErrorKind::NotEmpty => Code::FailedPrecondition,
         ErrorKind::ReadOnly | ErrorKind::PermissionDenied => Code::PermissionDenied,
+        ErrorKind::QuotaExceeded => Code::ResourceExhausted,
         ErrorKind::Conflict => Code::Aborted,
         ErrorKind::Unavailable => Code::Unavailable,
         ErrorKind::Internal => Code::Internal,

@@ -10,7 +10,7 @@ use drive::ports::{Clock as _, SystemClock};
 use drive::rules::access::{AccessCheck, MountAccess, holds_any, may_learn_absence};
 use tonic::{Request, Response, Status};
 
-use super::attributes::VolumeAttributes;
+use super::attributes::{VolumeAttributes, volume_cache_size};
 use super::auth::{Authenticator, PodIdentity};
 use super::proto::node_server::Node;
 use super::proto::node_service_capability::{Rpc, rpc::Type as RpcType};
@@ -38,6 +38,8 @@ pub struct NodeService {
     pub metrics: Arc<CsiMetrics>,
     /// Cache bytes per volume unless its attributes say otherwise.
     pub default_cache_size: u64,
+    /// The most cache bytes a volume gets, whatever its attributes ask for.
+    pub max_cache_size: Option<u64>,
 }
 
 impl From<PublishError> for Status {
@@ -155,7 +157,12 @@ impl NodeService {
             path: resolved.path,
             snapshot: attrs.snapshot,
             read_only,
-            cache_size: attrs.cache_size.unwrap_or(self.default_cache_size),
+            cache_size: volume_cache_size(
+                volume_id,
+                attrs.cache_size,
+                self.default_cache_size,
+                self.max_cache_size,
+            ),
             access: check,
             actor: pod.actor(),
         };
@@ -218,16 +225,22 @@ impl NodeService {
             root,
             ..
         } = resolved;
-        let usage = meta.usage(view, root.ino).await.map_err(|e| meta_status(&e))?;
-        let total_bytes = ws.quota_bytes.unwrap_or(UNBOUNDED_BYTES).max(usage.bytes);
-        let inodes = usage.files + usage.directories;
+        let (used_bytes, inodes, quota) = if view == drive::model::View::Live && root.ino == ws.root {
+            // The whole workspace: its usage counters, no walk of the tree.
+            let u = meta.workspace_usage(ws.id).await.map_err(|e| meta_status(&e))?;
+            (u.bytes, u.nodes, u.quota_bytes)
+        } else {
+            let u = meta.usage(view, root.ino).await.map_err(|e| meta_status(&e))?;
+            (u.bytes, u.files + u.directories, ws.quota_bytes)
+        };
+        let total_bytes = quota.unwrap_or(UNBOUNDED_BYTES).max(used_bytes);
         let healthy = self.publisher.healthy(&target);
         Ok(csi::NodeGetVolumeStatsResponse {
             usage: vec![
                 csi::VolumeUsage {
-                    available: (total_bytes - usage.bytes) as i64,
+                    available: (total_bytes - used_bytes) as i64,
                     total: total_bytes as i64,
-                    used: usage.bytes as i64,
+                    used: used_bytes as i64,
                     unit: Unit::Bytes as i32,
                 },
                 csi::VolumeUsage {

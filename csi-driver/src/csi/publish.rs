@@ -87,6 +87,8 @@ pub struct PublisherConfig {
     pub state_dir: PathBuf,
     /// Per-publication caches live in `<cache_dir>/<key>`.
     pub cache_dir: PathBuf,
+    /// Free-space floor of each publication's cache (`mount --cache-min-free`).
+    pub cache_min_free: f64,
     /// How long a mount may take to appear.
     pub mount_timeout: Duration,
     /// How long a mount process may take to commit and exit on unpublish.
@@ -412,6 +414,8 @@ impl Publisher {
             .arg(self.cache_path(target))
             .arg("--cache-size")
             .arg(spec.cache_size.to_string())
+            .arg("--cache-min-free")
+            .arg(self.cfg.cache_min_free.to_string())
             // Pods run as any uid; permissions are then checked from the mode bits.
             .arg("--allow-other")
             // Workspaces are created by the operator or the controller, never by a mount: a

@@ -42,13 +42,18 @@ pub struct CacheConfig {
     pub read_entry: fn(&Path) -> std::io::Result<Bytes>,
 }
 
+/// The free-space floor a cache keeps by default: 15% of its file system, above kubelet's
+/// default eviction threshold (`nodefs.available<10%`), so a full cache yields before the
+/// node starts evicting pods.
+pub const DEFAULT_MIN_FREE_RATIO: f64 = 0.15;
+
 impl CacheConfig {
-    /// `max_bytes` under `dir`, keeping 10% of the file system free.
+    /// `max_bytes` under `dir`, keeping [`DEFAULT_MIN_FREE_RATIO`] of the file system free.
     pub fn new(dir: impl Into<PathBuf>, max_bytes: u64) -> CacheConfig {
         CacheConfig {
             dir: dir.into(),
             max_bytes,
-            min_free_ratio: 0.1,
+            min_free_ratio: DEFAULT_MIN_FREE_RATIO,
             read_entry: read_entry_copied,
         }
     }

@@ -31,6 +31,8 @@ pub enum FsErrorKind {
     Io,
     /// The object store or the local staging disk is full (ENOSPC).
     NoSpace,
+    /// The workspace's quota refuses the change (EDQUOT).
+    QuotaExceeded,
     /// A transient conflict that a retry may resolve (EAGAIN).
     Busy,
 }
@@ -55,6 +57,7 @@ impl FsErrorKind {
             FsErrorKind::TooBig => "too_big",
             FsErrorKind::Io => "io",
             FsErrorKind::NoSpace => "no_space",
+            FsErrorKind::QuotaExceeded => "quota_exceeded",
             FsErrorKind::Busy => "busy",
         }
     }
@@ -106,6 +109,7 @@ impl FsError {
                 ErrorKind::NameTooLong => FsErrorKind::NameTooLong,
                 ErrorKind::ReadOnly => FsErrorKind::ReadOnly,
                 ErrorKind::PermissionDenied => FsErrorKind::NotPermitted,
+                ErrorKind::QuotaExceeded => FsErrorKind::QuotaExceeded,
                 ErrorKind::Conflict => FsErrorKind::Busy,
                 ErrorKind::Unavailable | ErrorKind::Internal => FsErrorKind::Io,
             },

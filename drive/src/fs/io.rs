@@ -189,6 +189,13 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
         caller: Caller,
     ) -> Result<(), FsError> {
         let result = session.commit(&self.actor(caller)).await;
+        if result
+            .as_ref()
+            .is_err_and(|e| e.kind() == FsErrorKind::QuotaExceeded)
+        {
+            // The figures this mount holds let the commit try: read them again.
+            self.forget_usage();
+        }
         if result.is_err() {
             // The commit dropped the changes (see `write`): cached attributes and the kernel's
             // pages may still show them.
@@ -238,7 +245,19 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
             ));
         };
         Self::lost_writes(&handle)?;
-        session.write(offset, data, handle.flags.append).await?;
+        let headroom = self.quota_headroom().await;
+        match session.write(offset, data, handle.flags.append, headroom).await {
+            // Refused on figures up to USAGE_TTL old: space freed since then counts, so the
+            // refusal stands only on fresh ones (nothing was staged).
+            Err(e) if e.kind() == FsErrorKind::QuotaExceeded => {
+                self.forget_usage();
+                let headroom = self.quota_headroom().await;
+                session.write(offset, data, handle.flags.append, headroom).await?;
+            }
+            written => {
+                written?;
+            }
+        }
         Ok(data.len() as u32)
     }
 

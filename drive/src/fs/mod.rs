@@ -30,7 +30,7 @@ mod xattr;
 pub use blocks::{BlockErrorKind, BlockIo, BlockIoError};
 pub use cache::MetaCacheStats;
 pub use error::{FsError, FsErrorKind};
-pub use namespace::DirItem;
+pub use namespace::{DirItem, USAGE_TTL};
 pub use write::MAX_FILE_SIZE;
 
 use std::collections::HashMap;
@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use crate::meta::PgMetaStore;
-use crate::model::{Actor, Attr, Event, Name, NodeId, View, Workspace};
+use crate::model::{Actor, Attr, Event, Name, NodeId, View, Workspace, WorkspaceUsage};
 use crate::ports::{Clock, MetaStore, SystemClock};
 use crate::rules::access::MountAccess;
 use crate::sync::lock;
@@ -249,6 +249,9 @@ pub struct DriveFs<B: BlockIo, M: MetaStore = PgMetaStore> {
     /// What a failed commit here dropped and the kernel may still cache (the file's pages,
     /// the entry of a new file that is not created), for the invalidator to send.
     dropped: Mutex<Invalidations>,
+    /// The workspace's usage counters and quota as last read, and when (see
+    /// `DriveFs::workspace_usage`).
+    usage: Mutex<Option<(Instant, WorkspaceUsage)>>,
     /// (file, lock owner) pairs this mount took a lock for (see `locks`).
     held_locks: Mutex<std::collections::HashSet<(NodeId, u64)>>,
     /// The lock owners that took a lock through each open file (see `locks`).
@@ -304,6 +307,7 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
             deferred_names: Mutex::new(HashMap::new()),
             seen_versions: Mutex::new(HashMap::new()),
             dropped: Mutex::new(Invalidations::default()),
+            usage: Mutex::new(None),
             held_locks: Mutex::new(std::collections::HashSet::new()),
             handle_lock_owners: Mutex::new(HashMap::new()),
             access: AtomicU8::new(access_code(MountAccess::ReadWrite)),

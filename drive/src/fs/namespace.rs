@@ -2,6 +2,7 @@
 //! listing, statfs and access checks. Each maps to one metadata-store call (one transaction).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::error::ErrorKind;
 use crate::fs::Pending;
@@ -10,7 +11,10 @@ use crate::fs::cache::Cached;
 use crate::fs::error::{FsError, FsErrorKind};
 use crate::fs::{Caller, DriveFs, ROOT_INO, StatFs, lock};
 use crate::meta::QueuedUnlink;
-use crate::model::{Attr, DirEntryPlus, Name, NewNode, NodeId, NodeKind, RenameMode, SetAttr, WorkspaceKind};
+use crate::model::{
+    Attr, DirEntryPlus, Name, NewNode, NodeId, NodeKind, RenameMode, SetAttr, View, WorkspaceKind,
+    WorkspaceUsage,
+};
 use crate::ports::MetaStore;
 use crate::rules::write_once;
 
@@ -467,21 +471,43 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
         lock(&self.dirs).remove(&fh);
     }
 
-    /// File-system statistics. The object store has no fixed capacity, so a large constant
-    /// is reported, as network file systems over object stores do.
+    /// File-system statistics of the workspace (whatever folder the mount shows): its quota
+    /// as the capacity and its usage counters as used, read at most once per
+    /// [`USAGE_TTL`] (so `df` in a loop does not reach the store each time). Without a
+    /// quota, and on snapshot views (which are not charged), the capacity is a large
+    /// constant, as network file systems over object stores report; a store that cannot
+    /// answer leaves the live figures at "nothing used" rather than failing `df`.
     pub async fn statfs(&self) -> Result<StatFs, FsError> {
-        let bsize = 4096u32;
-        let blocks = (1u64 << 50) / u64::from(bsize);
-        Ok(StatFs {
-            blocks,
-            bfree: blocks,
-            bavail: blocks,
-            files: 1 << 40,
-            ffree: 1 << 40,
-            bsize,
-            namelen: crate::model::NAME_MAX as u32,
-            frsize: bsize,
-        })
+        let usage = match self.cfg.view {
+            View::Live => self.workspace_usage().await.ok(),
+            View::At(_) => None,
+        };
+        Ok(statfs_figures(usage.as_ref()))
+    }
+
+    /// The workspace's usage counters and quota, as read within the last [`USAGE_TTL`].
+    pub(crate) async fn workspace_usage(&self) -> Result<WorkspaceUsage, FsError> {
+        if let Some((at, usage)) = *lock(&self.usage)
+            && at.elapsed() < USAGE_TTL
+        {
+            return Ok(usage);
+        }
+        let read_at = Instant::now();
+        let usage = self.unsettled().workspace_usage(self.ws.id).await?;
+        *lock(&self.usage) = Some((read_at, usage));
+        Ok(usage)
+    }
+
+    /// Bytes the quota leaves, as last read (`None`: no quota, or no figures to go by; the
+    /// commit's check decides then).
+    pub(crate) async fn quota_headroom(&self) -> Option<u64> {
+        let usage = self.workspace_usage().await.ok()?;
+        crate::rules::quota::headroom(usage.quota_bytes, usage.bytes)
+    }
+
+    /// Drops the usage figures held, so the next reader asks the store.
+    pub(crate) fn forget_usage(&self) {
+        lock(&self.usage).take();
     }
 
     /// `access(2)`: checks `mask` (R_OK=4, W_OK=2, X_OK=1) against the mode bits.
@@ -544,5 +570,70 @@ mod tests {
             1,
             who(0, 0)
         ));
+    }
+}
+
+/// How long a mount answers statfs and the write-time quota check from the usage figures it
+/// last read.
+pub const USAGE_TTL: Duration = Duration::from_secs(2);
+
+/// Unit of the statfs block counts.
+const STATFS_BLOCK: u32 = 4096;
+
+/// statfs figures from a workspace's usage: its quota as the capacity (rounded up to whole
+/// units) and its counters as used; without a quota (or figures) 1 PiB and 2^40 inodes.
+pub(crate) fn statfs_figures(usage: Option<&WorkspaceUsage>) -> StatFs {
+    let unit = u64::from(STATFS_BLOCK);
+    let (bytes, nodes) = usage.map_or((0, 0), |u| (u.bytes, u.nodes));
+    let capacity = usage.and_then(|u| u.quota_bytes).unwrap_or(1 << 50);
+    let blocks = capacity.div_ceil(unit);
+    let free = blocks - bytes.div_ceil(unit).min(blocks);
+    let files: u64 = 1 << 40;
+    StatFs {
+        blocks,
+        bfree: free,
+        bavail: free,
+        files,
+        ffree: files.saturating_sub(nodes),
+        bsize: STATFS_BLOCK,
+        namelen: crate::model::NAME_MAX as u32,
+        frsize: STATFS_BLOCK,
+    }
+}
+
+#[cfg(test)]
+mod statfs_tests {
+    use super::*;
+
+    fn usage(bytes: u64, nodes: u64, quota_bytes: Option<u64>) -> WorkspaceUsage {
+        WorkspaceUsage {
+            bytes,
+            nodes,
+            quota_bytes,
+        }
+    }
+
+    #[test]
+    fn the_quota_is_the_capacity_and_the_counters_are_used() {
+        let s = statfs_figures(Some(&usage(3 << 20, 5, Some(8 << 20))));
+        assert_eq!(s.blocks * u64::from(s.frsize), 8 << 20);
+        assert_eq!((s.blocks - s.bfree) * u64::from(s.frsize), 3 << 20);
+        assert_eq!(s.bavail, s.bfree);
+        assert_eq!(s.files - s.ffree, 5);
+    }
+
+    #[test]
+    fn usage_above_a_lowered_quota_shows_a_full_file_system() {
+        let s = statfs_figures(Some(&usage(9 << 20, 1, Some(8 << 20))));
+        assert_eq!(s.bfree, 0);
+        assert_eq!(s.blocks * u64::from(s.frsize), 8 << 20);
+    }
+
+    #[test]
+    fn without_a_quota_the_capacity_is_one_pebibyte() {
+        let s = statfs_figures(None);
+        assert_eq!(s.blocks * u64::from(s.frsize), 1 << 50);
+        assert_eq!(s.bfree, s.blocks);
+        assert_eq!(statfs_figures(Some(&usage(4096, 1, None))).bfree, s.blocks - 1);
     }
 }

@@ -279,13 +279,28 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
     }
 
     /// Writes `data` at `offset`; returns the offset actually used (the end for `append`).
-    pub(crate) async fn write(&self, offset: u64, data: &[u8], append: bool) -> Result<u64, FsError> {
+    /// A write that would grow the file by more than `headroom` over its committed size (the
+    /// workspace's quota headroom as last read; `None`: no quota) fails at once with
+    /// `QuotaExceeded`, before anything is staged.
+    pub(crate) async fn write(
+        &self,
+        offset: u64,
+        data: &[u8],
+        append: bool,
+        headroom: Option<u64>,
+    ) -> Result<u64, FsError> {
         let mut inner = self.inner.lock().await;
         let offset = if append { self.size() } else { offset };
         let end = offset
             .checked_add(data.len() as u64)
             .filter(|&e| e <= MAX_FILE_SIZE)
             .ok_or_else(|| FsError::new(FsErrorKind::TooBig, "write past the largest file size"))?;
+        if crate::rules::quota::write_exceeds(headroom, inner.base_size, self.size(), end) {
+            return Err(FsError::new(
+                FsErrorKind::QuotaExceeded,
+                "the write would take the workspace above its quota",
+            ));
+        }
         let bs = self.env.block_size;
         for span in spans(offset, end, bs) {
             let (idx, in_block, n) = (span.idx, span.in_block, span.len);

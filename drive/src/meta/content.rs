@@ -12,9 +12,11 @@ use crate::meta::rows::{
     WsCtx, execute, execute_in_order, first_failure, query, query_opt, record_event, write_inode,
     ws_and_inode,
 };
+use crate::meta::usage::charge;
 use crate::meta::{PgMetaStore, in_txn};
 use crate::model::{Actor, Attr, Epoch, NodeId, NodeKind, Timestamp, View, WorkspaceId};
 use crate::rules::blocks::{Shrink, shrink};
+use crate::rules::quota;
 use crate::rules::write_once;
 
 /// One entry of a file's block map.
@@ -180,6 +182,9 @@ impl PgMetaStore {
     /// `base_version` is the content version the writer started from: in project workspaces a
     /// write session may only commit when the file had no committed content when it began and
     /// nobody committed it since (see [`write_once::commit`]).
+    ///
+    /// A commit that grows the file past the workspace's quota fails with `QuotaExceeded`
+    /// and changes nothing (see `meta/usage.rs`).
     #[allow(clippy::too_many_arguments)]
     pub async fn commit_content(
         &self,
@@ -207,6 +212,7 @@ impl PgMetaStore {
                     )));
                 }
                 write_once::commit(ws.kind, &node.attr, base_version)?;
+                let before = node.attr.clone();
                 let old_size = node.attr.size;
                 node.attr.size = new_size;
                 node.attr.mtime = mtime;
@@ -222,12 +228,13 @@ impl PgMetaStore {
                         .map(|change| set_block(tx, &ws, ino, change.idx, change.block.as_ref()));
                     first_failure(futures::future::join_all(set).await)
                 };
-                let (mapped, written, event) = tokio::join!(
+                let (charged, mapped, written, event) = tokio::join!(
+                    charge(tx, &ws, quota::change(&before, &node.attr)),
                     block_map,
                     write_inode(tx, &ws, &node),
                     record_event(tx, ws.id, actor, "write", Some(ino), None, None),
                 );
-                first_failure([mapped, written, event])?;
+                first_failure([charged, mapped, written, event])?;
                 Ok(node.attr)
             }
             .await

@@ -14,8 +14,12 @@ use crate::meta::rows::{
     live_inode, query, record_event, write_inode, ws_ctx,
 };
 use crate::meta::sequences::{frame_added, frame_removed};
+use crate::meta::usage::charge;
 use crate::meta::{PgMetaStore, in_txn};
-use crate::model::{Actor, Epoch, MergeMode, Name, NewNode, NodeId, NodeKind, Timestamp, View, WorkspaceId};
+use crate::model::{
+    Actor, Attr, Epoch, MergeMode, Name, NewNode, NodeId, NodeKind, Timestamp, View, WorkspaceId,
+};
+use crate::rules::quota::{self, UsageChange};
 
 /// What a copy did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,7 +36,9 @@ pub struct CopyReport {
 
 impl PgMetaStore {
     /// Copies the node `src` as seen in `src_view` (the live tree, or a snapshot: a restore) to
-    /// `dst_parent/dst_name` in the live tree of `ws`.
+    /// `dst_parent/dst_name` in the live tree of `ws`. The copies are charged to the
+    /// workspace's usage (they share blocks, but each is a file of its own): a copy that
+    /// would take the workspace above its quota fails with `QuotaExceeded`.
     #[allow(clippy::too_many_arguments)]
     pub async fn copy(
         &self,
@@ -59,6 +65,7 @@ impl PgMetaStore {
                     super::tree::ensure_not_ancestor(tx, src, dst_parent).await?;
                 }
                 let mut report = CopyReport::default();
+                let mut usage = UsageChange::default();
                 let mut touched = BTreeSet::new();
                 let mut stack = vec![(src, dst_parent, dst_name.clone())];
                 while let Some((from, parent, name)) = stack.pop() {
@@ -83,6 +90,7 @@ impl PgMetaStore {
                                 if replaces_folder {
                                     super::tree::guard_write_once_folder(tx, &ctx, e.ino).await?;
                                 }
+                                let before = old.attr.clone();
                                 close_entry(tx, &ctx, e.id, true).await?;
                                 if replaces_folder {
                                     // The folder's ".." link to its parent goes with it.
@@ -96,13 +104,20 @@ impl PgMetaStore {
                                     old.attr.nlink.saturating_sub(1)
                                 };
                                 old.attr.ctime = now;
+                                usage += quota::change(&before, &old.attr);
                                 write_inode(tx, &ctx, &old).await?;
                                 frame_removed(tx, parent, &name, e.kind).await?;
                                 report.replaced += 1;
-                                copy_node(tx, &ctx, src_view, &node, parent, &name, now).await?
+                                let copied = copy_node(tx, &ctx, src_view, &node, parent, &name, now).await?;
+                                usage += quota::charge(&copied);
+                                copied.ino
                             }
                         },
-                        None => copy_node(tx, &ctx, src_view, &node, parent, &name, now).await?,
+                        None => {
+                            let copied = copy_node(tx, &ctx, src_view, &node, parent, &name, now).await?;
+                            usage += quota::charge(&copied);
+                            copied.ino
+                        }
                     };
                     if !matches!(&existing, Some(e) if e.kind == NodeKind::Directory) {
                         report.copied += 1;
@@ -123,6 +138,7 @@ impl PgMetaStore {
                     d.attr.ctime = now;
                     write_inode(tx, &ctx, &d).await?;
                 }
+                charge(tx, &ctx, usage).await?;
                 record_event(
                     tx,
                     ctx.id,
@@ -140,7 +156,8 @@ impl PgMetaStore {
     }
 }
 
-/// Creates a copy of `node` (attributes, symlink target, block map) at `parent/name`.
+/// Creates a copy of `node` (attributes, symlink target, block map) at `parent/name`;
+/// returns the copy's attributes.
 async fn copy_node<C: GenericClient>(
     c: &C,
     ctx: &WsCtx,
@@ -149,7 +166,7 @@ async fn copy_node<C: GenericClient>(
     parent: NodeId,
     name: &Name,
     now: Timestamp,
-) -> Result<NodeId, MetaError> {
+) -> Result<Attr, MetaError> {
     let a = &node.attr;
     let spec = NewNode {
         kind: a.kind,
@@ -191,7 +208,7 @@ async fn copy_node<C: GenericClient>(
         write_inode(c, ctx, &row).await?;
         frame_added(c, parent, name, attr.kind).await?;
     }
-    Ok(attr.ino)
+    Ok(attr)
 }
 
 /// The (name, node) children of a folder in `view`.

@@ -6,7 +6,8 @@
 //! from the same pure rules ([`crate::rules`]); the reference-model suite
 //! (`drive/tests/fs_model.rs`) runs against both stores to hold them to it. What differs on
 //! purpose: one mutex makes every call atomic (no serialization failures to retry), a
-//! snapshot copies the workspace's tree (O(n), not O(1)), and no change feed is recorded.
+//! snapshot copies the workspace's tree (O(n), not O(1)), usage is recomputed by walking the
+//! live tree instead of kept in counters (same figures, O(n)), and no change feed is recorded.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -22,11 +23,12 @@ use crate::meta::tree::{QueuedUnlink, parse_path};
 use crate::meta::xattrs::{XattrMode, check_xattr, xattr_label};
 use crate::model::{
     Actor, Attr, DirEntry, DirEntryPlus, Epoch, FrameSequence, Name, NewNode, NodeId, NodeKind, RenameMode,
-    SetAttr, Snapshot, SnapshotId, Timestamp, View, Workspace, WorkspaceId, WorkspaceSpec, summarize,
-    validate_workspace_name,
+    SetAttr, Snapshot, SnapshotId, Timestamp, View, Workspace, WorkspaceId, WorkspaceSpec, WorkspaceUsage,
+    summarize, validate_workspace_name,
 };
 use crate::ports::{Clock, MetaStore, SystemClock};
 use crate::rules::blocks::shrink;
+use crate::rules::quota::{self, UsageChange};
 use crate::rules::rename::{self, EntryFacts, RenameCheck, RenameStep};
 use crate::rules::write_once;
 use crate::rules::{check_workspace_spec, drop_link, touch_dir};
@@ -155,6 +157,26 @@ impl Tree {
             at = parents.get(&node).copied();
         }
         false
+    }
+
+    /// What the nodes other than `root` charge: the usage counters of the PostgreSQL store,
+    /// recomputed (this store sums the tree instead of keeping them).
+    fn usage(&self, root: NodeId) -> UsageChange {
+        self.inodes
+            .iter()
+            .filter(|(ino, _)| **ino != root)
+            .fold(UsageChange::default(), |sum, (_, node)| {
+                sum + quota::charge(&node.attr)
+            })
+    }
+
+    /// Refuses `change` when it takes workspace `ws` (whose live tree this is) past its quota.
+    fn check_quota(&self, ws: &Workspace, change: UsageChange) -> Result<(), MetaError> {
+        if change.bytes <= 0 || ws.quota_bytes.is_none() {
+            return Ok(());
+        }
+        let used = self.usage(ws.root).bytes.max(0) as u64;
+        quota::check(ws.quota_bytes, used, change)
     }
 
     /// Cuts the block map for a size change (see `content::resize_blocks`).
@@ -287,6 +309,7 @@ impl State {
             Some(ino) => ino,
             None => self.next_id(),
         };
+        let workspace = self.workspace(ws)?.clone();
         let tree = self.live.get_mut(&ws).expect("checked above");
         if tree.entries.contains_key(&(parent, name.clone())) {
             return Err(MetaError::Exists(name.to_string_lossy()));
@@ -296,6 +319,7 @@ impl State {
             attr.size = content.size;
             attr.mtime = content.mtime;
             attr.content_version = 1;
+            tree.check_quota(&workspace, quota::charge(&attr))?;
             let map = content.blocks.iter().map(|(idx, h, len)| (*idx, (*h, *len)));
             tree.content.insert(ino, map.collect());
         }
@@ -547,6 +571,21 @@ impl MetaStore for MemMetaStore {
                 .find(|x| x.workspace == ws && x.name == name)
                 .cloned()
                 .ok_or_else(|| MetaError::NotFound(format!("snapshot {name}")))
+        })
+    }
+
+    fn workspace_usage(
+        &self,
+        ws: WorkspaceId,
+    ) -> impl Future<Output = Result<WorkspaceUsage, MetaError>> + Send {
+        self.run(move |s| {
+            let workspace = s.workspace(ws)?;
+            let used = s.live[&ws].usage(workspace.root);
+            Ok(WorkspaceUsage {
+                bytes: used.bytes.max(0) as u64,
+                nodes: used.nodes.max(0) as u64,
+                quota_bytes: workspace.quota_bytes,
+            })
         })
     }
 
@@ -803,6 +842,8 @@ impl MetaStore for MemMetaStore {
                 }
                 write_once::resize(workspace.kind, &attr, size)?;
                 if size != attr.size {
+                    let resized = Attr { size, ..attr.clone() };
+                    tree.check_quota(&workspace, quota::change(&attr, &resized))?;
                     tree.resize(ino, u64::from(workspace.block_size), attr.size, size);
                     attr.size = size;
                     attr.mtime = now;
@@ -865,6 +906,11 @@ impl MetaStore for MemMetaStore {
                 )));
             }
             write_once::commit(workspace.kind, &attr, base_version)?;
+            let resized = Attr {
+                size: new_size,
+                ..attr.clone()
+            };
+            tree.check_quota(&workspace, quota::change(&attr, &resized))?;
             tree.resize(ino, u64::from(workspace.block_size), attr.size, new_size);
             let map = tree.content.entry(ino).or_default();
             for change in changes {

@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../../migrations/0003_event_sources.sql")),
     (4, include_str!("../../migrations/0004_file_locks.sql")),
     (5, include_str!("../../migrations/0005_feed_horizon.sql")),
+    (6, include_str!("../../migrations/0006_usage_counters.sql")),
     (
         9,
         include_str!("../../migrations/0009_workspace_object_store.sql"),

@@ -10,7 +10,7 @@
 //!
 //! Split by concern: `migrations` (schema), `rows` (row mapping and shared statements),
 //! `workspaces`, `tree` (nodes, rename, delete), `copy`, `snapshots`, `sequences`, `events`,
-//! `shares`, `content` (block maps).
+//! `shares`, `content` (block maps), `usage` (usage counters and the quota check).
 
 mod content;
 mod copy;
@@ -25,6 +25,7 @@ mod shares;
 mod snapshots;
 mod tls;
 mod tree;
+mod usage;
 mod volumes;
 mod workspaces;
 pub mod xattrs;

@@ -9,7 +9,7 @@ use crate::meta::xattrs::XattrMode;
 use crate::meta::{BlockChange, FileBlock, FileLock, InitialContent, PgMetaStore, QueuedUnlink};
 use crate::model::{
     Actor, Attr, DirEntryPlus, FrameSequence, Name, NewNode, NodeId, RenameMode, SetAttr, Snapshot,
-    Timestamp, View, Workspace, WorkspaceId, WorkspaceSpec,
+    Timestamp, View, Workspace, WorkspaceId, WorkspaceSpec, WorkspaceUsage,
 };
 use crate::ports::MetaStore;
 
@@ -30,6 +30,7 @@ impl MetaStore for PgMetaStore {
         fn get_workspace(&self, name: &str) -> Workspace;
         fn create_snapshot(&self, actor: &Actor, ws: WorkspaceId, name: &str, path: &str) -> Snapshot;
         fn get_snapshot(&self, ws: WorkspaceId, name: &str) -> Snapshot;
+        fn workspace_usage(&self, ws: WorkspaceId) -> WorkspaceUsage;
         fn resolve(&self, ws: WorkspaceId, path: &str) -> Attr;
         fn reserve_node_id(&self) -> NodeId;
         fn getattr(&self, view: View, ino: NodeId) -> Attr;

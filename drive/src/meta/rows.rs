@@ -115,12 +115,14 @@ pub(crate) struct WsCtx {
     pub kind: WorkspaceKind,
     pub root: NodeId,
     pub block_size: u64,
+    pub quota_bytes: Option<u64>,
 }
 
 pub(crate) async fn ws_ctx<C: GenericClient>(c: &C, ws: WorkspaceId) -> Result<WsCtx, MetaError> {
     let row = query_opt(
         c,
-        "SELECT epoch, kind, root_ino, block_size FROM workspaces WHERE id = $1 AND deleted_at IS NULL FOR SHARE",
+        "SELECT epoch, kind, root_ino, block_size, quota_bytes FROM workspaces \
+         WHERE id = $1 AND deleted_at IS NULL FOR SHARE",
         &[&ws.0],
     )
     .await?
@@ -133,6 +135,7 @@ pub(crate) async fn ws_ctx<C: GenericClient>(c: &C, ws: WorkspaceId) -> Result<W
             .ok_or_else(|| MetaError::Internal(format!("workspace kind {kind}")))?,
         root: NodeId(row.get::<_, i64>(2) as u64),
         block_size: row.get::<_, i64>(3) as u64,
+        quota_bytes: row.get::<_, Option<i64>>(4).map(|q| q as u64),
     })
 }
 

@@ -16,11 +16,13 @@ use crate::meta::rows::{
     write_inode, ws_and_dir, ws_and_inode, ws_ctx,
 };
 use crate::meta::sequences::{frame_added, frame_removed};
+use crate::meta::usage::{charge, record_usage};
 use crate::meta::{PgMetaStore, in_txn};
 use crate::model::{
     Actor, Attr, DirEntry, DirEntryPlus, Epoch, Name, NewNode, NodeId, NodeKind, RenameMode, SetAttr,
     Timestamp, View, WorkspaceId,
 };
+use crate::rules::quota::{self, UsageChange};
 use crate::rules::rename::{self, EntryFacts, RenameCheck, RenameStep};
 use crate::rules::write_once;
 
@@ -302,7 +304,8 @@ impl PgMetaStore {
                         None => Ok(()),
                     }
                 };
-                let (inode, entry, dir_written, frames, event, content_written) = tokio::join!(
+                // The charge goes last: a taken name is reported as such before the quota.
+                let (inode, entry, dir_written, frames, event, content_written, charged) = tokio::join!(
                     insert_new_inode(tx, &ws, node, &attr),
                     insert_entry(tx, &ws, parent, name, attr.ino, attr.kind),
                     write_inode(tx, &ws, &dir),
@@ -317,8 +320,9 @@ impl PgMetaStore {
                         Some(name)
                     ),
                     written,
+                    charge(tx, &ws, quota::charge(&attr)),
                 );
-                first_failure([inode, entry, dir_written, frames, event, content_written])?;
+                first_failure([inode, entry, dir_written, frames, event, content_written, charged])?;
                 Ok((attr, dir.attr))
             }
             .await
@@ -439,21 +443,26 @@ impl PgMetaStore {
                     _ => {}
                 }
                 guard_write_once(&ws, &node.attr, "delete")?;
+                // A folder deleted whole gives back its own charge only: what is below it keeps
+                // its links (and rows) until the lifecycle purge, and stays charged until then.
+                let before = node.attr.clone();
                 drop_link(&mut node, now);
+                let usage = quota::change(&before, &node.attr);
                 touch_dir(&mut dir, now, if is_dir { -1 } else { 0 });
                 let op = match removal {
                     Removal::Unlink => "unlink",
                     Removal::Rmdir => "rmdir",
                     Removal::Subtree => "delete",
                 };
-                let (closed, node_written, dir_written, frames, event) = tokio::join!(
+                let (closed, node_written, dir_written, frames, event, counted) = tokio::join!(
                     close_entry(tx, &ws, entry.id, true),
                     write_inode(tx, &ws, &node),
                     write_inode(tx, &ws, &dir),
                     frame_removed(tx, parent, name, entry.kind),
                     record_event(tx, ws.id, actor, op, Some(entry.ino), Some(parent), Some(name)),
+                    record_usage(tx, ws.id, usage),
                 );
-                first_failure([closed, node_written, dir_written, frames, event])?;
+                first_failure([closed, node_written, dir_written, frames, event, counted])?;
                 Ok(dir.attr)
             }
             .await
@@ -491,6 +500,8 @@ impl PgMetaStore {
                     }
                 }
                 let mut nodes: HashMap<NodeId, InodeRow> = HashMap::new();
+                // What each node charged before this batch took names from it.
+                let mut charged_before: HashMap<NodeId, UsageChange> = HashMap::new();
                 let mut removed = Vec::new();
                 let mut outcomes: Vec<Result<(), MetaError>> = Vec::with_capacity(items.len());
                 for item in items {
@@ -509,7 +520,10 @@ impl PgMetaStore {
                             let row = match nodes.entry(entry.ino) {
                                 Entry::Occupied(o) => Ok(o.into_mut()),
                                 Entry::Vacant(v) => {
-                                    checked_live_inode(&ws, entry.ino, node.clone()).map(|r| v.insert(r))
+                                    checked_live_inode(&ws, entry.ino, node.clone()).map(|r| {
+                                        charged_before.insert(entry.ino, quota::charge(&r.attr));
+                                        v.insert(r)
+                                    })
                                 }
                             };
                             row.and_then(|row| {
@@ -535,6 +549,9 @@ impl PgMetaStore {
                     ids.dedup();
                     ids.iter().filter_map(|id| nodes.get(id)).collect()
                 };
+                let usage = touched_nodes.iter().fold(UsageChange::default(), |sum, row| {
+                    sum + quota::charge(&row.attr) - charged_before[&row.attr.ino]
+                });
                 let mut touched_dirs: Vec<NodeId> = removed.iter().map(|(i, _)| i.parent).collect();
                 touched_dirs.sort_unstable();
                 touched_dirs.dedup();
@@ -551,6 +568,7 @@ impl PgMetaStore {
                 let writes = [
                     boxed(close_entries(tx, &ws, &entry_ids)),
                     boxed(record_removal_events(tx, ws.id, "unlink", &events)),
+                    boxed(record_usage(tx, ws.id, usage)),
                 ]
                 .into_iter()
                 .chain(
@@ -655,7 +673,9 @@ impl PgMetaStore {
                         if let (Some(_), Some(dst)) = (replaces, &dst) {
                             let mut target = live_inode(tx, &ws, dst.ino).await?;
                             guard_write_once(&ws, &target.attr, "replace")?;
+                            let before = target.attr.clone();
                             detach(tx, &ws, dst, &mut target, now).await?;
+                            record_usage(tx, ws.id, quota::change(&before, &target.attr)).await?;
                             frame_removed(tx, new_parent, new_name, dst.kind).await?;
                         }
                         close_entry(tx, &ws, src.id, false).await?;
@@ -710,6 +730,7 @@ impl PgMetaStore {
         in_txn!(self, |tx| {
             async {
                 let (ws, mut node) = ws_and_inode(tx, ws, ino).await?;
+                let before = node.attr.clone();
                 if let Some(size) = change.size {
                     match node.attr.kind {
                         NodeKind::Directory => return Err(MetaError::IsADirectory(format!("node {ino}"))),
@@ -744,6 +765,7 @@ impl PgMetaStore {
                     node.attr.mtime = t;
                 }
                 node.attr.ctime = now;
+                charge(tx, &ws, quota::change(&before, &node.attr)).await?;
                 write_inode(tx, &ws, &node).await?;
                 record_event(tx, ws.id, actor, "setattr", Some(ino), None, None).await?;
                 Ok(node.attr)

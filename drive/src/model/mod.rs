@@ -410,6 +410,16 @@ pub struct Usage {
     pub bytes: u64,
 }
 
+/// What a workspace's live tree uses, from its usage counters, and its quota. Bytes are the
+/// logical sizes of its regular files, each inode once however many names it has; nodes are
+/// every file, folder, symlink and special file below the root. Snapshots are not charged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WorkspaceUsage {
+    pub bytes: u64,
+    pub nodes: u64,
+    pub quota_bytes: Option<u64>,
+}
+
 /// A share: a permission on a workspace path granted to a subject.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Share {

@@ -4,6 +4,7 @@
 //!
 //! - [`access`]: who may mount which path of a workspace;
 //! - [`blocks`]: which blocks a byte range covers, what a shrink keeps;
+//! - [`quota`]: what a node charges its workspace's usage counters, what a quota refuses;
 //! - [`rename`]: the POSIX `rename(2)` / `renameat2` decision table;
 //! - [`write_once`]: what a project (write-once) workspace refuses.
 
@@ -15,6 +16,7 @@ use crate::model::{
 
 pub mod access;
 pub mod blocks;
+pub mod quota;
 pub mod rename;
 pub mod write_once;
 
@@ -101,6 +103,7 @@ mod purity {
         let sources = [
             include_str!("mod.rs"),
             include_str!("blocks.rs"),
+            include_str!("quota.rs"),
             include_str!("rename.rs"),
             include_str!("write_once.rs"),
         ];

@@ -34,7 +34,8 @@ fn map_error(e: MetaError) -> StoreError {
         | ErrorKind::NameTooLong
         | ErrorKind::InvalidArgument
         | ErrorKind::ReadOnly
-        | ErrorKind::PermissionDenied => StoreErrorKind::Invalid,
+        | ErrorKind::PermissionDenied
+        | ErrorKind::QuotaExceeded => StoreErrorKind::Invalid,
     };
     StoreError {
         kind,
