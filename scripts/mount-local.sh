@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The main job on a fresh Debian machine, in one command: installs fuse3 and postgresql when
-# missing (apt-get, as root), builds studiodrive-csi (release) and mounts the workspace
-# "default" on embedded defaults: an embedded PostgreSQL, blocks and cache under the state
-# directory (default ~/.local/share/studiodrive, or $XDG_DATA_HOME/studiodrive).
+# The main job on a fresh Debian machine, in one command: installs fuse3 and postgresql (and
+# acl, as root) when missing (apt-get, as root), builds studiodrive-csi (release) and mounts
+# the workspace "default" on embedded defaults: an embedded PostgreSQL, blocks and cache
+# under the state directory (default ~/.local/share/studiodrive, or
+# $XDG_DATA_HOME/studiodrive).
 #
 #     scripts/mount-local.sh [MOUNTPOINT] [-- extra mount flags]
 #
@@ -18,6 +19,7 @@ if [ $# -gt 0 ] && [ "$1" != "--" ]; then MOUNTPOINT=$1; shift; fi
 
 need=()
 command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
+[ "$(id -u)" -ne 0 ] || command -v setfacl >/dev/null 2>&1 || need+=(acl)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || need+=(postgresql)
 if ! command -v cargo >/dev/null 2>&1 && ! [ -x "$HOME/.cargo/bin/cargo" ]; then
     command -v cc >/dev/null 2>&1 || need+=(build-essential)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of Studio Drive on a fresh Debian machine.
 #
-# Installs what the tests need when missing (as root: apt packages postgresql, fuse3;
+# Installs what the tests need when missing (as root: apt packages postgresql, fuse3, acl;
 # cargo-nextest), then runs the Rust suite with cargo-nextest. Tests start their own
 # PostgreSQL, S3 server and FUSE mounts; nothing needs to be running beforehand.
 #
@@ -16,6 +16,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
+# The embedded PostgreSQL run as root lets only the postgres user through its 0700 state dir.
+command -v setfacl >/dev/null 2>&1 || need_apt+=(acl)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
         echo "==> installing ${need_apt[*]}"

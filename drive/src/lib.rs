@@ -13,6 +13,7 @@ pub mod meta;
 pub mod model;
 pub mod mount;
 pub mod ports;
+pub mod private_files;
 pub mod rules;
 pub mod sync;
 

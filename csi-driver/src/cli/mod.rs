@@ -51,7 +51,7 @@ pub struct StorageArgs {
 }
 
 impl StorageArgs {
-    /// The state directory, created if missing.
+    /// The state directory, created 0700 if missing (made 0700 if it exists).
     pub fn state_dir(&self) -> anyhow::Result<PathBuf> {
         let dir = match &self.state_dir {
             Some(d) => d.clone(),
@@ -63,7 +63,10 @@ impl StorageArgs {
                 }
             },
         };
-        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        // Private to its user (blocks, cache, staging and the embedded PostgreSQL live here);
+        // its parents are left as they are.
+        drive::private_files::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        embedded::restrict(&dir)?;
         Ok(dir)
     }
 

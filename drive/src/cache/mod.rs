@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use bytes::Bytes;
 use lru::LruCache;
 
+use crate::private_files;
+
 pub mod memory;
 
 pub use memory::MemoryCache;
@@ -142,7 +144,7 @@ fn parse_hex(name: &str) -> Option<BlockHash> {
 impl BlockCache {
     /// Opens the cache in `cfg.dir`, rebuilding its index from the files present.
     pub fn open(cfg: CacheConfig) -> std::io::Result<BlockCache> {
-        std::fs::create_dir_all(cfg.dir.join(TMP_DIR))?;
+        private_files::create_dir_all(&cfg.dir.join(TMP_DIR))?;
         for entry in std::fs::read_dir(cfg.dir.join(TMP_DIR))? {
             let _ = std::fs::remove_file(entry?.path());
         }
@@ -246,10 +248,10 @@ impl BlockCache {
             .join(uuid::Uuid::new_v4().simple().to_string());
         let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let result = (|| {
-                let mut f = std::fs::File::create(&tmp)?;
+                let mut f = private_files::create(&tmp)?;
                 f.write_all(&data)?;
                 f.write_all(&trailer(&data))?;
-                std::fs::create_dir_all(path.parent().expect("entries have a parent"))?;
+                private_files::create_dir_all(path.parent().expect("entries have a parent"))?;
                 std::fs::rename(&tmp, &path)
             })();
             if result.is_err() {

@@ -12,6 +12,7 @@ use futures::FutureExt as _;
 use futures::future::BoxFuture;
 
 use crate::data::store::{ChunkStore, StoreError};
+use crate::private_files;
 
 /// Objects as files under a root directory.
 #[derive(Debug, Clone)]
@@ -26,7 +27,7 @@ impl LocalChunkStore {
     pub fn open(root: impl Into<PathBuf>) -> std::io::Result<LocalChunkStore> {
         let root = root.into();
         let tmp = root.join(TMP_DIR);
-        std::fs::create_dir_all(&tmp)?;
+        private_files::create_dir_all(&tmp)?;
         for entry in std::fs::read_dir(&tmp)? {
             let _ = std::fs::remove_file(entry?.path());
         }
@@ -75,7 +76,7 @@ fn io_error(op: &'static str, key: &str, e: std::io::Error) -> StoreError {
 fn write_atomically(root: &Path, path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = root.join(TMP_DIR).join(uuid::Uuid::new_v4().simple().to_string());
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = private_files::create(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
         let parent = path.parent().expect("object paths have a parent");
@@ -99,12 +100,12 @@ fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
         return Ok(());
     }
     let parent = dir.parent().unwrap_or(dir);
-    if let Err(e) = std::fs::create_dir(dir) {
+    if let Err(e) = private_files::create_dir(dir) {
         match e.kind() {
             std::io::ErrorKind::AlreadyExists => {}
             std::io::ErrorKind::NotFound if parent != dir => {
                 create_dir_durably(parent)?;
-                if let Err(e) = std::fs::create_dir(dir)
+                if let Err(e) = private_files::create_dir(dir)
                     && e.kind() != std::io::ErrorKind::AlreadyExists
                 {
                     return Err(e);

@@ -274,7 +274,7 @@ impl<B: BlockIo, M: MetaStore> std::fmt::Debug for DriveFs<B, M> {
 impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
     /// A file system over workspace `ws`, rooted and viewed as `cfg` says.
     pub fn new(meta: M, blocks: Arc<B>, ws: Workspace, cfg: FsConfig) -> Result<DriveFs<B, M>, FsError> {
-        std::fs::create_dir_all(&cfg.staging_dir)
+        crate::private_files::create_dir_all(&cfg.staging_dir)
             .map_err(|e| FsError::staging(format!("create {}", cfg.staging_dir.display()), e))?;
         let env = Arc::new(SessionEnv {
             meta: meta.clone(),

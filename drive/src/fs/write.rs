@@ -152,11 +152,7 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
         deferred: Option<DeferredCreate>,
     ) -> Result<Self, FsError> {
         let path = dir.join(format!("stage-{}-{}", attr.ino, uuid::Uuid::new_v4()));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
+        let file = crate::private_files::create_new(&path)
             .map_err(|e| FsError::staging(format!("create {}", path.display()), e))?;
         // Unlinked at once: the open descriptor keeps it, a crash leaves nothing behind.
         std::fs::remove_file(&path).map_err(|e| FsError::staging("unlink staging file", e))?;

@@ -246,6 +246,14 @@ impl PgMetaStore {
     /// Blocks no block map of any version references and that are older than `grace` (so an
     /// upload in flight, recorded but not yet committed, is never picked): the sweep set of
     /// a mark-and-sweep GC. Snapshots keep blocks alive through their versioned rows.
+    ///
+    /// `created` records whose uploads failed or were never committed land here once their
+    /// grace has passed (no upload marks a record failed, see [`BlockState`]). Note for the
+    /// GC of issue 17: a writer that finds an `available` record skips its upload and commits
+    /// a reference to the existing object (registration does not renew an available record),
+    /// and a writer that registers the hash again uploads it again; deleting an object must be
+    /// ordered against both (e.g. forget the record first, then delete the object only if no
+    /// newer registration of the hash exists).
     pub async fn unreferenced_blocks(
         &self,
         grace: std::time::Duration,
