@@ -52,6 +52,9 @@ impl KubeTokenReviewer {
     }
 }
 
+/// How long a TokenReview may take before the publish is answered UNAVAILABLE.
+const REVIEW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
 const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
 
@@ -71,9 +74,10 @@ impl TokenReviewer for KubeTokenReviewer {
             };
             let api = kube::Api::<TokenReview>::all(self.client.clone());
             // kube's error text describes the request, never its body: the token stays out.
-            let answer = api
-                .create(&PostParams::default(), &request)
+            // A hung API server is unavailable, not a publish that never returns.
+            let answer = tokio::time::timeout(REVIEW_TIMEOUT, api.create(&PostParams::default(), &request))
                 .await
+                .map_err(|_| ReviewUnavailable(format!("no answer within {REVIEW_TIMEOUT:?}")))?
                 .map_err(|e| ReviewUnavailable(e.to_string()))?;
             let status = answer.status.unwrap_or_default();
             let user = status.user.unwrap_or_default();
