@@ -146,6 +146,7 @@ mod tests {
             ("publish.rs", include_str!("publish.rs")),
             ("secrets.rs", include_str!("secrets.rs")),
             ("server.rs", include_str!("server.rs")),
+            ("token_review.rs", include_str!("token_review.rs")),
             ("validate.rs", include_str!("validate.rs")),
         ];
         let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src/csi"))

@@ -19,8 +19,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../../migrations/0005_feed_horizon.sql")),
     (6, include_str!("../../migrations/0006_usage_counters.sql")),
     (
-        9,
-        include_str!("../../migrations/0009_workspace_object_store.sql"),
+        7,
+        include_str!("../../migrations/0007_workspace_object_store.sql"),
     ),
 ];
 
