@@ -4,6 +4,7 @@
 //!
 //! - [`access`]: who may mount which path of a workspace;
 //! - [`blocks`]: which blocks a byte range covers, what a shrink keeps;
+//! - [`gc`]: what garbage collection may remove, the block claim protocol;
 //! - [`quota`]: what a node charges its workspace's usage counters, what a quota refuses;
 //! - [`rename`]: the POSIX `rename(2)` / `renameat2` decision table;
 //! - [`write_once`]: what a project (write-once) workspace refuses.
@@ -16,6 +17,7 @@ use crate::model::{
 
 pub mod access;
 pub mod blocks;
+pub mod gc;
 pub mod quota;
 pub mod rename;
 pub mod write_once;
@@ -102,11 +104,21 @@ mod purity {
     fn rules_import_no_io() {
         let sources = [
             include_str!("mod.rs"),
+            include_str!("access.rs"),
             include_str!("blocks.rs"),
+            include_str!("gc.rs"),
             include_str!("quota.rs"),
             include_str!("rename.rs"),
             include_str!("write_once.rs"),
         ];
+        let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src/rules"))
+            .expect("list src/rules")
+            .count();
+        assert_eq!(
+            files,
+            sources.len(),
+            "a new file in src/rules belongs in this list"
+        );
         crate::model::assert_imports_pure("rules", &sources);
     }
 }
