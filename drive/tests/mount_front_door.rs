@@ -556,3 +556,58 @@ async fn the_in_memory_store_keeps_the_object_store_location() {
     assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
     assert!(meta.get_workspace("other").await.is_err(), "nothing created");
 }
+
+// Catches: a plaintext workspace with an object store of its own deduplicating against a block
+// of another store (block records are shared): its writer skips the upload, its bucket never
+// gets the object, and the file cannot be read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_blocks_in_two_stores_are_both_stored() {
+    let rig = Rig::new();
+    let own_store: Arc<dyn ChunkStore> = Arc::new(MemoryChunkStore::new());
+    let actor = Actor::system("test");
+    let mut own = drive::model::WorkspaceSpec::new("tenant.own", drive::model::WorkspaceKind::Team);
+    own.block_size = MIN_BLOCK_SIZE;
+    own.object_store = Some(drive::model::ObjectStoreLocation {
+        bucket: "tenant-a".into(),
+        prefix: "own".into(),
+        endpoint: None,
+        region: None,
+    });
+    rig.meta.create_workspace(&actor, &own).await.expect("create");
+    let data: Vec<u8> = (0..3 * MIN_BLOCK_SIZE as usize)
+        .map(|i| (i % 251) as u8)
+        .collect();
+
+    let node = rig
+        .open(&Rig::creating(rig.spec("tenant.node", live("/"), None, "a")))
+        .await
+        .expect("open the node-store workspace")
+        .fs;
+    put(&node, "frame.exr", &data).await;
+    let open_own = |tag: &str| {
+        let spec = rig.spec("tenant.own", live("/"), None, tag);
+        let (meta, store) = (rig.meta.clone(), own_store.clone());
+        async move {
+            mount::open(meta, store, &spec)
+                .await
+                .expect("open the own-store workspace")
+                .fs
+        }
+    };
+    let own_fs = open_own("b").await;
+    put(&own_fs, "frame.exr", &data).await;
+
+    assert!(
+        !own_store.list("blocks/").await.expect("list").is_empty(),
+        "the workspace's own store holds its blocks"
+    );
+    // A fresh mount (empty caches) reads both from their stores.
+    let fresh = open_own("c").await;
+    assert_eq!(get(&fresh, "frame.exr").await, Ok(data.clone()));
+    let again = rig
+        .open(&rig.spec("tenant.node", live("/"), None, "d"))
+        .await
+        .expect("reopen")
+        .fs;
+    assert_eq!(get(&again, "frame.exr").await, Ok(data));
+}

@@ -53,6 +53,11 @@ pub enum FormatError {
 #[derive(Clone)]
 pub struct BlockCodec {
     encryption: Option<Encryption>,
+    /// Plaintext blocks of a workspace with an object store of its own are addressed by a
+    /// hash keyed by that store, so they never deduplicate against blocks of another store
+    /// (block records are shared: a writer that found a block `available` would skip an
+    /// upload to a bucket that does not hold it).
+    plain_scope: Option<[u8; 32]>,
 }
 
 #[derive(Clone)]
@@ -77,7 +82,22 @@ pub fn hash_hex(hash: &BlockHash) -> String {
 impl BlockCodec {
     /// Plaintext blocks addressed by BLAKE3.
     pub fn plaintext() -> BlockCodec {
-        BlockCodec { encryption: None }
+        BlockCodec {
+            encryption: None,
+            plain_scope: None,
+        }
+    }
+
+    /// Plaintext blocks addressed by BLAKE3 keyed by `store` (the identity of the object
+    /// store they live in), so their addresses are the store's own.
+    pub fn plaintext_in(store: &str) -> BlockCodec {
+        BlockCodec {
+            encryption: None,
+            plain_scope: Some(blake3::derive_key(
+                "studiodrive 2026-12 store-scoped block address",
+                store.as_bytes(),
+            )),
+        }
     }
 
     /// Encrypted blocks under `key`, addressed by keyed BLAKE3.
@@ -87,6 +107,7 @@ impl BlockCodec {
                 cipher: Arc::new(Cipher::new(key.bytes())),
                 address_key: blake3::derive_key("studiodrive 2026-11 block address", key.bytes()),
             }),
+            plain_scope: None,
         }
     }
 
@@ -98,7 +119,10 @@ impl BlockCodec {
     /// The content address of `plaintext`.
     pub fn address(&self, plaintext: &[u8]) -> BlockHash {
         match &self.encryption {
-            None => *blake3::hash(plaintext).as_bytes(),
+            None => match &self.plain_scope {
+                None => *blake3::hash(plaintext).as_bytes(),
+                Some(scope) => *blake3::keyed_hash(scope, plaintext).as_bytes(),
+            },
             Some(e) => *blake3::keyed_hash(&e.address_key, plaintext).as_bytes(),
         }
     }

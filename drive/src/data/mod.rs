@@ -105,7 +105,11 @@ impl StoreLocation {
 /// unwrap.
 pub fn codec_for(ws: &Workspace, kek: Option<&Kek>) -> Result<BlockCodec, KeyError> {
     match (&ws.wrapped_key, kek) {
-        (None, _) => Ok(BlockCodec::plaintext()),
+        // Encrypted addresses are keyed by the workspace's own data key already.
+        (None, _) => Ok(match &ws.object_store {
+            Some(store) => BlockCodec::plaintext_in(&store.identity()),
+            None => BlockCodec::plaintext(),
+        }),
         (Some(_), None) => Err(KeyError::KekRequired(ws.name.clone())),
         (Some(wrapped), Some(kek)) => Ok(BlockCodec::encrypted(&DataKey::unwrap(wrapped, kek)?)),
     }

@@ -308,6 +308,19 @@ pub struct ObjectStoreLocation {
     pub region: Option<String>,
 }
 
+impl ObjectStoreLocation {
+    /// What names the store for block addresses: endpoint, bucket and prefix (the region
+    /// does not change which objects a key reaches).
+    pub fn identity(&self) -> String {
+        format!(
+            "{}\n{}\n{}",
+            self.endpoint.as_deref().unwrap_or("aws"),
+            self.bucket,
+            self.prefix
+        )
+    }
+}
+
 /// Whether `name` is a usable S3 bucket name: 3-63 characters of a-z, 0-9, '-' and '.'.
 pub fn valid_bucket_name(name: &str) -> bool {
     (3..=63).contains(&name.len())
