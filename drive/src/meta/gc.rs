@@ -29,7 +29,7 @@ fn hash_of(bytes: Vec<u8>) -> Result<[u8; 32], MetaError> {
 impl PgMetaStore {
     /// Takes or renews the lease of `scope` for `pass_id` for `lease` from now, and returns
     /// when it expires. Another pass holding a live lease is a `Conflict`.
-    pub async fn gc_lease(&self, scope: &str, pass_id: &str, lease: Duration) -> Result<SystemTime, MetaError> {
+    pub async fn gc_lease(&self, scope: &str, pass_id: &str, lease: Duration) -> Result<Timestamp, MetaError> {
         let secs = lease.as_secs_f64();
         in_txn!(self, |tx| {
             async {
@@ -43,7 +43,7 @@ impl PgMetaStore {
                     &[&scope, &pass_id, &secs],
                 )
                 .await?;
-                row.map(|r| r.get::<_, SystemTime>(0)).ok_or_else(|| {
+                row.map(|r| from_system_time(r.get::<_, SystemTime>(0))).ok_or_else(|| {
                     MetaError::Conflict(format!("another GC pass holds the lease of {scope}"))
                 })
             }
@@ -122,6 +122,21 @@ impl PgMetaStore {
             }
             .await
         })
+    }
+
+    /// What mark would find at `cutoff`, changing nothing (a dry run): count and stored bytes.
+    pub async fn gc_count_candidates(&self, cutoff: SystemTime) -> Result<(u64, u64), MetaError> {
+        let client = self.client().await?;
+        let row = query_opt(
+            &client,
+            "SELECT count(*), COALESCE(sum(b.stored_size), 0)::INT8 FROM blocks b \
+             WHERE b.updated_at < $1 AND b.claimed_by IS NULL \
+             AND NOT EXISTS (SELECT 1 FROM file_blocks f WHERE f.hash = b.hash)",
+            &[&cutoff],
+        )
+        .await?
+        .ok_or_else(|| MetaError::Internal("candidate count returned nothing".into()))?;
+        Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
     }
 
     /// Up to `limit` candidates of pass `id` after `after` (by hash), with their stored size.
