@@ -252,7 +252,8 @@ async fn orphan_keys(meta: &PgMetaStore, store: &dyn ChunkStore) -> Result<Vec<S
             .filter_map(|k| Some((k.clone(), hash_of_key(k)?)))
             .collect();
         let only: Vec<BlockHash> = hashes.iter().map(|(_, h)| *h).collect();
-        let recorded: std::collections::HashSet<BlockHash> = meta.gc_recorded(&only).await?.into_iter().collect();
+        let recorded: std::collections::HashSet<BlockHash> =
+            meta.gc_recorded(&only).await?.into_iter().collect();
         orphans.extend(
             hashes
                 .into_iter()

@@ -29,7 +29,12 @@ fn hash_of(bytes: Vec<u8>) -> Result<[u8; 32], MetaError> {
 impl PgMetaStore {
     /// Takes or renews the lease of `scope` for `pass_id` for `lease` from now, and returns
     /// when it expires. Another pass holding a live lease is a `Conflict`.
-    pub async fn gc_lease(&self, scope: &str, pass_id: &str, lease: Duration) -> Result<Timestamp, MetaError> {
+    pub async fn gc_lease(
+        &self,
+        scope: &str,
+        pass_id: &str,
+        lease: Duration,
+    ) -> Result<Timestamp, MetaError> {
         let secs = lease.as_secs_f64();
         in_txn!(self, |tx| {
             async {
@@ -64,7 +69,13 @@ impl PgMetaStore {
     }
 
     /// Starts pass `id` (its cutoff: now minus `grace`), or finds it to resume it.
-    pub async fn gc_begin(&self, id: &str, scope: &str, grace: Duration, dry_run: bool) -> Result<PassRecord, MetaError> {
+    pub async fn gc_begin(
+        &self,
+        id: &str,
+        scope: &str,
+        grace: Duration,
+        dry_run: bool,
+    ) -> Result<PassRecord, MetaError> {
         let secs = grace.as_secs_f64();
         in_txn!(self, |tx| {
             async {
@@ -270,12 +281,7 @@ impl PgMetaStore {
                     &[&seen],
                 )
                 .await?;
-                execute(
-                    tx,
-                    "DELETE FROM gc_orphans WHERE NOT (key = ANY($1))",
-                    &[&seen],
-                )
-                .await?;
+                execute(tx, "DELETE FROM gc_orphans WHERE NOT (key = ANY($1))", &[&seen]).await?;
                 let rows = query(
                     tx,
                     "SELECT key FROM gc_orphans WHERE first_seen < $1 ORDER BY key",
