@@ -347,8 +347,9 @@ fn to_hash(bytes: Vec<u8>) -> Result<[u8; 32], MetaError> {
         .map_err(|_| MetaError::Internal("block hash is not 32 bytes".into()))
 }
 
-/// How long a writer waits for a GC pass to finish deleting a block it wants to store.
-const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a writer waits for a GC pass to finish deleting a block it wants to store: longer
+/// than a pass's lease (60 s by default), after which the writer takes the block over.
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(90);
 
 /// Checks that every block in `hashes` is registered (a `failed` record left by an older
 /// version is refused, though a writer renews it when it registers), and makes the `Created`

@@ -41,7 +41,7 @@ impl PgMetaStore {
                 let row = query_opt(
                     tx,
                     "INSERT INTO gc_leases (scope, pass_id, expires_at) \
-                     VALUES ($1, $2, now() + make_interval(secs => $3)) \
+                     VALUES ($1, $2, now() + $3::FLOAT8 * INTERVAL '1 second') \
                      ON CONFLICT (scope) DO UPDATE SET pass_id = excluded.pass_id, expires_at = excluded.expires_at \
                      WHERE gc_leases.pass_id = excluded.pass_id OR gc_leases.expires_at < now() \
                      RETURNING expires_at",
@@ -82,7 +82,7 @@ impl PgMetaStore {
                 execute(
                     tx,
                     "INSERT INTO gc_passes (id, scope, cutoff, dry_run) \
-                     VALUES ($1, $2, now() - make_interval(secs => $3), $4) ON CONFLICT (id) DO NOTHING",
+                     VALUES ($1, $2, now() - $3::FLOAT8 * INTERVAL '1 second', $4) ON CONFLICT (id) DO NOTHING",
                     &[&id, &scope, &secs, &dry_run],
                 )
                 .await?;
