@@ -74,6 +74,31 @@ async fn read(fs: &Fs, name: &str) -> Vec<u8> {
     out
 }
 
+/// A workspace on real PostgreSQL with blocks in memory, and a mount of it.
+struct Rig {
+    meta: PgMetaStore,
+    url: String,
+    store: Arc<dyn ChunkStore>,
+    dir: tempfile::TempDir,
+    fs: Arc<Fs>,
+}
+
+impl Rig {
+    async fn new() -> Rig {
+        let (meta, url) = common::store_and_url().await;
+        let store: Arc<dyn ChunkStore> = Arc::new(MemoryChunkStore::new());
+        let dir = tempfile::tempdir().unwrap();
+        let fs = open(&meta, &store, dir.path(), "a").await;
+        Rig {
+            meta,
+            url,
+            store,
+            dir,
+            fs,
+        }
+    }
+}
+
 fn content(seed: u8) -> Vec<u8> {
     (0..3 * MIN_BLOCK_SIZE as usize)
         .map(|i| ((i as u32).wrapping_mul(2_654_435_761) >> 24) as u8 ^ seed)
@@ -101,10 +126,13 @@ async fn age_blocks(url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overwritten_blocks_are_swept_and_live_ones_kept_with_a_dry_run_first() {
-    let (meta, url) = common::store_and_url().await;
-    let store: Arc<dyn ChunkStore> = Arc::new(MemoryChunkStore::new());
-    let dir = tempfile::tempdir().unwrap();
-    let fs = open(&meta, &store, dir.path(), "a").await;
+    let Rig {
+        meta,
+        url,
+        store,
+        dir,
+        fs,
+    } = Rig::new().await;
     write(&fs, "shot.exr", &content(1)).await;
     write(&fs, "shot.exr", &content(2)).await;
     write(&fs, "kept.exr", &content(3)).await;
@@ -157,10 +185,13 @@ async fn overwritten_blocks_are_swept_and_live_ones_kept_with_a_dry_run_first() 
 /// follows keeps it; the file reads back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_a_writer_deduplicates_against_is_kept() {
-    let (meta, url) = common::store_and_url().await;
-    let store: Arc<dyn ChunkStore> = Arc::new(MemoryChunkStore::new());
-    let dir = tempfile::tempdir().unwrap();
-    let fs = open(&meta, &store, dir.path(), "a").await;
+    let Rig {
+        meta,
+        url,
+        store,
+        dir,
+        fs,
+    } = Rig::new().await;
     write(&fs, "a.exr", &content(1)).await;
     write(&fs, "a.exr", &content(2)).await;
     age_blocks(&url).await;
@@ -176,6 +207,28 @@ async fn a_block_a_writer_deduplicates_against_is_kept() {
         .await
         .expect("create");
     fs.write(opened.fh, 0, &content(1)).await.expect("write");
+    // Full blocks are uploaded (and registered) in the background while the file is open:
+    // wait until the writer has registered all three.
+    let raw = common::raw_client(&url).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let touched: i64 = raw
+            .query_one(
+                "SELECT count(*) FROM blocks WHERE updated_at > now() - INTERVAL '1 hour'",
+                &[],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        if touched == 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer registered {touched} of 3 blocks"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let report = run_block_pass(&meta, store.as_ref(), &pass("p", Duration::from_secs(3600)))
         .await
         .expect("pass");
@@ -192,10 +245,13 @@ async fn a_block_a_writer_deduplicates_against_is_kept() {
 /// first seen; a block a writer registers is never one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphans_are_swept_only_after_the_grace_period() {
-    let (meta, url) = common::store_and_url().await;
-    let store: Arc<dyn ChunkStore> = Arc::new(MemoryChunkStore::new());
-    let dir = tempfile::tempdir().unwrap();
-    let fs = open(&meta, &store, dir.path(), "a").await;
+    let Rig {
+        meta,
+        url,
+        store,
+        dir,
+        fs,
+    } = Rig::new().await;
     write(&fs, "a.exr", &content(1)).await;
     let orphan = drive::data::block_key(blake3::hash(b"never registered").as_bytes());
     store.put(&orphan, bytes::Bytes::from_static(b"x")).await.unwrap();
@@ -224,10 +280,13 @@ async fn orphans_are_swept_only_after_the_grace_period() {
 /// again; the stalled pass then cannot forget it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_of_a_dead_pass_is_taken_over_by_a_writer() {
-    let (meta, url) = common::store_and_url().await;
-    let store: Arc<dyn ChunkStore> = Arc::new(MemoryChunkStore::new());
-    let dir = tempfile::tempdir().unwrap();
-    let fs = open(&meta, &store, dir.path(), "a").await;
+    let Rig {
+        meta,
+        url,
+        store,
+        dir,
+        fs,
+    } = Rig::new().await;
     write(&fs, "a.exr", &content(1)).await;
     write(&fs, "a.exr", &content(2)).await;
     age_blocks(&url).await;

@@ -126,17 +126,7 @@ pub async fn run_pass(args: &GcPassArgs) -> anyhow::Result<drive::gc::PassReport
         )?
         .parse()
         .context("STUDIODRIVE_STORE")?;
-    let s3 = match &location {
-        drive::data::StoreLocation::S3 { bucket, .. } => {
-            let mut cfg = drive::data::S3Config::new(bucket.clone());
-            if let Some(endpoint) = &storage.s3_endpoint {
-                cfg = cfg.with_endpoint(endpoint.clone());
-            }
-            cfg.region.clone_from(&storage.s3_region);
-            Some(cfg)
-        }
-        drive::data::StoreLocation::Local(_) => None,
-    };
+    let s3 = location.s3_config(storage.s3_endpoint.as_deref(), storage.s3_region.as_deref());
     let store = location.open(s3).await.context("open the block store")?;
     let meta = drive::PgMetaStore::connect(&drive::MetaConfig::new(url))
         .await

@@ -265,7 +265,7 @@ impl PgMetaStore {
     /// Which of `hashes` have a block record.
     pub async fn gc_recorded(&self, hashes: &[[u8; 32]]) -> Result<Vec<[u8; 32]>, MetaError> {
         let client = self.client().await?;
-        let keys: Vec<&[u8]> = hashes.iter().map(|h| h.as_slice()).collect();
+        let keys: Vec<&[u8]> = hashes.iter().map(<[u8; 32]>::as_slice).collect();
         let rows = query(&client, "SELECT hash FROM blocks WHERE hash = ANY($1)", &[&keys]).await?;
         rows.into_iter().map(|r| hash_of(r.get(0))).collect()
     }
