@@ -36,6 +36,8 @@ enum Command {
     /// process before it sets the kernel's readahead).
     #[command(hide = true)]
     WaitMounted { path: std::path::PathBuf },
+    /// Runs one garbage-collection pass over the blocks and prints its report.
+    Gc(admin::GcArgs),
     /// Prints the workspace's change feed.
     Events {
         #[command(flatten)]
@@ -67,6 +69,7 @@ fn main() -> anyhow::Result<()> {
                     Command::Snapshot(cmd) => admin::snapshot(cmd).await,
                     Command::Sequences { storage, path } => admin::sequences(storage, path).await,
                     Command::Events { storage, follow } => admin::events(storage, follow).await,
+                    Command::Gc(args) => admin::gc(args).await,
                     Command::Mount(_) | Command::Serve(_) | Command::WaitMounted { .. } => {
                         anyhow::bail!("runs outside this runtime")
                     }

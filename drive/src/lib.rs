@@ -9,6 +9,7 @@ pub mod cache;
 pub mod data;
 pub mod error;
 pub mod fs;
+pub mod gc;
 pub mod meta;
 pub mod model;
 pub mod mount;

@@ -31,6 +31,9 @@ pub struct GcJobSettings {
     pub service_account: Option<String>,
     /// Secret and key holding the metadata store URL, passed as STUDIODRIVE_METADATA_URL.
     pub metadata_url_secret: Option<(String, String)>,
+    /// Plain (not secret) settings of the block store, as environment variables
+    /// (STUDIODRIVE_STORE, STUDIODRIVE_S3_ENDPOINT).
+    pub store_env: Vec<(String, String)>,
 }
 
 impl Default for GcJobSettings {
@@ -40,6 +43,7 @@ impl Default for GcJobSettings {
             image: "ghcr.io/studiodrive/studiodrive-operator:latest".into(),
             service_account: Some("studiodrive-gc".into()),
             metadata_url_secret: None,
+            store_env: Vec::new(),
         }
     }
 }
@@ -62,6 +66,80 @@ pub struct GcPassArgs {
     /// Pause while metadata transactions take longer than this many milliseconds.
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u32).range(1..=600_000))]
     pub backoff_latency_ms: u32,
+    /// Where the pass runs: from the Job's environment ([`GcJobSettings`]), never its
+    /// arguments.
+    #[command(flatten)]
+    pub storage: GcStorage,
+}
+
+/// The storage a GC pass works on, from the environment of its Job.
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct GcStorage {
+    /// The metadata store URL (from the Secret the operator names).
+    #[arg(long, env = "STUDIODRIVE_METADATA_URL", hide_env_values = true)]
+    pub metadata_url: Option<String>,
+    /// The block store: `s3://bucket/prefix` or `file:///dir`.
+    #[arg(long, env = "STUDIODRIVE_STORE")]
+    pub store: Option<String>,
+    /// S3-compatible endpoint of the block store.
+    #[arg(long, env = "STUDIODRIVE_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Region of the block store's bucket.
+    #[arg(long, env = "STUDIODRIVE_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// Seconds a block must be untouched before a pass may delete it (longer than any upload
+    /// and write session).
+    #[arg(long, env = "STUDIODRIVE_GC_GRACE_SECONDS", default_value_t = DEFAULT_GRACE_SECONDS)]
+    pub grace_seconds: u64,
+}
+
+/// An hour: longer than any upload and write session.
+const DEFAULT_GRACE_SECONDS: u64 = 3600;
+
+impl Default for GcStorage {
+    /// What the `gc` subcommand parses with an empty environment.
+    fn default() -> GcStorage {
+        GcStorage {
+            metadata_url: None,
+            store: None,
+            s3_endpoint: None,
+            s3_region: None,
+            grace_seconds: DEFAULT_GRACE_SECONDS,
+        }
+    }
+}
+
+/// Runs pass `args` (the `gc` subcommand): the block sweep of `drive::gc` on the Job's
+/// storage, printing its report. Purge, expiry, tiering and snapshot retention are not run by
+/// this pass yet.
+pub async fn run_pass(args: &GcPassArgs) -> anyhow::Result<drive::gc::PassReport> {
+    use anyhow::Context as _;
+    let storage = &args.storage;
+    let url = storage.metadata_url.clone().context(
+        "STUDIODRIVE_METADATA_URL is not set: the GC Job gets it from the Secret the operator names",
+    )?;
+    let location: drive::data::StoreLocation = storage
+        .store
+        .as_deref()
+        .context(
+            "STUDIODRIVE_STORE is not set: the GC Job gets it from the operator's --object-store-bucket",
+        )?
+        .parse()
+        .context("STUDIODRIVE_STORE")?;
+    let s3 = location.s3_config(storage.s3_endpoint.as_deref(), storage.s3_region.as_deref());
+    let store = location.open(s3).await.context("open the block store")?;
+    let meta = drive::PgMetaStore::connect(&drive::MetaConfig::new(url))
+        .await
+        .context("connect to the metadata store")?;
+    let mut opts = drive::gc::BlockPassOptions::new(args.pass_id.clone());
+    opts.dry_run = args.dry_run;
+    opts.deletes_per_second = args.deletes_per_second;
+    opts.grace = std::time::Duration::from_secs(storage.grace_seconds);
+    let report = drive::gc::run_block_pass(&meta, store.as_ref(), &opts)
+        .await
+        .with_context(|| format!("GC pass {} of LifecyclePolicy {}", args.pass_id, args.policy))?;
+    tracing::info!(policy = %args.policy, report = %serde_json::to_string(&report).unwrap_or_default(), "GC pass finished");
+    Ok(report)
 }
 
 impl GcPassArgs {
@@ -73,6 +151,7 @@ impl GcPassArgs {
             dry_run: policy.spec.dry_run,
             deletes_per_second: policy.spec.throttle.deletes_per_second,
             backoff_latency_ms: policy.spec.throttle.backoff_latency_ms,
+            storage: GcStorage::default(),
         }
     }
 
@@ -113,20 +192,27 @@ pub fn build_job(policy: &LifecyclePolicy, pass_id: &str, job_name: &str, settin
             job_name_label(&policy_name),
         ),
     ]);
-    let env = settings.metadata_url_secret.as_ref().map(|(name, key)| {
-        vec![EnvVar {
-            name: "STUDIODRIVE_METADATA_URL".into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: name.clone(),
-                    key: key.clone(),
-                    optional: Some(false),
-                }),
-                ..EnvVarSource::default()
+    let secret_env = settings.metadata_url_secret.as_ref().map(|(name, key)| EnvVar {
+        name: "STUDIODRIVE_METADATA_URL".into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: name.clone(),
+                key: key.clone(),
+                optional: Some(false),
             }),
-            ..EnvVar::default()
-        }]
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
     });
+    let env: Vec<EnvVar> = secret_env
+        .into_iter()
+        .chain(settings.store_env.iter().map(|(name, value)| EnvVar {
+            name: name.clone(),
+            value: Some(value.clone()),
+            ..EnvVar::default()
+        }))
+        .collect();
+    let env = (!env.is_empty()).then_some(env);
     let container = Container {
         name: "gc".into(),
         image: Some(settings.image.clone()),

@@ -101,12 +101,15 @@ fn main() -> anyhow::Result<()> {
     init_tracing(&cli.log, &cli.log_format)?;
     match cli.command {
         Command::Crds { out_dir } => crds(out_dir),
-        Command::Gc(pass) => anyhow::bail!(
-            "GC engine not yet implemented: pass {} of LifecyclePolicy {} (dry run: {}) cannot run in this build",
-            pass.pass_id,
-            pass.policy,
-            pass.dry_run
-        ),
+        Command::Gc(pass) => {
+            let report = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("build the tokio runtime")?
+                .block_on(operator::gc_job::run_pass(&pass))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -210,6 +213,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             image: args.gc_image,
             service_account: Some("studiodrive-gc".into()),
             metadata_url_secret: gc_secret,
+            store_env: args
+                .object_store_bucket
+                .iter()
+                .map(|b| ("STUDIODRIVE_STORE".to_string(), format!("s3://{b}")))
+                .chain(
+                    args.object_store_endpoint
+                        .iter()
+                        .map(|e| ("STUDIODRIVE_S3_ENDPOINT".to_string(), e.clone())),
+                )
+                .collect(),
         },
     });
     {

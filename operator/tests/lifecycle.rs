@@ -306,6 +306,7 @@ fn settings() -> GcJobSettings {
         image: "registry.example/studiodrive-operator:1.2.3".into(),
         service_account: Some("studiodrive-gc".into()),
         metadata_url_secret: Some(("studiodrive-metadata".into(), "url".into())),
+        store_env: Vec::new(),
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use drive::data::{ChunkStore, S3Config, StoreLocation};
+use drive::data::{ChunkStore, StoreLocation};
 use drive::{MetaConfig, PgMetaStore};
 
 /// Where metadata and blocks live. With no flags, everything sits under the state dir.
@@ -118,19 +118,13 @@ impl StorageArgs {
     /// Opens the block store.
     pub async fn open_store(&self) -> anyhow::Result<Arc<dyn ChunkStore>> {
         let location = self.store_location()?;
-        let s3 = match &location {
-            StoreLocation::S3 { bucket, .. } => {
-                let mut cfg = S3Config::new(bucket.clone());
-                if let Some(ep) = &self.s3_endpoint {
-                    cfg = cfg.with_endpoint(ep.clone());
-                }
-                cfg.region.clone_from(&self.s3_region);
+        let s3 = location
+            .s3_config(self.s3_endpoint.as_deref(), self.s3_region.as_deref())
+            .map(|mut cfg| {
                 cfg.credentials_file.clone_from(&self.s3_credentials_file);
                 cfg.max_attempts = self.s3_max_attempts;
-                Some(cfg)
-            }
-            StoreLocation::Local(_) => None,
-        };
+                cfg
+            });
         location
             .open(s3)
             .await

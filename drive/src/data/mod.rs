@@ -81,6 +81,22 @@ impl FromStr for StoreLocation {
 impl StoreLocation {
     /// Opens the store; `s3` supplies endpoint, credentials and tuning for `s3://` locations
     /// (its bucket and prefix are replaced by the URL's).
+    /// The S3 settings of this location with `endpoint` and `region` (`None` for a local
+    /// store), for [`StoreLocation::open`].
+    pub fn s3_config(&self, endpoint: Option<&str>, region: Option<&str>) -> Option<S3Config> {
+        match self {
+            StoreLocation::Local(_) => None,
+            StoreLocation::S3 { bucket, .. } => {
+                let mut cfg = S3Config::new(bucket.clone());
+                if let Some(endpoint) = endpoint {
+                    cfg = cfg.with_endpoint(endpoint.to_string());
+                }
+                cfg.region = region.map(ToString::to_string);
+                Some(cfg)
+            }
+        }
+    }
+
     pub async fn open(&self, s3: Option<S3Config>) -> Result<Arc<dyn ChunkStore>, StoreError> {
         match self {
             StoreLocation::Local(dir) => LocalChunkStore::open(dir)

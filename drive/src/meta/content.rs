@@ -16,6 +16,7 @@ use crate::meta::usage::charge;
 use crate::meta::{PgMetaStore, in_txn};
 use crate::model::{Actor, Attr, Epoch, NodeId, NodeKind, Timestamp, View, WorkspaceId};
 use crate::rules::blocks::{Shrink, shrink};
+use crate::rules::gc::{BlockPhase, OnRegister, on_register};
 use crate::rules::quota;
 use crate::rules::write_once;
 
@@ -131,19 +132,71 @@ impl PgMetaStore {
         size: u64,
         stored_size: u64,
     ) -> Result<bool, MetaError> {
-        let client = self.client().await?;
-        // One statement: a new record, or a created one renewed (its grace restarts; `failed`,
-        // written by older versions, is renewed alike); no row back means an available record
-        // was there and nothing was written.
-        let row = query_opt(
-            &client,
-            "INSERT INTO blocks (hash, size, stored_size, state) VALUES ($1, $2, $3, 'created') \
-             ON CONFLICT (hash) DO UPDATE SET state = 'created', updated_at = now() \
-             WHERE blocks.state <> 'available' RETURNING state",
-            &[&hash.as_slice(), &(size as i64), &(stored_size as i64)],
-        )
-        .await?;
-        Ok(row.is_none())
+        // A GC pass deleting this block's object finishes within moments; a pass that
+        // stalls past its lease is taken over (rules::gc::on_register).
+        let deadline = std::time::Instant::now() + CLAIM_WAIT;
+        loop {
+            let decided = in_txn!(self, |tx| {
+                async {
+                    let row = query_opt(
+                        tx,
+                        "SELECT b.state, b.claimed_by IS NOT NULL, \
+                         COALESCE((SELECT l.expires_at < now() FROM gc_leases l WHERE l.pass_id = b.claimed_by), true) \
+                         FROM blocks b WHERE b.hash = $1 FOR UPDATE",
+                        &[&hash.as_slice()],
+                    )
+                    .await?;
+                    let phase = row.map(|r| match (r.get::<_, bool>(1), r.get::<_, String>(0).as_str()) {
+                        (true, _) => BlockPhase::Sweeping {
+                            lease_expired: r.get(2),
+                        },
+                        (false, "available") => BlockPhase::Available,
+                        (false, _) => BlockPhase::Created,
+                    });
+                    match on_register(phase) {
+                        OnRegister::Deduplicate => {
+                            // Touched (at most once a minute) so that a pass's cutoff passes it
+                            // by until the commit that will reference it.
+                            execute(
+                                tx,
+                                "UPDATE blocks SET updated_at = now() WHERE hash = $1 \
+                                 AND updated_at < now() - INTERVAL '1 minute'",
+                                &[&hash.as_slice()],
+                            )
+                            .await?;
+                            Ok(Some(true))
+                        }
+                        OnRegister::Upload => {
+                            // A new record, or a created one renewed (its grace restarts), or
+                            // a claim whose pass died taken over.
+                            execute(
+                                tx,
+                                "INSERT INTO blocks (hash, size, stored_size, state) VALUES ($1, $2, $3, 'created') \
+                                 ON CONFLICT (hash) DO UPDATE SET state = 'created', claimed_by = NULL, \
+                                 size = excluded.size, stored_size = excluded.stored_size, updated_at = now()",
+                                &[&hash.as_slice(), &(size as i64), &(stored_size as i64)],
+                            )
+                            .await?;
+                            Ok(Some(false))
+                        }
+                        OnRegister::WaitForSweep => Ok(None),
+                    }
+                }
+                .await
+            })?;
+            match decided {
+                Some(deduplicated) => return Ok(deduplicated),
+                None if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                None => {
+                    return Err(MetaError::Unavailable {
+                        message: "the block is being deleted by a GC pass that has not finished".into(),
+                        source: None,
+                    });
+                }
+            }
+        }
     }
 
     /// A block record, if any.
@@ -294,6 +347,10 @@ fn to_hash(bytes: Vec<u8>) -> Result<[u8; 32], MetaError> {
         .map_err(|_| MetaError::Internal("block hash is not 32 bytes".into()))
 }
 
+/// How long a writer waits for a GC pass to finish deleting a block it wants to store: longer
+/// than a pass's lease (60 s by default), after which the writer takes the block over.
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// Checks that every block in `hashes` is registered (a `failed` record left by an older
 /// version is refused, though a writer renews it when it registers), and makes the `Created`
 /// ones `Available` (see [`PgMetaStore::commit_content`]). Both statements go out together.
@@ -305,7 +362,8 @@ pub(crate) async fn claim_blocks<C: GenericClient>(c: &C, hashes: &[&[u8]]) -> R
     let (counted, marked) = tokio::join!(
         query_opt(
             c,
-            "SELECT count(DISTINCT hash) FROM blocks WHERE hash = ANY($1) AND state IN ('created', 'available')",
+            "SELECT count(DISTINCT hash) FROM blocks WHERE hash = ANY($1) AND state IN ('created', 'available') \
+             AND claimed_by IS NULL",
             &params,
         ),
         execute(
@@ -321,7 +379,7 @@ pub(crate) async fn claim_blocks<C: GenericClient>(c: &C, hashes: &[&[u8]]) -> R
     distinct.dedup();
     if known != distinct.len() {
         return Err(MetaError::InvalidArgument(
-            "commit references blocks that were never registered".into(),
+            "commit references blocks that were never registered, or that a GC pass is deleting".into(),
         ));
     }
     Ok(())

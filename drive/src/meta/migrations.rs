@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         7,
         include_str!("../../migrations/0007_workspace_object_store.sql"),
     ),
+    (8, include_str!("../../migrations/0008_gc.sql")),
 ];
 
 pub(super) async fn apply(store: &PgMetaStore) -> Result<(), MetaError> {

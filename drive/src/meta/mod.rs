@@ -15,6 +15,7 @@
 mod content;
 mod copy;
 mod events;
+mod gc;
 mod locks;
 mod memory;
 mod migrations;
@@ -33,6 +34,7 @@ pub mod xattrs;
 pub use content::{BlockChange, BlockRecord, BlockState, FileBlock, InitialContent};
 pub use copy::CopyReport;
 pub use events::{EventFeed, FeedHorizon, WorkspaceFeed};
+pub use gc::PassRecord;
 pub use locks::{FileLock, LockKind};
 pub use memory::MemMetaStore;
 pub(crate) use rows::new_inode_attr;
