@@ -58,6 +58,7 @@ pub fn errno(e: &FsError) -> Errno {
         FsErrorKind::NoSpace => Errno::ENOSPC,
         FsErrorKind::QuotaExceeded => Errno::EDQUOT,
         FsErrorKind::Busy => Errno::from_i32(libc::EAGAIN),
+        FsErrorKind::Stale => Errno::from_i32(libc::ESTALE),
     }
 }
 

@@ -611,3 +611,43 @@ async fn identical_blocks_in_two_stores_are_both_stored() {
         .fs;
     assert_eq!(get(&again, "frame.exr").await, Ok(data));
 }
+
+/// Opening a new file whose first commit failed (it never reached the store) answers ESTALE,
+/// not ENOENT, so the kernel looks the name up again instead of failing an `open(O_CREAT)` of
+/// the same name on its stale cached entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_a_file_whose_create_was_abandoned_is_stale() {
+    use drive::data::{FaultyChunkStore, StoreFault, StoreOp};
+    let rig = Rig::new();
+    let faulty = Arc::new(FaultyChunkStore::new(rig.chunks.clone()));
+    let spec = Rig::creating(rig.spec("studio.a", live("/"), None, "a"));
+    let fs = mount::open(rig.meta.clone(), faulty.clone() as Arc<dyn ChunkStore>, &spec)
+        .await
+        .expect("open")
+        .fs;
+    let flags = OpenFlags {
+        read: true,
+        write: true,
+        ..OpenFlags::default()
+    };
+    let created = fs
+        .create(ROOT_INO, b"new.exr", 0o644, flags, caller())
+        .await
+        .expect("create");
+    fs.write(created.fh, 0, b"first try").await.expect("write");
+    faulty.set(StoreOp::Put, StoreFault::Refused);
+    assert!(
+        fs.flush(created.fh, caller()).await.is_err(),
+        "the first commit fails"
+    );
+    let _ = fs.release(created.fh, caller()).await;
+    faulty.clear();
+    let err = fs
+        .open(fs.to_ino(created.attr.ino), flags, caller())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), FsErrorKind::Stale, "{err}");
+    // The name is free: creating it again works.
+    put(&fs, "new.exr", b"second try").await;
+    assert_eq!(get(&fs, "new.exr").await, Ok(b"second try".to_vec()));
+}

@@ -35,6 +35,9 @@ pub enum FsErrorKind {
     QuotaExceeded,
     /// A transient conflict that a retry may resolve (EAGAIN).
     Busy,
+    /// The node a kernel name or handle refers to is gone (ESTALE): the kernel then looks
+    /// the name up again instead of trusting a cached entry.
+    Stale,
 }
 
 impl FsErrorKind {
@@ -59,6 +62,7 @@ impl FsErrorKind {
             FsErrorKind::NoSpace => "no_space",
             FsErrorKind::QuotaExceeded => "quota_exceeded",
             FsErrorKind::Busy => "busy",
+            FsErrorKind::Stale => "stale",
         }
     }
 }

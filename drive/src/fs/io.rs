@@ -25,7 +25,17 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
     /// Opens file `ino`.
     pub async fn open(&self, ino: u64, flags: OpenFlags, caller: Caller) -> Result<Opened, FsError> {
         self.readable()?;
-        let attr = self.fresh_attr(self.to_node(ino)).await?;
+        // The kernel opens by an inode its cached entry names. If that node is gone (another
+        // mount removed it, or a new file's first commit failed here), ESTALE makes the
+        // kernel look the name up again, so `open(O_CREAT)` creates the file instead of
+        // failing with ENOENT on an entry that no longer exists.
+        let attr = self
+            .fresh_attr(self.to_node(ino))
+            .await
+            .map_err(|e| match e.kind() {
+                FsErrorKind::NotFound => FsError::new(FsErrorKind::Stale, format!("inode {ino} is gone")),
+                _ => e,
+            })?;
         self.open_node(attr, flags, None, caller).await
     }
 
