@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::read_file;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -135,32 +137,6 @@ async fn write_file(fs: &DriveFs<BlockStore>, name: &str, data: &[u8]) -> u64 {
     fs.flush(opened.fh, caller()).await.unwrap();
     fs.release(opened.fh, caller()).await.unwrap();
     fs.to_ino(opened.attr.ino)
-}
-
-async fn read_file<M: drive::MetaStore>(
-    fs: &DriveFs<BlockStore<M>, M>,
-    ino: u64,
-) -> Result<Vec<u8>, drive::fs::FsError> {
-    let opened = fs
-        .open(
-            ino,
-            OpenFlags {
-                read: true,
-                ..OpenFlags::default()
-            },
-            caller(),
-        )
-        .await?;
-    let mut out = Vec::new();
-    let result = loop {
-        match fs.read(opened.fh, out.len() as u64, MIB as u32).await {
-            Ok(chunk) if chunk.is_empty() => break Ok(()),
-            Ok(chunk) => out.extend_from_slice(&chunk),
-            Err(e) => break Err(e),
-        }
-    };
-    fs.release(opened.fh, caller()).await?;
-    result.map(|()| out)
 }
 
 fn assert_same(actual: &[u8], expected: &[u8], what: &str) {

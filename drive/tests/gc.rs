@@ -54,24 +54,7 @@ async fn write(fs: &Fs, name: &str, data: &[u8]) {
 
 async fn read(fs: &Fs, name: &str) -> Vec<u8> {
     let attr = fs.lookup(ROOT_INO, name.as_bytes()).await.expect("lookup");
-    let flags = OpenFlags {
-        read: true,
-        ..OpenFlags::default()
-    };
-    let opened = fs
-        .open(fs.to_ino(attr.ino), flags, Caller::default())
-        .await
-        .expect("open");
-    let mut out = Vec::new();
-    loop {
-        let chunk = fs.read(opened.fh, out.len() as u64, 1 << 20).await.expect("read");
-        if chunk.is_empty() {
-            break;
-        }
-        out.extend_from_slice(&chunk);
-    }
-    fs.release(opened.fh, Caller::default()).await.expect("release");
-    out
+    common::read_file(fs, fs.to_ino(attr.ino)).await.expect("read")
 }
 
 /// A workspace on real PostgreSQL with blocks in memory, and a mount of it.

@@ -367,8 +367,7 @@ async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()
     if let Some(check) = &access_check {
         // Decided again before the first request: a mount restarted after its Share was
         // deleted must not serve on the decision of its publish.
-        let facts = meta.access_facts(&ws.name).await?;
-        fs.set_mount_access(check.decide(facts, SystemClock.now()));
+        decide_access(&fs, &meta, check).await?;
     }
     tracing::info!(store = %describe, encrypted = ws.encrypted, "block store");
     tracing::info!(
@@ -504,6 +503,17 @@ async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()
 /// an unknown answer is a refusal.
 const ACCESS_UNKNOWN_GRACE: Duration = Duration::from_secs(60);
 
+/// Takes the publish's access decision again, from the workspace's grants now.
+async fn decide_access<B: drive::fs::BlockIo>(
+    fs: &drive::fs::DriveFs<B>,
+    meta: &drive::PgMetaStore,
+    check: &AccessCheck,
+) -> Result<(), drive::MetaError> {
+    let facts = meta.access_facts(&fs.workspace().name).await?;
+    fs.set_mount_access(check.decide(facts, SystemClock.now()));
+    Ok(())
+}
+
 /// Takes the publish's access decision again every `every` until `stop`, so a deleted or
 /// expired Share stops granting a live mount: it becomes read-only (writes fail with EROFS)
 /// when a read grant is left, and refuses lookups and opens (EACCES) when nothing is.
@@ -514,7 +524,6 @@ async fn recheck_access<B: drive::fs::BlockIo>(
     every: Duration,
     stop: impl Future<Output = ()>,
 ) {
-    let workspace = fs.workspace().name.clone();
     let mut last_answer = Instant::now();
     tokio::pin!(stop);
     loop {
@@ -522,11 +531,8 @@ async fn recheck_access<B: drive::fs::BlockIo>(
             () = &mut stop => return,
             () = tokio::time::sleep(every) => {}
         }
-        match meta.access_facts(&workspace).await {
-            Ok(facts) => {
-                last_answer = Instant::now();
-                fs.set_mount_access(check.decide(facts, SystemClock.now()));
-            }
+        match decide_access(fs, meta, check).await {
+            Ok(()) => last_answer = Instant::now(),
             Err(e) if last_answer.elapsed() > ACCESS_UNKNOWN_GRACE => {
                 tracing::error!(error = %e, "access cannot be rechecked; refusing until it can");
                 fs.set_mount_access(MountAccess::Denied);

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 use drive::model::{Actor, Name, Workspace, WorkspaceKind, WorkspaceSpec};
+use drive::data::BlockStore;
+use drive::fs::{DriveFs, OpenFlags};
 use drive::{MetaConfig, PgMetaStore};
 use drive_testkit::pg::PgServer;
 
@@ -56,4 +58,31 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+/// The whole content of file `ino`, read in 1 MiB requests through an open handle.
+pub async fn read_file<M: drive::MetaStore>(
+    fs: &DriveFs<BlockStore<M>, M>,
+    ino: u64,
+) -> Result<Vec<u8>, drive::fs::FsError> {
+    let opened = fs
+        .open(
+            ino,
+            OpenFlags {
+                read: true,
+                ..OpenFlags::default()
+            },
+            drive::fs::Caller::default(),
+        )
+        .await?;
+    let mut out = Vec::new();
+    let result = loop {
+        match fs.read(opened.fh, out.len() as u64, 1 << 20).await {
+            Ok(chunk) if chunk.is_empty() => break Ok(()),
+            Ok(chunk) => out.extend_from_slice(&chunk),
+            Err(e) => break Err(e),
+        }
+    };
+    fs.release(opened.fh, drive::fs::Caller::default()).await?;
+    result.map(|()| out)
 }
