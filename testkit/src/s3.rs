@@ -259,7 +259,13 @@ impl S3Server {
                                     Some(Fault::Drop) => {
                                         return Err(s3s::HttpError::new("injected connection drop".into()));
                                     }
-                                    Some(Fault::Status(code)) => return Ok(error_response(code)),
+                                    Some(Fault::Status(code)) => {
+                                        // Read the request first, as S3 does: answering before
+                                        // the body is read makes the client's write race the
+                                        // connection's close (a broken pipe, not the status).
+                                        drain(req.into_body()).await;
+                                        return Ok(error_response(code));
+                                    }
                                     Some(Fault::StallBody { after, stall: d }) => stall = Some((after, d)),
                                 }
                                 let resp = hyper::service::Service::call(&service, req).await;
@@ -419,6 +425,12 @@ impl hyper::body::Body for StalledBody {
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+async fn drain(mut body: hyper::body::Incoming) {
+    use hyper::body::Body as _;
+    let mut body = std::pin::Pin::new(&mut body);
+    while let Some(Ok(_)) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {}
 }
 
 fn error_response(code: u16) -> s3s::HttpResponse {
