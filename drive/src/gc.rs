@@ -51,7 +51,7 @@ impl BlockPassOptions {
 }
 
 /// What a pass found and did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PassReport {
     pub pass_id: String,
     pub dry_run: bool,
@@ -79,6 +79,8 @@ pub enum GcError {
     Store(#[from] StoreError),
     #[error("the pass's lease ran out: it stopped deleting; run it again to resume")]
     LeaseLost,
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 /// Spaces deletes out to at most `per_second`.

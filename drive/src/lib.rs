@@ -10,6 +10,7 @@ pub mod data;
 pub mod error;
 pub mod fs;
 pub mod gc;
+pub mod lifecycle;
 pub mod meta;
 pub mod model;
 pub mod mount;

@@ -313,6 +313,18 @@ impl PgMetaStore {
         Ok(())
     }
 
+    /// The report of pass `id` once it finished (`None` while it runs or when unknown).
+    pub async fn gc_pass_report(&self, id: &str) -> Result<Option<serde_json::Value>, MetaError> {
+        let client = self.client().await?;
+        let row = query_opt(
+            &client,
+            "SELECT report FROM gc_passes WHERE id = $1 AND finished_at IS NOT NULL",
+            &[&id],
+        )
+        .await?;
+        Ok(row.and_then(|r| r.get::<_, Option<serde_json::Value>>(0)))
+    }
+
     /// The database's clock, for lease arithmetic against `gc_leases.expires_at`.
     pub async fn gc_now(&self) -> Result<Timestamp, MetaError> {
         let client = self.client().await?;
