@@ -9,8 +9,9 @@ use std::time::Duration;
 use crate::data::ChunkStore;
 use crate::gc::{BlockPassOptions, GcError, PassReport};
 use crate::meta::PgMetaStore;
-use crate::model::WorkspaceKind;
-use crate::rules::gc::{RetentionClass, SnapshotRetention};
+use crate::meta::before;
+use crate::model::{Actor, Timestamp, WorkspaceKind};
+use crate::rules::gc::{RetentionClass, SnapshotRetention, purge_due, retention, snapshots_to_release};
 
 /// Which workspaces the namespace phases touch (the block pass is storage-wide).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -75,7 +76,9 @@ pub struct LifecycleReport {
     pub expired: u64,
     /// Soft-deleted entries purged for good.
     pub purged_entries: u64,
-    /// Nodes (files, folders) whose rows were purged.
+    /// Old versions (entries, inodes, block maps) no retained snapshot showed, purged.
+    pub purged_history_rows: u64,
+    /// Nodes (files, folders) whose rows were purged (not counted by a dry run).
     pub purged_nodes: u64,
     /// Soft-deleted workspaces purged.
     pub purged_workspaces: u64,
@@ -89,32 +92,91 @@ pub struct LifecycleReport {
     pub duration_ms: u64,
 }
 
-/// Runs (or resumes) one lifecycle pass.
+/// Runs (or resumes) one lifecycle pass: per selected workspace, snapshot retention, then the
+/// purge of history no retained snapshot shows and of trash past its retention; then the
+/// nodes that lost their last name, soft-deleted workspaces past their retention, and last
+/// the block pass, which frees the blocks the earlier phases released. Every phase is
+/// idempotent, so re-running a pass id after a crash finishes it.
 pub async fn run_pass(
     meta: &PgMetaStore,
     store: &dyn ChunkStore,
     opts: &LifecycleOptions,
 ) -> Result<LifecycleReport, GcError> {
     let started = std::time::Instant::now();
-    if !opts.retention.is_empty()
-        || opts.snapshots != SnapshotRetention::default()
-        || opts.expire.is_some()
-        || opts.transition.is_some()
-        || opts.event_retention.is_some()
-    {
+    if opts.expire.is_some() || opts.transition.is_some() || opts.event_retention.is_some() {
         return Err(GcError::Unsupported(
-            "only the block sweep is built: purge, snapshot retention, expiry, tiering and event retention are not",
+            "expiry, tiering and event retention are not built yet",
         ));
     }
-    let blocks = crate::gc::run_block_pass(meta, store, &opts.blocks).await?;
-    let report = LifecycleReport {
+    let dry_run = opts.blocks.dry_run;
+    let actor = Actor(format!("lifecycle:{}", opts.blocks.pass_id));
+    let now = meta.gc_now().await?;
+    let grace_cutoff = before(now, opts.blocks.grace);
+    let mut report = LifecycleReport {
         pass_id: opts.blocks.pass_id.clone(),
-        dry_run: blocks.dry_run,
-        blocks,
-        duration_ms: started.elapsed().as_millis() as u64,
+        dry_run,
         ..LifecycleReport::default()
     };
+    for ws in meta.list_workspaces().await? {
+        if !opts.scope.selects(&ws.name, ws.kind) {
+            continue;
+        }
+        let snapshots = meta.list_snapshots(ws.id).await?;
+        let created: Vec<Timestamp> = snapshots.iter().map(|s| s.created_at).collect();
+        for i in snapshots_to_release(&created, opts.snapshots, now) {
+            if !dry_run {
+                meta.delete_snapshot(&actor, ws.id, &snapshots[i].name).await?;
+            }
+            report.snapshots_released += 1;
+        }
+        report.purged_history_rows += meta.purge_history(ws.id, dry_run).await?;
+        report.purged_entries += meta
+            .purge_trash(
+                ws.id,
+                ws.root,
+                ws.kind,
+                &opts.retention,
+                now,
+                grace_cutoff,
+                dry_run,
+            )
+            .await?;
+    }
+    if !dry_run {
+        report.purged_nodes += meta.purge_queued_nodes().await?;
+    }
+    // A deleted workspace no longer has a resource a selector could match: only kinds select it.
+    for (id, kind, deleted_at, root) in meta.deleted_workspaces(grace_cutoff).await? {
+        if !opts.scope.kinds.is_empty() && !opts.scope.kinds.contains(&kind) {
+            continue;
+        }
+        let due =
+            retention(&opts.retention, kind, Some("/")).is_some_and(|keep| purge_due(deleted_at, keep, now));
+        if !due {
+            continue;
+        }
+        if !dry_run {
+            meta.purge_workspace(id, root).await?;
+        }
+        report.purged_workspaces += 1;
+    }
+    if !dry_run {
+        report.purged_nodes += meta.purge_queued_nodes().await?;
+    }
+    report.blocks = crate::gc::run_block_pass(meta, store, &opts.blocks).await?;
+    report.duration_ms = started.elapsed().as_millis() as u64;
     let json = serde_json::to_value(&report).unwrap_or_default();
     meta.gc_finish(&opts.blocks.pass_id, &json).await?;
     Ok(report)
+}
+
+impl WorkspaceScope {
+    /// Whether the namespace phases touch workspace `name` of `kind`.
+    pub fn selects(&self, name: &str, kind: WorkspaceKind) -> bool {
+        (self.kinds.is_empty() || self.kinds.contains(&kind))
+            && self
+                .names
+                .as_ref()
+                .is_none_or(|names| names.iter().any(|n| n == name))
+    }
 }

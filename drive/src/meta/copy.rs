@@ -53,107 +53,125 @@ impl PgMetaStore {
         let now = self.clock.now();
         in_txn!(self, |tx| {
             async {
-                let ctx = ws_ctx(tx, ws).await?;
-                live_dir(tx, &ctx, dst_parent).await?;
-                let root = inode_in_view(tx, src_view, src)
-                    .await?
-                    .ok_or_else(|| MetaError::NotFound(format!("node {src}")))?;
-                if root.workspace != ctx.id {
-                    return Err(MetaError::NotFound(format!("node {src}")));
-                }
-                if root.attr.kind == NodeKind::Directory && src_view == View::Live {
-                    super::tree::ensure_not_ancestor(tx, src, dst_parent).await?;
-                }
-                let mut report = CopyReport::default();
-                let mut usage = UsageChange::default();
-                let mut touched = BTreeSet::new();
-                let mut stack = vec![(src, dst_parent, dst_name.clone())];
-                while let Some((from, parent, name)) = stack.pop() {
-                    let node = inode_in_view(tx, src_view, from)
-                        .await?
-                        .ok_or_else(|| MetaError::Internal(format!("node {from} vanished during copy")))?;
-                    let existing = live_entry(tx, parent, &name).await?;
-                    let target = match &existing {
-                        Some(e) if e.kind == NodeKind::Directory && node.attr.kind == NodeKind::Directory => {
-                            e.ino
-                        }
-                        Some(e) => match merge {
-                            MergeMode::Fail => return Err(MetaError::Exists(name.to_string_lossy())),
-                            MergeMode::Skip => {
-                                report.skipped += 1;
-                                continue;
-                            }
-                            MergeMode::Overwrite => {
-                                let mut old = live_inode(tx, &ctx, e.ino).await?;
-                                guard_write_once(&ctx, &old.attr, "overwrite")?;
-                                let replaces_folder = old.attr.kind == NodeKind::Directory;
-                                if replaces_folder {
-                                    super::tree::guard_write_once_folder(tx, &ctx, e.ino).await?;
-                                }
-                                let before = old.attr.clone();
-                                close_entry(tx, &ctx, e.id, true).await?;
-                                if replaces_folder {
-                                    // The folder's ".." link to its parent goes with it.
-                                    let mut p = live_inode(tx, &ctx, parent).await?;
-                                    p.attr.nlink = p.attr.nlink.saturating_sub(1);
-                                    write_inode(tx, &ctx, &p).await?;
-                                }
-                                old.attr.nlink = if replaces_folder {
-                                    0
-                                } else {
-                                    old.attr.nlink.saturating_sub(1)
-                                };
-                                old.attr.ctime = now;
-                                usage += quota::change(&before, &old.attr);
-                                write_inode(tx, &ctx, &old).await?;
-                                frame_removed(tx, parent, &name, e.kind).await?;
-                                report.replaced += 1;
-                                let copied = copy_node(tx, &ctx, src_view, &node, parent, &name, now).await?;
-                                usage += quota::charge(&copied);
-                                copied.ino
-                            }
-                        },
-                        None => {
-                            let copied = copy_node(tx, &ctx, src_view, &node, parent, &name, now).await?;
-                            usage += quota::charge(&copied);
-                            copied.ino
-                        }
-                    };
-                    if !matches!(&existing, Some(e) if e.kind == NodeKind::Directory) {
-                        report.copied += 1;
-                        touched.insert(parent);
-                    }
-                    if report.root.is_none() {
-                        report.root = Some(target);
-                    }
-                    if node.attr.kind == NodeKind::Directory {
-                        for (child, _) in children(tx, src_view, from).await? {
-                            stack.push((child.1, target, child.0));
-                        }
-                    }
-                }
-                for dir in touched {
-                    let mut d = live_inode(tx, &ctx, dir).await?;
-                    d.attr.mtime = now;
-                    d.attr.ctime = now;
-                    write_inode(tx, &ctx, &d).await?;
-                }
-                charge(tx, &ctx, usage).await?;
-                record_event(
-                    tx,
-                    ctx.id,
-                    actor,
-                    "copy",
-                    report.root,
-                    Some(dst_parent),
-                    Some(dst_name),
+                copy_in(
+                    tx, actor, ws, src_view, src, dst_parent, dst_name, merge, now, "copy",
                 )
-                .await?;
-                Ok(report)
+                .await
             }
             .await
         })
     }
+}
+
+/// [`PgMetaStore::copy`] in the caller's transaction, recorded as event `op`.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn copy_in<C: GenericClient>(
+    tx: &C,
+    actor: &Actor,
+    ws: WorkspaceId,
+    src_view: View,
+    src: NodeId,
+    dst_parent: NodeId,
+    dst_name: &Name,
+    merge: MergeMode,
+    now: Timestamp,
+    op: &str,
+) -> Result<CopyReport, MetaError> {
+    let ctx = ws_ctx(tx, ws).await?;
+    live_dir(tx, &ctx, dst_parent).await?;
+    let root = inode_in_view(tx, src_view, src)
+        .await?
+        .ok_or_else(|| MetaError::NotFound(format!("node {src}")))?;
+    if root.workspace != ctx.id {
+        return Err(MetaError::NotFound(format!("node {src}")));
+    }
+    if root.attr.kind == NodeKind::Directory && src_view == View::Live {
+        super::tree::ensure_not_ancestor(tx, src, dst_parent).await?;
+    }
+    let mut report = CopyReport::default();
+    let mut usage = UsageChange::default();
+    let mut touched = BTreeSet::new();
+    let mut stack = vec![(src, dst_parent, dst_name.clone())];
+    while let Some((from, parent, name)) = stack.pop() {
+        let node = inode_in_view(tx, src_view, from)
+            .await?
+            .ok_or_else(|| MetaError::Internal(format!("node {from} vanished during copy")))?;
+        let existing = live_entry(tx, parent, &name).await?;
+        let target = match &existing {
+            Some(e) if e.kind == NodeKind::Directory && node.attr.kind == NodeKind::Directory => e.ino,
+            Some(e) => match merge {
+                MergeMode::Fail => return Err(MetaError::Exists(name.to_string_lossy())),
+                MergeMode::Skip => {
+                    report.skipped += 1;
+                    continue;
+                }
+                MergeMode::Overwrite => {
+                    let mut old = live_inode(tx, &ctx, e.ino).await?;
+                    guard_write_once(&ctx, &old.attr, "overwrite")?;
+                    let replaces_folder = old.attr.kind == NodeKind::Directory;
+                    if replaces_folder {
+                        super::tree::guard_write_once_folder(tx, &ctx, e.ino).await?;
+                    }
+                    let before = old.attr.clone();
+                    close_entry(tx, &ctx, e.id, true).await?;
+                    if replaces_folder {
+                        // The folder's ".." link to its parent goes with it.
+                        let mut p = live_inode(tx, &ctx, parent).await?;
+                        p.attr.nlink = p.attr.nlink.saturating_sub(1);
+                        write_inode(tx, &ctx, &p).await?;
+                    }
+                    old.attr.nlink = if replaces_folder {
+                        0
+                    } else {
+                        old.attr.nlink.saturating_sub(1)
+                    };
+                    old.attr.ctime = now;
+                    usage += quota::change(&before, &old.attr);
+                    write_inode(tx, &ctx, &old).await?;
+                    frame_removed(tx, parent, &name, e.kind).await?;
+                    report.replaced += 1;
+                    let copied = copy_node(tx, &ctx, src_view, &node, parent, &name, now).await?;
+                    usage += quota::charge(&copied);
+                    copied.ino
+                }
+            },
+            None => {
+                let copied = copy_node(tx, &ctx, src_view, &node, parent, &name, now).await?;
+                usage += quota::charge(&copied);
+                copied.ino
+            }
+        };
+        if !matches!(&existing, Some(e) if e.kind == NodeKind::Directory) {
+            report.copied += 1;
+            touched.insert(parent);
+        }
+        if report.root.is_none() {
+            report.root = Some(target);
+        }
+        if node.attr.kind == NodeKind::Directory {
+            for (child, _) in children(tx, src_view, from).await? {
+                stack.push((child.1, target, child.0));
+            }
+        }
+    }
+    for dir in touched {
+        let mut d = live_inode(tx, &ctx, dir).await?;
+        d.attr.mtime = now;
+        d.attr.ctime = now;
+        write_inode(tx, &ctx, &d).await?;
+    }
+    charge(tx, &ctx, usage).await?;
+    record_event(
+        tx,
+        ctx.id,
+        actor,
+        op,
+        report.root,
+        Some(dst_parent),
+        Some(dst_name),
+    )
+    .await?;
+    Ok(report)
 }
 
 /// Creates a copy of `node` (attributes, symlink target, block map) at `parent/name`;

@@ -24,6 +24,8 @@
 //!   ran out: then it takes the record over and uploads again. The dead pass cannot delete
 //!   after that, since its lease has expired and it checks before every delete.
 
+use std::time::Duration;
+
 use crate::model::{Timestamp, WorkspaceKind};
 
 /// Where a block record stands, as a writer or a pass reads it.
@@ -73,53 +75,70 @@ pub fn may_delete_object(lease_expires_at: Timestamp, now: Timestamp, margin_ns:
 }
 
 /// One retention class of a policy: deleted data of the workspaces and paths it selects is
-/// kept `days` days before it is purged.
+/// kept `keep` before it is purged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetentionClass {
     /// Workspace kinds it applies to; all when empty.
     pub kinds: Vec<WorkspaceKind>,
     /// Folder it applies to, with everything below it (`/` or `None`: the whole workspace).
     pub path_prefix: Option<String>,
-    pub days: u32,
+    pub keep: Duration,
+}
+
+impl RetentionClass {
+    /// A class of `days` days for every kind and path.
+    pub fn days(days: u32) -> RetentionClass {
+        RetentionClass {
+            kinds: Vec::new(),
+            path_prefix: None,
+            keep: days_to_duration(days),
+        }
+    }
 }
 
 /// The studio's default retention classes: 7, 15, 30, 60 and 180 days.
 pub const STUDIO_RETENTION_DAYS: [u32; 5] = [7, 15, 30, 60, 180];
 
-/// How many days deleted data at `path` of a `kind` workspace is kept: the longest of the
-/// classes that apply (no class may see its data purged early because another applies too).
-/// `None` when no class applies: such data is never purged.
-pub fn retention_days(classes: &[RetentionClass], kind: WorkspaceKind, path: &str) -> Option<u32> {
+/// `days` whole days.
+pub fn days_to_duration(days: u32) -> Duration {
+    Duration::from_secs(u64::from(days) * 86_400)
+}
+
+/// How long deleted data at `path` of a `kind` workspace is kept: the longest of the classes
+/// that apply (no class may see its data purged early because another applies too). `path`
+/// is `None` when the folder it was deleted from is gone: then every class of the kind
+/// applies, whatever its prefix, so the answer errs towards keeping. `None` when no class
+/// applies: such data is never purged.
+pub fn retention(classes: &[RetentionClass], kind: WorkspaceKind, path: Option<&str>) -> Option<Duration> {
     classes
         .iter()
         .filter(|c| c.kinds.is_empty() || c.kinds.contains(&kind))
-        .filter(|c| match c.path_prefix.as_deref() {
-            None => true,
-            Some(prefix) => super::access::covers(prefix, path),
+        .filter(|c| match (c.path_prefix.as_deref(), path) {
+            (None, _) | (Some(_), None) => true,
+            (Some(prefix), Some(path)) => super::access::covers(prefix, path),
         })
-        .map(|c| c.days)
+        .map(|c| c.keep)
         .max()
 }
 
-const DAY_NS: i64 = 86_400 * 1_000_000_000;
-
-/// Whether data deleted at `deleted_at` and kept `days` days may be purged at `now`.
-pub fn purge_due(deleted_at: Timestamp, days: u32, now: Timestamp) -> bool {
-    now.0.saturating_sub(deleted_at.0) >= i64::from(days).saturating_mul(DAY_NS)
+/// Whether data deleted at `deleted_at` and kept for `keep` may be purged at `now`.
+pub fn purge_due(deleted_at: Timestamp, keep: Duration, now: Timestamp) -> bool {
+    let keep_ns = i64::try_from(keep.as_nanos()).unwrap_or(i64::MAX);
+    now.0.saturating_sub(deleted_at.0) >= keep_ns
 }
 
-/// Which snapshots a policy keeps: the `keep_last` newest and those younger than `keep_days`.
+/// Which snapshots a policy keeps: the `keep_last` newest and those younger than `max_age`.
 /// A snapshot is released only when no rule given keeps it; with no rule, all are kept.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SnapshotRetention {
     pub keep_last: Option<u32>,
-    pub keep_days: Option<u32>,
+    pub max_age: Option<Duration>,
 }
 
 /// The indexes in `created` (creation times of one workspace's snapshots, any order) of the
 /// snapshots `rule` releases at `now`.
 pub fn snapshots_to_release(created: &[Timestamp], rule: SnapshotRetention, now: Timestamp) -> Vec<usize> {
-    if rule.keep_last.is_none() && rule.keep_days.is_none() {
+    if rule.keep_last.is_none() && rule.max_age.is_none() {
         return Vec::new();
     }
     let mut newest_first: Vec<usize> = (0..created.len()).collect();
@@ -130,7 +149,7 @@ pub fn snapshots_to_release(created: &[Timestamp], rule: SnapshotRetention, now:
         .enumerate()
         .filter(|&(rank, i)| {
             let kept_by_count = rank < keep_last;
-            let kept_by_age = rule.keep_days.is_some_and(|d| !purge_due(created[i], d, now));
+            let kept_by_age = rule.max_age.is_some_and(|age| !purge_due(created[i], age, now));
             !kept_by_count && !kept_by_age
         })
         .map(|(_, i)| i)
@@ -143,7 +162,7 @@ pub fn snapshots_to_release(created: &[Timestamp], rule: SnapshotRetention, now:
 mod tests {
     use super::*;
 
-    const DAY: i64 = DAY_NS;
+    const DAY: i64 = 86_400 * 1_000_000_000;
 
     #[test]
     fn a_writer_skips_its_upload_only_for_an_available_block() {
@@ -203,7 +222,10 @@ mod tests {
         let class = |kinds: Vec<WorkspaceKind>, prefix: Option<&str>, days| RetentionClass {
             kinds,
             path_prefix: prefix.map(Into::into),
-            days,
+            keep: days_to_duration(days),
+        };
+        let retention_days = |classes: &[RetentionClass], kind, path| {
+            retention(classes, kind, path).map(|d| (d.as_secs() / 86_400) as u32)
         };
         let classes = [
             class(vec![], None, 7),
@@ -211,29 +233,47 @@ mod tests {
             class(vec![], Some("/finals"), 180),
             class(vec![WorkspaceKind::User], Some("/scratch"), 15),
         ];
-        assert_eq!(retention_days(&classes, WorkspaceKind::Team, "/a"), Some(7));
-        assert_eq!(retention_days(&classes, WorkspaceKind::Project, "/a"), Some(60));
+        assert_eq!(retention_days(&classes, WorkspaceKind::Team, Some("/a")), Some(7));
         assert_eq!(
-            retention_days(&classes, WorkspaceKind::Team, "/finals/x"),
+            retention_days(&classes, WorkspaceKind::Project, Some("/a")),
+            Some(60)
+        );
+        assert_eq!(
+            retention_days(&classes, WorkspaceKind::Team, Some("/finals/x")),
             Some(180)
         );
-        assert_eq!(retention_days(&classes, WorkspaceKind::Team, "/finalsx"), Some(7));
         assert_eq!(
-            retention_days(&classes, WorkspaceKind::User, "/scratch/t"),
+            retention_days(&classes, WorkspaceKind::Team, Some("/finalsx")),
+            Some(7)
+        );
+        assert_eq!(
+            retention_days(&classes, WorkspaceKind::User, Some("/scratch/t")),
             Some(15)
         );
-        assert_eq!(retention_days(&classes[1..2], WorkspaceKind::Team, "/a"), None);
-        assert_eq!(retention_days(&[], WorkspaceKind::Team, "/a"), None);
+        assert_eq!(
+            retention_days(&classes[1..2], WorkspaceKind::Team, Some("/a")),
+            None
+        );
+        assert_eq!(retention_days(&[], WorkspaceKind::Team, Some("/a")), None);
+        // The folder it was deleted from is gone: every class of the kind applies.
+        assert_eq!(retention_days(&classes, WorkspaceKind::Team, None), Some(180));
+        assert_eq!(retention_days(&classes, WorkspaceKind::User, None), Some(180));
         assert_eq!(STUDIO_RETENTION_DAYS, [7, 15, 30, 60, 180]);
     }
 
     #[test]
     fn purge_is_due_after_whole_days() {
         let deleted = Timestamp(10 * DAY);
-        assert!(!purge_due(deleted, 7, Timestamp(17 * DAY - 1)));
-        assert!(purge_due(deleted, 7, Timestamp(17 * DAY)));
-        assert!(purge_due(deleted, 0, deleted));
-        assert!(!purge_due(deleted, u32::MAX, Timestamp(i64::MAX)));
+        let week = days_to_duration(7);
+        assert!(!purge_due(deleted, week, Timestamp(17 * DAY - 1)));
+        assert!(purge_due(deleted, week, Timestamp(17 * DAY)));
+        assert!(purge_due(deleted, Duration::ZERO, deleted));
+        assert!(!purge_due(deleted, Duration::MAX, Timestamp(i64::MAX)));
+        assert!(!purge_due(
+            deleted,
+            days_to_duration(u32::MAX),
+            Timestamp(i64::MAX)
+        ));
     }
 
     #[test]
@@ -244,7 +284,10 @@ mod tests {
             .iter()
             .map(|d| Timestamp(now.0 - d * DAY))
             .collect();
-        let rule = |keep_last, keep_days| SnapshotRetention { keep_last, keep_days };
+        let rule = |keep_last, days: Option<u32>| SnapshotRetention {
+            keep_last,
+            max_age: days.map(days_to_duration),
+        };
         assert!(snapshots_to_release(&created, rule(None, None), now).is_empty());
         // Keep the 2 newest (ages 1 and 5): release 10, 40, 90.
         assert_eq!(

@@ -2,9 +2,9 @@
 //! test binary's PostgreSQL server.
 #![allow(dead_code)]
 
-use drive::model::{Actor, Name, Workspace, WorkspaceKind, WorkspaceSpec};
 use drive::data::BlockStore;
 use drive::fs::{DriveFs, OpenFlags};
+use drive::model::{Actor, Name, Workspace, WorkspaceKind, WorkspaceSpec};
 use drive::{MetaConfig, PgMetaStore};
 use drive_testkit::pg::PgServer;
 

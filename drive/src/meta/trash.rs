@@ -1,0 +1,191 @@
+//! The trash: soft-deleted files, folders and links stay restorable until the lifecycle purge
+//! removes them (`meta/purge.rs`). A deleted entry keeps its node and everything below it, so
+//! a restore copies that node back into the live tree with the merge modes of copy (sharing
+//! blocks, no data copied) and takes the entry out of the trash, in one transaction.
+
+use std::time::SystemTime;
+
+use crate::error::MetaError;
+use crate::meta::copy::{CopyReport, copy_in};
+use crate::meta::rows::{execute, from_system_time, query, query_opt, ws_ctx};
+use crate::meta::{PgMetaStore, in_txn};
+use crate::model::{Actor, MergeMode, Name, NodeId, NodeKind, Timestamp, View, WorkspaceId};
+
+/// One item of a workspace's trash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrashItem {
+    /// What `trash restore` names it by.
+    pub id: i64,
+    /// Where it was deleted from; `None` when a folder above it is gone for good.
+    pub path: Option<String>,
+    pub ino: NodeId,
+    pub kind: &'static str,
+    /// Logical size of a file (0 for folders).
+    pub size: u64,
+    pub deleted_at: Timestamp,
+}
+
+fn kind_name(kind: NodeKind) -> &'static str {
+    match kind {
+        NodeKind::Directory => "folder",
+        NodeKind::File => "file",
+        NodeKind::Symlink => "symlink",
+        _ => "special",
+    }
+}
+
+impl PgMetaStore {
+    /// The trash of `ws`, newest first: at most `limit` items, only those deleted at or below
+    /// `under` when given.
+    pub async fn trash_list(
+        &self,
+        ws: WorkspaceId,
+        under: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TrashItem>, MetaError> {
+        let under = under
+            .map(crate::model::WorkspacePath::parse)
+            .transpose()?
+            .map(|p| p.to_string());
+        let root = self.get_workspace_by_id(ws).await?.root;
+        let client = self.client().await?;
+        let mut items = Vec::new();
+        let mut older_than: Option<(SystemTime, i64)> = None;
+        while items.len() < limit {
+            let (at, id) = older_than.unwrap_or((
+                SystemTime::now() + std::time::Duration::from_secs(86_400),
+                i64::MAX,
+            ));
+            let rows = query(
+                &client,
+                "SELECT e.id, e.parent, e.name, e.ino, e.kind, e.deleted_at, i.size FROM entries e \
+                 JOIN inodes i ON i.ino = e.ino AND i.valid_to IS NULL \
+                 WHERE e.workspace_id = $1 AND e.deleted_at IS NOT NULL AND (e.deleted_at, e.id) < ($2, $3) \
+                 ORDER BY e.deleted_at DESC, e.id DESC LIMIT 200",
+                &[&ws.0, &at, &id],
+            )
+            .await?;
+            let Some(last) = rows.last() else { break };
+            older_than = Some((last.get(5), last.get(0)));
+            for row in &rows {
+                let name = Name::from_stored(row.get(2));
+                let path = self
+                    .entry_path(root, NodeId(row.get::<_, i64>(1) as u64), &name)
+                    .await?;
+                let shown = match (&under, &path) {
+                    (None, _) => true,
+                    (Some(prefix), Some(path)) => crate::rules::access::covers(prefix, path),
+                    (Some(_), None) => false,
+                };
+                if !shown {
+                    continue;
+                }
+                let kind: i16 = row.get(4);
+                let kind = NodeKind::from_code(kind)
+                    .ok_or_else(|| MetaError::Internal(format!("node kind {kind}")))?;
+                items.push(TrashItem {
+                    id: row.get(0),
+                    path,
+                    ino: NodeId(row.get::<_, i64>(3) as u64),
+                    kind: kind_name(kind),
+                    size: if kind == NodeKind::File {
+                        row.get::<_, i64>(6) as u64
+                    } else {
+                        0
+                    },
+                    deleted_at: from_system_time(row.get::<_, SystemTime>(5)),
+                });
+                if items.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(items)
+    }
+
+    /// Restores trash item `id` of `ws` to where it was deleted from, or to `to` (a path in
+    /// the live tree whose folder exists), with the merge modes of copy when something is
+    /// there now. The item leaves the trash; its old rows are purged later like any history
+    /// no snapshot shows.
+    pub async fn trash_restore(
+        &self,
+        actor: &Actor,
+        ws: WorkspaceId,
+        id: i64,
+        to: Option<&str>,
+        merge: MergeMode,
+    ) -> Result<CopyReport, MetaError> {
+        let now = self.clock.now();
+        let to = to.map(crate::model::WorkspacePath::parse).transpose()?;
+        let dest_names = to.map(|p| p.into_names());
+        in_txn!(self, |tx| {
+            async {
+                let ctx = ws_ctx(tx, ws).await?;
+                let row = query_opt(
+                    tx,
+                    "SELECT parent, name, ino FROM entries \
+                     WHERE id = $1 AND workspace_id = $2 AND deleted_at IS NOT NULL",
+                    &[&id, &ws.0],
+                )
+                .await?
+                .ok_or_else(|| MetaError::NotFound(format!("trash item {id} (restored or purged already?)")))?;
+                let src = NodeId(row.get::<_, i64>(2) as u64);
+                let (parent, name) = match &dest_names {
+                    None => {
+                        let parent = NodeId(row.get::<_, i64>(0) as u64);
+                        if !in_live_tree(tx, ctx.root, parent).await? {
+                            return Err(MetaError::NotFound(format!(
+                                "the folder trash item {id} was deleted from is gone: restore that folder first, or give a destination"
+                            )));
+                        }
+                        (parent, Name::from_stored(row.get(1)))
+                    }
+                    Some(names) => {
+                        let (last, folders) = names
+                            .split_last()
+                            .ok_or_else(|| MetaError::InvalidArgument("cannot restore over the workspace root".into()))?;
+                        let mut at = ctx.root;
+                        for folder in folders {
+                            let entry = crate::meta::rows::live_entry(tx, at, folder)
+                                .await?
+                                .ok_or_else(|| MetaError::NotFound(folder.to_string_lossy()))?;
+                            if entry.kind != NodeKind::Directory {
+                                return Err(MetaError::NotADirectory(folder.to_string_lossy()));
+                            }
+                            at = entry.ino;
+                        }
+                        (at, last.clone())
+                    }
+                };
+                let report = copy_in(tx, actor, ws, View::Live, src, parent, &name, merge, now, "restore").await?;
+                execute(tx, "UPDATE entries SET deleted_at = NULL WHERE id = $1", &[&id]).await?;
+                Ok(report)
+            }
+            .await
+        })
+    }
+}
+
+/// Whether folder `dir` is in the live tree: live entries lead from it up to `root` (a folder
+/// inside a deleted folder keeps its own entry, but is not).
+async fn in_live_tree<C: deadpool_postgres::GenericClient>(
+    c: &C,
+    root: NodeId,
+    dir: NodeId,
+) -> Result<bool, MetaError> {
+    let mut at = dir;
+    for _ in 0..2048 {
+        if at == root {
+            return Ok(true);
+        }
+        let up = query_opt(
+            c,
+            "SELECT parent FROM entries WHERE ino = $1 AND valid_to IS NULL AND kind = $2",
+            &[&(at.0 as i64), &NodeKind::Directory.code()],
+        )
+        .await?;
+        let Some(up) = up else { return Ok(false) };
+        at = NodeId(up.get::<_, i64>(0) as u64);
+    }
+    Ok(false)
+}
