@@ -1,7 +1,7 @@
 //! `studiodrive-csi`: the CSI plugin and the local FUSE mount.
 
 use clap::{Parser, Subcommand};
-use drive_csi::cli::{StorageArgs, admin, mount, serve};
+use drive_csi::cli::{StorageArgs, admin, mount, serve, trash};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,8 +36,12 @@ enum Command {
     /// process before it sets the kernel's readahead).
     #[command(hide = true)]
     WaitMounted { path: std::path::PathBuf },
-    /// Runs one garbage-collection pass over the blocks and prints its report.
+    /// Runs one lifecycle pass (purge of deleted data and snapshots, then the block sweep)
+    /// and prints its report.
     Gc(admin::GcArgs),
+    /// Lists and restores deleted files and folders.
+    #[command(subcommand)]
+    Trash(trash::TrashCmd),
     /// Prints the workspace's change feed.
     Events {
         #[command(flatten)]
@@ -70,6 +74,7 @@ fn main() -> anyhow::Result<()> {
                     Command::Sequences { storage, path } => admin::sequences(storage, path).await,
                     Command::Events { storage, follow } => admin::events(storage, follow).await,
                     Command::Gc(args) => admin::gc(args).await,
+                    Command::Trash(cmd) => trash::trash(cmd).await,
                     Command::Mount(_) | Command::Serve(_) | Command::WaitMounted { .. } => {
                         anyhow::bail!("runs outside this runtime")
                     }

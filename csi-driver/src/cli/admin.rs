@@ -103,8 +103,10 @@ pub async fn events(storage: StorageArgs, follow: bool) -> anyhow::Result<()> {
     }
 }
 
-/// `gc`: one garbage-collection pass over the blocks of the storage the flags name (the
-/// node's store; workspaces with an object store of their own are not swept yet).
+/// `gc`: one lifecycle pass on the storage the flags name: snapshot retention and the purge of
+/// deleted data (of the flags' workspace, or of every one with `--all-workspaces`), then the
+/// sweep of the node's store (workspaces with an object store of their own are not swept yet).
+/// Safe while the workspace is mounted.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GcArgs {
     #[command(flatten)]
@@ -122,6 +124,20 @@ pub struct GcArgs {
     /// Object deletions per second at most.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub deletes_per_second: u32,
+    /// Purge deleted files, folders and workspaces this long after their deletion (and
+    /// history no kept snapshot shows); without it nothing deleted is purged.
+    #[arg(long, value_parser = parse_duration)]
+    pub purge_deleted_after: Option<Duration>,
+    /// Keep the newest N snapshots of each workspace; release older ones (with
+    /// `--snapshot-max-age`, a snapshot either keeps is kept).
+    #[arg(long)]
+    pub keep_snapshots: Option<u32>,
+    /// Release snapshots older than this (beyond `--keep-snapshots`).
+    #[arg(long, value_parser = parse_duration)]
+    pub snapshot_max_age: Option<Duration>,
+    /// Purge and release in every workspace, not only the one the flags name.
+    #[arg(long)]
+    pub all_workspaces: bool,
 }
 
 /// `90s`, `90m`, `12h`, `7d` (a number and a unit).
@@ -143,7 +159,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{text:?} is too long"))
 }
 
-/// Runs one block pass and prints its report.
+/// Runs one lifecycle pass and prints its report.
 pub async fn gc(args: GcArgs) -> anyhow::Result<()> {
     let meta = args.storage.meta().await?;
     let store = args.storage.open_store().await?;
@@ -155,9 +171,25 @@ pub async fn gc(args: GcArgs) -> anyhow::Result<()> {
     opts.grace = args.grace;
     opts.dry_run = args.dry_run;
     opts.deletes_per_second = args.deletes_per_second;
-    let report = drive::gc::run_block_pass(&meta, store.as_ref(), &opts)
+    let pass_id = opts.pass_id.clone();
+    let mut lifecycle = drive::lifecycle::LifecycleOptions::blocks_only(opts);
+    lifecycle.scope.names = (!args.all_workspaces).then(|| vec![args.storage.workspace.clone()]);
+    lifecycle.retention = args
+        .purge_deleted_after
+        .map(|keep| drive::rules::gc::RetentionClass {
+            kinds: Vec::new(),
+            path_prefix: None,
+            keep,
+        })
+        .into_iter()
+        .collect();
+    lifecycle.snapshots = drive::rules::gc::SnapshotRetention {
+        keep_last: args.keep_snapshots,
+        max_age: args.snapshot_max_age,
+    };
+    let report = drive::lifecycle::run_pass(&meta, store.as_ref(), &lifecycle)
         .await
-        .with_context(|| format!("GC pass {} on {}", opts.pass_id, store.describe()))?;
+        .with_context(|| format!("GC pass {pass_id} on {}", store.describe()))?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod embedded;
 pub mod mount;
 pub mod serve;
+pub mod trash;
 
 use std::path::PathBuf;
 use std::sync::Arc;

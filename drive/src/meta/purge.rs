@@ -175,6 +175,7 @@ impl PgMetaStore {
     /// `classes` has passed at `now` and which were deleted before `not_after` (the grace
     /// period: an unlinked file may still be open), unless a retained snapshot shows them.
     /// Their nodes are queued for [`Self::purge_queued_nodes`]. Returns how many.
+    #[allow(clippy::too_many_arguments)]
     pub async fn purge_trash(
         &self,
         ws: WorkspaceId,

@@ -103,10 +103,11 @@ impl PgMetaStore {
         Ok(items)
     }
 
-    /// Restores trash item `id` of `ws` to where it was deleted from, or to `to` (a path in
-    /// the live tree whose folder exists), with the merge modes of copy when something is
-    /// there now. The item leaves the trash; its old rows are purged later like any history
-    /// no snapshot shows.
+    /// Restores trash item `id` of `ws` to the path it was deleted from, or to `to`, with
+    /// the merge modes of copy when something is there now. The destination's folder must
+    /// exist in the live tree (a folder restored or recreated at the same path counts). The
+    /// item leaves the trash; its old rows are purged later like any history no snapshot
+    /// shows.
     pub async fn trash_restore(
         &self,
         actor: &Actor,
@@ -116,76 +117,86 @@ impl PgMetaStore {
         merge: MergeMode,
     ) -> Result<CopyReport, MetaError> {
         let now = self.clock.now();
-        let to = to.map(crate::model::WorkspacePath::parse).transpose()?;
-        let dest_names = to.map(|p| p.into_names());
+        let gone = || MetaError::NotFound(format!("trash item {id} (restored or purged already?)"));
+        let item = self.trash_item(ws, id).await?.ok_or_else(gone)?;
+        let dest = match to {
+            Some(to) => to.to_string(),
+            None => {
+                let root = self.get_workspace_by_id(ws).await?.root;
+                self.entry_path(root, item.0, &item.1).await?.ok_or_else(|| {
+                    MetaError::NotFound(format!(
+                        "the folder trash item {id} was deleted from is gone for good: give a destination"
+                    ))
+                })?
+            }
+        };
+        let names = crate::model::WorkspacePath::parse(&dest)?.into_names();
+        let (last, folders) = names
+            .split_last()
+            .ok_or_else(|| MetaError::InvalidArgument("cannot restore over the workspace root".into()))?;
         in_txn!(self, |tx| {
             async {
                 let ctx = ws_ctx(tx, ws).await?;
-                let row = query_opt(
+                // Still in the trash now that the transaction reads it.
+                let src = self.trash_item_in(tx, ws, id).await?.ok_or_else(gone)?.2;
+                let mut parent = ctx.root;
+                for folder in folders {
+                    let entry = crate::meta::rows::live_entry(tx, parent, folder)
+                        .await?
+                        .ok_or_else(|| MetaError::NotFound(format!("folder {dest} to restore into")))?;
+                    if entry.kind != NodeKind::Directory {
+                        return Err(MetaError::NotADirectory(folder.to_string_lossy()));
+                    }
+                    parent = entry.ino;
+                }
+                let report = copy_in(
                     tx,
-                    "SELECT parent, name, ino FROM entries \
-                     WHERE id = $1 AND workspace_id = $2 AND deleted_at IS NOT NULL",
-                    &[&id, &ws.0],
+                    actor,
+                    ws,
+                    View::Live,
+                    src,
+                    parent,
+                    last,
+                    merge,
+                    now,
+                    "restore",
                 )
-                .await?
-                .ok_or_else(|| MetaError::NotFound(format!("trash item {id} (restored or purged already?)")))?;
-                let src = NodeId(row.get::<_, i64>(2) as u64);
-                let (parent, name) = match &dest_names {
-                    None => {
-                        let parent = NodeId(row.get::<_, i64>(0) as u64);
-                        if !in_live_tree(tx, ctx.root, parent).await? {
-                            return Err(MetaError::NotFound(format!(
-                                "the folder trash item {id} was deleted from is gone: restore that folder first, or give a destination"
-                            )));
-                        }
-                        (parent, Name::from_stored(row.get(1)))
-                    }
-                    Some(names) => {
-                        let (last, folders) = names
-                            .split_last()
-                            .ok_or_else(|| MetaError::InvalidArgument("cannot restore over the workspace root".into()))?;
-                        let mut at = ctx.root;
-                        for folder in folders {
-                            let entry = crate::meta::rows::live_entry(tx, at, folder)
-                                .await?
-                                .ok_or_else(|| MetaError::NotFound(folder.to_string_lossy()))?;
-                            if entry.kind != NodeKind::Directory {
-                                return Err(MetaError::NotADirectory(folder.to_string_lossy()));
-                            }
-                            at = entry.ino;
-                        }
-                        (at, last.clone())
-                    }
-                };
-                let report = copy_in(tx, actor, ws, View::Live, src, parent, &name, merge, now, "restore").await?;
+                .await?;
                 execute(tx, "UPDATE entries SET deleted_at = NULL WHERE id = $1", &[&id]).await?;
                 Ok(report)
             }
             .await
         })
     }
-}
 
-/// Whether folder `dir` is in the live tree: live entries lead from it up to `root` (a folder
-/// inside a deleted folder keeps its own entry, but is not).
-async fn in_live_tree<C: deadpool_postgres::GenericClient>(
-    c: &C,
-    root: NodeId,
-    dir: NodeId,
-) -> Result<bool, MetaError> {
-    let mut at = dir;
-    for _ in 0..2048 {
-        if at == root {
-            return Ok(true);
-        }
-        let up = query_opt(
+    /// (folder, name, node) of trash item `id` of `ws`, if it is still in the trash.
+    async fn trash_item(
+        &self,
+        ws: WorkspaceId,
+        id: i64,
+    ) -> Result<Option<(NodeId, Name, NodeId)>, MetaError> {
+        let client = self.client().await?;
+        self.trash_item_in(&client, ws, id).await
+    }
+
+    async fn trash_item_in<C: deadpool_postgres::GenericClient>(
+        &self,
+        c: &C,
+        ws: WorkspaceId,
+        id: i64,
+    ) -> Result<Option<(NodeId, Name, NodeId)>, MetaError> {
+        let row = query_opt(
             c,
-            "SELECT parent FROM entries WHERE ino = $1 AND valid_to IS NULL AND kind = $2",
-            &[&(at.0 as i64), &NodeKind::Directory.code()],
+            "SELECT parent, name, ino FROM entries WHERE id = $1 AND workspace_id = $2 AND deleted_at IS NOT NULL",
+            &[&id, &ws.0],
         )
         .await?;
-        let Some(up) = up else { return Ok(false) };
-        at = NodeId(up.get::<_, i64>(0) as u64);
+        Ok(row.map(|r| {
+            (
+                NodeId(r.get::<_, i64>(0) as u64),
+                Name::from_stored(r.get(1)),
+                NodeId(r.get::<_, i64>(2) as u64),
+            )
+        }))
     }
-    Ok(false)
 }
