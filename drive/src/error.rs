@@ -86,6 +86,11 @@ pub enum MetaError {
     PermissionDenied(String),
     #[error("quota exceeded: {0}")]
     QuotaExceeded(String),
+    /// A commit names blocks whose records are gone or claimed by a GC pass (a write session
+    /// held them past the pass's grace period), or that were never registered. The writer
+    /// still has their bytes: it uploads them again and retries.
+    #[error("commit references {} blocks that were never registered, or that a GC pass reclaimed or is deleting", .0.len())]
+    BlocksGone(Vec<[u8; 32]>),
     #[error("conflict: {0}")]
     Conflict(String),
     /// A SERIALIZABLE transaction lost to a concurrent one (SQLSTATE 40001 or 40P01): the
@@ -123,7 +128,7 @@ impl MetaError {
                 ErrorKind::NameTooLong
             }
             MetaError::InvalidName(_) => ErrorKind::InvalidName,
-            MetaError::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            MetaError::InvalidArgument(_) | MetaError::BlocksGone(_) => ErrorKind::InvalidArgument,
             MetaError::ReadOnly(_) => ErrorKind::ReadOnly,
             MetaError::PermissionDenied(_) => ErrorKind::PermissionDenied,
             MetaError::QuotaExceeded(_) => ErrorKind::QuotaExceeded,

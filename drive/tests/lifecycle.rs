@@ -554,3 +554,44 @@ async fn random_workloads_with_passes_and_crashes_never_lose_live_or_retained_da
     );
     assert!(!rig.objects().await.is_empty());
 }
+
+// Catches: a write session that uploaded full blocks longer ago than a pass's grace period
+// loses them to the sweep and its close fails (EINVAL) after all that writing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_session_whose_uploaded_blocks_were_swept_stores_them_again_at_close() {
+    let rig = Rig::new().await;
+    let fs = rig.mount("long.write", None).await;
+    let data = content(2); // three full blocks
+    let flags = OpenFlags {
+        read: true,
+        write: true,
+        ..OpenFlags::default()
+    };
+    let opened = fs
+        .create(ROOT_INO, b"render.exr", 0o644, flags, Caller::default())
+        .await
+        .unwrap();
+    fs.write(opened.fh, 0, &data).await.unwrap();
+    // Full blocks upload while the session is open; wait until they are in the store.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while rig.objects().await.len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the full blocks never uploaded"
+        );
+        tokio::task::yield_now().await;
+    }
+    // A pass whose grace the session outlived: the uncommitted blocks are unreferenced.
+    let swept = pass(&rig, &options("sweep", None)).await;
+    assert_eq!(swept.blocks.deleted, 3, "{swept:?}");
+    assert!(rig.objects().await.is_empty());
+    fs.flush(opened.fh, Caller::default())
+        .await
+        .unwrap_or_else(|e| panic!("close after the sweep: {}", common::error_chain(&e)));
+    fs.release(opened.fh, Caller::default()).await.unwrap();
+    assert_eq!(
+        read(&*rig.mount("long.write", None).await, "/render.exr").await,
+        data
+    );
+    assert_eq!(rig.objects().await, referenced(&rig.url).await);
+}

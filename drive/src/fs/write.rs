@@ -25,7 +25,7 @@ use bytes::Bytes;
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::error::ErrorKind;
+use crate::error::{ErrorKind, MetaError};
 use crate::fs::blocks::BlockIo;
 use crate::fs::error::{FsError, FsErrorKind};
 use crate::fs::lock;
@@ -606,7 +606,36 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
         }
         changes.extend(self.truncated_holes(inner, size).await?);
         let mtime = Timestamp(self.mtime.load(Ordering::Acquire));
-        let committed = match deferred {
+        let committed = match self
+            .commit_changes(deferred.as_ref(), &changes, size, mtime, actor)
+            .await
+        {
+            // A GC pass reclaimed blocks this session uploaded (or deduplicated against) longer
+            // ago than its grace period: the bytes are still staged, so store them again and
+            // commit once more, rather than fail a close after hours of writing.
+            Err(FsError::Meta(MetaError::BlocksGone(gone))) => {
+                self.store_again(inner, &gone).await?;
+                self.commit_changes(deferred.as_ref(), &changes, size, mtime, actor)
+                    .await?
+            }
+            other => other?,
+        };
+        inner.base_size = size;
+        inner.base_mtime = committed.attr.mtime;
+        self.clear_staged(inner)?;
+        Ok(Some(committed))
+    }
+
+    /// Commits `changes` (the block map of a new file, or changes to a committed one).
+    async fn commit_changes(
+        &self,
+        deferred: Option<&DeferredCreate>,
+        changes: &[BlockChange],
+        size: u64,
+        mtime: Timestamp,
+        actor: &Actor,
+    ) -> Result<Committed, FsError> {
+        match deferred {
             Some(create) => {
                 // A new file: no earlier block map, so every change is a block (holes are
                 // simply absent).
@@ -619,9 +648,9 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
                     size,
                     mtime,
                 };
-                self.create_with(&create, Some(&content)).await?
+                self.create_with(create, Some(&content)).await
             }
-            None => Committed {
+            None => Ok(Committed {
                 conflict: None,
                 attr: self
                     .env
@@ -631,18 +660,38 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
                         self.env.ws,
                         self.ino,
                         self.base_version,
-                        &changes,
+                        changes,
                         size,
                         mtime,
                     )
                     .await?,
                 created: None,
-            },
-        };
-        inner.base_size = size;
-        inner.base_mtime = committed.attr.mtime;
-        self.clear_staged(inner)?;
-        Ok(Some(committed))
+            }),
+        }
+    }
+
+    /// Stores again, from their staging slots, the uploaded blocks whose hashes are in `gone`.
+    async fn store_again(&self, inner: &Inner, gone: &[[u8; 32]]) -> Result<(), FsError> {
+        let bs = self.env.block_size;
+        for dirty in inner.blocks.values() {
+            let Dirty::Uploaded { slot, len, hash } = dirty else {
+                continue;
+            };
+            if !gone.contains(hash) {
+                continue;
+            }
+            let mut buf = vec![0u8; *len as usize];
+            read_fully(&self.staging, &mut buf, slot * bs)?;
+            let stored = self.env.blocks.put_block(Bytes::from(buf)).await?;
+            if stored != *hash {
+                return Err(FsError::new(
+                    FsErrorKind::Io,
+                    "a staged block changed while its commit was retried",
+                ));
+            }
+            tracing::info!(block = %blake3::Hash::from_bytes(*hash).to_hex(), "stored a block again that a GC pass reclaimed during the write session");
+        }
+        Ok(())
     }
 
     /// Committed blocks that a truncation cut away and that the session did not rewrite: they

@@ -359,10 +359,10 @@ pub(crate) async fn claim_blocks<C: GenericClient>(c: &C, hashes: &[&[u8]]) -> R
         return Ok(());
     }
     let params: [&(dyn ToSql + Sync); 1] = [&hashes];
-    let (counted, marked) = tokio::join!(
-        query_opt(
+    let (usable, marked) = tokio::join!(
+        query(
             c,
-            "SELECT count(DISTINCT hash) FROM blocks WHERE hash = ANY($1) AND state IN ('created', 'available') \
+            "SELECT DISTINCT hash FROM blocks WHERE hash = ANY($1) AND state IN ('created', 'available') \
              AND claimed_by IS NULL",
             &params,
         ),
@@ -372,15 +372,17 @@ pub(crate) async fn claim_blocks<C: GenericClient>(c: &C, hashes: &[&[u8]]) -> R
             &params,
         ),
     );
-    let known = counted?.map_or(0, |r| r.get::<_, i64>(0)) as usize;
+    let usable: std::collections::HashSet<Vec<u8>> = usable?.iter().map(|r| r.get(0)).collect();
     marked?;
-    let mut distinct = hashes.to_vec();
-    distinct.sort_unstable();
-    distinct.dedup();
-    if known != distinct.len() {
-        return Err(MetaError::InvalidArgument(
-            "commit references blocks that were never registered, or that a GC pass is deleting".into(),
-        ));
+    let mut gone: Vec<[u8; 32]> = hashes
+        .iter()
+        .filter(|h| !usable.contains(**h))
+        .filter_map(|h| <[u8; 32]>::try_from(*h).ok())
+        .collect();
+    gone.sort_unstable();
+    gone.dedup();
+    if !gone.is_empty() {
+        return Err(MetaError::BlocksGone(gone));
     }
     Ok(())
 }

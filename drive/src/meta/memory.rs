@@ -280,10 +280,13 @@ impl State {
     /// Checks every block of a commit is registered, and marks them available.
     fn claim_blocks<'a>(&mut self, hashes: impl Iterator<Item = &'a [u8; 32]>) -> Result<(), MetaError> {
         let hashes: Vec<&[u8; 32]> = hashes.collect();
-        if hashes.iter().any(|h| !self.blocks.contains_key(*h)) {
-            return Err(MetaError::InvalidArgument(
-                "commit references blocks that were never registered".into(),
-            ));
+        let gone: Vec<[u8; 32]> = hashes
+            .iter()
+            .filter(|h| !self.blocks.contains_key(**h))
+            .map(|h| **h)
+            .collect();
+        if !gone.is_empty() {
+            return Err(MetaError::BlocksGone(gone));
         }
         for h in hashes {
             self.blocks.insert(*h, BlockState::Available);

@@ -205,7 +205,9 @@ impl PgMetaStore {
             after = Some(last.id);
             let mut due = Vec::new();
             // Paths cost a walk up the tree each: only per-folder classes need them.
-            let by_path = classes.iter().any(|c| c.path_prefix.as_deref().is_some_and(|p| p != "/"));
+            let by_path = classes
+                .iter()
+                .any(|c| c.path_prefix.as_deref().is_some_and(|p| p != "/"));
             for entry in &batch {
                 let path = match by_path {
                     true => self.entry_path(root, entry.parent, &entry.name).await?,
