@@ -595,3 +595,39 @@ async fn a_write_session_whose_uploaded_blocks_were_swept_stores_them_again_at_c
     );
     assert_eq!(rig.objects().await, referenced(&rig.url).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_workspace_is_restored_under_a_free_name_until_it_is_purged() {
+    let rig = Rig::new().await;
+    write(&*rig.mount("ws.old", None).await, "/a.exr", &content(7)).await;
+    let actor = common::actor();
+    let id = rig.ws("ws.old").await.id;
+    rig.meta.delete_workspace(&actor, "ws.old").await.unwrap();
+    // The name is taken again meanwhile.
+    write(&*rig.mount("ws.old", None).await, "/b.exr", &content(8)).await;
+    let listed = rig.meta.deleted_workspace_list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].0, listed[0].1.as_str()), (id, "ws.old"));
+    let taken = rig.meta.restore_workspace(&actor, id, None).await.unwrap_err();
+    assert_eq!(taken.kind(), drive::ErrorKind::Exists, "{taken}");
+    rig.meta.restore_workspace(&actor, id, Some("ws.back")).await.unwrap();
+    assert_eq!(rig.ws("ws.back").await.id, id);
+    assert_eq!(read(&*rig.mount("ws.back", None).await, "/a.exr").await, content(7));
+    assert!(rig.meta.deleted_workspace_list().await.unwrap().is_empty());
+
+    // Deleted again and purged: gone for good, its blocks swept, the other workspace intact.
+    rig.meta.delete_workspace(&actor, "ws.back").await.unwrap();
+    let purged = pass(&rig, &options("purge", None)).await;
+    assert_eq!(purged.purged_workspaces, 1, "{purged:?}");
+    let gone = rig.meta.restore_workspace(&actor, id, None).await.unwrap_err();
+    assert_eq!(gone.kind(), drive::ErrorKind::NotFound, "{gone}");
+    assert_eq!(read(&*rig.mount("ws.old", None).await, "/b.exr").await, content(8));
+    assert_eq!(rig.objects().await, referenced(&rig.url).await);
+    let raw = common::raw_client(&rig.url).await;
+    let rows: i64 = raw
+        .query_one("SELECT count(*) FROM inodes WHERE workspace_id = $1", &[&id.0])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "no inode of the purged workspace is left");
+}

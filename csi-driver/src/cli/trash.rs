@@ -52,6 +52,20 @@ pub enum TrashCmd {
         #[arg(long, value_enum, default_value_t = Merge::Fail)]
         merge: Merge,
     },
+    /// Lists deleted workspaces not yet purged, newest first.
+    Workspaces {
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// Brings a deleted workspace back (by the id `trash workspaces` prints).
+    RestoreWorkspace {
+        #[command(flatten)]
+        storage: StorageArgs,
+        id: uuid::Uuid,
+        /// Restore it under another name (its own may be taken again).
+        #[arg(long = "as")]
+        rename: Option<String>,
+    },
 }
 
 pub async fn trash(cmd: TrashCmd) -> anyhow::Result<()> {
@@ -61,9 +75,7 @@ pub async fn trash(cmd: TrashCmd) -> anyhow::Result<()> {
             let ws = meta.get_workspace(&storage.workspace).await?;
             println!("ID\tDELETED\tKIND\tSIZE\tPATH");
             for item in meta.trash_list(ws.id, path.as_deref(), limit).await? {
-                let deleted = jiff::Timestamp::from_nanosecond(i128::from(item.deleted_at.0))
-                    .map(|t| t.to_string())
-                    .unwrap_or_default();
+                let deleted = rfc3339(item.deleted_at);
                 let path = item.path.unwrap_or_else(|| "(its folder was purged)".into());
                 println!("{}\t{deleted}\t{}\t{}\t{path}", item.id, item.kind, item.size);
             }
@@ -85,6 +97,30 @@ pub async fn trash(cmd: TrashCmd) -> anyhow::Result<()> {
                 report.copied, report.replaced, report.skipped
             );
         }
+        TrashCmd::Workspaces { storage } => {
+            let meta = storage.meta().await?;
+            println!("ID\tDELETED\tKIND\tNAME");
+            for (id, name, kind, deleted_at) in meta.deleted_workspace_list().await? {
+                println!("{id}\t{}\t{}\t{name}", rfc3339(deleted_at), kind.as_str());
+            }
+        }
+        TrashCmd::RestoreWorkspace { storage, id, rename } => {
+            let meta = storage.meta().await?;
+            meta.restore_workspace(
+                &Actor::system("cli"),
+                drive::model::WorkspaceId(id),
+                rename.as_deref(),
+            )
+            .await
+            .with_context(|| format!("restore workspace {id}"))?;
+            println!("restored workspace {id}");
+        }
     }
     Ok(())
+}
+
+fn rfc3339(t: drive::model::Timestamp) -> String {
+    jiff::Timestamp::from_nanosecond(i128::from(t.0))
+        .map(|t| t.to_string())
+        .unwrap_or_default()
 }

@@ -9,7 +9,7 @@ use crate::error::MetaError;
 use crate::meta::copy::{CopyReport, copy_in};
 use crate::meta::rows::{execute, from_system_time, query, query_opt, ws_ctx};
 use crate::meta::{PgMetaStore, in_txn};
-use crate::model::{Actor, MergeMode, Name, NodeId, NodeKind, Timestamp, View, WorkspaceId};
+use crate::model::{Actor, MergeMode, Name, NodeId, NodeKind, Timestamp, View, WorkspaceId, WorkspaceKind};
 
 /// One item of a workspace's trash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,5 +198,62 @@ impl PgMetaStore {
                 NodeId(r.get::<_, i64>(2) as u64),
             )
         }))
+    }
+
+    /// Soft-deleted workspaces not yet purged, newest first: (id, name, kind, deleted at).
+    pub async fn deleted_workspace_list(
+        &self,
+    ) -> Result<Vec<(WorkspaceId, String, WorkspaceKind, Timestamp)>, MetaError> {
+        let client = self.client().await?;
+        let rows = query(
+            &client,
+            "SELECT id, name, kind, deleted_at FROM workspaces WHERE deleted_at IS NOT NULL \
+             ORDER BY deleted_at DESC",
+            &[],
+        )
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let kind: String = r.get(2);
+                Ok((
+                    WorkspaceId(r.get(0)),
+                    r.get(1),
+                    WorkspaceKind::parse(&kind)
+                        .ok_or_else(|| MetaError::Internal(format!("workspace kind {kind}")))?,
+                    from_system_time(r.get::<_, SystemTime>(3)),
+                ))
+            })
+            .collect()
+    }
+
+    /// Brings a soft-deleted workspace back, under its own name or `rename` (a live
+    /// workspace with that name makes it `Exists`), with everything it held.
+    pub async fn restore_workspace(
+        &self,
+        actor: &Actor,
+        id: WorkspaceId,
+        rename: Option<&str>,
+    ) -> Result<(), MetaError> {
+        if let Some(name) = rename {
+            crate::model::validate_workspace_name(name)?;
+        }
+        in_txn!(self, |tx| {
+            async {
+                let restored = execute(
+                    tx,
+                    "UPDATE workspaces SET deleted_at = NULL, name = COALESCE($2, name) \
+                     WHERE id = $1 AND deleted_at IS NOT NULL",
+                    &[&id.0, &rename],
+                )
+                .await?;
+                if restored == 0 {
+                    return Err(MetaError::NotFound(format!(
+                        "deleted workspace {id} (restored or purged already?)"
+                    )));
+                }
+                crate::meta::rows::record_event(tx, id, actor, "workspace.restore", None, None, None).await
+            }
+            .await
+        })
     }
 }
