@@ -1,5 +1,5 @@
-//! `studiodrive-operator gc`, as a GC Job runs it: the block pass of `drive::gc` on the
-//! storage its environment names, against a real PostgreSQL and a file store.
+//! `studiodrive-operator gc`, as a GC Job runs it: a lifecycle pass of `drive::lifecycle` on
+//! the storage its environment names, against a real PostgreSQL and a file store.
 
 use std::process::Command;
 
@@ -74,9 +74,22 @@ async fn a_gc_job_sweeps_old_unreferenced_blocks_and_keeps_young_ones() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
     assert_eq!(
-        (report["candidates"].as_u64(), report["deleted"].as_u64()),
-        (Some(1), Some(1)),
+        (
+            report["pass_id"].as_str(),
+            report["blocks"]["candidates"].as_u64(),
+            report["blocks"]["deleted"].as_u64()
+        ),
+        (Some("nightly@1"), Some(1), Some(1)),
         "{report}"
+    );
+    let stored = meta
+        .gc_pass_report("nightly@1")
+        .await
+        .expect("read the stored report")
+        .expect("the pass stored its report");
+    assert_eq!(
+        stored, report,
+        "the operator's status reads what the pass printed"
     );
     assert!(
         store.get(&block_key(&old)).await.is_err(),

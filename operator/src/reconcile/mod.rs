@@ -71,6 +71,8 @@ pub enum ReconcileError {
     KeySecret(#[from] SecretReadError),
     #[error("object has no {0}")]
     MissingField(&'static str),
+    #[error("invalid spec: {0}")]
+    InvalidSpec(#[from] crate::plan::SpecError),
     #[error("planner still wants changes after {MAX_ROUNDS} rounds")]
     NoConvergence,
 }
@@ -91,6 +93,7 @@ impl ReconcileError {
             },
             ReconcileError::KeySecret(_) => "key_secret_unreadable",
             ReconcileError::MissingField(_) => "missing_field",
+            ReconcileError::InvalidSpec(_) => "invalid_spec",
             ReconcileError::NoConvergence => "no_convergence",
         }
     }
