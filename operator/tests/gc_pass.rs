@@ -6,6 +6,8 @@ use std::process::Command;
 use drive::data::{ChunkStore, LocalChunkStore, block_key};
 use drive::{MetaConfig, PgMetaStore};
 use drive_testkit::pg::PgServer;
+use operator::store::StudioStore as _;
+use operator::store::drive_adapter::MetaStoreAdapter;
 
 fn gc(env: &[(&str, &str)]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_studiodrive-operator"))
@@ -82,15 +84,23 @@ async fn a_gc_job_sweeps_old_unreferenced_blocks_and_keeps_young_ones() {
         (Some("nightly@1"), Some(1), Some(1)),
         "{report}"
     );
-    let stored = meta
-        .gc_pass_report("nightly@1")
+    // What the operator reads for the policy's status is what the pass printed.
+    let adapter = MetaStoreAdapter(meta.clone());
+    let stored = adapter
+        .pass_report("nightly@1")
         .await
         .expect("read the stored report")
         .expect("the pass stored its report");
-    assert_eq!(
-        stored, report,
-        "the operator's status reads what the pass printed"
-    );
+    assert_eq!(serde_json::to_value(&stored).expect("json"), report);
+    assert_eq!(adapter.pass_report("nightly@2").await.expect("read"), None);
+    // A report this operator cannot read is no report, not a stalled policy.
+    raw.execute(
+        "UPDATE gc_passes SET report = '{\"format\": 99}' WHERE id = 'nightly@1'",
+        &[],
+    )
+    .await
+    .expect("replace the report");
+    assert_eq!(adapter.pass_report("nightly@1").await.expect("read"), None);
     assert!(
         store.get(&block_key(&old)).await.is_err(),
         "the old block's object is gone"

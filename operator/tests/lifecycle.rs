@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use common::mock::{Received, context, expect, serve};
+use common::mock::{MockHandle, Received, context, expect, serve};
 use common::*;
 use drive::gc::PassReport;
 use drive::lifecycle::LifecycleReport;
@@ -28,7 +28,8 @@ use operator::plan::lifecycle::{
     pass_id, plan, resolve_scope,
 };
 use operator::reconcile::lifecycle::observe_job;
-use operator::reconcile::{LifecyclePolicies, reconcile};
+use operator::reconcile::{Context, LifecyclePolicies, reconcile};
+use operator::store::memory::MemoryStore;
 use serde_json::Value;
 
 const HOUR: i64 = 3600;
@@ -585,13 +586,7 @@ fn the_job_arguments_parse_back_into_the_gc_subcommand() {
             &PassScope::default(),
             &settings(),
         );
-        let args = job.spec.and_then(|s| s.template.spec).expect("pod").containers[0]
-            .args
-            .clone()
-            .expect("args");
-        let parsed = GcCli::try_parse_from(std::iter::once("studiodrive-operator".to_string()).chain(args))
-            .expect("the binary accepts the Job's command line");
-        let GcCommand::Gc(parsed) = parsed.command;
+        let parsed = parse_job_args(job);
         assert_eq!(
             parsed,
             GcPassArgs::for_pass(&p, "nightly@10800", &PassScope::default())
@@ -1160,22 +1155,34 @@ fn gc_job(name: &str, status: Option<JobStatus>) -> Value {
     .expect("json")
 }
 
+/// Reconciles `p` once against the mock API server, the pass's Job having `job_status`;
+/// returns the requests it sent.
+async fn reconcile_once(
+    ctx: &Arc<Context<MemoryStore>>,
+    handle: &mut MockHandle,
+    p: &LifecyclePolicy,
+    job_status: Option<JobStatus>,
+) -> Vec<Received> {
+    let reply = serde_json::to_value(p).expect("json");
+    let job = gc_job("sdgc-nightly-900", job_status);
+    let (result, requests) = serve(
+        handle,
+        reconcile::<LifecyclePolicies, _>(Arc::new(p.clone()), ctx.clone()),
+        |r| answer(r, &job, &reply),
+    )
+    .await;
+    result.expect("reconcile");
+    requests
+}
+
 #[tokio::test]
 async fn a_scheduled_policy_gets_one_job_per_pass_then_the_reports_counts_and_an_event() {
     let (ctx, mut handle) = context();
     let mut p = policy("nightly", "*/15 * * * *");
-    let reply = serde_json::to_value(&p).expect("json");
     let job_path = format!("{JOBS}/sdgc-nightly-900");
-    let mut job_status: Option<JobStatus> = None;
 
     // 1. The 900 s run is due at 1000 s: its Job is applied, status records the pass.
-    let (result, first) = serve(
-        &mut handle,
-        reconcile::<LifecyclePolicies, _>(Arc::new(p.clone()), ctx.clone()),
-        |r| answer(r, &gc_job("sdgc-nightly-900", None), &reply),
-    )
-    .await;
-    result.expect("first reconcile");
+    let first = reconcile_once(&ctx, &mut handle, &p, None).await;
     let writes: Vec<_> = first.iter().filter(|r| is_job_write(r)).collect();
     assert_eq!(writes.len(), 1, "one Job for the pass: {first:?}");
     assert_eq!(
@@ -1191,14 +1198,7 @@ async fn a_scheduled_policy_gets_one_job_per_pass_then_the_reports_counts_and_an
 
     // 2. Reconciled again for the same slot while the Job runs: no Job is written.
     p.status = Some(status);
-    let (result, second) = serve(
-        &mut handle,
-        reconcile::<LifecyclePolicies, _>(Arc::new(p.clone()), ctx.clone()),
-        |r| answer(r, &gc_job("sdgc-nightly-900", job_status.clone()), &reply),
-    )
-    .await;
-    result.expect("second reconcile");
-    assert_eq!(second.iter().filter(|r| is_job_write(r)).count(), 0, "{second:?}");
+    let second = reconcile_once(&ctx, &mut handle, &p, None).await;
     assert_eq!(
         second
             .iter()
@@ -1211,18 +1211,12 @@ async fn a_scheduled_policy_gets_one_job_per_pass_then_the_reports_counts_and_an
     // 3. The Job completed and the pass stored its report: the counts reach status and an
     // event, and still no Job is written.
     ctx.store.set_pass_report(report("nightly@900", false));
-    job_status = Some(JobStatus {
+    let completed = JobStatus {
         succeeded: Some(1),
         completion_time: Some(Time(at(990))),
         ..JobStatus::default()
-    });
-    let (result, third) = serve(
-        &mut handle,
-        reconcile::<LifecyclePolicies, _>(Arc::new(p.clone()), ctx.clone()),
-        |r| answer(r, &gc_job("sdgc-nightly-900", job_status.clone()), &reply),
-    )
-    .await;
-    result.expect("third reconcile");
+    };
+    let third = reconcile_once(&ctx, &mut handle, &p, Some(completed)).await;
     assert_eq!(third.iter().filter(|r| is_job_write(r)).count(), 0, "{third:?}");
     let status = sent_status(&third).expect("status written");
     let counts = status.last_result.clone().expect("lastResult");
