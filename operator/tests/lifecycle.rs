@@ -349,6 +349,18 @@ fn a_succeeded_pass_puts_its_report_counts_in_last_result_and_its_end_event() {
         assert!(note.contains(part), "{part:?} not in {note}");
     }
 
+    // Planned again with the status just written (the reconciler reads a report only while
+    // the pass is Running): nothing changes, no second event.
+    let mut settled = p.clone();
+    settled.status = Some(done.status.clone());
+    let again = plan(
+        &input(&settled),
+        &job(true, false, Some(FIRST_RUN + 500)),
+        at(FIRST_RUN + 700),
+    );
+    assert_eq!(again.status, done.status);
+    assert!(again.events.is_empty() && again.ops.is_empty());
+
     // A dry run says so; a pass without a stored report keeps the earlier counts.
     let dry = Observed {
         report: Some(report("nightly@10800", true)),
