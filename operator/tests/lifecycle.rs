@@ -30,6 +30,7 @@ use operator::plan::lifecycle::{
 use operator::reconcile::lifecycle::observe_job;
 use operator::reconcile::{Context, LifecyclePolicies, reconcile};
 use operator::store::memory::MemoryStore;
+use proptest::prelude::*;
 use serde_json::Value;
 
 const HOUR: i64 = 3600;
@@ -1332,4 +1333,73 @@ async fn a_selector_by_namespace_and_labels_puts_the_matching_store_names_in_the
     );
     assert_eq!(args.rules, full_rules());
     assert_eq!(args.pass_id, "nightly@900");
+}
+
+fn any_kind() -> impl Strategy<Value = WorkspaceKind> {
+    prop_oneof![
+        Just(WorkspaceKind::User),
+        Just(WorkspaceKind::Project),
+        Just(WorkspaceKind::Team)
+    ]
+}
+
+fn any_rules() -> impl Strategy<Value = LifecycleRules> {
+    let class = (
+        proptest::collection::vec(any_kind(), 0..3),
+        proptest::option::of("(/[a-z0-9 ,._-]{1,8}){1,3}"),
+        1u32..3650,
+    )
+        .prop_map(|(kinds, path_prefix, days)| RetentionClass {
+            kinds,
+            path_prefix,
+            days,
+        });
+    (
+        proptest::option::of(1u32..3650),
+        proptest::collection::vec(class, 0..4),
+        proptest::option::of((proptest::collection::vec("/[a-z ,]{1,6}", 1..3), 1u32..3650)),
+        proptest::option::of(("[A-Z_]{1,12}", 1u32..3650)),
+        proptest::option::of((proptest::option::of(0u32..100), proptest::option::of(1u32..3650))),
+        proptest::option::of(1u32..3650),
+    )
+        .prop_map(
+            |(purge, classes, expire, transition, snapshots, events)| LifecycleRules {
+                purge_deleted_after_days: purge,
+                retention_classes: classes,
+                expire: expire.map(|(paths, days)| ExpireRule {
+                    paths,
+                    not_accessed_for_days: days,
+                }),
+                transition: transition.map(|(storage_class, after_days)| TransitionRule {
+                    storage_class,
+                    after_days,
+                }),
+                snapshot_retention: snapshots.map(|(keep_last, max_age_days)| SnapshotRetention {
+                    keep_last,
+                    max_age_days,
+                }),
+                event_retention_days: events,
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// For any rules and scope (paths with commas and spaces, no workspaces, many), the Job's
+    /// command line parses back into exactly the pass it was built from.
+    #[test]
+    fn any_rules_and_scope_survive_the_job_command_line(
+        rules in any_rules(),
+        names in proptest::option::of(proptest::collection::vec("[a-z0-9]{1,8}\\.[a-z0-9-]{0,8}[a-z0-9]", 0..20)),
+        kinds in proptest::collection::vec(any_kind(), 0..3),
+        dry_run in any::<bool>(),
+    ) {
+        let mut p = policy("nightly", "0 3 * * *");
+        p.spec.rules = rules;
+        p.spec.dry_run = dry_run;
+        let scope = PassScope { workspaces: names, kinds };
+        let job = build_job(&p, "nightly@10800", "sdgc-nightly-10800", &scope, &settings());
+        prop_assert_eq!(parse_job_args(job), GcPassArgs::for_pass(&p, "nightly@10800", &scope));
+    }
 }
