@@ -138,7 +138,7 @@ fn parse_rules(json: &str) -> Result<LifecycleRules, String> {
 }
 
 /// Parses one of `--kinds`.
-pub(crate) fn parse_kind(kind: &str) -> Result<WorkspaceKind, String> {
+fn parse_kind(kind: &str) -> Result<WorkspaceKind, String> {
     serde_json::from_value(serde_json::Value::String(kind.to_string()))
         .map_err(|_| format!("{kind:?} is not a workspace kind (user, project, team)"))
 }

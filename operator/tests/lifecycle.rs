@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use common::mock::{MockHandle, Received, context, expect, serve};
+use common::mock::{MockHandle, Received, context, expect, expect_status, serve};
 use common::*;
 use drive::gc::PassReport;
 use drive::lifecycle::LifecycleReport;
@@ -1003,24 +1003,16 @@ const JOBS: &str = "/apis/batch/v1/namespaces/studiodrive-system/jobs";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
 
 #[tokio::test]
-async fn a_due_policy_applies_its_gc_job_then_writes_status_then_records_pass_started() {
+async fn a_due_policy_creates_its_gc_job_then_writes_status_then_records_pass_started() {
     let (ctx, mut handle) = context();
     // Every 15 minutes; created at 0, so the 900 s run is due at 1000 s.
     let mut p = policy("nightly", "*/15 * * * *");
     p.spec.dry_run = true;
     let reply = serde_json::to_value(&p).expect("json");
     let server = async {
-        let (query, job) = expect(
-            &mut handle,
-            "PATCH",
-            &format!("{JOBS}/sdgc-nightly-900"),
-            &serde_json::json!({}),
-        )
-        .await;
-        assert!(
-            query.contains("fieldManager=studiodrive") && query.contains("force=true"),
-            "server-side apply: {query}"
-        );
+        let (query, job) = expect(&mut handle, "POST", JOBS, &serde_json::json!({})).await;
+        assert!(query.contains("fieldManager=studiodrive"), "{query}");
+        assert_eq!(job["metadata"]["name"], "sdgc-nightly-900");
         assert_eq!(
             (job["apiVersion"].as_str(), job["kind"].as_str()),
             (Some("batch/v1"), Some("Job"))
@@ -1200,8 +1192,9 @@ async fn a_scheduled_policy_gets_one_job_per_pass_then_the_reports_counts_and_an
     assert_eq!(writes.len(), 1, "one Job for the pass: {first:?}");
     assert_eq!(
         (writes[0].method.as_str(), writes[0].path.as_str()),
-        ("PATCH", job_path.as_str())
+        ("POST", JOBS)
     );
+    assert_eq!(writes[0].body["metadata"]["name"], "sdgc-nightly-900");
     let status = sent_status(&first).expect("status written");
     assert_eq!(status.phase, Some(PolicyPhase::Running));
     assert_eq!(
@@ -1262,6 +1255,36 @@ async fn a_scheduled_policy_gets_one_job_per_pass_then_the_reports_counts_and_an
     );
     let note = sent[0]["note"].as_str().unwrap_or_default();
     assert!(note.contains("freed 13 objects (11000 bytes)"), "{note}");
+}
+
+#[tokio::test]
+async fn a_retry_after_a_crash_before_status_adopts_the_existing_job() {
+    let (ctx, mut handle) = context();
+    // The Job of the 900 s pass exists (created by a reconcile that crashed before writing
+    // status); its arguments stand, whatever the policy says now.
+    let p = policy("nightly", "*/15 * * * *");
+    let reply = serde_json::to_value(&p).expect("json");
+    let exists = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "jobs.batch \"sdgc-nightly-900\" already exists", "reason": "AlreadyExists",
+        "code": 409,
+    });
+    let server = async {
+        expect_status(&mut handle, "POST", JOBS, 409, &exists).await;
+        let (_, status) = expect(&mut handle, "PATCH", POLICY_STATUS, &reply).await;
+        let status: LifecyclePolicyStatus = serde_json::from_value(status["status"].clone()).expect("status");
+        assert_eq!(
+            status.last_run.map(|r| (r.job_name, r.result)),
+            Some(("sdgc-nightly-900".to_string(), PassResult::Running))
+        );
+        let (_, event) = expect(&mut handle, "POST", EVENTS, &serde_json::json!({})).await;
+        assert_eq!(event["reason"], "PassStarted");
+    };
+    let (result, ()) = tokio::join!(
+        reconcile::<LifecyclePolicies, _>(Arc::new(p), ctx.clone()),
+        server
+    );
+    result.expect("an existing Job of the pass is not an error");
 }
 
 #[tokio::test]

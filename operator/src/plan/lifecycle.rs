@@ -4,8 +4,8 @@
 //! Scheduling follows CronJob semantics with `concurrencyPolicy: Forbid`: at most one pass
 //! runs at a time, and after downtime only the latest missed run is started, not a burst.
 //! The Job name and pass id derive from the policy name and the scheduled time, so a reconcile
-//! that crashes after creating the Job and before writing status re-applies the same Job
-//! instead of starting a second pass.
+//! that crashes after creating the Job and before writing status finds that Job and adopts
+//! it instead of starting a second pass.
 //!
 //! When the Job succeeds, the observation carries the report the pass stored in the metadata
 //! store, and the status takes its counts; a failed Job gives `lastError` and `Degraded`.

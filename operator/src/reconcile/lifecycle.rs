@@ -1,7 +1,8 @@
 //! The LifecyclePolicy kind of the driver: observes the last pass's Job (and, once it
-//! succeeded, the report its pass stored), starts the next pass when due (server-side apply of
-//! a deterministically named Job, so a retry never starts a second pass) with the selector
-//! resolved to store names, and records the schedule and results in status.
+//! succeeded, the report its pass stored), starts the next pass when due (creates a
+//! deterministically named Job, adopting it when it exists, so a retry never starts a second
+//! pass) with the selector resolved to store names, and records the schedule and results in
+//! status.
 //!
 //! It differs from the store kinds in two ways: no finalizer (the Jobs are owned by the
 //! policy and garbage-collected with it), and one round per reconcile (the status records
@@ -13,7 +14,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{ListParams, PostParams};
 use kube::runtime::events::Recorder;
 
 use super::driver::{Kind, LiveKind, StatusFields};
@@ -153,21 +154,29 @@ impl Kind for LifecyclePolicies {
         planner::plan(input, observed, now)
     }
 
-    /// Applies the GC Job of each pass to start.
+    /// Creates the GC Job of each pass to start. A pass's arguments are fixed when its Job is
+    /// created (and a Job's pod template is immutable), so a retry after a crash between
+    /// creating the Job and recording the pass in status adopts the Job that exists, even if
+    /// the policy or the Workspaces changed in between.
     async fn apply<S: StudioStore>(&self, _: &S, ops: &[Op], _: &()) -> Result<(), ReconcileError> {
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PostParams::default()
+        };
         for op in ops {
             let Op::StartPass {
                 pass_id, job_name, ..
             } = op;
             let scope = self.scope(pass_id).await?;
             let job = build_job(&self.policy, pass_id, job_name, &scope, &self.settings);
-            self.jobs
-                .patch(
-                    job_name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&job),
-                )
-                .await?;
+            match self.jobs.create(&params, &job).await {
+                Err(kube::Error::Api(status)) if status.is_already_exists() => {
+                    tracing::info!(job = %job_name, "the Job of this pass exists already; adopting it");
+                }
+                result => {
+                    result?;
+                }
+            }
         }
         Ok(())
     }
