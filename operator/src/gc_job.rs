@@ -24,6 +24,9 @@ use kube::api::ObjectMeta;
 use crate::crd::{LifecyclePolicy, LifecycleRules, WorkspaceKind};
 use crate::store::drive_adapter::to_kind;
 
+/// The annotation of a GC Job naming its pass.
+pub const PASS_ID_ANNOTATION: &str = "studiodrive.dev/pass-id";
+
 /// Where and how GC Jobs run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GcJobSettings {
@@ -351,7 +354,7 @@ pub fn build_job(
             namespace: Some(settings.namespace.clone()),
             labels: Some(labels.clone()),
             annotations: Some(BTreeMap::from([(
-                "studiodrive.dev/pass-id".to_string(),
+                PASS_ID_ANNOTATION.to_string(),
                 pass_id.to_string(),
             )])),
             owner_references: policy.controller_owner_ref(&()).map(|r| vec![r]),

@@ -22,7 +22,7 @@ use operator::crd::{
     LifecycleRules, PassCounts, PassResult, PolicyPhase, RetentionClass, SnapshotRetention, Throttle,
     TransitionRule, WorkspaceKind, WorkspaceSelector,
 };
-use operator::gc_job::{GcJobSettings, GcPassArgs, PassScope, build_job};
+use operator::gc_job::{GcJobSettings, GcPassArgs, PASS_ID_ANNOTATION, PassScope, build_job};
 use operator::plan::lifecycle::{
     Input, JobObservation, MAX_SCOPE_NAMES, Observed, Op, WorkspaceInfo, job_name, needs_workspace_list,
     pass_id, plan, resolve_scope,
@@ -1147,6 +1147,16 @@ fn answer(r: &Received, job: &Value, policy: &Value) -> Value {
     }
 }
 
+/// A GC Job as an earlier reconcile created it for pass `pass_id`.
+fn job_of_pass(name: &str, pass_id: &str) -> Value {
+    let mut job: Job = serde_json::from_value(gc_job(name, None)).expect("Job");
+    job.metadata.annotations = Some(BTreeMap::from([(
+        PASS_ID_ANNOTATION.to_string(),
+        pass_id.to_string(),
+    )]));
+    serde_json::to_value(job).expect("json")
+}
+
 fn gc_job(name: &str, status: Option<JobStatus>) -> Value {
     serde_json::to_value(Job {
         metadata: ObjectMeta {
@@ -1271,6 +1281,8 @@ async fn a_retry_after_a_crash_before_status_adopts_the_existing_job() {
     });
     let server = async {
         expect_status(&mut handle, "POST", JOBS, 409, &exists).await;
+        let existing = job_of_pass("sdgc-nightly-900", "nightly@900");
+        expect(&mut handle, "GET", &format!("{JOBS}/sdgc-nightly-900"), &existing).await;
         let (_, status) = expect(&mut handle, "PATCH", POLICY_STATUS, &reply).await;
         let status: LifecyclePolicyStatus = serde_json::from_value(status["status"].clone()).expect("status");
         assert_eq!(
@@ -1285,6 +1297,21 @@ async fn a_retry_after_a_crash_before_status_adopts_the_existing_job() {
         server
     );
     result.expect("an existing Job of the pass is not an error");
+
+    // "night-ly" and "night.ly" shorten to the same Job name; one does not adopt the other's.
+    let twin = policy("night-ly", "*/15 * * * *");
+    let server = async {
+        expect_status(&mut handle, "POST", JOBS, 409, &exists).await;
+        let taken = job_of_pass("sdgc-night-ly-900", "night.ly@900");
+        expect(&mut handle, "GET", &format!("{JOBS}/sdgc-night-ly-900"), &taken).await;
+    };
+    let (result, ()) = tokio::join!(
+        reconcile::<LifecyclePolicies, _>(Arc::new(twin), ctx.clone()),
+        server
+    );
+    let err = result.expect_err("another pass's Job is not adopted");
+    assert_eq!(err.label(), "job_name_taken");
+    assert!(err.to_string().contains("night.ly@900"), "{err}");
 }
 
 #[tokio::test]

@@ -20,7 +20,7 @@ use kube::runtime::events::Recorder;
 use super::driver::{Kind, LiveKind, StatusFields};
 use super::{Context, ReconcileError, publish};
 use crate::crd::{FIELD_MANAGER, LifecyclePolicy, LifecyclePolicyStatus, PassResult, Workspace};
-use crate::gc_job::{GcJobSettings, PassScope, build_job};
+use crate::gc_job::{GcJobSettings, PASS_ID_ANNOTATION, PassScope, build_job};
 use crate::plan::lifecycle::{
     self as planner, Input, JobObservation, MAX_SCOPE_NAMES, Observed, Op, WorkspaceInfo,
 };
@@ -86,6 +86,28 @@ impl LifecyclePolicies {
             publish(&self.recorder, self.policy.as_ref(), &[note]).await;
         }
         Ok(resolved.scope)
+    }
+}
+
+impl LifecyclePolicies {
+    /// Adopts the existing Job `job_name` as pass `pass_id`'s, after checking that it is:
+    /// Job names are shortened policy names, so two policies can map to one name.
+    async fn adopt(&self, job_name: &str, pass_id: &str) -> Result<(), ReconcileError> {
+        let existing = self.jobs.get_opt(job_name).await?;
+        let owner = existing
+            .as_ref()
+            .and_then(|j| j.metadata.annotations.as_ref())
+            .and_then(|a| a.get(PASS_ID_ANNOTATION))
+            .cloned()
+            .unwrap_or_default();
+        if owner != pass_id {
+            return Err(ReconcileError::JobNameTaken {
+                job: job_name.to_string(),
+                other: owner,
+            });
+        }
+        tracing::info!(job = %job_name, "the Job of this pass exists already; adopting it");
+        Ok(())
     }
 }
 
@@ -171,7 +193,7 @@ impl Kind for LifecyclePolicies {
             let job = build_job(&self.policy, pass_id, job_name, &scope, &self.settings);
             match self.jobs.create(&params, &job).await {
                 Err(kube::Error::Api(status)) if status.is_already_exists() => {
-                    tracing::info!(job = %job_name, "the Job of this pass exists already; adopting it");
+                    self.adopt(job_name, pass_id).await?;
                 }
                 result => {
                     result?;
