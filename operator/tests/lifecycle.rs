@@ -192,6 +192,7 @@ fn a_running_pass_blocks_the_next_run_until_its_job_finishes() {
     let blocked = plan(&input(&p), &job(false, false, None), at(DAY + FIRST_RUN + 10));
     assert!(blocked.ops.is_empty());
     assert_eq!(ready(&blocked.status).1, reason::PASS_RUNNING);
+    assert_eq!(blocked.status.phase, Some(PolicyPhase::Running));
     assert_eq!(blocked.requeue, Some(Duration::from_secs(60)));
 
     // It succeeds: recorded with the Job's completion time, and the due run starts.
@@ -393,6 +394,7 @@ fn a_suspended_policy_starts_nothing_and_has_no_next_run() {
     let (status, why, message) = ready(&plan.status);
     assert_eq!((status, why), ("True", reason::SCHEDULED));
     assert!(message.starts_with("suspended"), "{message}");
+    assert_eq!(plan.status.phase, Some(PolicyPhase::Suspended));
     assert_eq!(plan.requeue, Some(Duration::from_secs(300)));
 }
 
@@ -407,6 +409,7 @@ fn a_bad_schedule_is_invalid_spec_with_no_pass_and_no_requeue() {
         assert_eq!((status, why), ("False", reason::INVALID_SPEC), "{bad}");
         assert!(message.contains(bad), "{bad}: {message}");
         assert_eq!(reasons(&plan), [(reason::INVALID_SPEC, true)], "{bad}");
+        assert_eq!(plan.status.phase, Some(PolicyPhase::Invalid), "{bad}");
     }
 }
 
