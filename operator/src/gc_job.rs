@@ -1,12 +1,15 @@
 //! Builds the Kubernetes Job that runs one GC pass of a LifecyclePolicy:
 //! `studiodrive-operator gc --policy <name> --pass-id <id> [--dry-run] --deletes-per-second N
-//! --backoff-latency-ms M` in the operator's namespace, owned by the (cluster-scoped) policy so
-//! that deleting the policy deletes its Jobs.
+//! --backoff-latency-ms M --rules <JSON> [--workspaces NAME,...] [--kinds KIND,...]` in the
+//! operator's namespace, owned by the (cluster-scoped) policy so that deleting the policy
+//! deletes its Jobs.
 //!
-//! The pass's mode (`dryRun`) and limits (`throttle`) are fixed in the Job's arguments when the
-//! pass starts: the Job's pod retries (`backoffLimit`) resume the same pass id, and must not
-//! switch from a dry run to a real one, or change pace, because the policy was edited in
-//! between. The next pass picks up the edit. [`GcPassArgs`] is both what the Job passes and
+//! The pass's mode (`dryRun`), limits (`throttle`), rules and scope are fixed in the Job's
+//! arguments when the pass starts: the Job's pod retries (`backoffLimit`) resume the same pass
+//! id, and must not switch from a dry run to a real one, change pace, or purge by other rules
+//! or in other workspaces because the policy (or a Workspace's labels) changed in between. The
+//! next pass picks up the edit. The scope is resolved to store names by the reconciler, so
+//! the Job needs no Kubernetes API access. [`GcPassArgs`] is both what the Job passes and
 //! what the `gc` subcommand parses, so the two cannot drift apart.
 
 use std::collections::BTreeMap;
@@ -18,7 +21,11 @@ use k8s_openapi::api::core::v1::{
 use kube::Resource;
 use kube::api::ObjectMeta;
 
-use crate::crd::LifecyclePolicy;
+use crate::crd::{LifecyclePolicy, LifecycleRules, WorkspaceKind};
+use crate::store::drive_adapter::to_kind;
+
+/// The annotation of a GC Job naming its pass.
+pub const PASS_ID_ANNOTATION: &str = "studiodrive.dev/pass-id";
 
 /// Where and how GC Jobs run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,10 +73,29 @@ pub struct GcPassArgs {
     /// Pause while metadata transactions take longer than this many milliseconds.
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u32).range(1..=600_000))]
     pub backoff_latency_ms: u32,
+    /// The policy's rules (its `spec.rules` as JSON); without it the pass only sweeps blocks.
+    #[arg(long, value_parser = parse_rules, default_value = "{}")]
+    pub rules: LifecycleRules,
+    /// Which workspaces the rules apply to (the block sweep is storage-wide).
+    #[command(flatten)]
+    pub scope: PassScope,
     /// Where the pass runs: from the Job's environment ([`GcJobSettings`]), never its
     /// arguments.
     #[command(flatten)]
     pub storage: GcStorage,
+}
+
+/// The workspaces a pass's rules apply to, resolved from the policy's selector when the pass
+/// starts ([`crate::plan::lifecycle::resolve_scope`]).
+#[derive(clap::Args, Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassScope {
+    /// Store names of the workspaces, comma-separated (none when the flag has no value);
+    /// every workspace of `--kinds` when the flag is absent.
+    #[arg(long, num_args = 0..=1, value_delimiter = ',')]
+    pub workspaces: Option<Vec<String>>,
+    /// Workspace kinds, comma-separated (user, project, team); every kind when absent.
+    #[arg(long, value_delimiter = ',', value_parser = parse_kind)]
+    pub kinds: Vec<WorkspaceKind>,
 }
 
 /// The storage a GC pass works on, from the environment of its Job.
@@ -109,10 +135,28 @@ impl Default for GcStorage {
     }
 }
 
-/// Runs pass `args` (the `gc` subcommand): the block sweep of `drive::gc` on the Job's
-/// storage, printing its report. Purge, expiry, tiering and snapshot retention are not run by
-/// this pass yet.
-pub async fn run_pass(args: &GcPassArgs) -> anyhow::Result<drive::gc::PassReport> {
+/// Parses `--rules`.
+fn parse_rules(json: &str) -> Result<LifecycleRules, String> {
+    serde_json::from_str(json).map_err(|e| format!("not the JSON of a policy's rules: {e}"))
+}
+
+/// Parses one of `--kinds`.
+fn parse_kind(kind: &str) -> Result<WorkspaceKind, String> {
+    serde_json::from_value(serde_json::Value::String(kind.to_string()))
+        .map_err(|_| format!("{kind:?} is not a workspace kind (user, project, team)"))
+}
+
+/// The name of a kind in `--kinds`.
+fn kind_name(kind: WorkspaceKind) -> String {
+    serde_json::to_value(kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Runs pass `args` (the `gc` subcommand): the lifecycle pass of `drive::lifecycle` with the
+/// rules and scope of its arguments, on the Job's storage. Returns its report.
+pub async fn run_pass(args: &GcPassArgs) -> anyhow::Result<drive::lifecycle::LifecycleReport> {
     use anyhow::Context as _;
     let storage = &args.storage;
     let url = storage.metadata_url.clone().context(
@@ -131,11 +175,8 @@ pub async fn run_pass(args: &GcPassArgs) -> anyhow::Result<drive::gc::PassReport
     let meta = drive::PgMetaStore::connect(&drive::MetaConfig::new(url))
         .await
         .context("connect to the metadata store")?;
-    let mut opts = drive::gc::BlockPassOptions::new(args.pass_id.clone());
-    opts.dry_run = args.dry_run;
-    opts.deletes_per_second = args.deletes_per_second;
-    opts.grace = std::time::Duration::from_secs(storage.grace_seconds);
-    let report = drive::gc::run_block_pass(&meta, store.as_ref(), &opts)
+    let opts = args.lifecycle_options();
+    let report = drive::lifecycle::run_pass(&meta, store.as_ref(), &opts)
         .await
         .with_context(|| format!("GC pass {} of LifecyclePolicy {}", args.pass_id, args.policy))?;
     tracing::info!(policy = %args.policy, report = %serde_json::to_string(&report).unwrap_or_default(), "GC pass finished");
@@ -143,15 +184,66 @@ pub async fn run_pass(args: &GcPassArgs) -> anyhow::Result<drive::gc::PassReport
 }
 
 impl GcPassArgs {
-    /// The arguments of pass `pass_id` of `policy`, from its spec as it is now.
-    pub fn for_pass(policy: &LifecyclePolicy, pass_id: &str) -> GcPassArgs {
+    /// The arguments of pass `pass_id` of `policy` on the workspaces `scope`, from its spec as
+    /// it is now.
+    pub fn for_pass(policy: &LifecyclePolicy, pass_id: &str, scope: &PassScope) -> GcPassArgs {
         GcPassArgs {
             policy: policy.metadata.name.clone().unwrap_or_default(),
             pass_id: pass_id.to_string(),
             dry_run: policy.spec.dry_run,
             deletes_per_second: policy.spec.throttle.deletes_per_second,
             backoff_latency_ms: policy.spec.throttle.backoff_latency_ms,
+            rules: policy.spec.rules.clone(),
+            scope: scope.clone(),
             storage: GcStorage::default(),
+        }
+    }
+
+    /// What the engine runs for these arguments. `purgeDeletedAfterDays` becomes a retention
+    /// class of the selected kinds over whole workspaces, next to the policy's own classes
+    /// (the engine keeps data as long as the longest class that applies says).
+    pub fn lifecycle_options(&self) -> drive::lifecycle::LifecycleOptions {
+        use drive::lifecycle::{ExpireRule, TransitionRule, WorkspaceScope};
+        use drive::rules::gc::{RetentionClass, SnapshotRetention, days_to_duration};
+        let kinds = |k: &[WorkspaceKind]| k.iter().copied().map(to_kind).collect::<Vec<_>>();
+        let mut blocks = drive::gc::BlockPassOptions::new(self.pass_id.clone());
+        blocks.dry_run = self.dry_run;
+        blocks.deletes_per_second = self.deletes_per_second;
+        blocks.grace = std::time::Duration::from_secs(self.storage.grace_seconds);
+        let rules = &self.rules;
+        let whole_workspaces = rules.purge_deleted_after_days.map(|days| RetentionClass {
+            kinds: kinds(&self.scope.kinds),
+            path_prefix: None,
+            keep: days_to_duration(days),
+        });
+        let classes = rules.retention_classes.iter().map(|c| RetentionClass {
+            kinds: kinds(&c.kinds),
+            path_prefix: c.path_prefix.clone(),
+            keep: days_to_duration(c.days),
+        });
+        drive::lifecycle::LifecycleOptions {
+            blocks,
+            scope: WorkspaceScope {
+                names: self.scope.workspaces.clone(),
+                kinds: kinds(&self.scope.kinds),
+            },
+            retention: whole_workspaces.into_iter().chain(classes).collect(),
+            snapshots: rules
+                .snapshot_retention
+                .as_ref()
+                .map_or_else(SnapshotRetention::default, |r| SnapshotRetention {
+                    keep_last: r.keep_last,
+                    max_age: r.max_age_days.map(days_to_duration),
+                }),
+            expire: rules.expire.as_ref().map(|e| ExpireRule {
+                paths: e.paths.clone(),
+                not_accessed_for_days: e.not_accessed_for_days,
+            }),
+            transition: rules.transition.as_ref().map(|t| TransitionRule {
+                storage_class: t.storage_class.clone(),
+                after_days: t.after_days,
+            }),
+            event_retention: rules.event_retention_days.map(days_to_duration),
         }
     }
 
@@ -172,13 +264,39 @@ impl GcPassArgs {
             self.deletes_per_second.to_string(),
             "--backoff-latency-ms".to_string(),
             self.backoff_latency_ms.to_string(),
+            "--rules".to_string(),
+            serde_json::to_string(&self.rules).unwrap_or_else(|_| "{}".to_string()),
         ]);
+        if let Some(names) = &self.scope.workspaces {
+            // A bare `--workspaces` is the empty list: the selector matched no workspace.
+            args.push("--workspaces".to_string());
+            if !names.is_empty() {
+                args.push(names.join(","));
+            }
+        }
+        if !self.scope.kinds.is_empty() {
+            args.push("--kinds".to_string());
+            args.push(
+                self.scope
+                    .kinds
+                    .iter()
+                    .map(|k| kind_name(*k))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+        }
         args
     }
 }
 
-/// The Job for pass `pass_id` of `policy`.
-pub fn build_job(policy: &LifecyclePolicy, pass_id: &str, job_name: &str, settings: &GcJobSettings) -> Job {
+/// The Job for pass `pass_id` of `policy` on the workspaces `scope`.
+pub fn build_job(
+    policy: &LifecyclePolicy,
+    pass_id: &str,
+    job_name: &str,
+    scope: &PassScope,
+    settings: &GcJobSettings,
+) -> Job {
     let policy_name = policy.metadata.name.clone().unwrap_or_default();
     let labels = BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), "studiodrive-gc".to_string()),
@@ -216,7 +334,7 @@ pub fn build_job(policy: &LifecyclePolicy, pass_id: &str, job_name: &str, settin
     let container = Container {
         name: "gc".into(),
         image: Some(settings.image.clone()),
-        args: Some(GcPassArgs::for_pass(policy, pass_id).to_args()),
+        args: Some(GcPassArgs::for_pass(policy, pass_id, scope).to_args()),
         env,
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
@@ -232,7 +350,7 @@ pub fn build_job(policy: &LifecyclePolicy, pass_id: &str, job_name: &str, settin
             namespace: Some(settings.namespace.clone()),
             labels: Some(labels.clone()),
             annotations: Some(BTreeMap::from([(
-                "studiodrive.dev/pass-id".to_string(),
+                PASS_ID_ANNOTATION.to_string(),
                 pass_id.to_string(),
             )])),
             owner_references: policy.controller_owner_ref(&()).map(|r| vec![r]),

@@ -1,11 +1,13 @@
-//! `studiodrive-operator gc`, as a GC Job runs it: the block pass of `drive::gc` on the
-//! storage its environment names, against a real PostgreSQL and a file store.
+//! `studiodrive-operator gc`, as a GC Job runs it: a lifecycle pass of `drive::lifecycle` on
+//! the storage its environment names, against a real PostgreSQL and a file store.
 
 use std::process::Command;
 
 use drive::data::{ChunkStore, LocalChunkStore, block_key};
 use drive::{MetaConfig, PgMetaStore};
 use drive_testkit::pg::PgServer;
+use operator::store::StudioStore as _;
+use operator::store::drive_adapter::MetaStoreAdapter;
 
 fn gc(env: &[(&str, &str)]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_studiodrive-operator"))
@@ -74,10 +76,31 @@ async fn a_gc_job_sweeps_old_unreferenced_blocks_and_keeps_young_ones() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
     assert_eq!(
-        (report["candidates"].as_u64(), report["deleted"].as_u64()),
-        (Some(1), Some(1)),
+        (
+            report["pass_id"].as_str(),
+            report["blocks"]["candidates"].as_u64(),
+            report["blocks"]["deleted"].as_u64()
+        ),
+        (Some("nightly@1"), Some(1), Some(1)),
         "{report}"
     );
+    // What the operator reads for the policy's status is what the pass printed.
+    let adapter = MetaStoreAdapter(meta.clone());
+    let stored = adapter
+        .pass_report("nightly@1")
+        .await
+        .expect("read the stored report")
+        .expect("the pass stored its report");
+    assert_eq!(serde_json::to_value(&stored).expect("json"), report);
+    assert_eq!(adapter.pass_report("nightly@2").await.expect("read"), None);
+    // A report this operator cannot read is no report, not a stalled policy.
+    raw.execute(
+        "UPDATE gc_passes SET report = '{\"format\": 99}' WHERE id = 'nightly@1'",
+        &[],
+    )
+    .await
+    .expect("replace the report");
+    assert_eq!(adapter.pass_report("nightly@1").await.expect("read"), None);
     assert!(
         store.get(&block_key(&old)).await.is_err(),
         "the old block's object is gone"

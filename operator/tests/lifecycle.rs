@@ -4,24 +4,33 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use common::mock::{context, expect};
+use common::mock::{MockHandle, Received, context, expect, expect_status, serve};
 use common::*;
+use drive::gc::PassReport;
+use drive::lifecycle::LifecycleReport;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, Time};
 use kube::api::ObjectMeta;
 use operator::crd::conditions::{self, reason};
 use operator::crd::{
-    LastRun, LifecyclePolicy, LifecyclePolicySpec, LifecyclePolicyStatus, LifecycleRules, PassResult,
-    Throttle,
+    DeletionPolicy, ExpireRule, LastRun, LifecyclePolicy, LifecyclePolicySpec, LifecyclePolicyStatus,
+    LifecycleRules, PassCounts, PassResult, PolicyPhase, RetentionClass, SnapshotRetention, Throttle,
+    TransitionRule, WorkspaceKind, WorkspaceSelector,
 };
-use operator::gc_job::{GcJobSettings, GcPassArgs, build_job};
-use operator::plan::lifecycle::{Input, JobObservation, Observed, Op, job_name, pass_id, plan};
+use operator::gc_job::{GcJobSettings, GcPassArgs, PASS_ID_ANNOTATION, PassScope, build_job};
+use operator::plan::lifecycle::{
+    Input, JobObservation, MAX_SCOPE_NAMES, Observed, Op, WorkspaceInfo, job_name, needs_workspace_list,
+    pass_id, plan, resolve_scope,
+};
 use operator::reconcile::lifecycle::observe_job;
-use operator::reconcile::{LifecyclePolicies, reconcile};
+use operator::reconcile::{Context, LifecyclePolicies, reconcile};
+use operator::store::memory::MemoryStore;
+use proptest::prelude::*;
 use serde_json::Value;
 
 const HOUR: i64 = 3600;
@@ -84,6 +93,7 @@ fn job(succeeded: bool, failed: bool, completed: Option<i64>) -> Observed {
             failed,
             completion_time: completed.map(at),
         }),
+        report: None,
     }
 }
 
@@ -182,6 +192,7 @@ fn a_running_pass_blocks_the_next_run_until_its_job_finishes() {
     let blocked = plan(&input(&p), &job(false, false, None), at(DAY + FIRST_RUN + 10));
     assert!(blocked.ops.is_empty());
     assert_eq!(ready(&blocked.status).1, reason::PASS_RUNNING);
+    assert_eq!(blocked.status.phase, Some(PolicyPhase::Running));
     assert_eq!(blocked.requeue, Some(Duration::from_secs(60)));
 
     // It succeeds: recorded with the Job's completion time, and the due run starts.
@@ -204,7 +215,7 @@ fn a_running_pass_blocks_the_next_run_until_its_job_finishes() {
 }
 
 #[test]
-fn a_failed_or_vanished_job_marks_the_pass_failed_and_degraded() {
+fn a_failed_or_vanished_job_marks_the_pass_failed_degraded_with_last_error() {
     let p = with_last_run(policy("nightly", "0 3 * * *"), running(FIRST_RUN, FIRST_RUN));
     let failed = plan(
         &input(&p),
@@ -229,8 +240,17 @@ fn a_failed_or_vanished_job_marks_the_pass_failed_and_degraded() {
     );
     assert!(failed.ops.is_empty(), "no retry before the next scheduled time");
     assert_eq!(failed.status.next_run, Some(Time(at(DAY + FIRST_RUN))));
+    let error = failed.status.last_error.clone().expect("lastError");
+    assert!(
+        error.contains("GC pass nightly@10800 failed")
+            && error.contains("kubectl logs job/sdgc-nightly-10800"),
+        "says which pass and where to look: {error}"
+    );
+    assert_eq!(degraded.message, error);
+    assert_eq!(failed.events[0].note, error);
+    assert_eq!(failed.status.phase, Some(PolicyPhase::Idle));
 
-    let vanished = plan(&input(&p), &Observed { job: None }, at(FIRST_RUN + 600));
+    let vanished = plan(&input(&p), &Observed::default(), at(FIRST_RUN + 600));
     let run = vanished.status.last_run.clone().expect("lastRun");
     assert_eq!(
         (run.result, run.completion_time),
@@ -239,8 +259,130 @@ fn a_failed_or_vanished_job_marks_the_pass_failed_and_degraded() {
     assert!(
         vanished.events[0]
             .note
-            .contains("sdgc-nightly-10800 of GC pass nightly@10800 disappeared")
+            .contains("GC pass nightly@10800 failed: its Job sdgc-nightly-10800 disappeared"),
+        "{}",
+        vanished.events[0].note
     );
+    assert_eq!(
+        vanished.status.last_error.as_deref(),
+        Some(vanished.events[0].note.as_str())
+    );
+
+    // The next pass starts and succeeds: the error and Degraded go away.
+    let mut p = p;
+    p.status = Some(failed.status.clone());
+    let next = plan_at(&p, DAY + FIRST_RUN + 5);
+    p.status = Some(next.status.clone());
+    let succeeded = plan(
+        &input(&p),
+        &job(true, false, Some(DAY + FIRST_RUN + 50)),
+        at(DAY + FIRST_RUN + 60),
+    );
+    assert_eq!(succeeded.status.last_error, None);
+    assert!(conditions::find(&succeeded.status.conditions, "Degraded").is_none());
+}
+
+fn report(pass: &str, dry_run: bool) -> LifecycleReport {
+    LifecycleReport {
+        pass_id: pass.into(),
+        dry_run,
+        expired: 3,
+        purged_entries: 40,
+        purged_history_rows: 9,
+        purged_nodes: 41,
+        purged_workspaces: 2,
+        snapshots_released: 5,
+        transitioned: 6,
+        transitioned_bytes: 6_000,
+        events_purged: 700,
+        blocks: PassReport {
+            pass_id: pass.into(),
+            dry_run,
+            candidates: 12,
+            candidate_bytes: 12_345,
+            kept: 1,
+            deleted: 11,
+            deleted_bytes: 11_000,
+            orphans_seen: 4,
+            orphans_deleted: 2,
+            duration_ms: 80,
+        },
+        duration_ms: 90,
+    }
+}
+
+#[test]
+fn a_succeeded_pass_puts_its_report_counts_in_last_result_and_its_end_event() {
+    let p = with_last_run(policy("nightly", "0 3 * * *"), running(FIRST_RUN, FIRST_RUN));
+    let observed = Observed {
+        report: Some(report("nightly@10800", false)),
+        ..job(true, false, Some(FIRST_RUN + 500))
+    };
+    let done = plan(&input(&p), &observed, at(FIRST_RUN + 600));
+    assert_eq!(
+        done.status.last_result,
+        Some(PassCounts {
+            pass_id: "nightly@10800".into(),
+            dry_run: false,
+            scanned: 12,
+            eligible_bytes: 12_345,
+            purged: 41,
+            purged_workspaces: 2,
+            expired: 3,
+            transitioned: 6,
+            transitioned_bytes: 6_000,
+            snapshots_released: 5,
+            events_purged: 700,
+            objects_freed: 13,
+            bytes_freed: 11_000,
+            duration_ms: 90,
+        })
+    );
+    assert_eq!(done.status.phase, Some(PolicyPhase::Idle));
+    assert_eq!(reasons(&done), [("PassSucceeded", false)]);
+    let note = &done.events[0].note;
+    for part in [
+        "GC pass nightly@10800 succeeded",
+        "freed 13 objects (11000 bytes) of 12 eligible blocks (12345 bytes)",
+        "purged 41 files and folders and 2 workspaces",
+        "expired 3",
+        "released 5 snapshots",
+        "transitioned 6 blocks",
+    ] {
+        assert!(note.contains(part), "{part:?} not in {note}");
+    }
+
+    // Planned again with the status just written (the reconciler reads a report only while
+    // the pass is Running): nothing changes, no second event.
+    let mut settled = p.clone();
+    settled.status = Some(done.status.clone());
+    let again = plan(
+        &input(&settled),
+        &job(true, false, Some(FIRST_RUN + 500)),
+        at(FIRST_RUN + 700),
+    );
+    assert_eq!(again.status, done.status);
+    assert!(again.events.is_empty() && again.ops.is_empty());
+
+    // A dry run says so; a pass without a stored report keeps the earlier counts.
+    let dry = Observed {
+        report: Some(report("nightly@10800", true)),
+        ..job(true, false, None)
+    };
+    let dry = plan(&input(&p), &dry, at(FIRST_RUN + 600));
+    assert!(dry.status.last_result.as_ref().is_some_and(|c| c.dry_run));
+    assert!(
+        dry.events[0].note.contains("dry run, nothing changed"),
+        "{}",
+        dry.events[0].note
+    );
+    let mut earlier = p.clone();
+    if let Some(status) = earlier.status.as_mut() {
+        status.last_result = done.status.last_result.clone();
+    }
+    let unreported = plan(&input(&earlier), &job(true, false, None), at(FIRST_RUN + 600));
+    assert_eq!(unreported.status.last_result, done.status.last_result);
+    assert!(unreported.events[0].note.contains("stored no report"));
 }
 
 #[test]
@@ -253,6 +395,7 @@ fn a_suspended_policy_starts_nothing_and_has_no_next_run() {
     let (status, why, message) = ready(&plan.status);
     assert_eq!((status, why), ("True", reason::SCHEDULED));
     assert!(message.starts_with("suspended"), "{message}");
+    assert_eq!(plan.status.phase, Some(PolicyPhase::Suspended));
     assert_eq!(plan.requeue, Some(Duration::from_secs(300)));
 }
 
@@ -267,6 +410,7 @@ fn a_bad_schedule_is_invalid_spec_with_no_pass_and_no_requeue() {
         assert_eq!((status, why), ("False", reason::INVALID_SPEC), "{bad}");
         assert!(message.contains(bad), "{bad}: {message}");
         assert_eq!(reasons(&plan), [(reason::INVALID_SPEC, true)], "{bad}");
+        assert_eq!(plan.status.phase, Some(PolicyPhase::Invalid), "{bad}");
     }
 }
 
@@ -322,6 +466,7 @@ fn the_gc_job_runs_the_pass_with_dry_run_and_throttle_as_arguments() {
         &p,
         "scratch.nightly@9000",
         "sdgc-scratch-nightly-9000",
+        &PassScope::default(),
         &settings(),
     );
 
@@ -379,7 +524,9 @@ fn the_gc_job_runs_the_pass_with_dry_run_and_throttle_as_arguments() {
             "--deletes-per-second",
             "200",
             "--backoff-latency-ms",
-            "750"
+            "750",
+            "--rules",
+            r#"{"purgeDeletedAfterDays":30}"#
         ]
     );
     let env = container.env.clone().expect("env");
@@ -413,7 +560,13 @@ fn a_real_pass_has_no_dry_run_flag_and_the_default_throttle() {
     let p = policy("nightly", "0 3 * * *");
     let mut plain = settings();
     plain.metadata_url_secret = None;
-    let job = build_job(&p, "nightly@10800", "sdgc-nightly-10800", &plain);
+    let job = build_job(
+        &p,
+        "nightly@10800",
+        "sdgc-nightly-10800",
+        &PassScope::default(),
+        &plain,
+    );
     let pod = job.spec.and_then(|s| s.template.spec).expect("pod");
     assert_eq!(
         pod.containers[0].args.clone().expect("args"),
@@ -426,7 +579,9 @@ fn a_real_pass_has_no_dry_run_flag_and_the_default_throttle() {
             "--deletes-per-second",
             "500",
             "--backoff-latency-ms",
-            "250"
+            "250",
+            "--rules",
+            r#"{"purgeDeletedAfterDays":30}"#
         ]
     );
     assert_eq!(pod.containers[0].env, None);
@@ -441,15 +596,18 @@ fn the_job_arguments_parse_back_into_the_gc_subcommand() {
             deletes_per_second: 1,
             backoff_latency_ms: 600_000,
         };
-        let job = build_job(&p, "nightly@10800", "sdgc-nightly-10800", &settings());
-        let args = job.spec.and_then(|s| s.template.spec).expect("pod").containers[0]
-            .args
-            .clone()
-            .expect("args");
-        let parsed = GcCli::try_parse_from(std::iter::once("studiodrive-operator".to_string()).chain(args))
-            .expect("the binary accepts the Job's command line");
-        let GcCommand::Gc(parsed) = parsed.command;
-        assert_eq!(parsed, GcPassArgs::for_pass(&p, "nightly@10800"));
+        let job = build_job(
+            &p,
+            "nightly@10800",
+            "sdgc-nightly-10800",
+            &PassScope::default(),
+            &settings(),
+        );
+        let parsed = parse_job_args(job);
+        assert_eq!(
+            parsed,
+            GcPassArgs::for_pass(&p, "nightly@10800", &PassScope::default())
+        );
         assert_eq!(parsed.dry_run, dry_run);
     }
     let out_of_range = GcCli::try_parse_from([
@@ -463,6 +621,321 @@ fn the_job_arguments_parse_back_into_the_gc_subcommand() {
         "0",
     ]);
     assert!(out_of_range.is_err(), "0 deletes per second is refused");
+}
+
+fn full_rules() -> LifecycleRules {
+    LifecycleRules {
+        purge_deleted_after_days: Some(7),
+        retention_classes: vec![
+            RetentionClass {
+                kinds: vec![WorkspaceKind::Project],
+                path_prefix: Some("/finals".into()),
+                days: 180,
+            },
+            RetentionClass {
+                kinds: Vec::new(),
+                path_prefix: None,
+                days: 15,
+            },
+        ],
+        expire: Some(ExpireRule {
+            paths: vec!["/scratch".into(), "/tmp".into()],
+            not_accessed_for_days: 30,
+        }),
+        transition: Some(TransitionRule {
+            storage_class: "GLACIER_IR".into(),
+            after_days: 60,
+        }),
+        snapshot_retention: Some(SnapshotRetention {
+            keep_last: Some(5),
+            max_age_days: Some(90),
+        }),
+        event_retention_days: Some(14),
+    }
+}
+
+fn parse_job_args(job: Job) -> GcPassArgs {
+    let args = job.spec.and_then(|s| s.template.spec).expect("pod").containers[0]
+        .args
+        .clone()
+        .expect("args");
+    let parsed = GcCli::try_parse_from(std::iter::once("studiodrive-operator".to_string()).chain(args))
+        .expect("the binary accepts the Job's command line");
+    let GcCommand::Gc(parsed) = parsed.command;
+    parsed
+}
+
+#[test]
+fn the_job_arguments_carry_the_rules_and_the_resolved_workspaces_and_parse_back() {
+    let mut p = policy("nightly", "0 3 * * *");
+    p.spec.rules = full_rules();
+    let scopes = [
+        PassScope::default(),
+        PassScope {
+            workspaces: Some(Vec::new()),
+            kinds: vec![WorkspaceKind::Team],
+        },
+        PassScope {
+            workspaces: Some(vec!["comp.shot010".into(), "comp.shot020".into()]),
+            kinds: vec![WorkspaceKind::Team, WorkspaceKind::User],
+        },
+    ];
+    for scope in scopes {
+        let job = build_job(&p, "nightly@10800", "sdgc-nightly-10800", &scope, &settings());
+        let parsed = parse_job_args(job);
+        assert_eq!(parsed, GcPassArgs::for_pass(&p, "nightly@10800", &scope));
+        assert_eq!(parsed.rules, full_rules());
+        assert_eq!(parsed.scope, scope);
+    }
+    let named = PassScope {
+        workspaces: Some(vec!["comp.shot010".into(), "comp.shot020".into()]),
+        kinds: vec![WorkspaceKind::Team, WorkspaceKind::User],
+    };
+    let args = GcPassArgs::for_pass(&p, "nightly@10800", &named).to_args();
+    assert_eq!(
+        args[args.len() - 4..],
+        [
+            "--workspaces",
+            "comp.shot010,comp.shot020",
+            "--kinds",
+            "team,user"
+        ]
+    );
+    // Without --rules (a pass by hand) only the block sweep runs.
+    let bare = GcCli::try_parse_from(["x", "gc", "--policy", "p", "--pass-id", "i"]).expect("parse");
+    let GcCommand::Gc(bare) = bare.command;
+    assert_eq!(
+        (bare.rules, bare.scope),
+        (LifecycleRules::default(), PassScope::default())
+    );
+    for bad in [
+        ["--rules", "{\"purgeDeletedAfterDays\": -1}"],
+        ["--kinds", "scratch"],
+    ] {
+        let parsed = GcCli::try_parse_from(["x", "gc", "--policy", "p", "--pass-id", "i", bad[0], bad[1]]);
+        assert!(parsed.is_err(), "{bad:?} accepted");
+    }
+}
+
+#[test]
+fn the_rules_map_to_the_engine_options_of_the_pass() {
+    use drive::model::WorkspaceKind as Engine;
+    use drive::rules::gc::{RetentionClass as Class, SnapshotRetention as Snapshots};
+    let mut p = policy("nightly", "0 3 * * *");
+    p.spec.rules = full_rules();
+    p.spec.dry_run = true;
+    p.spec.throttle.deletes_per_second = 42;
+    let scope = PassScope {
+        workspaces: Some(vec!["comp.shot010".into()]),
+        kinds: vec![WorkspaceKind::Team, WorkspaceKind::User],
+    };
+    let opts = GcPassArgs::for_pass(&p, "nightly@10800", &scope).lifecycle_options();
+    assert_eq!(opts.blocks.pass_id, "nightly@10800");
+    assert!(opts.blocks.dry_run);
+    assert_eq!(opts.blocks.deletes_per_second, 42);
+    assert_eq!(opts.blocks.grace, Duration::from_secs(3600));
+    assert_eq!(
+        opts.scope,
+        drive::lifecycle::WorkspaceScope {
+            names: Some(vec!["comp.shot010".into()]),
+            kinds: vec![Engine::Team, Engine::User],
+        }
+    );
+    assert_eq!(
+        opts.retention,
+        [
+            Class {
+                kinds: vec![Engine::Team, Engine::User],
+                path_prefix: None,
+                keep: drive::rules::gc::days_to_duration(7),
+            },
+            Class {
+                kinds: vec![Engine::Project],
+                path_prefix: Some("/finals".into()),
+                keep: drive::rules::gc::days_to_duration(180),
+            },
+            Class {
+                kinds: Vec::new(),
+                path_prefix: None,
+                keep: drive::rules::gc::days_to_duration(15),
+            },
+        ]
+    );
+    assert_eq!(
+        opts.snapshots,
+        Snapshots {
+            keep_last: Some(5),
+            max_age: Some(drive::rules::gc::days_to_duration(90)),
+        }
+    );
+    assert_eq!(
+        opts.expire,
+        Some(drive::lifecycle::ExpireRule {
+            paths: vec!["/scratch".into(), "/tmp".into()],
+            not_accessed_for_days: 30,
+        })
+    );
+    assert_eq!(
+        opts.transition,
+        Some(drive::lifecycle::TransitionRule {
+            storage_class: "GLACIER_IR".into(),
+            after_days: 60,
+        })
+    );
+    assert_eq!(opts.event_retention, Some(Duration::from_secs(14 * DAY as u64)));
+
+    // Without rules: the block sweep alone, on every workspace.
+    p.spec.rules = LifecycleRules::default();
+    let opts = GcPassArgs::for_pass(&p, "nightly@10800", &PassScope::default()).lifecycle_options();
+    assert!(opts.retention.is_empty() && opts.expire.is_none() && opts.transition.is_none());
+    assert_eq!(opts.snapshots, Snapshots::default());
+    assert_eq!(opts.scope, drive::lifecycle::WorkspaceScope::default());
+}
+
+// ---- scope: the selector resolved to store names ----
+
+fn info<'a>(
+    ns: &'a str,
+    name: &'a str,
+    kind: WorkspaceKind,
+    labels: &'a BTreeMap<String, String>,
+) -> WorkspaceInfo<'a> {
+    WorkspaceInfo {
+        namespace: ns,
+        name,
+        kind,
+        labels,
+    }
+}
+
+#[test]
+fn a_selector_resolves_to_the_sorted_store_names_of_the_workspaces_it_matches() {
+    let scratch = BTreeMap::from([("studiodrive.dev/tier".to_string(), "scratch".to_string())]);
+    let finals = BTreeMap::from([("studiodrive.dev/tier".to_string(), "finals".to_string())]);
+    let none = BTreeMap::new();
+    let all = [
+        info("comp", "shot020", WorkspaceKind::Team, &scratch),
+        info("comp", "shot010", WorkspaceKind::Team, &scratch),
+        info("comp", "hero", WorkspaceKind::Project, &scratch),
+        info("comp", "delivery", WorkspaceKind::Team, &finals),
+        info("fx", "sim", WorkspaceKind::Team, &scratch),
+        info("comp", "plain", WorkspaceKind::Team, &none),
+    ];
+    let selector = WorkspaceSelector {
+        kinds: vec![WorkspaceKind::Team],
+        namespaces: vec!["comp".into()],
+        label_selector: Some(LabelSelector {
+            match_labels: Some(scratch.clone()),
+            ..LabelSelector::default()
+        }),
+    };
+    let resolved = resolve_scope(&selector, all).expect("resolve");
+    assert_eq!(
+        resolved,
+        PassScope {
+            workspaces: Some(vec!["comp.shot010".into(), "comp.shot020".into()]),
+            kinds: vec![WorkspaceKind::Team],
+        }
+    );
+
+    // Set-based requirements work too; a selector that matches nothing names no workspace.
+    let not_finals = WorkspaceSelector {
+        label_selector: Some(LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "studiodrive.dev/tier".into(),
+                operator: "NotIn".into(),
+                values: Some(vec!["finals".into()]),
+            }]),
+            ..LabelSelector::default()
+        }),
+        ..WorkspaceSelector::default()
+    };
+    let names = resolve_scope(&not_finals, all).expect("resolve").workspaces;
+    assert_eq!(
+        names,
+        Some(vec![
+            "comp.hero".into(),
+            "comp.plain".into(),
+            "comp.shot010".into(),
+            "comp.shot020".into(),
+            "fx.sim".into()
+        ])
+    );
+    let nobody = WorkspaceSelector {
+        namespaces: vec!["empty".into()],
+        ..WorkspaceSelector::default()
+    };
+    assert_eq!(
+        resolve_scope(&nobody, all).expect("resolve").workspaces,
+        Some(Vec::new())
+    );
+}
+
+#[test]
+fn a_kinds_only_selector_covers_every_workspace_of_its_kinds_without_listing() {
+    let selector = WorkspaceSelector {
+        kinds: vec![WorkspaceKind::User],
+        ..WorkspaceSelector::default()
+    };
+    assert!(!needs_workspace_list(&selector).expect("valid"));
+    let resolved = resolve_scope(&selector, []).expect("resolve");
+    assert_eq!(
+        resolved,
+        PassScope {
+            workspaces: None,
+            kinds: vec![WorkspaceKind::User]
+        }
+    );
+}
+
+#[test]
+fn more_than_a_thousand_matches_are_refused_rather_than_widened() {
+    let labels = BTreeMap::new();
+    let names: Vec<String> = (0..=MAX_SCOPE_NAMES).map(|i| format!("ws{i}")).collect();
+    let selector = WorkspaceSelector {
+        kinds: vec![WorkspaceKind::Team],
+        namespaces: vec!["comp".into()],
+        label_selector: None,
+    };
+    let refused = resolve_scope(
+        &selector,
+        names
+            .iter()
+            .map(|n| info("comp", n, WorkspaceKind::Team, &labels)),
+    )
+    .expect_err("a pass never widens to workspaces its selector did not match");
+    assert!(
+        refused.0.contains(&format!("matches {}", MAX_SCOPE_NAMES + 1)),
+        "{}",
+        refused.0
+    );
+    let exactly = resolve_scope(
+        &selector,
+        names[..MAX_SCOPE_NAMES]
+            .iter()
+            .map(|n| info("comp", n, WorkspaceKind::Team, &labels)),
+    )
+    .expect("resolve");
+    assert_eq!(exactly.workspaces.map(|w| w.len()), Some(MAX_SCOPE_NAMES));
+}
+
+#[test]
+fn an_invalid_label_selector_is_invalid_spec_and_starts_no_pass() {
+    let mut p = policy("nightly", "0 3 * * *");
+    p.spec.selector.label_selector = Some(LabelSelector {
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: "tier".into(),
+            operator: "Near".into(),
+            values: None,
+        }]),
+        ..LabelSelector::default()
+    });
+    let plan = plan_at(&p, 2 * DAY);
+    assert!(plan.ops.is_empty());
+    let (status, why, message) = ready(&plan.status);
+    assert_eq!((status, why), ("False", reason::INVALID_SPEC));
+    assert!(message.contains("labelSelector"), "{message}");
+    assert_eq!(plan.status.phase, Some(PolicyPhase::Invalid));
 }
 
 #[test]
@@ -530,24 +1003,16 @@ const JOBS: &str = "/apis/batch/v1/namespaces/studiodrive-system/jobs";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
 
 #[tokio::test]
-async fn a_due_policy_applies_its_gc_job_then_writes_status_then_records_pass_started() {
+async fn a_due_policy_creates_its_gc_job_then_writes_status_then_records_pass_started() {
     let (ctx, mut handle) = context();
     // Every 15 minutes; created at 0, so the 900 s run is due at 1000 s.
     let mut p = policy("nightly", "*/15 * * * *");
     p.spec.dry_run = true;
     let reply = serde_json::to_value(&p).expect("json");
     let server = async {
-        let (query, job) = expect(
-            &mut handle,
-            "PATCH",
-            &format!("{JOBS}/sdgc-nightly-900"),
-            &serde_json::json!({}),
-        )
-        .await;
-        assert!(
-            query.contains("fieldManager=studiodrive") && query.contains("force=true"),
-            "server-side apply: {query}"
-        );
+        let (query, job) = expect(&mut handle, "POST", JOBS, &serde_json::json!({})).await;
+        assert!(query.contains("fieldManager=studiodrive"), "{query}");
+        assert_eq!(job["metadata"]["name"], "sdgc-nightly-900");
         assert_eq!(
             (job["apiVersion"].as_str(), job["kind"].as_str()),
             (Some("batch/v1"), Some("Job"))
@@ -648,4 +1113,343 @@ async fn a_running_pass_is_looked_up_by_its_job_and_its_success_recorded() {
         server
     );
     result.expect("reconcile");
+}
+
+fn is_job_write(r: &Received) -> bool {
+    r.path.starts_with(JOBS) && matches!(r.method.as_str(), "POST" | "PATCH" | "PUT")
+}
+
+/// The status a reconcile sent, from the requests it made.
+fn sent_status(requests: &[Received]) -> Option<LifecyclePolicyStatus> {
+    requests
+        .iter()
+        .rfind(|r| r.method == "PATCH" && r.path == POLICY_STATUS)
+        .map(|r| serde_json::from_value(r.body["status"].clone()).expect("status"))
+}
+
+fn events(requests: &[Received]) -> Vec<Value> {
+    requests
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == EVENTS)
+        .map(|r| r.body.clone())
+        .collect()
+}
+
+/// The mock API server's answer: the Job for Job requests, `{}` for events, the policy
+/// otherwise.
+fn answer(r: &Received, job: &Value, policy: &Value) -> Value {
+    if r.path.starts_with(JOBS) {
+        job.clone()
+    } else if r.path == EVENTS {
+        serde_json::json!({})
+    } else {
+        policy.clone()
+    }
+}
+
+/// A GC Job as an earlier reconcile created it for pass `pass_id`.
+fn job_of_pass(name: &str, pass_id: &str) -> Value {
+    let mut job: Job = serde_json::from_value(gc_job(name, None)).expect("Job");
+    job.metadata.annotations = Some(BTreeMap::from([(
+        PASS_ID_ANNOTATION.to_string(),
+        pass_id.to_string(),
+    )]));
+    serde_json::to_value(job).expect("json")
+}
+
+fn gc_job(name: &str, status: Option<JobStatus>) -> Value {
+    serde_json::to_value(Job {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("studiodrive-system".into()),
+            ..ObjectMeta::default()
+        },
+        spec: None,
+        status,
+    })
+    .expect("json")
+}
+
+/// Reconciles `p` once against the mock API server, the pass's Job having `job_status`;
+/// returns the requests it sent.
+async fn reconcile_once(
+    ctx: &Arc<Context<MemoryStore>>,
+    handle: &mut MockHandle,
+    p: &LifecyclePolicy,
+    job_status: Option<JobStatus>,
+) -> Vec<Received> {
+    let reply = serde_json::to_value(p).expect("json");
+    let job = gc_job("sdgc-nightly-900", job_status);
+    let (result, requests) = serve(
+        handle,
+        reconcile::<LifecyclePolicies, _>(Arc::new(p.clone()), ctx.clone()),
+        |r| answer(r, &job, &reply),
+    )
+    .await;
+    result.expect("reconcile");
+    requests
+}
+
+#[tokio::test]
+async fn a_scheduled_policy_gets_one_job_per_pass_then_the_reports_counts_and_an_event() {
+    let (ctx, mut handle) = context();
+    let mut p = policy("nightly", "*/15 * * * *");
+    let job_path = format!("{JOBS}/sdgc-nightly-900");
+
+    // 1. The 900 s run is due at 1000 s: its Job is applied, status records the pass.
+    let first = reconcile_once(&ctx, &mut handle, &p, None).await;
+    let writes: Vec<_> = first.iter().filter(|r| is_job_write(r)).collect();
+    assert_eq!(writes.len(), 1, "one Job for the pass: {first:?}");
+    assert_eq!(
+        (writes[0].method.as_str(), writes[0].path.as_str()),
+        ("POST", JOBS)
+    );
+    assert_eq!(writes[0].body["metadata"]["name"], "sdgc-nightly-900");
+    let status = sent_status(&first).expect("status written");
+    assert_eq!(status.phase, Some(PolicyPhase::Running));
+    assert_eq!(
+        status.last_run.as_ref().map(|r| (r.pass_id.as_str(), r.result)),
+        Some(("nightly@900", PassResult::Running))
+    );
+
+    // 2. Reconciled again for the same slot while the Job runs: no Job is written.
+    p.status = Some(status);
+    let second = reconcile_once(&ctx, &mut handle, &p, None).await;
+    assert_eq!(
+        second
+            .iter()
+            .map(|r| (r.method.as_str(), r.path.as_str()))
+            .collect::<Vec<_>>(),
+        [("GET", job_path.as_str())],
+        "only the Job is looked at; status unchanged, nothing written"
+    );
+
+    // 3. The Job completed and the pass stored its report: the counts reach status and an
+    // event, and still no Job is written.
+    ctx.store.set_pass_report(report("nightly@900", false));
+    let completed = JobStatus {
+        succeeded: Some(1),
+        completion_time: Some(Time(at(990))),
+        ..JobStatus::default()
+    };
+    let third = reconcile_once(&ctx, &mut handle, &p, Some(completed)).await;
+    assert_eq!(third.iter().filter(|r| is_job_write(r)).count(), 0, "{third:?}");
+    let status = sent_status(&third).expect("status written");
+    let counts = status.last_result.clone().expect("lastResult");
+    assert_eq!(
+        (
+            counts.pass_id.as_str(),
+            counts.scanned,
+            counts.objects_freed,
+            counts.bytes_freed,
+            counts.eligible_bytes,
+            counts.purged,
+            counts.snapshots_released
+        ),
+        ("nightly@900", 12, 13, 11_000, 12_345, 41, 5)
+    );
+    assert_eq!(
+        status
+            .last_run
+            .as_ref()
+            .map(|r| (r.result, r.completion_time.clone())),
+        Some((PassResult::Succeeded, Some(Time(at(990)))))
+    );
+    assert_eq!(status.phase, Some(PolicyPhase::Idle));
+    assert_eq!(status.next_run, Some(Time(at(1_800))));
+    let sent = events(&third);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(
+        (sent[0]["reason"].as_str(), sent[0]["type"].as_str()),
+        (Some("PassSucceeded"), Some("Normal"))
+    );
+    let note = sent[0]["note"].as_str().unwrap_or_default();
+    assert!(note.contains("freed 13 objects (11000 bytes)"), "{note}");
+}
+
+#[tokio::test]
+async fn a_retry_after_a_crash_before_status_adopts_the_existing_job() {
+    let (ctx, mut handle) = context();
+    // The Job of the 900 s pass exists (created by a reconcile that crashed before writing
+    // status); its arguments stand, whatever the policy says now.
+    let p = policy("nightly", "*/15 * * * *");
+    let reply = serde_json::to_value(&p).expect("json");
+    let exists = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "jobs.batch \"sdgc-nightly-900\" already exists", "reason": "AlreadyExists",
+        "code": 409,
+    });
+    let server = async {
+        expect_status(&mut handle, "POST", JOBS, 409, &exists).await;
+        let existing = job_of_pass("sdgc-nightly-900", "nightly@900");
+        expect(&mut handle, "GET", &format!("{JOBS}/sdgc-nightly-900"), &existing).await;
+        let (_, status) = expect(&mut handle, "PATCH", POLICY_STATUS, &reply).await;
+        let status: LifecyclePolicyStatus = serde_json::from_value(status["status"].clone()).expect("status");
+        assert_eq!(
+            status.last_run.map(|r| (r.job_name, r.result)),
+            Some(("sdgc-nightly-900".to_string(), PassResult::Running))
+        );
+        let (_, event) = expect(&mut handle, "POST", EVENTS, &serde_json::json!({})).await;
+        assert_eq!(event["reason"], "PassStarted");
+    };
+    let (result, ()) = tokio::join!(
+        reconcile::<LifecyclePolicies, _>(Arc::new(p), ctx.clone()),
+        server
+    );
+    result.expect("an existing Job of the pass is not an error");
+
+    // "night-ly" and "night.ly" shorten to the same Job name; one does not adopt the other's.
+    let twin = policy("night-ly", "*/15 * * * *");
+    let server = async {
+        expect_status(&mut handle, "POST", JOBS, 409, &exists).await;
+        let taken = job_of_pass("sdgc-night-ly-900", "night.ly@900");
+        expect(&mut handle, "GET", &format!("{JOBS}/sdgc-night-ly-900"), &taken).await;
+    };
+    let (result, ()) = tokio::join!(
+        reconcile::<LifecyclePolicies, _>(Arc::new(twin), ctx.clone()),
+        server
+    );
+    let err = result.expect_err("another pass's Job is not adopted");
+    assert_eq!(err.label(), "job_name_taken");
+    assert!(err.to_string().contains("night.ly@900"), "{err}");
+}
+
+#[tokio::test]
+async fn a_selector_by_namespace_and_labels_puts_the_matching_store_names_in_the_job() {
+    let (ctx, mut handle) = context();
+    let mut p = policy("nightly", "*/15 * * * *");
+    p.spec.rules = full_rules();
+    let tier = BTreeMap::from([("studiodrive.dev/tier".to_string(), "scratch".to_string())]);
+    p.spec.selector = WorkspaceSelector {
+        kinds: vec![WorkspaceKind::Team],
+        namespaces: vec!["comp".into()],
+        label_selector: Some(LabelSelector {
+            match_labels: Some(tier.clone()),
+            ..LabelSelector::default()
+        }),
+    };
+    let labelled = |ns: &str, name: &str, kind: WorkspaceKind| {
+        let mut w = workspace(ns, name, workspace_spec(kind, DeletionPolicy::Delete));
+        w.metadata.labels = Some(tier.clone());
+        w
+    };
+    // What the API server returns for the label selector; namespace and kind are the
+    // operator's to filter.
+    let list = serde_json::json!({
+        "apiVersion": "studiodrive.dev/v1alpha1",
+        "kind": "WorkspaceList",
+        "metadata": {},
+        "items": [
+            labelled("comp", "shot020", WorkspaceKind::Team),
+            labelled("comp", "shot010", WorkspaceKind::Team),
+            labelled("comp", "hero", WorkspaceKind::Project),
+            labelled("fx", "sim", WorkspaceKind::Team),
+        ],
+    });
+    let reply = serde_json::to_value(&p).expect("json");
+    let (result, requests) = serve(
+        &mut handle,
+        reconcile::<LifecyclePolicies, _>(Arc::new(p.clone()), ctx.clone()),
+        |r| {
+            if r.path.ends_with("/workspaces") {
+                list.clone()
+            } else {
+                answer(r, &gc_job("sdgc-nightly-900", None), &reply)
+            }
+        },
+    )
+    .await;
+    result.expect("reconcile");
+    let listed = requests
+        .iter()
+        .find(|r| r.path == "/apis/studiodrive.dev/v1alpha1/workspaces")
+        .expect("the Workspaces are listed cluster-wide");
+    assert!(
+        listed
+            .query
+            .contains("labelSelector=studiodrive.dev%2Ftier%3Dscratch"),
+        "the label selector narrows the list: {}",
+        listed.query
+    );
+    let job = requests.iter().find(|r| is_job_write(r)).expect("the Job");
+    let job: Job = serde_json::from_value(job.body.clone()).expect("a Job");
+    let args = parse_job_args(job);
+    assert_eq!(
+        args.scope,
+        PassScope {
+            workspaces: Some(vec!["comp.shot010".into(), "comp.shot020".into()]),
+            kinds: vec![WorkspaceKind::Team],
+        }
+    );
+    assert_eq!(args.rules, full_rules());
+    assert_eq!(args.pass_id, "nightly@900");
+}
+
+fn any_kind() -> impl Strategy<Value = WorkspaceKind> {
+    prop_oneof![
+        Just(WorkspaceKind::User),
+        Just(WorkspaceKind::Project),
+        Just(WorkspaceKind::Team)
+    ]
+}
+
+fn any_rules() -> impl Strategy<Value = LifecycleRules> {
+    let class = (
+        proptest::collection::vec(any_kind(), 0..3),
+        proptest::option::of("(/[a-z0-9 ,._-]{1,8}){1,3}"),
+        1u32..3650,
+    )
+        .prop_map(|(kinds, path_prefix, days)| RetentionClass {
+            kinds,
+            path_prefix,
+            days,
+        });
+    (
+        proptest::option::of(1u32..3650),
+        proptest::collection::vec(class, 0..4),
+        proptest::option::of((proptest::collection::vec("/[a-z ,]{1,6}", 1..3), 1u32..3650)),
+        proptest::option::of(("[A-Z_]{1,12}", 1u32..3650)),
+        proptest::option::of((proptest::option::of(0u32..100), proptest::option::of(1u32..3650))),
+        proptest::option::of(1u32..3650),
+    )
+        .prop_map(
+            |(purge, classes, expire, transition, snapshots, events)| LifecycleRules {
+                purge_deleted_after_days: purge,
+                retention_classes: classes,
+                expire: expire.map(|(paths, days)| ExpireRule {
+                    paths,
+                    not_accessed_for_days: days,
+                }),
+                transition: transition.map(|(storage_class, after_days)| TransitionRule {
+                    storage_class,
+                    after_days,
+                }),
+                snapshot_retention: snapshots.map(|(keep_last, max_age_days)| SnapshotRetention {
+                    keep_last,
+                    max_age_days,
+                }),
+                event_retention_days: events,
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// For any rules and scope (paths with commas and spaces, no workspaces, many), the Job's
+    /// command line parses back into exactly the pass it was built from.
+    #[test]
+    fn any_rules_and_scope_survive_the_job_command_line(
+        rules in any_rules(),
+        names in proptest::option::of(proptest::collection::vec("[a-z0-9]{1,8}\\.[a-z0-9-]{0,8}[a-z0-9]", 0..20)),
+        kinds in proptest::collection::vec(any_kind(), 0..3),
+        dry_run in any::<bool>(),
+    ) {
+        let mut p = policy("nightly", "0 3 * * *");
+        p.spec.rules = rules;
+        p.spec.dry_run = dry_run;
+        let scope = PassScope { workspaces: names, kinds };
+        let job = build_job(&p, "nightly@10800", "sdgc-nightly-10800", &scope, &settings());
+        prop_assert_eq!(parse_job_args(job), GcPassArgs::for_pass(&p, "nightly@10800", &scope));
+    }
 }

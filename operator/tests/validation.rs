@@ -270,6 +270,31 @@ fn malformed_specs_are_rejected_by_schema_or_cel() {
         ),
         ("policy without rules", policy(json!({})), "at least one rule"),
         (
+            "policy with an empty list of retention classes only",
+            policy(json!({"retentionClasses": []})),
+            "at least one rule",
+        ),
+        (
+            "relative retention class path",
+            policy(json!({"retentionClasses": [{"pathPrefix": "renders", "days": 7}]})),
+            "pathPrefix must be absolute",
+        ),
+        (
+            "retention class of zero days",
+            policy(json!({"retentionClasses": [{"days": 0}]})),
+            "less than the minimum",
+        ),
+        (
+            "retention class of an unknown kind",
+            policy(json!({"retentionClasses": [{"kinds": ["scratch"], "days": 7}]})),
+            "scratch",
+        ),
+        (
+            "zero days of event retention",
+            policy(json!({"eventRetentionDays": 0})),
+            "less than the minimum",
+        ),
+        (
             "snapshot retention without limits",
             policy(json!({"snapshotRetention": {}})),
             "keepLast or maxAgeDays",
@@ -397,4 +422,17 @@ fn typed_validate_cel_agrees_with_the_schema_walk() {
     ws.spec.kind = crd::WorkspaceKind::Project;
     assert!(ws.validate_cel_update(&old).is_err());
     assert_eq!(Workspace::crd().spec.names.kind, "Workspace");
+}
+
+#[test]
+fn retention_classes_or_event_retention_alone_make_a_valid_policy() {
+    for rules in [
+        json!({"retentionClasses": [{"kinds": ["project"], "pathPrefix": "/finals", "days": 180}]}),
+        json!({"eventRetentionDays": 30}),
+    ] {
+        let found = problems(&policy(rules.clone()), None);
+        assert!(found.is_empty(), "{rules}: {found:?}");
+        let typed: LifecyclePolicy = serde_json::from_value(policy(rules)).expect("LifecyclePolicy");
+        assert!(typed.spec.rules != operator::crd::LifecycleRules::default());
+    }
 }

@@ -28,18 +28,30 @@ use super::WorkspaceKind;
     doc = "Garbage collection, expiry, tiering and snapshot retention for the Studio Drive workspaces it selects (cluster-scoped).",
     printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule"),
     printcolumn(name = "DryRun", type_ = "boolean", json_path = ".spec.dryRun"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Last run", type_ = "date", json_path = ".status.lastRun.startTime"),
     printcolumn(name = "Result", type_ = "string", json_path = ".status.lastRun.result"),
-    printcolumn(name = "Next run", type_ = "date", json_path = ".status.nextRun"),
     printcolumn(
         name = "Freed",
         type_ = "integer",
-        json_path = ".status.lastResult.bytesFreed",
+        json_path = ".status.lastResult.bytesFreed"
+    ),
+    printcolumn(name = "Next run", type_ = "date", json_path = ".status.nextRun"),
+    printcolumn(
+        name = "Objects freed",
+        type_ = "integer",
+        json_path = ".status.lastResult.objectsFreed",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Eligible",
+        type_ = "integer",
+        json_path = ".status.lastResult.eligibleBytes",
         priority = 1
     ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
-#[x_kube(validation = Rule::new("has(self.rules.purgeDeletedAfterDays) || has(self.rules.expire) || has(self.rules.transition) || has(self.rules.snapshotRetention)").message("a policy needs at least one rule"))]
+#[x_kube(validation = Rule::new("has(self.rules.purgeDeletedAfterDays) || (has(self.rules.retentionClasses) && size(self.rules.retentionClasses) > 0) || has(self.rules.expire) || has(self.rules.transition) || has(self.rules.snapshotRetention) || has(self.rules.eventRetentionDays)").message("a policy needs at least one rule"))]
 #[serde(rename_all = "camelCase")]
 pub struct LifecyclePolicySpec {
     /// Which workspaces the policy applies to.
@@ -84,14 +96,19 @@ pub struct WorkspaceSelector {
 }
 
 /// The rules of a policy; each is optional, at least one is required.
-#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct LifecycleRules {
     /// Purge soft-deleted files, folders and workspaces this many days after deletion
-    /// (studio defaults: 7, 15, 30, 60 or 180).
+    /// (studio defaults: 7, 15, 30, 60 or 180), in every selected workspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 3650))]
     pub purge_deleted_after_days: Option<u32>,
+    /// Retention of soft-deleted data per workspace kind and folder. Where several apply
+    /// (including purgeDeletedAfterDays), the longest wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub retention_classes: Vec<RetentionClass>,
     /// Expire (soft-delete) scratch paths not accessed for a while.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expire: Option<ExpireRule>,
@@ -101,10 +118,34 @@ pub struct LifecycleRules {
     /// Release old snapshots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_retention: Option<SnapshotRetention>,
+    /// Purge change-feed events older than this many days (events a live cursor has not read
+    /// yet are kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3650))]
+    pub event_retention_days: Option<u32>,
+}
+
+/// How long soft-deleted data of some workspaces and folders is kept.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionClass {
+    /// Workspace kinds the class applies to; all kinds when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 3))]
+    pub kinds: Vec<WorkspaceKind>,
+    /// Folder (absolute path inside the workspace) the class applies to, with everything
+    /// below it; the whole workspace when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains('\\u0000')").message("pathPrefix must be absolute, without NUL"))]
+    pub path_prefix: Option<String>,
+    /// Days soft-deleted data is kept before it is purged.
+    #[schemars(range(min = 1, max = 3650))]
+    pub days: u32,
 }
 
 /// Expire paths not accessed for `notAccessedForDays`.
-#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ExpireRule {
     /// Absolute folder paths inside each workspace (e.g. "/scratch").
@@ -117,7 +158,7 @@ pub struct ExpireRule {
 }
 
 /// Transition blocks not read for `afterDays` to `storageClass`.
-#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct TransitionRule {
     /// Object store storage class, e.g. STANDARD_IA or GLACIER_IR.
@@ -130,7 +171,7 @@ pub struct TransitionRule {
 }
 
 /// Which snapshots to keep.
-#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[x_kube(validation = Rule::new("has(self.keepLast) || has(self.maxAgeDays)").message("snapshotRetention needs keepLast or maxAgeDays"))]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotRetention {
@@ -182,18 +223,37 @@ pub struct LifecyclePolicyStatus {
     /// The metadata.generation the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// What the policy is doing now: Idle, Running, Suspended or Invalid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<PolicyPhase>,
     /// The latest pass (running or finished).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_run: Option<LastRun>,
     /// When the next pass is due.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_run: Option<Time>,
-    /// Counts of the latest finished pass.
+    /// Counts of the latest pass that succeeded, from the report it stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_result: Option<PassCounts>,
+    /// Why the latest pass failed and where to look; cleared when a pass succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
     /// Ready and Degraded.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+}
+
+/// What a policy is doing.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+pub enum PolicyPhase {
+    /// Waiting for the next scheduled pass.
+    Idle,
+    /// A pass is running.
+    Running,
+    /// `suspend` is set: no new passes start.
+    Suspended,
+    /// The spec is invalid (see the Ready condition): no passes start.
+    Invalid,
 }
 
 /// One GC pass.
@@ -223,14 +283,42 @@ pub enum PassResult {
     Failed,
 }
 
-/// What a pass did.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, JsonSchema)]
+/// What a pass did (in a dry run: what it would have done; nothing is freed).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PassCounts {
+    /// The pass the counts are from.
+    #[serde(default)]
+    pub pass_id: String,
+    /// Whether the pass was a dry run.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Unreferenced blocks older than the grace period (candidates of the block sweep).
     pub scanned: u64,
+    /// Their bytes: what the sweep may free.
+    #[serde(default)]
+    pub eligible_bytes: u64,
+    /// Soft-deleted files and folders purged for good.
     pub purged: u64,
+    /// Soft-deleted workspaces purged for good.
+    #[serde(default)]
+    pub purged_workspaces: u64,
+    /// Paths soft-deleted because they were not accessed.
     pub expired: u64,
+    /// Blocks moved to a colder storage class, and their bytes.
     pub transitioned: u64,
+    #[serde(default)]
+    pub transitioned_bytes: u64,
     pub snapshots_released: u64,
+    /// Change-feed events purged.
+    #[serde(default)]
+    pub events_purged: u64,
+    /// Objects deleted from the object store (blocks and orphans).
+    #[serde(default)]
+    pub objects_freed: u64,
+    /// Bytes of the blocks deleted.
     pub bytes_freed: u64,
+    /// How long the pass took, in milliseconds.
+    #[serde(default)]
+    pub duration_ms: u64,
 }

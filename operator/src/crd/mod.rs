@@ -15,7 +15,8 @@ mod workspace;
 
 pub use lifecycle::{
     ExpireRule, LastRun, LifecyclePolicy, LifecyclePolicySpec, LifecyclePolicyStatus, LifecycleRules,
-    PassCounts, PassResult, SnapshotRetention, Throttle, TransitionRule, WorkspaceSelector,
+    PassCounts, PassResult, PolicyPhase, RetentionClass, SnapshotRetention, Throttle, TransitionRule,
+    WorkspaceSelector,
 };
 pub use share::{Permission, Share, ShareSpec, ShareStatus, Subject, SubjectKind};
 pub use snapshot::{Snapshot, SnapshotSpec, SnapshotStatus};

@@ -4,20 +4,32 @@
 //! Scheduling follows CronJob semantics with `concurrencyPolicy: Forbid`: at most one pass
 //! runs at a time, and after downtime only the latest missed run is started, not a burst.
 //! The Job name and pass id derive from the policy name and the scheduled time, so a reconcile
-//! that crashes after creating the Job and before writing status re-applies the same Job
-//! instead of starting a second pass.
+//! that crashes after creating the Job and before writing status finds that Job and adopts
+//! it instead of starting a second pass.
+//!
+//! When the Job succeeds, the observation carries the report the pass stored in the metadata
+//! store, and the status takes its counts; a failed Job gives `lastError` and `Degraded`.
+//! [`resolve_scope`] turns the policy's selector into the store names a pass works on.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
+use drive::lifecycle::LifecycleReport;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::core::{Selector, SelectorExt as _};
 
+use super::workspace::workspace_store_name;
 use super::{EventNote, Plan, RESYNC, SpecError, invalid_spec_conditions, invalid_spec_event, store_name};
 use crate::crd::conditions::{self, Desired, reason};
-use crate::crd::{LastRun, LifecyclePolicySpec, LifecyclePolicyStatus, PassResult};
+use crate::crd::{
+    LastRun, LifecyclePolicySpec, LifecyclePolicyStatus, PassCounts, PassResult, PolicyPhase, WorkspaceKind,
+    WorkspaceSelector,
+};
+use crate::gc_job::PassScope;
 
 /// How often a running pass is looked at when no Job event arrives.
 const RUNNING_POLL: Duration = Duration::from_secs(60);
@@ -40,10 +52,12 @@ pub struct JobObservation {
     pub completion_time: Option<Timestamp>,
 }
 
-/// Observed state: the last pass's Job (`None` when it does not exist).
+/// Observed state: the last pass's Job (`None` when it does not exist) and, once that Job
+/// succeeded, the report its pass stored (`None` when there is none).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
     pub job: Option<JobObservation>,
+    pub report: Option<LifecycleReport>,
 }
 
 /// An action on the cluster.
@@ -107,11 +121,15 @@ pub fn pass_id(policy: &str, scheduled: Timestamp) -> String {
 /// Plans one reconcile of a LifecyclePolicy.
 pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, LifecyclePolicyStatus> {
     let previous = input.status.cloned().unwrap_or_default();
-    let cron = match store_name(input.name).and_then(|()| parse_schedule(&input.spec.schedule)) {
+    let valid = store_name(input.name)
+        .and_then(|()| label_selector(&input.spec.selector))
+        .and_then(|_| parse_schedule(&input.spec.schedule));
+    let cron = match valid {
         Ok(cron) => cron,
         Err(err) => {
             let status = LifecyclePolicyStatus {
                 observed_generation: Some(input.generation),
+                phase: Some(PolicyPhase::Invalid),
                 next_run: None,
                 conditions: conditions::merge(
                     &previous.conditions,
@@ -131,36 +149,55 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
     };
     let mut events = Vec::new();
     let mut last = previous.last_run.clone();
+    let mut last_result = previous.last_result.clone();
+    let mut last_error = previous.last_error.clone();
     if let Some(run) = last.as_mut().filter(|r| r.result == PassResult::Running) {
-        match &observed.job {
+        let failure = match &observed.job {
             Some(job) if job.succeeded => {
                 run.result = PassResult::Succeeded;
                 run.completion_time = Some(Time(job.completion_time.unwrap_or(now)));
-                events.push(EventNote::normal(
-                    "PassSucceeded",
-                    "Observe",
-                    format!("GC pass {} succeeded", run.pass_id),
-                ));
+                last_error = None;
+                let note = match &observed.report {
+                    Some(report) => {
+                        let counts = pass_counts(report);
+                        let note = format!("GC pass {} succeeded: {}", run.pass_id, counts_summary(&counts));
+                        last_result = Some(counts);
+                        note
+                    }
+                    None => format!(
+                        "GC pass {} succeeded, but stored no report: lastResult still shows an earlier pass",
+                        run.pass_id
+                    ),
+                };
+                events.push(EventNote::normal("PassSucceeded", "Observe", note));
+                None
             }
             Some(job) if job.failed => {
-                run.result = PassResult::Failed;
                 run.completion_time = Some(Time(job.completion_time.unwrap_or(now)));
-                events.push(EventNote::warning(
-                    reason::PASS_FAILED,
-                    "Observe",
-                    format!("GC pass {} failed", run.pass_id),
-                ));
+                Some(format!(
+                    "GC pass {} failed: its Job {} gave up after its retries; the logs of its pods \
+                     say why (kubectl logs job/{} in the operator's namespace)",
+                    run.pass_id, run.job_name, run.job_name
+                ))
             }
-            Some(_) => {}
+            Some(_) => None,
             None => {
-                run.result = PassResult::Failed;
                 run.completion_time = Some(Time(now));
-                events.push(EventNote::warning(
-                    reason::PASS_FAILED,
-                    "Observe",
-                    format!("the Job {} of GC pass {} disappeared", run.job_name, run.pass_id),
-                ));
+                Some(format!(
+                    "GC pass {} failed: its Job {} disappeared before it finished (deleted by hand?); \
+                     the next scheduled pass runs as usual",
+                    run.pass_id, run.job_name
+                ))
             }
+        };
+        if let Some(message) = failure {
+            run.result = PassResult::Failed;
+            events.push(EventNote::warning(
+                reason::PASS_FAILED,
+                "Observe",
+                message.clone(),
+            ));
+            last_error = Some(message);
         }
     }
     let running = last.as_ref().is_some_and(|r| r.result == PassResult::Running);
@@ -218,9 +255,18 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
         desired.push(Desired::yes(
             conditions::DEGRADED,
             reason::PASS_FAILED,
-            "the last GC pass failed; see the Job's logs",
+            last_error
+                .clone()
+                .unwrap_or_else(|| "the last GC pass failed; see the Job's logs".to_string()),
         ));
     }
+    let phase = if running {
+        PolicyPhase::Running
+    } else if input.spec.suspend {
+        PolicyPhase::Suspended
+    } else {
+        PolicyPhase::Idle
+    };
     let requeue = if running {
         RUNNING_POLL
     } else {
@@ -229,9 +275,11 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
     };
     let status = LifecyclePolicyStatus {
         observed_generation: Some(input.generation),
+        phase: Some(phase),
         last_run: last,
         next_run: next.map(Time),
-        last_result: previous.last_result,
+        last_result,
+        last_error,
         conditions: conditions::merge(&previous.conditions, &desired, input.generation, now),
     };
     Plan {
@@ -240,4 +288,116 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
         events,
         requeue: Some(requeue),
     }
+}
+
+/// The status counts of a pass's report.
+pub fn pass_counts(report: &LifecycleReport) -> PassCounts {
+    let blocks = &report.blocks;
+    PassCounts {
+        pass_id: report.pass_id.clone(),
+        dry_run: report.dry_run,
+        scanned: blocks.candidates,
+        eligible_bytes: blocks.candidate_bytes,
+        purged: report.purged_nodes,
+        purged_workspaces: report.purged_workspaces,
+        expired: report.expired,
+        transitioned: report.transitioned,
+        transitioned_bytes: report.transitioned_bytes,
+        snapshots_released: report.snapshots_released,
+        events_purged: report.events_purged,
+        objects_freed: blocks.deleted + blocks.orphans_deleted,
+        bytes_freed: blocks.deleted_bytes,
+        duration_ms: report.duration_ms,
+    }
+}
+
+/// The counts in one line, for the event at the end of a pass.
+fn counts_summary(c: &PassCounts) -> String {
+    let mode = if c.dry_run {
+        "dry run, nothing changed; "
+    } else {
+        ""
+    };
+    format!(
+        "{mode}freed {} objects ({} bytes) of {} eligible blocks ({} bytes); purged {} files and folders and \
+         {} workspaces; expired {}; released {} snapshots; transitioned {} blocks; purged {} events; took {} ms",
+        c.objects_freed,
+        c.bytes_freed,
+        c.scanned,
+        c.eligible_bytes,
+        c.purged,
+        c.purged_workspaces,
+        c.expired,
+        c.snapshots_released,
+        c.transitioned,
+        c.events_purged,
+        c.duration_ms
+    )
+}
+
+/// Most workspace names a pass's arguments carry. A selector matching more is refused (an
+/// invalid spec, no pass starts): widening it to its kinds would purge workspaces it never
+/// selected.
+pub const MAX_SCOPE_NAMES: usize = 1000;
+
+/// A Workspace resource, as scope resolution sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkspaceInfo<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub kind: WorkspaceKind,
+    pub labels: &'a BTreeMap<String, String>,
+}
+
+/// The selector's label selector, checked (an invalid operator is an invalid spec).
+pub fn label_selector(selector: &WorkspaceSelector) -> Result<Selector, SpecError> {
+    selector
+        .label_selector
+        .clone()
+        .map_or(Ok(Selector::default()), Selector::try_from)
+        .map_err(|e| SpecError(format!("selector.labelSelector: {e}")))
+}
+
+/// Whether resolving the selector needs the Workspace resources: it names namespaces or labels.
+/// Otherwise the pass covers every workspace of the selector's kinds, including soft-deleted
+/// ones whose resource is gone (the purge of deleted workspaces needs that).
+pub fn needs_workspace_list(selector: &WorkspaceSelector) -> Result<bool, SpecError> {
+    Ok(!selector.namespaces.is_empty() || !label_selector(selector)?.selects_all())
+}
+
+/// The scope of a pass: the store names of the Workspace resources the selector matches, or
+/// every workspace of its kinds when it selects by kind only. A selector matching more than
+/// [`MAX_SCOPE_NAMES`] is refused. Names are sorted, so the Job's arguments do not depend on
+/// list order.
+pub fn resolve_scope<'a>(
+    selector: &WorkspaceSelector,
+    workspaces: impl IntoIterator<Item = WorkspaceInfo<'a>>,
+) -> Result<PassScope, SpecError> {
+    if !needs_workspace_list(selector)? {
+        return Ok(PassScope {
+            workspaces: None,
+            kinds: selector.kinds.clone(),
+        });
+    }
+    let labels = label_selector(selector)?;
+    let mut names: Vec<String> = workspaces
+        .into_iter()
+        .filter(|w| selector.namespaces.is_empty() || selector.namespaces.iter().any(|n| n == w.namespace))
+        .filter(|w| selector.kinds.is_empty() || selector.kinds.contains(&w.kind))
+        .filter(|w| labels.matches(w.labels))
+        .filter_map(|w| workspace_store_name(w.namespace, w.name).ok())
+        .collect();
+    names.sort();
+    names.dedup();
+    if names.len() > MAX_SCOPE_NAMES {
+        return Err(SpecError(format!(
+            "the selector matches {} workspaces, more than the {MAX_SCOPE_NAMES} a pass can name: \
+             narrow it, or select by kind only",
+            names.len()
+        )));
+    }
+    Ok(PassScope {
+        workspaces: Some(names),
+        kinds: selector.kinds.clone(),
+    })
 }

@@ -71,6 +71,12 @@ pub enum ReconcileError {
     KeySecret(#[from] SecretReadError),
     #[error("object has no {0}")]
     MissingField(&'static str),
+    #[error("invalid spec: {0}")]
+    InvalidSpec(#[from] crate::plan::SpecError),
+    #[error(
+        "the Job {job} belongs to another pass ({other:?}): two policies' names shorten to one Job name; rename one"
+    )]
+    JobNameTaken { job: String, other: String },
     #[error("planner still wants changes after {MAX_ROUNDS} rounds")]
     NoConvergence,
 }
@@ -91,6 +97,8 @@ impl ReconcileError {
             },
             ReconcileError::KeySecret(_) => "key_secret_unreadable",
             ReconcileError::MissingField(_) => "missing_field",
+            ReconcileError::InvalidSpec(_) => "invalid_spec",
+            ReconcileError::JobNameTaken { .. } => "job_name_taken",
             ReconcileError::NoConvergence => "no_convergence",
         }
     }

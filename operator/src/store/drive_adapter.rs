@@ -4,6 +4,7 @@
 
 use drive::PgMetaStore;
 use drive::data::{DataKey, Kek};
+use drive::lifecycle::LifecycleReport;
 use drive::meta::WorkspaceUpdate;
 use drive::model::{self, Actor, Timestamp as NanoTime, View};
 use drive::{ErrorKind, MetaError};
@@ -53,7 +54,8 @@ fn absent_if_not_found<T>(r: Result<T, MetaError>) -> StoreResult<Option<T>> {
     }
 }
 
-fn to_kind(kind: WorkspaceKind) -> model::WorkspaceKind {
+/// The engine's workspace kind for a CRD one.
+pub(crate) fn to_kind(kind: WorkspaceKind) -> model::WorkspaceKind {
     match kind {
         WorkspaceKind::User => model::WorkspaceKind::User,
         WorkspaceKind::Project => model::WorkspaceKind::Project,
@@ -259,5 +261,16 @@ impl StudioStore for MetaStoreAdapter {
             .delete_share(&actor(), ws.id, name)
             .await
             .map_err(map_error)
+    }
+
+    async fn pass_report(&self, pass_id: &str) -> StoreResult<Option<LifecycleReport>> {
+        let Some(json) = self.0.gc_pass_report(pass_id).await.map_err(map_error)? else {
+            return Ok(None);
+        };
+        // A report this operator cannot read (another version's) must not stall the policy:
+        // the status says the pass stored none, and the log says why.
+        Ok(serde_json::from_value(json)
+            .inspect_err(|e| tracing::warn!(pass_id, error = %e, "unreadable GC pass report"))
+            .ok())
     }
 }

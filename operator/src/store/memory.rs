@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use drive::data::{DataKey, Kek};
+use drive::lifecycle::LifecycleReport;
 use jiff::Timestamp;
 
 use super::{
@@ -21,6 +22,7 @@ struct State {
     snapshots: BTreeMap<(String, String), SnapshotRecord>,
     shares: BTreeMap<(String, String), ShareGrant>,
     wrapped_keys: BTreeMap<String, Vec<u8>>,
+    pass_reports: BTreeMap<String, LifecycleReport>,
 }
 
 /// The in-memory store.
@@ -63,6 +65,11 @@ impl MemoryStore {
     /// The wrapped data key of the encrypted workspace `name`, if any.
     pub fn wrapped_key(&self, name: &str) -> Option<Vec<u8>> {
         self.lock().wrapped_keys.get(name).cloned()
+    }
+
+    /// Stores the report of a finished pass, as the pass's Job would.
+    pub fn set_pass_report(&self, report: LifecycleReport) {
+        self.lock().pass_reports.insert(report.pass_id.clone(), report);
     }
 
     /// A copy of the workspace `name`, if live.
@@ -238,5 +245,10 @@ impl StudioStore for MemoryStore {
             .shares
             .remove(&(workspace.to_string(), name.to_string()))
             .is_some())
+    }
+
+    async fn pass_report(&self, pass_id: &str) -> StoreResult<Option<LifecycleReport>> {
+        self.check()?;
+        Ok(self.lock().pass_reports.get(pass_id).cloned())
     }
 }

@@ -17,6 +17,7 @@ pub mod memory;
 use std::future::Future;
 
 use drive::data::Kek;
+use drive::lifecycle::LifecycleReport;
 pub use drive::model::ObjectStoreLocation;
 use jiff::Timestamp;
 
@@ -193,4 +194,9 @@ pub trait StudioStore: Send + Sync + 'static {
     fn put_share(&self, workspace: &str, grant: &ShareGrant) -> impl Future<Output = StoreResult<()>> + Send;
     /// Revokes the grant; `Ok(false)` when there was none.
     fn delete_share(&self, workspace: &str, name: &str) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// The report lifecycle pass `pass_id` stored when it finished; `Ok(None)` while it runs,
+    /// or when it stored none (or one this operator cannot read).
+    fn pass_report(&self, pass_id: &str)
+    -> impl Future<Output = StoreResult<Option<LifecycleReport>>> + Send;
 }

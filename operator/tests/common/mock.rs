@@ -50,8 +50,25 @@ pub async fn expect_status(
     reply: &Value,
 ) -> (String, Value) {
     let (request, send) = handle.next_request().await.expect("a request");
-    assert_eq!(request.method().as_str(), method, "method of {}", request.uri());
-    assert_eq!(request.uri().path(), path);
+    let received = receive(request).await;
+    assert_eq!(received.method, method, "method of {}", received.path);
+    assert_eq!(received.path, path);
+    send.send_response(response(code, reply));
+    (received.query, received.body)
+}
+
+/// One request the mock API server received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub body: Value,
+}
+
+async fn receive(request: Request<Body>) -> Received {
+    let method = request.method().as_str().to_string();
+    let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or_default().to_string();
     let bytes = request.into_body().collect_bytes().await.expect("request body");
     let body: Value = if bytes.is_empty() {
@@ -59,10 +76,41 @@ pub async fn expect_status(
     } else {
         serde_json::from_slice(&bytes).expect("JSON body")
     };
-    let response = Response::builder()
+    Received {
+        method,
+        path,
+        query,
+        body,
+    }
+}
+
+fn response(code: u16, reply: &Value) -> Response<Body> {
+    Response::builder()
         .status(code)
         .body(Body::from(serde_json::to_vec(reply).expect("reply")))
-        .expect("response");
-    send.send_response(response);
-    (query, body)
+        .expect("response")
+}
+
+/// Runs `work` while answering each request it sends with `answer` (HTTP 200); returns its
+/// output and the requests in the order they came. For tests that count requests rather
+/// than script them one by one.
+pub async fn serve<F: std::future::Future>(
+    handle: &mut MockHandle,
+    work: F,
+    mut answer: impl FnMut(&Received) -> Value,
+) -> (F::Output, Vec<Received>) {
+    let mut received = Vec::new();
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return (out, received),
+            next = handle.next_request() => {
+                let (request, send) = next.expect("the client is alive while the work runs");
+                let request = receive(request).await;
+                send.send_response(response(200, &answer(&request)));
+                received.push(request);
+            }
+        }
+    }
 }
