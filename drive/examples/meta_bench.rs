@@ -3,8 +3,7 @@
 //!
 //!     cargo run --release -p drive --example meta_bench [-- --quick]
 //!
-//! Large trees are bulk-loaded with SQL (creating a million nodes one transaction at a time
-//! would measure the loader, not the operation under test).
+//! Large trees are bulk-loaded with SQL (`drive_testkit::bulk`).
 
 use std::time::{Duration, Instant};
 
@@ -127,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
             &NewNode::new(NodeKind::Directory, 0o755),
         )
         .await?;
-    bulk_files(&raw, ws.id, folder.ino, big).await?;
+    drive_testkit::bulk::files(&raw, ws.id.0, folder.ino.0 as i64, big).await?;
     let start = Instant::now();
     let mut after: Option<Name> = None;
     let mut n = 0;
@@ -172,7 +171,7 @@ async fn main() -> anyhow::Result<()> {
             &NewNode::new(NodeKind::Directory, 0o755),
         )
         .await?;
-    bulk_tree(&raw, ws.id, tree.ino, big / 1000, 1000).await?;
+    drive_testkit::bulk::tree(&raw, ws.id.0, tree.ino.0 as i64, big / 1000, 1000).await?;
     let dest = store
         .create(
             &actor(),
@@ -223,7 +222,7 @@ async fn main() -> anyhow::Result<()> {
                 &WorkspaceSpec::new(format!("snap-{size}"), WorkspaceKind::User),
             )
             .await?;
-        bulk_tree(&raw, ws.id, ws.root, size / 1000, 1000).await?;
+        drive_testkit::bulk::tree(&raw, ws.id.0, ws.root.0 as i64, size / 1000, 1000).await?;
         let mut times = Vec::new();
         for i in 0..5 {
             let t = Instant::now();
@@ -254,49 +253,5 @@ async fn main() -> anyhow::Result<()> {
         stats.commits.load(std::sync::atomic::Ordering::Relaxed),
         stats.retries.load(std::sync::atomic::Ordering::Relaxed)
     );
-    Ok(())
-}
-
-/// Inserts `n` empty files into `dir` in one statement.
-async fn bulk_files(
-    c: &tokio_postgres::Client,
-    ws: WorkspaceId,
-    dir: NodeId,
-    n: usize,
-) -> anyhow::Result<()> {
-    c.execute(
-        "WITH new AS (SELECT nextval('node_ids') AS ino, g FROM generate_series(1, $3::INT8) g), \
-         ins AS (INSERT INTO inodes (ino, valid_from, workspace_id, kind, mode, uid, gid, nlink, atime_ns, mtime_ns, ctime_ns, crtime_ns) \
-                 SELECT ino, 1, $1, 1, 420, 0, 0, 1, 0, 0, 0, 0 FROM new RETURNING ino) \
-         INSERT INTO entries (parent, name, valid_from, workspace_id, ino, kind) \
-         SELECT $2, convert_to('f' || lpad(g::TEXT, 7, '0'), 'UTF8'), 1, $1, ino, 1 FROM new",
-        &[&ws.0, &(dir.0 as i64), &(n as i64)],
-    )
-    .await?;
-    Ok(())
-}
-
-/// Inserts `dirs` folders under `root`, each with `per_dir` files.
-async fn bulk_tree(
-    c: &tokio_postgres::Client,
-    ws: WorkspaceId,
-    root: NodeId,
-    dirs: usize,
-    per_dir: usize,
-) -> anyhow::Result<()> {
-    let rows = c
-        .query(
-            "WITH new AS (SELECT nextval('node_ids') AS ino, g FROM generate_series(1, $3::INT8) g), \
-             ins AS (INSERT INTO inodes (ino, valid_from, workspace_id, kind, mode, uid, gid, nlink, atime_ns, mtime_ns, ctime_ns, crtime_ns) \
-                     SELECT ino, 1, $1, 2, 493, 0, 0, 2, 0, 0, 0, 0 FROM new RETURNING ino) \
-             INSERT INTO entries (parent, name, valid_from, workspace_id, ino, kind) \
-             SELECT $2, convert_to('d' || lpad(g::TEXT, 5, '0'), 'UTF8'), 1, $1, ino, 2 FROM new RETURNING ino",
-            &[&ws.0, &(root.0 as i64), &(dirs as i64)],
-        )
-        .await?;
-    for row in rows {
-        let d: i64 = row.get(0);
-        bulk_files(c, ws, NodeId(d as u64), per_dir).await?;
-    }
     Ok(())
 }

@@ -610,9 +610,15 @@ async fn a_deleted_workspace_is_restored_under_a_free_name_until_it_is_purged() 
     assert_eq!((listed[0].0, listed[0].1.as_str()), (id, "ws.old"));
     let taken = rig.meta.restore_workspace(&actor, id, None).await.unwrap_err();
     assert_eq!(taken.kind(), drive::ErrorKind::Exists, "{taken}");
-    rig.meta.restore_workspace(&actor, id, Some("ws.back")).await.unwrap();
+    rig.meta
+        .restore_workspace(&actor, id, Some("ws.back"))
+        .await
+        .unwrap();
     assert_eq!(rig.ws("ws.back").await.id, id);
-    assert_eq!(read(&*rig.mount("ws.back", None).await, "/a.exr").await, content(7));
+    assert_eq!(
+        read(&*rig.mount("ws.back", None).await, "/a.exr").await,
+        content(7)
+    );
     assert!(rig.meta.deleted_workspace_list().await.unwrap().is_empty());
 
     // Deleted again and purged: gone for good, its blocks swept, the other workspace intact.
@@ -621,7 +627,10 @@ async fn a_deleted_workspace_is_restored_under_a_free_name_until_it_is_purged() 
     assert_eq!(purged.purged_workspaces, 1, "{purged:?}");
     let gone = rig.meta.restore_workspace(&actor, id, None).await.unwrap_err();
     assert_eq!(gone.kind(), drive::ErrorKind::NotFound, "{gone}");
-    assert_eq!(read(&*rig.mount("ws.old", None).await, "/b.exr").await, content(8));
+    assert_eq!(
+        read(&*rig.mount("ws.old", None).await, "/b.exr").await,
+        content(8)
+    );
     assert_eq!(rig.objects().await, referenced(&rig.url).await);
     let raw = common::raw_client(&rig.url).await;
     let rows: i64 = raw

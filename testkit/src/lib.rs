@@ -7,6 +7,7 @@
 //! This crate knows nothing of the `drive` crate's types so that every crate can dev-depend on
 //! it.
 
+pub mod bulk;
 pub mod pg;
 pub mod s3;
 
