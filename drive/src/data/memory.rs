@@ -231,6 +231,14 @@ impl ChunkStore for FaultyChunkStore {
         self.guarded(StoreOp::List, prefix, self.inner.list(prefix))
     }
 
+    fn set_storage_class<'a>(
+        &'a self,
+        key: &'a str,
+        class: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.inner.set_storage_class(key, class)
+    }
+
     fn describe(&self) -> String {
         format!("faulty({})", self.inner.describe())
     }

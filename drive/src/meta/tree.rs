@@ -415,6 +415,17 @@ impl PgMetaStore {
         Ok(())
     }
 
+    /// Deletes `parent/name` with everything below it, as [`PgMetaStore::delete_path`] does.
+    pub(crate) async fn delete_entry(
+        &self,
+        actor: &Actor,
+        ws: WorkspaceId,
+        parent: NodeId,
+        name: &Name,
+    ) -> Result<Attr, MetaError> {
+        self.remove_entry(actor, ws, parent, name, Removal::Subtree).await
+    }
+
     async fn remove_entry(
         &self,
         actor: &Actor,
