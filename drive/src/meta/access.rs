@@ -298,16 +298,4 @@ impl PgMetaStore {
         .await?;
         Ok(())
     }
-
-    /// The storage class recorded for block `hash` ("standard" until a tiering pass moves it).
-    pub async fn block_tier(&self, hash: &[u8; 32]) -> Result<Option<String>, MetaError> {
-        let client = self.client().await?;
-        let rows = query(
-            &client,
-            "SELECT tier FROM blocks WHERE hash = $1",
-            &[&hash.as_slice()],
-        )
-        .await?;
-        Ok(rows.first().map(|r| r.get(0)))
-    }
 }
