@@ -20,7 +20,9 @@ fn reading_a_file_through_the_mount_records_its_last_access_and_stat_does_not() 
     // A clean unmount writes what the mount noted.
     assert!(m.stop()?.success());
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let meta = drive::PgMetaStore::connect(&drive::MetaConfig::new(storage.url.clone())).await?;
         assert!(meta.last_access(read).await?.is_some(), "an open is an access");

@@ -27,22 +27,21 @@ async fn store_at(start: SystemTime) -> (PgMetaStore, ManualClock, String) {
     (store.with_clock(Arc::new(clock.clone())), clock, url)
 }
 
-async fn mkdir(store: &PgMetaStore, ws: &Workspace, parent: NodeId, name: &str) -> NodeId {
-    let node = NewNode::new(NodeKind::Directory, 0o755);
+async fn create(store: &PgMetaStore, ws: &Workspace, parent: NodeId, name: &str, kind: NodeKind) -> NodeId {
+    let node = NewNode::new(kind, 0o755);
     store
         .create(&common::actor(), ws.id, parent, &common::name(name), &node)
         .await
-        .expect("mkdir")
+        .expect("create")
         .ino
 }
 
+async fn mkdir(store: &PgMetaStore, ws: &Workspace, parent: NodeId, name: &str) -> NodeId {
+    create(store, ws, parent, name, NodeKind::Directory).await
+}
+
 async fn touch(store: &PgMetaStore, ws: &Workspace, parent: NodeId, name: &str) -> NodeId {
-    let node = NewNode::new(NodeKind::File, 0o644);
-    store
-        .create(&common::actor(), ws.id, parent, &common::name(name), &node)
-        .await
-        .expect("create file")
-        .ino
+    create(store, ws, parent, name, NodeKind::File).await
 }
 
 /// Names of the workspace's soft-deleted entries (the trash).

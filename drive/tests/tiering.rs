@@ -8,15 +8,13 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use drive::data::{
-    BlockStore, ChunkStore, MemoryChunkStore, S3ChunkStore, S3Config, S3Credentials, block_key, codec_for,
-};
+use drive::PgMetaStore;
+use drive::data::{BlockStore, ChunkStore, MemoryChunkStore, S3ChunkStore, block_key, codec_for};
 use drive::fs::{Caller, DriveFs, FsConfig, FsErrorKind, OpenFlags, ROOT_INO};
 use drive::model::{NodeId, Timestamp, View, Workspace, WorkspaceKind};
 use drive::ports::ManualClock;
 use drive::tiering::{TransitionCounts, transition_blocks};
-use drive::PgMetaStore;
-use drive_testkit::s3::{ACCESS_KEY, Fault, S3Server, SECRET_KEY};
+use drive_testkit::s3::{Fault, S3Server};
 
 const BUCKET: &str = "tiers";
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -26,15 +24,7 @@ fn at(t: SystemTime) -> Timestamp {
 }
 
 async fn s3_store(server: &S3Server) -> Arc<dyn ChunkStore> {
-    drive_testkit::install_crypto_provider();
-    server.create_bucket(BUCKET).unwrap();
-    let mut cfg = S3Config::new(BUCKET).with_endpoint(server.endpoint());
-    cfg.prefix = "ws".into();
-    cfg.credentials = Some(S3Credentials {
-        access_key_id: ACCESS_KEY.into(),
-        secret_access_key: SECRET_KEY.into(),
-        session_token: None,
-    });
+    let mut cfg = common::s3_config(server, BUCKET);
     cfg.max_attempts = 2;
     Arc::new(S3ChunkStore::connect(&cfg).await)
 }
@@ -96,6 +86,19 @@ impl Rig {
         (ino, map[0].hash)
     }
 
+    async fn transition(&self, class: &str, not_used_since: SystemTime, dry_run: bool) -> TransitionCounts {
+        transition_blocks(
+            &self.store,
+            self.objects.as_ref(),
+            class,
+            not_used_since,
+            None,
+            dry_run,
+        )
+        .await
+        .unwrap()
+    }
+
     async fn tier(&self, hash: &[u8; 32]) -> String {
         self.store.block(hash).await.unwrap().unwrap().tier
     }
@@ -115,9 +118,7 @@ async fn blocks_unused_for_n_days_move_to_the_colder_class_and_a_shared_recent_o
     let cold_size = rig.store.block(&cold).await.unwrap().unwrap().stored_size;
 
     let cutoff = now - 30 * DAY;
-    let planned = transition_blocks(&rig.store, rig.objects.as_ref(), "GLACIER", cutoff, None, true)
-        .await
-        .unwrap();
+    let planned = rig.transition("GLACIER", cutoff, true).await;
     let expected = TransitionCounts {
         transitioned: 1,
         bytes: cold_size,
@@ -127,9 +128,7 @@ async fn blocks_unused_for_n_days_move_to_the_colder_class_and_a_shared_recent_o
     assert!(server.requests().copies().is_empty(), "a dry run copies nothing");
     assert_eq!(rig.tier(&cold).await, "standard");
 
-    let done = transition_blocks(&rig.store, rig.objects.as_ref(), "GLACIER", cutoff, None, false)
-        .await
-        .unwrap();
+    let done = rig.transition("GLACIER", cutoff, false).await;
     assert_eq!(done, expected);
     let copies = server.requests().copies();
     assert_eq!(copies.len(), 1, "{copies:?}");
@@ -149,9 +148,7 @@ async fn blocks_unused_for_n_days_move_to_the_colder_class_and_a_shared_recent_o
     );
 
     // Moved blocks are not candidates again.
-    let again = transition_blocks(&rig.store, rig.objects.as_ref(), "GLACIER", cutoff, None, false)
-        .await
-        .unwrap();
+    let again = rig.transition("GLACIER", cutoff, false).await;
     assert_eq!(again, TransitionCounts::default());
 }
 
@@ -166,16 +163,7 @@ async fn a_recorded_open_keeps_a_files_blocks_in_their_tier() {
         .record_access(rig.ws.id, &[(ino, at(now - DAY))])
         .await
         .unwrap();
-    let counts = transition_blocks(
-        &rig.store,
-        rig.objects.as_ref(),
-        "STANDARD_IA",
-        now - 30 * DAY,
-        None,
-        false,
-    )
-    .await
-    .unwrap();
+    let counts = rig.transition("STANDARD_IA", now - 30 * DAY, false).await;
     assert_eq!(counts, TransitionCounts::default());
     assert_eq!(rig.tier(&block).await, "standard");
 }
@@ -212,16 +200,7 @@ async fn a_store_without_storage_classes_moves_nothing() {
     let rig = Rig::new(Arc::new(MemoryChunkStore::new()), now - 40 * DAY).await;
     let fs = rig.mount(1);
     let (_, block) = rig.write(&fs, "local.bin", &[4u8; 100]).await;
-    let counts = transition_blocks(
-        &rig.store,
-        rig.objects.as_ref(),
-        "GLACIER",
-        now - 30 * DAY,
-        None,
-        false,
-    )
-    .await
-    .unwrap();
+    let counts = rig.transition("GLACIER", now - 30 * DAY, false).await;
     assert_eq!(counts, TransitionCounts::default());
     assert_eq!(rig.tier(&block).await, "standard");
 }

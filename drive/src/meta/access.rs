@@ -18,6 +18,7 @@ use std::time::SystemTime;
 use crate::error::{ErrorKind, MetaError};
 use crate::meta::PgMetaStore;
 use crate::meta::rows::{execute, from_system_time, inode_from_row, prefixed_inode_columns, query, ws_ctx};
+use crate::meta::tree::Removal;
 use crate::model::{Actor, Attr, Name, NodeId, NodeKind, Timestamp, WorkspaceId, WorkspaceKind};
 use crate::rules::write_once;
 
@@ -228,7 +229,11 @@ impl ExpiryWalk<'_> {
             counts.expired += 1;
             return Ok(());
         }
-        match self.store.delete_entry(self.actor, self.ws, dir, name).await {
+        let removed = self
+            .store
+            .remove_entry(self.actor, self.ws, dir, name, Removal::Subtree)
+            .await;
+        match removed {
             Ok(_) => counts.expired += 1,
             // Removed or replaced meanwhile: nothing to expire any more.
             Err(e) if e.kind() == ErrorKind::NotFound => {}

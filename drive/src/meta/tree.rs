@@ -415,18 +415,7 @@ impl PgMetaStore {
         Ok(())
     }
 
-    /// Deletes `parent/name` with everything below it, as [`PgMetaStore::delete_path`] does.
-    pub(crate) async fn delete_entry(
-        &self,
-        actor: &Actor,
-        ws: WorkspaceId,
-        parent: NodeId,
-        name: &Name,
-    ) -> Result<Attr, MetaError> {
-        self.remove_entry(actor, ws, parent, name, Removal::Subtree).await
-    }
-
-    async fn remove_entry(
+    pub(super) async fn remove_entry(
         &self,
         actor: &Actor,
         ws: WorkspaceId,
@@ -804,7 +793,7 @@ fn boxed<'a>(f: impl std::future::Future<Output = Result<(), MetaError>> + Send 
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Removal {
+pub(super) enum Removal {
     Unlink,
     Rmdir,
     Subtree,
