@@ -31,7 +31,7 @@ pub struct TransitionCounts {
 
 /// Moves up to `limit` blocks not used since `not_read_since` to `storage_class` (see the
 /// module's doc). A dry run copies and records nothing and reports what a real pass would
-/// move. A store without storage classes reports 0 after its first candidate.
+/// move. A store without storage classes moves nothing and reports 0.
 pub async fn transition_blocks(
     meta: &PgMetaStore,
     store: &dyn ChunkStore,
@@ -41,6 +41,9 @@ pub async fn transition_blocks(
     dry_run: bool,
 ) -> Result<TransitionCounts, GcError> {
     let mut counts = TransitionCounts::default();
+    if !store.has_storage_classes() {
+        return Ok(counts);
+    }
     let mut after: Vec<u8> = Vec::new();
     let limit = limit.unwrap_or(u64::MAX);
     'pages: loop {
@@ -55,9 +58,7 @@ pub async fn transition_blocks(
             after = hash.to_vec();
             if !dry_run {
                 match store.set_storage_class(&block_key(&hash), storage_class).await {
-                    Ok(true) => meta.set_block_tier(&hash, storage_class).await?,
-                    // No storage classes here: nothing will move.
-                    Ok(false) => return Ok(TransitionCounts::default()),
+                    Ok(()) => meta.set_block_tier(&hash, storage_class).await?,
                     Err(StoreError::NotFound { .. }) => {
                         counts.missing += 1;
                         continue;

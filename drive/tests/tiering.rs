@@ -200,6 +200,12 @@ async fn a_store_without_storage_classes_moves_nothing() {
     let rig = Rig::new(Arc::new(MemoryChunkStore::new()), now - 40 * DAY).await;
     let fs = rig.mount(1);
     let (_, block) = rig.write(&fs, "local.bin", &[4u8; 100]).await;
+    let planned = rig.transition("GLACIER", now - 30 * DAY, true).await;
+    assert_eq!(
+        planned,
+        TransitionCounts::default(),
+        "a dry run predicts the real pass"
+    );
     let counts = rig.transition("GLACIER", now - 30 * DAY, false).await;
     assert_eq!(counts, TransitionCounts::default());
     assert_eq!(rig.tier(&block).await, "standard");

@@ -553,11 +553,15 @@ impl ChunkStore for S3ChunkStore {
         .boxed()
     }
 
+    fn has_storage_classes(&self) -> bool {
+        true
+    }
+
     fn set_storage_class<'a>(
         &'a self,
         key: &'a str,
         class: &'a str,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
             let object = self.object_key(key);
             // A copy onto itself with a new class: S3 keeps the bytes and (COPY) the metadata.
@@ -570,7 +574,7 @@ impl ChunkStore for S3ChunkStore {
                 .metadata_directive(MetadataDirective::Copy)
                 .send()
                 .await
-                .map(|_| true)
+                .map(drop)
                 .map_err(|e| classify("copy", key, e))
         }
         .boxed()

@@ -79,16 +79,21 @@ pub trait ChunkStore: Send + Sync + std::fmt::Debug + 'static {
     /// Keys under `prefix`, in no particular order.
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
 
+    /// Whether objects here have storage classes (S3); local and memory stores ignore tiers.
+    fn has_storage_classes(&self) -> bool {
+        false
+    }
+
     /// Moves the object under `key` to storage class `class` (an S3 class such as
-    /// "STANDARD_IA" or "GLACIER_IR"), keeping its bytes and metadata. `Ok(true)` once moved;
-    /// `Ok(false)` from stores without storage classes (local and memory stores ignore tiers).
+    /// "STANDARD_IA" or "GLACIER_IR"), keeping its bytes and metadata. Stores without
+    /// storage classes leave it as it is.
     fn set_storage_class<'a>(
         &'a self,
         key: &'a str,
         class: &'a str,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         let _ = (key, class);
-        Box::pin(async { Ok(false) })
+        Box::pin(async { Ok(()) })
     }
 
     /// A short description for logs ("file:///var/lib/blocks", "s3://bucket/prefix").

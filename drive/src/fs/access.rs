@@ -83,3 +83,32 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
         self.flush_accesses().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn minutes(m: i64) -> Timestamp {
+        Timestamp(m * 60 * 1_000_000_000)
+    }
+
+    #[test]
+    fn a_node_is_noted_once_per_interval_and_each_flush_takes_what_is_pending() {
+        let log = AccessLog::default();
+        let (a, b) = (NodeId(10), NodeId(11));
+        for m in 0..60 {
+            log.note(a, minutes(m), HOUR);
+        }
+        log.note(b, minutes(5), HOUR);
+        let mut first = log.take();
+        first.sort();
+        assert_eq!(first, vec![(a, minutes(0)), (b, minutes(5))]);
+        assert!(log.take().is_empty(), "taken once");
+        log.note(a, minutes(59), HOUR);
+        assert!(log.take().is_empty(), "still within the hour");
+        log.note(a, minutes(60), HOUR);
+        assert_eq!(log.take(), vec![(a, minutes(60))]);
+    }
+}
