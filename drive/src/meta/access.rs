@@ -85,8 +85,9 @@ impl PgMetaStore {
     /// Write-once (project) workspaces: folders are never deleted whole, and an expired file
     /// whose content is committed is left in place and counted as skipped, as every delete
     /// there is refused. A path that does not exist is skipped. A dry run deletes nothing and
-    /// reports the same counts. An access recorded between the walk and the delete is not
-    /// seen: the node goes to the trash, from where it can be restored.
+    /// reports the same counts. A name that holds another node by the time of its delete is
+    /// left alone; an access recorded between the walk and the delete is not seen: the node
+    /// goes to the trash, from where it can be restored.
     pub async fn expire_unaccessed(
         &self,
         actor: &Actor,
@@ -231,7 +232,7 @@ impl ExpiryWalk<'_> {
         }
         let removed = self
             .store
-            .remove_entry(self.actor, self.ws, dir, name, Removal::Subtree)
+            .remove_entry(self.actor, self.ws, dir, name, Removal::Expired(attr.ino))
             .await;
         match removed {
             Ok(_) => counts.expired += 1,
