@@ -113,13 +113,18 @@ pub enum MetaError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// A change-feed reader asked for events after `cursor`, but events up to `purged_through`
+    /// may have been purged by retention: reading on would skip them silently. Start again
+    /// from a position at or above `purged_through` (after a full resynchronisation).
+    #[error("change-feed events up to {purged_through} were purged; cursor {cursor} is below that horizon")]
+    FeedPurged { cursor: i64, purged_through: i64 },
 }
 
 impl MetaError {
     /// The class of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            MetaError::NotFound(_) => ErrorKind::NotFound,
+            MetaError::NotFound(_) | MetaError::FeedPurged { .. } => ErrorKind::NotFound,
             MetaError::Exists(_) => ErrorKind::Exists,
             MetaError::NotEmpty(_) => ErrorKind::NotEmpty,
             MetaError::NotADirectory(_) => ErrorKind::NotADirectory,

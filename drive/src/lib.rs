@@ -18,6 +18,7 @@ pub mod ports;
 pub mod private_files;
 pub mod rules;
 pub mod sync;
+pub mod tiering;
 
 pub use error::{ErrorKind, MetaError};
 pub use meta::{MemMetaStore, MetaConfig, MetaStats, PgMetaStore, TlsMode};

@@ -253,6 +253,16 @@ pub trait MetaStore: Clone + Send + Sync + std::fmt::Debug + 'static {
         name: &[u8],
     ) -> impl Future<Output = Result<(), MetaError>> + Send;
 
+    // Last access (coarse; for expiry and tiering).
+
+    /// Records that the nodes of `ws` were accessed at the given times; an access older than
+    /// the one recorded changes nothing. Not epoch-versioned: no snapshot shows it.
+    fn record_access(
+        &self,
+        ws: WorkspaceId,
+        accesses: &[(NodeId, Timestamp)],
+    ) -> impl Future<Output = Result<(), MetaError>> + Send;
+
     // File locks across mounts.
 
     /// Takes, changes or releases `lock`; the conflicting lock of another live owner instead.

@@ -49,6 +49,9 @@ pub const REGION: &str = "us-east-1";
 pub enum Fault {
     /// Answer with this HTTP status (500, 503, ...) and an S3 error body.
     Status(u16),
+    /// Answer with this HTTP status and S3 error code (403 "InvalidObjectState": a GET of an
+    /// object in an archive storage class).
+    Error { status: u16, code: &'static str },
     /// Close the connection without answering.
     Drop,
     /// Wait this long, then serve the request normally.
@@ -134,6 +137,22 @@ pub struct RequestCounts {
     pub unsigned: AtomicU64,
     /// Requests being handled now (see [`RequestCounts::in_flight`]).
     active: AtomicU64,
+    /// CopyObject requests, in order (s3s-fs keeps no storage class, so tests read the
+    /// request instead).
+    copies: Mutex<Vec<CopyRequest>>,
+}
+
+/// A CopyObject request as the server received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyRequest {
+    /// The request path ("/bucket/key").
+    pub path: String,
+    /// `x-amz-copy-source`.
+    pub source: String,
+    /// `x-amz-storage-class`, if sent.
+    pub storage_class: Option<String>,
+    /// `x-amz-metadata-directive`, if sent.
+    pub metadata_directive: Option<String>,
 }
 
 /// Counts a request as in flight until dropped (also when the connection closes and the
@@ -154,6 +173,19 @@ impl RequestCounts {
             .is_some_and(|v| v.as_bytes() == b"UNSIGNED-PAYLOAD");
         if unsigned {
             self.unsigned.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(source) = req.headers().get("x-amz-copy-source") {
+            let header = |name: &str| {
+                req.headers()
+                    .get(name)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            };
+            self.copies.lock().expect("copy log lock").push(CopyRequest {
+                path: req.uri().path().to_string(),
+                source: String::from_utf8_lossy(source.as_bytes()).into_owned(),
+                storage_class: header("x-amz-storage-class"),
+                metadata_directive: header("x-amz-metadata-directive"),
+            });
         }
         let counter = match *req.method() {
             hyper::Method::GET => &self.get,
@@ -176,6 +208,11 @@ impl RequestCounts {
     /// request received so far has had its full effect on the stored objects.
     pub fn in_flight(&self) -> u64 {
         self.active.load(Ordering::SeqCst)
+    }
+
+    /// CopyObject requests so far, in order.
+    pub fn copies(&self) -> Vec<CopyRequest> {
+        self.copies.lock().expect("copy log lock").clone()
     }
 
     /// GET requests so far.
@@ -265,6 +302,14 @@ impl S3Server {
                                         // connection's close (a broken pipe, not the status).
                                         drain(req.into_body()).await;
                                         return Ok(error_response(code));
+                                    }
+                                    Some(Fault::Error { status, code }) => {
+                                        drain(req.into_body()).await;
+                                        return Ok(error_response_with(
+                                            status,
+                                            code,
+                                            "Injected by the test.",
+                                        ));
                                     }
                                     Some(Fault::StallBody { after, stall: d }) => stall = Some((after, d)),
                                 }
@@ -442,6 +487,10 @@ fn error_response(code: u16) -> s3s::HttpResponse {
         ),
         _ => ("InjectedFault", "Injected by the test."),
     };
+    error_response_with(code, s3_code, message)
+}
+
+fn error_response_with(code: u16, s3_code: &str, message: &str) -> s3s::HttpResponse {
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{s3_code}</Code><Message>{message}</Message></Error>"
     );

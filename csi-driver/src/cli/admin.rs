@@ -78,7 +78,8 @@ pub async fn sequences(storage: StorageArgs, path: String) -> anyhow::Result<()>
 pub async fn events(storage: StorageArgs, follow: bool) -> anyhow::Result<()> {
     let meta = storage.meta().await?;
     let ws = meta.get_workspace(&storage.workspace).await?;
-    let mut feed = WorkspaceFeed::new(ws.id, 0);
+    // From the oldest event retention kept.
+    let mut feed = WorkspaceFeed::new(ws.id, meta.feed_purged_through().await?);
     loop {
         for e in feed.poll(&meta).await? {
             let name = e

@@ -440,6 +440,10 @@ async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()
         let (fs, c) = (fs.clone(), cancel.clone());
         tasks.spawn(async move { fs.run_lock_lease(c.cancelled()).await });
     }
+    {
+        let (fs, c) = (fs.clone(), cancel.clone());
+        tasks.spawn(async move { fs.run_access_recorder(c.cancelled()).await });
+    }
     if let Some(check) = access_check {
         let (fs, meta, c) = (fs.clone(), meta.clone(), cancel.clone());
         let every = Duration::from_millis(args.access_recheck_ms);

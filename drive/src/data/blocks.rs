@@ -291,6 +291,7 @@ impl DataError {
             DataError::Store(StoreError::Unavailable { .. }) => BlockErrorKind::Unavailable,
             DataError::Store(StoreError::NotFound { .. }) | DataError::Format(_) => BlockErrorKind::Corrupt,
             DataError::Store(StoreError::Failed { .. }) => BlockErrorKind::Refused,
+            DataError::Store(StoreError::NeedsRestore { .. }) => BlockErrorKind::NeedsRestore,
             DataError::Meta(e) if e.kind() == crate::error::ErrorKind::Unavailable => {
                 BlockErrorKind::Unavailable
             }

@@ -231,6 +231,18 @@ impl ChunkStore for FaultyChunkStore {
         self.guarded(StoreOp::List, prefix, self.inner.list(prefix))
     }
 
+    fn has_storage_classes(&self) -> bool {
+        self.inner.has_storage_classes()
+    }
+
+    fn set_storage_class<'a>(
+        &'a self,
+        key: &'a str,
+        class: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.inner.set_storage_class(key, class)
+    }
+
     fn describe(&self) -> String {
         format!("faulty({})", self.inner.describe())
     }

@@ -15,8 +15,9 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirective, StorageClass};
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _};
@@ -320,7 +321,7 @@ impl S3ChunkStore {
                 .range(format!("bytes={start}-{end}"))
                 .send()
                 .await
-                .map_err(|e| classify("get", key, e))?;
+                .map_err(|e| classify_get(key, e))?;
             let total = out
                 .content_range()
                 .and_then(|r| r.rsplit('/').next())
@@ -352,6 +353,33 @@ impl S3ChunkStore {
     }
 }
 
+/// Maps a GET's error, naming the storage class of an archived object (the error says it).
+fn classify_get(
+    key: &str,
+    err: SdkError<GetObjectError, aws_sdk_s3::config::http::HttpResponse>,
+) -> StoreError {
+    let class = match err.as_service_error() {
+        Some(GetObjectError::InvalidObjectState(e)) => e.storage_class().map(|c| c.as_str().to_string()),
+        _ => None,
+    };
+    match classify("get", key, err) {
+        StoreError::NeedsRestore { key, source, .. } => {
+            let storage_class = class.unwrap_or_else(|| "(an archive class)".into());
+            tracing::warn!(
+                key,
+                storage_class,
+                "block is in an archive storage class: restore it (S3 RestoreObject) before it can be read"
+            );
+            StoreError::NeedsRestore {
+                key,
+                storage_class,
+                source,
+            }
+        }
+        other => other,
+    }
+}
+
 /// Maps an SDK error onto the store's error kinds.
 fn classify<E>(
     op: &'static str,
@@ -368,6 +396,13 @@ where
     match &err {
         SdkError::ServiceError(_) if status == Some(404) || code.as_deref() == Some("NoSuchKey") => {
             StoreError::NotFound { key }
+        }
+        SdkError::ServiceError(_) if code.as_deref() == Some("InvalidObjectState") => {
+            StoreError::NeedsRestore {
+                key,
+                storage_class: "(an archive class)".into(),
+                source: Some(err.into()),
+            }
         }
         SdkError::ServiceError(_)
             if status == Some(507)
@@ -514,6 +549,33 @@ impl ChunkStore for S3ChunkStore {
                 );
             }
             Ok(keys)
+        }
+        .boxed()
+    }
+
+    fn has_storage_classes(&self) -> bool {
+        true
+    }
+
+    fn set_storage_class<'a>(
+        &'a self,
+        key: &'a str,
+        class: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let object = self.object_key(key);
+            // A copy onto itself with a new class: S3 keeps the bytes and (COPY) the metadata.
+            self.client
+                .copy_object()
+                .bucket(&self.bucket)
+                .key(&object)
+                .copy_source(format!("{}/{object}", self.bucket))
+                .storage_class(StorageClass::from(class))
+                .metadata_directive(MetadataDirective::Copy)
+                .send()
+                .await
+                .map(drop)
+                .map_err(|e| classify("copy", key, e))
         }
         .boxed()
     }

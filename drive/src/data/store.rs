@@ -35,6 +35,15 @@ pub enum StoreError {
         #[source]
         source: Option<BoxError>,
     },
+    /// The object is in an archive storage class (S3 GLACIER or DEEP_ARCHIVE: the GET answers
+    /// InvalidObjectState) and cannot be read until it is restored (S3 RestoreObject).
+    #[error("object {key} is in archive storage class {storage_class}: restore it before reading it")]
+    NeedsRestore {
+        key: String,
+        storage_class: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The store refused the request (permissions, missing bucket, bad request).
     #[error("object store {op} {key} failed: {message}")]
     Failed {
@@ -69,6 +78,23 @@ pub trait ChunkStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Keys under `prefix`, in no particular order.
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
+
+    /// Whether objects here have storage classes (S3); local and memory stores ignore tiers.
+    fn has_storage_classes(&self) -> bool {
+        false
+    }
+
+    /// Moves the object under `key` to storage class `class` (an S3 class such as
+    /// "STANDARD_IA" or "GLACIER_IR"), keeping its bytes and metadata. Stores without
+    /// storage classes leave it as it is.
+    fn set_storage_class<'a>(
+        &'a self,
+        key: &'a str,
+        class: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = (key, class);
+        Box::pin(async { Ok(()) })
+    }
 
     /// A short description for logs ("file:///var/lib/blocks", "s3://bucket/prefix").
     fn describe(&self) -> String;

@@ -23,6 +23,8 @@ pub enum BlockErrorKind {
     Corrupt,
     /// The store refused the request (permissions, a missing bucket, a key it rejects).
     Refused,
+    /// The block is in an archive storage class and must be restored before it can be read.
+    NeedsRestore,
     /// A failure of this process (a crashed codec task).
     Internal,
 }

@@ -114,6 +114,8 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
             _ => return Err(FsError::new(FsErrorKind::NotSupported, "not a regular file")),
         }
         let node = attr.ino;
+        // A new file's creation time is its first use; its node is not in the store yet.
+        let is_new = deferred.is_some();
         let session = if flags.write || flags.truncate {
             self.writable()?;
             // Refused here, not at close: nothing may be staged for a file that cannot change.
@@ -129,6 +131,9 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
         } else {
             None
         };
+        if !is_new {
+            self.note_access(node);
+        }
         let keep_cache = self.note_seen(node, attr.content_version) && session.is_none();
         let reader = self.reader(node, attr.size);
         let handle = Arc::new(Handle {

@@ -15,6 +15,7 @@
 //! write, flush, release), `xattr`, `write` (the write pipeline), `read` (read path and
 //! prefetch).
 
+mod access;
 pub mod blocks;
 mod cache;
 mod error;
@@ -91,12 +92,18 @@ pub struct FsConfig {
     /// How long after the change feed was last read to its end the metadata cache may still
     /// answer (the bound on how stale another mount's change can look here).
     pub meta_cache_staleness: Duration,
+    /// An open records the file's last access at most once per this interval (see
+    /// `access`; expiry and tiering read it).
+    pub access_interval: Duration,
+    /// How often noted accesses are written (`DriveFs::run_access_recorder`).
+    pub access_flush: Duration,
 }
 
 impl FsConfig {
     /// Defaults for a mount of `root` in `view`: 16 uploads, 64 MiB readahead per file and
     /// 128 MiB of read buffers across the mount, a metadata
-    /// cache of 200,000 entries that answers up to 1 s after the feed was last read.
+    /// cache of 200,000 entries that answers up to 1 s after the feed was last read, and last
+    /// access recorded at most hourly per file, written every 30 s.
     pub fn new(view: View, root: NodeId, staging_dir: PathBuf) -> FsConfig {
         FsConfig {
             view,
@@ -112,6 +119,8 @@ impl FsConfig {
             clock: Arc::new(SystemClock),
             meta_cache_entries: 200_000,
             meta_cache_staleness: Duration::from_secs(1),
+            access_interval: Duration::from_secs(3600),
+            access_flush: Duration::from_secs(30),
         }
     }
 }
@@ -260,6 +269,8 @@ pub struct DriveFs<B: BlockIo, M: MetaStore = PgMetaStore> {
     /// What the mount's grant still allows, as a [`MountAccess`] code: an access recheck
     /// lowers it when a Share is deleted or expires, and restores it when access returns.
     access: AtomicU8,
+    /// Opens noted for the last-access record (see `access`).
+    accesses: access::AccessLog,
 }
 
 impl<B: BlockIo, M: MetaStore> std::fmt::Debug for DriveFs<B, M> {
@@ -312,6 +323,7 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
             handle_lock_owners: Mutex::new(HashMap::new()),
             access: AtomicU8::new(access_code(MountAccess::ReadWrite)),
             next_fh: AtomicU64::new(1),
+            accesses: access::AccessLog::default(),
         })
     }
 

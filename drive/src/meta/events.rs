@@ -19,42 +19,57 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::MetaError;
-use crate::meta::PgMetaStore;
 use crate::meta::rows::{execute, from_system_time, query, query_opt};
+use crate::meta::{PgMetaStore, in_txn};
 use crate::model::{Event, Name, NodeId, WorkspaceId};
 
 impl PgMetaStore {
     /// Up to `limit` events with id greater than `after`, in id order; `ws = None` reads all
-    /// workspaces.
+    /// workspaces. Fails with [`MetaError::FeedPurged`] when retention may have purged
+    /// events above `after`.
     pub async fn events_after(
         &self,
         ws: Option<WorkspaceId>,
         after: i64,
         limit: usize,
     ) -> Result<Vec<Event>, MetaError> {
+        let (purged_through, events) = self.events_page(ws, after, limit).await?;
+        check_not_purged(after, purged_through)?;
+        Ok(events)
+    }
+
+    /// How far retention purged the log, and in the same snapshot up to `limit` events with
+    /// id greater than `after`, in id order.
+    async fn events_page(
+        &self,
+        ws: Option<WorkspaceId>,
+        after: i64,
+        limit: usize,
+    ) -> Result<(i64, Vec<Event>), MetaError> {
         let client = self.client().await?;
         let limit = limit.min(10_000) as i64;
-        let rows = match ws {
-            Some(ws) => {
-                query(
-                    &client,
-                    "SELECT id, workspace_id, at, actor, op, ino, parent, name, from_parent, from_name FROM events \
-                     WHERE workspace_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-                    &[&ws.0, &after, &limit],
-                )
-                .await?
-            }
-            None => {
-                query(
-                    &client,
-                    "SELECT id, workspace_id, at, actor, op, ino, parent, name, from_parent, from_name FROM events \
-                     WHERE id > $1 ORDER BY id LIMIT $2",
-                    &[&after, &limit],
-                )
-                .await?
-            }
+        let page = |filter: &str| {
+            format!(
+                "SELECT h.purged_through, \
+                        e.id, e.workspace_id, e.at, e.actor, e.op, e.ino, e.parent, e.name, e.from_parent, e.from_name \
+                 FROM feed_horizon h LEFT JOIN LATERAL ( \
+                     SELECT id, workspace_id, at, actor, op, ino, parent, name, from_parent, from_name FROM events \
+                     WHERE {filter} id > $1 ORDER BY id LIMIT $2 \
+                 ) e ON true \
+                 WHERE h.id = 1 ORDER BY e.id"
+            )
         };
-        Ok(events_from_rows(&rows))
+        let rows = match ws {
+            Some(ws) => query(&client, &page("workspace_id = $3 AND"), &[&after, &limit, &ws.0]).await?,
+            None => query(&client, &page(""), &[&after, &limit]).await?,
+        };
+        let purged_through = rows.first().ok_or_else(unmigrated)?.get(0);
+        let events = rows
+            .iter()
+            .filter(|r| r.get::<_, Option<i64>>(1).is_some())
+            .map(|r| event_from_row(r, 1))
+            .collect();
+        Ok((purged_through, events))
     }
 
     /// Events with the given ids that are visible now, in id order. By id, not by range: a
@@ -73,6 +88,17 @@ impl PgMetaStore {
         .await?;
         Ok(events_from_rows(&rows))
     }
+}
+
+/// Refuses a read after `cursor` when events above it may have been purged.
+fn check_not_purged(cursor: i64, purged_through: i64) -> Result<(), MetaError> {
+    if cursor < purged_through {
+        return Err(MetaError::FeedPurged {
+            cursor,
+            purged_through,
+        });
+    }
+    Ok(())
 }
 
 fn events_from_rows(rows: &[tokio_postgres::Row]) -> Vec<Event> {
@@ -134,7 +160,8 @@ impl PgMetaStore {
 
     /// The horizon and, in the same snapshot, up to [`WINDOW_BATCH`] events of `ws` above
     /// `after`, in id order. One statement: every event at or below the horizon it returns is
-    /// visible to it.
+    /// visible to it. Fails with [`MetaError::FeedPurged`] when retention may have purged
+    /// events above `after`.
     async fn horizon_and_window(
         &self,
         ws: WorkspaceId,
@@ -143,7 +170,7 @@ impl PgMetaStore {
         let client = self.client().await?;
         let rows = query(
             &client,
-            "SELECT h.horizon, h.holder, h.lease_until > now(), \
+            "SELECT h.horizon, h.holder, h.lease_until > now(), h.purged_through, \
                     e.id, e.workspace_id, e.at, e.actor, e.op, e.ino, e.parent, e.name, e.from_parent, e.from_name \
              FROM feed_horizon h LEFT JOIN LATERAL ( \
                  SELECT id, workspace_id, at, actor, op, ino, parent, name, from_parent, from_name FROM events \
@@ -154,6 +181,7 @@ impl PgMetaStore {
         )
         .await?;
         let first = rows.first().ok_or_else(unmigrated)?;
+        check_not_purged(after, first.get(3))?;
         let horizon = FeedHorizon {
             horizon: first.get(0),
             holder: first.get(1),
@@ -161,8 +189,8 @@ impl PgMetaStore {
         };
         let events = rows
             .iter()
-            .filter(|r| r.get::<_, Option<i64>>(3).is_some())
-            .map(|r| event_from_row(r, 3))
+            .filter(|r| r.get::<_, Option<i64>>(4).is_some())
+            .map(|r| event_from_row(r, 4))
             .collect();
         Ok((horizon, events))
     }
@@ -199,6 +227,121 @@ impl PgMetaStore {
         )
         .await?;
         Ok(changed == 1)
+    }
+}
+
+/// Events deleted per retention transaction.
+const PURGE_BATCH: i64 = 5_000;
+
+impl PgMetaStore {
+    /// Event retention: deletes the oldest events, in id order, up to the first one at or
+    /// after `older_than`, and never above the horizon (ids there may belong to transactions
+    /// still in flight) or above the position of a live cursor ([`PgMetaStore::hold_feed_cursor`]).
+    /// Records how far it purged in the same transaction, so a reader below that gets
+    /// [`MetaError::FeedPurged`] instead of missing events. Bounded transactions of
+    /// [`PURGE_BATCH`] events; returns how many were deleted.
+    pub async fn purge_events(&self, older_than: SystemTime) -> Result<u64, MetaError> {
+        let mut purged = 0;
+        loop {
+            let (deleted, done) = in_txn!(self, |tx| {
+                async {
+                    let row = query_opt(
+                        tx,
+                        "SELECT h.purged_through, LEAST(h.horizon, COALESCE( \
+                             (SELECT min(position) FROM feed_cursors WHERE lease_until > now()), h.horizon)) \
+                         FROM feed_horizon h WHERE h.id = 1",
+                        &[],
+                    )
+                    .await?
+                    .ok_or_else(unmigrated)?;
+                    let (from, bound): (i64, i64) = (row.get(0), row.get(1));
+                    let rows = query(
+                        tx,
+                        "SELECT id, at < $2 FROM events WHERE id > $1 AND id <= $3 ORDER BY id LIMIT $4",
+                        &[&from, &older_than, &bound, &PURGE_BATCH],
+                    )
+                    .await?;
+                    let old = rows.iter().take_while(|r| r.get::<_, bool>(1)).count();
+                    let done = old < rows.len() || (rows.len() as i64) < PURGE_BATCH;
+                    let Some(last) = rows[..old].last().map(|r| r.get::<_, i64>(0)) else {
+                        return Ok((0, true));
+                    };
+                    let deleted = execute(
+                        tx,
+                        "DELETE FROM events WHERE id > $1 AND id <= $2",
+                        &[&from, &last],
+                    )
+                    .await?;
+                    execute(
+                        tx,
+                        "UPDATE feed_horizon SET purged_through = $1 WHERE id = 1",
+                        &[&last],
+                    )
+                    .await?;
+                    Ok((deleted, done))
+                }
+                .await
+            })?;
+            purged += deleted;
+            if done {
+                return Ok(purged);
+            }
+        }
+    }
+
+    /// Keeps the events above `position` from retention while `consumer`'s lease lasts
+    /// (renew it by calling again; a consumer's position only moves where it says). Fails
+    /// with [`MetaError::FeedPurged`] when events above `position` may be purged already.
+    pub async fn hold_feed_cursor(
+        &self,
+        consumer: &str,
+        position: i64,
+        lease: Duration,
+    ) -> Result<(), MetaError> {
+        in_txn!(self, |tx| {
+            async {
+                let row = query_opt(tx, "SELECT purged_through FROM feed_horizon WHERE id = 1", &[])
+                    .await?
+                    .ok_or_else(unmigrated)?;
+                check_not_purged(position, row.get(0))?;
+                execute(
+                    tx,
+                    "INSERT INTO feed_cursors (consumer, position, lease_until) \
+                     VALUES ($1, $2, now() + $3::INT8 * INTERVAL '1 millisecond') \
+                     ON CONFLICT (consumer) DO UPDATE SET position = excluded.position, \
+                         lease_until = excluded.lease_until",
+                    &[&consumer, &position, &millis(lease)],
+                )
+                .await?;
+                Ok(())
+            }
+            .await
+        })
+    }
+
+    /// Lets retention purge past `consumer`'s position again.
+    pub async fn release_feed_cursor(&self, consumer: &str) -> Result<(), MetaError> {
+        let client = self.client().await?;
+        execute(
+            &client,
+            "DELETE FROM feed_cursors WHERE consumer = $1",
+            &[&consumer],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// How far retention has purged the log: events at or below it may be gone.
+    pub async fn feed_purged_through(&self) -> Result<i64, MetaError> {
+        let client = self.client().await?;
+        let row = query_opt(
+            &client,
+            "SELECT purged_through FROM feed_horizon WHERE id = 1",
+            &[],
+        )
+        .await?
+        .ok_or_else(unmigrated)?;
+        Ok(row.get(0))
     }
 }
 
@@ -292,7 +435,9 @@ impl EventFeed {
         loop {
             // Read the global log: ids are global, so gaps can only be told apart from other
             // workspaces' events there.
-            let batch = store.events_after(None, self.high_water, 1000).await?;
+            let (purged_through, batch) = store.events_page(None, self.high_water, 1000).await?;
+            // Pending ids below the purged range may have been purged unseen.
+            check_not_purged(self.resume_cursor(), purged_through)?;
             let full = batch.len() == 1000;
             for event in batch {
                 if self.pending.len() < MAX_PENDING {

@@ -227,6 +227,8 @@ struct State {
     xattrs: HashMap<NodeId, BTreeMap<Vec<u8>, Vec<u8>>>,
     locks: Vec<FileLock>,
     leases: HashMap<String, Instant>,
+    /// Last recorded access per node (see `MetaStore::record_access`).
+    accesses: HashMap<NodeId, Timestamp>,
 }
 
 fn overlaps(a: &FileLock, start: u64, end: u64) -> bool {
@@ -1081,6 +1083,20 @@ impl MetaStore for MemMetaStore {
     ) -> impl Future<Output = Result<(), MetaError>> + Send {
         self.run(move |s| {
             s.renew_lease(mount, lease);
+            Ok(())
+        })
+    }
+
+    fn record_access(
+        &self,
+        _ws: WorkspaceId,
+        accesses: &[(NodeId, Timestamp)],
+    ) -> impl Future<Output = Result<(), MetaError>> + Send {
+        self.run(move |s| {
+            for (node, at) in accesses {
+                let recorded = s.accesses.entry(*node).or_insert(*at);
+                *recorded = (*recorded).max(*at);
+            }
             Ok(())
         })
     }

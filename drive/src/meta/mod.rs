@@ -10,8 +10,10 @@
 //!
 //! Split by concern: `migrations` (schema), `rows` (row mapping and shared statements),
 //! `workspaces`, `tree` (nodes, rename, delete), `copy`, `snapshots`, `sequences`, `events`,
-//! `shares`, `content` (block maps), `usage` (usage counters and the quota check).
+//! `shares`, `content` (block maps), `usage` (usage counters and the quota check), `access`
+//! (last-access times and expiry).
 
+mod access;
 mod content;
 mod copy;
 mod events;
@@ -33,6 +35,7 @@ mod volumes;
 mod workspaces;
 pub mod xattrs;
 
+pub use access::ExpireCounts;
 pub use content::{BlockChange, BlockRecord, BlockState, FileBlock, InitialContent};
 pub use copy::CopyReport;
 pub use events::{EventFeed, FeedHorizon, WorkspaceFeed};

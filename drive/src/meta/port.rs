@@ -93,6 +93,7 @@ impl MetaStore for PgMetaStore {
         fn test_lock(&self, lock: &FileLock) -> Option<FileLock>;
         fn release_locks(&self, ino: NodeId, mount: &str, owner: u64) -> ();
         fn renew_mount_lease(&self, mount: &str, lease: Duration) -> ();
+        fn record_access(&self, ws: WorkspaceId, accesses: &[(NodeId, Timestamp)]) -> ();
         fn drop_mount_lease(&self, mount: &str) -> ();
     }
 }

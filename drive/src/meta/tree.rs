@@ -415,7 +415,7 @@ impl PgMetaStore {
         Ok(())
     }
 
-    async fn remove_entry(
+    pub(super) async fn remove_entry(
         &self,
         actor: &Actor,
         ws: WorkspaceId,
@@ -439,7 +439,13 @@ impl PgMetaStore {
                         return Err(MetaError::NotADirectory(name.to_string_lossy()));
                     }
                     Removal::Rmdir => ensure_empty(tx, entry.ino, name).await?,
-                    Removal::Subtree if is_dir => guard_write_once_folder(tx, &ws, entry.ino).await?,
+                    // The name holds another node than the one found expired.
+                    Removal::Expired(ino) if entry.ino != ino => {
+                        return Err(MetaError::NotFound(name.to_string_lossy()));
+                    }
+                    Removal::Subtree | Removal::Expired(_) if is_dir => {
+                        guard_write_once_folder(tx, &ws, entry.ino).await?;
+                    }
                     _ => {}
                 }
                 guard_write_once(&ws, &node.attr, "delete")?;
@@ -452,7 +458,7 @@ impl PgMetaStore {
                 let op = match removal {
                     Removal::Unlink => "unlink",
                     Removal::Rmdir => "rmdir",
-                    Removal::Subtree => "delete",
+                    Removal::Subtree | Removal::Expired(_) => "delete",
                 };
                 let (closed, node_written, dir_written, frames, event, counted) = tokio::join!(
                     close_entry(tx, &ws, entry.id, true),
@@ -793,10 +799,12 @@ fn boxed<'a>(f: impl std::future::Future<Output = Result<(), MetaError>> + Send 
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Removal {
+pub(super) enum Removal {
     Unlink,
     Rmdir,
     Subtree,
+    /// A subtree delete of the node expiry found under the name (`meta::access`).
+    Expired(NodeId),
 }
 
 /// Splits a path into validated names (see [`WorkspacePath`]).

@@ -86,3 +86,19 @@ pub async fn read_file<M: drive::MetaStore>(
     fs.release(opened.fh, drive::fs::Caller::default()).await?;
     result.map(|()| out)
 }
+
+/// A client configuration for `bucket` (created here) of the test S3 server, with the test
+/// credentials and the "ws" prefix.
+pub fn s3_config(server: &drive_testkit::s3::S3Server, bucket: &str) -> drive::data::S3Config {
+    use drive_testkit::s3::{ACCESS_KEY, SECRET_KEY};
+    drive_testkit::install_crypto_provider();
+    server.create_bucket(bucket).expect("create test bucket");
+    let mut cfg = drive::data::S3Config::new(bucket).with_endpoint(server.endpoint());
+    cfg.prefix = "ws".into();
+    cfg.credentials = Some(drive::data::S3Credentials {
+        access_key_id: ACCESS_KEY.into(),
+        secret_access_key: SECRET_KEY.into(),
+        session_token: None,
+    });
+    cfg
+}
