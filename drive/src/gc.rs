@@ -79,8 +79,6 @@ pub enum GcError {
     Store(#[from] StoreError),
     #[error("the pass's lease ran out: it stopped deleting; run it again to resume")]
     LeaseLost,
-    #[error("{0}")]
-    Unsupported(&'static str),
 }
 
 /// Spaces deletes out to at most `per_second`.

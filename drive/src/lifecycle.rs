@@ -11,7 +11,9 @@ use crate::gc::{BlockPassOptions, GcError, PassReport};
 use crate::meta::PgMetaStore;
 use crate::meta::before;
 use crate::model::{Actor, Timestamp, WorkspaceKind};
-use crate::rules::gc::{RetentionClass, SnapshotRetention, purge_due, retention, snapshots_to_release};
+use crate::rules::gc::{
+    RetentionClass, SnapshotRetention, days_to_duration, purge_due, retention, snapshots_to_release,
+};
 
 /// Which workspaces the namespace phases touch (the block pass is storage-wide).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -92,22 +94,19 @@ pub struct LifecycleReport {
     pub duration_ms: u64,
 }
 
-/// Runs (or resumes) one lifecycle pass: per selected workspace, snapshot retention, then the
-/// purge of history no retained snapshot shows and of trash past its retention; then the
-/// nodes that lost their last name, soft-deleted workspaces past their retention, and last
-/// the block pass, which frees the blocks the earlier phases released. Every phase is
-/// idempotent, so re-running a pass id after a crash finishes it.
+/// Runs (or resumes) one lifecycle pass: per selected workspace, expiry (into the trash),
+/// snapshot retention, then the purge of history no retained snapshot shows and of trash past
+/// its retention; then the nodes that lost their last name and soft-deleted workspaces past
+/// their retention; then the block pass, which frees the blocks the earlier phases released;
+/// last, tiering and event-feed retention. Every phase is idempotent, so re-running a pass id
+/// after a crash finishes it. A dry run counts and changes nothing (the event purge has no
+/// count and is skipped).
 pub async fn run_pass(
     meta: &PgMetaStore,
     store: &dyn ChunkStore,
     opts: &LifecycleOptions,
 ) -> Result<LifecycleReport, GcError> {
     let started = std::time::Instant::now();
-    if opts.expire.is_some() || opts.transition.is_some() || opts.event_retention.is_some() {
-        return Err(GcError::Unsupported(
-            "expiry, tiering and event retention are not built yet",
-        ));
-    }
     let dry_run = opts.blocks.dry_run;
     let actor = Actor(format!("lifecycle:{}", opts.blocks.pass_id));
     let now = meta.gc_now().await?;
@@ -120,6 +119,15 @@ pub async fn run_pass(
     for ws in meta.list_workspaces().await? {
         if !opts.scope.selects(&ws.name, ws.kind) {
             continue;
+        }
+        // Expired paths go to the trash first: the purge below takes them only once their
+        // retention has passed, like anything else deleted.
+        if let Some(rule) = &opts.expire {
+            let cutoff = before(now, days_to_duration(rule.not_accessed_for_days));
+            let expired = meta
+                .expire_unaccessed(&actor, ws.id, &rule.paths, cutoff, dry_run)
+                .await?;
+            report.expired += expired.expired;
         }
         let snapshots = meta.list_snapshots(ws.id).await?;
         let created: Vec<Timestamp> = snapshots.iter().map(|s| s.created_at).collect();
@@ -164,6 +172,20 @@ pub async fn run_pass(
         report.purged_nodes += meta.purge_queued_nodes().await?;
     }
     report.blocks = crate::gc::run_block_pass(meta, store, &opts.blocks).await?;
+    // After the sweep, so no block about to be deleted is copied to a colder class first.
+    if let Some(rule) = &opts.transition {
+        let cutoff = before(now, days_to_duration(rule.after_days));
+        let moved =
+            crate::tiering::transition_blocks(meta, store, &rule.storage_class, cutoff, None, dry_run)
+                .await?;
+        report.transitioned = moved.transitioned;
+        report.transitioned_bytes = moved.bytes;
+    }
+    if let Some(keep) = opts.event_retention
+        && !dry_run
+    {
+        report.events_purged = meta.purge_events(before(now, keep)).await?;
+    }
     report.duration_ms = started.elapsed().as_millis() as u64;
     let json = serde_json::to_value(&report).unwrap_or_default();
     meta.gc_finish(&opts.blocks.pass_id, &json).await?;

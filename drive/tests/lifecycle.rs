@@ -640,3 +640,91 @@ async fn a_deleted_workspace_is_restored_under_a_free_name_until_it_is_purged() 
         .get(0);
     assert_eq!(rows, 0, "no inode of the purged workspace is left");
 }
+
+// The pass runs expiry before the purge: expired paths land in the trash (restorable), and
+// only a later pass past their retention purges them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_expires_unused_scratch_into_the_trash_and_keeps_it_for_its_retention() {
+    use drive::model::{NewNode, NodeKind, Timestamp};
+    let (meta, _url) = common::store_and_url().await;
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(40 * 86_400);
+    let clock = drive::ports::ManualClock::at(Timestamp(
+        long_ago.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64,
+    ));
+    let old = meta.clone().with_clock(Arc::new(clock));
+    let ws = common::workspace(&old, "expire.pass", drive::model::WorkspaceKind::Team).await;
+    let actor = common::actor();
+    let scratch = old
+        .create(
+            &actor,
+            ws.id,
+            ws.root,
+            &common::name("scratch"),
+            &NewNode::new(NodeKind::Directory, 0o755),
+        )
+        .await
+        .unwrap();
+    for name in ["a.tmp", "b.tmp"] {
+        old.create(
+            &actor,
+            ws.id,
+            scratch.ino,
+            &common::name(name),
+            &NewNode::new(NodeKind::File, 0o644),
+        )
+        .await
+        .unwrap();
+    }
+    // Created now: used lately.
+    meta.create(
+        &actor,
+        ws.id,
+        scratch.ino,
+        &common::name("fresh.tmp"),
+        &NewNode::new(NodeKind::File, 0o644),
+    )
+    .await
+    .unwrap();
+    let store = MemoryChunkStore::new();
+    let mut opts = options("expire", None);
+    opts.retention = vec![RetentionClass::days(7)];
+    opts.expire = Some(drive::lifecycle::ExpireRule {
+        paths: vec!["/scratch".into()],
+        not_accessed_for_days: 30,
+    });
+    let dry = run_pass(
+        &meta,
+        &store,
+        &LifecycleOptions {
+            blocks: BlockPassOptions {
+                dry_run: true,
+                ..opts.blocks.clone()
+            },
+            ..opts.clone()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(dry.expired, 2, "{dry:?}");
+    assert!(
+        meta.trash_list(ws.id, None, 10).await.unwrap().is_empty(),
+        "a dry run changes nothing"
+    );
+    let report = run_pass(&meta, &store, &opts).await.unwrap();
+    assert_eq!((report.expired, report.purged_entries), (2, 0), "{report:?}");
+    let trash: BTreeSet<Option<String>> = meta
+        .trash_list(ws.id, None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.path)
+        .collect();
+    assert_eq!(
+        trash,
+        BTreeSet::from([
+            Some("/scratch/a.tmp".to_string()),
+            Some("/scratch/b.tmp".to_string())
+        ])
+    );
+    assert!(meta.resolve(ws.id, "/scratch/fresh.tmp").await.is_ok());
+}

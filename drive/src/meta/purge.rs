@@ -400,6 +400,7 @@ async fn remove_nodes<C: deadpool_postgres::GenericClient>(c: &C, inos: &[i64]) 
     for statement in [
         "DELETE FROM file_blocks WHERE ino = ANY($1)",
         "DELETE FROM xattrs WHERE ino = ANY($1)",
+        "DELETE FROM node_access WHERE ino = ANY($1)",
         "DELETE FROM file_locks WHERE ino = ANY($1)",
         "DELETE FROM sequence_changes WHERE parent = ANY($1)",
         "DELETE FROM sequence_runs WHERE parent = ANY($1)",
