@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 
-use crate::data::store::{ChunkStore, StoreError};
+use crate::data::store::{ChunkStore, ListedObject, StoreError};
 use crate::sync::lock;
 
 /// Objects in memory; lost with the process.
@@ -70,6 +70,28 @@ impl ChunkStore for MemoryChunkStore {
                 .filter(|k| k.starts_with(prefix))
                 .cloned()
                 .collect())
+        }
+        .boxed()
+    }
+
+    fn list_page<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<ListedObject>, StoreError>> {
+        async move {
+            let mut page: Vec<ListedObject> = lock(&self.objects)
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix) && after.is_none_or(|a| k.as_str() > a))
+                .map(|(k, v)| ListedObject {
+                    key: k.clone(),
+                    size: v.len() as u64,
+                })
+                .collect();
+            page.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+            page.truncate(limit);
+            Ok(page)
         }
         .boxed()
     }
@@ -229,6 +251,23 @@ impl ChunkStore for FaultyChunkStore {
 
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
         self.guarded(StoreOp::List, prefix, self.inner.list(prefix))
+    }
+
+    fn delete_many<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<(String, StoreError)>, StoreError>> {
+        let what = keys.first().map_or("", String::as_str);
+        self.guarded(StoreOp::Delete, what, self.inner.delete_many(keys))
+    }
+
+    fn list_page<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<ListedObject>, StoreError>> {
+        self.guarded(StoreOp::List, prefix, self.inner.list_page(prefix, after, limit))
     }
 
     fn describe(&self) -> String {

@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/0007_workspace_object_store.sql"),
     ),
     (8, include_str!("../../migrations/0008_gc.sql")),
+    (9, include_str!("../../migrations/0009_gc_batches.sql")),
 ];
 
 pub(super) async fn apply(store: &PgMetaStore) -> Result<(), MetaError> {

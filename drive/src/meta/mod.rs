@@ -34,7 +34,7 @@ pub mod xattrs;
 pub use content::{BlockChange, BlockRecord, BlockState, FileBlock, InitialContent};
 pub use copy::CopyReport;
 pub use events::{EventFeed, FeedHorizon, WorkspaceFeed};
-pub use gc::PassRecord;
+pub use gc::{Claim, MarkBatch, OrphanSpan, PassRecord};
 pub use locks::{FileLock, LockKind};
 pub use memory::MemMetaStore;
 pub(crate) use rows::new_inode_attr;
