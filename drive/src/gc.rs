@@ -472,8 +472,7 @@ impl Pass<'_> {
         let claims = self.meta.gc_claims(&self.id).await?;
         for chunk in claims.chunks(self.batch) {
             let (orphans, blocks): (Vec<_>, Vec<_>) = chunk.iter().partition(|c| c.orphan);
-            let sized =
-                |cs: Vec<&Claim>| cs.iter().map(|c| (c.hash, c.size)).collect::<Vec<_>>();
+            let sized = |cs: Vec<&Claim>| cs.iter().map(|c| (c.hash, c.size)).collect::<Vec<_>>();
             self.delete_claimed(&sized(blocks), false).await?;
             self.delete_claimed(&sized(orphans), true).await?;
         }

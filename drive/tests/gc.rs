@@ -11,12 +11,12 @@ use std::sync::atomic::Ordering;
 
 use drive::PgMetaStore;
 use drive::data::{ChunkStore, MemoryChunkStore, S3ChunkStore, S3Config, S3Credentials};
-use drive_testkit::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
-use futures::StreamExt as _;
 use drive::fs::{Caller, DriveFs, OpenFlags, ROOT_INO};
 use drive::gc::{BlockPassOptions, HashRange, PassReport, run_block_pass};
 use drive::model::MIN_BLOCK_SIZE;
 use drive::mount::{self, MountPath, MountSpec, MountTarget, NewWorkspace};
+use drive_testkit::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
+use futures::StreamExt as _;
 
 type Fs = DriveFs<drive::data::BlockStore<PgMetaStore>, PgMetaStore>;
 
@@ -167,10 +167,7 @@ async fn overwritten_blocks_are_swept_and_live_ones_kept_with_a_dry_run_first() 
         .await
         .expect("rerun");
     assert_eq!(objects(&store).await, 6);
-    assert_eq!(
-        (again.candidates, again.deleted),
-        (real.candidates, real.deleted)
-    );
+    assert_eq!((again.candidates, again.deleted), (real.candidates, real.deleted));
 }
 
 /// A writer that deduplicates against an old, unreferenced block touches it, so the pass that
@@ -334,14 +331,19 @@ async fn a_claim_of_a_dead_pass_is_taken_over_by_a_writer() {
 async fn plant(url: &str, store: &dyn ChunkStore, seed: &str, n: usize, orphans: usize) {
     let hash = |i: usize| *blake3::hash(format!("{seed}-{i}").as_bytes()).as_bytes();
     let garbage: Vec<Vec<u8>> = (0..n).map(|i| hash(i).to_vec()).collect();
-    let orphan_keys: Vec<String> = (n..n + orphans).map(|i| drive::data::block_key(&hash(i))).collect();
+    let orphan_keys: Vec<String> = (n..n + orphans)
+        .map(|i| drive::data::block_key(&hash(i)))
+        .collect();
     let keys = garbage
         .iter()
         .map(|h| drive::data::block_key(h.as_slice().try_into().unwrap()))
         .chain(orphan_keys.iter().cloned());
     futures::stream::iter(keys)
         .for_each_concurrent(16, |key| async move {
-            store.put(&key, bytes::Bytes::from(vec![7u8; 100])).await.expect("put");
+            store
+                .put(&key, bytes::Bytes::from(vec![7u8; 100]))
+                .await
+                .expect("put");
         })
         .await;
     let raw = common::raw_client(url).await;
@@ -413,11 +415,18 @@ async fn the_sweep_keeps_to_its_delete_rate_in_batch_requests() {
     let mut opts = pass("rate", Duration::from_secs(3600));
     opts.deletes_per_second = 200;
     let report = run_block_pass(&meta, store.as_ref(), &opts).await.expect("pass");
-    assert_eq!((report.candidates, report.deleted, report.errors), (600, 600, 0), "{report:?}");
+    assert_eq!(
+        (report.candidates, report.deleted, report.errors),
+        (600, 600, 0),
+        "{report:?}"
+    );
     assert_eq!(report.deleted_bytes, 600 * 100);
     let rate = report.deleted as f64 / (report.sweep_ms as f64 / 1000.0);
     eprintln!("measured {rate:.1} deletes/s at 200/s: {report:?}");
-    assert!((180.0..=220.0).contains(&rate), "measured {rate:.1} deletes/s at 200/s");
+    assert!(
+        (180.0..=220.0).contains(&rate),
+        "measured {rate:.1} deletes/s at 200/s"
+    );
     assert!(report.throttle_waits >= 3, "{report:?}");
     // 600 keys in requests of one second's worth (200): three DeleteObjects POSTs.
     let posts = server.requests().post.load(Ordering::Relaxed) - posts_before;
@@ -453,8 +462,13 @@ async fn a_slow_database_pauses_the_pass_and_its_report_says_so() {
     // and 800 ms.
     assert!(report.backoff_pauses >= 4, "{report:?}");
     assert!(report.backoff_ms >= 1500, "{report:?}");
-    let saved: PassReport =
-        serde_json::from_value(meta.gc_pass_report("slow").await.unwrap().expect("a saved report")).unwrap();
+    let saved: PassReport = serde_json::from_value(
+        meta.gc_pass_report("slow")
+            .await
+            .unwrap()
+            .expect("a saved report"),
+    )
+    .unwrap();
     assert_eq!(saved, report, "the saved report is the one returned");
 }
 
@@ -535,7 +549,9 @@ async fn a_dry_run_changes_nothing_and_predicts_the_real_pass() {
     let mut opts = pass("dry", Duration::from_secs(3600));
     opts.dry_run = true;
     opts.mark_batch = 9;
-    let dry = run_block_pass(&meta, store.as_ref(), &opts).await.expect("dry run");
+    let dry = run_block_pass(&meta, store.as_ref(), &opts)
+        .await
+        .expect("dry run");
     assert_eq!(row_counts(&url).await, rows, "a dry run changes no row");
     assert_eq!(sorted_objects(store.as_ref()).await, objects_before);
     let real = run_block_pass(&meta, store.as_ref(), &pass("real", Duration::from_secs(3600)))
@@ -551,4 +567,94 @@ async fn a_dry_run_changes_nothing_and_predicts_the_real_pass() {
         sorted_objects(store.as_ref()).await.len(),
         objects_before.len() - 53 - 5
     );
+}
+
+// Benchmarks (scripts/bench-gc.sh; figures in docs/benchmarks.md). Ignored: they print
+// figures and assert only on content.
+
+/// Mark over 1M blocks and 10M block-map rows generated in SQL: the time, the batches'
+/// transaction times and the database's CPU seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: scripts/bench-gc.sh"]
+async fn bench_mark() {
+    let blocks: i64 = std::env::var("GC_BENCH_BLOCKS").map_or(1_000_000, |v| v.parse().unwrap());
+    let rows: i64 = std::env::var("GC_BENCH_ROWS").map_or(10_000_000, |v| v.parse().unwrap());
+    let garbage = blocks / 10;
+    let (meta, url) = common::store_and_url().await;
+    let raw = common::raw_client(&url).await;
+    let started = std::time::Instant::now();
+    raw.batch_execute(&format!(
+        "INSERT INTO blocks (hash, size, stored_size, state, updated_at) \
+         SELECT sha256(int8send(n)), 65536, 65536, 'available', now() - INTERVAL '2 hours' \
+         FROM generate_series(1, {blocks}) AS n; \
+         INSERT INTO file_blocks (ino, idx, valid_from, hash, len) \
+         SELECT n / 1000, n % 1000, 1, sha256(int8send(1 + n % {live})), 65536 \
+         FROM generate_series(0, {rows} - 1) AS n; \
+         ANALYZE blocks; ANALYZE file_blocks;",
+        live = blocks - garbage
+    ))
+    .await
+    .expect("generate rows");
+    eprintln!(
+        "generated {blocks} blocks and {rows} block-map rows in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let pg = drive_testkit::pg::PgServer::shared();
+    let record = meta
+        .gc_begin("bench", drive::gc::BLOCK_SCOPE, Duration::from_secs(3600), false)
+        .await
+        .unwrap();
+    let cpu_before = pg.cpu_seconds().unwrap();
+    let started = std::time::Instant::now();
+    let (mut after, mut found, mut batches, mut slowest) = (None, 0, 0, Duration::ZERO);
+    let no_report = |_: &_| serde_json::Value::Null;
+    loop {
+        let t = std::time::Instant::now();
+        let batch = meta
+            .gc_mark_batch("bench", record.cutoff, HashRange::ALL, after, 10_000, &no_report)
+            .await
+            .expect("mark");
+        slowest = slowest.max(t.elapsed());
+        batches += 1;
+        found += batch.candidates;
+        if batch.done {
+            break;
+        }
+        after = batch.last;
+    }
+    let took = started.elapsed();
+    let cpu = pg.cpu_seconds().unwrap() - cpu_before;
+    assert_eq!(found, garbage as u64, "mark finds exactly the unreferenced blocks");
+    eprintln!(
+        "mark: {blocks} blocks, {rows} rows: {:.1} s in {batches} transactions (slowest {} ms), \
+         {found} candidates, database CPU {cpu:.1} s",
+        took.as_secs_f64(),
+        slowest.as_millis()
+    );
+}
+
+/// Unthrottled sweep against the testkit S3 server: deletes per second with batch deletes
+/// (1,000 keys a request) and one by one (a claim, a delete and a forget per object), A B A B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: scripts/bench-gc.sh"]
+async fn bench_sweep() {
+    let n: usize = std::env::var("GC_BENCH_OBJECTS").map_or(5_000, |v| v.parse().unwrap());
+    let server = S3Server::start().unwrap();
+    let store = s3_store(&server).await;
+    for round in 0..4 {
+        let one_by_one = round % 2 == 1;
+        let (meta, url) = common::store_and_url().await;
+        plant(&url, store.as_ref(), &format!("bench-{round}"), n, 0).await;
+        let mut opts = pass(&format!("bench-{round}"), Duration::from_secs(3600));
+        opts.batch = if one_by_one { 1 } else { 1000 };
+        let report = run_block_pass(&meta, store.as_ref(), &opts).await.expect("pass");
+        assert_eq!(report.deleted, n as u64);
+        eprintln!(
+            "sweep {}: {n} objects in {} ms: {:.0} deletes/s",
+            if one_by_one { "one by one" } else { "batched" },
+            report.sweep_ms,
+            n as f64 / (report.sweep_ms as f64 / 1000.0)
+        );
+    }
+    assert_eq!(objects(&store).await, 0);
 }

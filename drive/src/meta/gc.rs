@@ -42,6 +42,9 @@ pub struct MarkBatch {
     pub done: bool,
 }
 
+/// A block's hash and stored size.
+pub type SizedBlock = ([u8; 32], u64);
+
 /// A block a pass claimed and has not forgotten.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claim {
@@ -292,7 +295,7 @@ impl PgMetaStore {
         id: &str,
         hashes: &[[u8; 32]],
         cutoff: SystemTime,
-        progress: &(dyn Fn(&[([u8; 32], u64)]) -> serde_json::Value + Sync),
+        progress: &(dyn Fn(&[SizedBlock]) -> serde_json::Value + Sync),
     ) -> Result<Vec<([u8; 32], u64)>, MetaError> {
         let cutoff = from_system_time(cutoff);
         let keys: Vec<&[u8]> = hashes.iter().map(<[u8; 32]>::as_slice).collect();
