@@ -35,6 +35,12 @@ fn files_under(dir: &Path) -> usize {
         .sum()
 }
 
+/// A fresh mount without caches: what it reads comes from the store.
+fn uncached_mount(storage: &dyn Backend) -> anyhow::Result<Mount> {
+    let no_caches = ["--cache-size", "0", "--memory-cache-size", "0"];
+    Mount::new(storage, &[&["--block-size", "65536"][..], &no_caches].concat())
+}
+
 #[test]
 fn gc_frees_overwritten_blocks_and_keeps_live_files() -> anyhow::Result<()> {
     let storage = Storage::new()?;
@@ -57,17 +63,7 @@ fn gc_frees_overwritten_blocks_and_keeps_live_files() -> anyhow::Result<()> {
     assert_eq!(real["deleted"], dry["candidates"], "{real}");
     assert_eq!(files_under(&blocks), before - 3);
 
-    let fresh = Mount::new(
-        &storage,
-        &[
-            "--block-size",
-            "65536",
-            "--cache-size",
-            "0",
-            "--memory-cache-size",
-            "0",
-        ],
-    )?;
+    let fresh = uncached_mount(&storage)?;
     assert_eq!(std::fs::read(fresh.path("shot.exr"))?, new);
     assert_eq!(std::fs::read(fresh.path("kept.exr"))?, pattern(3, 65536 + 7));
     Ok(())
@@ -168,23 +164,16 @@ fn a_pass_killed_mid_sweep_resumes_to_the_same_totals() -> anyhow::Result<()> {
             }
             pass.kill()?; // SIGKILL
             pass.wait()?;
-            let left = before - storage.objects()?.len();
-            assert!(left < GARBAGE, "killed mid-sweep: {left} of {GARBAGE} deleted");
+            let deleted = before - storage.objects()?.len();
+            assert!(
+                deleted < GARBAGE,
+                "killed mid-sweep: {deleted} of {GARBAGE} deleted"
+            );
         }
         let report: serde_json::Value = serde_json::from_str(&storage.run_admin(&args)?)?;
         assert_eq!(report["deleted"], GARBAGE, "{report}");
         assert_eq!(storage.objects()?.len(), before - GARBAGE);
-        let fresh = Mount::new(
-            &storage,
-            &[
-                "--block-size",
-                "65536",
-                "--cache-size",
-                "0",
-                "--memory-cache-size",
-                "0",
-            ],
-        )?;
+        let fresh = uncached_mount(&storage)?;
         assert_eq!(std::fs::read(fresh.path("live.exr"))?, live, "no live block lost");
         outcomes.push(totals(&report));
     }

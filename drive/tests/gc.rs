@@ -87,6 +87,19 @@ impl Rig {
     }
 }
 
+impl Rig {
+    /// A rig whose one file was overwritten two hours ago (3 unreferenced blocks), with
+    /// `blocks` more unreferenced blocks and `orphans` noted orphans planted ([`plant`]).
+    async fn with_garbage(seed: &str, blocks: usize, orphans: usize) -> Rig {
+        let rig = Rig::new().await;
+        write(&rig.fs, "a.exr", &content(1)).await;
+        write(&rig.fs, "a.exr", &content(2)).await;
+        age_blocks(&rig.url).await;
+        plant(&rig.url, rig.store.as_ref(), seed, blocks, orphans).await;
+        rig
+    }
+}
+
 fn content(seed: u8) -> Vec<u8> {
     (0..3 * MIN_BLOCK_SIZE as usize)
         .map(|i| ((i as u32).wrapping_mul(2_654_435_761) >> 24) as u8 ^ seed)
@@ -478,29 +491,19 @@ async fn a_slow_database_pauses_the_pass_and_its_report_says_so() {
 async fn shards_together_delete_what_one_pass_deletes() {
     let mut outcomes = Vec::new();
     for shards in [None, Some(4u32)] {
-        let Rig {
-            meta,
-            url,
-            store,
-            fs,
-            dir: _dir,
-        } = Rig::new().await;
-        write(&fs, "a.exr", &content(1)).await;
-        write(&fs, "a.exr", &content(2)).await;
-        age_blocks(&url).await;
-        plant(&url, store.as_ref(), "shards", 200, 40).await;
+        let rig = Rig::with_garbage("shards", 200, 40).await;
+        let (meta, store) = (&rig.meta, &rig.store);
         let mut opts = pass("sharded", Duration::from_secs(3600));
         opts.mark_batch = 7;
         opts.batch = 16;
         let reports: Vec<PassReport> = match shards {
-            None => vec![run_block_pass(&meta, store.as_ref(), &opts).await.expect("pass")],
+            None => vec![run_block_pass(meta, store.as_ref(), &opts).await.expect("pass")],
             Some(n) => {
                 let runs = (0..n).map(|i| {
                     let opts = BlockPassOptions {
                         shard: Some((i, n)),
                         ..opts.clone()
                     };
-                    let (meta, store) = (&meta, &store);
                     async move { run_block_pass(meta, store.as_ref(), &opts).await.expect("shard") }
                 });
                 futures::future::join_all(runs).await
@@ -534,27 +537,18 @@ async fn shards_together_delete_what_one_pass_deletes() {
 /// A dry run changes no row and no object, and counts what the real pass then deletes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_changes_nothing_and_predicts_the_real_pass() {
-    let Rig {
-        meta,
-        url,
-        store,
-        fs,
-        dir: _dir,
-    } = Rig::new().await;
-    write(&fs, "a.exr", &content(1)).await;
-    write(&fs, "a.exr", &content(2)).await;
-    age_blocks(&url).await;
-    plant(&url, store.as_ref(), "dry", 50, 5).await;
-    let (rows, objects_before) = (row_counts(&url).await, sorted_objects(store.as_ref()).await);
+    let rig = Rig::with_garbage("dry", 50, 5).await;
+    let (meta, url, store) = (&rig.meta, &rig.url, &rig.store);
+    let (rows, objects_before) = (row_counts(url).await, sorted_objects(store.as_ref()).await);
     let mut opts = pass("dry", Duration::from_secs(3600));
     opts.dry_run = true;
     opts.mark_batch = 9;
-    let dry = run_block_pass(&meta, store.as_ref(), &opts)
+    let dry = run_block_pass(meta, store.as_ref(), &opts)
         .await
         .expect("dry run");
-    assert_eq!(row_counts(&url).await, rows, "a dry run changes no row");
+    assert_eq!(row_counts(url).await, rows, "a dry run changes no row");
     assert_eq!(sorted_objects(store.as_ref()).await, objects_before);
-    let real = run_block_pass(&meta, store.as_ref(), &pass("real", Duration::from_secs(3600)))
+    let real = run_block_pass(meta, store.as_ref(), &pass("real", Duration::from_secs(3600)))
         .await
         .expect("pass");
     assert_eq!(
@@ -624,7 +618,10 @@ async fn bench_mark() {
     }
     let took = started.elapsed();
     let cpu = pg.cpu_seconds().unwrap() - cpu_before;
-    assert_eq!(found, garbage as u64, "mark finds exactly the unreferenced blocks");
+    assert_eq!(
+        found, garbage as u64,
+        "mark finds exactly the unreferenced blocks"
+    );
     eprintln!(
         "mark: {blocks} blocks, {rows} rows: {:.1} s in {batches} transactions (slowest {} ms), \
          {found} candidates, database CPU {cpu:.1} s",
