@@ -563,6 +563,72 @@ async fn a_dry_run_changes_nothing_and_predicts_the_real_pass() {
     );
 }
 
+/// A paged listing, page by page, is the whole listing in key order, on every store; keys
+/// that sort between a directory's name and its contents ('-' < '/') come in their place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paged_listings_are_the_listing_in_key_order_on_every_store() {
+    let server = S3Server::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let stores: Vec<Arc<dyn ChunkStore>> = vec![
+        Arc::new(MemoryChunkStore::new()),
+        Arc::new(drive::data::LocalChunkStore::open(dir.path()).unwrap()),
+        s3_store(&server).await,
+    ];
+    let mut keys: Vec<String> = (0..20u32)
+        .map(|i| drive::data::block_key(blake3::hash(&i.to_le_bytes()).as_bytes()))
+        .chain(["blocks/a-b", "blocks/a/x", "blocks/a/y", "blocks/b", "other/z"].map(String::from))
+        .collect();
+    for store in &stores {
+        for key in &keys {
+            store.put(key, bytes::Bytes::from(key.clone())).await.unwrap();
+        }
+    }
+    keys.retain(|k| k.starts_with("blocks/"));
+    keys.sort();
+    for store in &stores {
+        for limit in [1, 3, 1000] {
+            let (mut listed, mut after) = (Vec::new(), None::<String>);
+            loop {
+                let page = store.list_page("blocks/", after.as_deref(), limit).await.unwrap();
+                assert!(page.len() <= limit);
+                let Some(last) = page.last() else { break };
+                after = Some(last.key.clone());
+                for o in page {
+                    assert_eq!(
+                        o.size,
+                        o.key.len() as u64,
+                        "{}: size of {}",
+                        store.describe(),
+                        o.key
+                    );
+                    listed.push(o.key);
+                }
+            }
+            assert_eq!(listed, keys, "{} in pages of {limit}", store.describe());
+        }
+    }
+}
+
+/// A pass whose delete requests fail stops with the error, keeps its claims, and its rerun
+/// finishes them: the same totals as a pass that never failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_whose_deletes_failed_finishes_on_its_rerun() {
+    let rig = Rig::with_garbage("failing", 40, 0).await;
+    let faulty = drive::data::FaultyChunkStore::new(rig.store.clone());
+    faulty.set(drive::data::StoreOp::Delete, drive::data::StoreFault::Unavailable);
+    let mut opts = pass("failing", Duration::from_secs(3600));
+    opts.batch = 10;
+    let failed = run_block_pass(&rig.meta, &faulty, &opts).await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(objects(&rig.store).await, 43 + 3, "nothing was deleted");
+    faulty.clear();
+    let report = run_block_pass(&rig.meta, &faulty, &opts).await.expect("rerun");
+    assert_eq!((report.candidates, report.deleted), (43, 43), "{report:?}");
+    assert_eq!(objects(&rig.store).await, 3, "the live file's blocks");
+    let fresh = open(&rig.meta, &rig.store, rig.dir.path(), "b").await;
+    assert_eq!(read(&fresh, "a.exr").await, content(2));
+}
+
 // Benchmarks (scripts/bench-gc.sh; figures in docs/benchmarks.md). Ignored: they print
 // figures and assert only on content.
 
