@@ -629,6 +629,40 @@ async fn a_pass_whose_deletes_failed_finishes_on_its_rerun() {
     assert_eq!(read(&fresh, "a.exr").await, content(2));
 }
 
+/// Objects a batch delete reports as failed stay claimed and count as errors, while the rest
+/// of the batch goes; a rerun of the pass deletes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_that_fail_to_delete_stay_claimed_and_count_as_errors() {
+    let rig = Rig::with_garbage("per-key", 20, 0).await;
+    let faulty = drive::data::FaultyChunkStore::new(rig.store.clone());
+    let mut keys = sorted_objects(rig.store.as_ref()).await;
+    let raw = common::raw_client(&rig.url).await;
+    let live_keys: Vec<String> = raw
+        .query(
+            "SELECT encode(hash, 'hex') FROM file_blocks WHERE valid_to IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let hex: String = r.get(0);
+            format!("blocks/{}/{hex}", &hex[..2])
+        })
+        .collect();
+    keys.retain(|k| !live_keys.contains(k));
+    assert_eq!(keys.len(), 23, "garbage objects");
+    faulty.refuse_deletes_of(keys[..2].iter().cloned());
+    let opts = pass("per-key", Duration::from_secs(3600));
+    let report = run_block_pass(&rig.meta, &faulty, &opts).await.expect("pass");
+    assert_eq!((report.deleted, report.errors), (21, 2), "{report:?}");
+    assert_eq!(sorted_objects(rig.store.as_ref()).await.len(), 3 + 2);
+    faulty.clear();
+    let rerun = run_block_pass(&rig.meta, &faulty, &opts).await.expect("rerun");
+    assert_eq!((rerun.deleted, rerun.errors), (23, 2), "{rerun:?}");
+    assert_eq!(objects(&rig.store).await, 3, "the live file's blocks");
+}
+
 // Benchmarks (scripts/bench-gc.sh; figures in docs/benchmarks.md). Ignored: they print
 // figures and assert only on content.
 
