@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use drive::data::BlockStore;
 use drive::fs::MetaCacheStats;
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 use tokio_util::sync::CancellationToken;
 
 /// The metrics a mount exports.
@@ -291,6 +293,91 @@ impl Exporter for CsiMetrics {
     }
 }
 
+/// The metrics of block GC passes (`studiodrive-csi gc --metrics-file`), from their reports.
+pub struct GcMetrics {
+    pub registry: Registry,
+    objects_deleted: IntCounterVec,
+    bytes_deleted: IntCounterVec,
+    pass_duration: Histogram,
+    eligible_bytes: IntGauge,
+    throttle_waits: IntCounter,
+    backoff_pauses: IntCounter,
+}
+
+impl GcMetrics {
+    pub fn new() -> Result<GcMetrics, prometheus::Error> {
+        let registry = Registry::new_custom(Some("studiodrive".into()), None)?;
+        let objects_deleted = IntCounterVec::new(
+            Opts::new(
+                "gc_objects_deleted_total",
+                "Objects GC deleted, by phase (sweep: unreferenced blocks; orphans: objects without a record)",
+            ),
+            &["phase"],
+        )?;
+        let bytes_deleted = IntCounterVec::new(
+            Opts::new("gc_bytes_deleted_total", "Stored bytes GC deleted, by phase"),
+            &["phase"],
+        )?;
+        let pass_duration = Histogram::with_opts(
+            HistogramOpts::new("gc_pass_duration_seconds", "How long GC passes took")
+                .buckets(prometheus::exponential_buckets(1.0, 2.0, 16)?),
+        )?;
+        let eligible_bytes = IntGauge::new(
+            "gc_eligible_bytes",
+            "Stored bytes of the unreferenced blocks the last pass's mark found",
+        )?;
+        let throttle_waits = IntCounter::new(
+            "gc_throttle_waits_total",
+            "Times GC passes waited for their delete rate",
+        )?;
+        let backoff_pauses = IntCounter::new(
+            "gc_backoff_pauses_total",
+            "Times GC passes paused while metadata transactions were slow",
+        )?;
+        for phase in ["sweep", "orphans"] {
+            objects_deleted.with_label_values(&[phase]);
+            bytes_deleted.with_label_values(&[phase]);
+        }
+        registry.register(Box::new(objects_deleted.clone()))?;
+        registry.register(Box::new(bytes_deleted.clone()))?;
+        registry.register(Box::new(pass_duration.clone()))?;
+        registry.register(Box::new(eligible_bytes.clone()))?;
+        registry.register(Box::new(throttle_waits.clone()))?;
+        registry.register(Box::new(backoff_pauses.clone()))?;
+        Ok(GcMetrics {
+            registry,
+            objects_deleted,
+            bytes_deleted,
+            pass_duration,
+            eligible_bytes,
+            throttle_waits,
+            backoff_pauses,
+        })
+    }
+
+    /// Adds a finished pass.
+    pub fn record(&self, report: &drive::gc::PassReport) {
+        let phases = [
+            ("sweep", report.deleted, report.deleted_bytes),
+            ("orphans", report.orphans_deleted, report.orphan_bytes),
+        ];
+        for (phase, objects, bytes) in phases {
+            self.objects_deleted.with_label_values(&[phase]).inc_by(objects);
+            self.bytes_deleted.with_label_values(&[phase]).inc_by(bytes);
+        }
+        self.pass_duration.observe(report.duration_ms as f64 / 1000.0);
+        self.eligible_bytes.set(report.candidate_bytes as i64);
+        self.throttle_waits.inc_by(report.throttle_waits);
+        self.backoff_pauses.inc_by(report.backoff_pauses);
+    }
+}
+
+impl Exporter for GcMetrics {
+    fn render(&self) -> Vec<u8> {
+        encode(&self.registry)
+    }
+}
+
 /// Serves `/metrics` on `addr` until `cancel` fires.
 pub async fn serve<E: Exporter>(
     addr: SocketAddr,
@@ -321,5 +408,103 @@ pub async fn serve<E: Exporter>(
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::{Exporter as _, GcMetrics};
+
+    /// The names of the metric families a registry exports (histograms by their own name).
+    fn exported(metrics: &GcMetrics) -> BTreeSet<String> {
+        metrics
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect()
+    }
+
+    /// Every `studiodrive_...` name in the queries of a dashboard, without the `_bucket`,
+    /// `_sum` and `_count` suffixes of histogram series.
+    fn queried(dashboard: &serde_json::Value, out: &mut BTreeSet<String>) {
+        match dashboard {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::String(expr)) = map.get("expr") {
+                    let mut rest = expr.as_str();
+                    while let Some(at) = rest.find("studiodrive_") {
+                        let name: String = rest[at..]
+                            .chars()
+                            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                            .collect();
+                        rest = &rest[at + name.len()..];
+                        let base = ["_bucket", "_sum", "_count"]
+                            .iter()
+                            .find_map(|s| name.strip_suffix(s))
+                            .unwrap_or(&name);
+                        out.insert(base.to_string());
+                    }
+                }
+                map.values().for_each(|v| queried(v, out));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| queried(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_gc_dashboard_queries_only_metrics_gc_exports() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../deploy/grafana/studiodrive-gc.json"))
+                .expect("the dashboard is JSON");
+        let mut names = BTreeSet::new();
+        queried(&dashboard, &mut names);
+        let metrics = GcMetrics::new().unwrap();
+        let exported = exported(&metrics);
+        assert!(names.len() >= 4, "the dashboard queries {names:?}");
+        for name in &names {
+            assert!(
+                exported.contains(name),
+                "{name} is queried but not exported: {exported:?}"
+            );
+        }
+        for name in [
+            "studiodrive_gc_objects_deleted_total",
+            "studiodrive_gc_bytes_deleted_total",
+            "studiodrive_gc_pass_duration_seconds",
+        ] {
+            assert!(names.contains(name), "the dashboard shows {name}");
+        }
+    }
+
+    #[test]
+    fn a_pass_report_moves_the_gc_metrics() {
+        let metrics = GcMetrics::new().unwrap();
+        metrics.record(&drive::gc::PassReport {
+            deleted: 3,
+            deleted_bytes: 300,
+            orphans_deleted: 2,
+            orphan_bytes: 20,
+            candidate_bytes: 310,
+            throttle_waits: 4,
+            backoff_pauses: 1,
+            duration_ms: 1500,
+            ..Default::default()
+        });
+        let text = String::from_utf8(metrics.render()).unwrap();
+        for line in [
+            "studiodrive_gc_objects_deleted_total{phase=\"sweep\"} 3",
+            "studiodrive_gc_objects_deleted_total{phase=\"orphans\"} 2",
+            "studiodrive_gc_bytes_deleted_total{phase=\"sweep\"} 300",
+            "studiodrive_gc_bytes_deleted_total{phase=\"orphans\"} 20",
+            "studiodrive_gc_eligible_bytes 310",
+            "studiodrive_gc_throttle_waits_total 4",
+            "studiodrive_gc_backoff_pauses_total 1",
+            "studiodrive_gc_pass_duration_seconds_sum 1.5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+        }
     }
 }

@@ -1,12 +1,17 @@
 //! `studiodrive-csi gc` on the storage of a real mount: a dry run that changes nothing and
 //! predicts the real pass, which frees the blocks of overwritten content while every live
-//! file still reads back through a fresh mount without caches.
+//! file still reads back through a fresh mount without caches; a pass killed mid-sweep and
+//! rerun under its id ends with the totals of an uninterrupted one.
 
 mod common;
 
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use common::{Backend, Mount, Storage};
+use anyhow::{Context as _, bail};
+use common::{Backend, Mount, S3Storage, Storage};
+use drive::data::{ChunkStore as _, S3ChunkStore, S3Config, S3Credentials, block_key};
 
 fn pattern(seed: u32, len: usize) -> Vec<u8> {
     (0..len as u32)
@@ -28,6 +33,12 @@ fn files_under(dir: &Path) -> usize {
             if path.is_dir() { files_under(&path) } else { 1 }
         })
         .sum()
+}
+
+/// A fresh mount without caches: what it reads comes from the store.
+fn uncached_mount(storage: &dyn Backend) -> anyhow::Result<Mount> {
+    let no_caches = ["--cache-size", "0", "--memory-cache-size", "0"];
+    Mount::new(storage, &[&["--block-size", "65536"][..], &no_caches].concat())
 }
 
 #[test]
@@ -52,17 +63,7 @@ fn gc_frees_overwritten_blocks_and_keeps_live_files() -> anyhow::Result<()> {
     assert_eq!(real["blocks"]["deleted"], dry["blocks"]["candidates"], "{real}");
     assert_eq!(files_under(&blocks), before - 3);
 
-    let fresh = Mount::new(
-        &storage,
-        &[
-            "--block-size",
-            "65536",
-            "--cache-size",
-            "0",
-            "--memory-cache-size",
-            "0",
-        ],
-    )?;
+    let fresh = uncached_mount(&storage)?;
     assert_eq!(std::fs::read(fresh.path("shot.exr"))?, new);
     assert_eq!(std::fs::read(fresh.path("kept.exr"))?, pattern(3, 65536 + 7));
     Ok(())
@@ -130,5 +131,118 @@ fn a_folder_removed_through_the_mount_is_restored_from_the_trash_then_purged() -
         "only the header"
     );
     assert_eq!(std::fs::read(m.path("kept.exr"))?, pattern(6, 65536));
+    Ok(())
+}
+
+/// Plants `n` unreferenced blocks of 100 bytes last touched two hours ago in `storage`: their
+/// objects through the S3 API, their records with psql.
+fn plant_garbage(storage: &S3Storage, n: usize) -> anyhow::Result<()> {
+    let hashes: Vec<[u8; 32]> = (0..n)
+        .map(|i| *blake3::hash(format!("garbage-{i}").as_bytes()).as_bytes())
+        .collect();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        drive_testkit::install_crypto_provider();
+        let mut cfg = S3Config::new(S3Storage::BUCKET).with_endpoint(storage.s3.endpoint());
+        cfg.prefix = S3Storage::PREFIX.into();
+        cfg.credentials = Some(S3Credentials {
+            access_key_id: drive_testkit::s3::ACCESS_KEY.into(),
+            secret_access_key: drive_testkit::s3::SECRET_KEY.into(),
+            session_token: None,
+        });
+        let store = S3ChunkStore::connect(&cfg).await;
+        for hash in &hashes {
+            store
+                .put(&block_key(hash), bytes::Bytes::from(vec![7u8; 100]))
+                .await?;
+        }
+        anyhow::Ok(())
+    })?;
+    let hex: Vec<String> = hashes
+        .iter()
+        .map(|h| format!("'{}'", blake3::Hash::from(*h).to_hex()))
+        .collect();
+    let sql = format!(
+        "INSERT INTO blocks (hash, size, stored_size, state, updated_at) \
+         SELECT decode(h, 'hex'), 100, 100, 'available', now() - INTERVAL '2 hours' \
+         FROM unnest(ARRAY[{}]) AS h",
+        hex.join(",")
+    );
+    let psql = drive_testkit::pg::find_bin_dir()?.join("psql");
+    let out = Command::new(psql)
+        .args(["-X", "-w", "-v", "ON_ERROR_STOP=1", "-c", &sql, &storage.meta.url])
+        .output()
+        .context("run psql")?;
+    if !out.status.success() {
+        bail!("psql: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// The totals of a pass report that must not depend on interruptions.
+fn totals(report: &serde_json::Value) -> Vec<serde_json::Value> {
+    [
+        "candidates",
+        "candidate_bytes",
+        "kept",
+        "deleted",
+        "deleted_bytes",
+        "errors",
+        "orphans_seen",
+        "orphans_deleted",
+    ]
+    .iter()
+    .map(|k| report[*k].clone())
+    .collect()
+}
+
+/// `kill -9` of a pass mid-sweep (throttled to 100 deletes/s, killed once 100 of 300 garbage
+/// objects are gone), then the same pass id again: the same totals and the same objects left
+/// as an uninterrupted pass on identical storage, and the live file reads back.
+#[test]
+fn a_pass_killed_mid_sweep_resumes_to_the_same_totals() -> anyhow::Result<()> {
+    const GARBAGE: usize = 300;
+    let live = pattern(1, 3 * 65536);
+    let mut outcomes = Vec::new();
+    for interrupted in [false, true] {
+        let storage = S3Storage::new(3)?;
+        let m = Mount::new(&storage, &["--block-size", "65536"])?;
+        std::fs::write(m.path("live.exr"), &live)?;
+        drop(m);
+        plant_garbage(&storage, GARBAGE)?;
+        let before = storage.objects()?.len();
+        let args = ["gc", "--pass-id", "resumed", "--deletes-per-second", "100"];
+        if interrupted {
+            let mut pass = Command::new(common::binary())
+                .args(args)
+                .args(storage.storage_args())
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while before - storage.objects()?.len() < 100 {
+                if let Some(status) = pass.try_wait()? {
+                    bail!("the pass ended ({status}) before it could be killed");
+                }
+                assert!(Instant::now() < deadline, "the pass deleted nothing");
+                std::thread::sleep(Duration::from_millis(10)); // poll interval
+            }
+            pass.kill()?; // SIGKILL
+            pass.wait()?;
+            let deleted = before - storage.objects()?.len();
+            assert!(
+                deleted < GARBAGE,
+                "killed mid-sweep: {deleted} of {GARBAGE} deleted"
+            );
+        }
+        let report: serde_json::Value = serde_json::from_str(&storage.run_admin(&args)?)?;
+        let report = &report["blocks"];
+        assert_eq!(report["deleted"], GARBAGE, "{report}");
+        assert_eq!(storage.objects()?.len(), before - GARBAGE);
+        let fresh = uncached_mount(&storage)?;
+        assert_eq!(std::fs::read(fresh.path("live.exr"))?, live, "no live block lost");
+        outcomes.push(totals(report));
+    }
+    assert_eq!(outcomes[0], outcomes[1], "uninterrupted, then killed and resumed");
     Ok(())
 }

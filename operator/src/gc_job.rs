@@ -210,6 +210,7 @@ impl GcPassArgs {
         blocks.dry_run = self.dry_run;
         blocks.deletes_per_second = self.deletes_per_second;
         blocks.grace = std::time::Duration::from_secs(self.storage.grace_seconds);
+        blocks.backoff_latency = std::time::Duration::from_millis(u64::from(self.backoff_latency_ms));
         let rules = &self.rules;
         let whole_workspaces = rules.purge_deleted_after_days.map(|days| RetentionClass {
             kinds: kinds(&self.scope.kinds),

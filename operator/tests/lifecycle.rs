@@ -306,6 +306,7 @@ fn report(pass: &str, dry_run: bool) -> LifecycleReport {
             orphans_seen: 4,
             orphans_deleted: 2,
             duration_ms: 80,
+            ..PassReport::default()
         },
         duration_ms: 90,
     }
@@ -734,6 +735,10 @@ fn the_rules_map_to_the_engine_options_of_the_pass() {
     assert!(opts.blocks.dry_run);
     assert_eq!(opts.blocks.deletes_per_second, 42);
     assert_eq!(opts.blocks.grace, Duration::from_secs(3600));
+    assert_eq!(
+        opts.blocks.backoff_latency,
+        Duration::from_millis(u64::from(p.spec.throttle.backoff_latency_ms))
+    );
     assert_eq!(
         opts.scope,
         drive::lifecycle::WorkspaceScope {

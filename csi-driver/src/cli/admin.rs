@@ -122,7 +122,8 @@ pub struct GcArgs {
     /// Report what the pass would delete and change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Object deletions per second at most.
+    /// Object deletions per second at most, for all shards of the pass together (each of N
+    /// shards deletes at most a Nth).
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub deletes_per_second: u32,
     /// Purge deleted files, folders and workspaces this long after their deletion (and
@@ -139,6 +140,29 @@ pub struct GcArgs {
     /// Purge and release in every workspace, not only the one the flags name.
     #[arg(long)]
     pub all_workspaces: bool,
+    /// Pause while a metadata transaction of the pass takes longer than this (0: never).
+    #[arg(long, default_value_t = 250)]
+    pub backoff_latency_ms: u64,
+    /// Run shard I (from 0) of N: the pass's blocks split by hash range, one process per
+    /// shard, all with the same pass id (`0/4` .. `3/4`).
+    #[arg(long, value_parser = parse_shard)]
+    pub shard: Option<(u32, u32)>,
+    /// Also write the pass's metrics (`studiodrive_gc_*`) to this file in the Prometheus text
+    /// format (for node_exporter's textfile collector).
+    #[arg(long)]
+    pub metrics_file: Option<std::path::PathBuf>,
+}
+
+/// `I/N`: shard I (from 0) of N.
+pub fn parse_shard(text: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("{text:?} is not a shard such as 0/4 (I/N with I < N <= 65536)");
+    let (index, count) = text.split_once('/').ok_or_else(bad)?;
+    let (index, count): (u32, u32) = (
+        index.parse().map_err(|_| bad())?,
+        count.parse().map_err(|_| bad())?,
+    );
+    drive::gc::shard_range(index, count).ok_or_else(bad)?;
+    Ok((index, count))
 }
 
 /// `90s`, `90m`, `12h`, `7d` (a number and a unit).
@@ -172,6 +196,8 @@ pub async fn gc(args: GcArgs) -> anyhow::Result<()> {
     opts.grace = args.grace;
     opts.dry_run = args.dry_run;
     opts.deletes_per_second = args.deletes_per_second;
+    opts.backoff_latency = Duration::from_millis(args.backoff_latency_ms);
+    opts.shard = args.shard;
     let pass_id = opts.pass_id.clone();
     let mut lifecycle = drive::lifecycle::LifecycleOptions::blocks_only(opts);
     lifecycle.scope.names = (!args.all_workspaces).then(|| vec![args.storage.workspace.clone()]);
@@ -191,13 +217,19 @@ pub async fn gc(args: GcArgs) -> anyhow::Result<()> {
     let report = drive::lifecycle::run_pass(&meta, store.as_ref(), &lifecycle)
         .await
         .with_context(|| format!("GC pass {pass_id} on {}", store.describe()))?;
+    if let Some(path) = &args.metrics_file {
+        let metrics = crate::metrics::GcMetrics::new()?;
+        metrics.record(&report.blocks);
+        std::fs::write(path, crate::metrics::Exporter::render(&metrics))
+            .with_context(|| format!("write {}", path.display()))?;
+    }
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{parse_duration, parse_shard};
     use std::time::Duration;
 
     #[test]
@@ -207,6 +239,16 @@ mod tests {
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         for bad in ["", "h", "7", "7w", "-1h", "1.5h", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn shards_parse_as_index_of_count() {
+        assert_eq!(parse_shard("0/4"), Ok((0, 4)));
+        assert_eq!(parse_shard("3/4"), Ok((3, 4)));
+        assert_eq!(parse_shard("0/1"), Ok((0, 1)));
+        for bad in ["", "4/4", "1/0", "0/65537", "-1/4", "a/4", "1", "1/2/3"] {
+            assert!(parse_shard(bad).is_err(), "{bad}");
         }
     }
 }

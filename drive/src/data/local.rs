@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 
-use crate::data::store::{ChunkStore, StoreError};
+use crate::data::store::{ChunkStore, ListedObject, StoreError};
 use crate::private_files;
 
 /// Objects as files under a root directory.
@@ -133,6 +133,65 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// Appends to `page`, in key order, the objects under `dir` whose keys start with `prefix`
+/// and sort after `after`, until it holds `limit`; directories that can hold no such key are
+/// not read.
+fn list_sorted(
+    root: &Path,
+    dir: &Path,
+    (prefix, after, limit): (&str, Option<&str>, usize),
+    page: &mut Vec<ListedObject>,
+) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    // (the key, or a directory's key prefix ending in '/'; the path; the file's size)
+    let mut sorted = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        let rel = path
+            .strip_prefix(root)
+            .expect("under root")
+            .to_string_lossy()
+            .into_owned();
+        if rel == TMP_DIR {
+            continue;
+        }
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            sorted.push((format!("{rel}/"), path, None));
+        } else {
+            sorted.push((rel, path, Some(meta.len())));
+        }
+    }
+    sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (key, path, size) in sorted {
+        if page.len() >= limit {
+            break;
+        }
+        match size {
+            None => {
+                let may_match = key.starts_with(prefix) || prefix.starts_with(&key);
+                // Every key below sorts before `after` when the directory does and `after` is
+                // not below it.
+                let all_before = after.is_some_and(|a| key.as_str() < a && !a.starts_with(&key));
+                if may_match && !all_before {
+                    list_sorted(root, &path, (prefix, after, limit), page)?;
+                }
+            }
+            Some(size) => {
+                if key.starts_with(prefix) && after.is_none_or(|a| key.as_str() > a) {
+                    page.push(ListedObject { key, size });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 impl ChunkStore for LocalChunkStore {
     fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
@@ -196,6 +255,26 @@ impl ChunkStore for LocalChunkStore {
                     }
                 }
                 Ok(keys)
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn list_page<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<ListedObject>, StoreError>> {
+        async move {
+            let root = self.root.clone();
+            let (prefix_owned, after) = (prefix.to_string(), after.map(str::to_string));
+            blocking("list", prefix, move || {
+                let mut page = Vec::new();
+                let bounds = (prefix_owned.as_str(), after.as_deref(), limit);
+                list_sorted(&root, &root, bounds, &mut page)?;
+                Ok(page)
             })
             .await
         }

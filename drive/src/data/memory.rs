@@ -3,7 +3,7 @@
 //! an unavailable one, a refused request, a slow one), so the data path's error handling is
 //! tested in-process, without a server.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 
-use crate::data::store::{ChunkStore, StoreError};
+use crate::data::store::{ChunkStore, ListedObject, StoreError};
 use crate::sync::lock;
 
 /// Objects in memory; lost with the process.
@@ -74,6 +74,28 @@ impl ChunkStore for MemoryChunkStore {
         .boxed()
     }
 
+    fn list_page<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<ListedObject>, StoreError>> {
+        async move {
+            let mut page: Vec<ListedObject> = lock(&self.objects)
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix) && after.is_none_or(|a| k.as_str() > a))
+                .map(|(k, v)| ListedObject {
+                    key: k.clone(),
+                    size: v.len() as u64,
+                })
+                .collect();
+            page.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+            page.truncate(limit);
+            Ok(page)
+        }
+        .boxed()
+    }
+
     fn describe(&self) -> String {
         "memory://".into()
     }
@@ -106,6 +128,8 @@ pub enum StoreOp {
 pub struct FaultyChunkStore {
     inner: Arc<dyn ChunkStore>,
     faults: Mutex<HashMap<StoreOp, StoreFault>>,
+    /// Keys a batch delete reports as failed one by one (the request itself succeeds).
+    undeletable: Mutex<HashSet<String>>,
     injected: AtomicU64,
     /// GETs running now, and the most that ever ran at once.
     gets_in_flight: AtomicU64,
@@ -118,6 +142,7 @@ impl FaultyChunkStore {
         FaultyChunkStore {
             inner,
             faults: Mutex::new(HashMap::new()),
+            undeletable: Mutex::new(HashSet::new()),
             injected: AtomicU64::new(0),
             gets_in_flight: AtomicU64::new(0),
             most_gets_in_flight: AtomicU64::new(0),
@@ -130,9 +155,16 @@ impl FaultyChunkStore {
         lock(&self.faults).insert(op, fault);
     }
 
+    /// Makes batch deletes report each of `keys` as failed (and keep it), as a DeleteObjects
+    /// answer with per-key errors does, until cleared.
+    pub fn refuse_deletes_of(&self, keys: impl IntoIterator<Item = String>) {
+        lock(&self.undeletable).extend(keys);
+    }
+
     /// Removes every fault.
     pub fn clear(&self) {
         lock(&self.faults).clear();
+        lock(&self.undeletable).clear();
     }
 
     /// The most GETs that ran at once so far (prefetch and reads together).
@@ -241,6 +273,40 @@ impl ChunkStore for FaultyChunkStore {
         class: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         self.inner.set_storage_class(key, class)
+    }
+
+    fn delete_many<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<(String, StoreError)>, StoreError>> {
+        let what = keys.first().map_or("", String::as_str);
+        let forward = async move {
+            let (refused, rest): (Vec<String>, Vec<String>) = {
+                let undeletable = lock(&self.undeletable);
+                keys.iter().cloned().partition(|k| undeletable.contains(k))
+            };
+            let mut failed = self.inner.delete_many(&rest).await?;
+            failed.extend(refused.into_iter().map(|key| {
+                let error = StoreError::Failed {
+                    op: "delete",
+                    key: key.clone(),
+                    message: "injected: refused".into(),
+                    source: None,
+                };
+                (key, error)
+            }));
+            Ok(failed)
+        };
+        self.guarded(StoreOp::Delete, what, forward.boxed())
+    }
+
+    fn list_page<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<ListedObject>, StoreError>> {
+        self.guarded(StoreOp::List, prefix, self.inner.list_page(prefix, after, limit))
     }
 
     fn describe(&self) -> String {

@@ -29,7 +29,7 @@ pub use keys::{DataKey, Kek, KeyError};
 pub use local::LocalChunkStore;
 pub use memory::{FaultyChunkStore, MemoryChunkStore, StoreFault, StoreOp};
 pub use s3::{S3ChunkStore, S3Config, S3Credentials};
-pub use store::{ChunkStore, StoreError};
+pub use store::{ChunkStore, ListedObject, StoreError};
 
 use crate::model::Workspace;
 

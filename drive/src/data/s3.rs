@@ -17,12 +17,14 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirective, StorageClass};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, Delete, MetadataDirective, ObjectIdentifier, StorageClass,
+};
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _};
 
-use crate::data::store::{ChunkStore, StoreError};
+use crate::data::store::{ChunkStore, ListedObject, StoreError};
 
 /// Static credentials (from a Kubernetes Secret or flags).
 #[derive(Clone)]
@@ -380,6 +382,78 @@ fn classify_get(
     }
 }
 
+/// The most keys one DeleteObjects request (and one ListObjectsV2 page) may carry.
+const MAX_KEYS_PER_DELETE: usize = 1000;
+
+impl S3ChunkStore {
+    /// One DeleteObjects request in quiet mode (only failures are answered): the keys of
+    /// `keys` that could not be deleted, with why. A key already gone counts as deleted.
+    async fn delete_objects(&self, keys: &[String]) -> Result<Vec<(String, StoreError)>, StoreError> {
+        let first = keys.first().map_or("", String::as_str);
+        let refused = |e: aws_sdk_s3::error::BuildError| StoreError::Failed {
+            op: "delete",
+            key: first.to_string(),
+            message: e.to_string(),
+            source: Some(e.into()),
+        };
+        let objects = keys
+            .iter()
+            .map(|k| ObjectIdentifier::builder().key(self.object_key(k)).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(refused)?;
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .map_err(refused)?;
+        let out = self
+            .client
+            .delete_objects()
+            .bucket(&self.bucket)
+            .delete(delete)
+            .send()
+            .await
+            .map_err(|e| classify("delete", first, e))?;
+        let strip = self.object_key("").len();
+        Ok(out
+            .errors()
+            .iter()
+            .filter(|e| e.code() != Some("NoSuchKey"))
+            .map(|e| {
+                let key = e
+                    .key()
+                    .and_then(|k| k.get(strip..))
+                    .unwrap_or_default()
+                    .to_string();
+                let message = format!(
+                    "{}: {}",
+                    e.code().unwrap_or("error"),
+                    e.message().unwrap_or_default()
+                );
+                let error = if matches!(
+                    e.code(),
+                    Some("InternalError" | "SlowDown" | "ServiceUnavailable")
+                ) {
+                    StoreError::Unavailable {
+                        op: "delete",
+                        key: key.clone(),
+                        message,
+                        source: None,
+                    }
+                } else {
+                    StoreError::Failed {
+                        op: "delete",
+                        key: key.clone(),
+                        message,
+                        source: None,
+                    }
+                };
+                (key, error)
+            })
+            .collect())
+    }
+}
+
 /// Maps an SDK error onto the store's error kinds.
 fn classify<E>(
     op: &'static str,
@@ -576,6 +650,59 @@ impl ChunkStore for S3ChunkStore {
                 .await
                 .map(drop)
                 .map_err(|e| classify("copy", key, e))
+        }
+        .boxed()
+    }
+
+    fn delete_many<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<(String, StoreError)>, StoreError>> {
+        async move {
+            let mut failed = Vec::new();
+            for chunk in keys.chunks(MAX_KEYS_PER_DELETE) {
+                failed.extend(self.delete_objects(chunk).await?);
+            }
+            Ok(failed)
+        }
+        .boxed()
+    }
+
+    fn list_page<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<ListedObject>, StoreError>> {
+        async move {
+            let strip = self.object_key("").len();
+            let mut page = Vec::new();
+            let mut token = None;
+            while page.len() < limit {
+                let out = self
+                    .client
+                    .list_objects_v2()
+                    .bucket(&self.bucket)
+                    .prefix(self.object_key(prefix))
+                    .set_start_after(after.map(|a| self.object_key(a)))
+                    .set_continuation_token(token.take())
+                    .max_keys((limit - page.len()).min(MAX_KEYS_PER_DELETE) as i32)
+                    .send()
+                    .await
+                    .map_err(|e| classify("list", prefix, e))?;
+                page.extend(out.contents().iter().filter_map(|o| {
+                    Some(ListedObject {
+                        key: o.key()?.get(strip..)?.to_string(),
+                        size: o.size().unwrap_or(0).max(0) as u64,
+                    })
+                }));
+                match out.next_continuation_token() {
+                    Some(next) if out.is_truncated() == Some(true) => token = Some(next.to_string()),
+                    _ => break,
+                }
+            }
+            page.truncate(limit);
+            Ok(page)
         }
         .boxed()
     }

@@ -5,7 +5,16 @@
 //! written with the same bytes, so a retried or repeated `put` is harmless.
 
 use bytes::Bytes;
+use futures::FutureExt as _;
 use futures::future::BoxFuture;
+
+/// An object as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedObject {
+    pub key: String,
+    /// Stored bytes.
+    pub size: u64,
+}
 
 /// The cause of a store failure, kept as the error's source.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -95,6 +104,35 @@ pub trait ChunkStore: Send + Sync + std::fmt::Debug + 'static {
         let _ = (key, class);
         Box::pin(async { Ok(()) })
     }
+
+    /// Removes `keys` (a missing object counts as removed) in as few requests as the store
+    /// allows, and returns the keys it could not remove with why. `Err` when the request as a
+    /// whole failed (nothing may have been removed). This default removes them one by one.
+    fn delete_many<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<(String, StoreError)>, StoreError>> {
+        async move {
+            let mut failed = Vec::new();
+            for key in keys {
+                if let Err(e) = self.delete(key).await {
+                    failed.push((key.clone(), e));
+                }
+            }
+            Ok(failed)
+        }
+        .boxed()
+    }
+
+    /// Up to `limit` objects under `prefix` whose keys sort after `after` (from the first
+    /// when `None`), in key order, with their sizes: a listing read page by page holds one
+    /// page at a time, however many objects the store has.
+    fn list_page<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<ListedObject>, StoreError>>;
 
     /// A short description for logs ("file:///var/lib/blocks", "s3://bucket/prefix").
     fn describe(&self) -> String;

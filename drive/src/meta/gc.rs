@@ -1,10 +1,13 @@
-//! The metadata side of garbage collection (migration 8): pass leases, marked candidates,
+//! The metadata side of garbage collection (migrations 8 and 9): pass leases, marked candidates,
 //! block claims, orphan tracking and pass reports. The decisions are `rules::gc`'s; the
 //! engine that runs a pass is [`crate::gc`].
 
 use std::time::{Duration, SystemTime};
 
+use deadpool_postgres::GenericClient;
+
 use crate::error::MetaError;
+use crate::gc::HashRange;
 use crate::meta::rows::{execute, from_system_time, query, query_opt};
 use crate::meta::{PgMetaStore, in_txn};
 use crate::model::Timestamp;
@@ -18,6 +21,89 @@ pub struct PassRecord {
     pub dry_run: bool,
     pub marked: bool,
     pub finished: bool,
+    /// The last hash an interrupted mark scanned.
+    pub mark_after: Option<[u8; 32]>,
+    /// The last key an interrupted orphan sweep covered.
+    pub orphans_after: Option<String>,
+    /// Whether the orphan sweep went through the whole listing.
+    pub orphans_swept: bool,
+    /// The report saved as the pass went (a resumed pass adds to it).
+    pub progress: Option<serde_json::Value>,
+}
+
+/// One batch of mark: how many blocks it scanned and the last, the candidates it found and
+/// their stored bytes, and whether it was the last batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MarkBatch {
+    pub scanned: u64,
+    pub last: Option<[u8; 32]>,
+    pub candidates: u64,
+    pub bytes: u64,
+    pub done: bool,
+}
+
+/// A block's hash and stored size.
+pub type SizedBlock = ([u8; 32], u64);
+
+/// A block a pass claimed and has not forgotten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub hash: [u8; 32],
+    pub size: u64,
+    /// Its record is an orphan's placeholder.
+    pub orphan: bool,
+}
+
+/// The keys one page of an orphan sweep covered: after `after` (from the start when `None`)
+/// up to `last` (inclusive; `None`: to the end), within `range` (first key inclusive, end
+/// key exclusive; `None`: unbounded).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrphanSpan {
+    pub after: Option<String>,
+    pub last: Option<String>,
+    pub range: (Option<String>, Option<String>),
+}
+
+/// Blocks of a range in hash order after a cursor: $1 range start (inclusive), $2 the cursor
+/// (exclusive; empty: none), $3 range end (exclusive; NULL: none), $4 the limit.
+const SCAN_BLOCKS: &str = "SELECT hash, stored_size, updated_at, claimed_by FROM blocks \
+     WHERE hash >= $1 AND hash > $2 AND ($3::BYTEA IS NULL OR hash < $3) ORDER BY hash LIMIT $4";
+
+/// Which scanned blocks `s` are candidates at cutoff $5.
+const UNREFERENCED: &str = "s.updated_at < $5 AND s.claimed_by IS NULL \
+     AND NOT EXISTS (SELECT 1 FROM file_blocks f WHERE f.hash = s.hash)";
+
+fn range_params(range: HashRange, after: Option<[u8; 32]>) -> (Vec<u8>, Vec<u8>, Option<Vec<u8>>) {
+    (
+        range.start.to_vec(),
+        after.map(|h| h.to_vec()).unwrap_or_default(),
+        range.end.map(|h| h.to_vec()),
+    )
+}
+
+fn mark_batch_of(row: &tokio_postgres::Row, limit: usize) -> Result<MarkBatch, MetaError> {
+    let scanned = row.get::<_, i64>(0) as u64;
+    Ok(MarkBatch {
+        scanned,
+        last: row.get::<_, Option<Vec<u8>>>(1).map(hash_of).transpose()?,
+        candidates: row.get::<_, i64>(2) as u64,
+        bytes: row.get::<_, i64>(3) as u64,
+        done: scanned < limit as u64,
+    })
+}
+
+async fn save_progress<C: GenericClient>(
+    tx: &C,
+    id: &str,
+    progress: &serde_json::Value,
+) -> Result<(), MetaError> {
+    execute(
+        tx,
+        "UPDATE gc_passes SET report = $2 WHERE id = $1",
+        &[&id, progress],
+    )
+    .await?;
+    Ok(())
 }
 
 fn hash_of(bytes: Vec<u8>) -> Result<[u8; 32], MetaError> {
@@ -88,7 +174,8 @@ impl PgMetaStore {
                 .await?;
                 let row = query_opt(
                     tx,
-                    "SELECT cutoff, dry_run, marked, finished_at IS NOT NULL FROM gc_passes WHERE id = $1",
+                    "SELECT cutoff, dry_run, marked, finished_at IS NOT NULL, mark_after, orphans_after, \
+                     orphans_swept, report FROM gc_passes WHERE id = $1",
                     &[&id],
                 )
                 .await?
@@ -99,55 +186,81 @@ impl PgMetaStore {
                     dry_run: row.get(1),
                     marked: row.get(2),
                     finished: row.get(3),
+                    mark_after: row.get::<_, Option<Vec<u8>>>(4).map(hash_of).transpose()?,
+                    orphans_after: row.get(5),
+                    orphans_swept: row.get(6),
+                    progress: row.get(7),
                 })
             }
             .await
         })
     }
 
-    /// Mark: records as candidates of pass `id` every block that no block-map version
-    /// references, untouched since `cutoff` and unclaimed. Returns how many and their stored
-    /// bytes. Any error leaves the pass unmarked (nothing is swept without a whole mark).
-    pub async fn gc_mark(&self, id: &str, cutoff: SystemTime) -> Result<(u64, u64), MetaError> {
+    /// One batch of mark: scans up to `limit` blocks of `range` after `after` in hash order
+    /// and records as candidates of pass `id` those no block-map version references,
+    /// untouched since `cutoff` and unclaimed. In the same transaction it records where mark
+    /// got to, the report `progress` makes of this batch, and, after the last batch, that mark
+    /// is complete (nothing is swept before that).
+    pub async fn gc_mark_batch(
+        &self,
+        id: &str,
+        cutoff: SystemTime,
+        range: HashRange,
+        after: Option<[u8; 32]>,
+        limit: usize,
+        progress: &(dyn Fn(&MarkBatch) -> serde_json::Value + Sync),
+    ) -> Result<MarkBatch, MetaError> {
+        let sql = format!(
+            "WITH scanned AS ({SCAN_BLOCKS}), marked AS (\
+             INSERT INTO gc_candidates (pass_id, hash) SELECT $6, s.hash FROM scanned s WHERE {UNREFERENCED} \
+             ON CONFLICT DO NOTHING RETURNING hash) \
+             SELECT (SELECT count(*) FROM scanned), (SELECT hash FROM scanned ORDER BY hash DESC LIMIT 1), (SELECT count(*) FROM marked), \
+             (SELECT COALESCE(sum(s.stored_size), 0)::INT8 FROM scanned s WHERE s.hash IN (SELECT hash FROM marked))"
+        );
+        let (start, after, end) = range_params(range, after);
         in_txn!(self, |tx| {
             async {
-                execute(tx, "DELETE FROM gc_candidates WHERE pass_id = $1", &[&id]).await?;
+                let row = query_opt(tx, &sql, &[&start, &after, &end, &(limit as i64), &cutoff, &id])
+                    .await?
+                    .ok_or_else(|| MetaError::Internal("mark returned nothing".into()))?;
+                let batch = mark_batch_of(&row, limit)?;
                 execute(
                     tx,
-                    "INSERT INTO gc_candidates (pass_id, hash) \
-                     SELECT $1, b.hash FROM blocks b WHERE b.updated_at < $2 AND b.claimed_by IS NULL \
-                     AND NOT EXISTS (SELECT 1 FROM file_blocks f WHERE f.hash = b.hash)",
-                    &[&id, &cutoff],
+                    "UPDATE gc_passes SET mark_after = COALESCE($2, mark_after), marked = $3, report = $4 \
+                     WHERE id = $1",
+                    &[
+                        &id,
+                        &batch.last.map(|h| h.to_vec()),
+                        &batch.done,
+                        &progress(&batch),
+                    ],
                 )
                 .await?;
-                execute(tx, "UPDATE gc_passes SET marked = true WHERE id = $1", &[&id]).await?;
-                let row = query_opt(
-                    tx,
-                    "SELECT count(*), COALESCE(sum(b.stored_size), 0)::INT8 FROM gc_candidates c \
-                     JOIN blocks b ON b.hash = c.hash WHERE c.pass_id = $1",
-                    &[&id],
-                )
-                .await?
-                .ok_or_else(|| MetaError::Internal("candidate count returned nothing".into()))?;
-                Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
+                Ok(batch)
             }
             .await
         })
     }
 
-    /// What mark would find at `cutoff`, changing nothing (a dry run): count and stored bytes.
-    pub async fn gc_count_candidates(&self, cutoff: SystemTime) -> Result<(u64, u64), MetaError> {
+    /// What one batch of mark would find (a dry run), changing nothing.
+    pub async fn gc_count_batch(
+        &self,
+        cutoff: SystemTime,
+        range: HashRange,
+        after: Option<[u8; 32]>,
+        limit: usize,
+    ) -> Result<MarkBatch, MetaError> {
+        let sql = format!(
+            "WITH scanned AS ({SCAN_BLOCKS}) \
+             SELECT (SELECT count(*) FROM scanned), (SELECT hash FROM scanned ORDER BY hash DESC LIMIT 1), \
+             count(s.hash), COALESCE(sum(s.stored_size), 0)::INT8 FROM scanned s WHERE {UNREFERENCED}"
+        );
+        let (start, after, end) = range_params(range, after);
         let client = self.client().await?;
-        let row = query_opt(
-            &client,
-            "SELECT count(*), COALESCE(sum(b.stored_size), 0)::INT8 FROM blocks b \
-             WHERE b.updated_at < $1 AND b.claimed_by IS NULL \
-             AND NOT EXISTS (SELECT 1 FROM file_blocks f WHERE f.hash = b.hash)",
-            &[&cutoff],
-        )
-        .await?
-        .ok_or_else(|| MetaError::Internal("candidate count returned nothing".into()))?;
-        Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
+        let row = query_opt(&client, &sql, &[&start, &after, &end, &(limit as i64), &cutoff])
+            .await?
+            .ok_or_else(|| MetaError::Internal("candidate count returned nothing".into()))?;
+        mark_batch_of(&row, limit)
     }
 
     /// Up to `limit` candidates of pass `id` after `after` (by hash), with their stored size.
@@ -172,61 +285,103 @@ impl PgMetaStore {
             .collect()
     }
 
-    /// Claims candidate `hash` for pass `id` if it is still unreferenced, untouched since
-    /// `cutoff` and unclaimed ([`may_claim`]), in one transaction with those checks; the
-    /// candidate row goes either way. A commit referencing the block at the same time
-    /// conflicts with this transaction, and one of the two retries.
-    pub async fn gc_claim(&self, id: &str, hash: &[u8; 32], cutoff: SystemTime) -> Result<bool, MetaError> {
+    /// Claims those of `hashes` (candidates of pass `id`) that are still unreferenced,
+    /// untouched since `cutoff` and unclaimed ([`may_claim`]), in one transaction with those
+    /// checks, and returns them with their stored sizes; the candidate rows go either way, and
+    /// the pass's report becomes what `progress` makes of the claims. A commit referencing a
+    /// block at the same time conflicts with this transaction, and one of the two retries.
+    pub async fn gc_claim_batch(
+        &self,
+        id: &str,
+        hashes: &[[u8; 32]],
+        cutoff: SystemTime,
+        progress: &(dyn Fn(&[SizedBlock]) -> serde_json::Value + Sync),
+    ) -> Result<Vec<([u8; 32], u64)>, MetaError> {
         let cutoff = from_system_time(cutoff);
+        let keys: Vec<&[u8]> = hashes.iter().map(<[u8; 32]>::as_slice).collect();
         in_txn!(self, |tx| {
             async {
-                let row = query_opt(
+                let rows = query(
                     tx,
-                    "SELECT b.state, b.claimed_by IS NOT NULL, b.updated_at, \
-                     EXISTS (SELECT 1 FROM file_blocks f WHERE f.hash = b.hash) \
-                     FROM blocks b WHERE b.hash = $1 FOR UPDATE",
-                    &[&hash.as_slice()],
+                    "SELECT b.hash, b.state, b.claimed_by IS NOT NULL, b.updated_at, \
+                     EXISTS (SELECT 1 FROM file_blocks f WHERE f.hash = b.hash), b.stored_size \
+                     FROM blocks b WHERE b.hash = ANY($1) ORDER BY b.hash FOR UPDATE",
+                    &[&keys],
                 )
                 .await?;
-                let claimed = match row {
-                    None => false,
-                    Some(r) => {
-                        let phase = match (r.get::<_, bool>(1), r.get::<_, String>(0).as_str()) {
-                            (true, _) => BlockPhase::Sweeping { lease_expired: false },
-                            (false, "available") => BlockPhase::Available,
-                            (false, _) => BlockPhase::Created,
-                        };
-                        let touched = from_system_time(r.get::<_, SystemTime>(2));
-                        may_claim(phase, r.get(3), touched, cutoff)
+                let mut claimed = Vec::new();
+                for r in rows {
+                    let phase = match (r.get::<_, bool>(2), r.get::<_, String>(1).as_str()) {
+                        (true, _) => BlockPhase::Sweeping { lease_expired: false },
+                        (false, "available") => BlockPhase::Available,
+                        (false, _) => BlockPhase::Created,
+                    };
+                    let touched = from_system_time(r.get::<_, SystemTime>(3));
+                    if may_claim(phase, r.get(4), touched, cutoff) {
+                        claimed.push((hash_of(r.get(0))?, r.get::<_, i64>(5) as u64));
                     }
-                };
-                if claimed {
-                    execute(
-                        tx,
-                        "UPDATE blocks SET claimed_by = $2 WHERE hash = $1",
-                        &[&hash.as_slice(), &id],
-                    )
-                    .await?;
                 }
+                let claimed_keys: Vec<&[u8]> = claimed.iter().map(|(h, _)| h.as_slice()).collect();
                 execute(
                     tx,
-                    "DELETE FROM gc_candidates WHERE pass_id = $1 AND hash = $2",
-                    &[&id, &hash.as_slice()],
+                    "UPDATE blocks SET claimed_by = $2 WHERE hash = ANY($1)",
+                    &[&claimed_keys, &id],
                 )
                 .await?;
+                execute(
+                    tx,
+                    "DELETE FROM gc_candidates WHERE pass_id = $1 AND hash = ANY($2)",
+                    &[&id, &keys],
+                )
+                .await?;
+                save_progress(tx, id, &progress(&claimed)).await?;
                 Ok(claimed)
             }
             .await
         })
     }
 
-    /// The blocks pass `id` claimed and has not forgotten yet (a resumed pass finishes them).
-    pub async fn gc_claims(&self, id: &str) -> Result<Vec<([u8; 32], u64)>, MetaError> {
+    /// The blocks pass `id` claimed and has not forgotten yet (a resumed pass finishes them),
+    /// with their stored sizes and whether each is an orphan (a noted key of `gc_orphans`).
+    pub async fn gc_claims(&self, id: &str) -> Result<Vec<Claim>, MetaError> {
         let client = self.client().await?;
         let rows = query(
             &client,
-            "SELECT hash, stored_size FROM blocks WHERE claimed_by = $1 ORDER BY hash",
+            "SELECT b.hash, b.stored_size, EXISTS (SELECT 1 FROM gc_orphans o WHERE o.key = \
+             'blocks/' || substr(encode(b.hash, 'hex'), 1, 2) || '/' || encode(b.hash, 'hex')) \
+             FROM blocks b WHERE b.claimed_by = $1 ORDER BY b.hash",
             &[&id],
+        )
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Claim {
+                    hash: hash_of(r.get(0))?,
+                    size: r.get::<_, i64>(1) as u64,
+                    orphan: r.get(2),
+                })
+            })
+            .collect()
+    }
+
+    /// Claims objects without a block record for pass `id` (hash and listed size): a claimed
+    /// placeholder record keeps writers of that hash waiting while its object is deleted.
+    /// Returns those claimed; a hash whose record appeared meanwhile (a writer registered it:
+    /// its object is no orphan) is left alone.
+    pub async fn gc_claim_orphans(
+        &self,
+        id: &str,
+        orphans: &[([u8; 32], u64)],
+    ) -> Result<Vec<([u8; 32], u64)>, MetaError> {
+        let keys: Vec<&[u8]> = orphans.iter().map(|(h, _)| h.as_slice()).collect();
+        let sizes: Vec<i64> = orphans.iter().map(|&(_, s)| s as i64).collect();
+        let client = self.client().await?;
+        let rows = query(
+            &client,
+            "INSERT INTO blocks (hash, size, stored_size, state, claimed_by) \
+             SELECT h, 0, s, 'created', $3 FROM unnest($1::BYTEA[], $2::INT8[]) AS o (h, s) \
+             ON CONFLICT (hash) DO NOTHING RETURNING hash, stored_size",
+            &[&keys, &sizes, &id],
         )
         .await?;
         rows.into_iter()
@@ -234,32 +389,31 @@ impl PgMetaStore {
             .collect()
     }
 
-    /// Claims an object without a block record for pass `id`: a claimed placeholder record
-    /// keeps writers of that hash waiting while its object is deleted. `false` when a record
-    /// appeared meanwhile (a writer registered the hash: the object is not an orphan).
-    pub async fn gc_claim_orphan(&self, id: &str, hash: &[u8; 32]) -> Result<bool, MetaError> {
-        let client = self.client().await?;
-        let n = execute(
-            &client,
-            "INSERT INTO blocks (hash, size, stored_size, state, claimed_by) VALUES ($1, 0, 0, 'created', $2) \
-             ON CONFLICT (hash) DO NOTHING",
-            &[&hash.as_slice(), &id],
-        )
-        .await?;
-        Ok(n == 1)
-    }
-
-    /// Forgets block `hash` once pass `id` deleted its object (only while it is still that
-    /// pass's claim: a writer that took the record over keeps it).
-    pub async fn gc_forget(&self, id: &str, hash: &[u8; 32]) -> Result<bool, MetaError> {
-        let client = self.client().await?;
-        let n = execute(
-            &client,
-            "DELETE FROM blocks WHERE hash = $1 AND claimed_by = $2",
-            &[&hash.as_slice(), &id],
-        )
-        .await?;
-        Ok(n == 1)
+    /// Forgets the blocks `hashes` once pass `id` deleted their objects (only those still its
+    /// claims: a writer that took a record over keeps it), and the noted orphan keys among
+    /// them (`orphan_keys`), and saves the pass's report `progress`, in one transaction.
+    pub async fn gc_forget(
+        &self,
+        id: &str,
+        hashes: &[[u8; 32]],
+        orphan_keys: &[String],
+        progress: &serde_json::Value,
+    ) -> Result<u64, MetaError> {
+        let keys: Vec<&[u8]> = hashes.iter().map(<[u8; 32]>::as_slice).collect();
+        in_txn!(self, |tx| {
+            async {
+                let n = execute(
+                    tx,
+                    "DELETE FROM blocks WHERE hash = ANY($1) AND claimed_by = $2",
+                    &[&keys, &id],
+                )
+                .await?;
+                execute(tx, "DELETE FROM gc_orphans WHERE key = ANY($1)", &[&orphan_keys]).await?;
+                save_progress(tx, id, progress).await?;
+                Ok(n)
+            }
+            .await
+        })
     }
 
     /// Which of `hashes` have a block record.
@@ -270,35 +424,54 @@ impl PgMetaStore {
         rows.into_iter().map(|r| hash_of(r.get(0))).collect()
     }
 
-    /// Notes object keys seen without a block record (first sighting kept), forgets noted
-    /// keys that are no longer orphans, and returns the noted keys first seen before `cutoff`.
-    pub async fn gc_orphans(&self, seen: &[String], cutoff: SystemTime) -> Result<Vec<String>, MetaError> {
+    /// One page of the orphan sweep of pass `id`, in one transaction: notes the `orphans`
+    /// (keys without a block record) the page showed (first sighting kept), forgets noted keys
+    /// of the span the page covered that it no longer shows (gone, or recorded since), records
+    /// where the sweep got to and the report `progress`, and returns the page's orphans first
+    /// seen before `cutoff`. The span is the keys after `span.after` up to `span.last` (to
+    /// the end when `None`) within `span.range`.
+    pub async fn gc_orphans_page(
+        &self,
+        id: &str,
+        orphans: &[String],
+        span: &OrphanSpan,
+        cutoff: SystemTime,
+        progress: &serde_json::Value,
+    ) -> Result<Vec<String>, MetaError> {
+        let swept = span.last.is_none();
         in_txn!(self, |tx| {
             async {
                 execute(
                     tx,
                     "INSERT INTO gc_orphans (key) SELECT unnest($1::TEXT[]) ON CONFLICT (key) DO NOTHING",
-                    &[&seen],
+                    &[&orphans],
                 )
                 .await?;
-                execute(tx, "DELETE FROM gc_orphans WHERE NOT (key = ANY($1))", &[&seen]).await?;
+                execute(
+                    tx,
+                    "DELETE FROM gc_orphans WHERE NOT (key = ANY($1)) \
+                     AND ($2::TEXT IS NULL OR key > $2) AND ($3::TEXT IS NULL OR key <= $3) \
+                     AND ($4::TEXT IS NULL OR key >= $4) AND ($5::TEXT IS NULL OR key < $5)",
+                    &[&orphans, &span.after, &span.last, &span.range.0, &span.range.1],
+                )
+                .await?;
+                execute(
+                    tx,
+                    "UPDATE gc_passes SET orphans_after = COALESCE($2, orphans_after), orphans_swept = $3, \
+                     report = $4 WHERE id = $1",
+                    &[&id, &span.last, &swept, progress],
+                )
+                .await?;
                 let rows = query(
                     tx,
-                    "SELECT key FROM gc_orphans WHERE first_seen < $1 ORDER BY key",
-                    &[&cutoff],
+                    "SELECT key FROM gc_orphans WHERE key = ANY($1) AND first_seen < $2 ORDER BY key",
+                    &[&orphans, &cutoff],
                 )
                 .await?;
                 Ok(rows.into_iter().map(|r| r.get(0)).collect())
             }
             .await
         })
-    }
-
-    /// Forgets an orphan key once its object is gone.
-    pub async fn gc_orphan_done(&self, key: &str) -> Result<(), MetaError> {
-        let client = self.client().await?;
-        execute(&client, "DELETE FROM gc_orphans WHERE key = $1", &[&key]).await?;
-        Ok(())
     }
 
     /// Records the report of pass `id` and marks it finished.

@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/0007_workspace_object_store.sql"),
     ),
     (8, include_str!("../../migrations/0008_gc.sql")),
+    (9, include_str!("../../migrations/0009_gc_batches.sql")),
     (10, include_str!("../../migrations/0010_access_and_retention.sql")),
     (11, include_str!("../../migrations/0011_purge.sql")),
 ];

@@ -39,7 +39,7 @@ pub use access::ExpireCounts;
 pub use content::{BlockChange, BlockRecord, BlockState, FileBlock, InitialContent};
 pub use copy::CopyReport;
 pub use events::{EventFeed, FeedHorizon, WorkspaceFeed};
-pub use gc::PassRecord;
+pub use gc::{Claim, MarkBatch, OrphanSpan, PassRecord};
 pub use locks::{FileLock, LockKind};
 pub use memory::MemMetaStore;
 pub use purge::DeletedEntry;
