@@ -307,9 +307,10 @@ pub async fn run_block_pass(
             (range, Some(format!("{index}-of-{count}")), rate)
         }
     };
-    let (id, scope) = match &shard {
-        None => (opts.pass_id.clone(), BLOCK_SCOPE.to_string()),
-        Some(s) => (format!("{}/{s}", opts.pass_id), format!("{BLOCK_SCOPE}/{s}")),
+    let id = pass_row_id(opts);
+    let scope = match &shard {
+        None => BLOCK_SCOPE.to_string(),
+        Some(s) => format!("{BLOCK_SCOPE}/{s}"),
     };
     let lease = Lease::take(meta, scope.clone(), id.clone(), opts).await?;
     let mut pass = Pass {
@@ -334,6 +335,14 @@ pub async fn run_block_pass(
     pass.report.duration_ms += started.elapsed().as_millis() as u64;
     meta.gc_finish(&pass.id, &to_json(&pass.report)).await?;
     Ok(pass.report)
+}
+
+/// The pass row of a block pass: its id, with the shard's suffix (`P/3-of-8`) when sharded.
+pub fn pass_row_id(opts: &BlockPassOptions) -> String {
+    match opts.shard {
+        None => opts.pass_id.clone(),
+        Some((index, count)) => format!("{}/{index}-of-{count}", opts.pass_id),
+    }
 }
 
 fn to_json(report: &PassReport) -> serde_json::Value {

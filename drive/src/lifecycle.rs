@@ -116,79 +116,87 @@ pub async fn run_pass(
         dry_run,
         ..LifecycleReport::default()
     };
-    for ws in meta.list_workspaces().await? {
-        if !opts.scope.selects(&ws.name, ws.kind) {
-            continue;
-        }
-        // Expired paths go to the trash first: the purge below takes them only once their
-        // retention has passed, like anything else deleted.
-        if let Some(rule) = &opts.expire {
-            let cutoff = before(now, days_to_duration(rule.not_accessed_for_days));
-            let expired = meta
-                .expire_unaccessed(&actor, ws.id, &rule.paths, cutoff, dry_run)
-                .await?;
-            report.expired += expired.expired;
-        }
-        let snapshots = meta.list_snapshots(ws.id).await?;
-        let created: Vec<Timestamp> = snapshots.iter().map(|s| s.created_at).collect();
-        for i in snapshots_to_release(&created, opts.snapshots, now) {
-            if !dry_run {
-                meta.delete_snapshot(&actor, ws.id, &snapshots[i].name).await?;
+    // The namespace phases are storage-wide, not per hash range: of a sharded pass, shard 0
+    // runs them and the others only sweep their range.
+    let namespace = opts.blocks.shard.is_none_or(|(index, _)| index == 0);
+    if namespace {
+        for ws in meta.list_workspaces().await? {
+            if !opts.scope.selects(&ws.name, ws.kind) {
+                continue;
             }
-            report.snapshots_released += 1;
-        }
-        report.purged_history_rows += meta.purge_history(ws.id, dry_run).await?;
-        report.purged_entries += meta
-            .purge_trash(
-                ws.id,
-                ws.root,
-                ws.kind,
-                &opts.retention,
-                now,
-                grace_cutoff,
-                dry_run,
-            )
-            .await?;
-    }
-    if !dry_run {
-        report.purged_nodes += meta.purge_queued_nodes().await?;
-    }
-    // A deleted workspace no longer has a resource a selector could match: only kinds select it.
-    for (id, kind, deleted_at, root) in meta.deleted_workspaces(grace_cutoff).await? {
-        if !opts.scope.kinds.is_empty() && !opts.scope.kinds.contains(&kind) {
-            continue;
-        }
-        let due =
-            retention(&opts.retention, kind, Some("/")).is_some_and(|keep| purge_due(deleted_at, keep, now));
-        if !due {
-            continue;
+            // Expired paths go to the trash first: the purge below takes them only once their
+            // retention has passed, like anything else deleted.
+            if let Some(rule) = &opts.expire {
+                let cutoff = before(now, days_to_duration(rule.not_accessed_for_days));
+                let expired = meta
+                    .expire_unaccessed(&actor, ws.id, &rule.paths, cutoff, dry_run)
+                    .await?;
+                report.expired += expired.expired;
+            }
+            let snapshots = meta.list_snapshots(ws.id).await?;
+            let created: Vec<Timestamp> = snapshots.iter().map(|s| s.created_at).collect();
+            for i in snapshots_to_release(&created, opts.snapshots, now) {
+                if !dry_run {
+                    meta.delete_snapshot(&actor, ws.id, &snapshots[i].name).await?;
+                }
+                report.snapshots_released += 1;
+            }
+            report.purged_history_rows += meta.purge_history(ws.id, dry_run).await?;
+            report.purged_entries += meta
+                .purge_trash(
+                    ws.id,
+                    ws.root,
+                    ws.kind,
+                    &opts.retention,
+                    now,
+                    grace_cutoff,
+                    dry_run,
+                )
+                .await?;
         }
         if !dry_run {
-            meta.purge_workspace(id, root).await?;
+            report.purged_nodes += meta.purge_queued_nodes().await?;
         }
-        report.purged_workspaces += 1;
-    }
-    if !dry_run {
-        report.purged_nodes += meta.purge_queued_nodes().await?;
+        // A deleted workspace no longer has a resource a selector could match: only kinds select it.
+        for (id, kind, deleted_at, root) in meta.deleted_workspaces(grace_cutoff).await? {
+            if !opts.scope.kinds.is_empty() && !opts.scope.kinds.contains(&kind) {
+                continue;
+            }
+            let due = retention(&opts.retention, kind, Some("/"))
+                .is_some_and(|keep| purge_due(deleted_at, keep, now));
+            if !due {
+                continue;
+            }
+            if !dry_run {
+                meta.purge_workspace(id, root).await?;
+            }
+            report.purged_workspaces += 1;
+        }
+        if !dry_run {
+            report.purged_nodes += meta.purge_queued_nodes().await?;
+        }
     }
     report.blocks = crate::gc::run_block_pass(meta, store, &opts.blocks).await?;
-    // After the sweep, so no block about to be deleted is copied to a colder class first.
-    if let Some(rule) = &opts.transition {
-        let cutoff = before(now, days_to_duration(rule.after_days));
-        let moved =
-            crate::tiering::transition_blocks(meta, store, &rule.storage_class, cutoff, None, dry_run)
-                .await?;
-        report.transitioned = moved.transitioned;
-        report.transitioned_bytes = moved.bytes;
-    }
-    if let Some(keep) = opts.event_retention
-        && !dry_run
-    {
-        report.events_purged = meta.purge_events(before(now, keep)).await?;
+    if namespace {
+        // After the sweep, so no block about to be deleted is copied to a colder class first.
+        if let Some(rule) = &opts.transition {
+            let cutoff = before(now, days_to_duration(rule.after_days));
+            let moved =
+                crate::tiering::transition_blocks(meta, store, &rule.storage_class, cutoff, None, dry_run)
+                    .await?;
+            report.transitioned = moved.transitioned;
+            report.transitioned_bytes = moved.bytes;
+        }
+        if let Some(keep) = opts.event_retention
+            && !dry_run
+        {
+            report.events_purged = meta.purge_events(before(now, keep)).await?;
+        }
     }
     report.duration_ms = started.elapsed().as_millis() as u64;
     let json = serde_json::to_value(&report).unwrap_or_default();
-    meta.gc_finish(&opts.blocks.pass_id, &json).await?;
+    meta.gc_finish_lifecycle(&crate::gc::pass_row_id(&opts.blocks), &json)
+        .await?;
     Ok(report)
 }
 

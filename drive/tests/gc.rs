@@ -476,7 +476,7 @@ async fn a_slow_database_pauses_the_pass_and_its_report_says_so() {
     assert!(report.backoff_pauses >= 4, "{report:?}");
     assert!(report.backoff_ms >= 1500, "{report:?}");
     let saved: PassReport = serde_json::from_value(
-        meta.gc_pass_report("slow")
+        meta.gc_block_report("slow")
             .await
             .unwrap()
             .expect("a saved report"),

@@ -486,12 +486,35 @@ impl PgMetaStore {
         Ok(())
     }
 
-    /// The report of pass `id` once it finished (`None` while it runs or when unknown).
+    /// Records the lifecycle report of pass `id` (its block pass finished already).
+    pub async fn gc_finish_lifecycle(&self, id: &str, report: &serde_json::Value) -> Result<(), MetaError> {
+        let client = self.client().await?;
+        execute(
+            &client,
+            "UPDATE gc_passes SET lifecycle_report = $2 WHERE id = $1",
+            &[&id, report],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The block-pass report of pass row `id` once it finished (`None` while it runs or when
+    /// unknown).
+    pub async fn gc_block_report(&self, id: &str) -> Result<Option<serde_json::Value>, MetaError> {
+        self.finished_report("report", id).await
+    }
+
+    /// The lifecycle report of pass `id` once it finished (`None` while it runs or when
+    /// unknown).
     pub async fn gc_pass_report(&self, id: &str) -> Result<Option<serde_json::Value>, MetaError> {
+        self.finished_report("lifecycle_report", id).await
+    }
+
+    async fn finished_report(&self, column: &str, id: &str) -> Result<Option<serde_json::Value>, MetaError> {
         let client = self.client().await?;
         let row = query_opt(
             &client,
-            "SELECT report FROM gc_passes WHERE id = $1 AND finished_at IS NOT NULL",
+            &format!("SELECT {column} FROM gc_passes WHERE id = $1 AND finished_at IS NOT NULL"),
             &[&id],
         )
         .await?;

@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("../../migrations/0009_gc_batches.sql")),
     (10, include_str!("../../migrations/0010_access_and_retention.sql")),
     (11, include_str!("../../migrations/0011_purge.sql")),
+    (12, include_str!("../../migrations/0012_lifecycle_report.sql")),
 ];
 
 pub(super) async fn apply(store: &PgMetaStore) -> Result<(), MetaError> {
