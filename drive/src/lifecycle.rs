@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::data::ChunkStore;
 use crate::gc::{BlockPassOptions, GcError, PassReport};
 use crate::meta::PgMetaStore;
-use crate::meta::before;
+use crate::meta::{PurgePace, before};
 use crate::model::{Actor, Timestamp, WorkspaceKind};
 use crate::rules::gc::{
     RetentionClass, SnapshotRetention, days_to_duration, purge_due, retention, snapshots_to_release,
@@ -52,6 +52,8 @@ pub struct LifecycleOptions {
     pub transition: Option<TransitionRule>,
     /// Purge change-feed events older than this (events a live cursor has not read are kept).
     pub event_retention: Option<Duration>,
+    /// How the purge phases yield to the online workload.
+    pub purge_pace: PurgePace,
 }
 
 impl LifecycleOptions {
@@ -65,6 +67,7 @@ impl LifecycleOptions {
             expire: None,
             transition: None,
             event_retention: None,
+            purge_pace: PurgePace::default(),
         }
     }
 }
@@ -141,7 +144,7 @@ pub async fn run_pass(
                 }
                 report.snapshots_released += 1;
             }
-            report.purged_history_rows += meta.purge_history(ws.id, dry_run).await?;
+            report.purged_history_rows += meta.purge_history(ws.id, dry_run, opts.purge_pace).await?;
             report.purged_entries += meta
                 .purge_trash(
                     ws.id,
@@ -151,11 +154,12 @@ pub async fn run_pass(
                     now,
                     grace_cutoff,
                     dry_run,
+                    opts.purge_pace,
                 )
                 .await?;
         }
         if !dry_run {
-            report.purged_nodes += meta.purge_queued_nodes().await?;
+            report.purged_nodes += meta.purge_queued_nodes(opts.purge_pace).await?;
         }
         // A deleted workspace no longer has a resource a selector could match: only kinds select it.
         for (id, kind, deleted_at, root) in meta.deleted_workspaces(grace_cutoff).await? {
@@ -168,12 +172,12 @@ pub async fn run_pass(
                 continue;
             }
             if !dry_run {
-                meta.purge_workspace(id, root).await?;
+                meta.purge_workspace(id, root, opts.purge_pace).await?;
             }
             report.purged_workspaces += 1;
         }
         if !dry_run {
-            report.purged_nodes += meta.purge_queued_nodes().await?;
+            report.purged_nodes += meta.purge_queued_nodes(opts.purge_pace).await?;
         }
     }
     report.blocks = crate::gc::run_block_pass(meta, store, &opts.blocks).await?;

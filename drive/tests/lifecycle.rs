@@ -502,6 +502,7 @@ async fn random_workloads_with_passes_and_crashes_never_lose_live_or_retained_da
                         rig.meta.gc_now().await.unwrap(),
                         std::time::SystemTime::now(),
                         false,
+                        drive::meta::PurgePace::FULL_SPEED,
                     )
                     .await
                     .unwrap();

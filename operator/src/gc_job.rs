@@ -245,6 +245,7 @@ impl GcPassArgs {
                 after_days: t.after_days,
             }),
             event_retention: rules.event_retention_days.map(days_to_duration),
+            purge_pace: drive::meta::PurgePace::default(),
         }
     }
 

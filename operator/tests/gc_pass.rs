@@ -95,7 +95,7 @@ async fn a_gc_job_sweeps_old_unreferenced_blocks_and_keeps_young_ones() {
     assert_eq!(adapter.pass_report("nightly@2").await.expect("read"), None);
     // A report this operator cannot read is no report, not a stalled policy.
     raw.execute(
-        "UPDATE gc_passes SET report = '{\"format\": 99}' WHERE id = 'nightly@1'",
+        "UPDATE gc_passes SET lifecycle_report = '{\"format\": 99}' WHERE id = 'nightly@1'",
         &[],
     )
     .await

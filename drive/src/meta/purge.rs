@@ -22,6 +22,36 @@ use crate::rules::quota::{self, UsageChange};
 /// Rows one purge transaction removes at most.
 const BATCH: i64 = 2_000;
 
+/// The longest rest between two purge transactions.
+const MAX_REST: Duration = Duration::from_secs(5);
+
+/// How a purge yields to the online workload: after each transaction it rests `ratio` times
+/// as long as the transaction took (at most [`MAX_REST`]), so at 1.0 it keeps the database
+/// busy at most half of the time it runs. 0 rests never.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PurgePace {
+    pub ratio: f64,
+}
+
+impl PurgePace {
+    /// As fast as the database goes.
+    pub const FULL_SPEED: PurgePace = PurgePace { ratio: 0.0 };
+
+    async fn rest_after(&self, started: std::time::Instant) {
+        let rest = started.elapsed().mul_f64(self.ratio.max(0.0)).min(MAX_REST);
+        if !rest.is_zero() {
+            tokio::time::sleep(rest).await;
+        }
+    }
+}
+
+impl Default for PurgePace {
+    /// Half the time, at most: what the studio's online database can spare.
+    fn default() -> PurgePace {
+        PurgePace { ratio: 1.0 }
+    }
+}
+
 /// Whether no retained snapshot of the row's workspace shows the row `[valid_from, valid_to)`
 /// (SQL over a row aliased `r` and a workspace id expression).
 fn unseen_by_snapshots(ws: &str) -> String {
@@ -44,7 +74,12 @@ pub struct DeletedEntry {
 impl PgMetaStore {
     /// Removes the history rows of `ws` no retained snapshot shows: closed entries that are
     /// not in the trash, and old versions of inodes and block maps. Returns how many.
-    pub async fn purge_history(&self, ws: WorkspaceId, dry_run: bool) -> Result<u64, MetaError> {
+    pub async fn purge_history(
+        &self,
+        ws: WorkspaceId,
+        dry_run: bool,
+        pace: PurgePace,
+    ) -> Result<u64, MetaError> {
         let unseen = unseen_by_snapshots("$1");
         let entries = format!(
             "SELECT r.id FROM entries r WHERE r.workspace_id = $1 AND r.valid_to IS NOT NULL \
@@ -76,6 +111,7 @@ impl PgMetaStore {
         }
         let mut total = 0u64;
         loop {
+            let started = std::time::Instant::now();
             let removed = in_txn!(self, |tx| {
                 async {
                     let gone = query(
@@ -108,6 +144,7 @@ impl PgMetaStore {
             if removed.iter().all(|n| (*n as i64) < BATCH) {
                 return Ok(total);
             }
+            pace.rest_after(started).await;
         }
     }
 
@@ -185,6 +222,7 @@ impl PgMetaStore {
         now: Timestamp,
         not_after: SystemTime,
         dry_run: bool,
+        pace: PurgePace,
     ) -> Result<u64, MetaError> {
         let Some(shortest) = classes
             .iter()
@@ -227,6 +265,7 @@ impl PgMetaStore {
                 total += query(&client, &select, &[&due]).await?.len() as u64;
                 continue;
             }
+            let started = std::time::Instant::now();
             total += in_txn!(self, |tx| {
                 async {
                     let gone = query(
@@ -241,6 +280,7 @@ impl PgMetaStore {
                 }
                 .await
             })?;
+            pace.rest_after(started).await;
         }
     }
 
@@ -248,9 +288,10 @@ impl PgMetaStore {
     /// is no workspace's or retained snapshot's root) is removed with all its rows, its usage
     /// given back, and its children's entries removed and queued in turn. Returns how many
     /// nodes were removed.
-    pub async fn purge_queued_nodes(&self) -> Result<u64, MetaError> {
+    pub async fn purge_queued_nodes(&self, pace: PurgePace) -> Result<u64, MetaError> {
         let mut total = 0u64;
         loop {
+            let started = std::time::Instant::now();
             let (removed, more) = in_txn!(self, |tx| {
                 async {
                     let queued: Vec<i64> = query(tx, "SELECT ino FROM purge_queue ORDER BY ino LIMIT 500", &[])
@@ -284,6 +325,7 @@ impl PgMetaStore {
             if !more {
                 return Ok(total);
             }
+            pace.rest_after(started).await;
         }
     }
 
@@ -316,7 +358,12 @@ impl PgMetaStore {
 
     /// Removes a soft-deleted workspace for good: its snapshots, shares, counters and record
     /// at once, then (by queueing its root) every node of its tree, level by level.
-    pub async fn purge_workspace(&self, ws: WorkspaceId, root: NodeId) -> Result<(), MetaError> {
+    pub async fn purge_workspace(
+        &self,
+        ws: WorkspaceId,
+        root: NodeId,
+        pace: PurgePace,
+    ) -> Result<(), MetaError> {
         in_txn!(self, |tx| {
             async {
                 let gone = execute(
@@ -346,7 +393,7 @@ impl PgMetaStore {
             }
             .await
         })?;
-        self.purge_queued_nodes().await?;
+        self.purge_queued_nodes(pace).await?;
         Ok(())
     }
 }
