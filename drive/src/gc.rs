@@ -171,6 +171,23 @@ pub fn shard_range(index: u32, count: u32) -> Option<HashRange> {
     })
 }
 
+/// A shard argument that is not `I/N` with `I < N <= 65,536`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a shard such as 0/4 (I/N with I < N <= 65536)")]
+pub struct InvalidShard(pub String);
+
+/// Parses `I/N`, shard I (from 0) of N, as the command lines of a sharded pass give it.
+pub fn parse_shard(text: &str) -> Result<(u32, u32), InvalidShard> {
+    let bad = || InvalidShard(text.to_string());
+    let (index, count) = text.split_once('/').ok_or_else(bad)?;
+    let (index, count): (u32, u32) = (
+        index.parse().map_err(|_| bad())?,
+        count.parse().map_err(|_| bad())?,
+    );
+    shard_range(index, count).ok_or_else(bad)?;
+    Ok((index, count))
+}
+
 /// A token bucket: `per_second` tokens a second, at most one second's worth held, empty at
 /// first (a pass does not start with a burst).
 struct TokenBucket {
@@ -341,7 +358,46 @@ pub async fn run_block_pass(
 pub fn pass_row_id(opts: &BlockPassOptions) -> String {
     match opts.shard {
         None => opts.pass_id.clone(),
-        Some((index, count)) => format!("{}/{index}-of-{count}", opts.pass_id),
+        Some((index, count)) => shard_row_id(&opts.pass_id, index, count),
+    }
+}
+
+/// The pass row of shard `index` of `count` of pass `pass_id`.
+pub fn shard_row_id(pass_id: &str, index: u32, count: u32) -> String {
+    format!("{pass_id}/{index}-of-{count}")
+}
+
+impl PassReport {
+    /// Adds the report of another shard of the same pass: counts add up; the shards ran side
+    /// by side, so the pass took as long as its slowest shard.
+    pub fn add_shard(&mut self, other: &PassReport) {
+        self.shard = None;
+        self.dry_run |= other.dry_run;
+        for (total, part) in [
+            (&mut self.candidates, other.candidates),
+            (&mut self.candidate_bytes, other.candidate_bytes),
+            (&mut self.kept, other.kept),
+            (&mut self.deleted, other.deleted),
+            (&mut self.deleted_bytes, other.deleted_bytes),
+            (&mut self.errors, other.errors),
+            (&mut self.orphans_seen, other.orphans_seen),
+            (&mut self.orphans_deleted, other.orphans_deleted),
+            (&mut self.orphan_bytes, other.orphan_bytes),
+            (&mut self.orphan_errors, other.orphan_errors),
+            (&mut self.throttle_waits, other.throttle_waits),
+            (&mut self.backoff_pauses, other.backoff_pauses),
+            (&mut self.backoff_ms, other.backoff_ms),
+        ] {
+            *total += part;
+        }
+        for (longest, part) in [
+            (&mut self.mark_ms, other.mark_ms),
+            (&mut self.sweep_ms, other.sweep_ms),
+            (&mut self.orphan_ms, other.orphan_ms),
+            (&mut self.duration_ms, other.duration_ms),
+        ] {
+            *longest = (*longest).max(part);
+        }
     }
 }
 
@@ -669,6 +725,16 @@ fn hash_of_key(key: &str) -> Option<BlockHash> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_parse_as_index_of_count() {
+        assert_eq!(parse_shard("0/4"), Ok((0, 4)));
+        assert_eq!(parse_shard("3/4"), Ok((3, 4)));
+        assert_eq!(parse_shard("0/1"), Ok((0, 1)));
+        for bad in ["", "4/4", "1/0", "0/65537", "-1/4", "a/4", "1", "1/2/3"] {
+            assert!(parse_shard(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn block_keys_parse_back_and_nothing_else_does() {

@@ -204,6 +204,41 @@ pub async fn run_pass(
     Ok(report)
 }
 
+impl LifecycleReport {
+    /// The report of a pass run as shards, from each shard's report (`None` when one is
+    /// missing: a partial sum would under-report the pass). Only shard 0 runs the namespace
+    /// phases, so their counts add up without double counting.
+    pub fn of_shards(shards: impl IntoIterator<Item = Option<LifecycleReport>>) -> Option<LifecycleReport> {
+        let mut total: Option<LifecycleReport> = None;
+        for shard in shards {
+            let shard = shard?;
+            let Some(sum) = total.as_mut() else {
+                let mut first = shard;
+                first.blocks.shard = None;
+                total = Some(first);
+                continue;
+            };
+            sum.dry_run |= shard.dry_run;
+            for (total, part) in [
+                (&mut sum.expired, shard.expired),
+                (&mut sum.purged_entries, shard.purged_entries),
+                (&mut sum.purged_history_rows, shard.purged_history_rows),
+                (&mut sum.purged_nodes, shard.purged_nodes),
+                (&mut sum.purged_workspaces, shard.purged_workspaces),
+                (&mut sum.snapshots_released, shard.snapshots_released),
+                (&mut sum.transitioned, shard.transitioned),
+                (&mut sum.transitioned_bytes, shard.transitioned_bytes),
+                (&mut sum.events_purged, shard.events_purged),
+            ] {
+                *total += part;
+            }
+            sum.blocks.add_shard(&shard.blocks);
+            sum.duration_ms = sum.duration_ms.max(shard.duration_ms);
+        }
+        total
+    }
+}
+
 impl WorkspaceScope {
     /// Whether the namespace phases touch workspace `name` of `kind`.
     pub fn selects(&self, name: &str, kind: WorkspaceKind) -> bool {
@@ -212,5 +247,55 @@ impl WorkspaceScope {
                 .names
                 .as_ref()
                 .is_none_or(|names| names.iter().any(|n| n == name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gc::PassReport;
+
+    fn shard(index: u32, purged_nodes: u64, deleted: u64, duration_ms: u64) -> LifecycleReport {
+        LifecycleReport {
+            pass_id: "nightly@1".into(),
+            purged_nodes,
+            blocks: PassReport {
+                pass_id: "nightly@1".into(),
+                shard: Some(format!("{index}-of-2")),
+                candidates: deleted + 1,
+                deleted,
+                deleted_bytes: deleted * 10,
+                sweep_ms: duration_ms / 2,
+                duration_ms,
+                ..PassReport::default()
+            },
+            duration_ms: duration_ms + 5,
+            ..LifecycleReport::default()
+        }
+    }
+
+    #[test]
+    fn the_report_of_a_sharded_pass_adds_counts_and_takes_the_slowest_shard() {
+        let sum = LifecycleReport::of_shards([Some(shard(0, 7, 3, 100)), Some(shard(1, 0, 4, 300))])
+            .expect("both shards reported");
+        assert_eq!(
+            (
+                sum.purged_nodes,
+                sum.blocks.candidates,
+                sum.blocks.deleted,
+                sum.blocks.deleted_bytes
+            ),
+            (7, 9, 7, 70)
+        );
+        assert_eq!(
+            (sum.blocks.sweep_ms, sum.blocks.duration_ms, sum.duration_ms),
+            (150, 300, 305)
+        );
+        assert_eq!((sum.blocks.shard, sum.pass_id.as_str()), (None, "nightly@1"));
+        assert_eq!(
+            LifecycleReport::of_shards([Some(shard(0, 7, 3, 100)), None]),
+            None
+        );
+        assert_eq!(LifecycleReport::of_shards([]), None);
     }
 }

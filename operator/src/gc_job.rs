@@ -73,6 +73,10 @@ pub struct GcPassArgs {
     /// Pause while metadata transactions take longer than this many milliseconds.
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u32).range(1..=600_000))]
     pub backoff_latency_ms: u32,
+    /// Run shard I (from 0) of N of the pass: its blocks split by hash range, one Job per
+    /// shard, all with the same pass id; shard 0 also runs the namespace phases.
+    #[arg(long, value_parser = drive::gc::parse_shard)]
+    pub shard: Option<(u32, u32)>,
     /// The policy's rules (its `spec.rules` as JSON); without it the pass only sweeps blocks.
     #[arg(long, value_parser = parse_rules, default_value = "{}")]
     pub rules: LifecycleRules,
@@ -184,15 +188,21 @@ pub async fn run_pass(args: &GcPassArgs) -> anyhow::Result<drive::lifecycle::Lif
 }
 
 impl GcPassArgs {
-    /// The arguments of pass `pass_id` of `policy` on the workspaces `scope`, from its spec as
-    /// it is now.
-    pub fn for_pass(policy: &LifecyclePolicy, pass_id: &str, scope: &PassScope) -> GcPassArgs {
+    /// The arguments of pass `pass_id` (or of its shard `shard`) of `policy` on the workspaces
+    /// `scope`, from its spec as it is now.
+    pub fn for_pass(
+        policy: &LifecyclePolicy,
+        pass_id: &str,
+        shard: Option<(u32, u32)>,
+        scope: &PassScope,
+    ) -> GcPassArgs {
         GcPassArgs {
             policy: policy.metadata.name.clone().unwrap_or_default(),
             pass_id: pass_id.to_string(),
             dry_run: policy.spec.dry_run,
             deletes_per_second: policy.spec.throttle.deletes_per_second,
             backoff_latency_ms: policy.spec.throttle.backoff_latency_ms,
+            shard,
             rules: policy.spec.rules.clone(),
             scope: scope.clone(),
             storage: GcStorage::default(),
@@ -211,6 +221,7 @@ impl GcPassArgs {
         blocks.deletes_per_second = self.deletes_per_second;
         blocks.grace = std::time::Duration::from_secs(self.storage.grace_seconds);
         blocks.backoff_latency = std::time::Duration::from_millis(u64::from(self.backoff_latency_ms));
+        blocks.shard = self.shard;
         let rules = &self.rules;
         let whole_workspaces = rules.purge_deleted_after_days.map(|days| RetentionClass {
             kinds: kinds(&self.scope.kinds),
@@ -269,6 +280,10 @@ impl GcPassArgs {
             "--rules".to_string(),
             serde_json::to_string(&self.rules).unwrap_or_else(|_| "{}".to_string()),
         ]);
+        if let Some((index, count)) = self.shard {
+            args.push("--shard".to_string());
+            args.push(format!("{index}/{count}"));
+        }
         if let Some(names) = &self.scope.workspaces {
             // A bare `--workspaces` is the empty list: the selector matched no workspace.
             args.push("--workspaces".to_string());
@@ -291,10 +306,12 @@ impl GcPassArgs {
     }
 }
 
-/// The Job for pass `pass_id` of `policy` on the workspaces `scope`.
+/// The Job `job_name` for pass `pass_id` (or its shard `shard`) of `policy` on the workspaces
+/// `scope`.
 pub fn build_job(
     policy: &LifecyclePolicy,
     pass_id: &str,
+    shard: Option<(u32, u32)>,
     job_name: &str,
     scope: &PassScope,
     settings: &GcJobSettings,
@@ -336,7 +353,7 @@ pub fn build_job(
     let container = Container {
         name: "gc".into(),
         image: Some(settings.image.clone()),
-        args: Some(GcPassArgs::for_pass(policy, pass_id, scope).to_args()),
+        args: Some(GcPassArgs::for_pass(policy, pass_id, shard, scope).to_args()),
         env,
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),

@@ -25,7 +25,7 @@ use operator::crd::{
 use operator::gc_job::{GcJobSettings, GcPassArgs, PASS_ID_ANNOTATION, PassScope, build_job};
 use operator::plan::lifecycle::{
     Input, JobObservation, MAX_SCOPE_NAMES, Observed, Op, WorkspaceInfo, job_name, needs_workspace_list,
-    pass_id, plan, resolve_scope,
+    pass_id, plan, resolve_scope, shard_jobs,
 };
 use operator::reconcile::lifecycle::observe_job;
 use operator::reconcile::{Context, LifecyclePolicies, reconcile};
@@ -71,6 +71,7 @@ fn running(scheduled: i64, started: i64) -> LastRun {
     LastRun {
         pass_id: pass_id("nightly", at(scheduled)),
         job_name: job_name("nightly", at(scheduled)),
+        shards: 1,
         scheduled_time: Time(at(scheduled)),
         start_time: Time(at(started)),
         completion_time: None,
@@ -86,13 +87,22 @@ fn with_last_run(mut p: LifecyclePolicy, run: LastRun) -> LifecyclePolicy {
     p
 }
 
+/// The Job of the pass scheduled at the first run, as observed.
 fn job(succeeded: bool, failed: bool, completed: Option<i64>) -> Observed {
+    job_of(FIRST_RUN, succeeded, failed, completed)
+}
+
+/// The Job of the pass scheduled at `scheduled`, as observed.
+fn job_of(scheduled: i64, succeeded: bool, failed: bool, completed: Option<i64>) -> Observed {
     Observed {
-        job: Some(JobObservation {
-            succeeded,
-            failed,
-            completion_time: completed.map(at),
-        }),
+        jobs: vec![(
+            job_name("nightly", at(scheduled)),
+            Some(JobObservation {
+                succeeded,
+                failed,
+                completion_time: completed.map(at),
+            }),
+        )],
         report: None,
     }
 }
@@ -142,6 +152,7 @@ fn a_due_run_starts_one_pass_with_a_deterministic_job_name_and_pass_id() {
             pass_id: "nightly@10800".into(),
             job_name: "sdgc-nightly-10800".into(),
             scheduled: at(FIRST_RUN),
+            shards: 1,
         }]
     );
     let run = plan.status.last_run.clone().expect("lastRun");
@@ -275,7 +286,7 @@ fn a_failed_or_vanished_job_marks_the_pass_failed_degraded_with_last_error() {
     p.status = Some(next.status.clone());
     let succeeded = plan(
         &input(&p),
-        &job(true, false, Some(DAY + FIRST_RUN + 50)),
+        &job_of(DAY + FIRST_RUN, true, false, Some(DAY + FIRST_RUN + 50)),
         at(DAY + FIRST_RUN + 60),
     );
     assert_eq!(succeeded.status.last_error, None);
@@ -462,10 +473,12 @@ fn the_gc_job_runs_the_pass_with_dry_run_and_throttle_as_arguments() {
     p.spec.throttle = Throttle {
         deletes_per_second: 200,
         backoff_latency_ms: 750,
+        parallelism: 1,
     };
     let job = build_job(
         &p,
         "scratch.nightly@9000",
+        None,
         "sdgc-scratch-nightly-9000",
         &PassScope::default(),
         &settings(),
@@ -564,6 +577,7 @@ fn a_real_pass_has_no_dry_run_flag_and_the_default_throttle() {
     let job = build_job(
         &p,
         "nightly@10800",
+        None,
         "sdgc-nightly-10800",
         &PassScope::default(),
         &plain,
@@ -596,10 +610,12 @@ fn the_job_arguments_parse_back_into_the_gc_subcommand() {
         p.spec.throttle = Throttle {
             deletes_per_second: 1,
             backoff_latency_ms: 600_000,
+            parallelism: 1,
         };
         let job = build_job(
             &p,
             "nightly@10800",
+            None,
             "sdgc-nightly-10800",
             &PassScope::default(),
             &settings(),
@@ -607,7 +623,7 @@ fn the_job_arguments_parse_back_into_the_gc_subcommand() {
         let parsed = parse_job_args(job);
         assert_eq!(
             parsed,
-            GcPassArgs::for_pass(&p, "nightly@10800", &PassScope::default())
+            GcPassArgs::for_pass(&p, "nightly@10800", None, &PassScope::default())
         );
         assert_eq!(parsed.dry_run, dry_run);
     }
@@ -682,9 +698,16 @@ fn the_job_arguments_carry_the_rules_and_the_resolved_workspaces_and_parse_back(
         },
     ];
     for scope in scopes {
-        let job = build_job(&p, "nightly@10800", "sdgc-nightly-10800", &scope, &settings());
+        let job = build_job(
+            &p,
+            "nightly@10800",
+            None,
+            "sdgc-nightly-10800",
+            &scope,
+            &settings(),
+        );
         let parsed = parse_job_args(job);
-        assert_eq!(parsed, GcPassArgs::for_pass(&p, "nightly@10800", &scope));
+        assert_eq!(parsed, GcPassArgs::for_pass(&p, "nightly@10800", None, &scope));
         assert_eq!(parsed.rules, full_rules());
         assert_eq!(parsed.scope, scope);
     }
@@ -692,7 +715,7 @@ fn the_job_arguments_carry_the_rules_and_the_resolved_workspaces_and_parse_back(
         workspaces: Some(vec!["comp.shot010".into(), "comp.shot020".into()]),
         kinds: vec![WorkspaceKind::Team, WorkspaceKind::User],
     };
-    let args = GcPassArgs::for_pass(&p, "nightly@10800", &named).to_args();
+    let args = GcPassArgs::for_pass(&p, "nightly@10800", None, &named).to_args();
     assert_eq!(
         args[args.len() - 4..],
         [
@@ -730,7 +753,7 @@ fn the_rules_map_to_the_engine_options_of_the_pass() {
         workspaces: Some(vec!["comp.shot010".into()]),
         kinds: vec![WorkspaceKind::Team, WorkspaceKind::User],
     };
-    let opts = GcPassArgs::for_pass(&p, "nightly@10800", &scope).lifecycle_options();
+    let opts = GcPassArgs::for_pass(&p, "nightly@10800", None, &scope).lifecycle_options();
     assert_eq!(opts.blocks.pass_id, "nightly@10800");
     assert!(opts.blocks.dry_run);
     assert_eq!(opts.blocks.deletes_per_second, 42);
@@ -791,7 +814,7 @@ fn the_rules_map_to_the_engine_options_of_the_pass() {
 
     // Without rules: the block sweep alone, on every workspace.
     p.spec.rules = LifecycleRules::default();
-    let opts = GcPassArgs::for_pass(&p, "nightly@10800", &PassScope::default()).lifecycle_options();
+    let opts = GcPassArgs::for_pass(&p, "nightly@10800", None, &PassScope::default()).lifecycle_options();
     assert!(opts.retention.is_empty() && opts.expire.is_none() && opts.transition.is_none());
     assert_eq!(opts.snapshots, Snapshots::default());
     assert_eq!(opts.scope, drive::lifecycle::WorkspaceScope::default());
@@ -1231,7 +1254,8 @@ async fn a_scheduled_policy_gets_one_job_per_pass_then_the_reports_counts_and_an
 
     // 3. The Job completed and the pass stored its report: the counts reach status and an
     // event, and still no Job is written.
-    ctx.store.set_pass_report(report("nightly@900", false));
+    ctx.store
+        .set_pass_report("nightly@900", report("nightly@900", false));
     let completed = JobStatus {
         succeeded: Some(1),
         completion_time: Some(Time(at(990))),
@@ -1454,7 +1478,263 @@ proptest! {
         p.spec.rules = rules;
         p.spec.dry_run = dry_run;
         let scope = PassScope { workspaces: names, kinds };
-        let job = build_job(&p, "nightly@10800", "sdgc-nightly-10800", &scope, &settings());
-        prop_assert_eq!(parse_job_args(job), GcPassArgs::for_pass(&p, "nightly@10800", &scope));
+        let job = build_job(&p, "nightly@10800", None, "sdgc-nightly-10800", &scope, &settings());
+        prop_assert_eq!(parse_job_args(job), GcPassArgs::for_pass(&p, "nightly@10800", None, &scope));
     }
+}
+
+// ---- parallelism: a pass as N Jobs, one per shard ----
+
+fn parallel(shards: u32) -> LifecyclePolicy {
+    let mut p = policy("nightly", "0 3 * * *");
+    p.spec.throttle.parallelism = shards;
+    p
+}
+
+/// The three shard Jobs of the first run, as observed: `None` for a missing one.
+fn shard_states(states: [Option<(bool, bool, Option<i64>)>; 3]) -> Observed {
+    let names = shard_jobs(&job_name("nightly", at(FIRST_RUN)), 3);
+    Observed {
+        jobs: names
+            .into_iter()
+            .zip(states)
+            .map(|((name, _), state)| {
+                let job = state.map(|(succeeded, failed, completed)| JobObservation {
+                    succeeded,
+                    failed,
+                    completion_time: completed.map(at),
+                });
+                (name, job)
+            })
+            .collect(),
+        report: None,
+    }
+}
+
+#[test]
+fn a_parallel_pass_starts_one_job_per_shard_and_ends_when_all_have_ended() {
+    let p = parallel(3);
+    let started = plan_at(&p, FIRST_RUN + 60);
+    assert_eq!(
+        started.ops,
+        [Op::StartPass {
+            pass_id: "nightly@10800".into(),
+            job_name: "sdgc-nightly-10800".into(),
+            scheduled: at(FIRST_RUN),
+            shards: 3,
+        }]
+    );
+    let run = started.status.last_run.clone().expect("lastRun");
+    assert_eq!(run.shards, 3);
+    assert!(
+        started.events[0].note.contains("as 3 Jobs"),
+        "{}",
+        started.events[0].note
+    );
+    let p = with_last_run(p, run);
+
+    let done = Some((true, false, Some(FIRST_RUN + 100)));
+    let running = Some((false, false, None));
+    let still = plan(
+        &input(&p),
+        &shard_states([done, running, done]),
+        at(FIRST_RUN + 200),
+    );
+    assert_eq!(
+        still.status.phase,
+        Some(PolicyPhase::Running),
+        "one shard still runs"
+    );
+    assert!(still.events.is_empty());
+
+    let all = plan(
+        &input(&p),
+        &shard_states([done, Some((true, false, Some(FIRST_RUN + 400))), done]),
+        at(FIRST_RUN + 500),
+    );
+    let run = all.status.last_run.clone().expect("lastRun");
+    assert_eq!(
+        (run.result, run.completion_time),
+        (PassResult::Succeeded, Some(Time(at(FIRST_RUN + 400)))),
+        "the pass ends with its last shard"
+    );
+
+    // A failed or vanished shard fails the pass, and lastError names that shard's Job.
+    let failed = plan(
+        &input(&p),
+        &shard_states([done, Some((false, true, Some(FIRST_RUN + 300))), running]),
+        at(FIRST_RUN + 500),
+    );
+    let error = failed.status.last_error.clone().expect("lastError");
+    assert!(error.contains("its Job sdgc-nightly-10800-1 gave up"), "{error}");
+    assert_eq!(failed.status.last_run.map(|r| r.result), Some(PassResult::Failed));
+    let vanished = plan(&input(&p), &shard_states([done, done, None]), at(FIRST_RUN + 500));
+    let error = vanished.status.last_error.clone().expect("lastError");
+    assert!(
+        error.contains("its Job sdgc-nightly-10800-2 disappeared"),
+        "{error}"
+    );
+    // Observing only the unsharded name is no observation of the shards.
+    let unsharded = plan(
+        &input(&p),
+        &job(true, false, Some(FIRST_RUN + 100)),
+        at(FIRST_RUN + 500),
+    );
+    assert!(
+        unsharded
+            .status
+            .last_error
+            .is_some_and(|e| e.contains("sdgc-nightly-10800-0 disappeared")),
+        "a shard Job that is not there is not taken as succeeded"
+    );
+}
+
+#[test]
+fn shard_job_names_are_dns_labels_and_each_job_runs_its_shard() {
+    let long = "a".repeat(253);
+    let stem = job_name(&long, at(4_102_444_800));
+    let jobs = shard_jobs(&stem, 64);
+    assert_eq!(jobs.len(), 64);
+    for (i, (name, shard)) in jobs.iter().enumerate() {
+        assert!(name.len() <= 63, "{name}");
+        assert_eq!(*shard, Some((i as u32, 64)));
+    }
+    assert_eq!(shard_jobs("sdgc-x-1", 1), [("sdgc-x-1".to_string(), None)]);
+
+    let p = parallel(4);
+    let job = build_job(
+        &p,
+        "nightly@10800",
+        Some((2, 4)),
+        "sdgc-nightly-10800-2",
+        &PassScope::default(),
+        &settings(),
+    );
+    let parsed = parse_job_args(job);
+    assert_eq!(parsed.shard, Some((2, 4)));
+    assert_eq!(
+        parsed,
+        GcPassArgs::for_pass(&p, "nightly@10800", Some((2, 4)), &PassScope::default())
+    );
+    let blocks = parsed.lifecycle_options().blocks;
+    assert_eq!((blocks.shard, blocks.deletes_per_second), (Some((2, 4)), 500));
+    assert_eq!(drive::gc::pass_row_id(&blocks), "nightly@10800/2-of-4");
+    let unsharded = build_job(
+        &p,
+        "nightly@10800",
+        None,
+        "sdgc-nightly-10800",
+        &PassScope::default(),
+        &settings(),
+    );
+    assert_eq!(parse_job_args(unsharded).shard, None);
+}
+
+#[tokio::test]
+async fn a_parallel_policy_gets_a_job_per_shard_and_status_sums_the_shards_reports() {
+    let (ctx, mut handle) = context();
+    let mut p = policy("nightly", "*/15 * * * *");
+    p.spec.throttle.parallelism = 2;
+    let reply = serde_json::to_value(&p).expect("json");
+    let (result, first) = serve(
+        &mut handle,
+        reconcile::<LifecyclePolicies, _>(Arc::new(p.clone()), ctx.clone()),
+        |r| answer(r, &gc_job("sdgc-nightly-900-0", None), &reply),
+    )
+    .await;
+    result.expect("reconcile");
+    let created: Vec<(String, Vec<String>)> = first
+        .iter()
+        .filter(|r| is_job_write(r))
+        .map(|r| {
+            let args = r.body["spec"]["template"]["spec"]["containers"][0]["args"]
+                .as_array()
+                .expect("args")
+                .iter()
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect();
+            (
+                r.body["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                args,
+            )
+        })
+        .collect();
+    assert_eq!(created.len(), 2, "{first:?}");
+    for (i, (name, args)) in created.iter().enumerate() {
+        assert_eq!(name, &format!("sdgc-nightly-900-{i}"));
+        let shard = args
+            .iter()
+            .position(|a| a == "--shard")
+            .map(|k| args[k + 1].as_str());
+        assert_eq!(shard, Some(format!("{i}/2").as_str()), "{args:?}");
+        assert!(
+            args.windows(2).any(|w| w == ["--pass-id", "nightly@900"]),
+            "{args:?}"
+        );
+    }
+    let status = sent_status(&first).expect("status written");
+    assert_eq!(status.last_run.as_ref().map(|r| r.shards), Some(2));
+    p.status = Some(status);
+
+    // Both Jobs completed; each shard stored its report under its own row.
+    let mut zero = report("nightly@900", false);
+    zero.blocks.shard = Some("0-of-2".into());
+    let mut one = LifecycleReport {
+        pass_id: "nightly@900".into(),
+        blocks: PassReport {
+            pass_id: "nightly@900".into(),
+            shard: Some("1-of-2".into()),
+            candidates: 8,
+            deleted: 7,
+            deleted_bytes: 7_000,
+            ..PassReport::default()
+        },
+        ..LifecycleReport::default()
+    };
+    one.duration_ms = 40;
+    ctx.store.set_pass_report("nightly@900/0-of-2", zero);
+    ctx.store.set_pass_report("nightly@900/1-of-2", one);
+    let completed = gc_job(
+        "any",
+        Some(JobStatus {
+            succeeded: Some(1),
+            completion_time: Some(Time(at(990))),
+            ..JobStatus::default()
+        }),
+    );
+    let reply = serde_json::to_value(&p).expect("json");
+    let (result, second) = serve(
+        &mut handle,
+        reconcile::<LifecyclePolicies, _>(Arc::new(p.clone()), ctx.clone()),
+        |r| answer(r, &completed, &reply),
+    )
+    .await;
+    result.expect("reconcile");
+    let looked_at: Vec<&str> = second
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.starts_with(JOBS))
+        .map(|r| r.path.as_str())
+        .collect();
+    assert_eq!(
+        looked_at,
+        [
+            format!("{JOBS}/sdgc-nightly-900-0").as_str(),
+            format!("{JOBS}/sdgc-nightly-900-1").as_str()
+        ]
+    );
+    let status = sent_status(&second).expect("status written");
+    let counts = status.last_result.expect("lastResult");
+    assert_eq!(
+        (
+            counts.scanned,
+            counts.objects_freed,
+            counts.bytes_freed,
+            counts.purged
+        ),
+        (12 + 8, 13 + 7, 11_000 + 7_000, 41),
+        "the shards' counts add up; the namespace phases ran once, in shard 0"
+    );
 }

@@ -145,24 +145,12 @@ pub struct GcArgs {
     pub backoff_latency_ms: u64,
     /// Run shard I (from 0) of N: the pass's blocks split by hash range, one process per
     /// shard, all with the same pass id (`0/4` .. `3/4`).
-    #[arg(long, value_parser = parse_shard)]
+    #[arg(long, value_parser = drive::gc::parse_shard)]
     pub shard: Option<(u32, u32)>,
     /// Also write the pass's metrics (`studiodrive_gc_*`) to this file in the Prometheus text
     /// format (for node_exporter's textfile collector).
     #[arg(long)]
     pub metrics_file: Option<std::path::PathBuf>,
-}
-
-/// `I/N`: shard I (from 0) of N.
-pub fn parse_shard(text: &str) -> Result<(u32, u32), String> {
-    let bad = || format!("{text:?} is not a shard such as 0/4 (I/N with I < N <= 65536)");
-    let (index, count) = text.split_once('/').ok_or_else(bad)?;
-    let (index, count): (u32, u32) = (
-        index.parse().map_err(|_| bad())?,
-        count.parse().map_err(|_| bad())?,
-    );
-    drive::gc::shard_range(index, count).ok_or_else(bad)?;
-    Ok((index, count))
 }
 
 /// `90s`, `90m`, `12h`, `7d` (a number and a unit).
@@ -229,7 +217,7 @@ pub async fn gc(args: GcArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_duration, parse_shard};
+    use super::parse_duration;
     use std::time::Duration;
 
     #[test]
@@ -239,16 +227,6 @@ mod tests {
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         for bad in ["", "h", "7", "7w", "-1h", "1.5h", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn shards_parse_as_index_of_count() {
-        assert_eq!(parse_shard("0/4"), Ok((0, 4)));
-        assert_eq!(parse_shard("3/4"), Ok((3, 4)));
-        assert_eq!(parse_shard("0/1"), Ok((0, 1)));
-        for bad in ["", "4/4", "1/0", "0/65537", "-1/4", "a/4", "1", "1/2/3"] {
-            assert!(parse_shard(bad).is_err(), "{bad}");
         }
     }
 }

@@ -197,6 +197,11 @@ pub struct Throttle {
     #[serde(default = "default_backoff_latency_ms")]
     #[schemars(range(min = 1, max = 600_000))]
     pub backoff_latency_ms: u32,
+    /// Jobs a pass runs as: the blocks are split into this many shards by hash range, one Job
+    /// each, sharing `deletesPerSecond` (each takes its share).
+    #[serde(default = "default_parallelism")]
+    #[schemars(range(min = 1, max = 64))]
+    pub parallelism: u32,
 }
 
 impl Default for Throttle {
@@ -204,8 +209,17 @@ impl Default for Throttle {
         Throttle {
             deletes_per_second: default_deletes_per_second(),
             backoff_latency_ms: default_backoff_latency_ms(),
+            parallelism: default_parallelism(),
         }
     }
+}
+
+fn default_parallelism() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 fn default_deletes_per_second() -> u32 {
@@ -262,8 +276,13 @@ pub enum PolicyPhase {
 pub struct LastRun {
     /// The pass id (re-running the same id resumes the pass).
     pub pass_id: String,
-    /// The Job running the pass.
+    /// The Job running the pass; of a pass run as shards, the stem of its Jobs' names
+    /// (`<jobName>-<shard>`).
     pub job_name: String,
+    /// How many Jobs (shards) run the pass.
+    #[serde(default = "default_parallelism", skip_serializing_if = "is_one")]
+    #[schemars(range(min = 1, max = 64))]
+    pub shards: u32,
     /// The scheduled time the pass is for.
     pub scheduled_time: Time,
     /// When the Job was created.

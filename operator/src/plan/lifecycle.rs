@@ -52,11 +52,12 @@ pub struct JobObservation {
     pub completion_time: Option<Timestamp>,
 }
 
-/// Observed state: the last pass's Job (`None` when it does not exist) and, once that Job
-/// succeeded, the report its pass stored (`None` when there is none).
+/// Observed state: the last pass's Jobs, one per shard, by name (`None` when it does not
+/// exist) and, once they all succeeded, the report the pass stored (of a sharded pass, the
+/// sum of its shards' reports; `None` when one is missing).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
-    pub job: Option<JobObservation>,
+    pub jobs: Vec<(String, Option<JobObservation>)>,
     pub report: Option<LifecycleReport>,
 }
 
@@ -64,11 +65,68 @@ pub struct Observed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// Create the GC Job for a pass.
+    /// Create the GC Jobs for a pass, one per shard (see [`shard_jobs`]).
     StartPass {
         pass_id: String,
         job_name: String,
         scheduled: Timestamp,
+        shards: u32,
     },
+}
+
+/// The Jobs of a pass run as `shards` shards, with the shard each runs: the Job `job_name`
+/// alone (unsharded) for one, else `<job_name>-<index>` for each (still a DNS label: a job
+/// name is at most 56 characters, a shard suffix at most 3).
+pub fn shard_jobs(job_name: &str, shards: u32) -> Vec<(String, Option<(u32, u32)>)> {
+    if shards <= 1 {
+        return vec![(job_name.to_string(), None)];
+    }
+    (0..shards)
+        .map(|index| (format!("{job_name}-{index}"), Some((index, shards))))
+        .collect()
+}
+
+/// How the Jobs of a pass stand, together: failed when any failed or vanished, succeeded
+/// when all succeeded.
+enum PassJobs {
+    Running,
+    Succeeded {
+        completed: Option<Timestamp>,
+    },
+    Failed {
+        job: String,
+        completed: Option<Timestamp>,
+    },
+    Vanished {
+        job: String,
+    },
+}
+
+/// How the Jobs of `run` stand; a Job missing from `observed` has vanished.
+fn pass_jobs(run: &LastRun, observed: &[(String, Option<JobObservation>)]) -> PassJobs {
+    let mut jobs = Vec::new();
+    for (name, _) in shard_jobs(&run.job_name, run.shards) {
+        match observed
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, j)| j.as_ref())
+        {
+            Some(job) => jobs.push((name, job)),
+            None => return PassJobs::Vanished { job: name },
+        }
+    }
+    if let Some((job, j)) = jobs.iter().find(|(_, j)| j.failed) {
+        return PassJobs::Failed {
+            job: job.clone(),
+            completed: j.completion_time,
+        };
+    }
+    if jobs.iter().all(|(_, j)| j.succeeded) {
+        return PassJobs::Succeeded {
+            completed: jobs.iter().filter_map(|(_, j)| j.completion_time).max(),
+        };
+    }
+    PassJobs::Running
 }
 
 /// Parses a five-field cron expression (minute hour day-of-month month day-of-week), UTC.
@@ -152,10 +210,10 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
     let mut last_result = previous.last_result.clone();
     let mut last_error = previous.last_error.clone();
     if let Some(run) = last.as_mut().filter(|r| r.result == PassResult::Running) {
-        let failure = match &observed.job {
-            Some(job) if job.succeeded => {
+        let failure = match pass_jobs(run, &observed.jobs) {
+            PassJobs::Succeeded { completed } => {
                 run.result = PassResult::Succeeded;
-                run.completion_time = Some(Time(job.completion_time.unwrap_or(now)));
+                run.completion_time = Some(Time(completed.unwrap_or(now)));
                 last_error = None;
                 let note = match &observed.report {
                     Some(report) => {
@@ -172,21 +230,21 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
                 events.push(EventNote::normal("PassSucceeded", "Observe", note));
                 None
             }
-            Some(job) if job.failed => {
-                run.completion_time = Some(Time(job.completion_time.unwrap_or(now)));
+            PassJobs::Failed { job, completed } => {
+                run.completion_time = Some(Time(completed.unwrap_or(now)));
                 Some(format!(
-                    "GC pass {} failed: its Job {} gave up after its retries; the logs of its pods \
-                     say why (kubectl logs job/{} in the operator's namespace)",
-                    run.pass_id, run.job_name, run.job_name
+                    "GC pass {} failed: its Job {job} gave up after its retries; the logs of its pods \
+                     say why (kubectl logs job/{job} in the operator's namespace)",
+                    run.pass_id
                 ))
             }
-            Some(_) => None,
-            None => {
+            PassJobs::Running => None,
+            PassJobs::Vanished { job } => {
                 run.completion_time = Some(Time(now));
                 Some(format!(
-                    "GC pass {} failed: its Job {} disappeared before it finished (deleted by hand?); \
+                    "GC pass {} failed: its Job {job} disappeared before it finished (deleted by hand?); \
                      the next scheduled pass runs as usual",
-                    run.pass_id, run.job_name
+                    run.pass_id
                 ))
             }
         };
@@ -210,6 +268,7 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
         let run = LastRun {
             pass_id: pass_id(input.name, scheduled),
             job_name: job_name(input.name, scheduled),
+            shards: input.spec.throttle.parallelism.max(1),
             scheduled_time: Time(scheduled),
             start_time: Time(now),
             completion_time: None,
@@ -219,11 +278,15 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
             pass_id: run.pass_id.clone(),
             job_name: run.job_name.clone(),
             scheduled,
+            shards: run.shards,
         });
         events.push(EventNote::normal(
             "PassStarted",
             "StartPass",
-            format!("started GC pass {}", run.pass_id),
+            match run.shards {
+                1 => format!("started GC pass {}", run.pass_id),
+                n => format!("started GC pass {} as {n} Jobs, one per shard", run.pass_id),
+            },
         ));
         last = Some(run);
     }

@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use drive::lifecycle::LifecycleReport;
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -138,8 +139,8 @@ impl Kind for LifecyclePolicies {
         })
     }
 
-    /// Reads the Job of the last pass the status records and, when that Job just succeeded,
-    /// the report the pass stored.
+    /// Reads the Jobs of the last pass the status records and, when they all just succeeded,
+    /// the report the pass stored (of a sharded pass, its shards' reports added up).
     async fn observe<S: StudioStore>(
         &self,
         store: &S,
@@ -148,14 +149,26 @@ impl Kind for LifecyclePolicies {
         let Some(run) = input.status.and_then(|s| s.last_run.as_ref()) else {
             return Ok(Observed::default());
         };
-        let job = self.jobs.get_opt(&run.job_name).await?.as_ref().map(observe_job);
-        let finishing = run.result == PassResult::Running && job.as_ref().is_some_and(|j| j.succeeded);
-        let report = if finishing {
-            store.pass_report(&run.pass_id).await?
-        } else {
-            None
+        let mut jobs = Vec::new();
+        for (name, _) in planner::shard_jobs(&run.job_name, run.shards) {
+            let job = self.jobs.get_opt(&name).await?.as_ref().map(observe_job);
+            jobs.push((name, job));
+        }
+        let finishing = run.result == PassResult::Running
+            && jobs.iter().all(|(_, j)| j.as_ref().is_some_and(|j| j.succeeded));
+        let report = match (finishing, run.shards) {
+            (false, _) => None,
+            (true, 1) => store.pass_report(&run.pass_id).await?,
+            (true, shards) => {
+                let mut reports = Vec::new();
+                for index in 0..shards {
+                    let row = drive::gc::shard_row_id(&run.pass_id, index, shards);
+                    reports.push(store.pass_report(&row).await?);
+                }
+                LifecycleReport::of_shards(reports)
+            }
         };
-        Ok(Observed { job, report })
+        Ok(Observed { jobs, report })
     }
 
     fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, LifecyclePolicyStatus> {
@@ -173,16 +186,21 @@ impl Kind for LifecyclePolicies {
         };
         for op in ops {
             let Op::StartPass {
-                pass_id, job_name, ..
+                pass_id,
+                job_name,
+                shards,
+                ..
             } = op;
             let scope = self.scope().await?;
-            let job = build_job(&self.policy, pass_id, job_name, &scope, &self.settings);
-            match self.jobs.create(&params, &job).await {
-                Err(kube::Error::Api(status)) if status.is_already_exists() => {
-                    self.adopt(job_name, pass_id).await?;
-                }
-                result => {
-                    result?;
+            for (name, shard) in planner::shard_jobs(job_name, *shards) {
+                let job = build_job(&self.policy, pass_id, shard, &name, &scope, &self.settings);
+                match self.jobs.create(&params, &job).await {
+                    Err(kube::Error::Api(status)) if status.is_already_exists() => {
+                        self.adopt(&name, pass_id).await?;
+                    }
+                    result => {
+                        result?;
+                    }
                 }
             }
         }

@@ -67,9 +67,10 @@ impl MemoryStore {
         self.lock().wrapped_keys.get(name).cloned()
     }
 
-    /// Stores the report of a finished pass, as the pass's Job would.
-    pub fn set_pass_report(&self, report: LifecycleReport) {
-        self.lock().pass_reports.insert(report.pass_id.clone(), report);
+    /// Stores the report of a finished pass under its pass row (the pass id, or a shard's
+    /// row, `drive::gc::shard_row_id`), as the pass's Job would.
+    pub fn set_pass_report(&self, row: &str, report: LifecycleReport) {
+        self.lock().pass_reports.insert(row.to_string(), report);
     }
 
     /// A copy of the workspace `name`, if live.
