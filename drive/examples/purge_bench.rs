@@ -1,7 +1,8 @@
 //! Purge benchmark: how fast a lifecycle pass removes a deleted tree, and what a pass running
 //! at the same time costs a client that creates and looks up files (the online database must
 //! not suffer from clean-up). Prints figures and ratios against the same client without a
-//! pass, measured alternately in one run. Starts its own PostgreSQL (testkit).
+//! pass, measured alternately in one run (alone, during a full-speed pass, during a paced
+//! pass: the default `PurgePace`). Starts its own PostgreSQL (testkit).
 //!
 //!     cargo run --release -p drive --example purge_bench [-- --quick]
 
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use drive::data::{ChunkStore, MemoryChunkStore};
 use drive::gc::BlockPassOptions;
 use drive::lifecycle::{LifecycleOptions, run_pass};
+use drive::meta::PurgePace;
 use drive::model::*;
 use drive::rules::gc::RetentionClass;
 use drive::{MetaConfig, PgMetaStore};
@@ -24,12 +26,13 @@ fn name(s: &str) -> Name {
     Name::parse(s).expect("valid name")
 }
 
-/// A pass that purges everything deleted, at once.
-fn purge_now(id: &str) -> LifecycleOptions {
+/// A pass that purges everything deleted, at once, at `pace`.
+fn purge_now(id: &str, pace: PurgePace) -> LifecycleOptions {
     let mut blocks = BlockPassOptions::new(id);
     blocks.grace = Duration::ZERO;
     let mut opts = LifecycleOptions::blocks_only(blocks);
     opts.retention = vec![RetentionClass::days(0)];
+    opts.purge_pace = pace;
     opts
 }
 
@@ -100,42 +103,50 @@ async fn main() -> anyhow::Result<()> {
     let nodes = dirs * per_dir + dirs + 1;
     println!("# Studio Drive purge benchmark (PostgreSQL 15 on a Unix socket, this machine)");
 
-    // Purge throughput: a deleted tree of `nodes` nodes, removed by one pass.
-    deleted_tree(&store, &raw, &ws, "alone", dirs, per_dir).await?;
-    let start = Instant::now();
-    let report = run_pass(&store, objects.as_ref(), &purge_now("alone")).await?;
-    let took = start.elapsed();
-    println!(
-        "purge of a deleted tree of {nodes} nodes: {:.2} s, {:.0} nodes/s (report: {} entries, {} nodes)",
-        took.as_secs_f64(),
-        report.purged_nodes as f64 / took.as_secs_f64(),
-        report.purged_entries,
-        report.purged_nodes
-    );
+    // Purge throughput: a deleted tree of `nodes` nodes, removed by one pass at full speed and
+    // at the default pace.
+    for (label, pace) in [("full speed", PurgePace::FULL_SPEED), ("paced", PurgePace::default())] {
+        let tree = format!("alone-{}", label.replace(' ', "-"));
+        deleted_tree(&store, &raw, &ws, &tree, dirs, per_dir).await?;
+        let start = Instant::now();
+        let report = run_pass(&store, objects.as_ref(), &purge_now(&tree, pace)).await?;
+        let took = start.elapsed();
+        println!(
+            "purge of a deleted tree of {nodes} nodes, {label}: {:.2} s, {:.0} nodes/s (report: {} entries, {} nodes)",
+            took.as_secs_f64(),
+            report.purged_nodes as f64 / took.as_secs_f64(),
+            report.purged_entries,
+            report.purged_nodes
+        );
+    }
 
-    // A client's creates and lookups, alone (A) and while a pass purges a tree (B), A B A B.
+    // A client's creates and lookups alone (A), while a full-speed pass purges a tree (B) and
+    // while a paced one does (C): A B C A B C.
     println!("foreground: {ops} creates + {ops} lookups, 1 client");
     for round in 0..2 {
         let (alone, alone_p99) = foreground(&store, &ws, &format!("alone{round}"), ops).await?;
-        deleted_tree(&store, &raw, &ws, &format!("busy{round}"), dirs, per_dir).await?;
-        let pass = {
-            let (store, objects) = (store.clone(), objects.clone());
-            let id = format!("busy{round}");
-            tokio::spawn(async move { run_pass(&store, objects.as_ref(), &purge_now(&id)).await })
-        };
-        let started = Instant::now();
-        let (busy, busy_p99) = foreground(&store, &ws, &format!("busy-client{round}"), ops).await?;
-        let client_took = started.elapsed();
-        let purged = pass.await??;
-        let pass_took = started.elapsed();
-        println!(
-            "round {round}: alone {alone:.0} ops/s (p99 {alone_p99:.2} ms); during a pass {busy:.0} ops/s \
-             (p99 {busy_p99:.2} ms); ratio {:.2}; the pass purged {} nodes in {:.2} s, the client ran {:.2} s of it",
-            busy / alone,
-            purged.purged_nodes,
-            pass_took.as_secs_f64(),
-            client_took.as_secs_f64()
-        );
+        println!("round {round}: alone {alone:.0} ops/s (p99 {alone_p99:.2} ms)");
+        for (label, pace) in [("full speed", PurgePace::FULL_SPEED), ("paced", PurgePace::default())] {
+            let tag = format!("busy{round}-{}", label.replace(' ', "-"));
+            deleted_tree(&store, &raw, &ws, &tag, dirs, per_dir).await?;
+            let pass = {
+                let (store, objects, id) = (store.clone(), objects.clone(), tag.clone());
+                tokio::spawn(async move { run_pass(&store, objects.as_ref(), &purge_now(&id, pace)).await })
+            };
+            let started = Instant::now();
+            let (busy, busy_p99) = foreground(&store, &ws, &format!("{tag}-client"), ops).await?;
+            let client_took = started.elapsed();
+            let purged = pass.await??;
+            let pass_took = started.elapsed();
+            println!(
+                "round {round}: during a {label} pass {busy:.0} ops/s (p99 {busy_p99:.2} ms), ratio to alone {:.2}; \
+                 the pass purged {} nodes in {:.2} s, the client ran {:.2} s of it",
+                busy / alone,
+                purged.purged_nodes,
+                pass_took.as_secs_f64(),
+                client_took.as_secs_f64()
+            );
+        }
     }
     Ok(())
 }
