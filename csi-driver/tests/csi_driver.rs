@@ -46,7 +46,11 @@ async fn identity_and_capabilities() -> anyhow::Result<()> {
         .get_plugin_capabilities(csi::GetPluginCapabilitiesRequest {})
         .await?
         .into_inner();
-    assert_eq!(caps.capabilities.len(), 1, "the controller service is offered");
+    assert_eq!(
+        caps.capabilities.len(),
+        2,
+        "the controller service and online volume expansion are offered"
+    );
     let node = plugin
         .node()
         .node_get_info(csi::NodeGetInfoRequest {})
@@ -72,7 +76,7 @@ async fn identity_and_capabilities() -> anyhow::Result<()> {
         .controller()
         .controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {})
         .await?;
-    assert_eq!(ctl.into_inner().capabilities.len(), 4);
+    assert_eq!(ctl.into_inner().capabilities.len(), 6);
 
     // A node-only plugin offers no controller.
     let state2 = tempfile::tempdir()?;
@@ -290,6 +294,11 @@ async fn missing_arguments_and_unknown_ids() -> anyhow::Result<()> {
         ),
         Code::NotFound
     );
+    // A path no volume can be published at (csi-sanity sends "some/path") holds none.
+    assert_eq!(
+        code(node.node_get_volume_stats(stats("v", "some/path")).await),
+        Code::NotFound
+    );
 
     let cap = vec![mount_cap(Mode::SingleNodeWriter)];
     let cv = |name: &str, caps: Vec<VolumeCapability>| csi::CreateVolumeRequest {
@@ -306,9 +315,40 @@ async fn missing_arguments_and_unknown_ids() -> anyhow::Result<()> {
         Code::InvalidArgument
     );
     assert_eq!(
-        code(ctl.create_volume(cv("Bad Name", cap.clone())).await),
-        Code::InvalidArgument
+        code(ctl.create_volume(cv(&"n".repeat(254), cap.clone())).await),
+        Code::InvalidArgument,
+        "a name longer than 253 bytes"
     );
+    // Any other UTF-8 is a CSI name: stored under a safe folder name of its own, found again by
+    // its CSI name.
+    let mut folders = std::collections::BTreeSet::new();
+    for name in ["Mixed Name", "mixed-name", "Ünïcode/../x"] {
+        let made = ctl
+            .create_volume(cv(name, cap.clone()))
+            .await?
+            .into_inner()
+            .volume
+            .expect("volume");
+        assert_eq!(made.volume_id, name);
+        let path = made.volume_context.get("path").cloned().unwrap_or_default();
+        assert!(
+            path.strip_prefix("/volumes/")
+                .is_some_and(|f| !f.contains('/') && !f.contains(' ') && f.is_ascii()),
+            "{name} is the folder {path}"
+        );
+        folders.insert(path);
+        let again = ctl
+            .create_volume(cv(name, cap.clone()))
+            .await?
+            .into_inner()
+            .volume
+            .expect("volume");
+        assert_eq!(
+            again.volume_context, made.volume_context,
+            "idempotent by the CSI name"
+        );
+    }
+    assert_eq!(folders.len(), 3, "one folder per CSI name: {folders:?}");
     let mut other_params = cv("pvc-a", cap.clone());
     ctl.create_volume(other_params.clone()).await?;
     other_params
@@ -1247,9 +1287,173 @@ async fn workspace_volume_stats_are_its_quota_and_counters() -> anyhow::Result<(
         (64 << 20, 6000, (64 << 20) - 6000)
     );
     assert_eq!(find(csi::volume_usage::Unit::Inodes).1, 4);
+
+    // Expansion raises the quota while mounted; a smaller request shrinks nothing.
+    let expand = |bytes: i64| csi::ControllerExpandVolumeRequest {
+        volume_id: "pvc-ws".into(),
+        capacity_range: Some(csi::CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        }),
+        ..Default::default()
+    };
+    let grown = plugin
+        .controller()
+        .controller_expand_volume(expand(128 << 20))
+        .await?
+        .into_inner();
+    assert_eq!(
+        (grown.capacity_bytes, grown.node_expansion_required),
+        (128 << 20, false)
+    );
+    let kept = plugin
+        .controller()
+        .controller_expand_volume(expand(1 << 20))
+        .await?
+        .into_inner();
+    assert_eq!(kept.capacity_bytes, 128 << 20, "volumes never shrink");
+    let r = plugin
+        .node()
+        .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+            volume_id: "pvc-ws".into(),
+            volume_path: target.display().to_string(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let total = r
+        .usage
+        .iter()
+        .find(|u| u.unit == csi::volume_usage::Unit::Bytes as i32)
+        .map(|u| u.total);
+    assert_eq!(total, Some(128 << 20), "the mounted volume's quota grew");
+    assert_eq!(
+        code(
+            plugin
+                .controller()
+                .controller_expand_volume(csi::ControllerExpandVolumeRequest {
+                    volume_id: "pvc-never".into(),
+                    capacity_range: Some(csi::CapacityRange {
+                        required_bytes: 1,
+                        limit_bytes: 0
+                    }),
+                    ..Default::default()
+                })
+                .await
+        ),
+        Code::NotFound
+    );
     plugin
         .node()
         .node_unpublish_volume(unpublish_req("pvc-ws", &target))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clone_starts_with_its_source_content_then_goes_its_own_way() -> anyhow::Result<()> {
+    // A fresh store: volumes without parameters go to the default workspace, made on demand.
+    let storage = common::Storage::create().await?;
+    let state = tempfile::tempdir()?;
+    let pods = tempfile::tempdir()?;
+    let plugin = Plugin::start(&storage, state.path(), &[]).await?;
+    create_volume(&plugin, "pvc-src").await?;
+    let src = pods.path().join("src");
+    plugin
+        .node()
+        .node_publish_volume(publish_req("pvc-src", &src, &[]))
+        .await?;
+    let plate: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(src.join("plate.dpx"), &plate)?;
+    plugin
+        .node()
+        .node_unpublish_volume(unpublish_req("pvc-src", &src))
+        .await?;
+
+    let clone = csi::CreateVolumeRequest {
+        name: "pvc-clone".into(),
+        volume_capabilities: vec![mount_cap(Mode::MultiNodeMultiWriter)],
+        volume_content_source: Some(csi::VolumeContentSource {
+            r#type: Some(csi::volume_content_source::Type::Volume(
+                csi::volume_content_source::VolumeSource {
+                    volume_id: "pvc-src".into(),
+                },
+            )),
+        }),
+        ..Default::default()
+    };
+    let made = plugin
+        .controller()
+        .create_volume(clone.clone())
+        .await?
+        .into_inner()
+        .volume
+        .expect("volume");
+    assert!(matches!(
+        made.content_source.and_then(|s| s.r#type),
+        Some(csi::volume_content_source::Type::Volume(v)) if v.volume_id == "pvc-src"
+    ));
+    let again = plugin
+        .controller()
+        .create_volume(clone.clone())
+        .await?
+        .into_inner()
+        .volume
+        .expect("volume");
+    assert_eq!(
+        again.volume_context, made.volume_context,
+        "a repeated clone request is the same volume"
+    );
+    let mut other = clone.clone();
+    other.volume_content_source = None;
+    assert_eq!(
+        code(plugin.controller().create_volume(other).await),
+        Code::AlreadyExists,
+        "the same name without the source is another request"
+    );
+    let mut missing = clone.clone();
+    missing.name = "pvc-clone-2".into();
+    missing.volume_content_source = Some(csi::VolumeContentSource {
+        r#type: Some(csi::volume_content_source::Type::Volume(
+            csi::volume_content_source::VolumeSource {
+                volume_id: "pvc-gone".into(),
+            },
+        )),
+    });
+    assert_eq!(
+        code(plugin.controller().create_volume(missing).await),
+        Code::NotFound
+    );
+
+    let cloned = pods.path().join("clone");
+    plugin
+        .node()
+        .node_publish_volume(publish_req("pvc-clone", &cloned, &[]))
+        .await?;
+    assert_eq!(
+        std::fs::read(cloned.join("plate.dpx"))?,
+        plate,
+        "the clone reads the source's bytes"
+    );
+    std::fs::write(cloned.join("plate.dpx"), b"regraded")?;
+    std::fs::write(cloned.join("new.exr"), b"new")?;
+    plugin
+        .node()
+        .node_unpublish_volume(unpublish_req("pvc-clone", &cloned))
+        .await?;
+    plugin
+        .node()
+        .node_publish_volume(publish_req("pvc-src", &src, &[]))
+        .await?;
+    assert_eq!(
+        std::fs::read(src.join("plate.dpx"))?,
+        plate,
+        "the source is untouched"
+    );
+    assert!(!src.join("new.exr").exists());
+    plugin
+        .node()
+        .node_unpublish_volume(unpublish_req("pvc-src", &src))
         .await?;
     Ok(())
 }

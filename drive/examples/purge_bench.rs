@@ -105,7 +105,10 @@ async fn main() -> anyhow::Result<()> {
 
     // Purge throughput: a deleted tree of `nodes` nodes, removed by one pass at full speed and
     // at the default pace.
-    for (label, pace) in [("full speed", PurgePace::FULL_SPEED), ("paced", PurgePace::default())] {
+    for (label, pace) in [
+        ("full speed", PurgePace::FULL_SPEED),
+        ("paced", PurgePace::default()),
+    ] {
         let tree = format!("alone-{}", label.replace(' ', "-"));
         deleted_tree(&store, &raw, &ws, &tree, dirs, per_dir).await?;
         let start = Instant::now();
@@ -126,7 +129,10 @@ async fn main() -> anyhow::Result<()> {
     for round in 0..2 {
         let (alone, alone_p99) = foreground(&store, &ws, &format!("alone{round}"), ops).await?;
         println!("round {round}: alone {alone:.0} ops/s (p99 {alone_p99:.2} ms)");
-        for (label, pace) in [("full speed", PurgePace::FULL_SPEED), ("paced", PurgePace::default())] {
+        for (label, pace) in [
+            ("full speed", PurgePace::FULL_SPEED),
+            ("paced", PurgePace::default()),
+        ] {
             let tag = format!("busy{round}-{}", label.replace(' ', "-"));
             deleted_tree(&store, &raw, &ws, &tag, dirs, per_dir).await?;
             let pass = {

@@ -152,7 +152,13 @@ pub struct ProvisionParameters {
     /// Our parameters and the claim's namespace (Kubernetes' other "csi.storage.k8s.io/..."
     /// keys are left out), as stored with the volume and compared when a request is repeated.
     pub recorded: BTreeMap<String, String>,
+    /// Folder volumes go to the default workspace (no `workspace` parameter): the controller
+    /// creates it when missing, so a StorageClass without parameters works on a fresh store.
+    pub default_workspace: bool,
 }
+
+/// The workspace folder volumes go to when the StorageClass names none.
+pub const DEFAULT_VOLUME_WORKSPACE: &str = "default";
 
 impl ProvisionParameters {
     pub fn parse(params: &HashMap<String, String>) -> Result<ProvisionParameters, Status> {
@@ -173,7 +179,9 @@ impl ProvisionParameters {
         let get = |k: &str| recorded.get(k).map(String::as_str);
         let placement = match get(PARAM_PLACEMENT).unwrap_or("folder") {
             "folder" => {
-                let workspace = get(PARAM_WORKSPACE).unwrap_or("default").to_string();
+                let workspace = get(PARAM_WORKSPACE)
+                    .unwrap_or(DEFAULT_VOLUME_WORKSPACE)
+                    .to_string();
                 drive::model::validate_workspace_name(&workspace)
                     .map_err(|e| invalid(format!("parameter {PARAM_WORKSPACE}: {e}")))?;
                 let base_path = folder_path(PARAM_BASE_PATH, get(PARAM_BASE_PATH).unwrap_or("/volumes"))?;
@@ -203,7 +211,13 @@ impl ProvisionParameters {
                 )));
             }
         };
-        Ok(ProvisionParameters { placement, recorded })
+        let default_workspace =
+            matches!(placement, VolumePlacement::Folder { .. }) && get(PARAM_WORKSPACE).is_none();
+        Ok(ProvisionParameters {
+            placement,
+            recorded,
+            default_workspace,
+        })
     }
 }
 

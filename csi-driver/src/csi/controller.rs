@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use drive::meta::{Volume, VolumePlacement, VolumeRequest};
+use drive::meta::{Volume, VolumePlacement, VolumeRequest, storage_name, validate_csi_name};
 use drive::model::{Actor, MergeMode, Name, Snapshot, Timestamp, View, validate_workspace_name};
 use drive::{ErrorKind, PgMetaStore};
 use tonic::{Request, Response, Status};
@@ -58,9 +58,19 @@ fn csi_volume(v: &Volume) -> csi::Volume {
 /// The recorded parameter naming the snapshot a volume was restored from.
 const RESTORED_FROM: &str = "restoredFrom";
 
-/// Merges the snapshot's tree into the volume's (new) folder. Files already there are kept, so
-/// a CreateVolume repeated after a crash finishes the restore without duplicating anything.
-async fn fill_from_snapshot(meta: &PgMetaStore, volume: &Volume, snapshot: &Snapshot) -> Result<(), Status> {
+/// The recorded parameter naming the volume a volume was cloned from.
+const CLONED_FROM: &str = "clonedFrom";
+
+/// Where a new volume's content comes from: a folder of its workspace as a view shows it.
+struct Source {
+    view: View,
+    root: drive::model::NodeId,
+}
+
+/// Merges the source's tree into the volume's (new) folder, sharing blocks (no data is
+/// copied). Files already there are kept, so a CreateVolume repeated after a crash finishes
+/// the restore or clone without duplicating anything.
+async fn fill_from(meta: &PgMetaStore, volume: &Volume, source: &Source) -> Result<(), Status> {
     let (parent, name) = match volume.path.rsplit_once('/') {
         Some((p, n)) if !n.is_empty() => (if p.is_empty() { "/" } else { p }, n),
         _ => {
@@ -78,8 +88,8 @@ async fn fill_from_snapshot(meta: &PgMetaStore, volume: &Volume, snapshot: &Snap
     meta.copy(
         &actor(),
         volume.workspace,
-        View::At(snapshot.epoch),
-        snapshot.root,
+        source.view,
+        source.root,
         parent.ino,
         &name,
         MergeMode::Skip,
@@ -87,6 +97,20 @@ async fn fill_from_snapshot(meta: &PgMetaStore, volume: &Volume, snapshot: &Snap
     .await
     .map_err(|e| meta_status(&e))?;
     Ok(())
+}
+
+/// Creates the workspace folder volumes go to when a StorageClass names none (a team
+/// workspace), unless it exists.
+async fn ensure_default_workspace(meta: &PgMetaStore) -> Result<(), Status> {
+    let spec = drive::model::WorkspaceSpec::new(
+        attributes::DEFAULT_VOLUME_WORKSPACE,
+        drive::model::WorkspaceKind::Team,
+    );
+    match meta.create_workspace(&actor(), &spec).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::Exists => Ok(()),
+        Err(e) => Err(meta_status(&e)),
+    }
 }
 
 /// Position tokens for paginated listings: the last id returned.
@@ -129,7 +153,7 @@ impl ControllerService {
         if req.name.is_empty() {
             return Err(Status::invalid_argument("name is required"));
         }
-        validate_workspace_name(&req.name).map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
+        validate_csi_name(&req.name).map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
         validate::capabilities(&req.volume_capabilities)?;
         let capacity = match &req.capacity_range {
             None => 0,
@@ -159,14 +183,23 @@ impl ControllerService {
                 params
                     .recorded
                     .insert(RESTORED_FROM.into(), source.snapshot_id.clone());
-                Some((source.snapshot_id.clone(), snapshot))
+                let from = Source {
+                    view: View::At(snapshot.epoch),
+                    root: snapshot.root,
+                };
+                Some((csi::volume_content_source::Type::Snapshot(source.clone()), from))
             }
-            Some(csi::volume_content_source::Type::Volume(_)) => {
-                return Err(Status::invalid_argument(
-                    "cloning a volume is not offered; restore from a snapshot",
-                ));
+            Some(csi::volume_content_source::Type::Volume(source)) => {
+                let from = self.clone_source(meta, &params, &source.volume_id).await?;
+                params
+                    .recorded
+                    .insert(CLONED_FROM.into(), source.volume_id.clone());
+                Some((csi::volume_content_source::Type::Volume(source.clone()), from))
             }
         };
+        if params.default_workspace {
+            ensure_default_workspace(meta).await?;
+        }
         let request = VolumeRequest {
             name: req.name.clone(),
             placement: params.placement,
@@ -178,13 +211,9 @@ impl ControllerService {
             .await
             .map_err(|e| meta_status(&e))?;
         let mut answer = csi_volume(&volume);
-        if let Some((snapshot_id, snapshot)) = restore {
-            fill_from_snapshot(meta, &volume, &snapshot).await?;
-            answer.content_source = Some(csi::VolumeContentSource {
-                r#type: Some(csi::volume_content_source::Type::Snapshot(
-                    csi::volume_content_source::SnapshotSource { snapshot_id },
-                )),
-            });
+        if let Some((source, from)) = restore {
+            fill_from(meta, &volume, &from).await?;
+            answer.content_source = Some(csi::VolumeContentSource { r#type: Some(source) });
         }
         Ok(csi::CreateVolumeResponse { volume: Some(answer) })
     }
@@ -211,6 +240,69 @@ impl ControllerService {
         }
         let ws = meta.get_workspace(ws_name).await.map_err(|e| meta_status(&e))?;
         meta.get_snapshot(ws.id, name).await.map_err(|e| meta_status(&e))
+    }
+
+    /// The volume a new volume clones, which must live in the workspace its folder goes to (a
+    /// clone shares blocks with its source instead of copying data).
+    async fn clone_source(
+        &self,
+        meta: &PgMetaStore,
+        params: &ProvisionParameters,
+        volume_id: &str,
+    ) -> Result<Source, Status> {
+        let id = validate::id("volume_content_source.volume.volume_id", volume_id)?;
+        let source = meta.get_volume(id).await.map_err(|e| meta_status(&e))?;
+        match &params.placement {
+            VolumePlacement::Folder { workspace, .. } if *workspace == source.workspace_name => {}
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "a clone of volume {id} must be a folder volume in its workspace {} \
+                     (StorageClass parameters placement: folder, workspace: {})",
+                    source.workspace_name, source.workspace_name
+                )));
+            }
+        }
+        let root = meta
+            .resolve(source.workspace, &source.path)
+            .await
+            .map_err(|e| meta_status(&e))?;
+        Ok(Source {
+            view: View::Live,
+            root: root.ino,
+        })
+    }
+
+    async fn expand_volume(
+        &self,
+        req: csi::ControllerExpandVolumeRequest,
+    ) -> Result<csi::ControllerExpandVolumeResponse, Status> {
+        let id = validate::id("volume_id", &req.volume_id)?;
+        let range = req
+            .capacity_range
+            .ok_or_else(|| Status::invalid_argument("capacity_range is required"))?;
+        if range.required_bytes < 0 || range.limit_bytes < 0 {
+            return Err(Status::invalid_argument("capacity_range must not be negative"));
+        }
+        if range.limit_bytes > 0 && range.required_bytes > range.limit_bytes {
+            return Err(Status::out_of_range(
+                "capacity_range.required_bytes exceeds limit_bytes",
+            ));
+        }
+        let wanted = if range.required_bytes > 0 {
+            range.required_bytes
+        } else {
+            range.limit_bytes
+        } as u64;
+        let meta = self.meta.get()?;
+        let volume = meta
+            .expand_volume(&actor(), id, wanted)
+            .await
+            .map_err(|e| meta_status(&e))?;
+        Ok(csi::ControllerExpandVolumeResponse {
+            capacity_bytes: volume.capacity_bytes as i64,
+            // Nothing on the node grows: a mount reads its quota from the store.
+            node_expansion_required: false,
+        })
     }
 
     async fn delete_volume(
@@ -307,24 +399,25 @@ impl ControllerService {
         if req.name.is_empty() {
             return Err(Status::invalid_argument("name is required"));
         }
-        validate_workspace_name(&req.name).map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
+        validate_csi_name(&req.name).map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
+        // Stored under a workspace-safe name; the snapshot id is built from it.
+        let name = storage_name(&req.name);
         let meta = self.meta.get()?;
         let volume = meta.get_volume(source).await.map_err(|e| meta_status(&e))?;
         // Snapshot names are unique per plugin: the same name on another source is a conflict.
-        let same_name =
-            |all: Vec<Snapshot>| all.into_iter().filter(|s| s.name == req.name).collect::<Vec<_>>();
+        let same_name = |all: Vec<Snapshot>| all.into_iter().filter(|s| s.name == name).collect::<Vec<_>>();
         let existing = same_name(meta.list_all_snapshots().await.map_err(|e| meta_status(&e))?);
         let snapshot = match existing.as_slice() {
             [s] if s.workspace == volume.workspace && s.path == volume.path => s.clone(),
             [] => match meta
-                .create_snapshot(&actor(), volume.workspace, &req.name, &volume.path)
+                .create_snapshot(&actor(), volume.workspace, &name, &volume.path)
                 .await
             {
                 Ok(s) => s,
                 // A concurrent identical request won: answer as it did.
                 Err(e) if e.kind() == ErrorKind::Exists => {
                     let s = meta
-                        .get_snapshot(volume.workspace, &req.name)
+                        .get_snapshot(volume.workspace, &name)
                         .await
                         .map_err(|e| meta_status(&e))?;
                     if s.path != volume.path {
@@ -506,6 +599,8 @@ impl Controller for ControllerService {
             RpcType::CreateDeleteSnapshot,
             RpcType::ListSnapshots,
             RpcType::ListVolumes,
+            RpcType::CloneVolume,
+            RpcType::ExpandVolume,
         ];
         observed(&self.metrics, "ControllerGetCapabilities", async {
             Ok(csi::ControllerGetCapabilitiesResponse {
@@ -553,9 +648,14 @@ impl Controller for ControllerService {
 
     async fn controller_expand_volume(
         &self,
-        _req: Request<csi::ControllerExpandVolumeRequest>,
+        req: Request<csi::ControllerExpandVolumeRequest>,
     ) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
-        Err(Status::unimplemented("volume expansion is not offered"))
+        observed(
+            &self.metrics,
+            "ControllerExpandVolume",
+            self.expand_volume(req.into_inner()),
+        )
+        .await
     }
 
     async fn controller_get_volume(

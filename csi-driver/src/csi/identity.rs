@@ -39,11 +39,21 @@ impl Identity for IdentityService {
     ) -> Result<Response<csi::GetPluginCapabilitiesResponse>, Status> {
         observed(&self.metrics, "GetPluginCapabilities", async {
             let capabilities = if self.mode.controller() {
-                vec![csi::PluginCapability {
-                    r#type: Some(csi::plugin_capability::Type::Service(Service {
-                        r#type: ServiceType::ControllerService as i32,
-                    })),
-                }]
+                vec![
+                    csi::PluginCapability {
+                        r#type: Some(csi::plugin_capability::Type::Service(Service {
+                            r#type: ServiceType::ControllerService as i32,
+                        })),
+                    },
+                    // A volume's capacity is a quota in the store: it grows while mounted.
+                    csi::PluginCapability {
+                        r#type: Some(csi::plugin_capability::Type::VolumeExpansion(
+                            csi::plugin_capability::VolumeExpansion {
+                                r#type: csi::plugin_capability::volume_expansion::Type::Online as i32,
+                            },
+                        )),
+                    },
+                ]
             } else {
                 Vec::new()
             };

@@ -187,17 +187,23 @@ impl NodeService {
         req: csi::NodeGetVolumeStatsRequest,
     ) -> Result<csi::NodeGetVolumeStatsResponse, Status> {
         let volume_id = validate::id("volume_id", &req.volume_id)?;
-        let target = validate::target_path("volume_path", &req.volume_path)?;
+        if req.volume_path.is_empty() {
+            return Err(Status::invalid_argument("volume_path is required"));
+        }
+        // A path this plugin could not have published at (relative, not normal) holds no
+        // volume of it: NOT_FOUND, as for any other path without the volume.
+        let not_here = || {
+            Status::not_found(format!(
+                "volume {volume_id} is not published at {}",
+                req.volume_path
+            ))
+        };
+        let target = validate::target_path("volume_path", &req.volume_path).map_err(|_| not_here())?;
         let spec = self
             .publisher
             .publication(&target)
             .filter(|s| s.volume_id == volume_id)
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "volume {volume_id} is not published at {}",
-                    target.display()
-                ))
-            })?;
+            .ok_or_else(not_here)?;
         let meta = self.meta.get()?;
         let folder = MountTarget {
             workspace: spec.workspace,

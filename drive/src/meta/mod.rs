@@ -47,7 +47,7 @@ pub use purge::{DeletedEntry, PurgePace};
 pub(crate) use rows::new_inode_attr;
 pub use trash::TrashItem;
 pub use tree::QueuedUnlink;
-pub use volumes::{Volume, VolumePlacement, VolumeRequest};
+pub use volumes::{Volume, VolumePlacement, VolumeRequest, storage_name, validate_csi_name};
 pub use workspaces::WorkspaceUpdate;
 
 use std::sync::Arc;

@@ -64,11 +64,62 @@ fn volume_from_row(row: &Row) -> Volume {
     }
 }
 
+/// The most bytes of a CSI volume or snapshot name (the CSI spec asks plugins to take 128).
+pub const MAX_CSI_NAME_BYTES: usize = 253;
+
+/// Refuses a CSI name that is empty, too long or holds a NUL; any other UTF-8 is a name.
+pub fn validate_csi_name(name: &str) -> Result<(), MetaError> {
+    if name.is_empty() {
+        return Err(MetaError::InvalidArgument("the name is empty".into()));
+    }
+    if name.len() > MAX_CSI_NAME_BYTES {
+        return Err(MetaError::InvalidArgument(format!(
+            "the name has {} bytes, more than {MAX_CSI_NAME_BYTES}",
+            name.len()
+        )));
+    }
+    if name.contains('\0') {
+        return Err(MetaError::InvalidArgument("the name holds a NUL byte".into()));
+    }
+    Ok(())
+}
+
+/// The folder, workspace or snapshot name a CSI name is stored under: the name itself when it
+/// is already a valid workspace name (`pvc-<uid>`, as Kubernetes makes them), else a readable
+/// lowercase stem and a hash of the whole name, so two CSI names never share one (`Vol 1`
+/// and `vol-1` differ) and the result is always a valid workspace and folder name.
+pub fn storage_name(csi_name: &str) -> String {
+    if validate_workspace_name(csi_name).is_ok() && csi_name.len() <= 63 {
+        return csi_name.to_string();
+    }
+    let stem: String = csi_name
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    let stem = stem.trim_matches('-');
+    let hash = blake3::hash(csi_name.as_bytes()).to_hex();
+    let hash = &hash.as_str()[..16];
+    if stem.is_empty() {
+        format!("csi-{hash}")
+    } else {
+        format!("{stem}-{hash}")
+    }
+}
+
 impl PgMetaStore {
     /// Provisions a volume, or returns the existing one when the same request was already
     /// served. A live volume of that name with other parameters or capacity is `Exists`.
     pub async fn create_volume(&self, actor: &Actor, req: &VolumeRequest) -> Result<Volume, MetaError> {
-        validate_workspace_name(&req.name)?;
+        validate_csi_name(&req.name)?;
+        let stored = storage_name(&req.name);
         if let Some(existing) = self
             .get_volume(&req.name)
             .await
@@ -84,26 +135,26 @@ impl PgMetaStore {
                 let names = super::tree::parse_path(base_path)?;
                 for name in names
                     .iter()
-                    .chain(std::iter::once(&crate::model::Name::parse(&req.name)?))
+                    .chain(std::iter::once(&crate::model::Name::parse(&stored)?))
                 {
                     dir = self.ensure_dir(actor, ws.id, dir, name).await?;
                 }
                 let base: Vec<String> = names.iter().map(crate::model::Name::to_string_lossy).collect();
                 let path = if base.is_empty() {
-                    format!("/{}", req.name)
+                    format!("/{stored}")
                 } else {
-                    format!("/{}/{}", base.join("/"), req.name)
+                    format!("/{}/{stored}", base.join("/"))
                 };
                 (ws, path, false)
             }
             VolumePlacement::Workspace { kind, block_size } => {
-                let mut spec = WorkspaceSpec::new(req.name.clone(), *kind);
+                let mut spec = WorkspaceSpec::new(stored.clone(), *kind);
                 spec.block_size = *block_size;
                 spec.quota_bytes = Some(req.capacity_bytes).filter(|c| *c > 0);
                 let ws = match self.create_workspace(actor, &spec).await {
                     Ok(ws) => ws,
                     // A previous attempt created it and stopped before recording the volume.
-                    Err(e) if e.kind() == ErrorKind::Exists => self.get_workspace(&req.name).await?,
+                    Err(e) if e.kind() == ErrorKind::Exists => self.get_workspace(&stored).await?,
                     Err(e) => return Err(e),
                 };
                 (ws, "/".to_string(), true)
@@ -131,6 +182,37 @@ impl PgMetaStore {
             Err(e) if e.kind() == ErrorKind::Exists => same_request(self.get_volume(&req.name).await?, req),
             Err(e) => Err(e),
         }
+    }
+
+    /// Grows a volume to `capacity_bytes` (a smaller capacity leaves it as it is: volumes are
+    /// never shrunk). A whole-workspace volume's capacity is its workspace's quota, raised with
+    /// it. Returns the volume as it is now.
+    pub async fn expand_volume(
+        &self,
+        actor: &Actor,
+        name: &str,
+        capacity_bytes: u64,
+    ) -> Result<Volume, MetaError> {
+        let volume = self.get_volume(name).await?;
+        if capacity_bytes <= volume.capacity_bytes {
+            return Ok(volume);
+        }
+        if volume.whole_workspace {
+            let update = super::WorkspaceUpdate {
+                quota_bytes: Some(Some(capacity_bytes)),
+                owners: None,
+            };
+            self.update_workspace(actor, &volume.workspace_name, &update)
+                .await?;
+        }
+        let client = self.client().await?;
+        execute(
+            &client,
+            "UPDATE volumes SET capacity_bytes = GREATEST(capacity_bytes, $2) WHERE name = $1 AND deleted_at IS NULL",
+            &[&name, &(capacity_bytes as i64)],
+        )
+        .await?;
+        self.get_volume(name).await
     }
 
     /// The live volume `name`.
@@ -238,5 +320,38 @@ fn same_request(existing: Volume, req: &VolumeRequest) -> Result<Volume, MetaErr
             "volume {} exists with different parameters",
             req.name
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csi_names_map_to_distinct_valid_storage_names() {
+        assert_eq!(
+            storage_name("pvc-0a1b2c3d"),
+            "pvc-0a1b2c3d",
+            "Kubernetes' names stay as they are"
+        );
+        let names = [
+            "Vol 1",
+            "vol-1",
+            "VOL_1",
+            "ünïcode",
+            "...",
+            &"x".repeat(128),
+            &"A".repeat(253),
+        ];
+        let stored: std::collections::BTreeSet<String> = names.iter().map(|n| storage_name(n)).collect();
+        assert_eq!(stored.len(), names.len(), "{stored:?}");
+        for s in &stored {
+            assert!(validate_workspace_name(s).is_ok() && s.len() <= 63, "{s}");
+        }
+        assert_eq!(storage_name("Vol 1"), storage_name("Vol 1"), "stable");
+        assert!(validate_csi_name("").is_err());
+        assert!(validate_csi_name("a\0b").is_err());
+        assert!(validate_csi_name(&"a".repeat(254)).is_err());
+        assert!(validate_csi_name("Any UTF-8 name: ✓").is_ok());
     }
 }
