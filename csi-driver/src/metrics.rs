@@ -575,10 +575,14 @@ mod tests {
             for rule in group["rules"].as_array().expect("rules: [...]") {
                 let name = rule["alert"].as_str().expect("alerting rules only");
                 alerts += 1;
-                assert!(rule["expr"].as_str().is_some_and(|e| !e.trim().is_empty()), "{name}");
+                assert!(
+                    rule["expr"].as_str().is_some_and(|e| !e.trim().is_empty()),
+                    "{name}"
+                );
                 assert!(rule["for"].as_str().is_some(), "{name} has no for:");
                 assert!(
-                    ["critical", "warning", "info"].contains(&rule["labels"]["severity"].as_str().unwrap_or("")),
+                    ["critical", "warning", "info"]
+                        .contains(&rule["labels"]["severity"].as_str().unwrap_or("")),
                     "{name} severity"
                 );
                 for key in ["summary", "description"] {

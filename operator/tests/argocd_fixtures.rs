@@ -10,7 +10,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 fn samples(kind: &str) -> Vec<serde_json::Value> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../deploy/argocd/testdata/{kind}.json"));
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../deploy/argocd/testdata/{kind}.json"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
@@ -28,7 +29,8 @@ where
         let object = &sample["object"];
         assert_eq!(object["kind"], kind, "{case}");
         assert_eq!(object["apiVersion"], "studiodrive.dev/v1alpha1", "{case}");
-        let parsed: R = serde_json::from_value(object.clone()).unwrap_or_else(|e| panic!("{kind} {case:?}: {e}"));
+        let parsed: R =
+            serde_json::from_value(object.clone()).unwrap_or_else(|e| panic!("{kind} {case:?}: {e}"));
         let Some(written) = status(&parsed) else {
             assert!(object.get("status").is_none(), "{case}");
             continue;
@@ -51,5 +53,8 @@ fn argocd_health_samples_are_statuses_the_operator_writes() {
         round_trip::<Share, _>("Share", |r| r.status.as_ref()),
         round_trip::<LifecyclePolicy, _>("LifecyclePolicy", |r| r.status.as_ref()),
     ];
-    assert!(counts.iter().all(|&n| n >= 4), "samples with a status per kind: {counts:?}");
+    assert!(
+        counts.iter().all(|&n| n >= 4),
+        "samples with a status per kind: {counts:?}"
+    );
 }
