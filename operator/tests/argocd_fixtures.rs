@@ -58,3 +58,63 @@ fn argocd_health_samples_are_statuses_the_operator_writes() {
         "samples with a status per kind: {counts:?}"
     );
 }
+
+/// Condition reasons the operator defines but never writes to a status (no planner or
+/// reconcile path uses them today). One that starts to be written must leave this list.
+const REASONS_NOT_WRITTEN: &[&str] = &["Deleting"];
+
+/// The reasons of `operator::crd::conditions::reason`, read from its source so that a reason
+/// added there is seen here without anyone listing it.
+fn defined_reasons() -> std::collections::BTreeSet<String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/crd/conditions.rs");
+    let source = std::fs::read_to_string(&path).expect("read conditions.rs");
+    let module = source
+        .split("pub mod reason {")
+        .nth(1)
+        .and_then(|rest| rest.split("\n}").next())
+        .expect("a reason module in conditions.rs");
+    let mut out: std::collections::BTreeSet<String> = module
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pub const "))
+        .filter_map(|l| l.split('"').nth(1))
+        .map(str::to_string)
+        .collect();
+    out.insert(operator::plan::snapshot::SNAPSHOT_LOST.to_string());
+    out
+}
+
+// Catches: a condition reason added to the operator with no Argo CD sample, whose health the
+// Lua checks would then decide by default (Progressing) without anyone choosing it.
+#[test]
+fn every_condition_reason_has_an_argocd_health_sample() {
+    let defined = defined_reasons();
+    assert!(
+        defined.contains(operator::crd::conditions::reason::PASS_FAILED),
+        "{defined:?}"
+    );
+    let mut sampled = std::collections::BTreeSet::new();
+    for kind in ["Workspace", "Snapshot", "Share", "LifecyclePolicy"] {
+        for sample in samples(kind) {
+            for c in sample["object"]["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                sampled.insert(c["reason"].as_str().expect("reason").to_string());
+            }
+        }
+    }
+    let unsampled: Vec<&String> = defined
+        .iter()
+        .filter(|r| !sampled.contains(*r) && !REASONS_NOT_WRITTEN.contains(&r.as_str()))
+        .collect();
+    assert!(
+        unsampled.is_empty(),
+        "reasons no deploy/argocd/testdata sample shows: {unsampled:?}"
+    );
+    let unknown: Vec<&String> = sampled.iter().filter(|r| !defined.contains(*r)).collect();
+    assert!(
+        unknown.is_empty(),
+        "samples use reasons the operator does not define: {unknown:?}"
+    );
+}

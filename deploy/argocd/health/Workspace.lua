@@ -4,8 +4,7 @@
 --
 -- Progressing: no status yet, status.observedGeneration (or Ready's) behind
 --   metadata.generation, Progressing=True, Ready absent or Unknown, or Ready=False while
---   the workspace is being created, waits for its key Secret (KeySecretMissing) or is being
---   deleted.
+--   the workspace is being created or waits for its key Secret (KeySecretMissing).
 -- Degraded: Degraded=True (the metadata store or the key Secret cannot be reached), or
 --   Ready=False for a spec or key that cannot be applied.
 -- Healthy: Ready=True for the current generation.
