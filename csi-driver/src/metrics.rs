@@ -413,63 +413,122 @@ pub async fn serve<E: Exporter>(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
 
-    use super::{Exporter as _, GcMetrics};
+    use super::{CsiMetrics, Exporter as _, GcMetrics, Metrics};
 
-    /// The names of the metric families a registry exports (histograms by their own name).
-    fn exported(metrics: &GcMetrics) -> BTreeSet<String> {
-        metrics
-            .registry
-            .gather()
-            .iter()
+    /// The files of the Helm chart that query metrics: the Grafana dashboards and the
+    /// PrometheusRule's rule groups.
+    const CHART_FILES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/studiodrive/files");
+
+    /// The names of the metric families every binary exports: a mount's (`mount`, and each
+    /// volume of the node plugin), the CSI plugin's (`serve`), a GC pass's (`gc
+    /// --metrics-file`) and the operator's. Histograms are named without their `_bucket`,
+    /// `_sum` and `_count` series.
+    ///
+    /// A registry leaves a labelled family out of a scrape until it has a child, so each is
+    /// given one here, as the first operation, call, reconcile or scrape does in a binary. A
+    /// new labelled family a dashboard queries needs a line here.
+    fn exported_by_some_binary() -> BTreeSet<String> {
+        let mount = Metrics::new().unwrap();
+        mount.observe_op("lookup", true, Duration::ZERO);
+        mount.data.store_requests.with_label_values(&["get"]);
+        mount.data.store_bytes.with_label_values(&["download"]);
+        let csi = CsiMetrics::new().unwrap();
+        csi.observe_call("Probe", tonic::Code::Ok, Duration::ZERO);
+        let gc = GcMetrics::new().unwrap();
+        let operator = operator::metrics::Metrics::new().unwrap();
+        operator.observe("Workspace", 0.01, Some("store_unavailable"));
+        [&mount.registry, &csi.registry, &gc.registry, &operator.registry]
+            .into_iter()
+            .flat_map(prometheus::Registry::gather)
             .map(|f| f.name().to_string())
             .collect()
     }
 
-    /// Every `studiodrive_...` name in the queries of a dashboard, without the `_bucket`,
-    /// `_sum` and `_count` suffixes of histogram series.
-    fn queried(dashboard: &serde_json::Value, out: &mut BTreeSet<String>) {
-        match dashboard {
-            serde_json::Value::Object(map) => {
-                if let Some(serde_json::Value::String(expr)) = map.get("expr") {
-                    let mut rest = expr.as_str();
-                    while let Some(at) = rest.find("studiodrive_") {
-                        let name: String = rest[at..]
-                            .chars()
-                            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
-                            .collect();
-                        rest = &rest[at + name.len()..];
-                        let base = ["_bucket", "_sum", "_count"]
-                            .iter()
-                            .find_map(|s| name.strip_suffix(s))
-                            .unwrap_or(&name);
-                        out.insert(base.to_string());
-                    }
+    /// Every `studiodrive_...` name in the strings of a dashboard or rule file (queries,
+    /// template variables, descriptions), without the `_bucket`, `_sum` and `_count` suffixes
+    /// of histogram series.
+    fn named_metrics(value: &serde_json::Value, out: &mut BTreeSet<String>) {
+        match value {
+            serde_json::Value::String(text) => {
+                let mut rest = text.as_str();
+                while let Some(at) = rest.find("studiodrive_") {
+                    let name: String = rest[at..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                        .collect();
+                    rest = &rest[at + name.len()..];
+                    let base = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| name.strip_suffix(s))
+                        .unwrap_or(&name);
+                    out.insert(base.to_string());
                 }
-                map.values().for_each(|v| queried(v, out));
             }
-            serde_json::Value::Array(items) => items.iter().for_each(|v| queried(v, out)),
+            serde_json::Value::Object(map) => map.values().for_each(|v| named_metrics(v, out)),
+            serde_json::Value::Array(items) => items.iter().for_each(|v| named_metrics(v, out)),
             _ => {}
         }
     }
 
-    #[test]
-    fn the_gc_dashboard_queries_only_metrics_gc_exports() {
-        let dashboard: serde_json::Value =
-            serde_json::from_str(include_str!("../../deploy/grafana/studiodrive-gc.json"))
-                .expect("the dashboard is JSON");
-        let mut names = BTreeSet::new();
-        queried(&dashboard, &mut names);
-        let metrics = GcMetrics::new().unwrap();
-        let exported = exported(&metrics);
-        assert!(names.len() >= 4, "the dashboard queries {names:?}");
-        for name in &names {
-            assert!(
-                exported.contains(name),
-                "{name} is queried but not exported: {exported:?}"
-            );
+    fn read(path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+    }
+
+    /// Every dashboard of the chart, parsed, by file name.
+    fn dashboards() -> BTreeMap<String, serde_json::Value> {
+        let dir = PathBuf::from(CHART_FILES).join("dashboards");
+        let mut out = BTreeMap::new();
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let value = serde_json::from_str(&read(&path))
+                    .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+                out.insert(path.file_name().unwrap().to_string_lossy().into_owned(), value);
+            }
         }
+        out
+    }
+
+    /// The chart's alert rules: a YAML document `groups: [...]`.
+    fn alert_rules() -> serde_json::Value {
+        let path = PathBuf::from(CHART_FILES).join("prometheus-rules.yaml");
+        serde_saphyr::from_str(&read(&path)).unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()))
+    }
+
+    // Catches: a dashboard panel or an alert on a metric no binary exports (a typo, a rename,
+    // a metric that was never built): it would show "No data" or never fire.
+    #[test]
+    fn the_dashboards_and_alerts_query_only_metrics_the_binaries_export() {
+        let exported = exported_by_some_binary();
+        let mut files: Vec<(String, serde_json::Value)> = dashboards().into_iter().collect();
+        assert!(
+            files.iter().any(|(f, _)| f == "studiodrive-overview.json")
+                && files.iter().any(|(f, _)| f == "studiodrive-gc.json"),
+            "dashboards: {:?}",
+            files.iter().map(|(f, _)| f).collect::<Vec<_>>()
+        );
+        files.push(("prometheus-rules.yaml".into(), alert_rules()));
+        let mut unknown = Vec::new();
+        for (file, value) in &files {
+            let mut names = BTreeSet::new();
+            named_metrics(value, &mut names);
+            assert!(names.len() >= 3, "{file} names only {names:?}");
+            unknown.extend(names.difference(&exported).map(|n| format!("{file}: {n}")));
+        }
+        assert!(
+            unknown.is_empty(),
+            "queried but exported by no binary: {unknown:#?}\nexported: {exported:#?}"
+        );
+    }
+
+    #[test]
+    fn the_gc_dashboard_shows_what_gc_passes_free() {
+        let mut names = BTreeSet::new();
+        named_metrics(&dashboards()["studiodrive-gc.json"], &mut names);
         for name in [
             "studiodrive_gc_objects_deleted_total",
             "studiodrive_gc_bytes_deleted_total",
@@ -477,6 +536,61 @@ mod tests {
         ] {
             assert!(names.contains(name), "the dashboard shows {name}");
         }
+    }
+
+    // Catches: a panel bound to one Grafana's data source uid (it breaks on import elsewhere),
+    // and an alert the Alertmanager routes or pages on without a severity or a text.
+    #[test]
+    fn dashboards_use_the_datasource_variable_and_alerts_are_complete() {
+        fn datasources<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a serde_json::Value>) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    if let Some(ds) = map.get("datasource") {
+                        out.push(ds);
+                    }
+                    map.values().for_each(|v| datasources(v, out));
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| datasources(v, out)),
+                _ => {}
+            }
+        }
+        for (file, dashboard) in dashboards() {
+            let variable = &dashboard["templating"]["list"]
+                .as_array()
+                .and_then(|l| l.iter().find(|v| v["name"] == "datasource"))
+                .unwrap_or_else(|| panic!("{file} has no datasource variable"));
+            assert_eq!(variable["type"], "datasource", "{file}");
+            assert_eq!(variable["query"], "prometheus", "{file}");
+            let mut found = Vec::new();
+            datasources(&dashboard["panels"], &mut found);
+            assert!(!found.is_empty(), "{file} panels name no datasource");
+            for ds in found {
+                assert_eq!(ds["uid"], "${datasource}", "{file}: {ds}");
+            }
+        }
+        let rules = alert_rules();
+        let groups = rules["groups"].as_array().expect("groups: [...]");
+        let mut alerts = 0;
+        for group in groups {
+            for rule in group["rules"].as_array().expect("rules: [...]") {
+                let name = rule["alert"].as_str().expect("alerting rules only");
+                alerts += 1;
+                assert!(
+                    rule["expr"].as_str().is_some_and(|e| !e.trim().is_empty()),
+                    "{name}"
+                );
+                assert!(rule["for"].as_str().is_some(), "{name} has no for:");
+                assert!(
+                    ["critical", "warning", "info"]
+                        .contains(&rule["labels"]["severity"].as_str().unwrap_or("")),
+                    "{name} severity"
+                );
+                for key in ["summary", "description"] {
+                    assert!(rule["annotations"][key].as_str().is_some(), "{name} has no {key}");
+                }
+            }
+        }
+        assert!(alerts >= 3, "{alerts} alerts");
     }
 
     #[test]
