@@ -54,7 +54,7 @@ COMBOS: dict[str, dict[str, Any]] = {
         "volumeSnapshotClass": {"create": True, "isDefault": True},
         "storageClass": {"isDefault": True, "nodePublishSecret": {"name": "kek"}},
         "metadata": {"tls": True, "caSecret": "db-ca"},
-        "node": {"maxCacheSize": 21474836480},
+        "node": {"maxCacheSize": 21474836480, "updateStrategy": {"type": "OnDelete"}},
     },
     "no-optional": {
         "sidecars": {"snapshotter": {"enabled": False}},
@@ -255,6 +255,13 @@ def test_node_plugin_is_privileged_with_bidirectional_kubelet_mount(default_obje
     assert spec["terminationGracePeriodSeconds"] >= 60
     assert plugin["args"][:4] == ["--log-json", "serve", "--mode=node", "--endpoint=unix:///csi/csi.sock"]
     assert "--authorization=kubernetes" in plugin["args"]
+
+
+def test_node_update_strategy_rolls_one_node_or_waits_for_deletion(default_objects, monitoring_chart):
+    ds = find(default_objects, "DaemonSet", "studiodrive-csi-node")
+    assert ds["spec"]["updateStrategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}
+    ds = find(render_combo("everything-optional", monitoring_chart), "DaemonSet", "studiodrive-csi-node")
+    assert ds["spec"]["updateStrategy"] == {"type": "OnDelete"}
 
 
 def test_node_sidecars_register_the_driver_and_probe_it(default_objects):
