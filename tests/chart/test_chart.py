@@ -285,6 +285,9 @@ def test_controller_runs_controller_mode_with_sidecars(default_objects, monitori
     plugin = spec["containers"][0]
     assert "--mode=controller" in plugin["args"] and "serve" in plugin["args"]
     assert plugin["securityContext"]["runAsNonRoot"] is True
+    # The state dir is a folder below the emptyDir: the non-root plugin chmods it 0700.
+    assert "--state-dir=/var/lib/studiodrive/state" in plugin["args"]
+    assert {"name": "state", "mountPath": "/var/lib/studiodrive"} in plugin["volumeMounts"]
     provisioner = spec["containers"][1]
     assert "--extra-create-metadata" in provisioner["args"]  # authorization by claim namespace
     assert "--leader-election" in provisioner["args"]
