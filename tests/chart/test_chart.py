@@ -71,6 +71,7 @@ def monitoring_chart(tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("chart") / "studiodrive"
     shutil.copytree(CHART, dest)
     files = dest / "files"
+    files.mkdir(exist_ok=True)
     if not (files / "prometheus-rules.yaml").exists():
         shutil.copy(FIXTURES / "prometheus-rules.yaml", files / "prometheus-rules.yaml")
     if not list((files / "dashboards").glob("*.json")):
