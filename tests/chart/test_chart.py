@@ -576,8 +576,9 @@ def test_metrics_on_renders_services_monitors_rules_and_dashboards(monitoring_ch
         assert len(selected) == 1, m["metadata"]["name"]
         assert m["spec"]["endpoints"][0]["port"] == "metrics"
     rules_file = yaml.safe_load((monitoring_chart / "files/prometheus-rules.yaml").read_text())
+    groups = rules_file.get("groups") or rules_file["spec"]["groups"]
     rule = find(objects, "PrometheusRule")
-    assert rule["spec"]["groups"] == rules_file["groups"]
+    assert rule["spec"]["groups"] == groups
     assert rule["spec"]["groups"], "no rule groups"
     cm = find(objects, "ConfigMap", "studiodrive-dashboards")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
@@ -585,6 +586,20 @@ def test_metrics_on_renders_services_monitors_rules_and_dashboards(monitoring_ch
     assert sorted(cm["data"]) == [p.name for p in dashboards]
     for p in dashboards:
         assert json.loads(cm["data"][p.name]) == json.loads(p.read_text())
+
+
+def test_prometheus_rule_takes_a_rule_file_or_a_prometheusrule_and_refuses_an_empty_one(monitoring_chart, tmp_path):
+    chart = tmp_path / "studiodrive"
+    shutil.copytree(monitoring_chart, chart)
+    rules = chart / "files/prometheus-rules.yaml"
+    groups = [{"name": "g", "rules": [{"record": "studiodrive:x", "expr": "vector(1)"}]}]
+    values = {"metrics": {"prometheusRule": {"enabled": True}}}
+    rules.write_text(yaml.safe_dump({"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+                                     "metadata": {"name": "x"}, "spec": {"groups": groups}}))
+    assert find(render(values, chart_path=chart), "PrometheusRule")["spec"]["groups"] == groups
+    rules.write_text("groups: []\n")
+    with pytest.raises(helm.HelmRenderError, match="no rule groups"):
+        render(values, chart_path=chart)
 
 
 def test_monitoring_is_off_by_default(default_objects):
