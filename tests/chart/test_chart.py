@@ -95,6 +95,7 @@ def default_objects() -> list[dict[str, Any]]:
 
 def test_app_version_is_the_workspace_version():
     assert CHART_META["appVersion"] == APP_VERSION, (CHART_META["appVersion"], APP_VERSION)
+    assert CHART_META["version"] == APP_VERSION, "the chart version follows the workspace version (Chart.yaml)"
     assert CHART_META["apiVersion"] == "v2"
 
 
