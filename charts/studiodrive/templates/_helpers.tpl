@@ -1,0 +1,149 @@
+{{/* Chart name. */}}
+{{- define "studiodrive.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified prefix of object names: the release name when it contains the chart name. */}}
+{{- define "studiodrive.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "studiodrive.operator.name" -}}{{ include "studiodrive.fullname" . }}-operator{{- end }}
+{{- define "studiodrive.controller.name" -}}{{ include "studiodrive.fullname" . }}-csi-controller{{- end }}
+{{- define "studiodrive.node.name" -}}{{ include "studiodrive.fullname" . }}-csi-node{{- end }}
+
+{{/* The CSI driver name, compiled into studiodrive-csi (csi-driver/src/csi/mod.rs DRIVER_NAME). */}}
+{{- define "studiodrive.driverName" -}}csi.studiodrive.dev{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "studiodrive.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "studiodrive.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: studiodrive
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of one component: (dict "ctx" $ "component" "operator"). */}}
+{{- define "studiodrive.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "studiodrive.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "studiodrive.componentLabels" -}}
+{{ include "studiodrive.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* The Studio Drive image, pinned to the chart's appVersion unless tag or digest is set. */}}
+{{- define "studiodrive.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+{{- end }}
+
+{{/* The block store URL for STUDIODRIVE_STORE. */}}
+{{- define "studiodrive.storeUrl" -}}
+{{- if eq .Values.objectStore.type "s3" -}}
+{{- $prefix := trimAll "/" .Values.objectStore.s3.prefix -}}
+s3://{{ .Values.objectStore.s3.bucket }}{{ if $prefix }}/{{ $prefix }}{{ end }}
+{{- else -}}
+file://{{ .Values.objectStore.file.path }}
+{{- end -}}
+{{- end }}
+
+{{/* Checks that the values hang together (the schema covers types and names). */}}
+{{- define "studiodrive.validate" -}}
+{{- if and (eq .Values.objectStore.type "s3") (not .Values.objectStore.s3.bucket) }}
+{{- fail "objectStore.s3.bucket is required with objectStore.type=s3" }}
+{{- end }}
+{{- if eq .Values.objectStore.type "file" }}
+{{- if not (or .Values.objectStore.file.existingClaim .Values.objectStore.file.hostPath) }}
+{{- fail "objectStore.type=file needs objectStore.file.existingClaim or objectStore.file.hostPath" }}
+{{- end }}
+{{- if and .Values.objectStore.file.existingClaim .Values.objectStore.file.hostPath }}
+{{- fail "set only one of objectStore.file.existingClaim and objectStore.file.hostPath" }}
+{{- end }}
+{{- end }}
+{{- if not .Values.metadata.existingSecret }}
+{{- fail "metadata.existingSecret must name the Secret holding the metadata store URL" }}
+{{- end }}
+{{- end }}
+
+{{/* Environment of every process that talks to the metadata store. */}}
+{{- define "studiodrive.metadataEnv" -}}
+- name: STUDIODRIVE_METADATA_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.metadata.existingSecret }}
+      key: {{ .Values.metadata.secretKey }}
+- name: STUDIODRIVE_METADATA_STATEMENT_TIMEOUT_MS
+  value: {{ .Values.metadata.statementTimeoutMs | int | quote }}
+{{- end }}
+
+{{/* The container security context of the unprivileged containers. */}}
+{{- define "studiodrive.restrictedSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* A CSI sidecar container: (dict "ctx" $ "name" "csi-provisioner" "sidecar" .Values.sidecars.provisioner "args" (list ...)). */}}
+{{- define "studiodrive.sidecar" -}}
+- name: {{ .name }}
+  image: {{ .sidecar.image }}
+  imagePullPolicy: IfNotPresent
+  args:
+    {{- toYaml .args | nindent 4 }}
+  {{- with .env }}
+  env:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .ports }}
+  ports:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  resources:
+    {{- toYaml .sidecar.resources | nindent 4 }}
+  securityContext:
+    {{- if .root }}
+    {{- /* Node sidecars: the plugin's socket and kubelet's registration directory are root's. */}}
+    allowPrivilegeEscalation: false
+    readOnlyRootFilesystem: true
+    runAsUser: 0
+    capabilities:
+      drop: [ALL]
+    seccompProfile:
+      type: RuntimeDefault
+    {{- else }}
+    {{- include "studiodrive.restrictedSecurityContext" . | nindent 4 }}
+    {{- end }}
+  volumeMounts:
+    - name: socket-dir
+      mountPath: /csi
+    {{- with .extraMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+{{- end }}
