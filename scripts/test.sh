@@ -2,7 +2,8 @@
 # Runs every test of Studio Drive on a fresh Debian machine.
 #
 # Installs what the tests need when missing (as root: apt packages postgresql, fuse3, acl;
-# cargo-nextest), then runs the Rust suite with cargo-nextest. Tests start their own
+# cargo-nextest), then runs the Rust suite with cargo-nextest and the chart, Argo CD and
+# alert-rule suites (scripts/test-{chart,argocd,alerts}.sh). Tests start their own
 # PostgreSQL, S3 server and FUSE mounts; nothing needs to be running beforehand.
 #
 # No test skips itself: a test that cannot run fails. Tiers this machine cannot run (FUSE
@@ -83,6 +84,14 @@ fi
 echo "==> Rust tests (cargo nextest, filter: $filter)"
 status=0
 cargo nextest run --workspace --no-fail-fast --profile ci -E "$filter" || status=$?
+
+# The install artefacts: the Helm chart and kustomize output (Helm SDK, Kubernetes schemas,
+# checkov), the Argo CD health checks (Lua) and the alert rules and dashboard queries
+# (promtool). Each installs its own tools from PyPI or Debian.
+for suite in scripts/test-chart.sh scripts/test-argocd.sh scripts/test-alerts.sh; do
+    echo "==> $suite"
+    "$suite" || { echo "==> FAILED: $suite" >&2; status=1; }
+done
 
 if [ ${#left_out[@]} -gt 0 ]; then
     echo "==> tests not run on this machine (reasons above):" >&2

@@ -50,14 +50,14 @@ COMBOS: dict[str, dict[str, Any]] = {
                                           "prometheusRule": {"enabled": True},
                                           "grafanaDashboards": {"enabled": True}}},
     "everything-optional": {
-        "sidecars": {"resizer": {"enabled": True}},
         "volumeSnapshotClass": {"create": True, "isDefault": True},
         "storageClass": {"isDefault": True, "nodePublishSecret": {"name": "kek"}},
         "metadata": {"tls": True, "caSecret": "db-ca"},
         "node": {"maxCacheSize": 21474836480, "updateStrategy": {"type": "OnDelete"}},
     },
+    "no-resizer": {"sidecars": {"resizer": {"enabled": False}}},
     "no-optional": {
-        "sidecars": {"snapshotter": {"enabled": False}},
+        "sidecars": {"snapshotter": {"enabled": False}, "resizer": {"enabled": False}},
         "storageClass": {"create": False},
         "operator": {"podDisruptionBudget": {"enabled": False}},
     },
@@ -283,7 +283,7 @@ def test_controller_runs_controller_mode_with_sidecars(default_objects, monitori
     dep = find(default_objects, "Deployment", "studiodrive-csi-controller")
     spec = pod_spec(dep)
     names = [c["name"] for c in spec["containers"]]
-    assert names == ["csi-plugin", "csi-provisioner", "csi-snapshotter", "liveness-probe"]
+    assert names == ["csi-plugin", "csi-provisioner", "csi-snapshotter", "csi-resizer", "liveness-probe"]
     plugin = spec["containers"][0]
     assert "--mode=controller" in plugin["args"] and "serve" in plugin["args"]
     assert plugin["securityContext"]["runAsNonRoot"] is True
@@ -299,6 +299,9 @@ def test_controller_runs_controller_mode_with_sidecars(default_objects, monitori
     nothing = render_combo("no-optional", monitoring_chart)
     names = [c["name"] for c in containers(find(nothing, "Deployment", "studiodrive-csi-controller"))]
     assert names == ["csi-plugin", "csi-provisioner", "liveness-probe"]
+    assert find(everything, "StorageClass")["allowVolumeExpansion"] is True
+    no_resizer = render_combo("no-resizer", monitoring_chart)
+    assert find(no_resizer, "StorageClass")["allowVolumeExpansion"] is False
 
 
 # ---- operator ------------------------------------------------------------------------------
