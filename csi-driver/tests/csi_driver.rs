@@ -322,14 +322,22 @@ async fn missing_arguments_and_unknown_ids() -> anyhow::Result<()> {
     // Any other UTF-8 is a CSI name: stored under a safe folder name of its own, found again by
     // its CSI name.
     let mut folders = std::collections::BTreeSet::new();
-    for name in ["Mixed Name", "mixed-name", "Ünïcode/../x"] {
+    let mut ids = Vec::new();
+    for name in ["Mixed Name", "mixed-name", "Ünïcode/../x", "Mixed-Name"] {
         let made = ctl
             .create_volume(cv(name, cap.clone()))
             .await?
             .into_inner()
             .volume
             .expect("volume");
-        assert_eq!(made.volume_id, name);
+        // The id the CO calls it by afterwards is a safe id: the name itself when it is one.
+        assert!(
+            drive::meta::is_safe_id(&made.volume_id),
+            "{name}: id {}",
+            made.volume_id
+        );
+        assert_eq!(made.volume_id == name, drive::meta::is_safe_id(name), "{name}");
+        ids.push(made.volume_id.clone());
         let path = made.volume_context.get("path").cloned().unwrap_or_default();
         assert!(
             path.strip_prefix("/volumes/")
@@ -348,7 +356,36 @@ async fn missing_arguments_and_unknown_ids() -> anyhow::Result<()> {
             "idempotent by the CSI name"
         );
     }
-    assert_eq!(folders.len(), 3, "one folder per CSI name: {folders:?}");
+    assert_eq!(folders.len(), 4, "one folder per CSI name: {folders:?}");
+    // Later calls name the volume by its id.
+    for id in &ids {
+        let known = ctl
+            .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+                volume_id: id.clone(),
+                volume_capabilities: cap.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        assert!(known.confirmed.is_some(), "{id}");
+        ctl.delete_volume(csi::DeleteVolumeRequest {
+            volume_id: id.clone(),
+            ..Default::default()
+        })
+        .await?;
+        assert_eq!(
+            code(
+                ctl.validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+                    volume_id: id.clone(),
+                    volume_capabilities: cap.clone(),
+                    ..Default::default()
+                })
+                .await
+            ),
+            Code::NotFound,
+            "{id} is gone"
+        );
+    }
     let mut other_params = cv("pvc-a", cap.clone());
     ctl.create_volume(other_params.clone()).await?;
     other_params

@@ -955,17 +955,31 @@ async fn volumes_are_provisioned_idempotently_by_name() {
         store.get_workspace("pvc-own").await.unwrap_err().kind(),
         ErrorKind::NotFound
     );
+    // Any CSI name is a name: stored under a safe folder name, called by a safe id.
+    let odd = store
+        .create_volume(
+            &a,
+            &VolumeRequest {
+                name: "Bad Name/..".into(),
+                ..req.clone()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(drive::meta::is_safe_id(&odd.id) && odd.id != odd.name, "{odd:?}");
+    assert!(odd.path.starts_with("/volumes/bad-name-"), "{odd:?}");
+    assert_eq!(store.get_volume(&odd.id).await.unwrap().name, "Bad Name/..");
     let e = store
         .create_volume(
             &a,
             &VolumeRequest {
-                name: "Bad_Name".into(),
+                name: String::new(),
                 ..req
             },
         )
         .await
         .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::InvalidName);
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -45,7 +45,7 @@ fn timestamp(t: Timestamp) -> prost_types::Timestamp {
 fn csi_volume(v: &Volume) -> csi::Volume {
     csi::Volume {
         capacity_bytes: v.capacity_bytes as i64,
-        volume_id: v.name.clone(),
+        volume_id: v.id.clone(),
         volume_context: HashMap::from([
             (attributes::WORKSPACE.to_string(), v.workspace_name.clone()),
             (attributes::PATH.to_string(), v.path.clone()),
@@ -360,7 +360,7 @@ impl ControllerService {
     async fn list_volumes(&self, req: csi::ListVolumesRequest) -> Result<csi::ListVolumesResponse, Status> {
         let meta = self.meta.get()?;
         let volumes = meta.list_volumes().await.map_err(|e| meta_status(&e))?;
-        let keyed = volumes.iter().map(|v| (v.name.clone(), csi_volume(v))).collect();
+        let keyed = volumes.iter().map(|v| (v.id.clone(), csi_volume(v))).collect();
         let (page, next_token) = page(keyed, req.max_entries, &req.starting_token)?;
         Ok(csi::ListVolumesResponse {
             entries: page
@@ -482,7 +482,7 @@ impl ControllerService {
             volumes
                 .iter()
                 .find(|v| v.workspace == s.workspace && v.path == s.path)
-                .map(|v| v.name.clone())
+                .map(|v| v.id.clone())
                 .unwrap_or_default()
         };
         let mut chosen = Vec::new();

@@ -9,8 +9,7 @@ use tonic::Status;
 use super::proto::volume_capability::{AccessType, access_mode::Mode};
 use super::proto::{VolumeCapability, volume_capability};
 
-/// Longest volume or snapshot id accepted (the CSI spec's limit for string fields).
-pub const MAX_ID_BYTES: usize = 128;
+pub use drive::meta::MAX_ID_BYTES;
 /// Longest target path accepted. Kubelet's paths are far shorter; longer ones are hostile.
 pub const MAX_PATH_BYTES: usize = 1024;
 /// Volume context without the service-account tokens (the CSI spec's 4 KiB map limit).
@@ -32,8 +31,7 @@ pub fn id<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
     if value.len() > MAX_ID_BYTES {
         return Err(invalid(format!("{field} is longer than {MAX_ID_BYTES} bytes")));
     }
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@');
-    if !value.chars().all(allowed) || value.contains("..") {
+    if !drive::meta::is_safe_id(value) {
         return Err(invalid(format!(
             "{field} may hold only letters, digits, '.', '_', '-', ':' and '@' (and no \"..\")"
         )));

@@ -27,6 +27,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../../migrations/0010_access_and_retention.sql")),
     (11, include_str!("../../migrations/0011_purge.sql")),
     (12, include_str!("../../migrations/0012_lifecycle_report.sql")),
+    (13, include_str!("../../migrations/0013_volume_ids.sql")),
 ];
 
 pub(super) async fn apply(store: &PgMetaStore) -> Result<(), MetaError> {

@@ -47,7 +47,10 @@ pub use purge::{DeletedEntry, PurgePace};
 pub(crate) use rows::new_inode_attr;
 pub use trash::TrashItem;
 pub use tree::QueuedUnlink;
-pub use volumes::{Volume, VolumePlacement, VolumeRequest, storage_name, validate_csi_name};
+pub use volumes::{
+    MAX_ID_BYTES, Volume, VolumePlacement, VolumeRequest, is_safe_id, storage_name, validate_csi_name,
+    volume_id_for,
+};
 pub use workspaces::WorkspaceUpdate;
 
 use std::sync::Arc;

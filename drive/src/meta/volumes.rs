@@ -37,6 +37,9 @@ pub struct VolumeRequest {
 /// A provisioned volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Volume {
+    /// What the CO calls it by after creation ([`volume_id_for`] of its name).
+    pub id: String,
+    /// The name it was created with, which makes creation idempotent.
     pub name: String,
     pub workspace: WorkspaceId,
     pub workspace_name: String,
@@ -48,8 +51,8 @@ pub struct Volume {
     pub created_at: Timestamp,
 }
 
-const VOLUME_COLUMNS: &str =
-    "v.name, v.workspace_id, w.name, v.path, v.whole_workspace, v.capacity_bytes, v.parameters, v.created_at";
+const VOLUME_COLUMNS: &str = "v.name, v.workspace_id, w.name, v.path, v.whole_workspace, v.capacity_bytes, \
+     v.parameters, v.created_at, v.volume_id";
 
 fn volume_from_row(row: &Row) -> Volume {
     Volume {
@@ -61,6 +64,7 @@ fn volume_from_row(row: &Row) -> Volume {
         capacity_bytes: row.get::<_, i64>(5) as u64,
         parameters: serde_json::from_value(row.get(6)).unwrap_or_default(),
         created_at: from_system_time(row.get::<_, SystemTime>(7)),
+        id: row.get(8),
     }
 }
 
@@ -82,6 +86,25 @@ pub fn validate_csi_name(name: &str) -> Result<(), MetaError> {
         return Err(MetaError::InvalidArgument("the name holds a NUL byte".into()));
     }
     Ok(())
+}
+
+/// The most bytes of a volume or snapshot id (the CSI spec's limit for string fields).
+pub const MAX_ID_BYTES: usize = 128;
+
+/// Whether `id` is a safe volume or snapshot id: 1..=128 bytes of `[A-Za-z0-9._:@-]`, no "..".
+pub fn is_safe_id(id: &str) -> bool {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@');
+    !id.is_empty() && id.len() <= MAX_ID_BYTES && id.chars().all(allowed) && !id.contains("..")
+}
+
+/// The id of the volume created with CSI name `name`: the name itself when it is a safe id,
+/// else the safe name it is stored under.
+pub fn volume_id_for(name: &str) -> String {
+    if is_safe_id(name) {
+        name.to_string()
+    } else {
+        storage_name(name)
+    }
 }
 
 /// The folder, workspace or snapshot name a CSI name is stored under: the name itself when it
@@ -121,7 +144,7 @@ impl PgMetaStore {
         validate_csi_name(&req.name)?;
         let stored = storage_name(&req.name);
         if let Some(existing) = self
-            .get_volume(&req.name)
+            .volume_named(&req.name)
             .await
             .map(Some)
             .or_else(none_if_not_found)?
@@ -164,8 +187,8 @@ impl PgMetaStore {
         let client = self.client().await?;
         let inserted = execute(
             &client,
-            "INSERT INTO volumes (name, workspace_id, path, whole_workspace, capacity_bytes, parameters) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO volumes (name, workspace_id, path, whole_workspace, capacity_bytes, parameters, volume_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
             &[
                 &req.name,
                 &ws.id.0,
@@ -173,13 +196,22 @@ impl PgMetaStore {
                 &whole,
                 &(req.capacity_bytes as i64),
                 &params,
+                &volume_id_for(&req.name),
             ],
         )
         .await;
         match inserted {
-            Ok(_) => self.get_volume(&req.name).await,
+            Ok(_) => self.volume_named(&req.name).await,
             // A concurrent identical request won the race: answer as it did.
-            Err(e) if e.kind() == ErrorKind::Exists => same_request(self.get_volume(&req.name).await?, req),
+            Err(e) if e.kind() == ErrorKind::Exists => match self.volume_named(&req.name).await {
+                Ok(existing) => same_request(existing, req),
+                // Another name maps to the same id (a name crafted to equal a hashed one).
+                Err(e) if e.kind() == ErrorKind::NotFound => Err(MetaError::Exists(format!(
+                    "volume id {} is taken by a volume of another name",
+                    volume_id_for(&req.name)
+                ))),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         }
     }
@@ -190,10 +222,10 @@ impl PgMetaStore {
     pub async fn expand_volume(
         &self,
         actor: &Actor,
-        name: &str,
+        id: &str,
         capacity_bytes: u64,
     ) -> Result<Volume, MetaError> {
-        let volume = self.get_volume(name).await?;
+        let volume = self.get_volume(id).await?;
         if capacity_bytes <= volume.capacity_bytes {
             return Ok(volume);
         }
@@ -208,26 +240,35 @@ impl PgMetaStore {
         let client = self.client().await?;
         execute(
             &client,
-            "UPDATE volumes SET capacity_bytes = GREATEST(capacity_bytes, $2) WHERE name = $1 AND deleted_at IS NULL",
-            &[&name, &(capacity_bytes as i64)],
+            "UPDATE volumes SET capacity_bytes = GREATEST(capacity_bytes, $2) WHERE volume_id = $1 AND deleted_at IS NULL",
+            &[&id, &(capacity_bytes as i64)],
         )
         .await?;
-        self.get_volume(name).await
+        self.get_volume(id).await
     }
 
-    /// The live volume `name`.
-    pub async fn get_volume(&self, name: &str) -> Result<Volume, MetaError> {
+    /// The live volume whose id is `id`.
+    pub async fn get_volume(&self, id: &str) -> Result<Volume, MetaError> {
+        self.live_volume("v.volume_id", id).await
+    }
+
+    /// The live volume created with the name `name`.
+    async fn volume_named(&self, name: &str) -> Result<Volume, MetaError> {
+        self.live_volume("v.name", name).await
+    }
+
+    async fn live_volume(&self, column: &str, value: &str) -> Result<Volume, MetaError> {
         let client = self.client().await?;
         let row = query_opt(
             &client,
             &format!(
                 "SELECT {VOLUME_COLUMNS} FROM volumes v JOIN workspaces w ON w.id = v.workspace_id \
-                 WHERE v.name = $1 AND v.deleted_at IS NULL"
+                 WHERE {column} = $1 AND v.deleted_at IS NULL"
             ),
-            &[&name],
+            &[&value],
         )
         .await?
-        .ok_or_else(|| MetaError::NotFound(format!("volume {name}")))?;
+        .ok_or_else(|| MetaError::NotFound(format!("volume {value}")))?;
         Ok(volume_from_row(&row))
     }
 
@@ -248,8 +289,8 @@ impl PgMetaStore {
 
     /// Deletes a volume: its folder (or workspace) is soft-deleted. Returns `false` when no
     /// such volume exists (deleting twice succeeds).
-    pub async fn delete_volume(&self, actor: &Actor, name: &str) -> Result<bool, MetaError> {
-        let Some(volume) = self.get_volume(name).await.map(Some).or_else(none_if_not_found)? else {
+    pub async fn delete_volume(&self, actor: &Actor, id: &str) -> Result<bool, MetaError> {
+        let Some(volume) = self.get_volume(id).await.map(Some).or_else(none_if_not_found)? else {
             return Ok(false);
         };
         let removed = if volume.whole_workspace {
@@ -265,8 +306,8 @@ impl PgMetaStore {
         let client = self.client().await?;
         execute(
             &client,
-            "UPDATE volumes SET deleted_at = now() WHERE name = $1 AND deleted_at IS NULL",
-            &[&name],
+            "UPDATE volumes SET deleted_at = now() WHERE volume_id = $1 AND deleted_at IS NULL",
+            &[&id],
         )
         .await?;
         Ok(true)
