@@ -87,8 +87,9 @@ cargo nextest run --workspace --no-fail-fast --profile ci -E "$filter" || status
 
 # The install artefacts: the Helm chart and kustomize output (Helm SDK, Kubernetes schemas,
 # checkov), the Argo CD health checks (Lua) and the alert rules and dashboard queries
-# (promtool). Each installs its own tools from PyPI or Debian.
-for suite in scripts/test-chart.sh scripts/test-argocd.sh scripts/test-alerts.sh; do
+# (promtool). Each installs its own tools from PyPI or Debian. The kind e2e suite runs where
+# kind, helm and a container engine exist and says it skipped otherwise.
+for suite in scripts/test-chart.sh scripts/test-argocd.sh scripts/test-alerts.sh e2e/run.sh; do
     echo "==> $suite"
     "$suite" || { echo "==> FAILED: $suite" >&2; status=1; }
 done
