@@ -343,6 +343,10 @@ fn sorted_names(names: &[&[u8]]) -> Vec<String> {
 }
 
 const CHECKSUM: &[u8] = b"user.studiodrive.checksum";
+const MD5: &[u8] = b"user.studiodrive.md5";
+const SHA1: &[u8] = b"user.studiodrive.sha1";
+const XXH64: &[u8] = b"user.studiodrive.xxh64";
+const SHA256: &[u8] = b"user.studiodrive.sha256";
 const BLOCK_SIZE: &[u8] = b"user.studiodrive.block_size";
 const SEQUENCES: &[u8] = b"user.studiodrive.sequences";
 
@@ -363,12 +367,12 @@ fn user_xattrs_round_trip_exact_bytes_on_files_and_directories() -> anyhow::Resu
     // Every byte value, NULs inside and at the end.
     let binary: Vec<u8> = (0..=255u8).rev().chain([0, 0, 0xff, 0]).collect();
     for (target, own, virtual_names) in [
-        (m.path("f"), &b"user.only-file"[..], [CHECKSUM, BLOCK_SIZE]),
-        (m.path("d"), &b"user.only-dir"[..], [BLOCK_SIZE, SEQUENCES]),
+        (m.path("f"), &b"user.only-file"[..], &[BLOCK_SIZE][..]),
+        (m.path("d"), &b"user.only-dir"[..], &[BLOCK_SIZE, SEQUENCES][..]),
     ] {
         let t = &target;
         assert_eq!(err(get_xattr(t, b"user.text")), Err(libc::ENODATA));
-        assert_eq!(list_xattrs(t)?, sorted_names(&virtual_names));
+        assert_eq!(list_xattrs(t)?, sorted_names(virtual_names));
 
         set_xattr(t, b"user.bin", &binary, 0)?;
         set_xattr(t, b"user.empty", b"", 0)?;
@@ -419,7 +423,7 @@ fn user_xattrs_round_trip_exact_bytes_on_files_and_directories() -> anyhow::Resu
             b"user.text",
             own,
         ];
-        expected.extend(virtual_names);
+        expected.extend(virtual_names.iter().copied());
         assert_eq!(list_xattrs(t)?, sorted_names(&expected));
         let list_len: usize = expected.iter().map(|n| n.len() + 1).sum();
         assert_eq!(listxattr_sized(t, 0)?.1, list_len);
@@ -434,7 +438,7 @@ fn user_xattrs_round_trip_exact_bytes_on_files_and_directories() -> anyhow::Resu
         remove_xattr(t, b"user.empty")?;
         assert_eq!(err(get_xattr(t, b"user.empty")), Err(libc::ENODATA));
         let mut expected = vec![&b"user.bin"[..], b"user.created", own];
-        expected.extend(virtual_names);
+        expected.extend(virtual_names.iter().copied());
         assert_eq!(list_xattrs(t)?, sorted_names(&expected));
         assert_eq!(get_xattr(t, b"user.bin")?, binary);
     }
@@ -473,15 +477,41 @@ fn xattr_namespaces_beyond_user_are_refused_and_virtual_ones_are_read_only() -> 
         assert_eq!(err(get_xattr(&f, name)), Err(libc::ENODATA), "get {label}");
         assert_eq!(err(remove_xattr(&f, name)), Err(libc::ENOTSUP), "remove {label}");
     }
-    assert_eq!(list_xattrs(&f)?, sorted_names(&[CHECKSUM, BLOCK_SIZE]));
+    // The hashes are not listed (a copy with attributes must not hash every file).
+    assert_eq!(list_xattrs(&f)?, sorted_names(&[BLOCK_SIZE]));
 
-    // SHA-256 test vectors: "abc" and the empty string.
-    let abc = b"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
-    let empty = b"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-    assert_eq!(get_xattr(&f, CHECKSUM)?, abc);
+    // Test vectors of "abc" and the empty string: MD5, SHA-1, xxHash64 (seed 0), SHA-256.
+    let hashes = |f: &std::path::Path| -> anyhow::Result<Vec<Vec<u8>>> {
+        [MD5, SHA1, XXH64, SHA256, CHECKSUM]
+            .iter()
+            .map(|name| Ok(get_xattr(f, name)?))
+            .collect()
+    };
+    let abc_sha256 = b"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+    let abc: [&[u8]; 5] = [
+        b"900150983cd24fb0d6963f7d28e17f72",
+        b"a9993e364706816aba3e25717850c26c9cd0d89d",
+        b"44bc2cf5ad770999",
+        abc_sha256,
+        abc_sha256,
+    ];
+    let empty_sha256 = b"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    let empty_hashes: [&[u8]; 5] = [
+        b"d41d8cd98f00b204e9800998ecf8427e",
+        b"da39a3ee5e6b4b0d3255bfef95601890afd80709",
+        b"ef46db3751d8e999",
+        empty_sha256,
+        empty_sha256,
+    ];
+    assert_eq!(hashes(&f)?, abc);
     assert_eq!(get_xattr(&f, BLOCK_SIZE)?, b"65536");
     OpenOptions::new().write(true).open(&f)?.set_len(0)?;
-    assert_eq!(get_xattr(&f, CHECKSUM)?, empty, "checksum after truncation");
+    assert_eq!(
+        hashes(&f)?,
+        empty_hashes,
+        "hashes after truncation (a new content version)"
+    );
+    let empty = empty_sha256;
     // Per kind: no checksum of a directory, no sequences of a file, no other virtual names.
     fs::create_dir(m.path("d"))?;
     assert_eq!(err(get_xattr(&m.path("d"), CHECKSUM)), Err(libc::ENODATA));
@@ -499,7 +529,7 @@ fn xattr_namespaces_beyond_user_are_refused_and_virtual_ones_are_read_only() -> 
     }
     assert_eq!(err(remove_xattr(&f, CHECKSUM)), Err(libc::EPERM));
     assert_eq!(get_xattr(&f, CHECKSUM)?, empty);
-    assert_eq!(list_xattrs(&f)?, sorted_names(&[CHECKSUM, BLOCK_SIZE]));
+    assert_eq!(list_xattrs(&f)?, sorted_names(&[BLOCK_SIZE]));
     Ok(())
 }
 
@@ -546,7 +576,7 @@ fn xattr_names_and_values_up_to_the_linux_limits_are_stored() -> anyhow::Result<
     assert_eq!(get_xattr(&f, b"user.large")?, b"small");
     assert_eq!(
         list_xattrs(&f)?,
-        sorted_names(&[&longest_name, b"user.large", CHECKSUM, BLOCK_SIZE])
+        sorted_names(&[&longest_name, b"user.large", BLOCK_SIZE])
     );
     Ok(())
 }
@@ -579,10 +609,7 @@ fn xattrs_persist_across_a_remount_and_belong_to_the_inode() -> anyhow::Result<(
     set_xattr(&m.path("victim"), b"user.old", b"old", 0)?;
     fs::remove_file(m.path("victim"))?;
     fs::write(m.path("victim"), b"")?;
-    assert_eq!(
-        list_xattrs(&m.path("victim"))?,
-        sorted_names(&[CHECKSUM, BLOCK_SIZE])
-    );
+    assert_eq!(list_xattrs(&m.path("victim"))?, sorted_names(&[BLOCK_SIZE]));
 
     let status = m.stop()?;
     assert!(status.success(), "mount exited with {status}");
@@ -600,16 +627,13 @@ fn xattrs_persist_across_a_remount_and_belong_to_the_inode() -> anyhow::Result<(
         assert_eq!(err(get_xattr(&path, b"user.gone")), Err(libc::ENODATA), "{at}");
         assert_eq!(
             list_xattrs(&path)?,
-            sorted_names(&[b"user.bin", b"user.empty", b"user.via-link", CHECKSUM, BLOCK_SIZE]),
+            sorted_names(&[b"user.bin", b"user.empty", b"user.via-link", BLOCK_SIZE]),
             "{at}"
         );
     }
     let dir_value = err(get_xattr(&m.path("d"), b"user.dir"));
     assert_eq!(dir_value, Ok(b"on a directory".to_vec()), "after the remount, d");
-    assert_eq!(
-        list_xattrs(&m.path("victim"))?,
-        sorted_names(&[CHECKSUM, BLOCK_SIZE])
-    );
+    assert_eq!(list_xattrs(&m.path("victim"))?, sorted_names(&[BLOCK_SIZE]));
     Ok(())
 }
 

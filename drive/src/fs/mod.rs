@@ -255,6 +255,9 @@ pub struct DriveFs<B: BlockIo, M: MetaStore = PgMetaStore> {
     /// at most `meta_cache_entries` files: a file left out only has its pages dropped at its
     /// next open, so the map is simply emptied when full.
     seen_versions: Mutex<HashMap<NodeId, u64>>,
+    /// The hashes of files' content by (file, content version), computed on demand for the
+    /// `user.studiodrive.*` hash attributes; emptied when it holds `HASHED_FILES` entries.
+    file_hashes: Mutex<HashMap<(NodeId, u64), Arc<xattr::FileHashes>>>,
     /// What a failed commit here dropped and the kernel may still cache (the file's pages,
     /// the entry of a new file that is not created), for the invalidator to send.
     dropped: Mutex<Invalidations>,
@@ -317,6 +320,7 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
             sessions: Mutex::new(HashMap::new()),
             deferred_names: Mutex::new(HashMap::new()),
             seen_versions: Mutex::new(HashMap::new()),
+            file_hashes: Mutex::new(HashMap::new()),
             dropped: Mutex::new(Invalidations::default()),
             usage: Mutex::new(None),
             held_locks: Mutex::new(std::collections::HashSet::new()),

@@ -1,29 +1,101 @@
 //! Extended attributes: `user.*` attributes stored in the metadata store, plus read-only
 //! virtual ones under `user.studiodrive.*` computed on demand:
-//! - `checksum`: SHA-256 (hex) of a file's committed content;
+//! - `md5`, `sha1`, `xxh64`, `sha256` (and `checksum`, the same as `sha256`): lowercase hex
+//!   hashes of a file's committed content, all four from one read, kept per content version;
+//!   not listed, so `cp -a`, `rsync -X` and backup tools that copy every listed attribute
+//!   never hash whole files by accident;
 //! - `block_size`: the workspace block size in bytes;
 //! - `sequences`: the frame sequences of a folder, one per line.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
+use md5::Md5;
+use sha1::Sha1;
 use sha2::{Digest, Sha256};
+use xxhash_rust::xxh64::Xxh64;
 
 use crate::fs::Pending;
 use crate::fs::blocks::BlockIo;
 use crate::fs::error::{FsError, FsErrorKind};
 use crate::fs::{Caller, DriveFs};
 use crate::meta::xattrs::XattrMode;
-use crate::model::NodeKind;
+use crate::model::{Attr, NodeId, NodeKind};
 use crate::ports::MetaStore;
+use crate::sync::lock;
 
 const USER_PREFIX: &[u8] = b"user.";
 const VIRTUAL_PREFIX: &[u8] = b"user.studiodrive.";
 const CHECKSUM: &[u8] = b"user.studiodrive.checksum";
+const MD5: &[u8] = b"user.studiodrive.md5";
+const SHA1: &[u8] = b"user.studiodrive.sha1";
+const XXH64: &[u8] = b"user.studiodrive.xxh64";
+const SHA256: &[u8] = b"user.studiodrive.sha256";
 const BLOCK_SIZE: &[u8] = b"user.studiodrive.block_size";
 const SEQUENCES: &[u8] = b"user.studiodrive.sequences";
 
 /// Bytes read per step while hashing a file.
 const HASH_STEP: u64 = 4 << 20;
+
+/// Files whose hashes a mount keeps (a few hundred bytes each).
+pub(super) const HASHED_FILES: usize = 1024;
+
+/// The hashes of one content version of a file, lowercase hex.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileHashes {
+    pub md5: String,
+    pub sha1: String,
+    pub xxh64: String,
+    pub sha256: String,
+}
+
+impl FileHashes {
+    /// The hash attribute `name` names, if it names one.
+    fn get(&self, name: &[u8]) -> Option<&str> {
+        match name {
+            MD5 => Some(&self.md5),
+            SHA1 => Some(&self.sha1),
+            XXH64 => Some(&self.xxh64),
+            SHA256 | CHECKSUM => Some(&self.sha256),
+            _ => None,
+        }
+    }
+}
+
+/// The four hashes over a stream of chunks.
+struct Hashers {
+    md5: Md5,
+    sha1: Sha1,
+    xxh64: Xxh64,
+    sha256: Sha256,
+}
+
+impl Hashers {
+    fn new() -> Hashers {
+        Hashers {
+            md5: Md5::new(),
+            sha1: Sha1::new(),
+            xxh64: Xxh64::new(0),
+            sha256: Sha256::new(),
+        }
+    }
+
+    fn update(&mut self, chunk: &[u8]) {
+        self.md5.update(chunk);
+        self.sha1.update(chunk);
+        self.xxh64.update(chunk);
+        self.sha256.update(chunk);
+    }
+
+    fn finish(self) -> FileHashes {
+        FileHashes {
+            md5: hex(&self.md5.finalize()),
+            sha1: hex(&self.sha1.finalize()),
+            xxh64: format!("{:016x}", self.xxh64.digest()),
+            sha256: hex(&self.sha256.finalize()),
+        }
+    }
+}
 
 impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
     /// The value of attribute `name`.
@@ -33,19 +105,9 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
             // Fresh: the checksum must be of the latest committed content.
             let attr = self.fresh_attr(node).await?;
             return match (name, attr.kind) {
-                (CHECKSUM, NodeKind::File) => {
-                    let mut reader = self.reader(node, attr.size);
-                    let mut hasher = Sha256::new();
-                    let mut pos = 0;
-                    while pos < reader.size() {
-                        let chunk = reader.read(pos, HASH_STEP).await?;
-                        if chunk.is_empty() {
-                            break;
-                        }
-                        pos += chunk.len() as u64;
-                        hasher.update(&chunk);
-                    }
-                    Ok(hex(&hasher.finalize()).into_bytes())
+                (MD5 | SHA1 | XXH64 | SHA256 | CHECKSUM, NodeKind::File) => {
+                    let hashes = self.file_hashes(node, &attr).await?;
+                    Ok(hashes.get(name).unwrap_or_default().as_bytes().to_vec())
                 }
                 (BLOCK_SIZE, _) => Ok(self.ws.block_size.to_string().into_bytes()),
                 (SEQUENCES, NodeKind::Directory) => {
@@ -68,6 +130,33 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
             .ok_or_else(no_attribute)
     }
 
+    /// The hashes of `node`'s committed content `attr` describes: from this mount's cache for
+    /// that content version, else from one read of the whole file.
+    async fn file_hashes(&self, node: NodeId, attr: &Attr) -> Result<Arc<FileHashes>, FsError> {
+        let key = (node, attr.content_version);
+        if let Some(known) = lock(&self.file_hashes).get(&key) {
+            return Ok(known.clone());
+        }
+        let mut reader = self.reader(node, attr.size);
+        let mut hashers = Hashers::new();
+        let mut pos = 0;
+        while pos < reader.size() {
+            let chunk = reader.read(pos, HASH_STEP).await?;
+            if chunk.is_empty() {
+                break;
+            }
+            pos += chunk.len() as u64;
+            hashers.update(&chunk);
+        }
+        let hashes = Arc::new(hashers.finish());
+        let mut cache = lock(&self.file_hashes);
+        if cache.len() >= HASHED_FILES {
+            cache.clear();
+        }
+        cache.insert(key, hashes.clone());
+        Ok(hashes)
+    }
+
     /// `getxattr` of a name that is never stored (security.*, system.*, trusted.*), answered
     /// without I/O: the kernel asks for security.capability on every write, so the FUSE
     /// adapter answers it on its own thread. `None` for `user.*` names.
@@ -81,7 +170,8 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
         let attr = self.stored_attr(node).await?;
         let mut names = self.unsettled().list_xattrs(node).await?;
         match attr.kind {
-            NodeKind::File => names.extend([CHECKSUM.to_vec(), BLOCK_SIZE.to_vec()]),
+            // The hashes are left out: listing them would make copies hash every file.
+            NodeKind::File => names.push(BLOCK_SIZE.to_vec()),
             NodeKind::Directory => names.extend([BLOCK_SIZE.to_vec(), SEQUENCES.to_vec()]),
             _ => {}
         }
