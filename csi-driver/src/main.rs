@@ -1,7 +1,7 @@
 //! `studiodrive-csi`: the CSI plugin and the local FUSE mount.
 
 use clap::{Parser, Subcommand};
-use drive_csi::cli::{StorageArgs, admin, mount, serve, trash};
+use drive_csi::cli::{StorageArgs, admin, mhl, mount, serve, trash};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,6 +42,9 @@ enum Command {
     /// Lists and restores deleted files and folders.
     #[command(subcommand)]
     Trash(trash::TrashCmd),
+    /// Writes and checks ASC MHL hash histories of folders.
+    #[command(subcommand)]
+    Mhl(mhl::MhlCmd),
     /// Prints the workspace's change feed.
     Events {
         #[command(flatten)]
@@ -66,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         Command::Mount(args) => mount::run(args),
         Command::Serve(args) => serve::run(args),
         Command::WaitMounted { path } => mount::wait_mounted(&path),
+        Command::Mhl(cmd) => mhl::run(cmd),
         other => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
@@ -75,7 +79,7 @@ fn main() -> anyhow::Result<()> {
                     Command::Events { storage, follow } => admin::events(storage, follow).await,
                     Command::Gc(args) => admin::gc(args).await,
                     Command::Trash(cmd) => trash::trash(cmd).await,
-                    Command::Mount(_) | Command::Serve(_) | Command::WaitMounted { .. } => {
+                    Command::Mount(_) | Command::Serve(_) | Command::WaitMounted { .. } | Command::Mhl(_) => {
                         anyhow::bail!("runs outside this runtime")
                     }
                 }

@@ -12,6 +12,7 @@ pub mod fs;
 pub mod gc;
 pub mod lifecycle;
 pub mod meta;
+pub mod mhl;
 pub mod model;
 pub mod mount;
 pub mod ports;

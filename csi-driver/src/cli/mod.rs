@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod embedded;
+pub mod mhl;
 pub mod mount;
 pub mod serve;
 pub mod trash;
