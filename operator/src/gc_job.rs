@@ -16,7 +16,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec, SecretKeySelector, SecurityContext,
+    Container, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec, SecretKeySelector, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount,
 };
 use kube::Resource;
 use kube::api::ObjectMeta;
@@ -39,9 +40,15 @@ pub struct GcJobSettings {
     /// Secret and key holding the metadata store URL, passed as STUDIODRIVE_METADATA_URL.
     pub metadata_url_secret: Option<(String, String)>,
     /// Plain (not secret) settings of the block store, as environment variables
-    /// (STUDIODRIVE_STORE, STUDIODRIVE_S3_ENDPOINT).
+    /// (STUDIODRIVE_STORE, STUDIODRIVE_S3_ENDPOINT, STUDIODRIVE_S3_REGION).
     pub store_env: Vec<(String, String)>,
+    /// Secret and key holding an AWS shared-credentials file, mounted read-only into the
+    /// Job's pod and named by STUDIODRIVE_S3_CREDENTIALS_FILE (never copied into the Job).
+    pub s3_credentials_secret: Option<(String, String)>,
 }
+
+/// Where a GC Job's pod sees the S3 credentials Secret.
+const S3_CREDENTIALS_DIR: &str = "/etc/studiodrive/s3";
 
 impl Default for GcJobSettings {
     fn default() -> GcJobSettings {
@@ -51,6 +58,7 @@ impl Default for GcJobSettings {
             service_account: Some("studiodrive-gc".into()),
             metadata_url_secret: None,
             store_env: Vec::new(),
+            s3_credentials_secret: None,
         }
     }
 }
@@ -117,6 +125,9 @@ pub struct GcStorage {
     /// Region of the block store's bucket.
     #[arg(long, env = "STUDIODRIVE_S3_REGION")]
     pub s3_region: Option<String>,
+    /// An AWS shared-credentials file for the block store (else the default credential chain).
+    #[arg(long, env = "STUDIODRIVE_S3_CREDENTIALS_FILE")]
+    pub s3_credentials_file: Option<std::path::PathBuf>,
     /// Seconds a block must be untouched before a pass may delete it (longer than any upload
     /// and write session).
     #[arg(long, env = "STUDIODRIVE_GC_GRACE_SECONDS", default_value_t = DEFAULT_GRACE_SECONDS)]
@@ -134,6 +145,7 @@ impl Default for GcStorage {
             store: None,
             s3_endpoint: None,
             s3_region: None,
+            s3_credentials_file: None,
             grace_seconds: DEFAULT_GRACE_SECONDS,
         }
     }
@@ -174,7 +186,12 @@ pub async fn run_pass(args: &GcPassArgs) -> anyhow::Result<drive::lifecycle::Lif
         )?
         .parse()
         .context("STUDIODRIVE_STORE")?;
-    let s3 = location.s3_config(storage.s3_endpoint.as_deref(), storage.s3_region.as_deref());
+    let s3 = location
+        .s3_config(storage.s3_endpoint.as_deref(), storage.s3_region.as_deref())
+        .map(|mut cfg| {
+            cfg.credentials_file.clone_from(&storage.s3_credentials_file);
+            cfg
+        });
     let store = location.open(s3).await.context("open the block store")?;
     let meta = drive::PgMetaStore::connect(&drive::MetaConfig::new(url))
         .await
@@ -348,6 +365,11 @@ pub fn build_job(
             value: Some(value.clone()),
             ..EnvVar::default()
         }))
+        .chain(settings.s3_credentials_secret.iter().map(|(_, key)| EnvVar {
+            name: "STUDIODRIVE_S3_CREDENTIALS_FILE".into(),
+            value: Some(format!("{S3_CREDENTIALS_DIR}/{key}")),
+            ..EnvVar::default()
+        }))
         .collect();
     let env = (!env.is_empty()).then_some(env);
     let container = Container {
@@ -355,6 +377,14 @@ pub fn build_job(
         image: Some(settings.image.clone()),
         args: Some(GcPassArgs::for_pass(policy, pass_id, shard, scope).to_args()),
         env,
+        volume_mounts: settings.s3_credentials_secret.as_ref().map(|_| {
+            vec![VolumeMount {
+                name: "s3-credentials".into(),
+                mount_path: S3_CREDENTIALS_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            }]
+        }),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -388,6 +418,29 @@ pub fn build_job(
                     restart_policy: Some("Never".into()),
                     service_account_name: settings.service_account.clone(),
                     containers: vec![container],
+                    security_context: settings.s3_credentials_secret.as_ref().map(|_| {
+                        k8s_openapi::api::core::v1::PodSecurityContext {
+                            fs_group: Some(65532),
+                            ..Default::default()
+                        }
+                    }),
+                    volumes: settings.s3_credentials_secret.as_ref().map(|(name, key)| {
+                        vec![Volume {
+                            name: "s3-credentials".into(),
+                            secret: Some(SecretVolumeSource {
+                                secret_name: Some(name.clone()),
+                                items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
+                                    key: key.clone(),
+                                    path: key.clone(),
+                                    ..Default::default()
+                                }]),
+                                // Group-readable: the pod's fsGroup, not its uid, owns it.
+                                default_mode: Some(0o440),
+                                ..SecretVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        }]
+                    }),
                     ..PodSpec::default()
                 }),
             },

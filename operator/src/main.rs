@@ -73,6 +73,9 @@ struct RunArgs {
     /// Default object store bucket.
     #[arg(long, env = "STUDIODRIVE_OBJECT_STORE_BUCKET")]
     object_store_bucket: Option<String>,
+    /// Default object store region (for GC Jobs).
+    #[arg(long, env = "STUDIODRIVE_OBJECT_STORE_REGION")]
+    object_store_region: Option<String>,
     /// Address of the metrics and health endpoint.
     #[arg(long, env = "STUDIODRIVE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
@@ -92,6 +95,10 @@ struct RunArgs {
     /// Secret holding the metadata URL for GC Jobs, as NAME/KEY.
     #[arg(long, env = "STUDIODRIVE_GC_METADATA_SECRET")]
     gc_metadata_secret: Option<String>,
+    /// Secret holding an AWS shared-credentials file for GC Jobs, as NAME/KEY (without it
+    /// they use the pod's default credential chain: instance role, IRSA).
+    #[arg(long, env = "STUDIODRIVE_GC_S3_CREDENTIALS_SECRET")]
+    gc_s3_credentials_secret: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -192,15 +199,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         controller: "studiodrive-operator".into(),
         instance: Some(args.identity.clone()),
     };
-    let gc_secret = args
-        .gc_metadata_secret
-        .as_deref()
-        .map(|s| {
-            s.split_once('/')
-                .map(|(n, k)| (n.to_string(), k.to_string()))
-                .context("--gc-metadata-secret is NAME/KEY")
-        })
-        .transpose()?;
+    let secret_key = |value: Option<&str>, flag: &str| {
+        value
+            .map(|s| {
+                s.split_once('/')
+                    .filter(|(n, k)| !n.is_empty() && !k.is_empty())
+                    .map(|(n, k)| (n.to_string(), k.to_string()))
+                    .with_context(|| format!("{flag} is NAME/KEY"))
+            })
+            .transpose()
+    };
+    let gc_secret = secret_key(args.gc_metadata_secret.as_deref(), "--gc-metadata-secret")?;
+    let gc_s3_credentials = secret_key(
+        args.gc_s3_credentials_secret.as_deref(),
+        "--gc-s3-credentials-secret",
+    )?;
     let ctx = Arc::new(Context {
         client: client.clone(),
         store: MetaStoreAdapter(store),
@@ -213,6 +226,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             image: args.gc_image,
             service_account: Some("studiodrive-gc".into()),
             metadata_url_secret: gc_secret,
+            s3_credentials_secret: gc_s3_credentials,
             store_env: args
                 .object_store_bucket
                 .iter()
@@ -221,6 +235,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     args.object_store_endpoint
                         .iter()
                         .map(|e| ("STUDIODRIVE_S3_ENDPOINT".to_string(), e.clone())),
+                )
+                .chain(
+                    args.object_store_region
+                        .iter()
+                        .map(|r| ("STUDIODRIVE_S3_REGION".to_string(), r.clone())),
                 )
                 .collect(),
         },

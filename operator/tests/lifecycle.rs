@@ -463,7 +463,74 @@ fn settings() -> GcJobSettings {
         service_account: Some("studiodrive-gc".into()),
         metadata_url_secret: Some(("studiodrive-metadata".into(), "url".into())),
         store_env: Vec::new(),
+        s3_credentials_secret: None,
     }
+}
+
+#[test]
+fn a_gc_job_gets_the_s3_credentials_file_and_region_without_copying_the_secret() {
+    let p = policy("nightly", "0 3 * * *");
+    let mut with = settings();
+    with.s3_credentials_secret = Some(("studio-s3".into(), "credentials".into()));
+    with.store_env = vec![("STUDIODRIVE_S3_REGION".into(), "eu-west-1".into())];
+    let job = build_job(
+        &p,
+        "nightly@10800",
+        None,
+        "sdgc-nightly-10800",
+        &PassScope::default(),
+        &with,
+    );
+    let pod = job.spec.and_then(|s| s.template.spec).expect("pod");
+    let container = &pod.containers[0];
+    let env: BTreeMap<String, Option<String>> = container
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| (e.name, e.value))
+        .collect();
+    assert_eq!(
+        env.get("STUDIODRIVE_S3_CREDENTIALS_FILE"),
+        Some(&Some("/etc/studiodrive/s3/credentials".to_string()))
+    );
+    assert_eq!(
+        env.get("STUDIODRIVE_S3_REGION"),
+        Some(&Some("eu-west-1".to_string()))
+    );
+    let mounts = container.volume_mounts.clone().unwrap_or_default();
+    assert_eq!(
+        mounts
+            .iter()
+            .map(|m| (m.name.as_str(), m.mount_path.as_str(), m.read_only))
+            .collect::<Vec<_>>(),
+        [("s3-credentials", "/etc/studiodrive/s3", Some(true))]
+    );
+    let volumes = pod.volumes.clone().unwrap_or_default();
+    let secret = volumes[0].secret.clone().expect("a Secret volume");
+    assert_eq!(
+        (secret.secret_name.as_deref(), secret.default_mode),
+        (Some("studio-s3"), Some(0o440))
+    );
+    assert_eq!(
+        pod.security_context.and_then(|c| c.fs_group),
+        Some(65532),
+        "the non-root pod can read it"
+    );
+    // Without the setting the pod has no volume and no credentials variable.
+    let plain = build_job(
+        &p,
+        "nightly@10800",
+        None,
+        "sdgc-nightly-10800",
+        &PassScope::default(),
+        &settings(),
+    );
+    let pod = plain.spec.and_then(|s| s.template.spec).expect("pod");
+    assert_eq!(
+        (pod.volumes, pod.containers[0].volume_mounts.clone()),
+        (None, None)
+    );
 }
 
 #[test]

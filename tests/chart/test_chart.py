@@ -533,6 +533,8 @@ def test_s3_store_settings_reach_the_node_plugin_and_gc_jobs(monitoring_chart):
     args = operator_args(objects)
     assert "--object-store-bucket=frames/studio-a" in args
     assert "--object-store-endpoint=http://minio.storage:9000" in args
+    assert "--object-store-region=eu-west-1" in args
+    assert "--gc-s3-credentials-secret=studiodrive-s3/credentials" in args
 
 
 def test_file_store_is_mounted_into_the_node_plugin(monitoring_chart):
