@@ -74,27 +74,57 @@ impl HashAlgo {
             .ok_or_else(|| MhlError::UnknownHash(name.to_string()))
     }
 
+    /// A running hash of this algorithm.
+    pub fn hasher(self) -> Hasher {
+        Hasher(match self {
+            HashAlgo::Md5 => Running::Md5(Md5::new()),
+            HashAlgo::Sha1 => Running::Sha1(Sha1::new()),
+            HashAlgo::Xxh64 => Running::Xxh64(Xxh64::new(0)),
+            HashAlgo::Sha256 => Running::Sha256(Sha256::new()),
+        })
+    }
+
     /// The hash of everything `reader` gives.
     pub fn hash(self, mut reader: impl Read) -> std::io::Result<String> {
+        let mut hasher = self.hasher();
         let mut buf = vec![0u8; 1 << 20];
-        macro_rules! digest {
-            ($hasher:expr, $finish:expr) => {{
-                let mut h = $hasher;
-                loop {
-                    let n = reader.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    h.update(&buf[..n]);
-                }
-                Ok($finish(h))
-            }};
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                return Ok(hasher.finish());
+            }
+            hasher.update(&buf[..n]);
         }
-        match self {
-            HashAlgo::Md5 => digest!(Md5::new(), |h: Md5| hex(&h.finalize())),
-            HashAlgo::Sha1 => digest!(Sha1::new(), |h: Sha1| hex(&h.finalize())),
-            HashAlgo::Sha256 => digest!(Sha256::new(), |h: Sha256| hex(&h.finalize())),
-            HashAlgo::Xxh64 => digest!(Xxh64::new(0), |h: Xxh64| format!("{:016x}", h.digest())),
+    }
+}
+
+/// A hash being computed, fed chunk by chunk.
+pub struct Hasher(Running);
+
+enum Running {
+    Md5(Md5),
+    Sha1(Sha1),
+    Xxh64(Xxh64),
+    Sha256(Sha256),
+}
+
+impl Hasher {
+    pub fn update(&mut self, chunk: &[u8]) {
+        match &mut self.0 {
+            Running::Md5(h) => h.update(chunk),
+            Running::Sha1(h) => h.update(chunk),
+            Running::Xxh64(h) => h.update(chunk),
+            Running::Sha256(h) => h.update(chunk),
+        }
+    }
+
+    /// The hash in lowercase hex (xxHash64 as its 16-digit big-endian value, as MHL writes it).
+    pub fn finish(self) -> String {
+        match self.0 {
+            Running::Md5(h) => hex(&h.finalize()),
+            Running::Sha1(h) => hex(&h.finalize()),
+            Running::Xxh64(h) => format!("{:016x}", h.digest()),
+            Running::Sha256(h) => hex(&h.finalize()),
         }
     }
 }
@@ -238,8 +268,25 @@ fn elements<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
     out
 }
 
+/// One generation the chain lists: its sequence number, file name and C4 id.
+struct Generation {
+    sequence: u32,
+    file: String,
+    c4: String,
+}
+
+/// A file of the folder as a new generation records it.
+struct Listed {
+    path: String,
+    size: u64,
+    modified: SystemTime,
+    hash: String,
+    /// Whether an earlier generation recorded it (`verified`) or not (`original`).
+    seen: bool,
+}
+
 /// The latest recorded hash of each file, over the generations the chain lists, in order.
-fn history(root: &Path) -> Result<(BTreeMap<String, Recorded>, Vec<(u32, String, String)>), MhlError> {
+fn history(root: &Path) -> Result<(BTreeMap<String, Recorded>, Vec<Generation>), MhlError> {
     let dir = root.join(HISTORY_DIR);
     let chain_path = dir.join(CHAIN_FILE);
     let chain = match fs::read_to_string(&chain_path) {
@@ -287,24 +334,14 @@ fn history(root: &Path) -> Result<(BTreeMap<String, Recorded>, Vec<(u32, String,
                 known.insert(name, recorded);
             }
         }
-        generations.push((sequence, file, c4));
+        generations.push(Generation { sequence, file, c4 });
     }
     Ok((known, generations))
 }
 
 /// Checks the files of `root` against its history; returns what it found and the files with
 /// their hashes in `algo` (for a new generation).
-fn check(
-    root: &Path,
-    algo: HashAlgo,
-) -> Result<
-    (
-        MhlReport,
-        Vec<(String, u64, SystemTime, String, bool)>,
-        Vec<(u32, String, String)>,
-    ),
-    MhlError,
-> {
+fn check(root: &Path, algo: HashAlgo) -> Result<(MhlReport, Vec<Listed>, Vec<Generation>), MhlError> {
     let (known, generations) = history(root)?;
     let present = files(root)?;
     let mut report = MhlReport::default();
@@ -338,7 +375,13 @@ fn check(
                 true
             }
         };
-        listed.push((rel.clone(), meta.len(), modified, hash, seen));
+        listed.push(Listed {
+            path: rel.clone(),
+            size: meta.len(),
+            modified,
+            hash,
+            seen,
+        });
     }
     for rel in known.keys() {
         if !present.contains(rel) {
@@ -359,28 +402,12 @@ pub fn verify(root: &Path) -> Result<MhlReport, MhlError> {
     check(root, HashAlgo::Xxh64).map(|(report, _, _)| report)
 }
 
+/// `t` as ASC MHL writes dates: RFC 3339 in UTC, to the second.
 fn rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0) as i64;
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}+00:00",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
+    jiff::Timestamp::try_from(t)
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+        .strftime("%Y-%m-%dT%H:%M:%S+00:00")
+        .to_string()
 }
 
 /// Checks `root` against its history (as [`verify`]), then records a new generation of every
@@ -398,7 +425,14 @@ pub fn create(root: &Path, algo: HashAlgo, tool_version: &str) -> Result<MhlRepo
         xml_escape(tool_version)
     ));
     xml.push_str("  <processinfo>\n    <process>in-place</process>\n    <ignore>\n      <pattern>.DS_Store</pattern>\n      <pattern>ascmhl</pattern>\n      <pattern>ascmhl/</pattern>\n    </ignore>\n  </processinfo>\n  <hashes>\n");
-    for (rel, size, modified, hash, seen) in &listed {
+    for Listed {
+        path: rel,
+        size,
+        modified,
+        hash,
+        seen,
+    } in &listed
+    {
         let action = if *seen { "verified" } else { "original" };
         xml.push_str(&format!(
             "    <hash>\n      <path size=\"{size}\" lastmodificationdate=\"{}\">{}</path>\n      <{n} action=\"{action}\" hashdate=\"{stamp}\">{hash}</{n}>\n    </hash>\n",
@@ -411,7 +445,7 @@ pub fn create(root: &Path, algo: HashAlgo, tool_version: &str) -> Result<MhlRepo
 
     let dir = root.join(HISTORY_DIR);
     fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let sequence = generations.last().map_or(1, |(n, _, _)| n + 1);
+    let sequence = generations.last().map_or(1, |g| g.sequence + 1);
     let folder = root
         .canonicalize()
         .ok()
@@ -433,14 +467,15 @@ pub fn create(root: &Path, algo: HashAlgo, tool_version: &str) -> Result<MhlRepo
     let mut chain = String::from(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ascmhldirectory xmlns=\"urn:ASC:MHL:DIRECTORY:v2.0\">\n",
     );
-    for (n, name, c4) in generations
-        .iter()
-        .cloned()
-        .chain([(sequence, file.clone(), c4_id(xml.as_bytes()))])
-    {
+    let written = Generation {
+        sequence,
+        file: file.clone(),
+        c4: c4_id(xml.as_bytes()),
+    };
+    for Generation { sequence, file, c4 } in generations.iter().chain([&written]) {
         chain.push_str(&format!(
-            "  <hashlist sequencenr=\"{n}\">\n    <path>{}</path>\n    <c4>{c4}</c4>\n  </hashlist>\n",
-            xml_escape(&name)
+            "  <hashlist sequencenr=\"{sequence}\">\n    <path>{}</path>\n    <c4>{c4}</c4>\n  </hashlist>\n",
+            xml_escape(file)
         ));
     }
     chain.push_str("</ascmhldirectory>\n");

@@ -10,16 +10,12 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use md5::Md5;
-use sha1::Sha1;
-use sha2::{Digest, Sha256};
-use xxhash_rust::xxh64::Xxh64;
-
 use crate::fs::Pending;
 use crate::fs::blocks::BlockIo;
 use crate::fs::error::{FsError, FsErrorKind};
 use crate::fs::{Caller, DriveFs};
 use crate::meta::xattrs::XattrMode;
+use crate::mhl::{HashAlgo, Hasher};
 use crate::model::{Attr, NodeId, NodeKind};
 use crate::ports::MetaStore;
 use crate::sync::lock;
@@ -62,37 +58,25 @@ impl FileHashes {
     }
 }
 
-/// The four hashes over a stream of chunks.
-struct Hashers {
-    md5: Md5,
-    sha1: Sha1,
-    xxh64: Xxh64,
-    sha256: Sha256,
-}
+/// The four hashes over a stream of chunks, in [`HashAlgo::ALL`]'s order.
+struct Hashers([Hasher; 4]);
 
 impl Hashers {
     fn new() -> Hashers {
-        Hashers {
-            md5: Md5::new(),
-            sha1: Sha1::new(),
-            xxh64: Xxh64::new(0),
-            sha256: Sha256::new(),
-        }
+        Hashers(HashAlgo::ALL.map(HashAlgo::hasher))
     }
 
     fn update(&mut self, chunk: &[u8]) {
-        self.md5.update(chunk);
-        self.sha1.update(chunk);
-        self.xxh64.update(chunk);
-        self.sha256.update(chunk);
+        self.0.iter_mut().for_each(|h| h.update(chunk));
     }
 
     fn finish(self) -> FileHashes {
+        let [md5, sha1, xxh64, sha256] = self.0.map(Hasher::finish);
         FileHashes {
-            md5: hex(&self.md5.finalize()),
-            sha1: hex(&self.sha1.finalize()),
-            xxh64: format!("{:016x}", self.xxh64.digest()),
-            sha256: hex(&self.sha256.finalize()),
+            md5,
+            sha1,
+            xxh64,
+            sha256,
         }
     }
 }
@@ -236,12 +220,4 @@ fn check_settable(name: &[u8]) -> Result<(), FsError> {
 
 fn no_attribute() -> FsError {
     FsError::new(FsErrorKind::NoAttribute, "no such attribute")
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
