@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of Studio Drive on a fresh Debian machine.
 #
-# Installs what the tests need when missing (as root: apt packages postgresql, fuse3, acl;
+# Installs what the tests need when missing (as root: apt packages postgresql, fuse3, acl, nats-server;
 # cargo-nextest), then runs the Rust suite with cargo-nextest and the chart, Argo CD and
 # alert-rule suites (scripts/test-{chart,argocd,alerts}.sh). Tests start their own
 # PostgreSQL, S3 server and FUSE mounts; nothing needs to be running beforehand.
@@ -19,6 +19,8 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/n
 command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
 # The embedded PostgreSQL run as root lets only the postgres user through its 0700 state dir.
 command -v setfacl >/dev/null 2>&1 || need_apt+=(acl)
+# The event-delivery tests start a real NATS server with JetStream.
+command -v nats-server >/dev/null 2>&1 || need_apt+=(nats-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
         echo "==> installing ${need_apt[*]}"

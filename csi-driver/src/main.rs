@@ -1,7 +1,7 @@
 //! `studiodrive-csi`: the CSI plugin and the local FUSE mount.
 
 use clap::{Parser, Subcommand};
-use drive_csi::cli::{StorageArgs, admin, mhl, mount, serve, trash};
+use drive_csi::cli::{StorageArgs, admin, events, mhl, mount, serve, trash};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,6 +53,12 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// Declares, lists and deletes where the change feed is delivered (NATS JetStream,
+    /// CloudEvents webhooks).
+    #[command(subcommand)]
+    Sink(events::SinkCmd),
+    /// Delivers the change feed to every event sink (one relay per sink at a time).
+    Relay(events::RelayArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,6 +85,8 @@ fn main() -> anyhow::Result<()> {
                     Command::Events { storage, follow } => admin::events(storage, follow).await,
                     Command::Gc(args) => admin::gc(args).await,
                     Command::Trash(cmd) => trash::trash(cmd).await,
+                    Command::Sink(cmd) => events::sink(cmd).await,
+                    Command::Relay(args) => events::relay(args).await,
                     Command::Mount(_) | Command::Serve(_) | Command::WaitMounted { .. } | Command::Mhl(_) => {
                         anyhow::bail!("runs outside this runtime")
                     }

@@ -378,6 +378,79 @@ impl Exporter for GcMetrics {
     }
 }
 
+/// The metrics of an event relay (`studiodrive-csi relay`), per sink, from its statistics.
+pub struct RelayMetrics {
+    registry: Registry,
+    stats: Arc<drive::relay::RelayStats>,
+    delivered: IntCounterVec,
+    filtered: IntCounterVec,
+    failures: IntCounterVec,
+    lag: prometheus::GaugeVec,
+    active: prometheus::IntGaugeVec,
+    /// What the counters showed at the last scrape, per sink (they only add the difference).
+    seen: std::sync::Mutex<std::collections::BTreeMap<String, drive::relay::SinkStats>>,
+}
+
+impl RelayMetrics {
+    pub fn new(stats: Arc<drive::relay::RelayStats>) -> Result<RelayMetrics, prometheus::Error> {
+        let registry = Registry::new_custom(Some("studiodrive".into()), None)?;
+        let counter = |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), &["sink"]);
+        let delivered = counter("event_sink_delivered_total", "Events a sink acknowledged")?;
+        let filtered = counter("event_sink_filtered_total", "Events a sink's filter left out")?;
+        let failures = counter("event_sink_failures_total", "Failed delivery attempts")?;
+        let lag = prometheus::GaugeVec::new(
+            Opts::new(
+                "event_sink_lag_seconds",
+                "Age of the oldest event a sink has not acknowledged (0 when caught up)",
+            ),
+            &["sink"],
+        )?;
+        let active = prometheus::IntGaugeVec::new(
+            Opts::new("event_sink_active", "1 while this relay holds the sink's lease"),
+            &["sink"],
+        )?;
+        registry.register(Box::new(delivered.clone()))?;
+        registry.register(Box::new(filtered.clone()))?;
+        registry.register(Box::new(failures.clone()))?;
+        registry.register(Box::new(lag.clone()))?;
+        registry.register(Box::new(active.clone()))?;
+        Ok(RelayMetrics {
+            registry,
+            stats,
+            delivered,
+            filtered,
+            failures,
+            lag,
+            active,
+            seen: std::sync::Mutex::default(),
+        })
+    }
+}
+
+impl Exporter for RelayMetrics {
+    fn render(&self) -> Vec<u8> {
+        if let Ok(mut seen) = self.seen.lock() {
+            for (sink, now) in self.stats.snapshot() {
+                let before = seen.entry(sink.clone()).or_default();
+                let labels = [sink.as_str()];
+                self.delivered
+                    .with_label_values(&labels)
+                    .inc_by(now.delivered.saturating_sub(before.delivered));
+                self.filtered
+                    .with_label_values(&labels)
+                    .inc_by(now.filtered.saturating_sub(before.filtered));
+                self.failures
+                    .with_label_values(&labels)
+                    .inc_by(now.failures.saturating_sub(before.failures));
+                self.lag.with_label_values(&labels).set(now.lag_seconds);
+                self.active.with_label_values(&labels).set(i64::from(now.active));
+                *before = now;
+            }
+        }
+        encode(&self.registry)
+    }
+}
+
 /// Serves `/metrics` on `addr` until `cancel` fires.
 pub async fn serve<E: Exporter>(
     addr: SocketAddr,

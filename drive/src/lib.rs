@@ -17,6 +17,7 @@ pub mod model;
 pub mod mount;
 pub mod ports;
 pub mod private_files;
+pub mod relay;
 pub mod rules;
 pub mod sync;
 pub mod tiering;

@@ -1,8 +1,9 @@
-//! Local subcommands: `mount` (one FUSE mount), `snapshot`, `sequences`, `events`, and the
-//! storage flags they share (metadata URL, block store, or embedded defaults).
+//! Local subcommands: `mount` (one FUSE mount), `snapshot`, `sequences`, `events`, `sink`,
+//! `relay`, and the storage flags they share (metadata URL, block store, or embedded defaults).
 
 pub mod admin;
 pub mod embedded;
+pub mod events;
 pub mod mhl;
 pub mod mount;
 pub mod serve;

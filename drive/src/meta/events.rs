@@ -236,7 +236,8 @@ const PURGE_BATCH: i64 = 5_000;
 impl PgMetaStore {
     /// Event retention: deletes the oldest events, in id order, up to the first one at or
     /// after `older_than`, and never above the horizon (ids there may belong to transactions
-    /// still in flight) or above the position of a live cursor ([`PgMetaStore::hold_feed_cursor`]).
+    /// still in flight) or above the position of a live cursor ([`PgMetaStore::hold_feed_cursor`])
+    /// or of any event sink (live or not: a sink's undelivered events wait for it).
     /// Records how far it purged in the same transaction, so a reader below that gets
     /// [`MetaError::FeedPurged`] instead of missing events. Bounded transactions of
     /// [`PURGE_BATCH`] events; returns how many were deleted.
@@ -247,8 +248,9 @@ impl PgMetaStore {
                 async {
                     let row = query_opt(
                         tx,
-                        "SELECT h.purged_through, LEAST(h.horizon, COALESCE( \
-                             (SELECT min(position) FROM feed_cursors WHERE lease_until > now()), h.horizon)) \
+                        "SELECT h.purged_through, LEAST(h.horizon, \
+                             COALESCE((SELECT min(position) FROM feed_cursors WHERE lease_until > now()), h.horizon), \
+                             COALESCE((SELECT min(position) FROM event_sinks), h.horizon)) \
                          FROM feed_horizon h WHERE h.id = 1",
                         &[],
                     )

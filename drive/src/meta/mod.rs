@@ -10,7 +10,7 @@
 //!
 //! Split by concern: `migrations` (schema), `rows` (row mapping and shared statements),
 //! `workspaces`, `tree` (nodes, rename, delete), `copy`, `snapshots`, `sequences`, `events`,
-//! `shares`, `content` (block maps), `usage` (usage counters and the quota check), `access`
+//! `shares`, `sinks` (event sinks' cursors and leases), `content` (block maps), `usage` (usage counters and the quota check), `access`
 //! (last-access times and expiry).
 
 mod access;
@@ -26,6 +26,7 @@ mod purge;
 mod rows;
 mod sequences;
 mod shares;
+mod sinks;
 mod snapshots;
 mod tls;
 mod trash;
@@ -45,6 +46,7 @@ pub use memory::MemMetaStore;
 pub(crate) use purge::before;
 pub use purge::{DeletedEntry, PurgePace};
 pub(crate) use rows::new_inode_attr;
+pub use sinks::{Delivery, SinkRecord, SinkStart};
 pub use trash::TrashItem;
 pub use tree::QueuedUnlink;
 pub use volumes::{
