@@ -582,3 +582,55 @@ fn webhooks_get_every_event_despite_failures_filters_hold_and_a_dead_sink_blocks
     assert!(listed.contains("dead") && listed.contains("flaky") && listed.contains("keep-creates"));
     Ok(())
 }
+
+/// Creates `n` small files in a new folder of the mount; files per second.
+fn create_rate(root: &Path, round: &str, n: usize) -> anyhow::Result<f64> {
+    let dir = root.join(round);
+    std::fs::create_dir(&dir)?;
+    let start = std::time::Instant::now();
+    for i in 0..n {
+        std::fs::write(dir.join(format!("f{i:05}")), b"frame")?;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+// Benchmark (scripts/bench-events.sh; figures in docs/benchmarks.md, "Event delivery"): small-file
+// creates through a mount with no sink, with a dead sink (a webhook nobody answers, retried
+// with backoff) and with a live webhook sink keeping up, rounds interleaved A B C A B C.
+#[test]
+#[ignore = "benchmark: run by scripts/bench-events.sh"]
+fn bench_create_rate_with_a_dead_sink() -> anyhow::Result<()> {
+    let files: usize = std::env::var("EVENTS_BENCH_FILES").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000);
+    let rounds: usize = std::env::var("EVENTS_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let rt = runtime()?;
+    let storage = Storage::new()?;
+    let m = Mount::new(&storage, &[])?;
+    let live = rt.block_on(Receiver::start(0))?;
+    let dead = format!("http://127.0.0.1:{}/gone", free_port()?);
+    let _relay = RelayProcess::start(&storage, None)?;
+    let mut results: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for round in 0..rounds {
+        for (case, sink) in [("none", None), ("dead", Some(&dead)), ("live", Some(&live.url()))] {
+            if let Some(url) = sink {
+                storage.run_admin(&["sink", "put", case, "--webhook-url", url])?;
+            }
+            let rate = create_rate(&m.dir, &format!("{case}-{round}"), files)?;
+            if sink.is_some() {
+                storage.run_admin(&["sink", "delete", case])?;
+            }
+            println!("round {round} {case:>4}: {rate:8.0} creates/s");
+            results.entry(case).or_default().push(rate);
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let none = median(&results["none"]);
+    for case in ["none", "dead", "live"] {
+        let m = median(&results[case]);
+        println!("{case:>4}: median {m:8.0} creates/s, {:.2}x of no sink", m / none);
+    }
+    Ok(())
+}
