@@ -1,7 +1,7 @@
 //! `studiodrive-csi`: the CSI plugin and the local FUSE mount.
 
 use clap::{Parser, Subcommand};
-use drive_csi::cli::{StorageArgs, admin, events, mhl, mount, serve, trash};
+use drive_csi::cli::{StorageArgs, admin, events, mhl, mount, preload, serve, trash};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,6 +59,9 @@ enum Command {
     Sink(events::SinkCmd),
     /// Delivers the change feed to every event sink (one relay per sink at a time).
     Relay(events::RelayArgs),
+    /// Fetches the files a manifest names into the node's block cache ahead of a job; exits 2
+    /// when a named file is missing or failed (the others are fetched).
+    Preload(preload::PreloadArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -87,6 +90,13 @@ fn main() -> anyhow::Result<()> {
                     Command::Trash(cmd) => trash::trash(cmd).await,
                     Command::Sink(cmd) => events::sink(cmd).await,
                     Command::Relay(args) => events::relay(args).await,
+                    Command::Preload(args) => {
+                        let status = preload::preload(args).await?;
+                        if status != 0 {
+                            std::process::exit(status);
+                        }
+                        Ok(())
+                    }
                     Command::Mount(_) | Command::Serve(_) | Command::WaitMounted { .. } | Command::Mhl(_) => {
                         anyhow::bail!("runs outside this runtime")
                     }

@@ -600,8 +600,14 @@ fn create_rate(root: &Path, round: &str, n: usize) -> anyhow::Result<f64> {
 #[test]
 #[ignore = "benchmark: run by scripts/bench-events.sh"]
 fn bench_create_rate_with_a_dead_sink() -> anyhow::Result<()> {
-    let files: usize = std::env::var("EVENTS_BENCH_FILES").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000);
-    let rounds: usize = std::env::var("EVENTS_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let files: usize = std::env::var("EVENTS_BENCH_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    let rounds: usize = std::env::var("EVENTS_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     let rt = runtime()?;
     let storage = Storage::new()?;
     let m = Mount::new(&storage, &[])?;

@@ -16,6 +16,7 @@ pub mod mhl;
 pub mod model;
 pub mod mount;
 pub mod ports;
+pub mod preload;
 pub mod private_files;
 pub mod relay;
 pub mod rules;

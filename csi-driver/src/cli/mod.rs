@@ -1,11 +1,12 @@
 //! Local subcommands: `mount` (one FUSE mount), `snapshot`, `sequences`, `events`, `sink`,
-//! `relay`, and the storage flags they share (metadata URL, block store, or embedded defaults).
+//! `relay`, `preload`, and the storage flags they share (metadata URL, block store, or embedded defaults).
 
 pub mod admin;
 pub mod embedded;
 pub mod events;
 pub mod mhl;
 pub mod mount;
+pub mod preload;
 pub mod serve;
 pub mod trash;
 

@@ -203,7 +203,7 @@ pub fn tune_allocator() {
 /// The price of not copying: if another process truncated an entry, or the disk failed under
 /// a mapped page the kernel had evicted, the access would fault (SIGBUS) instead of becoming
 /// a cache miss. Where the file system cannot map files the entry is read instead.
-fn map_cache_entry(path: &Path) -> std::io::Result<bytes::Bytes> {
+pub(crate) fn map_cache_entry(path: &Path) -> std::io::Result<bytes::Bytes> {
     let file = std::fs::File::open(path)?;
     if file.metadata()?.len() == 0 {
         return Ok(bytes::Bytes::new()); // cannot be mapped; fails the check as damaged
@@ -285,11 +285,7 @@ fn detach(args: &MountArgs) -> anyhow::Result<()> {
 /// when `--snapshot` is given, a missing workspace is created (encrypted with a key file)
 /// unless `--existing-workspace-only`.
 fn mount_spec(args: &MountArgs, state: &Path, secrets: &PublishSecrets) -> anyhow::Result<MountSpec> {
-    let kek = match (secrets.kek(), &args.encryption_key_file) {
-        (Some(kek), _) => Some(kek.clone()),
-        (None, Some(path)) => Some(Kek::from_file(path)?),
-        (None, None) => Kek::from_env()?,
-    };
+    let kek = workspace_kek(secrets, args.encryption_key_file.as_deref())?;
     let target = MountTarget {
         workspace: args.storage.workspace.clone(),
         path: MountPath::FromRoot(args.path.clone()),
@@ -318,10 +314,23 @@ fn mount_spec(args: &MountArgs, state: &Path, secrets: &PublishSecrets) -> anyho
     Ok(spec)
 }
 
+/// The key-encryption key: from the publish secrets, else the key file, else
+/// STUDIODRIVE_ENCRYPTION_KEY; none for a plaintext workspace.
+pub(crate) fn workspace_kek(
+    secrets: &PublishSecrets,
+    key_file: Option<&Path>,
+) -> anyhow::Result<Option<Kek>> {
+    Ok(match (secrets.kek(), key_file) {
+        (Some(kek), _) => Some(kek.clone()),
+        (None, Some(path)) => Some(Kek::from_file(path)?),
+        (None, None) => Kek::from_env()?,
+    })
+}
+
 /// The object store of `workspace`: the one it records (with the credentials from the
 /// secrets, else the AWS default chain), else the node's (`--store`). A workspace that does
 /// not exist yet uses the node's: one created by this mount records none.
-async fn workspace_store(
+pub(crate) async fn workspace_store(
     storage: &StorageArgs,
     meta: &drive::PgMetaStore,
     workspace: &str,

@@ -200,8 +200,19 @@ impl BlockCache {
     /// module docs). A damaged entry is removed.
     pub async fn get(&self, hash: &BlockHash) -> Option<Bytes> {
         if self.lock().entries.get(hash).is_none() {
-            self.stats.misses.fetch_add(1, Ordering::Relaxed);
-            return None;
+            return match self.adopt(hash).await {
+                Some(object) => {
+                    self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .hit_bytes
+                        .fetch_add(object.len() as u64, Ordering::Relaxed);
+                    Some(object)
+                }
+                None => {
+                    self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            };
         }
         let path = self.path(hash);
         let read_entry = self.cfg.read_entry;
@@ -227,6 +238,34 @@ impl BlockCache {
                 None
             }
         }
+    }
+
+    /// An entry another process wrote into this directory since the index was built (a
+    /// `studiodrive-csi preload` warming the node's cache under a running mount): checked
+    /// like any entry and taken into the index. A missing file costs one failed open, far
+    /// less than the object-store GET that follows a miss.
+    async fn adopt(&self, hash: &BlockHash) -> Option<Bytes> {
+        let path = self.path(hash);
+        let read_entry = self.cfg.read_entry;
+        let object = tokio::task::spawn_blocking(move || read_entry(&path).ok().and_then(checked_object))
+            .await
+            .ok()
+            .flatten()?;
+        let len = (object.len() + TRAILER_LEN) as u64;
+        if self.make_room(len) {
+            let mut index = self.lock();
+            if index.entries.put(*hash, len).is_some() {
+                // Adopted twice at once: the reservation of one is given back.
+                index.used -= len;
+            }
+        }
+        Some(object)
+    }
+
+    /// Whether the index holds `hash` (without reading the entry), marking it recently used:
+    /// a preload keeps what it found as fresh as what it fetched.
+    pub fn contains(&self, hash: &BlockHash) -> bool {
+        self.lock().entries.get(hash).is_some()
     }
 
     /// Adds `data` as the object for `hash`, evicting older entries to make room. Failures

@@ -571,6 +571,8 @@ impl SinkWorker {
                     .wants(&event.op, path.as_deref(), from.as_deref())
                 {
                     let out = cloud_event(&ws_name, event, path.as_deref(), from.as_deref());
+                    let lag = lag_seconds(event.at);
+                    self.stats.update(&self.id, |s| s.lag_seconds = lag);
                     match self
                         .deliver_one(&mut client, &out, event.at, cancel, &mut last_renewal)
                         .await
@@ -587,7 +589,11 @@ impl SinkWorker {
                 // handled, and once the last one is, every event at or below the floor.
                 let last = i + 1 == events.len();
                 pending.position = position.max(if last { floor } else { floor.min(event.id) });
-                if last || (pending.delivered + pending.filtered) as usize >= self.config.checkpoint_every {
+                // Saved every so many events, and often enough that the lease never lapses
+                // under a slow sink.
+                let due = (pending.delivered + pending.filtered) as usize >= self.config.checkpoint_every
+                    || last_renewal.elapsed() >= self.config.lease / 3;
+                if last || due {
                     match self.record(&pending).await {
                         Some(true) => {
                             position = pending.position;
