@@ -490,7 +490,7 @@ mod tests {
     use std::path::{Path, PathBuf};
     use std::time::Duration;
 
-    use super::{CsiMetrics, Exporter as _, GcMetrics, Metrics};
+    use super::{CsiMetrics, Exporter as _, GcMetrics, Metrics, RelayMetrics};
 
     /// The files of the Helm chart that query metrics: the Grafana dashboards and the
     /// PrometheusRule's rule groups.
@@ -498,8 +498,8 @@ mod tests {
 
     /// The names of the metric families every binary exports: a mount's (`mount`, and each
     /// volume of the node plugin), the CSI plugin's (`serve`), a GC pass's (`gc
-    /// --metrics-file`) and the operator's. Histograms are named without their `_bucket`,
-    /// `_sum` and `_count` series.
+    /// --metrics-file`), the event relay's (`relay`) and the operator's. Histograms are named
+    /// without their `_bucket`, `_sum` and `_count` series.
     ///
     /// A registry leaves a labelled family out of a scrape until it has a child, so each is
     /// given one here, as the first operation, call, reconcile or scrape does in a binary. A
@@ -512,13 +512,26 @@ mod tests {
         let csi = CsiMetrics::new().unwrap();
         csi.observe_call("Probe", tonic::Code::Ok, Duration::ZERO);
         let gc = GcMetrics::new().unwrap();
+        // The relay's families are per sink: a scrape after the relay held one.
+        let relay = RelayMetrics::new(std::sync::Arc::default()).unwrap();
+        for family in [&relay.delivered, &relay.filtered, &relay.failures] {
+            family.with_label_values(&["sink"]);
+        }
+        relay.lag.with_label_values(&["sink"]);
+        relay.active.with_label_values(&["sink"]);
         let operator = operator::metrics::Metrics::new().unwrap();
         operator.observe("Workspace", 0.01, Some("store_unavailable"));
-        [&mount.registry, &csi.registry, &gc.registry, &operator.registry]
-            .into_iter()
-            .flat_map(prometheus::Registry::gather)
-            .map(|f| f.name().to_string())
-            .collect()
+        [
+            &mount.registry,
+            &csi.registry,
+            &gc.registry,
+            &relay.registry,
+            &operator.registry,
+        ]
+        .into_iter()
+        .flat_map(prometheus::Registry::gather)
+        .map(|f| f.name().to_string())
+        .collect()
     }
 
     /// Every `studiodrive_...` name in the strings of a dashboard or rule file (queries,

@@ -61,6 +61,12 @@ COMBOS: dict[str, dict[str, Any]] = {
         "storageClass": {"create": False},
         "operator": {"podDisruptionBudget": {"enabled": False}},
     },
+    "relay-off": {"relay": {"enabled": False}},
+    "relay-single-tuned": {"relay": {"replicas": 1, "leaseSeconds": 60, "pollMs": 500, "maxBackoffMs": 60000,
+                                     "logLevel": "drive=debug,info", "priorityClassName": "events"},
+                           "metrics": {"relayPort": 9911, "serviceMonitor": {"enabled": True}}},
+    "metadata-custom": {"metadata": {"existingSecret": "cockroach-dsn", "secretKey": "dsn",
+                                     "statementTimeoutMs": 5000, "tls": True, "caSecret": "cockroach-ca"}},
 }
 
 
@@ -170,6 +176,15 @@ BAD_VALUES = [
     ({"storageClass": {"parameters": {"worksapce": "x"}}}, "worksapce"),
     ({"encryption": {"keySecretNamespaces": "studio-a"}}, "keySecretNamespaces"),
     ({"image": {"tag": "0.1.0 "}}, "tag"),
+    ({"relay": {"replicas": -1}}, "replicas"),
+    ({"relay": {"replicas": "2"}}, "replicas"),
+    ({"relay": {"enabled": "yes"}}, "enabled"),
+    ({"relay": {"leaseSeconds": 1}}, "leaseSeconds"),
+    ({"relay": {"pollMs": 0}}, "pollMs"),
+    ({"relay": {"maxBackoffMs": 600001}}, "maxBackoffMs"),
+    ({"relay": {"metricsAddr": "0.0.0.0:9810"}}, "metricsAddr"),
+    ({"relay": {"resources": {"requests": {"cpu": "20m", "memory": None}}}}, "memory"),
+    ({"metrics": {"relayPort": 70000}}, "relayPort"),
 ]
 
 
@@ -346,10 +361,11 @@ def flag_fields(*files: str) -> set[str]:
     return fields
 
 
-@pytest.mark.parametrize("combo", ["defaults", "everything-optional", "s3-endpoint-credentials"])
+@pytest.mark.parametrize("combo", ["defaults", "everything-optional", "s3-endpoint-credentials", "relay-single-tuned"])
 def test_every_flag_the_chart_passes_exists_in_the_binaries(combo, monitoring_chart):
     objects = render_combo(combo, monitoring_chart)
-    csi = flag_fields("csi-driver/src/cli/serve.rs", "csi-driver/src/cli/mod.rs", "csi-driver/src/main.rs")
+    csi = flag_fields("csi-driver/src/cli/serve.rs", "csi-driver/src/cli/mod.rs", "csi-driver/src/cli/events.rs",
+                      "csi-driver/src/main.rs")
     operator = flag_fields("operator/src/main.rs") | {"log", "log-format"}
     assert {"mode", "endpoint", "metadata-url", "cache-dir"} <= csi and {"gc-image", "metrics-addr"} <= operator
     checked = 0
@@ -365,6 +381,149 @@ def test_every_flag_the_chart_passes_exists_in_the_binaries(combo, monitoring_ch
                     assert flag in known, f"{w['metadata']['name']}/{c['name']}: {binary} has no --{flag}"
                     checked += 1
     assert checked > 20
+
+
+# ---- event relay ---------------------------------------------------------------------------
+
+RELAY = "studiodrive-relay"
+
+
+def relay_container(objects) -> dict[str, Any]:
+    (c,) = pod_spec(find(objects, "Deployment", RELAY))["containers"]
+    return c
+
+
+def relay_objects(objects) -> list[dict[str, Any]]:
+    return [o for o in objects if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "relay"
+            or "relay" in o["metadata"]["name"]]
+
+
+def test_relay_runs_by_default_with_two_replicas_a_pdb_and_its_command(default_objects):
+    main = (ROOT / "csi-driver/src/main.rs").read_text()
+    assert "Relay(events::RelayArgs)" in main  # `studiodrive-csi relay`
+    dep = find(default_objects, "Deployment", RELAY)
+    assert dep["spec"]["replicas"] == 2
+    c = relay_container(default_objects)
+    assert c["image"] == f"{IMAGE_REPO}:{APP_VERSION}"
+    assert c["image"] == pod_spec(find(default_objects, "Deployment", "studiodrive-operator"))["containers"][0]["image"]
+    assert c["command"] == ["/usr/bin/tini", "--", "studiodrive-csi"]
+    assert c["args"] == ["--log-json", "relay", "--metrics-addr=0.0.0.0:9810", "--lease-secs=30", "--poll-ms=200",
+                         "--max-backoff-ms=10000"]
+    assert {e["name"]: e.get("value") for e in c["env"]}["RUST_LOG"] == "info"
+    # Standbys on other nodes, and one kept through drains.
+    anti = pod_spec(dep)["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+    assert anti["podAffinityTerm"]["labelSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    pdb = find(default_objects, "PodDisruptionBudget", RELAY)
+    assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    # The relay's own selector picks only its pods.
+    assert dep["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "relay"
+
+
+def test_relay_values_reach_its_flags_and_one_replica_has_no_pdb(monitoring_chart):
+    objects = render_combo("relay-single-tuned", monitoring_chart)
+    dep = find(objects, "Deployment", RELAY)
+    assert dep["spec"]["replicas"] == 1
+    assert not [o for o in objects if o["kind"] == "PodDisruptionBudget" and o["metadata"]["name"] == RELAY]
+    c = relay_container(objects)
+    assert c["args"] == ["--log-json", "relay", "--metrics-addr=0.0.0.0:9911", "--lease-secs=60", "--poll-ms=500",
+                         "--max-backoff-ms=60000"]
+    assert {e["name"]: e.get("value") for e in c["env"]}["RUST_LOG"] == "drive=debug,info"
+    assert pod_spec(dep)["priorityClassName"] == "events"
+    assert c["ports"] == [{"name": "metrics", "containerPort": 9911, "protocol": "TCP"}]
+    svc = find(objects, "Service", f"{RELAY}-metrics")
+    assert svc["spec"]["ports"][0]["port"] == 9911
+    monitor = find(objects, "ServiceMonitor", RELAY)
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+def test_relay_bounds_in_the_schema_are_the_flags_bounds():
+    source = (ROOT / "csi-driver/src/cli/events.rs").read_text()
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["relay"]["properties"]
+    for flag, value in (("lease_secs", "leaseSeconds"), ("poll_ms", "pollMs"), ("max_backoff_ms", "maxBackoffMs")):
+        m = re.search(r"range\((\d[\d_]*)\.\.=(\d[\d_]*)\)\)\]\s*pub " + flag + r":", source)
+        assert m, f"events.rs: no range for {flag}"
+        low, high = (int(x.replace("_", "")) for x in m.groups())
+        assert (schema[value]["minimum"], schema[value]["maximum"]) == (low, high), value
+        assert schema[value]["description"]
+
+
+def test_relay_is_unprivileged_without_api_access(default_objects):
+    dep = find(default_objects, "Deployment", RELAY)
+    spec = pod_spec(dep)
+    assert spec["serviceAccountName"] == RELAY
+    assert spec["automountServiceAccountToken"] is False
+    sa = find(default_objects, "ServiceAccount", RELAY)
+    assert sa["automountServiceAccountToken"] is False
+    assert not subjects_bound(default_objects, RELAY)  # no RBAC at all
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "volumes" not in spec and not spec.get("hostNetwork") and not spec.get("hostPID")
+    sc = relay_container(default_objects)["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert not sc.get("privileged")
+
+
+def test_relay_is_probed_on_its_metrics_port(default_objects):
+    # The metrics endpoint answers every path with the metrics (service_fn ignores the request).
+    metrics = (ROOT / "csi-driver/src/metrics.rs").read_text()
+    assert "service_fn(move |_req|" in metrics
+    c = relay_container(default_objects)
+    assert c["ports"] == [{"name": "metrics", "containerPort": 9810, "protocol": "TCP"}]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"]["port"] == "metrics", probe
+    # No other port of the chart is the relay's.
+    used = [p["containerPort"] for w in workloads(default_objects) for ct in containers(w)
+            for p in ct.get("ports", []) if w["metadata"]["name"] != RELAY]
+    assert 9810 not in used, used
+    svc = find(default_objects, "Service", f"{RELAY}-metrics")
+    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9810, "targetPort": "metrics", "protocol": "TCP"}]
+    assert svc["spec"]["selector"] == find(default_objects, "Deployment", RELAY)["spec"]["selector"]["matchLabels"]
+
+
+@pytest.mark.parametrize("combo", ["defaults", "metadata-custom", "s3-endpoint-credentials"])
+def test_relay_metadata_settings_are_the_operators(combo, monitoring_chart):
+    objects = render_combo(combo, monitoring_chart)
+    values = COMBOS[combo].get("metadata", {})
+    env = {e["name"]: e for e in relay_container(objects)["env"]}
+    op = pod_spec(find(objects, "Deployment", "studiodrive-operator"))["containers"][0]
+    op_env = {e["name"]: e for e in op["env"]}
+    assert env["STUDIODRIVE_METADATA_URL"] == op_env["STUDIODRIVE_METADATA_URL"]
+    assert env["STUDIODRIVE_METADATA_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": values.get("existingSecret", "studiodrive-metadata"), "key": values.get("secretKey", "url")}
+    timeout = next(a.split("=", 1)[1] for a in op["args"] if a.startswith("--metadata-statement-timeout-ms="))
+    assert env["STUDIODRIVE_METADATA_STATEMENT_TIMEOUT_MS"]["value"] == timeout
+    assert timeout == str(values.get("statementTimeoutMs", 15000))
+    # The same settings as the CSI plugin (one helper renders both).
+    node = {e["name"]: e for e in pod_spec(find(objects, "DaemonSet", "studiodrive-csi-node"))["containers"][0]["env"]}
+    for name in ("STUDIODRIVE_METADATA_URL", "STUDIODRIVE_METADATA_STATEMENT_TIMEOUT_MS"):
+        assert env[name] == node[name]
+    # The relay needs no block store, and studiodrive-csi has no TLS setting to pass.
+    assert not any(n.startswith(("STUDIODRIVE_STORE", "STUDIODRIVE_S3_")) for n in env)
+    assert not any("tls" in a or "ca-file" in a for a in relay_container(objects)["args"])
+
+
+def test_relay_disabled_renders_none_of_it(monitoring_chart):
+    off = render(COMBOS["relay-off"] | {"metrics": {"serviceMonitor": {"enabled": True}}})
+    assert not relay_objects(off), [key(o) for o in relay_objects(off)]
+    on = render({"metrics": {"serviceMonitor": {"enabled": True}}})
+    assert {key(o) for o in relay_objects(on)} == {
+        ("ServiceAccount", RELAY), ("Deployment", RELAY), ("PodDisruptionBudget", RELAY),
+        ("Service", f"{RELAY}-metrics"), ("ServiceMonitor", RELAY)}
+    # Nothing else changes.
+    assert {key(o) for o in on} - {key(o) for o in relay_objects(on)} == {key(o) for o in off}
+
+
+def test_relay_without_metrics_keeps_its_probe_endpoint(monitoring_chart):
+    objects = render_combo("metrics-off", monitoring_chart)
+    c = relay_container(objects)
+    assert "--metrics-addr=0.0.0.0:9810" in c["args"]
+    assert c["livenessProbe"]["httpGet"]["port"] == "metrics"
 
 
 # ---- RBAC ----------------------------------------------------------------------------------
@@ -486,7 +645,8 @@ def test_images_are_pinned(combo, monitoring_chart):
                 assert image.startswith("registry.k8s.io/sig-storage/"), image
                 tag = image.rsplit(":", 1)[1]
                 assert re.fullmatch(r"v\d+\.\d+\.\d+", tag), image
-    assert ours == 3  # operator, controller plugin, node plugin
+    # operator, controller plugin, node plugin, event relay
+    assert ours == (3 if combo == "relay-off" else 4)
 
 
 def test_image_tag_and_digest_overrides():
@@ -573,9 +733,10 @@ def test_metrics_off_renders_no_metrics_endpoints(monitoring_chart):
 def test_metrics_on_renders_services_monitors_rules_and_dashboards(monitoring_chart):
     objects = render_combo("metrics-on-monitoring", monitoring_chart)
     services = {o["metadata"]["name"] for o in objects if o["kind"] == "Service"}
-    assert services == {"studiodrive-operator-metrics", "studiodrive-csi-controller-metrics", "studiodrive-csi-node-metrics"}
+    assert services == {"studiodrive-operator-metrics", "studiodrive-csi-controller-metrics",
+                        "studiodrive-csi-node-metrics", "studiodrive-relay-metrics"}
     monitors = [o for o in objects if o["kind"] == "ServiceMonitor"]
-    assert len(monitors) == 3
+    assert len(monitors) == 4
     for m in monitors:
         selected = [s for s in objects if s["kind"] == "Service"
                     and m["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()]
@@ -714,6 +875,7 @@ def test_chart_commands_name_the_image_binaries(default_objects):
 # accepted finding that no longer occurs (the list stays honest).
 ACCEPTED_FINDINGS: dict[tuple[str, str], str] = {}
 _NODE = "DaemonSet.studiodrive-csi-node"
+_RELAY = "Deployment.studiodrive-relay"
 _WORKLOADS = (_NODE, "Deployment.studiodrive-csi-controller", "Deployment.studiodrive-operator")
 for _w in _WORKLOADS:
     ACCEPTED_FINDINGS.update({
@@ -731,6 +893,15 @@ for _w in _WORKLOADS[:2]:
         ("CKV_K8S_8", _w): "upstream CSI sidecars have no probe endpoints; the plugin is probed through the livenessprobe sidecar",
         ("CKV_K8S_9", _w): "a CSI plugin has no readiness: kubelet and the sidecars use the socket and Probe",
     })
+# The relay: no API token (CKV_K8S_38 passes), probes on its metrics port (CKV_K8S_8, 9 pass).
+ACCEPTED_FINDINGS.update({
+    ("CKV_K8S_11", _RELAY): "no CPU limit, like the other components: a throttled relay delays every sink; requests are set",
+    ("CKV_K8S_43", _RELAY): "pinned by immutable tag (appVersion); image.digest pins by digest where required",
+    ("CKV_K8S_15", _RELAY): "IfNotPresent with a pinned tag, as for the other components",
+    ("CKV_K8S_35", _RELAY): "studiodrive-csi reads the metadata URL from STUDIODRIVE_METADATA_URL only (docs/security.md)",
+    ("CKV2_K8S_6", "Pod.studiodrive-relay"): "NetworkPolicy depends on where the database and the sinks (NATS, webhooks) "
+                                             "live; left to the cluster admin (docs/install.md)",
+})
 ACCEPTED_FINDINGS.update({
     ("CKV_K8S_16", _NODE): "the node plugin must be privileged: FUSE mounts into kubelet's pod dirs with Bidirectional propagation",
     ("CKV_K8S_20", _NODE): "privileged implies privilege escalation (the API refuses privileged with allowPrivilegeEscalation false)",

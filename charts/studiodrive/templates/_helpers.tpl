@@ -20,6 +20,7 @@
 {{- define "studiodrive.operator.name" -}}{{ include "studiodrive.fullname" . }}-operator{{- end }}
 {{- define "studiodrive.controller.name" -}}{{ include "studiodrive.fullname" . }}-csi-controller{{- end }}
 {{- define "studiodrive.node.name" -}}{{ include "studiodrive.fullname" . }}-csi-node{{- end }}
+{{- define "studiodrive.relay.name" -}}{{ include "studiodrive.fullname" . }}-relay{{- end }}
 
 {{/* The CSI driver name, compiled into studiodrive-csi (csi-driver/src/csi/mod.rs DRIVER_NAME). */}}
 {{- define "studiodrive.driverName" -}}csi.studiodrive.dev{{- end }}
