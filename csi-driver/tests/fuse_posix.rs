@@ -533,6 +533,80 @@ fn xattr_namespaces_beyond_user_are_refused_and_virtual_ones_are_read_only() -> 
     Ok(())
 }
 
+/// Block reads the mount served from its caches (disk and memory).
+fn cached_block_reads(port: u16) -> anyhow::Result<f64> {
+    let text = common::scrape(&format!("127.0.0.1:{port}"))?;
+    let get = |name| common::sample(&text, name, &[]).unwrap_or(0.0);
+    Ok(get("studiodrive_cache_hits_total") + get("studiodrive_memory_cache_hits_total"))
+}
+
+/// Catches: hashes computed while writing that are wrong, missing (computed by a read
+/// after all), kept for the wrong content version, or kept for a file not written in order.
+#[test]
+fn hashes_of_files_written_in_order_are_computed_while_writing() -> anyhow::Result<()> {
+    let storage = Storage::new()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let addr = format!("127.0.0.1:{port}");
+    let m = Mount::new(&storage, &["--block-size", "1048576", "--metrics-addr", &addr])?;
+    let data: Vec<u8> = (0..3 * 1048576 + 1234u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let expect = |algo: drive::mhl::HashAlgo, bytes: &[u8]| algo.hash(bytes).map(String::into_bytes);
+
+    // In order, in 64 KiB writes: xxHash64 is known at close, with no block read.
+    let f = m.path("in-order.exr");
+    {
+        let mut out = fs::File::create(&f)?;
+        for chunk in data.chunks(65536) {
+            out.write_all(chunk)?;
+        }
+    }
+    let before = cached_block_reads(port)?;
+    assert_eq!(get_xattr(&f, XXH64)?, expect(drive::mhl::HashAlgo::Xxh64, &data)?);
+    assert_eq!(
+        cached_block_reads(port)?,
+        before,
+        "xxh64 of a file written in order read blocks"
+    );
+    // MD5 was not computed while writing: one read computes it (and the rest).
+    assert_eq!(get_xattr(&f, MD5)?, expect(drive::mhl::HashAlgo::Md5, &data)?);
+    let after_md5 = cached_block_reads(port)?;
+    assert!(after_md5 > before, "md5 was answered without reading the file");
+    assert_eq!(
+        get_xattr(&f, SHA256)?,
+        expect(drive::mhl::HashAlgo::Sha256, &data)?
+    );
+    assert_eq!(
+        cached_block_reads(port)?,
+        after_md5,
+        "the read kept all four hashes"
+    );
+
+    // Out of order: the hash is computed on demand, by a read, and still right.
+    let g = m.path("out-of-order.exr");
+    {
+        let out = fs::File::create(&g)?;
+        out.write_all_at(&data[2 * 1048576..], 2 * 1048576)?;
+        out.write_all_at(&data[..2 * 1048576], 0)?;
+    }
+    let before = cached_block_reads(port)?;
+    assert_eq!(get_xattr(&g, XXH64)?, expect(drive::mhl::HashAlgo::Xxh64, &data)?);
+    assert!(
+        cached_block_reads(port)? > before,
+        "a file written out of order had a hash without a read"
+    );
+
+    // Appending to a committed file is a new version: its hash is not the old one's.
+    OpenOptions::new().append(true).open(&f)?.write_all(b"tail")?;
+    let mut longer = data.clone();
+    longer.extend_from_slice(b"tail");
+    assert_eq!(
+        get_xattr(&f, XXH64)?,
+        expect(drive::mhl::HashAlgo::Xxh64, &longer)?
+    );
+    Ok(())
+}
+
 /// Catches: a store or reply path that limits names or values below Linux's (a short name
 /// column, values kept inline up to a few KiB, a reply buffer smaller than 64 KiB), or that
 /// corrupts a value at that size. Linux refuses a 256-byte name with ERANGE and a value over

@@ -106,6 +106,8 @@ pub struct MountSpec {
     pub create: Option<NewWorkspace>,
     /// Who the mount acts for beyond the local uid ([`FsConfig::actor`]).
     pub actor: Option<String>,
+    /// Hashes computed while files are written in order ([`FsConfig::hash_on_write`]).
+    pub hash_on_write: Vec<crate::mhl::HashAlgo>,
 }
 
 impl MountSpec {
@@ -130,6 +132,7 @@ impl MountSpec {
             kek: None,
             create: None,
             actor: None,
+            hash_on_write: fs.hash_on_write,
         }
     }
 }
@@ -444,6 +447,7 @@ pub async fn open<M: MetaStore>(
     cfg.read_buffer_bytes = spec.read_buffer_bytes;
     cfg.lock_lease = spec.lock_lease;
     cfg.actor = spec.actor.clone();
+    cfg.hash_on_write = spec.hash_on_write.clone();
     let fs = DriveFs::new(meta, blocks.clone(), resolved.workspace.clone(), cfg).map_err(MountError::Fs)?;
     Ok(OpenedMount {
         fs: Arc::new(fs),

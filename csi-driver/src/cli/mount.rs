@@ -97,6 +97,11 @@ pub struct MountArgs {
     /// the change feed keeps coherent with other mounts (0 turns it off).
     #[arg(long, default_value_t = 200_000)]
     pub metadata_cache_entries: usize,
+    /// Hashes computed while a file is written in order from its start, for its
+    /// `user.studiodrive.*` attributes and `mhl create` without a read: a comma-separated list
+    /// of md5, sha1, xxh64, sha256, or `none` (others are computed on demand by a read).
+    #[arg(long, default_value = "xxh64", value_parser = parse_hash_list)]
+    pub hash_on_write: HashList,
     /// Bytes of blocks held by open files across the mount: prefetched ahead of sequential
     /// readers (each file's window is at most 64 MiB) and each file's block being read. One
     /// of the budgets that add up to the mount's memory bound ([`MEMORY_BOUND`]).
@@ -303,6 +308,7 @@ fn mount_spec(args: &MountArgs, state: &Path, secrets: &PublishSecrets) -> anyho
     spec.memory_cache_bytes = args.memory_cache_size;
     spec.read_buffer_bytes = args.read_buffer_size;
     spec.meta_cache_entries = args.metadata_cache_entries;
+    spec.hash_on_write = args.hash_on_write.0.clone();
     spec.lock_lease = Duration::from_millis(args.lock_lease_ms);
     spec.kek = kek;
     spec.actor = args.actor.clone();
@@ -312,6 +318,24 @@ fn mount_spec(args: &MountArgs, state: &Path, secrets: &PublishSecrets) -> anyho
         encrypted: args.encryption_key_file.is_some(),
     });
     Ok(spec)
+}
+
+/// Hash algorithms named on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashList(pub Vec<drive::mhl::HashAlgo>);
+
+fn parse_hash_list(text: &str) -> Result<HashList, String> {
+    if text == "none" {
+        return Ok(HashList(Vec::new()));
+    }
+    let mut algos = Vec::new();
+    for name in text.split(',') {
+        let algo = drive::mhl::HashAlgo::parse(name.trim()).map_err(|e| e.to_string())?;
+        if !algos.contains(&algo) {
+            algos.push(algo);
+        }
+    }
+    Ok(HashList(algos))
 }
 
 /// The key-encryption key: from the publish secrets, else the key file, else

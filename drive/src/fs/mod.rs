@@ -97,13 +97,19 @@ pub struct FsConfig {
     pub access_interval: Duration,
     /// How often noted accesses are written (`DriveFs::run_access_recorder`).
     pub access_flush: Duration,
+    /// Hashes computed while a file is written in order from its start and kept for its
+    /// `user.studiodrive.*` attributes (others are computed on demand, by a read). xxHash64
+    /// by default: at several GB/s it costs a writer nothing it would notice; MD5, SHA-1
+    /// and SHA-256 run at hundreds of MB/s and are left to be asked for.
+    pub hash_on_write: Vec<crate::mhl::HashAlgo>,
 }
 
 impl FsConfig {
     /// Defaults for a mount of `root` in `view`: 16 uploads, 64 MiB readahead per file and
     /// 128 MiB of read buffers across the mount, a metadata
-    /// cache of 200,000 entries that answers up to 1 s after the feed was last read, and last
-    /// access recorded at most hourly per file, written every 30 s.
+    /// cache of 200,000 entries that answers up to 1 s after the feed was last read, last
+    /// access recorded at most hourly per file, written every 30 s, and xxHash64 computed
+    /// while files are written in order.
     pub fn new(view: View, root: NodeId, staging_dir: PathBuf) -> FsConfig {
         FsConfig {
             view,
@@ -121,6 +127,7 @@ impl FsConfig {
             meta_cache_staleness: Duration::from_secs(1),
             access_interval: Duration::from_secs(3600),
             access_flush: Duration::from_secs(30),
+            hash_on_write: vec![crate::mhl::HashAlgo::Xxh64],
         }
     }
 }
@@ -297,6 +304,7 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
             block_size: u64::from(ws.block_size),
             uploads: Arc::new(Semaphore::new(cfg.max_uploads.max(1))),
             clock: cfg.clock.clone(),
+            hash_on_write: cfg.hash_on_write.clone(),
         });
         let cache = MetaCache::new(
             cfg.meta_cache_entries,
@@ -666,6 +674,9 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
     pub(crate) fn note_committed(&self, committed: &write::Committed) -> Result<(), FsError> {
         let attr = &committed.attr;
         self.note_seen(attr.ino, attr.content_version);
+        if !committed.hashes.is_empty() {
+            self.remember_hashes(attr, &committed.hashes);
+        }
         self.cache.set_attr(attr);
         if let Some((parent, name, dir)) = &committed.created {
             let reserved = committed.conflict.as_ref().unwrap_or(name);

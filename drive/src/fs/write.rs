@@ -31,6 +31,7 @@ use crate::fs::error::{FsError, FsErrorKind};
 use crate::fs::lock;
 use crate::fs::ranges::Ranges;
 use crate::meta::{BlockChange, FileBlock, InitialContent};
+use crate::mhl::{HashAlgo, Hasher};
 use crate::model::{Actor, Attr, NAME_MAX, Name, NewNode, NodeId, Timestamp, View, WorkspaceId};
 use crate::ports::{Clock, MetaStore};
 use crate::rules::blocks::{Shrink, shrink, spans};
@@ -69,6 +70,25 @@ struct Inner {
     blocks: BTreeMap<u64, Dirty>,
     next_slot: u64,
     changed: bool,
+    /// Hashes of the content written so far, while it is written in order from byte 0
+    /// ([`SessionEnv::hash_on_write`]); dropped at the first write elsewhere.
+    stream_hash: Option<StreamHash>,
+}
+
+/// Hashes over the bytes `[0, next)`, written in order.
+struct StreamHash {
+    next: u64,
+    hashers: Vec<(HashAlgo, Hasher)>,
+}
+
+impl StreamHash {
+    /// A hash of empty content when the session's content is empty and hashes are wanted.
+    fn start(algos: &[HashAlgo], size: u64) -> Option<StreamHash> {
+        (size == 0 && !algos.is_empty()).then(|| StreamHash {
+            next: 0,
+            hashers: algos.iter().map(|a| (*a, a.hasher())).collect(),
+        })
+    }
 }
 
 /// A file this mount created and has not committed yet. Its create goes into the same
@@ -94,6 +114,8 @@ pub(crate) struct Committed {
     /// The name a new file was created for and could not take, because another mount
     /// created it first: the file was stored under [`conflict_name`] instead.
     pub conflict: Option<Name>,
+    /// Hashes of the committed content computed while it was written (possibly none).
+    pub hashes: Vec<(HashAlgo, String)>,
 }
 
 /// The name a new file gets when another mount took its name before its first close:
@@ -119,6 +141,9 @@ pub(crate) struct SessionEnv<B: BlockIo, M: MetaStore> {
     pub block_size: u64,
     pub uploads: Arc<Semaphore>,
     pub clock: Arc<dyn Clock>,
+    /// Hashes computed as a file is written in order from its start (so they cost no read
+    /// later); other writes leave them to be computed on demand.
+    pub hash_on_write: Vec<HashAlgo>,
 }
 
 /// The staged content of one file.
@@ -156,6 +181,7 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
             .map_err(|e| FsError::staging(format!("create {}", path.display()), e))?;
         // Unlinked at once: the open descriptor keeps it, a crash leaves nothing behind.
         std::fs::remove_file(&path).map_err(|e| FsError::staging("unlink staging file", e))?;
+        let stream_hash = StreamHash::start(&env.hash_on_write, attr.size);
         Ok(WriteSession {
             env,
             ino: attr.ino,
@@ -168,6 +194,7 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
                 blocks: BTreeMap::new(),
                 next_slot: 0,
                 changed: false,
+                stream_hash,
             }),
             size: AtomicU64::new(attr.size),
             mtime: AtomicI64::new(attr.mtime.0),
@@ -247,6 +274,7 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
             attr,
             created: Some((create.parent, name, dir)),
             conflict: lost_name,
+            hashes: Vec::new(),
         })
     }
 
@@ -296,6 +324,14 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
                 FsErrorKind::QuotaExceeded,
                 "the write would take the workspace above its quota",
             ));
+        }
+        match &mut inner.stream_hash {
+            Some(h) if h.next == offset => {
+                h.hashers.iter_mut().for_each(|(_, hasher)| hasher.update(data));
+                h.next = end;
+            }
+            Some(_) => inner.stream_hash = None,
+            None => {}
         }
         let bs = self.env.block_size;
         for span in spans(offset, end, bs) {
@@ -496,6 +532,12 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
             }
         }
         inner.min_size = inner.min_size.min(new_size);
+        // Emptied: hashing in order can start over; cut elsewhere, the hashes are stale.
+        inner.stream_hash = match inner.stream_hash.take() {
+            _ if new_size == 0 => StreamHash::start(&self.env.hash_on_write, 0),
+            Some(h) if h.next == new_size => Some(h),
+            _ => None,
+        };
         inner.changed = true;
         self.dirty.store(true, Ordering::Release);
         self.size.store(new_size, Ordering::Release);
@@ -548,6 +590,7 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
         inner.next_slot = 0;
         inner.min_size = inner.base_size;
         inner.changed = false;
+        inner.stream_hash = StreamHash::start(&self.env.hash_on_write, inner.base_size);
         self.dirty.store(false, Ordering::Release);
         self.staging
             .set_len(0)
@@ -605,8 +648,12 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
             return Err(e);
         }
         changes.extend(self.truncated_holes(inner, size).await?);
+        let hashes = match inner.stream_hash.take() {
+            Some(h) if h.next == size => h.hashers.into_iter().map(|(a, h)| (a, h.finish())).collect(),
+            _ => Vec::new(),
+        };
         let mtime = Timestamp(self.mtime.load(Ordering::Acquire));
-        let committed = match self
+        let mut committed = match self
             .commit_changes(deferred.as_ref(), &changes, size, mtime, actor)
             .await
         {
@@ -622,6 +669,7 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
         };
         inner.base_size = size;
         inner.base_mtime = committed.attr.mtime;
+        committed.hashes = hashes;
         self.clear_staged(inner)?;
         Ok(Some(committed))
     }
@@ -651,7 +699,6 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
                 self.create_with(create, Some(&content)).await
             }
             None => Ok(Committed {
-                conflict: None,
                 attr: self
                     .env
                     .meta
@@ -666,6 +713,8 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
                     )
                     .await?,
                 created: None,
+                conflict: None,
+                hashes: Vec::new(),
             }),
         }
     }

@@ -1,7 +1,9 @@
 //! Extended attributes: `user.*` attributes stored in the metadata store, plus read-only
 //! virtual ones under `user.studiodrive.*` computed on demand:
 //! - `md5`, `sha1`, `xxh64`, `sha256` (and `checksum`, the same as `sha256`): lowercase hex
-//!   hashes of a file's committed content, all four from one read, kept per content version;
+//!   hashes of a file's committed content, kept per content version: those the mount
+//!   computed while the file was written in order from its start (`FsConfig::hash_on_write`,
+//!   xxHash64 by default), else all four from one read;
 //!   not listed, so `cp -a`, `rsync -X` and backup tools that copy every listed attribute
 //!   never hash whole files by accident;
 //! - `block_size`: the workspace block size in bytes;
@@ -36,25 +38,29 @@ const HASH_STEP: u64 = 4 << 20;
 /// Files whose hashes a mount keeps (a few hundred bytes each).
 pub(super) const HASHED_FILES: usize = 1024;
 
-/// The hashes of one content version of a file, lowercase hex.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileHashes {
-    pub md5: String,
-    pub sha1: String,
-    pub xxh64: String,
-    pub sha256: String,
-}
+/// The hashes of one content version of a file, lowercase hex, in [`HashAlgo::ALL`]'s
+/// order; `None` for one not computed yet (hashing while writing computes only some).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileHashes([Option<String>; 4]);
 
 impl FileHashes {
-    /// The hash attribute `name` names, if it names one.
-    fn get(&self, name: &[u8]) -> Option<&str> {
+    fn slot(algo: HashAlgo) -> usize {
+        HashAlgo::ALL.iter().position(|a| *a == algo).unwrap_or(0)
+    }
+
+    /// The algorithm attribute `name` names, if it names one.
+    fn algo(name: &[u8]) -> Option<HashAlgo> {
         match name {
-            MD5 => Some(&self.md5),
-            SHA1 => Some(&self.sha1),
-            XXH64 => Some(&self.xxh64),
-            SHA256 | CHECKSUM => Some(&self.sha256),
+            MD5 => Some(HashAlgo::Md5),
+            SHA1 => Some(HashAlgo::Sha1),
+            XXH64 => Some(HashAlgo::Xxh64),
+            SHA256 | CHECKSUM => Some(HashAlgo::Sha256),
             _ => None,
         }
+    }
+
+    fn get(&self, algo: HashAlgo) -> Option<&str> {
+        self.0[FileHashes::slot(algo)].as_deref()
     }
 }
 
@@ -71,13 +77,7 @@ impl Hashers {
     }
 
     fn finish(self) -> FileHashes {
-        let [md5, sha1, xxh64, sha256] = self.0.map(Hasher::finish);
-        FileHashes {
-            md5,
-            sha1,
-            xxh64,
-            sha256,
-        }
+        FileHashes(self.0.map(|h| Some(h.finish())))
     }
 }
 
@@ -90,8 +90,9 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
             let attr = self.fresh_attr(node).await?;
             return match (name, attr.kind) {
                 (MD5 | SHA1 | XXH64 | SHA256 | CHECKSUM, NodeKind::File) => {
-                    let hashes = self.file_hashes(node, &attr).await?;
-                    Ok(hashes.get(name).unwrap_or_default().as_bytes().to_vec())
+                    let algo = FileHashes::algo(name).ok_or_else(no_attribute)?;
+                    let hash = self.file_hash(node, &attr, algo).await?;
+                    Ok(hash.into_bytes())
                 }
                 (BLOCK_SIZE, _) => Ok(self.ws.block_size.to_string().into_bytes()),
                 (SEQUENCES, NodeKind::Directory) => {
@@ -114,12 +115,16 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
             .ok_or_else(no_attribute)
     }
 
-    /// The hashes of `node`'s committed content `attr` describes: from this mount's cache for
-    /// that content version, else from one read of the whole file.
-    async fn file_hashes(&self, node: NodeId, attr: &Attr) -> Result<Arc<FileHashes>, FsError> {
+    /// The `algo` hash of `node`'s committed content `attr` describes: from this mount's
+    /// hashes of that content version (computed while it was written, or by an earlier
+    /// read), else from one read of the whole file that computes all four.
+    async fn file_hash(&self, node: NodeId, attr: &Attr, algo: HashAlgo) -> Result<String, FsError> {
         let key = (node, attr.content_version);
-        if let Some(known) = lock(&self.file_hashes).get(&key) {
-            return Ok(known.clone());
+        if let Some(hash) = lock(&self.file_hashes)
+            .get(&key)
+            .and_then(|known| known.get(algo))
+        {
+            return Ok(hash.to_string());
         }
         let mut reader = self.reader(node, attr.size);
         let mut hashers = Hashers::new();
@@ -132,13 +137,27 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
             pos += chunk.len() as u64;
             hashers.update(&chunk);
         }
-        let hashes = Arc::new(hashers.finish());
+        let hashes = hashers.finish();
+        let hash = hashes.get(algo).unwrap_or_default().to_string();
+        self.keep_hashes(key, hashes);
+        Ok(hash)
+    }
+
+    /// Keeps hashes a commit computed while the content was written.
+    pub(crate) fn remember_hashes(&self, attr: &Attr, hashes: &[(HashAlgo, String)]) {
+        let mut known = FileHashes::default();
+        for (algo, hash) in hashes {
+            known.0[FileHashes::slot(*algo)] = Some(hash.clone());
+        }
+        self.keep_hashes((attr.ino, attr.content_version), known);
+    }
+
+    fn keep_hashes(&self, key: (NodeId, u64), hashes: FileHashes) {
         let mut cache = lock(&self.file_hashes);
         if cache.len() >= HASHED_FILES {
             cache.clear();
         }
-        cache.insert(key, hashes.clone());
-        Ok(hashes)
+        cache.insert(key, Arc::new(hashes));
     }
 
     /// `getxattr` of a name that is never stored (security.*, system.*, trusted.*), answered
