@@ -967,6 +967,9 @@ impl<'a> Revert<'a> {
             report.copied += copied.copied;
             report.rows_written += copied.copied;
             reparents.insert(g.parent);
+            if let Some(root) = copied.root {
+                self.restore_copy_times(c, g.ino, root).await?;
+            }
         }
         for dir in reparents {
             match final_rows.get(&dir) {
@@ -988,6 +991,46 @@ impl<'a> Revert<'a> {
         }
         charge(c, ctx, usage).await?;
         Ok(report)
+    }
+
+    /// Gives the folders and symlinks of a copy made from the target (`then`, copied to
+    /// `copy`) their mtimes at the target (a copy stamps them now; files keep theirs). The
+    /// rows are this epoch's, written in place.
+    async fn restore_copy_times<C: GenericClient>(
+        &mut self,
+        c: &C,
+        then: NodeId,
+        copy: NodeId,
+    ) -> Result<(), MetaError> {
+        let mut stack = vec![(then, copy)];
+        while let Some((from, to)) = stack.pop() {
+            let Some(old) = inode_in_view(c, View::At(Epoch(self.epoch)), from).await? else {
+                continue;
+            };
+            if old.attr.kind == NodeKind::File {
+                continue;
+            }
+            let mut row = live_inode(c, self.ctx, to).await?;
+            row.attr.mtime = old.attr.mtime;
+            write_inode(c, self.ctx, &row).await?;
+            if old.attr.kind != NodeKind::Directory {
+                continue;
+            }
+            let children = query(
+                c,
+                "SELECT name, ino FROM entries WHERE parent = $1 AND kind <> 1 \
+                 AND valid_from <= $2 AND (valid_to IS NULL OR valid_to > $2)",
+                &[&(from.0 as i64), &self.epoch],
+            )
+            .await?;
+            for r in &children {
+                let name = Name::from_stored(r.get(0));
+                if let Some(e) = live_entry(c, to, &name).await? {
+                    stack.push((NodeId(r.get::<_, i64>(1) as u64), e.ino));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Sets node `ino`'s live row back to its row at the target: attributes but ctime (now)
@@ -1021,10 +1064,15 @@ impl<'a> Revert<'a> {
             let changes = block_map_changes(c, ino, e).await?;
             if !changes.is_empty() || before.size != then.attr.size {
                 guard_write_once(ctx, &before, "revert (overwrite)")?;
-                for (idx, block) in &changes {
+                for (idx, block, live_from) in &changes {
                     set_block(c, ctx, ino, *idx, block.as_ref()).await?;
+                    // An earlier epoch's row is closed (and a new one written); this
+                    // epoch's is changed in place.
+                    written += match (live_from, block) {
+                        (Some(from), Some(_)) if *from < ctx.epoch => 2,
+                        _ => 1,
+                    };
                 }
-                written += changes.len() as u64;
                 attr.content_version = before.content_version + 1;
             }
         }
@@ -1063,28 +1111,32 @@ async fn live_names<C: GenericClient>(c: &C, ino: NodeId) -> Result<u32, MetaErr
 type BlockSlot = Option<([u8; 32], u64)>;
 
 /// The block-map changes that give file `ino` its content at epoch `e` back: every index
-/// whose live block differs from the one then (`None`: a hole now).
+/// whose live block differs from the one then (`None`: a hole now), with the epoch the live
+/// row of that index was born in, if there is one.
 async fn block_map_changes<C: GenericClient>(
     c: &C,
     ino: NodeId,
     e: i64,
-) -> Result<Vec<(u64, BlockSlot)>, MetaError> {
+) -> Result<Vec<(u64, BlockSlot, Option<i64>)>, MetaError> {
     let i = ino.0 as i64;
-    let read = |rows: Vec<tokio_postgres::Row>| -> Result<HashMap<u64, ([u8; 32], u64)>, MetaError> {
+    let read = |rows: Vec<tokio_postgres::Row>| -> Result<HashMap<u64, (([u8; 32], u64), i64)>, MetaError> {
         rows.iter()
             .map(|r| {
                 let hash: Vec<u8> = r.get(1);
                 let hash: [u8; 32] = hash
                     .try_into()
                     .map_err(|_| MetaError::Internal("block hash is not 32 bytes".into()))?;
-                Ok((r.get::<_, i64>(0) as u64, (hash, r.get::<_, i64>(2) as u64)))
+                Ok((
+                    r.get::<_, i64>(0) as u64,
+                    ((hash, r.get::<_, i64>(2) as u64), r.get(3)),
+                ))
             })
             .collect()
     };
     let then = read(
         query(
             c,
-            "SELECT idx, hash, len FROM file_blocks WHERE ino = $1 AND valid_from <= $2 \
+            "SELECT idx, hash, len, valid_from FROM file_blocks WHERE ino = $1 AND valid_from <= $2 \
              AND (valid_to IS NULL OR valid_to > $2)",
             &[&i, &e],
         )
@@ -1093,20 +1145,21 @@ async fn block_map_changes<C: GenericClient>(
     let live = read(
         query(
             c,
-            "SELECT idx, hash, len FROM file_blocks WHERE ino = $1 AND valid_to IS NULL",
+            "SELECT idx, hash, len, valid_from FROM file_blocks WHERE ino = $1 AND valid_to IS NULL",
             &[&i],
         )
         .await?,
     )?;
-    let mut changes: Vec<(u64, BlockSlot)> = Vec::new();
-    for (idx, block) in &then {
-        if live.get(idx) != Some(block) {
-            changes.push((*idx, Some(*block)));
+    let mut changes: Vec<(u64, BlockSlot, Option<i64>)> = Vec::new();
+    for (idx, (block, _)) in &then {
+        let now = live.get(idx);
+        if now.map(|n| &n.0) != Some(block) {
+            changes.push((*idx, Some(*block), now.map(|n| n.1)));
         }
     }
-    for idx in live.keys() {
+    for (idx, (_, from)) in &live {
         if !then.contains_key(idx) {
-            changes.push((*idx, None));
+            changes.push((*idx, None, Some(*from)));
         }
     }
     changes.sort_unstable_by_key(|c| c.0);
