@@ -1,10 +1,12 @@
-//! Local subcommands: `mount` (one FUSE mount), `snapshot`, `sequences`, `events`, and the
-//! storage flags they share (metadata URL, block store, or embedded defaults).
+//! Local subcommands: `mount` (one FUSE mount), `snapshot`, `publish`, `revert`, `sequences`,
+//! `events`, and the storage flags they share (metadata URL, block store, or embedded
+//! defaults).
 
 pub mod admin;
 pub mod embedded;
 pub mod mhl;
 pub mod mount;
+pub mod publish;
 pub mod serve;
 pub mod trash;
 
