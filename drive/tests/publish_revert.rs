@@ -659,8 +659,8 @@ async fn mutate(
     rng: &mut rand::rngs::StdRng,
     steps: usize,
 ) {
-    let mut tag = 1_000_000 + rng.random_range(0..1_000_000u64) * 100;
-    for _ in 0..steps {
+    let first = 1_000_000 + rng.random_range(0..1_000_000u64) * 100;
+    for tag in first + 1..=first + steps as u64 {
         let live = tree(store, View::Live, f).await;
         let dirs: Vec<NodeId> = std::iter::once(f)
             .chain(
@@ -676,7 +676,6 @@ async fn mutate(
             .collect();
         let paths: Vec<&String> = live.keys().collect();
         let pick_dir = |rng: &mut rand::rngs::StdRng| dirs[rng.random_range(0..dirs.len())];
-        tag += 1;
         let a = actor();
         let result: Result<(), drive::MetaError> = async {
             match rng.random_range(0..11) {

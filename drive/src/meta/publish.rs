@@ -1110,6 +1110,9 @@ async fn live_names<C: GenericClient>(c: &C, ino: NodeId) -> Result<u32, MetaErr
 
 type BlockSlot = Option<([u8; 32], u64)>;
 
+/// A block map by index: (hash, valid length) and the epoch the row was born in.
+type BlockRows = HashMap<u64, (([u8; 32], u64), i64)>;
+
 /// The block-map changes that give file `ino` its content at epoch `e` back: every index
 /// whose live block differs from the one then (`None`: a hole now), with the epoch the live
 /// row of that index was born in, if there is one.
@@ -1119,7 +1122,7 @@ async fn block_map_changes<C: GenericClient>(
     e: i64,
 ) -> Result<Vec<(u64, BlockSlot, Option<i64>)>, MetaError> {
     let i = ino.0 as i64;
-    let read = |rows: Vec<tokio_postgres::Row>| -> Result<HashMap<u64, (([u8; 32], u64), i64)>, MetaError> {
+    let read = |rows: Vec<tokio_postgres::Row>| -> Result<BlockRows, MetaError> {
         rows.iter()
             .map(|r| {
                 let hash: Vec<u8> = r.get(1);
