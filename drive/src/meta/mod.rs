@@ -10,8 +10,8 @@
 //!
 //! Split by concern: `migrations` (schema), `rows` (row mapping and shared statements),
 //! `workspaces`, `tree` (nodes, rename, delete), `copy`, `snapshots`, `sequences`, `events`,
-//! `shares`, `publish` (publish and revert), `content` (block maps), `usage` (usage counters and the quota check), `access`
-//! (last-access times and expiry).
+//! `shares`, `publish` (publish and revert), `content` (block maps), `usage` (usage
+//! counters and the quota check), `access` (last-access times and expiry).
 
 mod access;
 mod content;
