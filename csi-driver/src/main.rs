@@ -1,7 +1,7 @@
 //! `studiodrive-csi`: the CSI plugin and the local FUSE mount.
 
 use clap::{Parser, Subcommand};
-use drive_csi::cli::{StorageArgs, admin, events, mhl, mount, preload, serve, trash};
+use drive_csi::cli::{StorageArgs, admin, events, mhl, mount, preload, publish, serve, trash};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +26,11 @@ enum Command {
     /// Creates, lists and deletes snapshots.
     #[command(subcommand)]
     Snapshot(admin::SnapshotCmd),
+    /// Moves or copies a finished folder into its published place and snapshots it, in one
+    /// transaction.
+    Publish(publish::PublishArgs),
+    /// Gives a folder back its tree at a snapshot or an earlier epoch, in one transaction.
+    Revert(publish::RevertArgs),
     /// Prints the frame sequences of a folder.
     Sequences {
         #[command(flatten)]
@@ -97,6 +102,8 @@ fn main() -> anyhow::Result<()> {
                         }
                         Ok(())
                     }
+                    Command::Publish(args) => publish::publish(args).await,
+                    Command::Revert(args) => publish::revert(args).await,
                     Command::Mount(_) | Command::Serve(_) | Command::WaitMounted { .. } | Command::Mhl(_) => {
                         anyhow::bail!("runs outside this runtime")
                     }

@@ -89,8 +89,14 @@ pub async fn events(storage: StorageArgs, follow: bool) -> anyhow::Result<()> {
                 .unwrap_or_default();
             let ino = e.ino.map(|i| i.0.to_string()).unwrap_or_default();
             let parent = e.parent.map(|i| i.0.to_string()).unwrap_or_default();
+            // What a `published` / `reverted` event names besides its node.
+            let snapshot = match (&e.snapshot, e.epoch) {
+                (Some(s), Some(ep)) => format!("\tsnapshot={s}\tepoch={}", ep.0),
+                (None, Some(ep)) => format!("\tepoch={}", ep.0),
+                _ => String::new(),
+            };
             println!(
-                "{}\t{}\t{}\t{}\tino={}\tparent={}\t{}",
+                "{}\t{}\t{}\t{}\tino={}\tparent={}\t{}{snapshot}",
                 e.id, e.at.0, e.actor, e.op, ino, parent, name
             );
         }

@@ -1,5 +1,6 @@
-//! Local subcommands: `mount` (one FUSE mount), `snapshot`, `sequences`, `events`, `sink`,
-//! `relay`, `preload`, and the storage flags they share (metadata URL, block store, or embedded defaults).
+//! Local subcommands: `mount` (one FUSE mount), `snapshot`, `publish`, `revert`, `sequences`,
+//! `events`, `sink`, `relay`, `preload`, and the storage flags they share (metadata URL,
+//! block store, or embedded defaults).
 
 pub mod admin;
 pub mod embedded;
@@ -7,6 +8,7 @@ pub mod events;
 pub mod mhl;
 pub mod mount;
 pub mod preload;
+pub mod publish;
 pub mod serve;
 pub mod trash;
 

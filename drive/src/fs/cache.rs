@@ -243,8 +243,10 @@ impl MetaCache {
                 forget_entry(state, *parent, name);
             }
             // Events that name no node (workspace updates, shares) may change what any
-            // answer would be, or nothing; forgetting everything is the safe reading.
-            if !known && !event.op.starts_with("share.") {
+            // answer would be, or nothing; forgetting everything is the safe reading. A
+            // publish or a revert changes a whole subtree under one event: the same.
+            let subtree = matches!(event.op.as_str(), "published" | "reverted");
+            if subtree || (!known && !event.op.starts_with("share.")) {
                 state.attrs.clear();
                 state.entries.clear();
                 state.complete.clear();
@@ -319,6 +321,8 @@ mod tests {
             parent: entry.map(|(p, _)| NodeId(p)),
             name: entry.map(|(_, n)| name(n)),
             from: from.map(|(p, n)| (NodeId(p), name(n))),
+            snapshot: None,
+            epoch: None,
         }
     }
 

@@ -391,7 +391,7 @@ pub(crate) async fn claim_blocks<C: GenericClient>(c: &C, hashes: &[&[u8]]) -> R
 /// together (no read first): the first closes a live row born in an earlier epoch (snapshots
 /// keep it); the second then writes the current epoch's row in place, or removes it for a hole.
 /// Rows born in this epoch are invisible to every snapshot, so changing them in place is safe.
-async fn set_block<C: GenericClient>(
+pub(crate) async fn set_block<C: GenericClient>(
     c: &C,
     ws: &WsCtx,
     ino: NodeId,

@@ -54,7 +54,16 @@ impl PgMetaStore {
         in_txn!(self, |tx| {
             async {
                 copy_in(
-                    tx, actor, ws, src_view, src, dst_parent, dst_name, merge, now, "copy",
+                    tx,
+                    actor,
+                    ws,
+                    src_view,
+                    src,
+                    dst_parent,
+                    dst_name,
+                    merge,
+                    now,
+                    Some("copy"),
                 )
                 .await
             }
@@ -63,7 +72,8 @@ impl PgMetaStore {
     }
 }
 
-/// [`PgMetaStore::copy`] in the caller's transaction, recorded as event `op`.
+/// [`PgMetaStore::copy`] in the caller's transaction, recorded as event `op` (no event for
+/// `None`: the caller records the one event of a larger operation, e.g. a publish).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn copy_in<C: GenericClient>(
     tx: &C,
@@ -75,7 +85,7 @@ pub(super) async fn copy_in<C: GenericClient>(
     dst_name: &Name,
     merge: MergeMode,
     now: Timestamp,
-    op: &str,
+    op: Option<&str>,
 ) -> Result<CopyReport, MetaError> {
     let ctx = ws_ctx(tx, ws).await?;
     live_dir(tx, &ctx, dst_parent).await?;
@@ -161,16 +171,18 @@ pub(super) async fn copy_in<C: GenericClient>(
         write_inode(tx, &ctx, &d).await?;
     }
     charge(tx, &ctx, usage).await?;
-    record_event(
-        tx,
-        ctx.id,
-        actor,
-        op,
-        report.root,
-        Some(dst_parent),
-        Some(dst_name),
-    )
-    .await?;
+    if let Some(op) = op {
+        record_event(
+            tx,
+            ctx.id,
+            actor,
+            op,
+            report.root,
+            Some(dst_parent),
+            Some(dst_name),
+        )
+        .await?;
+    }
     Ok(report)
 }
 

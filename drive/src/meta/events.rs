@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::error::MetaError;
 use crate::meta::rows::{execute, from_system_time, query, query_opt};
 use crate::meta::{PgMetaStore, in_txn};
-use crate::model::{Event, Name, NodeId, WorkspaceId};
+use crate::model::{Epoch, Event, Name, NodeId, WorkspaceId};
 
 impl PgMetaStore {
     /// Up to `limit` events with id greater than `after`, in id order; `ws = None` reads all
@@ -51,9 +51,9 @@ impl PgMetaStore {
         let page = |filter: &str| {
             format!(
                 "SELECT h.purged_through, \
-                        e.id, e.workspace_id, e.at, e.actor, e.op, e.ino, e.parent, e.name, e.from_parent, e.from_name \
+                        e.id, e.workspace_id, e.at, e.actor, e.op, e.ino, e.parent, e.name, e.from_parent, e.from_name, e.snapshot, e.epoch \
                  FROM feed_horizon h LEFT JOIN LATERAL ( \
-                     SELECT id, workspace_id, at, actor, op, ino, parent, name, from_parent, from_name FROM events \
+                     SELECT id, workspace_id, at, actor, op, ino, parent, name, from_parent, from_name, snapshot, epoch FROM events \
                      WHERE {filter} id > $1 ORDER BY id LIMIT $2 \
                  ) e ON true \
                  WHERE h.id = 1 ORDER BY e.id"
@@ -81,7 +81,7 @@ impl PgMetaStore {
         let client = self.client().await?;
         let rows = query(
             &client,
-            "SELECT id, workspace_id, at, actor, op, ino, parent, name, from_parent, from_name FROM events \
+            "SELECT id, workspace_id, at, actor, op, ino, parent, name, from_parent, from_name, snapshot, epoch FROM events \
              WHERE id = ANY($1) ORDER BY id",
             &[&ids],
         )
@@ -105,7 +105,7 @@ fn events_from_rows(rows: &[tokio_postgres::Row]) -> Vec<Event> {
     rows.iter().map(|r| event_from_row(r, 0)).collect()
 }
 
-/// The event in columns `at..at + 10` of `row` (the column order of the queries above).
+/// The event in columns `at..at + 12` of `row` (the column order of the queries above).
 fn event_from_row(r: &tokio_postgres::Row, at: usize) -> Event {
     Event {
         id: r.get(at),
@@ -123,6 +123,8 @@ fn event_from_row(r: &tokio_postgres::Row, at: usize) -> Event {
             (Some(parent), Some(name)) => Some((NodeId(parent as u64), Name::from_stored(name))),
             _ => None,
         },
+        snapshot: r.get(at + 10),
+        epoch: r.get::<_, Option<i64>>(at + 11).map(Epoch),
     }
 }
 
@@ -171,9 +173,9 @@ impl PgMetaStore {
         let rows = query(
             &client,
             "SELECT h.horizon, h.holder, h.lease_until > now(), h.purged_through, \
-                    e.id, e.workspace_id, e.at, e.actor, e.op, e.ino, e.parent, e.name, e.from_parent, e.from_name \
+                    e.id, e.workspace_id, e.at, e.actor, e.op, e.ino, e.parent, e.name, e.from_parent, e.from_name, e.snapshot, e.epoch \
              FROM feed_horizon h LEFT JOIN LATERAL ( \
-                 SELECT id, workspace_id, at, actor, op, ino, parent, name, from_parent, from_name FROM events \
+                 SELECT id, workspace_id, at, actor, op, ino, parent, name, from_parent, from_name, snapshot, epoch FROM events \
                  WHERE workspace_id = $1 AND id > $2 ORDER BY id LIMIT $3 \
              ) e ON true \
              WHERE h.id = 1 ORDER BY e.id",

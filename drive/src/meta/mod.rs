@@ -10,7 +10,8 @@
 //!
 //! Split by concern: `migrations` (schema), `rows` (row mapping and shared statements),
 //! `workspaces`, `tree` (nodes, rename, delete), `copy`, `snapshots`, `sequences`, `events`,
-//! `shares`, `sinks` (event sinks' cursors and leases), `content` (block maps), `usage` (usage counters and the quota check), `access`
+//! `shares`, `sinks` (event sinks' cursors and leases), `publish` (publish and revert),
+//! `content` (block maps), `usage` (usage counters and the quota check), `access`
 //! (last-access times and expiry).
 
 mod access;
@@ -22,6 +23,7 @@ mod locks;
 mod memory;
 mod migrations;
 mod port;
+mod publish;
 mod purge;
 mod rows;
 mod sequences;
@@ -43,6 +45,7 @@ pub use events::{EventFeed, FeedHorizon, WorkspaceFeed};
 pub use gc::{Claim, MarkBatch, OrphanSpan, PassRecord};
 pub use locks::{FileLock, LockKind};
 pub use memory::MemMetaStore;
+pub use publish::{PublishMode, PublishOptions, PublishReport, RevertReport, RevertTarget};
 pub(crate) use purge::before;
 pub use purge::{DeletedEntry, PurgePace};
 pub(crate) use rows::new_inode_attr;

@@ -577,7 +577,7 @@ pub(crate) async fn record_event<C: GenericClient>(
     parent: Option<NodeId>,
     name: Option<&Name>,
 ) -> Result<(), MetaError> {
-    insert_event(c, ws, actor, op, ino, (parent, name), None).await
+    insert_event(c, ws, actor, op, ino, (parent, name), None, (None, None)).await
 }
 
 /// Appends one `op` event per removed entry `(actor, node, parent, name)` in one statement
@@ -630,9 +630,47 @@ pub(crate) async fn record_move_event<C: GenericClient>(
     from: (NodeId, &Name),
     to: (NodeId, &Name),
 ) -> Result<(), MetaError> {
-    insert_event(c, ws, actor, op, Some(ino), (Some(to.0), Some(to.1)), Some(from)).await
+    insert_event(
+        c,
+        ws,
+        actor,
+        op,
+        Some(ino),
+        (Some(to.0), Some(to.1)),
+        Some(from),
+        (None, None),
+    )
+    .await
 }
 
+/// Appends the one event of a publish or a revert: the folder (and, when it has one, its
+/// entry and the entry it left), plus the snapshot and epoch the change concerns.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn record_snapshot_event<C: GenericClient>(
+    c: &C,
+    ws: WorkspaceId,
+    actor: &Actor,
+    op: &str,
+    ino: NodeId,
+    to: Option<(NodeId, &Name)>,
+    from: Option<(NodeId, &Name)>,
+    (snapshot, epoch): (Option<&str>, Epoch),
+) -> Result<(), MetaError> {
+    let entry = (to.map(|t| t.0), to.map(|t| t.1));
+    insert_event(
+        c,
+        ws,
+        actor,
+        op,
+        Some(ino),
+        entry,
+        from,
+        (snapshot, Some(epoch.0)),
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn insert_event<C: GenericClient>(
     c: &C,
     ws: WorkspaceId,
@@ -641,11 +679,12 @@ async fn insert_event<C: GenericClient>(
     ino: Option<NodeId>,
     (parent, name): (Option<NodeId>, Option<&Name>),
     from: Option<(NodeId, &Name)>,
+    (snapshot, epoch): (Option<&str>, Option<i64>),
 ) -> Result<(), MetaError> {
     execute(
         c,
-        "INSERT INTO events (workspace_id, actor, op, ino, parent, name, from_parent, from_name) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO events (workspace_id, actor, op, ino, parent, name, from_parent, from_name, snapshot, epoch) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         &[
             &ws.0,
             &actor.0,
@@ -655,6 +694,8 @@ async fn insert_event<C: GenericClient>(
             &name.map(Name::as_bytes),
             &from.map(|(p, _)| p.0 as i64),
             &from.map(|(_, n)| n.as_bytes()),
+            &snapshot,
+            &epoch,
         ],
     )
     .await?;

@@ -12,9 +12,9 @@ use crate::model::{
     Actor, Epoch, NodeId, NodeKind, Snapshot, SnapshotId, Usage, View, WorkspaceId, validate_workspace_name,
 };
 
-const SNAPSHOT_COLUMNS: &str = "id, workspace_id, name, epoch, root_ino, path, created_at";
+pub(super) const SNAPSHOT_COLUMNS: &str = "id, workspace_id, name, epoch, root_ino, path, created_at";
 
-fn snapshot_from_row(row: &Row) -> Snapshot {
+pub(super) fn snapshot_from_row(row: &Row) -> Snapshot {
     Snapshot {
         id: SnapshotId(row.get(0)),
         workspace: WorkspaceId(row.get(1)),

@@ -159,7 +159,7 @@ impl PgMetaStore {
                     last,
                     merge,
                     now,
-                    "restore",
+                    Some("restore"),
                 )
                 .await?;
                 execute(tx, "UPDATE entries SET deleted_at = NULL WHERE id = $1", &[&id]).await?;

@@ -413,6 +413,11 @@ pub struct Event {
     pub name: Option<Name>,
     /// The old entry of a rename or exchange: its parent and name.
     pub from: Option<(NodeId, Name)>,
+    /// The snapshot a `published` event took, or a `reverted` event restored (`None` for a
+    /// revert to a bare epoch and for every other event).
+    pub snapshot: Option<String>,
+    /// The epoch of that snapshot, or the epoch a `reverted` event restored.
+    pub epoch: Option<Epoch>,
 }
 
 /// File and byte counts of a tree.

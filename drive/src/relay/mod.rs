@@ -231,6 +231,13 @@ pub fn cloud_event(ws_name: &str, event: &Event, path: Option<&str>, from: Optio
     if let Some(from) = from {
         data["fromPath"] = serde_json::json!(from);
     }
+    // `published` and `reverted` name the snapshot (and the epoch) they made or went back to.
+    if let Some(snapshot) = &event.snapshot {
+        data["snapshot"] = serde_json::json!(snapshot);
+    }
+    if let Some(epoch) = event.epoch {
+        data["epoch"] = serde_json::json!(epoch.0);
+    }
     if let Some(name) = &event.name
         && path.is_none()
     {

@@ -85,13 +85,14 @@ impl PathResolver {
             _ => e.ino.and_then(|ino| self.path_of(ino)),
         };
         match e.op.as_str() {
-            "create" | "link" | "rename" | "copy" | "restore" => {
+            "create" | "link" | "rename" | "copy" | "restore" | "published" => {
                 if let (Some(ino), Some(parent), Some(name)) = (e.ino, e.parent, e.name.clone()) {
                     self.parents.insert(ino, (parent, name));
                 }
             }
-            // Two nodes swapped names, and the event names one of them: forget both.
-            "exchange" => self.parents.clear(),
+            // Two nodes swapped names (the event names one of them), or a folder went back to
+            // an earlier state: forget what was known, the store answers again.
+            "exchange" | "reverted" => self.parents.clear(),
             _ => {}
         }
         (path, from)
