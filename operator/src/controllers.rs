@@ -17,9 +17,10 @@ use kube::runtime::watcher;
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio_util::sync::CancellationToken;
 
-use crate::crd::{LifecyclePolicy, Share, Snapshot, Workspace};
+use crate::crd::{EventSink, LifecyclePolicy, Share, Snapshot, Workspace};
 use crate::reconcile::{
-    Context, LifecyclePolicies, ReconcileError, Shares, Snapshots, Workspaces, error_policy, reconcile,
+    Context, EventSinks, LifecyclePolicies, ReconcileError, Shares, Snapshots, Workspaces, error_policy,
+    reconcile,
 };
 use crate::store::StudioStore;
 
@@ -73,7 +74,7 @@ fn drain<T, E: std::fmt::Debug, S: futures::Stream<Item = Result<T, E>>>(
     })
 }
 
-/// Runs the four controllers until `shutdown` is cancelled (then finishes in-flight
+/// Runs the five controllers until `shutdown` is cancelled (then finishes in-flight
 /// reconciles and returns).
 pub async fn run_controllers<S: StudioStore>(ctx: Arc<Context<S>>, shutdown: CancellationToken) {
     let client = ctx.client.clone();
@@ -92,6 +93,9 @@ pub async fn run_controllers<S: StudioStore>(ctx: Arc<Context<S>>, shutdown: Can
     let shares = Controller::new(Api::<Share>::all(client.clone()), watcher::Config::default())
         .with_config(config.clone())
         .graceful_shutdown_on(stop());
+    let sinks = Controller::new(Api::<EventSink>::all(client.clone()), watcher::Config::default())
+        .with_config(config.clone())
+        .graceful_shutdown_on(stop());
     let policies = Controller::new(
         Api::<LifecyclePolicy>::all(client.clone()),
         watcher::Config::default(),
@@ -104,11 +108,12 @@ pub async fn run_controllers<S: StudioStore>(ctx: Arc<Context<S>>, shutdown: Can
     .graceful_shutdown_on(stop());
 
     let gauges = {
-        let (ws, sn, sh, lp) = (
+        let (ws, sn, sh, lp, es) = (
             workspaces.store(),
             snapshots.store(),
             shares.store(),
             policies.store(),
+            sinks.store(),
         );
         let (metrics, token) = (ctx.metrics.clone(), shutdown.clone());
         async move {
@@ -117,7 +122,7 @@ pub async fn run_controllers<S: StudioStore>(ctx: Arc<Context<S>>, shutdown: Can
                 tokio::select! {
                     () = token.cancelled() => break,
                     _ = tick.tick() => {
-                        let counts = [ws.state().len(), sn.state().len(), sh.state().len(), lp.state().len()];
+                        let counts = [ws.state().len(), sn.state().len(), sh.state().len(), lp.state().len(), es.state().len()];
                         for (kind, n) in crate::metrics::KINDS.into_iter().zip(counts) {
                             metrics.objects.with_label_values(&[kind]).set(i64::try_from(n).unwrap_or(i64::MAX));
                         }
@@ -140,6 +145,11 @@ pub async fn run_controllers<S: StudioStore>(ctx: Arc<Context<S>>, shutdown: Can
         )),
         drain(shares.run(
             |o, c| timed("Share", o, c, reconcile::<Shares, _>),
+            error_policy,
+            ctx.clone()
+        )),
+        drain(sinks.run(
+            |o, c| timed("EventSink", o, c, reconcile::<EventSinks, _>),
             error_policy,
             ctx.clone()
         )),

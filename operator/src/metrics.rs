@@ -13,7 +13,7 @@ pub const OBJECTS_MANAGED: &str = "studiodrive_operator_objects_managed";
 pub const LEADER: &str = "studiodrive_operator_leader";
 
 /// The kinds the operator reconciles, as the `kind` label spells them.
-pub const KINDS: [&str; 4] = ["Workspace", "Snapshot", "Share", "LifecyclePolicy"];
+pub const KINDS: [&str; 5] = ["Workspace", "Snapshot", "Share", "LifecyclePolicy", "EventSink"];
 
 /// The operator's metrics.
 #[derive(Clone)]

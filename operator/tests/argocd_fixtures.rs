@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use operator::crd::{LifecyclePolicy, Share, Snapshot, Workspace};
+use operator::crd::{EventSink, LifecyclePolicy, Share, Snapshot, Workspace};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -52,6 +52,7 @@ fn argocd_health_samples_are_statuses_the_operator_writes() {
         round_trip::<Snapshot, _>("Snapshot", |r| r.status.as_ref()),
         round_trip::<Share, _>("Share", |r| r.status.as_ref()),
         round_trip::<LifecyclePolicy, _>("LifecyclePolicy", |r| r.status.as_ref()),
+        round_trip::<EventSink, _>("EventSink", |r| r.status.as_ref()),
     ];
     assert!(
         counts.iter().all(|&n| n >= 4),
@@ -93,7 +94,7 @@ fn every_condition_reason_has_an_argocd_health_sample() {
         "{defined:?}"
     );
     let mut sampled = std::collections::BTreeSet::new();
-    for kind in ["Workspace", "Snapshot", "Share", "LifecyclePolicy"] {
+    for kind in ["Workspace", "Snapshot", "Share", "LifecyclePolicy", "EventSink"] {
         for sample in samples(kind) {
             for c in sample["object"]["status"]["conditions"]
                 .as_array()

@@ -50,6 +50,7 @@ fn crds_have_short_names_category_status_and_the_decided_scope() {
         ("snapshots.studiodrive.dev", "sdsnap", "Namespaced"),
         ("shares.studiodrive.dev", "sdshare", "Namespaced"),
         ("lifecyclepolicies.studiodrive.dev", "sdlp", "Cluster"),
+        ("eventsinks.studiodrive.dev", "sdsink", "Namespaced"),
     ];
     let all = crd::all();
     assert_eq!(all.len(), expected.len());
@@ -83,10 +84,10 @@ fn crds_have_short_names_category_status_and_the_decided_scope() {
 }
 
 #[test]
-fn all_yaml_is_a_stream_of_four_crd_documents() {
+fn all_yaml_is_a_stream_of_five_crd_documents() {
     let yaml = crd::all_yaml().expect("render");
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&yaml).expect("parse the stream back");
-    assert_eq!(docs.len(), 4);
+    assert_eq!(docs.len(), 5);
     for doc in docs {
         assert_eq!(doc["kind"], "CustomResourceDefinition");
         assert_eq!(doc["spec"]["group"], "studiodrive.dev");

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
-use operator::crd::{self, LifecyclePolicy, Share, Snapshot, Workspace, schema_check};
+use operator::crd::{self, EventSink, LifecyclePolicy, Share, Snapshot, Workspace, schema_check};
 use serde_json::{Value, json};
 
 fn sample(name: &str) -> String {
@@ -34,6 +34,7 @@ fn every_custom_resource_sample_parses_and_validates() {
         "snapshot.yaml",
         "share.yaml",
         "lifecyclepolicy.yaml",
+        "eventsink.yaml",
     ];
     for file in files {
         let text = sample(file);
@@ -45,6 +46,7 @@ fn every_custom_resource_sample_parses_and_validates() {
             Some("Workspace") => drop(serde_json::from_value::<Workspace>(value).expect("Workspace")),
             Some("Snapshot") => drop(serde_json::from_value::<Snapshot>(value).expect("Snapshot")),
             Some("Share") => drop(serde_json::from_value::<Share>(value).expect("Share")),
+            Some("EventSink") => drop(serde_json::from_value::<EventSink>(value).expect("EventSink")),
             Some("LifecyclePolicy") => {
                 drop(serde_json::from_value::<LifecyclePolicy>(value).expect("LifecyclePolicy"))
             }
@@ -254,6 +256,74 @@ fn malformed_specs_are_rejected_by_schema_or_cel() {
             "DNS-1123",
         ),
         (
+            "event sink with both targets",
+            named(
+                "EventSink",
+                "s",
+                json!({"workspace": "ws", "webhook": {"url": "https://h"}, "nats": {"url": "nats://n:4222", "subject": "a"}}),
+            ),
+            "exactly one of nats or webhook",
+        ),
+        (
+            "event sink without a target",
+            named("EventSink", "s", json!({"workspace": "ws"})),
+            "exactly one of nats or webhook",
+        ),
+        (
+            "webhook with a nats url",
+            named(
+                "EventSink",
+                "s",
+                json!({"workspace": "ws", "webhook": {"url": "nats://n:4222"}}),
+            ),
+            "webhook.url must start with http",
+        ),
+        (
+            "nats with an http url",
+            named(
+                "EventSink",
+                "s",
+                json!({"workspace": "ws", "nats": {"url": "http://n", "subject": "a"}}),
+            ),
+            "nats.url must start with nats://",
+        ),
+        (
+            "wildcard nats subject",
+            named(
+                "EventSink",
+                "s",
+                json!({"workspace": "ws", "nats": {"url": "nats://n:4222", "subject": "studio.>"}}),
+            ),
+            "no wildcards",
+        ),
+        (
+            "relative path prefix",
+            named(
+                "EventSink",
+                "s",
+                json!({"workspace": "ws", "webhook": {"url": "https://h"}, "filter": {"pathPrefixes": ["comp"]}}),
+            ),
+            "path prefixes must be absolute",
+        ),
+        (
+            "upper-case event kind",
+            named(
+                "EventSink",
+                "s",
+                json!({"workspace": "ws", "webhook": {"url": "https://h"}, "filter": {"kinds": ["Create"]}}),
+            ),
+            "kinds are lower-case",
+        ),
+        (
+            "unknown start",
+            named(
+                "EventSink",
+                "s",
+                json!({"workspace": "ws", "webhook": {"url": "https://h"}, "startFrom": "Yesterday"}),
+            ),
+            "is not one of",
+        ),
+        (
             "negative retention",
             policy(json!({"purgeDeletedAfterDays": -7})),
             "less than the minimum",
@@ -408,6 +478,21 @@ fn edits_of_immutable_fields_are_rejected_and_mutable_edits_pass() {
             .iter()
             .any(|p| p.contains("workspace is immutable"))
     );
+    let sink = named(
+        "EventSink",
+        "s",
+        json!({"workspace": "ws", "webhook": {"url": "https://h/a"}}),
+    );
+    let mut moved_sink = sink.clone();
+    moved_sink["spec"]["workspace"] = json!("other");
+    assert!(
+        problems(&moved_sink, Some(&sink))
+            .iter()
+            .any(|p| p.contains("workspace is immutable"))
+    );
+    let mut retargeted = sink.clone();
+    retargeted["spec"]["webhook"]["url"] = json!("https://h/b");
+    assert_eq!(problems(&retargeted, Some(&sink)), Vec::<String>::new());
     let mut upgraded = share.clone();
     upgraded["spec"]["permission"] = json!("write");
     assert_eq!(problems(&upgraded, Some(&share)), Vec::<String>::new());

@@ -153,7 +153,7 @@ def test_every_rendered_object_validates_against_kubernetes_schemas(combo, monit
 def test_chart_crds_validate_against_kubernetes_schemas():
     version = kubernetes_validate.latest_version()
     crds = chartlib.crd_objects()
-    assert {c["spec"]["names"]["plural"] for c in crds} == {"workspaces", "snapshots", "shares", "lifecyclepolicies"}
+    assert {c["spec"]["names"]["plural"] for c in crds} == {"workspaces", "snapshots", "shares", "lifecyclepolicies", "eventsinks"}
     for crd in crds:
         assert crd["spec"]["group"] == "studiodrive.dev"
         validate_object(crd, version)
@@ -595,9 +595,9 @@ def test_controller_sidecars_have_what_they_need_and_no_secrets(default_objects)
     assert not can(default_objects, sa, "delete", "", "persistentvolumeclaims")
 
 
-def test_operator_rbac_covers_the_four_kinds_leases_jobs_and_events(default_objects):
+def test_operator_rbac_covers_the_five_kinds_leases_jobs_and_events(default_objects):
     sa = "studiodrive-operator"
-    for plural in ("workspaces", "snapshots", "shares", "lifecyclepolicies"):
+    for plural in ("workspaces", "snapshots", "shares", "lifecyclepolicies", "eventsinks"):
         for verb in ("get", "list", "watch", "patch"):
             assert can(default_objects, sa, verb, "studiodrive.dev", plural)
         assert can(default_objects, sa, "patch", "studiodrive.dev", f"{plural}/status")
@@ -779,7 +779,7 @@ def test_monitoring_is_off_by_default(default_objects):
 def test_chart_crds_are_byte_identical_to_top_level_crds():
     top = {p.name: p.read_bytes() for p in (ROOT / "crds").glob("*.yaml")}
     chart = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
-    assert len(top) == 4
+    assert len(top) == 5
     assert sorted(chart) == sorted(top)
     for name in top:
         assert chart[name] == top[name], f"charts/studiodrive/crds/{name} differs from crds/{name}"

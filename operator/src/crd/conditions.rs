@@ -43,6 +43,13 @@ pub mod reason {
     pub const PASS_RUNNING: &str = "PassRunning";
     /// The last GC pass failed.
     pub const PASS_FAILED: &str = "PassFailed";
+    /// An EventSink is recorded and a relay holds its lease; deliveries succeed (or there has
+    /// been nothing to deliver).
+    pub const DELIVERING: &str = "Delivering";
+    /// An EventSink is recorded but no relay holds its lease: nothing delivers it.
+    pub const NO_RELAY: &str = "NoRelay";
+    /// An EventSink's deliveries have been failing for longer than the threshold.
+    pub const DELIVERY_FAILING: &str = "DeliveryFailing";
 }
 
 /// A condition as a planner computes it, before timestamps are attached.

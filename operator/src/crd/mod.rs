@@ -7,12 +7,16 @@
 //! checked again by the planners, which report `InvalidSpec` instead of failing.
 
 pub mod conditions;
+mod eventsink;
 mod lifecycle;
 pub mod schema_check;
 mod share;
 mod snapshot;
 mod workspace;
 
+pub use eventsink::{
+    EventSink, EventSinkFilter, EventSinkSpec, EventSinkStatus, NatsSink, StartFrom, WebhookSink,
+};
 pub use lifecycle::{
     ExpireRule, LastRun, LifecyclePolicy, LifecyclePolicySpec, LifecyclePolicyStatus, LifecycleRules,
     PassCounts, PassResult, PolicyPhase, RetentionClass, SnapshotRetention, Throttle, TransitionRule,
@@ -44,6 +48,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         Snapshot::crd(),
         Share::crd(),
         LifecyclePolicy::crd(),
+        EventSink::crd(),
     ]
 }
 

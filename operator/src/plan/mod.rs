@@ -5,6 +5,7 @@
 //! ops and the same status. Invalid specs produce a plan with no ops and `Ready=False`
 //! (reason `InvalidSpec`), never a panic or an error.
 
+pub mod eventsink;
 pub mod lifecycle;
 pub mod share;
 pub mod snapshot;

@@ -2,19 +2,21 @@
 //! and the Kubernetes API, and map failures to conditions, events, requeues and metric labels
 //! (in one place: [`ReconcileError::label`] and [`failure_conditions`]).
 //!
-//! One generic driver ([`driver`]: [`sync`], [`cleanup`], [`reconcile`]) serves all four
+//! One generic driver ([`driver`]: [`sync`], [`cleanup`], [`reconcile`]) serves all five
 //! kinds. Each kind module implements [`Kind`] and [`LiveKind`] with only its own parts:
-//! [`Workspaces`] (with the key Secret read), [`Snapshots`], [`Shares`] and
+//! [`Workspaces`] (with the key Secret read), [`Snapshots`], [`Shares`], [`EventSinks`] and
 //! [`LifecyclePolicies`] (the GC Job, no finalizer). This module holds what they share: the
 //! context, errors, backoff, the status patch and event publishing.
 
 pub mod driver;
+pub mod eventsink;
 pub mod lifecycle;
 pub mod share;
 pub mod snapshot;
 pub mod workspace;
 
 pub use driver::{Kind, LiveKind, StatusFields, cleanup, reconcile, sync};
+pub use eventsink::EventSinks;
 pub use lifecycle::LifecyclePolicies;
 pub use share::Shares;
 pub use snapshot::Snapshots;

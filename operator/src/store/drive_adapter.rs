@@ -5,16 +5,17 @@
 use drive::PgMetaStore;
 use drive::data::{DataKey, Kek};
 use drive::lifecycle::LifecycleReport;
-use drive::meta::WorkspaceUpdate;
+use drive::meta::{SinkRecord, SinkStart, WorkspaceUpdate};
 use drive::model::{self, Actor, Timestamp as NanoTime, View};
+use drive::relay::SinkSpec;
 use drive::{ErrorKind, MetaError};
 use jiff::Timestamp;
 
 use super::{
-    NewWorkspace, ShareGrant, SnapshotRecord, StoreError, StoreErrorKind, StoreResult, StudioStore, Usage,
-    WorkspaceChange, WorkspaceRecord, kek_required,
+    EventSinkRecord, NewWorkspace, ShareGrant, SnapshotRecord, StoreError, StoreErrorKind, StoreResult,
+    StudioStore, Usage, WorkspaceChange, WorkspaceRecord, kek_required,
 };
-use crate::crd::{Permission, WorkspaceKind};
+use crate::crd::{Permission, StartFrom, WorkspaceKind};
 
 /// Every store mutation the operator makes is recorded in the change feed under this actor.
 fn actor() -> Actor {
@@ -113,6 +114,29 @@ fn usage(u: model::Usage) -> Usage {
         files: u.files,
         directories: u.directories,
         bytes: u.bytes,
+    }
+}
+
+fn sink_record(s: SinkRecord) -> EventSinkRecord {
+    EventSinkRecord {
+        id: s.id,
+        workspace_id: s.workspace.to_string(),
+        spec: s.spec,
+        position: s.position,
+        relay: s.holder,
+        delivered: s.delivered,
+        filtered: s.filtered,
+        consecutive_failures: s.consecutive_failures,
+        failing_since: s.failing_since.map(to_jiff),
+        last_error: s.last_error,
+        last_delivered_at: s.last_delivered_at.map(to_jiff),
+    }
+}
+
+fn to_start(start: StartFrom) -> SinkStart {
+    match start {
+        StartFrom::Now => SinkStart::Now,
+        StartFrom::Beginning => SinkStart::Beginning,
     }
 }
 
@@ -261,6 +285,33 @@ impl StudioStore for MetaStoreAdapter {
             .delete_share(&actor(), ws.id, name)
             .await
             .map_err(map_error)
+    }
+
+    async fn get_event_sink(&self, id: &str) -> StoreResult<Option<EventSinkRecord>> {
+        self.0
+            .event_sink(id)
+            .await
+            .map(|s| s.map(sink_record))
+            .map_err(map_error)
+    }
+
+    async fn put_event_sink(
+        &self,
+        id: &str,
+        workspace: &str,
+        spec: &SinkSpec,
+        start: StartFrom,
+    ) -> StoreResult<EventSinkRecord> {
+        let ws = self.workspace_id(workspace).await?;
+        self.0
+            .put_event_sink(id, ws, spec, to_start(start))
+            .await
+            .map(sink_record)
+            .map_err(map_error)
+    }
+
+    async fn delete_event_sink(&self, id: &str) -> StoreResult<bool> {
+        self.0.delete_event_sink(id).await.map_err(map_error)
     }
 
     async fn pass_report(&self, pass_id: &str) -> StoreResult<Option<LifecycleReport>> {

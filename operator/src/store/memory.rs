@@ -11,9 +11,11 @@ use drive::lifecycle::LifecycleReport;
 use jiff::Timestamp;
 
 use super::{
-    NewWorkspace, ShareGrant, SnapshotRecord, StoreError, StoreErrorKind, StoreResult, StudioStore, Usage,
-    WorkspaceChange, WorkspaceRecord, kek_required,
+    EventSinkRecord, NewWorkspace, ShareGrant, SnapshotRecord, StoreError, StoreErrorKind, StoreResult,
+    StudioStore, Usage, WorkspaceChange, WorkspaceRecord, kek_required,
 };
+use crate::crd::StartFrom;
+use drive::relay::SinkSpec;
 
 #[derive(Debug, Default)]
 struct State {
@@ -23,6 +25,7 @@ struct State {
     shares: BTreeMap<(String, String), ShareGrant>,
     wrapped_keys: BTreeMap<String, Vec<u8>>,
     pass_reports: BTreeMap<String, LifecycleReport>,
+    sinks: BTreeMap<String, EventSinkRecord>,
 }
 
 /// The in-memory store.
@@ -76,6 +79,12 @@ impl MemoryStore {
     /// A copy of the workspace `name`, if live.
     pub fn workspace(&self, name: &str) -> Option<WorkspaceRecord> {
         self.lock().workspaces.get(name).cloned()
+    }
+
+    /// Changes the recorded sink `id` as a relay would (lease, counts, failures); false when
+    /// there is none. Not a write: the operator never makes these changes.
+    pub fn update_event_sink(&self, id: &str, change: impl FnOnce(&mut EventSinkRecord)) -> bool {
+        self.lock().sinks.get_mut(id).map(change).is_some()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -246,6 +255,72 @@ impl StudioStore for MemoryStore {
             .shares
             .remove(&(workspace.to_string(), name.to_string()))
             .is_some())
+    }
+
+    async fn get_event_sink(&self, id: &str) -> StoreResult<Option<EventSinkRecord>> {
+        self.check()?;
+        Ok(self.lock().sinks.get(id).cloned())
+    }
+
+    async fn put_event_sink(
+        &self,
+        id: &str,
+        workspace: &str,
+        spec: &SinkSpec,
+        _start: StartFrom,
+    ) -> StoreResult<EventSinkRecord> {
+        self.check()?;
+        // The engine's checks, in its order: id, spec, workspace, then the sink's workspace.
+        let id_ok = !id.is_empty()
+            && id.len() <= 253
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'/'));
+        if !id_ok {
+            return Err(StoreError::new(
+                StoreErrorKind::Invalid,
+                format!("event sink id {id:?}"),
+            ));
+        }
+        spec.validate()
+            .map_err(|e| StoreError::new(StoreErrorKind::Invalid, e.to_string()))?;
+        self.write()?;
+        let mut state = self.lock();
+        let ws = state
+            .workspaces
+            .get(workspace)
+            .map(|w| w.id.clone())
+            .ok_or_else(|| not_found(format!("workspace {workspace}")))?;
+        let record = state
+            .sinks
+            .entry(id.to_string())
+            .or_insert_with(|| EventSinkRecord {
+                id: id.to_string(),
+                workspace_id: ws.clone(),
+                spec: spec.clone(),
+                // No feed here: every sink starts at 0, whatever `start` says.
+                position: 0,
+                relay: None,
+                delivered: 0,
+                filtered: 0,
+                consecutive_failures: 0,
+                failing_since: None,
+                last_error: String::new(),
+                last_delivered_at: None,
+            });
+        if record.workspace_id != ws {
+            return Err(StoreError::new(
+                StoreErrorKind::Conflict,
+                format!("event sink {id} belongs to workspace {}", record.workspace_id),
+            ));
+        }
+        record.spec = spec.clone();
+        Ok(record.clone())
+    }
+
+    async fn delete_event_sink(&self, id: &str) -> StoreResult<bool> {
+        self.write()?;
+        Ok(self.lock().sinks.remove(id).is_some())
     }
 
     async fn pass_report(&self, pass_id: &str) -> StoreResult<Option<LifecycleReport>> {

@@ -19,9 +19,10 @@ use std::future::Future;
 use drive::data::Kek;
 use drive::lifecycle::LifecycleReport;
 pub use drive::model::ObjectStoreLocation;
+pub use drive::relay::SinkSpec;
 use jiff::Timestamp;
 
-use crate::crd::{Permission, WorkspaceKind};
+use crate::crd::{Permission, StartFrom, WorkspaceKind};
 
 /// A workspace as the store holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +85,30 @@ pub struct ShareGrant {
     pub subjects: Vec<String>,
     pub permission: Permission,
     pub expires_at: Option<Timestamp>,
+}
+
+/// An event sink as the store records it: its spec and the relay's delivery record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventSinkRecord {
+    /// `<namespace>/<name>` of the EventSink resource.
+    pub id: String,
+    /// The id of the workspace it delivers ([`WorkspaceRecord::id`]).
+    pub workspace_id: String,
+    /// What it delivers where (the engine's own type: plain data, validated by the engine).
+    pub spec: SinkSpec,
+    /// Every event of the workspace at or below this was delivered.
+    pub position: i64,
+    /// The relay delivering it, while its lease is live.
+    pub relay: Option<String>,
+    pub delivered: u64,
+    pub filtered: u64,
+    /// Delivery attempts that failed since the last success.
+    pub consecutive_failures: u64,
+    /// When the current run of failures began.
+    pub failing_since: Option<Timestamp>,
+    /// Empty when the last attempt succeeded.
+    pub last_error: String,
+    pub last_delivered_at: Option<Timestamp>,
 }
 
 /// Classes of store failure, which decide the condition and the retry.
@@ -194,6 +219,22 @@ pub trait StudioStore: Send + Sync + 'static {
     fn put_share(&self, workspace: &str, grant: &ShareGrant) -> impl Future<Output = StoreResult<()>> + Send;
     /// Revokes the grant; `Ok(false)` when there was none.
     fn delete_share(&self, workspace: &str, name: &str) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    fn get_event_sink(&self, id: &str) -> impl Future<Output = StoreResult<Option<EventSinkRecord>>> + Send;
+    /// Creates the sink `id` of the workspace named `workspace`, starting at `start`, or
+    /// replaces the spec of an existing one (its position and delivery record are kept; `start`
+    /// is ignored). Fails with [`StoreErrorKind::Invalid`] for a spec the engine refuses,
+    /// [`StoreErrorKind::NotFound`] without the workspace, and [`StoreErrorKind::Conflict`]
+    /// when the sink belongs to another workspace.
+    fn put_event_sink(
+        &self,
+        id: &str,
+        workspace: &str,
+        spec: &SinkSpec,
+        start: StartFrom,
+    ) -> impl Future<Output = StoreResult<EventSinkRecord>> + Send;
+    /// Removes the sink; `Ok(false)` when there was none.
+    fn delete_event_sink(&self, id: &str) -> impl Future<Output = StoreResult<bool>> + Send;
 
     /// The report lifecycle pass `pass_id` stored when it finished; `Ok(None)` while it runs,
     /// or when it stored none (or one this operator cannot read).

@@ -4,11 +4,13 @@
 use std::sync::Arc;
 
 use http::{Request, Response};
+use jiff::Timestamp;
 use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
 use operator::gc_job::GcJobSettings;
 use operator::metrics::Metrics;
 use operator::reconcile::{Backoff, Context};
+use operator::store::StudioStore;
 use operator::store::memory::MemoryStore;
 use serde_json::Value;
 use tower_test::mock::{Handle, pair};
@@ -18,6 +20,11 @@ use super::at;
 pub type MockHandle = Handle<Request<Body>, Response<Body>>;
 
 pub fn context() -> (Arc<Context<MemoryStore>>, MockHandle) {
+    context_with(MemoryStore::default(), || at(1_000))
+}
+
+/// A context over `store` (the real PostgreSQL adapter, say) with the clock `clock`.
+pub fn context_with<S: StudioStore>(store: S, clock: fn() -> Timestamp) -> (Arc<Context<S>>, MockHandle) {
     let (service, handle) = pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
     let reporter = Reporter {
@@ -26,10 +33,10 @@ pub fn context() -> (Arc<Context<MemoryStore>>, MockHandle) {
     };
     let ctx = Context {
         client: client.clone(),
-        store: MemoryStore::default(),
+        store,
         recorder: Recorder::new(client, reporter),
         metrics: Arc::new(Metrics::new().expect("metrics")),
-        clock: || at(1_000),
+        clock,
         backoff: Backoff::default(),
         gc: GcJobSettings::default(),
     };

@@ -6,8 +6,8 @@ pub mod mock;
 use jiff::Timestamp;
 use kube::api::ObjectMeta;
 use operator::crd::{
-    DeletionPolicy, Permission, Share, ShareSpec, Snapshot, SnapshotSpec, Subject, SubjectKind, Workspace,
-    WorkspaceKind, WorkspaceSpec,
+    DeletionPolicy, EventSink, EventSinkFilter, EventSinkSpec, Permission, Share, ShareSpec, Snapshot,
+    SnapshotSpec, StartFrom, Subject, SubjectKind, WebhookSink, Workspace, WorkspaceKind, WorkspaceSpec,
 };
 use operator::keys::StaticKeySource;
 
@@ -79,6 +79,24 @@ pub fn share(ns: &str, name: &str, ws: &str, expires: Option<Timestamp>) -> Shar
             ],
             permission: Permission::Write,
             expires_at: expires.map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
+        },
+        status: None,
+    }
+}
+
+/// A webhook EventSink of workspace `ws` (no finalizer, no status).
+pub fn event_sink(ns: &str, name: &str, ws: &str, url: &str) -> EventSink {
+    EventSink {
+        metadata: meta(ns, name, 1),
+        spec: EventSinkSpec {
+            workspace: ws.into(),
+            nats: None,
+            webhook: Some(WebhookSink { url: url.into() }),
+            filter: EventSinkFilter {
+                path_prefixes: vec!["/comp".into()],
+                kinds: Vec::new(),
+            },
+            start_from: StartFrom::Now,
         },
         status: None,
     }
