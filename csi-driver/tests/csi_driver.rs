@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use common::{Plugin, binary, code, eventually, mount_cap, mounts_at, publish_req, unpublish_req};
+use common::{Plugin, code, eventually, mount_cap, mounts_at, publish_req, unpublish_req};
 use drive::model::{Actor, WorkspaceKind, WorkspaceSpec};
 use drive_csi::csi::proto::identity_client::IdentityClient;
 use drive_csi::csi::proto::volume_capability::access_mode::Mode;
@@ -1156,7 +1156,7 @@ async fn settings_come_from_a_toml_file_and_flags_win() -> anyhow::Result<()> {
 
     // Unknown keys are refused with a clear error.
     std::fs::write(&config, "node-idd = \"typo\"\n")?;
-    let out = Command::new(binary())
+    let out = common::studiodrive()
         .args(["serve", "--endpoint", "unix:///tmp/never.sock", "--config"])
         .arg(&config)
         .output()?;

@@ -221,7 +221,7 @@ fn as_root_an_embedded_cluster_that_trusted_everyone_is_migrated_to_a_password()
 
     // Any command on the state dir starts the server, migrating it first; the workspace the
     // mount created is still there (the listing needs it).
-    let listed = Command::new(common::binary())
+    let listed = common::studiodrive()
         .args(["snapshot", "list", "--state-dir"])
         .arg(&state)
         .env("RUST_LOG", "warn")

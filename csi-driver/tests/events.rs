@@ -82,7 +82,7 @@ struct RelayProcess(Option<Child>);
 
 impl RelayProcess {
     fn start(storage: &Storage, metrics: Option<u16>) -> anyhow::Result<RelayProcess> {
-        let mut cmd = Command::new(common::binary());
+        let mut cmd = common::studiodrive();
         cmd.arg("relay")
             .args(storage.storage_args())
             .args(["--lease-secs", "3", "--poll-ms", "50", "--max-backoff-ms", "400"])

@@ -206,7 +206,7 @@ fn refused_mount(backend: &dyn Backend, extra: &[&str]) -> anyhow::Result<String
     let dir = holder.path().join("mnt");
     fs::create_dir(&dir)?;
     let log = holder.path().join("log");
-    let mut child = std::process::Command::new(common::binary())
+    let mut child = common::studiodrive()
         .arg("mount")
         .args(backend.storage_args())
         .arg("--state-dir")

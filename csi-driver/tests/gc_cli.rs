@@ -213,7 +213,7 @@ fn a_pass_killed_mid_sweep_resumes_to_the_same_totals() -> anyhow::Result<()> {
         let before = storage.objects()?.len();
         let args = ["gc", "--pass-id", "resumed", "--deletes-per-second", "100"];
         if interrupted {
-            let mut pass = Command::new(common::binary())
+            let mut pass = common::studiodrive()
                 .args(args)
                 .args(storage.storage_args())
                 .env("RUST_LOG", "warn")

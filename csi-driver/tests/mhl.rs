@@ -39,7 +39,7 @@ fn text(out: &Output) -> String {
 }
 
 fn studiodrive_mhl(args: &[&str], folder: &Path) -> anyhow::Result<Output> {
-    run(Command::new(common::binary()).arg("mhl").args(args).arg(folder))
+    run(common::studiodrive().arg("mhl").args(args).arg(folder))
 }
 
 // Catches: an MHL the reference implementation cannot read (format, chain C4 ids, escaping),

@@ -27,7 +27,7 @@ fn preload(storage: &S3Storage, cache: &Path, text: &str) -> anyhow::Result<(i32
     let manifest = tempfile::NamedTempFile::new()?;
     std::fs::write(manifest.path(), text)?;
     let state = tempfile::tempdir()?;
-    let out = Command::new(common::binary())
+    let out = common::studiodrive()
         .arg("preload")
         .args(storage.storage_args())
         .arg("--state-dir")
