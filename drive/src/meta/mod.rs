@@ -10,7 +10,7 @@
 //!
 //! Split by concern: `migrations` (schema), `rows` (row mapping and shared statements),
 //! `workspaces`, `tree` (nodes, rename, delete), `copy`, `snapshots`, `sequences`, `events`,
-//! `shares`, `sinks` (event sinks' cursors and leases), `content` (block maps), `usage` (usage counters and the quota check), `access`
+//! `shares`, `sinks` (event sinks' cursors and leases), `preloads` (preload runs per node), `content` (block maps), `usage` (usage counters and the quota check), `access`
 //! (last-access times and expiry).
 
 mod access;
@@ -22,6 +22,7 @@ mod locks;
 mod memory;
 mod migrations;
 mod port;
+mod preloads;
 mod purge;
 mod rows;
 mod sequences;
@@ -43,6 +44,7 @@ pub use events::{EventFeed, FeedHorizon, WorkspaceFeed};
 pub use gc::{Claim, MarkBatch, OrphanSpan, PassRecord};
 pub use locks::{FileLock, LockKind};
 pub use memory::MemMetaStore;
+pub use preloads::{PRELOAD_MAX_ERRORS, PreloadRun, PreloadState};
 pub(crate) use purge::before;
 pub use purge::{DeletedEntry, PurgePace};
 pub(crate) use rows::new_inode_attr;
