@@ -65,6 +65,8 @@ fn preload(
         .env("RUST_LOG", "warn")
         .env_remove("STUDIODRIVE_NODE_ID")
         .env_remove("STUDIODRIVE_CACHE_DIR")
+        // No free-space floor (as the plugin here): a test machine's disk may sit near it.
+        .env("STUDIODRIVE_CACHE_MIN_FREE", "0")
         .output()
         .context("run preload")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
@@ -109,7 +111,12 @@ async fn a_pod_waits_for_its_preload_then_reads_the_frames_from_the_node_cache_w
     let pods = tempfile::tempdir()?;
     let csi_cache = state.path().join("cache");
     let csi_cache_arg = csi_cache.display().to_string();
-    let plugin = Plugin::start_on(&storage, state.path(), &["--cache-dir", &csi_cache_arg]).await?;
+    let plugin = Plugin::start_on(
+        &storage,
+        state.path(),
+        &["--cache-dir", &csi_cache_arg, "--cache-min-free", "0"],
+    )
+    .await?;
     let ctx = [("workspace", "default"), ("preload", "shot010")];
     let a = pods.path().join("a");
 
@@ -246,7 +253,7 @@ async fn a_failed_preload_fails_publish_unless_optional_and_bad_values_are_refus
     let state = tempfile::tempdir()?;
     let pods = tempfile::tempdir()?;
     let csi_cache = state.path().join("csi-cache");
-    let plugin = Plugin::start_on(&storage, state.path(), &[]).await?;
+    let plugin = Plugin::start_on(&storage, state.path(), &["--cache-min-free", "0"]).await?;
 
     // Frame 1011 does not exist.
     let (code, out) = preload(

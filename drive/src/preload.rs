@@ -475,6 +475,14 @@ pub async fn fetch<M: MetaStore>(
                         progress.failed_files.fetch_add(1, Ordering::Relaxed);
                         return (file, Err(e.to_string()), fetched, cached);
                     }
+                    // A cache below its free-space floor (or smaller than the block) serves
+                    // the read without keeping the block: not preloaded, and said so.
+                    if !cache.contains(&block.hash) {
+                        progress.failed_files.fetch_add(1, Ordering::Relaxed);
+                        let why = "fetched, but the cache did not keep it (cache size, or its file \
+                                   system below the free-space floor)";
+                        return (file, Err(why.to_string()), fetched, cached);
+                    }
                     fetched += 1;
                 }
                 progress.done_files.fetch_add(1, Ordering::Relaxed);
