@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::Context as _;
 use common::{Backend, Mount, S3Storage};
@@ -175,6 +174,128 @@ fn a_preloaded_sequence_is_read_by_a_cold_mount_without_object_store_gets() -> a
         gets(port2)?,
         0.0,
         "the running mount fetched what the preload cached under it"
+    );
+    Ok(())
+}
+
+/// `PRELOAD_BENCH_*` knobs, with defaults.
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Incompressible, unique bytes of `frame` (content addressing would share equal blocks).
+fn bench_frame(frame: u32, len: usize) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(frame);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Reads every frame once, in order, as a comp reading a sequence; returns the seconds.
+fn first_read(mount: &Mount, frames: u32, len: usize) -> anyhow::Result<f64> {
+    let started = std::time::Instant::now();
+    for frame in 1..=frames {
+        let got = std::fs::read(mount.path(&format!("seq/f.{frame:04}.exr")))?;
+        anyhow::ensure!(got.len() == len, "frame {frame}: {} bytes", got.len());
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+// Benchmark (issue 19 item 2; figures in docs/benchmarks.md, "Preload"): the first read of
+// a frame sequence on the testkit S3 server by a fresh mount on a cold cache, against a fresh
+// mount on a cache `preload` filled; rounds interleaved A B A B. PRELOAD_BENCH_FRAMES (200)
+// frames of PRELOAD_BENCH_FRAME_BYTES (3 MiB), PRELOAD_BENCH_ROUNDS (2). Asserts only on
+// content. Run with scripts/bench-preload.sh.
+#[test]
+#[ignore = "benchmark: scripts/bench-preload.sh"]
+fn bench_first_read_preloaded_vs_cold() -> anyhow::Result<()> {
+    let frames = knob("PRELOAD_BENCH_FRAMES", 200) as u32;
+    let len = knob("PRELOAD_BENCH_FRAME_BYTES", 3 << 20);
+    let rounds = knob("PRELOAD_BENCH_ROUNDS", 2);
+    let storage = S3Storage::new(5)?;
+    let started = std::time::Instant::now();
+    {
+        let writer = Mount::new(&storage, &[])?;
+        std::fs::create_dir_all(writer.path("seq"))?;
+        for frame in 1..=frames {
+            std::fs::write(
+                writer.path(&format!("seq/f.{frame:04}.exr")),
+                bench_frame(frame, len),
+            )?;
+        }
+    }
+    println!(
+        "wrote {frames} frames of {len} bytes in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    // Content check once (outside the timed reads).
+    {
+        let check = Mount::new(&storage, &[])?;
+        for frame in [1, frames / 2, frames] {
+            let got = std::fs::read(check.path(&format!("seq/f.{frame:04}.exr")))?;
+            common::assert_bytes(&format!("frame {frame}"), &got, &bench_frame(frame, len));
+        }
+    }
+    let manifest = format!("seq/f.%04d.exr [1-{frames}]\n");
+    let mb = (frames as usize * len) as f64 / f64::from(1 << 20);
+    let mut pairs = Vec::new();
+    for round in 1..=rounds {
+        let node = tempfile::tempdir()?;
+        // A: cold.
+        let cold_cache = node.path().join("cold");
+        let cold = {
+            let m = Mount::new(
+                &storage,
+                &[
+                    "--cache-dir",
+                    cold_cache.to_str().context("utf-8")?,
+                ],
+            )?;
+            first_read(&m, frames, len)?
+        };
+        // B: preloaded, then a fresh mount on that cache.
+        let warm_cache = node.path().join("warm");
+        let t = std::time::Instant::now();
+        let (code, out) = preload(&storage, &warm_cache, &manifest)?;
+        anyhow::ensure!(code == 0, "preload failed: {out}");
+        let preload_s = t.elapsed().as_secs_f64();
+        let gets = storage.s3.requests().gets();
+        let warm = {
+            let m = Mount::new(
+                &storage,
+                &[
+                    "--cache-dir",
+                    warm_cache.to_str().context("utf-8")?,
+                ],
+            )?;
+            first_read(&m, frames, len)?
+        };
+        let warm_gets = storage.s3.requests().gets() - gets;
+        println!(
+            "round {round}: cold first read {cold:.2} s ({:.0} MiB/s); preload {preload_s:.2} s; \
+             preloaded first read {warm:.2} s ({:.0} MiB/s, {warm_gets} GETs); cold / preloaded {:.1}x",
+            mb / cold,
+            mb / warm,
+            cold / warm
+        );
+        anyhow::ensure!(warm_gets == 0, "the preloaded read made {warm_gets} GETs");
+        pairs.push((cold, warm));
+    }
+    let (cold, warm): (f64, f64) = pairs.iter().fold((0.0, 0.0), |(a, b), (c, w)| (a + c, b + w));
+    println!(
+        "{frames} frames x {len} bytes ({mb:.0} MiB), {rounds} rounds: cold {:.2} s, preloaded {:.2} s on average; ratio {:.1}x",
+        cold / rounds as f64,
+        warm / rounds as f64,
+        cold / warm
     );
     Ok(())
 }

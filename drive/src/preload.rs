@@ -397,6 +397,35 @@ pub struct PreloadReport {
 pub struct Progress {
     pub done_files: AtomicU64,
     pub done_bytes: AtomicU64,
+    /// Files that could not be fetched so far.
+    pub failed_files: AtomicU64,
+}
+
+/// Longest preload name.
+pub const MAX_NAME_LEN: usize = 253;
+
+/// Checks a preload's name (what `preload --report-as` records and a volume's `preload`
+/// attribute waits for): 1 to 253 characters of ASCII letters, digits, '-', '.', '_' and
+/// '/' (room for `namespace/name` of a Preload resource), starting and ending with a letter
+/// or digit. Pure; the message names the rule.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let edge = |b: Option<&u8>| b.is_some_and(u8::is_ascii_alphanumeric);
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && edge(name.as_bytes().first())
+        && edge(name.as_bytes().last())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "preload name {:?}: 1 to {MAX_NAME_LEN} characters of letters, digits, '-', '.', '_' \
+             and '/', starting and ending with a letter or digit",
+            name.chars().take(64).collect::<String>()
+        ))
+    }
 }
 
 /// Fetches every block of `files` into `blocks`' disk cache (verifying each, as a read
@@ -431,7 +460,10 @@ pub async fn fetch<M: MetaStore>(
                 let map = meta.block_map(View::Live, file.ino, 0, count).await;
                 let map = match map {
                     Ok(map) => map,
-                    Err(e) => return (file, Err(e.to_string()), 0, 0),
+                    Err(e) => {
+                        progress.failed_files.fetch_add(1, Ordering::Relaxed);
+                        return (file, Err(e.to_string()), 0, 0);
+                    }
                 };
                 let (mut fetched, mut cached) = (0, 0);
                 for block in map {
@@ -440,7 +472,16 @@ pub async fn fetch<M: MetaStore>(
                         continue;
                     }
                     if let Err(e) = blocks.get(block.hash).await {
+                        progress.failed_files.fetch_add(1, Ordering::Relaxed);
                         return (file, Err(e.to_string()), fetched, cached);
+                    }
+                    // A cache below its free-space floor (or smaller than the block) serves
+                    // the read without keeping the block: not preloaded, and said so.
+                    if !cache.contains(&block.hash) {
+                        progress.failed_files.fetch_add(1, Ordering::Relaxed);
+                        let why = "fetched, but the cache did not keep it (cache size, or its file \
+                                   system below the free-space floor)";
+                        return (file, Err(why.to_string()), fetched, cached);
                     }
                     fetched += 1;
                 }
@@ -514,6 +555,28 @@ mod tests {
         ] {
             let err = Manifest::parse(text).unwrap_err();
             assert_eq!(err.line, line, "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn preload_names_are_kubernetes_like() {
+        for ok in ["shot010", "vfx/shot010.comp", "a", "A_1-b"] {
+            assert_eq!(validate_name(ok), Ok(()), "{ok}");
+        }
+        let long = "a".repeat(MAX_NAME_LEN + 1);
+        for bad in [
+            "",
+            "-a",
+            "a/",
+            "a b",
+            "a\nb",
+            "sh\u{e9}",
+            "../x.",
+            long.as_str(),
+            "a;b",
+            "a\0",
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
         }
     }
 

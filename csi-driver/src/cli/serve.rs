@@ -42,7 +42,8 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9464).
     #[arg(long, env = "STUDIODRIVE_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
-    /// Parent directory of the per-volume block caches (default <state-dir>/csi-cache).
+    /// Parent directory of the block caches: one per workspace, shared by its publications
+    /// and `preload --node-cache` (default <state-dir>/csi-cache).
     #[arg(long, env = "STUDIODRIVE_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Block-cache bytes per published volume, unless its `cacheSize` attribute says
@@ -238,7 +239,7 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
             cache_dir: args
                 .cache_dir
                 .clone()
-                .unwrap_or_else(|| state_dir.join("csi-cache")),
+                .unwrap_or_else(|| crate::csi::publish::default_cache_dir(&state_dir)),
             cache_min_free: args.cache_min_free(),
             mount_timeout: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(30),

@@ -22,6 +22,12 @@ pub const READ_ONLY: &str = "readOnly";
 /// Volume attribute: node-local cache bytes for this volume ("0" turns it off).
 pub const CACHE_SIZE: &str = "cacheSize";
 
+/// Volume attribute: the name of a preload this node must have finished before the volume is
+/// published (`studiodrive-csi preload --report-as NAME`); the pod waits in ContainerCreating.
+pub const PRELOAD: &str = "preload";
+/// Volume attribute: "true" publishes even when the preload failed (it still waits for it).
+pub const PRELOAD_OPTIONAL: &str = "preloadOptional";
+
 /// Where a published volume's data comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct VolumeAttributes {
@@ -31,6 +37,10 @@ pub struct VolumeAttributes {
     pub snapshot: Option<String>,
     pub read_only: bool,
     pub cache_size: Option<u64>,
+    /// The preload to wait for on this node.
+    pub preload: Option<String>,
+    /// A failed preload does not fail the publish.
+    pub preload_optional: bool,
 }
 
 fn invalid(msg: impl Into<String>) -> Status {
@@ -56,6 +66,12 @@ impl VolumeAttributes {
                 }
                 READ_ONLY => attrs.read_only = parse_bool(READ_ONLY, value)?,
                 CACHE_SIZE => attrs.cache_size = Some(parse_bytes(CACHE_SIZE, value)?),
+                PRELOAD => {
+                    drive::preload::validate_name(value)
+                        .map_err(|e| invalid(format!("volume attribute {PRELOAD}: {e}")))?;
+                    attrs.preload = Some(value.clone());
+                }
+                PRELOAD_OPTIONAL => attrs.preload_optional = parse_bool(PRELOAD_OPTIONAL, value)?,
                 other if other.contains('/') => {}
                 _ => return Err(invalid(format!("unknown volume attribute {key:?}"))),
             }
@@ -254,9 +270,13 @@ mod tests {
             ("path", "/seq/010"),
             ("readOnly", "true"),
             ("cacheSize", "2Gi"),
+            ("preload", "vfx/shot010"),
+            ("preloadOptional", "true"),
             ("csi.storage.k8s.io/pod.name", "render-0"),
         ]))
         .unwrap();
+        assert_eq!(a.preload.as_deref(), Some("vfx/shot010"));
+        assert!(a.preload_optional);
         assert_eq!(a.workspace.as_deref(), Some("shots"));
         assert_eq!(a.path.as_deref(), Some("/seq/010"));
         assert!(a.read_only);
@@ -268,6 +288,12 @@ mod tests {
             ctx(&[("readOnly", "yes")]),
             ctx(&[("cacheSize", "10GB")]),
             ctx(&[("workspce", "typo")]),
+            ctx(&[("preload", "")]),
+            ctx(&[("preload", "shot 010")]),
+            ctx(&[("preload", "shot\n010")]),
+            ctx(&[("preload", "../shot010")]),
+            ctx(&[("preload", &"a".repeat(254))]),
+            ctx(&[("preloadOptional", "maybe")]),
         ] {
             assert_eq!(
                 VolumeAttributes::parse(&bad).unwrap_err().code(),

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use drive::data::Kek;
+use drive::meta::{PreloadRun, PreloadState};
 use drive::model::Permission;
 use drive::mount::{MountPath, MountTarget, Resolved};
 use drive::ports::{Clock as _, SystemClock};
@@ -150,6 +151,16 @@ impl NodeService {
         let node_kek = Kek::from_env().ok().flatten();
         drive::mount::unlock(&resolved.workspace, secrets.kek().or(node_kek.as_ref()))
             .map_err(|e| mount_status(&e))?;
+        // A pod that needs its data preloaded waits (kubelet retries) until this node's run of
+        // the preload is done. Checked after authorization: what a preload did is not told to
+        // a pod that may not mount the volume.
+        if let Some(preload) = &attrs.preload {
+            let run = meta
+                .preload_run(preload, &self.node_id)
+                .await
+                .map_err(|e| meta_status(&e))?;
+            preload_gate(preload, &self.node_id, run.as_ref(), attrs.preload_optional)?;
+        }
 
         let spec = MountSpec {
             volume_id: volume_id.to_string(),
@@ -165,6 +176,7 @@ impl NodeService {
             ),
             access: check,
             actor: pod.actor(),
+            workspace_id: Some(resolved.workspace.id),
         };
         self.publisher.publish(&target, spec, &secrets).await?;
         self.metrics.mounts.set(self.publisher.count() as i64);
@@ -276,6 +288,44 @@ fn refusal(pod: &PodIdentity, workspace: &str, path: &str) -> Status {
     ))
 }
 
+/// Whether a publish waiting for preload `name` on `node` may go on, given the node's latest
+/// run of it: yes when it is done (or failed, if `optional`); UNAVAILABLE while it has not
+/// started or is running (kubelet retries NodePublishVolume with backoff, the pod stays in
+/// ContainerCreating and its events show the message); FAILED_PRECONDITION naming the first
+/// error when it failed. Pure.
+pub fn preload_gate(name: &str, node: &str, run: Option<&PreloadRun>, optional: bool) -> Result<(), Status> {
+    let Some(run) = run else {
+        return Err(Status::unavailable(format!(
+            "waiting for preload {name} on node {node}: not started"
+        )));
+    };
+    match run.state {
+        PreloadState::Done => Ok(()),
+        PreloadState::Running => Err(Status::unavailable(format!(
+            "waiting for preload {name} on node {node}: {} of {} files",
+            run.done_files, run.files
+        ))),
+        PreloadState::Failed if optional => {
+            tracing::warn!(
+                preload = name,
+                node,
+                failed = run.failed_files,
+                "preload failed; publishing anyway (preloadOptional)"
+            );
+            Ok(())
+        }
+        PreloadState::Failed => Err(Status::failed_precondition(format!(
+            "preload {name} on node {node} failed: {} files missing or not fetched ({} of {} done); first: {}",
+            run.failed_files,
+            run.done_files,
+            run.files,
+            run.first_errors
+                .first()
+                .map_or("(no error recorded)", String::as_str)
+        ))),
+    }
+}
+
 /// `base` + `rel`, both absolute folder paths ("/volumes/pvc-1" + "/renders").
 fn join_paths(base: &str, rel: &str) -> String {
     let joined = format!("{}/{}", base.trim_end_matches('/'), rel.trim_start_matches('/'));
@@ -378,7 +428,34 @@ impl Node for NodeService {
 
 #[cfg(test)]
 mod tests {
-    use super::join_paths;
+    use super::{join_paths, preload_gate};
+    use drive::meta::{PreloadRun, PreloadState};
+    use tonic::Code;
+
+    #[test]
+    fn publish_waits_for_a_running_preload_and_fails_on_a_failed_one() {
+        let code = |run: Option<&PreloadRun>, optional| {
+            preload_gate("shot010", "node-1", run, optional).map_err(|s| (s.code(), s.message().to_string()))
+        };
+        let (c, m) = code(None, true).unwrap_err();
+        assert_eq!(c, Code::Unavailable);
+        assert!(m.contains("waiting for preload shot010 on node node-1"), "{m}");
+        let mut run = PreloadRun::start("shot010", "node-1", "show");
+        run.files = 200;
+        run.done_files = 120;
+        let (c, m) = code(Some(&run), false).unwrap_err();
+        assert_eq!(c, Code::Unavailable);
+        assert!(m.ends_with("120 of 200 files"), "{m}");
+        run.state = PreloadState::Failed;
+        run.failed_files = 1;
+        run.first_errors = vec!["missing: line 1: f.0042.exr".into()];
+        let (c, m) = code(Some(&run), false).unwrap_err();
+        assert_eq!(c, Code::FailedPrecondition);
+        assert!(m.contains("f.0042.exr"), "{m}");
+        assert_eq!(code(Some(&run), true), Ok(()));
+        run.state = PreloadState::Done;
+        assert_eq!(code(Some(&run), false), Ok(()));
+    }
 
     #[test]
     fn paths_join() {

@@ -16,6 +16,16 @@
 //! (a DaemonSet upgrade, a crash), when no process holds the secrets in memory any more and
 //! kubelet does not send them again. The file lives while the volume is published and is
 //! removed at unpublish (or when the publish fails).
+//!
+//! Block caches are per workspace and shared: every publication of a workspace on the node,
+//! and `studiodrive-csi preload --node-cache`, use `<cache_dir>/workspaces/<workspace id>`
+//! ([`node_cache_dir`]). Cache entries are content-addressed, immutable and CRC-checked, so
+//! processes can share them; each mount process budgets its volume's `cacheSize` against its
+//! own view of the directory (see `drive::cache`), so several mounts of one workspace may
+//! together hold up to that many times `cacheSize`, within the node's free-space floor.
+//! Unpublish never removes the shared cache (other publications and preloads use it); it
+//! removes the per-publication cache `<cache_dir>/<key>` of publications recorded before
+//! caches were shared.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -30,6 +40,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
 
+use drive::model::WorkspaceId;
 use drive::rules::access::AccessCheck;
 
 use super::secrets::PublishSecrets;
@@ -51,6 +62,36 @@ pub struct MountSpec {
     /// Who the mount's changes are recorded as (the pod), beside the local uid.
     #[serde(default)]
     pub actor: Option<String>,
+    /// The workspace's id: the mount uses the node-shared cache of that workspace
+    /// ([`node_cache_dir`]). `None` in records of plugins that predate shared caches: those
+    /// mounts keep their per-publication cache.
+    #[serde(default)]
+    pub workspace_id: Option<WorkspaceId>,
+}
+
+impl MountSpec {
+    /// Whether a publish of `other` repeats this publication. A record written before shared
+    /// caches has no workspace id; it still matches the same publish made now.
+    fn is_same(&self, other: &MountSpec) -> bool {
+        let mut a = self.clone();
+        if a.workspace_id.is_none() || other.workspace_id.is_none() {
+            a.workspace_id = other.workspace_id;
+        }
+        a == *other
+    }
+}
+
+/// The node plugin's cache directory when none is configured: `<state_dir>/csi-cache`.
+pub fn default_cache_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("csi-cache")
+}
+
+/// The node-shared block cache of `workspace` under the node plugin's cache directory
+/// `cache_dir`: what its publications mount with and what `preload --node-cache` fills. The
+/// id, not the name: a workspace deleted and created again under its name starts cold, and
+/// the path is a UUID, never anything a pod spec chose.
+pub fn node_cache_dir(cache_dir: &Path, workspace: WorkspaceId) -> PathBuf {
+    cache_dir.join("workspaces").join(workspace.0.to_string())
 }
 
 /// A publication as recorded on disk.
@@ -85,7 +126,8 @@ pub struct PublisherConfig {
     /// Records and mount logs live in `<state_dir>/csi-publications`, publish secrets in
     /// `<state_dir>/csi-secrets`.
     pub state_dir: PathBuf,
-    /// Per-publication caches live in `<cache_dir>/<key>`.
+    /// Workspace caches live in `<cache_dir>/workspaces/<id>` ([`node_cache_dir`]); older
+    /// per-publication caches in `<cache_dir>/<key>`.
     pub cache_dir: PathBuf,
     /// Free-space floor of each publication's cache (`mount --cache-min-free`).
     pub cache_min_free: f64,
@@ -236,8 +278,17 @@ impl Publisher {
         }
     }
 
-    fn cache_path(&self, target: &Path) -> PathBuf {
+    /// The per-publication cache of records that predate shared caches.
+    fn legacy_cache_path(&self, target: &Path) -> PathBuf {
         self.cfg.cache_dir.join(Self::key(target))
+    }
+
+    /// The cache a publication's mount process uses.
+    fn cache_path(&self, record: &Record) -> PathBuf {
+        match record.spec.workspace_id {
+            Some(id) => node_cache_dir(&self.cfg.cache_dir, id),
+            None => self.legacy_cache_path(&record.target),
+        }
     }
 
     fn save(&self, record: &Record) -> Result<(), PublishError> {
@@ -302,7 +353,7 @@ impl Publisher {
         let existing = {
             let mut mounts = self.mounts.lock().unwrap();
             match mounts.get_mut(target) {
-                Some(e) if e.record.spec != spec => {
+                Some(e) if !e.record.spec.is_same(&spec) => {
                     return Err(PublishError::Conflict {
                         target: target.display().to_string(),
                     });
@@ -411,7 +462,7 @@ impl Publisher {
             cmd.arg("--secrets-file").arg(secrets);
         }
         cmd.arg("--cache-dir")
-            .arg(self.cache_path(target))
+            .arg(self.cache_path(record))
             .arg("--cache-size")
             .arg(spec.cache_size.to_string())
             .arg("--cache-min-free")
@@ -538,7 +589,8 @@ impl Publisher {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!(target = %target.display(), error = %e, "target path left in place"),
         }
-        let _ = std::fs::remove_dir_all(self.cache_path(target));
+        // Only a per-publication cache; the workspace's shared one stays for the others.
+        let _ = std::fs::remove_dir_all(self.legacy_cache_path(target));
         self.remove_secrets(target)?;
         match std::fs::remove_file(self.record_path(target)) {
             Ok(()) => {}

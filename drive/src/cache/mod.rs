@@ -4,7 +4,13 @@
 //!   used blocks are evicted first.
 //! - Entries are written to a temp file and renamed into place, so a crash leaves whole
 //!   entries or none; at open the index is rebuilt from the directory (oldest first) and
-//!   leftover temp files are removed.
+//!   leftover temp files (older than ten minutes) are removed.
+//! - Several processes may share one directory (the node plugin's per-workspace cache: its
+//!   mounts and preloads). Entries are immutable and CRC-checked, so that is safe; each
+//!   process budgets `max_bytes` against its own view of the directory (what it found at
+//!   open, wrote or adopted), so together they may hold more, up to the free-space floor,
+//!   which is the file system's and holds for all. One process evicting an entry another
+//!   indexes costs the other a miss, nothing more.
 //! - Entries are kept in their stored (encoded, possibly encrypted) form: the cache never
 //!   holds plaintext of encrypted workspaces.
 //! - Each entry ends with a CRC32C of the object, checked on every read: a damaged entry is
@@ -105,6 +111,9 @@ struct Index {
 
 const TMP_DIR: &str = ".tmp";
 
+/// Age past which a temp file in a cache is a crash's leftover, not a write in progress.
+const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Ends every entry: the object's CRC32C (little endian), then this tag.
 const TRAILER_TAG: &[u8; 4] = b"sdc1";
 const TRAILER_LEN: usize = 8;
@@ -145,8 +154,20 @@ impl BlockCache {
     /// Opens the cache in `cfg.dir`, rebuilding its index from the files present.
     pub fn open(cfg: CacheConfig) -> std::io::Result<BlockCache> {
         private_files::create_dir_all(&cfg.dir.join(TMP_DIR))?;
+        // Several processes may share a directory (the node-shared cache of a workspace): a
+        // temp file another one is writing right now is not ours to remove. A temp file lives
+        // for one block write, so one older than STALE_TMP was left by a crash.
         for entry in std::fs::read_dir(cfg.dir.join(TMP_DIR))? {
-            let _ = std::fs::remove_file(entry?.path());
+            let entry = entry?;
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age >= STALE_TMP);
+            if stale {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
         let mut found = Vec::new();
         for shard in std::fs::read_dir(&cfg.dir)? {

@@ -30,6 +30,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (13, include_str!("../../migrations/0013_volume_ids.sql")),
     (14, include_str!("../../migrations/0014_event_sinks.sql")),
     (15, include_str!("../../migrations/0015_publish_revert.sql")),
+    (16, include_str!("../../migrations/0016_preload_runs.sql")),
 ];
 
 pub(super) async fn apply(store: &PgMetaStore) -> Result<(), MetaError> {

@@ -11,7 +11,8 @@
 //! Split by concern: `migrations` (schema), `rows` (row mapping and shared statements),
 //! `workspaces`, `tree` (nodes, rename, delete), `copy`, `snapshots`, `sequences`, `events`,
 //! `shares`, `sinks` (event sinks' cursors and leases), `publish` (publish and revert),
-//! `content` (block maps), `usage` (usage counters and the quota check), `access`
+//! `preloads` (preload runs per node), `content` (block maps), `usage` (usage counters and
+//! the quota check), `access`
 //! (last-access times and expiry).
 
 mod access;
@@ -23,6 +24,7 @@ mod locks;
 mod memory;
 mod migrations;
 mod port;
+mod preloads;
 mod publish;
 mod purge;
 mod rows;
@@ -45,6 +47,7 @@ pub use events::{EventFeed, FeedHorizon, WorkspaceFeed};
 pub use gc::{Claim, MarkBatch, OrphanSpan, PassRecord};
 pub use locks::{FileLock, LockKind};
 pub use memory::MemMetaStore;
+pub use preloads::{PRELOAD_MAX_ERRORS, PreloadRun, PreloadState};
 pub use publish::{PublishMode, PublishOptions, PublishReport, RevertReport, RevertTarget};
 pub(crate) use purge::before;
 pub use purge::{DeletedEntry, PurgePace};
