@@ -130,6 +130,7 @@ async fn reconcile_with_mock_api(
         clock: || jiff::Timestamp::from_second(1_000).expect("a time"),
         backoff: operator::reconcile::Backoff::default(),
         gc: operator::gc_job::GcJobSettings::default(),
+        preload: Default::default(),
     });
     let echo = serde_json::to_value(&ws)?;
     let mut seen = Vec::new();

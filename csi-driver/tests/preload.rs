@@ -253,13 +253,7 @@ fn bench_first_read_preloaded_vs_cold() -> anyhow::Result<()> {
         // A: cold.
         let cold_cache = node.path().join("cold");
         let cold = {
-            let m = Mount::new(
-                &storage,
-                &[
-                    "--cache-dir",
-                    cold_cache.to_str().context("utf-8")?,
-                ],
-            )?;
+            let m = Mount::new(&storage, &["--cache-dir", cold_cache.to_str().context("utf-8")?])?;
             first_read(&m, frames, len)?
         };
         // B: preloaded, then a fresh mount on that cache.
@@ -270,13 +264,7 @@ fn bench_first_read_preloaded_vs_cold() -> anyhow::Result<()> {
         let preload_s = t.elapsed().as_secs_f64();
         let gets = storage.s3.requests().gets();
         let warm = {
-            let m = Mount::new(
-                &storage,
-                &[
-                    "--cache-dir",
-                    warm_cache.to_str().context("utf-8")?,
-                ],
-            )?;
+            let m = Mount::new(&storage, &["--cache-dir", warm_cache.to_str().context("utf-8")?])?;
             first_read(&m, frames, len)?
         };
         let warm_gets = storage.s3.requests().gets() - gets;

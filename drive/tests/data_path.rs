@@ -432,10 +432,23 @@ async fn the_cache_is_bounded_and_survives_a_restart() {
     drop(fs);
     drop(blocks);
     drop(cache);
-    std::fs::write(cache_dir.join(".tmp").join("torn-entry"), b"half").unwrap();
+    // A crash's leftover (old) and a write another process sharing the directory has in
+    // progress (new): the first goes, the second stays.
+    let torn = cache_dir.join(".tmp").join("torn-entry");
+    std::fs::write(&torn, b"half").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&torn)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .unwrap();
+    let in_flight = cache_dir.join(".tmp").join("in-flight");
+    std::fs::write(&in_flight, b"being written").unwrap();
     let cache = open_cache();
     assert_eq!(cache.len(), held, "index rebuilt from disk");
-    assert!(!cache_dir.join(".tmp/torn-entry").exists(), "temp files removed");
+    assert!(!torn.exists(), "a crash's temp file is removed");
+    assert!(in_flight.exists(), "a temp file being written is left alone");
+    std::fs::remove_file(&in_flight).unwrap();
     let blocks = BlockStore::new(
         rig.meta.clone(),
         rig.store.clone(),

@@ -78,4 +78,14 @@ async fn preload_runs_are_recorded_per_name_and_node() {
         assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{name:?} {node:?}: {err}");
     }
     assert_eq!(store.preload_runs("shot010").await.unwrap().len(), 2);
+
+    // Deleting the preload forgets its runs on every node, and only its own.
+    store
+        .record_preload_run(&PreloadRun::start("shot020", "node-a", "show"))
+        .await
+        .unwrap();
+    assert_eq!(store.delete_preload_runs("shot010").await.unwrap(), 2);
+    assert!(store.preload_runs("shot010").await.unwrap().is_empty());
+    assert_eq!(store.preload_runs("shot020").await.unwrap().len(), 1);
+    assert_eq!(store.delete_preload_runs("shot010").await.unwrap(), 0);
 }

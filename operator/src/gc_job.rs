@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec, SecretKeySelector, SecretVolumeSource,
-    SecurityContext, Volume, VolumeMount,
+    Container, EnvVar, EnvVarSource, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use kube::Resource;
 use kube::api::ObjectMeta;
@@ -323,6 +323,83 @@ impl GcPassArgs {
     }
 }
 
+/// What a Job's pod needs to reach the metadata store and the block store: the metadata URL
+/// from its Secret, the store's plain settings, and the S3 credentials file mounted from its
+/// Secret (group-readable by the pod's fsGroup; never copied into the Job). GC and preload
+/// Jobs share it.
+pub(crate) struct StoreAccess {
+    pub env: Vec<EnvVar>,
+    pub volume_mounts: Vec<VolumeMount>,
+    pub volumes: Vec<Volume>,
+    pub pod_security_context: Option<PodSecurityContext>,
+}
+
+impl StoreAccess {
+    pub(crate) fn of(settings: &GcJobSettings) -> StoreAccess {
+        let secret_env = settings.metadata_url_secret.as_ref().map(|(name, key)| EnvVar {
+            name: "STUDIODRIVE_METADATA_URL".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: name.clone(),
+                    key: key.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        });
+        let env = secret_env
+            .into_iter()
+            .chain(settings.store_env.iter().map(|(name, value)| EnvVar {
+                name: name.clone(),
+                value: Some(value.clone()),
+                ..EnvVar::default()
+            }))
+            .chain(settings.s3_credentials_secret.iter().map(|(_, key)| EnvVar {
+                name: "STUDIODRIVE_S3_CREDENTIALS_FILE".into(),
+                value: Some(format!("{S3_CREDENTIALS_DIR}/{key}")),
+                ..EnvVar::default()
+            }))
+            .collect();
+        let Some((name, key)) = &settings.s3_credentials_secret else {
+            return StoreAccess {
+                env,
+                volume_mounts: Vec::new(),
+                volumes: Vec::new(),
+                pod_security_context: None,
+            };
+        };
+        StoreAccess {
+            env,
+            volume_mounts: vec![VolumeMount {
+                name: "s3-credentials".into(),
+                mount_path: S3_CREDENTIALS_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            }],
+            volumes: vec![Volume {
+                name: "s3-credentials".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(name.clone()),
+                    items: Some(vec![KeyToPath {
+                        key: key.clone(),
+                        path: key.clone(),
+                        ..Default::default()
+                    }]),
+                    // Group-readable: the pod's fsGroup, not its uid, owns it.
+                    default_mode: Some(0o440),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            }],
+            pod_security_context: Some(PodSecurityContext {
+                fs_group: Some(65532),
+                ..Default::default()
+            }),
+        }
+    }
+}
+
 /// The Job `job_name` for pass `pass_id` (or its shard `shard`) of `policy` on the workspaces
 /// `scope`.
 pub fn build_job(
@@ -346,45 +423,14 @@ pub fn build_job(
             job_name_label(&policy_name),
         ),
     ]);
-    let secret_env = settings.metadata_url_secret.as_ref().map(|(name, key)| EnvVar {
-        name: "STUDIODRIVE_METADATA_URL".into(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: name.clone(),
-                key: key.clone(),
-                optional: Some(false),
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    });
-    let env: Vec<EnvVar> = secret_env
-        .into_iter()
-        .chain(settings.store_env.iter().map(|(name, value)| EnvVar {
-            name: name.clone(),
-            value: Some(value.clone()),
-            ..EnvVar::default()
-        }))
-        .chain(settings.s3_credentials_secret.iter().map(|(_, key)| EnvVar {
-            name: "STUDIODRIVE_S3_CREDENTIALS_FILE".into(),
-            value: Some(format!("{S3_CREDENTIALS_DIR}/{key}")),
-            ..EnvVar::default()
-        }))
-        .collect();
-    let env = (!env.is_empty()).then_some(env);
+    let access = StoreAccess::of(settings);
+    let env = (!access.env.is_empty()).then_some(access.env);
     let container = Container {
         name: "gc".into(),
         image: Some(settings.image.clone()),
         args: Some(GcPassArgs::for_pass(policy, pass_id, shard, scope).to_args()),
         env,
-        volume_mounts: settings.s3_credentials_secret.as_ref().map(|_| {
-            vec![VolumeMount {
-                name: "s3-credentials".into(),
-                mount_path: S3_CREDENTIALS_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            }]
-        }),
+        volume_mounts: (!access.volume_mounts.is_empty()).then_some(access.volume_mounts),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -418,29 +464,8 @@ pub fn build_job(
                     restart_policy: Some("Never".into()),
                     service_account_name: settings.service_account.clone(),
                     containers: vec![container],
-                    security_context: settings.s3_credentials_secret.as_ref().map(|_| {
-                        k8s_openapi::api::core::v1::PodSecurityContext {
-                            fs_group: Some(65532),
-                            ..Default::default()
-                        }
-                    }),
-                    volumes: settings.s3_credentials_secret.as_ref().map(|(name, key)| {
-                        vec![Volume {
-                            name: "s3-credentials".into(),
-                            secret: Some(SecretVolumeSource {
-                                secret_name: Some(name.clone()),
-                                items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
-                                    key: key.clone(),
-                                    path: key.clone(),
-                                    ..Default::default()
-                                }]),
-                                // Group-readable: the pod's fsGroup, not its uid, owns it.
-                                default_mode: Some(0o440),
-                                ..SecretVolumeSource::default()
-                            }),
-                            ..Volume::default()
-                        }]
-                    }),
+                    security_context: access.pod_security_context,
+                    volumes: (!access.volumes.is_empty()).then_some(access.volumes),
                     ..PodSpec::default()
                 }),
             },

@@ -14,5 +14,6 @@ pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod plan;
+pub mod preload_job;
 pub mod reconcile;
 pub mod store;

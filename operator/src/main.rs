@@ -14,6 +14,7 @@ use operator::controllers::{LeaseSettings, run_with_leader_election};
 use operator::gc_job::{GcJobSettings, GcPassArgs};
 use operator::http::{HealthState, serve};
 use operator::metrics::Metrics;
+use operator::preload_job::PreloadJobSettings;
 use operator::reconcile::{Backoff, Context};
 use operator::store::drive_adapter::MetaStoreAdapter;
 use tokio_util::sync::CancellationToken;
@@ -99,6 +100,27 @@ struct RunArgs {
     /// they use the pod's default credential chain: instance role, IRSA).
     #[arg(long, env = "STUDIODRIVE_GC_S3_CREDENTIALS_SECRET")]
     gc_s3_credentials_secret: Option<String>,
+    /// Image for preload Jobs: the node plugin's (with `studiodrive-csi`).
+    #[arg(
+        long,
+        env = "STUDIODRIVE_PRELOAD_IMAGE",
+        default_value = "ghcr.io/studiodrive/studiodrive-csi:latest"
+    )]
+    preload_image: String,
+    /// The node plugin's cache directory on the hosts (its volumes' caches, which preload
+    /// Jobs fill).
+    #[arg(
+        long,
+        env = "STUDIODRIVE_NODE_CACHE_DIR",
+        default_value = "/var/cache/studiodrive"
+    )]
+    node_cache_dir: String,
+    /// Cache bytes per workspace on a node (the node plugin's --cache-size).
+    #[arg(long, env = "STUDIODRIVE_NODE_CACHE_SIZE", default_value_t = 10 << 30)]
+    node_cache_size: u64,
+    /// The free-space floor of the nodes' cache file systems (the plugin's --cache-min-free).
+    #[arg(long, env = "STUDIODRIVE_NODE_CACHE_MIN_FREE", default_value_t = 0.15)]
+    node_cache_min_free: f64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -221,6 +243,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics,
         clock: jiff::Timestamp::now,
         backoff: Backoff::default(),
+        preload: PreloadJobSettings {
+            image: args.preload_image,
+            host_cache_dir: args.node_cache_dir,
+            cache_size: args.node_cache_size,
+            cache_min_free: args.node_cache_min_free,
+        },
         gc: GcJobSettings {
             namespace: args.namespace.clone(),
             image: args.gc_image,

@@ -51,6 +51,7 @@ fn crds_have_short_names_category_status_and_the_decided_scope() {
         ("shares.studiodrive.dev", "sdshare", "Namespaced"),
         ("lifecyclepolicies.studiodrive.dev", "sdlp", "Cluster"),
         ("eventsinks.studiodrive.dev", "sdsink", "Namespaced"),
+        ("preloads.studiodrive.dev", "sdpreload", "Namespaced"),
     ];
     let all = crd::all();
     assert_eq!(all.len(), expected.len());

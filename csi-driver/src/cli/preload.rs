@@ -32,8 +32,16 @@ pub struct PreloadArgs {
     pub storage: StorageArgs,
     /// The manifest: one workspace path per line, with globs (`*.exr`), `**`, and frame
     /// patterns with ranges (`shot010/comp/sh010_comp.%04d.exr [1001-1240]`).
-    #[arg(long)]
-    pub manifest: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "manifest_text",
+        conflicts_with = "manifest_text"
+    )]
+    pub manifest: Option<PathBuf>,
+    /// The manifest itself rather than a file of it (how the operator's preload Jobs pass a
+    /// Preload's `spec.manifest`).
+    #[arg(long, value_name = "TEXT")]
+    pub manifest_text: Option<String>,
     /// The cache to fill: the one the node's mounts use (default <state-dir>/cache, as `mount`).
     #[arg(long, conflicts_with = "node_cache")]
     pub cache_dir: Option<PathBuf>,
@@ -121,8 +129,13 @@ pub async fn preload(args: PreloadArgs) -> anyhow::Result<i32> {
         }
         None => None,
     };
-    let text = std::fs::read_to_string(&args.manifest)
-        .with_context(|| format!("read the manifest {}", args.manifest.display()))?;
+    let text = match (&args.manifest, &args.manifest_text) {
+        (Some(path), _) => {
+            std::fs::read_to_string(path).with_context(|| format!("read the manifest {}", path.display()))?
+        }
+        (None, Some(text)) => text.clone(),
+        (None, None) => anyhow::bail!("--manifest FILE or --manifest-text TEXT is required"),
+    };
     let parsed = Manifest::parse(&text);
     let meta = args.storage.meta().await?;
     let mut reporter = report_as.map(|(name, node)| Reporter {

@@ -201,4 +201,13 @@ impl PgMetaStore {
         .map(run_from_row)
         .collect()
     }
+
+    /// Forgets every run of preload `name` (its resource was deleted: a new preload of the
+    /// same name must not count as done on the strength of the old one's runs). Returns how
+    /// many rows went.
+    pub async fn delete_preload_runs(&self, name: &str) -> Result<u64, MetaError> {
+        crate::preload::validate_name(name).map_err(MetaError::InvalidArgument)?;
+        let client = self.client().await?;
+        execute(&client, "DELETE FROM preload_runs WHERE name = $1", &[&name]).await
+    }
 }

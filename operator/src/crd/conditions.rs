@@ -50,6 +50,20 @@ pub mod reason {
     pub const NO_RELAY: &str = "NoRelay";
     /// An EventSink's deliveries have been failing for longer than the threshold.
     pub const DELIVERY_FAILING: &str = "DeliveryFailing";
+    /// A Preload's Jobs are filling the selected nodes' caches.
+    pub const PRELOADING: &str = "Preloading";
+    /// Every selected node holds every file of a Preload's manifest.
+    pub const PRELOADED: &str = "Preloaded";
+    /// Some node of a Preload failed (a file missing or not fetched, its Job failed, it
+    /// stopped reporting).
+    pub const PRELOAD_FAILED: &str = "PreloadFailed";
+    /// A Preload's deadline passed before every selected node was done.
+    pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
+    /// A Preload's node selector matches no node.
+    pub const NO_NODES: &str = "NoNodes";
+    /// A Preload of a workspace the preload Jobs cannot read alone (encrypted, or with an
+    /// object store of its own whose credentials only its volumes carry).
+    pub const UNSUPPORTED: &str = "Unsupported";
 }
 
 /// A condition as a planner computes it, before timestamps are attached.

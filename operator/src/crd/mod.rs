@@ -9,6 +9,7 @@
 pub mod conditions;
 mod eventsink;
 mod lifecycle;
+mod preload;
 pub mod schema_check;
 mod share;
 mod snapshot;
@@ -22,6 +23,7 @@ pub use lifecycle::{
     PassCounts, PassResult, PolicyPhase, RetentionClass, SnapshotRetention, Throttle, TransitionRule,
     WorkspaceSelector,
 };
+pub use preload::{Preload, PreloadNodeStatus, PreloadPhase, PreloadSpec, PreloadStatus};
 pub use share::{Permission, Share, ShareSpec, ShareStatus, Subject, SubjectKind};
 pub use snapshot::{Snapshot, SnapshotSpec, SnapshotStatus};
 pub use workspace::{
@@ -49,6 +51,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         Share::crd(),
         LifecyclePolicy::crd(),
         EventSink::crd(),
+        Preload::crd(),
     ]
 }
 

@@ -2,15 +2,16 @@
 //! and the Kubernetes API, and map failures to conditions, events, requeues and metric labels
 //! (in one place: [`ReconcileError::label`] and [`failure_conditions`]).
 //!
-//! One generic driver ([`driver`]: [`sync`], [`cleanup`], [`reconcile`]) serves all five
+//! One generic driver ([`driver`]: [`sync`], [`cleanup`], [`reconcile`]) serves all six
 //! kinds. Each kind module implements [`Kind`] and [`LiveKind`] with only its own parts:
-//! [`Workspaces`] (with the key Secret read), [`Snapshots`], [`Shares`], [`EventSinks`] and
-//! [`LifecyclePolicies`] (the GC Job, no finalizer). This module holds what they share: the
+//! [`Workspaces`] (with the key Secret read), [`Snapshots`], [`Shares`], [`EventSinks`], [`Preloads`]
+//! (a Job per node) and [`LifecyclePolicies`] (the GC Job, no finalizer). This module holds what they share: the
 //! context, errors, backoff, the status patch and event publishing.
 
 pub mod driver;
 pub mod eventsink;
 pub mod lifecycle;
+pub mod preload;
 pub mod share;
 pub mod snapshot;
 pub mod workspace;
@@ -18,6 +19,7 @@ pub mod workspace;
 pub use driver::{Kind, LiveKind, StatusFields, cleanup, reconcile, sync};
 pub use eventsink::EventSinks;
 pub use lifecycle::LifecyclePolicies;
+pub use preload::Preloads;
 pub use share::Shares;
 pub use snapshot::Snapshots;
 pub use workspace::Workspaces;
@@ -42,6 +44,7 @@ use crate::gc_job::GcJobSettings;
 use crate::keys::SecretReadError;
 use crate::metrics::Metrics;
 use crate::plan::EventNote;
+use crate::preload_job::PreloadJobSettings;
 use crate::store::{StoreError, StoreErrorKind};
 
 /// How many plan/apply rounds one reconcile may take before giving up (a planner that keeps
@@ -58,6 +61,8 @@ pub struct Context<S> {
     pub clock: fn() -> Timestamp,
     pub backoff: Backoff,
     pub gc: GcJobSettings,
+    /// How preload Jobs run (they share the GC Jobs' namespace and store access).
+    pub preload: PreloadJobSettings,
 }
 
 /// Errors of a reconcile.

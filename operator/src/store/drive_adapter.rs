@@ -12,8 +12,8 @@ use drive::{ErrorKind, MetaError};
 use jiff::Timestamp;
 
 use super::{
-    EventSinkRecord, NewWorkspace, ShareGrant, SnapshotRecord, StoreError, StoreErrorKind, StoreResult,
-    StudioStore, Usage, WorkspaceChange, WorkspaceRecord, kek_required,
+    EventSinkRecord, NewWorkspace, PreloadRun, ShareGrant, SnapshotRecord, StoreError, StoreErrorKind,
+    StoreResult, StudioStore, Usage, WorkspaceChange, WorkspaceRecord, kek_required,
 };
 use crate::crd::{Permission, StartFrom, WorkspaceKind};
 
@@ -312,6 +312,14 @@ impl StudioStore for MetaStoreAdapter {
 
     async fn delete_event_sink(&self, id: &str) -> StoreResult<bool> {
         self.0.delete_event_sink(id).await.map_err(map_error)
+    }
+
+    async fn preload_runs(&self, name: &str) -> StoreResult<Vec<PreloadRun>> {
+        self.0.preload_runs(name).await.map_err(map_error)
+    }
+
+    async fn delete_preload_runs(&self, name: &str) -> StoreResult<u64> {
+        self.0.delete_preload_runs(name).await.map_err(map_error)
     }
 
     async fn pass_report(&self, pass_id: &str) -> StoreResult<Option<LifecycleReport>> {

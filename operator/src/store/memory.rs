@@ -11,8 +11,8 @@ use drive::lifecycle::LifecycleReport;
 use jiff::Timestamp;
 
 use super::{
-    EventSinkRecord, NewWorkspace, ShareGrant, SnapshotRecord, StoreError, StoreErrorKind, StoreResult,
-    StudioStore, Usage, WorkspaceChange, WorkspaceRecord, kek_required,
+    EventSinkRecord, NewWorkspace, PreloadRun, ShareGrant, SnapshotRecord, StoreError, StoreErrorKind,
+    StoreResult, StudioStore, Usage, WorkspaceChange, WorkspaceRecord, kek_required,
 };
 use crate::crd::StartFrom;
 use drive::relay::SinkSpec;
@@ -26,6 +26,7 @@ struct State {
     wrapped_keys: BTreeMap<String, Vec<u8>>,
     pass_reports: BTreeMap<String, LifecycleReport>,
     sinks: BTreeMap<String, EventSinkRecord>,
+    preload_runs: BTreeMap<(String, String), PreloadRun>,
 }
 
 /// The in-memory store.
@@ -74,6 +75,13 @@ impl MemoryStore {
     /// row, `drive::gc::shard_row_id`), as the pass's Job would.
     pub fn set_pass_report(&self, row: &str, report: LifecycleReport) {
         self.lock().pass_reports.insert(row.to_string(), report);
+    }
+
+    /// Records a preload run as a preload Job would. Not a write: the operator never does.
+    pub fn record_preload_run(&self, run: PreloadRun) {
+        self.lock()
+            .preload_runs
+            .insert((run.name.clone(), run.node.clone()), run);
     }
 
     /// A copy of the workspace `name`, if live.
@@ -321,6 +329,25 @@ impl StudioStore for MemoryStore {
     async fn delete_event_sink(&self, id: &str) -> StoreResult<bool> {
         self.write()?;
         Ok(self.lock().sinks.remove(id).is_some())
+    }
+
+    async fn preload_runs(&self, name: &str) -> StoreResult<Vec<PreloadRun>> {
+        self.check()?;
+        Ok(self
+            .lock()
+            .preload_runs
+            .iter()
+            .filter(|((n, _), _)| n == name)
+            .map(|(_, run)| run.clone())
+            .collect())
+    }
+
+    async fn delete_preload_runs(&self, name: &str) -> StoreResult<u64> {
+        self.write()?;
+        let mut state = self.lock();
+        let before = state.preload_runs.len();
+        state.preload_runs.retain(|(n, _), _| n != name);
+        Ok((before - state.preload_runs.len()) as u64)
     }
 
     async fn pass_report(&self, pass_id: &str) -> StoreResult<Option<LifecycleReport>> {

@@ -18,6 +18,7 @@ use std::future::Future;
 
 use drive::data::Kek;
 use drive::lifecycle::LifecycleReport;
+pub use drive::meta::{PreloadRun, PreloadState};
 pub use drive::model::ObjectStoreLocation;
 pub use drive::relay::SinkSpec;
 use jiff::Timestamp;
@@ -235,6 +236,11 @@ pub trait StudioStore: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<EventSinkRecord>> + Send;
     /// Removes the sink; `Ok(false)` when there was none.
     fn delete_event_sink(&self, id: &str) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// The latest run of preload `name` on every node that recorded one, by node.
+    fn preload_runs(&self, name: &str) -> impl Future<Output = StoreResult<Vec<PreloadRun>>> + Send;
+    /// Forgets every run of preload `name`; returns how many there were.
+    fn delete_preload_runs(&self, name: &str) -> impl Future<Output = StoreResult<u64>> + Send;
 
     /// The report lifecycle pass `pass_id` stored when it finished; `Ok(None)` while it runs,
     /// or when it stored none (or one this operator cannot read).

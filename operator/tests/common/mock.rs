@@ -39,6 +39,7 @@ pub fn context_with<S: StudioStore>(store: S, clock: fn() -> Timestamp) -> (Arc<
         clock,
         backoff: Backoff::default(),
         gc: GcJobSettings::default(),
+        preload: Default::default(),
     };
     (Arc::new(ctx), handle)
 }
