@@ -567,7 +567,9 @@ async fn concurrent_publish(mode: PublishMode) {
         }));
     }
     // Let the writers get going, then publish while they write.
-    while done.iter().any(|d| d.load(Ordering::SeqCst) < 15) {
+    // A writer that failed stops counting: stop waiting, and its join below reports why.
+    let failed = |w: &[tokio::task::JoinHandle<()>]| w.iter().any(|w| w.is_finished());
+    while done.iter().any(|d| d.load(Ordering::SeqCst) < 15) && !failed(&writers) {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     let before: Vec<u64> = done.iter().map(|d| d.load(Ordering::SeqCst)).collect();
@@ -587,6 +589,7 @@ async fn concurrent_publish(mode: PublishMode) {
         .iter()
         .zip(&after_publish)
         .any(|(d, a)| d.load(Ordering::SeqCst) < a + 15)
+        && !failed(&writers)
     {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }

@@ -9,7 +9,7 @@ use tokio_postgres::types::ToSql;
 
 use crate::error::MetaError;
 use crate::meta::rows::{
-    WsCtx, execute, execute_in_order, first_failure, query, query_opt, record_event, write_inode,
+    WsCtx, execute, execute_in_order, first_failure, query, query_opt, record_event, settle, write_inode,
     ws_and_inode,
 };
 use crate::meta::usage::charge;
@@ -257,8 +257,7 @@ impl PgMetaStore {
         in_txn!(self, |tx| {
             async {
                 let (found, claimed) = tokio::join!(ws_and_inode(tx, ws, ino), claim_blocks(tx, &hashes));
-                let (ws, mut node) = found?;
-                claimed?;
+                let ((ws, mut node), ()) = settle(found, claimed)?;
                 if node.attr.kind != NodeKind::File {
                     return Err(MetaError::InvalidArgument(format!(
                         "node {ino} is not a regular file"
@@ -372,8 +371,8 @@ pub(crate) async fn claim_blocks<C: GenericClient>(c: &C, hashes: &[&[u8]]) -> R
             &params,
         ),
     );
-    let usable: std::collections::HashSet<Vec<u8>> = usable?.iter().map(|r| r.get(0)).collect();
-    marked?;
+    let (usable, _) = settle(usable, marked)?;
+    let usable: std::collections::HashSet<Vec<u8>> = usable.iter().map(|r| r.get(0)).collect();
     let mut gone: Vec<[u8; 32]> = hashes
         .iter()
         .filter(|h| !usable.contains(**h))

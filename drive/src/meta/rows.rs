@@ -255,6 +255,46 @@ pub(crate) fn first_failure(
     Err(errors.swap_remove(pick))
 }
 
+/// Two results of futures whose statements went out together: both values, or the error
+/// [`first_failure`] picks. Taking them in code order is not enough: a statement whose plan is
+/// not yet cached on the connection waits for its Parse while a later, cached one executes,
+/// so the first error in code order can be the "transaction aborted" echo of a serialization
+/// failure the retry loop must see.
+pub(crate) fn settle<A, B>(a: Result<A, MetaError>, b: Result<B, MetaError>) -> Result<(A, B), MetaError> {
+    match (a, b) {
+        (Ok(a), Ok(b)) => Ok((a, b)),
+        (a, b) => Err(failure_of([a.map(drop), b.map(drop)])),
+    }
+}
+
+/// [`settle`] for three.
+pub(crate) fn settle3<A, B, C>(
+    a: Result<A, MetaError>,
+    b: Result<B, MetaError>,
+    c: Result<C, MetaError>,
+) -> Result<(A, B, C), MetaError> {
+    match (a, b, c) {
+        (Ok(a), Ok(b), Ok(c)) => Ok((a, b, c)),
+        (a, b, c) => Err(failure_of([a.map(drop), b.map(drop), c.map(drop)])),
+    }
+}
+
+/// [`settle`] for any number of results of one kind.
+pub(crate) fn settle_all<T>(results: Vec<Result<T, MetaError>>) -> Result<Vec<T>, MetaError> {
+    if results.iter().all(Result::is_ok) {
+        return Ok(results.into_iter().flatten().collect());
+    }
+    Err(failure_of(results.into_iter().map(|r| r.map(drop))))
+}
+
+/// The error [`first_failure`] picks among results of which at least one failed.
+fn failure_of(results: impl IntoIterator<Item = Result<(), MetaError>>) -> MetaError {
+    match first_failure(results) {
+        Err(e) => e,
+        Ok(()) => MetaError::Internal("settle: a failed result vanished".into()),
+    }
+}
+
 /// The workspace and the live node `ino` of it, read together.
 pub(crate) async fn ws_and_inode<C: GenericClient>(
     c: &C,
@@ -262,8 +302,8 @@ pub(crate) async fn ws_and_inode<C: GenericClient>(
     ino: NodeId,
 ) -> Result<(WsCtx, InodeRow), MetaError> {
     let (ws, row) = tokio::join!(ws_ctx(c, ws), inode_in_view(c, View::Live, ino));
-    let ws = ws?;
-    let row = checked_live_inode(&ws, ino, row?)?;
+    let (ws, row) = settle(ws, row)?;
+    let row = checked_live_inode(&ws, ino, row)?;
     Ok((ws, row))
 }
 

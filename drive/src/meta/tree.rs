@@ -12,8 +12,8 @@ use crate::meta::rows::{
     EntryRow, InodeRow, WsCtx, checked_live_inode, close_entries, close_entry, first_failure,
     guard_write_once, inode_from_row, inode_in_view, insert_entry, insert_new_inode, live_dir,
     live_entries_and_inodes, live_entry, live_entry_and_inode, live_inode, new_inode_attr, next_node_id,
-    prefixed_inode_columns, query, query_opt, record_event, record_move_event, record_removal_events,
-    write_inode, ws_and_dir, ws_and_inode, ws_ctx,
+    prefixed_inode_columns, query, query_opt, record_event, record_move_event, record_removal_events, settle,
+    settle_all, settle3, write_inode, ws_and_dir, ws_and_inode, ws_ctx,
 };
 use crate::meta::sequences::{frame_added, frame_removed};
 use crate::meta::usage::{charge, record_usage};
@@ -276,9 +276,8 @@ impl PgMetaStore {
                 };
                 let (ws_dir, ino, claimed) =
                     tokio::join!(ws_and_dir(tx, ws, parent), ino, claim_blocks(tx, &hashes));
-                let (ws, mut dir) = ws_dir?;
-                claimed?;
-                let mut attr = new_inode_attr(ino?, node, now);
+                let ((ws, mut dir), ino, ()) = settle3(ws_dir, ino, claimed)?;
+                let mut attr = new_inode_attr(ino, node, now);
                 if let Some(content) = content {
                     attr.size = content.size;
                     attr.mtime = content.mtime;
@@ -429,8 +428,8 @@ impl PgMetaStore {
                 // Pipelined reads, first failure first (see rows::ws_and_dir).
                 let (ws_dir, found) =
                     tokio::join!(ws_and_dir(tx, ws, parent), live_entry_and_inode(tx, parent, name));
-                let (ws, mut dir) = ws_dir?;
-                let (entry, node) = found?.ok_or_else(|| MetaError::NotFound(name.to_string_lossy()))?;
+                let ((ws, mut dir), found) = settle(ws_dir, found)?;
+                let (entry, node) = found.ok_or_else(|| MetaError::NotFound(name.to_string_lossy()))?;
                 let mut node = checked_live_inode(&ws, entry.ino, node)?;
                 let is_dir = node.attr.kind == NodeKind::Directory;
                 match removal {
@@ -497,11 +496,10 @@ impl PgMetaStore {
                     live_entries_and_inodes(tx, &keys),
                     futures::future::join_all(parents.iter().map(|p| inode_in_view(tx, View::Live, *p))),
                 );
-                let ws = ctx?;
-                let mut found = found?;
+                let (ws, mut found, dirs) = settle3(ctx, found, settle_all(dirs))?;
                 let mut dir_rows = HashMap::new();
                 for (parent, row) in parents.iter().zip(dirs) {
-                    if let Some(row) = row? {
+                    if let Some(row) = row {
                         dir_rows.insert(*parent, row);
                     }
                 }
@@ -624,8 +622,8 @@ impl PgMetaStore {
         in_txn!(self, |tx| {
             async {
                 let (ws_dir, src) = tokio::join!(ws_and_dir(tx, ws, parent), live_entry(tx, parent, name));
-                let (ws, mut src_dir) = ws_dir?;
-                let src = src?.ok_or_else(|| MetaError::NotFound(name.to_string_lossy()))?;
+                let ((ws, mut src_dir), src) = settle(ws_dir, src)?;
+                let src = src.ok_or_else(|| MetaError::NotFound(name.to_string_lossy()))?;
                 let same_dir = parent == new_parent;
                 let mut dst_dir = if same_dir {
                     src_dir.clone()
@@ -661,7 +659,8 @@ impl PgMetaStore {
                     (RenameStep::Nothing, _) => return Ok(()),
                     (RenameStep::Exchange { .. }, Some(dst)) => {
                         let (a, b) = tokio::join!(live_inode(tx, &ws, src.ino), live_inode(tx, &ws, dst.ino));
-                        write_once::exchange(ws.kind, &a?.attr, &b?.attr)?;
+                        let (a, b) = settle(a, b)?;
+                        write_once::exchange(ws.kind, &a.attr, &b.attr)?;
                         close_entry(tx, &ws, src.id, false).await?;
                         close_entry(tx, &ws, dst.id, false).await?;
                         insert_entry(tx, &ws, parent, name, dst.ino, dst.kind).await?;
