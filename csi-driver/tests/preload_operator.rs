@@ -503,6 +503,15 @@ async fn a_preload_resource_fills_the_selected_nodes_and_the_render_pod_reads_wi
         condition(&status, "Ready"),
         ("False".into(), "PreloadFailed".into())
     );
+    // The failure is recorded for node-2's plugin: its pods stop waiting.
+    let n2 = meta
+        .preload_run("render/sh010", "node-2")
+        .await?
+        .context("node-2's run")?;
+    assert_eq!(n2.state, drive::meta::PreloadState::Failed);
+    assert!(n2.first_errors[0].contains("Job failed"), "{:?}", n2.first_errors);
+    let gate = drive_csi::csi::node::preload_gate("render/sh010", "node-2", Some(&n2), false).unwrap_err();
+    assert_eq!(gate.code(), Code::FailedPrecondition, "{gate:?}");
 
     // The pod on node-1 goes on and reads every frame from the node cache.
     plugin

@@ -85,6 +85,10 @@ pub enum Op {
         /// Seconds the Job may run (to the deadline).
         active_deadline_seconds: Option<i64>,
     },
+    /// Record `run` as the node's run: a node found failed without its run saying so (Job
+    /// failed, run silent, deadline passed) gets a failed run, so that pods waiting for the
+    /// preload on that node stop waiting (they fail, or go on with `preloadOptional`).
+    RecordRun(PreloadRun),
     /// Delete every Job of this preload (cleanup).
     DeleteJobs,
     /// Forget the runs of this preload (cleanup).
@@ -317,6 +321,13 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
             phase,
         );
         if let Some(why) = why {
+            let mut failed = run.cloned().unwrap_or_else(|| {
+                PreloadRun::start(&preload_name(input.namespace, input.name), node, &workspace)
+            });
+            failed.state = PreloadState::Failed;
+            failed.failed_files = failed.failed_files.max(1);
+            failed.first_errors.insert(0, why.clone());
+            ops.push(Op::RecordRun(failed));
             status.errors.insert(0, why);
         }
         nodes.push(status);
@@ -343,11 +354,12 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
 
     let mut conds = Vec::with_capacity(2);
     let mut events = Vec::new();
-    if !ops.is_empty() {
+    let started = ops.iter().filter(|op| matches!(op, Op::StartJob { .. })).count();
+    if started > 0 {
         events.push(EventNote::normal(
             "Started",
             "Preload",
-            format!("preloading {workspace} on {} node(s)", ops.len()),
+            format!("preloading {workspace} on {started} node(s)"),
         ));
     }
     match &first_failure {
@@ -624,6 +636,29 @@ mod tests {
             ]
         );
         assert_eq!(p.status.nodes[0].errors, ["seq/f.0007.exr: not found"]);
+        // The failures the runs do not record are recorded, so waiting pods stop waiting.
+        let recorded: Vec<(&str, PreloadState, &str)> = p
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::RecordRun(r) => (r.node.as_str(), r.state, r.first_errors[0].as_str()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(recorded.len(), 2, "{recorded:?}");
+        assert_eq!((recorded[0].0, recorded[0].1), ("n2", PreloadState::Failed));
+        assert!(recorded[0].2.contains("Job failed"));
+        assert_eq!((recorded[1].0, recorded[1].1), ("n3", PreloadState::Failed));
+        // Once recorded, nothing more to record.
+        let mut after = obs.clone();
+        for op in &p.ops {
+            if let Op::RecordRun(r) = op {
+                after.runs.retain(|x| x.node != r.node);
+                after.runs.push(r.clone());
+            }
+        }
+        let again = plan(&input(&s, Some(&p.status)), &after, at(1_200));
+        assert!(again.ops.is_empty(), "{:?}", again.ops);
         assert!(
             p.status.nodes[1].errors[0].contains("Job failed"),
             "{:?}",
@@ -642,9 +677,18 @@ mod tests {
         assert_eq!(ready(&p).1, reason::PRELOADING);
 
         // The deadline passes with n4 unfinished: it fails, and no Job starts for a new node.
+        let mut obs = after;
         obs.nodes.insert("n5".into());
         let p = plan(&input(&s, Some(&p.status)), &obs, at(2_000));
-        assert!(p.ops.is_empty(), "{:?}", p.ops);
+        let recorded: Vec<&str> = p
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::RecordRun(r) => r.node.as_str(),
+                other => panic!("no Job after the deadline: {other:?}"),
+            })
+            .collect();
+        assert_eq!(recorded, ["n4", "n5"]);
         assert_eq!(ready(&p), ("False".into(), reason::DEADLINE_EXCEEDED.into()));
         assert!(p.status.nodes.iter().all(|n| n.phase == PreloadPhase::Failed));
         assert_eq!(p.requeue, None);

@@ -217,6 +217,7 @@ impl Kind for Preloads {
                             .await?,
                     );
                 }
+                Op::RecordRun(run) => store.record_preload_run(run).await?,
                 Op::DeleteRuns { name } => drop(store.delete_preload_runs(name).await?),
             }
         }

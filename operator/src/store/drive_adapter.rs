@@ -318,6 +318,10 @@ impl StudioStore for MetaStoreAdapter {
         self.0.preload_runs(name).await.map_err(map_error)
     }
 
+    async fn record_preload_run(&self, run: &PreloadRun) -> StoreResult<()> {
+        self.0.record_preload_run(run).await.map_err(map_error)
+    }
+
     async fn delete_preload_runs(&self, name: &str) -> StoreResult<u64> {
         self.0.delete_preload_runs(name).await.map_err(map_error)
     }

@@ -77,13 +77,6 @@ impl MemoryStore {
         self.lock().pass_reports.insert(row.to_string(), report);
     }
 
-    /// Records a preload run as a preload Job would. Not a write: the operator never does.
-    pub fn record_preload_run(&self, run: PreloadRun) {
-        self.lock()
-            .preload_runs
-            .insert((run.name.clone(), run.node.clone()), run);
-    }
-
     /// A copy of the workspace `name`, if live.
     pub fn workspace(&self, name: &str) -> Option<WorkspaceRecord> {
         self.lock().workspaces.get(name).cloned()
@@ -340,6 +333,14 @@ impl StudioStore for MemoryStore {
             .filter(|((n, _), _)| n == name)
             .map(|(_, run)| run.clone())
             .collect())
+    }
+
+    async fn record_preload_run(&self, run: &PreloadRun) -> StoreResult<()> {
+        self.write()?;
+        self.lock()
+            .preload_runs
+            .insert((run.name.clone(), run.node.clone()), run.clone());
+        Ok(())
     }
 
     async fn delete_preload_runs(&self, name: &str) -> StoreResult<u64> {

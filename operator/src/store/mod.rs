@@ -239,6 +239,8 @@ pub trait StudioStore: Send + Sync + 'static {
 
     /// The latest run of preload `name` on every node that recorded one, by node.
     fn preload_runs(&self, name: &str) -> impl Future<Output = StoreResult<Vec<PreloadRun>>> + Send;
+    /// Records `run` as the latest run of its preload on its node.
+    fn record_preload_run(&self, run: &PreloadRun) -> impl Future<Output = StoreResult<()>> + Send;
     /// Forgets every run of preload `name`; returns how many there were.
     fn delete_preload_runs(&self, name: &str) -> impl Future<Output = StoreResult<u64>> + Send;
 
