@@ -650,3 +650,137 @@ async fn the_object_store_location_is_recorded_at_creation_and_never_changed() {
         None
     );
 }
+
+// Catches: a Snapshot with publishFrom that only snapshots (the folder left in its working
+// place, no `published` event), a publish taken twice (a second reconcile failing on the
+// moved-away source, or publishing again), and overlapping folders reaching the store.
+#[tokio::test]
+async fn a_snapshot_with_publish_from_moves_the_folder_and_snapshots_it_once() {
+    let (meta, store) = store_on(PgServer::shared()).await;
+    let w = workspace(
+        "studio",
+        "shot030",
+        workspace_spec(WorkspaceKind::Team, DeletionPolicy::Retain),
+    );
+    reconcile::sync(&Workspaces(NO_KEYS), &store, &ws_input(&w), at(1))
+        .await
+        .expect("create workspace");
+    let ws = meta.get_workspace("studio.shot030").await.expect("ws");
+    let actor = Actor::system("test");
+    let mkdir = |parent, name: &'static str| {
+        let meta = meta.clone();
+        let actor = actor.clone();
+        async move {
+            meta.create(
+                &actor,
+                ws.id,
+                parent,
+                &drive::model::Name::parse(name).expect("name"),
+                &NewNode::new(NodeKind::Directory, 0o755),
+            )
+            .await
+            .expect("mkdir")
+        }
+    };
+    let wip = mkdir(ws.root, "wip").await;
+    let comp = mkdir(wip.ino, "comp").await;
+    mkdir(ws.root, "published").await;
+    for frame in ["c.1001.exr", "c.1002.exr"] {
+        meta.create(
+            &actor,
+            ws.id,
+            comp.ino,
+            &drive::model::Name::parse(frame).expect("name"),
+            &NewNode::new(NodeKind::File, 0o644),
+        )
+        .await
+        .expect("file");
+    }
+    let before = meta.events_after(Some(ws.id), 0, 1000).await.expect("events");
+    let after = before.last().map_or(0, |e| e.id);
+
+    let mut s = snapshot("studio", "comp-v1", "shot030", "/published/comp");
+    s.spec.publish_from = Some(operator::crd::PublishFrom {
+        path: "/wip/comp".into(),
+        mode: operator::crd::PublishModeSpec::Move,
+        merge: operator::crd::MergeModeSpec::Fail,
+    });
+    let input = snap_plan::Input {
+        namespace: "studio",
+        name: "comp-v1",
+        generation: 1,
+        spec: &s.spec,
+        status: None,
+    };
+    let p = reconcile::sync(&Snapshots, &store, &input, at(2))
+        .await
+        .expect("publish");
+    assert!(p.status.ready_to_use, "{:?}", p.status);
+    assert_eq!(p.status.files, Some(2));
+    assert!(
+        p.events.iter().any(|e| e.note.contains("published")),
+        "{:?}",
+        p.events
+    );
+    // Moved into place; the working folder is gone; one `published` event names the snapshot.
+    let published = meta
+        .resolve(ws.id, "/published/comp/c.1002.exr")
+        .await
+        .expect("published file");
+    assert_eq!(published.kind, NodeKind::File);
+    assert_eq!(
+        meta.resolve(ws.id, "/wip/comp").await.expect_err("moved").kind(),
+        drive::ErrorKind::NotFound
+    );
+    let events = meta.events_after(Some(ws.id), after, 1000).await.expect("events");
+    let ops: Vec<(&str, Option<&str>)> = events
+        .iter()
+        .map(|e| (e.op.as_str(), e.snapshot.as_deref()))
+        .collect();
+    assert_eq!(ops, [("published", Some("comp-v1"))]);
+
+    // A second reconcile finds the snapshot and publishes nothing more.
+    let status = p.status.clone();
+    let input = snap_plan::Input {
+        status: Some(&status),
+        ..input
+    };
+    let again = reconcile::sync(&Snapshots, &store, &input, at(3))
+        .await
+        .expect("sync again");
+    assert!(again.status.ready_to_use);
+    assert_eq!(
+        meta.events_after(Some(ws.id), after, 1000)
+            .await
+            .expect("events")
+            .len(),
+        1
+    );
+
+    // Overlapping folders are an invalid spec; nothing reaches the store.
+    let mut bad = snapshot("studio", "comp-v2", "shot030", "/published/comp/inner");
+    bad.spec.publish_from = s.spec.publish_from.clone().map(|mut f| {
+        f.path = "/published".into();
+        f
+    });
+    let input = snap_plan::Input {
+        namespace: "studio",
+        name: "comp-v2",
+        generation: 1,
+        spec: &bad.spec,
+        status: None,
+    };
+    let p = reconcile::sync(&Snapshots, &store, &input, at(4))
+        .await
+        .expect("sync");
+    let ready = conditions::find(&p.status.conditions, "Ready").expect("Ready");
+    assert_eq!(ready.reason, conditions::reason::INVALID_SPEC);
+    assert!(ready.message.contains("separate folders"), "{}", ready.message);
+    assert_eq!(
+        meta.get_snapshot(ws.id, "comp-v2")
+            .await
+            .expect_err("not taken")
+            .kind(),
+        drive::ErrorKind::NotFound
+    );
+}

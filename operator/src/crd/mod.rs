@@ -25,7 +25,7 @@ pub use lifecycle::{
 };
 pub use preload::{Preload, PreloadNodeStatus, PreloadPhase, PreloadSpec, PreloadStatus};
 pub use share::{Permission, Share, ShareSpec, ShareStatus, Subject, SubjectKind};
-pub use snapshot::{Snapshot, SnapshotSpec, SnapshotStatus};
+pub use snapshot::{MergeModeSpec, PublishFrom, PublishModeSpec, Snapshot, SnapshotSpec, SnapshotStatus};
 pub use workspace::{
     DeletionPolicy, Encryption, ObjectStoreRef, SecretKeyRef, SecretRef, Workspace, WorkspaceKind,
     WorkspaceSpec, WorkspaceStatus, WorkspaceUsage,

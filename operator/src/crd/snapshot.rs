@@ -1,5 +1,10 @@
 //! `Snapshot`: an O(1) read-only snapshot of a workspace folder. The whole spec is immutable;
 //! deleting the resource releases the snapshot in the store.
+//!
+//! With `publishFrom` it is an explicit publish (Netflix Drive's, beside auto-sync): in one
+//! transaction the finished folder is moved (or copied, sharing blocks) to `path`, its
+//! published place, the snapshot of it is taken, and one `published` event names the
+//! snapshot; concurrent readers see the folder before or after, never half of it.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
@@ -40,6 +45,45 @@ pub struct SnapshotSpec {
     #[schemars(length(min = 1, max = 4096))]
     #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains('\\u0000') && !self.contains('/../') && !self.endsWith('/..')").message("path must be absolute, without NUL or '..'"))]
     pub path: String,
+    /// Publish first: move or copy this folder to `path` and take the snapshot of it there,
+    /// in one transaction. Done once: the snapshot existing is the record that it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_from: Option<PublishFrom>,
+}
+
+/// Where a published folder comes from and how it is placed.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishFrom {
+    /// Absolute folder path inside the workspace: the finished work.
+    #[schemars(length(min = 1, max = 4096))]
+    #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains('\\u0000') && !self.contains('/../') && !self.endsWith('/..')").message("publishFrom.path must be absolute, without NUL or '..'"))]
+    pub path: String,
+    /// `Move` (the default: the folder leaves its working place) or `Copy` (it stays; the
+    /// published copy shares its blocks).
+    #[serde(default)]
+    pub mode: PublishModeSpec,
+    /// When `path` exists already: `Fail` (the default: nothing is written), `Overwrite` or
+    /// `Skip` (merge, as a copy's merge modes).
+    #[serde(default)]
+    pub merge: MergeModeSpec,
+}
+
+/// How a folder is published.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, JsonSchema)]
+pub enum PublishModeSpec {
+    #[default]
+    Move,
+    Copy,
+}
+
+/// What a publish does with what is at its destination already.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, JsonSchema)]
+pub enum MergeModeSpec {
+    #[default]
+    Fail,
+    Overwrite,
+    Skip,
 }
 
 pub(crate) fn root_path() -> String {

@@ -14,7 +14,7 @@ use super::{
     invalid_spec_event, store_name,
 };
 use crate::crd::conditions::{self, Desired, reason};
-use crate::crd::{SnapshotSpec, SnapshotStatus};
+use crate::crd::{MergeModeSpec, PublishModeSpec, SnapshotSpec, SnapshotStatus};
 use crate::plan::workspace::workspace_store_name;
 use crate::store::{SnapshotRecord, WorkspaceRecord};
 
@@ -49,6 +49,15 @@ pub enum Op {
         name: String,
         path: String,
     },
+    /// Move or copy `from` to `path` and take the snapshot `name` of it, in one transaction.
+    Publish {
+        workspace: String,
+        name: String,
+        from: String,
+        path: String,
+        mode: PublishModeSpec,
+        merge: MergeModeSpec,
+    },
     Delete {
         workspace: String,
         name: String,
@@ -60,6 +69,15 @@ pub fn targets(input: &Input<'_>) -> Result<(String, String, String), SpecError>
     let workspace = workspace_store_name(input.namespace, &input.spec.workspace)?;
     store_name(input.name)?;
     let path = canonical_path(&input.spec.path)?;
+    if let Some(from) = &input.spec.publish_from {
+        let from = canonical_path(&from.path).map_err(|e| SpecError(format!("publishFrom: {e}")))?;
+        let within = |a: &str, b: &str| a == b || b == "/" || a.starts_with(&format!("{b}/"));
+        if within(&path, &from) || within(&from, &path) {
+            return Err(SpecError(format!(
+                "publishFrom.path {from} and path {path} must be separate folders (neither inside the other)"
+            )));
+        }
+    }
     Ok((workspace, input.name.to_string(), path))
 }
 
@@ -151,13 +169,33 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
                 reason::CREATING,
                 format!("taking snapshot of {workspace}:{path}"),
             )];
-            let note = format!("took snapshot {name} of {workspace}:{path}");
+            let (note, op) = match &input.spec.publish_from {
+                None => (
+                    format!("took snapshot {name} of {workspace}:{path}"),
+                    Op::Create {
+                        workspace,
+                        name,
+                        path,
+                    },
+                ),
+                Some(from) => (
+                    format!(
+                        "published {workspace}:{} to {path} ({:?}) as snapshot {name}",
+                        from.path, from.mode
+                    ),
+                    Op::Publish {
+                        workspace,
+                        name,
+                        // Checked by `targets`.
+                        from: canonical_path(&from.path).unwrap_or_default(),
+                        path,
+                        mode: from.mode,
+                        merge: from.merge,
+                    },
+                ),
+            };
             Plan {
-                ops: vec![Op::Create {
-                    workspace,
-                    name,
-                    path,
-                }],
+                ops: vec![op],
                 status: status_from(input, None, &desired, now),
                 events: vec![EventNote::normal("Created", "Create", note)],
                 requeue: Some(Duration::ZERO),

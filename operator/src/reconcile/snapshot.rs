@@ -69,6 +69,14 @@ impl Kind for Snapshots {
                     name,
                     path,
                 } => drop(store.create_snapshot(workspace, name, path).await?),
+                Op::Publish {
+                    workspace,
+                    name,
+                    from,
+                    path,
+                    mode,
+                    merge,
+                } => drop(store.publish(workspace, name, from, path, *mode, *merge).await?),
                 Op::Delete { workspace, name } => drop(store.delete_snapshot(workspace, name).await?),
             }
         }

@@ -15,7 +15,7 @@ use super::{
     EventSinkRecord, NewWorkspace, PreloadRun, ShareGrant, SnapshotRecord, StoreError, StoreErrorKind,
     StoreResult, StudioStore, Usage, WorkspaceChange, WorkspaceRecord, kek_required,
 };
-use crate::crd::{Permission, StartFrom, WorkspaceKind};
+use crate::crd::{MergeModeSpec, Permission, PublishModeSpec, StartFrom, WorkspaceKind};
 
 /// Every store mutation the operator makes is recorded in the change feed under this actor.
 fn actor() -> Actor {
@@ -237,6 +237,36 @@ impl StudioStore for MetaStoreAdapter {
             .await
             .map_err(map_error)?;
         self.snapshot_record(snap).await
+    }
+
+    async fn publish(
+        &self,
+        workspace: &str,
+        name: &str,
+        from: &str,
+        path: &str,
+        mode: PublishModeSpec,
+        merge: MergeModeSpec,
+    ) -> StoreResult<SnapshotRecord> {
+        let ws = self.workspace_id(workspace).await?;
+        let options = drive::meta::PublishOptions {
+            mode: match mode {
+                PublishModeSpec::Move => drive::meta::PublishMode::Move,
+                PublishModeSpec::Copy => drive::meta::PublishMode::Copy,
+            },
+            snapshot: name.to_string(),
+            merge: match merge {
+                MergeModeSpec::Fail => model::MergeMode::Fail,
+                MergeModeSpec::Overwrite => model::MergeMode::Overwrite,
+                MergeModeSpec::Skip => model::MergeMode::Skip,
+            },
+        };
+        let report = self
+            .0
+            .publish(&actor(), ws, from, path, &options)
+            .await
+            .map_err(map_error)?;
+        self.snapshot_record(report.snapshot).await
     }
 
     async fn delete_snapshot(&self, workspace: &str, name: &str) -> StoreResult<bool> {

@@ -14,7 +14,7 @@ use super::{
     EventSinkRecord, NewWorkspace, PreloadRun, ShareGrant, SnapshotRecord, StoreError, StoreErrorKind,
     StoreResult, StudioStore, Usage, WorkspaceChange, WorkspaceRecord, kek_required,
 };
-use crate::crd::StartFrom;
+use crate::crd::{MergeModeSpec, PublishModeSpec, StartFrom};
 use drive::relay::SinkSpec;
 
 #[derive(Debug, Default)]
@@ -217,6 +217,19 @@ impl StudioStore for MemoryStore {
         };
         state.snapshots.insert(key, record.clone());
         Ok(record)
+    }
+
+    /// The model has no tree: a publish is the snapshot of its destination.
+    async fn publish(
+        &self,
+        workspace: &str,
+        name: &str,
+        _from: &str,
+        path: &str,
+        _mode: PublishModeSpec,
+        _merge: MergeModeSpec,
+    ) -> StoreResult<SnapshotRecord> {
+        self.create_snapshot(workspace, name, path).await
     }
 
     async fn delete_snapshot(&self, workspace: &str, name: &str) -> StoreResult<bool> {

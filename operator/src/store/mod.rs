@@ -23,7 +23,7 @@ pub use drive::model::ObjectStoreLocation;
 pub use drive::relay::SinkSpec;
 use jiff::Timestamp;
 
-use crate::crd::{Permission, StartFrom, WorkspaceKind};
+use crate::crd::{MergeModeSpec, Permission, PublishModeSpec, StartFrom, WorkspaceKind};
 
 /// A workspace as the store holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,6 +210,17 @@ pub trait StudioStore: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<SnapshotRecord>> + Send;
     /// Releases the snapshot; `Ok(false)` when there was none.
     fn delete_snapshot(&self, workspace: &str, name: &str) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// Moves or copies folder `from` to `path` and takes snapshot `name` of it there, in one
+    /// transaction (with one `published` event).
+    fn publish(
+        &self,
+        workspace: &str,
+        name: &str,
+        from: &str,
+        path: &str,
+        mode: PublishModeSpec,
+        merge: MergeModeSpec,
+    ) -> impl Future<Output = StoreResult<SnapshotRecord>> + Send;
 
     fn get_share(
         &self,

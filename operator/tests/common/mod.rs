@@ -54,6 +54,7 @@ pub fn snapshot(ns: &str, name: &str, ws: &str, path: &str) -> Snapshot {
         spec: SnapshotSpec {
             workspace: ws.into(),
             path: path.into(),
+            publish_from: None,
         },
         status: None,
     }
