@@ -529,6 +529,11 @@ async fn a_preload_resource_fills_the_selected_nodes_and_the_render_pod_reads_wi
         "preloaded frames were fetched again"
     );
 
+    plugin
+        .node()
+        .node_unpublish_volume(common::unpublish_req("vol-comp", &target))
+        .await?;
+
     // Deleting the Preload deletes its Jobs and forgets its runs.
     let mut deleted = preload.clone();
     deleted.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
