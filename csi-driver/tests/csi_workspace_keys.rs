@@ -6,7 +6,6 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -108,57 +107,35 @@ async fn a_deleted_workspace_is_not_recreated_when_its_mount_restarts() -> anyho
 }
 
 /// Answers the operator's Kubernetes API calls from kube's mock service: the key Secret, the
-/// status patch, events. Returns when the reconcile does (it runs until then).
+/// status patch, events. Returns the calls made once the reconcile returns.
 async fn reconcile_with_mock_api(
     ws: operator::crd::Workspace,
     store: operator::store::drive_adapter::MetaStoreAdapter,
     secret: serde_json::Value,
 ) -> anyhow::Result<Vec<String>> {
-    use kube::client::Body;
-    use kube::runtime::events::{Recorder, Reporter};
-    let (service, mut handle) = tower_test::mock::pair::<http::Request<Body>, http::Response<Body>>();
-    let client = kube::Client::new(service, "default");
-    let reporter = Reporter {
-        controller: "studiodrive-operator".into(),
-        instance: Some("test".into()),
-    };
-    let ctx = Arc::new(operator::reconcile::Context {
-        client: client.clone(),
-        store,
-        recorder: Recorder::new(client, reporter),
-        metrics: Arc::new(operator::metrics::Metrics::new()?),
-        clock: || jiff::Timestamp::from_second(1_000).expect("a time"),
-        backoff: operator::reconcile::Backoff::default(),
-        gc: operator::gc_job::GcJobSettings::default(),
-        preload: Default::default(),
-    });
     let echo = serde_json::to_value(&ws)?;
     let mut seen = Vec::new();
-    let api = async {
-        while let Some((request, send)) = handle.next_request().await {
-            let (method, path) = (request.method().to_string(), request.uri().path().to_string());
-            let reply = match (method.as_str(), path.as_str()) {
+    let setup = common::OperatorSetup {
+        clock: || jiff::Timestamp::from_second(1_000).expect("a time"),
+        ..common::OperatorSetup::default()
+    };
+    common::reconcile_over_mock_api::<operator::reconcile::Workspaces, _>(
+        ws,
+        store,
+        &setup,
+        |method, uri, _| {
+            let path = uri.path();
+            let reply = match (method, path) {
                 ("GET", p) if p.ends_with("/secrets/shot010-kek") => secret.clone(),
                 ("PATCH", p) if p.ends_with("/status") => echo.clone(),
                 ("POST", p) if p.contains("/events") => serde_json::json!({}),
                 _ => panic!("unexpected request {method} {path}"),
             };
             seen.push(format!("{method} {path}"));
-            let body = Body::from(serde_json::to_vec(&reply).expect("JSON"));
-            send.send_response(
-                http::Response::builder()
-                    .status(200)
-                    .body(body)
-                    .expect("response"),
-            );
-        }
-    };
-    tokio::select! {
-        result = operator::reconcile::reconcile::<operator::reconcile::Workspaces, _>(Arc::new(ws), ctx) => {
-            result.context("reconcile")?;
-        }
-        () = api => anyhow::bail!("the mock API closed first"),
-    }
+            reply
+        },
+    )
+    .await?;
     Ok(seen)
 }
 

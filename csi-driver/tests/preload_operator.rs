@@ -155,52 +155,15 @@ async fn reconcile(
     preload: &Preload,
     store: &MetaStoreAdapter,
     cluster: &Arc<Mutex<Cluster>>,
-    gc: &GcJobSettings,
-    settings: &PreloadJobSettings,
+    setup: &common::OperatorSetup,
 ) -> anyhow::Result<()> {
-    use http_body_util::BodyExt as _;
-    use kube::client::Body;
-    use kube::runtime::events::{Recorder, Reporter};
-    let (service, mut handle) = tower_test::mock::pair::<http::Request<Body>, http::Response<Body>>();
-    let client = kube::Client::new(service, "default");
-    let reporter = Reporter {
-        controller: "studiodrive-operator".into(),
-        instance: Some("test".into()),
-    };
-    let ctx = Arc::new(operator::reconcile::Context {
-        client: client.clone(),
-        store: store.clone(),
-        recorder: Recorder::new(client, reporter),
-        metrics: Arc::new(operator::metrics::Metrics::new()?),
-        clock: jiff::Timestamp::now,
-        backoff: operator::reconcile::Backoff::default(),
-        gc: gc.clone(),
-        preload: settings.clone(),
-    });
-    let api = async {
-        while let Some((request, send)) = handle.next_request().await {
-            let (parts, body) = request.into_parts();
-            let body = body.collect().await.expect("request body").to_bytes();
-            let reply = cluster
-                .lock()
-                .unwrap()
-                .answer(parts.method.as_str(), &parts.uri, &body, preload);
-            let body = Body::from(serde_json::to_vec(&reply).expect("JSON"));
-            send.send_response(
-                http::Response::builder()
-                    .status(200)
-                    .body(body)
-                    .expect("response"),
-            );
-        }
-    };
-    tokio::select! {
-        result = operator::reconcile::reconcile::<operator::reconcile::Preloads, _>(Arc::new(preload.clone()), ctx) => {
-            result.context("reconcile")?;
-        }
-        () = api => bail!("the mock API closed first"),
-    }
-    Ok(())
+    common::reconcile_over_mock_api::<operator::reconcile::Preloads, _>(
+        preload.clone(),
+        store.clone(),
+        setup,
+        |method, uri, body| cluster.lock().unwrap().answer(method, uri, body, preload),
+    )
+    .await
 }
 
 /// Runs `job` on `node` as kubelet would: its command and arguments with `$(VAR)` expanded
@@ -390,6 +353,11 @@ async fn a_preload_resource_fills_the_selected_nodes_and_the_render_pod_reads_wi
         cache_min_free: 0.0,
         ..PreloadJobSettings::default()
     };
+    let setup = common::OperatorSetup {
+        gc,
+        preload: settings,
+        ..common::OperatorSetup::default()
+    };
     let manifest = format!(
         "# the comp plates\nsh010/comp/sh010_comp.%04d.exr [{}-{}]\n",
         FRAMES.start(),
@@ -436,7 +404,7 @@ async fn a_preload_resource_fills_the_selected_nodes_and_the_render_pod_reads_wi
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 
     // First reconcile: a Job per selected node, none for the office node.
-    reconcile(&preload, &store, &cluster, &gc, &settings).await?;
+    reconcile(&preload, &store, &cluster, &setup).await?;
     let jobs = cluster.lock().unwrap().jobs.clone();
     let nodes: Vec<String> = jobs
         .iter()
@@ -452,7 +420,7 @@ async fn a_preload_resource_fills_the_selected_nodes_and_the_render_pod_reads_wi
     );
 
     // A second reconcile before anything ran starts nothing more.
-    reconcile(&preload, &store, &cluster, &gc, &settings).await?;
+    reconcile(&preload, &store, &cluster, &setup).await?;
     assert_eq!(cluster.lock().unwrap().jobs.len(), 2);
 
     // Kubelet runs node-1's Job; node-2's pod never gets to run and its Job fails.
@@ -471,7 +439,7 @@ async fn a_preload_resource_fills_the_selected_nodes_and_the_render_pod_reads_wi
             ..JobStatus::default()
         });
     }
-    reconcile(&preload, &store, &cluster, &gc, &settings).await?;
+    reconcile(&preload, &store, &cluster, &setup).await?;
     let status = status_of(&cluster);
     let n1 = &status.nodes[0];
     let bytes: u64 = FRAMES.map(|f| frame_bytes(f).len() as u64).sum();
@@ -537,7 +505,7 @@ async fn a_preload_resource_fills_the_selected_nodes_and_the_render_pod_reads_wi
     // Deleting the Preload deletes its Jobs and forgets its runs.
     let mut deleted = preload.clone();
     deleted.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
-    reconcile(&deleted, &store, &cluster, &gc, &settings).await?;
+    reconcile(&deleted, &store, &cluster, &setup).await?;
     assert!(cluster.lock().unwrap().jobs.is_empty(), "Jobs left behind");
     assert!(
         meta.preload_runs("render/sh010").await?.is_empty(),

@@ -749,3 +749,75 @@ async fn answer_review(
         serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": sent["spec"], "status": status}),
     )
 }
+
+/// How the operator runs in a cross-face test: its Job settings and its clock.
+pub struct OperatorSetup {
+    pub gc: operator::gc_job::GcJobSettings,
+    pub preload: operator::preload_job::PreloadJobSettings,
+    pub clock: fn() -> jiff::Timestamp,
+}
+
+impl Default for OperatorSetup {
+    fn default() -> OperatorSetup {
+        OperatorSetup {
+            gc: Default::default(),
+            preload: Default::default(),
+            clock: jiff::Timestamp::now,
+        }
+    }
+}
+
+/// One reconcile of `obj` by the operator (kind `K`) over the real store `store`, with kube's
+/// mock service as the API server: `answer(method, uri, body)` is what the server replies
+/// (with 200). Returns when the reconcile does.
+pub async fn reconcile_over_mock_api<K, S>(
+    obj: K::Resource,
+    store: S,
+    setup: &OperatorSetup,
+    mut answer: impl FnMut(&str, &http::Uri, &[u8]) -> serde_json::Value,
+) -> anyhow::Result<()>
+where
+    K: operator::reconcile::LiveKind,
+    S: operator::store::StudioStore,
+{
+    use http_body_util::BodyExt as _;
+    use kube::client::Body;
+    use kube::runtime::events::{Recorder, Reporter};
+    let (service, mut handle) = tower_test::mock::pair::<http::Request<Body>, http::Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    let reporter = Reporter {
+        controller: "studiodrive-operator".into(),
+        instance: Some("test".into()),
+    };
+    let ctx = std::sync::Arc::new(operator::reconcile::Context {
+        client: client.clone(),
+        store,
+        recorder: Recorder::new(client, reporter),
+        metrics: std::sync::Arc::new(operator::metrics::Metrics::new()?),
+        clock: setup.clock,
+        backoff: operator::reconcile::Backoff::default(),
+        gc: setup.gc.clone(),
+        preload: setup.preload.clone(),
+    });
+    let api = async {
+        while let Some((request, send)) = handle.next_request().await {
+            let (parts, body) = request.into_parts();
+            let body = body.collect().await.expect("request body").to_bytes();
+            let reply = answer(parts.method.as_str(), &parts.uri, &body);
+            let body = Body::from(serde_json::to_vec(&reply).expect("JSON"));
+            send.send_response(
+                http::Response::builder()
+                    .status(200)
+                    .body(body)
+                    .expect("response"),
+            );
+        }
+    };
+    tokio::select! {
+        result = operator::reconcile::reconcile::<K, S>(std::sync::Arc::new(obj), ctx) => {
+            result.context("reconcile")?;
+        }
+        () = api => bail!("the mock API closed first"),
+    }
+    Ok(())
+}
