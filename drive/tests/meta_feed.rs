@@ -579,3 +579,77 @@ async fn a_stalled_holder_neither_blocks_nor_duplicates_delivery_and_is_taken_ov
     );
     assert!(!holder.keeps_horizon());
 }
+
+// Catches: a bounded poll that drops the rest of the page it cut (events lost), that hands
+// out more than asked, that raises its floor past events it has not handed out or past a
+// transaction still open (a resumed consumer would skip them), and one that never delivers
+// the late event once it commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bounded_poll_hands_out_a_backlog_in_order_in_batches_and_loses_nothing() {
+    let (store, url) = store_and_url().await;
+    let ws = workspace(&store, "feed-bounded", WorkspaceKind::User).await;
+    let cursor = last_event(&store, &ws).await;
+    let mut expected = Vec::new();
+    for i in 0..12 {
+        expected.push(pair(
+            create(&store, &ws, &format!("a{i:02}")).await,
+            &format!("a{i:02}"),
+        ));
+    }
+    let late = Late::begin(&url, &ws, "late").await;
+    let late_id = late.id;
+    for i in 0..13 {
+        expected.push(pair(
+            create(&store, &ws, &format!("b{i:02}")).await,
+            &format!("b{i:02}"),
+        ));
+    }
+    let mut feed = WorkspaceFeed::new(ws.id, cursor).with_keeper_lease(TEST_KEEPER_LEASE);
+    let mut got = Vec::new();
+    loop {
+        let batch = feed.poll_at_most(&store, 10).await.unwrap();
+        assert!(
+            batch.len() <= 10,
+            "{} events from a poll of at most 10",
+            batch.len()
+        );
+        assert!(
+            feed.resume_cursor() < late_id,
+            "the floor {} passed the open transaction's event {late_id}",
+            feed.resume_cursor()
+        );
+        if batch.is_empty() {
+            break;
+        }
+        got.extend(described(&batch));
+    }
+    assert_eq!(got, expected, "every committed event once, in id order");
+
+    // A consumer resuming from the floor misses nothing either.
+    let mut resumed = WorkspaceFeed::new(ws.id, feed.resume_cursor()).with_keeper_lease(TEST_KEEPER_LEASE);
+    let mut again = Vec::new();
+    loop {
+        let batch = resumed.poll_at_most(&store, 7).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        again.extend(described(&batch));
+    }
+    let from_floor: Vec<_> = expected
+        .iter()
+        .filter(|(id, _)| *id > feed.resume_cursor())
+        .cloned()
+        .collect();
+    assert_eq!(again, from_floor);
+
+    // The late event, once committed, follows.
+    let (id, n) = late.commit().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut late_seen = Vec::new();
+    while late_seen.is_empty() {
+        assert!(Instant::now() < deadline, "the late event never came");
+        late_seen = described(&feed.poll_at_most(&store, 10).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(late_seen, vec![pair(id, &n)]);
+}

@@ -553,12 +553,30 @@ impl WorkspaceFeed {
 
     /// Events of the workspace that became visible since the last poll.
     pub async fn poll(&mut self, store: &PgMetaStore) -> Result<Vec<Event>, MetaError> {
+        self.poll_at_most(store, usize::MAX).await
+    }
+
+    /// [`WorkspaceFeed::poll`], returning at most `max` events (at least one): a consumer
+    /// resuming far behind (a sink started from the beginning of a long log) reads its
+    /// backlog page by page instead of all of it at once. The rest follows at the next polls.
+    pub async fn poll_at_most(&mut self, store: &PgMetaStore, max: usize) -> Result<Vec<Event>, MetaError> {
+        let max = max.max(1);
         let (horizon, mut window) = store.horizon_and_window(self.ws, self.floor).await?;
         let mut out = Vec::new();
-        loop {
+        // The id of the last event taken when the window was cut short.
+        let mut cut = None;
+        'pages: loop {
             let full = window.len() as i64 == WINDOW_BATCH;
             let last = window.last().map(|e| e.id);
-            out.extend(window.into_iter().filter(|e| self.delivered.insert(e.id)));
+            for event in window {
+                if out.len() == max {
+                    cut = out.last().map(|e: &Event| e.id);
+                    break 'pages;
+                }
+                if self.delivered.insert(event.id) {
+                    out.push(event);
+                }
+            }
             match last {
                 Some(last) if full => {
                     window = store
@@ -568,8 +586,12 @@ impl WorkspaceFeed {
                 _ => break,
             }
         }
-        if horizon.horizon > self.floor {
-            self.floor = horizon.horizon;
+        // The window holds every visible event above the floor in id order, and none at or
+        // below the horizon can still appear: so when it was cut at event L, everything at or
+        // below min(horizon, L) was handed out, and the floor may rise that far.
+        let settled = cut.map_or(horizon.horizon, |l| horizon.horizon.min(l));
+        if settled > self.floor {
+            self.floor = settled;
             self.delivered = self.delivered.split_off(&(self.floor + 1));
         }
         // The events are taken: a failure to advance the horizon must not lose them.

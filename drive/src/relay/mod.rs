@@ -31,6 +31,11 @@ use crate::error::MetaError;
 use crate::meta::{Delivery, PgMetaStore, SinkRecord, WorkspaceFeed};
 use crate::model::{Event, Timestamp};
 
+/// Events a sink's worker reads from the feed at once: a sink far behind (started from the
+/// beginning of a long log) works through its backlog in batches of this many, in bounded
+/// memory.
+const MAX_BATCH: usize = 1024;
+
 pub use paths::PathResolver;
 
 /// Where a sink delivers and which events it wants.
@@ -517,7 +522,7 @@ impl SinkWorker {
         let mut position = claimed.position;
         let mut last_renewal = Instant::now();
         loop {
-            let events = match feed.poll(&self.store).await {
+            let events = match feed.poll_at_most(&self.store, MAX_BATCH).await {
                 Ok(events) => events,
                 Err(e) => {
                     if !self.failed(&format!("reading the change feed: {e}")).await {
