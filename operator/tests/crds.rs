@@ -85,10 +85,10 @@ fn crds_have_short_names_category_status_and_the_decided_scope() {
 }
 
 #[test]
-fn all_yaml_is_a_stream_of_five_crd_documents() {
+fn all_yaml_is_a_stream_of_six_crd_documents() {
     let yaml = crd::all_yaml().expect("render");
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&yaml).expect("parse the stream back");
-    assert_eq!(docs.len(), 5);
+    assert_eq!(docs.len(), 6);
     for doc in docs {
         assert_eq!(doc["kind"], "CustomResourceDefinition");
         assert_eq!(doc["spec"]["group"], "studiodrive.dev");
