@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use operator::crd::{EventSink, LifecyclePolicy, Share, Snapshot, Workspace};
+use operator::crd::{EventSink, LifecyclePolicy, Preload, Share, Snapshot, Workspace};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -53,6 +53,7 @@ fn argocd_health_samples_are_statuses_the_operator_writes() {
         round_trip::<Share, _>("Share", |r| r.status.as_ref()),
         round_trip::<LifecyclePolicy, _>("LifecyclePolicy", |r| r.status.as_ref()),
         round_trip::<EventSink, _>("EventSink", |r| r.status.as_ref()),
+        round_trip::<Preload, _>("Preload", |r| r.status.as_ref()),
     ];
     assert!(
         counts.iter().all(|&n| n >= 4),
@@ -94,7 +95,14 @@ fn every_condition_reason_has_an_argocd_health_sample() {
         "{defined:?}"
     );
     let mut sampled = std::collections::BTreeSet::new();
-    for kind in ["Workspace", "Snapshot", "Share", "LifecyclePolicy", "EventSink"] {
+    for kind in [
+        "Workspace",
+        "Snapshot",
+        "Share",
+        "LifecyclePolicy",
+        "EventSink",
+        "Preload",
+    ] {
         for sample in samples(kind) {
             for c in sample["object"]["status"]["conditions"]
                 .as_array()

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
-use operator::crd::{self, EventSink, LifecyclePolicy, Share, Snapshot, Workspace, schema_check};
+use operator::crd::{self, EventSink, LifecyclePolicy, Preload, Share, Snapshot, Workspace, schema_check};
 use serde_json::{Value, json};
 
 fn sample(name: &str) -> String {
@@ -35,6 +35,7 @@ fn every_custom_resource_sample_parses_and_validates() {
         "share.yaml",
         "lifecyclepolicy.yaml",
         "eventsink.yaml",
+        "preload.yaml",
     ];
     for file in files {
         let text = sample(file);
@@ -47,6 +48,7 @@ fn every_custom_resource_sample_parses_and_validates() {
             Some("Snapshot") => drop(serde_json::from_value::<Snapshot>(value).expect("Snapshot")),
             Some("Share") => drop(serde_json::from_value::<Share>(value).expect("Share")),
             Some("EventSink") => drop(serde_json::from_value::<EventSink>(value).expect("EventSink")),
+            Some("Preload") => drop(serde_json::from_value::<Preload>(value).expect("Preload")),
             Some("LifecyclePolicy") => {
                 drop(serde_json::from_value::<LifecyclePolicy>(value).expect("LifecyclePolicy"))
             }
@@ -84,6 +86,30 @@ fn storage_samples_parse_into_kubernetes_types_and_agree_on_names() {
     );
 }
 
+// Catches: a sample the schema accepts but the planner refuses (a manifest line the engine's
+// parser rejects, a selector that does not parse), which would sit at InvalidSpec.
+#[test]
+fn the_preload_sample_passes_the_planners_checks() {
+    use operator::plan::preload::{Input, validate};
+    let warm: Preload = serde_saphyr::from_str(&sample("preload.yaml")).expect("Preload");
+    let namespace = warm.metadata.namespace.as_deref().expect("namespace");
+    let input = Input {
+        namespace,
+        name: warm.metadata.name.as_deref().expect("name"),
+        uid: "uid-1",
+        generation: 1,
+        spec: &warm.spec,
+        status: None,
+    };
+    let store_name = validate(&input).expect("the planner accepts the sample");
+    assert_eq!(store_name, format!("{namespace}.{}", warm.spec.workspace));
+    // The sample workspace (workspace.yaml) has its own object store: a Preload of it would
+    // be Unsupported, so the Preload sample must name another one.
+    let ws: Workspace = serde_saphyr::from_str(&sample("workspace.yaml")).expect("Workspace");
+    assert!(ws.spec.object_store.is_some());
+    assert_ne!(ws.metadata.name.as_deref(), Some(warm.spec.workspace.as_str()));
+}
+
 fn workspace(spec: Value) -> Value {
     json!({"apiVersion": "studiodrive.dev/v1alpha1", "kind": "Workspace",
            "metadata": {"name": "ws", "namespace": "ns"}, "spec": spec})
@@ -94,6 +120,10 @@ fn named(kind: &str, name: &str, spec: Value) -> Value {
            "metadata": {"name": name, "namespace": "ns"}, "spec": spec})
 }
 
+fn preload(name: &str, spec: Value) -> Value {
+    named("Preload", name, spec)
+}
+
 fn policy(rules: Value) -> Value {
     json!({"apiVersion": "studiodrive.dev/v1alpha1", "kind": "LifecyclePolicy",
            "metadata": {"name": "p"}, "spec": {"rules": rules}})
@@ -102,6 +132,9 @@ fn policy(rules: Value) -> Value {
 #[test]
 fn malformed_specs_are_rejected_by_schema_or_cel() {
     let long = "a".repeat(254);
+    // With its namespace (at most 63) and '/', a Preload's name must fit the store's 253.
+    let long_preload = "p".repeat(190);
+    let preload_ok = json!({"workspace": "ws", "manifest": "seq/f.%04d.exr [1-10]\n"});
     let share_ok =
         json!({"workspace": "ws", "subjects": [{"kind": "User", "name": "alice"}], "permission": "read"});
     let corpus: Vec<(&str, Value, &str)> = vec![
@@ -324,6 +357,62 @@ fn malformed_specs_are_rejected_by_schema_or_cel() {
             "is not one of",
         ),
         (
+            "preload of a workspace with a slash",
+            preload("p", json!({"workspace": "a/b", "manifest": "a\n"})),
+            "workspace must name a Workspace",
+        ),
+        (
+            "preload of an upper-case workspace",
+            preload("p", json!({"workspace": "Shot010", "manifest": "a\n"})),
+            "workspace must name a Workspace",
+        ),
+        (
+            "preload workspace over 253 characters",
+            preload("p", json!({"workspace": long, "manifest": "a\n"})),
+            "more than 253",
+        ),
+        (
+            "preload name over 189 characters",
+            preload(&long_preload, preload_ok.clone()),
+            "at most 189 characters",
+        ),
+        (
+            "preload name with a slash",
+            preload("a/b", preload_ok.clone()),
+            "DNS-1123",
+        ),
+        (
+            "preload with an empty manifest",
+            preload("p", json!({"workspace": "ws", "manifest": ""})),
+            "0 characters, fewer than 1",
+        ),
+        (
+            "preload manifest over 64 KiB",
+            preload("p", json!({"workspace": "ws", "manifest": "a".repeat(65537)})),
+            "more than 65536",
+        ),
+        (
+            "preload without a manifest",
+            preload("p", json!({"workspace": "ws"})),
+            "manifest: required",
+        ),
+        (
+            "preload deadline not a time",
+            preload(
+                "p",
+                json!({"workspace": "ws", "manifest": "a\n", "deadline": "tonight"}),
+            ),
+            "RFC 3339",
+        ),
+        (
+            "preload node selector of node names",
+            preload(
+                "p",
+                json!({"workspace": "ws", "manifest": "a\n", "nodeSelector": {"nodeNames": ["n1"]}}),
+            ),
+            "unknown field",
+        ),
+        (
             "negative retention",
             policy(json!({"purgeDeletedAfterDays": -7})),
             "less than the minimum",
@@ -496,6 +585,48 @@ fn edits_of_immutable_fields_are_rejected_and_mutable_edits_pass() {
     let mut upgraded = share.clone();
     upgraded["spec"]["permission"] = json!("write");
     assert_eq!(problems(&upgraded, Some(&share)), Vec::<String>::new());
+
+    // A Preload's whole spec is immutable: its status never mixes runs of two specs.
+    let warm = preload(
+        "p",
+        json!({"workspace": "ws", "manifest": "seq/f.%04d.exr [1-10]\n",
+               "nodeSelector": {"matchLabels": {"studiodrive.dev/render": "true"}},
+               "deadline": "2027-01-15T18:00:00Z"}),
+    );
+    assert_eq!(problems(&warm, Some(&warm)), Vec::<String>::new());
+    let edits: [(&str, Value); 5] = [
+        ("workspace", json!("other")),
+        ("manifest", json!("seq/f.%04d.exr [1-20]\n")),
+        (
+            "nodeSelector",
+            json!({"matchLabels": {"studiodrive.dev/render": "false"}}),
+        ),
+        ("deadline", json!("2027-01-16T18:00:00Z")),
+        ("nodeSelector", json!({})),
+    ];
+    for (field, value) in edits {
+        let mut edited = warm.clone();
+        edited["spec"][field] = value;
+        let found = problems(&edited, Some(&warm));
+        assert!(
+            found.iter().any(|p| p.contains("spec is immutable")),
+            "{field}: {found:?}"
+        );
+    }
+    let mut no_deadline = warm.clone();
+    no_deadline["spec"]
+        .as_object_mut()
+        .expect("spec object")
+        .remove("deadline");
+    assert!(
+        problems(&no_deadline, Some(&warm))
+            .iter()
+            .any(|p| p.contains("spec is immutable"))
+    );
+    // Metadata and status are not the spec.
+    let mut labelled = warm.clone();
+    labelled["metadata"]["labels"] = json!({"team": "comp"});
+    assert_eq!(problems(&labelled, Some(&warm)), Vec::<String>::new());
 }
 
 #[test]

@@ -153,7 +153,8 @@ def test_every_rendered_object_validates_against_kubernetes_schemas(combo, monit
 def test_chart_crds_validate_against_kubernetes_schemas():
     version = kubernetes_validate.latest_version()
     crds = chartlib.crd_objects()
-    assert {c["spec"]["names"]["plural"] for c in crds} == {"workspaces", "snapshots", "shares", "lifecyclepolicies", "eventsinks"}
+    assert {c["spec"]["names"]["plural"] for c in crds} == {"workspaces", "snapshots", "shares", "lifecyclepolicies", "eventsinks",
+                                                            "preloads"}
     for crd in crds:
         assert crd["spec"]["group"] == "studiodrive.dev"
         validate_object(crd, version)
@@ -339,6 +340,56 @@ def test_operator_runs_two_replicas_with_leader_election_and_a_pdb(default_objec
     pdb = find(default_objects, "PodDisruptionBudget", "studiodrive-operator")
     assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
     assert pdb["spec"]["maxUnavailable"] == 1
+
+
+@pytest.mark.parametrize("combo", ["defaults", "everything-optional"])
+def test_operator_passes_the_node_plugin_image_and_cache_settings_for_preload_jobs(combo, monitoring_chart):
+    objects = render_combo(combo, monitoring_chart)
+    args = operator_args(objects)
+    plugin = pod_spec(find(objects, "DaemonSet", "studiodrive-csi-node"))["containers"][0]
+    # Preload Jobs run the node plugin's studiodrive-csi: the same image.
+    assert plugin["image"] == f"{IMAGE_REPO}:{APP_VERSION}"
+    assert f"--preload-image={plugin['image']}" in args
+    # They fill the plugin's host cache directory, with the plugin's cache settings.
+    assert "--node-cache-dir=/var/cache/studiodrive" in args
+    assert volume_named(pod_spec(find(objects, "DaemonSet", "studiodrive-csi-node")),
+                        "cache-dir")["hostPath"]["path"] == "/var/cache/studiodrive"
+    for flag in ("cache-size", "cache-min-free"):
+        (value,) = [a.split("=", 1)[1] for a in plugin["args"] if a.startswith(f"--{flag}=")]
+        assert f"--node-{flag}={value}" in args, (flag, value, args)
+    assert "--node-cache-size=10737418240" in args  # an integer, not 1.073741824e+10
+    assert "--node-cache-min-free=0.15" in args
+
+
+def test_preload_flags_follow_the_node_values_and_the_image_override():
+    digest = "sha256:" + "cd" * 32
+    objects = render({"image": {"digest": digest},
+                      "node": {"cacheDir": "/mnt/nvme/studiodrive", "cacheSize": 53687091200, "cacheMinFree": 0.05}})
+    args = operator_args(objects)
+    assert f"--preload-image={IMAGE_REPO}@{digest}" in args
+    assert "--node-cache-dir=/mnt/nvme/studiodrive" in args
+    assert "--node-cache-size=53687091200" in args
+    assert "--node-cache-min-free=0.05" in args
+    spec = pod_spec(find(objects, "DaemonSet", "studiodrive-csi-node"))
+    assert volume_named(spec, "cache-dir")["hostPath"]["path"] == "/mnt/nvme/studiodrive"
+
+
+def notes(values: dict[str, Any] | None = None) -> str:
+    (text,) = [t for path, t in chartlib.render_manifests(values).items() if path.endswith("NOTES.txt")]
+    return " ".join(text.split())
+
+
+def test_notes_say_preload_jobs_need_a_privileged_namespace_and_no_file_store():
+    # Preload Jobs mount a hostPath, which Pod Security baseline and restricted refuse.
+    source = (ROOT / "operator/src/preload_job.rs").read_text()
+    assert "HostPathVolumeSource" in source and "run_as_user: Some(0)" in source
+    text = notes()
+    assert f"Preload Jobs (one per node a Preload selects) run in namespace {NAMESPACE} as root" in text
+    assert "Pod Security level to be privileged" in text
+    assert "/var/cache/studiodrive mounted from the host" in text
+    assert "no Preload" not in text
+    text = notes(COMBOS["file-store-claim"])
+    assert "create no LifecyclePolicy and no Preload" in text
 
 
 def test_gc_service_account_exists_without_a_token(default_objects):
@@ -595,9 +646,9 @@ def test_controller_sidecars_have_what_they_need_and_no_secrets(default_objects)
     assert not can(default_objects, sa, "delete", "", "persistentvolumeclaims")
 
 
-def test_operator_rbac_covers_the_five_kinds_leases_jobs_and_events(default_objects):
+def test_operator_rbac_covers_the_six_kinds_leases_jobs_and_events(default_objects):
     sa = "studiodrive-operator"
-    for plural in ("workspaces", "snapshots", "shares", "lifecyclepolicies", "eventsinks"):
+    for plural in ("workspaces", "snapshots", "shares", "lifecyclepolicies", "eventsinks", "preloads"):
         for verb in ("get", "list", "watch", "patch"):
             assert can(default_objects, sa, verb, "studiodrive.dev", plural)
         assert can(default_objects, sa, "patch", "studiodrive.dev", f"{plural}/status")
@@ -611,6 +662,26 @@ def test_operator_rbac_covers_the_five_kinds_leases_jobs_and_events(default_obje
     assert can(default_objects, sa, "watch", "batch", "jobs", namespace=NAMESPACE)
     assert not can(default_objects, sa, "create", "batch", "jobs", namespace="studio-a")
     assert not can(default_objects, sa, "create", "batch", "jobs")
+
+
+def test_operator_may_read_nodes_and_delete_the_jobs_of_a_preload(default_objects):
+    sa = "studiodrive-operator"
+    source = (ROOT / "operator/src/reconcile/preload.rs").read_text()
+    assert "list_metadata" in source and "delete_collection" in source
+    # A Preload's node selector is matched against the Nodes: read only, cluster-wide.
+    for verb in ("get", "list", "watch"):
+        assert can(default_objects, sa, verb, "", "nodes")
+    for verb in ("create", "update", "patch", "delete"):
+        assert not can(default_objects, sa, verb, "", "nodes")
+    # Its Jobs live in the release namespace and are not owned by it: its cleanup deletes them.
+    for verb in ("get", "list", "watch", "create", "delete", "deletecollection"):
+        assert can(default_objects, sa, verb, "batch", "jobs", namespace=NAMESPACE)
+    for verb in ("delete", "deletecollection"):
+        assert not can(default_objects, sa, verb, "batch", "jobs", namespace="studio-a")
+        assert not can(default_objects, sa, verb, "batch", "jobs")
+    # Preload Jobs need no API access: the operator may not touch pods or ServiceAccounts.
+    assert not can(default_objects, sa, "create", "", "pods", namespace=NAMESPACE)
+    assert not can(default_objects, sa, "create", "", "serviceaccounts", namespace=NAMESPACE)
 
 
 def test_operator_reads_key_secrets_by_name_only_as_configured(default_objects, monitoring_chart):
@@ -779,7 +850,7 @@ def test_monitoring_is_off_by_default(default_objects):
 def test_chart_crds_are_byte_identical_to_top_level_crds():
     top = {p.name: p.read_bytes() for p in (ROOT / "crds").glob("*.yaml")}
     chart = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
-    assert len(top) == 5
+    assert len(top) == 6
     assert sorted(chart) == sorted(top)
     for name in top:
         assert chart[name] == top[name], f"charts/studiodrive/crds/{name} differs from crds/{name}"
