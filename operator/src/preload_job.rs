@@ -12,7 +12,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::batch::v1::{
+    Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyRule,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EnvVar, EnvVarSource, HostPathVolumeSource, ObjectFieldSelector, PodSpec,
     PodTemplateSpec, SecurityContext, Toleration, Volume, VolumeMount,
@@ -27,6 +29,10 @@ pub const PRELOAD_UID_LABEL: &str = "studiodrive.dev/preload-uid";
 pub const PRELOAD_ANNOTATION: &str = "studiodrive.dev/preload";
 /// Annotation of a preload Job: the node it fills.
 pub const NODE_ANNOTATION: &str = "studiodrive.dev/node";
+
+/// The exit status of `studiodrive-csi preload` when some file is missing or could not be
+/// fetched (its `INCOMPLETE`).
+pub const INCOMPLETE_EXIT: i32 = 2;
 
 /// Where the Job's container sees the node plugin's cache directory.
 const CACHE_MOUNT: &str = "/var/cache/studiodrive";
@@ -203,6 +209,20 @@ impl PreloadJob<'_> {
             spec: Some(JobSpec {
                 // A run skips blocks its cache holds, so a retried pod goes on where it was.
                 backoff_limit: Some(2),
+                // Exit 2 is "some file missing or not fetched": a retry would end the same
+                // way (and flip the node's status back to running), so the Job fails at once.
+                // Other failures (a crash, the store unreachable) get the retries.
+                pod_failure_policy: Some(PodFailurePolicy {
+                    rules: vec![PodFailurePolicyRule {
+                        action: "FailJob".into(),
+                        on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                            container_name: Some("preload".into()),
+                            operator: "In".into(),
+                            values: vec![INCOMPLETE_EXIT],
+                        }),
+                        ..PodFailurePolicyRule::default()
+                    }],
+                }),
                 active_deadline_seconds: self.active_deadline_seconds,
                 ttl_seconds_after_finished: Some(24 * 3600),
                 template: PodTemplateSpec {
@@ -262,6 +282,9 @@ mod tests {
         .build(&jobs, &settings);
         let spec = job.spec.as_ref().unwrap();
         assert_eq!(spec.active_deadline_seconds, Some(600));
+        let rule = &spec.pod_failure_policy.as_ref().unwrap().rules[0];
+        assert_eq!(rule.action, "FailJob");
+        assert_eq!(rule.on_exit_codes.as_ref().unwrap().values, [INCOMPLETE_EXIT]);
         let pod = spec.template.spec.as_ref().unwrap();
         assert_eq!(pod.node_name.as_deref(), Some("node-a"));
         assert_eq!(pod.automount_service_account_token, Some(false));

@@ -81,7 +81,7 @@ pub enum ReconcileError {
     #[error("invalid spec: {0}")]
     InvalidSpec(#[from] crate::plan::SpecError),
     #[error(
-        "the Job {job} belongs to another pass ({other:?}): two policies' names shorten to one Job name; rename one"
+        "the Job {job} belongs to another owner ({other:?}): two names shorten to one Job name; rename one"
     )]
     JobNameTaken { job: String, other: String },
     #[error("planner still wants changes after {MAX_ROUNDS} rounds")]
