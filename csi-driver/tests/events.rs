@@ -26,14 +26,21 @@ fn free_port() -> anyhow::Result<u16> {
 struct Nats {
     port: u16,
     dir: tempfile::TempDir,
+    /// The clients' token, when the server requires one.
+    token: Option<String>,
     child: Option<Child>,
 }
 
 impl Nats {
     fn start() -> anyhow::Result<Nats> {
+        Nats::start_with_token(None)
+    }
+
+    fn start_with_token(token: Option<&str>) -> anyhow::Result<Nats> {
         let mut nats = Nats {
             port: free_port()?,
             dir: tempfile::tempdir()?,
+            token: token.map(str::to_string),
             child: None,
         };
         nats.launch()?;
@@ -45,9 +52,13 @@ impl Nats {
     }
 
     fn launch(&mut self) -> anyhow::Result<()> {
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
-            .arg(self.dir.path())
+        let mut cmd = Command::new("nats-server");
+        cmd.args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(self.dir.path());
+        if let Some(token) = &self.token {
+            cmd.args(["--auth", token]);
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -82,9 +93,14 @@ struct RelayProcess(Option<Child>);
 
 impl RelayProcess {
     fn start(storage: &Storage, metrics: Option<u16>) -> anyhow::Result<RelayProcess> {
+        RelayProcess::start_with(storage, metrics, &[])
+    }
+
+    fn start_with(storage: &Storage, metrics: Option<u16>, args: &[&str]) -> anyhow::Result<RelayProcess> {
         let mut cmd = common::studiodrive();
         cmd.arg("relay")
             .args(storage.storage_args())
+            .args(args)
             .args(["--lease-secs", "3", "--poll-ms", "50", "--max-backoff-ms", "400"])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -120,10 +136,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// The workspace's events above `after`, from the metadata store.
+/// The events of workspace `default` above `after`, from the metadata store.
 async fn feed(url: &str, after: i64) -> anyhow::Result<Vec<Event>> {
+    feed_of(url, "default", after).await
+}
+
+/// The events of workspace `workspace` above `after`, from the metadata store.
+async fn feed_of(url: &str, workspace: &str, after: i64) -> anyhow::Result<Vec<Event>> {
     let meta = PgMetaStore::connect(&MetaConfig::new(url.to_string())).await?;
-    let ws = meta.get_workspace("default").await?;
+    let ws = meta.get_workspace(workspace).await?;
     let mut out = Vec::new();
     let mut cursor = after;
     loop {
@@ -280,9 +301,12 @@ fn check_delivery(
     Ok(())
 }
 
-/// Every message of JetStream stream `stream`, in stream order.
+/// Every message of JetStream stream `stream` (subjects `sd.test.<kind>`), in stream order.
 async fn stream_messages(url: &str, stream: &str) -> anyhow::Result<Vec<Delivered>> {
-    let client = async_nats::connect(url).await?;
+    stream_messages_of(async_nats::connect(url).await?, stream).await
+}
+
+async fn stream_messages_of(client: async_nats::Client, stream: &str) -> anyhow::Result<Vec<Delivered>> {
     let js = async_nats::jetstream::new(client);
     let mut s = js.get_stream(stream).await?;
     let last = s.info().await?.state.last_sequence;
@@ -374,10 +398,13 @@ fn every_event_reaches_jetstream_in_order_through_a_nats_restart_and_a_killed_re
     Ok(())
 }
 
+/// A request a [`Receiver`] accepted: its headers (names in lower case) and body.
+type Request = (BTreeMap<String, String>, Vec<u8>);
+
 /// A CloudEvents receiver that answers 503 to its first `fail_first` requests.
 struct Receiver {
     addr: std::net::SocketAddr,
-    got: Arc<Mutex<Vec<Vec<u8>>>>,
+    got: Arc<Mutex<Vec<Request>>>,
     requests: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -386,7 +413,7 @@ impl Receiver {
         use http_body_util::BodyExt as _;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let got: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let got: Arc<Mutex<Vec<Request>>> = Arc::default();
         let requests: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let (g, r) = (got.clone(), requests.clone());
         tokio::spawn(async move {
@@ -399,6 +426,11 @@ impl Receiver {
                             async move {
                                 let typed = req.headers().get("content-type").and_then(|v| v.to_str().ok())
                                     == Some("application/cloudevents+json");
+                                let headers: BTreeMap<String, String> = req
+                                    .headers()
+                                    .iter()
+                                    .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                                    .collect();
                                 let body = req.into_body().collect().await?.to_bytes();
                                 let n = r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                                 let status = if !typed {
@@ -406,7 +438,7 @@ impl Receiver {
                                 } else if n < fail_first {
                                     503
                                 } else {
-                                    g.lock().unwrap().push(body.to_vec());
+                                    g.lock().unwrap().push((headers, body.to_vec()));
                                     200
                                 };
                                 let mut resp =
@@ -429,7 +461,11 @@ impl Receiver {
     }
 
     fn delivered(&self) -> anyhow::Result<Vec<Delivered>> {
-        self.got.lock().unwrap().iter().map(|b| parse(b)).collect()
+        self.got.lock().unwrap().iter().map(|(_, b)| parse(b)).collect()
+    }
+
+    fn accepted(&self) -> Vec<Request> {
+        self.got.lock().unwrap().clone()
     }
 }
 
@@ -638,5 +674,233 @@ fn bench_create_rate_with_a_dead_sink() -> anyhow::Result<()> {
         let m = median(&results[case]);
         println!("{case:>4}: median {m:8.0} creates/s, {:.2}x of no sink", m / none);
     }
+    Ok(())
+}
+
+/// Verifies webhook requests with the Standard Webhooks reference library (PyPI
+/// `standardwebhooks`): prints how many verified with `secret`, and how many were refused
+/// with a byte of the body changed and with another secret.
+const VERIFY_PY: &str = r#"
+import json, sys
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+secret, other, path = sys.argv[1], sys.argv[2], sys.argv[3]
+verified = refused = 0
+for r in json.load(open(path)):
+    Webhook(secret).verify(r["body"], r["headers"])
+    verified += 1
+    tampered = r["body"].replace('"specversion"', '"specversioN"', 1)
+    for s, body in ((secret, tampered), (other, r["body"])):
+        try:
+            Webhook(s).verify(body, r["headers"])
+            sys.exit("a changed request verified")
+        except WebhookVerificationError:
+            refused += 1
+print(verified, refused)
+"#;
+
+fn standard_webhooks_verify(secret: &str, requests: &[Request]) -> anyhow::Result<String> {
+    let venv = common::pypi_venv("standardwebhooks-venv", "standardwebhooks==1.0.0")?;
+    let dir = tempfile::tempdir()?;
+    let json: Vec<serde_json::Value> = requests
+        .iter()
+        .map(|(headers, body)| {
+            serde_json::json!({"headers": headers, "body": String::from_utf8_lossy(body)})
+        })
+        .collect();
+    let path = dir.path().join("requests.json");
+    std::fs::write(&path, serde_json::to_vec(&json)?)?;
+    let other = format!("whsec_{}", base64_of(&[7u8; 24]));
+    let out = Command::new(venv.join("bin/python"))
+        .args(["-c", VERIFY_PY, secret, &other])
+        .arg(&path)
+        .output()
+        .context("run python with standardwebhooks")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "standardwebhooks refused a request: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+// Catches: a webhook sink's credential stored in clear, a relay without the key sending
+// unsigned requests, signatures receivers cannot verify with the standard's own library (or
+// that survive a changed body or another secret), an EventSink's Secret never reaching the
+// relay, a NATS token ignored.
+#[test]
+fn sink_credentials_are_sealed_from_the_operator_to_a_relay_that_signs_and_authenticates() -> anyhow::Result<()> {
+    use operator::crd::{EventSink, EventSinkSpec, SecretKeyRef, WebhookSink};
+    const WORKSPACE: &str = "studio.shot010";
+    let rt = runtime()?;
+    let storage = Storage::new()?;
+    let m = Mount::new(&storage, &["--workspace", WORKSPACE])?;
+    let keys = tempfile::tempdir()?;
+    let sealing_key = drive::data::Kek::generate();
+    let key_file = keys.path().join("sink-secrets.key");
+    std::fs::write(&key_file, sealing_key.to_hex())?;
+    let key_arg = key_file.display().to_string();
+    let signing_secret = format!("whsec_{}", base64_of(&rand::random::<[u8; 24]>()));
+
+    // The operator records the EventSink, reading its signing Secret over the API.
+    let receiver = rt.block_on(Receiver::start(0))?;
+    let sink = EventSink {
+        metadata: kube::api::ObjectMeta {
+            name: Some("review-hook".into()),
+            namespace: Some("studio".into()),
+            generation: Some(1),
+            finalizers: Some(vec![operator::crd::FINALIZER.into()]),
+            ..Default::default()
+        },
+        spec: EventSinkSpec {
+            workspace: "shot010".into(),
+            nats: None,
+            webhook: Some(WebhookSink {
+                url: receiver.url(),
+                signing_secret_ref: Some(SecretKeyRef {
+                    name: "review-hook-signing".into(),
+                    key: "secret".into(),
+                }),
+            }),
+            filter: Default::default(),
+            start_from: Default::default(),
+        },
+        status: None,
+    };
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "review-hook-signing", "namespace": "studio",
+                     "labels": {"studiodrive.dev/event-sink-credential": "true"}},
+        "data": {"secret": base64_of(format!("{signing_secret}\n").as_bytes())},
+    });
+    let meta = rt.block_on(PgMetaStore::connect(&MetaConfig::new(storage.url.clone())))?;
+    let setup = common::OperatorSetup {
+        sink_secret_key: Some(sealing_key.clone()),
+        ..common::OperatorSetup::default()
+    };
+    let echo = serde_json::to_value(&sink)?;
+    let mut calls = Vec::new();
+    rt.block_on(common::reconcile_over_mock_api::<operator::reconcile::EventSinks, _>(
+        sink,
+        operator::store::drive_adapter::MetaStoreAdapter(meta.clone()),
+        &setup,
+        |method, uri, _| {
+            calls.push(format!("{method} {}", uri.path()));
+            match (method, uri.path()) {
+                ("GET", p) if p.ends_with("/secrets/review-hook-signing") => secret.clone(),
+                ("PATCH", p) if p.ends_with("/status") => echo.clone(),
+                ("POST", p) if p.contains("/events") => serde_json::json!({}),
+                (method, path) => panic!("unexpected request {method} {path}"),
+            }
+        },
+    ))?;
+    assert!(
+        calls.contains(&"GET /api/v1/namespaces/studio/secrets/review-hook-signing".to_string()),
+        "{calls:?}"
+    );
+    let recorded = rt
+        .block_on(meta.event_sink("studio/review-hook"))?
+        .context("the operator recorded the sink")?;
+    let sealed = recorded.spec.sealed_secret.clone().context("a sealed secret")?;
+    let row = serde_json::to_string(&recorded.spec)?;
+    assert!(!row.contains(&signing_secret[6..]), "the store holds the secret in clear: {row}");
+    assert_eq!(
+        drive::relay::open_secret(&sealing_key, "studio/review-hook", &sealed)?,
+        format!("{signing_secret}\n").as_bytes()
+    );
+    let start = recorded.position;
+
+    // A NATS server that wants a token, and a sink holding it (put from the command line).
+    let token = format!("tok{}", rand::random::<u64>());
+    let nats = Nats::start_with_token(Some(&token))?;
+    let token_file = keys.path().join("nats-token");
+    std::fs::write(&token_file, &token)?;
+    let nats_url = nats.url();
+    let nats_sink = |name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "sink", "put", name, "--workspace", WORKSPACE, "--nats-url", &nats_url, "--subject", "sd.test",
+            "--stream", "SDTEST",
+        ];
+        args.extend_from_slice(extra);
+        storage.run_admin(&args)
+    };
+    nats_sink(
+        "farm",
+        &["--secret-file", &token_file.display().to_string(), "--sink-secret-key-file", &key_arg],
+    )?;
+    nats_sink("farm-anonymous", &[])?;
+
+    std::fs::create_dir(m.path("comp"))?;
+    for i in 0..12 {
+        std::fs::write(m.path(&format!("comp/f{i:04}.exr")), vec![i as u8; 3000])?;
+    }
+    let expected = rt.block_on(feed_of(&storage.url, WORKSPACE, start))?;
+    assert!(expected.len() >= 13, "{} events", expected.len());
+
+    let sink_error = |name: &str| {
+        rt.block_on(async {
+            let r = meta.event_sink(name).await?.context("sink")?;
+            anyhow::Ok(r.last_error)
+        })
+    };
+    // A relay without the key sends nothing unsigned: the sink fails, saying why.
+    {
+        let _keyless = RelayProcess::start(&storage, None)?;
+        assert!(
+            eventually(Duration::from_secs(30), || sink_error("studio/review-hook")
+                .is_ok_and(|e| e.contains("no sink secrets key"))),
+            "the keyless relay's error: {:?}",
+            sink_error("studio/review-hook")
+        );
+    }
+    assert_eq!(receiver.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // With the key: every event arrives signed, and the standard's library verifies each.
+    let _relay = RelayProcess::start_with(&storage, None, &["--sink-secret-key-file", &key_arg])?;
+    let complete = eventually(Duration::from_secs(60), || {
+        let ids: BTreeSet<i64> = receiver
+            .delivered()
+            .unwrap_or_default()
+            .iter()
+            .map(|d| d.event_id)
+            .collect();
+        expected.iter().all(|e| ids.contains(&e.id))
+    });
+    assert!(complete, "the signed webhook did not get every event in 60 s");
+    let accepted = receiver.accepted();
+    for (headers, body) in &accepted {
+        let event: serde_json::Value = serde_json::from_slice(body)?;
+        assert_eq!(headers.get("webhook-id"), event["id"].as_str().map(str::to_string).as_ref());
+    }
+    let n = accepted.len();
+    assert_eq!(
+        standard_webhooks_verify(&signing_secret, &accepted)?,
+        format!("{n} {}", 2 * n)
+    );
+
+    // NATS: the sink with the token gets every event; the anonymous one is refused.
+    let got_all = eventually(Duration::from_secs(60), || {
+        let messages = rt.block_on(async {
+            let client = async_nats::ConnectOptions::with_token(token.clone())
+                .connect(nats.url())
+                .await?;
+            stream_messages_of(client, "SDTEST").await
+        });
+        messages.is_ok_and(|ms| {
+            let ids: BTreeSet<i64> = ms.iter().map(|d| d.event_id).collect();
+            expected.iter().all(|e| ids.contains(&e.id))
+        })
+    });
+    assert!(got_all, "the NATS sink with the token did not get every event");
+    assert!(
+        eventually(Duration::from_secs(30), || sink_error("farm-anonymous")
+            .is_ok_and(|e| e.to_lowercase().contains("authoriz"))),
+        "the anonymous NATS sink's error: {:?}",
+        sink_error("farm-anonymous")
+    );
     Ok(())
 }

@@ -8,26 +8,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use common::{Mount, Storage};
 
 /// The `ascmhl` command, installed (pinned) into a virtualenv on first use.
 fn ascmhl() -> anyhow::Result<PathBuf> {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ascmhl-venv");
-    let bin = venv.join("bin/ascmhl");
-    if !bin.exists() {
-        let made = Command::new("python3").args(["-m", "venv"]).arg(&venv).status()?;
-        let pip = venv.join("bin/pip");
-        let installed = made.success()
-            && Command::new(&pip)
-                .args(["install", "-q", "ascmhl==1.2"])
-                .status()?
-                .success();
-        if !installed || !bin.exists() {
-            bail!("could not install ascmhl from PyPI into {}", venv.display());
-        }
-    }
-    Ok(bin)
+    Ok(common::pypi_venv("ascmhl-venv", "ascmhl==1.2")?.join("bin/ascmhl"))
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<Output> {

@@ -47,8 +47,8 @@ pub enum SecretLookup {
     SecretMissing,
     /// The Secret exists but has no such key.
     KeyMissing,
-    /// The value of the key.
-    Found(KeyMaterial),
+    /// The value of the key, and the Secret's labels.
+    Found(KeyMaterial, BTreeMap<String, String>),
 }
 
 /// The Secret could not be read (forbidden, API server unreachable, ...). Retryable; the
@@ -144,7 +144,7 @@ impl KeySource for SecretKeySource {
         };
         // `stringData` is write-only: the API server folds it into `data`.
         Ok(match secret.data.as_mut().and_then(|data| data.remove(key)) {
-            Some(value) => SecretLookup::Found(KeyMaterial(value.0)),
+            Some(value) => SecretLookup::Found(KeyMaterial(value.0), secret.metadata.labels.unwrap_or_default()),
             None => SecretLookup::KeyMissing,
         })
     }
@@ -154,7 +154,13 @@ impl KeySource for SecretKeySource {
 /// store-only reconcile without a Kubernetes API.
 #[derive(Default)]
 pub struct StaticKeySource {
-    secrets: BTreeMap<(String, String), BTreeMap<String, Vec<u8>>>,
+    secrets: BTreeMap<(String, String), StaticSecret>,
+}
+
+#[derive(Default)]
+struct StaticSecret {
+    data: BTreeMap<String, Vec<u8>>,
+    labels: BTreeMap<String, String>,
 }
 
 impl StaticKeySource {
@@ -176,7 +182,18 @@ impl StaticKeySource {
         self.secrets
             .entry((namespace.to_string(), name.to_string()))
             .or_default()
+            .data
             .insert(key.to_string(), value.into());
+        self
+    }
+
+    /// Labels Secret `namespace/name` (made empty if it does not exist).
+    pub fn labelled(mut self, namespace: &str, name: &str, label: &str, value: &str) -> StaticKeySource {
+        self.secrets
+            .entry((namespace.to_string(), name.to_string()))
+            .or_default()
+            .labels
+            .insert(label.to_string(), value.to_string());
         self
     }
 }
@@ -192,8 +209,8 @@ impl KeySource for StaticKeySource {
         let Some(secret) = self.secrets.get(&(namespace.to_string(), name.to_string())) else {
             return Ok(SecretLookup::SecretMissing);
         };
-        Ok(secret.get(key).map_or(SecretLookup::KeyMissing, |v| {
-            SecretLookup::Found(KeyMaterial(v.clone()))
+        Ok(secret.data.get(key).map_or(SecretLookup::KeyMissing, |v| {
+            SecretLookup::Found(KeyMaterial(v.clone()), secret.labels.clone())
         }))
     }
 }
@@ -262,7 +279,7 @@ mod tests {
             Ok(SecretLookup::KeyMissing)
         ));
         assert!(
-            matches!(source.lookup("studio", "kek", "key").await, Ok(SecretLookup::Found(m)) if m.0 == [1u8; 32])
+            matches!(source.lookup("studio", "kek", "key").await, Ok(SecretLookup::Found(m, _)) if m.0 == [1u8; 32])
         );
     }
 }

@@ -121,6 +121,40 @@ struct RunArgs {
     /// The free-space floor of the nodes' cache file systems (the plugin's --cache-min-free).
     #[arg(long, env = "STUDIODRIVE_NODE_CACHE_MIN_FREE", default_value_t = 0.15)]
     node_cache_min_free: f64,
+    /// The sink secrets key (32 raw bytes or 64 hex digits): EventSinks' credentials are
+    /// sealed with it in the metadata store, and the relays open them with it. Without it,
+    /// EventSinks that name a Secret wait (SinkSecretUnavailable).
+    #[arg(long, env = "STUDIODRIVE_SINK_SECRET_KEY_FILE")]
+    sink_secret_key_file: Option<std::path::PathBuf>,
+    /// CPU request of preload Jobs' containers.
+    #[arg(long, env = "STUDIODRIVE_PRELOAD_CPU_REQUEST", default_value = "100m", value_parser = quantity)]
+    preload_cpu_request: String,
+    /// Memory request of preload Jobs' containers.
+    #[arg(long, env = "STUDIODRIVE_PRELOAD_MEMORY_REQUEST", default_value = "128Mi", value_parser = quantity)]
+    preload_memory_request: String,
+    /// Memory limit of preload Jobs' containers (a preload holds a few blocks at a time).
+    #[arg(long, env = "STUDIODRIVE_PRELOAD_MEMORY_LIMIT", default_value = "512Mi", value_parser = quantity)]
+    preload_memory_limit: String,
+}
+
+/// A Kubernetes resource quantity as the flags take them (`100m`, `0.5`, `128Mi`, `2G`): checked
+/// here so a typo stops the operator at start, not every Job at creation.
+fn quantity(text: &str) -> Result<String, String> {
+    let number_end = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(number_end);
+    let number_ok = !number.is_empty()
+        && number.split('.').count() <= 2
+        && number.split('.').all(|part| !part.is_empty());
+    let suffix_ok = ["", "m", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti"].contains(&suffix);
+    if number_ok && suffix_ok {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not a resource quantity (a decimal number with an optional suffix m, k, M, G, T, Ki, Mi, Gi or Ti)"
+        ))
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -236,6 +270,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.gc_s3_credentials_secret.as_deref(),
         "--gc-s3-credentials-secret",
     )?;
+    let sink_secret_key = args
+        .sink_secret_key_file
+        .as_deref()
+        .map(drive::data::Kek::from_file)
+        .transpose()
+        .context("the sink secrets key (--sink-secret-key-file)")?;
+    tracing::info!(sink_secret_key = ?sink_secret_key, "EventSink credentials are sealed with this key");
     let ctx = Arc::new(Context {
         client: client.clone(),
         store: MetaStoreAdapter(store),
@@ -248,7 +289,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             host_cache_dir: args.node_cache_dir,
             cache_size: args.node_cache_size,
             cache_min_free: args.node_cache_min_free,
+            cpu_request: args.preload_cpu_request,
+            memory_request: args.preload_memory_request,
+            memory_limit: args.preload_memory_limit,
         },
+        sink_secret_key,
         gc: GcJobSettings {
             namespace: args.namespace.clone(),
             image: args.gc_image,
@@ -300,5 +345,20 @@ async fn wait_for_signal() {
             }
         }
         Err(_) => drop(ctrl_c.await),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantity;
+
+    #[test]
+    fn quantities_are_checked_at_start() {
+        for ok in ["100m", "0.5", "128Mi", "2G", "1"] {
+            assert_eq!(quantity(ok).as_deref(), Ok(ok));
+        }
+        for bad in ["", "Mi", "1.", ".5", "1..2", "12mb", "-1", "1 Gi"] {
+            assert!(quantity(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -17,8 +17,9 @@ use k8s_openapi::api::batch::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EnvVar, EnvVarSource, HostPathVolumeSource, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, SecurityContext, Toleration, Volume, VolumeMount,
+    PodTemplateSpec, ResourceRequirements, SecurityContext, Toleration, Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
 
 use crate::gc_job::{GcJobSettings, StoreAccess};
@@ -48,6 +49,29 @@ pub struct PreloadJobSettings {
     pub cache_size: u64,
     /// The free-space floor of the cache's file system (the plugin's).
     pub cache_min_free: f64,
+    /// The container's CPU and memory requests and its memory limit (Kubernetes quantities).
+    pub cpu_request: String,
+    pub memory_request: String,
+    pub memory_limit: String,
+}
+
+impl PreloadJobSettings {
+    /// Requests so the scheduler counts the Job on a busy render node, and a memory limit so
+    /// a preload never starves the renders it prepares for (it holds a few blocks at a time).
+    fn resources(&self) -> ResourceRequirements {
+        let quantity = |q: &str| Quantity(q.to_string());
+        ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), quantity(&self.cpu_request)),
+                ("memory".to_string(), quantity(&self.memory_request)),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_string(),
+                quantity(&self.memory_limit),
+            )])),
+            ..ResourceRequirements::default()
+        }
+    }
 }
 
 impl Default for PreloadJobSettings {
@@ -57,6 +81,9 @@ impl Default for PreloadJobSettings {
             host_cache_dir: "/var/cache/studiodrive".into(),
             cache_size: 10 << 30,
             cache_min_free: 0.15,
+            cpu_request: "100m".into(),
+            memory_request: "128Mi".into(),
+            memory_limit: "512Mi".into(),
         }
     }
 }
@@ -196,6 +223,7 @@ impl PreloadJob<'_> {
                 }),
                 ..SecurityContext::default()
             }),
+            resources: Some(settings.resources()),
             ..Container::default()
         };
         Job {
@@ -239,6 +267,9 @@ impl PreloadJob<'_> {
                             operator: Some("Exists".into()),
                             ..Toleration::default()
                         }]),
+                        // The GC Jobs' service account: its cloud identity (IRSA, Workload
+                        // Identity) reaches the block store; its API token is not mounted.
+                        service_account_name: jobs.service_account.clone(),
                         automount_service_account_token: Some(false),
                         containers: vec![container],
                         security_context: access.pod_security_context,
@@ -288,6 +319,7 @@ mod tests {
         let pod = spec.template.spec.as_ref().unwrap();
         assert_eq!(pod.node_name.as_deref(), Some("node-a"));
         assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(pod.service_account_name.as_deref(), Some("studiodrive-gc"));
         let host = pod.volumes.as_ref().unwrap()[0].host_path.as_ref().unwrap();
         assert_eq!(host.path, "/mnt/nvme/studiodrive");
         let c = &pod.containers[0];

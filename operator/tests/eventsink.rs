@@ -143,6 +143,7 @@ async fn an_event_sink_reconciles_into_postgres_reports_no_relay_then_degraded_a
                 path_prefixes: vec!["/comp".into()],
                 kinds: Vec::new(),
             },
+            sealed_secret: None,
         }
     );
     assert_eq!(status.position, Some(stored.position));
@@ -233,7 +234,7 @@ async fn sync_over_postgres_waits_for_the_workspace_updates_in_place_refuses_bad
     let mut s = event_sink("studio", "review-hook", "shot010", URL);
 
     // No workspace yet: nothing stored, rechecked later.
-    let waiting = reconcile::sync(&EventSinks, &store, &input(&s), at(10))
+    let waiting = reconcile::sync(&NO_SINK_SECRETS, &store, &input(&s), at(10))
         .await
         .expect("sync");
     assert_eq!(reason(&waiting.status, "Ready").1, "WorkspaceNotFound");
@@ -241,7 +242,7 @@ async fn sync_over_postgres_waits_for_the_workspace_updates_in_place_refuses_bad
     assert_eq!(meta.event_sink(ID).await.expect("read"), None);
 
     with_workspace(&store).await;
-    let first = reconcile::sync(&EventSinks, &store, &input(&s), at(20))
+    let first = reconcile::sync(&NO_SINK_SECRETS, &store, &input(&s), at(20))
         .await
         .expect("sync");
     assert_eq!(reason(&first.status, "Ready").1, "NoRelay");
@@ -264,7 +265,7 @@ async fn sync_over_postgres_waits_for_the_workspace_updates_in_place_refuses_bad
             .expect("record")
     );
     s.status = Some(first.status);
-    let delivering = reconcile::sync(&EventSinks, &store, &input(&s), at(30))
+    let delivering = reconcile::sync(&NO_SINK_SECRETS, &store, &input(&s), at(30))
         .await
         .expect("sync");
     let st = &delivering.status;
@@ -281,7 +282,7 @@ async fn sync_over_postgres_waits_for_the_workspace_updates_in_place_refuses_bad
         kinds: vec!["create".into()],
     };
     s.status = Some(delivering.status.clone());
-    let updated = reconcile::sync(&EventSinks, &store, &input(&s), at(40))
+    let updated = reconcile::sync(&NO_SINK_SECRETS, &store, &input(&s), at(40))
         .await
         .expect("sync");
     assert!(updated.events.iter().any(|e| e.reason == "Updated"));
@@ -296,8 +297,9 @@ async fn sync_over_postgres_waits_for_the_workspace_updates_in_place_refuses_bad
         url: "nats://nats:4222".into(),
         subject: "studio".into(),
         stream: None,
+        credentials_secret_ref: None,
     });
-    let invalid = reconcile::sync(&EventSinks, &store, &input(&both), at(50))
+    let invalid = reconcile::sync(&NO_SINK_SECRETS, &store, &input(&both), at(50))
         .await
         .expect("sync");
     assert_eq!(reason(&invalid.status, "Ready").1, "InvalidSpec");
@@ -307,13 +309,13 @@ async fn sync_over_postgres_waits_for_the_workspace_updates_in_place_refuses_bad
     );
 
     // Cleanup removes it; a second cleanup has nothing to do.
-    let ops = reconcile::cleanup(&EventSinks, &store, &input(&s))
+    let ops = reconcile::cleanup(&NO_SINK_SECRETS, &store, &input(&s))
         .await
         .expect("cleanup");
     assert_eq!(ops.len(), 1);
     assert_eq!(meta.event_sink(ID).await.expect("read"), None);
     assert!(
-        reconcile::cleanup(&EventSinks, &store, &input(&s))
+        reconcile::cleanup(&NO_SINK_SECRETS, &store, &input(&s))
             .await
             .expect("cleanup")
             .is_empty()
@@ -350,11 +352,11 @@ proptest! {
             let mut s = event_sink("studio", &name, "shot010", &url);
             s.spec.filter = EventSinkFilter { path_prefixes: prefixes, kinds };
             s.metadata.generation = Some(generation);
-            let first = reconcile::sync(&EventSinks, &store, &input(&s), at(5)).await.expect("sync");
+            let first = reconcile::sync(&NO_SINK_SECRETS, &store, &input(&s), at(5)).await.expect("sync");
             prop_assert_eq!(first.status.observed_generation, Some(generation));
             s.status = Some(first.status.clone());
             let writes = store.writes();
-            let second = reconcile::sync(&EventSinks, &store, &input(&s), at(6)).await.expect("sync");
+            let second = reconcile::sync(&NO_SINK_SECRETS, &store, &input(&s), at(6)).await.expect("sync");
             prop_assert_eq!(store.writes(), writes);
             prop_assert_eq!(&second.status, &first.status);
             let stored = store.get_event_sink(&format!("studio/{name}")).await.expect("read");
@@ -374,13 +376,13 @@ async fn a_sink_on_a_recreated_workspace_is_recreated_on_the_new_one() {
     let store = MemoryStore::default();
     with_workspace(&store).await;
     let s = event_sink("studio", "review-hook", "shot010", URL);
-    reconcile::sync(&EventSinks, &store, &input(&s), at(1))
+    reconcile::sync(&NO_SINK_SECRETS, &store, &input(&s), at(1))
         .await
         .expect("sync");
     let old = store.get_event_sink(ID).await.expect("read").expect("recorded");
     store.delete_workspace("studio.shot010").await.expect("delete");
     with_workspace(&store).await;
-    let p = reconcile::sync(&EventSinks, &store, &input(&s), at(2))
+    let p = reconcile::sync(&NO_SINK_SECRETS, &store, &input(&s), at(2))
         .await
         .expect("sync");
     assert!(p.events.iter().any(|e| e.reason == "Recreated"), "{:?}", p.events);
@@ -390,4 +392,74 @@ async fn a_sink_on_a_recreated_workspace_is_recreated_on_the_new_one() {
         new.workspace_id,
         store.workspace("studio.shot010").expect("ws").id
     );
+}
+
+// Catches: a sink credential recorded in clear or from an unlabelled Secret (a tenant who may
+// create EventSinks sending a Secret it cannot read to its own endpoint), a sealed value
+// rewritten on every reconcile, a rotated Secret never re-sealed, an unusable value recorded
+// or echoed in a condition.
+#[tokio::test]
+async fn sink_credentials_are_sealed_from_labelled_secrets_only_and_resealed_on_rotation() {
+    use operator::crd::SecretKeyRef;
+    use operator::keys::StaticKeySource;
+    use operator::reconcile::eventsink::SINK_CREDENTIAL_LABEL;
+    let (meta, store) = store_on(PgServer::shared()).await;
+    with_workspace(&store).await;
+    let mut s = hook();
+    s.spec.webhook.as_mut().unwrap().signing_secret_ref = Some(SecretKeyRef {
+        name: "hook-signing".into(),
+        key: "secret".into(),
+    });
+    let key = drive::data::Kek::generate();
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let kind = |secrets: StaticKeySource, sealing: Option<&drive::data::Kek>| EventSinks {
+        keys: secrets,
+        sealing_key: sealing.cloned(),
+    };
+    let labelled = |value: &str| {
+        StaticKeySource::new()
+            .with("studio", "hook-signing", "secret", value)
+            .labelled("studio", "hook-signing", SINK_CREDENTIAL_LABEL, "true")
+    };
+    let unavailable = |plan: &operator::plan::Plan<_, EventSinkStatus>| {
+        let (status, why, message) = reason(&plan.status, "Ready");
+        assert_eq!((status.as_str(), why.as_str()), ("False", "SinkSecretUnavailable"));
+        assert!(!message.contains("MfKQ9r8"), "{message}");
+        message
+    };
+
+    // Not labelled, no sealing key, a value too short to sign with: nothing recorded.
+    let unlabelled = StaticKeySource::new().with("studio", "hook-signing", "secret", secret);
+    let p = reconcile::sync(&kind(unlabelled, Some(&key)), &store, &input(&s), at(1)).await.expect("sync");
+    assert!(unavailable(&p).contains(SINK_CREDENTIAL_LABEL));
+    let p = reconcile::sync(&kind(labelled(secret), None), &store, &input(&s), at(2)).await.expect("sync");
+    assert!(unavailable(&p).contains("--sink-secret-key-file"));
+    let p = reconcile::sync(&kind(labelled("whsec_c2hvcnQ="), Some(&key)), &store, &input(&s), at(3))
+        .await
+        .expect("sync");
+    assert!(unavailable(&p).contains("16 bytes"));
+    assert_eq!(meta.event_sink(ID).await.expect("read"), None);
+
+    // Labelled: recorded sealed; the same Secret again leaves the sealed value as it was.
+    reconcile::sync(&kind(labelled(secret), Some(&key)), &store, &input(&s), at(4)).await.expect("sync");
+    let first = meta.event_sink(ID).await.expect("read").expect("recorded");
+    let sealed = first.spec.sealed_secret.clone().expect("sealed");
+    assert!(!serde_json::to_string(&first.spec).unwrap().contains("MfKQ9r8"));
+    assert_eq!(drive::relay::open_secret(&key, ID, &sealed).unwrap(), secret.as_bytes());
+    let again = reconcile::sync(&kind(labelled(secret), Some(&key)), &store, &input(&s), at(5)).await.expect("sync");
+    assert!(again.events.is_empty(), "{:?}", again.events);
+    assert_eq!(meta.event_sink(ID).await.expect("read").unwrap().spec, first.spec);
+
+    // Rotated: sealed again, the position kept. Then the Secret goes: the sink keeps the last.
+    let rotated = "whsec_c2Vjb25kLXNpZ25pbmcta2V5LTEyMzQ=";
+    reconcile::sync(&kind(labelled(rotated), Some(&key)), &store, &input(&s), at(6)).await.expect("sync");
+    let second = meta.event_sink(ID).await.expect("read").expect("recorded");
+    let resealed = second.spec.sealed_secret.clone().expect("sealed");
+    assert_eq!(drive::relay::open_secret(&key, ID, &resealed).unwrap(), rotated.as_bytes());
+    assert_eq!(second.position, first.position);
+    let p = reconcile::sync(&kind(StaticKeySource::new(), Some(&key)), &store, &input(&s), at(7))
+        .await
+        .expect("sync");
+    assert!(unavailable(&p).contains("does not exist"));
+    assert_eq!(meta.event_sink(ID).await.expect("read").unwrap().spec, second.spec);
 }

@@ -1,11 +1,13 @@
 //! `sink put|list|delete` (event sinks of a workspace) and `relay` (delivers them).
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use drive::meta::SinkStart;
+use drive::data::Kek;
 use drive::relay::{EventFilter, Relay, RelayConfig, SinkSpec, SinkTarget};
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +56,19 @@ pub struct SinkPutArgs {
     /// Deliver every event retention kept, not only new ones (for a new sink).
     #[arg(long)]
     pub from_beginning: bool,
+    /// The sink's credential: a webhook's signing key (`whsec_<base64>` or raw bytes), or a
+    /// NATS token or `.creds` file. Stored sealed with the sink secrets key.
+    #[arg(long, requires = "sink_secret_key_file")]
+    pub secret_file: Option<PathBuf>,
+    /// The sink secrets key (32 raw bytes or 64 hex digits), the relays' key.
+    #[arg(long, env = SINK_SECRET_KEY_ENV)]
+    pub sink_secret_key_file: Option<PathBuf>,
+}
+
+const SINK_SECRET_KEY_ENV: &str = "STUDIODRIVE_SINK_SECRET_KEY_FILE";
+
+fn sink_secret_key(path: &Path) -> anyhow::Result<Kek> {
+    Kek::from_file(path).context("the sink secrets key")
 }
 
 pub async fn sink(cmd: SinkCmd) -> anyhow::Result<()> {
@@ -68,12 +83,24 @@ pub async fn sink(cmd: SinkCmd) -> anyhow::Result<()> {
                 (None, _, Some(url)) => SinkTarget::Webhook { url },
                 _ => anyhow::bail!("give --nats-url with --subject, or --webhook-url"),
             };
+            let sealed_secret = match (&args.secret_file, &args.sink_secret_key_file) {
+                (Some(file), Some(key)) => {
+                    let key = sink_secret_key(key)?;
+                    let secret = std::fs::read(file)
+                        .with_context(|| format!("reading the sink secret {}", file.display()))?;
+                    drive::relay::check_secret(&target, &secret)
+                        .map_err(|why| anyhow::anyhow!("the sink secret {}: {why}", file.display()))?;
+                    Some(drive::relay::seal_secret(&key, &args.name, &secret).context("sealing the sink secret")?)
+                }
+                _ => None,
+            };
             let spec = SinkSpec {
                 target,
                 filter: EventFilter {
                     path_prefixes: args.path_prefixes,
                     kinds: args.kinds,
                 },
+                sealed_secret,
             };
             spec.validate()?;
             let meta = args.storage.meta().await?;
@@ -141,9 +168,18 @@ pub struct RelayArgs {
     /// Longest wait in milliseconds between attempts on a failing sink.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub max_backoff_ms: u64,
+    /// The sink secrets key (32 raw bytes or 64 hex digits) that opens sinks' sealed
+    /// credentials; sinks with one fail (Degraded) without it.
+    #[arg(long, env = SINK_SECRET_KEY_ENV)]
+    pub sink_secret_key_file: Option<PathBuf>,
 }
 
 pub async fn relay(args: RelayArgs) -> anyhow::Result<()> {
+    let secret_key = args
+        .sink_secret_key_file
+        .as_deref()
+        .map(sink_secret_key)
+        .transpose()?;
     let meta = args.storage.meta().await?;
     let defaults = RelayConfig::default();
     let config = RelayConfig {
@@ -156,9 +192,10 @@ pub async fn relay(args: RelayArgs) -> anyhow::Result<()> {
         rescan_interval: defaults
             .rescan_interval
             .min(Duration::from_secs(args.lease_secs) / 2),
+        secret_key,
         ..defaults
     };
-    tracing::info!(holder = %config.holder, "relay: starting");
+    tracing::info!(holder = %config.holder, sink_secret_key = ?config.secret_key, "relay: starting");
     let relay = Relay::new(meta, config);
     let cancel = CancellationToken::new();
     if let Some(addr) = args.metrics_addr {

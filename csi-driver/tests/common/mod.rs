@@ -754,6 +754,7 @@ async fn answer_review(
 pub struct OperatorSetup {
     pub gc: operator::gc_job::GcJobSettings,
     pub preload: operator::preload_job::PreloadJobSettings,
+    pub sink_secret_key: Option<drive::data::Kek>,
     pub clock: fn() -> jiff::Timestamp,
 }
 
@@ -762,6 +763,7 @@ impl Default for OperatorSetup {
         OperatorSetup {
             gc: Default::default(),
             preload: Default::default(),
+            sink_secret_key: None,
             clock: jiff::Timestamp::now,
         }
     }
@@ -798,6 +800,7 @@ where
         backoff: operator::reconcile::Backoff::default(),
         gc: setup.gc.clone(),
         preload: setup.preload.clone(),
+        sink_secret_key: setup.sink_secret_key.clone(),
     });
     let api = async {
         while let Some((request, send)) = handle.next_request().await {
@@ -820,4 +823,28 @@ where
         () = api => bail!("the mock API closed first"),
     }
     Ok(())
+}
+
+/// A virtualenv under the target directory with `requirement` (pinned) installed from PyPI on
+/// first use. Returns the virtualenv's directory.
+pub fn pypi_venv(name: &str, requirement: &str) -> anyhow::Result<std::path::PathBuf> {
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    // Written once the install succeeded: a half-made virtualenv is made again.
+    let done = venv.join(format!(".installed-{requirement}"));
+    if !done.exists() {
+        let made = std::process::Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv)
+            .status()?;
+        let installed = made.success()
+            && std::process::Command::new(venv.join("bin/pip"))
+                .args(["install", "-q", requirement])
+                .status()?
+                .success();
+        if !installed {
+            anyhow::bail!("could not install {requirement} from PyPI into {}", venv.display());
+        }
+        std::fs::write(&done, b"")?;
+    }
+    Ok(venv)
 }

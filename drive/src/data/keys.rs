@@ -18,6 +18,11 @@ const WRAP_MAGIC: &[u8; 4] = b"SDKW";
 const WRAP_VERSION: u8 = 1;
 const FINGERPRINT_LEN: usize = 8;
 const WRAPPED_LEN: usize = 4 + 1 + FINGERPRINT_LEN + 12 + 32 + 16;
+const SEAL_MAGIC: &[u8; 4] = b"SDSS";
+const SEAL_VERSION: u8 = 1;
+const SEAL_HEADER_LEN: usize = 4 + 1 + FINGERPRINT_LEN + 12;
+/// The largest secret [`Kek::seal`] takes (a NATS credentials file is about 2 KiB).
+pub const MAX_SEALED_SECRET: usize = 64 << 10;
 
 /// A key problem: unreadable key material, a wrong KEK, a damaged wrapped key.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +35,10 @@ pub enum KeyError {
     WrongKek,
     #[error("the wrapped data key is damaged")]
     Damaged,
+    #[error("the sealed secret was sealed with another key")]
+    SealedWithOtherKey,
+    #[error("the sealed secret is damaged or belongs to something else")]
+    SealDamaged,
     #[error("workspace {0} is encrypted: a key-encryption key is required")]
     KekRequired(String),
 }
@@ -135,6 +144,53 @@ impl Kek {
     fn cipher(&self) -> Cipher {
         Cipher::new(&self.0)
     }
+
+    /// Seals `secret` (a credential kept in the metadata store) for `context`, the identity
+    /// of what it belongs to (an event sink's id): only this key opens it, and only for that
+    /// context, so a sealed value copied to another row does not open there. The output is
+    /// magic, version, this key's fingerprint, nonce, ciphertext and tag.
+    pub fn seal(&self, context: &[u8], secret: &[u8]) -> Result<Vec<u8>, KeyError> {
+        if secret.is_empty() || secret.len() > MAX_SEALED_SECRET {
+            return Err(KeyError::Invalid(format!(
+                "a secret to seal holds 1 to {MAX_SEALED_SECRET} bytes, not {}",
+                secret.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(SEAL_HEADER_LEN + secret.len() + TAG_LEN);
+        out.extend_from_slice(SEAL_MAGIC);
+        out.push(SEAL_VERSION);
+        out.extend_from_slice(&self.fingerprint());
+        let mut nonce = [0u8; 12];
+        rand::rng().fill_bytes(&mut nonce);
+        out.extend_from_slice(&nonce);
+        let aad = [&out[..], context].concat();
+        let mut body = secret.to_vec();
+        let tag = self.cipher().seal(nonce, &aad, &mut body);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&tag);
+        Ok(out)
+    }
+
+    /// Opens a value made by [`Kek::seal`] for the same `context`.
+    pub fn open(&self, context: &[u8], sealed: &[u8]) -> Result<Vec<u8>, KeyError> {
+        if sealed.len() <= SEAL_HEADER_LEN + TAG_LEN || &sealed[..4] != SEAL_MAGIC || sealed[4] != SEAL_VERSION {
+            return Err(KeyError::SealDamaged);
+        }
+        if sealed[5..5 + FINGERPRINT_LEN] != self.fingerprint() {
+            return Err(KeyError::SealedWithOtherKey);
+        }
+        let nonce: [u8; 12] = sealed[5 + FINGERPRINT_LEN..SEAL_HEADER_LEN]
+            .try_into()
+            .expect("nonce length");
+        let aad = [&sealed[..SEAL_HEADER_LEN], context].concat();
+        let mut body = sealed[SEAL_HEADER_LEN..].to_vec();
+        let len = self
+            .cipher()
+            .open(nonce, &aad, &mut body)
+            .map_err(|_| KeyError::SealDamaged)?;
+        body.truncate(len);
+        Ok(body)
+    }
 }
 
 impl DataKey {
@@ -191,6 +247,25 @@ impl DataKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sealed_secrets_open_only_with_their_key_and_context() {
+        let kek = Kek::generate();
+        let sealed = kek.seal(b"studio/hook", b"whsec_c2VjcmV0").unwrap();
+        assert!(!sealed.windows(6).any(|w| w == b"whsec_"), "sealed in clear");
+        assert_eq!(kek.open(b"studio/hook", &sealed).unwrap(), b"whsec_c2VjcmV0");
+        assert_ne!(kek.seal(b"studio/hook", b"whsec_c2VjcmV0").unwrap(), sealed, "one nonce per seal");
+        assert!(matches!(kek.open(b"studio/other", &sealed), Err(KeyError::SealDamaged)));
+        assert!(matches!(Kek::generate().open(b"studio/hook", &sealed), Err(KeyError::SealedWithOtherKey)));
+        for i in [0, 4, SEAL_HEADER_LEN, sealed.len() - 1] {
+            let mut bad = sealed.clone();
+            bad[i] ^= 1;
+            assert!(kek.open(b"studio/hook", &bad).is_err(), "byte {i} flipped");
+        }
+        assert!(kek.open(b"studio/hook", &sealed[..SEAL_HEADER_LEN + TAG_LEN]).is_err());
+        assert!(kek.seal(b"x", b"").is_err());
+        assert!(kek.seal(b"x", &vec![1u8; MAX_SEALED_SECRET + 1]).is_err());
+    }
 
     #[test]
     fn wrap_round_trip_and_wrong_kek() {

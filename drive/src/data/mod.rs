@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 pub use blocks::{BlockStore, DataError, DataStats, block_key};
 pub use format::{BlockCodec, BlockHash, FormatError};
-pub use keys::{DataKey, Kek, KeyError};
+pub use keys::{DataKey, Kek, KeyError, MAX_SEALED_SECRET};
 pub use local::LocalChunkStore;
 pub use memory::{FaultyChunkStore, MemoryChunkStore, StoreFault, StoreOp};
 pub use s3::{S3ChunkStore, S3Config, S3Credentials};

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::data::{Kek, KeyError};
 use crate::error::MetaError;
 use crate::meta::{Delivery, PgMetaStore, SinkRecord, WorkspaceFeed};
 use crate::model::{Event, Timestamp};
@@ -45,6 +46,41 @@ pub struct SinkSpec {
     pub target: SinkTarget,
     #[serde(default)]
     pub filter: EventFilter,
+    /// The sink's credential, sealed with the sink secrets key ([`seal_secret`]; base64): a
+    /// webhook's signing key, a NATS token or credentials file. The store never holds it in
+    /// clear; only a relay given the key opens it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_secret: Option<String>,
+}
+
+/// What a sealed secret is bound to: the sink's id (a sealed value copied to another sink
+/// does not open there).
+fn secret_context(sink_id: &str) -> Vec<u8> {
+    [b"studiodrive event sink ".as_slice(), sink_id.as_bytes()].concat()
+}
+
+/// Seals a sink's credential for [`SinkSpec::sealed_secret`].
+pub fn seal_secret(key: &Kek, sink_id: &str, secret: &[u8]) -> Result<String, KeyError> {
+    use base64::Engine as _;
+    Ok(base64::engine::general_purpose::STANDARD.encode(key.seal(&secret_context(sink_id), secret)?))
+}
+
+/// Checks that `secret` is a usable credential for `target` (a webhook signing key of 16 bytes
+/// at least, a NATS token or credentials file that parses); the message never holds it.
+pub fn check_secret(target: &SinkTarget, secret: &[u8]) -> Result<(), String> {
+    match target {
+        SinkTarget::Nats { .. } => nats::Auth::parse(secret).map(drop),
+        SinkTarget::Webhook { .. } => webhook::SigningKey::parse(secret).map(drop),
+    }
+}
+
+/// Opens a value made by [`seal_secret`] for the same sink.
+pub fn open_secret(key: &Kek, sink_id: &str, sealed: &str) -> Result<Vec<u8>, KeyError> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(sealed)
+        .map_err(|_| KeyError::SealDamaged)?;
+    key.open(&secret_context(sink_id), &bytes)
 }
 
 /// A sink's destination.
@@ -95,6 +131,8 @@ pub enum SpecError {
     PathPrefix(String, String),
     #[error("event kind {0:?}: lower-case letters, digits, '.', '-' and '_'")]
     Kind(String),
+    #[error("the sealed secret is not a sealed value (base64, at most 64 KiB sealed)")]
+    SealedSecret,
 }
 
 impl SinkSpec {
@@ -118,6 +156,13 @@ impl SinkSpec {
                 }
             }
             SinkTarget::Webhook { url } => check_url(url, &["http", "https"])?,
+        }
+        if let Some(sealed) = &self.sealed_secret {
+            use base64::Engine as _;
+            let decoded = base64::engine::general_purpose::STANDARD.decode(sealed);
+            if !decoded.is_ok_and(|b| !b.is_empty() && b.len() <= crate::data::MAX_SEALED_SECRET + 64) {
+                return Err(SpecError::SealedSecret);
+            }
         }
         for prefix in &self.filter.path_prefixes {
             if !prefix.starts_with('/') {
@@ -280,6 +325,9 @@ pub enum SinkError {
         id: String,
         message: String,
     },
+    /// The sink's sealed credential cannot be used (no key, another key, damaged, malformed).
+    #[error("{endpoint}: the sink's secret cannot be used: {message}")]
+    Secret { endpoint: String, message: String },
 }
 
 /// A connection to one sink's destination.
@@ -289,12 +337,37 @@ enum SinkClient {
 }
 
 impl SinkClient {
-    fn new(spec: &SinkSpec) -> Result<SinkClient, SinkError> {
+    fn new(sink_id: &str, spec: &SinkSpec, key: Option<&Kek>) -> Result<SinkClient, SinkError> {
+        let secret_error = |message: String| SinkError::Secret {
+            endpoint: spec.endpoint(),
+            message,
+        };
+        let secret = match (&spec.sealed_secret, key) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(secret_error(
+                    "this relay has no sink secrets key (--sink-secret-key-file)".into(),
+                ));
+            }
+            (Some(sealed), Some(key)) => {
+                Some(open_secret(key, sink_id, sealed).map_err(|e| secret_error(e.to_string()))?)
+            }
+        };
         Ok(match &spec.target {
             SinkTarget::Nats { url, subject, stream } => {
-                SinkClient::Nats(nats::NatsSink::new(url, subject, stream.clone()))
+                let auth = secret
+                    .map(|s| nats::Auth::parse(&s))
+                    .transpose()
+                    .map_err(secret_error)?;
+                SinkClient::Nats(nats::NatsSink::new(url, subject, stream.clone(), auth))
             }
-            SinkTarget::Webhook { url } => SinkClient::Webhook(webhook::WebhookSink::new(url)?),
+            SinkTarget::Webhook { url } => {
+                let signing = secret
+                    .map(|s| webhook::SigningKey::parse(&s))
+                    .transpose()
+                    .map_err(secret_error)?;
+                SinkClient::Webhook(webhook::WebhookSink::new(url, signing)?)
+            }
         })
     }
 
@@ -323,6 +396,8 @@ pub struct RelayConfig {
     pub max_backoff: Duration,
     /// Events delivered between cursor saves.
     pub checkpoint_every: usize,
+    /// Opens the sinks' sealed secrets; a sink with one cannot be delivered without it.
+    pub secret_key: Option<Kek>,
 }
 
 impl Default for RelayConfig {
@@ -335,6 +410,7 @@ impl Default for RelayConfig {
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
             checkpoint_every: 256,
+            secret_key: None,
         }
     }
 }
@@ -646,7 +722,7 @@ impl SinkWorker {
             }
             let attempt = match client {
                 Some(c) => c.deliver(out).await,
-                None => match SinkClient::new(&self.spec) {
+                None => match SinkClient::new(&self.id, &self.spec, self.config.secret_key.as_ref()) {
                     Ok(c) => client.insert(c).deliver(out).await,
                     Err(e) => Err(e),
                 },

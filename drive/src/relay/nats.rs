@@ -1,5 +1,6 @@
 //! NATS JetStream sink: each event published to `<subject>.<kind>` with `Nats-Msg-Id` set to
-//! the event's stable id, delivered once the stream acknowledged it.
+//! the event's stable id, delivered once the stream acknowledged it. It authenticates with the
+//! sink's secret when it has one: a credentials file (decentralized JWT auth) or a token.
 
 use std::time::Duration;
 
@@ -14,15 +15,53 @@ pub(super) struct NatsSink {
     url: String,
     subject: String,
     stream: Option<String>,
+    auth: Option<Auth>,
     context: Option<jetstream::Context>,
 }
 
+/// How the sink proves itself to the server.
+pub(super) enum Auth {
+    /// A `.creds` file: the user JWT and its NKey seed.
+    Credentials(String),
+    /// A token (`authorization { token: ... }` on the server).
+    Token(String),
+}
+
+impl Auth {
+    /// The secret's kind by its content: a credentials file has its JWT block; anything else is
+    /// a token (surrounding whitespace ignored).
+    pub(super) fn parse(secret: &[u8]) -> Result<Auth, String> {
+        let text = std::str::from_utf8(secret)
+            .map_err(|_| "a NATS credential must be text (a .creds file or a token)".to_string())?;
+        if text.contains("-----BEGIN NATS USER JWT-----") {
+            // Checked now, so a bad file is reported as such and not as an unreachable server.
+            async_nats::ConnectOptions::with_credentials(text)
+                .map_err(|e| format!("the NATS credentials file does not parse: {e}"))?;
+            return Ok(Auth::Credentials(text.to_string()));
+        }
+        let token = text.trim();
+        if token.is_empty() || token.contains(char::is_whitespace) {
+            return Err("a NATS token is one word without spaces".into());
+        }
+        Ok(Auth::Token(token.to_string()))
+    }
+
+    fn options(&self) -> Result<async_nats::ConnectOptions, String> {
+        match self {
+            Auth::Credentials(creds) => async_nats::ConnectOptions::with_credentials(creds)
+                .map_err(|e| format!("the NATS credentials file does not parse: {e}")),
+            Auth::Token(token) => Ok(async_nats::ConnectOptions::with_token(token.clone())),
+        }
+    }
+}
+
 impl NatsSink {
-    pub(super) fn new(url: &str, subject: &str, stream: Option<String>) -> NatsSink {
+    pub(super) fn new(url: &str, subject: &str, stream: Option<String>, auth: Option<Auth>) -> NatsSink {
         NatsSink {
             url: url.to_string(),
             subject: subject.to_string(),
             stream,
+            auth,
             context: None,
         }
     }
@@ -36,7 +75,11 @@ impl NatsSink {
 
     async fn context(&mut self) -> Result<&jetstream::Context, SinkError> {
         if self.context.is_none() {
-            let client = async_nats::ConnectOptions::new()
+            let options = match &self.auth {
+                Some(auth) => auth.options().map_err(|e| self.unreachable(e))?,
+                None => async_nats::ConnectOptions::new(),
+            };
+            let client = options
                 .connection_timeout(TIMEOUT)
                 .name("studiodrive-relay")
                 .connect(self.url.as_str())

@@ -33,6 +33,9 @@ pub mod reason {
     pub const INVALID_KEY: &str = "InvalidKey";
     /// An encrypted Workspace's key Secret could not be read (forbidden, API unreachable).
     pub const KEY_SECRET_UNREADABLE: &str = "KeySecretUnreadable";
+    /// An EventSink's credential Secret is missing, lacks its key, holds something unusable,
+    /// or the operator has no sink secrets key to seal it with.
+    pub const SINK_SECRET_UNAVAILABLE: &str = "SinkSecretUnavailable";
     /// The Workspace resource is being deleted.
     pub const DELETING: &str = "Deleting";
     /// A Share has passed its expiry time and its grant was revoked.

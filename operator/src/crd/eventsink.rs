@@ -12,6 +12,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::SecretKeyRef;
+
 /// Desired state of an event sink.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[kube(
@@ -79,6 +81,11 @@ pub struct NatsSink {
     #[schemars(length(min = 1, max = 64))]
     #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9_-]+$')").message("nats.stream must be letters, digits, '-' and '_'"))]
     pub stream: Option<String>,
+    /// A key of a Secret (this namespace) holding how the relay authenticates: a NATS `.creds`
+    /// file (user JWT and NKey seed) or a token. Sealed in the metadata store; never in the
+    /// URL or the status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretKeyRef>,
 }
 
 /// A CloudEvents 1.0 webhook: each event is POSTed as `application/cloudevents+json` and
@@ -90,6 +97,12 @@ pub struct WebhookSink {
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("webhook.url must start with http:// or https://"))]
     pub url: String,
+    /// A key of a Secret (this namespace) holding the signing key: `whsec_<base64>` (the
+    /// Standard Webhooks form) or the key bytes (16 at least). Each request is then signed as
+    /// Standard Webhooks specifies (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
+    /// Sealed in the metadata store; never in the status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret_ref: Option<SecretKeyRef>,
 }
 
 /// Which events a sink wants; empty lists want everything.

@@ -18,10 +18,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::{
     EventNote, Plan, SpecError, WAIT_FOR_DEPENDENCY, canonical_path, invalid_spec_conditions,
-    invalid_spec_event, store_name,
+    invalid_spec_event, previous_ready_reason, store_name,
 };
 use crate::crd::conditions::{self, Desired, reason};
-use crate::crd::{EventSinkSpec, EventSinkStatus, StartFrom};
+use crate::crd::{EventSinkSpec, EventSinkStatus, SecretKeyRef, StartFrom};
 use crate::plan::workspace::workspace_store_name;
 use crate::store::{EventSinkRecord, WorkspaceRecord};
 
@@ -45,13 +45,37 @@ pub struct Input<'a> {
     pub status: Option<&'a EventSinkStatus>,
 }
 
-/// What the store holds.
+/// What the store (and the sink's Secret) hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
     /// The workspace the spec names (`None` also when the spec names none validly).
     pub workspace: Option<WorkspaceRecord>,
     /// The sink recorded under [`sink_id`].
     pub sink: Option<EventSinkRecord>,
+    /// The sink's credential, as it is to be recorded.
+    pub secret: SinkSecret,
+}
+
+/// The credential the spec names (`webhook.signingSecretRef`, `nats.credentialsSecretRef`), as
+/// observed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SinkSecret {
+    /// The spec names none.
+    #[default]
+    None,
+    /// The sealed value to record ([`drive::relay::seal_secret`]).
+    Sealed(String),
+    /// It cannot be recorded: why (names the Secret and key, never the value).
+    Unavailable(String),
+}
+
+/// The Secret key the spec names for the sink's credential.
+pub fn secret_ref(spec: &EventSinkSpec) -> Option<&SecretKeyRef> {
+    match (&spec.nats, &spec.webhook) {
+        (Some(nats), None) => nats.credentials_secret_ref.as_ref(),
+        (None, Some(webhook)) => webhook.signing_secret_ref.as_ref(),
+        _ => None,
+    }
 }
 
 /// A store operation.
@@ -112,6 +136,8 @@ pub fn desired_sink(input: &Input<'_>) -> Result<DesiredSink, SpecError> {
             path_prefixes,
             kinds: input.spec.filter.kinds.clone(),
         },
+        // Set by `plan` from the observed Secret.
+        sealed_secret: None,
     };
     spec.validate().map_err(|e| SpecError(e.to_string()))?;
     Ok(DesiredSink {
@@ -164,7 +190,7 @@ fn previous_degraded(previous: &[Condition]) -> bool {
 pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, EventSinkStatus> {
     let previous = input.status.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let sink = observed.sink.as_ref();
-    let desired = match desired_sink(input) {
+    let mut desired = match desired_sink(input) {
         Ok(d) => d,
         Err(err) => {
             // Bad input changes nothing: a sink recorded from an earlier spec keeps delivering.
@@ -192,6 +218,34 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
             requeue: Some(WAIT_FOR_DEPENDENCY),
         };
     };
+    match &observed.secret {
+        SinkSecret::None => {}
+        SinkSecret::Sealed(sealed) => desired.spec.sealed_secret = Some(sealed.clone()),
+        // The sink recorded from an earlier spec (and Secret) keeps delivering.
+        SinkSecret::Unavailable(why) => {
+            let message = format!("{why}; the sink is not recorded or changed until it is available");
+            let events = if previous_ready_reason(previous) == Some(reason::SINK_SECRET_UNAVAILABLE) {
+                Vec::new()
+            } else {
+                vec![EventNote::warning(
+                    reason::SINK_SECRET_UNAVAILABLE,
+                    "Validate",
+                    message.clone(),
+                )]
+            };
+            let conds = [Desired::no(
+                conditions::READY,
+                reason::SINK_SECRET_UNAVAILABLE,
+                message,
+            )];
+            return Plan {
+                ops: Vec::new(),
+                status: status_from(input, sink, &conds, now),
+                events,
+                requeue: Some(WAIT_FOR_DEPENDENCY),
+            };
+        }
+    }
     let put = Op::Put {
         id: desired.id.clone(),
         workspace: desired.workspace.clone(),
@@ -331,7 +385,10 @@ mod tests {
         EventSinkSpec {
             workspace: "shot010".into(),
             nats: None,
-            webhook: Some(WebhookSink { url: url.into() }),
+            webhook: Some(WebhookSink {
+                url: url.into(),
+                signing_secret_ref: None,
+            }),
             filter: EventSinkFilter::default(),
             start_from: StartFrom::Now,
         }
@@ -344,6 +401,7 @@ mod tests {
                 url: "nats://user:secret@nats.messaging:4222".into(),
                 subject: "studio.shot010".into(),
                 stream: Some("STUDIO".into()),
+                credentials_secret_ref: None,
             }),
             webhook: None,
             filter: EventSinkFilter {
@@ -405,6 +463,7 @@ mod tests {
     fn a_valid_nats_spec_is_put_with_the_engine_sink_spec() {
         let spec = nats_spec();
         let observed = Observed {
+            secret: SinkSecret::None,
             workspace: Some(ws()),
             sink: None,
         };
@@ -446,6 +505,7 @@ mod tests {
     fn a_webhook_spec_is_put_and_a_changed_spec_is_put_again() {
         let spec = webhook_spec("https://hooks.example.com/studio");
         let observed = Observed {
+            secret: SinkSecret::None,
             workspace: Some(ws()),
             sink: None,
         };
@@ -460,6 +520,7 @@ mod tests {
             }
         );
         let stored = Observed {
+            secret: SinkSecret::None,
             workspace: Some(ws()),
             sink: Some(record(sink.clone())),
         };
@@ -474,6 +535,7 @@ mod tests {
         let both = EventSinkSpec {
             webhook: Some(WebhookSink {
                 url: "https://h.example".into(),
+                signing_secret_ref: None,
             }),
             ..nats_spec()
         };
@@ -501,6 +563,7 @@ mod tests {
             ..webhook_spec("https://h.example")
         };
         let observed = Observed {
+            secret: SinkSecret::None,
             workspace: Some(ws()),
             sink: None,
         };
@@ -544,6 +607,7 @@ mod tests {
         let spec = nats_spec();
         let desired = desired_sink(&input(&spec)).expect("valid");
         let observed = Observed {
+            secret: SinkSecret::None,
             workspace: Some(ws()),
             sink: Some(record(desired.spec)),
         };
@@ -572,6 +636,7 @@ mod tests {
         let mut sink = record(desired_sink(&input(&spec)).expect("valid").spec);
         sink.relay = None;
         let observed = Observed {
+            secret: SinkSecret::None,
             workspace: Some(ws()),
             sink: Some(sink),
         };
@@ -598,6 +663,7 @@ mod tests {
         };
         let status_at = |sink: EventSinkRecord, now: i64| {
             let observed = Observed {
+                secret: SinkSecret::None,
                 workspace: Some(ws()),
                 sink: Some(sink),
             };
@@ -634,6 +700,7 @@ mod tests {
         spec_status.observed_generation = Some(3);
         let still = {
             let observed = Observed {
+                secret: SinkSecret::None,
                 workspace: Some(ws()),
                 sink: Some(failing(9, 900)),
             };
@@ -654,6 +721,7 @@ mod tests {
         let mut sink = record(desired_sink(&input(&spec)).expect("valid").spec);
         sink.workspace_id = "ws-old".into();
         let observed = Observed {
+            secret: SinkSecret::None,
             workspace: Some(ws()),
             sink: Some(sink),
         };
@@ -669,6 +737,7 @@ mod tests {
     fn cleanup_deletes_the_recorded_sink_even_with_an_invalid_spec() {
         let spec = webhook_spec("ftp://not-valid");
         let observed = Observed {
+            secret: SinkSecret::None,
             workspace: None,
             sink: Some(record(
                 desired_sink(&input(&webhook_spec("https://h.example")))
@@ -683,5 +752,52 @@ mod tests {
             }]
         );
         assert!(plan_cleanup(&input(&spec), &Observed::default()).is_empty());
+    }
+
+    #[test]
+    fn a_sealed_secret_is_recorded_and_an_unavailable_one_changes_nothing() {
+        let spec = webhook_spec("https://h.example");
+        let sealed = SinkSecret::Sealed("c2VhbGVk".into());
+        let observed = Observed {
+            secret: sealed.clone(),
+            workspace: Some(ws()),
+            sink: None,
+        };
+        let p = plan(&input(&spec), &observed, at(1_000));
+        let [Op::Put { spec: put, .. }] = &p.ops[..] else {
+            panic!("{:?}", p.ops)
+        };
+        assert_eq!(put.sealed_secret.as_deref(), Some("c2VhbGVk"));
+
+        // Recorded with that very value: nothing to do. Recorded without it: put again.
+        let recorded = Observed {
+            sink: Some(record(put.clone())),
+            ..observed.clone()
+        };
+        assert!(plan(&input(&spec), &recorded, at(1_001)).ops.is_empty());
+        let unsealed = Observed {
+            sink: Some(record(desired_sink(&input(&spec)).expect("valid").spec)),
+            ..observed
+        };
+        assert!(matches!(&plan(&input(&spec), &unsealed, at(1_001)).ops[..], [Op::Put { .. }]));
+
+        // The Secret went away: the recorded sink stays as it is, Ready=False says why, once.
+        let gone = Observed {
+            secret: SinkSecret::Unavailable("Secret studio/hook does not exist".into()),
+            ..recorded
+        };
+        let p = plan(&input(&spec), &gone, at(1_002));
+        assert!(p.ops.is_empty());
+        assert_eq!(
+            reason_of(&p.status, "Ready"),
+            pair("False", reason::SINK_SECRET_UNAVAILABLE)
+        );
+        let ready = conditions::find(&p.status.conditions, "Ready").unwrap();
+        assert!(ready.message.starts_with("Secret studio/hook does not exist"), "{}", ready.message);
+        assert_eq!(p.events.len(), 1);
+        assert_eq!(p.status.position, Some(42), "the recorded sink's status is kept");
+        let mut i = input(&spec);
+        i.status = Some(&p.status);
+        assert!(plan(&i, &gone, at(1_003)).events.is_empty());
     }
 }

@@ -7,11 +7,16 @@
 //! [`STALE_AFTER`] (the process died without saying so), or when the deadline passed first;
 //! `Running` while its run reports; `Pending` from its Job's creation to its first report.
 //! A failed node is not retried: the spec is immutable, and a new Preload runs again.
+//! A selected node with neither a Job nor a run gets a Job, while the deadline allows: a node
+//! that joins, and one whose finished Job the TTL removed before anything was recorded (the
+//! operator was away for longer than the TTL). Running it again is safe: blocks already in the
+//! node's cache are skipped.
 //!
 //! Conditions: `Ready=True Preloaded` when every selected node is done; otherwise
 //! `Ready=False` with `Preloading`, `PreloadFailed` (every node finished, some failed),
 //! `DeadlineExceeded`, `NoNodes`, `WorkspaceNotFound`, `Unsupported` or `InvalidSpec`.
-//! `Degraded=True PreloadFailed` as soon as one node failed.
+//! `Degraded=True PreloadFailed` as soon as one selected node failed. A node that leaves the
+//! selection keeps its entry in `nodes` but counts in no total and no condition.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -202,27 +207,33 @@ fn phase_of(
     }
 }
 
+/// How many of the selected nodes are done and failed (nodes no longer selected keep their
+/// entry in `nodes` but count in neither).
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    selected: usize,
+    done: usize,
+    failed: usize,
+}
+
 fn status_of(
     input: &Input<'_>,
-    selected: u32,
+    counts: Counts,
     nodes: Vec<PreloadNodeStatus>,
     desired: &[Desired],
     now: Timestamp,
 ) -> PreloadStatus {
     let previous = input.status.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     PreloadStatus {
         observed_generation: Some(input.generation),
         preload_name: Some(preload_name(input.namespace, input.name)),
-        nodes_selected: selected,
-        nodes_done: count(&nodes, PreloadPhase::Done),
-        nodes_failed: count(&nodes, PreloadPhase::Failed),
+        nodes_selected: count(counts.selected),
+        nodes_done: count(counts.done),
+        nodes_failed: count(counts.failed),
         nodes,
         conditions: conditions::merge(previous, desired, input.generation, now),
     }
-}
-
-fn count(nodes: &[PreloadNodeStatus], phase: PreloadPhase) -> u32 {
-    u32::try_from(nodes.iter().filter(|n| n.phase == phase).count()).unwrap_or(u32::MAX)
 }
 
 /// Plans one reconcile of a live Preload.
@@ -230,7 +241,7 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
     let previous = input.status.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let stop = |conds: Vec<Desired>, events: Vec<EventNote>, requeue: Option<Duration>| Plan {
         ops: Vec::new(),
-        status: status_of(input, 0, Vec::new(), &conds, now),
+        status: status_of(input, Counts::default(), Vec::new(), &conds, now),
         events,
         requeue,
     };
@@ -332,7 +343,7 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
         }
         nodes.push(status);
     }
-    let selected = u32::try_from(observed.nodes.len()).unwrap_or(u32::MAX);
+    let selected = observed.nodes.len();
     let in_selection = |phase: PreloadPhase| {
         nodes
             .iter()
@@ -344,7 +355,10 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
         in_selection(PreloadPhase::Failed),
     );
     let unfinished = observed.nodes.len() - done - failed;
-    let first_failure = nodes.iter().find(|n| n.phase == PreloadPhase::Failed).map(|n| {
+    let first_failure = nodes
+        .iter()
+        .find(|n| observed.nodes.contains(&n.node) && n.phase == PreloadPhase::Failed)
+        .map(|n| {
         format!(
             "node {}: {}",
             n.node,
@@ -450,7 +464,17 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
     conds.push(ready);
     Plan {
         ops,
-        status: status_of(input, selected, nodes, &conds, now),
+        status: status_of(
+            input,
+            Counts {
+                selected,
+                done,
+                failed,
+            },
+            nodes,
+            &conds,
+            now,
+        ),
         events,
         requeue,
     }
@@ -594,6 +618,26 @@ mod tests {
         let again = plan(&input(&s, Some(&p.status)), &obs, at(1_022));
         assert!(again.events.is_empty() && again.ops.is_empty());
         assert_eq!(again.status, p.status);
+
+        // node-b leaves the selection and node-c joins: node-b keeps its entry but counts
+        // neither as done nor as failed; node-c gets its Job.
+        obs.nodes = ["node-a", "node-c"].into_iter().map(String::from).collect();
+        obs.runs.push(run("node-x", PreloadState::Failed, 1_020));
+        let p = plan(&input(&s, Some(&p.status)), &obs, at(1_030));
+        let nodes: Vec<_> = p.status.nodes.iter().map(|n| n.node.as_str()).collect();
+        assert_eq!(nodes, ["node-a", "node-b", "node-c", "node-x"]);
+        assert_eq!(
+            (
+                p.status.nodes_done,
+                p.status.nodes_failed,
+                p.status.nodes_selected
+            ),
+            (1, 0, 2)
+        );
+        assert!(matches!(&p.ops[..], [Op::StartJob { node, .. }] if node == "node-c"));
+        assert_eq!(ready(&p), ("False".into(), reason::PRELOADING.into()));
+        let degraded = conditions::find(&p.status.conditions, conditions::DEGRADED).unwrap();
+        assert_eq!(degraded.status, "False", "an unselected node's failure: {degraded:?}");
     }
 
     #[test]

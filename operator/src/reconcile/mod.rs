@@ -63,6 +63,8 @@ pub struct Context<S> {
     pub gc: GcJobSettings,
     /// How preload Jobs run (they share the GC Jobs' namespace and store access).
     pub preload: PreloadJobSettings,
+    /// Seals EventSinks' credentials for the store (the relays open them with the same key).
+    pub sink_secret_key: Option<drive::data::Kek>,
 }
 
 /// Errors of a reconcile.

@@ -168,7 +168,7 @@ pub async fn load_key<K: KeySource>(
             KeyState::Missing(format!("Secret {ns}/{name} has no key {key:?}")),
             None,
         ),
-        SecretLookup::Found(material) => match parse_kek(material.as_bytes()) {
+        SecretLookup::Found(material, _) => match parse_kek(material.as_bytes()) {
             Ok(kek) => (KeyState::Loaded, Some(kek)),
             Err(e) => (
                 KeyState::Invalid(format!("key {key:?} of Secret {ns}/{name}: {e}")),

@@ -40,6 +40,7 @@ pub fn context_with<S: StudioStore>(store: S, clock: fn() -> Timestamp) -> (Arc<
         backoff: Backoff::default(),
         gc: GcJobSettings::default(),
         preload: Default::default(),
+        sink_secret_key: None,
     };
     (Arc::new(ctx), handle)
 }

@@ -13,6 +13,11 @@ use operator::keys::StaticKeySource;
 
 /// A key source without Secrets, for unencrypted workspaces.
 pub const NO_KEYS: StaticKeySource = StaticKeySource::new();
+/// The EventSink kind with no Secrets and no sink secrets key (sinks without credentials).
+pub const NO_SINK_SECRETS: operator::reconcile::EventSinks<StaticKeySource> = operator::reconcile::EventSinks {
+    keys: StaticKeySource::new(),
+    sealing_key: None,
+};
 
 pub fn at(secs: i64) -> Timestamp {
     Timestamp::from_second(secs).expect("valid timestamp")
@@ -92,7 +97,10 @@ pub fn event_sink(ns: &str, name: &str, ws: &str, url: &str) -> EventSink {
         spec: EventSinkSpec {
             workspace: ws.into(),
             nats: None,
-            webhook: Some(WebhookSink { url: url.into() }),
+            webhook: Some(WebhookSink {
+                url: url.into(),
+                signing_secret_ref: None,
+            }),
             filter: EventSinkFilter {
                 path_prefixes: vec!["/comp".into()],
                 kinds: Vec::new(),
