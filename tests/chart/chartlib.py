@@ -106,9 +106,15 @@ def for_kustomize(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+# The chart's generated Secrets, left out of config/default: their values are random on each
+# render (a key committed there would be every kustomize install's key). Kustomize users
+# create them (docs/install.md, "Install with kustomize").
+KUSTOMIZE_OMITS = {("Secret", f"{RELEASE}-sink-secrets-key")}
+
+
 def kustomize_manifest() -> str:
     """config/default/studiodrive.yaml as the chart's default render makes it."""
-    docs = [for_kustomize(o) for o in render()]
+    docs = [for_kustomize(o) for o in render() if key(o) not in KUSTOMIZE_OMITS]
     body = yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False, width=100)
     return GENERATED_HEADER + body
 

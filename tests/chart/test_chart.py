@@ -8,6 +8,7 @@ checkov scans the default render. No cluster is needed.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -67,6 +68,10 @@ COMBOS: dict[str, dict[str, Any]] = {
                            "metrics": {"relayPort": 9911, "serviceMonitor": {"enabled": True}}},
     "metadata-custom": {"metadata": {"existingSecret": "cockroach-dsn", "secretKey": "dsn",
                                      "statementTimeoutMs": 5000, "tls": True, "caSecret": "cockroach-ca"}},
+    "sink-key-existing": {"events": {"sinkSecretsKey": {"existingSecret": "studio-sink-key", "key": "sealing-key"}},
+                          "metadata": {"tls": True, "caSecret": "db-ca"}},
+    "preload-resources": {"operator": {"preload": {"cpuRequest": "250m", "memoryRequest": "1Gi",
+                                                   "memoryLimit": "2Gi"}}},
 }
 
 
@@ -186,6 +191,13 @@ BAD_VALUES = [
     ({"relay": {"metricsAddr": "0.0.0.0:9810"}}, "metricsAddr"),
     ({"relay": {"resources": {"requests": {"cpu": "20m", "memory": None}}}}, "memory"),
     ({"metrics": {"relayPort": 70000}}, "relayPort"),
+    ({"operator": {"preload": {"cpuRequest": "100 m"}}}, "cpuRequest"),
+    ({"operator": {"preload": {"memoryLimit": 536870912}}}, "memoryLimit"),
+    ({"operator": {"preload": {"memoryRequest": "128MB"}}}, "memoryRequest"),
+    ({"operator": {"preload": {"cpuLimit": "1"}}}, "cpuLimit"),
+    ({"events": {"sinkSecretsKey": {"existingSecret": "k", "secretKey": "key"}}}, "secretKey"),
+    ({"events": {"sinkSecretsKey": {"key": "a/b"}}}, "key"),
+    ({"events": {"sinkSecretKey": {}}}, "sinkSecretKey"),
 ]
 
 
@@ -374,6 +386,38 @@ def test_preload_flags_follow_the_node_values_and_the_image_override():
     assert volume_named(spec, "cache-dir")["hostPath"]["path"] == "/mnt/nvme/studiodrive"
 
 
+PRELOAD_FLAGS = ("--preload-cpu-request", "--preload-memory-request", "--preload-memory-limit")
+
+
+def preload_resource_args(objects) -> list[str]:
+    return [a for a in operator_args(objects) if a.startswith(PRELOAD_FLAGS)]
+
+
+def test_preload_resources_are_the_operators_defaults_by_default(default_objects):
+    assert preload_resource_args(default_objects) == [
+        "--preload-cpu-request=100m", "--preload-memory-request=128Mi", "--preload-memory-limit=512Mi"]
+
+
+def test_preload_resources_follow_the_values(monitoring_chart):
+    objects = render_combo("preload-resources", monitoring_chart)
+    assert preload_resource_args(objects) == [
+        "--preload-cpu-request=250m", "--preload-memory-request=1Gi", "--preload-memory-limit=2Gi"]
+    # One value alone changes one flag.
+    objects = render({"operator": {"preload": {"memoryLimit": "768Mi"}}})
+    assert preload_resource_args(objects) == [
+        "--preload-cpu-request=100m", "--preload-memory-request=128Mi", "--preload-memory-limit=768Mi"]
+
+
+def test_gc_service_account_values_say_preload_jobs_use_it():
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    above = lines[:lines.index("  gc:")]
+    comment = []
+    while above and above[-1].startswith("  #"):
+        comment.insert(0, above.pop()[3:].strip())
+    comment = " ".join(comment)
+    assert "studiodrive-gc" in comment and "preload Jobs" in comment, comment
+
+
 def notes(values: dict[str, Any] | None = None) -> str:
     (text,) = [t for path, t in chartlib.render_manifests(values).items() if path.endswith("NOTES.txt")]
     return " ".join(text.split())
@@ -459,7 +503,7 @@ def test_relay_runs_by_default_with_two_replicas_a_pdb_and_its_command(default_o
     assert c["image"] == pod_spec(find(default_objects, "Deployment", "studiodrive-operator"))["containers"][0]["image"]
     assert c["command"] == ["/usr/bin/tini", "--", "studiodrive-csi"]
     assert c["args"] == ["--log-json", "relay", "--metrics-addr=0.0.0.0:9810", "--lease-secs=30", "--poll-ms=200",
-                         "--max-backoff-ms=10000"]
+                         "--max-backoff-ms=10000", f"--sink-secret-key-file={SINK_KEY_FILE}"]
     assert {e["name"]: e.get("value") for e in c["env"]}["RUST_LOG"] == "info"
     # Standbys on other nodes, and one kept through drains.
     anti = pod_spec(dep)["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
@@ -478,7 +522,7 @@ def test_relay_values_reach_its_flags_and_one_replica_has_no_pdb(monitoring_char
     assert not [o for o in objects if o["kind"] == "PodDisruptionBudget" and o["metadata"]["name"] == RELAY]
     c = relay_container(objects)
     assert c["args"] == ["--log-json", "relay", "--metrics-addr=0.0.0.0:9911", "--lease-secs=60", "--poll-ms=500",
-                         "--max-backoff-ms=60000"]
+                         "--max-backoff-ms=60000", f"--sink-secret-key-file={SINK_KEY_FILE}"]
     assert {e["name"]: e.get("value") for e in c["env"]}["RUST_LOG"] == "drive=debug,info"
     assert pod_spec(dep)["priorityClassName"] == "events"
     assert c["ports"] == [{"name": "metrics", "containerPort": 9911, "protocol": "TCP"}]
@@ -510,7 +554,11 @@ def test_relay_is_unprivileged_without_api_access(default_objects):
     assert not subjects_bound(default_objects, RELAY)  # no RBAC at all
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert "volumes" not in spec and not spec.get("hostNetwork") and not spec.get("hostPID")
+    # One volume: the sink secrets key (read-only, from a Secret).
+    assert [v["name"] for v in spec["volumes"]] == ["sink-secrets-key"]
+    assert set(volume_named(spec, "sink-secrets-key")) == {"name", "secret"}
+    assert [m["readOnly"] for m in relay_container(default_objects)["volumeMounts"]] == [True]
+    assert not spec.get("hostNetwork") and not spec.get("hostPID")
     sc = relay_container(default_objects)["securityContext"]
     assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0
     assert sc["readOnlyRootFilesystem"] is True
@@ -575,6 +623,118 @@ def test_relay_without_metrics_keeps_its_probe_endpoint(monitoring_chart):
     c = relay_container(objects)
     assert "--metrics-addr=0.0.0.0:9810" in c["args"]
     assert c["livenessProbe"]["httpGet"]["port"] == "metrics"
+
+
+# ---- sink secrets key ----------------------------------------------------------------------
+
+SINK_KEY_SECRET = "studiodrive-sink-secrets-key"
+SINK_KEY_DIR = "/etc/studiodrive/sink-secrets-key"
+SINK_KEY_FILE = f"{SINK_KEY_DIR}/key"
+
+
+def sink_key_secret(objects) -> dict[str, Any] | None:
+    hits = [o for o in objects if o["kind"] == "Secret"]
+    assert len(hits) <= 1, [key(o) for o in hits]
+    return hits[0] if hits else None
+
+
+def sink_key_source(objects, workload: str) -> tuple[str, str]:
+    """(Secret, key) the workload's --sink-secret-key-file reads, checked end to end: the flag
+    names the file of a read-only mount of a volume holding that one key of a Secret, readable
+    by the container's user through the pod's fsGroup and by no one else."""
+    spec = pod_spec(find(objects, "Deployment", workload))
+    (c,) = spec["containers"]
+    (flag,) = [a for a in c["args"] if a.startswith("--sink-secret-key-file=")]
+    path = Path(flag.split("=", 1)[1])
+    (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == str(path.parent)]
+    assert mount["readOnly"] is True, (workload, mount)
+    secret = volume_named(spec, mount["name"])["secret"]
+    (item,) = secret["items"]
+    assert item["path"] == path.name, (workload, item)
+    # Secret files belong to root: group-readable through fsGroup (the container's group).
+    assert secret["defaultMode"] == 0o440, (workload, oct(secret["defaultMode"]))
+    assert spec["securityContext"]["fsGroup"] == c["securityContext"]["runAsGroup"] == 65532, workload
+    assert c["securityContext"]["runAsUser"] == 65532
+    return secret["secretName"], item["key"]
+
+
+@pytest.mark.parametrize("combo", ["defaults", "relay-single-tuned", "everything-optional"])
+def test_sink_secrets_key_is_generated_with_32_alphanumerics_and_kept(combo, monitoring_chart):
+    objects = render_combo(combo, monitoring_chart)
+    secret = sink_key_secret(objects)
+    assert secret is not None, "no sink secrets key Secret rendered"
+    assert secret["metadata"]["name"] == SINK_KEY_SECRET
+    assert secret["metadata"]["namespace"] == NAMESPACE
+    assert secret["type"] == "Opaque"
+    # Kept on uninstall: sealed credentials are useless without it.
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert list(secret["data"]) == ["key"]
+    value = base64.b64decode(secret["data"]["key"], validate=True)
+    # 32 bytes: the binaries read a 32-byte file as the raw key.
+    assert len(value) == 32 and re.fullmatch(rb"[A-Za-z0-9]{32}", value), value
+    # Random per install, not a constant of the chart.
+    again = base64.b64decode(sink_key_secret(render_combo(combo, monitoring_chart))["data"]["key"])
+    assert again != value
+
+
+def test_sink_secrets_key_is_looked_up_before_a_new_one_is_made():
+    # `lookup` answers only against a cluster (an upgrade); offline renders cannot exercise it.
+    source = (CHART / "templates/sink-secrets-key.yaml").read_text()
+    assert 'lookup "v1" "Secret" .Release.Namespace $name' in source
+    assert "randAlphaNum 32" in source
+
+
+def test_operator_and_relay_read_the_sink_secrets_key_from_the_same_secret(default_objects):
+    secret = sink_key_secret(default_objects)
+    want = (secret["metadata"]["name"], next(iter(secret["data"])))
+    assert sink_key_source(default_objects, "studiodrive-operator") == want
+    assert sink_key_source(default_objects, RELAY) == want
+    assert f"--sink-secret-key-file={SINK_KEY_FILE}" in operator_args(default_objects)
+
+
+def test_existing_sink_secrets_key_secret_is_mounted_and_none_is_generated(monitoring_chart):
+    objects = render_combo("sink-key-existing", monitoring_chart)
+    assert sink_key_secret(objects) is None
+    want = ("studio-sink-key", "sealing-key")
+    assert sink_key_source(objects, "studiodrive-operator") == want
+    assert sink_key_source(objects, RELAY) == want
+    # The metadata CA still mounts beside it.
+    op = pod_spec(find(objects, "Deployment", "studiodrive-operator"))
+    assert volume_named(op, "metadata-ca")["secret"]["secretName"] == "db-ca"
+    assert "--metadata-ca-file=/etc/studiodrive/metadata-ca/ca.crt" in operator_args(objects)
+
+
+def test_sink_secrets_key_stays_for_the_operator_without_the_relay(monitoring_chart):
+    # The operator seals whether or not the chart runs a relay (one may run elsewhere).
+    objects = render_combo("relay-off", monitoring_chart)
+    assert sink_key_secret(objects)["metadata"]["name"] == SINK_KEY_SECRET
+    assert sink_key_source(objects, "studiodrive-operator") == (SINK_KEY_SECRET, "key")
+
+
+def test_sink_secrets_key_follows_the_fullname():
+    objects = render({"fullnameOverride": "sd"})
+    assert sink_key_secret(objects)["metadata"]["name"] == "sd-sink-secrets-key"
+    assert sink_key_source(objects, "sd-operator") == ("sd-sink-secrets-key", "key")
+    assert sink_key_source(objects, "sd-relay") == ("sd-sink-secrets-key", "key")
+
+
+def test_kustomize_install_leaves_the_random_key_out():
+    docs = [d for d in yaml.safe_load_all(chartlib.kustomize_manifest()) if d]
+    assert not [d for d in docs if d["kind"] == "Secret"], "a key in config/default would be every install's key"
+    # Its workloads still read the Secret, which kustomize users create (docs/install.md).
+    assert sink_key_source(docs, "studiodrive-operator") == (SINK_KEY_SECRET, "key")
+    assert sink_key_source(docs, RELAY) == (SINK_KEY_SECRET, "key")
+    install = (ROOT / "docs/install.md").read_text()
+    assert f"create secret generic {SINK_KEY_SECRET}" in install
+
+
+def test_notes_say_where_the_sink_secrets_key_is_and_what_losing_it_costs():
+    text = notes()
+    assert f"Secret {SINK_KEY_SECRET}, key key" in text
+    assert "the operator re-seals from the Secrets on the next reconcile" in text
+    assert "sink put" in text
+    text = notes(COMBOS["sink-key-existing"])
+    assert "Secret studio-sink-key, key sealing-key" in text
 
 
 # ---- RBAC ----------------------------------------------------------------------------------
@@ -873,7 +1033,8 @@ def test_kustomize_build_has_the_chart_objects(default_objects):
                          capture_output=True, text=True).stdout
     built = [d for d in yaml.safe_load_all(out) if d]
     chart = {key(o) for o in default_objects} | {key(c) for c in chartlib.crd_objects()}
-    assert {key(o) for o in built} == chart | {("Namespace", NAMESPACE)}
+    assert chartlib.KUSTOMIZE_OMITS <= chart
+    assert {key(o) for o in built} == (chart - chartlib.KUSTOMIZE_OMITS) | {("Namespace", NAMESPACE)}
     for o in built:
         assert "helm.sh/chart" not in o["metadata"].get("labels", {}), key(o)
 

@@ -148,3 +148,31 @@ seccompProfile:
     {{- toYaml . | nindent 4 }}
     {{- end }}
 {{- end }}
+
+{{/* The Secret holding the sink secrets key: events.sinkSecretsKey.existingSecret, or the
+     one sink-secrets-key.yaml generates. */}}
+{{- define "studiodrive.sinkSecretsKey.secretName" -}}
+{{- .Values.events.sinkSecretsKey.existingSecret | default (printf "%s-sink-secrets-key" (include "studiodrive.fullname" .)) }}
+{{- end }}
+
+{{/* Where the operator and the relay read the sink secrets key (--sink-secret-key-file). */}}
+{{- define "studiodrive.sinkSecretsKey.dir" -}}/etc/studiodrive/sink-secrets-key{{- end }}
+{{- define "studiodrive.sinkSecretsKey.file" -}}{{ include "studiodrive.sinkSecretsKey.dir" . }}/key{{- end }}
+
+{{- define "studiodrive.sinkSecretsKey.volumeMount" -}}
+- name: sink-secrets-key
+  mountPath: {{ include "studiodrive.sinkSecretsKey.dir" . }}
+  readOnly: true
+{{- end }}
+
+{{/* Only the key, as the file "key"; 0440 with the pod's fsGroup 65532 as its group: the
+     containers run as 65532 and secret files belong to root (as the GC Jobs' S3 credentials). */}}
+{{- define "studiodrive.sinkSecretsKey.volume" -}}
+- name: sink-secrets-key
+  secret:
+    secretName: {{ include "studiodrive.sinkSecretsKey.secretName" . }}
+    items:
+      - key: {{ .Values.events.sinkSecretsKey.key }}
+        path: key
+    defaultMode: 0440
+{{- end }}
