@@ -46,6 +46,8 @@ COMBOS: dict[str, dict[str, Any]] = {
     "file-store-hostpath": {"objectStore": {"type": "file", "file": {"hostPath": "/mnt/blocks"}}},
     "encryption-namespaces": {"encryption": {"enabled": True, "keySecretNamespaces": ["studio-a", "studio-b"]}},
     "encryption-off": {"encryption": {"enabled": False}},
+    "encryption-and-relay-off": {"encryption": {"enabled": False}, "relay": {"enabled": False}},
+    "relay-only-namespaces": {"encryption": {"enabled": False, "keySecretNamespaces": ["studio-a"]}},
     "metrics-off": {"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}},
     "metrics-on-monitoring": {"metrics": {"enabled": True, "serviceMonitor": {"enabled": True},
                                           "prometheusRule": {"enabled": True},
@@ -855,9 +857,38 @@ def test_operator_reads_key_secrets_by_name_only_as_configured(default_objects, 
     assert can(scoped, sa, "get", "", "secrets", namespace="studio-b")
     assert not can(scoped, sa, "get", "", "secrets", namespace="studio-c")
     assert not can(scoped, sa, "get", "", "secrets")
-    off = render_combo("encryption-off", monitoring_chart)
+    # Encryption alone (relay off) keeps the grant, for the KEKs.
+    assert can(render_combo("relay-off", monitoring_chart), sa, "get", "", "secrets")
+
+
+def secret_roles(objects) -> list[tuple[str, str]]:
+    return [key(o) for o in objects if o["kind"] in ("Role", "ClusterRole")
+            and any("secrets" in r.get("resources", []) for r in o["rules"])]
+
+
+# Catches: the grant tied to encryption.enabled only, which leaves the operator unable to read
+# the Secrets EventSinks name (KeySecretUnreadable) when encryption is off and the relay on.
+def test_operator_reads_eventsink_secrets_with_the_relay_even_without_encryption(monitoring_chart):
+    sa = "studiodrive-operator"
+    relay_only = render_combo("encryption-off", monitoring_chart)
+    assert COMBOS["encryption-off"] == {"encryption": {"enabled": False}}  # relay on by default
+    assert can(relay_only, sa, "get", "", "secrets")
+    assert can(relay_only, sa, "get", "", "secrets", namespace="studio-a")
+    for verb in ("list", "watch", "create", "update", "patch", "delete"):
+        assert not can(relay_only, sa, verb, "", "secrets")
+        assert not can(relay_only, sa, verb, "", "secrets", namespace="studio-a")
+    # keySecretNamespaces narrows this use too.
+    scoped = render_combo("relay-only-namespaces", monitoring_chart)
+    assert can(scoped, sa, "get", "", "secrets", namespace="studio-a")
+    assert not can(scoped, sa, "get", "", "secrets", namespace="studio-b")
+    assert not can(scoped, sa, "get", "", "secrets")
+    # Neither encrypted Workspaces nor a relay: no Secret access at all, and no role for it.
+    off = render_combo("encryption-and-relay-off", monitoring_chart)
     assert not can(off, sa, "get", "", "secrets")
     assert not can(off, sa, "get", "", "secrets", namespace="studio-a")
+    assert not can(off, sa, "get", "", "secrets", namespace=NAMESPACE)
+    assert secret_roles(off) == []
+    assert secret_roles(relay_only) == [("ClusterRole", "studiodrive-operator-keys")]
 
 
 # ---- images and resources ------------------------------------------------------------------
@@ -877,7 +908,8 @@ def test_images_are_pinned(combo, monitoring_chart):
                 tag = image.rsplit(":", 1)[1]
                 assert re.fullmatch(r"v\d+\.\d+\.\d+", tag), image
     # operator, controller plugin, node plugin, event relay
-    assert ours == (3 if combo == "relay-off" else 4)
+    relay = COMBOS[combo].get("relay", {}).get("enabled", True)
+    assert ours == (4 if relay else 3)
 
 
 def test_image_tag_and_digest_overrides():
@@ -1142,8 +1174,8 @@ ACCEPTED_FINDINGS.update({
     ("CKV_K8S_28", _NODE): "privileged containers hold every capability, NET_RAW included; the sidecars drop ALL",
     ("CKV_K8S_37", _NODE): "privileged containers hold every capability; the sidecars drop ALL",
     ("CKV2_K8S_5", "ClusterRoleBinding.studiodrive-operator-keys"):
-        "the operator reads Workspace KEK Secrets by name (get only, no list/watch) in tenant namespaces; "
-        "encryption.keySecretNamespaces narrows it to Roles",
+        "the operator reads Workspace KEK Secrets and EventSink credentials (labelled ones only) by name "
+        "(get only, no list/watch) in tenant namespaces; encryption.keySecretNamespaces narrows it to Roles",
 })
 
 
