@@ -8,7 +8,11 @@
 --   to take its lease (NoRelay: a new sink is taken within the relay's poll; a relay
 --   Deployment that never runs leaves it here, with the reason in the message).
 -- Degraded: Degraded=True (deliveries failing for long, DeliveryFailing; the metadata store
---   cannot be reached), or Ready=False for an invalid spec.
+--   cannot be reached; the credential Secret cannot be read, KeySecretUnreadable), or
+--   Ready=False for an invalid spec or a credential Secret the operator cannot use
+--   (SinkSecretUnavailable: not labelled studiodrive.dev/event-sink-credential=true, missing,
+--   without the key, an unusable value, no sink secrets key; someone has to act, and a sink
+--   already recorded keeps delivering with its old value meanwhile).
 -- Healthy: Ready=True for the current generation (a relay is delivering).
 
 -- BEGIN common: identical in every deploy/argocd/health/*.lua (tests/argocd checks it)
@@ -84,5 +88,7 @@ local failures = {
   StoreError = true,
   StoreUnavailable = true,
   DeliveryFailing = true,
+  SinkSecretUnavailable = true,
+  KeySecretUnreadable = true,
 }
 return stale_or_degraded(obj) or from_ready(obj, failures)
