@@ -82,7 +82,8 @@ pub struct NatsSink {
     #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9_-]+$')").message("nats.stream must be letters, digits, '-' and '_'"))]
     pub stream: Option<String>,
     /// A key of a Secret (this namespace) holding how the relay authenticates: a NATS `.creds`
-    /// file (user JWT and NKey seed) or a token. Sealed in the metadata store; never in the
+    /// file (user JWT and NKey seed) or a token. The Secret must be labelled
+    /// `studiodrive.dev/event-sink-credential=true`. Sealed in the metadata store; never in the
     /// URL or the status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretKeyRef>,
@@ -100,7 +101,8 @@ pub struct WebhookSink {
     /// A key of a Secret (this namespace) holding the signing key: `whsec_<base64>` (the
     /// Standard Webhooks form) or the key bytes (16 at least). Each request is then signed as
     /// Standard Webhooks specifies (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
-    /// Sealed in the metadata store; never in the status.
+    /// The Secret must be labelled `studiodrive.dev/event-sink-credential=true`. Sealed in the
+    /// metadata store; never in the status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_secret_ref: Option<SecretKeyRef>,
 }
