@@ -210,6 +210,18 @@ fn check_url(url: &str, schemes: &[&'static str]) -> Result<(), SpecError> {
     if rest.is_empty() || url.len() > 2048 || url.chars().any(char::is_whitespace) {
         return Err(SpecError::Url(redact_url(url), "no host, or whitespace"));
     }
+    let refused = url
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string()))
+        .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+        .is_some_and(webhook::refused_address);
+    if refused {
+        return Err(SpecError::Url(
+            redact_url(url),
+            "a link-local, unspecified or multicast address (cloud metadata endpoints live there)",
+        ));
+    }
     Ok(())
 }
 
@@ -797,4 +809,37 @@ fn lag_seconds(committed: Timestamp) -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
     ((now - committed.0).max(0) as f64) / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn webhook(url: &str) -> SinkSpec {
+        SinkSpec {
+            target: SinkTarget::Webhook { url: url.into() },
+            filter: EventFilter::default(),
+            sealed_secret: None,
+        }
+    }
+
+    #[test]
+    fn sink_urls_naming_metadata_addresses_are_invalid() {
+        for url in ["http://169.254.169.254/latest", "https://user:pw@[fe80::1]:8443/h"] {
+            let err = webhook(url).validate().unwrap_err();
+            assert!(err.to_string().contains("link-local"), "{err}");
+            assert!(!err.to_string().contains("pw@"), "credentials echoed: {err}");
+        }
+        let nats = SinkSpec {
+            target: SinkTarget::Nats {
+                url: "nats://169.254.169.254:4222".into(),
+                subject: "sd".into(),
+                stream: None,
+            },
+            ..webhook("http://x")
+        };
+        assert!(nats.validate().is_err());
+        assert_eq!(webhook("http://10.0.0.7:8080/hook").validate(), Ok(()));
+        assert_eq!(webhook("https://hooks.example.com/h").validate(), Ok(()));
+    }
 }

@@ -7,12 +7,19 @@
 //! `webhook-signature: v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">`. The receiver
 //! checks the signature and the timestamp's age, so neither a forged nor a replayed request
 //! passes.
+//!
+//! Webhook URLs come from tenants, so the relay never connects to a link-local address (the
+//! cloud metadata endpoints, 169.254.169.254 and fd00:ec2::254 among them), whether the URL
+//! names it or a name resolves to it: a sink cannot make the relay talk to its node's
+//! instance credentials. Other private addresses stay reachable (in-cluster receivers); a
+//! NetworkPolicy on the relay narrows them further.
 
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::rt::TokioExecutor;
 
 use super::{Outgoing, SinkError};
@@ -20,7 +27,63 @@ use super::{Outgoing, SinkError};
 /// How long one delivery may take (connect, send, answer).
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<bytes::Bytes>>;
+type HttpsClient =
+    Client<hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>, Full<bytes::Bytes>>;
+
+/// Whether the relay refuses to connect to `ip`: link-local (metadata endpoints live there),
+/// unspecified, multicast or broadcast, and the AWS metadata service's IPv6 address.
+pub(crate) fn refused_address(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(a) => a.is_link_local() || a.is_unspecified() || a.is_multicast() || a.is_broadcast(),
+        IpAddr::V6(a) => {
+            (a.segments()[0] & 0xffc0) == 0xfe80
+                || a.is_unspecified()
+                || a.is_multicast()
+                || a == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+                || a.to_ipv4_mapped().is_some_and(|v4| refused_address(IpAddr::V4(v4)))
+        }
+    }
+}
+
+/// The system resolver, less the addresses [`refused_address`] refuses; a name that resolves
+/// only to such addresses is an error.
+#[derive(Clone)]
+pub(super) struct GuardedResolver(GaiResolver);
+
+impl Default for GuardedResolver {
+    fn default() -> GuardedResolver {
+        GuardedResolver(GaiResolver::new())
+    }
+}
+
+impl tower_service::Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<std::net::SocketAddr>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, std::io::Error>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), std::io::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let host = name.as_str().to_string();
+        let lookup = self.0.call(name);
+        Box::pin(async move {
+            let allowed: Vec<std::net::SocketAddr> =
+                lookup.await?.filter(|a| !refused_address(a.ip())).collect();
+            if allowed.is_empty() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("{host} resolves only to link-local or other refused addresses"),
+                ));
+            }
+            Ok(allowed.into_iter())
+        })
+    }
+}
 
 pub(super) struct WebhookSink {
     url: http::Uri,
@@ -96,7 +159,19 @@ impl WebhookSink {
         })?
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let mut http = HttpConnector::new();
+        // An address in the URL itself is checked here; names, as they resolve.
+        if let Some(ip) = uri
+            .host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+            .filter(|ip| refused_address(*ip))
+        {
+            return Err(SinkError::Unreachable {
+                endpoint,
+                message: format!("{ip} is link-local or otherwise refused (cloud metadata endpoints live there)"),
+            });
+        }
+        let mut http = HttpConnector::new_with_resolver(GuardedResolver::default());
         http.enforce_http(false);
         http.set_connect_timeout(Some(TIMEOUT));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
@@ -162,7 +237,34 @@ impl WebhookSink {
 
 #[cfg(test)]
 mod tests {
-    use super::SigningKey;
+    use super::{GuardedResolver, SigningKey, WebhookSink, refused_address};
+    use tower_service::Service as _;
+
+    #[test]
+    fn metadata_and_link_local_addresses_are_refused() {
+        for refused in ["169.254.169.254", "169.254.0.1", "0.0.0.0", "224.0.0.1", "fe80::1", "fd00:ec2::254", "::ffff:169.254.169.254", "::"] {
+            assert!(refused_address(refused.parse().unwrap()), "{refused}");
+        }
+        for allowed in ["10.0.0.5", "127.0.0.1", "192.168.1.2", "8.8.8.8", "::1", "fd00::1"] {
+            assert!(!refused_address(allowed.parse().unwrap()), "{allowed}");
+        }
+        for url in ["http://169.254.169.254/latest/meta-data", "http://[fe80::1]:8080/", "https://[fd00:ec2::254]/"] {
+            let err = WebhookSink::new(url, None).err().expect("refused");
+            assert!(err.to_string().contains("refused"), "{err}");
+        }
+        assert!(WebhookSink::new("http://127.0.0.1:9/hook", None).is_ok());
+    }
+
+    #[tokio::test]
+    async fn names_resolving_only_to_refused_addresses_fail() {
+        let mut resolver = GuardedResolver::default();
+        let local: Vec<_> = resolver.call("localhost".parse().unwrap()).await.unwrap().collect();
+        assert!(!local.is_empty() && local.iter().all(|a| a.ip().is_loopback()), "{local:?}");
+        // A name whose only answer is link-local: getaddrinfo echoes a numeric host, which
+        // stands in for a DNS name pointing there (no DNS here).
+        let err = resolver.call("169.254.169.254".parse().unwrap()).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+    }
 
     #[test]
     fn signatures_follow_standard_webhooks() {
