@@ -429,7 +429,12 @@ impl Receiver {
                                 let headers: BTreeMap<String, String> = req
                                     .headers()
                                     .iter()
-                                    .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                                    .map(|(k, v)| {
+                                        (
+                                            k.as_str().to_string(),
+                                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                        )
+                                    })
                                     .collect();
                                 let body = req.into_body().collect().await?.to_bytes();
                                 let n = r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -703,9 +708,7 @@ fn standard_webhooks_verify(secret: &str, requests: &[Request]) -> anyhow::Resul
     let dir = tempfile::tempdir()?;
     let json: Vec<serde_json::Value> = requests
         .iter()
-        .map(|(headers, body)| {
-            serde_json::json!({"headers": headers, "body": String::from_utf8_lossy(body)})
-        })
+        .map(|(headers, body)| serde_json::json!({"headers": headers, "body": String::from_utf8_lossy(body)}))
         .collect();
     let path = dir.path().join("requests.json");
     std::fs::write(&path, serde_json::to_vec(&json)?)?;
@@ -733,7 +736,8 @@ fn base64_of(bytes: &[u8]) -> String {
 // that survive a changed body or another secret), an EventSink's Secret never reaching the
 // relay, a NATS token ignored.
 #[test]
-fn sink_credentials_are_sealed_from_the_operator_to_a_relay_that_signs_and_authenticates() -> anyhow::Result<()> {
+fn sink_credentials_are_sealed_from_the_operator_to_a_relay_that_signs_and_authenticates()
+-> anyhow::Result<()> {
     use operator::crd::{EventSink, EventSinkSpec, SecretKeyRef, WebhookSink};
     const WORKSPACE: &str = "studio.shot010";
     let rt = runtime()?;
@@ -784,7 +788,10 @@ fn sink_credentials_are_sealed_from_the_operator_to_a_relay_that_signs_and_authe
     };
     let echo = serde_json::to_value(&sink)?;
     let mut calls = Vec::new();
-    rt.block_on(common::reconcile_over_mock_api::<operator::reconcile::EventSinks, _>(
+    rt.block_on(common::reconcile_over_mock_api::<
+        operator::reconcile::EventSinks,
+        _,
+    >(
         sink,
         operator::store::drive_adapter::MetaStoreAdapter(meta.clone()),
         &setup,
@@ -807,7 +814,10 @@ fn sink_credentials_are_sealed_from_the_operator_to_a_relay_that_signs_and_authe
         .context("the operator recorded the sink")?;
     let sealed = recorded.spec.sealed_secret.clone().context("a sealed secret")?;
     let row = serde_json::to_string(&recorded.spec)?;
-    assert!(!row.contains(&signing_secret[6..]), "the store holds the secret in clear: {row}");
+    assert!(
+        !row.contains(&signing_secret[6..]),
+        "the store holds the secret in clear: {row}"
+    );
     assert_eq!(
         drive::relay::open_secret(&sealing_key, "studio/review-hook", &sealed)?,
         format!("{signing_secret}\n").as_bytes()
@@ -822,15 +832,29 @@ fn sink_credentials_are_sealed_from_the_operator_to_a_relay_that_signs_and_authe
     let nats_url = nats.url();
     let nats_sink = |name: &str, extra: &[&str]| {
         let mut args = vec![
-            "sink", "put", name, "--workspace", WORKSPACE, "--nats-url", &nats_url, "--subject", "sd.test",
-            "--stream", "SDTEST",
+            "sink",
+            "put",
+            name,
+            "--workspace",
+            WORKSPACE,
+            "--nats-url",
+            &nats_url,
+            "--subject",
+            "sd.test",
+            "--stream",
+            "SDTEST",
         ];
         args.extend_from_slice(extra);
         storage.run_admin(&args)
     };
     nats_sink(
         "farm",
-        &["--secret-file", &token_file.display().to_string(), "--sink-secret-key-file", &key_arg],
+        &[
+            "--secret-file",
+            &token_file.display().to_string(),
+            "--sink-secret-key-file",
+            &key_arg,
+        ],
     )?;
     nats_sink("farm-anonymous", &[])?;
 
@@ -874,7 +898,10 @@ fn sink_credentials_are_sealed_from_the_operator_to_a_relay_that_signs_and_authe
     let accepted = receiver.accepted();
     for (headers, body) in &accepted {
         let event: serde_json::Value = serde_json::from_slice(body)?;
-        assert_eq!(headers.get("webhook-id"), event["id"].as_str().map(str::to_string).as_ref());
+        assert_eq!(
+            headers.get("webhook-id"),
+            event["id"].as_str().map(str::to_string).as_ref()
+        );
     }
     let n = accepted.len();
     assert_eq!(

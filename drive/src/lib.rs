@@ -11,6 +11,7 @@ pub mod error;
 pub mod fs;
 pub mod gc;
 pub mod lifecycle;
+pub mod media;
 pub mod meta;
 pub mod mhl;
 pub mod model;

@@ -253,7 +253,9 @@ impl MountError {
             MountError::NotAFolder { .. } => ErrorKind::NotADirectory,
             MountError::WorkspaceMissing { .. } | MountError::OutsideSnapshot { .. } => ErrorKind::NotFound,
             MountError::Key { source, .. } => match source {
-                KeyError::KekRequired(_) | KeyError::WrongKek | KeyError::SealedWithOtherKey => ErrorKind::PermissionDenied,
+                KeyError::KekRequired(_) | KeyError::WrongKek | KeyError::SealedWithOtherKey => {
+                    ErrorKind::PermissionDenied
+                }
                 KeyError::File { .. } | KeyError::Invalid(_) => ErrorKind::InvalidArgument,
                 KeyError::Damaged | KeyError::SealDamaged => ErrorKind::Internal,
             },

@@ -144,7 +144,9 @@ impl KeySource for SecretKeySource {
         };
         // `stringData` is write-only: the API server folds it into `data`.
         Ok(match secret.data.as_mut().and_then(|data| data.remove(key)) {
-            Some(value) => SecretLookup::Found(KeyMaterial(value.0), secret.metadata.labels.unwrap_or_default()),
+            Some(value) => {
+                SecretLookup::Found(KeyMaterial(value.0), secret.metadata.labels.unwrap_or_default())
+            }
             None => SecretLookup::KeyMissing,
         })
     }

@@ -423,43 +423,75 @@ async fn sink_credentials_are_sealed_from_labelled_secrets_only_and_resealed_on_
     };
     let unavailable = |plan: &operator::plan::Plan<_, EventSinkStatus>| {
         let (status, why, message) = reason(&plan.status, "Ready");
-        assert_eq!((status.as_str(), why.as_str()), ("False", "SinkSecretUnavailable"));
+        assert_eq!(
+            (status.as_str(), why.as_str()),
+            ("False", "SinkSecretUnavailable")
+        );
         assert!(!message.contains("MfKQ9r8"), "{message}");
         message
     };
 
     // Not labelled, no sealing key, a value too short to sign with: nothing recorded.
     let unlabelled = StaticKeySource::new().with("studio", "hook-signing", "secret", secret);
-    let p = reconcile::sync(&kind(unlabelled, Some(&key)), &store, &input(&s), at(1)).await.expect("sync");
-    assert!(unavailable(&p).contains(SINK_CREDENTIAL_LABEL));
-    let p = reconcile::sync(&kind(labelled(secret), None), &store, &input(&s), at(2)).await.expect("sync");
-    assert!(unavailable(&p).contains("--sink-secret-key-file"));
-    let p = reconcile::sync(&kind(labelled("whsec_c2hvcnQ="), Some(&key)), &store, &input(&s), at(3))
+    let p = reconcile::sync(&kind(unlabelled, Some(&key)), &store, &input(&s), at(1))
         .await
         .expect("sync");
+    assert!(unavailable(&p).contains(SINK_CREDENTIAL_LABEL));
+    let p = reconcile::sync(&kind(labelled(secret), None), &store, &input(&s), at(2))
+        .await
+        .expect("sync");
+    assert!(unavailable(&p).contains("--sink-secret-key-file"));
+    let p = reconcile::sync(
+        &kind(labelled("whsec_c2hvcnQ="), Some(&key)),
+        &store,
+        &input(&s),
+        at(3),
+    )
+    .await
+    .expect("sync");
     assert!(unavailable(&p).contains("16 bytes"));
     assert_eq!(meta.event_sink(ID).await.expect("read"), None);
 
     // Labelled: recorded sealed; the same Secret again leaves the sealed value as it was.
-    reconcile::sync(&kind(labelled(secret), Some(&key)), &store, &input(&s), at(4)).await.expect("sync");
+    reconcile::sync(&kind(labelled(secret), Some(&key)), &store, &input(&s), at(4))
+        .await
+        .expect("sync");
     let first = meta.event_sink(ID).await.expect("read").expect("recorded");
     let sealed = first.spec.sealed_secret.clone().expect("sealed");
     assert!(!serde_json::to_string(&first.spec).unwrap().contains("MfKQ9r8"));
-    assert_eq!(drive::relay::open_secret(&key, ID, &sealed).unwrap(), secret.as_bytes());
-    let again = reconcile::sync(&kind(labelled(secret), Some(&key)), &store, &input(&s), at(5)).await.expect("sync");
+    assert_eq!(
+        drive::relay::open_secret(&key, ID, &sealed).unwrap(),
+        secret.as_bytes()
+    );
+    let again = reconcile::sync(&kind(labelled(secret), Some(&key)), &store, &input(&s), at(5))
+        .await
+        .expect("sync");
     assert!(again.events.is_empty(), "{:?}", again.events);
     assert_eq!(meta.event_sink(ID).await.expect("read").unwrap().spec, first.spec);
 
     // Rotated: sealed again, the position kept. Then the Secret goes: the sink keeps the last.
     let rotated = "whsec_c2Vjb25kLXNpZ25pbmcta2V5LTEyMzQ=";
-    reconcile::sync(&kind(labelled(rotated), Some(&key)), &store, &input(&s), at(6)).await.expect("sync");
-    let second = meta.event_sink(ID).await.expect("read").expect("recorded");
-    let resealed = second.spec.sealed_secret.clone().expect("sealed");
-    assert_eq!(drive::relay::open_secret(&key, ID, &resealed).unwrap(), rotated.as_bytes());
-    assert_eq!(second.position, first.position);
-    let p = reconcile::sync(&kind(StaticKeySource::new(), Some(&key)), &store, &input(&s), at(7))
+    reconcile::sync(&kind(labelled(rotated), Some(&key)), &store, &input(&s), at(6))
         .await
         .expect("sync");
+    let second = meta.event_sink(ID).await.expect("read").expect("recorded");
+    let resealed = second.spec.sealed_secret.clone().expect("sealed");
+    assert_eq!(
+        drive::relay::open_secret(&key, ID, &resealed).unwrap(),
+        rotated.as_bytes()
+    );
+    assert_eq!(second.position, first.position);
+    let p = reconcile::sync(
+        &kind(StaticKeySource::new(), Some(&key)),
+        &store,
+        &input(&s),
+        at(7),
+    )
+    .await
+    .expect("sync");
     assert!(unavailable(&p).contains("does not exist"));
-    assert_eq!(meta.event_sink(ID).await.expect("read").unwrap().spec, second.spec);
+    assert_eq!(
+        meta.event_sink(ID).await.expect("read").unwrap().spec,
+        second.spec
+    );
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use drive::meta::SinkStart;
 use drive::data::Kek;
+use drive::meta::SinkStart;
 use drive::relay::{EventFilter, Relay, RelayConfig, SinkSpec, SinkTarget};
 use tokio_util::sync::CancellationToken;
 
@@ -90,7 +90,10 @@ pub async fn sink(cmd: SinkCmd) -> anyhow::Result<()> {
                         .with_context(|| format!("reading the sink secret {}", file.display()))?;
                     drive::relay::check_secret(&target, &secret)
                         .map_err(|why| anyhow::anyhow!("the sink secret {}: {why}", file.display()))?;
-                    Some(drive::relay::seal_secret(&key, &args.name, &secret).context("sealing the sink secret")?)
+                    Some(
+                        drive::relay::seal_secret(&key, &args.name, &secret)
+                            .context("sealing the sink secret")?,
+                    )
                 }
                 _ => None,
             };

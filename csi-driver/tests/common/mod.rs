@@ -842,7 +842,10 @@ pub fn pypi_venv(name: &str, requirement: &str) -> anyhow::Result<std::path::Pat
                 .status()?
                 .success();
         if !installed {
-            anyhow::bail!("could not install {requirement} from PyPI into {}", venv.display());
+            anyhow::bail!(
+                "could not install {requirement} from PyPI into {}",
+                venv.display()
+            );
         }
         std::fs::write(&done, b"")?;
     }

@@ -173,7 +173,10 @@ impl Kek {
 
     /// Opens a value made by [`Kek::seal`] for the same `context`.
     pub fn open(&self, context: &[u8], sealed: &[u8]) -> Result<Vec<u8>, KeyError> {
-        if sealed.len() <= SEAL_HEADER_LEN + TAG_LEN || &sealed[..4] != SEAL_MAGIC || sealed[4] != SEAL_VERSION {
+        if sealed.len() <= SEAL_HEADER_LEN + TAG_LEN
+            || &sealed[..4] != SEAL_MAGIC
+            || sealed[4] != SEAL_VERSION
+        {
             return Err(KeyError::SealDamaged);
         }
         if sealed[5..5 + FINGERPRINT_LEN] != self.fingerprint() {
@@ -254,15 +257,28 @@ mod tests {
         let sealed = kek.seal(b"studio/hook", b"whsec_c2VjcmV0").unwrap();
         assert!(!sealed.windows(6).any(|w| w == b"whsec_"), "sealed in clear");
         assert_eq!(kek.open(b"studio/hook", &sealed).unwrap(), b"whsec_c2VjcmV0");
-        assert_ne!(kek.seal(b"studio/hook", b"whsec_c2VjcmV0").unwrap(), sealed, "one nonce per seal");
-        assert!(matches!(kek.open(b"studio/other", &sealed), Err(KeyError::SealDamaged)));
-        assert!(matches!(Kek::generate().open(b"studio/hook", &sealed), Err(KeyError::SealedWithOtherKey)));
+        assert_ne!(
+            kek.seal(b"studio/hook", b"whsec_c2VjcmV0").unwrap(),
+            sealed,
+            "one nonce per seal"
+        );
+        assert!(matches!(
+            kek.open(b"studio/other", &sealed),
+            Err(KeyError::SealDamaged)
+        ));
+        assert!(matches!(
+            Kek::generate().open(b"studio/hook", &sealed),
+            Err(KeyError::SealedWithOtherKey)
+        ));
         for i in [0, 4, SEAL_HEADER_LEN, sealed.len() - 1] {
             let mut bad = sealed.clone();
             bad[i] ^= 1;
             assert!(kek.open(b"studio/hook", &bad).is_err(), "byte {i} flipped");
         }
-        assert!(kek.open(b"studio/hook", &sealed[..SEAL_HEADER_LEN + TAG_LEN]).is_err());
+        assert!(
+            kek.open(b"studio/hook", &sealed[..SEAL_HEADER_LEN + TAG_LEN])
+                .is_err()
+        );
         assert!(kek.seal(b"x", b"").is_err());
         assert!(kek.seal(b"x", &vec![1u8; MAX_SEALED_SECRET + 1]).is_err());
     }

@@ -31,6 +31,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (14, include_str!("../../migrations/0014_event_sinks.sql")),
     (15, include_str!("../../migrations/0015_publish_revert.sql")),
     (16, include_str!("../../migrations/0016_preload_runs.sql")),
+    (17, include_str!("../../migrations/0017_media.sql")),
 ];
 
 pub(super) async fn apply(store: &PgMetaStore) -> Result<(), MetaError> {

@@ -444,6 +444,7 @@ async fn remove_nodes<C: deadpool_postgres::GenericClient>(c: &C, inos: &[i64]) 
     .map(|r| r.get(0))
     .collect();
     queue_nodes(c, &children).await?;
+    crate::meta::media::purge_node_documents(c, inos).await?;
     for statement in [
         "DELETE FROM file_blocks WHERE ino = ANY($1)",
         "DELETE FROM xattrs WHERE ino = ANY($1)",

@@ -213,7 +213,10 @@ fn check_url(url: &str, schemes: &[&'static str]) -> Result<(), SpecError> {
     let refused = url
         .parse::<http::Uri>()
         .ok()
-        .and_then(|u| u.host().map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string()))
+        .and_then(|u| {
+            u.host()
+                .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
+        })
         .and_then(|h| h.parse::<std::net::IpAddr>().ok())
         .is_some_and(webhook::refused_address);
     if refused {
@@ -342,10 +345,11 @@ pub enum SinkError {
     Secret { endpoint: String, message: String },
 }
 
-/// A connection to one sink's destination.
+/// A connection to one sink's destination (boxed: both clients are large, and one is made
+/// per sink).
 enum SinkClient {
-    Nats(nats::NatsSink),
-    Webhook(webhook::WebhookSink),
+    Nats(Box<nats::NatsSink>),
+    Webhook(Box<webhook::WebhookSink>),
 }
 
 impl SinkClient {
@@ -371,14 +375,14 @@ impl SinkClient {
                     .map(|s| nats::Auth::parse(&s))
                     .transpose()
                     .map_err(secret_error)?;
-                SinkClient::Nats(nats::NatsSink::new(url, subject, stream.clone(), auth))
+                SinkClient::Nats(Box::new(nats::NatsSink::new(url, subject, stream.clone(), auth)))
             }
             SinkTarget::Webhook { url } => {
                 let signing = secret
                     .map(|s| webhook::SigningKey::parse(&s))
                     .transpose()
                     .map_err(secret_error)?;
-                SinkClient::Webhook(webhook::WebhookSink::new(url, signing)?)
+                SinkClient::Webhook(Box::new(webhook::WebhookSink::new(url, signing)?))
             }
         })
     }
@@ -825,7 +829,10 @@ mod tests {
 
     #[test]
     fn sink_urls_naming_metadata_addresses_are_invalid() {
-        for url in ["http://169.254.169.254/latest", "https://user:pw@[fe80::1]:8443/h"] {
+        for url in [
+            "http://169.254.169.254/latest",
+            "https://user:pw@[fe80::1]:8443/h",
+        ] {
             let err = webhook(url).validate().unwrap_err();
             assert!(err.to_string().contains("link-local"), "{err}");
             assert!(!err.to_string().contains("pw@"), "credentials echoed: {err}");

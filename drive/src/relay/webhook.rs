@@ -27,8 +27,7 @@ use super::{Outgoing, SinkError};
 /// How long one delivery may take (connect, send, answer).
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-type HttpsClient =
-    Client<hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>, Full<bytes::Bytes>>;
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>, Full<bytes::Bytes>>;
 
 /// Whether the relay refuses to connect to `ip`: link-local (metadata endpoints live there),
 /// unspecified, multicast or broadcast, and the AWS metadata service's IPv6 address.
@@ -41,7 +40,8 @@ pub(crate) fn refused_address(ip: std::net::IpAddr) -> bool {
                 || a.is_unspecified()
                 || a.is_multicast()
                 || a == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
-                || a.to_ipv4_mapped().is_some_and(|v4| refused_address(IpAddr::V4(v4)))
+                || a.to_ipv4_mapped()
+                    .is_some_and(|v4| refused_address(IpAddr::V4(v4)))
         }
     }
 }
@@ -60,9 +60,8 @@ impl Default for GuardedResolver {
 impl tower_service::Service<Name> for GuardedResolver {
     type Response = std::vec::IntoIter<std::net::SocketAddr>;
     type Error = std::io::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, std::io::Error>> + Send>,
-    >;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, std::io::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), std::io::Error>> {
         self.0.poll_ready(cx)
@@ -109,7 +108,7 @@ impl SigningKey {
                     .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
             )
             .decode(encoded)
-                .map_err(|_| "a whsec_ signing secret must be followed by base64".to_string())?,
+            .map_err(|_| "a whsec_ signing secret must be followed by base64".to_string())?,
             None => secret.to_vec(),
         };
         if key.len() < 16 {
@@ -118,7 +117,10 @@ impl SigningKey {
                 key.len()
             ));
         }
-        Ok(SigningKey(aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key)))
+        Ok(SigningKey(aws_lc_rs::hmac::Key::new(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            &key,
+        )))
     }
 
     /// The `webhook-signature` value of a request.
@@ -168,7 +170,9 @@ impl WebhookSink {
         {
             return Err(SinkError::Unreachable {
                 endpoint,
-                message: format!("{ip} is link-local or otherwise refused (cloud metadata endpoints live there)"),
+                message: format!(
+                    "{ip} is link-local or otherwise refused (cloud metadata endpoints live there)"
+                ),
             });
         }
         let mut http = HttpConnector::new_with_resolver(GuardedResolver::default());
@@ -242,13 +246,33 @@ mod tests {
 
     #[test]
     fn metadata_and_link_local_addresses_are_refused() {
-        for refused in ["169.254.169.254", "169.254.0.1", "0.0.0.0", "224.0.0.1", "fe80::1", "fd00:ec2::254", "::ffff:169.254.169.254", "::"] {
+        for refused in [
+            "169.254.169.254",
+            "169.254.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "fe80::1",
+            "fd00:ec2::254",
+            "::ffff:169.254.169.254",
+            "::",
+        ] {
             assert!(refused_address(refused.parse().unwrap()), "{refused}");
         }
-        for allowed in ["10.0.0.5", "127.0.0.1", "192.168.1.2", "8.8.8.8", "::1", "fd00::1"] {
+        for allowed in [
+            "10.0.0.5",
+            "127.0.0.1",
+            "192.168.1.2",
+            "8.8.8.8",
+            "::1",
+            "fd00::1",
+        ] {
             assert!(!refused_address(allowed.parse().unwrap()), "{allowed}");
         }
-        for url in ["http://169.254.169.254/latest/meta-data", "http://[fe80::1]:8080/", "https://[fd00:ec2::254]/"] {
+        for url in [
+            "http://169.254.169.254/latest/meta-data",
+            "http://[fe80::1]:8080/",
+            "https://[fd00:ec2::254]/",
+        ] {
             let err = WebhookSink::new(url, None).err().expect("refused");
             assert!(err.to_string().contains("refused"), "{err}");
         }
@@ -258,11 +282,21 @@ mod tests {
     #[tokio::test]
     async fn names_resolving_only_to_refused_addresses_fail() {
         let mut resolver = GuardedResolver::default();
-        let local: Vec<_> = resolver.call("localhost".parse().unwrap()).await.unwrap().collect();
-        assert!(!local.is_empty() && local.iter().all(|a| a.ip().is_loopback()), "{local:?}");
+        let local: Vec<_> = resolver
+            .call("localhost".parse().unwrap())
+            .await
+            .unwrap()
+            .collect();
+        assert!(
+            !local.is_empty() && local.iter().all(|a| a.ip().is_loopback()),
+            "{local:?}"
+        );
         // A name whose only answer is link-local: getaddrinfo echoes a numeric host, which
         // stands in for a DNS name pointing there (no DNS here).
-        let err = resolver.call("169.254.169.254".parse().unwrap()).await.unwrap_err();
+        let err = resolver
+            .call("169.254.169.254".parse().unwrap())
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
     }
 

@@ -779,7 +779,10 @@ mod tests {
             sink: Some(record(desired_sink(&input(&spec)).expect("valid").spec)),
             ..observed
         };
-        assert!(matches!(&plan(&input(&spec), &unsealed, at(1_001)).ops[..], [Op::Put { .. }]));
+        assert!(matches!(
+            &plan(&input(&spec), &unsealed, at(1_001)).ops[..],
+            [Op::Put { .. }]
+        ));
 
         // The Secret went away: the recorded sink stays as it is, Ready=False says why, once.
         let gone = Observed {
@@ -793,7 +796,11 @@ mod tests {
             pair("False", reason::SINK_SECRET_UNAVAILABLE)
         );
         let ready = conditions::find(&p.status.conditions, "Ready").unwrap();
-        assert!(ready.message.starts_with("Secret studio/hook does not exist"), "{}", ready.message);
+        assert!(
+            ready.message.starts_with("Secret studio/hook does not exist"),
+            "{}",
+            ready.message
+        );
         assert_eq!(p.events.len(), 1);
         assert_eq!(p.status.position, Some(42), "the recorded sink's status is kept");
         let mut i = input(&spec);

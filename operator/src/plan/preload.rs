@@ -359,12 +359,12 @@ pub fn plan(input: &Input<'_>, observed: &Observed, now: Timestamp) -> Plan<Op, 
         .iter()
         .find(|n| observed.nodes.contains(&n.node) && n.phase == PreloadPhase::Failed)
         .map(|n| {
-        format!(
-            "node {}: {}",
-            n.node,
-            n.errors.first().map_or("failed", String::as_str)
-        )
-    });
+            format!(
+                "node {}: {}",
+                n.node,
+                n.errors.first().map_or("failed", String::as_str)
+            )
+        });
 
     let mut conds = Vec::with_capacity(2);
     let mut events = Vec::new();
@@ -551,7 +551,7 @@ mod tests {
     fn observed(nodes: &[&str]) -> Observed {
         Observed {
             workspace: Some(workspace(false)),
-            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            nodes: nodes.iter().map(ToString::to_string).collect(),
             ..Observed::default()
         }
     }
@@ -637,7 +637,10 @@ mod tests {
         assert!(matches!(&p.ops[..], [Op::StartJob { node, .. }] if node == "node-c"));
         assert_eq!(ready(&p), ("False".into(), reason::PRELOADING.into()));
         let degraded = conditions::find(&p.status.conditions, conditions::DEGRADED).unwrap();
-        assert_eq!(degraded.status, "False", "an unselected node's failure: {degraded:?}");
+        assert_eq!(
+            degraded.status, "False",
+            "an unselected node's failure: {degraded:?}"
+        );
     }
 
     #[test]

@@ -13,7 +13,9 @@ use super::driver::{Kind, LiveKind, StatusFields, namespaced_api, namespaced_nam
 use super::{Context, ReconcileError};
 use crate::crd::{EventSink, EventSinkStatus};
 use crate::keys::{KeySource, SecretKeySource, SecretLookup};
-use crate::plan::eventsink::{self as planner, Input, Observed, Op, SinkSecret, desired_sink, secret_ref, sink_id};
+use crate::plan::eventsink::{
+    self as planner, Input, Observed, Op, SinkSecret, desired_sink, secret_ref, sink_id,
+};
 use crate::plan::{EventNote, Plan};
 use crate::store::StudioStore;
 
@@ -51,14 +53,20 @@ impl<K: KeySource> EventSinks<K> {
         };
         let value = match self.keys.lookup(ns, name, key).await? {
             SecretLookup::SecretMissing => {
-                return Ok(SinkSecret::Unavailable(format!("Secret {ns}/{name} does not exist")));
+                return Ok(SinkSecret::Unavailable(format!(
+                    "Secret {ns}/{name} does not exist"
+                )));
             }
             SecretLookup::KeyMissing => {
-                return Ok(SinkSecret::Unavailable(format!("Secret {ns}/{name} has no key {key:?}")));
+                return Ok(SinkSecret::Unavailable(format!(
+                    "Secret {ns}/{name} has no key {key:?}"
+                )));
             }
             // The Secret's owner opts in: the value goes to an endpoint the EventSink's author
             // chooses, who may not be allowed to read Secrets.
-            SecretLookup::Found(_, labels) if labels.get(SINK_CREDENTIAL_LABEL).map(String::as_str) != Some("true") => {
+            SecretLookup::Found(_, labels)
+                if labels.get(SINK_CREDENTIAL_LABEL).map(String::as_str) != Some("true") =>
+            {
                 return Ok(SinkSecret::Unavailable(format!(
                     "Secret {ns}/{name} is not labelled {SINK_CREDENTIAL_LABEL}=true (the label lets \
                      EventSinks of this namespace send what it holds to their endpoints)"
@@ -67,7 +75,9 @@ impl<K: KeySource> EventSinks<K> {
             SecretLookup::Found(value, _) => value,
         };
         if let Err(why) = drive::relay::check_secret(target, value.as_bytes()) {
-            return Ok(SinkSecret::Unavailable(format!("key {key:?} of Secret {ns}/{name}: {why}")));
+            return Ok(SinkSecret::Unavailable(format!(
+                "key {key:?} of Secret {ns}/{name}: {why}"
+            )));
         }
         let id = sink_id(input.namespace, input.name);
         let unchanged = recorded
@@ -117,7 +127,8 @@ impl<K: KeySource> Kind for EventSinks<K> {
         let (workspace, secret) = match desired_sink(input) {
             Ok(desired) => (
                 store.get_workspace(&desired.workspace).await?,
-                self.sink_secret(input, &desired.spec.target, sink.as_ref()).await?,
+                self.sink_secret(input, &desired.spec.target, sink.as_ref())
+                    .await?,
             ),
             Err(_) => (None, SinkSecret::None),
         };

@@ -14,10 +14,11 @@ use operator::keys::StaticKeySource;
 /// A key source without Secrets, for unencrypted workspaces.
 pub const NO_KEYS: StaticKeySource = StaticKeySource::new();
 /// The EventSink kind with no Secrets and no sink secrets key (sinks without credentials).
-pub const NO_SINK_SECRETS: operator::reconcile::EventSinks<StaticKeySource> = operator::reconcile::EventSinks {
-    keys: StaticKeySource::new(),
-    sealing_key: None,
-};
+pub const NO_SINK_SECRETS: operator::reconcile::EventSinks<StaticKeySource> =
+    operator::reconcile::EventSinks {
+        keys: StaticKeySource::new(),
+        sealing_key: None,
+    };
 
 pub fn at(secs: i64) -> Timestamp {
     Timestamp::from_second(secs).expect("valid timestamp")

@@ -1,0 +1,358 @@
+//! Media metadata: DataStores (a media analysis type and version, a JSON Schema for its
+//! documents, a JSON Schema for the media ids other systems bring, and the fields a query may
+//! filter on) and their Media Documents (immutable JSON validated on write, attached to a
+//! file, folder or frame sequence of a workspace, several per media id).
+//!
+//! This module is the rules: schema-on-write ([`CompiledDataStore::check_document`], with the
+//! JSON path of the first error), what is indexed of a document ([`CompiledDataStore::index`]:
+//! one row per queryable field present), and filters ([`filter`]). The store
+//! ([`crate::meta::PgMetaStore`]'s media methods) keeps them in PostgreSQL.
+
+pub mod filter;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use filter::{Cmp, Filter, FilterError, Scalar, SqlParam};
+
+/// The largest indexed document (its JSON text): a larger analysis keeps its bulk elsewhere.
+pub const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+/// The largest schema (JSON text) and media id (JSON text).
+pub const MAX_SCHEMA_BYTES: usize = 256 << 10;
+pub const MAX_MEDIA_ID_BYTES: usize = 4 << 10;
+/// Queryable fields per DataStore, and the longest indexed string (bytes; longer strings are
+/// indexed by their first bytes, cut at a character boundary, which equality then misses).
+pub const MAX_QUERYABLE_FIELDS: usize = 64;
+pub const MAX_INDEXED_STRING: usize = 512;
+
+/// A dotted path into a document: `video.width`, `tracks.0.codec` (a number indexes an array).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FieldPath(Vec<String>);
+
+impl FieldPath {
+    /// Parses `a.b.0.c`: 1 to 16 segments of letters, digits, '_' and '-'.
+    pub fn parse(text: &str) -> Result<FieldPath, String> {
+        let segments: Vec<String> = text.split('.').map(str::to_string).collect();
+        let ok = |s: &String| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        if segments.len() > 16 || !segments.iter().all(ok) {
+            return Err(format!(
+                "field {text:?}: 1 to 16 dot-separated names of letters, digits, '_' and '-'"
+            ));
+        }
+        Ok(FieldPath(segments))
+    }
+
+    /// The value at this path, as it is indexed: `None` when absent.
+    pub fn index_value(&self, doc: &Value) -> Option<IndexValue> {
+        let mut at = doc;
+        for segment in &self.0 {
+            at = match at {
+                Value::Object(map) => map.get(segment)?,
+                Value::Array(items) => items.get(segment.parse::<usize>().ok()?)?,
+                _ => return None,
+            };
+        }
+        Some(IndexValue::of(at))
+    }
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("."))
+    }
+}
+
+/// What the index keeps of a field's value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IndexValue {
+    Null,
+    Bool(bool),
+    Num(f64),
+    Str(String),
+    /// An object or an array: present, but not compared.
+    Other,
+}
+
+impl IndexValue {
+    fn of(value: &Value) -> IndexValue {
+        match value {
+            Value::Null => IndexValue::Null,
+            Value::Bool(b) => IndexValue::Bool(*b),
+            Value::Number(n) => n
+                .as_f64()
+                .filter(|f| f.is_finite())
+                .map_or(IndexValue::Other, IndexValue::Num),
+            Value::String(s) => {
+                let mut end = s.len().min(MAX_INDEXED_STRING);
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                IndexValue::Str(s[..end].to_string())
+            }
+            _ => IndexValue::Other,
+        }
+    }
+
+    /// The stored kind (`media_fields.kind`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            IndexValue::Null => "null",
+            IndexValue::Bool(_) => "bool",
+            IndexValue::Num(_) => "number",
+            IndexValue::Str(_) => "string",
+            IndexValue::Other => "other",
+        }
+    }
+}
+
+/// A DataStore: a unit of namespace, schema and access control.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataStoreSpec {
+    /// `<namespace>/<name>` (or any name for a local one): letters, digits, '-', '.', '_', '/'.
+    pub name: String,
+    /// The media analysis its documents hold (`shot-boundaries`, `loudness`, `technical`).
+    pub analysis_type: String,
+    pub version: u32,
+    /// The JSON Schema every document must pass.
+    pub schema: Value,
+    /// The JSON Schema of the media ids documents are filed under; it cannot change.
+    pub media_id_schema: Value,
+    /// The fields a query may filter on (dotted paths).
+    #[serde(default)]
+    pub queryable: Vec<String>,
+}
+
+/// A refused document, media id or schema: `path` is a JSON pointer into the refused value
+/// (empty for the whole of it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} is invalid at {}: {message}", if path.is_empty() { "its root" } else { path.as_str() })]
+pub struct Invalid {
+    pub what: &'static str,
+    pub path: String,
+    pub message: String,
+}
+
+fn invalid(what: &'static str, path: impl Into<String>, message: impl Into<String>) -> Invalid {
+    Invalid {
+        what,
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// Checks a DataStore or document name: 1 to 253 of letters, digits, '-', '.', '_', '/'.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "name {name:?}: 1 to 253 letters, digits, '-', '.', '_' and '/'"
+        ))
+    }
+}
+
+/// A DataStore with its schemas compiled.
+pub struct CompiledDataStore {
+    pub spec: DataStoreSpec,
+    queryable: Vec<FieldPath>,
+    schema: jsonschema::Validator,
+    media_id_schema: jsonschema::Validator,
+}
+
+impl fmt::Debug for CompiledDataStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompiledDataStore")
+            .field("spec", &self.spec)
+            .finish()
+    }
+}
+
+fn compile(schema: &Value, what: &'static str) -> Result<jsonschema::Validator, Invalid> {
+    if serde_json::to_vec(schema).map_or(usize::MAX, |v| v.len()) > MAX_SCHEMA_BYTES {
+        return Err(invalid(what, "", format!("larger than {MAX_SCHEMA_BYTES} bytes")));
+    }
+    // No remote references: a schema names only what it holds.
+    jsonschema::options()
+        .build(schema)
+        .map_err(|e| invalid(what, e.instance_path().to_string(), e.to_string()))
+}
+
+fn check(validator: &jsonschema::Validator, value: &Value, what: &'static str) -> Result<(), Invalid> {
+    match validator.iter_errors(value).next() {
+        None => Ok(()),
+        Some(e) => Err(invalid(what, e.instance_path().to_string(), e.to_string())),
+    }
+}
+
+impl CompiledDataStore {
+    /// Checks and compiles a spec.
+    pub fn compile(spec: DataStoreSpec) -> Result<CompiledDataStore, Invalid> {
+        validate_name(&spec.name).map_err(|e| invalid("the DataStore", "/name", e))?;
+        validate_name(&spec.analysis_type).map_err(|e| invalid("the DataStore", "/analysisType", e))?;
+        if spec.queryable.len() > MAX_QUERYABLE_FIELDS {
+            return Err(invalid(
+                "the DataStore",
+                "/queryable",
+                format!("at most {MAX_QUERYABLE_FIELDS} queryable fields"),
+            ));
+        }
+        let queryable = spec
+            .queryable
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                FieldPath::parse(f).map_err(|e| invalid("the DataStore", format!("/queryable/{i}"), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let schema = compile(&spec.schema, "the document schema")?;
+        let media_id_schema = compile(&spec.media_id_schema, "the media id schema")?;
+        Ok(CompiledDataStore {
+            spec,
+            queryable,
+            schema,
+            media_id_schema,
+        })
+    }
+
+    /// Schema-on-write: the document passes the schema and the size bound.
+    pub fn check_document(&self, doc: &Value) -> Result<(), Invalid> {
+        let len = serde_json::to_vec(doc).map_or(usize::MAX, |v| v.len());
+        if len > MAX_DOCUMENT_BYTES {
+            return Err(invalid(
+                "the document",
+                "",
+                format!("{len} bytes; at most {MAX_DOCUMENT_BYTES} are indexed"),
+            ));
+        }
+        check(&self.schema, doc, "the document")
+    }
+
+    /// The media id passes its schema and size bound.
+    pub fn check_media_id(&self, media_id: &Value) -> Result<(), Invalid> {
+        if media_id_key(media_id).len() > MAX_MEDIA_ID_BYTES {
+            return Err(invalid(
+                "the media id",
+                "",
+                format!("larger than {MAX_MEDIA_ID_BYTES} bytes"),
+            ));
+        }
+        check(&self.media_id_schema, media_id, "the media id")
+    }
+
+    /// What is indexed of `doc`: each queryable field present, with its value.
+    pub fn index(&self, doc: &Value) -> Vec<(String, IndexValue)> {
+        self.queryable
+            .iter()
+            .filter_map(|f| f.index_value(doc).map(|v| (f.to_string(), v)))
+            .collect()
+    }
+
+    /// A filter reads only queryable fields (the others are not indexed).
+    pub fn check_filter(&self, filter: &Filter) -> Result<(), FilterError> {
+        match filter.fields().into_iter().find(|f| !self.queryable.contains(f)) {
+            None => Ok(()),
+            Some(f) => Err(FilterError {
+                at: String::new(),
+                message: format!(
+                    "field {f} is not queryable in DataStore {} (queryable: {})",
+                    self.spec.name,
+                    self.spec.queryable.join(", ")
+                ),
+            }),
+        }
+    }
+}
+
+/// The canonical text of a media id (object keys sorted, as serde_json's map keeps them): two
+/// equal ids have one key.
+pub fn media_id_key(media_id: &Value) -> String {
+    media_id.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    pub(crate) fn shots() -> DataStoreSpec {
+        DataStoreSpec {
+            name: "studio/shots".into(),
+            analysis_type: "shot-boundaries".into(),
+            version: 1,
+            schema: json!({
+                "type": "object",
+                "required": ["fps", "shots"],
+                "properties": {
+                    "fps": {"type": "number", "exclusiveMinimum": 0},
+                    "shots": {"type": "array", "items": {
+                        "type": "object", "required": ["start", "end"],
+                        "properties": {"start": {"type": "number"}, "end": {"type": "number"}}
+                    }},
+                    "reviewed": {"type": "boolean"}
+                }
+            }),
+            media_id_schema: json!({"type": "object", "required": ["asset"], "properties": {"asset": {"type": "string"}}}),
+            queryable: vec!["fps".into(), "reviewed".into(), "shots.0.start".into()],
+        }
+    }
+
+    #[test]
+    fn invalid_documents_are_refused_with_the_json_path_of_the_error() {
+        let ds = CompiledDataStore::compile(shots()).unwrap();
+        assert_eq!(ds.check_document(&json!({"fps": 24, "shots": []})), Ok(()));
+        for (doc, path) in [
+            (json!({"fps": 24}), ""),
+            (json!({"fps": "24", "shots": []}), "/fps"),
+            (
+                json!({"fps": 24, "shots": [{"start": 0, "end": 5}, {"start": "x", "end": 9}]}),
+                "/shots/1/start",
+            ),
+            (json!({"fps": 0, "shots": []}), "/fps"),
+            (json!([1]), ""),
+        ] {
+            let err = ds.check_document(&doc).unwrap_err();
+            assert_eq!(err.path, path, "{doc}: {err}");
+        }
+        assert!(ds.check_media_id(&json!({"asset": "sh010"})).is_ok());
+        assert_eq!(
+            ds.check_media_id(&json!({"asset": 7})).unwrap_err().path,
+            "/asset"
+        );
+        let big = json!({"fps": 24, "shots": [], "pad": "x".repeat(MAX_DOCUMENT_BYTES)});
+        assert!(ds.check_document(&big).unwrap_err().message.contains("bytes"));
+    }
+
+    #[test]
+    fn bad_specs_and_filters_on_unindexed_fields_are_refused() {
+        let mut spec = shots();
+        spec.queryable = vec!["a..b".into()];
+        assert_eq!(CompiledDataStore::compile(spec).unwrap_err().path, "/queryable/0");
+        let mut spec = shots();
+        spec.schema = json!({"type": "no-such-type"});
+        assert!(CompiledDataStore::compile(spec).is_err());
+        let ds = CompiledDataStore::compile(shots()).unwrap();
+        let f = Filter::from_json(&json!({"field": "shots.1.end", "op": ">", "value": 3})).unwrap();
+        assert!(ds.check_filter(&f).unwrap_err().message.contains("not queryable"));
+        let idx = ds.index(&json!({"fps": 25, "shots": [{"start": 3, "end": 4}]}));
+        assert_eq!(
+            idx,
+            [
+                ("fps".to_string(), IndexValue::Num(25.0)),
+                ("shots.0.start".to_string(), IndexValue::Num(3.0))
+            ]
+        );
+    }
+}

@@ -1,0 +1,498 @@
+//! Media DataStores and Documents in the metadata store (the rules are [`crate::media`]).
+//!
+//! A document is written once (a new id each write, so a retried write never conflicts) with
+//! its index rows (`media_fields`, one per queryable field present) and, when it is the newest
+//! of its media id, the `media_latest` pointer, all in one transaction: a reader that saw the
+//! write's success reads it (read-after-write). Queries run over the index only
+//! ([`crate::media::Filter::to_sql`]).
+
+use std::time::SystemTime;
+
+use serde_json::Value;
+use tokio_postgres::types::ToSql;
+
+use crate::error::MetaError;
+use crate::media::{CompiledDataStore, DataStoreSpec, Filter, IndexValue, SqlParam, media_id_key};
+use crate::meta::rows::{execute, from_system_time, live_inode, query, query_opt, ws_ctx};
+use crate::meta::{PgMetaStore, in_txn};
+use crate::model::{NodeId, Timestamp, WorkspaceId};
+
+/// Documents a query or a listing returns at most.
+pub const MAX_QUERY_RESULTS: usize = 10_000;
+/// Documents checked per batch when a schema changes.
+const RECHECK_BATCH: i64 = 1000;
+
+/// A DataStore as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataStoreRecord {
+    pub id: uuid::Uuid,
+    pub spec: DataStoreSpec,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A document as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaDocument {
+    pub id: uuid::Uuid,
+    pub datastore: String,
+    pub media_id: Value,
+    /// The node it is attached to, if any.
+    pub target: Option<(WorkspaceId, NodeId)>,
+    pub body: Value,
+    pub created_at: Timestamp,
+}
+
+/// A document a query found (the body is read with [`PgMetaStore::media_document`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaHit {
+    pub id: uuid::Uuid,
+    pub media_id: Value,
+    pub target: Option<(WorkspaceId, NodeId)>,
+    pub created_at: Timestamp,
+}
+
+/// Which documents of a media id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Versions {
+    /// The newest only.
+    Latest,
+    /// Every one, oldest first.
+    All,
+}
+
+const DATASTORE_COLUMNS: &str =
+    "id, name, analysis_type, version, schema, media_id_schema, queryable, created_at, updated_at";
+
+fn datastore_from_row(r: &tokio_postgres::Row) -> DataStoreRecord {
+    DataStoreRecord {
+        id: r.get(0),
+        spec: DataStoreSpec {
+            name: r.get(1),
+            analysis_type: r.get(2),
+            version: u32::try_from(r.get::<_, i64>(3)).unwrap_or(0),
+            schema: r.get(4),
+            media_id_schema: r.get(5),
+            queryable: r.get(6),
+        },
+        created_at: from_system_time(r.get::<_, SystemTime>(7)),
+        updated_at: from_system_time(r.get::<_, SystemTime>(8)),
+    }
+}
+
+fn target_from(ws: Option<uuid::Uuid>, ino: Option<i64>) -> Option<(WorkspaceId, NodeId)> {
+    Some((WorkspaceId(ws?), NodeId(u64::try_from(ino?).ok()?)))
+}
+
+fn invalid(e: impl std::fmt::Display) -> MetaError {
+    MetaError::InvalidArgument(e.to_string())
+}
+
+impl PgMetaStore {
+    /// Creates DataStore `spec.name`, or changes it. The media id schema cannot change, and a
+    /// new document schema or queryable list is taken only when every stored document still
+    /// validates: the first one that does not is named in the error, and nothing changes.
+    /// Changed queryable fields are re-indexed.
+    pub async fn put_media_datastore(&self, spec: &DataStoreSpec) -> Result<DataStoreRecord, MetaError> {
+        let compiled = CompiledDataStore::compile(spec.clone()).map_err(invalid)?;
+        let existing = self.media_datastore(&spec.name).await?;
+        if let Some(old) = &existing {
+            if old.spec.media_id_schema != spec.media_id_schema {
+                return Err(invalid(format!(
+                    "DataStore {}: the media id schema cannot change",
+                    spec.name
+                )));
+            }
+            if old.spec == *spec {
+                return Ok(old.clone());
+            }
+            if old.spec.schema != spec.schema
+                && let Some((doc, why)) = self.first_invalid_document(old.id, &compiled).await?
+            {
+                return Err(invalid(format!(
+                    "DataStore {}: stored document {doc} does not pass the new schema: {why}",
+                    spec.name
+                )));
+            }
+        }
+        let id = existing.as_ref().map_or_else(uuid::Uuid::new_v4, |d| d.id);
+        let version = i64::from(spec.version);
+        let reindex = existing
+            .as_ref()
+            .is_some_and(|d| d.spec.queryable != spec.queryable);
+        let record = in_txn!(self, |tx| {
+            async {
+                let row = query_opt(
+                    tx,
+                    &format!(
+                        "INSERT INTO media_datastores (id, name, analysis_type, version, schema, media_id_schema, queryable) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                         ON CONFLICT (name) DO UPDATE SET analysis_type = excluded.analysis_type, \
+                             version = excluded.version, schema = excluded.schema, \
+                             queryable = excluded.queryable, updated_at = now() \
+                         WHERE media_datastores.media_id_schema = excluded.media_id_schema \
+                         RETURNING {DATASTORE_COLUMNS}"
+                    ),
+                    &[
+                        &id,
+                        &spec.name,
+                        &spec.analysis_type,
+                        &version,
+                        &spec.schema,
+                        &spec.media_id_schema,
+                        &spec.queryable,
+                    ],
+                )
+                .await?
+                .ok_or_else(|| invalid(format!("DataStore {}: the media id schema cannot change", spec.name)))?;
+                let record = datastore_from_row(&row);
+                if reindex {
+                    execute(tx, "DELETE FROM media_fields WHERE datastore_id = $1", &[&record.id]).await?;
+                    let docs = query(
+                        tx,
+                        "SELECT id, body FROM media_documents WHERE datastore_id = $1",
+                        &[&record.id],
+                    )
+                    .await?;
+                    for doc in docs {
+                        index_document(tx, &compiled, record.id, doc.get(0), &doc.get::<_, Value>(1)).await?;
+                    }
+                }
+                Ok(record)
+            }
+            .await
+        })?;
+        Ok(record)
+    }
+
+    /// The first stored document of DataStore `id` that `compiled` refuses: its id and why.
+    async fn first_invalid_document(
+        &self,
+        id: uuid::Uuid,
+        compiled: &CompiledDataStore,
+    ) -> Result<Option<(uuid::Uuid, String)>, MetaError> {
+        let client = self.client().await?;
+        let mut after = uuid::Uuid::nil();
+        loop {
+            let rows = query(
+                &client,
+                "SELECT id, body FROM media_documents WHERE datastore_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                &[&id, &after, &RECHECK_BATCH],
+            )
+            .await?;
+            for row in &rows {
+                let body: Value = row.get(1);
+                if let Err(e) = compiled.check_document(&body) {
+                    return Ok(Some((row.get(0), e.to_string())));
+                }
+            }
+            match rows.last() {
+                Some(last) if rows.len() as i64 == RECHECK_BATCH => after = last.get(0),
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    /// DataStore `name`, if it exists.
+    pub async fn media_datastore(&self, name: &str) -> Result<Option<DataStoreRecord>, MetaError> {
+        let client = self.client().await?;
+        Ok(query_opt(
+            &client,
+            &format!("SELECT {DATASTORE_COLUMNS} FROM media_datastores WHERE name = $1"),
+            &[&name],
+        )
+        .await?
+        .as_ref()
+        .map(datastore_from_row))
+    }
+
+    /// Every DataStore, by name.
+    pub async fn media_datastores(&self) -> Result<Vec<DataStoreRecord>, MetaError> {
+        let client = self.client().await?;
+        Ok(query(
+            &client,
+            &format!("SELECT {DATASTORE_COLUMNS} FROM media_datastores ORDER BY name"),
+            &[],
+        )
+        .await?
+        .iter()
+        .map(datastore_from_row)
+        .collect())
+    }
+
+    /// Deletes DataStore `name` and its documents; false when there was none.
+    pub async fn delete_media_datastore(&self, name: &str) -> Result<bool, MetaError> {
+        in_txn!(self, |tx| {
+            async {
+                let Some(row) = query_opt(
+                    tx,
+                    "DELETE FROM media_datastores WHERE name = $1 RETURNING id",
+                    &[&name],
+                )
+                .await?
+                else {
+                    return Ok(false);
+                };
+                let id: uuid::Uuid = row.get(0);
+                for table in ["media_fields", "media_latest", "media_documents"] {
+                    execute(
+                        tx,
+                        &format!("DELETE FROM {table} WHERE datastore_id = $1"),
+                        &[&id],
+                    )
+                    .await?;
+                }
+                Ok(true)
+            }
+            .await
+        })
+    }
+
+    /// Writes a document of DataStore `datastore` for `media_id`, attached to `target` (a live
+    /// node of a workspace) when given. Schema-on-write: an invalid document or media id is
+    /// refused with the JSON path of the error, and nothing is stored.
+    pub async fn put_media_document(
+        &self,
+        datastore: &str,
+        media_id: &Value,
+        target: Option<(WorkspaceId, NodeId)>,
+        body: &Value,
+    ) -> Result<MediaDocument, MetaError> {
+        let record = self
+            .media_datastore(datastore)
+            .await?
+            .ok_or_else(|| MetaError::NotFound(format!("DataStore {datastore}")))?;
+        let compiled = CompiledDataStore::compile(record.spec.clone()).map_err(invalid)?;
+        compiled.check_media_id(media_id).map_err(invalid)?;
+        compiled.check_document(body).map_err(invalid)?;
+        let key = media_id_key(media_id);
+        let id = uuid::Uuid::new_v4();
+        let (ws, ino) = target.map_or((None, None), |(w, n)| (Some(w.0), Some(n.0 as i64)));
+        let created = in_txn!(self, |tx| {
+            async {
+                let epoch = match target {
+                    Some((w, n)) => {
+                        let ctx = ws_ctx(tx, w).await?;
+                        live_inode(tx, &ctx, n).await?;
+                        Some(ctx.epoch)
+                    }
+                    None => None,
+                };
+                // Read back under the same schema the check used: a schema change between the
+                // check and this write would otherwise let an invalid document in.
+                let current = query_opt(
+                    tx,
+                    "SELECT schema FROM media_datastores WHERE id = $1 FOR SHARE",
+                    &[&record.id],
+                )
+                .await?
+                .ok_or_else(|| MetaError::NotFound(format!("DataStore {datastore}")))?;
+                if current.get::<_, Value>(0) != record.spec.schema {
+                    return Err(MetaError::Conflict(format!(
+                        "DataStore {datastore} changed its schema during the write; write again"
+                    )));
+                }
+                let row = query_opt(
+                    tx,
+                    "INSERT INTO media_documents (id, datastore_id, media_key, media_id, workspace_id, ino, epoch, body) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING created_at",
+                    &[&id, &record.id, &key, media_id, &ws, &ino, &epoch, body],
+                )
+                .await?
+                .ok_or_else(|| MetaError::Internal("insert returned no row".into()))?;
+                let created: SystemTime = row.get(0);
+                index_document(tx, &compiled, record.id, id, body).await?;
+                execute(
+                    tx,
+                    "INSERT INTO media_latest (datastore_id, media_key, doc_id, created_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (datastore_id, media_key) DO UPDATE SET doc_id = excluded.doc_id, \
+                         created_at = excluded.created_at \
+                     WHERE (media_latest.created_at, media_latest.doc_id) < (excluded.created_at, excluded.doc_id)",
+                    &[&record.id, &key, &id, &created],
+                )
+                .await?;
+                Ok(created)
+            }
+            .await
+        })?;
+        Ok(MediaDocument {
+            id,
+            datastore: datastore.to_string(),
+            media_id: media_id.clone(),
+            target,
+            body: body.clone(),
+            created_at: from_system_time(created),
+        })
+    }
+
+    /// Document `id`, if it exists.
+    pub async fn media_document(&self, id: uuid::Uuid) -> Result<Option<MediaDocument>, MetaError> {
+        let client = self.client().await?;
+        Ok(query_opt(
+            &client,
+            "SELECT d.id, s.name, d.media_id, d.workspace_id, d.ino, d.body, d.created_at \
+             FROM media_documents d JOIN media_datastores s ON s.id = d.datastore_id WHERE d.id = $1",
+            &[&id],
+        )
+        .await?
+        .map(|r| document_from_row(&r)))
+    }
+
+    /// The documents of `media_id` in DataStore `datastore`: the newest, or all oldest first.
+    pub async fn media_documents(
+        &self,
+        datastore: &str,
+        media_id: &Value,
+        versions: Versions,
+    ) -> Result<Vec<MediaDocument>, MetaError> {
+        let client = self.client().await?;
+        let key = media_id_key(media_id);
+        let latest = match versions {
+            Versions::Latest => {
+                "AND d.id IN (SELECT doc_id FROM media_latest l WHERE l.datastore_id = s.id AND l.media_key = $2)"
+            }
+            Versions::All => "",
+        };
+        let limit = MAX_QUERY_RESULTS as i64;
+        Ok(query(
+            &client,
+            &format!(
+                "SELECT d.id, s.name, d.media_id, d.workspace_id, d.ino, d.body, d.created_at \
+                 FROM media_documents d JOIN media_datastores s ON s.id = d.datastore_id \
+                 WHERE s.name = $1 AND d.media_key = $2 {latest} ORDER BY d.created_at, d.id LIMIT $3"
+            ),
+            &[&datastore, &key, &limit],
+        )
+        .await?
+        .iter()
+        .map(document_from_row)
+        .collect())
+    }
+
+    /// The documents of DataStore `datastore` that `filter` matches (the newest of each media
+    /// id only, or every version), oldest first, at most `limit` (capped at
+    /// [`MAX_QUERY_RESULTS`]). The filter may read queryable fields only.
+    pub async fn query_media(
+        &self,
+        datastore: &str,
+        filter: &Filter,
+        versions: Versions,
+        limit: usize,
+    ) -> Result<Vec<MediaHit>, MetaError> {
+        let record = self
+            .media_datastore(datastore)
+            .await?
+            .ok_or_else(|| MetaError::NotFound(format!("DataStore {datastore}")))?;
+        let compiled = CompiledDataStore::compile(record.spec.clone()).map_err(invalid)?;
+        compiled.check_filter(filter).map_err(invalid)?;
+        let mut values = Vec::new();
+        let set = filter.to_sql(&mut values);
+        let latest = match versions {
+            Versions::Latest => " AND d.id IN (SELECT doc_id FROM media_latest WHERE datastore_id = $1)",
+            Versions::All => "",
+        };
+        let limit = limit.min(MAX_QUERY_RESULTS) as i64;
+        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(record.id)];
+        for v in values {
+            params.push(match v {
+                SqlParam::Text(s) => Box::new(s),
+                SqlParam::Bool(b) => Box::new(b),
+                SqlParam::Float(f) => Box::new(f),
+                SqlParam::Bytes(b) => Box::new(b),
+            });
+        }
+        params.push(Box::new(limit));
+        let sql = format!(
+            "SELECT d.id, d.media_id, d.workspace_id, d.ino, d.created_at FROM media_documents d \
+             WHERE d.datastore_id = $1 AND d.id IN ({set}){latest} ORDER BY d.created_at, d.id LIMIT ${}",
+            params.len()
+        );
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        let client = self.client().await?;
+        Ok(query(&client, &sql, &refs)
+            .await?
+            .iter()
+            .map(|r| MediaHit {
+                id: r.get(0),
+                media_id: r.get(1),
+                target: target_from(r.get(2), r.get(3)),
+                created_at: from_system_time(r.get::<_, SystemTime>(4)),
+            })
+            .collect())
+    }
+}
+
+fn document_from_row(r: &tokio_postgres::Row) -> MediaDocument {
+    MediaDocument {
+        id: r.get(0),
+        datastore: r.get(1),
+        media_id: r.get(2),
+        target: target_from(r.get(3), r.get(4)),
+        body: r.get(5),
+        created_at: from_system_time(r.get::<_, SystemTime>(6)),
+    }
+}
+
+/// Writes the index rows of a document.
+async fn index_document<C: deadpool_postgres::GenericClient>(
+    tx: &C,
+    compiled: &CompiledDataStore,
+    datastore: uuid::Uuid,
+    doc: uuid::Uuid,
+    body: &Value,
+) -> Result<(), MetaError> {
+    for (field, value) in compiled.index(body) {
+        let (b, n, s) = match &value {
+            IndexValue::Bool(b) => (Some(*b), None, None),
+            IndexValue::Num(n) => (None, Some(*n), None),
+            IndexValue::Str(s) => (None, None, Some(s.as_bytes().to_vec())),
+            IndexValue::Null | IndexValue::Other => (None, None, None),
+        };
+        execute(
+            tx,
+            "INSERT INTO media_fields (datastore_id, field, doc_id, kind, bool_value, num, str) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[&datastore, &field, &doc, &value.kind(), &b, &n, &s],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Removes the documents attached to purged nodes `inos`, with their index rows. A media id
+/// whose newest document went points again at its newest remaining one.
+pub(crate) async fn purge_node_documents<C: deadpool_postgres::GenericClient>(
+    c: &C,
+    inos: &[i64],
+) -> Result<(), MetaError> {
+    let gone = query(
+        c,
+        "DELETE FROM media_documents WHERE ino = ANY($1) RETURNING id, datastore_id, media_key",
+        &[&inos],
+    )
+    .await?;
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<uuid::Uuid> = gone.iter().map(|r| r.get(0)).collect();
+    execute(c, "DELETE FROM media_fields WHERE doc_id = ANY($1)", &[&ids]).await?;
+    let orphaned = query(
+        c,
+        "DELETE FROM media_latest WHERE doc_id = ANY($1) RETURNING datastore_id, media_key",
+        &[&ids],
+    )
+    .await?;
+    for row in orphaned {
+        let (datastore, key): (uuid::Uuid, String) = (row.get(0), row.get(1));
+        execute(
+            c,
+            "INSERT INTO media_latest (datastore_id, media_key, doc_id, created_at) \
+             SELECT datastore_id, media_key, id, created_at FROM media_documents \
+             WHERE datastore_id = $1 AND media_key = $2 ORDER BY created_at DESC, id DESC LIMIT 1",
+            &[&datastore, &key],
+        )
+        .await?;
+    }
+    Ok(())
+}

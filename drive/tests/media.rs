@@ -1,0 +1,400 @@
+//! Media DataStores and Documents in a real PostgreSQL (issue 20): schema-on-write with the
+//! JSON path of each error and nothing stored; immutable documents, latest and all versions;
+//! schema changes that would orphan a stored document refused with the document named; and
+//! DataStore queries against a model: random documents and random filter trees, where the
+//! store's answer (from the field index) must equal the filter evaluated in memory.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use drive::ErrorKind;
+use drive::media::{DataStoreSpec, Filter};
+use drive::meta::{MediaDocument, Versions};
+use proptest::prelude::*;
+use proptest::strategy::ValueTree as _;
+use proptest::test_runner::{Config, TestRunner};
+use serde_json::{Value, json};
+
+fn renders() -> DataStoreSpec {
+    DataStoreSpec {
+        name: "studio/renders".into(),
+        analysis_type: "render-stats".into(),
+        version: 1,
+        schema: json!({
+            "type": "object",
+            "required": ["frames"],
+            "properties": {
+                "frames": {"type": "integer", "minimum": 0},
+                "codec": {"type": "string"},
+                "ok": {"type": ["boolean", "null"]},
+                "res": {"type": "object", "properties": {"w": {"type": "number"}, "h": {"type": "number"}}},
+                "tags": {"type": "array", "items": {"type": "string"}}
+            }
+        }),
+        media_id_schema: json!({"type": "object", "required": ["asset"], "properties": {"asset": {"type": "string"}}}),
+        queryable: vec![
+            "frames".into(),
+            "codec".into(),
+            "ok".into(),
+            "res.w".into(),
+            "res".into(),
+            "tags.0".into(),
+        ],
+    }
+}
+
+// Catches: invalid documents stored (or stored in part), errors without the place they are
+// at, a second write of a media id replacing the first, "latest" that is not the newest, a
+// schema change that strands a stored document, a media id schema that changes.
+#[tokio::test]
+async fn documents_are_checked_on_write_immutable_and_schema_changes_keep_them_valid() {
+    let store = common::store().await;
+    store.put_media_datastore(&renders()).await.unwrap();
+    let asset = json!({"asset": "sh010_comp"});
+
+    for (doc, path) in [
+        (json!({"codec": "exr"}), "its root"),
+        (json!({"frames": -1}), "/frames"),
+        (json!({"frames": 3, "res": {"w": "wide"}}), "/res/w"),
+        (json!({"frames": 3, "tags": ["a", 7]}), "/tags/1"),
+    ] {
+        let err = store
+            .put_media_document("studio/renders", &asset, None, &doc)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert!(err.to_string().contains(path), "{doc}: {err}");
+    }
+    let err = store
+        .put_media_document(
+            "studio/renders",
+            &json!({"asset": 1}),
+            None,
+            &json!({"frames": 1}),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("media id is invalid at /asset"), "{err}");
+    assert!(
+        store
+            .media_documents("studio/renders", &asset, Versions::All)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let first = store
+        .put_media_document(
+            "studio/renders",
+            &asset,
+            None,
+            &json!({"frames": 240, "codec": "exr"}),
+        )
+        .await
+        .unwrap();
+    let second = store
+        .put_media_document(
+            "studio/renders",
+            &asset,
+            None,
+            &json!({"frames": 241, "codec": "exr"}),
+        )
+        .await
+        .unwrap();
+    assert_ne!(first.id, second.id);
+    let all = store
+        .media_documents("studio/renders", &asset, Versions::All)
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|d| d.id).collect::<Vec<_>>(),
+        [first.id, second.id]
+    );
+    let latest = store
+        .media_documents("studio/renders", &asset, Versions::Latest)
+        .await
+        .unwrap();
+    assert_eq!(latest.iter().map(|d| d.id).collect::<Vec<_>>(), [second.id]);
+    assert_eq!(
+        store.media_document(first.id).await.unwrap().unwrap().body["frames"],
+        240
+    );
+
+    // A schema that the first document fails: refused, naming it; nothing changes.
+    let mut stricter = renders();
+    stricter.schema["properties"]["frames"]["minimum"] = json!(241);
+    let err = store.put_media_datastore(&stricter).await.unwrap_err();
+    assert!(err.to_string().contains(&first.id.to_string()), "{err}");
+    assert!(err.to_string().contains("/frames"), "{err}");
+    assert_eq!(
+        store
+            .media_datastore("studio/renders")
+            .await
+            .unwrap()
+            .unwrap()
+            .spec,
+        renders()
+    );
+    // One every document passes is taken; the media id schema never changes.
+    let mut looser = renders();
+    looser.schema["properties"]["frames"]["minimum"] = json!(1);
+    looser.version = 2;
+    assert_eq!(store.put_media_datastore(&looser).await.unwrap().spec.version, 2);
+    let mut other_ids = looser.clone();
+    other_ids.media_id_schema = json!({"type": "string"});
+    assert!(
+        store
+            .put_media_datastore(&other_ids)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("media id schema")
+    );
+}
+
+/// A random document of the `renders` schema, small value ranges so filters hit.
+fn document() -> impl Strategy<Value = Value> {
+    (
+        0u32..6,
+        prop::option::of(prop::sample::select(vec!["exr", "dpx", "mov", "Mov", "é"])),
+        prop::option::of(prop::option::of(any::<bool>())),
+        prop::option::of(prop::option::of(prop::sample::select(vec![
+            1920.0, 3840.0, 2048.5,
+        ]))),
+        prop::option::of(prop::collection::vec(
+            prop::sample::select(vec!["a", "b", "c"]),
+            0..3,
+        )),
+    )
+        .prop_map(|(frames, codec, ok, w, tags)| {
+            let mut doc = json!({"frames": frames});
+            if let Some(c) = codec {
+                doc["codec"] = json!(c);
+            }
+            if let Some(ok) = ok {
+                doc["ok"] = json!(ok);
+            }
+            if let Some(w) = w {
+                doc["res"] = match w {
+                    Some(w) => json!({"w": w, "h": 1080}),
+                    None => json!({"h": 1080}),
+                };
+            }
+            if let Some(tags) = tags {
+                doc["tags"] = json!(tags);
+            }
+            doc
+        })
+}
+
+fn leaf() -> impl Strategy<Value = Value> {
+    let field = prop::sample::select(vec!["frames", "codec", "ok", "res.w", "res", "tags.0"]);
+    let value = prop_oneof![
+        (0i32..7).prop_map(|n| json!(n)),
+        prop::sample::select(vec![1920.0, 3840.0, 2048.5, 2000.0]).prop_map(|n| json!(n)),
+        prop::sample::select(vec!["exr", "dpx", "mov", "M", "a", "b", "é", ""]).prop_map(|s| json!(s)),
+        any::<bool>().prop_map(|b| json!(b)),
+        Just(Value::Null),
+    ];
+    (
+        field,
+        prop::sample::select(vec!["=", "<", ">", "<=", ">=", "in", "exists"]),
+        value,
+        prop::collection::vec(
+            prop_oneof![
+                (0i32..7).prop_map(|n| json!(n)),
+                prop::sample::select(vec!["exr", "a", "b"]).prop_map(|s| json!(s)),
+                Just(Value::Null)
+            ],
+            0..3,
+        ),
+    )
+        .prop_map(|(field, op, value, list)| match op {
+            "exists" => json!({"field": field, "op": "exists"}),
+            "in" => json!({"field": field, "op": "in", "value": list}),
+            // Only numbers and strings are ordered.
+            op if op != "=" && (value.is_boolean() || value.is_null()) => {
+                json!({"field": field, "op": op, "value": 3})
+            }
+            op => json!({"field": field, "op": op, "value": value}),
+        })
+}
+
+fn filter() -> impl Strategy<Value = Value> {
+    leaf().prop_recursive(4, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(|fs| json!({"and": fs})),
+            prop::collection::vec(inner.clone(), 0..4).prop_map(|fs| json!({"or": fs})),
+            inner.prop_map(|f| json!({"not": f})),
+        ]
+    })
+}
+
+// Catches: SQL whose meaning drifts from the filter's (NULLs under NOT, type confusion between
+// numbers and strings, collation instead of byte order, a missing field counted as null, an
+// empty and/or, a nested path read wrongly), and "latest" that is not the newest version.
+#[test]
+fn queries_answer_what_the_model_answers() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = rt.block_on(common::store());
+    rt.block_on(store.put_media_datastore(&renders())).unwrap();
+    // 120 documents over 40 media ids (so several versions of most).
+    let docs: Vec<Value> = {
+        let mut runner = TestRunner::new(Config::default());
+        let strategy = prop::collection::vec(document(), 120);
+        strategy.new_tree(&mut runner).unwrap().current()
+    };
+    let mut written: Vec<MediaDocument> = Vec::new();
+    for (i, doc) in docs.iter().enumerate() {
+        let media_id = json!({"asset": format!("a{}", i % 40)});
+        written.push(
+            rt.block_on(store.put_media_document("studio/renders", &media_id, None, doc))
+                .unwrap(),
+        );
+    }
+    let mut newest: BTreeMap<String, &MediaDocument> = BTreeMap::new();
+    for d in &written {
+        let key = d.media_id.to_string();
+        if newest
+            .get(&key)
+            .is_none_or(|n| (n.created_at, n.id) < (d.created_at, d.id))
+        {
+            newest.insert(key, d);
+        }
+    }
+
+    let mut runner = TestRunner::new(Config {
+        cases: 200,
+        ..Config::default()
+    });
+    runner
+        .run(&filter(), |json_filter| {
+            let f = Filter::from_json(&json_filter).expect("generated filters parse");
+            for versions in [Versions::All, Versions::Latest] {
+                let mut want: Vec<_> = written
+                    .iter()
+                    .filter(|d| versions == Versions::All || newest[&d.media_id.to_string()].id == d.id)
+                    .filter(|d| f.matches(&d.body))
+                    .map(|d| d.id)
+                    .collect();
+                want.sort();
+                let mut got: Vec<_> = rt
+                    .block_on(store.query_media("studio/renders", &f, versions, 10_000))
+                    .expect("query")
+                    .into_iter()
+                    .map(|h| h.id)
+                    .collect();
+                got.sort();
+                prop_assert_eq!(&got, &want, "filter {} ({:?})", json_filter, versions);
+            }
+            Ok(())
+        })
+        .unwrap();
+
+    // A filter on a field the DataStore does not index is refused, saying which.
+    let f = Filter::from_json(&json!({"field": "res.h", "op": "=", "value": 1080})).unwrap();
+    let err = rt
+        .block_on(store.query_media("studio/renders", &f, Versions::All, 10))
+        .unwrap_err();
+    assert!(err.to_string().contains("res.h is not queryable"), "{err}");
+}
+
+// Catches: documents left behind (with their index rows) when their file is purged, and a
+// media id whose newest document was purged answering "latest" with nothing although an
+// older version remains.
+#[tokio::test]
+async fn a_purged_file_takes_its_documents_and_latest_falls_back() {
+    use drive::model::{NewNode, NodeKind, WorkspaceKind};
+    use drive::rules::gc::RetentionClass;
+    let store = common::store().await;
+    store.put_media_datastore(&renders()).await.unwrap();
+    let ws = common::workspace(&store, "media", WorkspaceKind::Team).await;
+    let file = store
+        .create(
+            &common::actor(),
+            ws.id,
+            ws.root,
+            &common::name("f.exr"),
+            &NewNode::new(NodeKind::File, 0o644),
+        )
+        .await
+        .unwrap()
+        .ino;
+    let asset = json!({"asset": "plate"});
+    let kept = store
+        .put_media_document("studio/renders", &asset, None, &json!({"frames": 1}))
+        .await
+        .unwrap();
+    let on_file: Vec<_> = [2, 3]
+        .into_iter()
+        .map(|frames| json!({"frames": frames}))
+        .collect();
+    let mut attached = Vec::new();
+    for body in &on_file {
+        attached.push(
+            store
+                .put_media_document("studio/renders", &asset, Some((ws.id, file)), body)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(attached[0].target, Some((ws.id, file)));
+    let latest = store
+        .media_documents("studio/renders", &asset, Versions::Latest)
+        .await
+        .unwrap();
+    assert_eq!(latest[0].id, attached[1].id);
+    // A node of another workspace, or none, cannot be a target.
+    let other = common::workspace(&store, "other", WorkspaceKind::Team).await;
+    let err = store
+        .put_media_document(
+            "studio/renders",
+            &asset,
+            Some((other.id, file)),
+            &json!({"frames": 9}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+
+    store
+        .unlink(&common::actor(), ws.id, ws.root, &common::name("f.exr"))
+        .await
+        .unwrap();
+    store
+        .purge_trash(
+            ws.id,
+            ws.root,
+            ws.kind,
+            &[RetentionClass::days(0)],
+            store.gc_now().await.unwrap(),
+            std::time::SystemTime::now() + std::time::Duration::from_secs(60),
+            false,
+            drive::meta::PurgePace::FULL_SPEED,
+        )
+        .await
+        .unwrap();
+    store
+        .purge_queued_nodes(drive::meta::PurgePace::FULL_SPEED)
+        .await
+        .unwrap();
+    for d in &attached {
+        assert_eq!(store.media_document(d.id).await.unwrap(), None);
+    }
+    let latest = store
+        .media_documents("studio/renders", &asset, Versions::Latest)
+        .await
+        .unwrap();
+    assert_eq!(latest.iter().map(|d| d.id).collect::<Vec<_>>(), [kept.id]);
+    let f = Filter::from_json(&json!({"field": "frames", "op": ">=", "value": 0})).unwrap();
+    let hits = store
+        .query_media("studio/renders", &f, Versions::All, 100)
+        .await
+        .unwrap();
+    assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), [kept.id]);
+}
