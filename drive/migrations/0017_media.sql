@@ -10,6 +10,7 @@ CREATE TABLE media_datastores (
     schema           JSONB NOT NULL,
     media_id_schema  JSONB NOT NULL,
     queryable        TEXT[] NOT NULL DEFAULT ARRAY[]::TEXT[],
+    timeline         JSONB NOT NULL DEFAULT '[]',
     created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at       TIMESTAMPTZ NOT NULL DEFAULT now()
 );
@@ -55,3 +56,20 @@ CREATE TABLE media_fields (
 CREATE INDEX media_fields_num ON media_fields (datastore_id, field, num) WHERE kind = 'number';
 CREATE INDEX media_fields_str ON media_fields (datastore_id, field, str) WHERE kind = 'string';
 CREATE INDEX media_fields_any ON media_fields (datastore_id, field, kind, bool_value);
+
+-- Timeline entities inside documents (events with a time range, regions with a bounding box),
+-- one row per entity of a collection the DataStore declares, so a query inside one large
+-- document reads index ranges, not the document.
+CREATE TABLE media_timeline (
+    doc_id      UUID NOT NULL,
+    collection  INT4 NOT NULL,
+    idx         INT4 NOT NULL,
+    t_start     FLOAT8 NOT NULL,
+    t_end       FLOAT8 NOT NULL,
+    x0          FLOAT8,
+    y0          FLOAT8,
+    x1          FLOAT8,
+    y1          FLOAT8,
+    PRIMARY KEY (doc_id, collection, idx)
+);
+CREATE INDEX media_timeline_by_time ON media_timeline (doc_id, t_start, t_end);

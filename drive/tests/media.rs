@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use drive::ErrorKind;
-use drive::media::{DataStoreSpec, Filter};
+use drive::media::{CompiledDataStore, DataStoreSpec, Filter, RegionSpec, TimelineQuery, TimelineSpec};
 use drive::meta::{MediaDocument, Versions};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree as _;
@@ -41,6 +41,7 @@ fn renders() -> DataStoreSpec {
             "res".into(),
             "tags.0".into(),
         ],
+        timeline: Vec::new(),
     }
 }
 
@@ -397,4 +398,127 @@ async fn a_purged_file_takes_its_documents_and_latest_falls_back() {
         .await
         .unwrap();
     assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), [kept.id]);
+}
+
+fn analysis() -> DataStoreSpec {
+    DataStoreSpec {
+        name: "studio/analysis".into(),
+        analysis_type: "faces-and-shots".into(),
+        version: 1,
+        schema: json!({"type": "object"}),
+        media_id_schema: json!({"type": "string"}),
+        queryable: Vec::new(),
+        timeline: vec![
+            TimelineSpec {
+                path: "shots".into(),
+                start: "in".into(),
+                end: Some("out".into()),
+                region: None,
+            },
+            TimelineSpec {
+                path: "detections.faces".into(),
+                start: "t".into(),
+                end: None,
+                region: Some(RegionSpec {
+                    x: "box.x".into(),
+                    y: "box.y".into(),
+                    width: "box.w".into(),
+                    height: "box.h".into(),
+                }),
+            },
+        ],
+    }
+}
+
+// Catches: overlap tests off by an edge (touching ranges and boxes count), entities without a
+// box matching an area, items read back from the wrong collection or index, entities of
+// another document, and timeline rows left after a purge of the DataStore's documents.
+#[test]
+fn timeline_queries_inside_a_document_answer_what_the_model_answers() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = rt.block_on(common::store());
+    rt.block_on(store.put_media_datastore(&analysis())).unwrap();
+    let compiled = CompiledDataStore::compile(analysis()).unwrap();
+    let doc = |seed: u64| {
+        use rand::{Rng as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let shots: Vec<Value> = (0..300)
+            .map(|_| {
+                let a = rng.random_range(0..1000);
+                json!({"in": a, "out": a + rng.random_range(0..40)})
+            })
+            .collect();
+        let faces: Vec<Value> = (0..300)
+            .map(|i| {
+                let mut face = json!({"t": rng.random_range(0..1000), "id": i});
+                if i % 7 != 0 {
+                    face["box"] = json!({"x": rng.random_range(0..100), "y": rng.random_range(0..100),
+                                         "w": rng.random_range(0..20), "h": rng.random_range(0..20)});
+                }
+                face
+            })
+            .collect();
+        json!({"shots": shots, "detections": {"faces": faces}})
+    };
+    let body = doc(1);
+    let written = rt
+        .block_on(store.put_media_document("studio/analysis", &json!("reel1"), None, &body))
+        .unwrap();
+    // Another document's entities must never show up.
+    rt.block_on(store.put_media_document("studio/analysis", &json!("reel2"), None, &doc(2)))
+        .unwrap();
+    let entities = compiled.timeline(&body).unwrap();
+    assert_eq!(entities.len(), 600);
+
+    let query = (
+        prop::option::of((0i32..1100, 0i32..200).prop_map(|(a, len)| (f64::from(a), f64::from(a + len)))),
+        prop::option::of(
+            (0i32..110, 0i32..110, 0i32..40, 0i32..40)
+                .prop_map(|(x, y, w, h)| [f64::from(x), f64::from(y), f64::from(x + w), f64::from(y + h)]),
+        ),
+    );
+    let mut runner = TestRunner::new(Config {
+        cases: 100,
+        ..Config::default()
+    });
+    runner
+        .run(&query, |(time, area)| {
+            let q = TimelineQuery { time, area };
+            let want: Vec<(String, usize)> = entities
+                .iter()
+                .filter(|e| e.matches(&q))
+                .map(|e| (analysis().timeline[e.collection].path.clone(), e.index))
+                .collect();
+            let hits = rt
+                .block_on(store.query_media_timeline(written.id, &q, 10_000))
+                .unwrap();
+            let mut got: Vec<(String, usize)> =
+                hits.iter().map(|h| (h.collection.clone(), h.index)).collect();
+            let mut want = want;
+            want.sort();
+            got.sort();
+            prop_assert_eq!(&got, &want, "{:?}", q);
+            for h in &hits {
+                let items = if h.collection == "shots" {
+                    &body["shots"]
+                } else {
+                    &body["detections"]["faces"]
+                };
+                prop_assert_eq!(&h.item, &items[h.index]);
+            }
+            Ok(())
+        })
+        .unwrap();
+    let bad = TimelineQuery {
+        time: Some((5.0, 1.0)),
+        area: None,
+    };
+    assert!(
+        rt.block_on(store.query_media_timeline(written.id, &bad, 10))
+            .is_err()
+    );
 }

@@ -51,6 +51,11 @@ impl FieldPath {
 
     /// The value at this path, as it is indexed: `None` when absent.
     pub fn index_value(&self, doc: &Value) -> Option<IndexValue> {
+        self.value(doc).map(IndexValue::of)
+    }
+
+    /// The value at this path.
+    pub fn value<'a>(&self, doc: &'a Value) -> Option<&'a Value> {
         let mut at = doc;
         for segment in &self.0 {
             at = match at {
@@ -59,7 +64,12 @@ impl FieldPath {
                 _ => return None,
             };
         }
-        Some(IndexValue::of(at))
+        Some(at)
+    }
+
+    /// The path as a JSON pointer (without the leading '/').
+    fn pointer(&self) -> String {
+        self.0.join("/")
     }
 }
 
@@ -128,6 +138,100 @@ pub struct DataStoreSpec {
     /// The fields a query may filter on (dotted paths).
     #[serde(default)]
     pub queryable: Vec<String>,
+    /// The timeline collections of its documents (events, regions), queried inside one
+    /// document by time range and area.
+    #[serde(default)]
+    pub timeline: Vec<TimelineSpec>,
+}
+
+/// A collection of timeline entities in a document: an array at `path` whose items have a
+/// start time (and an end time; an instant without one) and, for regions, a bounding box.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimelineSpec {
+    /// The array (dotted path), e.g. `shots` or `faces`.
+    pub path: String,
+    /// Within an item: its start and end times (seconds, frames: the DataStore's unit).
+    pub start: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+    /// Within an item: its bounding box as x, y, width and height.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<RegionSpec>,
+}
+
+/// Where an item's bounding box is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegionSpec {
+    pub x: String,
+    pub y: String,
+    pub width: String,
+    pub height: String,
+}
+
+/// Timeline collections per DataStore, and entities indexed per document.
+pub const MAX_TIMELINES: usize = 16;
+pub const MAX_TIMELINE_ENTITIES: usize = 1_000_000;
+
+/// A timeline collection with its paths parsed.
+#[derive(Debug, Clone)]
+struct Timeline {
+    path: FieldPath,
+    start: FieldPath,
+    end: Option<FieldPath>,
+    region: Option<[FieldPath; 4]>,
+}
+
+/// One timeline entity of a document: item `index` of collection `collection` (the
+/// DataStore's `timeline[collection]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimelineEntity {
+    pub collection: usize,
+    pub index: usize,
+    pub start: f64,
+    pub end: f64,
+    /// x0, y0, x1, y1.
+    pub region: Option<[f64; 4]>,
+}
+
+/// What a timeline query asks: entities overlapping a time range (both ends included) and/or
+/// an area (x0, y0, x1, y1; edges touching count).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct TimelineQuery {
+    pub time: Option<(f64, f64)>,
+    pub area: Option<[f64; 4]>,
+}
+
+impl TimelineEntity {
+    /// Whether the entity matches `q` (the in-memory meaning the store's query must equal). An
+    /// entity without a box matches no area.
+    pub fn matches(&self, q: &TimelineQuery) -> bool {
+        let time = q.time.is_none_or(|(a, b)| self.start <= b && self.end >= a);
+        let area = q.area.is_none_or(|[qx0, qy0, qx1, qy1]| {
+            self.region
+                .is_some_and(|[x0, y0, x1, y1]| x0 <= qx1 && x1 >= qx0 && y0 <= qy1 && y1 >= qy0)
+        });
+        time && area
+    }
+}
+
+impl TimelineQuery {
+    /// Checks the ranges: finite, start not after end.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some((a, b)) = self.time
+            && !(a.is_finite() && b.is_finite() && a <= b)
+        {
+            return Err(format!("time range [{a}, {b}]: finite, start not after end"));
+        }
+        if let Some([x0, y0, x1, y1]) = self.area
+            && !([x0, y0, x1, y1].iter().all(|v| v.is_finite()) && x0 <= x1 && y0 <= y1)
+        {
+            return Err(format!(
+                "area [{x0}, {y0}, {x1}, {y1}]: finite, x0 <= x1 and y0 <= y1"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A refused document, media id or schema: `path` is a JSON pointer into the refused value
@@ -168,6 +272,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 pub struct CompiledDataStore {
     pub spec: DataStoreSpec,
     queryable: Vec<FieldPath>,
+    timelines: Vec<Timeline>,
     schema: jsonschema::Validator,
     media_id_schema: jsonschema::Validator,
 }
@@ -217,11 +322,47 @@ impl CompiledDataStore {
                 FieldPath::parse(f).map_err(|e| invalid("the DataStore", format!("/queryable/{i}"), e))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if spec.timeline.len() > MAX_TIMELINES {
+            return Err(invalid(
+                "the DataStore",
+                "/timeline",
+                format!("at most {MAX_TIMELINES} timeline collections"),
+            ));
+        }
+        let timelines = spec
+            .timeline
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let at = |field: &str| format!("/timeline/{i}/{field}");
+                let parse = |text: &str, field: &str| {
+                    FieldPath::parse(text).map_err(|e| invalid("the DataStore", at(field), e))
+                };
+                Ok(Timeline {
+                    path: parse(&t.path, "path")?,
+                    start: parse(&t.start, "start")?,
+                    end: t.end.as_deref().map(|e| parse(e, "end")).transpose()?,
+                    region: t
+                        .region
+                        .as_ref()
+                        .map(|r| {
+                            Ok::<_, Invalid>([
+                                parse(&r.x, "region/x")?,
+                                parse(&r.y, "region/y")?,
+                                parse(&r.width, "region/width")?,
+                                parse(&r.height, "region/height")?,
+                            ])
+                        })
+                        .transpose()?,
+                })
+            })
+            .collect::<Result<Vec<_>, Invalid>>()?;
         let schema = compile(&spec.schema, "the document schema")?;
         let media_id_schema = compile(&spec.media_id_schema, "the media id schema")?;
         Ok(CompiledDataStore {
             spec,
             queryable,
+            timelines,
             schema,
             media_id_schema,
         })
@@ -237,7 +378,8 @@ impl CompiledDataStore {
                 format!("{len} bytes; at most {MAX_DOCUMENT_BYTES} are indexed"),
             ));
         }
-        check(&self.schema, doc, "the document")
+        check(&self.schema, doc, "the document")?;
+        self.timeline(doc).map(drop)
     }
 
     /// The media id passes its schema and size bound.
@@ -258,6 +400,65 @@ impl CompiledDataStore {
             .iter()
             .filter_map(|f| f.index_value(doc).map(|v| (f.to_string(), v)))
             .collect()
+    }
+
+    /// The timeline entities of `doc`: the items of each declared collection whose start (and
+    /// end, and box) are numbers; an end before its start, or a negative size, is refused.
+    pub fn timeline(&self, doc: &Value) -> Result<Vec<TimelineEntity>, Invalid> {
+        let mut out = Vec::new();
+        for (collection, t) in self.timelines.iter().enumerate() {
+            let Some(Value::Array(items)) = t.path.value(doc) else {
+                continue;
+            };
+            for (index, item) in items.iter().enumerate() {
+                let at = |field: &FieldPath| format!("/{}/{index}/{}", t.path.pointer(), field.pointer());
+                let num = |field: &FieldPath| match field.value(item) {
+                    Some(Value::Number(n)) => n.as_f64().filter(|f| f.is_finite()),
+                    _ => None,
+                };
+                let Some(start) = num(&t.start) else { continue };
+                let end = match &t.end {
+                    Some(e) => match num(e) {
+                        Some(end) if end >= start => end,
+                        Some(_) => return Err(invalid("the document", at(e), "ends before it starts")),
+                        None => continue,
+                    },
+                    None => start,
+                };
+                let region = match &t.region {
+                    Some([x, y, w, h]) => match (num(x), num(y), num(w), num(h)) {
+                        (Some(x), Some(y), Some(w), Some(h)) if w >= 0.0 && h >= 0.0 => {
+                            Some([x, y, x + w, y + h])
+                        }
+                        (Some(_), Some(_), Some(_), Some(_)) => {
+                            return Err(invalid("the document", at(w), "a box has no negative size"));
+                        }
+                        _ => None,
+                    },
+                    None => None,
+                };
+                out.push(TimelineEntity {
+                    collection,
+                    index,
+                    start,
+                    end,
+                    region,
+                });
+            }
+        }
+        if out.len() > MAX_TIMELINE_ENTITIES {
+            return Err(invalid(
+                "the document",
+                "",
+                format!("{} timeline entities; at most {MAX_TIMELINE_ENTITIES}", out.len()),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The path of timeline collection `collection` (as the spec gives it).
+    pub fn timeline_path(&self, collection: usize) -> Option<&str> {
+        self.spec.timeline.get(collection).map(|t| t.path.as_str())
     }
 
     /// A filter reads only queryable fields (the others are not indexed).
@@ -306,6 +507,12 @@ mod tests {
             }),
             media_id_schema: json!({"type": "object", "required": ["asset"], "properties": {"asset": {"type": "string"}}}),
             queryable: vec!["fps".into(), "reviewed".into(), "shots.0.start".into()],
+            timeline: vec![TimelineSpec {
+                path: "shots".into(),
+                start: "start".into(),
+                end: Some("end".into()),
+                region: None,
+            }],
         }
     }
 
@@ -322,6 +529,10 @@ mod tests {
             ),
             (json!({"fps": 0, "shots": []}), "/fps"),
             (json!([1]), ""),
+            (
+                json!({"fps": 24, "shots": [{"start": 0, "end": 5}, {"start": 9, "end": 3}]}),
+                "/shots/1/end",
+            ),
         ] {
             let err = ds.check_document(&doc).unwrap_err();
             assert_eq!(err.path, path, "{doc}: {err}");

@@ -12,7 +12,10 @@ use serde_json::Value;
 use tokio_postgres::types::ToSql;
 
 use crate::error::MetaError;
-use crate::media::{CompiledDataStore, DataStoreSpec, Filter, IndexValue, SqlParam, media_id_key};
+use crate::media::{
+    CompiledDataStore, DataStoreSpec, Filter, IndexValue, SqlParam, TimelineEntity, TimelineQuery,
+    media_id_key,
+};
 use crate::meta::rows::{execute, from_system_time, live_inode, query, query_opt, ws_ctx};
 use crate::meta::{PgMetaStore, in_txn};
 use crate::model::{NodeId, Timestamp, WorkspaceId};
@@ -62,7 +65,7 @@ pub enum Versions {
 }
 
 const DATASTORE_COLUMNS: &str =
-    "id, name, analysis_type, version, schema, media_id_schema, queryable, created_at, updated_at";
+    "id, name, analysis_type, version, schema, media_id_schema, queryable, created_at, updated_at, timeline";
 
 fn datastore_from_row(r: &tokio_postgres::Row) -> DataStoreRecord {
     DataStoreRecord {
@@ -74,6 +77,7 @@ fn datastore_from_row(r: &tokio_postgres::Row) -> DataStoreRecord {
             schema: r.get(4),
             media_id_schema: r.get(5),
             queryable: r.get(6),
+            timeline: serde_json::from_value(r.get(9)).unwrap_or_default(),
         },
         created_at: from_system_time(r.get::<_, SystemTime>(7)),
         updated_at: from_system_time(r.get::<_, SystemTime>(8)),
@@ -106,7 +110,7 @@ impl PgMetaStore {
             if old.spec == *spec {
                 return Ok(old.clone());
             }
-            if old.spec.schema != spec.schema
+            if (old.spec.schema != spec.schema || old.spec.timeline != spec.timeline)
                 && let Some((doc, why)) = self.first_invalid_document(old.id, &compiled).await?
             {
                 return Err(invalid(format!(
@@ -119,17 +123,19 @@ impl PgMetaStore {
         let version = i64::from(spec.version);
         let reindex = existing
             .as_ref()
-            .is_some_and(|d| d.spec.queryable != spec.queryable);
+            .is_some_and(|d| d.spec.queryable != spec.queryable || d.spec.timeline != spec.timeline);
+        let timeline =
+            serde_json::to_value(&spec.timeline).map_err(|e| MetaError::Internal(e.to_string()))?;
         let record = in_txn!(self, |tx| {
             async {
                 let row = query_opt(
                     tx,
                     &format!(
-                        "INSERT INTO media_datastores (id, name, analysis_type, version, schema, media_id_schema, queryable) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                        "INSERT INTO media_datastores (id, name, analysis_type, version, schema, media_id_schema, queryable, timeline) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
                          ON CONFLICT (name) DO UPDATE SET analysis_type = excluded.analysis_type, \
                              version = excluded.version, schema = excluded.schema, \
-                             queryable = excluded.queryable, updated_at = now() \
+                             queryable = excluded.queryable, timeline = excluded.timeline, updated_at = now() \
                          WHERE media_datastores.media_id_schema = excluded.media_id_schema \
                          RETURNING {DATASTORE_COLUMNS}"
                     ),
@@ -141,6 +147,7 @@ impl PgMetaStore {
                         &spec.schema,
                         &spec.media_id_schema,
                         &spec.queryable,
+                        &timeline,
                     ],
                 )
                 .await?
@@ -148,6 +155,12 @@ impl PgMetaStore {
                 let record = datastore_from_row(&row);
                 if reindex {
                     execute(tx, "DELETE FROM media_fields WHERE datastore_id = $1", &[&record.id]).await?;
+                    execute(
+                        tx,
+                        "DELETE FROM media_timeline WHERE doc_id IN (SELECT id FROM media_documents WHERE datastore_id = $1)",
+                        &[&record.id],
+                    )
+                    .await?;
                     let docs = query(
                         tx,
                         "SELECT id, body FROM media_documents WHERE datastore_id = $1",
@@ -234,6 +247,12 @@ impl PgMetaStore {
                     return Ok(false);
                 };
                 let id: uuid::Uuid = row.get(0);
+                execute(
+                    tx,
+                    "DELETE FROM media_timeline WHERE doc_id IN (SELECT id FROM media_documents WHERE datastore_id = $1)",
+                    &[&id],
+                )
+                .await?;
                 for table in ["media_fields", "media_latest", "media_documents"] {
                     execute(
                         tx,
@@ -423,6 +442,90 @@ impl PgMetaStore {
     }
 }
 
+/// A timeline entity a query found, with the item it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimelineHit {
+    /// The collection's path (the DataStore's `timeline[].path`) and the item's index in it.
+    pub collection: String,
+    pub index: usize,
+    pub start: f64,
+    pub end: f64,
+    pub region: Option<[f64; 4]>,
+    pub item: Value,
+}
+
+impl PgMetaStore {
+    /// The timeline entities of document `id` that overlap `q` (a time range and/or an area),
+    /// by start time, at most `limit` (capped at [`MAX_QUERY_RESULTS`]). Reads the entity index
+    /// and the matching items only, not the whole document.
+    pub async fn query_media_timeline(
+        &self,
+        id: uuid::Uuid,
+        q: &TimelineQuery,
+        limit: usize,
+    ) -> Result<Vec<TimelineHit>, MetaError> {
+        q.check().map_err(invalid)?;
+        let client = self.client().await?;
+        let paths: Vec<String> = match query_opt(
+            &client,
+            "SELECT s.timeline FROM media_documents d JOIN media_datastores s ON s.id = d.datastore_id WHERE d.id = $1",
+            &[&id],
+        )
+        .await?
+        {
+            Some(row) => serde_json::from_value::<Vec<crate::media::TimelineSpec>>(row.get(0))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|t| t.path)
+                .collect(),
+            None => return Err(MetaError::NotFound(format!("media document {id}"))),
+        };
+        let (a, b) = q.time.unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
+        let [qx0, qy0, qx1, qy1] = q.area.unwrap_or([0.0; 4]);
+        let limit = limit.min(MAX_QUERY_RESULTS) as i64;
+        let rows = query(
+            &client,
+            "SELECT t.collection, t.idx, t.t_start, t.t_end, t.x0, t.y0, t.x1, t.y1, \
+                 d.body #> (string_to_array(($10::TEXT[])[t.collection + 1], '.') || t.idx::TEXT) \
+             FROM media_timeline t JOIN media_documents d ON d.id = t.doc_id \
+             WHERE t.doc_id = $1 AND t.t_start <= $3 AND t.t_end >= $2 \
+               AND (NOT $4 OR (t.x0 <= $7 AND t.x1 >= $5 AND t.y0 <= $8 AND t.y1 >= $6)) \
+             ORDER BY t.t_start, t.collection, t.idx LIMIT $9",
+            &[
+                &id,
+                &a,
+                &b,
+                &q.area.is_some(),
+                &qx0,
+                &qy0,
+                &qx1,
+                &qy1,
+                &limit,
+                &paths,
+            ],
+        )
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let collection: i32 = r.get(0);
+                let region = match (r.get(4), r.get(5), r.get(6), r.get(7)) {
+                    (Some(x0), Some(y0), Some(x1), Some(y1)) => Some([x0, y0, x1, y1]),
+                    _ => None,
+                };
+                TimelineHit {
+                    collection: paths.get(collection as usize).cloned().unwrap_or_default(),
+                    index: r.get::<_, i32>(1) as usize,
+                    start: r.get(2),
+                    end: r.get(3),
+                    region,
+                    item: r.get::<_, Option<Value>>(8).unwrap_or(Value::Null),
+                }
+            })
+            .collect())
+    }
+}
+
 fn document_from_row(r: &tokio_postgres::Row) -> MediaDocument {
     MediaDocument {
         id: r.get(0),
@@ -457,8 +560,47 @@ async fn index_document<C: deadpool_postgres::GenericClient>(
         )
         .await?;
     }
+    let entities = compiled
+        .timeline(body)
+        .map_err(|e| MetaError::InvalidArgument(e.to_string()))?;
+    // In chunks of arrays, unnested: an hour of per-frame analysis is 10^5 entities.
+    for chunk in entities.chunks(TIMELINE_CHUNK) {
+        let column = |f: &dyn Fn(&TimelineEntity) -> f64| chunk.iter().map(f).collect::<Vec<f64>>();
+        let boxed = |i: usize| {
+            chunk
+                .iter()
+                .map(|e| e.region.map(|r| r[i]))
+                .collect::<Vec<Option<f64>>>()
+        };
+        let collections: Vec<i32> = chunk.iter().map(|e| e.collection as i32).collect();
+        let indexes: Vec<i32> = chunk
+            .iter()
+            .map(|e| i32::try_from(e.index).unwrap_or(i32::MAX))
+            .collect();
+        execute(
+            tx,
+            "INSERT INTO media_timeline (doc_id, collection, idx, t_start, t_end, x0, y0, x1, y1) \
+             SELECT $1, * FROM unnest($2::INT4[], $3::INT4[], $4::FLOAT8[], $5::FLOAT8[], \
+                 $6::FLOAT8[], $7::FLOAT8[], $8::FLOAT8[], $9::FLOAT8[])",
+            &[
+                &doc,
+                &collections,
+                &indexes,
+                &column(&|e| e.start),
+                &column(&|e| e.end),
+                &boxed(0),
+                &boxed(1),
+                &boxed(2),
+                &boxed(3),
+            ],
+        )
+        .await?;
+    }
     Ok(())
 }
+
+/// Timeline rows inserted per statement.
+const TIMELINE_CHUNK: usize = 10_000;
 
 /// Removes the documents attached to purged nodes `inos`, with their index rows. A media id
 /// whose newest document went points again at its newest remaining one.
@@ -477,6 +619,7 @@ pub(crate) async fn purge_node_documents<C: deadpool_postgres::GenericClient>(
     }
     let ids: Vec<uuid::Uuid> = gone.iter().map(|r| r.get(0)).collect();
     execute(c, "DELETE FROM media_fields WHERE doc_id = ANY($1)", &[&ids]).await?;
+    execute(c, "DELETE FROM media_timeline WHERE doc_id = ANY($1)", &[&ids]).await?;
     let orphaned = query(
         c,
         "DELETE FROM media_latest WHERE doc_id = ANY($1) RETURNING datastore_id, media_key",

@@ -47,7 +47,7 @@ pub use copy::CopyReport;
 pub use events::{EventFeed, FeedHorizon, WorkspaceFeed};
 pub use gc::{Claim, MarkBatch, OrphanSpan, PassRecord};
 pub use locks::{FileLock, LockKind};
-pub use media::{DataStoreRecord, MAX_QUERY_RESULTS, MediaDocument, MediaHit, Versions};
+pub use media::{DataStoreRecord, MAX_QUERY_RESULTS, MediaDocument, MediaHit, TimelineHit, Versions};
 pub use memory::MemMetaStore;
 pub use preloads::{PRELOAD_MAX_ERRORS, PreloadRun, PreloadState};
 pub use publish::{PublishMode, PublishOptions, PublishReport, RevertReport, RevertTarget};
