@@ -1,7 +1,7 @@
 //! `studiodrive-csi`: the CSI plugin and the local FUSE mount.
 
 use clap::{Parser, Subcommand};
-use drive_csi::cli::{StorageArgs, admin, events, mhl, mount, preload, publish, serve, trash};
+use drive_csi::cli::{StorageArgs, admin, events, meta, mhl, mount, preload, publish, serve, trash};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,6 +50,9 @@ enum Command {
     /// Writes and checks ASC MHL hash histories of folders.
     #[command(subcommand)]
     Mhl(mhl::MhlCmd),
+    /// Media DataStores and documents: schema-checked JSON on files, queries (docs/media.md).
+    #[command(subcommand)]
+    Meta(meta::MetaCmd),
     /// Prints the workspace's change feed.
     Events {
         #[command(flatten)]
@@ -103,6 +106,7 @@ fn main() -> anyhow::Result<()> {
                         Ok(())
                     }
                     Command::Publish(args) => publish::publish(args).await,
+                    Command::Meta(cmd) => meta::run(cmd).await,
                     Command::Revert(args) => publish::revert(args).await,
                     Command::Mount(_) | Command::Serve(_) | Command::WaitMounted { .. } | Command::Mhl(_) => {
                         anyhow::bail!("runs outside this runtime")

@@ -619,8 +619,17 @@ fn webhooks_get_every_event_despite_failures_filters_hold_and_a_dead_sink_blocks
         assert!(storage.run_admin(&bad).is_err(), "{bad:?} was accepted");
     }
     let listed = storage.run_admin(&["sink", "list"])?;
-    assert!(!listed.contains("bad"), "a refused sink was stored:\n{listed}");
-    assert!(listed.contains("dead") && listed.contains("flaky") && listed.contains("keep-creates"));
+    // Compare names, not the whole text: relay ids are random hex and may contain "bad".
+    let names: Vec<&str> = listed
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        names,
+        ["dead", "flaky", "keep-creates"],
+        "a refused sink was stored, or a sink is missing:\n{listed}"
+    );
     Ok(())
 }
 

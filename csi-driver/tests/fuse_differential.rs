@@ -839,7 +839,7 @@ fn run(seed: u64, steps: usize) -> anyhow::Result<()> {
     let mut mount = Mount::new(&storage, &mount_args)?;
     let local = tempfile::tempdir()?;
     let mut rng = Rng(seed);
-    let locks = if seed % 2 == 0 {
+    let locks = if seed.is_multiple_of(2) {
         LockStyle::Record
     } else {
         LockStyle::Flock

@@ -568,7 +568,7 @@ async fn concurrent_publish(mode: PublishMode) {
     }
     // Let the writers get going, then publish while they write.
     // A writer that failed stops counting: stop waiting, and its join below reports why.
-    let failed = |w: &[tokio::task::JoinHandle<()>]| w.iter().any(|w| w.is_finished());
+    let failed = |w: &[tokio::task::JoinHandle<()>]| w.iter().any(tokio::task::JoinHandle::is_finished);
     while done.iter().any(|d| d.load(Ordering::SeqCst) < 15) && !failed(&writers) {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod embedded;
 pub mod events;
+pub mod meta;
 pub mod mhl;
 pub mod mount;
 pub mod preload;

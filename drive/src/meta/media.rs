@@ -526,6 +526,80 @@ impl PgMetaStore {
     }
 }
 
+impl PgMetaStore {
+    /// The live paths (`/a/b`) of nodes `inos` of workspace `ws`, for the nodes a live entry
+    /// still names (one name each: a hard-linked file gets one of its names). Walks up the tree
+    /// a level per query, for all of them at once.
+    pub async fn live_paths(
+        &self,
+        ws: WorkspaceId,
+        inos: &[NodeId],
+    ) -> Result<std::collections::HashMap<NodeId, String>, MetaError> {
+        use std::collections::HashMap;
+        let client = self.client().await?;
+        let root = ws_ctx(&client, ws).await?.root;
+        // For each node: its (parent, name) as far as known.
+        let mut up: HashMap<NodeId, Option<(NodeId, Vec<u8>)>> = HashMap::from([(root, None)]);
+        let mut wanted: Vec<NodeId> = inos.iter().copied().filter(|i| !up.contains_key(i)).collect();
+        for _ in 0..4096 {
+            if wanted.is_empty() {
+                break;
+            }
+            let ids: Vec<i64> = wanted.iter().map(|n| n.0 as i64).collect();
+            let rows = query(
+                &client,
+                "SELECT DISTINCT ON (ino) ino, parent, name FROM entries \
+                 WHERE ino = ANY($1) AND valid_to IS NULL AND workspace_id = $2 ORDER BY ino, id",
+                &[&ids, &ws.0],
+            )
+            .await?;
+            let mut next = Vec::new();
+            for n in &wanted {
+                up.entry(*n).or_insert(None);
+            }
+            for r in rows {
+                let (ino, parent) = (
+                    NodeId(r.get::<_, i64>(0) as u64),
+                    NodeId(r.get::<_, i64>(1) as u64),
+                );
+                up.insert(ino, Some((parent, r.get(2))));
+                if !up.contains_key(&parent) {
+                    next.push(parent);
+                }
+            }
+            next.sort_unstable();
+            next.dedup();
+            wanted = next;
+        }
+        let mut out = HashMap::new();
+        for ino in inos {
+            let mut names: Vec<&[u8]> = Vec::new();
+            let mut at = *ino;
+            let complete = loop {
+                if at == root {
+                    break true;
+                }
+                match up.get(&at) {
+                    Some(Some((parent, name))) if names.len() < 4096 => {
+                        names.push(name);
+                        at = *parent;
+                    }
+                    _ => break false,
+                }
+            };
+            if complete {
+                let path: Vec<String> = names
+                    .iter()
+                    .rev()
+                    .map(|n| String::from_utf8_lossy(n).into_owned())
+                    .collect();
+                out.insert(*ino, format!("/{}", path.join("/")));
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn document_from_row(r: &tokio_postgres::Row) -> MediaDocument {
     MediaDocument {
         id: r.get(0),
