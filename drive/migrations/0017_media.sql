@@ -11,6 +11,8 @@ CREATE TABLE media_datastores (
     media_id_schema  JSONB NOT NULL,
     queryable        TEXT[] NOT NULL DEFAULT ARRAY[]::TEXT[],
     timeline         JSONB NOT NULL DEFAULT '[]',
+    -- Readers, writers and admins (subjects); the API grants nothing to anyone else.
+    access           JSONB NOT NULL DEFAULT '{}',
     created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at       TIMESTAMPTZ NOT NULL DEFAULT now()
 );

@@ -42,6 +42,7 @@ fn renders() -> DataStoreSpec {
             "tags.0".into(),
         ],
         timeline: Vec::new(),
+        access: Default::default(),
     }
 }
 
@@ -427,6 +428,7 @@ fn analysis() -> DataStoreSpec {
                 }),
             },
         ],
+        access: Default::default(),
     }
 }
 

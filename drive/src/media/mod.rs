@@ -142,6 +142,90 @@ pub struct DataStoreSpec {
     /// document by time range and area.
     #[serde(default)]
     pub timeline: Vec<TimelineSpec>,
+    /// Who may read, write and administer it.
+    #[serde(default)]
+    pub access: DataStoreAccess,
+}
+
+/// The subjects of a DataStore ("ServiceAccount:ns/name", "User:u", "Group:g"): readers read
+/// and query, writers also write documents, admins also change and delete the DataStore. Each
+/// role includes the ones before it; a caller named nowhere gets nothing, not even the
+/// knowledge that the DataStore exists.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataStoreAccess {
+    #[serde(default)]
+    pub readers: Vec<String>,
+    #[serde(default)]
+    pub writers: Vec<String>,
+    #[serde(default)]
+    pub admins: Vec<String>,
+}
+
+/// What a caller may do with a DataStore; each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DataStoreRole {
+    Reader,
+    Writer,
+    Admin,
+}
+
+/// Subjects per role.
+pub const MAX_SUBJECTS: usize = 256;
+
+impl DataStoreAccess {
+    /// The strongest role `principal` holds; `None` when it is named nowhere.
+    pub fn role_of(&self, principal: &crate::rules::access::Principal) -> Option<DataStoreRole> {
+        let named = |subjects: &[String]| subjects.iter().any(|s| principal.is(s));
+        if named(&self.admins) {
+            Some(DataStoreRole::Admin)
+        } else if named(&self.writers) {
+            Some(DataStoreRole::Writer)
+        } else if named(&self.readers) {
+            Some(DataStoreRole::Reader)
+        } else {
+            None
+        }
+    }
+
+    fn check(&self) -> Result<(), Invalid> {
+        for (role, subjects) in [
+            ("readers", &self.readers),
+            ("writers", &self.writers),
+            ("admins", &self.admins),
+        ] {
+            if subjects.len() > MAX_SUBJECTS {
+                return Err(invalid(
+                    "the DataStore",
+                    format!("/access/{role}"),
+                    format!("at most {MAX_SUBJECTS} subjects"),
+                ));
+            }
+            for (i, subject) in subjects.iter().enumerate() {
+                validate_subject(subject)
+                    .map_err(|e| invalid("the DataStore", format!("/access/{role}/{i}"), e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a subject: "ServiceAccount:<namespace>/<name>", "User:<name>" or "Group:<name>".
+pub fn validate_subject(subject: &str) -> Result<(), String> {
+    let ok = match subject.split_once(':') {
+        Some(("ServiceAccount", sa)) => sa
+            .split_once('/')
+            .is_some_and(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains(['/', ':'])),
+        Some(("User" | "Group", name)) => !name.is_empty(),
+        _ => false,
+    };
+    if ok && subject.len() <= 512 {
+        Ok(())
+    } else {
+        Err(format!(
+            "subject {subject:?}: \"ServiceAccount:<namespace>/<name>\", \"User:<name>\" or \"Group:<name>\""
+        ))
+    }
 }
 
 /// A collection of timeline entities in a document: an array at `path` whose items have a
@@ -307,6 +391,7 @@ impl CompiledDataStore {
     pub fn compile(spec: DataStoreSpec) -> Result<CompiledDataStore, Invalid> {
         validate_name(&spec.name).map_err(|e| invalid("the DataStore", "/name", e))?;
         validate_name(&spec.analysis_type).map_err(|e| invalid("the DataStore", "/analysisType", e))?;
+        spec.access.check()?;
         if spec.queryable.len() > MAX_QUERYABLE_FIELDS {
             return Err(invalid(
                 "the DataStore",
@@ -513,7 +598,72 @@ mod tests {
                 end: Some("end".into()),
                 region: None,
             }],
+            access: DataStoreAccess::default(),
         }
+    }
+
+    fn principal(ns: &str, sa: &str) -> crate::rules::access::Principal {
+        crate::rules::access::Principal::service_account(
+            &format!("system:serviceaccount:{ns}:{sa}"),
+            vec![format!("system:serviceaccounts:{ns}")],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_caller_holds_its_strongest_role_and_one_named_nowhere_holds_none() {
+        let access = DataStoreAccess {
+            readers: vec!["Group:system:serviceaccounts:review".into()],
+            writers: vec!["ServiceAccount:vfx/analyser".into()],
+            admins: vec![
+                "ServiceAccount:vfx/admin".into(),
+                "ServiceAccount:review/admin".into(),
+            ],
+        };
+        assert_eq!(
+            access.role_of(&principal("review", "artist")),
+            Some(DataStoreRole::Reader)
+        );
+        assert_eq!(
+            access.role_of(&principal("vfx", "analyser")),
+            Some(DataStoreRole::Writer)
+        );
+        assert_eq!(
+            access.role_of(&principal("vfx", "admin")),
+            Some(DataStoreRole::Admin)
+        );
+        // Named as admin and, by its namespace group, as reader: the strongest wins.
+        assert_eq!(
+            access.role_of(&principal("review", "admin")),
+            Some(DataStoreRole::Admin)
+        );
+        assert_eq!(access.role_of(&principal("vfx", "render")), None);
+        assert_eq!(access.role_of(&principal("other", "analyser")), None);
+        assert_eq!(
+            DataStoreAccess::default().role_of(&principal("vfx", "admin")),
+            None
+        );
+    }
+
+    #[test]
+    fn malformed_subjects_are_refused_with_their_path() {
+        for (subject, ok) in [
+            ("ServiceAccount:vfx/render", true),
+            ("User:alice", true),
+            ("Group:comp", true),
+            ("ServiceAccount:render", false),
+            ("ServiceAccount:/render", false),
+            ("ServiceAccount:vfx/", false),
+            ("Robot:r2", false),
+            ("alice", false),
+            ("User:", false),
+        ] {
+            assert_eq!(validate_subject(subject).is_ok(), ok, "{subject}");
+        }
+        let mut spec = shots();
+        spec.access.writers = vec!["User:bob".into(), "bob".into()];
+        let err = CompiledDataStore::compile(spec).unwrap_err();
+        assert_eq!(err.path, "/access/writers/1");
     }
 
     #[test]

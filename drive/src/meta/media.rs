@@ -64,8 +64,7 @@ pub enum Versions {
     All,
 }
 
-const DATASTORE_COLUMNS: &str =
-    "id, name, analysis_type, version, schema, media_id_schema, queryable, created_at, updated_at, timeline";
+const DATASTORE_COLUMNS: &str = "id, name, analysis_type, version, schema, media_id_schema, queryable, created_at, updated_at, timeline, access";
 
 fn datastore_from_row(r: &tokio_postgres::Row) -> DataStoreRecord {
     DataStoreRecord {
@@ -78,6 +77,8 @@ fn datastore_from_row(r: &tokio_postgres::Row) -> DataStoreRecord {
             media_id_schema: r.get(5),
             queryable: r.get(6),
             timeline: serde_json::from_value(r.get(9)).unwrap_or_default(),
+            // Unreadable access grants nothing.
+            access: serde_json::from_value(r.get(10)).unwrap_or_default(),
         },
         created_at: from_system_time(r.get::<_, SystemTime>(7)),
         updated_at: from_system_time(r.get::<_, SystemTime>(8)),
@@ -126,16 +127,18 @@ impl PgMetaStore {
             .is_some_and(|d| d.spec.queryable != spec.queryable || d.spec.timeline != spec.timeline);
         let timeline =
             serde_json::to_value(&spec.timeline).map_err(|e| MetaError::Internal(e.to_string()))?;
+        let access = serde_json::to_value(&spec.access).map_err(|e| MetaError::Internal(e.to_string()))?;
         let record = in_txn!(self, |tx| {
             async {
                 let row = query_opt(
                     tx,
                     &format!(
-                        "INSERT INTO media_datastores (id, name, analysis_type, version, schema, media_id_schema, queryable, timeline) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                        "INSERT INTO media_datastores (id, name, analysis_type, version, schema, media_id_schema, queryable, timeline, access) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                          ON CONFLICT (name) DO UPDATE SET analysis_type = excluded.analysis_type, \
                              version = excluded.version, schema = excluded.schema, \
-                             queryable = excluded.queryable, timeline = excluded.timeline, updated_at = now() \
+                             queryable = excluded.queryable, timeline = excluded.timeline, \
+                             access = excluded.access, updated_at = now() \
                          WHERE media_datastores.media_id_schema = excluded.media_id_schema \
                          RETURNING {DATASTORE_COLUMNS}"
                     ),
@@ -148,6 +151,7 @@ impl PgMetaStore {
                         &spec.media_id_schema,
                         &spec.queryable,
                         &timeline,
+                        &access,
                     ],
                 )
                 .await?
