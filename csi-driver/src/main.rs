@@ -1,7 +1,7 @@
 //! `studiodrive-csi`: the CSI plugin and the local FUSE mount.
 
 use clap::{Parser, Subcommand};
-use drive_csi::cli::{StorageArgs, admin, events, meta, mhl, mount, preload, publish, serve, trash};
+use drive_csi::cli::{StorageArgs, admin, api, events, meta, mhl, mount, preload, publish, serve, trash};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,6 +53,9 @@ enum Command {
     /// Media DataStores and documents: schema-checked JSON on files, queries (docs/media.md).
     #[command(subcommand)]
     Meta(meta::MetaCmd),
+    /// Serves the HTTP/JSON API (DataStores, documents, queries, workspace operations;
+    /// OpenAPI at /openapi.json), authenticated by service-account tokens.
+    Api(api::ApiArgs),
     /// Prints the workspace's change feed.
     Events {
         #[command(flatten)]
@@ -107,6 +110,7 @@ fn main() -> anyhow::Result<()> {
                     }
                     Command::Publish(args) => publish::publish(args).await,
                     Command::Meta(cmd) => meta::run(cmd).await,
+                    Command::Api(args) => api::run(args).await,
                     Command::Revert(args) => publish::revert(args).await,
                     Command::Mount(_) | Command::Serve(_) | Command::WaitMounted { .. } | Command::Mhl(_) => {
                         anyhow::bail!("runs outside this runtime")

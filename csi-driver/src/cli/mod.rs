@@ -3,6 +3,7 @@
 //! block store, or embedded defaults).
 
 pub mod admin;
+pub mod api;
 pub mod embedded;
 pub mod events;
 pub mod meta;

@@ -301,6 +301,21 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     served.context("CSI server")
 }
 
+/// A Kubernetes client from `kubeconfig`, else the in-cluster service account, KUBECONFIG or
+/// ~/.kube/config; why not when there is none.
+pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, String> {
+    let config = match kubeconfig {
+        Some(path) => match kube::config::Kubeconfig::read_from(path) {
+            Ok(file) => kube::Config::from_custom_kubeconfig(file, &Default::default())
+                .await
+                .map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        },
+        None => kube::Config::infer().await.map_err(|e| e.to_string()),
+    };
+    config.and_then(|c| kube::Client::try_from(c).map_err(|e| e.to_string()))
+}
+
 /// The authenticator `mode` asks for. Kubernetes mode without a Kubernetes API still starts
 /// (the controller face and probes work) but refuses every publish, saying why.
 async fn authenticator(
@@ -313,31 +328,19 @@ async fn authenticator(
             tracing::warn!("--authorization none: every pod may mount every workspace");
             Arc::new(NoAuthorization)
         }
-        Authorization::Kubernetes => {
-            let config = match kubeconfig {
-                Some(path) => match kube::config::Kubeconfig::read_from(path) {
-                    Ok(file) => kube::Config::from_custom_kubeconfig(file, &Default::default())
-                        .await
-                        .map_err(|e| format!("{}: {e}", path.display())),
-                    Err(e) => Err(format!("{}: {e}", path.display())),
-                },
-                None => kube::Config::infer().await.map_err(|e| e.to_string()),
-            };
-            let client = config.and_then(|c| kube::Client::try_from(c).map_err(|e| e.to_string()));
-            match client {
-                Ok(client) => {
-                    tracing::info!(%audience, "publishes are authorized by TokenReview, namespace, owners and Shares");
-                    Arc::new(TokenAuthenticator::new(
-                        Arc::new(KubeTokenReviewer::new(client)),
-                        audience,
-                    ))
-                }
-                Err(reason) => {
-                    tracing::error!(%reason, "no Kubernetes API: every publish will be refused");
-                    Arc::new(NoKubernetesApi { reason })
-                }
+        Authorization::Kubernetes => match kube_client(kubeconfig).await {
+            Ok(client) => {
+                tracing::info!(%audience, "publishes are authorized by TokenReview, namespace, owners and Shares");
+                Arc::new(TokenAuthenticator::new(
+                    Arc::new(KubeTokenReviewer::new(client)),
+                    audience,
+                ))
             }
-        }
+            Err(reason) => {
+                tracing::error!(%reason, "no Kubernetes API: every publish will be refused");
+                Arc::new(NoKubernetesApi { reason })
+            }
+        },
     }
 }
 

@@ -196,50 +196,59 @@ const CACHE_ENTRIES: usize = 4096;
 
 /// A token the API server vouched for, and until when that is trusted.
 #[derive(Clone)]
-struct Verified {
-    principal: Principal,
-    pod_name: Option<String>,
-    pod_uid: Option<String>,
+pub struct Verified {
+    pub principal: Principal,
+    pub pod_name: Option<String>,
+    pub pod_uid: Option<String>,
     until: SystemTime,
 }
 
-/// Verifies pods by their service-account token for `audience` with a TokenReview, and
-/// checks that what kubelet put in the volume context agrees with what the API server said.
-/// A verified result is remembered (by the token's hash) until the token expires, at most
-/// [`MAX_TRUST`]; refusals are not remembered.
-pub struct TokenAuthenticator {
+/// Verifies service-account tokens for one audience with TokenReviews. A verified result is
+/// remembered (by the token's hash) until the token expires, at most [`MAX_TRUST`]; refusals
+/// are not remembered. Used by the CSI publish path and the HTTP API.
+pub struct TokenVerifier {
     reviewer: Arc<dyn TokenReviewer>,
     audience: String,
     verified: Mutex<HashMap<[u8; 32], Verified>>,
 }
 
-impl TokenAuthenticator {
-    pub fn new(reviewer: Arc<dyn TokenReviewer>, audience: impl Into<String>) -> TokenAuthenticator {
-        TokenAuthenticator {
+impl TokenVerifier {
+    pub fn new(reviewer: Arc<dyn TokenReviewer>, audience: impl Into<String>) -> TokenVerifier {
+        TokenVerifier {
             reviewer,
             audience: audience.into(),
             verified: Mutex::new(HashMap::new()),
         }
     }
 
-    async fn verify(&self, pod: &PodIdentity, token: &AudienceToken) -> Result<Verified, AuthError> {
-        let key = *blake3::hash(token.expose().as_bytes()).as_bytes();
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    /// Whom `token` belongs to; `expires` (when the caller knows it) bounds how long the
+    /// answer is remembered, and `who` names the caller in refusals.
+    pub async fn verify(
+        &self,
+        token: &str,
+        expires: Option<SystemTime>,
+        who: &str,
+    ) -> Result<Verified, AuthError> {
+        let key = *blake3::hash(token.as_bytes()).as_bytes();
         let now = SystemTime::now();
         if let Some(v) = lock(&self.verified).get(&key).filter(|v| v.until > now) {
             return Ok(v.clone());
         }
         let refused = |why: &str| {
             AuthError::Denied(format!(
-                "{}: its service-account token for audience {:?} {why}",
-                pod.describe(),
+                "{who}: its service-account token for audience {:?} {why}",
                 self.audience
             ))
         };
         let review = self
             .reviewer
-            .review(token.expose(), &self.audience)
+            .review(token, &self.audience)
             .await
-            .map_err(|e| AuthError::Unavailable(format!("cannot verify {}: {e}", pod.describe())))?;
+            .map_err(|e| AuthError::Unavailable(format!("cannot verify {who}: {e}")))?;
         if !review.authenticated {
             return Err(refused("was not authenticated by the API server"));
         }
@@ -248,11 +257,6 @@ impl TokenAuthenticator {
         }
         let principal = Principal::service_account(&review.username, review.groups)
             .ok_or_else(|| refused("does not belong to a service account"))?;
-        let expires = token
-            .expiration
-            .as_deref()
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-            .map(SystemTime::from);
         let verified = Verified {
             principal,
             pod_name: review.pod_name,
@@ -271,6 +275,31 @@ impl TokenAuthenticator {
     }
 }
 
+/// Verifies pods by their service-account token for `audience` with a TokenReview, and
+/// checks that what kubelet put in the volume context agrees with what the API server said.
+pub struct TokenAuthenticator {
+    verifier: TokenVerifier,
+}
+
+impl TokenAuthenticator {
+    pub fn new(reviewer: Arc<dyn TokenReviewer>, audience: impl Into<String>) -> TokenAuthenticator {
+        TokenAuthenticator {
+            verifier: TokenVerifier::new(reviewer, audience),
+        }
+    }
+
+    async fn verify(&self, pod: &PodIdentity, token: &AudienceToken) -> Result<Verified, AuthError> {
+        let expires = token
+            .expiration
+            .as_deref()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map(SystemTime::from);
+        self.verifier
+            .verify(token.expose(), expires, &pod.describe())
+            .await
+    }
+}
+
 impl Authenticator for TokenAuthenticator {
     fn authenticate<'a>(
         &'a self,
@@ -279,13 +308,13 @@ impl Authenticator for TokenAuthenticator {
         Box::pin(async move {
             let token = pod
                 .tokens
-                .get(&self.audience)
+                .get(self.verifier.audience())
                 .filter(|t| !t.expose().is_empty())
                 .ok_or_else(|| {
                     AuthError::Denied(format!(
                         "{} has no service-account token for audience {:?} (CSIDriver tokenRequests)",
                         pod.describe(),
-                        self.audience
+                        self.verifier.audience()
                     ))
                 })?;
             let v = self.verify(pod, token).await?;

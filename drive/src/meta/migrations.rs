@@ -32,6 +32,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (15, include_str!("../../migrations/0015_publish_revert.sql")),
     (16, include_str!("../../migrations/0016_preload_runs.sql")),
     (17, include_str!("../../migrations/0017_media.sql")),
+    (18, include_str!("../../migrations/0018_api_operations.sql")),
 ];
 
 pub(super) async fn apply(store: &PgMetaStore) -> Result<(), MetaError> {

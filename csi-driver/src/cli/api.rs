@@ -1,0 +1,86 @@
+//! `studiodrive-csi api`: serves the HTTP/JSON API (crate::api) for other systems.
+//!
+//! It is this binary's job, not the operator's: the API needs the engine's store (and, for
+//! workspace operations, the same rules the node plugin applies), it scales out as stateless
+//! replicas (operations live in the database), and the operator stays a single leader that
+//! only reconciles.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{ApiState, serve};
+use crate::cli::StorageArgs;
+use crate::cli::serve::kube_client;
+use crate::csi::auth::TokenVerifier;
+use crate::csi::token_review::KubeTokenReviewer;
+
+#[derive(Debug, clap::Args)]
+pub struct ApiArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// Address to serve on. Plain HTTP: bearer tokens cross the network in the clear, so an
+    /// address other than loopback needs --plain-http, said on purpose (behind a mesh that
+    /// encrypts pod traffic, e.g. linkerd, or a TLS-terminating proxy in the pod).
+    #[arg(long, env = "STUDIODRIVE_API_LISTEN", default_value = "127.0.0.1:8480")]
+    pub listen: SocketAddr,
+    /// Serve plain HTTP on a non-loopback address.
+    #[arg(long, env = "STUDIODRIVE_API_PLAIN_HTTP")]
+    pub plain_http: bool,
+    /// The audience callers' service-account tokens must be issued for.
+    #[arg(long, env = "STUDIODRIVE_API_AUDIENCE", default_value = "studiodrive-api")]
+    pub audience: String,
+    /// Kubeconfig for the Kubernetes API the tokens are reviewed by (default: in-cluster,
+    /// then KUBECONFIG, then ~/.kube/config).
+    #[arg(long, env = "STUDIODRIVE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
+    if !args.listen.ip().is_loopback() && !args.plain_http {
+        anyhow::bail!(
+            "--listen {}: plain HTTP off loopback sends bearer tokens in the clear; \
+             add --plain-http behind a mesh or proxy that encrypts",
+            args.listen
+        );
+    }
+    let meta = args.storage.meta().await?;
+    let (verifier, no_verifier_reason) = match kube_client(args.kubeconfig.as_deref()).await {
+        Ok(client) => (
+            Some(TokenVerifier::new(
+                Arc::new(KubeTokenReviewer::new(client)),
+                args.audience.clone(),
+            )),
+            String::new(),
+        ),
+        Err(reason) => {
+            tracing::error!(%reason, "no Kubernetes API: every API request will be refused");
+            (None, format!("no Kubernetes API ({reason})"))
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    // The address on standard output: a caller that asked for port 0 learns the port.
+    println!("serving the API on http://{addr} (audience {})", args.audience);
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        stop.cancel();
+    });
+    let state = Arc::new(ApiState {
+        meta,
+        verifier,
+        no_verifier_reason,
+    });
+    serve(listener, state, shutdown).await.context("API server")
+}

@@ -1,0 +1,449 @@
+//! `studiodrive-csi api` as a process, over real PostgreSQL, with tokens reviewed by a
+//! stand-in Kubernetes API server: DataStore roles (a reader cannot write), a subject of
+//! another namespace without a grant learns nothing, workspace Shares decide paths and
+//! workspace operations, asynchronous operations are polled by their owner only; and the
+//! OpenAPI description is exercised by schemathesis (PyPI) with no server error and no
+//! response outside the description.
+
+mod common;
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use common::{KubeApi, Storage, Vouched};
+use drive::media::{DataStoreAccess, DataStoreSpec};
+use drive::model::{Actor, Name, NewNode, NodeKind, Permission, Share, WorkspaceKind, WorkspaceSpec};
+use drive::{MetaConfig, PgMetaStore};
+use serde_json::{Value, json};
+
+const AUDIENCE: &str = "studiodrive-api";
+
+/// A running `studiodrive-csi api`.
+struct Api {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Api {
+    fn start(storage: &Storage, kube: &KubeApi) -> anyhow::Result<Api> {
+        let mut child = common::studiodrive()
+            .args(["api", "--listen", "127.0.0.1:0", "--kubeconfig"])
+            .arg(&kube.kubeconfig)
+            .args(storage.args())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .with_context(|| format!("no address in {line:?}"))?
+            .to_string();
+        Ok(Api { child, addr })
+    }
+
+    /// One request; (status, JSON body, headers).
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+        extra: &[&str],
+    ) -> anyhow::Result<(u16, Value, String)> {
+        let mut s = std::net::TcpStream::connect(&self.addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let body = body.map(Value::to_string).unwrap_or_default();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        if let Some(t) = token {
+            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        for h in extra {
+            head.push_str(h);
+            head.push_str("\r\n");
+        }
+        write!(s, "{head}\r\n{body}")?;
+        let mut response = Vec::new();
+        s.read_to_end(&mut response)?;
+        let response = String::from_utf8(response)?;
+        let (head, body) = response.split_once("\r\n\r\n").context("an HTTP response")?;
+        let status: u16 = head.split_whitespace().nth(1).context("a status")?.parse()?;
+        let value =
+            serde_json::from_str(body).with_context(|| format!("{method} {path}: not JSON: {body}"))?;
+        Ok((status, value, head.to_string()))
+    }
+
+    fn get(&self, path: &str, token: &str) -> anyhow::Result<(u16, Value)> {
+        self.call("GET", path, Some(token), None, &[])
+            .map(|(s, v, _)| (s, v))
+    }
+
+    fn post(&self, path: &str, token: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+        self.call("POST", path, Some(token), Some(body), &[])
+            .map(|(s, v, _)| (s, v))
+    }
+}
+
+fn vouch(kube: &KubeApi, token: &str, namespace: &str, service_account: &str) {
+    kube.vouch(
+        token,
+        Vouched {
+            namespace: namespace.into(),
+            service_account: service_account.into(),
+            pod_name: format!("{service_account}-pod"),
+            pod_uid: format!("uid-{token}"),
+            audience: AUDIENCE.into(),
+        },
+    );
+}
+
+fn reviews() -> DataStoreSpec {
+    DataStoreSpec {
+        name: "vfx/reviews".into(),
+        analysis_type: "review".into(),
+        version: 1,
+        schema: json!({"type": "object", "required": ["rating"],
+                       "properties": {"rating": {"type": "integer", "minimum": 1, "maximum": 5},
+                                      "notes": {"type": "array", "items": {"type": "object"}}}}),
+        media_id_schema: json!({"type": "string"}),
+        queryable: vec!["rating".into()],
+        timeline: vec![drive::media::TimelineSpec {
+            path: "notes".into(),
+            start: "at".into(),
+            end: None,
+            region: None,
+        }],
+        access: DataStoreAccess {
+            readers: vec![
+                "ServiceAccount:vfx/reader".into(),
+                "ServiceAccount:partner/viewer".into(),
+            ],
+            writers: vec!["ServiceAccount:vfx/writer".into()],
+            admins: Vec::new(),
+        },
+    }
+}
+
+/// Storage with workspace `vfx.show` (home namespace vfx) holding /shots/a.exr and /shared,
+/// a Share of /shared to partner/viewer, and DataStore vfx/reviews.
+async fn setup() -> anyhow::Result<(Storage, KubeApi)> {
+    let storage = Storage::create().await?;
+    let meta = PgMetaStore::connect(&MetaConfig::new(storage.url.clone())).await?;
+    let actor = Actor::system("test");
+    let ws = meta
+        .create_workspace(&actor, &WorkspaceSpec::new("vfx.show", WorkspaceKind::Team))
+        .await?;
+    let root = meta.resolve(ws.id, "/").await?;
+    for dir in ["shots", "shared", "out"] {
+        meta.create(
+            &actor,
+            ws.id,
+            root.ino,
+            &Name::parse(dir)?,
+            &NewNode::new(NodeKind::Directory, 0o755),
+        )
+        .await?;
+    }
+    let shots = meta.resolve(ws.id, "/shots").await?;
+    meta.create(
+        &actor,
+        ws.id,
+        shots.ino,
+        &Name::parse("a.exr")?,
+        &NewNode::new(NodeKind::File, 0o644),
+    )
+    .await?;
+    meta.put_share(
+        &actor,
+        &Share {
+            workspace: ws.id,
+            name: "partner".into(),
+            path: "/shared".into(),
+            subjects: vec!["ServiceAccount:partner/viewer".into()],
+            permission: Permission::Read,
+            expires_at: None,
+        },
+    )
+    .await?;
+    meta.put_media_datastore(&reviews()).await?;
+    let kube = KubeApi::start().await?;
+    vouch(&kube, "reader", "vfx", "reader");
+    vouch(&kube, "writer", "vfx", "writer");
+    vouch(&kube, "viewer", "partner", "viewer");
+    vouch(&kube, "stranger", "other", "render");
+    Ok((storage, kube))
+}
+
+// Catches: a reader allowed to write, a stranger told that a DataStore, document, workspace
+// or operation exists, paths shown to callers without a grant on them, Shares not consulted,
+// unauthenticated calls answered, async results that differ from sync ones or that another
+// caller can poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_and_shares_decide_and_strangers_learn_nothing() -> anyhow::Result<()> {
+    let (storage, kube) = setup().await?;
+    let api = Api::start(&storage, &kube)?;
+
+    // Authentication.
+    let (status, body, head) = api.call("GET", "/v1/datastores", None, None, &[])?;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        head.contains("www-authenticate: Bearer") || head.contains("WWW-Authenticate: Bearer"),
+        "{head}"
+    );
+    assert_eq!(api.get("/v1/datastores", "forged")?.0, 401);
+
+    // A reader reads, cannot write; a writer writes.
+    let (status, listed) = api.get("/v1/datastores", "reader")?;
+    assert_eq!(status, 200);
+    assert_eq!(listed["items"][0]["name"], "reviews");
+    assert_eq!(listed["items"][0]["role"], "reader");
+    let doc = json!({"mediaId": "shot-a", "target": {"workspace": "vfx.show", "path": "/shots/a.exr"},
+                     "document": {"rating": 4, "notes": [{"at": 1.5}, {"at": 9.0}]}});
+    let (status, refused) = api.post("/v1/datastores/vfx/reviews/documents", "reader", &doc)?;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (403, Some("Forbidden")),
+        "{refused}"
+    );
+    let (status, written) = api.post("/v1/datastores/vfx/reviews/documents", "writer", &doc)?;
+    assert_eq!(status, 201, "{written}");
+    let id = written["id"].as_str().context("an id")?.to_string();
+    assert_eq!(
+        written["target"],
+        json!({"workspace": "vfx.show", "path": "/shots/a.exr"})
+    );
+    // Schema-on-write through the API: refused with the path, nothing stored.
+    let bad = json!({"mediaId": "shot-a", "document": {"rating": 9}});
+    let (status, refused) = api.post("/v1/datastores/vfx/reviews/documents", "writer", &bad)?;
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("/rating"),
+        "{refused}"
+    );
+    let (_, versions) = api.get(
+        "/v1/datastores/vfx/reviews/documents?mediaId=%22shot-a%22&all=true",
+        "reader",
+    )?;
+    assert_eq!(versions["items"].as_array().map(Vec::len), Some(1), "{versions}");
+
+    // Queries: the reader (home namespace: reads the workspace) sees the path; the partner's
+    // viewer, a DataStore reader without a grant on /shots, sees the hit but not the path.
+    let query = json!({"filter": {"field": "rating", "op": ">=", "value": 3}});
+    let (status, hits) = api.post("/v1/datastores/vfx/reviews/query", "reader", &query)?;
+    assert_eq!(status, 200, "{hits}");
+    assert_eq!(
+        hits["hits"],
+        json!([{"id": id, "mediaId": "shot-a", "target": {"workspace": "vfx.show", "path": "/shots/a.exr"}}])
+    );
+    let (_, partner_hits) = api.post("/v1/datastores/vfx/reviews/query", "viewer", &query)?;
+    assert_eq!(
+        partner_hits["hits"],
+        json!([{"id": id, "mediaId": "shot-a", "target": {"workspace": "vfx.show"}}])
+    );
+    let (_, entities) = api.post(
+        &format!("/v1/documents/{id}/timeline"),
+        "reader",
+        &json!({"from": 0, "to": 2}),
+    )?;
+    assert_eq!(
+        entities["entities"].as_array().map(Vec::len),
+        Some(1),
+        "{entities}"
+    );
+    assert_eq!(entities["entities"][0]["item"], json!({"at": 1.5}));
+
+    // A stranger: the same answer whether the thing exists or not.
+    let same = |a: (u16, Value), b: (u16, Value), what: &str| {
+        assert_eq!(a.0, 404, "{what}: {}", a.1);
+        assert_eq!(
+            (a.0, &a.1["error"]["code"]),
+            (b.0, &b.1["error"]["code"]),
+            "{what}"
+        );
+    };
+    assert_eq!(api.get("/v1/datastores", "stranger")?.1["items"], json!([]));
+    same(
+        api.get("/v1/datastores/vfx/reviews", "stranger")?,
+        api.get("/v1/datastores/vfx/nothing", "stranger")?,
+        "datastore",
+    );
+    same(
+        api.post("/v1/datastores/vfx/reviews/query", "stranger", &query)?,
+        api.post("/v1/datastores/vfx/nothing/query", "stranger", &query)?,
+        "query",
+    );
+    same(
+        api.get(&format!("/v1/documents/{id}"), "stranger")?,
+        api.get(&format!("/v1/documents/{}", uuid::Uuid::new_v4()), "stranger")?,
+        "document",
+    );
+    same(
+        api.get("/v1/workspaces/vfx.show/entries?path=/", "stranger")?,
+        api.get("/v1/workspaces/vfx.nothing/entries?path=/", "stranger")?,
+        "workspace",
+    );
+    let (_, doc_msg) = api.get(&format!("/v1/documents/{id}"), "stranger")?;
+    assert!(
+        !doc_msg.to_string().contains("reviews"),
+        "the refusal names the DataStore: {doc_msg}"
+    );
+
+    // Workspace operations follow the namespace and Shares.
+    let (status, entries) = api.get("/v1/workspaces/vfx.show/entries?path=/", "reader")?;
+    assert_eq!(status, 200, "{entries}");
+    let names: Vec<&str> = entries["entries"]
+        .as_array()
+        .context("entries")?
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert_eq!(names, ["out", "shared", "shots"]);
+    let (status, page) = api.get("/v1/workspaces/vfx.show/entries?path=/&limit=2", "reader")?;
+    assert_eq!((status, page["next"].as_str()), (200, Some("shared")), "{page}");
+    let (_, rest) = api.get(
+        "/v1/workspaces/vfx.show/entries?path=/&limit=2&after=shared",
+        "reader",
+    )?;
+    assert_eq!(rest["entries"][0]["name"], "shots");
+    assert!(rest.get("next").is_none(), "{rest}");
+    assert_eq!(
+        api.get("/v1/workspaces/vfx.show/entries?path=/shared", "viewer")?
+            .0,
+        200
+    );
+    assert_eq!(
+        api.get("/v1/workspaces/vfx.show/entries?path=/", "viewer")?.0,
+        403
+    );
+    assert_eq!(
+        api.get("/v1/workspaces/vfx.show/stat?path=/shots/a.exr", "viewer")?
+            .0,
+        403
+    );
+    let (status, stat) = api.get("/v1/workspaces/vfx.show/stat?path=/shots/a.exr", "reader")?;
+    assert_eq!(
+        (status, stat["kind"].as_str(), stat["name"].as_str()),
+        (200, Some("file"), Some("a.exr"))
+    );
+    let snap = json!({"name": "before-publish", "path": "/shared"});
+    assert_eq!(
+        api.post("/v1/workspaces/vfx.show/snapshots", "viewer", &snap)?.0,
+        403
+    );
+    let (status, made) = api.post("/v1/workspaces/vfx.show/snapshots", "writer", &snap)?;
+    assert_eq!((status, made["path"].as_str()), (201, Some("/shared")), "{made}");
+    let publish = json!({"source": "/shots", "destination": "/out/final", "snapshot": "final-v1"});
+    // The viewer holds a grant in the workspace (so it may learn it exists), not one here.
+    assert_eq!(
+        api.post("/v1/workspaces/vfx.show/publish", "viewer", &publish)?.0,
+        403
+    );
+    let (status, published) = api.post("/v1/workspaces/vfx.show/publish", "writer", &publish)?;
+    assert_eq!(
+        (status, published["renamed"].as_bool()),
+        (201, Some(true)),
+        "{published}"
+    );
+    // The document followed its file.
+    let (_, moved) = api.get(&format!("/v1/documents/{id}"), "reader")?;
+    assert_eq!(moved["target"]["path"], "/out/final/a.exr");
+
+    // Asynchronous query: the same answer, to its owner only.
+    let (status, accepted, head) = api.call(
+        "POST",
+        "/v1/datastores/vfx/reviews/query",
+        Some("reader"),
+        Some(&query),
+        &["Prefer: respond-async"],
+    )?;
+    assert_eq!(status, 202, "{accepted}");
+    let op = accepted["id"].as_str().context("an operation id")?.to_string();
+    assert!(
+        head.to_lowercase()
+            .contains(&format!("location: /v1/operations/{op}")),
+        "{head}"
+    );
+    let mut polled = Value::Null;
+    assert!(
+        common::eventually(Duration::from_secs(30), || {
+            polled = api
+                .get(&format!("/v1/operations/{op}"), "reader")
+                .map(|r| r.1)
+                .unwrap_or(Value::Null);
+            polled["state"] != "running"
+        }),
+        "the operation never finished: {polled}"
+    );
+    assert_eq!(polled["state"], "succeeded", "{polled}");
+    let (_, sync_hits) = api.post("/v1/datastores/vfx/reviews/query", "reader", &query)?;
+    assert_eq!(polled["result"]["hits"][0]["id"], sync_hits["hits"][0]["id"]);
+    assert_eq!(polled["result"]["hits"].as_array().map(Vec::len), Some(1));
+    assert_eq!(api.get(&format!("/v1/operations/{op}"), "writer")?.0, 404);
+    Ok(())
+}
+
+// Catches: server errors on inputs the description allows (or does not), responses whose
+// status, content type or body the description does not list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_server_error_and_no_schema_violation() -> anyhow::Result<()> {
+    let schemathesis =
+        common::pypi_venv("schemathesis-venv", "schemathesis==4.32.5")?.join("bin/schemathesis");
+    let (storage, kube) = setup().await?;
+    let api = Api::start(&storage, &kube)?;
+    let dir = tempfile::tempdir()?;
+    // Two passes: path parameters generated at random (almost all answer 404), then fixed to
+    // the DataStore and workspace that exist, so requests reach the handlers' logic.
+    let fixed = dir.path().join("schemathesis.toml");
+    std::fs::write(
+        &fixed,
+        "[parameters]\n\"path.namespace\" = \"vfx\"\n\"path.name\" = \"reviews\"\n\"path.workspace\" = \"vfx.show\"\n",
+    )?;
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(&empty, "")?;
+    for config in [&empty, &fixed] {
+        let out = std::process::Command::new(&schemathesis)
+            .arg("--config-file")
+            .arg(config)
+            .arg("--no-color")
+            .arg("run")
+            .arg(format!("http://{}/openapi.json", api.addr))
+            .args(["--header", "Authorization: Bearer writer"])
+            .args([
+                "--checks",
+                "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance",
+            ])
+            .args(["--phases", "examples,coverage,fuzzing", "--max-examples", "40", "--seed", "7"])
+            .args(["--request-timeout", "20", "--generation-database", "none"])
+            .arg("--report-dir")
+            .arg(dir.path().join("report"))
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "schemathesis ({}) failed:\n{text}",
+            config.display()
+        );
+        // It really ran every operation (a description it could not read runs nothing).
+        assert!(text.contains("12 selected / 12 total"), "{text}");
+        assert!(text.contains("Fuzzing") && text.contains("12 passed"), "{text}");
+    }
+    Ok(())
+}
