@@ -35,9 +35,14 @@ impl Drop for Api {
 
 impl Api {
     fn start(storage: &Storage, kube: &KubeApi) -> anyhow::Result<Api> {
+        Api::start_with(storage, kube, &[])
+    }
+
+    fn start_with(storage: &Storage, kube: &KubeApi, extra: &[&std::ffi::OsStr]) -> anyhow::Result<Api> {
         let mut child = common::studiodrive()
             .args(["api", "--listen", "127.0.0.1:0", "--kubeconfig"])
             .arg(&kube.kubeconfig)
+            .args(extra)
             .args(storage.args())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -45,7 +50,7 @@ impl Api {
         let mut line = String::new();
         BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
         let addr = line
-            .split("http://")
+            .split("://")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .with_context(|| format!("no address in {line:?}"))?
@@ -445,5 +450,95 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() -> anyhow:
         assert!(text.contains("12 selected / 12 total"), "{text}");
         assert!(text.contains("Fuzzing") && text.contains("12 passed"), "{text}");
     }
+    Ok(())
+}
+
+/// The certificate the server at `addr` presents, after a TLS handshake trusting only `ca`.
+async fn served_certificate(addr: &str, ca: &str) -> anyhow::Result<Vec<u8>> {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pki_types::CertificateDer::from_pem_slice(ca.as_bytes())?)?;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut tls = connector
+        .connect(rustls_pki_types::ServerName::try_from("localhost")?, tcp)
+        .await?;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut response = Vec::new();
+    tls.read_to_end(&mut response).await?;
+    anyhow::ensure!(
+        response.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+    let (_, session) = tls.get_ref();
+    Ok(session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .context("a peer certificate")?
+        .to_vec())
+}
+
+// Catches: tokens sent in the clear off loopback by default, a certificate not served or not
+// the configured one, a rotated certificate needing a restart, a broken replacement taking
+// the server down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_serves_the_configured_certificate_and_follows_its_rotation() -> anyhow::Result<()> {
+    let (storage, kube) = setup().await?;
+    // Plain HTTP off loopback is refused, saying why.
+    let refused = common::studiodrive()
+        .args(["api", "--listen", "0.0.0.0:0", "--kubeconfig"])
+        .arg(&kube.kubeconfig)
+        .args(storage.args())
+        .output()?;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--tls-cert-file"),
+        "{refused:?}"
+    );
+
+    let dir = tempfile::tempdir()?;
+    let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let first = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    std::fs::write(&cert_file, first.cert.pem())?;
+    std::fs::write(&key_file, first.signing_key.serialize_pem())?;
+    let api = Api::start_with(
+        &storage,
+        &kube,
+        &[
+            "--tls-cert-file".as_ref(),
+            cert_file.as_os_str(),
+            "--tls-key-file".as_ref(),
+            key_file.as_os_str(),
+        ],
+    )?;
+    assert_eq!(
+        served_certificate(&api.addr, &first.cert.pem()).await?,
+        first.cert.der().to_vec()
+    );
+    // Plain HTTP to the HTTPS port gets no API answer.
+    assert!(api.call("GET", "/healthz", None, None, &[]).is_err());
+
+    // A broken replacement keeps the old pair serving.
+    std::fs::write(&cert_file, "not a certificate")?;
+    assert_eq!(
+        served_certificate(&api.addr, &first.cert.pem()).await?,
+        first.cert.der().to_vec()
+    );
+    // A new pair is served without a restart (written key first, as a rotation replaces both).
+    let second = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    std::fs::write(&key_file, second.signing_key.serialize_pem())?;
+    std::fs::write(&cert_file, second.cert.pem())?;
+    assert_eq!(
+        served_certificate(&api.addr, &second.cert.pem()).await?,
+        second.cert.der().to_vec()
+    );
     Ok(())
 }

@@ -13,6 +13,7 @@
 //! answers; only the caller that started it may read it).
 
 pub mod openapi;
+pub mod tls;
 pub mod types;
 
 use std::collections::HashMap;
@@ -155,15 +156,16 @@ fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
     response
 }
 
-/// Serves the API on `listener` until `shutdown`.
+/// Serves the API on `listener` until `shutdown`: HTTPS with `tls`, else plain HTTP.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<ApiState>,
+    tls: Option<Arc<tls::ServingCert>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let mut connections = tokio::task::JoinSet::new();
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => accepted?,
             () = shutdown.cancelled() => break,
         };
@@ -172,13 +174,33 @@ pub async fn serve(
             let state = state.clone();
             async move { Ok::<_, Infallible>(handle(state, req).await) }
         });
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
         connections.spawn(async move {
-            let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await
-            {
-                tracing::debug!(error = %e, "API connection ended");
+            let http = hyper::server::conn::http1::Builder::new();
+            let served = match acceptor {
+                Some(acceptor) => {
+                    // A client that never finishes its handshake does not hold a task forever.
+                    let handshake =
+                        tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(stream)) => {
+                            http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    }
+                }
+                None => {
+                    http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "API connection ended");
             }
         });
         // Finished connections are reaped as new ones come.

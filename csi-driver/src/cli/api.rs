@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::tls::ServingCert;
 use crate::api::{ApiState, serve};
 use crate::cli::StorageArgs;
 use crate::cli::serve::kube_client;
@@ -22,13 +23,19 @@ use crate::csi::token_review::KubeTokenReviewer;
 pub struct ApiArgs {
     #[command(flatten)]
     pub storage: StorageArgs,
-    /// Address to serve on. Plain HTTP: bearer tokens cross the network in the clear, so an
-    /// address other than loopback needs --plain-http, said on purpose (behind a mesh that
-    /// encrypts pod traffic, e.g. linkerd, or a TLS-terminating proxy in the pod).
+    /// Address to serve on. Without a certificate it serves plain HTTP, where bearer tokens
+    /// cross the network in the clear: an address other than loopback then needs
+    /// --plain-http, said on purpose (behind a mesh that encrypts pod traffic, e.g. linkerd).
     #[arg(long, env = "STUDIODRIVE_API_LISTEN", default_value = "127.0.0.1:8480")]
     pub listen: SocketAddr,
+    /// Serve HTTPS with this certificate chain (PEM; read again when it changes).
+    #[arg(long, env = "STUDIODRIVE_API_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "STUDIODRIVE_API_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
     /// Serve plain HTTP on a non-loopback address.
-    #[arg(long, env = "STUDIODRIVE_API_PLAIN_HTTP")]
+    #[arg(long, env = "STUDIODRIVE_API_PLAIN_HTTP", conflicts_with = "tls_cert_file")]
     pub plain_http: bool,
     /// The audience callers' service-account tokens must be issued for.
     #[arg(long, env = "STUDIODRIVE_API_AUDIENCE", default_value = "studiodrive-api")]
@@ -40,10 +47,14 @@ pub struct ApiArgs {
 }
 
 pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
-    if !args.listen.ip().is_loopback() && !args.plain_http {
+    let tls = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => Some(Arc::new(ServingCert::load(cert, key)?)),
+        _ => None,
+    };
+    if tls.is_none() && !args.listen.ip().is_loopback() && !args.plain_http {
         anyhow::bail!(
-            "--listen {}: plain HTTP off loopback sends bearer tokens in the clear; \
-             add --plain-http behind a mesh or proxy that encrypts",
+            "--listen {}: plain HTTP off loopback sends bearer tokens in the clear; give \
+             --tls-cert-file and --tls-key-file, or --plain-http behind a mesh that encrypts",
             args.listen
         );
     }
@@ -66,7 +77,11 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         .with_context(|| format!("listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     // The address on standard output: a caller that asked for port 0 learns the port.
-    println!("serving the API on http://{addr} (audience {})", args.audience);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!(
+        "serving the API on {scheme}://{addr} (audience {})",
+        args.audience
+    );
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -82,5 +97,5 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         verifier,
         no_verifier_reason,
     });
-    serve(listener, state, shutdown).await.context("API server")
+    serve(listener, state, tls, shutdown).await.context("API server")
 }
