@@ -104,6 +104,14 @@ pub struct FsConfig {
     pub hash_on_write: Vec<crate::mhl::HashAlgo>,
 }
 
+/// Learns of a mount's content commits. Called on the closing process's path: it must only
+/// note the commit and return (work goes to a background task).
+pub trait CommitObserver: Send + Sync + std::fmt::Debug + 'static {
+    /// `attr` is the file's attributes after the commit; `name` its name when the commit
+    /// created it (a rewrite of an existing file does not carry one).
+    fn committed(&self, attr: &Attr, name: Option<&Name>);
+}
+
 impl FsConfig {
     /// Defaults for a mount of `root` in `view`: 16 uploads, 64 MiB readahead per file and
     /// 128 MiB of read buffers across the mount, a metadata
@@ -265,6 +273,8 @@ pub struct DriveFs<B: BlockIo, M: MetaStore = PgMetaStore> {
     /// The hashes of files' content by (file, content version), computed on demand for the
     /// `user.studiodrive.*` hash attributes; emptied when it holds `HASHED_FILES` entries.
     file_hashes: Mutex<HashMap<(NodeId, u64), Arc<xattr::FileHashes>>>,
+    /// Told of each content commit ([`DriveFs::observe_commits`]).
+    on_commit: std::sync::OnceLock<Arc<dyn CommitObserver>>,
     /// What a failed commit here dropped and the kernel may still cache (the file's pages,
     /// the entry of a new file that is not created), for the invalidator to send.
     dropped: Mutex<Invalidations>,
@@ -336,7 +346,14 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
             access: AtomicU8::new(access_code(MountAccess::ReadWrite)),
             next_fh: AtomicU64::new(1),
             accesses: access::AccessLog::default(),
+            on_commit: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Tells `observer` of every content this mount commits from now on, once durable (the
+    /// technical-metadata extractor). One observer per mount; a second is refused.
+    pub fn observe_commits(&self, observer: Arc<dyn CommitObserver>) -> Result<(), Arc<dyn CommitObserver>> {
+        self.on_commit.set(observer)
     }
 
     /// The workspace mounted.
@@ -678,6 +695,9 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
             self.remember_hashes(attr, &committed.hashes);
         }
         self.cache.set_attr(attr);
+        if let Some(observer) = self.on_commit.get() {
+            observer.committed(attr, committed.created.as_ref().map(|(_, name, _)| name));
+        }
         if let Some((parent, name, dir)) = &committed.created {
             let reserved = committed.conflict.as_ref().unwrap_or(name);
             lock(&self.deferred_names).remove(&(*parent, reserved.clone()));
