@@ -107,9 +107,10 @@ def for_kustomize(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 # The chart's generated Secrets, left out of config/default: their values are random on each
-# render (a key committed there would be every kustomize install's key). Kustomize users
-# create them (docs/install.md, "Install with kustomize").
-KUSTOMIZE_OMITS = {("Secret", f"{RELEASE}-sink-secrets-key")}
+# render (a key committed there would be every kustomize install's key: the sink secrets key,
+# the API's TLS private key). Kustomize users create them (docs/install.md, "Install with
+# kustomize").
+KUSTOMIZE_OMITS = {("Secret", f"{RELEASE}-sink-secrets-key"), ("Secret", f"{RELEASE}-api-tls")}
 
 
 def kustomize_manifest() -> str:

@@ -74,6 +74,14 @@ COMBOS: dict[str, dict[str, Any]] = {
                           "metadata": {"tls": True, "caSecret": "db-ca"}},
     "preload-resources": {"operator": {"preload": {"cpuRequest": "250m", "memoryRequest": "1Gi",
                                                    "memoryLimit": "2Gi"}}},
+    "api-off": {"api": {"enabled": False}},
+    "api-plain": {"api": {"tls": {"mode": "plain"}}},
+    "api-cert-manager": {"api": {"tls": {"mode": "certManager", "extraDnsNames": ["api.studio.example", "*.api.studio.example"],
+                                         "issuerRef": {"name": "studio-ca", "kind": "ClusterIssuer"}}}},
+    "api-existing-secret": {"api": {"tls": {"mode": "existingSecret", "secretName": "studio-api-cert"}}},
+    "api-single-tuned": {"api": {"replicas": 1, "audience": "render-farm", "logLevel": "drive_csi=debug,info",
+                                 "priorityClassName": "api", "tls": {"clusterDomain": "studio.internal",
+                                                                      "validityDays": 365}}},
 }
 
 
@@ -112,7 +120,8 @@ def test_app_version_is_the_workspace_version():
     assert CHART_META["apiVersion"] == "v2"
 
 
-@pytest.mark.parametrize("combo", ["defaults", "s3-endpoint-credentials", "file-store-claim", "everything-optional"])
+@pytest.mark.parametrize("combo", ["defaults", "s3-endpoint-credentials", "file-store-claim", "everything-optional",
+                                   "api-plain", "api-cert-manager", "api-existing-secret"])
 def test_helm_lint_strict_is_clean(combo):
     report = helm.lint(str(CHART), COMBOS[combo] or None, strict=True, namespace=NAMESPACE)
     problems = [m for m in report["messages"] if m["severity"] >= 2] + report.get("errors", [])
@@ -127,6 +136,7 @@ CUSTOM_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): ("spec",),
     ("monitoring.coreos.com/v1", "PrometheusRule"): ("spec",),
     ("snapshot.storage.k8s.io/v1", "VolumeSnapshotClass"): ("driver", "deletionPolicy"),
+    ("cert-manager.io/v1", "Certificate"): ("spec",),
 }
 
 
@@ -200,6 +210,17 @@ BAD_VALUES = [
     ({"events": {"sinkSecretsKey": {"existingSecret": "k", "secretKey": "key"}}}, "secretKey"),
     ({"events": {"sinkSecretsKey": {"key": "a/b"}}}, "key"),
     ({"events": {"sinkSecretKey": {}}}, "sinkSecretKey"),
+    ({"api": {"tls": {"mode": "selfSigned"}}}, "mode"),
+    ({"api": {"tls": {"mode": "Plain"}}}, "mode"),
+    ({"api": {"tls": {"cert": "x"}}}, "cert"),
+    ({"api": {"tls": {"issuerRef": {"name": "ca", "namespace": "cert-manager"}}}}, "namespace"),
+    ({"api": {"tls": {"validityDays": 0}}}, "validityDays"),
+    ({"api": {"tls": {"extraDnsNames": ["https://api.example"]}}}, "extraDnsNames"),
+    ({"api": {"tls": {"secretName": "Studio_Cert"}}}, "secretName"),
+    ({"api": {"replicas": 0}}, "replicas"),
+    ({"api": {"audience": ""}}, "audience"),
+    ({"api": {"listen": "0.0.0.0:8443"}}, "listen"),
+    ({"api": {"resources": {"requests": {"cpu": "20m", "memory": None}}}}, "memory"),
 ]
 
 
@@ -229,6 +250,8 @@ def test_values_schema_accepts_every_combo():
     ({"objectStore": {"type": "file"}}, "existingClaim or objectStore.file.hostPath"),
     ({"objectStore": {"type": "file", "file": {"existingClaim": "a", "hostPath": "/b"}}}, "only one"),
     ({"objectStore": {"s3": {"bucket": ""}}}, "bucket is required"),
+    ({"api": {"tls": {"mode": "certManager"}}}, "api.tls.issuerRef.name"),
+    ({"api": {"tls": {"mode": "existingSecret"}}}, "api.tls.secretName"),
 ])
 def test_inconsistent_values_fail_the_render(values, needle):
     with pytest.raises(helm.HelmRenderError) as err:
@@ -458,13 +481,14 @@ def flag_fields(*files: str) -> set[str]:
     return fields
 
 
-@pytest.mark.parametrize("combo", ["defaults", "everything-optional", "s3-endpoint-credentials", "relay-single-tuned"])
+@pytest.mark.parametrize("combo", ["defaults", "everything-optional", "s3-endpoint-credentials", "relay-single-tuned",
+                                   "api-plain", "api-single-tuned"])
 def test_every_flag_the_chart_passes_exists_in_the_binaries(combo, monitoring_chart):
     objects = render_combo(combo, monitoring_chart)
     csi = flag_fields("csi-driver/src/cli/serve.rs", "csi-driver/src/cli/mod.rs", "csi-driver/src/cli/events.rs",
-                      "csi-driver/src/main.rs")
+                      "csi-driver/src/cli/api.rs", "csi-driver/src/main.rs")
     operator = flag_fields("operator/src/main.rs") | {"log", "log-format"}
-    assert {"mode", "endpoint", "metadata-url", "cache-dir"} <= csi and {"gc-image", "metrics-addr"} <= operator
+    assert {"mode", "endpoint", "metadata-url", "cache-dir", "tls-cert-file", "plain-http"} <= csi and {"gc-image", "metrics-addr"} <= operator
     checked = 0
     for w in workloads(objects):
         for c in containers(w):
@@ -627,6 +651,368 @@ def test_relay_without_metrics_keeps_its_probe_endpoint(monitoring_chart):
     assert c["livenessProbe"]["httpGet"]["port"] == "metrics"
 
 
+# ---- HTTP API ------------------------------------------------------------------------------
+
+API = "studiodrive-api"
+API_TLS_SECRET = "studiodrive-api-tls"
+API_TLS_DIR = "/etc/studiodrive/api-tls"
+API_DNS_NAMES = [API, f"{API}.{NAMESPACE}", f"{API}.{NAMESPACE}.svc", f"{API}.{NAMESPACE}.svc.cluster.local"]
+
+def api_container(objects, name: str = API) -> dict[str, Any]:
+    (c,) = pod_spec(find(objects, "Deployment", name))["containers"]
+    return c
+
+
+def api_objects(objects) -> list[dict[str, Any]]:
+    return [o for o in objects if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "api"
+            or "-api" in o["metadata"]["name"]]
+
+
+def api_tls_source(objects, name: str = API) -> str:
+    """The Secret the API's --tls-cert-file and --tls-key-file read, checked end to end: both
+    flags name files of one read-only mount (no subPath, so kubelet updates them when the
+    Secret changes) of a volume holding tls.crt and tls.key of that Secret, readable by the
+    container's user through the pod's fsGroup and by no one else."""
+    spec = pod_spec(find(objects, "Deployment", name))
+    (c,) = spec["containers"]
+    flags = dict(a[2:].split("=", 1) for a in c["args"] if a.startswith("--tls-"))
+    assert set(flags) == {"tls-cert-file", "tls-key-file"}, c["args"]
+    cert, tls_key = Path(flags["tls-cert-file"]), Path(flags["tls-key-file"])
+    assert cert.parent == tls_key.parent
+    (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == str(cert.parent)]
+    assert mount["readOnly"] is True and "subPath" not in mount, mount
+    secret = volume_named(spec, mount["name"])["secret"]
+    assert {i["key"]: i["path"] for i in secret["items"]} == {"tls.crt": cert.name, "tls.key": tls_key.name}
+    assert secret["defaultMode"] == 0o440, oct(secret["defaultMode"])
+    assert spec["securityContext"]["fsGroup"] == c["securityContext"]["runAsGroup"] == 65532
+    assert c["securityContext"]["runAsUser"] == 65532
+    return secret["secretName"]
+
+
+def api_tls_secret(objects) -> dict[str, Any] | None:
+    hits = [o for o in objects if o["kind"] == "Secret" and o["metadata"]["labels"]["app.kubernetes.io/component"] == "api"]
+    assert len(hits) <= 1, [key(o) for o in hits]
+    return hits[0] if hits else None
+
+
+def certificates(objects) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == "Certificate"]
+
+
+def test_api_runs_by_default_over_tls_with_two_replicas_and_a_pdb(default_objects):
+    main = (ROOT / "csi-driver/src/main.rs").read_text()
+    assert "Api(api::ApiArgs)" in main  # `studiodrive-csi api`
+    dep = find(default_objects, "Deployment", API)
+    assert dep["spec"]["replicas"] == 2
+    c = api_container(default_objects)
+    assert c["image"] == f"{IMAGE_REPO}:{APP_VERSION}"
+    assert c["command"] == ["/usr/bin/tini", "--", "studiodrive-csi"]
+    assert c["args"] == ["--log-json", "api", "--audience=studiodrive-api", "--listen=0.0.0.0:8443",
+                         f"--tls-cert-file={API_TLS_DIR}/tls.crt", f"--tls-key-file={API_TLS_DIR}/tls.key"]
+    assert {e["name"]: e.get("value") for e in c["env"]}["RUST_LOG"] == "info"
+    assert c["ports"] == [{"name": "https", "containerPort": 8443, "protocol": "TCP"}]
+    # The generated certificate's Secret is the one mounted.
+    assert api_tls_source(default_objects) == API_TLS_SECRET == api_tls_secret(default_objects)["metadata"]["name"]
+    anti = pod_spec(dep)["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+    assert anti["podAffinityTerm"]["labelSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    pdb = find(default_objects, "PodDisruptionBudget", API)
+    assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert dep["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "api"
+
+
+def test_api_is_probed_on_healthz_over_https(default_objects):
+    source = (ROOT / "csi-driver/src/api/mod.rs").read_text()
+    assert '(&Method::GET, ["healthz"]) => return json_response(StatusCode::OK' in source  # before auth
+    c = api_container(default_objects)
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "https", "scheme": "HTTPS"}, probe
+    # The server stops at once on SIGTERM: the pod waits for the endpoint removal first.
+    assert c["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+
+
+def test_api_service_sends_443_to_the_https_port(default_objects):
+    svc = find(default_objects, "Service", API)
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert svc["spec"]["ports"] == [{"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"}]
+    assert svc["spec"]["selector"] == find(default_objects, "Deployment", API)["spec"]["selector"]["matchLabels"]
+    # No other workload's container listens on the API's port.
+    used = [p["containerPort"] for w in workloads(default_objects) for ct in containers(w)
+            for p in ct.get("ports", []) if w["metadata"]["name"] != API]
+    assert 8443 not in used and 8480 not in used, used
+
+
+def test_api_audience_is_the_binarys_default():
+    source = (ROOT / "csi-driver/src/cli/api.rs").read_text()
+    default = re.search(r'env = "STUDIODRIVE_API_AUDIENCE", default_value = "([^"]+)"', source).group(1)
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["api"]["audience"] == default == "studiodrive-api"
+
+
+def test_api_may_create_tokenreviews_and_nothing_else(default_objects):
+    assert can(default_objects, API, "create", "authentication.k8s.io", "tokenreviews")
+    rules = [r for g in subjects_bound(default_objects, API) for r in g["rules"]]
+    assert rules == [{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}]
+    (grant,) = subjects_bound(default_objects, API)
+    assert grant["namespace"] is None  # TokenReviews are cluster-scoped
+    role = find(default_objects, "ClusterRole", API)
+    assert role["rules"] == rules
+    binding = find(default_objects, "ClusterRoleBinding", API)
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": API}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": API, "namespace": NAMESPACE}]
+
+
+def test_api_is_unprivileged_with_its_token_mounted(default_objects):
+    spec = pod_spec(find(default_objects, "Deployment", API))
+    assert spec["serviceAccountName"] == API
+    find(default_objects, "ServiceAccount", API)
+    # The token is needed: TokenReviews are the API's own calls to Kubernetes.
+    assert spec["automountServiceAccountToken"] is True
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert [v["name"] for v in spec["volumes"]] == ["tls"]
+    assert set(volume_named(spec, "tls")) == {"name", "secret"}
+    assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC")
+    sc = api_container(default_objects)["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert not sc.get("privileged")
+    # As strict as the relay's.
+    assert sc == relay_container(default_objects)["securityContext"]
+
+
+@pytest.mark.parametrize("combo", ["defaults", "metadata-custom", "s3-endpoint-credentials"])
+def test_api_metadata_settings_are_the_relays(combo, monitoring_chart):
+    objects = render_combo(combo, monitoring_chart)
+    env = {e["name"]: e for e in api_container(objects)["env"]}
+    relay_env = {e["name"]: e for e in relay_container(objects)["env"]}
+    assert set(env) == set(relay_env) == {"RUST_LOG", "STUDIODRIVE_METADATA_URL",
+                                          "STUDIODRIVE_METADATA_STATEMENT_TIMEOUT_MS"}
+    for name in ("STUDIODRIVE_METADATA_URL", "STUDIODRIVE_METADATA_STATEMENT_TIMEOUT_MS"):
+        assert env[name] == relay_env[name], name
+    # The API opens the metadata store only (cli/api.rs calls storage.meta(), never open_store):
+    # no block store settings, and studiodrive-csi has no metadata TLS setting to pass.
+    source = (ROOT / "csi-driver/src/cli/api.rs").read_text()
+    assert "storage.meta()" in source and "open_store" not in source
+    assert not any(n.startswith(("STUDIODRIVE_STORE", "STUDIODRIVE_S3_")) for n in env)
+    assert not any("metadata-ca" in a or "metadata-tls" in a for a in api_container(objects)["args"])
+
+
+def test_api_values_reach_its_flags_and_one_replica_has_no_pdb(monitoring_chart):
+    objects = render_combo("api-single-tuned", monitoring_chart)
+    dep = find(objects, "Deployment", API)
+    assert dep["spec"]["replicas"] == 1
+    assert not [o for o in objects if o["kind"] == "PodDisruptionBudget" and o["metadata"]["name"] == API]
+    c = api_container(objects)
+    assert "--audience=render-farm" in c["args"]
+    assert {e["name"]: e.get("value") for e in c["env"]}["RUST_LOG"] == "drive_csi=debug,info"
+    assert pod_spec(dep)["priorityClassName"] == "api"
+
+
+def test_api_disabled_renders_none_of_it(monitoring_chart):
+    off = render_combo("api-off", monitoring_chart)
+    assert not api_objects(off), [key(o) for o in api_objects(off)]
+    on = render()
+    assert {key(o) for o in api_objects(on)} == {
+        ("ServiceAccount", API), ("ClusterRole", API), ("ClusterRoleBinding", API), ("Deployment", API),
+        ("PodDisruptionBudget", API), ("Service", API), ("Secret", API_TLS_SECRET)}
+    # Nothing else changes.
+    assert {key(o) for o in on} - {key(o) for o in api_objects(on)} == {key(o) for o in off}
+    assert "HTTP API" not in notes(COMBOS["api-off"])
+    # Its TLS checks apply only to a rendered API.
+    render({"api": {"enabled": False, "tls": {"mode": "certManager"}}})
+
+
+def test_api_plain_mode_serves_http_behind_a_mesh_only(monitoring_chart):
+    objects = render_combo("api-plain", monitoring_chart)
+    c = api_container(objects)
+    assert c["args"] == ["--log-json", "api", "--audience=studiodrive-api", "--listen=0.0.0.0:8480", "--plain-http"]
+    assert c["ports"] == [{"name": "http", "containerPort": 8480, "protocol": "TCP"}]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http", "scheme": "HTTP"}, probe
+    assert "volumeMounts" not in c and "volumes" not in pod_spec(find(objects, "Deployment", API))
+    assert api_tls_secret(objects) is None and not certificates(objects)
+    svc = find(objects, "Service", API)
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    text = notes(COMBOS["api-plain"])
+    assert "WARNING: api.tls.mode=plain" in text and "in the clear" in text and "linkerd" in text
+    assert f"http://{API}.{NAMESPACE}.svc/v1/datastores" in text
+    assert "WARNING" not in notes()
+
+
+def test_api_cert_manager_mode_renders_a_certificate_for_the_mounted_secret(monitoring_chart):
+    objects = render_combo("api-cert-manager", monitoring_chart)
+    (cert,) = certificates(objects)
+    assert cert["apiVersion"] == "cert-manager.io/v1"
+    assert cert["metadata"]["name"] == API and cert["metadata"]["namespace"] == NAMESPACE
+    spec = cert["spec"]
+    assert spec["secretName"] == API_TLS_SECRET == api_tls_source(objects)
+    assert spec["issuerRef"] == {"name": "studio-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    assert spec["dnsNames"] == API_DNS_NAMES + ["api.studio.example", "*.api.studio.example"]  # quoted: * is YAML
+    assert spec["commonName"] == f"{API}.{NAMESPACE}.svc"
+    assert "server auth" in spec["usages"]
+    assert api_tls_secret(objects) is None  # cert-manager writes it
+    assert "--listen=0.0.0.0:8443" in api_container(objects)["args"]
+    assert "ClusterIssuer studio-ca" in notes(COMBOS["api-cert-manager"])
+
+
+def test_api_existing_secret_mode_mounts_the_named_secret(monitoring_chart):
+    objects = render_combo("api-existing-secret", monitoring_chart)
+    assert api_tls_source(objects) == "studio-api-cert"
+    assert api_tls_secret(objects) is None and not certificates(objects)
+    assert "Secret studio-api-cert (keys tls.crt, tls.key)" in notes(COMBOS["api-existing-secret"])
+
+
+def openssl(*args: str, data: bytes) -> subprocess.CompletedProcess:
+    exe = shutil.which("openssl")
+    if exe is None:
+        pytest.skip("openssl not found: the generated certificate cannot be read")
+    return subprocess.run([exe, *args], input=data, capture_output=True)
+
+
+def generated_cert(objects) -> tuple[bytes, bytes, bytes]:
+    """(tls.crt, tls.key, ca.crt) of the generated Secret."""
+    secret = api_tls_secret(objects)
+    assert secret["type"] == "kubernetes.io/tls"
+    data = {k: base64.b64decode(v, validate=True) for k, v in secret["data"].items()}
+    assert set(data) == {"tls.crt", "tls.key", "ca.crt"}
+    return data["tls.crt"], data["tls.key"], data["ca.crt"]
+
+
+def cert_dns_names(cert: bytes) -> list[str]:
+    out = openssl("x509", "-noout", "-ext", "subjectAltName", data=cert)
+    assert out.returncode == 0, out.stderr
+    return re.findall(r"DNS:([^,\s]+)", out.stdout.decode())
+
+
+def test_api_generated_certificate_is_for_the_service_names_with_its_key_and_ca(default_objects, tmp_path):
+    cert, tls_key, ca = generated_cert(default_objects)
+    assert cert.startswith(b"-----BEGIN CERTIFICATE-----") and b"PRIVATE KEY-----" in tls_key
+    assert cert_dns_names(cert) == API_DNS_NAMES
+    # Signed by ca.crt, a CA: what rustls clients (webpki) accept as a trust anchor, which
+    # a self-signed server certificate is not.
+    assert ca != cert
+    (tmp_path / "ca.crt").write_bytes(ca)
+    verified = openssl("verify", "-CAfile", str(tmp_path / "ca.crt"), data=cert)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    constraints = openssl("x509", "-noout", "-ext", "basicConstraints", data=ca).stdout.decode()
+    assert "CA:TRUE" in constraints, constraints
+    usage = openssl("x509", "-noout", "-ext", "extendedKeyUsage", data=cert).stdout.decode()
+    assert "TLS Web Server Authentication" in usage, usage
+    # The key is the certificate's.
+    pub_cert = openssl("x509", "-noout", "-pubkey", data=cert)
+    pub_key = openssl("pkey", "-pubout", data=tls_key)
+    assert pub_cert.returncode == pub_key.returncode == 0, (pub_cert.stderr, pub_key.stderr)
+    assert pub_cert.stdout == pub_key.stdout
+    # Valid for api.tls.validityDays (3650): not ending within 3649 days, ending within 3651.
+    day = 86400
+    for pem in (cert, ca):
+        assert openssl("x509", "-noout", "-checkend", str(3649 * day), data=pem).returncode == 0
+        assert openssl("x509", "-noout", "-checkend", str(3651 * day), data=pem).returncode == 1
+    # New ones on each offline render (lookup finds nothing without a cluster).
+    again, _, again_ca = generated_cert(render())
+    assert again != cert and again_ca != ca
+
+
+def test_api_generated_certificate_follows_the_names_and_validity(monitoring_chart):
+    objects = render_combo("api-single-tuned", monitoring_chart)
+    cert, _, _ = generated_cert(objects)
+    assert cert_dns_names(cert)[-1] == f"{API}.{NAMESPACE}.svc.studio.internal"
+    day = 86400
+    assert openssl("x509", "-noout", "-checkend", str(364 * day), data=cert).returncode == 0
+    assert openssl("x509", "-noout", "-checkend", str(366 * day), data=cert).returncode == 1
+    objects = render({"fullnameOverride": "sd", "api": {"tls": {"extraDnsNames": ["api.studio.example"]}}})
+    assert api_tls_source(objects, "sd-api") == "sd-api-tls"
+    assert find(objects, "Service", "sd-api")
+    cert, _, _ = generated_cert(objects)
+    assert cert_dns_names(cert) == ["sd-api", f"sd-api.{NAMESPACE}", f"sd-api.{NAMESPACE}.svc",
+                                    f"sd-api.{NAMESPACE}.svc.cluster.local", "api.studio.example"]
+
+
+def api_tls_for(objects) -> str:
+    return api_tls_secret(objects)["metadata"]["annotations"]["studiodrive.dev/api-tls-for"]
+
+
+def test_api_generated_certificate_is_looked_up_and_kept_while_its_names_stay():
+    # `lookup` answers only against a cluster (an upgrade); offline renders cannot exercise it.
+    source = (CHART / "templates/api-tls.yaml").read_text()
+    assert 'lookup "v1" "Secret" .Release.Namespace $secret' in source
+    assert "genCA" in source and "genSignedCert" in source
+    # A kept certificate is reused while the annotation matches: it depends on the names and
+    # the validity only (the same on every render), not on the random certificate.
+    default = api_tls_for(render())
+    assert default == api_tls_for(render()) and re.fullmatch(r"[0-9a-f]{16}", default)
+    assert api_tls_for(render({"api": {"tls": {"extraDnsNames": ["api.studio.example"]}}})) != default
+    assert api_tls_for(render({"api": {"tls": {"validityDays": 365}}})) != default
+    assert api_tls_for(render({"fullnameOverride": "sd"})) != default
+
+
+def chart_with_api_tls_in_cluster(tmp_path: Path, annotation: str, data: dict[str, str]) -> Path:
+    """The chart with the API TLS Secret's lookup answering as a cluster holding that Secret."""
+    chart = tmp_path / "studiodrive"
+    shutil.copytree(CHART, chart)
+    template = chart / "templates/api-tls.yaml"
+    lookup = 'lookup "v1" "Secret" .Release.Namespace $secret'
+    source = template.read_text()
+    assert source.count(lookup) == 1
+    items = " ".join(f'"{k}" "{v}"' for k, v in data.items())
+    found = (f'(dict "metadata" (dict "annotations" (dict "studiodrive.dev/api-tls-for" "{annotation}")) '
+             f'"data" (dict {items}))')
+    template.write_text(source.replace(lookup, found))
+    return chart
+
+
+def test_api_generated_certificate_in_the_cluster_is_kept_while_its_names_stay(tmp_path):
+    current = api_tls_for(render())
+    kept = {name: base64.b64encode(f"kept {name}".encode()).decode() for name in ("tls.crt", "tls.key", "ca.crt")}
+    chart = chart_with_api_tls_in_cluster(tmp_path / "same", current, kept)
+    secret = api_tls_secret(render(chart_path=chart))
+    assert secret["data"] == kept
+    assert api_tls_for(render(chart_path=chart)) == current
+    # Other names: a new certificate (for them), not the kept one.
+    objects = render({"api": {"tls": {"extraDnsNames": ["api.studio.example"]}}}, chart_path=chart)
+    assert api_tls_secret(objects)["data"]["tls.crt"] != kept["tls.crt"]
+    # A Secret lacking a key (edited by hand, from an older chart): a new certificate.
+    for missing in kept:
+        partial = {k: v for k, v in kept.items() if k != missing}
+        chart = chart_with_api_tls_in_cluster(tmp_path / f"without-{missing}", current, partial)
+        assert api_tls_secret(render(chart_path=chart))["data"]["tls.crt"] != kept["tls.crt"], missing
+
+
+def test_notes_say_how_a_pod_calls_the_api():
+    text = notes()
+    assert f"The HTTP API ({API}) serves https://{API}.{NAMESPACE}.svc" in text
+    assert f"https://{API}.{NAMESPACE}.svc/openapi.json" in text
+    assert "serviceAccountToken: audience: studiodrive-api expirationSeconds: 3600 path: token" in text
+    assert 'Authorization: Bearer $(cat /var/run/secrets/studiodrive-api/token)' in text
+    assert "curl --cacert ca.crt" in text
+    assert f"get secret {API_TLS_SECRET} -o jsonpath='{{.data.ca\\.crt}}'" in text
+    text = notes(COMBOS["api-single-tuned"])
+    assert "serviceAccountToken: audience: render-farm" in text and "for the audience render-farm" in text
+
+
+def test_kustomize_install_leaves_the_api_private_key_out():
+    docs = [d for d in yaml.safe_load_all(chartlib.kustomize_manifest()) if d]
+    assert not [d for d in docs if d["kind"] == "Secret"], "a private key in config/default would be every install's"
+    # The API still mounts the Secret, which kustomize users create (docs/install.md).
+    assert api_tls_source(docs) == API_TLS_SECRET
+    install = (ROOT / "docs/install.md").read_text()
+    assert f"create secret generic {API_TLS_SECRET} --type=kubernetes.io/tls" in install
+
+
+def test_install_doc_describes_the_api():
+    install = (ROOT / "docs/install.md").read_text()
+    section = install.split("### The HTTP API", 1)[1].split("\n## ", 1)[0]
+    for mode in ("generated", "certManager", "existingSecret", "plain"):
+        assert f"`{mode}`" in section, mode
+    for needle in ("serviceAccountToken", "audience: studiodrive-api", "tokenreviews", "--plain-http",
+                   "/openapi.json", "Authorization: Bearer"):
+        assert needle in section, needle
+
+
 # ---- sink secrets key ----------------------------------------------------------------------
 
 SINK_KEY_SECRET = "studiodrive-sink-secrets-key"
@@ -635,7 +1021,8 @@ SINK_KEY_FILE = f"{SINK_KEY_DIR}/key"
 
 
 def sink_key_secret(objects) -> dict[str, Any] | None:
-    hits = [o for o in objects if o["kind"] == "Secret"]
+    hits = [o for o in objects if o["kind"] == "Secret"
+            and o["metadata"]["labels"]["app.kubernetes.io/component"] != "api"]  # the API's TLS Secret
     assert len(hits) <= 1, [key(o) for o in hits]
     return hits[0] if hits else None
 
@@ -907,9 +1294,10 @@ def test_images_are_pinned(combo, monitoring_chart):
                 assert image.startswith("registry.k8s.io/sig-storage/"), image
                 tag = image.rsplit(":", 1)[1]
                 assert re.fullmatch(r"v\d+\.\d+\.\d+", tag), image
-    # operator, controller plugin, node plugin, event relay
+    # operator, controller plugin, node plugin, event relay, API
     relay = COMBOS[combo].get("relay", {}).get("enabled", True)
-    assert ours == (4 if relay else 3)
+    api = COMBOS[combo].get("api", {}).get("enabled", True)
+    assert ours == 3 + relay + api
 
 
 def test_image_tag_and_digest_overrides():
@@ -987,7 +1375,9 @@ def test_metadata_url_comes_from_the_secret_everywhere(default_objects):
 def test_metrics_off_renders_no_metrics_endpoints(monitoring_chart):
     objects = render_combo("metrics-off", monitoring_chart)
     kinds = {o["kind"] for o in objects}
-    assert "Service" not in kinds and "ServiceMonitor" not in kinds
+    # The API's own Service stays: it serves the API, not metrics.
+    assert [key(o) for o in objects if o["kind"] == "Service"] == [("Service", API)]
+    assert "ServiceMonitor" not in kinds
     for name in ("studiodrive-csi-controller", "studiodrive-csi-node"):
         w = next(o for o in objects if o["metadata"]["name"] == name and o["kind"] in ("Deployment", "DaemonSet"))
         assert not any(a.startswith("--metrics-addr") for a in pod_spec(w)["containers"][0]["args"])
@@ -997,7 +1387,7 @@ def test_metrics_on_renders_services_monitors_rules_and_dashboards(monitoring_ch
     objects = render_combo("metrics-on-monitoring", monitoring_chart)
     services = {o["metadata"]["name"] for o in objects if o["kind"] == "Service"}
     assert services == {"studiodrive-operator-metrics", "studiodrive-csi-controller-metrics",
-                        "studiodrive-csi-node-metrics", "studiodrive-relay-metrics"}
+                        "studiodrive-csi-node-metrics", "studiodrive-relay-metrics", API}
     monitors = [o for o in objects if o["kind"] == "ServiceMonitor"]
     assert len(monitors) == 4
     for m in monitors:
@@ -1165,6 +1555,19 @@ ACCEPTED_FINDINGS.update({
     ("CKV_K8S_35", _RELAY): "studiodrive-csi reads the metadata URL from STUDIODRIVE_METADATA_URL only (docs/security.md)",
     ("CKV2_K8S_6", "Pod.studiodrive-relay"): "NetworkPolicy depends on where the database and the sinks (NATS, webhooks) "
                                              "live; left to the cluster admin (docs/install.md)",
+})
+# The API: probes on /healthz (CKV_K8S_8, 9 pass); its token is its identity for TokenReviews.
+_API = "Deployment.studiodrive-api"
+ACCEPTED_FINDINGS.update({
+    ("CKV_K8S_11", _API): "no CPU limit, like the other components: a throttled API answers every caller late; "
+                          "requests are set",
+    ("CKV_K8S_43", _API): "pinned by immutable tag (appVersion); image.digest pins by digest where required",
+    ("CKV_K8S_15", _API): "IfNotPresent with a pinned tag, as for the other components",
+    ("CKV_K8S_35", _API): "studiodrive-csi reads the metadata URL from STUDIODRIVE_METADATA_URL only (docs/security.md)",
+    ("CKV_K8S_38", _API): "the API verifies callers with TokenReviews: its own token is needed (create tokenreviews, "
+                          "nothing else)",
+    ("CKV2_K8S_6", "Pod.studiodrive-api"): "NetworkPolicy depends on where the callers and the database live; left to "
+                                           "the cluster admin (docs/install.md)",
 })
 ACCEPTED_FINDINGS.update({
     ("CKV_K8S_16", _NODE): "the node plugin must be privileged: FUSE mounts into kubelet's pod dirs with Bidirectional propagation",

@@ -21,6 +21,7 @@
 {{- define "studiodrive.controller.name" -}}{{ include "studiodrive.fullname" . }}-csi-controller{{- end }}
 {{- define "studiodrive.node.name" -}}{{ include "studiodrive.fullname" . }}-csi-node{{- end }}
 {{- define "studiodrive.relay.name" -}}{{ include "studiodrive.fullname" . }}-relay{{- end }}
+{{- define "studiodrive.api.name" -}}{{ include "studiodrive.fullname" . }}-api{{- end }}
 
 {{/* The CSI driver name, compiled into studiodrive-csi (csi-driver/src/csi/mod.rs DRIVER_NAME). */}}
 {{- define "studiodrive.driverName" -}}csi.studiodrive.dev{{- end }}
@@ -84,6 +85,14 @@ file://{{ .Values.objectStore.file.path }}
 {{- end }}
 {{- if not .Values.metadata.existingSecret }}
 {{- fail "metadata.existingSecret must name the Secret holding the metadata store URL" }}
+{{- end }}
+{{- if .Values.api.enabled }}
+{{- if and (eq .Values.api.tls.mode "certManager") (not .Values.api.tls.issuerRef.name) }}
+{{- fail "api.tls.mode=certManager needs api.tls.issuerRef.name (a cert-manager Issuer or ClusterIssuer)" }}
+{{- end }}
+{{- if and (eq .Values.api.tls.mode "existingSecret") (not .Values.api.tls.secretName) }}
+{{- fail "api.tls.mode=existingSecret needs api.tls.secretName (a Secret with tls.crt and tls.key)" }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -176,3 +185,35 @@ seccompProfile:
         path: key
     defaultMode: 0440
 {{- end }}
+
+{{/* The API's TLS: the Secret holding tls.crt and tls.key (api.tls.secretName with
+     mode existingSecret; otherwise the one api-tls.yaml generates or cert-manager fills). */}}
+{{- define "studiodrive.api.tlsSecretName" -}}
+{{- if eq .Values.api.tls.mode "existingSecret" -}}
+{{ .Values.api.tls.secretName }}
+{{- else -}}
+{{ include "studiodrive.api.name" . }}-tls
+{{- end -}}
+{{- end }}
+
+{{/* Whether the API serves TLS (every mode but plain). */}}
+{{- define "studiodrive.api.tls" -}}
+{{- if ne .Values.api.tls.mode "plain" }}true{{ end }}
+{{- end }}
+
+{{/* The names the API's certificate is for: its Service's in-cluster names, then
+     api.tls.extraDnsNames. A YAML list (fromYamlArray). */}}
+{{- define "studiodrive.api.dnsNames" -}}
+{{- $svc := include "studiodrive.api.name" . }}
+{{- $ns := .Release.Namespace }}
+- {{ $svc }}
+- {{ $svc }}.{{ $ns }}
+- {{ $svc }}.{{ $ns }}.svc
+- {{ $svc }}.{{ $ns }}.svc.{{ .Values.api.tls.clusterDomain }}
+{{- range .Values.api.tls.extraDnsNames }}
+- {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Where the API reads its certificate and key (--tls-cert-file, --tls-key-file). */}}
+{{- define "studiodrive.api.tlsDir" -}}/etc/studiodrive/api-tls{{- end }}
