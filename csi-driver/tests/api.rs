@@ -203,6 +203,14 @@ async fn roles_and_shares_decide_and_strangers_learn_nothing() -> anyhow::Result
     let (storage, kube) = setup().await?;
     let api = Api::start(&storage, &kube)?;
 
+    // Probes need no token; readiness follows the metadata store.
+    let (status, ready, _) = api.call("GET", "/readyz", None, None, &[])?;
+    assert_eq!(
+        (status, ready["status"].as_str()),
+        (200, Some("ready")),
+        "{ready}"
+    );
+
     // Authentication.
     let (status, body, head) = api.call("GET", "/v1/datastores", None, None, &[])?;
     assert_eq!(status, 401, "{body}");

@@ -721,12 +721,13 @@ def test_api_runs_by_default_over_tls_with_two_replicas_and_a_pdb(default_object
     assert dep["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "api"
 
 
-def test_api_is_probed_on_healthz_over_https(default_objects):
+def test_api_is_probed_on_healthz_and_readyz_over_https(default_objects):
     source = (ROOT / "csi-driver/src/api/mod.rs").read_text()
     assert '(&Method::GET, ["healthz"]) => return json_response(StatusCode::OK' in source  # before auth
+    assert '(&Method::GET, ["readyz"]) =>' in source  # before auth
     c = api_container(default_objects)
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "https", "scheme": "HTTPS"}, probe
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert c[probe]["httpGet"] == {"path": path, "port": "https", "scheme": "HTTPS"}, probe
     # The server stops at once on SIGTERM: the pod waits for the endpoint removal first.
     assert c["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
 
@@ -831,8 +832,8 @@ def test_api_plain_mode_serves_http_behind_a_mesh_only(monitoring_chart):
     c = api_container(objects)
     assert c["args"] == ["--log-json", "api", "--audience=studiodrive-api", "--listen=0.0.0.0:8480", "--plain-http"]
     assert c["ports"] == [{"name": "http", "containerPort": 8480, "protocol": "TCP"}]
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http", "scheme": "HTTP"}, probe
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert c[probe]["httpGet"] == {"path": path, "port": "http", "scheme": "HTTP"}, probe
     assert "volumeMounts" not in c and "volumes" not in pod_spec(find(objects, "Deployment", API))
     assert api_tls_secret(objects) is None and not certificates(objects)
     svc = find(objects, "Service", API)

@@ -2,7 +2,7 @@
 //! DataStores, documents and queries, and the workspace operations other systems need (list,
 //! stat, snapshot, publish).
 //!
-//! Every request but `/openapi.json` and `/healthz` carries a Kubernetes service-account token
+//! Every request but `/openapi.json`, `/healthz` and `/readyz` carries a Kubernetes service-account token
 //! (`Authorization: Bearer`), verified by a TokenReview for the API's audience. DataStores are
 //! authorized by their subjects (readers, writers, admins), workspaces by their namespace,
 //! owners and Shares (`drive::rules::access`). A caller granted nothing gets the answer a
@@ -225,6 +225,13 @@ where
     match (&parts.method, segments.as_slice()) {
         (&Method::GET, ["openapi.json"]) => return json_response(StatusCode::OK, &openapi::document()),
         (&Method::GET, ["healthz"]) => return json_response(StatusCode::OK, &json!({"status": "ok"})),
+        // Ready while the metadata store answers: a replica cut off from it leaves the Service.
+        (&Method::GET, ["readyz"]) => {
+            return match state.meta.ping().await {
+                Ok(()) => json_response(StatusCode::OK, &json!({"status": "ready"})),
+                Err(e) => error_response(&ApiError::from(e)),
+            };
+        }
         _ => {}
     }
     let Some(allowed) = openapi::allowed_methods(&segments) else {
