@@ -102,6 +102,10 @@ pub struct MountArgs {
     /// of md5, sha1, xxh64, sha256, or `none` (others are computed on demand by a read).
     #[arg(long, default_value = "xxh64", value_parser = parse_hash_list)]
     pub hash_on_write: HashList,
+    /// After an OpenEXR, DPX or QuickTime/MP4 file is written, read its header in the
+    /// background and file its technical metadata (docs/media.md).
+    #[arg(long, env = "STUDIODRIVE_TECHNICAL_METADATA", default_value_t = true, action = clap::ArgAction::Set)]
+    pub technical_metadata: bool,
     /// Bytes of blocks held by open files across the mount: prefetched ahead of sequential
     /// readers (each file's window is at most 64 MiB) and each file's block being read. One
     /// of the budgets that add up to the mount's memory bound ([`MEMORY_BOUND`]).
@@ -401,6 +405,15 @@ async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()
         // Decided again before the first request: a mount restarted after its Share was
         // deleted must not serve on the decision of its publish.
         decide_access(&fs, &meta, check).await?;
+    }
+    if args.technical_metadata && !read_only {
+        match drive::media::extract::TechnicalExtractor::start(meta.clone(), blocks.clone(), &ws).await {
+            Ok(extractor) => {
+                let _ = fs.observe_commits(Arc::new(extractor));
+            }
+            // The mount works without it: only the documents are missing.
+            Err(e) => tracing::warn!(error = %e, "technical metadata extraction is off"),
+        }
     }
     tracing::info!(store = %describe, encrypted = ws.encrypted, "block store");
     tracing::info!(
