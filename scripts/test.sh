@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of Studio Drive on a fresh Debian machine.
 #
-# Installs what the tests need when missing (as root: apt packages postgresql, fuse3, acl, nats-server;
+# Installs what the tests need when missing (as root: apt packages postgresql, fuse3, acl, nats-server,
+# openimageio-tools, ffmpeg;
 # cargo-nextest), then runs the Rust suite with cargo-nextest and the chart, Argo CD and
 # alert-rule suites (scripts/test-{chart,argocd,alerts}.sh). Tests start their own
 # PostgreSQL, S3 server and FUSE mounts; nothing needs to be running beforehand.
@@ -21,6 +22,9 @@ command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
 command -v setfacl >/dev/null 2>&1 || need_apt+=(acl)
 # The event-delivery tests start a real NATS server with JetStream.
 command -v nats-server >/dev/null 2>&1 || need_apt+=(nats-server)
+# The technical-metadata tests write and read back OpenEXR/DPX (oiiotool) and MP4/QuickTime (ffmpeg, ffprobe).
+command -v oiiotool >/dev/null 2>&1 || need_apt+=(openimageio-tools)
+command -v ffprobe >/dev/null 2>&1 || need_apt+=(ffmpeg)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
         echo "==> installing ${need_apt[*]}"

@@ -9,6 +9,7 @@
 //! ([`crate::meta::PgMetaStore`]'s media methods) keeps them in PostgreSQL.
 
 pub mod filter;
+pub mod technical;
 
 use std::fmt;
 
