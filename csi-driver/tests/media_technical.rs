@@ -16,7 +16,11 @@ use serde_json::{Value, json};
 
 fn tool(name: &str, package: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
-        Command::new("sh").args(["-c", &format!("command -v {name}")]).output()?.status.success(),
+        Command::new("sh")
+            .args(["-c", &format!("command -v {name}")])
+            .output()?
+            .status
+            .success(),
         "{name} is missing: install the Debian package {package} (scripts/test.sh does as root)"
     );
     Ok(())
@@ -24,14 +28,25 @@ fn tool(name: &str, package: &str) -> anyhow::Result<()> {
 
 fn run(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
-    anyhow::ensure!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// `meta query` over the technical DataStore: (document id, path) of each hit.
 fn technical_hits(storage: &Storage, filter: &Value) -> anyhow::Result<Vec<(String, Option<String>)>> {
     let out = run(common::studiodrive()
-        .args(["meta", "query", "--datastore", "studiodrive/technical", "--filter", &filter.to_string()])
+        .args([
+            "meta",
+            "query",
+            "--datastore",
+            "studiodrive/technical",
+            "--filter",
+            &filter.to_string(),
+        ])
         .args(storage.args())
         .env("RUST_LOG", "warn"))?;
     out.lines()
@@ -71,10 +86,15 @@ fn document_at(storage: &Storage, format: &str, path: &str) -> anyhow::Result<Va
 /// `oiiotool --info -v`: (width, height, channel count) of an image.
 fn oiio_info(file: &Path) -> anyhow::Result<(u64, u64, u64)> {
     let info = run(Command::new("oiiotool").arg("--info").arg("-v").arg(file))?;
-    // First line: "<file> : 1920 x 1080, 4 channel, half openexr"
-    let first = info.lines().next().context("oiiotool output")?;
-    let dims = first.split(" : ").nth(1).context("dimensions")?;
-    let mut words = dims.split(|c: char| !c.is_ascii_digit()).filter(|w| !w.is_empty());
+    // "Reading <file>", then "<file>   :   1920 x 1080, 4 channel, half openexr"
+    let line = info
+        .lines()
+        .find(|l| l.contains(" channel") && l.contains(':'))
+        .context("oiiotool's image line")?;
+    let dims = line.rsplit(':').next().context("dimensions")?;
+    let mut words = dims
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty());
     let mut next = || -> anyhow::Result<u64> { Ok(words.next().context("a number")?.parse()?) };
     Ok((next()?, next()?, next()?))
 }
@@ -92,25 +112,56 @@ fn frames_and_movies_written_on_a_mount_get_documents_matching_the_tools() -> an
     std::fs::create_dir_all(m.path("plates"))?;
     let exr = m.path("plates/sh010.1001.exr");
     run(Command::new("oiiotool")
-        .args(["--pattern", "fill:top=0.1,0.2,0.3,1:bottom=0.9,0.8,0.7,1", "1920x1080", "4"])
+        .args([
+            "--pattern",
+            "fill:top=0.1,0.2,0.3,1:bottom=0.9,0.8,0.7,1",
+            "1920x1080",
+            "4",
+        ])
         .args(["-d", "half", "--compression", "zip", "-o"])
         .arg(&exr))?;
     let exr_rgb = m.path("plates/sh010.1002.exr");
     run(Command::new("oiiotool")
-        .args(["--pattern", "constant:color=0.5,0.5,0.5", "2048x858", "3", "-d", "float"])
+        .args([
+            "--pattern",
+            "constant:color=0.5,0.5,0.5",
+            "2048x858",
+            "3",
+            "-d",
+            "float",
+        ])
         .args(["--compression", "piz", "-o"])
         .arg(&exr_rgb))?;
     let movie = m.path("review.mp4");
     run(Command::new("ffmpeg")
-        .args(["-v", "error", "-f", "lavfi", "-i", "testsrc=size=640x360:rate=24000/1001", "-t", "1"])
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=640x360:rate=24000/1001",
+            "-t",
+            "1",
+        ])
         .args(["-pix_fmt", "yuv420p", "-y"])
         .arg(&movie))?;
-    std::fs::write(m.path("notes.txt"), "not media at all, but long enough to be looked at")?;
+    std::fs::write(
+        m.path("notes.txt"),
+        "not media at all, but long enough to be looked at",
+    )?;
 
-    for (file, path) in [(&exr, "/plates/sh010.1001.exr"), (&exr_rgb, "/plates/sh010.1002.exr")] {
+    for (file, path) in [
+        (&exr, "/plates/sh010.1001.exr"),
+        (&exr_rgb, "/plates/sh010.1002.exr"),
+    ] {
         let doc = document_at(&storage, "openexr", path)?;
         let (w, h, c) = oiio_info(file)?;
-        assert_eq!((doc["width"].as_u64(), doc["height"].as_u64()), (Some(w), Some(h)), "{path}: {doc}");
+        assert_eq!(
+            (doc["width"].as_u64(), doc["height"].as_u64()),
+            (Some(w), Some(h)),
+            "{path}: {doc}"
+        );
         assert_eq!(doc["channels"].as_u64(), Some(c), "{path}: {doc}");
     }
 
@@ -128,12 +179,18 @@ fn frames_and_movies_written_on_a_mount_get_documents_matching_the_tools() -> an
     let (n, d) = rate.split_once('/').context("n/d")?;
     let rate = n.parse::<f64>()? / d.parse::<f64>()?;
     let got = doc["frameRate"].as_f64().context("frameRate")?;
-    assert!((got - rate).abs() < 1e-3, "frame rate {got} against ffprobe's {rate}");
+    assert!(
+        (got - rate).abs() < 1e-3,
+        "frame rate {got} against ffprobe's {rate}"
+    );
 
     // The document follows its file.
     std::fs::create_dir(m.path("final"))?;
     std::fs::rename(&exr, m.path("final/sh010.1001.exr"))?;
-    let hits = technical_hits(&storage, &json!({"field": "format", "op": "=", "value": "openexr"}))?;
+    let hits = technical_hits(
+        &storage,
+        &json!({"field": "format", "op": "=", "value": "openexr"}),
+    )?;
     let mut paths: Vec<String> = hits.into_iter().filter_map(|(_, p)| p).collect();
     paths.sort();
     assert_eq!(paths, ["/final/sh010.1001.exr", "/plates/sh010.1002.exr"]);

@@ -131,7 +131,12 @@ impl<B: BlockIo> CommitObserver for TechnicalExtractor<B> {
     }
 }
 
-async fn extract_file<B: BlockIo>(inner: Arc<Inner<B>>, ino: NodeId, size: u64, name: Option<String>) -> Option<uuid::Uuid> {
+async fn extract_file<B: BlockIo>(
+    inner: Arc<Inner<B>>,
+    ino: NodeId,
+    size: u64,
+    name: Option<String>,
+) -> Option<uuid::Uuid> {
     let source = FileSource {
         inner: inner.clone(),
         ino,
@@ -217,7 +222,11 @@ impl<B: BlockIo> FileSource<B> {
                 .await
                 .map_err(io::Error::other)?;
             match map.first() {
-                Some(b) if b.idx == idx => inner.blocks.get_block(b.hash, b.len).await.map_err(io::Error::other),
+                Some(b) if b.idx == idx => inner
+                    .blocks
+                    .get_block(b.hash, b.len)
+                    .await
+                    .map_err(io::Error::other),
                 // A hole reads as zeros.
                 _ => Ok(Bytes::new()),
             }
