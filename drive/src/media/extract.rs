@@ -5,7 +5,8 @@
 //! `{"workspace": <name>, "node": <inode>}`, attached to the file (so it follows renames and
 //! goes with the file's purge).
 //!
-//! It never slows the closing process: the observer only queues the file. At most
+//! It never slows the closing process: the observer only queues the file (and a new file not
+//! named like a media file is not even read). At most
 //! [`MAX_PENDING`] files wait; beyond that new ones are skipped and counted. A document equal
 //! to the file's latest one is not written again (a rewrite with the same header).
 
@@ -23,6 +24,17 @@ use crate::fs::{BlockIo, CommitObserver};
 use crate::meta::{PgMetaStore, Versions};
 use crate::model::{Attr, Name, NodeId, NodeKind, View, WorkspaceId};
 use crate::sync::lock;
+
+/// Name endings of the formats read. A new file named otherwise is not read at all (its
+/// first block is not fetched); a rewritten file, whose name the commit does not carry, is
+/// recognised by its first bytes.
+const MEDIA_EXTENSIONS: &[&str] = &["exr", "dpx", "mov", "qt", "mp4", "m4v"];
+
+fn may_be_media(name: &Name) -> bool {
+    let name = name.to_string_lossy();
+    name.rsplit_once('.')
+        .is_some_and(|(_, ext)| MEDIA_EXTENSIONS.iter().any(|m| ext.eq_ignore_ascii_case(m)))
+}
 
 /// Files waiting for extraction at most; more are skipped (and counted).
 pub const MAX_PENDING: usize = 1024;
@@ -113,6 +125,10 @@ impl<B: BlockIo> TechnicalExtractor<B> {
 impl<B: BlockIo> CommitObserver for TechnicalExtractor<B> {
     fn committed(&self, attr: &Attr, name: Option<&Name>) {
         if attr.kind != NodeKind::File || attr.size < technical::DETECT_BYTES {
+            return;
+        }
+        if name.is_some_and(|n| !may_be_media(n)) {
+            self.inner.stats.other.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let inner = self.inner.clone();
