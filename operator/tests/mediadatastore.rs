@@ -805,3 +805,56 @@ async fn the_store_takes_a_queryable_path_listed_twice_and_then_refuses_document
         ready(&p.status).2
     );
 }
+
+// Catches: a MediaDataStore in a namespace called `studiodrive` claiming the store's built-in
+// DataStore of the same store name (`studiodrive/technical`): rewriting its schema or access,
+// or deleting it and its documents on deletion with `Delete`.
+#[tokio::test]
+async fn a_resource_in_the_studiodrive_namespace_never_touches_the_built_in_datastore() {
+    let (meta, store) = store_on(PgServer::shared()).await;
+    let mut builtin = media_datastore("studio", "shots", DeletionPolicy::Retain);
+    let mut wanted = operator::plan::mediadatastore::desired_datastore(&input(&builtin)).expect("valid");
+    wanted.name = "studiodrive/technical".into();
+    meta.put_media_datastore(&wanted)
+        .await
+        .expect("the built-in DataStore");
+    let doc = meta
+        .put_media_document(
+            "studiodrive/technical",
+            &json!({"asset": "a"}),
+            None,
+            &shot_document(),
+        )
+        .await
+        .expect("document");
+
+    let mut claim = media_datastore("studiodrive", "technical", DeletionPolicy::Delete);
+    fps_as_string(&mut claim);
+    let p = reconcile::sync(&MediaDataStores, &store, &input(&claim), at(1))
+        .await
+        .expect("planned");
+    assert_eq!(ready(&p.status).1, "InvalidSpec");
+    assert!(
+        reconcile::cleanup(&MediaDataStores, &store, &input(&claim))
+            .await
+            .expect("cleanup")
+            .is_empty()
+    );
+    let kept = meta
+        .media_datastore("studiodrive/technical")
+        .await
+        .expect("read")
+        .expect("kept");
+    assert_eq!(kept.spec.schema, shots_schema());
+    assert!(meta.media_document(doc.id).await.expect("read").is_some());
+    builtin.metadata.namespace = Some("studiodrive-system".into());
+    assert_eq!(
+        reconcile::sync(&MediaDataStores, &store, &input(&builtin), at(2))
+            .await
+            .expect("another namespace")
+            .status
+            .store_name
+            .as_deref(),
+        Some("studiodrive-system/shots")
+    );
+}

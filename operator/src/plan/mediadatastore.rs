@@ -52,12 +52,26 @@ pub enum Op {
     Delete { name: String },
 }
 
+/// The first half of the store's own DataStores' names (`studiodrive/technical`, the technical
+/// metadata the mounts extract). A Kubernetes namespace of that name would claim them: a
+/// MediaDataStore `technical` there would rewrite the built-in one, or delete it with its
+/// documents under `deletionPolicy: Delete`.
+pub const BUILT_IN_PREFIX: &str = "studiodrive";
+
 /// The store name of resource `namespace/name`: `<namespace>/<name>`. Neither half can hold a
-/// '/', so two resources never share a DataStore, whatever their namespaces.
+/// '/', so two resources never share a DataStore, whatever their namespaces; the namespace
+/// [`BUILT_IN_PREFIX`] names none (so neither observe nor cleanup ever reads or deletes a
+/// built-in DataStore).
 pub fn store_name(namespace: &str, name: &str) -> Result<String, SpecError> {
     if namespace.is_empty() || namespace.contains('/') || name.is_empty() || name.contains('/') {
         return Err(SpecError(format!(
             "{namespace:?}/{name:?} cannot name a DataStore"
+        )));
+    }
+    if namespace == BUILT_IN_PREFIX {
+        return Err(SpecError(format!(
+            "namespace {BUILT_IN_PREFIX} holds the store's built-in DataStores ({BUILT_IN_PREFIX}/technical): \
+             declare MediaDataStores in another namespace"
         )));
     }
     let full = format!("{namespace}/{name}");
@@ -430,6 +444,12 @@ mod tests {
         assert!(store_name("", "b").is_err());
         assert!(store_name("ns", &"x".repeat(250)).is_ok(), "253 bytes in all");
         assert!(store_name("ns", &"x".repeat(251)).is_err());
+        // The built-in technical-metadata DataStore is studiodrive/technical: never claimed.
+        assert!(store_name("studiodrive", "technical").is_err());
+        assert_eq!(
+            store_name("studiodrive-system", "technical").as_deref(),
+            Ok("studiodrive-system/technical")
+        );
     }
 
     #[test]
@@ -654,5 +674,20 @@ mod tests {
             }]
         );
         assert!(plan_cleanup(&input(&spec), &Observed::default()).is_empty());
+    }
+
+    #[test]
+    fn a_resource_in_the_built_in_namespace_is_invalid_and_touches_nothing() {
+        let spec = shots();
+        let builtin = Input {
+            namespace: BUILT_IN_PREFIX,
+            name: "technical",
+            ..input(&spec)
+        };
+        let p = plan(&builtin, &Observed::default(), at(1));
+        assert!(p.ops.is_empty());
+        let (status, why, message) = ready(&p.status);
+        assert_eq!((status.as_str(), why.as_str()), ("False", "InvalidSpec"));
+        assert!(message.contains("built-in"), "{message}");
     }
 }
