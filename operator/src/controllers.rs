@@ -17,10 +17,10 @@ use kube::runtime::watcher;
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio_util::sync::CancellationToken;
 
-use crate::crd::{EventSink, LifecyclePolicy, Preload, Share, Snapshot, Workspace};
+use crate::crd::{EventSink, LifecyclePolicy, MediaDataStore, Preload, Share, Snapshot, Workspace};
 use crate::reconcile::{
-    Context, EventSinks, LifecyclePolicies, Preloads, ReconcileError, Shares, Snapshots, Workspaces,
-    error_policy, reconcile,
+    Context, EventSinks, LifecyclePolicies, MediaDataStores, Preloads, ReconcileError, Shares, Snapshots,
+    Workspaces, error_policy, reconcile,
 };
 use crate::store::StudioStore;
 
@@ -74,7 +74,7 @@ fn drain<T, E: std::fmt::Debug, S: futures::Stream<Item = Result<T, E>>>(
     })
 }
 
-/// Runs the six controllers until `shutdown` is cancelled (then finishes in-flight
+/// Runs the seven controllers until `shutdown` is cancelled (then finishes in-flight
 /// reconciles and returns).
 pub async fn run_controllers<S: StudioStore>(ctx: Arc<Context<S>>, shutdown: CancellationToken) {
     let client = ctx.client.clone();
@@ -99,6 +99,12 @@ pub async fn run_controllers<S: StudioStore>(ctx: Arc<Context<S>>, shutdown: Can
     let preloads = Controller::new(Api::<Preload>::all(client.clone()), watcher::Config::default())
         .with_config(config.clone())
         .graceful_shutdown_on(stop());
+    let datastores = Controller::new(
+        Api::<MediaDataStore>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(config.clone())
+    .graceful_shutdown_on(stop());
     let policies = Controller::new(
         Api::<LifecyclePolicy>::all(client.clone()),
         watcher::Config::default(),
@@ -111,13 +117,14 @@ pub async fn run_controllers<S: StudioStore>(ctx: Arc<Context<S>>, shutdown: Can
     .graceful_shutdown_on(stop());
 
     let gauges = {
-        let (ws, sn, sh, lp, es, pl) = (
+        let (ws, sn, sh, lp, es, pl, md) = (
             workspaces.store(),
             snapshots.store(),
             shares.store(),
             policies.store(),
             sinks.store(),
             preloads.store(),
+            datastores.store(),
         );
         let (metrics, token) = (ctx.metrics.clone(), shutdown.clone());
         async move {
@@ -126,7 +133,7 @@ pub async fn run_controllers<S: StudioStore>(ctx: Arc<Context<S>>, shutdown: Can
                 tokio::select! {
                     () = token.cancelled() => break,
                     _ = tick.tick() => {
-                        let counts = [ws.state().len(), sn.state().len(), sh.state().len(), lp.state().len(), es.state().len(), pl.state().len()];
+                        let counts = [ws.state().len(), sn.state().len(), sh.state().len(), lp.state().len(), es.state().len(), pl.state().len(), md.state().len()];
                         for (kind, n) in crate::metrics::KINDS.into_iter().zip(counts) {
                             metrics.objects.with_label_values(&[kind]).set(i64::try_from(n).unwrap_or(i64::MAX));
                         }
@@ -159,6 +166,11 @@ pub async fn run_controllers<S: StudioStore>(ctx: Arc<Context<S>>, shutdown: Can
         )),
         drain(preloads.run(
             |o, c| timed("Preload", o, c, reconcile::<Preloads, _>),
+            error_policy,
+            ctx.clone()
+        )),
+        drain(datastores.run(
+            |o, c| timed("MediaDataStore", o, c, reconcile::<MediaDataStores, _>),
             error_policy,
             ctx.clone()
         )),

@@ -13,13 +13,14 @@ pub const OBJECTS_MANAGED: &str = "studiodrive_operator_objects_managed";
 pub const LEADER: &str = "studiodrive_operator_leader";
 
 /// The kinds the operator reconciles, as the `kind` label spells them.
-pub const KINDS: [&str; 6] = [
+pub const KINDS: [&str; 7] = [
     "Workspace",
     "Snapshot",
     "Share",
     "LifecyclePolicy",
     "EventSink",
     "Preload",
+    "MediaDataStore",
 ];
 
 /// The operator's metrics.

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use operator::crd::{EventSink, LifecyclePolicy, Preload, Share, Snapshot, Workspace};
+use operator::crd::{EventSink, LifecyclePolicy, MediaDataStore, Preload, Share, Snapshot, Workspace};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -54,6 +54,7 @@ fn argocd_health_samples_are_statuses_the_operator_writes() {
         round_trip::<LifecyclePolicy, _>("LifecyclePolicy", |r| r.status.as_ref()),
         round_trip::<EventSink, _>("EventSink", |r| r.status.as_ref()),
         round_trip::<Preload, _>("Preload", |r| r.status.as_ref()),
+        round_trip::<MediaDataStore, _>("MediaDataStore", |r| r.status.as_ref()),
     ];
     assert!(
         counts.iter().all(|&n| n >= 4),
@@ -102,6 +103,7 @@ fn every_condition_reason_has_an_argocd_health_sample() {
         "LifecyclePolicy",
         "EventSink",
         "Preload",
+        "MediaDataStore",
     ] {
         for sample in samples(kind) {
             for c in sample["object"]["status"]["conditions"]

@@ -52,6 +52,7 @@ fn crds_have_short_names_category_status_and_the_decided_scope() {
         ("lifecyclepolicies.studiodrive.dev", "sdlp", "Cluster"),
         ("eventsinks.studiodrive.dev", "sdsink", "Namespaced"),
         ("preloads.studiodrive.dev", "sdpreload", "Namespaced"),
+        ("mediadatastores.studiodrive.dev", "sdmds", "Namespaced"),
     ];
     let all = crd::all();
     assert_eq!(all.len(), expected.len());
@@ -85,12 +86,59 @@ fn crds_have_short_names_category_status_and_the_decided_scope() {
 }
 
 #[test]
-fn all_yaml_is_a_stream_of_six_crd_documents() {
+fn all_yaml_is_a_stream_of_seven_crd_documents() {
     let yaml = crd::all_yaml().expect("render");
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&yaml).expect("parse the stream back");
-    assert_eq!(docs.len(), 6);
+    assert_eq!(docs.len(), 7);
     for doc in docs {
         assert_eq!(doc["kind"], "CustomResourceDefinition");
         assert_eq!(doc["spec"]["group"], "studiodrive.dev");
+    }
+}
+
+// Catches: a MediaDataStore schema field generated untyped (the API server refuses a CEL rule
+// on an untyped node, so the CRD would not install with mediaIdSchema's immutability rule) or
+// without preserve-unknown-fields (the API server would prune every JSON Schema keyword);
+// printer columns users are told about missing.
+#[test]
+fn media_datastore_schemas_are_objects_kept_whole_and_media_id_schema_is_immutable() {
+    let def = crd::all()
+        .into_iter()
+        .find(|c| c.spec.names.kind == "MediaDataStore")
+        .expect("the MediaDataStore CRD");
+    let schema = schema_check::crd_schema(&def);
+    let spec = &schema["properties"]["spec"];
+    for field in ["schema", "mediaIdSchema"] {
+        let node = &spec["properties"][field];
+        assert_eq!(node["type"], "object", "{field}: {node}");
+        assert_eq!(node["x-kubernetes-preserve-unknown-fields"], true, "{field}");
+        assert!(node.get("properties").is_none(), "{field}: {node}");
+    }
+    let rules = &spec["properties"]["mediaIdSchema"]["x-kubernetes-validations"];
+    assert_eq!(rules[0]["rule"], "self == oldSelf", "{rules}");
+    assert_eq!(
+        spec["properties"]["deletionPolicy"]["enum"],
+        serde_json::json!(["Retain", "Delete"])
+    );
+    assert_eq!(spec["properties"]["deletionPolicy"]["default"], "Retain");
+    assert_eq!(spec["properties"]["queryable"]["x-kubernetes-list-type"], "set");
+    let required: Vec<&str> = spec["required"]
+        .as_array()
+        .expect("required")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    for field in ["analysisType", "version", "schema", "mediaIdSchema"] {
+        assert!(required.contains(&field), "{field} is required: {required:?}");
+    }
+    let columns: Vec<String> = def.spec.versions[0]
+        .additional_printer_columns
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    for column in ["Ready", "Reason", "Analysis", "Version", "Age"] {
+        assert!(columns.iter().any(|c| c == column), "{column} in {columns:?}");
     }
 }

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
-use operator::crd::{self, EventSink, LifecyclePolicy, Preload, Share, Snapshot, Workspace, schema_check};
+use operator::crd::{
+    self, EventSink, LifecyclePolicy, MediaDataStore, Preload, Share, Snapshot, Workspace, schema_check,
+};
 use serde_json::{Value, json};
 
 fn sample(name: &str) -> String {
@@ -36,6 +38,7 @@ fn every_custom_resource_sample_parses_and_validates() {
         "lifecyclepolicy.yaml",
         "eventsink.yaml",
         "preload.yaml",
+        "mediadatastore.yaml",
     ];
     for file in files {
         let text = sample(file);
@@ -49,6 +52,9 @@ fn every_custom_resource_sample_parses_and_validates() {
             Some("Share") => drop(serde_json::from_value::<Share>(value).expect("Share")),
             Some("EventSink") => drop(serde_json::from_value::<EventSink>(value).expect("EventSink")),
             Some("Preload") => drop(serde_json::from_value::<Preload>(value).expect("Preload")),
+            Some("MediaDataStore") => {
+                drop(serde_json::from_value::<MediaDataStore>(value).expect("MediaDataStore"))
+            }
             Some("LifecyclePolicy") => {
                 drop(serde_json::from_value::<LifecyclePolicy>(value).expect("LifecyclePolicy"))
             }
@@ -108,6 +114,52 @@ fn the_preload_sample_passes_the_planners_checks() {
     let ws: Workspace = serde_saphyr::from_str(&sample("workspace.yaml")).expect("Workspace");
     assert!(ws.spec.object_store.is_some());
     assert_ne!(ws.metadata.name.as_deref(), Some(warm.spec.workspace.as_str()));
+}
+
+// Catches: a sample the schema accepts but the planner (the engine's compile) refuses, which
+// would sit at InvalidSpec.
+#[test]
+fn the_media_datastore_sample_passes_the_planners_checks() {
+    use operator::plan::mediadatastore::{Input, desired_datastore};
+    let shots: MediaDataStore =
+        serde_saphyr::from_str(&sample("mediadatastore.yaml")).expect("MediaDataStore");
+    let namespace = shots.metadata.namespace.as_deref().expect("namespace");
+    let input = Input {
+        namespace,
+        name: shots.metadata.name.as_deref().expect("name"),
+        generation: 1,
+        spec: &shots.spec,
+        status: None,
+    };
+    let wanted = desired_datastore(&input).expect("the planner accepts the sample");
+    assert_eq!(wanted.name, "studio-a/shot-boundaries");
+    assert_eq!(wanted.access.writers, ["ServiceAccount:studio-a/shot-detector"]);
+    assert_eq!(wanted.access.admins, ["ServiceAccount:pipeline/pipeline-admin"]);
+    // A document as the comment describes passes the sample's schema and media id schema.
+    let compiled = drive::media::CompiledDataStore::compile(wanted).expect("compiles");
+    compiled
+        .check_document(
+            &json!({"fps": 24, "detector": "scenecut-v2", "shots": [{"start": 1001, "end": 1048}]}),
+        )
+        .expect("a document");
+    compiled
+        .check_media_id(&json!({"asset": "sh010_plate", "version": 3}))
+        .expect("a media id");
+}
+
+fn media_datastore(name: &str, spec: Value) -> Value {
+    named("MediaDataStore", name, spec)
+}
+
+fn media_datastore_spec() -> Value {
+    json!({"analysisType": "shot-boundaries", "version": 1,
+           "schema": {"type": "object", "required": ["fps"]},
+           "mediaIdSchema": {"type": "object", "required": ["asset"]}})
+}
+
+fn with(mut base: Value, field: &str, v: Value) -> Value {
+    base[field] = v;
+    base
 }
 
 fn workspace(spec: Value) -> Value {
@@ -413,6 +465,117 @@ fn malformed_specs_are_rejected_by_schema_or_cel() {
             "unknown field",
         ),
         (
+            "media datastore with an unknown deletion policy",
+            media_datastore(
+                "m",
+                with(media_datastore_spec(), "deletionPolicy", json!("Destroy")),
+            ),
+            "is not one of",
+        ),
+        (
+            "media datastore with a lower-case deletion policy",
+            media_datastore(
+                "m",
+                with(media_datastore_spec(), "deletionPolicy", json!("delete")),
+            ),
+            "is not one of",
+        ),
+        (
+            "media datastore without a media id schema",
+            media_datastore("m", {
+                let mut spec = media_datastore_spec();
+                spec.as_object_mut().expect("spec").remove("mediaIdSchema");
+                spec
+            }),
+            "mediaIdSchema: required",
+        ),
+        (
+            "media datastore schema that is not an object",
+            media_datastore(
+                "m",
+                with(media_datastore_spec(), "schema", json!("{\"type\": \"object\"}")),
+            ),
+            "expected \"object\"",
+        ),
+        (
+            "media datastore of version 0",
+            media_datastore("m", with(media_datastore_spec(), "version", json!(0))),
+            "less than the minimum",
+        ),
+        (
+            "analysis type with a space",
+            media_datastore(
+                "m",
+                with(media_datastore_spec(), "analysisType", json!("shot boundaries")),
+            ),
+            "analysisType must be",
+        ),
+        (
+            "queryable path with an empty segment",
+            media_datastore(
+                "m",
+                with(media_datastore_spec(), "queryable", json!(["fps", "a..b"])),
+            ),
+            "queryable paths are",
+        ),
+        (
+            "queryable path listed twice",
+            media_datastore(
+                "m",
+                with(media_datastore_spec(), "queryable", json!(["fps", "fps"])),
+            ),
+            "duplicate",
+        ),
+        (
+            "timeline path with a slash",
+            media_datastore(
+                "m",
+                with(
+                    media_datastore_spec(),
+                    "timeline",
+                    json!([{"path": "a/b", "start": "t"}]),
+                ),
+            ),
+            "timeline paths are",
+        ),
+        (
+            "timeline item without a start",
+            media_datastore(
+                "m",
+                with(media_datastore_spec(), "timeline", json!([{"path": "shots"}])),
+            ),
+            "start: required",
+        ),
+        (
+            "user subject with a namespace",
+            media_datastore(
+                "m",
+                with(
+                    media_datastore_spec(),
+                    "readers",
+                    json!([{"kind": "User", "name": "alice", "namespace": "studio"}]),
+                ),
+            ),
+            "only ServiceAccount subjects have a namespace",
+        ),
+        (
+            "subject of an unknown kind",
+            media_datastore(
+                "m",
+                with(
+                    media_datastore_spec(),
+                    "writers",
+                    json!([{"kind": "Robot", "name": "r2"}]),
+                ),
+            ),
+            "is not one of",
+        ),
+        (
+            "media datastore name over 189 characters",
+            media_datastore(&long_preload, media_datastore_spec()),
+            "at most 189 characters",
+        ),
+        (
             "negative retention",
             policy(json!({"purgeDeletedAfterDays": -7})),
             "less than the minimum",
@@ -585,6 +748,45 @@ fn edits_of_immutable_fields_are_rejected_and_mutable_edits_pass() {
     let mut upgraded = share.clone();
     upgraded["spec"]["permission"] = json!("write");
     assert_eq!(problems(&upgraded, Some(&share)), Vec::<String>::new());
+
+    // A MediaDataStore's media id schema is immutable (the store keys documents by media id);
+    // its document schema, subjects and deletion policy are not.
+    let mds = media_datastore(
+        "m",
+        with(
+            media_datastore_spec(),
+            "readers",
+            json!([{"kind": "Group", "name": "review"}]),
+        ),
+    );
+    assert_eq!(problems(&mds, Some(&mds)), Vec::<String>::new());
+    for edit in [
+        json!({"type": "object", "required": ["uuid"]}),
+        json!({"type": "object", "required": ["asset"], "properties": {"asset": {"type": "string"}}}),
+        json!({}),
+    ] {
+        let moved = {
+            let mut v = mds.clone();
+            v["spec"]["mediaIdSchema"] = edit.clone();
+            v
+        };
+        let found = problems(&moved, Some(&mds));
+        assert!(
+            found.iter().any(|p| p.contains("mediaIdSchema is immutable")),
+            "{edit}: {found:?}"
+        );
+    }
+    for (field, value) in [
+        ("schema", json!({"type": "object", "required": ["fps", "shots"]})),
+        ("version", json!(2)),
+        ("deletionPolicy", json!("Delete")),
+        ("writers", json!([{"kind": "ServiceAccount", "name": "detector"}])),
+        ("queryable", json!(["fps"])),
+    ] {
+        let mut changed = mds.clone();
+        changed["spec"][field] = value;
+        assert_eq!(problems(&changed, Some(&mds)), Vec::<String>::new(), "{field}");
+    }
 
     // A Preload's whole spec is immutable: its status never mixes runs of two specs.
     let warm = preload(

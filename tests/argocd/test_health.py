@@ -19,7 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 HEALTH = ROOT / "deploy" / "argocd" / "health"
 TESTDATA = ROOT / "deploy" / "argocd" / "testdata"
 README = ROOT / "deploy" / "argocd" / "README.md"
-KINDS = ["Workspace", "Snapshot", "Share", "LifecyclePolicy", "EventSink", "Preload"]
+KINDS = ["Workspace", "Snapshot", "Share", "LifecyclePolicy", "EventSink", "Preload", "MediaDataStore"]
 # Argo CD's health statuses (gitops-engine health.HealthStatusCode).
 STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
 

@@ -171,7 +171,7 @@ def test_chart_crds_validate_against_kubernetes_schemas():
     version = kubernetes_validate.latest_version()
     crds = chartlib.crd_objects()
     assert {c["spec"]["names"]["plural"] for c in crds} == {"workspaces", "snapshots", "shares", "lifecyclepolicies", "eventsinks",
-                                                            "preloads"}
+                                                            "preloads", "mediadatastores"}
     for crd in crds:
         assert crd["spec"]["group"] == "studiodrive.dev"
         validate_object(crd, version)
@@ -1196,9 +1196,9 @@ def test_controller_sidecars_have_what_they_need_and_no_secrets(default_objects)
     assert not can(default_objects, sa, "delete", "", "persistentvolumeclaims")
 
 
-def test_operator_rbac_covers_the_six_kinds_leases_jobs_and_events(default_objects):
+def test_operator_rbac_covers_the_seven_kinds_leases_jobs_and_events(default_objects):
     sa = "studiodrive-operator"
-    for plural in ("workspaces", "snapshots", "shares", "lifecyclepolicies", "eventsinks", "preloads"):
+    for plural in ("workspaces", "snapshots", "shares", "lifecyclepolicies", "eventsinks", "preloads", "mediadatastores"):
         for verb in ("get", "list", "watch", "patch"):
             assert can(default_objects, sa, verb, "studiodrive.dev", plural)
         assert can(default_objects, sa, "patch", "studiodrive.dev", f"{plural}/status")
@@ -1433,7 +1433,7 @@ def test_monitoring_is_off_by_default(default_objects):
 def test_chart_crds_are_byte_identical_to_top_level_crds():
     top = {p.name: p.read_bytes() for p in (ROOT / "crds").glob("*.yaml")}
     chart = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
-    assert len(top) == 6
+    assert len(top) == 7
     assert sorted(chart) == sorted(top)
     for name in top:
         assert chart[name] == top[name], f"charts/studiodrive/crds/{name} differs from crds/{name}"

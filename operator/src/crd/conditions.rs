@@ -67,6 +67,14 @@ pub mod reason {
     /// A Preload of a workspace the preload Jobs cannot read alone (encrypted, or with an
     /// object store of its own whose credentials only its volumes carry).
     pub const UNSUPPORTED: &str = "Unsupported";
+    /// A MediaDataStore is recorded in the metadata store as its spec says.
+    pub const ACCEPTED: &str = "Accepted";
+    /// The store refused a MediaDataStore's new schema (or timeline): a stored document does
+    /// not pass it. The stored DataStore is unchanged; retried with backoff.
+    pub const SCHEMA_REFUSED: &str = "SchemaRefused";
+    /// A MediaDataStore's media id schema differs from the stored DataStore's, which cannot
+    /// change. The stored DataStore is unchanged.
+    pub const MEDIA_ID_SCHEMA_IMMUTABLE: &str = "MediaIdSchemaImmutable";
 }
 
 /// A condition as a planner computes it, before timestamps are attached.

@@ -9,6 +9,7 @@
 pub mod conditions;
 mod eventsink;
 mod lifecycle;
+mod mediadatastore;
 mod preload;
 pub mod schema_check;
 mod share;
@@ -22,6 +23,9 @@ pub use lifecycle::{
     ExpireRule, LastRun, LifecyclePolicy, LifecyclePolicySpec, LifecyclePolicyStatus, LifecycleRules,
     PassCounts, PassResult, PolicyPhase, RetentionClass, SnapshotRetention, Throttle, TransitionRule,
     WorkspaceSelector,
+};
+pub use mediadatastore::{
+    MediaDataStore, MediaDataStoreSpec, MediaDataStoreStatus, TimelineCollection, TimelineRegion,
 };
 pub use preload::{Preload, PreloadNodeStatus, PreloadPhase, PreloadSpec, PreloadStatus};
 pub use share::{Permission, Share, ShareSpec, ShareStatus, Subject, SubjectKind};
@@ -52,6 +56,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         LifecyclePolicy::crd(),
         EventSink::crd(),
         Preload::crd(),
+        MediaDataStore::crd(),
     ]
 }
 

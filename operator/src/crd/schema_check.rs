@@ -8,8 +8,8 @@
 //!   `additionalProperties` are not mixed; `items` is one schema.
 //! - [`validate`] checks a JSON value against a schema the way the API server's OpenAPI
 //!   validation does with strict field validation (`kubectl --validate=strict`, the default):
-//!   types, unknown fields, `required`, `enum`, numeric ranges, lengths, item counts and
-//!   `date-time` formats. CEL rules are evaluated separately by kube's client-side CEL.
+//!   types, unknown fields, `required`, `enum`, numeric ranges, lengths, item counts,
+//!   duplicates in `x-kubernetes-list-type: set` lists and `date-time` formats. CEL rules are evaluated separately by kube's client-side CEL.
 //!
 //! Both are pure functions over `serde_json::Value`.
 
@@ -155,6 +155,14 @@ fn check_value(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>)
         Value::Object(map) => check_object(s, map, path, out),
         Value::Array(items) => {
             check_count(s, "minItems", "maxItems", items.len(), "items", path, out);
+            // The API server refuses a repeated item of a set list (field.Duplicate).
+            if s.get("x-kubernetes-list-type").and_then(Value::as_str) == Some("set") {
+                for (i, item) in items.iter().enumerate() {
+                    if items[..i].contains(item) {
+                        out.push(format!("{path}[{i}]: duplicate value {item}"));
+                    }
+                }
+            }
             if let Some(item_schema) = s.get("items") {
                 for (i, item) in items.iter().enumerate() {
                     check_value(item_schema, item, &format!("{path}[{i}]"), out);

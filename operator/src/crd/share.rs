@@ -53,7 +53,7 @@ pub struct ShareSpec {
     pub expires_at: Option<Time>,
 }
 
-/// A subject of a grant, as in RBAC.
+/// A subject of a grant (a Share's, a MediaDataStore's), as in RBAC.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 // `namespace` is a CEL reserved word: Kubernetes CEL spells the field `__namespace__`.
 #[x_kube(validation = Rule::new("self.kind == 'ServiceAccount' || !has(self.__namespace__)").message("only ServiceAccount subjects have a namespace"))]
@@ -65,10 +65,26 @@ pub struct Subject {
     #[schemars(length(min = 1, max = 253))]
     #[x_kube(validation = Rule::new("!self.contains('\\u0000')").message("name must not contain NUL"))]
     pub name: String,
-    /// Namespace of a ServiceAccount; the Share's namespace when absent.
+    /// Namespace of a ServiceAccount; the namespace of the resource that names it when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub namespace: Option<String>,
+}
+
+impl Subject {
+    /// The subject as the store records it: `ServiceAccount:<namespace>/<name>` (the namespace
+    /// defaulting to `default_namespace`, the resource's), `User:<name>` or `Group:<name>`.
+    pub fn to_store_subject(&self, default_namespace: &str) -> String {
+        match self.kind {
+            SubjectKind::ServiceAccount => format!(
+                "ServiceAccount:{}/{}",
+                self.namespace.as_deref().unwrap_or(default_namespace),
+                self.name
+            ),
+            SubjectKind::User => format!("User:{}", self.name),
+            SubjectKind::Group => format!("Group:{}", self.name),
+        }
+    }
 }
 
 /// Kinds of subject.

@@ -7,6 +7,7 @@
 
 pub mod eventsink;
 pub mod lifecycle;
+pub mod mediadatastore;
 pub mod preload;
 pub mod share;
 pub mod snapshot;

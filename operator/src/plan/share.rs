@@ -10,7 +10,7 @@ use super::{
     invalid_spec_event, previous_ready_reason, store_name,
 };
 use crate::crd::conditions::{self, Desired, reason};
-use crate::crd::{ShareSpec, ShareStatus, SubjectKind};
+use crate::crd::{ShareSpec, ShareStatus};
 use crate::plan::workspace::workspace_store_name;
 use crate::store::{ShareGrant, WorkspaceRecord};
 
@@ -51,17 +51,7 @@ pub fn desired_grant(input: &Input<'_>) -> Result<(String, ShareGrant), SpecErro
         if s.name.is_empty() || s.name.contains('\0') {
             return Err(SpecError(format!("subject name {:?} is invalid", s.name)));
         }
-        subjects.push(match s.kind {
-            SubjectKind::ServiceAccount => {
-                format!(
-                    "ServiceAccount:{}/{}",
-                    s.namespace.as_deref().unwrap_or(input.namespace),
-                    s.name
-                )
-            }
-            SubjectKind::User => format!("User:{}", s.name),
-            SubjectKind::Group => format!("Group:{}", s.name),
-        });
+        subjects.push(s.to_store_subject(input.namespace));
     }
     subjects.sort();
     subjects.dedup();

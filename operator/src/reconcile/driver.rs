@@ -12,8 +12,9 @@
 //! - [`cleanup`]: observe, plan the cleanup, apply it.
 //! - [`reconcile`]: the controllers' reconcile function. It wraps `sync` in kube's
 //!   `finalizer()` (for kinds that have one), patches the status when it changed, publishes
-//!   events and resets the backoff; on a store or key-Secret failure it records the failure
-//!   in the status conditions before returning the error.
+//!   events and resets the backoff; on a store or key-Secret failure, or the store's refusal
+//!   of a DataStore change, it records the failure in the status conditions before returning
+//!   the error (which the error policy retries with backoff).
 //!
 //! The kinds' futures are boxed where the driver awaits them: otherwise the compiler cannot
 //! prove the controllers' futures `Send` (rust-lang/rust#100013, a higher-ranked lifetime
@@ -36,7 +37,7 @@ use tracing::Instrument as _;
 
 use super::{
     Context, MAX_ROUNDS, ReconcileError, action, failure_conditions, key_read_failure_conditions, object_key,
-    patch_status_if_changed, publish,
+    patch_status_if_changed, publish, refusal_conditions,
 };
 use crate::crd::FINALIZER;
 use crate::crd::conditions;
@@ -109,6 +110,13 @@ pub trait Kind: Send + Sync {
         loaded: &Self::Loaded,
     ) -> impl Future<Output = Result<(), ReconcileError>> + Send;
 
+    /// Cleanup decided from the resource alone, without reading the store (`None`: observe
+    /// and call [`Kind::plan_cleanup`]). Lets a deletion that changes nothing in the store
+    /// (a MediaDataStore with `Retain`) finish while the store is down.
+    fn cleanup_without_store(_input: &Self::Input<'_>) -> Option<Vec<Self::Op>> {
+        None
+    }
+
     /// The cleanup planner (only called for kinds with a [`Kind::FINALIZER`]).
     fn plan_cleanup(_input: &Self::Input<'_>, _observed: &Self::Observed) -> Vec<Self::Op> {
         Vec::new()
@@ -161,14 +169,20 @@ pub async fn sync<K: Kind, S: StudioStore>(
 }
 
 /// Store-only cleanup of a deleted resource. Returns the ops it applied. Fails (and the
-/// finalizer stays) while the store is unreachable.
+/// finalizer stays) while the store is unreachable, unless the kind decides its cleanup
+/// without the store ([`Kind::cleanup_without_store`]) and it has nothing to change there.
 pub async fn cleanup<K: Kind, S: StudioStore>(
     kind: &K,
     store: &S,
     input: &K::Input<'_>,
 ) -> Result<Vec<K::Op>, ReconcileError> {
-    let observed = kind.observe(store, input).boxed().await?;
-    let ops = K::plan_cleanup(input, &observed);
+    let ops = match K::cleanup_without_store(input) {
+        Some(ops) => ops,
+        None => {
+            let observed = kind.observe(store, input).boxed().await?;
+            K::plan_cleanup(input, &observed)
+        }
+    };
     kind.apply(store, &ops, &K::Loaded::default()).boxed().await?;
     Ok(ops)
 }
@@ -232,14 +246,24 @@ async fn apply_live<K: Kind, S: StudioStore>(
     let failure = match &error {
         ReconcileError::Store(e) => failure_conditions(e),
         ReconcileError::KeySecret(e) => key_read_failure_conditions(e),
+        ReconcileError::DataStoreRefused(r) => refusal_conditions(r),
         _ => return Err(error),
     };
     let generation = obj.meta().generation.unwrap_or_default();
     let mut status = obj.status().cloned().unwrap_or_default();
     *status.observed_generation_mut() = Some(generation);
+    let before = conditions::find(status.conditions_mut(), conditions::READY).map(|c| c.reason.clone());
     let merged = conditions::merge(status.conditions_mut(), &failure, generation, now);
     *status.conditions_mut() = merged;
     patch_status_if_changed(api, obj, obj.status(), &status).await?;
+    // A refusal needs someone to change the spec: a warning when it starts, not every retry.
+    if let ReconcileError::DataStoreRefused(r) = &error
+        && let Some(ready) = failure.iter().find(|d| d.type_ == conditions::READY)
+        && before.as_deref() != Some(ready.reason)
+    {
+        let note = EventNote::warning(ready.reason, "Update", r.to_string());
+        publish(&ctx.recorder, obj, &[note]).await;
+    }
     Err(error)
 }
 

@@ -2,15 +2,17 @@
 //! and the Kubernetes API, and map failures to conditions, events, requeues and metric labels
 //! (in one place: [`ReconcileError::label`] and [`failure_conditions`]).
 //!
-//! One generic driver ([`driver`]: [`sync`], [`cleanup`], [`reconcile`]) serves all six
+//! One generic driver ([`driver`]: [`sync`], [`cleanup`], [`reconcile`]) serves all seven
 //! kinds. Each kind module implements [`Kind`] and [`LiveKind`] with only its own parts:
 //! [`Workspaces`] (with the key Secret read), [`Snapshots`], [`Shares`], [`EventSinks`], [`Preloads`]
-//! (a Job per node) and [`LifecyclePolicies`] (the GC Job, no finalizer). This module holds what they share: the
+//! (a Job per node), [`MediaDataStores`] (whose changes the store may refuse) and
+//! [`LifecyclePolicies`] (the GC Job, no finalizer). This module holds what they share: the
 //! context, errors, backoff, the status patch and event publishing.
 
 pub mod driver;
 pub mod eventsink;
 pub mod lifecycle;
+pub mod mediadatastore;
 pub mod preload;
 pub mod share;
 pub mod snapshot;
@@ -19,6 +21,7 @@ pub mod workspace;
 pub use driver::{Kind, LiveKind, StatusFields, cleanup, reconcile, sync};
 pub use eventsink::EventSinks;
 pub use lifecycle::LifecyclePolicies;
+pub use mediadatastore::MediaDataStores;
 pub use preload::Preloads;
 pub use share::Shares;
 pub use snapshot::Snapshots;
@@ -45,7 +48,7 @@ use crate::keys::SecretReadError;
 use crate::metrics::Metrics;
 use crate::plan::EventNote;
 use crate::preload_job::PreloadJobSettings;
-use crate::store::{StoreError, StoreErrorKind};
+use crate::store::{DataStoreRefusal, PutDataStoreError, StoreError, StoreErrorKind};
 
 /// How many plan/apply rounds one reconcile may take before giving up (a planner that keeps
 /// asking for ops after they were applied is a bug; this bounds it).
@@ -88,6 +91,20 @@ pub enum ReconcileError {
     JobNameTaken { job: String, other: String },
     #[error("planner still wants changes after {MAX_ROUNDS} rounds")]
     NoConvergence,
+    /// The store refused a MediaDataStore's change for what it holds (a stored document, the
+    /// stored media id schema). Retried with backoff: a document purged with its file can make
+    /// the change acceptable, and nothing else would tell the operator.
+    #[error("the metadata store refused the DataStore change: {0}")]
+    DataStoreRefused(#[from] DataStoreRefusal),
+}
+
+impl From<PutDataStoreError> for ReconcileError {
+    fn from(e: PutDataStoreError) -> ReconcileError {
+        match e {
+            PutDataStoreError::Refused(r) => ReconcileError::DataStoreRefused(r),
+            PutDataStoreError::Store(e) => ReconcileError::Store(e),
+        }
+    }
 }
 
 impl ReconcileError {
@@ -109,6 +126,7 @@ impl ReconcileError {
             ReconcileError::InvalidSpec(_) => "invalid_spec",
             ReconcileError::JobNameTaken { .. } => "job_name_taken",
             ReconcileError::NoConvergence => "no_convergence",
+            ReconcileError::DataStoreRefused(r) => r.label(),
         }
     }
 }
@@ -130,6 +148,26 @@ pub fn failure_conditions(e: &StoreError) -> Vec<Desired> {
         Desired::no(conditions::READY, why, message.clone()),
         Desired::yes(conditions::DEGRADED, why, message),
     ]
+}
+
+/// The Ready condition when the store refused a MediaDataStore's change. Not Degraded: the
+/// stored DataStore still serves its documents under the schema it had; what is wrong is the
+/// spec, which someone has to change (or the documents that fail it).
+pub fn refusal_conditions(r: &DataStoreRefusal) -> Vec<Desired> {
+    let (why, message) = match r {
+        DataStoreRefusal::SchemaRefused(m) => (
+            reason::SCHEMA_REFUSED,
+            format!(
+                "{m}; nothing was changed: the stored DataStore keeps its schema (status.version). \
+                 Change the schema so that the stored documents pass it; retrying with backoff"
+            ),
+        ),
+        DataStoreRefusal::MediaIdSchemaImmutable(m) => (
+            reason::MEDIA_ID_SCHEMA_IMMUTABLE,
+            format!("{m}; the stored DataStore is unchanged"),
+        ),
+    };
+    vec![Desired::no(conditions::READY, why, message)]
 }
 
 /// The conditions when an encrypted workspace's key Secret cannot be read (not: does not

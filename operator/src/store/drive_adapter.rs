@@ -12,8 +12,9 @@ use drive::{ErrorKind, MetaError};
 use jiff::Timestamp;
 
 use super::{
-    EventSinkRecord, NewWorkspace, PreloadRun, ShareGrant, SnapshotRecord, StoreError, StoreErrorKind,
-    StoreResult, StudioStore, Usage, WorkspaceChange, WorkspaceRecord, kek_required,
+    DataStoreRefusal, DataStoreSpec, EventSinkRecord, MediaDataStoreRecord, NewWorkspace, PreloadRun,
+    PutDataStoreError, ShareGrant, SnapshotRecord, StoreError, StoreErrorKind, StoreResult, StudioStore,
+    Usage, WorkspaceChange, WorkspaceRecord, kek_required, same_json,
 };
 use crate::crd::{MergeModeSpec, Permission, PublishModeSpec, StartFrom, WorkspaceKind};
 
@@ -140,7 +141,41 @@ fn to_start(start: StartFrom) -> SinkStart {
     }
 }
 
+fn datastore_record(d: drive::meta::DataStoreRecord) -> MediaDataStoreRecord {
+    MediaDataStoreRecord {
+        id: d.id.to_string(),
+        spec: d.spec,
+    }
+}
+
 impl MetaStoreAdapter {
+    /// Classifies the engine's refusal of `spec` (`InvalidArgument`, whose reason the engine
+    /// gives only as text, `text`). Rather than parse that text, it compares what the store
+    /// holds now with what was asked: beyond a spec that does not compile (which the planner
+    /// rules out first, with the engine's own compile function), the engine refuses to change
+    /// a stored DataStore for exactly two reasons, a changed media id schema and a stored
+    /// document that fails the new schema or timeline. The message is the engine's: it names
+    /// that document and the JSON path of its error. A concurrent change by another client
+    /// between the refusal and this read can misname the reason once; the next reconcile
+    /// names it again.
+    async fn classify_refusal(&self, spec: &DataStoreSpec, refused: MetaError) -> PutDataStoreError {
+        let MetaError::InvalidArgument(text) = &refused else {
+            return map_error(refused).into();
+        };
+        match self.0.media_datastore(&spec.name).await {
+            Ok(Some(stored)) if !same_json(&stored.spec.media_id_schema, &spec.media_id_schema) => {
+                DataStoreRefusal::MediaIdSchemaImmutable(text.clone()).into()
+            }
+            Ok(Some(stored))
+                if !same_json(&stored.spec.schema, &spec.schema) || stored.spec.timeline != spec.timeline =>
+            {
+                DataStoreRefusal::SchemaRefused(text.clone()).into()
+            }
+            // Nothing stored to protect, or the re-read failed: the refusal as it came.
+            Ok(_) | Err(_) => map_error(refused).into(),
+        }
+    }
+
     async fn workspace_id(&self, name: &str) -> StoreResult<model::WorkspaceId> {
         self.0
             .get_workspace(name)
@@ -342,6 +377,29 @@ impl StudioStore for MetaStoreAdapter {
 
     async fn delete_event_sink(&self, id: &str) -> StoreResult<bool> {
         self.0.delete_event_sink(id).await.map_err(map_error)
+    }
+
+    async fn get_media_datastore(&self, name: &str) -> StoreResult<Option<MediaDataStoreRecord>> {
+        self.0
+            .media_datastore(name)
+            .await
+            .map(|d| d.map(datastore_record))
+            .map_err(map_error)
+    }
+
+    async fn put_media_datastore(
+        &self,
+        spec: &DataStoreSpec,
+    ) -> Result<MediaDataStoreRecord, PutDataStoreError> {
+        match self.0.put_media_datastore(spec).await {
+            Ok(stored) => Ok(datastore_record(stored)),
+            Err(e) if e.kind() == ErrorKind::InvalidArgument => Err(self.classify_refusal(spec, e).await),
+            Err(e) => Err(map_error(e).into()),
+        }
+    }
+
+    async fn delete_media_datastore(&self, name: &str) -> StoreResult<bool> {
+        self.0.delete_media_datastore(name).await.map_err(map_error)
     }
 
     async fn preload_runs(&self, name: &str) -> StoreResult<Vec<PreloadRun>> {

@@ -1,6 +1,10 @@
 //! An in-memory [`StudioStore`]: the reference model the planner property tests apply plans
 //! to, and the store behind the kube mock tests. `set_available(false)` makes every call fail
 //! with `Unavailable`, as a PostgreSQL outage does.
+//!
+//! Media DataStores keep their documents here too (written with
+//! [`MemoryStore::put_media_document`]), so that the refusal of a schema a stored document
+//! does not pass is the engine's refusal, not an assumption of the tests.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -8,11 +12,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use drive::data::{DataKey, Kek};
 use drive::lifecycle::LifecycleReport;
+use drive::media::CompiledDataStore;
 use jiff::Timestamp;
 
 use super::{
-    EventSinkRecord, NewWorkspace, PreloadRun, ShareGrant, SnapshotRecord, StoreError, StoreErrorKind,
-    StoreResult, StudioStore, Usage, WorkspaceChange, WorkspaceRecord, kek_required,
+    DataStoreRefusal, DataStoreSpec, EventSinkRecord, MediaDataStoreRecord, NewWorkspace, PreloadRun,
+    PutDataStoreError, ShareGrant, SnapshotRecord, StoreError, StoreErrorKind, StoreResult, StudioStore,
+    Usage, WorkspaceChange, WorkspaceRecord, kek_required, same_json,
 };
 use crate::crd::{MergeModeSpec, PublishModeSpec, StartFrom};
 use drive::relay::SinkSpec;
@@ -27,6 +33,9 @@ struct State {
     pass_reports: BTreeMap<String, LifecycleReport>,
     sinks: BTreeMap<String, EventSinkRecord>,
     preload_runs: BTreeMap<(String, String), PreloadRun>,
+    datastores: BTreeMap<String, MediaDataStoreRecord>,
+    /// Documents by DataStore name, then by id: the engine re-checks them in id order.
+    documents: BTreeMap<String, BTreeMap<uuid::Uuid, serde_json::Value>>,
 }
 
 /// The in-memory store.
@@ -86,6 +95,36 @@ impl MemoryStore {
     /// there is none. Not a write: the operator never makes these changes.
     pub fn update_event_sink(&self, id: &str, change: impl FnOnce(&mut EventSinkRecord)) -> bool {
         self.lock().sinks.get_mut(id).map(change).is_some()
+    }
+
+    /// Writes a document of DataStore `datastore`, as a client of the store would (the
+    /// operator never writes documents): checked against the DataStore's schema first, as the
+    /// engine does on write. Returns its id, or why it was refused. Not a write the operator
+    /// makes, so not counted.
+    pub fn put_media_document(&self, datastore: &str, body: serde_json::Value) -> Result<uuid::Uuid, String> {
+        let mut state = self.lock();
+        let stored = state
+            .datastores
+            .get(datastore)
+            .ok_or_else(|| format!("not found: DataStore {datastore}"))?;
+        let compiled = CompiledDataStore::compile(stored.spec.clone()).map_err(|e| e.to_string())?;
+        compiled.check_document(&body).map_err(|e| e.to_string())?;
+        let id = uuid::Uuid::new_v4();
+        state
+            .documents
+            .entry(datastore.to_string())
+            .or_default()
+            .insert(id, body);
+        Ok(id)
+    }
+
+    /// The documents of DataStore `datastore`, by id.
+    pub fn media_documents(&self, datastore: &str) -> Vec<(uuid::Uuid, serde_json::Value)> {
+        self.lock()
+            .documents
+            .get(datastore)
+            .map(|docs| docs.iter().map(|(id, body)| (*id, body.clone())).collect())
+            .unwrap_or_default()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -335,6 +374,72 @@ impl StudioStore for MemoryStore {
     async fn delete_event_sink(&self, id: &str) -> StoreResult<bool> {
         self.write()?;
         Ok(self.lock().sinks.remove(id).is_some())
+    }
+
+    async fn get_media_datastore(&self, name: &str) -> StoreResult<Option<MediaDataStoreRecord>> {
+        self.check()?;
+        Ok(self.lock().datastores.get(name).cloned())
+    }
+
+    /// The engine's rules (`PgMetaStore::put_media_datastore`), in its order and with its
+    /// messages: the spec compiles; an existing DataStore keeps its media id schema; a new
+    /// schema or timeline is taken only when every stored document passes it, the first one
+    /// that does not (by id) being named with the JSON path of its error; the same spec again
+    /// writes nothing.
+    async fn put_media_datastore(
+        &self,
+        spec: &DataStoreSpec,
+    ) -> Result<MediaDataStoreRecord, PutDataStoreError> {
+        self.check()?;
+        let compiled = CompiledDataStore::compile(spec.clone())
+            .map_err(|e| StoreError::new(StoreErrorKind::Invalid, format!("invalid argument: {e}")))?;
+        let mut state = self.lock();
+        let existing = state.datastores.get(&spec.name).cloned();
+        if let Some(old) = &existing {
+            if !same_json(&old.spec.media_id_schema, &spec.media_id_schema) {
+                return Err(DataStoreRefusal::MediaIdSchemaImmutable(format!(
+                    "DataStore {}: the media id schema cannot change",
+                    spec.name
+                ))
+                .into());
+            }
+            if old.spec == *spec {
+                return Ok(old.clone());
+            }
+            if old.spec.schema != spec.schema || old.spec.timeline != spec.timeline {
+                let first_failing = state
+                    .documents
+                    .get(&spec.name)
+                    .into_iter()
+                    .flatten()
+                    .find_map(|(id, body)| compiled.check_document(body).err().map(|e| (*id, e)));
+                if let Some((doc, why)) = first_failing {
+                    return Err(DataStoreRefusal::SchemaRefused(format!(
+                        "DataStore {}: stored document {doc} does not pass the new schema: {why}",
+                        spec.name
+                    ))
+                    .into());
+                }
+            }
+        }
+        // Checked and changed under one lock, so a document written meanwhile is either seen
+        // by the check or refused by the new schema (the engine does not promise this yet:
+        // docs/media.md, "The MediaDataStore resource").
+        self.write()?;
+        let id = existing.map_or_else(|| self.id(), |d| d.id);
+        let record = MediaDataStoreRecord {
+            id,
+            spec: spec.clone(),
+        };
+        state.datastores.insert(spec.name.clone(), record.clone());
+        Ok(record)
+    }
+
+    async fn delete_media_datastore(&self, name: &str) -> StoreResult<bool> {
+        self.write()?;
+        let mut state = self.lock();
+        state.documents.remove(name);
+        Ok(state.datastores.remove(name).is_some())
     }
 
     async fn preload_runs(&self, name: &str) -> StoreResult<Vec<PreloadRun>> {

@@ -18,6 +18,7 @@ use std::future::Future;
 
 use drive::data::Kek;
 use drive::lifecycle::LifecycleReport;
+pub use drive::media::DataStoreSpec;
 pub use drive::meta::{PreloadRun, PreloadState};
 pub use drive::model::ObjectStoreLocation;
 pub use drive::relay::SinkSpec;
@@ -110,6 +111,84 @@ pub struct EventSinkRecord {
     /// Empty when the last attempt succeeded.
     pub last_error: String,
     pub last_delivered_at: Option<Timestamp>,
+}
+
+/// A media DataStore as the store holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaDataStoreRecord {
+    /// The DataStore's id in the store.
+    pub id: String,
+    /// What it holds (the engine's own type: plain data, validated by the engine). `name` is
+    /// `<namespace>/<name>` of the MediaDataStore resource.
+    pub spec: DataStoreSpec,
+}
+
+/// Why the store refused to change a DataStore. Nothing was changed: the stored DataStore
+/// keeps its schema. Retrying the same change can succeed later only if the stored documents
+/// change (a document is purged with its file).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DataStoreRefusal {
+    /// A stored document does not pass the new schema (or timeline). The message is the
+    /// store's: it names the first such document and the JSON path of its error.
+    #[error("{0}")]
+    SchemaRefused(String),
+    /// The media id schema differs from the stored one, which cannot change.
+    #[error("{0}")]
+    MediaIdSchemaImmutable(String),
+}
+
+impl DataStoreRefusal {
+    /// A stable snake_case label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            DataStoreRefusal::SchemaRefused(_) => "schema_refused",
+            DataStoreRefusal::MediaIdSchemaImmutable(_) => "media_id_schema_immutable",
+        }
+    }
+}
+
+/// A failed [`StudioStore::put_media_datastore`]: refused for what stored documents or the
+/// stored DataStore say, or failed as any store call fails.
+#[derive(Debug, thiserror::Error)]
+pub enum PutDataStoreError {
+    #[error(transparent)]
+    Refused(#[from] DataStoreRefusal),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Whether two JSON values are the same document, as the store compares what it keeps: JSONB
+/// may give back `100` for `1e2` or `100.0`, so numbers compare by value (integers exactly,
+/// others as f64), not by spelling. Object key order never matters (serde_json's maps are
+/// sorted).
+pub fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
+            (Some(x), Some(y), _, _) => x == y,
+            (_, _, Some(x), Some(y)) => x == y,
+            _ => x.as_f64() == y.as_f64(),
+        },
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_json(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// Whether the stored DataStore `stored` is `wanted`, comparing schemas with [`same_json`].
+pub fn same_datastore(stored: &DataStoreSpec, wanted: &DataStoreSpec) -> bool {
+    stored.name == wanted.name
+        && stored.analysis_type == wanted.analysis_type
+        && stored.version == wanted.version
+        && same_json(&stored.schema, &wanted.schema)
+        && same_json(&stored.media_id_schema, &wanted.media_id_schema)
+        && stored.queryable == wanted.queryable
+        && stored.timeline == wanted.timeline
+        && stored.access == wanted.access
 }
 
 /// Classes of store failure, which decide the condition and the retry.
@@ -247,6 +326,23 @@ pub trait StudioStore: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<EventSinkRecord>> + Send;
     /// Removes the sink; `Ok(false)` when there was none.
     fn delete_event_sink(&self, id: &str) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// The media DataStore `name` (`<namespace>/<name>`), if it exists.
+    fn get_media_datastore(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = StoreResult<Option<MediaDataStoreRecord>>> + Send;
+    /// Creates DataStore `spec.name`, or changes it. Fails with [`StoreErrorKind::Invalid`]
+    /// for a spec the engine does not compile, and is refused ([`DataStoreRefusal`], nothing
+    /// changed) when the DataStore exists with another media id schema, or when a stored
+    /// document does not pass the new schema or timeline. Putting what is stored writes
+    /// nothing.
+    fn put_media_datastore(
+        &self,
+        spec: &DataStoreSpec,
+    ) -> impl Future<Output = Result<MediaDataStoreRecord, PutDataStoreError>> + Send;
+    /// Removes the DataStore and every document of it; `Ok(false)` when there was none.
+    fn delete_media_datastore(&self, name: &str) -> impl Future<Output = StoreResult<bool>> + Send;
 
     /// The latest run of preload `name` on every node that recorded one, by node.
     fn preload_runs(&self, name: &str) -> impl Future<Output = StoreResult<Vec<PreloadRun>>> + Send;

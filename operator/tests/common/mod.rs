@@ -6,8 +6,9 @@ pub mod mock;
 use jiff::Timestamp;
 use kube::api::ObjectMeta;
 use operator::crd::{
-    DeletionPolicy, EventSink, EventSinkFilter, EventSinkSpec, Permission, Share, ShareSpec, Snapshot,
-    SnapshotSpec, StartFrom, Subject, SubjectKind, WebhookSink, Workspace, WorkspaceKind, WorkspaceSpec,
+    DeletionPolicy, EventSink, EventSinkFilter, EventSinkSpec, MediaDataStore, MediaDataStoreSpec,
+    Permission, Share, ShareSpec, Snapshot, SnapshotSpec, StartFrom, Subject, SubjectKind,
+    TimelineCollection, WebhookSink, Workspace, WorkspaceKind, WorkspaceSpec,
 };
 use operator::keys::StaticKeySource;
 
@@ -107,6 +108,66 @@ pub fn event_sink(ns: &str, name: &str, ws: &str, url: &str) -> EventSink {
                 kinds: Vec::new(),
             },
             start_from: StartFrom::Now,
+        },
+        status: None,
+    }
+}
+
+/// A JSON object (the type of a MediaDataStore's schemas) from `json!`.
+pub fn json_object(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    match v {
+        serde_json::Value::Object(m) => m,
+        other => panic!("not a JSON object: {other}"),
+    }
+}
+
+/// The document schema of [`media_datastore`]: a frame rate and shots with start and end.
+pub fn shots_schema() -> serde_json::Value {
+    serde_json::json!({
+        "type": "object",
+        "required": ["fps", "shots"],
+        "properties": {
+            "fps": {"type": "number", "exclusiveMinimum": 0},
+            "shots": {"type": "array", "items": {
+                "type": "object", "required": ["start", "end"],
+                "properties": {"start": {"type": "number"}, "end": {"type": "number"}}
+            }}
+        }
+    })
+}
+
+/// A shot-boundaries MediaDataStore (no finalizer, no status): media ids `{"asset": ...}`,
+/// `fps` queryable, shots as a timeline, a reader group and a writer ServiceAccount of its
+/// own namespace.
+pub fn media_datastore(ns: &str, name: &str, policy: DeletionPolicy) -> MediaDataStore {
+    MediaDataStore {
+        metadata: meta(ns, name, 1),
+        spec: MediaDataStoreSpec {
+            analysis_type: "shot-boundaries".into(),
+            version: 1,
+            schema: json_object(shots_schema()),
+            media_id_schema: json_object(serde_json::json!({
+                "type": "object", "required": ["asset"], "properties": {"asset": {"type": "string"}}
+            })),
+            queryable: vec!["fps".into()],
+            timeline: vec![TimelineCollection {
+                path: "shots".into(),
+                start: "start".into(),
+                end: Some("end".into()),
+                region: None,
+            }],
+            readers: vec![Subject {
+                kind: SubjectKind::Group,
+                name: "review".into(),
+                namespace: None,
+            }],
+            writers: vec![Subject {
+                kind: SubjectKind::ServiceAccount,
+                name: "shot-detector".into(),
+                namespace: None,
+            }],
+            admins: Vec::new(),
+            deletion_policy: policy,
         },
         status: None,
     }
