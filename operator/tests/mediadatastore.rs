@@ -666,7 +666,7 @@ async fn over_the_mock_api_a_refusal_patches_ready_false_schema_refused_with_the
     assert_eq!(sent["observedGeneration"], 2);
 }
 
-// Catches (once the engine serializes the two; ignored while it fails): a schema change and a
+// Catches: a schema change and a
 // document write that overlap leaving a stored document that fails its DataStore's schema,
 // which the operator's SchemaRefused promise ("every stored document passes the stored
 // schema") relies on. The write is played in SQL as `put_media_document` makes it (the
@@ -674,7 +674,6 @@ async fn over_the_mock_api_a_refusal_patches_ready_false_schema_refused_with_the
 // change's check of the stored documents runs before its own transaction, so it cannot see
 // the document, and its update only waits for the share lock.
 #[tokio::test]
-#[ignore = "fails today: PgMetaStore::put_media_datastore checks the stored documents before, not inside, the transaction that changes the schema (docs/media.md, \"The MediaDataStore resource\")"]
 async fn a_document_committed_during_a_schema_change_never_fails_the_new_schema() {
     drive_testkit::init_tracing();
     let pg = PgServer::shared();

@@ -93,6 +93,33 @@ fn invalid(e: impl std::fmt::Display) -> MetaError {
     MetaError::InvalidArgument(e.to_string())
 }
 
+/// The first stored document of DataStore `id` that `compiled` refuses: its id and why.
+async fn first_invalid_document<C: deadpool_postgres::GenericClient>(
+    c: &C,
+    id: uuid::Uuid,
+    compiled: &CompiledDataStore,
+) -> Result<Option<(uuid::Uuid, String)>, MetaError> {
+    let mut after = uuid::Uuid::nil();
+    loop {
+        let rows = query(
+            c,
+            "SELECT id, body FROM media_documents WHERE datastore_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+            &[&id, &after, &RECHECK_BATCH],
+        )
+        .await?;
+        for row in &rows {
+            let body: Value = row.get(1);
+            if let Err(e) = compiled.check_document(&body) {
+                return Ok(Some((row.get(0), e.to_string())));
+            }
+        }
+        match rows.last() {
+            Some(last) if rows.len() as i64 == RECHECK_BATCH => after = last.get(0),
+            _ => return Ok(None),
+        }
+    }
+}
+
 impl PgMetaStore {
     /// Creates DataStore `spec.name`, or changes it. The media id schema cannot change, and a
     /// new document schema or queryable list is taken only when every stored document still
@@ -111,15 +138,15 @@ impl PgMetaStore {
             if old.spec == *spec {
                 return Ok(old.clone());
             }
-            if (old.spec.schema != spec.schema || old.spec.timeline != spec.timeline)
-                && let Some((doc, why)) = self.first_invalid_document(old.id, &compiled).await?
-            {
-                return Err(invalid(format!(
-                    "DataStore {}: stored document {doc} does not pass the new schema: {why}",
-                    spec.name
-                )));
-            }
         }
+        // The stored documents are checked inside the transaction that changes the schema:
+        // a document written meanwhile (which reads the schema FOR SHARE) then either waits
+        // for the change or makes SERIALIZABLE abort one of the two, never stays stored under
+        // a schema it fails.
+        let recheck = existing
+            .as_ref()
+            .filter(|old| old.spec.schema != spec.schema || old.spec.timeline != spec.timeline)
+            .map(|old| old.id);
         let id = existing.as_ref().map_or_else(uuid::Uuid::new_v4, |d| d.id);
         let version = i64::from(spec.version);
         let reindex = existing
@@ -130,6 +157,16 @@ impl PgMetaStore {
         let access = serde_json::to_value(&spec.access).map_err(|e| MetaError::Internal(e.to_string()))?;
         let record = in_txn!(self, |tx| {
             async {
+                if let Some(id) = recheck {
+                    // Taken first: documents written from here on wait for this change.
+                    query_opt(tx, "SELECT 1 FROM media_datastores WHERE id = $1 FOR UPDATE", &[&id]).await?;
+                    if let Some((doc, why)) = first_invalid_document(tx, id, &compiled).await? {
+                        return Err(invalid(format!(
+                            "DataStore {}: stored document {doc} does not pass the new schema: {why}",
+                            spec.name
+                        )));
+                    }
+                }
                 let row = query_opt(
                     tx,
                     &format!(
@@ -180,34 +217,6 @@ impl PgMetaStore {
             .await
         })?;
         Ok(record)
-    }
-
-    /// The first stored document of DataStore `id` that `compiled` refuses: its id and why.
-    async fn first_invalid_document(
-        &self,
-        id: uuid::Uuid,
-        compiled: &CompiledDataStore,
-    ) -> Result<Option<(uuid::Uuid, String)>, MetaError> {
-        let client = self.client().await?;
-        let mut after = uuid::Uuid::nil();
-        loop {
-            let rows = query(
-                &client,
-                "SELECT id, body FROM media_documents WHERE datastore_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-                &[&id, &after, &RECHECK_BATCH],
-            )
-            .await?;
-            for row in &rows {
-                let body: Value = row.get(1);
-                if let Err(e) = compiled.check_document(&body) {
-                    return Ok(Some((row.get(0), e.to_string())));
-                }
-            }
-            match rows.last() {
-                Some(last) if rows.len() as i64 == RECHECK_BATCH => after = last.get(0),
-                _ => return Ok(None),
-            }
-        }
     }
 
     /// DataStore `name`, if it exists.
