@@ -1002,7 +1002,16 @@ async fn main() -> anyhow::Result<()> {
         .batch_execute("CREATE TABLE bench_plain (body JSONB NOT NULL)")
         .await?;
 
+    let loadavg = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let run_started = Instant::now();
     println!("# Media metadata benchmark (issue 20)");
+    println!();
+    println!("Load average at the start (/proc/loadavg): {}", loadavg());
     println!();
     println!(
         "PostgreSQL {version} (testkit: Unix socket; {}); pool of {} connections; {} cores; \
@@ -1463,9 +1472,12 @@ async fn main() -> anyhow::Result<()> {
     let stats_store = store.stats();
     println!();
     println!(
-        "Store transactions: {} committed, {} serialization retries.",
+        "Store transactions: {} committed, {} serialization retries. Run time {:.0} s; load average \
+         at the end: {}",
         stats_store.commits.load(Ordering::Relaxed),
-        stats_store.retries.load(Ordering::Relaxed)
+        stats_store.retries.load(Ordering::Relaxed),
+        run_started.elapsed().as_secs_f64(),
+        loadavg()
     );
     Ok(())
 }
