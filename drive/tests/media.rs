@@ -524,3 +524,138 @@ fn timeline_queries_inside_a_document_answer_what_the_model_answers() {
             .is_err()
     );
 }
+
+// Catches: a bulk load that stores what put_media_document would refuse (or part of a refused
+// batch), index rows, timeline entities or "latest" pointers that differ from a put's, and a
+// batch's older version of a media id taking "latest" from its newer one.
+#[tokio::test]
+async fn bulk_loaded_documents_are_checked_and_indexed_as_put_documents_are() {
+    let store = common::store().await;
+    store.put_media_datastore(&renders()).await.unwrap();
+    store.put_media_datastore(&analysis()).await.unwrap();
+    let asset = |i: u32| json!({"asset": format!("a{i}")});
+    let put = store
+        .put_media_document("studio/renders", &asset(5), None, &json!({"frames": 1}))
+        .await
+        .unwrap();
+
+    // A batch with an invalid document stores nothing and names the document and the place.
+    let batch: Vec<(Value, Value)> = (0..4)
+        .map(|i| (asset(i), json!({"frames": if i == 2 { -1 } else { i as i64 }})))
+        .collect();
+    let err = store
+        .bulk_load_media_documents("studio/renders", &batch)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(
+        err.to_string().contains("document 2 of the batch") && err.to_string().contains("/frames"),
+        "{err}"
+    );
+    let all = Filter::from_json(&json!({"field": "frames", "op": "exists"})).unwrap();
+    assert_eq!(
+        store
+            .query_media("studio/renders", &all, Versions::All, 100)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Ten assets, a3 twice (the later one is its latest), a5 once more after its put.
+    let mut batch: Vec<(Value, Value)> = (0..10)
+        .map(|i| {
+            (
+                asset(i),
+                json!({"frames": 10 * i, "codec": if i % 2 == 0 { "exr" } else { "dpx" }}),
+            )
+        })
+        .collect();
+    batch.push((
+        asset(3),
+        json!({"frames": 31, "codec": "exr", "res": {"w": 1920}}),
+    ));
+    let mut ids = store
+        .bulk_load_media_documents("studio/renders", &batch)
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 11);
+    ids.push(put.id); // 11: a5's first version, now not its latest
+    let latest = store
+        .media_documents("studio/renders", &asset(3), Versions::Latest)
+        .await
+        .unwrap();
+    assert_eq!((latest.len(), latest[0].id), (1, ids[10]));
+    let versions = store
+        .media_documents("studio/renders", &asset(5), Versions::All)
+        .await
+        .unwrap();
+    assert_eq!(
+        versions.iter().map(|d| d.id).collect::<Vec<_>>(),
+        [ids[11], ids[5]]
+    );
+    for (f, versions, want) in [
+        (
+            json!({"field": "codec", "op": "=", "value": "exr"}),
+            Versions::Latest,
+            vec![0, 2, 4, 6, 8, 10],
+        ),
+        (
+            json!({"field": "codec", "op": "=", "value": "exr"}),
+            Versions::All,
+            vec![0, 2, 4, 6, 8, 10],
+        ),
+        (
+            json!({"field": "frames", "op": "<", "value": 35}),
+            Versions::Latest,
+            vec![0, 1, 2, 10],
+        ),
+        (
+            json!({"field": "frames", "op": "<", "value": 35}),
+            Versions::All,
+            vec![0, 1, 2, 3, 10, 11],
+        ),
+        (
+            json!({"field": "res.w", "op": ">=", "value": 1920}),
+            Versions::All,
+            vec![10],
+        ),
+    ] {
+        let filter = Filter::from_json(&f).unwrap();
+        let mut got: Vec<uuid::Uuid> = store
+            .query_media("studio/renders", &filter, versions, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|h| h.id)
+            .collect();
+        let mut want: Vec<uuid::Uuid> = want.into_iter().map(|i| ids[i]).collect();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "{f} {versions:?}");
+    }
+
+    // Timeline entities are indexed as a put indexes them.
+    let body = json!({
+        "shots": [{"in": 0, "out": 10}, {"in": 20, "out": 30}, {"in": 25}],
+        "detections": {"faces": [{"t": 22, "box": {"x": 5, "y": 5, "w": 2, "h": 2}}, {"t": 50}]}
+    });
+    let ids = store
+        .bulk_load_media_documents("studio/analysis", &[(json!("reel9"), body.clone())])
+        .await
+        .unwrap();
+    let q = TimelineQuery {
+        time: Some((21.0, 24.0)),
+        area: None,
+    };
+    let hits = store.query_media_timeline(ids[0], &q, 100).await.unwrap();
+    assert_eq!(
+        hits.iter()
+            .map(|h| (h.collection.as_str(), h.index, h.item.clone()))
+            .collect::<Vec<_>>(),
+        [
+            ("shots", 1, body["shots"][1].clone()),
+            ("detections.faces", 0, body["detections"]["faces"][0].clone())
+        ]
+    );
+}

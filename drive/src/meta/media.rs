@@ -357,6 +357,179 @@ impl PgMetaStore {
         })
     }
 
+    /// Loads many unattached documents of DataStore `datastore` in one transaction by COPY,
+    /// for imports and benchmarks, where a transaction per document would measure round trips.
+    /// Each media id and document is checked as [`PgMetaStore::put_media_document`] checks it
+    /// (the batch is refused at the first invalid one, with its position and JSON path) and
+    /// indexed the same way (field rows, timeline entities, the latest pointer). Documents are
+    /// not attached to a node; their `created_at` is the transaction's time plus one
+    /// microsecond per position, so within a batch a later document of a media id is newer.
+    /// Returns the documents' ids, in order.
+    pub async fn bulk_load_media_documents(
+        &self,
+        datastore: &str,
+        docs: &[(Value, Value)],
+    ) -> Result<Vec<uuid::Uuid>, MetaError> {
+        use tokio_postgres::binary_copy::BinaryCopyInWriter;
+        use tokio_postgres::types::Type;
+
+        let record = self
+            .media_datastore(datastore)
+            .await?
+            .ok_or_else(|| MetaError::NotFound(format!("DataStore {datastore}")))?;
+        let compiled = CompiledDataStore::compile(record.spec.clone()).map_err(invalid)?;
+        let mut rows = Vec::with_capacity(docs.len());
+        for (i, (media_id, body)) in docs.iter().enumerate() {
+            let at = |e: crate::media::Invalid| invalid(format!("document {i} of the batch: {e}"));
+            compiled.check_media_id(media_id).map_err(at)?;
+            compiled.check_document(body).map_err(at)?;
+            let entities = compiled.timeline(body).map_err(at)?;
+            rows.push((
+                uuid::Uuid::new_v4(),
+                media_id_key(media_id),
+                compiled.index(body),
+                entities,
+            ));
+        }
+        // The last document of each media id is the batch's latest of it.
+        let mut latest: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for (i, row) in rows.iter().enumerate() {
+            latest.insert(row.1.as_str(), i);
+        }
+        in_txn!(self, |tx| {
+            async {
+                let current = query_opt(
+                    tx,
+                    "SELECT schema, now() FROM media_datastores WHERE id = $1 FOR SHARE",
+                    &[&record.id],
+                )
+                .await?
+                .ok_or_else(|| MetaError::NotFound(format!("DataStore {datastore}")))?;
+                if current.get::<_, Value>(0) != record.spec.schema {
+                    return Err(MetaError::Conflict(format!(
+                        "DataStore {datastore} changed its schema during the load; load again"
+                    )));
+                }
+                let base: SystemTime = current.get(1);
+                let created = |i: usize| base + std::time::Duration::from_micros(i as u64);
+                crate::meta::timed(async {
+                    let sink = tx
+                        .copy_in(
+                            "COPY media_documents (id, datastore_id, media_key, media_id, body, created_at) \
+                             FROM STDIN BINARY",
+                        )
+                        .await?;
+                    let types = [
+                        Type::UUID,
+                        Type::UUID,
+                        Type::TEXT,
+                        Type::JSONB,
+                        Type::JSONB,
+                        Type::TIMESTAMPTZ,
+                    ];
+                    let writer = BinaryCopyInWriter::new(sink, &types);
+                    futures::pin_mut!(writer);
+                    for (i, ((media_id, body), (id, key, ..))) in docs.iter().zip(&rows).enumerate() {
+                        writer
+                            .as_mut()
+                            .write(&[id, &record.id, key, media_id, body, &created(i)])
+                            .await?;
+                    }
+                    writer.finish().await
+                })
+                .await?;
+                crate::meta::timed(async {
+                    let sink = tx
+                        .copy_in(
+                            "COPY media_fields (datastore_id, field, doc_id, kind, bool_value, num, str) \
+                             FROM STDIN BINARY",
+                        )
+                        .await?;
+                    let types = [
+                        Type::UUID,
+                        Type::TEXT,
+                        Type::UUID,
+                        Type::TEXT,
+                        Type::BOOL,
+                        Type::FLOAT8,
+                        Type::BYTEA,
+                    ];
+                    let writer = BinaryCopyInWriter::new(sink, &types);
+                    futures::pin_mut!(writer);
+                    for (id, _, fields, _) in &rows {
+                        for (field, value) in fields {
+                            let (b, n, s) = index_columns(value);
+                            writer
+                                .as_mut()
+                                .write(&[&record.id, field, id, &value.kind(), &b, &n, &s])
+                                .await?;
+                        }
+                    }
+                    writer.finish().await
+                })
+                .await?;
+                if rows.iter().any(|r| !r.3.is_empty()) {
+                    crate::meta::timed(async {
+                        let sink = tx
+                            .copy_in(
+                                "COPY media_timeline (doc_id, collection, idx, t_start, t_end, x0, y0, x1, y1) \
+                                 FROM STDIN BINARY",
+                            )
+                            .await?;
+                        let types = [
+                            Type::UUID,
+                            Type::INT4,
+                            Type::INT4,
+                            Type::FLOAT8,
+                            Type::FLOAT8,
+                            Type::FLOAT8,
+                            Type::FLOAT8,
+                            Type::FLOAT8,
+                            Type::FLOAT8,
+                        ];
+                        let writer = BinaryCopyInWriter::new(sink, &types);
+                        futures::pin_mut!(writer);
+                        for (id, _, _, entities) in &rows {
+                            for e in entities {
+                                let collection = e.collection as i32;
+                                let idx = i32::try_from(e.index).unwrap_or(i32::MAX);
+                                let r = |i: usize| e.region.map(|r| r[i]);
+                                let (x0, y0, x1, y1) = (r(0), r(1), r(2), r(3));
+                                writer
+                                    .as_mut()
+                                    .write(&[id, &collection, &idx, &e.start, &e.end, &x0, &y0, &x1, &y1])
+                                    .await?;
+                            }
+                        }
+                        writer.finish().await
+                    })
+                    .await?;
+                }
+                let mut keys = Vec::with_capacity(latest.len());
+                let mut ids = Vec::with_capacity(latest.len());
+                let mut times = Vec::with_capacity(latest.len());
+                for (key, &i) in &latest {
+                    keys.push(*key);
+                    ids.push(rows[i].0);
+                    times.push(created(i));
+                }
+                execute(
+                    tx,
+                    "INSERT INTO media_latest (datastore_id, media_key, doc_id, created_at) \
+                     SELECT $1, * FROM unnest($2::TEXT[], $3::UUID[], $4::TIMESTAMPTZ[]) \
+                     ON CONFLICT (datastore_id, media_key) DO UPDATE SET doc_id = excluded.doc_id, \
+                         created_at = excluded.created_at \
+                     WHERE (media_latest.created_at, media_latest.doc_id) < (excluded.created_at, excluded.doc_id)",
+                    &[&record.id, &keys, &ids, &times],
+                )
+                .await?;
+                Ok(())
+            }
+            .await
+        })?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
     /// Document `id`, if it exists.
     pub async fn media_document(&self, id: uuid::Uuid) -> Result<Option<MediaDocument>, MetaError> {
         let client = self.client().await?;
@@ -624,6 +797,16 @@ fn document_from_row(r: &tokio_postgres::Row) -> MediaDocument {
     }
 }
 
+/// The `bool_value`, `num` and `str` columns of an index row.
+fn index_columns(value: &IndexValue) -> (Option<bool>, Option<f64>, Option<Vec<u8>>) {
+    match value {
+        IndexValue::Bool(b) => (Some(*b), None, None),
+        IndexValue::Num(n) => (None, Some(*n), None),
+        IndexValue::Str(s) => (None, None, Some(s.as_bytes().to_vec())),
+        IndexValue::Null | IndexValue::Other => (None, None, None),
+    }
+}
+
 /// Writes the index rows of a document.
 async fn index_document<C: deadpool_postgres::GenericClient>(
     tx: &C,
@@ -633,12 +816,7 @@ async fn index_document<C: deadpool_postgres::GenericClient>(
     body: &Value,
 ) -> Result<(), MetaError> {
     for (field, value) in compiled.index(body) {
-        let (b, n, s) = match &value {
-            IndexValue::Bool(b) => (Some(*b), None, None),
-            IndexValue::Num(n) => (None, Some(*n), None),
-            IndexValue::Str(s) => (None, None, Some(s.as_bytes().to_vec())),
-            IndexValue::Null | IndexValue::Other => (None, None, None),
-        };
+        let (b, n, s) = index_columns(&value);
         execute(
             tx,
             "INSERT INTO media_fields (datastore_id, field, doc_id, kind, bool_value, num, str) \
