@@ -964,7 +964,7 @@ async fn main() -> anyhow::Result<()> {
     let version: String = stats.query_one("SHOW server_version", &[]).await?.get(0);
     let settings: Vec<String> = stats
         .query(
-            "SELECT name || '=' || setting || coalesce(unit, '') FROM pg_settings \
+            "SELECT name || '=' || current_setting(name) FROM pg_settings \
              WHERE name IN ('shared_buffers', 'fsync', 'synchronous_commit', 'full_page_writes', 'work_mem') ORDER BY name",
             &[],
         )
