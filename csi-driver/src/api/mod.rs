@@ -580,29 +580,15 @@ impl Workspaces {
     }
 }
 
-/// The live paths of the nodes documents are attached to.
-async fn live_paths(
-    call: &Call,
-    targets: impl Iterator<Item = (WorkspaceId, NodeId)>,
-) -> Result<HashMap<(WorkspaceId, NodeId), String>, ApiError> {
-    let mut by_ws: HashMap<WorkspaceId, Vec<NodeId>> = HashMap::new();
-    for (ws, ino) in targets {
-        by_ws.entry(ws).or_default().push(ino);
-    }
-    let mut paths = HashMap::new();
-    for (ws, inos) in by_ws {
-        for (ino, path) in call.state.meta.live_paths(ws, &inos).await? {
-            paths.insert((ws, ino), path);
-        }
-    }
-    Ok(paths)
-}
-
 async fn document_views(
     call: &Call,
     docs: Vec<drive::meta::MediaDocument>,
 ) -> Result<Vec<DocumentView>, ApiError> {
-    let paths = live_paths(call, docs.iter().filter_map(|d| d.target)).await?;
+    let paths = call
+        .state
+        .meta
+        .live_paths_of(docs.iter().filter_map(|d| d.target))
+        .await?;
     let mut workspaces = Workspaces::default();
     let mut views = Vec::with_capacity(docs.len());
     for d in docs {
@@ -680,7 +666,11 @@ async fn query_datastore(call: &Call, ns: &str, name: &str) -> ApiResult {
         .meta
         .query_media(&record.spec.name, &filter, versions, limit_of(request.limit)?)
         .await?;
-    let paths = live_paths(call, hits.iter().filter_map(|h| h.target)).await?;
+    let paths = call
+        .state
+        .meta
+        .live_paths_of(hits.iter().filter_map(|h| h.target))
+        .await?;
     let mut workspaces = Workspaces::default();
     let mut out = Vec::with_capacity(hits.len());
     for h in hits {

@@ -209,25 +209,22 @@ pub async fn run(cmd: MetaCmd) -> anyhow::Result<()> {
             let meta = storage.meta().await?;
             let versions = if all { Versions::All } else { Versions::Latest };
             let hits = meta.query_media(&datastore, &filter, versions, limit).await?;
-            // Paths of the nodes the hits are attached to, per workspace, as they are now.
-            let mut paths = std::collections::HashMap::new();
-            let mut by_ws: std::collections::BTreeMap<_, Vec<_>> = Default::default();
-            for h in &hits {
-                if let Some((ws, ino)) = h.target {
-                    by_ws.entry(ws.0).or_default().push(ino);
-                }
-            }
-            for (ws, inos) in by_ws {
-                let ws = drive::model::WorkspaceId(ws);
-                let name = meta.get_workspace_by_id(ws).await.map(|w| w.name).ok();
-                for (ino, path) in meta.live_paths(ws, &inos).await? {
-                    paths.insert((ws, ino), (name.clone(), path));
+            // Where the hits' nodes are now, and their workspaces' names.
+            let paths = meta.live_paths_of(hits.iter().filter_map(|h| h.target)).await?;
+            let mut names = std::collections::HashMap::new();
+            for (ws, _) in paths.keys() {
+                if !names.contains_key(ws) {
+                    names.insert(*ws, meta.get_workspace_by_id(*ws).await.map(|w| w.name).ok());
                 }
             }
             for h in hits {
                 let (workspace, path) = h
                     .target
-                    .and_then(|t| paths.get(&t).cloned())
+                    .and_then(|t| {
+                        paths
+                            .get(&t)
+                            .map(|p| (names.get(&t.0).cloned().flatten(), p.clone()))
+                    })
                     .map_or((None, None), |(w, p)| (w, Some(p)));
                 println!(
                     "{}",

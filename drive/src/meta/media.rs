@@ -713,6 +713,25 @@ impl PgMetaStore {
 }
 
 impl PgMetaStore {
+    /// [`PgMetaStore::live_paths`] of nodes of any workspaces (documents' targets), one walk
+    /// per workspace.
+    pub async fn live_paths_of(
+        &self,
+        targets: impl IntoIterator<Item = (WorkspaceId, NodeId)>,
+    ) -> Result<std::collections::HashMap<(WorkspaceId, NodeId), String>, MetaError> {
+        let mut by_ws: std::collections::HashMap<WorkspaceId, Vec<NodeId>> = Default::default();
+        for (ws, ino) in targets {
+            by_ws.entry(ws).or_default().push(ino);
+        }
+        let mut paths = std::collections::HashMap::new();
+        for (ws, inos) in by_ws {
+            for (ino, path) in self.live_paths(ws, &inos).await? {
+                paths.insert((ws, ino), path);
+            }
+        }
+        Ok(paths)
+    }
+
     /// The live paths (`/a/b`) of nodes `inos` of workspace `ws`, for the nodes a live entry
     /// still names (one name each: a hard-linked file gets one of its names). Walks up the tree
     /// a level per query, for all of them at once.
