@@ -659,3 +659,207 @@ async fn bulk_loaded_documents_are_checked_and_indexed_as_put_documents_are() {
         ]
     );
 }
+
+/// An analysis of `shots` shots (each with a note to make it weigh) and 300 faces.
+fn large_analysis(shots: usize) -> Value {
+    use rand::{Rng as _, SeedableRng as _};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let shots: Vec<Value> = (0..shots)
+        .map(|i| {
+            let a = rng.random_range(0..100_000);
+            json!({"in": a, "out": a + rng.random_range(0..400), "note": format!("shot {i} \"é\" {}", "x".repeat(400))})
+        })
+        .collect();
+    let faces: Vec<Value> = (0..300)
+        .map(|i| {
+            json!({"t": rng.random_range(0..100_000), "id": i,
+                   "box": {"x": rng.random_range(0..100), "y": rng.random_range(0..100), "w": 10, "h": 10}})
+        })
+        .collect();
+    json!({"shots": shots, "detections": {"faces": faces}})
+}
+
+/// `docs`' timeline hits for `q` against the model (`compiled`'s entities of `body`): the
+/// same entities, each with its own item.
+async fn assert_timeline_matches_the_model(
+    docs: &drive::media::documents::DocumentStore,
+    compiled: &CompiledDataStore,
+    id: uuid::Uuid,
+    body: &Value,
+    q: TimelineQuery,
+) {
+    let want: Vec<(String, usize)> = compiled
+        .timeline(body)
+        .unwrap()
+        .iter()
+        .filter(|e| e.matches(&q))
+        .map(|e| (compiled.spec.timeline[e.collection].path.clone(), e.index))
+        .collect();
+    let hits = docs.timeline(id, &q, 10_000).await.unwrap();
+    let mut got: Vec<(String, usize)> = hits.iter().map(|h| (h.collection.clone(), h.index)).collect();
+    let mut want = want;
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "{q:?}");
+    for h in &hits {
+        let items = drive::media::FieldPath::parse(&h.collection).unwrap();
+        let items = items.value(body).unwrap();
+        assert_eq!(h.item, items[h.index], "{q:?}: {} {}", h.collection, h.index);
+    }
+}
+
+// Catches: a large document kept whole in PostgreSQL or refused when an object store is there
+// (or stored in part when none is), its text not read back exactly, timeline items read from
+// the wrong bytes (across block boundaries too), a re-index after a timeline change that loses
+// the items' places, a schema change that skips a stored document, a GC pass that deletes the
+// blocks of a live document, and blocks left referenced after the document's file is purged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_document_keeps_its_text_in_blocks_that_live_as_long_as_it_does() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use drive::data::{ChunkStore, LocalChunkStore};
+    use drive::gc::{BlockPassOptions, run_block_pass};
+    use drive::media::documents::{BODY_BLOCK_SIZE, DocumentStore};
+    use drive::model::{NewNode, NodeKind, WorkspaceKind};
+    use drive::rules::gc::RetentionClass;
+
+    let (meta, url) = common::store_and_url().await;
+    let raw = common::raw_client(&url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ChunkStore> = Arc::new(LocalChunkStore::open(dir.path()).unwrap());
+    let docs = DocumentStore::new(meta.clone(), Some(store.clone()));
+    docs.put_datastore(&analysis()).await.unwrap();
+    let compiled = CompiledDataStore::compile(analysis()).unwrap();
+    let ws = common::workspace(&meta, "media", WorkspaceKind::Team).await;
+    let file = meta
+        .create(
+            &common::actor(),
+            ws.id,
+            ws.root,
+            &common::name("reel1.mov"),
+            &NewNode::new(NodeKind::File, 0o644),
+        )
+        .await
+        .unwrap()
+        .ino;
+    let body = large_analysis(20_000);
+    let text_len = serde_json::to_vec(&body).unwrap().len();
+    let blocks = text_len.div_ceil(BODY_BLOCK_SIZE);
+    assert!(blocks >= 3, "{text_len} bytes");
+
+    // Without an object store it is refused, and nothing is stored.
+    let err = DocumentStore::new(meta.clone(), None)
+        .put("studio/analysis", &json!("reel1"), Some((ws.id, file)), &body)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(err.to_string().contains("object store"), "{err}");
+    let count = |sql: &'static str| {
+        let raw = &raw;
+        async move { raw.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("SELECT count(*) FROM media_documents").await, 0);
+
+    let written = docs
+        .put("studio/analysis", &json!("reel1"), Some((ws.id, file)), &body)
+        .await
+        .unwrap();
+    assert_eq!(written.stored_size, Some(text_len as u64));
+    let row = raw
+        .query_one(
+            "SELECT body IS NULL, body_size FROM media_documents WHERE id = $1",
+            &[&written.id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, bool>(0), row.get::<_, i64>(1)),
+        (true, text_len as i64)
+    );
+    assert_eq!(count("SELECT count(*) FROM media_blocks").await, blocks as i64);
+    assert_eq!(store.list("blocks/").await.unwrap().len(), blocks);
+    // The metadata store's own read has no body; the document store's reads it whole.
+    assert_eq!(
+        meta.media_document(written.id).await.unwrap().unwrap().body,
+        Value::Null
+    );
+    assert_eq!(docs.get(written.id).await.unwrap().unwrap().body, body);
+
+    use rand::{Rng as _, SeedableRng as _};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for _ in 0..40 {
+        let a = f64::from(rng.random_range(0..101_000));
+        let q = TimelineQuery {
+            time: Some((a, a + f64::from(rng.random_range(0..300)))),
+            area: rng.random_bool(0.3).then(|| [0.0, 0.0, 50.0, 50.0]),
+        };
+        assert_timeline_matches_the_model(&docs, &compiled, written.id, &body, q).await;
+    }
+
+    // A schema change reads the stored text: refused without it, refused when the text
+    // fails the new schema (naming the document), taken when it passes.
+    let mut strict = analysis();
+    strict.schema = json!({"type": "object", "properties": {"shots": {"maxItems": 10}}});
+    let err = meta.put_media_datastore(&strict).await.unwrap_err();
+    assert!(err.to_string().contains("object store"), "{err}");
+    let err = docs.put_datastore(&strict).await.unwrap_err();
+    assert!(err.to_string().contains(&written.id.to_string()), "{err}");
+    // A timeline change re-indexes the stored document: faces are now collection 0.
+    let mut faces_only = analysis();
+    faces_only.schema = json!({"type": "object", "required": ["shots"]});
+    faces_only.timeline.remove(0);
+    docs.put_datastore(&faces_only).await.unwrap();
+    let compiled = CompiledDataStore::compile(faces_only).unwrap();
+    for a in [0.0, 25_000.0, 50_000.0, 99_000.0] {
+        let q = TimelineQuery {
+            time: Some((a, a + 3_000.0)),
+            area: None,
+        };
+        assert_timeline_matches_the_model(&docs, &compiled, written.id, &body, q).await;
+    }
+
+    // GC keeps the blocks of a live document, however old.
+    raw.execute("UPDATE blocks SET updated_at = now() - INTERVAL '2 hours'", &[])
+        .await
+        .unwrap();
+    let pass = |id: &str| {
+        let mut o = BlockPassOptions::new(id);
+        o.grace = Duration::from_secs(3600);
+        o.deletes_per_second = 100_000;
+        o
+    };
+    let kept = run_block_pass(&meta, store.as_ref(), &pass("live"))
+        .await
+        .unwrap();
+    assert_eq!(kept.deleted, 0, "{kept:?}");
+    let fresh = DocumentStore::new(meta.clone(), Some(store.clone()));
+    assert_eq!(fresh.get(written.id).await.unwrap().unwrap().body, body);
+
+    // Purging the file takes the document; its blocks are then GC's.
+    meta.unlink(&common::actor(), ws.id, ws.root, &common::name("reel1.mov"))
+        .await
+        .unwrap();
+    meta.purge_trash(
+        ws.id,
+        ws.root,
+        ws.kind,
+        &[RetentionClass::days(0)],
+        meta.gc_now().await.unwrap(),
+        std::time::SystemTime::now() + Duration::from_secs(60),
+        false,
+        drive::meta::PurgePace::FULL_SPEED,
+    )
+    .await
+    .unwrap();
+    meta.purge_queued_nodes(drive::meta::PurgePace::FULL_SPEED)
+        .await
+        .unwrap();
+    assert_eq!(fresh.get(written.id).await.unwrap(), None);
+    assert_eq!(count("SELECT count(*) FROM media_blocks").await, 0);
+    let swept = run_block_pass(&meta, store.as_ref(), &pass("purged"))
+        .await
+        .unwrap();
+    assert_eq!(swept.deleted, blocks as u64, "{swept:?}");
+    assert_eq!(store.list("blocks/").await.unwrap().len(), 0);
+}

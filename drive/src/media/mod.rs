@@ -8,6 +8,8 @@
 //! one row per queryable field present), and filters ([`filter`]). The store
 //! ([`crate::meta::PgMetaStore`]'s media methods) keeps them in PostgreSQL.
 
+pub mod body;
+pub mod documents;
 pub mod extract;
 pub mod filter;
 pub mod technical;
@@ -19,8 +21,13 @@ use serde_json::Value;
 
 pub use filter::{Cmp, Filter, FilterError, Scalar, SqlParam};
 
-/// The largest indexed document (its JSON text): a larger analysis keeps its bulk elsewhere.
-pub const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+/// The largest document kept in the metadata store (its JSON text). A larger one keeps its
+/// text in the object store as blocks ([`documents::DocumentStore`]) and only its indexed
+/// part (queryable fields, timeline entities) in the metadata store.
+pub const MAX_INLINE_DOCUMENT_BYTES: usize = 1 << 20;
+/// The largest document (its JSON text). Writing one holds its parsed form in memory, several
+/// times its text: the bound keeps a writer's memory in reach of a pod's.
+pub const MAX_DOCUMENT_BYTES: usize = 512 << 20;
 /// The largest schema (JSON text) and media id (JSON text).
 pub const MAX_SCHEMA_BYTES: usize = 256 << 10;
 pub const MAX_MEDIA_ID_BYTES: usize = 4 << 10;
@@ -58,8 +65,15 @@ impl FieldPath {
 
     /// The value at this path.
     pub fn value<'a>(&self, doc: &'a Value) -> Option<&'a Value> {
+        self.walk(doc, |_| {})
+    }
+
+    /// The value at this path, after calling `visit` on each value passed on the way (the
+    /// document first, the value itself excluded).
+    fn walk<'a>(&self, doc: &'a Value, mut visit: impl FnMut(&'a Value)) -> Option<&'a Value> {
         let mut at = doc;
         for segment in &self.0 {
+            visit(at);
             at = match at {
                 Value::Object(map) => map.get(segment)?,
                 Value::Array(items) => items.get(segment.parse::<usize>().ok()?)?,
@@ -455,18 +469,30 @@ impl CompiledDataStore {
         })
     }
 
-    /// Schema-on-write: the document passes the schema and the size bound.
-    pub fn check_document(&self, doc: &Value) -> Result<(), Invalid> {
-        let len = serde_json::to_vec(doc).map_or(usize::MAX, |v| v.len());
-        if len > MAX_DOCUMENT_BYTES {
+    /// Schema-on-write: the document passes the schema, its timelines are well formed, and
+    /// its JSON text is within `max_bytes`.
+    pub fn check_document_within(&self, doc: &Value, max_bytes: usize) -> Result<(), Invalid> {
+        let len = json_len(doc);
+        if len > max_bytes {
             return Err(invalid(
                 "the document",
                 "",
-                format!("{len} bytes; at most {MAX_DOCUMENT_BYTES} are indexed"),
+                format!("{len} bytes of JSON; at most {max_bytes}"),
             ));
         }
         check(&self.schema, doc, "the document")?;
         self.timeline(doc).map(drop)
+    }
+
+    /// [`CompiledDataStore::check_document_within`] the bound of documents kept in the
+    /// metadata store ([`MAX_INLINE_DOCUMENT_BYTES`]).
+    pub fn check_document(&self, doc: &Value) -> Result<(), Invalid> {
+        self.check_document_within(doc, MAX_INLINE_DOCUMENT_BYTES)
+    }
+
+    /// The timeline collections' paths, in the DataStore's order.
+    pub(crate) fn timeline_paths(&self) -> impl Iterator<Item = &FieldPath> {
+        self.timelines.iter().map(|t| &t.path)
     }
 
     /// The media id passes its schema and size bound.
@@ -562,6 +588,23 @@ impl CompiledDataStore {
             }),
         }
     }
+}
+
+/// The length of `value`'s JSON text, without writing it out.
+pub fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a Value to a counter cannot fail.
+    serde_json::to_writer(&mut count, value).map_or(usize::MAX, |()| count.0)
 }
 
 /// The canonical text of a media id (object keys sorted, as serde_json's map keeps them): two
@@ -694,7 +737,7 @@ mod tests {
             ds.check_media_id(&json!({"asset": 7})).unwrap_err().path,
             "/asset"
         );
-        let big = json!({"fps": 24, "shots": [], "pad": "x".repeat(MAX_DOCUMENT_BYTES)});
+        let big = json!({"fps": 24, "shots": [], "pad": "x".repeat(MAX_INLINE_DOCUMENT_BYTES)});
         assert!(ds.check_document(&big).unwrap_err().message.contains("bytes"));
     }
 

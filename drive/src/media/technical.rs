@@ -3369,7 +3369,10 @@ mod tests {
             (Some(300), MAX_LISTED_CHANNELS)
         );
         let len = t.document().to_string().len();
-        assert!(len > 700_000 && len < crate::media::MAX_DOCUMENT_BYTES, "{len}");
+        assert!(
+            len > 700_000 && len < crate::media::MAX_INLINE_DOCUMENT_BYTES,
+            "{len}"
+        );
     }
 
     #[test]

@@ -9,8 +9,8 @@ use tokio_postgres::types::ToSql;
 
 use crate::error::MetaError;
 use crate::meta::rows::{
-    WsCtx, execute, execute_in_order, first_failure, query, query_opt, record_event, settle, write_inode,
-    ws_and_inode,
+    WsCtx, block_is_referenced, execute, execute_in_order, first_failure, query, query_opt, record_event,
+    settle, write_inode, ws_and_inode,
 };
 use crate::meta::usage::charge;
 use crate::meta::{PgMetaStore, in_txn};
@@ -315,7 +315,11 @@ impl PgMetaStore {
         let cutoff = std::time::SystemTime::now() - grace;
         let rows = query(
             &client,
-            "SELECT b.hash FROM blocks b WHERE b.updated_at < $1              AND NOT EXISTS (SELECT 1 FROM file_blocks f WHERE f.hash = b.hash) ORDER BY b.hash LIMIT $2",
+            concat!(
+                "SELECT b.hash FROM blocks b WHERE b.updated_at < $1 AND NOT ",
+                block_is_referenced!("b.hash"),
+                " ORDER BY b.hash LIMIT $2"
+            ),
             &[&cutoff, &(limit.min(100_000) as i64)],
         )
         .await?;
@@ -329,7 +333,10 @@ impl PgMetaStore {
             async {
                 let n = execute(
                     tx,
-                    "DELETE FROM blocks WHERE hash = $1 AND NOT EXISTS (SELECT 1 FROM file_blocks f WHERE f.hash = $1)",
+                    concat!(
+                        "DELETE FROM blocks WHERE hash = $1 AND NOT ",
+                        block_is_referenced!("$1")
+                    ),
                     &[&hash.as_slice()],
                 )
                 .await?;

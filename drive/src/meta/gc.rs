@@ -8,7 +8,7 @@ use deadpool_postgres::GenericClient;
 
 use crate::error::MetaError;
 use crate::gc::HashRange;
-use crate::meta::rows::{execute, from_system_time, query, query_opt};
+use crate::meta::rows::{block_is_referenced, execute, from_system_time, query, query_opt};
 use crate::meta::{PgMetaStore, in_txn};
 use crate::model::Timestamp;
 use crate::rules::gc::{BlockPhase, may_claim};
@@ -70,8 +70,10 @@ const SCAN_BLOCKS: &str = "SELECT hash, stored_size, updated_at, claimed_by FROM
      WHERE hash >= $1 AND hash > $2 AND ($3::BYTEA IS NULL OR hash < $3) ORDER BY hash LIMIT $4";
 
 /// Which scanned blocks `s` are candidates at cutoff $5.
-const UNREFERENCED: &str = "s.updated_at < $5 AND s.claimed_by IS NULL \
-     AND NOT EXISTS (SELECT 1 FROM file_blocks f WHERE f.hash = s.hash)";
+const UNREFERENCED: &str = concat!(
+    "s.updated_at < $5 AND s.claimed_by IS NULL AND NOT ",
+    block_is_referenced!("s.hash")
+);
 
 fn range_params(range: HashRange, after: Option<[u8; 32]>) -> (Vec<u8>, Vec<u8>, Option<Vec<u8>>) {
     (
@@ -303,9 +305,11 @@ impl PgMetaStore {
             async {
                 let rows = query(
                     tx,
-                    "SELECT b.hash, b.state, b.claimed_by IS NOT NULL, b.updated_at, \
-                     EXISTS (SELECT 1 FROM file_blocks f WHERE f.hash = b.hash), b.stored_size \
-                     FROM blocks b WHERE b.hash = ANY($1) ORDER BY b.hash FOR UPDATE",
+                    concat!(
+                        "SELECT b.hash, b.state, b.claimed_by IS NOT NULL, b.updated_at, ",
+                        block_is_referenced!("b.hash"),
+                        ", b.stored_size FROM blocks b WHERE b.hash = ANY($1) ORDER BY b.hash FOR UPDATE"
+                    ),
                     &[&keys],
                 )
                 .await?;

@@ -5,6 +5,11 @@
 //! of its media id, the `media_latest` pointer, all in one transaction: a reader that saw the
 //! write's success reads it (read-after-write). Queries run over the index only
 //! ([`crate::media::Filter::to_sql`]).
+//!
+//! A document over [`crate::media::MAX_INLINE_DOCUMENT_BYTES`] keeps its text in the object
+//! store ([`crate::media::documents::DocumentStore`] writes and reads it): here it has its
+//! index rows, its block list (`media_blocks`, which keeps the blocks live for GC) and, per
+//! timeline entity, the span of its item in the text.
 
 use std::time::SystemTime;
 
@@ -16,7 +21,8 @@ use crate::media::{
     CompiledDataStore, DataStoreSpec, Filter, IndexValue, SqlParam, TimelineEntity, TimelineQuery,
     media_id_key,
 };
-use crate::meta::rows::{execute, from_system_time, live_inode, query, query_opt, ws_ctx};
+use crate::meta::content::claim_blocks;
+use crate::meta::rows::{execute, from_system_time, live_inode, query, query_opt, settle, ws_ctx};
 use crate::meta::{PgMetaStore, in_txn};
 use crate::model::{NodeId, Timestamp, WorkspaceId};
 
@@ -42,8 +48,26 @@ pub struct MediaDocument {
     pub media_id: Value,
     /// The node it is attached to, if any.
     pub target: Option<(WorkspaceId, NodeId)>,
+    /// The document; `Null` when its text is kept in the object store (`stored_size`).
     pub body: Value,
+    /// The length of the document's text when it is kept in the object store.
+    pub stored_size: Option<u64>,
     pub created_at: Timestamp,
+}
+
+/// The text of a document kept in the object store: its blocks (hash, length) in order, and
+/// where each timeline item lies in it ([`crate::media::body::EncodedBody::spans`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredBody {
+    pub size: u64,
+    pub blocks: Vec<([u8; 32], u64)>,
+    pub spans: Vec<Vec<(u64, u64)>>,
+}
+
+/// Reads the text of documents kept in the object store, for the checks of a schema change
+/// (the metadata store holds only their indexed part).
+pub trait StoredBodies: Send + Sync {
+    fn read(&self, id: uuid::Uuid) -> futures::future::BoxFuture<'_, Result<Value, MetaError>>;
 }
 
 /// A document a query found (the body is read with [`PgMetaStore::media_document`]).
@@ -93,11 +117,31 @@ fn invalid(e: impl std::fmt::Display) -> MetaError {
     MetaError::InvalidArgument(e.to_string())
 }
 
+/// The body of a document row (`id`, `body`): the row's, or read from the object store.
+async fn body_of(
+    id: uuid::Uuid,
+    body: Option<Value>,
+    bodies: Option<&dyn StoredBodies>,
+) -> Result<Value, MetaError> {
+    match (body, bodies) {
+        (Some(body), _) => Ok(body),
+        (None, Some(bodies)) => bodies.read(id).await,
+        (None, None) => Err(MetaError::Unavailable {
+            message: format!(
+                "document {id} is kept in the object store, which this process does not read; \
+                 change the DataStore with `studiodrive-csi meta datastore put`, which reads it"
+            ),
+            source: None,
+        }),
+    }
+}
+
 /// The first stored document of DataStore `id` that `compiled` refuses: its id and why.
 async fn first_invalid_document<C: deadpool_postgres::GenericClient>(
     c: &C,
     id: uuid::Uuid,
     compiled: &CompiledDataStore,
+    bodies: Option<&dyn StoredBodies>,
 ) -> Result<Option<(uuid::Uuid, String)>, MetaError> {
     let mut after = uuid::Uuid::nil();
     loop {
@@ -108,8 +152,8 @@ async fn first_invalid_document<C: deadpool_postgres::GenericClient>(
         )
         .await?;
         for row in &rows {
-            let body: Value = row.get(1);
-            if let Err(e) = compiled.check_document(&body) {
+            let body = body_of(row.get(0), row.get(1), bodies).await?;
+            if let Err(e) = compiled.check_document_within(&body, crate::media::MAX_DOCUMENT_BYTES) {
                 return Ok(Some((row.get(0), e.to_string())));
             }
         }
@@ -125,7 +169,20 @@ impl PgMetaStore {
     /// new document schema or queryable list is taken only when every stored document still
     /// validates: the first one that does not is named in the error, and nothing changes.
     /// Changed queryable fields are re-indexed.
+    ///
+    /// A change that must read documents kept in the object store fails here with
+    /// `Unavailable`: [`PgMetaStore::put_media_datastore_with`] reads them.
     pub async fn put_media_datastore(&self, spec: &DataStoreSpec) -> Result<DataStoreRecord, MetaError> {
+        self.put_media_datastore_with(spec, None).await
+    }
+
+    /// [`PgMetaStore::put_media_datastore`], reading documents kept in the object store
+    /// through `bodies`.
+    pub async fn put_media_datastore_with(
+        &self,
+        spec: &DataStoreSpec,
+        bodies: Option<&dyn StoredBodies>,
+    ) -> Result<DataStoreRecord, MetaError> {
         let compiled = CompiledDataStore::compile(spec.clone()).map_err(invalid)?;
         let existing = self.media_datastore(&spec.name).await?;
         if let Some(old) = &existing {
@@ -160,7 +217,7 @@ impl PgMetaStore {
                 if let Some(id) = recheck {
                     // Taken first: documents written from here on wait for this change.
                     query_opt(tx, "SELECT 1 FROM media_datastores WHERE id = $1 FOR UPDATE", &[&id]).await?;
-                    if let Some((doc, why)) = first_invalid_document(tx, id, &compiled).await? {
+                    if let Some((doc, why)) = first_invalid_document(tx, id, &compiled, bodies).await? {
                         return Err(invalid(format!(
                             "DataStore {}: stored document {doc} does not pass the new schema: {why}",
                             spec.name
@@ -209,7 +266,14 @@ impl PgMetaStore {
                     )
                     .await?;
                     for doc in docs {
-                        index_document(tx, &compiled, record.id, doc.get(0), &doc.get::<_, Value>(1)).await?;
+                        let id: uuid::Uuid = doc.get(0);
+                        let body = body_of(id, doc.get(1), bodies).await?;
+                        // A stored text's spans are found again by encoding it as it was written.
+                        let spans = match doc.get::<_, Option<Value>>(1) {
+                            Some(_) => None,
+                            None => Some(crate::media::body::encode(&body, &compiled).spans),
+                        };
+                        index_document(tx, &compiled, record.id, id, &body, spans.as_deref()).await?;
                     }
                 }
                 Ok(record)
@@ -260,12 +324,16 @@ impl PgMetaStore {
                     return Ok(false);
                 };
                 let id: uuid::Uuid = row.get(0);
-                execute(
-                    tx,
-                    "DELETE FROM media_timeline WHERE doc_id IN (SELECT id FROM media_documents WHERE datastore_id = $1)",
-                    &[&id],
-                )
-                .await?;
+                for table in ["media_timeline", "media_blocks"] {
+                    execute(
+                        tx,
+                        &format!(
+                            "DELETE FROM {table} WHERE doc_id IN (SELECT id FROM media_documents WHERE datastore_id = $1)"
+                        ),
+                        &[&id],
+                    )
+                    .await?;
+                }
                 for table in ["media_fields", "media_latest", "media_documents"] {
                     execute(
                         tx,
@@ -283,6 +351,9 @@ impl PgMetaStore {
     /// Writes a document of DataStore `datastore` for `media_id`, attached to `target` (a live
     /// node of a workspace) when given. Schema-on-write: an invalid document or media id is
     /// refused with the JSON path of the error, and nothing is stored.
+    ///
+    /// The document must be at most [`crate::media::MAX_INLINE_DOCUMENT_BYTES`] of JSON: a
+    /// larger one is written with [`crate::media::documents::DocumentStore::put`].
     pub async fn put_media_document(
         &self,
         datastore: &str,
@@ -290,25 +361,64 @@ impl PgMetaStore {
         target: Option<(WorkspaceId, NodeId)>,
         body: &Value,
     ) -> Result<MediaDocument, MetaError> {
-        let record = self
-            .media_datastore(datastore)
-            .await?
-            .ok_or_else(|| MetaError::NotFound(format!("DataStore {datastore}")))?;
-        let compiled = CompiledDataStore::compile(record.spec.clone()).map_err(invalid)?;
+        let (record, compiled) = self.compiled_media_datastore(datastore).await?;
         compiled.check_media_id(media_id).map_err(invalid)?;
         compiled.check_document(body).map_err(invalid)?;
+        self.insert_media_document(&record, &compiled, media_id, target, body, None)
+            .await
+    }
+
+    /// DataStore `name` and its compiled rules.
+    pub(crate) async fn compiled_media_datastore(
+        &self,
+        name: &str,
+    ) -> Result<(DataStoreRecord, CompiledDataStore), MetaError> {
+        let record = self
+            .media_datastore(name)
+            .await?
+            .ok_or_else(|| MetaError::NotFound(format!("DataStore {name}")))?;
+        let compiled = CompiledDataStore::compile(record.spec.clone()).map_err(invalid)?;
+        Ok((record, compiled))
+    }
+
+    /// Stores a document the caller has checked against `compiled` (its media id and body),
+    /// with its text in the row, or in the object store as `stored` says. Blocks of `stored`
+    /// that a GC pass reclaimed meanwhile fail the write with `BlocksGone` (upload them again
+    /// and retry).
+    pub(crate) async fn insert_media_document(
+        &self,
+        record: &DataStoreRecord,
+        compiled: &CompiledDataStore,
+        media_id: &Value,
+        target: Option<(WorkspaceId, NodeId)>,
+        body: &Value,
+        stored: Option<&StoredBody>,
+    ) -> Result<MediaDocument, MetaError> {
+        let datastore = record.spec.name.as_str();
         let key = media_id_key(media_id);
         let id = uuid::Uuid::new_v4();
         let (ws, ino) = target.map_or((None, None), |(w, n)| (Some(w.0), Some(n.0 as i64)));
+        let hashes: Vec<&[u8]> =
+            stored.map_or_else(Vec::new, |s| s.blocks.iter().map(|(h, _)| h.as_slice()).collect());
+        let (row_body, body_size) = match stored {
+            Some(s) => (None, Some(s.size as i64)),
+            None => (Some(body), None),
+        };
         let created = in_txn!(self, |tx| {
             async {
-                let epoch = match target {
-                    Some((w, n)) => {
-                        let ctx = ws_ctx(tx, w).await?;
-                        live_inode(tx, &ctx, n).await?;
-                        Some(ctx.epoch)
+                let epoch = async {
+                    match target {
+                        Some((w, n)) => {
+                            let ctx = ws_ctx(tx, w).await?;
+                            live_inode(tx, &ctx, n).await?;
+                            Ok(Some(ctx.epoch))
+                        }
+                        None => Ok(None),
                     }
-                    None => None,
+                };
+                let (epoch, ()) = {
+                    let (epoch, claimed) = tokio::join!(epoch, claim_blocks(tx, &hashes));
+                    settle(epoch, claimed)?
                 };
                 // Read back under the same schema the check used: a schema change between the
                 // check and this write would otherwise let an invalid document in.
@@ -326,14 +436,25 @@ impl PgMetaStore {
                 }
                 let row = query_opt(
                     tx,
-                    "INSERT INTO media_documents (id, datastore_id, media_key, media_id, workspace_id, ino, epoch, body) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING created_at",
-                    &[&id, &record.id, &key, media_id, &ws, &ino, &epoch, body],
+                    "INSERT INTO media_documents (id, datastore_id, media_key, media_id, workspace_id, ino, epoch, body, body_size) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING created_at",
+                    &[&id, &record.id, &key, media_id, &ws, &ino, &epoch, &row_body, &body_size],
                 )
                 .await?
                 .ok_or_else(|| MetaError::Internal("insert returned no row".into()))?;
                 let created: SystemTime = row.get(0);
-                index_document(tx, &compiled, record.id, id, body).await?;
+                if let Some(stored) = stored {
+                    let indexes: Vec<i64> = (0..stored.blocks.len() as i64).collect();
+                    let lens: Vec<i64> = stored.blocks.iter().map(|(_, l)| *l as i64).collect();
+                    execute(
+                        tx,
+                        "INSERT INTO media_blocks (doc_id, idx, hash, len) \
+                         SELECT $1, * FROM unnest($2::INT8[], $3::BYTEA[], $4::INT8[])",
+                        &[&id, &indexes, &hashes, &lens],
+                    )
+                    .await?;
+                }
+                index_document(tx, compiled, record.id, id, body, stored.map(|s| s.spans.as_slice())).await?;
                 execute(
                     tx,
                     "INSERT INTO media_latest (datastore_id, media_key, doc_id, created_at) VALUES ($1, $2, $3, $4) \
@@ -352,7 +473,12 @@ impl PgMetaStore {
             datastore: datastore.to_string(),
             media_id: media_id.clone(),
             target,
-            body: body.clone(),
+            body: if stored.is_some() {
+                Value::Null
+            } else {
+                body.clone()
+            },
+            stored_size: stored.map(|s| s.size),
             created_at: from_system_time(created),
         })
     }
@@ -373,11 +499,7 @@ impl PgMetaStore {
         use tokio_postgres::binary_copy::BinaryCopyInWriter;
         use tokio_postgres::types::Type;
 
-        let record = self
-            .media_datastore(datastore)
-            .await?
-            .ok_or_else(|| MetaError::NotFound(format!("DataStore {datastore}")))?;
-        let compiled = CompiledDataStore::compile(record.spec.clone()).map_err(invalid)?;
+        let (record, compiled) = self.compiled_media_datastore(datastore).await?;
         let mut rows = Vec::with_capacity(docs.len());
         for (i, (media_id, body)) in docs.iter().enumerate() {
             let at = |e: crate::media::Invalid| invalid(format!("document {i} of the batch: {e}"));
@@ -535,7 +657,7 @@ impl PgMetaStore {
         let client = self.client().await?;
         Ok(query_opt(
             &client,
-            "SELECT d.id, s.name, d.media_id, d.workspace_id, d.ino, d.body, d.created_at \
+            "SELECT d.id, s.name, d.media_id, d.workspace_id, d.ino, d.body, d.created_at, d.body_size \
              FROM media_documents d JOIN media_datastores s ON s.id = d.datastore_id WHERE d.id = $1",
             &[&id],
         )
@@ -562,7 +684,7 @@ impl PgMetaStore {
         Ok(query(
             &client,
             &format!(
-                "SELECT d.id, s.name, d.media_id, d.workspace_id, d.ino, d.body, d.created_at \
+                "SELECT d.id, s.name, d.media_id, d.workspace_id, d.ino, d.body, d.created_at, d.body_size \
                  FROM media_documents d JOIN media_datastores s ON s.id = d.datastore_id \
                  WHERE s.name = $1 AND d.media_key = $2 {latest} ORDER BY d.created_at, d.id LIMIT $3"
             ),
@@ -584,11 +706,7 @@ impl PgMetaStore {
         versions: Versions,
         limit: usize,
     ) -> Result<Vec<MediaHit>, MetaError> {
-        let record = self
-            .media_datastore(datastore)
-            .await?
-            .ok_or_else(|| MetaError::NotFound(format!("DataStore {datastore}")))?;
-        let compiled = CompiledDataStore::compile(record.spec.clone()).map_err(invalid)?;
+        let (record, compiled) = self.compiled_media_datastore(datastore).await?;
         compiled.check_filter(filter).map_err(invalid)?;
         let mut values = Vec::new();
         let set = filter.to_sql(&mut values);
@@ -637,7 +755,10 @@ pub struct TimelineHit {
     pub start: f64,
     pub end: f64,
     pub region: Option<[f64; 4]>,
+    /// The item; `Null` for a document kept in the object store, whose item lies at
+    /// `item_span` (offset, length) in its text.
     pub item: Value,
+    pub item_span: Option<(u64, u64)>,
 }
 
 impl PgMetaStore {
@@ -672,7 +793,8 @@ impl PgMetaStore {
         let rows = query(
             &client,
             "SELECT t.collection, t.idx, t.t_start, t.t_end, t.x0, t.y0, t.x1, t.y1, \
-                 d.body #> (string_to_array(($10::TEXT[])[t.collection + 1], '.') || t.idx::TEXT) \
+                 d.body #> (string_to_array(($10::TEXT[])[t.collection + 1], '.') || t.idx::TEXT), \
+                 t.item_offset, t.item_len \
              FROM media_timeline t JOIN media_documents d ON d.id = t.doc_id \
              WHERE t.doc_id = $1 AND t.t_start <= $3 AND t.t_end >= $2 \
                AND (NOT $4 OR (t.x0 <= $7 AND t.x1 >= $5 AND t.y0 <= $8 AND t.y1 >= $6)) \
@@ -706,6 +828,10 @@ impl PgMetaStore {
                     end: r.get(3),
                     region,
                     item: r.get::<_, Option<Value>>(8).unwrap_or(Value::Null),
+                    item_span: match (r.get::<_, Option<i64>>(9), r.get::<_, Option<i64>>(10)) {
+                        (Some(offset), Some(len)) => Some((offset as u64, len as u64)),
+                        _ => None,
+                    },
                 }
             })
             .collect())
@@ -713,6 +839,26 @@ impl PgMetaStore {
 }
 
 impl PgMetaStore {
+    /// The blocks (hash, length) of document `id`'s text, in order; empty for a document kept
+    /// in the metadata store.
+    pub async fn media_body_blocks(&self, id: uuid::Uuid) -> Result<Vec<([u8; 32], u64)>, MetaError> {
+        let client = self.client().await?;
+        query(
+            &client,
+            "SELECT hash, len FROM media_blocks WHERE doc_id = $1 ORDER BY idx",
+            &[&id],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let hash: Vec<u8> = r.get(0);
+            let hash = <[u8; 32]>::try_from(hash)
+                .map_err(|_| MetaError::Internal(format!("document {id}: a block hash is not 32 bytes")))?;
+            Ok((hash, r.get::<_, i64>(1) as u64))
+        })
+        .collect()
+    }
+
     /// [`PgMetaStore::live_paths`] of nodes of any workspaces (documents' targets), one walk
     /// per workspace.
     pub async fn live_paths_of(
@@ -811,7 +957,8 @@ fn document_from_row(r: &tokio_postgres::Row) -> MediaDocument {
         datastore: r.get(1),
         media_id: r.get(2),
         target: target_from(r.get(3), r.get(4)),
-        body: r.get(5),
+        body: r.get::<_, Option<Value>>(5).unwrap_or(Value::Null),
+        stored_size: r.get::<_, Option<i64>>(7).map(|n| n as u64),
         created_at: from_system_time(r.get::<_, SystemTime>(6)),
     }
 }
@@ -833,6 +980,7 @@ async fn index_document<C: deadpool_postgres::GenericClient>(
     datastore: uuid::Uuid,
     doc: uuid::Uuid,
     body: &Value,
+    spans: Option<&[Vec<(u64, u64)>]>,
 ) -> Result<(), MetaError> {
     for (field, value) in compiled.index(body) {
         let (b, n, s) = index_columns(&value);
@@ -861,11 +1009,14 @@ async fn index_document<C: deadpool_postgres::GenericClient>(
             .iter()
             .map(|e| i32::try_from(e.index).unwrap_or(i32::MAX))
             .collect();
+        let span = |e: &TimelineEntity| spans.and_then(|s| s.get(e.collection)?.get(e.index).copied());
+        let item_offsets: Vec<Option<i64>> = chunk.iter().map(|e| span(e).map(|s| s.0 as i64)).collect();
+        let item_lens: Vec<Option<i64>> = chunk.iter().map(|e| span(e).map(|s| s.1 as i64)).collect();
         execute(
             tx,
-            "INSERT INTO media_timeline (doc_id, collection, idx, t_start, t_end, x0, y0, x1, y1) \
+            "INSERT INTO media_timeline (doc_id, collection, idx, t_start, t_end, x0, y0, x1, y1, item_offset, item_len) \
              SELECT $1, * FROM unnest($2::INT4[], $3::INT4[], $4::FLOAT8[], $5::FLOAT8[], \
-                 $6::FLOAT8[], $7::FLOAT8[], $8::FLOAT8[], $9::FLOAT8[])",
+                 $6::FLOAT8[], $7::FLOAT8[], $8::FLOAT8[], $9::FLOAT8[], $10::INT8[], $11::INT8[])",
             &[
                 &doc,
                 &collections,
@@ -876,6 +1027,8 @@ async fn index_document<C: deadpool_postgres::GenericClient>(
                 &boxed(1),
                 &boxed(2),
                 &boxed(3),
+                &item_offsets,
+                &item_lens,
             ],
         )
         .await?;
@@ -904,6 +1057,8 @@ pub(crate) async fn purge_node_documents<C: deadpool_postgres::GenericClient>(
     let ids: Vec<uuid::Uuid> = gone.iter().map(|r| r.get(0)).collect();
     execute(c, "DELETE FROM media_fields WHERE doc_id = ANY($1)", &[&ids]).await?;
     execute(c, "DELETE FROM media_timeline WHERE doc_id = ANY($1)", &[&ids]).await?;
+    // Their blocks are no longer referenced: GC reclaims them.
+    execute(c, "DELETE FROM media_blocks WHERE doc_id = ANY($1)", &[&ids]).await?;
     let orphaned = query(
         c,
         "DELETE FROM media_latest WHERE doc_id = ANY($1) RETURNING datastore_id, media_key",

@@ -33,6 +33,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (16, include_str!("../../migrations/0016_preload_runs.sql")),
     (17, include_str!("../../migrations/0017_media.sql")),
     (18, include_str!("../../migrations/0018_api_operations.sql")),
+    (19, include_str!("../../migrations/0019_media_bodies.sql")),
 ];
 
 pub(super) async fn apply(store: &PgMetaStore) -> Result<(), MetaError> {

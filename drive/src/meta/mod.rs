@@ -48,7 +48,10 @@ pub use copy::CopyReport;
 pub use events::{EventFeed, FeedHorizon, WorkspaceFeed};
 pub use gc::{Claim, MarkBatch, OrphanSpan, PassRecord};
 pub use locks::{FileLock, LockKind};
-pub use media::{DataStoreRecord, MAX_QUERY_RESULTS, MediaDocument, MediaHit, TimelineHit, Versions};
+pub use media::{
+    DataStoreRecord, MAX_QUERY_RESULTS, MediaDocument, MediaHit, StoredBodies, StoredBody, TimelineHit,
+    Versions,
+};
 pub use memory::MemMetaStore;
 pub use operations::{OPERATION_DEADLINE, Operation, OperationState};
 pub use preloads::{PRELOAD_MAX_ERRORS, PreloadRun, PreloadState};

@@ -747,3 +747,20 @@ async fn insert_event<C: GenericClient>(
 pub(crate) fn guard_write_once(ws: &WsCtx, attr: &Attr, what: &str) -> Result<(), MetaError> {
     crate::rules::write_once::guard(ws.kind, attr, what)
 }
+
+/// SQL, as a literal for `concat!`: whether the block with hash `$hash` (a column or a
+/// parameter) is referenced, by a block map of a file (any version: snapshots keep theirs)
+/// or by a stored media document. A referenced block is live; garbage collection, the sweep
+/// and the forgetting of records all ask this one question.
+macro_rules! block_is_referenced {
+    ($hash:literal) => {
+        concat!(
+            "(EXISTS (SELECT 1 FROM file_blocks f WHERE f.hash = ",
+            $hash,
+            ") OR EXISTS (SELECT 1 FROM media_blocks m WHERE m.hash = ",
+            $hash,
+            "))"
+        )
+    };
+}
+pub(crate) use block_is_referenced;
