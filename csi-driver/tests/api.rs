@@ -283,6 +283,65 @@ async fn roles_and_shares_decide_and_strangers_learn_nothing() -> anyhow::Result
     );
     assert_eq!(entities["entities"][0]["item"], json!({"at": 1.5}));
 
+    // A document over 1 MiB keeps its text in the object store: the write's answer and the
+    // listing leave the text out and give its size, GET returns it whole, and the timeline
+    // reads its items from the blocks that hold them.
+    let notes: Vec<Value> = (0..6000)
+        .map(|i| json!({"at": f64::from(i), "text": format!("note {i} {}", "n".repeat(300))}))
+        .collect();
+    let large = json!({"mediaId": "shot-big", "document": {"rating": 1, "notes": notes}});
+    let (status, written) = api.post("/v1/datastores/vfx/reviews/documents", "writer", &large)?;
+    assert_eq!(
+        status,
+        201,
+        "{}",
+        written.to_string().chars().take(300).collect::<String>()
+    );
+    let text_len = serde_json::to_vec(&large["document"])?.len() as u64;
+    assert!(text_len > 1 << 20, "{text_len}");
+    assert_eq!(
+        (written.get("document"), written["storedSize"].as_u64()),
+        (None, Some(text_len))
+    );
+    let big = written["id"].as_str().context("an id")?.to_string();
+    let (status, got) = api.get(&format!("/v1/documents/{big}"), "reader")?;
+    assert_eq!(status, 200);
+    assert!(
+        got["document"] == large["document"],
+        "the document read back differs"
+    );
+    let (_, listed) = api.get(
+        "/v1/datastores/vfx/reviews/documents?mediaId=%22shot-big%22",
+        "reader",
+    )?;
+    assert_eq!(
+        (
+            listed["items"][0].get("document"),
+            listed["items"][0]["storedSize"].as_u64()
+        ),
+        (None, Some(text_len))
+    );
+    let (status, entities) = api.post(
+        &format!("/v1/documents/{big}/timeline"),
+        "reader",
+        &json!({"from": 4000.5, "to": 4002}),
+    )?;
+    assert_eq!(status, 200, "{entities}");
+    let items: Vec<&Value> = entities["entities"]
+        .as_array()
+        .context("entities")?
+        .iter()
+        .map(|e| &e["item"])
+        .collect();
+    assert_eq!(items, [&notes[4001], &notes[4002]]);
+    // Only a document write may be that large.
+    let (status, _) = api.post(
+        "/v1/datastores/vfx/reviews/query",
+        "reader",
+        &json!({"filter": {"field": "rating", "op": "in", "value": vec!["x".repeat(100); 12_000]}}),
+    )?;
+    assert_eq!(status, 413);
+
     // A stranger: the same answer whether the thing exists or not.
     let same = |a: (u16, Value), b: (u16, Value), what: &str| {
         assert_eq!(a.0, 404, "{what}: {}", a.1);

@@ -16,7 +16,10 @@
 //! 3. queries: filter shapes over the loaded store, MEDIA_BENCH_QUERIES runs each per round,
 //!    latest versions, limit 1000 (the API's defaults); hit counts checked against the filter
 //!    evaluated in memory; then the plan of one run of each (auto_explain, ANALYZE + BUFFERS).
-//! 4. timeline: one document as large as `MAX_DOCUMENT_BYTES` allows, as many entities as fit,
+//! 4. timeline: one document of MEDIA_BENCH_TIMELINE_BYTES (200 MB) written through
+//!    `DocumentStore` (its text as blocks in a file store), then time-range and area queries
+//!    inside it against reading the whole document; MEDIA_BENCH_TIMELINE_ONLY=1 runs only this
+//!    phase.
 //!    queried by time range and area MEDIA_BENCH_TIMELINE_QUERIES times per shape per round.
 //!
 //! Every measurement runs MEDIA_BENCH_ROUNDS (2) rounds. Database load is PostgreSQL's CPU
@@ -27,8 +30,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+use drive::media::documents::{BODY_BLOCK_SIZE, DocumentStore};
 use drive::media::{
-    CompiledDataStore, DataStoreSpec, Filter, MAX_DOCUMENT_BYTES, MAX_TIMELINE_ENTITIES, RegionSpec,
+    CompiledDataStore, DataStoreSpec, Filter, MAX_INLINE_DOCUMENT_BYTES, MAX_TIMELINE_ENTITIES, RegionSpec,
     TimelineQuery, TimelineSpec,
 };
 use drive::meta::Versions;
@@ -59,7 +64,11 @@ struct Knobs {
     timeline_queries: usize,
     shape_secs: u64,
     rounds: usize,
+    timeline_bytes: usize,
 }
+
+/// Baseline runs (whole-document reads) per round of the timeline phase.
+const BASELINE_RUNS: usize = 3;
 
 // ---- documents ---------------------------------------------------------------------------
 
@@ -420,9 +429,13 @@ fn spec(name: &str) -> DataStoreSpec {
 const PROGRAMME_FRAMES: u64 = 2 * 3600 * 24;
 const PICTURE: (u64, u64) = (3840, 2160);
 
-/// The largest document the bound allows: minimal technical and review parts and as many
-/// timeline entities (a start, an end and a box each, in frames and pixels) as fit.
-fn large_timeline_document() -> (Value, usize) {
+/// Labels of the detections in the large timeline document.
+const LABELS: [&str; 5] = ["face", "person", "vehicle", "logo", "text"];
+
+/// A per-frame analysis of about `target_bytes` of JSON (at most [`MAX_TIMELINE_ENTITIES`]
+/// entities): minimal technical and review parts and detections, each with a start and an
+/// end (frames), a box (pixels), a label, a confidence, a track and ten landmark coordinates.
+fn large_timeline_document(target_bytes: usize) -> (Value, usize) {
     let mut r = Rng(42);
     let mut doc = json!({
         "technical": {"container": "mov", "codec": "prores_4444", "width": PICTURE.0, "height": PICTURE.1,
@@ -436,12 +449,17 @@ fn large_timeline_document() -> (Value, usize) {
     loop {
         let start = r.below(PROGRAMME_FRAMES);
         let (x, y) = (r.below(PICTURE.0 - 32), r.below(PICTURE.1 - 32));
+        let landmarks: Vec<u64> = (0..10).map(|_| r.below(PICTURE.0)).collect();
         let item = json!({
             "start": start, "end": start + 1 + r.below(240),
-            "x": x, "y": y, "w": 32 + r.below(480).min(PICTURE.0 - 32 - x), "h": 32 + r.below(480).min(PICTURE.1 - 32 - y)
+            "x": x, "y": y, "w": 32 + r.below(480).min(PICTURE.0 - 32 - x), "h": 32 + r.below(480).min(PICTURE.1 - 32 - y),
+            "label": LABELS[r.below(LABELS.len() as u64) as usize],
+            "confidence": r.below(1000) as f64 / 1000.0,
+            "track": format!("trk-{:06}", r.below(1_000_000)),
+            "landmarks": landmarks
         });
         let add = serde_json::to_vec(&item).map_or(0, |v| v.len()) + 1;
-        if len + add > MAX_DOCUMENT_BYTES || items.len() >= MAX_TIMELINE_ENTITIES {
+        if len + add > target_bytes || items.len() >= MAX_TIMELINE_ENTITIES {
             break;
         }
         len += add;
@@ -454,6 +472,21 @@ fn large_timeline_document() -> (Value, usize) {
     doc["events"] = Value::Array(order.into_iter().map(|k| items[k].clone()).collect());
     let bytes = serde_json::to_vec(&doc).map_or(0, |v| v.len());
     (doc, bytes)
+}
+
+/// This process's peak resident memory (VmHWM), bytes.
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Resets this process's peak resident memory to its current size (Linux 4.0+).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 // ---- measuring ---------------------------------------------------------------------------
@@ -926,6 +959,200 @@ fn shapes(loaded: u64, shots: u64, runs: usize) -> Vec<Shape> {
     out
 }
 
+/// Phase 4: one large document written through the document store (its text as blocks in a
+/// file store), then time-range and area queries inside it, against the baseline of reading
+/// the whole document and filtering its entities in memory.
+async fn timeline_phase(
+    k: &Knobs,
+    pg: &drive_testkit::pg::PgServer,
+    stats: &tokio_postgres::Client,
+    store: &PgMetaStore,
+    log: &ServerLog,
+) -> anyhow::Result<()> {
+    println!();
+    println!("## Timeline queries inside one large document");
+    let blocks_dir = tempfile::tempdir()?;
+    let chunks: Arc<dyn drive::data::ChunkStore> =
+        Arc::new(drive::data::LocalChunkStore::open(blocks_dir.path())?);
+    let docs = DocumentStore::new(store.clone(), Some(chunks));
+    let (big, big_bytes) = large_timeline_document(k.timeline_bytes);
+    let compiled = CompiledDataStore::compile(spec(TIMELINE)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let entities = compiled.timeline(&big).map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!();
+    println!(
+        "The document: {big_bytes} bytes of JSON ({:.1} MiB; MEDIA_BENCH_TIMELINE_BYTES={}) with {} entities \
+         ({:.0} bytes each: start, end, box, label, confidence, track, 10 landmarks), over \
+         {PROGRAMME_FRAMES} frames (2 h at 24 fps), picture {}x{}. Over {MAX_INLINE_DOCUMENT_BYTES} bytes, \
+         its text is kept as {BODY_BLOCK_SIZE}-byte blocks in a file store; PostgreSQL keeps the \
+         entity rows (times, box, the item's byte span).",
+        big_bytes as f64 / f64::from(1 << 20),
+        k.timeline_bytes,
+        entities.len(),
+        big_bytes as f64 / entities.len().max(1) as f64,
+        PICTURE.0,
+        PICTURE.1
+    );
+    let mut doc_id = None;
+    println!();
+    println!(
+        "| round | DocumentStore::put, s | MiB/s | peak RSS growth of the writer, MiB | PostgreSQL CPU ms (all / client backends) |"
+    );
+    println!("|---|---|---|---|---|");
+    for round in 1..=k.rounds {
+        reset_peak_rss();
+        let before = peak_rss();
+        let c0 = cpu(pg, stats).await?;
+        let t = Instant::now();
+        let d = docs.put(TIMELINE, &media_id(round as u64), None, &big).await?;
+        let took = t.elapsed().as_secs_f64();
+        let c1 = cpu(pg, stats).await?;
+        anyhow::ensure!(
+            d.stored_size == Some(big_bytes as u64),
+            "the text was not stored as blocks"
+        );
+        println!(
+            "| {round} | {took:.1} | {:.1} | {:.0} | {} |",
+            big_bytes as f64 / f64::from(1 << 20) / took,
+            peak_rss().saturating_sub(before) as f64 / f64::from(1 << 20),
+            per_op(&c0, &c1, 1)
+        );
+        doc_id.get_or_insert(d.id);
+    }
+    let doc_id = doc_id.expect("a document");
+    let window = 24.0 * 60.0; // one minute
+    let (aw, ah) = (PICTURE.0 as f64 / 10.0, PICTURE.1 as f64 / 10.0);
+    let mut r = Rng(99);
+    let queries: Vec<(f64, f64, f64)> = (0..k.timeline_queries)
+        .map(|_| {
+            (
+                r.below(PROGRAMME_FRAMES - window as u64) as f64,
+                r.below(PICTURE.0 - aw as u64) as f64,
+                r.below(PICTURE.1 - ah as u64) as f64,
+            )
+        })
+        .collect();
+    type MakeQuery = fn(&(f64, f64, f64), f64, f64, f64) -> TimelineQuery;
+    let tshapes: [(&str, MakeQuery); 3] = [
+        ("time range (1 min)", |&(t, _, _), w, _, _| TimelineQuery {
+            time: Some((t, t + w)),
+            area: None,
+        }),
+        ("area (10% x 10%)", |&(_, x, y), _, aw, ah| TimelineQuery {
+            time: None,
+            area: Some([x, y, x + aw, y + ah]),
+        }),
+        ("time range + area", |&(t, x, y), w, aw, ah| TimelineQuery {
+            time: Some((t, t + w)),
+            area: Some([x, y, x + aw, y + ah]),
+        }),
+    ];
+    println!();
+    println!(
+        "DocumentStore::timeline (index rows in PostgreSQL, then the blocks holding the hits; a \
+         fresh store each round, so its first queries fetch blocks), limit {LIMIT}, {} queries per \
+         shape per round, one client. Baseline, same run: read the whole document and filter its \
+         entities in memory (what a store without the entity index does), {} runs per round.",
+        k.timeline_queries, BASELINE_RUNS
+    );
+    println!();
+    println!(
+        "| shape | round | runs | matching (min-max) | p50 ms | p99 ms | max ms | PostgreSQL CPU ms/query (all / client backends) | blocks read |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut baseline_ms = Vec::new();
+    for round in 1..=k.rounds {
+        // A, then B: the baseline, then the indexed queries.
+        let t = Instant::now();
+        for q in queries.iter().take(BASELINE_RUNS) {
+            let tq = (tshapes[0].1)(q, window, aw, ah);
+            let doc = docs.get(doc_id).await?.context("the document")?;
+            let all = compiled.timeline(&doc.body).map_err(|e| anyhow::anyhow!("{e}"))?;
+            std::hint::black_box(all.iter().filter(|e| e.matches(&tq)).count());
+        }
+        baseline_ms.push(t.elapsed().as_secs_f64() * 1000.0 / BASELINE_RUNS as f64);
+        let fresh = DocumentStore::new(
+            store.clone(),
+            Some(Arc::new(drive::data::LocalChunkStore::open(blocks_dir.path())?)),
+        );
+        for (name, make) in &tshapes {
+            eprintln!("==> timeline: {name}, round {round}");
+            let mut h = Histogram::<u64>::new(3)?;
+            let (mut lo, mut hi) = (usize::MAX, 0);
+            let c0 = cpu(pg, stats).await?;
+            let started = Instant::now();
+            let mut runs = 0u64;
+            let fetched_before = fresh.block_gets();
+            for q in &queries {
+                if started.elapsed() > Duration::from_secs(k.shape_secs) {
+                    break;
+                }
+                runs += 1;
+                let tq = make(q, window, aw, ah);
+                let t = Instant::now();
+                let hits = fresh.timeline(doc_id, &tq, LIMIT).await?;
+                h.record(t.elapsed().as_micros() as u64)?;
+                let want: Vec<usize> = entities
+                    .iter()
+                    .filter(|e| e.matches(&tq))
+                    .map(|e| e.index)
+                    .collect();
+                anyhow::ensure!(
+                    hits.len() == want.len().min(LIMIT),
+                    "{name}: {} hits, the model matches {}",
+                    hits.len(),
+                    want.len()
+                );
+                for hit in &hits {
+                    anyhow::ensure!(
+                        hit.item == big["events"][hit.index],
+                        "{name}: item {} differs",
+                        hit.index
+                    );
+                }
+                lo = lo.min(want.len());
+                hi = hi.max(want.len());
+            }
+            let c1 = cpu(pg, stats).await?;
+            let l = latency(&h);
+            println!(
+                "| {name} | {round} | {runs} | {lo}-{hi} | {:.2} | {:.2} | {:.2} | {} | {} |",
+                l.p50,
+                l.p99,
+                l.max,
+                per_op(&c0, &c1, runs),
+                fresh.block_gets() - fetched_before
+            );
+        }
+    }
+    println!();
+    println!(
+        "Baseline (read the whole document, filter in memory), ms per query by round: {}",
+        baseline_ms
+            .iter()
+            .map(|m| format!("{m:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!();
+    println!("### Plans (auto_explain, one run of each shape)");
+    auto_explain(stats, true).await?;
+    for (name, make) in &tshapes {
+        let from = log.len();
+        docs.timeline(doc_id, &make(&queries[0], window, aw, ah), LIMIT)
+            .await?;
+        println!();
+        println!("{name}:");
+        println!();
+        println!("```");
+        for p in log.plans_since(from, "media_timeline") {
+            print!("{p}");
+        }
+        println!("```");
+    }
+    auto_explain(stats, false).await?;
+    Ok(())
+}
+
 // ---- main --------------------------------------------------------------------------------
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -940,6 +1167,7 @@ async fn main() -> anyhow::Result<()> {
         timeline_queries: env("MEDIA_BENCH_TIMELINE_QUERIES", 200),
         shape_secs: env("MEDIA_BENCH_SHAPE_SECS", 60),
         rounds: env("MEDIA_BENCH_ROUNDS", 2),
+        timeline_bytes: env("MEDIA_BENCH_TIMELINE_BYTES", 200_000_000),
     };
     anyhow::ensure!(
         k.docs > 0 && k.loaders > 0 && k.batch > 0 && k.queries > 0 && k.rounds > 0,
@@ -1009,6 +1237,19 @@ async fn main() -> anyhow::Result<()> {
             .to_string()
     };
     let run_started = Instant::now();
+    if env("MEDIA_BENCH_TIMELINE_ONLY", 0u8) == 1 {
+        println!("# Media metadata benchmark (issue 20): timeline phase only");
+        println!();
+        println!("Load average at the start (/proc/loadavg): {}", loadavg());
+        timeline_phase(&k, &pg, &stats, &store, &log).await?;
+        println!();
+        println!(
+            "Run time {:.0} s; load average at the end: {}",
+            run_started.elapsed().as_secs_f64(),
+            loadavg()
+        );
+        return Ok(());
+    }
     println!("# Media metadata benchmark (issue 20)");
     println!();
     println!("Load average at the start (/proc/loadavg): {}", loadavg());
@@ -1346,129 +1587,7 @@ async fn main() -> anyhow::Result<()> {
     auto_explain(&stats, false).await?;
 
     // ---- 4. timeline ----
-    println!();
-    println!("## Timeline queries inside one large document");
-    let (big, big_bytes) = large_timeline_document();
-    let compiled = CompiledDataStore::compile(spec(TIMELINE)).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let entities = compiled.timeline(&big).map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!();
-    println!(
-        "The bound: MAX_DOCUMENT_BYTES = {MAX_DOCUMENT_BYTES}, MAX_TIMELINE_ENTITIES = {MAX_TIMELINE_ENTITIES}. \
-         The largest document it allows here: {big_bytes} bytes with {} entities ({:.0} bytes each: start, \
-         end, box), over {PROGRAMME_FRAMES} frames (2 h at 24 fps), picture {}x{}.",
-        entities.len(),
-        big_bytes as f64 / entities.len() as f64,
-        PICTURE.0,
-        PICTURE.1
-    );
-    let mut doc_id = None;
-    println!();
-    println!("| round | put_media_document of it, ms | PostgreSQL CPU ms (all / client backends) |");
-    println!("|---|---|---|");
-    for round in 1..=k.rounds {
-        let c0 = cpu(&pg, &stats).await?;
-        let t = Instant::now();
-        let d = store
-            .put_media_document(TIMELINE, &media_id(round as u64), None, &big)
-            .await?;
-        let took = t.elapsed().as_secs_f64() * 1000.0;
-        let c1 = cpu(&pg, &stats).await?;
-        println!("| {round} | {took:.0} | {} |", per_op(&c0, &c1, 1));
-        doc_id.get_or_insert(d.id);
-    }
-    let doc_id = doc_id.expect("a document");
-    let window = 24.0 * 60.0; // one minute
-    let (aw, ah) = (PICTURE.0 as f64 / 10.0, PICTURE.1 as f64 / 10.0);
-    let mut r = Rng(99);
-    let queries: Vec<(f64, f64, f64)> = (0..k.timeline_queries)
-        .map(|_| {
-            (
-                r.below(PROGRAMME_FRAMES - window as u64) as f64,
-                r.below(PICTURE.0 - aw as u64) as f64,
-                r.below(PICTURE.1 - ah as u64) as f64,
-            )
-        })
-        .collect();
-    type MakeQuery = fn(&(f64, f64, f64), f64, f64, f64) -> TimelineQuery;
-    let tshapes: [(&str, MakeQuery); 3] = [
-        ("time range (1 min)", |&(t, _, _), w, _, _| TimelineQuery {
-            time: Some((t, t + w)),
-            area: None,
-        }),
-        ("area (10% x 10%)", |&(_, x, y), _, aw, ah| TimelineQuery {
-            time: None,
-            area: Some([x, y, x + aw, y + ah]),
-        }),
-        ("time range + area", |&(t, x, y), w, aw, ah| TimelineQuery {
-            time: Some((t, t + w)),
-            area: Some([x, y, x + aw, y + ah]),
-        }),
-    ];
-    println!();
-    println!(
-        "query_media_timeline, limit {LIMIT}, {} queries per shape per round, one client:",
-        k.timeline_queries
-    );
-    println!();
-    println!(
-        "| shape | round | runs | matching (min-max) | p50 ms | p99 ms | max ms | PostgreSQL CPU ms/query (all / client backends) |"
-    );
-    println!("|---|---|---|---|---|---|---|---|");
-    for round in 1..=k.rounds {
-        for (name, make) in &tshapes {
-            eprintln!("==> timeline: {name}, round {round}");
-            let mut h = Histogram::<u64>::new(3)?;
-            let (mut lo, mut hi) = (usize::MAX, 0);
-            let c0 = cpu(&pg, &stats).await?;
-            let started = Instant::now();
-            let mut runs = 0u64;
-            for q in &queries {
-                if started.elapsed() > Duration::from_secs(k.shape_secs) {
-                    break;
-                }
-                runs += 1;
-                let tq = make(q, window, aw, ah);
-                let t = Instant::now();
-                let hits = store.query_media_timeline(doc_id, &tq, LIMIT).await?;
-                h.record(t.elapsed().as_micros() as u64)?;
-                let want = entities.iter().filter(|e| e.matches(&tq)).count();
-                anyhow::ensure!(
-                    hits.len() == want.min(LIMIT),
-                    "{name}: {} hits, the model matches {want}",
-                    hits.len()
-                );
-                lo = lo.min(want);
-                hi = hi.max(want);
-            }
-            let c1 = cpu(&pg, &stats).await?;
-            let l = latency(&h);
-            println!(
-                "| {name} | {round} | {runs} | {lo}-{hi} | {:.2} | {:.2} | {:.2} | {} |",
-                l.p50,
-                l.p99,
-                l.max,
-                per_op(&c0, &c1, runs)
-            );
-        }
-    }
-    println!();
-    println!("### Plans (auto_explain, one run of each shape)");
-    auto_explain(&stats, true).await?;
-    for (name, make) in &tshapes {
-        let from = log.len();
-        store
-            .query_media_timeline(doc_id, &make(&queries[0], window, aw, ah), LIMIT)
-            .await?;
-        println!();
-        println!("{name}:");
-        println!();
-        println!("```");
-        for p in log.plans_since(from, "media_timeline") {
-            print!("{p}");
-        }
-        println!("```");
-    }
-    auto_explain(&stats, false).await?;
+    timeline_phase(&k, &pg, &stats, &store, &log).await?;
     let stats_store = store.stats();
     println!();
     println!(

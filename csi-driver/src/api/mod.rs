@@ -23,6 +23,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use drive::error::{ErrorKind, MetaError};
+use drive::media::documents::DocumentStore;
 use drive::media::{DataStoreRole, Filter, TimelineQuery};
 use drive::meta::{
     DataStoreRecord, OPERATION_DEADLINE, OperationState, PgMetaStore, PublishMode, PublishOptions, Versions,
@@ -42,9 +43,15 @@ use tokio_util::sync::CancellationToken;
 use crate::csi::auth::{AuthError, TokenVerifier};
 use types::*;
 
-/// The largest request body: a document of [`drive::media::MAX_DOCUMENT_BYTES`] with its
+/// The largest request body but a document write's: a document kept in the metadata store
+/// ([`drive::media::MAX_INLINE_DOCUMENT_BYTES`]) with its envelope.
+pub const MAX_BODY_BYTES: usize = drive::media::MAX_INLINE_DOCUMENT_BYTES + (64 << 10);
+/// The largest document write: a document of [`drive::media::MAX_DOCUMENT_BYTES`] with its
 /// envelope.
-pub const MAX_BODY_BYTES: usize = drive::media::MAX_DOCUMENT_BYTES + (64 << 10);
+pub const MAX_DOCUMENT_WRITE_BYTES: usize = drive::media::MAX_DOCUMENT_BYTES + (64 << 10);
+/// Request bodies over [`MAX_BODY_BYTES`] read at once: each is held in memory, parsed, several
+/// times its size.
+pub const LARGE_WRITES: usize = 2;
 /// Hits and entities a query returns when it does not say.
 const DEFAULT_LIMIT: u32 = 1000;
 /// Entries per listing page at most.
@@ -53,6 +60,10 @@ const MAX_PAGE: u32 = 1000;
 /// What the API serves from.
 pub struct ApiState {
     pub meta: PgMetaStore,
+    /// Documents, with the object store their large texts are kept in (if given).
+    pub documents: DocumentStore,
+    /// Permits to read a request body over [`MAX_BODY_BYTES`] ([`LARGE_WRITES`]).
+    pub large_writes: tokio::sync::Semaphore,
     /// `None`: no Kubernetes API to verify tokens with; every request is refused (503).
     pub verifier: Option<TokenVerifier>,
     /// Why there is no verifier.
@@ -256,13 +267,33 @@ where
         Ok(p) => p,
         Err(e) => return error_response(&e),
     };
-    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+    // Only a document write may be large, and only a few large bodies are read at once.
+    let document_write = parts.method == Method::POST
+        && matches!(segments.as_slice(), ["v1", "datastores", _, _, "documents"]);
+    let limit = if document_write {
+        MAX_DOCUMENT_WRITE_BYTES
+    } else {
+        MAX_BODY_BYTES
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let permits = state.clone();
+    let _large = match declared {
+        Some(n) if n <= MAX_BODY_BYTES as u64 || !document_write => None,
+        _ => permits.large_writes.acquire().await.ok(),
+    };
+    let body = match Limited::new(body, limit).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
             return error_response(&ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "TooLarge",
-                format!("request bodies are at most {MAX_BODY_BYTES} bytes (or the body could not be read)"),
+                format!(
+                    "this request's body is at most {limit} bytes (documents up to {MAX_DOCUMENT_WRITE_BYTES}; \
+                     or the body could not be read)"
+                ),
             ));
         }
     };
@@ -598,7 +629,9 @@ async fn document_views(
             datastore: d.datastore,
             media_id: d.media_id,
             created_at: rfc3339(d.created_at),
-            document: d.body,
+            // A stored text not read here stays out (listings, write results).
+            document: (d.stored_size.is_none() || !d.body.is_null()).then_some(d.body),
+            stored_size: d.stored_size,
         });
     }
     Ok(views)
@@ -638,8 +671,8 @@ async fn write_document(call: &Call, ns: &str, name: &str) -> ApiResult {
     };
     let doc = call
         .state
-        .meta
-        .put_media_document(&record.spec.name, &write.media_id, target, &write.document)
+        .documents
+        .put(&record.spec.name, &write.media_id, target, &write.document)
         .await?;
     let mut views = document_views(call, vec![doc]).await?;
     ok(StatusCode::CREATED, &views.pop())
@@ -706,7 +739,8 @@ async fn readable_document(call: &Call, id: &str) -> Result<drive::meta::MediaDo
 }
 
 async fn get_document(call: &Call, id: &str) -> ApiResult {
-    let doc = readable_document(call, id).await?;
+    let mut doc = readable_document(call, id).await?;
+    call.state.documents.fill_body(&mut doc).await?;
     let mut views = document_views(call, vec![doc]).await?;
     ok(StatusCode::OK, &views.pop())
 }
@@ -726,8 +760,8 @@ async fn timeline(call: &Call, id: &str) -> ApiResult {
     q.check().map_err(ApiError::invalid)?;
     let entities = call
         .state
-        .meta
-        .query_media_timeline(doc.id, &q, limit_of(request.limit)?)
+        .documents
+        .timeline(doc.id, &q, limit_of(request.limit)?)
         .await?
         .into_iter()
         .map(|h| TimelineEntityView {

@@ -84,7 +84,13 @@ pub struct DocumentView {
     pub target: Option<TargetView>,
     /// RFC 3339.
     pub created_at: String,
-    pub document: Value,
+    /// The document. Absent from listings and write results for a document kept in the
+    /// object store (`storedSize`): `GET /v1/documents/{id}` returns it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document: Option<Value>,
+    /// Bytes of JSON, for a document over 1 MiB, whose text is kept in the object store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_size: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

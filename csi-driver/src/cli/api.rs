@@ -92,7 +92,10 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         }
         stop.cancel();
     });
+    let documents = args.storage.document_store(&meta).await?;
     let state = Arc::new(ApiState {
+        documents,
+        large_writes: tokio::sync::Semaphore::new(crate::api::LARGE_WRITES),
         meta,
         verifier,
         no_verifier_reason,

@@ -129,7 +129,8 @@ pub async fn run(cmd: MetaCmd) -> anyhow::Result<()> {
             let spec: DataStoreSpec =
                 serde_json::from_value(read_json(&file)?).context("the DataStore spec")?;
             let meta = storage.meta().await?;
-            let record = meta.put_media_datastore(&spec).await?;
+            // Through the document store: a schema change reads stored documents' texts.
+            let record = storage.document_store(&meta).await?.put_datastore(&spec).await?;
             println!(
                 "{}",
                 json!({"datastore": record.spec.name, "version": record.spec.version})
@@ -165,8 +166,10 @@ pub async fn run(cmd: MetaCmd) -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            let doc = meta
-                .put_media_document(&datastore, &media_id, target, &body)
+            let doc = storage
+                .document_store(&meta)
+                .await?
+                .put(&datastore, &media_id, target, &body)
                 .await?;
             println!("{}", json!({"id": doc.id, "mediaId": doc.media_id, "path": path}));
         }
@@ -178,11 +181,13 @@ pub async fn run(cmd: MetaCmd) -> anyhow::Result<()> {
             all,
         } => {
             let meta = storage.meta().await?;
+            let documents = storage.document_store(&meta).await?;
             let docs = match (id, datastore, media_id) {
-                (Some(id), _, _) => meta.media_document(id).await?.into_iter().collect(),
+                (Some(id), _, _) => documents.get(id).await?.into_iter().collect(),
                 (None, Some(ds), Some(media_id)) => {
                     let versions = if all { Versions::All } else { Versions::Latest };
-                    meta.media_documents(&ds, &parse_json(&media_id, "--media-id")?, versions)
+                    documents
+                        .documents(&ds, &parse_json(&media_id, "--media-id")?, versions)
                         .await?
                 }
                 _ => anyhow::bail!("give --id, or --datastore with --media-id"),
@@ -245,7 +250,12 @@ pub async fn run(cmd: MetaCmd) -> anyhow::Result<()> {
                 area,
             };
             let meta = storage.meta().await?;
-            for h in meta.query_media_timeline(id, &q, limit).await? {
+            for h in storage
+                .document_store(&meta)
+                .await?
+                .timeline(id, &q, limit)
+                .await?
+            {
                 println!(
                     "{}",
                     json!({"collection": h.collection, "index": h.index, "start": h.start,

@@ -123,6 +123,21 @@ impl StorageArgs {
         ])
     }
 
+    /// Media documents, with the object store for texts over 1 MiB when one is named: an
+    /// explicit `--store`, or the embedded defaults' (then everything is local). A process
+    /// given only a remote metadata URL keeps no text in a local directory that a restart
+    /// of its pod would lose: it refuses such documents instead.
+    pub async fn document_store(
+        &self,
+        meta: &PgMetaStore,
+    ) -> anyhow::Result<drive::media::documents::DocumentStore> {
+        let store = match (&self.store, &self.metadata_url) {
+            (None, Some(_)) => None,
+            _ => Some(self.open_store().await?),
+        };
+        Ok(drive::media::documents::DocumentStore::new(meta.clone(), store))
+    }
+
     /// Opens the block store.
     pub async fn open_store(&self) -> anyhow::Result<Arc<dyn ChunkStore>> {
         let location = self.store_location()?;

@@ -86,6 +86,13 @@ impl DocumentStore {
         &self.meta
     }
 
+    /// Blocks of document texts fetched from the object store so far (not from memory).
+    pub fn block_gets(&self) -> u64 {
+        self.blocks
+            .as_ref()
+            .map_or(0, |b| b.stats().gets.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Whether documents over [`MAX_INLINE_DOCUMENT_BYTES`] can be written and read here.
     pub fn stores_large_documents(&self) -> bool {
         self.blocks.is_some()
