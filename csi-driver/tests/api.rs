@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -474,6 +475,93 @@ async fn roles_and_shares_decide_and_strangers_learn_nothing() -> anyhow::Result
 
 // Catches: server errors on inputs the description allows (or does not), responses whose
 // status, content type or body the description does not list.
+// Catches: the store's own technical documents readable by nobody (no subjects), or by
+// anyone (no check of the file), a caller shown documents or query hits of files it may not
+// read, and a caller allowed to write into the built-in DataStore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn built_in_technical_documents_are_read_with_their_files() -> anyhow::Result<()> {
+    let (storage, kube) = setup().await?;
+    let meta = PgMetaStore::connect(&MetaConfig::new(storage.url.clone())).await?;
+    let technical = drive::media::technical::technical_datastore();
+    meta.put_media_datastore(&technical).await?;
+    let ws = meta.get_workspace("vfx.show").await?;
+    let shared = meta.resolve(ws.id, "/shared").await?;
+    meta.create(
+        &Actor::system("test"),
+        ws.id,
+        shared.ino,
+        &Name::parse("b.exr")?,
+        &NewNode::new(NodeKind::File, 0o644),
+    )
+    .await?;
+    let mut ids = HashMap::new();
+    for path in ["/shots/a.exr", "/shared/b.exr"] {
+        let node = meta.resolve(ws.id, path).await?.ino;
+        let doc = meta
+            .put_media_document(
+                &technical.name,
+                &json!({"workspace": "vfx.show", "node": node.0}),
+                Some((ws.id, node)),
+                &json!({"kind": "sequence", "frameCount": 1, "missingFrames": [],
+                        "missingFrameCount": 0, "missingRangeCount": 0}),
+            )
+            .await?;
+        ids.insert(path, doc.id.to_string());
+    }
+    let api = Api::start(&storage, &kube)?;
+    let query = json!({"filter": {"field": "kind", "op": "=", "value": "sequence"}});
+    let visible = |caller: &str| -> anyhow::Result<Vec<String>> {
+        let (status, hits) = api.post("/v1/datastores/studiodrive/technical/query", caller, &query)?;
+        anyhow::ensure!(status == 200, "{caller}: {status} {hits}");
+        let mut paths: Vec<String> = hits["hits"]
+            .as_array()
+            .context("hits")?
+            .iter()
+            .map(|h| h["target"]["path"].as_str().unwrap_or("(no path)").to_string())
+            .collect();
+        paths.sort();
+        Ok(paths)
+    };
+    // The home namespace reads the workspace; the partner only its Share; a stranger nothing.
+    assert_eq!(visible("reader")?, ["/shared/b.exr", "/shots/a.exr"]);
+    assert_eq!(visible("viewer")?, ["/shared/b.exr"]);
+    assert_eq!(visible("stranger")?, Vec::<String>::new());
+    let (status, listed) = api.get("/v1/datastores", "stranger")?;
+    assert_eq!(status, 200);
+    assert_eq!(listed["items"][0]["name"], "technical", "{listed}");
+    assert_eq!(listed["items"][0]["role"], "reader", "{listed}");
+    for (caller, path, status) in [
+        ("reader", "/shots/a.exr", 200),
+        ("viewer", "/shots/a.exr", 404),
+        ("viewer", "/shared/b.exr", 200),
+        ("stranger", "/shared/b.exr", 404),
+    ] {
+        let (got, doc) = api.get(&format!("/v1/documents/{}", ids[path]), caller)?;
+        assert_eq!(got, status, "{caller} reading the document of {path}: {doc}");
+    }
+    // The same for a media id's listing.
+    let node = meta.resolve(ws.id, "/shots/a.exr").await?.ino.0;
+    let listing = format!(
+        "/v1/datastores/studiodrive/technical/documents?mediaId=%7B%22node%22%3A{node}%2C%22workspace%22%3A%22vfx.show%22%7D"
+    );
+    assert_eq!(
+        api.get(&listing, "reader")?.1["items"].as_array().map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(
+        api.get(&listing, "viewer")?.1["items"].as_array().map(Vec::len),
+        Some(0)
+    );
+    // Only the mounts write there.
+    let write = json!({"mediaId": {"workspace": "vfx.show", "node": node}, "document": {"kind": "sequence"}});
+    assert_eq!(
+        api.post("/v1/datastores/studiodrive/technical/documents", "writer", &write)?
+            .0,
+        403
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_server_error_and_no_schema_violation() -> anyhow::Result<()> {
     let schemathesis =

@@ -495,6 +495,24 @@ fn role_name(role: DataStoreRole) -> &'static str {
     }
 }
 
+/// The caller's role on DataStore `record`: its subjects' say, or, for the store's own
+/// DataStores (no subjects; written by the mounts), reader for every caller, each document
+/// then readable only with its file ([`readable_by_target`]).
+fn role_on(call: &Call, record: &DataStoreRecord) -> Option<DataStoreRole> {
+    if drive::media::is_built_in(&record.spec.name) {
+        Some(DataStoreRole::Reader)
+    } else {
+        record.spec.access.role_of(&call.principal)
+    }
+}
+
+/// Whether a document of DataStore `datastore`, seen as `target`, is the caller's to see: any
+/// document of a DataStore with subjects (the role decided), and a built-in DataStore's
+/// document only when the caller may read the path it is attached to.
+fn readable_by_target(datastore: &str, target: Option<&TargetView>) -> bool {
+    !drive::media::is_built_in(datastore) || target.is_some_and(|t| t.path.is_some())
+}
+
 /// DataStore `<ns>/<name>` if the caller holds at least `need` on it. A caller named nowhere
 /// gets the answer a missing DataStore gets.
 async fn datastore(
@@ -509,7 +527,7 @@ async fn datastore(
         return Err(hidden());
     }
     let record = call.state.meta.media_datastore(&full).await?.ok_or_else(hidden)?;
-    match record.spec.access.role_of(&call.principal) {
+    match role_on(call, &record) {
         None => Err(hidden()),
         Some(role) if role < need => Err(ApiError::forbidden(format!(
             "{} is a {} of DataStore {full}; this needs a {}",
@@ -553,12 +571,7 @@ async fn list_datastores(call: &Call) -> ApiResult {
         .await?
         .iter()
         .filter(|d| d.spec.name.contains('/'))
-        .filter_map(|d| {
-            d.spec
-                .access
-                .role_of(&call.principal)
-                .map(|r| datastore_view(d, r))
-        })
+        .filter_map(|d| role_on(call, d).map(|r| datastore_view(d, r)))
         .collect();
     ok(StatusCode::OK, &DataStoreList { items })
 }
@@ -655,7 +668,8 @@ async fn list_documents(call: &Call, ns: &str, name: &str) -> ApiResult {
         .meta
         .media_documents(&record.spec.name, &media_id, versions)
         .await?;
-    let items = document_views(call, docs).await?;
+    let mut items = document_views(call, docs).await?;
+    items.retain(|d| readable_by_target(&d.datastore, d.target.as_ref()));
     ok(StatusCode::OK, &DocumentList { items })
 }
 
@@ -707,11 +721,16 @@ async fn query_datastore(call: &Call, ns: &str, name: &str) -> ApiResult {
     let mut workspaces = Workspaces::default();
     let mut out = Vec::with_capacity(hits.len());
     for h in hits {
-        out.push(QueryHit {
-            id: h.id,
-            target: workspaces.view(call, h.target, &paths).await?,
-            media_id: h.media_id,
-        });
+        let target = workspaces.view(call, h.target, &paths).await?;
+        // A built-in DataStore's hits on files the caller may not read are not counted
+        // out loud: the answer holds fewer hits than the limit allows.
+        if readable_by_target(&record.spec.name, target.as_ref()) {
+            out.push(QueryHit {
+                id: h.id,
+                target,
+                media_id: h.media_id,
+            });
+        }
     }
     ok(StatusCode::OK, &QueryResult { hits: out })
 }
@@ -720,7 +739,8 @@ fn document_id(id: &str) -> Result<uuid::Uuid, ApiError> {
     uuid::Uuid::parse_str(id).map_err(|_| ApiError::not_found(format!("no document {id}")))
 }
 
-/// Document `id` if the caller may read its DataStore (otherwise: not found).
+/// Document `id` if the caller may read its DataStore, and, in a built-in DataStore, the
+/// path it is attached to (otherwise: not found).
 async fn readable_document(call: &Call, id: &str) -> Result<drive::meta::MediaDocument, ApiError> {
     let uuid = document_id(id)?;
     let hidden = || ApiError::not_found(format!("no document {id}"));
@@ -735,6 +755,13 @@ async fn readable_document(call: &Call, id: &str) -> Result<drive::meta::MediaDo
                 e
             }
         })?;
+    if drive::media::is_built_in(&doc.datastore) {
+        let paths = call.state.meta.live_paths_of(doc.target).await?;
+        let target = Workspaces::default().view(call, doc.target, &paths).await?;
+        if !readable_by_target(&doc.datastore, target.as_ref()) {
+            return Err(hidden());
+        }
+    }
     Ok(doc)
 }
 

@@ -590,6 +590,17 @@ impl CompiledDataStore {
     }
 }
 
+/// The namespace half of the store's own DataStores' names (`studiodrive/technical`). Their
+/// documents are written by the store itself and read by whoever may read the file or folder
+/// a document is attached to: they have no subjects of their own.
+pub const BUILT_IN_NAMESPACE: &str = "studiodrive";
+
+/// Whether DataStore `name` is one of the store's own ([`BUILT_IN_NAMESPACE`]).
+pub fn is_built_in(name: &str) -> bool {
+    name.split_once('/')
+        .is_some_and(|(ns, _)| ns == BUILT_IN_NAMESPACE)
+}
+
 /// The length of `value`'s JSON text, without writing it out.
 pub fn json_len(value: &Value) -> usize {
     struct Count(usize);

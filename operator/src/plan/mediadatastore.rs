@@ -56,7 +56,7 @@ pub enum Op {
 /// metadata the mounts extract). A Kubernetes namespace of that name would claim them: a
 /// MediaDataStore `technical` there would rewrite the built-in one, or delete it with its
 /// documents under `deletionPolicy: Delete`.
-pub const BUILT_IN_PREFIX: &str = "studiodrive";
+pub const BUILT_IN_PREFIX: &str = drive::media::BUILT_IN_NAMESPACE;
 
 /// The store name of resource `namespace/name`: `<namespace>/<name>`. Neither half can hold a
 /// '/', so two resources never share a DataStore, whatever their namespaces; the namespace
