@@ -423,6 +423,18 @@ impl CompiledDataStore {
                 FieldPath::parse(f).map_err(|e| invalid("the DataStore", format!("/queryable/{i}"), e))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // The field index keeps one row per document and field: a field listed twice would
+        // refuse every document that has it.
+        if let Some((first, again)) = first_repeat(&spec.queryable) {
+            return Err(invalid(
+                "the DataStore",
+                format!("/queryable/{again}"),
+                format!(
+                    "{:?} is listed already at /queryable/{first}",
+                    spec.queryable[again]
+                ),
+            ));
+        }
         if spec.timeline.len() > MAX_TIMELINES {
             return Err(invalid(
                 "the DataStore",
@@ -588,6 +600,14 @@ impl CompiledDataStore {
             }),
         }
     }
+}
+
+/// The first item of `items` equal to an earlier one: (the earlier one's index, its index).
+pub fn first_repeat<T: PartialEq>(items: &[T]) -> Option<(usize, usize)> {
+    items
+        .iter()
+        .enumerate()
+        .find_map(|(i, item)| items[..i].iter().position(|p| p == item).map(|first| (first, i)))
 }
 
 /// The namespace half of the store's own DataStores' names (`studiodrive/technical`). Their

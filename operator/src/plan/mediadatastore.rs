@@ -158,14 +158,12 @@ pub fn desired_datastore(input: &Input<'_>) -> Result<DataStoreSpec, SpecError> 
     if spec.version == 0 {
         return Err(SpecError("spec.version: at least 1".into()));
     }
-    // Duplicates would be indexed twice per document, which the store's field index (one row
-    // per document and field) refuses at the first document write.
-    for (i, path) in spec.queryable.iter().enumerate() {
-        if let Some(first) = spec.queryable[..i].iter().position(|p| p == path) {
-            return Err(SpecError(format!(
-                "spec.queryable[{i}]: {path:?} is listed already at spec.queryable[{first}]"
-            )));
-        }
+    // The store refuses them too; said here in the resource's own terms.
+    if let Some((first, i)) = drive::media::first_repeat(&spec.queryable) {
+        return Err(SpecError(format!(
+            "spec.queryable[{i}]: {:?} is listed already at spec.queryable[{first}]",
+            spec.queryable[i]
+        )));
     }
     let access = DataStoreAccess {
         readers: store_subjects("readers", &spec.readers, input.namespace)?,
