@@ -475,6 +475,52 @@ async fn roles_and_shares_decide_and_strangers_learn_nothing() -> anyhow::Result
 
 // Catches: server errors on inputs the description allows (or does not), responses whose
 // status, content type or body the description does not list.
+// Catches: a request in flight cut when the server is told to stop (a rolling update would
+// fail a client's write), a server that keeps accepting once stopping, and one that does not
+// exit when its last request is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_at_sigterm_is_answered_before_the_server_exits() -> anyhow::Result<()> {
+    let (storage, kube) = setup().await?;
+    let mut api = Api::start(&storage, &kube)?;
+    let body = json!({"mediaId": "drain", "document": {"rating": 3}}).to_string();
+    let (first, rest) = body.split_at(body.len() / 2);
+    let mut s = std::net::TcpStream::connect(&api.addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "POST /v1/datastores/vfx/reviews/documents HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nAuthorization: Bearer writer\r\n\r\n{first}",
+        api.addr,
+        body.len()
+    )?;
+    s.flush()?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(api.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    // Stopping: new connections are refused...
+    assert!(
+        common::eventually(Duration::from_secs(10), || std::net::TcpStream::connect(
+            &api.addr
+        )
+        .is_err()),
+        "the server still accepts connections after SIGTERM"
+    );
+    // ...while the request in flight is read to its end and answered.
+    s.write_all(rest.as_bytes())?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)?;
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    let meta = PgMetaStore::connect(&MetaConfig::new(storage.url.clone())).await?;
+    let stored = meta
+        .media_documents("vfx/reviews", &json!("drain"), drive::meta::Versions::All)
+        .await?;
+    assert_eq!(stored.len(), 1, "the answered write is stored");
+    let status = api.child.wait()?;
+    assert!(status.success(), "the server exits cleanly: {status}");
+    Ok(())
+}
+
 // Catches: the store's own technical documents readable by nobody (no subjects), or by
 // anyone (no check of the file), a caller shown documents or query hits of files it may not
 // read, and a caller allowed to write into the built-in DataStore.

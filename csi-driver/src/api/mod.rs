@@ -167,7 +167,41 @@ fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
     response
 }
 
-/// Serves the API on `listener` until `shutdown`: HTTPS with `tls`, else plain HTTP.
+/// How long requests in flight may take to finish after a shutdown begins: inside the
+/// chart's termination grace period (30 s) less its preStop pause (5 s).
+pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// How long a connection accepted while stopping has to send its request before it is
+/// closed unanswered (a client connected just before the stop has its request on the way).
+const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Serves one connection until it ends; once `stop` fires, the request in flight finishes
+/// and its answer goes out, then the connection closes. A connection that has not begun a
+/// request yet gets [`FIRST_REQUEST_GRACE`] to begin one.
+async fn serve_connection<I, S>(io: I, service: S, stop: CancellationToken) -> hyper::Result<()>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = Full<Bytes>> + Send,
+    S::Future: Send + 'static,
+{
+    let connection = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+    tokio::pin!(connection);
+    tokio::select! {
+        served = connection.as_mut() => return served,
+        () = stop.cancelled() => {}
+    }
+    // An idle connection would be closed at once: let one accepted late begin its request.
+    tokio::select! {
+        served = connection.as_mut() => return served,
+        () = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    connection.await
+}
+
+/// Serves the API on `listener` until `shutdown`: HTTPS with `tls`, else plain HTTP. On
+/// shutdown it stops accepting, lets requests in flight finish for up to [`DRAIN`], then
+/// cuts what is left.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<ApiState>,
@@ -176,7 +210,9 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let mut connections = tokio::task::JoinSet::new();
     loop {
+        // Connections already queued are taken before stopping, and served as those open.
         let (stream, peer) = tokio::select! {
+            biased;
             accepted = listener.accept() => accepted?,
             () = shutdown.cancelled() => break,
         };
@@ -186,8 +222,8 @@ pub async fn serve(
             async move { Ok::<_, Infallible>(handle(state, req).await) }
         });
         let acceptor = tls.as_ref().map(|t| t.acceptor());
+        let stop = shutdown.clone();
         connections.spawn(async move {
-            let http = hyper::server::conn::http1::Builder::new();
             let served = match acceptor {
                 Some(acceptor) => {
                     // A client that never finishes its handshake does not hold a task forever.
@@ -195,8 +231,7 @@ pub async fn serve(
                         tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream));
                     match handshake.await {
                         Ok(Ok(stream)) => {
-                            http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                                .await
+                            serve_connection(hyper_util::rt::TokioIo::new(stream), service, stop).await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -205,10 +240,7 @@ pub async fn serve(
                         Err(_) => return,
                     }
                 }
-                None => {
-                    http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await
-                }
+                None => serve_connection(hyper_util::rt::TokioIo::new(stream), service, stop).await,
             };
             if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "API connection ended");
@@ -217,7 +249,16 @@ pub async fn serve(
         // Finished connections are reaped as new ones come.
         while connections.try_join_next().is_some() {}
     }
-    connections.abort_all();
+    drop(listener);
+    let drained =
+        tokio::time::timeout(DRAIN, async { while connections.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = connections.len(),
+            "API requests still in flight after {DRAIN:?}: cut"
+        );
+        connections.abort_all();
+    }
     Ok(())
 }
 

@@ -72,6 +72,18 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
             (None, format!("no Kubernetes API ({reason})"))
         }
     };
+    // Taken before the address is announced: a SIGTERM from then on drains, never kills.
+    let shutdown = CancellationToken::new();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("install the SIGTERM handler")?;
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        stop.cancel();
+    });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
@@ -82,16 +94,6 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         "serving the API on {scheme}://{addr} (audience {})",
         args.audience
     );
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-        }
-        stop.cancel();
-    });
     let documents = args.storage.document_store(&meta).await?;
     let state = Arc::new(ApiState {
         documents,
