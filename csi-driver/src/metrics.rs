@@ -293,6 +293,59 @@ impl Exporter for CsiMetrics {
     }
 }
 
+/// The HTTP API's metrics: requests by route template, method and status, their latency, and
+/// requests in flight.
+pub struct ApiMetrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    pub in_flight: IntGauge,
+}
+
+impl ApiMetrics {
+    pub fn new() -> Result<ApiMetrics, prometheus::Error> {
+        let registry = Registry::new_custom(Some("studiodrive".into()), None)?;
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "api_requests_total",
+                "API requests by route (its OpenAPI path template), method and HTTP status",
+            ),
+            &["route", "method", "status"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new("api_request_seconds", "API request latency, by route")
+                .buckets(prometheus::exponential_buckets(0.0005, 2.0, 18)?),
+            &["route"],
+        )?;
+        let in_flight = IntGauge::new("api_requests_in_flight", "API requests being answered")?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        Ok(ApiMetrics {
+            registry,
+            requests,
+            latency,
+            in_flight,
+        })
+    }
+
+    /// Records one answered request.
+    pub fn observe_request(&self, route: &str, method: &str, status: u16, took: Duration) {
+        self.requests
+            .with_label_values(&[route, method, &status.to_string()])
+            .inc();
+        self.latency
+            .with_label_values(&[route])
+            .observe(took.as_secs_f64());
+    }
+}
+
+impl Exporter for ApiMetrics {
+    fn render(&self) -> Vec<u8> {
+        encode(&self.registry)
+    }
+}
+
 /// The metrics of block GC passes (`studiodrive-csi gc --metrics-file`), from their reports.
 pub struct GcMetrics {
     pub registry: Registry,
@@ -490,7 +543,7 @@ mod tests {
     use std::path::{Path, PathBuf};
     use std::time::Duration;
 
-    use super::{CsiMetrics, Exporter as _, GcMetrics, Metrics, RelayMetrics};
+    use super::{ApiMetrics, CsiMetrics, Exporter as _, GcMetrics, Metrics, RelayMetrics};
 
     /// The files of the Helm chart that query metrics: the Grafana dashboards and the
     /// PrometheusRule's rule groups.
@@ -511,6 +564,8 @@ mod tests {
         mount.data.store_bytes.with_label_values(&["download"]);
         let csi = CsiMetrics::new().unwrap();
         csi.observe_call("Probe", tonic::Code::Ok, Duration::ZERO);
+        let api = ApiMetrics::new().unwrap();
+        api.observe_request("/v1/datastores", "GET", 200, Duration::ZERO);
         let gc = GcMetrics::new().unwrap();
         // The relay's families are per sink: a scrape after the relay held one.
         let relay = RelayMetrics::new(std::sync::Arc::default()).unwrap();
@@ -524,6 +579,7 @@ mod tests {
         [
             &mount.registry,
             &csi.registry,
+            &api.registry,
             &gc.registry,
             &relay.registry,
             &operator.registry,

@@ -202,7 +202,12 @@ async fn setup() -> anyhow::Result<(Storage, KubeApi)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_and_shares_decide_and_strangers_learn_nothing() -> anyhow::Result<()> {
     let (storage, kube) = setup().await?;
-    let api = Api::start(&storage, &kube)?;
+    let metrics_addr = format!("127.0.0.1:{}", drive_testkit::pg::free_port()?);
+    let api = Api::start_with(
+        &storage,
+        &kube,
+        &["--metrics-addr".as_ref(), metrics_addr.as_ref()],
+    )?;
 
     // Probes need no token; readiness follows the metadata store.
     let (status, ready, _) = api.call("GET", "/readyz", None, None, &[])?;
@@ -470,6 +475,40 @@ async fn roles_and_shares_decide_and_strangers_learn_nothing() -> anyhow::Result
     assert_eq!(polled["result"]["hits"][0]["id"], sync_hits["hits"][0]["id"]);
     assert_eq!(polled["result"]["hits"].as_array().map(Vec::len), Some(1));
     assert_eq!(api.get(&format!("/v1/operations/{op}"), "writer")?.0, 404);
+
+    // The metrics counted these requests by route template, method and status.
+    let text = common::scrape(&metrics_addr)?;
+    let requests = |route: &str, method: &str, status: &str| {
+        common::sample(
+            &text,
+            "studiodrive_api_requests_total",
+            &[("route", route), ("method", method), ("status", status)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(requests("/v1/datastores", "GET", "200") >= 2.0, "{text}");
+    assert!(requests("/v1/datastores", "GET", "401") >= 2.0, "{text}");
+    assert!(
+        requests("/v1/datastores/{namespace}/{name}/documents", "POST", "403") >= 1.0,
+        "{text}"
+    );
+    assert!(
+        requests("/v1/documents/{id}/timeline", "POST", "200") >= 2.0,
+        "{text}"
+    );
+    assert_eq!(
+        common::sample(&text, "studiodrive_api_requests_in_flight", &[]),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(
+        common::sample(
+            &text,
+            "studiodrive_api_request_seconds_count",
+            &[("route", "/readyz")]
+        ) >= Some(1.0),
+        "{text}"
+    );
     Ok(())
 }
 

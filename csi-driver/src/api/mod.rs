@@ -64,6 +64,7 @@ pub struct ApiState {
     pub documents: DocumentStore,
     /// Permits to read a request body over [`MAX_BODY_BYTES`] ([`LARGE_WRITES`]).
     pub large_writes: tokio::sync::Semaphore,
+    pub metrics: Arc<crate::metrics::ApiMetrics>,
     /// `None`: no Kubernetes API to verify tokens with; every request is refused (503).
     pub verifier: Option<TokenVerifier>,
     /// Why there is no verifier.
@@ -262,8 +263,38 @@ pub async fn serve(
     Ok(())
 }
 
-/// Answers one request.
+/// Answers one request, counted in the API's metrics.
 pub async fn handle<B>(state: Arc<ApiState>, req: Request<B>) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let metrics = state.metrics.clone();
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    // A path no resource is at is counted as one route: its text is the caller's.
+    let route = path_segments(req.uri().path()).ok().and_then(|segments| {
+        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        match segments.as_slice() {
+            ["openapi.json"] => Some("/openapi.json"),
+            ["healthz"] => Some("/healthz"),
+            ["readyz"] => Some("/readyz"),
+            _ => openapi::route_of(&segments).map(|(template, _)| template),
+        }
+    });
+    metrics.in_flight.inc();
+    let response = answer(state, req).await;
+    metrics.in_flight.dec();
+    metrics.observe_request(
+        route.unwrap_or("(none)"),
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+async fn answer<B>(state: Arc<ApiState>, req: Request<B>) -> Response<Full<Bytes>>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,

@@ -27,8 +27,9 @@ const ROUTES: &[(&str, &[Method])] = &[
     ("/v1/operations/{id}", &[Method::GET]),
 ];
 
-/// The methods served at a path (decoded segments), or `None` when no resource is there.
-pub fn allowed_methods(segments: &[&str]) -> Option<&'static [Method]> {
+/// The resource at a path (decoded segments): its template and the methods it answers, or
+/// `None` when no resource is there.
+pub fn route_of(segments: &[&str]) -> Option<(&'static str, &'static [Method])> {
     ROUTES.iter().find_map(|(template, methods)| {
         let parts: Vec<&str> = template.trim_start_matches('/').split('/').collect();
         let matches = parts.len() == segments.len()
@@ -36,8 +37,13 @@ pub fn allowed_methods(segments: &[&str]) -> Option<&'static [Method]> {
                 .iter()
                 .zip(segments)
                 .all(|(p, s)| p.starts_with('{') || p == s);
-        matches.then_some(*methods)
+        matches.then_some((*template, *methods))
     })
+}
+
+/// The methods served at a path (decoded segments), or `None` when no resource is there.
+pub fn allowed_methods(segments: &[&str]) -> Option<&'static [Method]> {
+    route_of(segments).map(|(_, methods)| methods)
 }
 
 struct Doc {

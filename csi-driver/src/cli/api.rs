@@ -40,6 +40,10 @@ pub struct ApiArgs {
     /// The audience callers' service-account tokens must be issued for.
     #[arg(long, env = "STUDIODRIVE_API_AUDIENCE", default_value = "studiodrive-api")]
     pub audience: String,
+    /// Serve Prometheus metrics (requests by route, method and status; latency; in flight)
+    /// on this address.
+    #[arg(long, env = "STUDIODRIVE_API_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Kubeconfig for the Kubernetes API the tokens are reviewed by (default: in-cluster,
     /// then KUBECONFIG, then ~/.kube/config).
     #[arg(long, env = "STUDIODRIVE_KUBECONFIG")]
@@ -95,7 +99,17 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         args.audience
     );
     let documents = args.storage.document_store(&meta).await?;
+    let metrics = Arc::new(crate::metrics::ApiMetrics::new()?);
+    if let Some(addr) = args.metrics_addr {
+        let (metrics, stop) = (metrics.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(addr, metrics, stop).await {
+                tracing::error!(error = %e, "API: metrics endpoint failed");
+            }
+        });
+    }
     let state = Arc::new(ApiState {
+        metrics,
         documents,
         large_writes: tokio::sync::Semaphore::new(crate::api::LARGE_WRITES),
         meta,
