@@ -22,7 +22,9 @@ use crate::media::{
     media_id_key,
 };
 use crate::meta::content::claim_blocks;
-use crate::meta::rows::{execute, from_system_time, live_inode, query, query_opt, settle, ws_ctx};
+use crate::meta::rows::{
+    execute, first_failure, from_system_time, live_inode, query, query_opt, settle, settle3, ws_ctx,
+};
 use crate::meta::{PgMetaStore, in_txn};
 use crate::model::{NodeId, Timestamp, WorkspaceId};
 
@@ -30,6 +32,11 @@ use crate::model::{NodeId, Timestamp, WorkspaceId};
 pub const MAX_QUERY_RESULTS: usize = 10_000;
 /// Documents checked per batch when a schema changes.
 const RECHECK_BATCH: i64 = 1000;
+
+/// Compiled DataStores by id, each with the `updated_at` of the record it was compiled from.
+pub(crate) type CompiledCache = std::sync::Arc<
+    std::sync::Mutex<std::collections::HashMap<uuid::Uuid, (Timestamp, std::sync::Arc<CompiledDataStore>)>>,
+>;
 
 /// A DataStore as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -372,12 +379,25 @@ impl PgMetaStore {
     pub(crate) async fn compiled_media_datastore(
         &self,
         name: &str,
-    ) -> Result<(DataStoreRecord, CompiledDataStore), MetaError> {
+    ) -> Result<(DataStoreRecord, std::sync::Arc<CompiledDataStore>), MetaError> {
         let record = self
             .media_datastore(name)
             .await?
             .ok_or_else(|| MetaError::NotFound(format!("DataStore {name}")))?;
-        let compiled = CompiledDataStore::compile(record.spec.clone()).map_err(invalid)?;
+        let cached = crate::sync::lock(&self.media_compiled)
+            .get(&record.id)
+            .filter(|(at, _)| *at == record.updated_at)
+            .map(|(_, compiled)| compiled.clone());
+        let compiled = match cached {
+            Some(compiled) => compiled,
+            None => {
+                let compiled =
+                    std::sync::Arc::new(CompiledDataStore::compile(record.spec.clone()).map_err(invalid)?);
+                crate::sync::lock(&self.media_compiled)
+                    .insert(record.id, (record.updated_at, compiled.clone()));
+                compiled
+            }
+        };
         Ok((record, compiled))
     }
 
@@ -404,8 +424,14 @@ impl PgMetaStore {
             Some(s) => (None, Some(s.size as i64)),
             None => (Some(body), None),
         };
+        let block_indexes: Vec<i64> = (0..hashes.len() as i64).collect();
+        let block_lens: Vec<i64> =
+            stored.map_or_else(Vec::new, |s| s.blocks.iter().map(|(_, l)| *l as i64).collect());
         let created = in_txn!(self, |tx| {
             async {
+                // The reads go out together: the target is live, the blocks are ours, and the
+                // DataStore is still the one the document was checked against (taken FOR
+                // SHARE: a change of it waits for this write or aborts one of the two).
                 let epoch = async {
                     match target {
                         Some((w, n)) => {
@@ -416,55 +442,62 @@ impl PgMetaStore {
                         None => Ok(None),
                     }
                 };
-                let (epoch, ()) = {
-                    let (epoch, claimed) = tokio::join!(epoch, claim_blocks(tx, &hashes));
-                    settle(epoch, claimed)?
+                let current = async {
+                    let row = query_opt(
+                        tx,
+                        "SELECT updated_at FROM media_datastores WHERE id = $1 FOR SHARE",
+                        &[&record.id],
+                    )
+                    .await?
+                    .ok_or_else(|| MetaError::NotFound(format!("DataStore {datastore}")))?;
+                    if from_system_time(row.get::<_, SystemTime>(0)) != record.updated_at {
+                        return Err(MetaError::Conflict(format!(
+                            "DataStore {datastore} changed during the write; write again"
+                        )));
+                    }
+                    Ok(())
                 };
-                // Read back under the same schema the check used: a schema change between the
-                // check and this write would otherwise let an invalid document in.
-                let current = query_opt(
-                    tx,
-                    "SELECT schema FROM media_datastores WHERE id = $1 FOR SHARE",
-                    &[&record.id],
-                )
-                .await?
-                .ok_or_else(|| MetaError::NotFound(format!("DataStore {datastore}")))?;
-                if current.get::<_, Value>(0) != record.spec.schema {
-                    return Err(MetaError::Conflict(format!(
-                        "DataStore {datastore} changed its schema during the write; write again"
-                    )));
-                }
-                let row = query_opt(
+                let (epoch, (), ()) = {
+                    let (epoch, claimed, current) = tokio::join!(epoch, claim_blocks(tx, &hashes), current);
+                    settle3(epoch, claimed, current)?
+                };
+                // Then the writes, together. `now()` is the transaction's time: the document's
+                // `created_at` and its latest pointer's are one value.
+                let document_params: [&(dyn ToSql + Sync); 9] =
+                    [&id, &record.id, &key, media_id, &ws, &ino, &epoch, &row_body, &body_size];
+                let document = query_opt(
                     tx,
                     "INSERT INTO media_documents (id, datastore_id, media_key, media_id, workspace_id, ino, epoch, body, body_size) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING created_at",
-                    &[&id, &record.id, &key, media_id, &ws, &ino, &epoch, &row_body, &body_size],
-                )
-                .await?
-                .ok_or_else(|| MetaError::Internal("insert returned no row".into()))?;
-                let created: SystemTime = row.get(0);
-                if let Some(stored) = stored {
-                    let indexes: Vec<i64> = (0..stored.blocks.len() as i64).collect();
-                    let lens: Vec<i64> = stored.blocks.iter().map(|(_, l)| *l as i64).collect();
+                    &document_params,
+                );
+                let blocks = async {
+                    if hashes.is_empty() {
+                        return Ok(());
+                    }
                     execute(
                         tx,
                         "INSERT INTO media_blocks (doc_id, idx, hash, len) \
                          SELECT $1, * FROM unnest($2::INT8[], $3::BYTEA[], $4::INT8[])",
-                        &[&id, &indexes, &hashes, &lens],
+                        &[&id, &block_indexes, &hashes, &block_lens],
                     )
-                    .await?;
-                }
-                index_document(tx, compiled, record.id, id, body, stored.map(|s| s.spans.as_slice())).await?;
-                execute(
+                    .await
+                    .map(drop)
+                };
+                let indexed = index_document(tx, compiled, record.id, id, body, stored.map(|s| s.spans.as_slice()));
+                let latest_params: [&(dyn ToSql + Sync); 3] = [&record.id, &key, &id];
+                let latest = execute(
                     tx,
-                    "INSERT INTO media_latest (datastore_id, media_key, doc_id, created_at) VALUES ($1, $2, $3, $4) \
+                    "INSERT INTO media_latest (datastore_id, media_key, doc_id, created_at) VALUES ($1, $2, $3, now()) \
                      ON CONFLICT (datastore_id, media_key) DO UPDATE SET doc_id = excluded.doc_id, \
                          created_at = excluded.created_at \
                      WHERE (media_latest.created_at, media_latest.doc_id) < (excluded.created_at, excluded.doc_id)",
-                    &[&record.id, &key, &id, &created],
-                )
-                .await?;
-                Ok(created)
+                    &latest_params,
+                );
+                let (document, blocks, indexed, latest) = tokio::join!(document, blocks, indexed, latest);
+                let (document, ()) = settle(document, first_failure([blocks, indexed, latest.map(drop)]))?;
+                let row = document.ok_or_else(|| MetaError::Internal("insert returned no row".into()))?;
+                Ok(row.get::<_, SystemTime>(0))
             }
             .await
         })?;
@@ -982,19 +1015,46 @@ async fn index_document<C: deadpool_postgres::GenericClient>(
     body: &Value,
     spans: Option<&[Vec<(u64, u64)>]>,
 ) -> Result<(), MetaError> {
-    for (field, value) in compiled.index(body) {
-        let (b, n, s) = index_columns(&value);
+    // One statement for the field rows, sent with the first timeline chunk's.
+    let index = compiled.index(body);
+    let names: Vec<&str> = index.iter().map(|(f, _)| f.as_str()).collect();
+    let kinds: Vec<&str> = index.iter().map(|(_, v)| v.kind()).collect();
+    let columns: Vec<_> = index.iter().map(|(_, v)| index_columns(v)).collect();
+    let bools: Vec<Option<bool>> = columns.iter().map(|c| c.0).collect();
+    let nums: Vec<Option<f64>> = columns.iter().map(|c| c.1).collect();
+    let strs: Vec<Option<&[u8]>> = columns.iter().map(|c| c.2.as_deref()).collect();
+    let fields = async {
+        if names.is_empty() {
+            return Ok(());
+        }
         execute(
             tx,
             "INSERT INTO media_fields (datastore_id, field, doc_id, kind, bool_value, num, str) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[&datastore, &field, &doc, &value.kind(), &b, &n, &s],
+             SELECT $1, f, $2, k, b, n, s FROM unnest($3::TEXT[], $4::TEXT[], $5::BOOL[], $6::FLOAT8[], $7::BYTEA[]) \
+                 AS t(f, k, b, n, s)",
+            &[&datastore, &doc, &names, &kinds, &bools, &nums, &strs],
         )
-        .await?;
-    }
+        .await
+        .map(drop)
+    };
     let entities = compiled
         .timeline(body)
-        .map_err(|e| MetaError::InvalidArgument(e.to_string()))?;
+        .map_err(|e| MetaError::InvalidArgument(e.to_string()));
+    let timeline = async {
+        let entities = entities?;
+        insert_timeline(tx, doc, &entities, spans).await
+    };
+    let (fields, timeline) = tokio::join!(fields, timeline);
+    first_failure([fields, timeline])
+}
+
+/// Writes the timeline rows of document `doc`.
+async fn insert_timeline<C: deadpool_postgres::GenericClient>(
+    tx: &C,
+    doc: uuid::Uuid,
+    entities: &[TimelineEntity],
+    spans: Option<&[Vec<(u64, u64)>]>,
+) -> Result<(), MetaError> {
     // In chunks of arrays, unnested: an hour of per-frame analysis is 10^5 entities.
     for chunk in entities.chunks(TIMELINE_CHUNK) {
         let column = |f: &dyn Fn(&TimelineEntity) -> f64| chunk.iter().map(f).collect::<Vec<f64>>();

@@ -143,6 +143,9 @@ pub struct PgMetaStore {
     reserved_ids: Arc<std::sync::Mutex<Vec<u64>>>,
     /// What stamps mtime, ctime and creation times.
     clock: Arc<dyn crate::ports::Clock>,
+    /// Compiled media DataStores by id, with the `updated_at` they were compiled at: a
+    /// schema compiles in milliseconds, and a write needs it every time.
+    media_compiled: media::CompiledCache,
 }
 
 impl std::fmt::Debug for PgMetaStore {
@@ -208,6 +211,7 @@ impl PgMetaStore {
             pool,
             stats: Arc::default(),
             reserved_ids: Arc::default(),
+            media_compiled: Arc::default(),
             clock: Arc::new(crate::ports::SystemClock),
         };
         migrations::apply(&store).await?;
