@@ -429,12 +429,17 @@ fn spec(name: &str) -> DataStoreSpec {
 const PROGRAMME_FRAMES: u64 = 2 * 3600 * 24;
 const PICTURE: (u64, u64) = (3840, 2160);
 
+/// Landmark coordinates per detection: with them an item is about 210 bytes, so the bound of
+/// a million entities reaches 200 MB.
+const LANDMARKS: usize = 16;
+
 /// Labels of the detections in the large timeline document.
 const LABELS: [&str; 5] = ["face", "person", "vehicle", "logo", "text"];
 
 /// A per-frame analysis of about `target_bytes` of JSON (at most [`MAX_TIMELINE_ENTITIES`]
 /// entities): minimal technical and review parts and detections, each with a start and an
-/// end (frames), a box (pixels), a label, a confidence, a track and ten landmark coordinates.
+/// end (frames), a box (pixels), a label, a confidence, a track and [`LANDMARKS`] landmark
+/// coordinates.
 fn large_timeline_document(target_bytes: usize) -> (Value, usize) {
     let mut r = Rng(42);
     let mut doc = json!({
@@ -449,7 +454,7 @@ fn large_timeline_document(target_bytes: usize) -> (Value, usize) {
     loop {
         let start = r.below(PROGRAMME_FRAMES);
         let (x, y) = (r.below(PICTURE.0 - 32), r.below(PICTURE.1 - 32));
-        let landmarks: Vec<u64> = (0..10).map(|_| r.below(PICTURE.0)).collect();
+        let landmarks: Vec<u64> = (0..LANDMARKS).map(|_| r.below(PICTURE.0)).collect();
         let item = json!({
             "start": start, "end": start + 1 + r.below(240),
             "x": x, "y": y, "w": 32 + r.below(480).min(PICTURE.0 - 32 - x), "h": 32 + r.below(480).min(PICTURE.1 - 32 - y),
@@ -981,7 +986,7 @@ async fn timeline_phase(
     println!();
     println!(
         "The document: {big_bytes} bytes of JSON ({:.1} MiB; MEDIA_BENCH_TIMELINE_BYTES={}) with {} entities \
-         ({:.0} bytes each: start, end, box, label, confidence, track, 10 landmarks), over \
+         ({:.0} bytes each: start, end, box, label, confidence, track, {LANDMARKS} landmarks), over \
          {PROGRAMME_FRAMES} frames (2 h at 24 fps), picture {}x{}. Over {MAX_INLINE_DOCUMENT_BYTES} bytes, \
          its text is kept as {BODY_BLOCK_SIZE}-byte blocks in a file store; PostgreSQL keeps the \
          entity rows (times, box, the item's byte span).",
@@ -995,7 +1000,7 @@ async fn timeline_phase(
     let mut doc_id = None;
     println!();
     println!(
-        "| round | DocumentStore::put, s | MiB/s | peak RSS growth of the writer, MiB | PostgreSQL CPU ms (all / client backends) |"
+        "| round | DocumentStore::put, s | MiB/s | the process's peak RSS before / after, MiB | PostgreSQL CPU ms (all / client backends) |"
     );
     println!("|---|---|---|---|---|");
     for round in 1..=k.rounds {
@@ -1010,10 +1015,12 @@ async fn timeline_phase(
             d.stored_size == Some(big_bytes as u64),
             "the text was not stored as blocks"
         );
+        let mib = |b: u64| b as f64 / f64::from(1 << 20);
         println!(
-            "| {round} | {took:.1} | {:.1} | {:.0} | {} |",
-            big_bytes as f64 / f64::from(1 << 20) / took,
-            peak_rss().saturating_sub(before) as f64 / f64::from(1 << 20),
+            "| {round} | {took:.1} | {:.1} | {:.0} / {:.0} | {} |",
+            mib(big_bytes as u64) / took,
+            mib(before),
+            mib(peak_rss()),
             per_op(&c0, &c1, 1)
         );
         doc_id.get_or_insert(d.id);
