@@ -46,9 +46,8 @@ use types::*;
 /// The largest request body but a document write's: a document kept in the metadata store
 /// ([`drive::media::MAX_INLINE_DOCUMENT_BYTES`]) with its envelope.
 pub const MAX_BODY_BYTES: usize = drive::media::MAX_INLINE_DOCUMENT_BYTES + (64 << 10);
-/// The largest document write: a document of [`drive::media::MAX_DOCUMENT_BYTES`] with its
-/// envelope.
-pub const MAX_DOCUMENT_WRITE_BYTES: usize = drive::media::MAX_DOCUMENT_BYTES + (64 << 10);
+/// What a document write's body may hold besides the document (media id, target).
+const ENVELOPE_BYTES: usize = 64 << 10;
 /// Request bodies over [`MAX_BODY_BYTES`] read at once: each is held in memory, parsed, several
 /// times its size.
 pub const LARGE_WRITES: usize = 2;
@@ -65,6 +64,9 @@ pub struct ApiState {
     /// Permits to read a request body over [`MAX_BODY_BYTES`] ([`LARGE_WRITES`]).
     pub large_writes: tokio::sync::Semaphore,
     pub metrics: Arc<crate::metrics::ApiMetrics>,
+    /// The largest document a write may carry (JSON bytes; at most
+    /// [`drive::media::MAX_DOCUMENT_BYTES`]).
+    pub max_document_bytes: usize,
     /// `None`: no Kubernetes API to verify tokens with; every request is refused (503).
     pub verifier: Option<TokenVerifier>,
     /// Why there is no verifier.
@@ -342,8 +344,9 @@ where
     // Only a document write may be large, and only a few large bodies are read at once.
     let document_write = parts.method == Method::POST
         && matches!(segments.as_slice(), ["v1", "datastores", _, _, "documents"]);
+    let largest_write = state.max_document_bytes + ENVELOPE_BYTES;
     let limit = if document_write {
-        MAX_DOCUMENT_WRITE_BYTES
+        largest_write
     } else {
         MAX_BODY_BYTES
     };
@@ -363,7 +366,7 @@ where
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "TooLarge",
                 format!(
-                    "this request's body is at most {limit} bytes (documents up to {MAX_DOCUMENT_WRITE_BYTES}; \
+                    "this request's body is at most {limit} bytes (document writes up to {largest_write}; \
                      or the body could not be read)"
                 ),
             ));

@@ -44,6 +44,12 @@ pub struct ApiArgs {
     /// on this address.
     #[arg(long, env = "STUDIODRIVE_API_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// The largest document a write may carry, in bytes of JSON (at most 512 MiB). A write
+    /// holds the parsed document in memory, several times its text, and two such writes may
+    /// run at once: size the pod's memory for it.
+    #[arg(long, env = "STUDIODRIVE_API_MAX_DOCUMENT_BYTES", default_value_t = 256 << 20,
+          value_parser = clap::value_parser!(u64).range(1..=drive::media::MAX_DOCUMENT_BYTES as u64))]
+    pub max_document_bytes: u64,
     /// Kubeconfig for the Kubernetes API the tokens are reviewed by (default: in-cluster,
     /// then KUBECONFIG, then ~/.kube/config).
     #[arg(long, env = "STUDIODRIVE_KUBECONFIG")]
@@ -110,6 +116,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     }
     let state = Arc::new(ApiState {
         metrics,
+        max_document_bytes: usize::try_from(args.max_document_bytes)?,
         documents,
         large_writes: tokio::sync::Semaphore::new(crate::api::LARGE_WRITES),
         meta,
