@@ -46,6 +46,52 @@ fn renders() -> DataStoreSpec {
     }
 }
 
+/// A new empty file `name` at the root of `ws`.
+async fn new_file(
+    store: &drive::PgMetaStore,
+    ws: &drive::model::Workspace,
+    name: &str,
+) -> drive::model::NodeId {
+    use drive::model::{NewNode, NodeKind};
+    store
+        .create(
+            &common::actor(),
+            ws.id,
+            ws.root,
+            &common::name(name),
+            &NewNode::new(NodeKind::File, 0o644),
+        )
+        .await
+        .unwrap()
+        .ino
+}
+
+/// Removes `name` from the root of `ws` and purges it now (trash and node).
+async fn remove_and_purge(store: &drive::PgMetaStore, ws: &drive::model::Workspace, name: &str) {
+    use drive::rules::gc::RetentionClass;
+    store
+        .unlink(&common::actor(), ws.id, ws.root, &common::name(name))
+        .await
+        .unwrap();
+    store
+        .purge_trash(
+            ws.id,
+            ws.root,
+            ws.kind,
+            &[RetentionClass::days(0)],
+            store.gc_now().await.unwrap(),
+            std::time::SystemTime::now() + std::time::Duration::from_secs(60),
+            false,
+            drive::meta::PurgePace::FULL_SPEED,
+        )
+        .await
+        .unwrap();
+    store
+        .purge_queued_nodes(drive::meta::PurgePace::FULL_SPEED)
+        .await
+        .unwrap();
+}
+
 // Catches: invalid documents stored (or stored in part), errors without the place they are
 // at, a second write of a media id replacing the first, "latest" that is not the newest, a
 // schema change that strands a stored document, a media id schema that changes.
@@ -311,22 +357,11 @@ fn queries_answer_what_the_model_answers() {
 // older version remains.
 #[tokio::test]
 async fn a_purged_file_takes_its_documents_and_latest_falls_back() {
-    use drive::model::{NewNode, NodeKind, WorkspaceKind};
-    use drive::rules::gc::RetentionClass;
+    use drive::model::WorkspaceKind;
     let store = common::store().await;
     store.put_media_datastore(&renders()).await.unwrap();
     let ws = common::workspace(&store, "media", WorkspaceKind::Team).await;
-    let file = store
-        .create(
-            &common::actor(),
-            ws.id,
-            ws.root,
-            &common::name("f.exr"),
-            &NewNode::new(NodeKind::File, 0o644),
-        )
-        .await
-        .unwrap()
-        .ino;
+    let file = new_file(&store, &ws, "f.exr").await;
     let asset = json!({"asset": "plate"});
     let kept = store
         .put_media_document("studio/renders", &asset, None, &json!({"frames": 1}))
@@ -364,27 +399,7 @@ async fn a_purged_file_takes_its_documents_and_latest_falls_back() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
 
-    store
-        .unlink(&common::actor(), ws.id, ws.root, &common::name("f.exr"))
-        .await
-        .unwrap();
-    store
-        .purge_trash(
-            ws.id,
-            ws.root,
-            ws.kind,
-            &[RetentionClass::days(0)],
-            store.gc_now().await.unwrap(),
-            std::time::SystemTime::now() + std::time::Duration::from_secs(60),
-            false,
-            drive::meta::PurgePace::FULL_SPEED,
-        )
-        .await
-        .unwrap();
-    store
-        .purge_queued_nodes(drive::meta::PurgePace::FULL_SPEED)
-        .await
-        .unwrap();
+    remove_and_purge(&store, &ws, "f.exr").await;
     for d in &attached {
         assert_eq!(store.media_document(d.id).await.unwrap(), None);
     }
@@ -721,8 +736,7 @@ async fn a_large_document_keeps_its_text_in_blocks_that_live_as_long_as_it_does(
     use drive::data::{ChunkStore, LocalChunkStore};
     use drive::gc::{BlockPassOptions, run_block_pass};
     use drive::media::documents::{BODY_BLOCK_SIZE, DocumentStore};
-    use drive::model::{NewNode, NodeKind, WorkspaceKind};
-    use drive::rules::gc::RetentionClass;
+    use drive::model::WorkspaceKind;
 
     let (meta, url) = common::store_and_url().await;
     let raw = common::raw_client(&url).await;
@@ -732,17 +746,7 @@ async fn a_large_document_keeps_its_text_in_blocks_that_live_as_long_as_it_does(
     docs.put_datastore(&analysis()).await.unwrap();
     let compiled = CompiledDataStore::compile(analysis()).unwrap();
     let ws = common::workspace(&meta, "media", WorkspaceKind::Team).await;
-    let file = meta
-        .create(
-            &common::actor(),
-            ws.id,
-            ws.root,
-            &common::name("reel1.mov"),
-            &NewNode::new(NodeKind::File, 0o644),
-        )
-        .await
-        .unwrap()
-        .ino;
+    let file = new_file(&meta, &ws, "reel1.mov").await;
     let body = large_analysis(20_000);
     let text_len = serde_json::to_vec(&body).unwrap().len();
     let blocks = text_len.div_ceil(BODY_BLOCK_SIZE);
@@ -837,24 +841,7 @@ async fn a_large_document_keeps_its_text_in_blocks_that_live_as_long_as_it_does(
     assert_eq!(fresh.get(written.id).await.unwrap().unwrap().body, body);
 
     // Purging the file takes the document; its blocks are then GC's.
-    meta.unlink(&common::actor(), ws.id, ws.root, &common::name("reel1.mov"))
-        .await
-        .unwrap();
-    meta.purge_trash(
-        ws.id,
-        ws.root,
-        ws.kind,
-        &[RetentionClass::days(0)],
-        meta.gc_now().await.unwrap(),
-        std::time::SystemTime::now() + Duration::from_secs(60),
-        false,
-        drive::meta::PurgePace::FULL_SPEED,
-    )
-    .await
-    .unwrap();
-    meta.purge_queued_nodes(drive::meta::PurgePace::FULL_SPEED)
-        .await
-        .unwrap();
+    remove_and_purge(&meta, &ws, "reel1.mov").await;
     assert_eq!(fresh.get(written.id).await.unwrap(), None);
     assert_eq!(count("SELECT count(*) FROM media_blocks").await, 0);
     let swept = run_block_pass(&meta, store.as_ref(), &pass("purged"))
