@@ -76,6 +76,8 @@ COMBOS: dict[str, dict[str, Any]] = {
                                                    "memoryLimit": "2Gi"}}},
     "api-off": {"api": {"enabled": False}},
     "api-plain": {"api": {"tls": {"mode": "plain"}}},
+    "api-plain-s3-credentials": {"api": {"tls": {"mode": "plain"}},
+                                 "objectStore": {"s3": {"credentialsSecret": "studiodrive-s3", "credentialsKey": "aws"}}},
     "api-cert-manager": {"api": {"tls": {"mode": "certManager", "extraDnsNames": ["api.studio.example", "*.api.studio.example"],
                                          "issuerRef": {"name": "studio-ca", "kind": "ClusterIssuer"}}}},
     "api-existing-secret": {"api": {"tls": {"mode": "existingSecret", "secretName": "studio-api-cert"}}},
@@ -121,7 +123,7 @@ def test_app_version_is_the_workspace_version():
 
 
 @pytest.mark.parametrize("combo", ["defaults", "s3-endpoint-credentials", "file-store-claim", "everything-optional",
-                                   "api-plain", "api-cert-manager", "api-existing-secret"])
+                                   "api-plain", "api-cert-manager", "api-existing-secret", "api-plain-s3-credentials"])
 def test_helm_lint_strict_is_clean(combo):
     report = helm.lint(str(CHART), COMBOS[combo] or None, strict=True, namespace=NAMESPACE)
     problems = [m for m in report["messages"] if m["severity"] >= 2] + report.get("errors", [])
@@ -656,6 +658,7 @@ def test_relay_without_metrics_keeps_its_probe_endpoint(monitoring_chart):
 API = "studiodrive-api"
 API_TLS_SECRET = "studiodrive-api-tls"
 API_TLS_DIR = "/etc/studiodrive/api-tls"
+API_MEMORY_LIMIT = "5Gi"
 API_DNS_NAMES = [API, f"{API}.{NAMESPACE}", f"{API}.{NAMESPACE}.svc", f"{API}.{NAMESPACE}.svc.cluster.local"]
 
 def api_container(objects, name: str = API) -> dict[str, Any]:
@@ -790,16 +793,123 @@ def test_api_metadata_settings_are_the_relays(combo, monitoring_chart):
     objects = render_combo(combo, monitoring_chart)
     env = {e["name"]: e for e in api_container(objects)["env"]}
     relay_env = {e["name"]: e for e in relay_container(objects)["env"]}
-    assert set(env) == set(relay_env) == {"RUST_LOG", "STUDIODRIVE_METADATA_URL",
-                                          "STUDIODRIVE_METADATA_STATEMENT_TIMEOUT_MS"}
     for name in ("STUDIODRIVE_METADATA_URL", "STUDIODRIVE_METADATA_STATEMENT_TIMEOUT_MS"):
         assert env[name] == relay_env[name], name
-    # The API opens the metadata store only (cli/api.rs calls storage.meta(), never open_store):
-    # no block store settings, and studiodrive-csi has no metadata TLS setting to pass.
-    source = (ROOT / "csi-driver/src/cli/api.rs").read_text()
-    assert "storage.meta()" in source and "open_store" not in source
-    assert not any(n.startswith(("STUDIODRIVE_STORE", "STUDIODRIVE_S3_")) for n in env)
+    # Besides these, only the block store's settings (next tests); and studiodrive-csi has
+    # no metadata TLS setting to pass.
+    assert {n for n in env if not n.startswith(("STUDIODRIVE_STORE", "STUDIODRIVE_S3_"))} == {
+        "RUST_LOG", "STUDIODRIVE_METADATA_URL", "STUDIODRIVE_METADATA_STATEMENT_TIMEOUT_MS"}
     assert not any("metadata-ca" in a or "metadata-tls" in a for a in api_container(objects)["args"])
+
+
+STORE_ENV = ("STUDIODRIVE_STORE", "STUDIODRIVE_S3_")
+
+
+def store_env(container: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e for e in container["env"] if e["name"].startswith(STORE_ENV)]
+
+
+def test_api_opens_the_block_store_it_is_given():
+    # Documents over 1 MiB keep their text in the block store: `api` opens the one --store
+    # names (STUDIODRIVE_STORE); with a remote metadata URL and no store it refuses them.
+    api = (ROOT / "csi-driver/src/cli/api.rs").read_text()
+    assert "storage.document_store(&meta)" in api and "pub storage: StorageArgs" in api
+    storage = (ROOT / "csi-driver/src/cli/mod.rs").read_text()
+    assert "(None, Some(_)) => None," in storage and 'env = "STUDIODRIVE_STORE"' in storage
+
+
+@pytest.mark.parametrize("combo", ["defaults", "s3-endpoint-credentials", "api-plain-s3-credentials"])
+def test_api_gets_the_node_plugins_s3_store(combo, monitoring_chart):
+    objects = render_combo(combo, monitoring_chart)
+    c = api_container(objects)
+    node = pod_spec(find(objects, "DaemonSet", "studiodrive-csi-node"))["containers"][0]
+    # The same store, the same S3 settings, in the same order (one helper renders both).
+    assert store_env(c) == store_env(node)
+    env = {e["name"]: e.get("value") for e in store_env(c)}
+    assert env["STUDIODRIVE_STORE"].startswith("s3://")
+    s3 = COMBOS[combo].get("objectStore", {}).get("s3", {})
+    assert ("STUDIODRIVE_S3_ENDPOINT" in env) == ("endpoint" in s3)
+    assert ("STUDIODRIVE_S3_REGION" in env) == ("region" in s3)
+    assert env["STUDIODRIVE_S3_MAX_ATTEMPTS"] == "5"
+
+
+def mount_of_file(container: dict[str, Any], path: str) -> dict[str, Any]:
+    (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    return mount
+
+
+@pytest.mark.parametrize("combo", ["s3-endpoint-credentials", "api-plain-s3-credentials"])
+def test_api_reads_the_s3_credentials_the_node_plugin_reads(combo, monitoring_chart):
+    objects = render_combo(combo, monitoring_chart)
+    s3 = COMBOS[combo]["objectStore"]["s3"]
+    spec = pod_spec(find(objects, "Deployment", API))
+    c = api_container(objects)
+    node_spec = pod_spec(find(objects, "DaemonSet", "studiodrive-csi-node"))
+    node = node_spec["containers"][0]
+    path = {e["name"]: e.get("value") for e in c["env"]}["STUDIODRIVE_S3_CREDENTIALS_FILE"]
+    assert path == f"/etc/studiodrive/s3/{s3.get('credentialsKey', 'credentials')}"
+    # The file is in a read-only mount of the Secret, at the node plugin's path.
+    mount = mount_of_file(c, path)
+    assert mount == mount_of_file(node, path) == {"name": "s3-credentials", "mountPath": "/etc/studiodrive/s3",
+                                                   "readOnly": True}
+    secret = volume_named(spec, mount["name"])["secret"]
+    assert secret["secretName"] == volume_named(node_spec, "s3-credentials")["secret"]["secretName"] == s3["credentialsSecret"]
+    # Secret files are root's: the non-root API reads them through its fsGroup (0440), the
+    # root node plugin alone (0400).
+    assert secret["defaultMode"] == 0o440, oct(secret["defaultMode"])
+    assert spec["securityContext"]["fsGroup"] == c["securityContext"]["runAsGroup"] == 65532
+    assert volume_named(node_spec, "s3-credentials")["secret"]["defaultMode"] == 0o400
+    # Plain HTTP has no TLS volume: the credentials are the only one.
+    tls = COMBOS[combo].get("api", {}).get("tls", {}).get("mode") != "plain"
+    assert [v["name"] for v in spec["volumes"]] == ["tls"] * tls + ["s3-credentials"]
+
+
+@pytest.mark.parametrize("combo", ["defaults", "api-plain"])
+def test_api_without_s3_credentials_mounts_none(combo, monitoring_chart):
+    objects = render_combo(combo, monitoring_chart)
+    c = api_container(objects)
+    assert "STUDIODRIVE_S3_CREDENTIALS_FILE" not in {e["name"] for e in c["env"]}
+    volumes = [v["name"] for v in pod_spec(find(objects, "Deployment", API)).get("volumes", [])]
+    assert "s3-credentials" not in volumes
+    assert all(m["name"] != "s3-credentials" for m in c.get("volumeMounts", []))
+
+
+@pytest.mark.parametrize("combo", ["file-store-claim", "file-store-hostpath"])
+def test_api_gets_no_file_store(combo, monitoring_chart):
+    # A file store's folders are created 0700 by the node plugin, which runs as root: the
+    # API (uid 65532, kept non-root) could not open the store (LocalChunkStore::open lists
+    # its .tmp folder) and would not start. So it gets no store and refuses documents over
+    # 1 MiB, as GC and preload Jobs get none. Should files become shareable, this fails.
+    private = (ROOT / "drive/src/private_files.rs").read_text()
+    assert "pub const DIR_MODE: u32 = 0o700;" in private
+    assert "private_files::create_dir_all(&tmp)?;" in (ROOT / "drive/src/data/local.rs").read_text()
+    objects = render_combo(combo, monitoring_chart)
+    node = pod_spec(find(objects, "DaemonSet", "studiodrive-csi-node"))["containers"][0]
+    assert node["securityContext"]["runAsUser"] == 0
+    c = api_container(objects)
+    assert store_env(c) == []
+    spec = pod_spec(find(objects, "Deployment", API))
+    assert [v["name"] for v in spec["volumes"]] == ["tls"]
+    assert [m["name"] for m in c["volumeMounts"]] == ["tls"]
+    assert c["securityContext"] == relay_container(objects)["securityContext"]
+    # Said where a file store is chosen, and in the install guide.
+    values = (CHART / "values.yaml").read_text()
+    assert "the API gets no file store" in " ".join(l.strip(" #") for l in values.splitlines())
+    install = " ".join((ROOT / "docs/install.md").read_text().split())
+    assert "With a file store the API gets no block store" in install
+    assert "Nor is the API" in notes(COMBOS[combo]) and "refuses media documents over 1 MiB" in notes(COMBOS[combo])
+    assert "Nor is the API" not in notes({"api": {"enabled": False}, **COMBOS[combo]})
+
+
+def test_api_memory_limit_holds_two_large_document_writes(default_objects):
+    # At most LARGE_WRITES bodies over 1 MiB are read at once, and a write holds the body,
+    # its parsed form and the text it stores: the limit is sized for that, the request not.
+    source = (ROOT / "csi-driver/src/api/mod.rs").read_text()
+    assert re.search(r"pub const LARGE_WRITES: usize = 2;", source)
+    resources = api_container(default_objects)["resources"]
+    assert resources == {"requests": {"cpu": "20m", "memory": "64Mi"}, "limits": {"memory": API_MEMORY_LIMIT}}
+    values = " ".join(l.strip(" #") for l in (CHART / "values.yaml").read_text().splitlines())
+    assert "two document writes over 1 MiB at once" in values, "values.yaml: say why the API's limit is what it is"
 
 
 def test_api_values_reach_its_flags_and_one_replica_has_no_pdb(monitoring_chart):
@@ -1347,6 +1457,34 @@ def test_s3_store_settings_reach_the_node_plugin_and_gc_jobs(monitoring_chart):
     assert "--object-store-endpoint=http://minio.storage:9000" in args
     assert "--object-store-region=eu-west-1" in args
     assert "--gc-s3-credentials-secret=studiodrive-s3/credentials" in args
+
+
+# The node plugin's block store environment, as rendered before studiodrive.objectStoreEnv
+# (one helper for it and the API): name -> value, in order.
+NODE_STORE_ENV = {
+    "defaults": [("STUDIODRIVE_STORE", "s3://studiodrive"), ("STUDIODRIVE_S3_MAX_ATTEMPTS", "5")],
+    "s3-endpoint-credentials": [
+        ("STUDIODRIVE_STORE", "s3://frames/studio-a"), ("STUDIODRIVE_S3_ENDPOINT", "http://minio.storage:9000"),
+        ("STUDIODRIVE_S3_REGION", "eu-west-1"), ("STUDIODRIVE_S3_MAX_ATTEMPTS", "5"),
+        ("STUDIODRIVE_S3_CREDENTIALS_FILE", "/etc/studiodrive/s3/credentials")],
+    "api-plain-s3-credentials": [
+        ("STUDIODRIVE_STORE", "s3://studiodrive"), ("STUDIODRIVE_S3_MAX_ATTEMPTS", "5"),
+        ("STUDIODRIVE_S3_CREDENTIALS_FILE", "/etc/studiodrive/s3/aws")],
+    "file-store-claim": [("STUDIODRIVE_STORE", "file:///var/lib/studiodrive-blocks")],
+    "file-store-hostpath": [("STUDIODRIVE_STORE", "file:///var/lib/studiodrive-blocks")],
+}
+
+
+@pytest.mark.parametrize("combo", list(NODE_STORE_ENV))
+def test_node_plugin_store_env_is_as_before(combo, monitoring_chart):
+    objects = render_combo(combo, monitoring_chart)
+    plugin = pod_spec(find(objects, "DaemonSet", "studiodrive-csi-node"))["containers"][0]
+    env = store_env(plugin)
+    assert all(set(e) == {"name", "value"} for e in env), env
+    assert [(e["name"], e["value"]) for e in env] == NODE_STORE_ENV[combo]
+    # Right after the metadata settings.
+    names = [e["name"] for e in plugin["env"]]
+    assert names[names.index("STUDIODRIVE_METADATA_STATEMENT_TIMEOUT_MS") + 1] == "STUDIODRIVE_STORE"
 
 
 def test_file_store_is_mounted_into_the_node_plugin(monitoring_chart):

@@ -70,6 +70,53 @@ file://{{ .Values.objectStore.file.path }}
 {{- end -}}
 {{- end }}
 
+{{/* Where the S3 shared-credentials Secret (objectStore.s3.credentialsSecret) is mounted. The
+     operator's GC and preload Jobs mount it at the same path (operator/src/gc_job.rs). */}}
+{{- define "studiodrive.s3Credentials.dir" -}}/etc/studiodrive/s3{{- end }}
+
+{{/* Whether the S3 credentials Secret is mounted ("true" or empty). */}}
+{{- define "studiodrive.s3Credentials.enabled" -}}
+{{- if and (eq .Values.objectStore.type "s3") .Values.objectStore.s3.credentialsSecret }}true{{ end }}
+{{- end }}
+
+{{- define "studiodrive.s3Credentials.volumeMount" -}}
+- name: s3-credentials
+  mountPath: {{ include "studiodrive.s3Credentials.dir" . }}
+  readOnly: true
+{{- end }}
+
+{{/* The S3 credentials volume: (dict "ctx" $ "mode" "0400"). The mode is the reader's: 0400
+     for a root container, 0440 for one that reads it through the pod's fsGroup. */}}
+{{- define "studiodrive.s3Credentials.volume" -}}
+- name: s3-credentials
+  secret:
+    secretName: {{ .ctx.Values.objectStore.s3.credentialsSecret }}
+    defaultMode: {{ .mode }}
+{{- end }}
+
+{{/* The default block store of a process that opens it (studiodrive-csi --store and its S3
+     flags, as environment): STUDIODRIVE_STORE always, the S3 settings with type s3. */}}
+{{- define "studiodrive.objectStoreEnv" -}}
+- name: STUDIODRIVE_STORE
+  value: {{ include "studiodrive.storeUrl" . | quote }}
+{{- if eq .Values.objectStore.type "s3" }}
+{{- with .Values.objectStore.s3.endpoint }}
+- name: STUDIODRIVE_S3_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.objectStore.s3.region }}
+- name: STUDIODRIVE_S3_REGION
+  value: {{ . | quote }}
+{{- end }}
+- name: STUDIODRIVE_S3_MAX_ATTEMPTS
+  value: {{ .Values.objectStore.s3.maxAttempts | int | quote }}
+{{- if include "studiodrive.s3Credentials.enabled" . }}
+- name: STUDIODRIVE_S3_CREDENTIALS_FILE
+  value: {{ include "studiodrive.s3Credentials.dir" . }}/{{ .Values.objectStore.s3.credentialsKey }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* Checks that the values hang together (the schema covers types and names). */}}
 {{- define "studiodrive.validate" -}}
 {{- if and (eq .Values.objectStore.type "s3") (not .Values.objectStore.s3.bucket) }}
