@@ -8,6 +8,7 @@
 //! one row per queryable field present), and filters ([`filter`]). The store
 //! ([`crate::meta::PgMetaStore`]'s media methods) keeps them in PostgreSQL.
 
+mod coalescer;
 pub mod extract;
 pub mod filter;
 pub mod technical;
