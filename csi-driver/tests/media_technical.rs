@@ -2,7 +2,8 @@
 //! (Debian openimageio-tools) and an MP4 written by ffmpeg get documents in the built-in
 //! `studiodrive/technical` DataStore, from the mount's background extractor, whose
 //! resolution, channels and frame rate match what `oiiotool --info` and `ffprobe` report of
-//! the same files; documents follow a rename; other files get none.
+//! the same files; documents follow a rename; other files get none. A sequence of frames gets
+//! a summary document on its folder, which a frame written later updates.
 
 mod common;
 
@@ -36,8 +37,16 @@ fn run(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `meta query` over the technical DataStore: (document id, path) of each hit.
-fn technical_hits(storage: &Storage, filter: &Value) -> anyhow::Result<Vec<(String, Option<String>)>> {
+/// A document `meta query` found.
+#[derive(Debug)]
+struct Hit {
+    id: String,
+    media_id: Value,
+    path: Option<String>,
+}
+
+/// `meta query` over the technical DataStore.
+fn technical_hits(storage: &Storage, filter: &Value) -> anyhow::Result<Vec<Hit>> {
     let out = run(common::studiodrive()
         .args([
             "meta",
@@ -52,10 +61,11 @@ fn technical_hits(storage: &Storage, filter: &Value) -> anyhow::Result<Vec<(Stri
     out.lines()
         .map(|l| {
             let v: Value = serde_json::from_str(l)?;
-            Ok((
-                v["id"].as_str().context("id")?.to_string(),
-                v["path"].as_str().map(str::to_string),
-            ))
+            Ok(Hit {
+                id: v["id"].as_str().context("id")?.to_string(),
+                media_id: v["mediaId"].clone(),
+                path: v["path"].as_str().map(str::to_string),
+            })
         })
         .collect()
 }
@@ -68,19 +78,53 @@ fn document(storage: &Storage, id: &str) -> anyhow::Result<Value> {
     Ok(serde_json::from_str::<Value>(out.trim())?["document"].clone())
 }
 
+/// The documents of `media_id` (id, document): the latest, or every version oldest first.
+fn versions(storage: &Storage, media_id: &Value, all: bool) -> anyhow::Result<Vec<(String, Value)>> {
+    let media_id = media_id.to_string();
+    let mut args = vec![
+        "meta",
+        "get",
+        "--datastore",
+        "studiodrive/technical",
+        "--media-id",
+        &media_id,
+    ];
+    if all {
+        args.push("--all");
+    }
+    let out = run(common::studiodrive()
+        .args(args)
+        .args(storage.args())
+        .env("RUST_LOG", "warn"))?;
+    out.lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l)?;
+            Ok((v["id"].as_str().context("id")?.to_string(), v["document"].clone()))
+        })
+        .collect()
+}
+
+/// Only files' documents whose format is `format`.
+fn files_of_format(format: &str) -> Value {
+    json!({"and": [
+        {"field": "kind", "op": "=", "value": "file"},
+        {"field": "format", "op": "=", "value": format}
+    ]})
+}
+
 /// The document of the file at `path` (mount-relative, with a leading '/'), once the
 /// extractor filed it.
 fn document_at(storage: &Storage, format: &str, path: &str) -> anyhow::Result<Value> {
-    let filter = json!({"field": "format", "op": "=", "value": format});
+    let filter = files_of_format(format);
     let mut found = None;
     let seen = common::eventually(Duration::from_secs(60), || {
         found = technical_hits(storage, &filter)
             .ok()
-            .and_then(|hits| hits.into_iter().find(|(_, p)| p.as_deref() == Some(path)));
+            .and_then(|hits| hits.into_iter().find(|h| h.path.as_deref() == Some(path)));
         found.is_some()
     });
     anyhow::ensure!(seen, "no {format} document for {path}");
-    document(storage, &found.context("a hit")?.0)
+    document(storage, &found.context("a hit")?.id)
 }
 
 /// `oiiotool --info -v`: (width, height, channel count) of an image.
@@ -187,16 +231,119 @@ fn frames_and_movies_written_on_a_mount_get_documents_matching_the_tools() -> an
     // The document follows its file.
     std::fs::create_dir(m.path("final"))?;
     std::fs::rename(&exr, m.path("final/sh010.1001.exr"))?;
-    let hits = technical_hits(
-        &storage,
-        &json!({"field": "format", "op": "=", "value": "openexr"}),
-    )?;
-    let mut paths: Vec<String> = hits.into_iter().filter_map(|(_, p)| p).collect();
+    let hits = technical_hits(&storage, &files_of_format("openexr"))?;
+    let mut paths: Vec<String> = hits.into_iter().filter_map(|h| h.path).collect();
     paths.sort();
     assert_eq!(paths, ["/final/sh010.1001.exr", "/plates/sh010.1002.exr"]);
-    // Nothing for the text file: every document is one of the three media files.
-    let all = technical_hits(&storage, &json!({"field": "kind", "op": "exists"}))?;
-    assert_eq!(all.len(), 3, "{all:?}");
+    // Nothing for the text file: every file document is one of the three media files (the
+    // two frames also make a sequence, whose summary is a `kind: sequence` document).
+    let files = technical_hits(&storage, &json!({"field": "kind", "op": "=", "value": "file"}))?;
+    assert_eq!(files.len(), 3, "{files:?}");
+    drop(m);
+    Ok(())
+}
+
+/// Writes frame `frame` of `sh020.%04d.exr` in `dir` with oiiotool: 320x180, RGB, half.
+fn write_frame(dir: &Path, frame: u32) -> anyhow::Result<std::path::PathBuf> {
+    let path = dir.join(format!("sh020.{frame:04}.exr"));
+    run(Command::new("oiiotool")
+        .args(["--pattern", "constant:color=0.2,0.4,0.6", "320x180", "3"])
+        .args(["-d", "half", "-o"])
+        .arg(&path))?;
+    Ok(path)
+}
+
+/// The latest summary of `media_id` once `ready` holds for it (polled with a deadline).
+fn summary_when(
+    storage: &Storage,
+    media_id: &Value,
+    ready: impl Fn(&Value) -> bool,
+) -> anyhow::Result<(String, Value)> {
+    let mut last = None;
+    let seen = common::eventually(Duration::from_secs(60), || {
+        last = versions(storage, media_id, false).ok().and_then(|mut v| v.pop());
+        last.as_ref().is_some_and(|(_, doc)| ready(doc))
+    });
+    anyhow::ensure!(
+        seen,
+        "the summary of {media_id} never got there; last seen: {last:?}"
+    );
+    last.context("a summary")
+}
+
+// Catches: no summary filed for a sequence (the extractor not scheduling it, the DataStore
+// refusing its media id), a summary that miscounts frames or gaps, a resolution other than
+// the frames', a summary not attached to its folder, and one that a later frame does not
+// update (or that replaces its history instead of adding a version).
+#[test]
+fn a_sequence_written_on_a_mount_gets_a_summary_that_a_new_frame_updates() -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+
+    tool("oiiotool", "openimageio-tools")?;
+    let storage = Storage::new()?;
+    let m = Mount::new(&storage, &[])?;
+    let shot = m.path("shots/sh020");
+    std::fs::create_dir_all(&shot)?;
+    let mut frames = Vec::new();
+    for frame in [1001, 1002, 1003, 1004, 1005, 1007] {
+        frames.push(write_frame(&shot, frame)?);
+    }
+    let folder = std::fs::metadata(&shot)?.ino();
+    let media_id = json!({"workspace": "default", "folder": folder, "sequence": "sh020.%04d.exr"});
+
+    // Frames land one by one: wait for the summary that has seen all six.
+    let (first_id, summary) = summary_when(&storage, &media_id, |doc| doc["frameCount"] == 6)?;
+    assert_eq!(summary["kind"], "sequence", "{summary}");
+    assert_eq!(summary["firstFrame"], 1001, "{summary}");
+    assert_eq!(summary["lastFrame"], 1007, "{summary}");
+    assert_eq!(summary["missingFrames"], json!([[1006, 1006]]), "{summary}");
+    assert_eq!(summary["missingFrameCount"], 1, "{summary}");
+    let (w, h, c) = oiio_info(&frames[0])?;
+    assert_eq!(
+        (
+            summary["width"].as_u64(),
+            summary["height"].as_u64(),
+            summary["channels"].as_u64()
+        ),
+        (Some(w), Some(h), Some(c)),
+        "{summary}"
+    );
+    assert_eq!(summary["format"], "openexr", "{summary}");
+    assert!(summary.get("mixed").is_none(), "{summary}");
+    // Attached to the folder: a query finds it there.
+    let hits = technical_hits(
+        &storage,
+        &json!({"field": "kind", "op": "=", "value": "sequence"}),
+    )?;
+    let on_folder: Vec<&Hit> = hits
+        .iter()
+        .filter(|h| h.path.as_deref() == Some("/shots/sh020"))
+        .collect();
+    assert_eq!(on_folder.len(), 1, "{hits:?}");
+    assert_eq!(on_folder[0].media_id, media_id);
+
+    write_frame(&shot, 1006)?;
+    let (latest_id, summary) = summary_when(&storage, &media_id, |doc| doc["missingFrameCount"] == 0)?;
+    assert_eq!(summary["frameCount"], 7, "{summary}");
+    assert_eq!(
+        (&summary["firstFrame"], &summary["lastFrame"]),
+        (&json!(1001), &json!(1007))
+    );
+    assert_eq!(summary["missingFrames"], json!([]), "{summary}");
+    assert_eq!(summary["width"].as_u64(), Some(w), "{summary}");
+    let all = versions(&storage, &media_id, true)?;
+    assert!(all.len() >= 2, "{all:?}");
+    assert_eq!(
+        all.last().map(|(id, _)| id),
+        Some(&latest_id),
+        "the newest is the latest"
+    );
+    assert!(
+        all.iter()
+            .any(|(id, doc)| *id == first_id && doc["missingFrames"] == json!([[1006, 1006]])),
+        "the summary with the gap is kept as an older version: {all:?}"
+    );
+    assert_ne!(first_id, latest_id);
     drop(m);
     Ok(())
 }

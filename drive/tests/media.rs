@@ -850,3 +850,73 @@ async fn a_large_document_keeps_its_text_in_blocks_that_live_as_long_as_it_does(
     assert_eq!(swept.deleted, blocks as u64, "{swept:?}");
     assert_eq!(store.list("blocks/").await.unwrap().len(), 0);
 }
+
+// Catches: a store made by version 1 of the technical DataStore (file media ids only) that
+// refuses the summaries of version 2, or that loses or strands its stored documents in the
+// upgrade; a widening that is no widening (it would strand stored ids).
+#[tokio::test]
+async fn a_version_1_technical_datastore_is_widened_to_take_sequence_summaries() {
+    use drive::media::technical;
+
+    let store = common::store().await;
+    let current = technical::technical_datastore();
+    let version_1 = DataStoreSpec {
+        version: 1,
+        media_id_schema: technical::file_media_id_schema(),
+        ..current.clone()
+    };
+    store.put_media_datastore(&version_1).await.unwrap();
+    let file_id = json!({"workspace": "vfx", "node": 42});
+    let file_doc = json!({"kind": "file", "format": "openexr", "width": 64});
+    store
+        .put_media_document(&current.name, &file_id, None, &file_doc)
+        .await
+        .unwrap();
+    let sequence_id = json!({"workspace": "vfx", "folder": 7, "sequence": "sh010.%04d.exr"});
+    let summary = technical::summarize_frame_documents(&[(1, Some(file_doc.clone())), (3, None)]);
+    let refused = store
+        .put_media_document(&current.name, &sequence_id, None, &summary)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::InvalidArgument, "{refused}");
+    assert_eq!(
+        store.put_media_datastore(&current).await.unwrap_err().kind(),
+        ErrorKind::InvalidArgument,
+        "a media id schema does not change by a put"
+    );
+
+    let not_wider = DataStoreSpec {
+        media_id_schema: technical::sequence_media_id_schema(),
+        ..current.clone()
+    };
+    let err = store
+        .widen_media_id_schema(&not_wider, &technical::file_media_id_schema())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(
+        store
+            .widen_media_id_schema(&current, &technical::file_media_id_schema())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .widen_media_id_schema(&current, &technical::file_media_id_schema())
+            .await
+            .unwrap(),
+        "widened once"
+    );
+    let record = store.put_media_datastore(&current).await.unwrap();
+    assert_eq!(record.spec, current);
+
+    store
+        .put_media_document(&current.name, &sequence_id, None, &summary)
+        .await
+        .unwrap();
+    let kept = store
+        .media_documents(&current.name, &file_id, Versions::All)
+        .await
+        .unwrap();
+    assert_eq!(kept.iter().map(|d| &d.body).collect::<Vec<_>>(), [&file_doc]);
+}

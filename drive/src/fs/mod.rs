@@ -107,9 +107,9 @@ pub struct FsConfig {
 /// Learns of a mount's content commits. Called on the closing process's path: it must only
 /// note the commit and return (work goes to a background task).
 pub trait CommitObserver: Send + Sync + std::fmt::Debug + 'static {
-    /// `attr` is the file's attributes after the commit; `name` its name when the commit
-    /// created it (a rewrite of an existing file does not carry one).
-    fn committed(&self, attr: &Attr, name: Option<&Name>);
+    /// `attr` is the file's attributes after the commit; `created` its folder and name when
+    /// the commit created it (a rewrite of an existing file does not carry them).
+    fn committed(&self, attr: &Attr, created: Option<(NodeId, &Name)>);
 }
 
 impl FsConfig {
@@ -696,7 +696,13 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
         }
         self.cache.set_attr(attr);
         if let Some(observer) = self.on_commit.get() {
-            observer.committed(attr, committed.created.as_ref().map(|(_, name, _)| name));
+            observer.committed(
+                attr,
+                committed
+                    .created
+                    .as_ref()
+                    .map(|(parent, name, _)| (*parent, name)),
+            );
         }
         if let Some((parent, name, dir)) = &committed.created {
             let reserved = committed.conflict.as_ref().unwrap_or(name);

@@ -9,6 +9,7 @@
 //! ([`crate::meta::PgMetaStore`]'s media methods) keeps them in PostgreSQL.
 
 pub mod body;
+mod coalescer;
 pub mod documents;
 pub mod extract;
 pub mod filter;

@@ -22,6 +22,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::{DataStoreAccess, DataStoreSpec};
+use crate::model::{NodeId, SequenceKey};
 
 // ---------------------------------------------------------------------------------------------
 // The port
@@ -142,6 +143,14 @@ pub enum Format {
     Dpx,
     /// QuickTime and ISO base media files: .mov, .mp4, .m4v (`quicktime`).
     QuickTime,
+}
+
+impl Format {
+    /// Whether a file of this format is one frame of an image sequence (OpenEXR, DPX), whose
+    /// sequence gets a summary document. A QuickTime file holds its frames itself.
+    pub fn is_image_frame(self) -> bool {
+        matches!(self, Format::OpenExr | Format::Dpx)
+    }
 }
 
 impl fmt::Display for Format {
@@ -1769,8 +1778,8 @@ mod quicktime {
 // ---------------------------------------------------------------------------------------------
 // Sequences
 
-/// The fields a sequence summary carries when every frame agrees, and names under `mixed`
-/// when they do not.
+/// The fields a sequence summary carries when every frame with a document agrees, and names
+/// under `mixed` when they do not.
 pub const SUMMARIZED_FIELDS: [&str; 8] = [
     "format",
     "width",
@@ -1782,14 +1791,25 @@ pub const SUMMARIZED_FIELDS: [&str; 8] = [
     "frameRate",
 ];
 
-/// The document of a frame sequence from its frames' (frame number, header):
+/// The document of a frame sequence from its frames' (frame number, header): see
+/// [`summarize_frame_documents`], every frame having a document.
+pub fn summarize_sequence(frames: &[(u64, Technical)]) -> Value {
+    let documents: Vec<(u64, Option<Value>)> = frames.iter().map(|(n, t)| (*n, Some(t.document()))).collect();
+    summarize_frame_documents(&documents)
+}
+
+/// The document of a frame sequence from its frames' (frame number, file document):
 /// `{"kind": "sequence", "firstFrame", "lastFrame", "frameCount", "missingFrames": [[a, b],
 /// ...], "missingFrameCount", "missingRangeCount", ...}` plus each of [`SUMMARIZED_FIELDS`]
-/// that every frame has with one value; a field that differs between frames, or that some
-/// frames lack, is named in `"mixed"` instead. Frame numbers may come in any order; a
+/// that every frame's document has with one value; a field that differs between documents,
+/// or that some lack, is named in `"mixed"` instead.
+///
+/// A frame without a document (`None`: its header could not be read) is present by its
+/// number but contributes no fields: the fields are those its documented siblings agree on,
+/// and with no documents at all there are none. Frame numbers may come in any order; a
 /// repeated number counts once. Missing ranges are inclusive, in order, the first
 /// [`MAX_LISTED_MISSING_RANGES`] listed. With no frames, only the counts (0) are there.
-pub fn summarize_sequence(frames: &[(u64, Technical)]) -> Value {
+pub fn summarize_frame_documents(frames: &[(u64, Option<Value>)]) -> Value {
     let mut numbers: Vec<u64> = frames.iter().map(|(n, _)| *n).collect();
     numbers.sort_unstable();
     numbers.dedup();
@@ -1817,7 +1837,7 @@ pub fn summarize_sequence(frames: &[(u64, Technical)]) -> Value {
     doc.insert("missingFrameCount".into(), json!(missing));
     doc.insert("missingRangeCount".into(), json!(ranges));
 
-    let documents: Vec<Value> = frames.iter().map(|(_, t)| t.document()).collect();
+    let documents: Vec<&Value> = frames.iter().filter_map(|(_, d)| d.as_ref()).collect();
     let mut mixed = Vec::new();
     for field in SUMMARIZED_FIELDS {
         let mut values = documents.iter().map(|d| d.get(field));
@@ -1843,25 +1863,21 @@ pub fn summarize_sequence(frames: &[(u64, Technical)]) -> Value {
 const TIMECODE_PATTERN: &str = "^[0-9]{2}:[0-5][0-9]:[0-5][0-9][:;][0-9]{2,3}$";
 
 /// The built-in DataStore of technical metadata: `studiodrive/technical`, analysis type
-/// `technical`, version 1. Its schema accepts exactly the documents of [`Technical::document`]
-/// (`kind: file`) and [`summarize_sequence`] (`kind: sequence`), each closed to other fields.
-/// Media ids are `{"workspace": <name>, "node": <node id>}`. No timeline, no access granted
-/// (the built-in writer needs none).
+/// `technical`, version 2. Its schema accepts exactly the documents of [`Technical::document`]
+/// (`kind: file`) and [`summarize_frame_documents`] (`kind: sequence`), each closed to other
+/// fields. Media ids are [`file_media_id_schema`]'s for files and
+/// [`sequence_media_id_schema`]'s for sequences. No timeline, no access granted (the built-in
+/// writer needs none).
+///
+/// Version 1 had file media ids only; its stores are widened in place
+/// ([`crate::meta::PgMetaStore::widen_media_id_schema`]), which keeps every stored id valid.
 pub fn technical_datastore() -> DataStoreSpec {
     DataStoreSpec {
         name: "studiodrive/technical".into(),
         analysis_type: "technical".into(),
-        version: 1,
+        version: 2,
         schema: technical_schema(),
-        media_id_schema: json!({
-            "type": "object",
-            "required": ["workspace", "node"],
-            "properties": {
-                "workspace": {"type": "string"},
-                "node": {"type": "integer", "minimum": 1}
-            },
-            "additionalProperties": false
-        }),
+        media_id_schema: json!({"anyOf": [file_media_id_schema(), sequence_media_id_schema()]}),
         queryable: [
             "kind",
             "format",
@@ -1880,6 +1896,45 @@ pub fn technical_datastore() -> DataStoreSpec {
         timeline: Vec::new(),
         access: DataStoreAccess::default(),
     }
+}
+
+/// The media ids of file documents, `{"workspace": <name>, "node": <node id>}`: version 1's
+/// whole media id schema.
+pub fn file_media_id_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["workspace", "node"],
+        "properties": {
+            "workspace": {"type": "string"},
+            "node": {"type": "integer", "minimum": 1}
+        },
+        "additionalProperties": false
+    })
+}
+
+/// The media ids of sequence summaries: `{"workspace": <name>, "folder": <node id>,
+/// "sequence": <pattern>}`, the pattern as `SequenceKey` prints it (`sh010.%04d.exr`).
+pub fn sequence_media_id_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["workspace", "folder", "sequence"],
+        "properties": {
+            "workspace": {"type": "string"},
+            "folder": {"type": "integer", "minimum": 1},
+            "sequence": {"type": "string", "minLength": 1}
+        },
+        "additionalProperties": false
+    })
+}
+
+/// The media id of file `node`'s document.
+pub fn file_media_id(workspace: &str, node: NodeId) -> Value {
+    json!({"workspace": workspace, "node": node.0})
+}
+
+/// The media id of the summary of sequence `key` in `folder`.
+pub fn sequence_media_id(workspace: &str, folder: NodeId, key: &SequenceKey) -> Value {
+    json!({"workspace": workspace, "folder": folder.0, "sequence": key.to_string()})
 }
 
 fn technical_schema() -> Value {
@@ -3284,6 +3339,38 @@ mod tests {
     }
 
     #[test]
+    fn frames_without_a_document_count_by_number_but_give_no_fields() {
+        let document = frame(1920).document();
+        let doc = checked(summarize_frame_documents(&[
+            (1001, Some(document.clone())),
+            (1002, None),
+            (1003, Some(document.clone())),
+            (1005, None),
+        ]));
+        assert_eq!(
+            (&doc["firstFrame"], &doc["lastFrame"], &doc["frameCount"]),
+            (&json!(1001), &json!(1005), &json!(4))
+        );
+        assert_eq!(doc["missingFrames"], json!([[1004, 1004]]));
+        assert_eq!(doc["width"], 1920, "the documented frames agree");
+        assert!(
+            doc.get("mixed").is_none(),
+            "an undocumented frame is not a difference"
+        );
+        assert_eq!(
+            summarize_frame_documents(&[(1001, Some(document)), (1002, None)]),
+            summarize_sequence(&[(1001, frame(1920)), (1002, frame(1920))]),
+            "one documented frame gives the fields of all"
+        );
+        let unread = checked(summarize_frame_documents(&[(1, None), (3, None)]));
+        assert_eq!(
+            unread,
+            json!({"kind": "sequence", "firstFrame": 1, "lastFrame": 3, "frameCount": 2,
+                   "missingFrames": [[2, 2]], "missingFrameCount": 1, "missingRangeCount": 1})
+        );
+    }
+
+    #[test]
     fn only_the_first_1000_missing_ranges_are_listed() {
         let frames: Vec<(u64, Technical)> = (0..=2000u64).map(|n| (n * 2, frame(8))).collect();
         let doc = checked(summarize_sequence(&frames));
@@ -3324,10 +3411,24 @@ mod tests {
                 .check_media_id(&json!({"workspace": "vfx", "node": 42}))
                 .is_ok()
         );
+        let key = crate::model::FrameName::parse(b"sh010.1001.exr").unwrap().key;
+        for good_id in [
+            file_media_id("vfx", NodeId(42)),
+            sequence_media_id("vfx", NodeId(7), &key),
+        ] {
+            assert!(store.check_media_id(&good_id).is_ok(), "{good_id}");
+        }
+        assert_eq!(
+            sequence_media_id("vfx", NodeId(7), &key),
+            json!({"workspace": "vfx", "folder": 7, "sequence": "sh010.%04d.exr"})
+        );
         for bad_id in [
             json!({"workspace": "vfx", "node": 0}),
             json!({"workspace": "vfx"}),
             json!({"workspace": "vfx", "node": 1, "x": 1}),
+            json!({"workspace": "vfx", "folder": 7}),
+            json!({"workspace": "vfx", "folder": 7, "sequence": ""}),
+            json!({"workspace": "vfx", "node": 1, "folder": 7, "sequence": "a.%04d.exr"}),
         ] {
             assert!(store.check_media_id(&bad_id).is_err(), "{bad_id}");
         }

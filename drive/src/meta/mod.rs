@@ -13,7 +13,7 @@
 //! `shares`, `sinks` (event sinks' cursors and leases), `publish` (publish and revert),
 //! `preloads` (preload runs per node), `content` (block maps), `usage` (usage counters and
 //! the quota check), `access`
-//! (last-access times and expiry).
+//! (last-access times and expiry), `media` and `media_ids` (media DataStores and documents).
 
 mod access;
 mod content;
@@ -22,6 +22,7 @@ mod events;
 mod gc;
 mod locks;
 mod media;
+mod media_ids;
 mod memory;
 mod migrations;
 mod operations;

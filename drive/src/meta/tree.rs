@@ -97,6 +97,19 @@ impl PgMetaStore {
         }
     }
 
+    /// The folder and name of a live entry naming node `ino` (the oldest, when hard links give
+    /// it several); `None` when no live entry names it.
+    pub async fn live_entry_of(&self, ino: NodeId) -> Result<Option<(NodeId, Name)>, MetaError> {
+        let client = self.client().await?;
+        Ok(query_opt(
+            &client,
+            "SELECT parent, name FROM entries WHERE ino = $1 AND valid_to IS NULL ORDER BY id LIMIT 1",
+            &[&(ino.0 as i64)],
+        )
+        .await?
+        .map(|r| (NodeId(r.get::<_, i64>(0) as u64), Name::from_stored(r.get(1)))))
+    }
+
     /// Up to `limit` entries of directory `dir` whose names sort after `after`, in byte order.
     /// Keyset pagination: a page never repeats or skips an entry that exists across the calls,
     /// whatever is inserted or removed meanwhile.
