@@ -407,18 +407,24 @@ async fn file_summary<B: BlockIo>(
     key: &SequenceKey,
     frames: Vec<(u64, NodeId)>,
 ) -> Result<Filed, MetaError> {
-    // One read per frame: the store has no batched read of latest documents yet.
-    let mut documents = Vec::with_capacity(frames.len());
-    for (number, ino) in frames {
-        let media_id = technical::file_media_id(&inner.workspace_name, ino);
-        let body = inner
-            .meta
-            .media_documents(&inner.datastore, &media_id, Versions::Latest)
-            .await?
-            .pop()
-            .map(|d| summarized_part(d.body));
-        documents.push((number, body));
-    }
+    let media_ids: Vec<Value> = frames
+        .iter()
+        .map(|(_, ino)| technical::file_media_id(&inner.workspace_name, *ino))
+        .collect();
+    let mut latest = inner
+        .meta
+        .latest_media_documents(&inner.datastore, &media_ids)
+        .await?;
+    let documents: Vec<(u64, Option<Value>)> = frames
+        .iter()
+        .zip(&media_ids)
+        .map(|((number, _), id)| {
+            let body = latest
+                .remove(&crate::media::media_id_key(id))
+                .map(|d| summarized_part(d.body));
+            (*number, body)
+        })
+        .collect();
     let summary = technical::summarize_frame_documents(&documents);
     let media_id = technical::sequence_media_id(&inner.workspace_name, folder, key);
     file_document(inner, &media_id, folder, &summary).await

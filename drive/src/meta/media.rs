@@ -729,6 +729,33 @@ impl PgMetaStore {
         .collect())
     }
 
+    /// The newest document of each of `media_ids` in DataStore `datastore` that has one, by
+    /// media id key ([`media_id_key`]); one query per 1,000 ids.
+    pub async fn latest_media_documents(
+        &self,
+        datastore: &str,
+        media_ids: &[Value],
+    ) -> Result<std::collections::HashMap<String, MediaDocument>, MetaError> {
+        let client = self.client().await?;
+        let mut out = std::collections::HashMap::with_capacity(media_ids.len());
+        for chunk in media_ids.chunks(1000) {
+            let keys: Vec<String> = chunk.iter().map(media_id_key).collect();
+            let rows = query(
+                &client,
+                "SELECT d.id, s.name, d.media_id, d.workspace_id, d.ino, d.body, d.created_at, d.body_size, l.media_key \
+                 FROM media_latest l JOIN media_datastores s ON s.id = l.datastore_id \
+                 JOIN media_documents d ON d.id = l.doc_id \
+                 WHERE s.name = $1 AND l.media_key = ANY($2)",
+                &[&datastore, &keys],
+            )
+            .await?;
+            for r in &rows {
+                out.insert(r.get(8), document_from_row(r));
+            }
+        }
+        Ok(out)
+    }
+
     /// The documents of DataStore `datastore` that `filter` matches (the newest of each media
     /// id only, or every version), oldest first, at most `limit` (capped at
     /// [`MAX_QUERY_RESULTS`]). The filter may read queryable fields only.
