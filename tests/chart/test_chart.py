@@ -84,6 +84,10 @@ COMBOS: dict[str, dict[str, Any]] = {
     "api-single-tuned": {"api": {"replicas": 1, "audience": "render-farm", "logLevel": "drive_csi=debug,info",
                                  "priorityClassName": "api", "tls": {"clusterDomain": "studio.internal",
                                                                       "validityDays": 365}}},
+    "api-large-documents-metrics": {"api": {"maxDocumentBytes": 536870912, "terminationGracePeriodSeconds": 45,
+                                            "resources": {"requests": {"cpu": "20m", "memory": "64Mi"},
+                                                          "limits": {"memory": "13Gi"}}},
+                                    "metrics": {"apiPort": 9999, "serviceMonitor": {"enabled": True}}},
 }
 
 
@@ -223,6 +227,11 @@ BAD_VALUES = [
     ({"api": {"audience": ""}}, "audience"),
     ({"api": {"listen": "0.0.0.0:8443"}}, "listen"),
     ({"api": {"resources": {"requests": {"cpu": "20m", "memory": None}}}}, "memory"),
+    ({"api": {"maxDocumentBytes": 536870913}}, "maxDocumentBytes"),
+    ({"api": {"maxDocumentBytes": 0}}, "maxDocumentBytes"),
+    ({"api": {"maxDocumentBytes": "200Mi"}}, "maxDocumentBytes"),
+    ({"api": {"terminationGracePeriodSeconds": 25}}, "terminationGracePeriodSeconds"),
+    ({"metrics": {"apiPort": 0}}, "apiPort"),
 ]
 
 
@@ -484,7 +493,7 @@ def flag_fields(*files: str) -> set[str]:
 
 
 @pytest.mark.parametrize("combo", ["defaults", "everything-optional", "s3-endpoint-credentials", "relay-single-tuned",
-                                   "api-plain", "api-single-tuned"])
+                                   "api-plain", "api-single-tuned", "api-large-documents-metrics", "metrics-off"])
 def test_every_flag_the_chart_passes_exists_in_the_binaries(combo, monitoring_chart):
     objects = render_combo(combo, monitoring_chart)
     csi = flag_fields("csi-driver/src/cli/serve.rs", "csi-driver/src/cli/mod.rs", "csi-driver/src/cli/events.rs",
@@ -711,9 +720,11 @@ def test_api_runs_by_default_over_tls_with_two_replicas_and_a_pdb(default_object
     assert c["image"] == f"{IMAGE_REPO}:{APP_VERSION}"
     assert c["command"] == ["/usr/bin/tini", "--", "studiodrive-csi"]
     assert c["args"] == ["--log-json", "api", "--audience=studiodrive-api", "--listen=0.0.0.0:8443",
-                         f"--tls-cert-file={API_TLS_DIR}/tls.crt", f"--tls-key-file={API_TLS_DIR}/tls.key"]
+                         f"--tls-cert-file={API_TLS_DIR}/tls.crt", f"--tls-key-file={API_TLS_DIR}/tls.key",
+                         "--max-document-bytes=209715200", "--metrics-addr=0.0.0.0:9465"]
     assert {e["name"]: e.get("value") for e in c["env"]}["RUST_LOG"] == "info"
-    assert c["ports"] == [{"name": "https", "containerPort": 8443, "protocol": "TCP"}]
+    assert c["ports"] == [{"name": "https", "containerPort": 8443, "protocol": "TCP"},
+                          {"name": "metrics", "containerPort": 9465, "protocol": "TCP"}]
     # The generated certificate's Secret is the one mounted.
     assert api_tls_source(default_objects) == API_TLS_SECRET == api_tls_secret(default_objects)["metadata"]["name"]
     anti = pod_spec(dep)["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
@@ -731,8 +742,30 @@ def test_api_is_probed_on_healthz_and_readyz_over_https(default_objects):
     c = api_container(default_objects)
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         assert c[probe]["httpGet"] == {"path": path, "port": "https", "scheme": "HTTPS"}, probe
-    # The server stops at once on SIGTERM: the pod waits for the endpoint removal first.
+    # The pod waits for the endpoint removal before SIGTERM starts the drain (next test).
     assert c["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+
+
+def api_drain_seconds() -> int:
+    source = (ROOT / "csi-driver/src/api/mod.rs").read_text()
+    return int(re.search(r"pub const DRAIN: std::time::Duration = std::time::Duration::from_secs\((\d+)\);",
+                         source).group(1))
+
+
+@pytest.mark.parametrize("combo", ["defaults", "api-plain", "api-large-documents-metrics"])
+def test_api_grace_period_covers_the_prestop_pause_and_the_drain(combo, monitoring_chart):
+    # On SIGTERM the API stops accepting and lets requests in flight finish for up to DRAIN
+    # (csi-driver/src/api/mod.rs); the kubelet counts the preStop pause in the grace period,
+    # so both must fit in it, with room for the process to exit.
+    assert api_drain_seconds() == 20
+    objects = render_combo(combo, monitoring_chart)
+    spec = pod_spec(find(objects, "Deployment", API))
+    pause = api_container(objects)["lifecycle"]["preStop"]["sleep"]["seconds"]
+    grace = spec["terminationGracePeriodSeconds"]
+    assert grace >= 30 and grace >= pause + api_drain_seconds() + 5, (grace, pause)
+    assert grace == COMBOS[combo].get("api", {}).get("terminationGracePeriodSeconds", 30)
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["properties"]["api"]["properties"]["terminationGracePeriodSeconds"]["minimum"] == 30
 
 
 def test_api_service_sends_443_to_the_https_port(default_objects):
@@ -744,6 +777,41 @@ def test_api_service_sends_443_to_the_https_port(default_objects):
     used = [p["containerPort"] for w in workloads(default_objects) for ct in containers(w)
             for p in ct.get("ports", []) if w["metadata"]["name"] != API]
     assert 8443 not in used and 8480 not in used, used
+
+
+@pytest.mark.parametrize("combo", ["defaults", "api-plain", "api-large-documents-metrics"])
+def test_api_metrics_are_plain_http_on_a_service_of_their_own(combo, monitoring_chart):
+    cli = (ROOT / "csi-driver/src/cli/api.rs").read_text()
+    assert 'env = "STUDIODRIVE_API_METRICS_ADDR"' in cli
+    # The shared metrics server (plain HTTP/1, as the relay's and the CSI plugin's), not the
+    # API's TLS listener: the metrics port has no token and no certificate.
+    assert "crate::metrics::serve(addr, metrics, stop)" in cli
+    objects = render_combo(combo, monitoring_chart)
+    port = COMBOS[combo].get("metrics", {}).get("apiPort", 9465)
+    dep = find(objects, "Deployment", API)
+    c = api_container(objects)
+    assert [a for a in c["args"] if a.startswith("--metrics-addr")] == [f"--metrics-addr=0.0.0.0:{port}"]
+    assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in c["ports"]
+    svc = find(objects, "Service", f"{API}-metrics")
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert svc["spec"]["ports"] == [{"name": "metrics", "port": port, "targetPort": "metrics", "protocol": "TCP"}]
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert svc["metadata"]["labels"]["app.kubernetes.io/component"] == "api"
+    # The API's own Service stays the API's.
+    assert [p["name"] for p in find(objects, "Service", API)["spec"]["ports"]] in (["https"], ["http"])
+    # No other container listens on it.
+    used = [p["containerPort"] for w in workloads(objects) for ct in containers(w)
+            for p in ct.get("ports", []) if w["metadata"]["name"] != API]
+    assert port not in used, used
+    monitors = [o for o in objects if o["kind"] == "ServiceMonitor" and o["metadata"]["name"] == API]
+    if COMBOS[combo].get("metrics", {}).get("serviceMonitor", {}).get("enabled"):
+        (m,) = monitors
+        assert m["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+        (endpoint,) = m["spec"]["endpoints"]
+        assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+        assert "scheme" not in endpoint and "tlsConfig" not in endpoint  # plain HTTP
+    else:
+        assert not monitors
 
 
 def test_api_audience_is_the_binarys_default():
@@ -910,6 +978,33 @@ def test_api_memory_limit_holds_two_large_document_writes(default_objects):
     assert resources == {"requests": {"cpu": "20m", "memory": "64Mi"}, "limits": {"memory": API_MEMORY_LIMIT}}
     values = " ".join(l.strip(" #") for l in (CHART / "values.yaml").read_text().splitlines())
     assert "two document writes over 1 MiB at once" in values, "values.yaml: say why the API's limit is what it is"
+    # Two writes of the largest document the chart lets through, at about 12 times its size
+    # each (measured 11.6), fit in the limit.
+    assert "--max-document-bytes=209715200" in api_container(default_objects)["args"]
+    assert 2 * 12 * 209715200 <= 5 * 2**30
+    assert "2 x 12 x 200 MiB = about 4.7 GiB of the 5Gi. Raise both together" in values
+
+
+@pytest.mark.parametrize("combo", ["defaults", "api-plain", "api-large-documents-metrics"])
+def test_api_max_document_bytes_comes_from_the_value(combo, monitoring_chart):
+    objects = render_combo(combo, monitoring_chart)
+    size = COMBOS[combo].get("api", {}).get("maxDocumentBytes", 209715200)
+    flags = [a for a in api_container(objects)["args"] if a.startswith("--max-document-bytes")]
+    assert flags == [f"--max-document-bytes={size}"]  # an integer, not 2.097152e+08
+    # The schema's bounds are the binary's (a value parser over 1..=drive::media::MAX_DOCUMENT_BYTES).
+    cli = (ROOT / "csi-driver/src/cli/api.rs").read_text()
+    assert 'env = "STUDIODRIVE_API_MAX_DOCUMENT_BYTES"' in cli
+    assert "range(1..=drive::media::MAX_DOCUMENT_BYTES as u64)" in cli
+    assert "pub const MAX_DOCUMENT_BYTES: usize = 512 << 20;" in (ROOT / "drive/src/media/mod.rs").read_text()
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["api"]["properties"]
+    assert (schema["maxDocumentBytes"]["minimum"], schema["maxDocumentBytes"]["maximum"]) == (1, 512 << 20)
+
+
+def test_api_refuses_a_max_document_size_over_the_engines_bound():
+    render({"api": {"maxDocumentBytes": 536870912}})
+    for size in (536870913, 1 << 30, 0):
+        with pytest.raises(helm.HelmValuesError, match="maxDocumentBytes"):
+            render({"api": {"maxDocumentBytes": size}})
 
 
 def test_api_values_reach_its_flags_and_one_replica_has_no_pdb(monitoring_chart):
@@ -929,10 +1024,13 @@ def test_api_disabled_renders_none_of_it(monitoring_chart):
     on = render()
     assert {key(o) for o in api_objects(on)} == {
         ("ServiceAccount", API), ("ClusterRole", API), ("ClusterRoleBinding", API), ("Deployment", API),
-        ("PodDisruptionBudget", API), ("Service", API), ("Secret", API_TLS_SECRET)}
+        ("PodDisruptionBudget", API), ("Service", API), ("Service", f"{API}-metrics"), ("Secret", API_TLS_SECRET)}
     # Nothing else changes.
     assert {key(o) for o in on} - {key(o) for o in api_objects(on)} == {key(o) for o in off}
     assert "HTTP API" not in notes(COMBOS["api-off"])
+    # Nor does a ServiceMonitor for it come without it.
+    monitored = render({"api": {"enabled": False}, "metrics": {"serviceMonitor": {"enabled": True}}})
+    assert not api_objects(monitored), [key(o) for o in api_objects(monitored)]
     # Its TLS checks apply only to a rendered API.
     render({"api": {"enabled": False, "tls": {"mode": "certManager"}}})
 
@@ -940,8 +1038,10 @@ def test_api_disabled_renders_none_of_it(monitoring_chart):
 def test_api_plain_mode_serves_http_behind_a_mesh_only(monitoring_chart):
     objects = render_combo("api-plain", monitoring_chart)
     c = api_container(objects)
-    assert c["args"] == ["--log-json", "api", "--audience=studiodrive-api", "--listen=0.0.0.0:8480", "--plain-http"]
-    assert c["ports"] == [{"name": "http", "containerPort": 8480, "protocol": "TCP"}]
+    assert c["args"] == ["--log-json", "api", "--audience=studiodrive-api", "--listen=0.0.0.0:8480", "--plain-http",
+                         "--max-document-bytes=209715200", "--metrics-addr=0.0.0.0:9465"]
+    assert c["ports"] == [{"name": "http", "containerPort": 8480, "protocol": "TCP"},
+                          {"name": "metrics", "containerPort": 9465, "protocol": "TCP"}]
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         assert c[probe]["httpGet"] == {"path": path, "port": "http", "scheme": "HTTP"}, probe
     assert "volumeMounts" not in c and "volumes" not in pod_spec(find(objects, "Deployment", API))
@@ -1120,8 +1220,11 @@ def test_install_doc_describes_the_api():
     for mode in ("generated", "certManager", "existingSecret", "plain"):
         assert f"`{mode}`" in section, mode
     for needle in ("serviceAccountToken", "audience: studiodrive-api", "tokenreviews", "--plain-http",
-                   "/openapi.json", "Authorization: Bearer"):
-        assert needle in section, needle
+                   "/openapi.json", "Authorization: Bearer", "`metrics.apiPort`", "studiodrive-api-metrics",
+                   "`api.maxDocumentBytes`", "20 s"):
+        assert needle in " ".join(section.split()), needle
+    upgrade = " ".join(install.split("## Upgrade", 1)[1].split("\n## ", 1)[0].split())
+    assert "does not drain" not in upgrade and "finish for up to 20 s" in upgrade
 
 
 # ---- sink secrets key ----------------------------------------------------------------------
@@ -1517,23 +1620,30 @@ def test_metrics_off_renders_no_metrics_endpoints(monitoring_chart):
     # The API's own Service stays: it serves the API, not metrics.
     assert [key(o) for o in objects if o["kind"] == "Service"] == [("Service", API)]
     assert "ServiceMonitor" not in kinds
-    for name in ("studiodrive-csi-controller", "studiodrive-csi-node"):
+    for name in ("studiodrive-csi-controller", "studiodrive-csi-node", API):
         w = next(o for o in objects if o["metadata"]["name"] == name and o["kind"] in ("Deployment", "DaemonSet"))
-        assert not any(a.startswith("--metrics-addr") for a in pod_spec(w)["containers"][0]["args"])
+        c = pod_spec(w)["containers"][0]
+        assert not any(a.startswith("--metrics-addr") for a in c["args"]), name
+        assert "metrics" not in [p["name"] for p in c["ports"]], name
 
 
 def test_metrics_on_renders_services_monitors_rules_and_dashboards(monitoring_chart):
     objects = render_combo("metrics-on-monitoring", monitoring_chart)
     services = {o["metadata"]["name"] for o in objects if o["kind"] == "Service"}
     assert services == {"studiodrive-operator-metrics", "studiodrive-csi-controller-metrics",
-                        "studiodrive-csi-node-metrics", "studiodrive-relay-metrics", API}
+                        "studiodrive-csi-node-metrics", "studiodrive-relay-metrics", API, f"{API}-metrics"}
     monitors = [o for o in objects if o["kind"] == "ServiceMonitor"]
-    assert len(monitors) == 4
+    assert {m["metadata"]["name"] for m in monitors} == {
+        "studiodrive-operator", "studiodrive-csi-controller", "studiodrive-csi-node", "studiodrive-relay", API}
     for m in monitors:
+        assert m["spec"]["endpoints"][0]["port"] == "metrics"
         selected = [s for s in objects if s["kind"] == "Service"
                     and m["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()]
-        assert len(selected) == 1, m["metadata"]["name"]
-        assert m["spec"]["endpoints"][0]["port"] == "metrics"
+        # Prometheus scrapes the endpoints of the port named metrics only: the API monitor
+        # also matches the API's own Service, which has no such port.
+        scraped = [s for s in selected if "metrics" in [p["name"] for p in s["spec"]["ports"]]]
+        assert [s["metadata"]["name"] for s in scraped] == [f"{m['metadata']['name']}-metrics"], m["metadata"]["name"]
+        assert {s["metadata"]["name"] for s in selected} - {scraped[0]["metadata"]["name"]} <= {API}
     rules_file = yaml.safe_load((monitoring_chart / "files/prometheus-rules.yaml").read_text())
     groups = rules_file.get("groups") or rules_file["spec"]["groups"]
     rule = find(objects, "PrometheusRule")
