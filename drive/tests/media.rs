@@ -796,7 +796,7 @@ async fn a_large_document_keeps_its_text_in_blocks_that_live_as_long_as_it_does(
         let a = f64::from(rng.random_range(0..101_000));
         let q = TimelineQuery {
             time: Some((a, a + f64::from(rng.random_range(0..300)))),
-            area: rng.random_bool(0.3).then(|| [0.0, 0.0, 50.0, 50.0]),
+            area: rng.random_bool(0.3).then_some([0.0, 0.0, 50.0, 50.0]),
         };
         assert_timeline_matches_the_model(&docs, &compiled, written.id, &body, q).await;
     }
