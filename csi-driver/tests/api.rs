@@ -514,6 +514,120 @@ async fn roles_and_shares_decide_and_strangers_learn_nothing() -> anyhow::Result
 
 // Catches: server errors on inputs the description allows (or does not), responses whose
 // status, content type or body the description does not list.
+/// A random filter tree over fields `n` (numbers), `s` (strings) and `b` (booleans, null).
+fn random_filter(rng: &mut rand::rngs::StdRng, depth: u32) -> Value {
+    use rand::Rng as _;
+    use rand::seq::IndexedRandom as _;
+    if depth > 0 && rng.random_bool(0.45) {
+        let parts: Vec<Value> = (0..rng.random_range(1..=3))
+            .map(|_| random_filter(rng, depth - 1))
+            .collect();
+        return match rng.random_range(0..3) {
+            0 => json!({"and": parts}),
+            1 => json!({"or": parts}),
+            _ => json!({"not": parts[0]}),
+        };
+    }
+    let field = *["n", "s", "b"].choose(rng).unwrap_or(&"n");
+    let value = |rng: &mut rand::rngs::StdRng| match field {
+        "n" => json!(rng.random_range(0..6)),
+        "s" => json!(*["a", "b", "é", "B"].choose(rng).unwrap_or(&"a")),
+        _ => [json!(true), json!(false), Value::Null]
+            .choose(rng)
+            .cloned()
+            .unwrap_or(Value::Null),
+    };
+    match rng.random_range(0..8) {
+        0 => json!({"field": field, "op": "exists"}),
+        1 => json!({"field": field, "op": "in", "value": [value(rng), value(rng)]}),
+        k => {
+            let op = ["=", "<", ">", "<=", ">=", "="][k as usize - 2];
+            // Ordering comparisons take numbers and strings only.
+            let op = if field == "b" { "=" } else { op };
+            json!({"field": field, "op": op, "value": value(rng)})
+        }
+    }
+}
+
+// Catches: an API whose query answers differ from the filter's meaning (a leaf, a combinator
+// or a type rule lost between the HTTP request and the store), checked against the filter
+// evaluated in memory over every document written through the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apis_query_answers_equal_the_model_over_random_documents_and_filters() -> anyhow::Result<()> {
+    use rand::{Rng as _, SeedableRng as _};
+    let (storage, kube) = setup().await?;
+    let meta = PgMetaStore::connect(&MetaConfig::new(storage.url.clone())).await?;
+    meta.put_media_datastore(&DataStoreSpec {
+        name: "vfx/model".into(),
+        analysis_type: "model".into(),
+        version: 1,
+        schema: json!({"type": "object"}),
+        media_id_schema: json!({"type": "integer"}),
+        queryable: vec!["n".into(), "s".into(), "b".into()],
+        timeline: Vec::new(),
+        access: DataStoreAccess {
+            readers: vec!["ServiceAccount:vfx/reader".into()],
+            writers: vec!["ServiceAccount:vfx/writer".into()],
+            admins: Vec::new(),
+        },
+    })
+    .await?;
+    let api = Api::start(&storage, &kube)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20);
+    let mut written: HashMap<String, Value> = HashMap::new();
+    for i in 0..60 {
+        let mut doc = json!({});
+        if rng.random_bool(0.8) {
+            doc["n"] = json!(rng.random_range(0..6));
+        }
+        if rng.random_bool(0.8) {
+            doc["s"] = json!(["a", "b", "é", "B"][rng.random_range(0..4)]);
+        }
+        if rng.random_bool(0.8) {
+            doc["b"] = [json!(true), json!(false), Value::Null][rng.random_range(0..3)].clone();
+        }
+        let (status, answer) = api.post(
+            "/v1/datastores/vfx/model/documents",
+            "writer",
+            &json!({"mediaId": i, "document": doc}),
+        )?;
+        assert_eq!(status, 201, "{answer}");
+        written.insert(answer["id"].as_str().context("an id")?.to_string(), doc);
+    }
+    let mut partial = 0;
+    for _ in 0..60 {
+        let tree = random_filter(&mut rng, 3);
+        let filter = drive::media::Filter::from_json(&tree)?;
+        let mut want: Vec<&String> = written
+            .iter()
+            .filter(|(_, d)| filter.matches(d))
+            .map(|(id, _)| id)
+            .collect();
+        want.sort();
+        let (status, hits) = api.post(
+            "/v1/datastores/vfx/model/query",
+            "reader",
+            &json!({"filter": tree, "limit": 1000}),
+        )?;
+        assert_eq!(status, 200, "{tree}: {hits}");
+        let mut got: Vec<String> = hits["hits"]
+            .as_array()
+            .context("hits")?
+            .iter()
+            .filter_map(|h| h["id"].as_str().map(str::to_string))
+            .collect();
+        got.sort();
+        assert_eq!(got.iter().collect::<Vec<_>>(), want, "{tree}");
+        partial += usize::from(!want.is_empty() && want.len() < written.len());
+    }
+    // The filters told documents apart: most matched some but not all.
+    assert!(
+        partial >= 20,
+        "only {partial} of 60 filters matched some but not all documents"
+    );
+    Ok(())
+}
+
 // Catches: a request in flight cut when the server is told to stop (a rolling update would
 // fail a client's write), a server that keeps accepting once stopping, and one that does not
 // exit when its last request is answered.
