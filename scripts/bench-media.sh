@@ -5,7 +5,9 @@
 #     the same JSON into a one-JSONB-column table (put, plain, put, plain);
 #   - filter queries (equality, range, in, and, or, not) over a store bulk-loaded with
 #     MEDIA_BENCH_DOCS documents, p50/p99/max and hits, with one plan of each;
-#   - time-range and area queries inside the largest document the store's bound allows;
+#   - a 200 MB document (MEDIA_BENCH_TIMELINE_BYTES) written through DocumentStore, its text
+#     as blocks in a file store, and time-range and area queries inside it against reading the
+#     whole document (MEDIA_BENCH_TIMELINE_ONLY=1 runs only this);
 #   - PostgreSQL CPU per operation and the database's size after loading.
 # Figures go to docs/benchmarks.md ("Media metadata (issue 20)"). Pass --release for an
 # optimised build. Knobs (defaults): MEDIA_BENCH_DOCS (1000000), MEDIA_BENCH_LOAD_SECS (600:
