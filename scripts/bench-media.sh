@@ -17,7 +17,7 @@
 # with fewer runs, the table says how many), MEDIA_BENCH_ROUNDS (2). A quick check:
 #
 #     MEDIA_BENCH_DOCS=20000 MEDIA_BENCH_WRITE_SECS=3 MEDIA_BENCH_QUERIES=20 \
-#         MEDIA_BENCH_TIMELINE_QUERIES=20 scripts/bench-media.sh
+#         MEDIA_BENCH_TIMELINE_QUERIES=20 MEDIA_BENCH_TIMELINE_BYTES=20000000 scripts/bench-media.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "media_bench: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- drive testkit || echo " + uncommitted changes")" >&2
