@@ -420,7 +420,7 @@ mixed() {  # target round dir
     peak_f=$WORK/rss.peak
     echo 0 >"$peak_f"
     if [ -n "$pid" ]; then
-        echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || true # resets VmHWM to the current RSS
+        echo 5 2>/dev/null >"/proc/$pid/clear_refs" || true # resets VmHWM to the current RSS
         rss_sampler "$pid" "$peak_f" &
         sampler=$!
     fi
@@ -492,16 +492,17 @@ EOF
 }
 
 # ---- run: rounds of A B A B ---------------------------------------------------------------
-# Frames need room: Studio Drive's block stores keep every round's frames (the bench runs no
-# GC), and the target being measured holds one more copy plus its cache's (rclone's VFS cache
-# fills the disk with EIO otherwise, as in stop 11's run K).
-case " $WORKLOADS " in *" frames "*)
-    sd_targets=$(for t in $TARGETS; do case $t in studiodrive*) echo "$t" ;; esac; done | wc -l)
-    need=$(python3 -c "print($FRAMES * $FRAME_B * (2 + $sd_targets * $ROUNDS))")
-    avail=$(df --output=avail -B1 "$WORK" | tail -1)
-    [ "$avail" -ge "$need" ] || die "frames need about $((need >> 30)) GiB free under $WORK, $((avail >> 30)) GiB available: lower FRAMES or ROUNDS, or free space"
-    ;;
-esac
+# Frames and the mixed workload need room: Studio Drive's block stores keep every round's data
+# (the bench runs no GC), and the target being measured holds one more copy plus its cache's
+# (rclone's VFS cache fills the disk with EIO otherwise, as in stop 11's run K). The mixed
+# workload writes up to 2 x SIZE (the readers' files and the writers' files).
+sd_targets=$(for t in $TARGETS; do case $t in studiodrive*) echo "$t" ;; esac; done | wc -l)
+per_round=0
+case " $WORKLOADS " in *" frames "*) per_round=$(python3 -c "print($per_round + $FRAMES * $FRAME_B)") ;; esac
+case " $WORKLOADS " in *" mixed "*) per_round=$(python3 -c "print($per_round + 2 * $SIZE_B)") ;; esac
+need=$(python3 -c "print($per_round * (2 + $sd_targets * $ROUNDS))")
+avail=$(df --output=avail -B1 "$WORK" | tail -1)
+[ "$avail" -ge "$need" ] || die "frames and mixed need about $((need >> 30)) GiB free under $WORK, $((avail >> 30)) GiB available: lower FRAMES, SIZE or ROUNDS, or free space"
 
 say "targets: $TARGETS; SIZE=$SIZE RAND_TIME=$RAND_TIME SMALL_FILES=$SMALL_FILES FRAMES=$FRAMES x $FRAME_SIZE" \
     "LS_ENTRIES=$LS_ENTRIES MIXED_TIME=$MIXED_TIME ROUNDS=$ROUNDS WORKLOADS=$WORKLOADS"
@@ -599,11 +600,11 @@ for prefix, t, ref, thr, strict in GOALS:
         continue
     _, b = median_of(m or prefix, ref)
     if v is None or b is None or v <= 0 or b <= 0:
-        print(f"| {name} | – | {'>' if strict else '>='} {thr:g}x | not measured |")
+        print(f"| {name} | – | {'>' if strict else '>='} {thr:.1f}x | not measured |")
         continue
     ratio = v / b if better[m] == "hi" else b / v
     ok = ratio > thr if strict else ratio >= thr
-    print(f"| {name} | {ratio:.2f}x | {'>' if strict else '>='} {thr:g}x | {'met' if ok else 'missed'} |")
+    print(f"| {name} | {ratio:.2f}x | {'>' if strict else '>='} {thr:.1f}x | {'met' if ok else 'missed'} |")
 EOF
 cat "$OUT"
 echo "(table in $OUT, raw figures in $RESULTS)" >&2
