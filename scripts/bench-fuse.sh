@@ -417,7 +417,7 @@ mixed() {  # target round dir
     per_w=$(( (SIZE_B / FRAME_B + 2 * MIXED_WRITERS - 1) / (2 * MIXED_WRITERS) ))
     [ "$per_w" -ge 1 ] || per_w=1
     pid=$(mount_pid "$t")
-    peak_f=$WORK/rss.peak
+    peak_f=$WORK/data/rss.peak
     echo 0 >"$peak_f"
     if [ -n "$pid" ]; then
         echo 5 2>/dev/null >"/proc/$pid/clear_refs" || true # resets VmHWM to the current RSS
