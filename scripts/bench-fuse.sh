@@ -4,6 +4,9 @@
 # plus Studio Drive on that S3 server. Targets alternate A B A B over ROUNDS rounds in one run;
 # the table shows the median of the rounds and the ratio to bindfs (the baseline).
 #
+# A goals section follows the table: each goal of issue 21 ("Data path at the machine's limits")
+# as a ratio of medians of this run, its threshold and whether it is met (see GOALS below).
+#
 # Run as root on Debian (installs fio, bindfs, rclone, s3fs, fuse3, postgresql when missing):
 #
 #     scripts/bench-fuse.sh                          # full size: 4 GiB, 2,000 frames, 100k entries
@@ -17,7 +20,16 @@
 #   LS_ENTRIES [100000]  entries of the `ls -l` folder
 #   ROUNDS [2]           rounds (each round runs every target once)
 #   TARGETS              space-separated subset of: local bindfs studiodrive studiodrive-s3 rclone s3fs
-#   WORKLOADS [seq small frames ls]  space-separated subset of the workloads to run
+#   MIXED_TIME [30]      seconds of the `mixed` workload: MIXED_READERS [8] fio readers, each
+#                        reading its own file of SIZE/MIXED_READERS (written first, untimed, then
+#                        a cold restart), while MIXED_WRITERS [2] writers write new files of
+#                        FRAME_SIZE (fsync at close; each writer cycles over SIZE/2 worth of
+#                        files, overwriting them if it gets round). Records the aggregate read and
+#                        write MB/s and the mount process's peak RSS (MiB) during the load
+#                        (studiodrive*, bindfs, rclone, s3fs). rclone's write rate is to its
+#                        VFS cache: the mixed workload does not wait for its uploads.
+#   GOAL_RSS_MIB [256]   the peak-RSS goal of the mount under the mixed load
+#   WORKLOADS [seq small frames ls mixed]  space-separated subset of the workloads to run
 #   WORK [/var/tmp/studiodrive-bench]  scratch dir on the local disk (emptied first)
 #   OUT [$WORK/results.md]             where the table goes (also printed)
 #   S3: S3_ENDPOINT (+ S3_ACCESS_KEY, S3_SECRET_KEY, S3_REGION [us-east-1]) for an existing
@@ -30,6 +42,20 @@
 # /proc/sys/vm/drop_caches), the mount's node-local cache (Studio Drive's block cache, rclone's
 # VFS cache) is emptied, and the mount starts again. Warm runs repeat in the same mount.
 # Times are wall-clock and include close()/fsync, i.e. until the data is durable on the target.
+#
+# CPU: for studiodrive and studiodrive-s3 the seq workload also records the mount process's CPU
+# time (utime + stime from /proc/PID/stat) per GB written (seq write, cold) and read (seq read,
+# cold), lower is better. It counts the mount process only, not its embedded PostgreSQL.
+# Peak RSS (mixed): VmHWM after a reset (echo 5 > /proc/PID/clear_refs) at the start of the
+# load, or the highest VmRSS sampled every 0.2 s, whichever is higher; the mount process only.
+#
+# Goals (issue 21), printed after the table and appended to OUT; "not measured" when a target
+# or workload was not run:
+#   seq write 1 MiB, cold (durable at close): studiodrive >= 0.5x local; studiodrive-s3 > rclone
+#   frames write and cold read: studiodrive-s3 > rclone and > s3fs
+#   random read 4 KiB, cold: studiodrive-s3 >= s3fs; studiodrive >= 0.5x bindfs
+#   seq read 1 MiB, warm: studiodrive (and studiodrive-s3) >= 1.0x bindfs
+#   mixed (8 readers, 2 writers): peak RSS of the studiodrive* mount <= GOAL_RSS_MIB
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -37,11 +63,15 @@ REPO=$(pwd)
 SIZE=${SIZE:-4G}
 RAND_TIME=${RAND_TIME:-30}
 SMALL_FILES=${SMALL_FILES:-10000}
-WORKLOADS=${WORKLOADS:-seq small frames ls}
+WORKLOADS=${WORKLOADS:-seq small frames ls mixed}
 FRAMES=${FRAMES:-2000}
 FRAME_SIZE=${FRAME_SIZE:-8M}
 FRAME_WRITERS=${FRAME_WRITERS:-4}
 LS_ENTRIES=${LS_ENTRIES:-100000}
+MIXED_TIME=${MIXED_TIME:-30}
+MIXED_READERS=${MIXED_READERS:-8}
+MIXED_WRITERS=${MIXED_WRITERS:-2}
+GOAL_RSS_MIB=${GOAL_RSS_MIB:-256}
 ROUNDS=${ROUNDS:-2}
 WORK=${WORK:-/var/tmp/studiodrive-bench}
 OUT=${OUT:-$WORK/results.md}
@@ -230,6 +260,48 @@ settle() {
     die "rclone did not finish uploading bench/$1 (want $want, have $got)"
 }
 
+# PID of the process serving target $1's mount (empty for local).
+mount_pid() {
+    local m
+    m=$(dir_of "$1")
+    case $1 in
+    studiodrive | studiodrive-s3) pgrep -nf "studiodrive-csi mount .*$m( |$)" ;;
+    rclone) pgrep -nf "rclone mount .* $m( |$)" ;;
+    s3fs) pgrep -nf "s3fs bench-s3fs $m( |$)" ;;
+    bindfs) pgrep -nf "bindfs .* $m( |$)" ;;
+    esac || true
+}
+
+CLK_TCK=$(getconf CLK_TCK)
+# cpu_mark TARGET: CPU seconds (user + system) of the studiodrive* mount process so far; empty
+# for the other targets.
+cpu_mark() {
+    local pid
+    case $1 in studiodrive*) ;; *) return 0 ;; esac
+    pid=$(mount_pid "$1")
+    [ -n "$pid" ] || die "no mount process for $1"
+    # Fields 14 and 15 (utime, stime) of /proc/PID/stat, counted after the ")" closing comm.
+    python3 -c "f=open('/proc/$pid/stat').read().rsplit(')',1)[1].split(); print((int(f[11])+int(f[12]))/$CLK_TCK)"
+}
+# cpu_record TARGET ROUND WORKLOAD START BYTES: records the mount's CPU seconds per GB moved
+# since cpu_mark gave START (nothing when START is empty).
+cpu_record() {
+    [ -n "$4" ] || return 0
+    local c
+    c=$(cpu_mark "$1")
+    record "$1" "$2" "$3" "$(python3 -c "print(round(($c - $4) / ($5 / 1e9), 2))")" lo
+}
+
+# rss_sampler PID FILE: writes the highest VmRSS (KiB) of PID seen every 0.2 s to FILE, until
+# killed or the process is gone.
+rss_sampler() {
+    local peak=0 v
+    while v=$(awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null) && [ -n "$v" ]; do
+        if [ "$v" -gt "$peak" ]; then peak=$v; echo "$peak" >"$2"; fi
+        sleep 0.2
+    done
+}
+
 now() { date +%s.%N; }
 elapsed() { python3 -c "print(max($2 - $1, 1e-9))"; }
 bytes_of() { python3 -c "
@@ -237,6 +309,8 @@ s='$1'.upper(); m={'K':1<<10,'M':1<<20,'G':1<<30,'T':1<<40}
 print(int(float(s[:-1])*m[s[-1]]) if s[-1] in m else int(s))"; }
 SIZE_B=$(bytes_of "$SIZE")
 FRAME_B=$(bytes_of "$FRAME_SIZE")
+MIXED_FILE_B=$(( SIZE_B / MIXED_READERS / 1048576 * 1048576 ))
+[ "$MIXED_FILE_B" -ge 1048576 ] || MIXED_FILE_B=1048576
 
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
@@ -247,17 +321,22 @@ FIO="fio --output-format=json --ioengine=psync --group_reporting --fallocate=non
 
 seq_io() {  # target round dir
     local t=$1 r=$2 d=$3 s e
+    local c0
     cold "$t"
     mkdir -p "$d" # rclone forgets empty directories across a remount (S3 has no directories)
+    c0=$(cpu_mark "$t")
     s=$(now); $FIO --name=seqwrite --directory="$d" --filename=seq.dat --rw=write --bs=1M --size="$SIZE" --end_fsync=1 >/dev/null
     settle seq.dat 1 "$SIZE_B"; e=$(now)
     record "$t" "$r" "seq write 1 MiB, cold (MB/s)" "$(python3 -c "print(round($SIZE_B/1e6/$(elapsed "$s" "$e"),1))")" hi
+    cpu_record "$t" "$r" "seq write 1 MiB, cold: mount CPU (s/GB)" "$c0" "$SIZE_B"
     s=$(now); $FIO --name=seqwrite2 --directory="$d" --filename=seq.dat --rw=write --bs=1M --size="$SIZE" --end_fsync=1 >/dev/null
     settle seq.dat 1 "$SIZE_B"; e=$(now)
     record "$t" "$r" "seq overwrite 1 MiB, warm (MB/s)" "$(python3 -c "print(round($SIZE_B/1e6/$(elapsed "$s" "$e"),1))")" hi
     cold "$t"
+    c0=$(cpu_mark "$t")
     s=$(now); $FIO --name=seqread --directory="$d" --filename=seq.dat --rw=read --bs=1M --size="$SIZE" >/dev/null; e=$(now)
     record "$t" "$r" "seq read 1 MiB, cold (MB/s)" "$(python3 -c "print(round($SIZE_B/1e6/$(elapsed "$s" "$e"),1))")" hi
+    cpu_record "$t" "$r" "seq read 1 MiB, cold: mount CPU (s/GB)" "$c0" "$SIZE_B"
     s=$(now); $FIO --name=seqread2 --directory="$d" --filename=seq.dat --rw=read --bs=1M --size="$SIZE" >/dev/null; e=$(now)
     record "$t" "$r" "seq read 1 MiB, warm (MB/s)" "$(python3 -c "print(round($SIZE_B/1e6/$(elapsed "$s" "$e"),1))")" hi
     cold "$t"
@@ -326,6 +405,46 @@ frames() {  # target round dir
     rm -rf "$d"
 }
 
+mixed() {  # target round dir
+    local t=$1 r=$2 d=$3/mixed per_w pid peak_f sampler out rd wr peak
+    mkdir -p "$d"
+    # Untimed: the readers' files (mread.N.0), committed (and uploaded, for rclone), then a cold
+    # restart so that the readers start from the store.
+    $FIO --name=mread --directory="$d" --numjobs="$MIXED_READERS" --size="$MIXED_FILE_B" --bs=1M \
+        --rw=write --end_fsync=1 >/dev/null
+    settle mixed "$MIXED_READERS" "$((MIXED_READERS * MIXED_FILE_B))"
+    cold "$t"
+    per_w=$(( (SIZE_B / FRAME_B + 2 * MIXED_WRITERS - 1) / (2 * MIXED_WRITERS) ))
+    [ "$per_w" -ge 1 ] || per_w=1
+    pid=$(mount_pid "$t")
+    peak_f=$WORK/data/rss.peak
+    echo 0 >"$peak_f"
+    if [ -n "$pid" ]; then
+        echo 5 2>/dev/null >"/proc/$pid/clear_refs" || true # resets VmHWM to the current RSS
+        rss_sampler "$pid" "$peak_f" &
+        sampler=$!
+    fi
+    out=$($FIO --directory="$d" --bs=1M --time_based --runtime="$MIXED_TIME" \
+        --name=mread --numjobs="$MIXED_READERS" --size="$MIXED_FILE_B" --rw=read \
+        --name=mwrite --numjobs="$MIXED_WRITERS" --nrfiles="$per_w" --filesize="$FRAME_SIZE" --rw=write \
+        --openfiles=1 --file_service_type=sequential --create_on_open=1 --fsync_on_close=1 |
+        python3 -c 'import json,sys
+jobs = json.load(sys.stdin)["jobs"]
+secs = max(j["job_runtime"] for j in jobs) / 1000
+print(*(round(sum(j[k]["io_bytes"] for j in jobs) / 1e6 / secs, 1) for k in ("read", "write")))')
+    read -r rd wr <<<"$out"
+    record "$t" "$r" "mixed: $MIXED_READERS readers + $MIXED_WRITERS writers, ${MIXED_TIME}s: read (MB/s)" "$rd" hi
+    record "$t" "$r" "mixed: $MIXED_READERS readers + $MIXED_WRITERS writers, ${MIXED_TIME}s: write (MB/s)" "$wr" hi
+    if [ -n "$pid" ]; then
+        kill "$sampler" 2>/dev/null || true
+        wait "$sampler" 2>/dev/null || true
+        peak=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+        peak=$(python3 -c "print(round(max(${peak:-0}, $(cat "$peak_f")) / 1024, 1))")
+        record "$t" "$r" "mixed: peak RSS of the mount (MiB)" "$peak" lo
+    fi
+    rm -rf "$d"
+}
+
 listing() {  # target round dir
     local t=$1 r=$2 d=$3/many s e
     mkdir -p "$d"
@@ -373,19 +492,20 @@ EOF
 }
 
 # ---- run: rounds of A B A B ---------------------------------------------------------------
-# Frames need room: Studio Drive's block stores keep every round's frames (the bench runs no
-# GC), and the target being measured holds one more copy plus its cache's (rclone's VFS cache
-# fills the disk with EIO otherwise, as in stop 11's run K).
-case " $WORKLOADS " in *" frames "*)
-    sd_targets=$(for t in $TARGETS; do case $t in studiodrive*) echo "$t" ;; esac; done | wc -l)
-    need=$(python3 -c "print($FRAMES * $FRAME_B * (2 + $sd_targets * $ROUNDS))")
-    avail=$(df --output=avail -B1 "$WORK" | tail -1)
-    [ "$avail" -ge "$need" ] || die "frames need about $((need >> 30)) GiB free under $WORK, $((avail >> 30)) GiB available: lower FRAMES or ROUNDS, or free space"
-    ;;
-esac
+# Frames and the mixed workload need room: Studio Drive's block stores keep every round's data
+# (the bench runs no GC), and the target being measured holds one more copy plus its cache's
+# (rclone's VFS cache fills the disk with EIO otherwise, as in stop 11's run K). The mixed
+# workload writes up to 2 x SIZE (the readers' files and the writers' files).
+sd_targets=$(for t in $TARGETS; do case $t in studiodrive*) echo "$t" ;; esac; done | wc -l)
+per_round=0
+case " $WORKLOADS " in *" frames "*) per_round=$(python3 -c "print($per_round + $FRAMES * $FRAME_B)") ;; esac
+case " $WORKLOADS " in *" mixed "*) per_round=$(python3 -c "print($per_round + 2 * $SIZE_B)") ;; esac
+need=$(python3 -c "print($per_round * (2 + $sd_targets * $ROUNDS))")
+avail=$(df --output=avail -B1 "$WORK" | tail -1)
+[ "$avail" -ge "$need" ] || die "frames and mixed need about $((need >> 30)) GiB free under $WORK, $((avail >> 30)) GiB available: lower FRAMES, SIZE or ROUNDS, or free space"
 
 say "targets: $TARGETS; SIZE=$SIZE RAND_TIME=$RAND_TIME SMALL_FILES=$SMALL_FILES FRAMES=$FRAMES x $FRAME_SIZE" \
-    "LS_ENTRIES=$LS_ENTRIES ROUNDS=$ROUNDS WORKLOADS=$WORKLOADS"
+    "LS_ENTRIES=$LS_ENTRIES MIXED_TIME=$MIXED_TIME ROUNDS=$ROUNDS WORKLOADS=$WORKLOADS"
 START=$(date -u +%FT%TZ)
 for r in $(seq "$ROUNDS"); do
     for t in $TARGETS; do
@@ -400,7 +520,8 @@ for r in $(seq "$ROUNDS"); do
             small) small_files "$t" "$r" "$d" ;;
             frames) frames "$t" "$r" "$d" ;;
             ls) listing "$t" "$r" "$d" ;;
-            *) die "unknown workload $w (seq small frames ls)" ;;
+            mixed) mixed "$t" "$r" "$d" ;;
+            *) die "unknown workload $w (seq small frames ls mixed)" ;;
             esac
         done
         rm -rf "$d"
@@ -409,7 +530,7 @@ for r in $(seq "$ROUNDS"); do
 done
 
 # ---- table ------------------------------------------------------------------------------
-python3 - "$RESULTS" "$TARGETS" "$START" >"$OUT" <<'EOF'
+python3 - "$RESULTS" "$TARGETS" "$START" "$GOAL_RSS_MIB" >"$OUT" <<'EOF'
 import sys, statistics
 from collections import OrderedDict
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
@@ -440,6 +561,50 @@ for m, per in data.items():
             cell += f" ({ratio:.2f}x)"
         cells.append(cell)
     print(f"| {m} | " + " | ".join(cells) + " |")
+
+# Goals of issue 21, from the same medians. (workload prefix, target, reference, threshold,
+# strict): ratio = target / reference for rates, reference / target for times; the goal is met
+# when the ratio is >= threshold (> threshold when strict, "ahead of"). A reference of None
+# compares the median itself with the threshold (lower is better, e.g. peak RSS in MiB).
+rss = float(sys.argv[4])
+GOALS = [
+    ("seq write 1 MiB, cold (MB/s)", "studiodrive", "local", 0.5, False),
+    ("seq write 1 MiB, cold (MB/s)", "studiodrive-s3", "rclone", 1.0, True),
+    ("frames: write ", "studiodrive-s3", "rclone", 1.0, True),
+    ("frames: write ", "studiodrive-s3", "s3fs", 1.0, True),
+    ("frames: read back, cold", "studiodrive-s3", "rclone", 1.0, True),
+    ("frames: read back, cold", "studiodrive-s3", "s3fs", 1.0, True),
+    ("random read 4 KiB, cold", "studiodrive-s3", "s3fs", 1.0, False),
+    ("random read 4 KiB, cold", "studiodrive", "bindfs", 0.5, False),
+    ("seq read 1 MiB, warm (MB/s)", "studiodrive", "bindfs", 1.0, False),
+    ("seq read 1 MiB, warm (MB/s)", "studiodrive-s3", "bindfs", 1.0, False),
+    ("mixed: peak RSS of the mount (MiB)", "studiodrive", None, rss, False),
+    ("mixed: peak RSS of the mount (MiB)", "studiodrive-s3", None, rss, False),
+]
+def median_of(prefix, t):
+    for m, per in data.items():
+        if m.startswith(prefix) and per.get(t):
+            return m, statistics.median(per[t])
+    return None, None
+print("\nGoals (issue 21): ratio of the medians above; threshold; met or missed.\n")
+print("| goal | measured | threshold | result |")
+print("|---|---|---|---|")
+for prefix, t, ref, thr, strict in GOALS:
+    m, v = median_of(prefix, t)
+    name = (m or prefix.rstrip(" ,:")) + f": {t}" + (f" vs {ref}" if ref else "")
+    if ref is None:
+        if v is None:
+            print(f"| {name} | – | <= {thr:g} | not measured |")
+        else:
+            print(f"| {name} | {fmt(v)} | <= {thr:g} | {'met' if v <= thr else 'missed'} |")
+        continue
+    _, b = median_of(m or prefix, ref)
+    if v is None or b is None or v <= 0 or b <= 0:
+        print(f"| {name} | – | {'>' if strict else '>='} {thr:.1f}x | not measured |")
+        continue
+    ratio = v / b if better[m] == "hi" else b / v
+    ok = ratio > thr if strict else ratio >= thr
+    print(f"| {name} | {ratio:.2f}x | {'>' if strict else '>='} {thr:.1f}x | {'met' if ok else 'missed'} |")
 EOF
 cat "$OUT"
 echo "(table in $OUT, raw figures in $RESULTS)" >&2
