@@ -15,7 +15,6 @@ use common::mock::{context_with, expect};
 use common::*;
 use drive::meta::Delivery;
 use drive::relay::{EventFilter, SinkSpec, SinkTarget};
-use drive::{MetaConfig, PgMetaStore};
 use drive_testkit::pg::PgServer;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -26,7 +25,6 @@ use operator::crd::{
 use operator::plan::eventsink::{Input, NO_RELAY_MESSAGE, STATUS_POLL};
 use operator::reconcile::{self, EventSinks, Workspaces};
 use operator::store::StudioStore;
-use operator::store::drive_adapter::MetaStoreAdapter;
 use operator::store::memory::MemoryStore;
 use proptest::prelude::*;
 use serde_json::json;
@@ -36,15 +34,6 @@ const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/studio/events";
 const ID: &str = "studio/review-hook";
 const URL: &str = "https://hooks.example.com/studiodrive";
 const LEASE: Duration = Duration::from_secs(60);
-
-async fn store_on(pg: &PgServer) -> (PgMetaStore, MetaStoreAdapter) {
-    drive_testkit::init_tracing();
-    let db = pg.create_database().await.expect("create database");
-    let meta = PgMetaStore::connect(&MetaConfig::new(pg.url(&db)))
-        .await
-        .expect("connect");
-    (meta.clone(), MetaStoreAdapter(meta))
-}
 
 async fn with_workspace<S: StudioStore>(store: &S) {
     let w = workspace(

@@ -30,15 +30,6 @@ const MDS: &str = "/apis/studiodrive.dev/v1alpha1/namespaces/studio/mediadatasto
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/studio/events";
 const NAME: &str = "studio/shots";
 
-async fn store_on(pg: &PgServer) -> (PgMetaStore, MetaStoreAdapter) {
-    drive_testkit::init_tracing();
-    let db = pg.create_database().await.expect("create database");
-    let meta = PgMetaStore::connect(&MetaConfig::new(pg.url(&db)))
-        .await
-        .expect("connect");
-    (meta.clone(), MetaStoreAdapter(meta))
-}
-
 fn input(d: &MediaDataStore) -> Input<'_> {
     Input {
         namespace: d.metadata.namespace.as_deref().unwrap_or_default(),

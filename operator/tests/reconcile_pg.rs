@@ -5,9 +5,9 @@
 mod common;
 
 use common::*;
+use drive::PgMetaStore;
 use drive::data::{DataKey, Kek, KeyError};
 use drive::model::{Actor, NewNode, NodeKind, View};
-use drive::{MetaConfig, PgMetaStore};
 use drive_testkit::pg::PgServer;
 use operator::crd::{DeletionPolicy, WorkspaceKind, conditions};
 use operator::crd::{Encryption, SecretKeyRef};
@@ -16,15 +16,6 @@ use operator::plan::{share as share_plan, snapshot as snap_plan, workspace as ws
 use operator::reconcile::{self, ReconcileError, Shares, Snapshots, Workspaces};
 use operator::store::drive_adapter::MetaStoreAdapter;
 use operator::store::{NewWorkspace, StoreErrorKind, StudioStore};
-
-async fn store_on(pg: &PgServer) -> (PgMetaStore, MetaStoreAdapter) {
-    drive_testkit::init_tracing();
-    let db = pg.create_database().await.expect("create database");
-    let meta = PgMetaStore::connect(&MetaConfig::new(pg.url(&db)))
-        .await
-        .expect("connect");
-    (meta.clone(), MetaStoreAdapter(meta))
-}
 
 fn ws_input(w: &operator::crd::Workspace) -> ws_plan::Input<'_> {
     ws_plan::Input {

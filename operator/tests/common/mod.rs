@@ -12,6 +12,25 @@ use operator::crd::{
 };
 use operator::keys::StaticKeySource;
 
+/// A fresh database of `pg` with the store's migrations: the engine's store, and the
+/// operator's adapter over it.
+pub async fn store_on(
+    pg: &drive_testkit::pg::PgServer,
+) -> (
+    drive::PgMetaStore,
+    operator::store::drive_adapter::MetaStoreAdapter,
+) {
+    drive_testkit::init_tracing();
+    let db = pg.create_database().await.expect("create database");
+    let meta = drive::PgMetaStore::connect(&drive::MetaConfig::new(pg.url(&db)))
+        .await
+        .expect("connect");
+    (
+        meta.clone(),
+        operator::store::drive_adapter::MetaStoreAdapter(meta),
+    )
+}
+
 /// A key source without Secrets, for unencrypted workspaces.
 pub const NO_KEYS: StaticKeySource = StaticKeySource::new();
 /// The EventSink kind with no Secrets and no sink secrets key (sinks without credentials).
