@@ -123,7 +123,7 @@ impl DocumentStore {
             )));
         }
         compiled
-            .check_document_within(document, MAX_DOCUMENT_BYTES)
+            .check_sized_document(document, len, MAX_DOCUMENT_BYTES)
             .map_err(invalid)?;
         match &self.blocks {
             Some(blocks) if len > MAX_INLINE_DOCUMENT_BYTES => {

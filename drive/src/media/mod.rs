@@ -485,7 +485,12 @@ impl CompiledDataStore {
     /// Schema-on-write: the document passes the schema, its timelines are well formed, and
     /// its JSON text is within `max_bytes`.
     pub fn check_document_within(&self, doc: &Value, max_bytes: usize) -> Result<(), Invalid> {
-        let len = json_len(doc);
+        self.check_sized_document(doc, json_len(doc), max_bytes)
+    }
+
+    /// [`CompiledDataStore::check_document_within`] for a caller that has measured the
+    /// document's JSON text already (`len` bytes): a large document is not written out again.
+    pub fn check_sized_document(&self, doc: &Value, len: usize, max_bytes: usize) -> Result<(), Invalid> {
         if len > max_bytes {
             return Err(invalid(
                 "the document",

@@ -274,12 +274,11 @@ impl PgMetaStore {
                     .await?;
                     for doc in docs {
                         let id: uuid::Uuid = doc.get(0);
-                        let body = body_of(id, doc.get(1), bodies).await?;
+                        let row_body: Option<Value> = doc.get(1);
+                        let stored = row_body.is_none();
+                        let body = body_of(id, row_body, bodies).await?;
                         // A stored text's spans are found again by encoding it as it was written.
-                        let spans = match doc.get::<_, Option<Value>>(1) {
-                            Some(_) => None,
-                            None => Some(crate::media::body::encode(&body, &compiled).spans),
-                        };
+                        let spans = stored.then(|| crate::media::body::encode(&body, &compiled).spans);
                         index_document(tx, &compiled, record.id, id, &body, spans.as_deref()).await?;
                     }
                 }
