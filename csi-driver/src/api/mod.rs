@@ -274,8 +274,9 @@ where
     let metrics = state.metrics.clone();
     let started = std::time::Instant::now();
     let method = req.method().clone();
+    let segments = path_segments(req.uri().path());
     // A path no resource is at is counted as one route: its text is the caller's.
-    let route = path_segments(req.uri().path()).ok().and_then(|segments| {
+    let route = segments.as_ref().ok().and_then(|segments| {
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
         match segments.as_slice() {
             ["openapi.json"] => Some("/openapi.json"),
@@ -285,7 +286,7 @@ where
         }
     });
     metrics.in_flight.inc();
-    let response = answer(state, req).await;
+    let response = answer(state, req, segments).await;
     metrics.in_flight.dec();
     metrics.observe_request(
         route.unwrap_or("(none)"),
@@ -296,13 +297,18 @@ where
     response
 }
 
-async fn answer<B>(state: Arc<ApiState>, req: Request<B>) -> Response<Full<Bytes>>
+/// Answers one request whose path is `segments` (decoded, or why it could not be).
+async fn answer<B>(
+    state: Arc<ApiState>,
+    req: Request<B>,
+    segments: Result<Vec<String>, ApiError>,
+) -> Response<Full<Bytes>>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (parts, body) = req.into_parts();
-    let segments = match path_segments(parts.uri.path()) {
+    let segments = match segments {
         Ok(s) => s,
         Err(e) => return error_response(&e),
     };
