@@ -39,4 +39,18 @@ impl Cipher {
             .map(|plain| plain.len())
             .map_err(|_| Unauthentic)
     }
+
+    /// Checks and decrypts `in_out` (ciphertext only) in place against a `tag` kept apart.
+    pub(crate) fn open_detached(
+        &self,
+        nonce: [u8; 12],
+        aad: &[u8],
+        tag: &[u8],
+        in_out: &mut [u8],
+    ) -> Result<(), Unauthentic> {
+        self.0
+            .open_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), tag, in_out)
+            .map(|_| ())
+            .map_err(|_| Unauthentic)
+    }
 }
