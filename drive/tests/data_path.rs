@@ -316,7 +316,9 @@ async fn encrypted_objects_hide_plaintext_and_detect_damage() {
     let chain = common::error_chain(&err);
     assert!(chain.contains("could not be authenticated"), "{chain}");
 
-    // A truncated object likewise.
+    // A truncated object likewise (its intact frames still read; the file's read fails at
+    // the frame that lost its end).
+    bytes[mid] ^= 0x01;
     std::fs::write(&victim, &bytes[..bytes.len() - 100]).unwrap();
     let err = read_file(&rig.mount(rig.blocks(None)), ino).await.unwrap_err();
     assert!(
@@ -1402,5 +1404,136 @@ async fn prefetch_stays_within_the_mount_budget_across_many_readers() {
     );
     for fh in handles {
         fs.release(fh, caller()).await.unwrap();
+    }
+}
+
+/// Reads `len` bytes at `offset` of `ino` through a fresh open, so the read is a seek.
+async fn read_at(
+    fs: &DriveFs<BlockStore>,
+    ino: u64,
+    offset: u64,
+    len: u64,
+) -> Result<Bytes, drive::fs::FsError> {
+    let flags = OpenFlags {
+        read: true,
+        ..OpenFlags::default()
+    };
+    let opened = fs.open(ino, flags, caller()).await?;
+    let result = fs.read(opened.fh, offset, len as u32).await;
+    fs.release(opened.fh, caller()).await?;
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_reads_fetch_and_verify_only_the_frames_they_touch() {
+    use std::sync::atomic::Ordering::Relaxed;
+    const FRAME: u64 = drive::data::format::FRAME_LEN as u64;
+    let server = S3Server::start().unwrap();
+    let store = s3_store(&server).await;
+    for encrypted in [false, true] {
+        let rig = Rig::new(store.clone(), encrypted).await;
+        let bs = u64::from(rig.ws.block_size);
+        let len = 2 * bs + 3 * FRAME + 100;
+        let data = pattern(len as usize, 21);
+        let ino = write_file(&rig.mount(rig.blocks(None)), "frames", &data).await;
+        // Offset classes: on, across and just before frame boundaries; a block's last bytes
+        // and the next block's first; the file's last, partial frame; across blocks.
+        let reads = [
+            (FRAME, 4096),
+            (FRAME - 100, 200),
+            (3 * FRAME - 1, 1),
+            (bs - 4096, 4096),
+            (bs, 4096),
+            (2 * bs + 3 * FRAME, 100),
+            (len - 1, 1),
+            (bs - 10, 20),
+        ];
+        let read_all = async |what: &str, ranged: bool| {
+            for (offset, n) in reads {
+                let blocks = rig.blocks(None);
+                let got = read_at(&rig.mount(blocks.clone()), ino, offset, n).await.unwrap();
+                let want = &data[offset as usize..(offset + n) as usize];
+                assert_same(&got, want, &format!("{what}: {n} bytes at {offset}"));
+                let downloaded = blocks.stats().bytes_downloaded.load(Relaxed);
+                let one_block = offset / bs == (offset + n - 1) / bs;
+                if ranged && one_block {
+                    assert!(
+                        downloaded < 3 * FRAME,
+                        "{what}: {downloaded} bytes fetched for {n} at {offset}"
+                    );
+                } else if one_block && offset < 2 * bs {
+                    assert!(downloaded >= bs, "{what}: a version 1 block is fetched whole");
+                }
+            }
+        };
+        read_all("version 2", true).await;
+
+        // Blocks of format version 1 (as older releases wrote them) read the same, whole.
+        let objects = bucket_objects(&server);
+        let file_blocks = rig
+            .meta
+            .block_map(View::Live, drive::model::NodeId(ino), 0, 16)
+            .await
+            .unwrap();
+        assert_eq!(file_blocks.len(), 3);
+        let object_of = |hash: &[u8; 32]| {
+            let name = drive::data::format::hash_hex(hash);
+            objects
+                .keys()
+                .find(|p| p.file_name().unwrap().to_str() == Some(name.as_str()))
+                .unwrap()
+                .clone()
+        };
+        for b in &file_blocks {
+            let path = object_of(&b.hash);
+            let plaintext = rig
+                .codec
+                .decode(&b.hash, Bytes::from(objects[&path].clone()))
+                .unwrap();
+            std::fs::write(&path, rig.codec.encode_version1(&b.hash, &plaintext)).unwrap();
+        }
+        read_all("version 1", false).await;
+
+        // One damaged frame (frame 1 of block 0): reads that touch it fail with EIO, and only
+        // those; a read from the start of the block still answers from its intact frame 0.
+        for b in &file_blocks {
+            let path = object_of(&b.hash);
+            std::fs::write(&path, &objects[&path]).unwrap();
+        }
+        let victim = object_of(&file_blocks[0].hash);
+        let mut bytes = objects[&victim].clone();
+        let body_start = rig.codec.stored_len(bs as usize) - bs as usize;
+        bytes[body_start + FRAME as usize + 10] ^= 0x20;
+        std::fs::write(&victim, &bytes).unwrap();
+        for (offset, n, damaged) in [
+            (FRAME, 4096, true),
+            (FRAME - 100, 200, true),
+            (0, 1 << 20, true),
+            (0, 4096, false),
+            (FRAME - 4096, 4096, false),
+            (2 * FRAME, 4096, false),
+            (bs - 4096, 4096, false),
+            (bs, 4096, false),
+        ] {
+            let fs = rig.mount(rig.blocks(None));
+            match read_at(&fs, ino, offset, n).await {
+                Ok(got) => {
+                    assert!(!damaged, "{n} bytes at {offset} touch the damaged frame but read");
+                    assert_same(
+                        &got,
+                        &data[offset as usize..(offset + n) as usize],
+                        "beside the damage",
+                    );
+                }
+                Err(e) => {
+                    assert!(
+                        damaged,
+                        "{n} bytes at {offset} failed: {}",
+                        common::error_chain(&e)
+                    );
+                    assert_eq!(e.kind(), drive::fs::FsErrorKind::Io);
+                }
+            }
+        }
     }
 }

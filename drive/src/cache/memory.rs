@@ -66,6 +66,11 @@ impl MemoryCache {
         found
     }
 
+    /// Whether block `hash` is held (not counted as a hit or a miss).
+    pub fn contains(&self, hash: &BlockHash) -> bool {
+        self.lock().blocks.contains(hash)
+    }
+
     /// Keeps `plaintext` (already verified) as block `hash`, evicting the least recently used
     /// blocks beyond the limit. A block larger than the whole cache is not kept.
     pub fn insert(&self, hash: BlockHash, plaintext: Bytes) {

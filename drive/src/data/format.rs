@@ -39,7 +39,9 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use blake3::hazmat::{ChainingValue, HasherExt as _, Mode, left_subtree_len, merge_subtrees_non_root, merge_subtrees_root};
+use blake3::hazmat::{
+    ChainingValue, HasherExt as _, Mode, left_subtree_len, merge_subtrees_non_root, merge_subtrees_root,
+};
 use bytes::{Buf as _, Bytes, BytesMut};
 use rand::RngCore as _;
 
@@ -274,7 +276,9 @@ impl BlockCodec {
         out.extend_from_slice(&header);
         out.extend_from_slice(plaintext);
         if let Some(e) = &self.encryption {
-            let tag = e.cipher.seal(nonce, &whole_aad(&header, hash), &mut out[HEADER_LEN..]);
+            let tag = e
+                .cipher
+                .seal(nonce, &whole_aad(&header, hash), &mut out[HEADER_LEN..]);
             out.extend_from_slice(&tag);
         }
         out.freeze()
@@ -557,7 +561,9 @@ fn parse_header(hash: &BlockHash, stored: &[u8]) -> Result<Header, FormatError> 
 /// (frames of one block never share a nonce; blocks draw theirs at random).
 fn frame_nonce(nonce: [u8; 12], i: usize) -> [u8; 12] {
     let mut out = nonce;
-    let index = u32::try_from(i).expect("a block has fewer than 2^32 frames").to_be_bytes();
+    let index = u32::try_from(i)
+        .expect("a block has fewer than 2^32 frames")
+        .to_be_bytes();
     for (b, x) in out[8..].iter_mut().zip(index) {
         *b ^= x;
     }
@@ -595,7 +601,19 @@ mod tests {
     }
 
     /// Sizes around chunk, frame and block boundaries.
-    const SIZES: [usize; 11] = [0, 1, 4095, 4096, 65535, 65536, 65537, 131072, 200_000, 1 << 20, 4 << 20];
+    const SIZES: [usize; 11] = [
+        0,
+        1,
+        4095,
+        4096,
+        65535,
+        65536,
+        65537,
+        131072,
+        200_000,
+        1 << 20,
+        4 << 20,
+    ];
 
     #[test]
     fn round_trip_sizes_in_both_formats() {
@@ -606,7 +624,11 @@ mod tests {
                 let stored = codec.encode(&hash, &data);
                 assert_eq!(stored[4], VERSION_FRAMED);
                 assert_eq!(stored.len(), codec.stored_len(len));
-                assert_eq!(codec.decode(&hash, stored.clone()).unwrap(), data, "v2, {len} bytes");
+                assert_eq!(
+                    codec.decode(&hash, stored.clone()).unwrap(),
+                    data,
+                    "v2, {len} bytes"
+                );
                 let old = codec.encode_version1(&hash, &data);
                 assert_eq!(old[4], VERSION_WHOLE);
                 assert_eq!(codec.decode(&hash, old).unwrap(), data, "v1, {len} bytes");
@@ -615,8 +637,17 @@ mod tests {
     }
 
     /// Reads `[start, end)` of a stored block through a plan, as a ranged fetch would.
-    fn read_range(codec: &BlockCodec, hash: &BlockHash, stored: &Bytes, len: usize, start: usize, end: usize) -> Result<Option<Vec<u8>>, FormatError> {
-        let plan = codec.range_plan(len as u64, start as u64, end as u64).expect("a plan");
+    fn read_range(
+        codec: &BlockCodec,
+        hash: &BlockHash,
+        stored: &Bytes,
+        len: usize,
+        start: usize,
+        end: usize,
+    ) -> Result<Option<Vec<u8>>, FormatError> {
+        let plan = codec
+            .range_plan(len as u64, start as u64, end as u64)
+            .expect("a plan");
         let cut = |r: &Range<u64>| stored.slice(r.start as usize..(r.end as usize).min(stored.len()));
         let frames = codec.decode_range(hash, &plan, cut(&plan.prefix), cut(&plan.body))?;
         Ok(frames.map(|f| {
@@ -637,11 +668,11 @@ mod tests {
                 let ranges = [
                     (0, 1),
                     (0, 4096),
-                    (F - 1, F + 1),         // across a frame boundary
-                    (F, F + 4096),          // starting on one
-                    (F - 4096, F),          // ending on one
-                    (last / F * F, len),    // the last (maybe partial) frame whole
-                    (last, len),            // the block's last byte
+                    (F - 1, F + 1),      // across a frame boundary
+                    (F, F + 4096),       // starting on one
+                    (F - 4096, F),       // ending on one
+                    (last / F * F, len), // the last (maybe partial) frame whole
+                    (last, len),         // the block's last byte
                     (len - 4096.min(len), len),
                     (1, len - 1),
                 ];
@@ -652,7 +683,9 @@ mod tests {
                         assert_eq!((start / F, end.div_ceil(F)), (0, len.div_ceil(F)));
                         continue;
                     }
-                    let got = read_range(&codec, &hash, &stored, len, start, end).unwrap().expect("v2");
+                    let got = read_range(&codec, &hash, &stored, len, start, end)
+                        .unwrap()
+                        .expect("v2");
                     assert_eq!(got, &data[start..end], "{len} bytes, range {start}..{end}");
                 }
                 // A version 1 block answers "read me whole".
@@ -683,7 +716,10 @@ mod tests {
             let mut bad = stored.to_vec();
             bad[body_start + 2 * F + 17] ^= 0x40; // inside frame 2
             let bad = Bytes::from(bad);
-            assert!(codec.decode(&hash, bad.clone()).is_err(), "a whole read touches it");
+            assert!(
+                codec.decode(&hash, bad.clone()).is_err(),
+                "a whole read touches it"
+            );
             assert!(read_range(&codec, &hash, &bad, len, 2 * F, 2 * F + 100).is_err());
             assert!(read_range(&codec, &hash, &bad, len, F, 3 * F).is_err());
             for (start, end) in [(0, 100), (F, 2 * F), (3 * F, 4 * F + 100)] {
@@ -702,7 +738,10 @@ mod tests {
             // A header claiming another length is read whole (and that read fails).
             let mut other_len = stored.to_vec();
             other_len[8] ^= 1;
-            assert_eq!(read_range(&codec, &hash, &Bytes::from(other_len.clone()), len, 0, 10).unwrap(), None);
+            assert_eq!(
+                read_range(&codec, &hash, &Bytes::from(other_len.clone()), len, 0, 10).unwrap(),
+                None
+            );
             assert!(codec.decode(&hash, Bytes::from(other_len)).is_err());
         }
     }
@@ -726,22 +765,34 @@ mod tests {
             let data = vec![7u8; 200_000];
             let hash = codec.address(&data);
             for stored in [codec.encode(&hash, &data), codec.encode_version1(&hash, &data)] {
-            for pos in [0, 4, 5, 6, 7, 9, 13, HEADER_LEN, HEADER_LEN + 5000, HEADER_LEN + 150_000, stored.len() - 1] {
-                let mut bad = stored.to_vec();
-                bad[pos] ^= 0x40;
+                for pos in [
+                    0,
+                    4,
+                    5,
+                    6,
+                    7,
+                    9,
+                    13,
+                    HEADER_LEN,
+                    HEADER_LEN + 5000,
+                    HEADER_LEN + 150_000,
+                    stored.len() - 1,
+                ] {
+                    let mut bad = stored.to_vec();
+                    bad[pos] ^= 0x40;
+                    assert!(
+                        codec.decode(&hash, bad.into()).is_err(),
+                        "flip at {pos} went unnoticed"
+                    );
+                }
+                assert!(codec.decode(&hash, stored.slice(..stored.len() - 1)).is_err());
+                assert!(codec.decode(&hash, stored.slice(..10)).is_err());
+                let mut other = hash;
+                other[0] ^= 1;
                 assert!(
-                    codec.decode(&hash, bad.into()).is_err(),
-                    "flip at {pos} went unnoticed"
+                    codec.decode(&other, stored.clone()).is_err(),
+                    "object under the wrong address"
                 );
-            }
-            assert!(codec.decode(&hash, stored.slice(..stored.len() - 1)).is_err());
-            assert!(codec.decode(&hash, stored.slice(..10)).is_err());
-            let mut other = hash;
-            other[0] ^= 1;
-            assert!(
-                codec.decode(&other, stored.clone()).is_err(),
-                "object under the wrong address"
-            );
             }
         }
     }

@@ -5,6 +5,8 @@
 //! whole object, never a torn one. Leftover temp files are removed at open.
 
 use std::io::Write as _;
+use std::ops::Range;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -208,6 +210,28 @@ impl ChunkStore for LocalChunkStore {
             blocking("get", key, move || std::fs::read(path))
                 .await
                 .map(Bytes::from)
+        }
+        .boxed()
+    }
+
+    fn get_range<'a>(&'a self, key: &'a str, range: Range<u64>) -> BoxFuture<'a, Result<Bytes, StoreError>> {
+        async move {
+            let path = self.path(key)?;
+            blocking("get", key, move || {
+                let file = std::fs::File::open(path)?;
+                let mut out = vec![0u8; range.end.saturating_sub(range.start) as usize];
+                let mut filled = 0;
+                while filled < out.len() {
+                    match file.read_at(&mut out[filled..], range.start + filled as u64)? {
+                        0 => break,
+                        n => filled += n,
+                    }
+                }
+                out.truncate(filled);
+                Ok(out)
+            })
+            .await
+            .map(Bytes::from)
         }
         .boxed()
     }

@@ -4,6 +4,7 @@
 //! tested in-process, without a server.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -51,6 +52,16 @@ impl ChunkStore for MemoryChunkStore {
         async move {
             let found = lock(&self.objects).get(key).cloned();
             found.ok_or_else(|| StoreError::NotFound { key: key.to_string() })
+        }
+        .boxed()
+    }
+
+    fn get_range<'a>(&'a self, key: &'a str, range: Range<u64>) -> BoxFuture<'a, Result<Bytes, StoreError>> {
+        async move {
+            let found = lock(&self.objects).get(key).cloned();
+            let object = found.ok_or_else(|| StoreError::NotFound { key: key.to_string() })?;
+            let end = (range.end as usize).min(object.len());
+            Ok(object.slice((range.start as usize).min(end)..end))
         }
         .boxed()
     }
@@ -182,6 +193,28 @@ impl FaultyChunkStore {
         self.injected.load(Ordering::Relaxed)
     }
 
+    /// Counts `get` among the GETs, and among those in flight while it runs.
+    fn counted_get<'a>(
+        &'a self,
+        get: BoxFuture<'a, Result<Bytes, StoreError>>,
+    ) -> BoxFuture<'a, Result<Bytes, StoreError>> {
+        async move {
+            self.gets.fetch_add(1, Ordering::Relaxed);
+            let now = self.gets_in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+            self.most_gets_in_flight.fetch_max(now, Ordering::AcqRel);
+            // Counted down on completion and on cancellation (an aborted prefetch) alike.
+            struct Done<'s>(&'s AtomicU64);
+            impl Drop for Done<'_> {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+            let _done = Done(&self.gets_in_flight);
+            get.await
+        }
+        .boxed()
+    }
+
     /// Runs `forward` unless a fault for `op` says otherwise.
     fn guarded<'a, T: Send + 'a>(
         &'a self,
@@ -237,22 +270,11 @@ impl ChunkStore for FaultyChunkStore {
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Bytes, StoreError>> {
-        let get = self.guarded(StoreOp::Get, key, self.inner.get(key));
-        async move {
-            self.gets.fetch_add(1, Ordering::Relaxed);
-            let now = self.gets_in_flight.fetch_add(1, Ordering::AcqRel) + 1;
-            self.most_gets_in_flight.fetch_max(now, Ordering::AcqRel);
-            // Counted down on completion and on cancellation (an aborted prefetch) alike.
-            struct Done<'s>(&'s AtomicU64);
-            impl Drop for Done<'_> {
-                fn drop(&mut self) {
-                    self.0.fetch_sub(1, Ordering::AcqRel);
-                }
-            }
-            let _done = Done(&self.gets_in_flight);
-            get.await
-        }
-        .boxed()
+        self.counted_get(self.guarded(StoreOp::Get, key, self.inner.get(key)))
+    }
+
+    fn get_range<'a>(&'a self, key: &'a str, range: Range<u64>) -> BoxFuture<'a, Result<Bytes, StoreError>> {
+        self.counted_get(self.guarded(StoreOp::Get, key, self.inner.get_range(key, range)))
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {

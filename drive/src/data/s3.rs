@@ -5,6 +5,7 @@
 //! `max_attempts` surfaces as [`StoreError::Unavailable`]. Large objects are uploaded in
 //! parallel multipart parts and read with parallel ranged GETs.
 
+use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -306,7 +307,7 @@ impl S3ChunkStore {
     /// quiet after that (a dropped connection, a stalled server) is not its business. Such a
     /// read is bounded by the attempt timeout and the GET is sent again, up to the same
     /// number of attempts.
-    async fn get_range(
+    async fn fetch_range(
         &self,
         key: &str,
         object: &str,
@@ -322,8 +323,14 @@ impl S3ChunkStore {
                 .key(object)
                 .range(format!("bytes={start}-{end}"))
                 .send()
-                .await
-                .map_err(|e| classify_get(key, e))?;
+                .await;
+            let out = match out {
+                // The object ends before the range starts: nothing of it is there.
+                Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => {
+                    return Ok((Bytes::new(), None));
+                }
+                other => other.map_err(|e| classify_get(key, e))?,
+            };
             let total = out
                 .content_range()
                 .and_then(|r| r.rsplit('/').next())
@@ -545,7 +552,7 @@ impl ChunkStore for S3ChunkStore {
         async move {
             let object = self.object_key(key);
             let part = self.read_part_size;
-            let (first, total) = self.get_range(key, &object, 0, part - 1).await?;
+            let (first, total) = self.fetch_range(key, &object, 0, part - 1).await?;
             let Some(total) = total.filter(|&t| t > first.len() as u64) else {
                 return Ok(first);
             };
@@ -554,7 +561,7 @@ impl ChunkStore for S3ChunkStore {
                 futures::stream::iter((first.len() as u64..total).step_by(part as usize).map(|start| {
                     let end = (start + part).min(total) - 1;
                     let object = &object;
-                    async move { self.get_range(key, object, start, end).await.map(|(b, _)| b) }
+                    async move { self.fetch_range(key, object, start, end).await.map(|(b, _)| b) }
                 }))
                 .buffered(PARALLEL_PARTS)
                 .try_collect()
@@ -573,6 +580,19 @@ impl ChunkStore for S3ChunkStore {
                 });
             }
             Ok(out.freeze())
+        }
+        .boxed()
+    }
+
+    fn get_range<'a>(&'a self, key: &'a str, range: Range<u64>) -> BoxFuture<'a, Result<Bytes, StoreError>> {
+        async move {
+            if range.is_empty() {
+                return Ok(Bytes::new());
+            }
+            let object = self.object_key(key);
+            self.fetch_range(key, &object, range.start, range.end - 1)
+                .await
+                .map(|(body, _)| body)
         }
         .boxed()
     }

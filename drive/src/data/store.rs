@@ -4,6 +4,8 @@
 //! directory, or a bucket and prefix). Objects are immutable once written: a key is always
 //! written with the same bytes, so a retried or repeated `put` is harmless.
 
+use std::ops::Range;
+
 use bytes::Bytes;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
@@ -81,6 +83,10 @@ pub trait ChunkStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// The whole object under `key`.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Bytes, StoreError>>;
+
+    /// Bytes `range` of the object under `key` (fewer when the object ends first): a random
+    /// read fetches the frames of a block it needs, not the block.
+    fn get_range<'a>(&'a self, key: &'a str, range: Range<u64>) -> BoxFuture<'a, Result<Bytes, StoreError>>;
 
     /// Removes `key`; removing a missing object succeeds.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;

@@ -1,10 +1,11 @@
 //! The port through which the file system stores and fetches block content.
 //!
-//! The file system speaks whole blocks: `put_block` makes a block durable (object stored and
-//! its record `Available` in the metadata store) and returns its content address, which is
-//! what `MetaStore::commit_content` may then reference; `get_block` returns a block's
-//! plaintext, verified. Caching, single-flight, encryption and the object store live behind
-//! this trait (see `drive::data` and `drive::cache`).
+//! The file system speaks blocks: `put_block` makes a block durable (object stored and its
+//! record `Available` in the metadata store) and returns its content address, which is what
+//! `MetaStore::commit_content` may then reference; `get_block` returns a block's plaintext,
+//! verified, and `get_block_range` a verified part of it (for a random read). Caching,
+//! single-flight, encryption and the object store live behind this trait (see `drive::data`
+//! and `drive::cache`).
 
 use std::future::Future;
 
@@ -62,4 +63,13 @@ pub trait BlockIo: Send + Sync + 'static {
     /// Fetches the plaintext of block `hash`, whose valid length is `len`.
     fn get_block(&self, hash: [u8; 32], len: u64)
     -> impl Future<Output = Result<Bytes, BlockIoError>> + Send;
+
+    /// Fetches plaintext `range` of block `hash` (whose valid length is `len`), verified,
+    /// without fetching the whole block when the store can serve part of it.
+    fn get_block_range(
+        &self,
+        hash: [u8; 32],
+        len: u64,
+        range: std::ops::Range<u64>,
+    ) -> impl Future<Output = Result<Bytes, BlockIoError>> + Send;
 }

@@ -1,6 +1,7 @@
 //! The read path of an open file: offset and length to blocks, through the block store (and
 //! its cache), with sequential-read detection and a prefetch window that doubles while reads
-//! stay sequential (up to a byte budget) and collapses on a seek. Every block a reader holds
+//! stay sequential (up to a byte budget) and collapses on a seek; a read after a seek fetches
+//! only the verified frames it needs (`BlockIo::get_block_range`). Every block a reader holds
 //! (fetched ahead, or the one it is reading) holds a permit of the mount's read buffers, so
 //! memory does not grow with the number of open files.
 
@@ -11,7 +12,7 @@ use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::fs::blocks::BlockIo;
+use crate::fs::blocks::{BlockErrorKind, BlockIo};
 use crate::fs::error::FsError;
 use crate::fs::write::copy_block;
 use crate::meta::FileBlock;
@@ -94,8 +95,23 @@ impl<B: BlockIo, M: MetaStore> Reader<B, M> {
         if offset / bs == (end - 1) / bs
             && let Some(b) = self.entry(offset / bs).await?
         {
-            let block = self.block(&b).await?;
+            // A seek into a block this reader does not hold fetches only the frames it needs;
+            // reads that stay sequential fetch whole blocks, and the window ahead (a read
+            // at offset 0 is taken as the start of a sequential read).
             let stop = in_block + (end - offset);
+            if self.window == 0 && offset > 0 && !self.holds(b.idx) && stop <= b.len {
+                return Ok(self.blocks.get_block_range(b.hash, b.len, in_block..stop).await?);
+            }
+            let block = match self.block(&b).await {
+                Ok(block) => block,
+                // A damaged block may still have intact frames: the part this read needs is
+                // fetched on its own, and fails only if it touches the damage.
+                Err(FsError::Blocks(e)) if e.kind == BlockErrorKind::Corrupt && stop <= b.len => {
+                    tracing::warn!(error = %e, ino = ?self.ino, block = b.idx, "reading part of a damaged block");
+                    return Ok(self.blocks.get_block_range(b.hash, b.len, in_block..stop).await?);
+                }
+                Err(e) => return Err(e),
+            };
             if stop <= b.len.min(block.len() as u64) {
                 self.schedule(end).await?;
                 return Ok(block.slice(in_block as usize..stop as usize));
@@ -147,7 +163,7 @@ impl<B: BlockIo, M: MetaStore> Reader<B, M> {
         let first = end.div_ceil(bs);
         let last_block = self.size.div_ceil(bs);
         for idx in first..(first + self.window).min(last_block) {
-            if self.prefetch.contains_key(&idx) || self.current.as_ref().is_some_and(|(c, ..)| *c == idx) {
+            if self.holds(idx) {
                 continue;
             }
             if let Some(b) = self.entry(idx).await? {
@@ -161,6 +177,11 @@ impl<B: BlockIo, M: MetaStore> Reader<B, M> {
             }
         }
         Ok(())
+    }
+
+    /// Whether block `idx` is the one being read or is being fetched ahead.
+    fn holds(&self, idx: u64) -> bool {
+        self.current.as_ref().is_some_and(|(c, ..)| *c == idx) || self.prefetch.contains_key(&idx)
     }
 
     /// The block-map entry of `idx` (`None` for a hole), loading the map in chunks.
