@@ -1537,3 +1537,60 @@ async fn random_reads_fetch_and_verify_only_the_frames_they_touch() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_reads_of_cached_blocks_read_and_verify_only_their_frames() {
+    const FRAME: u64 = drive::data::format::FRAME_LEN as u64;
+    let server = S3Server::start().unwrap();
+    let store = s3_store(&server).await;
+    for encrypted in [false, true] {
+        let rig = Rig::new(store.clone(), encrypted).await;
+        let blocks = rig.blocks(Some(1 << 30));
+        let cache = blocks.cache().unwrap().clone();
+        let data = pattern(6 * MIB, 5);
+        let ino = write_file(&rig.mount(blocks.clone()), "cached", &data).await;
+        let gets = server.requests().gets();
+        let hit_bytes = cache.stats().hit_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        for (offset, n) in [
+            (FRAME + 7, 4096),
+            (5 * MIB as u64 - 1, 1),
+            (6 * MIB as u64 - 4096, 4096),
+        ] {
+            let got = read_at(&rig.mount(blocks.clone()), ino, offset, n).await.unwrap();
+            assert_same(
+                &got,
+                &data[offset as usize..(offset + n) as usize],
+                "cached frames",
+            );
+        }
+        assert_eq!(server.requests().gets(), gets, "served from the cache");
+        let read = cache.stats().hit_bytes.load(std::sync::atomic::Ordering::Relaxed) - hit_bytes;
+        assert!(
+            read < 3 * (2 * FRAME),
+            "{read} bytes of the cache read for three small reads"
+        );
+
+        // A damaged frame in a cache entry: the read fetches the frames from the store instead
+        // (right bytes), and the entry is dropped.
+        let entries: Vec<PathBuf> = walk(cache.dir())
+            .into_iter()
+            .filter(|p| !p.starts_with(cache.dir().join(".tmp")))
+            .collect();
+        for entry in &entries {
+            let mut bytes = std::fs::read(entry).unwrap();
+            let at = bytes.len() - 8 - 100; // inside the last frame of the block
+            bytes[at] ^= 0x08;
+            std::fs::write(entry, &bytes).unwrap();
+        }
+        let gets = server.requests().gets();
+        let got = read_at(&rig.mount(blocks.clone()), ino, 6 * MIB as u64 - 50, 50)
+            .await
+            .unwrap();
+        assert_same(&got, &data[6 * MIB - 50..], "past a damaged cache entry");
+        assert_eq!(
+            server.requests().gets() - gets,
+            2,
+            "the frames and their table fetched"
+        );
+    }
+}

@@ -261,6 +261,47 @@ impl BlockCache {
         }
     }
 
+    /// Byte ranges of the cached object for `hash`, read without the rest of the entry and
+    /// without its CRC32C check: for a caller that verifies what it reads (the frames of a
+    /// block, against its frame table and address) and calls [`remove`](Self::remove) when
+    /// that fails. `None` when the entry is not indexed or cannot be read.
+    pub async fn get_ranges(
+        &self,
+        hash: &BlockHash,
+        ranges: [std::ops::Range<u64>; 2],
+    ) -> Option<[Bytes; 2]> {
+        use std::os::unix::fs::FileExt as _;
+        if self.lock().entries.get(hash).is_none() {
+            return None;
+        }
+        let path = self.path(hash);
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<[Bytes; 2]> {
+            let file = std::fs::File::open(path)?;
+            let read = |range: &std::ops::Range<u64>| -> std::io::Result<Bytes> {
+                let mut buf = vec![0u8; range.end.saturating_sub(range.start) as usize];
+                file.read_exact_at(&mut buf, range.start)?;
+                Ok(Bytes::from(buf))
+            };
+            Ok([read(&ranges[0])?, read(&ranges[1])?])
+        })
+        .await;
+        match read {
+            Ok(Ok(parts)) => {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .hit_bytes
+                    .fetch_add((parts[0].len() + parts[1].len()) as u64, Ordering::Relaxed);
+                Some(parts)
+            }
+            _ => {
+                // Evicted meanwhile, removed behind our back, or shorter than it should be
+                // (the whole read that follows checks it and drops it if damaged).
+                self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
     /// An entry another process wrote into this directory since the index was built (a
     /// `studiodrive-csi preload` warming the node's cache under a running mount): checked
     /// like any entry and taken into the index. A missing file costs one failed open, far

@@ -15,6 +15,7 @@
 //! milliseconds of CPU that must not stall the async workers. Smaller ones run in place.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -189,29 +190,40 @@ impl<M: MetaStore> BlockStore<M> {
         Ok(hash)
     }
 
-    /// The verified plaintext `range` of block `hash`, whose plaintext is `len` bytes. A
-    /// block this node holds (in memory, in its cache, or being fetched) is read from there;
-    /// otherwise only the frames holding `range` are fetched (two ranged GETs in parallel:
-    /// the header and frame table, and the frames) and verified, and nothing is cached. A
-    /// block stored whole (format version 1, or one frame) is fetched whole.
-    pub async fn get_range(
-        &self,
-        hash: BlockHash,
-        len: u64,
-        range: std::ops::Range<u64>,
-    ) -> Result<Bytes, DataError> {
+    /// The verified plaintext `range` of block `hash`, whose plaintext is `len` bytes. Only
+    /// the frames holding `range` are read and verified: from the node's cache when it holds
+    /// the block, else from the object store (two ranged GETs in parallel: the header and
+    /// frame table, and the frames), and nothing is cached. A block held in memory, being
+    /// fetched whole, or stored whole (format version 1, or one frame) is read whole.
+    pub async fn get_range(&self, hash: BlockHash, len: u64, range: Range<u64>) -> Result<Bytes, DataError> {
         let inner = &self.inner;
-        let held = inner.memory.as_ref().is_some_and(|m| m.contains(&hash))
-            || inner.cache.as_ref().is_some_and(|c| c.contains(&hash))
-            || lock(&inner.inflight).contains_key(&hash);
-        let plan = if held {
-            None
-        } else {
-            inner.codec.range_plan(len, range.start, range.end)
+        let plan = match inner.codec.range_plan(len, range.start, range.end) {
+            Some(plan)
+                if !inner.memory.as_ref().is_some_and(|m| m.contains(&hash))
+                    && !lock(&inner.inflight).contains_key(&hash) =>
+            {
+                plan
+            }
+            _ => return Ok(slice_of(self.get(hash).await?, &range)),
         };
-        let Some(plan) = plan else {
-            return Ok(slice_of(self.get(hash).await?, &range));
-        };
+        let start = plan.plaintext_start();
+        let frames_range = range.start - start..range.end - start;
+        if let Some(cache) = &inner.cache
+            && let Some([prefix, body]) = cache
+                .get_ranges(&hash, [plan.prefix.clone(), plan.body.clone()])
+                .await
+        {
+            let codec = inner.codec.clone();
+            let plan = plan.clone();
+            match codec_work(body.len(), move || codec.decode_range(&hash, &plan, prefix, body)).await? {
+                Ok(Some(frames)) => return Ok(slice_of(frames, &frames_range)),
+                Ok(None) => return Ok(slice_of(self.get(hash).await?, &range)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "dropping a damaged cache entry");
+                    cache.remove(&hash);
+                }
+            }
+        }
         let key = block_key(&hash);
         inner.stats.gets.fetch_add(2, Ordering::Relaxed);
         let fetched = futures::try_join!(
@@ -226,9 +238,8 @@ impl<M: MetaStore> BlockStore<M> {
             .bytes_downloaded
             .fetch_add((prefix.len() + body.len()) as u64, Ordering::Relaxed);
         let codec = inner.codec.clone();
-        let start = plan.plaintext_start();
         match codec_work(body.len(), move || codec.decode_range(&hash, &plan, prefix, body)).await?? {
-            Some(frames) => Ok(slice_of(frames, &(range.start - start..range.end - start))),
+            Some(frames) => Ok(slice_of(frames, &frames_range)),
             None => Ok(slice_of(self.get(hash).await?, &range)),
         }
     }
@@ -312,7 +323,7 @@ impl<M: MetaStore> Inner<M> {
 
 /// `range` of a block's verified plaintext; bytes past its end read as zeros, as the reader
 /// treats a block shorter than its block-map entry.
-fn slice_of(plaintext: Bytes, range: &std::ops::Range<u64>) -> Bytes {
+fn slice_of(plaintext: Bytes, range: &Range<u64>) -> Bytes {
     let len = plaintext.len() as u64;
     if range.end <= len {
         return plaintext.slice(range.start as usize..range.end as usize);
@@ -378,7 +389,7 @@ impl<M: MetaStore> BlockIo for BlockStore<M> {
         &self,
         hash: [u8; 32],
         len: u64,
-        range: std::ops::Range<u64>,
+        range: Range<u64>,
     ) -> Result<Bytes, BlockIoError> {
         self.get_range(hash, len, range)
             .await
