@@ -1467,6 +1467,18 @@ async fn random_reads_fetch_and_verify_only_the_frames_they_touch() {
             }
         };
         read_all("version 2", true).await;
+        // A second random read in a block fetches only its frames: the table is kept.
+        let fs = rig.mount(rig.blocks(None));
+        let gets = server.requests().gets();
+        for (offset, expected_gets) in [(5 * FRAME, 2), (9 * FRAME + 5, 3), (bs + FRAME, 5)] {
+            let got = read_at(&fs, ino, offset, 4096).await.unwrap();
+            assert_same(&got, &data[offset as usize..offset as usize + 4096], "table kept");
+            assert_eq!(
+                server.requests().gets() - gets,
+                expected_gets,
+                "GETs after the read at {offset}"
+            );
+        }
 
         // Blocks of format version 1 (as older releases wrote them) read the same, whole.
         let objects = bucket_objects(&server);

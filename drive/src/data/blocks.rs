@@ -71,8 +71,15 @@ struct Inner<M> {
     memory: Option<Arc<MemoryCache>>,
     cache_writes: bool,
     inflight: Mutex<HashMap<BlockHash, Fetch>>,
+    /// Headers and frame tables of blocks read in part, verified: the next random read in
+    /// such a block fetches only its frames (one GET, not two).
+    tables: Mutex<lru::LruCache<BlockHash, Bytes>>,
     stats: DataStats,
 }
+
+/// Frame tables kept for ranged reads: 8,192 blocks (32 GiB of 4 MiB blocks) in at most
+/// 16 MiB (a 4 MiB plaintext block's table is 2 KiB).
+const TABLES_KEPT: std::num::NonZeroUsize = std::num::NonZeroUsize::new(8192).expect("not zero");
 
 /// Blocks of one workspace. Cheap to clone.
 #[derive(Clone)]
@@ -114,6 +121,7 @@ impl<M: MetaStore> BlockStore<M> {
                 memory: None,
                 cache_writes: true,
                 inflight: Mutex::new(HashMap::new()),
+                tables: Mutex::new(lru::LruCache::new(TABLES_KEPT)),
                 stats: DataStats::default(),
             }),
         }
@@ -193,8 +201,9 @@ impl<M: MetaStore> BlockStore<M> {
     /// The verified plaintext `range` of block `hash`, whose plaintext is `len` bytes. Only
     /// the frames holding `range` are read and verified: from the node's cache when it holds
     /// the block, else from the object store (two ranged GETs in parallel: the header and
-    /// frame table, and the frames), and nothing is cached. A block held in memory, being
-    /// fetched whole, or stored whole (format version 1, or one frame) is read whole.
+    /// frame table, and the frames; a table verified before is kept, and then only the frames
+    /// are fetched), and no frames are cached. A block held in memory, being fetched whole,
+    /// or stored whole (format version 1, or one frame) is read whole.
     pub async fn get_range(&self, hash: BlockHash, len: u64, range: Range<u64>) -> Result<Bytes, DataError> {
         let inner = &self.inner;
         let plan = match inner.codec.range_plan(len, range.start, range.end) {
@@ -225,21 +234,41 @@ impl<M: MetaStore> BlockStore<M> {
             }
         }
         let key = block_key(&hash);
-        inner.stats.gets.fetch_add(2, Ordering::Relaxed);
-        let fetched = futures::try_join!(
-            inner.store.get_range(&key, plan.prefix.clone()),
-            inner.store.get_range(&key, plan.body.clone())
-        );
+        let known_table = lock(&inner.tables).get(&hash).cloned();
+        let fetched = match known_table.clone() {
+            Some(prefix) => {
+                inner.stats.gets.fetch_add(1, Ordering::Relaxed);
+                inner
+                    .store
+                    .get_range(&key, plan.body.clone())
+                    .await
+                    .map(|body| (prefix, body))
+            }
+            None => {
+                inner.stats.gets.fetch_add(2, Ordering::Relaxed);
+                futures::try_join!(
+                    inner.store.get_range(&key, plan.prefix.clone()),
+                    inner.store.get_range(&key, plan.body.clone())
+                )
+            }
+        };
         let (prefix, body) = fetched.inspect_err(|_| {
             inner.stats.errors.fetch_add(1, Ordering::Relaxed);
         })?;
+        let fetched_bytes = body.len() + if known_table.is_some() { 0 } else { prefix.len() };
         inner
             .stats
             .bytes_downloaded
-            .fetch_add((prefix.len() + body.len()) as u64, Ordering::Relaxed);
+            .fetch_add(fetched_bytes as u64, Ordering::Relaxed);
         let codec = inner.codec.clone();
+        let table = prefix.clone();
         match codec_work(body.len(), move || codec.decode_range(&hash, &plan, prefix, body)).await?? {
-            Some(frames) => Ok(slice_of(frames, &frames_range)),
+            Some(frames) => {
+                if known_table.is_none() {
+                    lock(&inner.tables).put(hash, table);
+                }
+                Ok(slice_of(frames, &frames_range))
+            }
             None => Ok(slice_of(self.get(hash).await?, &range)),
         }
     }
