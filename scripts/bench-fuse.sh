@@ -82,7 +82,7 @@ S3_REGION=${S3_REGION:-us-east-1}
 [ "$(id -u)" -eq 0 ] || die "run as root (mounts, drop_caches, apt-get)"
 
 # ---- packages ---------------------------------------------------------------------------
-install_missing fio:fio bindfs:bindfs rclone:rclone s3fs:s3fs python3:python3 fusermount3:fuse3 initdb:postgresql
+install_missing fio:fio bindfs:bindfs rclone:rclone s3fs:s3fs python3:python3 fusermount3:fuse3 initdb:postgresql setfacl:acl
 
 # ---- build ------------------------------------------------------------------------------
 say "cargo build --release -p drive-csi"

@@ -24,7 +24,7 @@ use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 
 use crate::cache::{BlockCache, MemoryCache};
-use crate::data::format::{BlockCodec, BlockHash, FormatError, hash_hex};
+use crate::data::format::{BlockCodec, BlockHash, FormatError, RangePlan, hash_hex};
 use crate::data::store::{ChunkStore, StoreError};
 use crate::error::MetaError;
 use crate::fs::{BlockErrorKind, BlockIo, BlockIoError};
@@ -233,42 +233,17 @@ impl<M: MetaStore> BlockStore<M> {
                 }
             }
         }
-        let key = block_key(&hash);
-        let known_table = lock(&inner.tables).get(&hash).cloned();
-        let fetched = match known_table.clone() {
-            Some(prefix) => {
-                inner.stats.gets.fetch_add(1, Ordering::Relaxed);
-                inner
-                    .store
-                    .get_range(&key, plan.body.clone())
-                    .await
-                    .map(|body| (prefix, body))
+        let frames = match inner.fetch_frames(hash, &plan, true).await {
+            // A table kept from an earlier object of this address (collected, then stored
+            // again: an encrypted block's tags differ each time) fails the frames: once more
+            // with the table fetched too.
+            Err(DataError::Format(_)) if lock(&inner.tables).pop(&hash).is_some() => {
+                inner.fetch_frames(hash, &plan, false).await?
             }
-            None => {
-                inner.stats.gets.fetch_add(2, Ordering::Relaxed);
-                futures::try_join!(
-                    inner.store.get_range(&key, plan.prefix.clone()),
-                    inner.store.get_range(&key, plan.body.clone())
-                )
-            }
+            other => other?,
         };
-        let (prefix, body) = fetched.inspect_err(|_| {
-            inner.stats.errors.fetch_add(1, Ordering::Relaxed);
-        })?;
-        let fetched_bytes = body.len() + if known_table.is_some() { 0 } else { prefix.len() };
-        inner
-            .stats
-            .bytes_downloaded
-            .fetch_add(fetched_bytes as u64, Ordering::Relaxed);
-        let codec = inner.codec.clone();
-        let table = prefix.clone();
-        match codec_work(body.len(), move || codec.decode_range(&hash, &plan, prefix, body)).await?? {
-            Some(frames) => {
-                if known_table.is_none() {
-                    lock(&inner.tables).put(hash, table);
-                }
-                Ok(slice_of(frames, &frames_range))
-            }
+        match frames {
+            Some(frames) => Ok(slice_of(frames, &frames_range)),
             None => Ok(slice_of(self.get(hash).await?, &range)),
         }
     }
@@ -322,6 +297,54 @@ impl<M: MetaStore> Inner<M> {
         if let Some(memory) = &self.memory {
             memory.insert(hash, plaintext.clone());
         }
+    }
+
+    /// The verified frames of `plan` from the object store (`None`: the object is not the
+    /// framed block the plan assumed). With `kept_table`, a verified table kept from an
+    /// earlier read saves the GET of the header and table.
+    async fn fetch_frames(
+        &self,
+        hash: BlockHash,
+        plan: &RangePlan,
+        kept_table: bool,
+    ) -> Result<Option<Bytes>, DataError> {
+        let key = block_key(&hash);
+        let known_table = if kept_table {
+            lock(&self.tables).get(&hash).cloned()
+        } else {
+            None
+        };
+        let fetched = match known_table.clone() {
+            Some(prefix) => {
+                self.stats.gets.fetch_add(1, Ordering::Relaxed);
+                self.store
+                    .get_range(&key, plan.body.clone())
+                    .await
+                    .map(|body| (prefix, body))
+            }
+            None => {
+                self.stats.gets.fetch_add(2, Ordering::Relaxed);
+                futures::try_join!(
+                    self.store.get_range(&key, plan.prefix.clone()),
+                    self.store.get_range(&key, plan.body.clone())
+                )
+            }
+        };
+        let (prefix, body) = fetched.inspect_err(|_| {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        })?;
+        let fetched_bytes = body.len() + if known_table.is_some() { 0 } else { prefix.len() };
+        self.stats
+            .bytes_downloaded
+            .fetch_add(fetched_bytes as u64, Ordering::Relaxed);
+        let codec = self.codec.clone();
+        let table = prefix.clone();
+        let plan = plan.clone();
+        let frames = codec_work(body.len(), move || codec.decode_range(&hash, &plan, prefix, body)).await??;
+        if frames.is_some() && known_table.is_none() {
+            lock(&self.tables).put(hash, table);
+        }
+        Ok(frames)
     }
 
     async fn fetch(&self, hash: BlockHash) -> Result<Bytes, DataError> {
