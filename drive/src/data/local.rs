@@ -305,6 +305,10 @@ impl ChunkStore for LocalChunkStore {
         .boxed()
     }
 
+    fn is_local(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         format!("file://{}", self.root.display())
     }

@@ -140,6 +140,12 @@ pub trait ChunkStore: Send + Sync + std::fmt::Debug + 'static {
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<ListedObject>, StoreError>>;
 
+    /// Whether objects live on this node's disk (a `file://` store): a node cache in front
+    /// of it would only hold a second copy of what it already holds locally.
+    fn is_local(&self) -> bool {
+        false
+    }
+
     /// A short description for logs ("file:///var/lib/blocks", "s3://bucket/prefix").
     fn describe(&self) -> String;
 }
