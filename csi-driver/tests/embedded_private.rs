@@ -151,12 +151,11 @@ fn as_root_embedded_mode_is_private_to_its_user() -> anyhow::Result<()> {
     assert_eq!(mode(&state) & 0o067, 0, "state dir {:o}", mode(&state));
     assert_eq!(mode(&sock), 0o700, "socket folder");
     assert_eq!(mode(&state.join("postgres/password")), 0o600, "password file");
+    // The node cache holds no copies of a local store's written blocks (it would only
+    // duplicate them); whatever it holds is checked with the blocks.
     let blocks: Vec<PathBuf> = files(&state.join("blocks"));
     let cached: Vec<PathBuf> = files(&state.join("cache"));
-    assert!(
-        !blocks.is_empty() && !cached.is_empty(),
-        "blocks {blocks:?}, cache {cached:?}"
-    );
+    assert!(!blocks.is_empty(), "blocks {blocks:?}, cache {cached:?}");
     for f in blocks.iter().chain(&cached) {
         assert_eq!(mode(f), 0o600, "{}", f.display());
     }
@@ -183,11 +182,11 @@ fn as_root_embedded_mode_is_private_to_its_user() -> anyhow::Result<()> {
         &out,
         &["Permission denied", "No such file", "password"],
     );
-    for (what, f) in [
-        ("a block file", &blocks[0]),
-        ("a cache file", &cached[0]),
-        ("the staging file", &staged[0]),
-    ] {
+    let cache_file = cached.first().map(|f| ("a cache file", f));
+    for (what, f) in [("a block file", &blocks[0]), ("the staging file", &staged[0])]
+        .into_iter()
+        .chain(cache_file)
+    {
         let out = as_nobody(&["cat", &f.to_string_lossy()]);
         assert_refused(what, &out, &denied);
     }

@@ -345,7 +345,9 @@ impl<M: MetaStore> Inner<M> {
         let plan = plan.clone();
         let frames = codec_work(body.len(), move || codec.decode_range(&hash, &plan, prefix, body)).await??;
         if frames.is_some() && known_table.is_none() {
-            lock(&self.tables).put(hash, table);
+            // A copy: the fetched prefix may be a slice of a larger buffer, which the kept
+            // tables must not hold on to.
+            lock(&self.tables).put(hash, Bytes::copy_from_slice(&table));
         }
         Ok(frames)
     }
