@@ -271,9 +271,7 @@ impl BlockCache {
         ranges: [std::ops::Range<u64>; 2],
     ) -> Option<[Bytes; 2]> {
         use std::os::unix::fs::FileExt as _;
-        if self.lock().entries.get(hash).is_none() {
-            return None;
-        }
+        self.lock().entries.get(hash)?;
         let path = self.path(hash);
         let read = tokio::task::spawn_blocking(move || -> std::io::Result<[Bytes; 2]> {
             let file = std::fs::File::open(path)?;
