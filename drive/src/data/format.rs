@@ -90,6 +90,34 @@ struct Encryption {
     address_key: [u8; 32],
 }
 
+impl Encryption {
+    /// Authenticates and decrypts `frames` of a block in place, held in `body` from the first
+    /// of them on, with their tags from the frame table in `prefix` (after the header).
+    fn open_frames(
+        &self,
+        hash: &BlockHash,
+        layout: &Layout,
+        prefix: &[u8],
+        nonce: [u8; 12],
+        frames: Range<usize>,
+        body: &mut [u8],
+    ) -> Result<(), FormatError> {
+        let offset = frames.start * FRAME_LEN;
+        for i in frames {
+            let frame = layout.frame(i);
+            self.cipher
+                .open_detached(
+                    frame_nonce(nonce, i),
+                    &frame_aad(&prefix[..HEADER_LEN], hash, i),
+                    layout.entry(prefix, i),
+                    &mut body[frame.start - offset..frame.end - offset],
+                )
+                .map_err(|_| FormatError::Authentication { hash: hash_hex(hash) })?;
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for BlockCodec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BlockCodec")
@@ -347,40 +375,22 @@ impl BlockCodec {
         if prefix.len() != layout.body_start() || body.len() as u64 != plan.body.end - plan.body.start {
             return Err(corrupt("truncated"));
         }
-        let offset = plan.frames.start * FRAME_LEN;
         match &self.encryption {
+            None if header.nonce != [0; 12] => Err(corrupt("nonce on a plaintext block")),
             None => {
-                if header.nonce != [0; 12] {
-                    return Err(corrupt("nonce on a plaintext block"));
-                }
-                let table: Vec<ChainingValue> = (0..layout.frames)
-                    .map(|i| layout.entry(&prefix, i).try_into().expect("32-byte entries"))
-                    .collect();
-                if &self.tree_root(&table, layout.len) != hash {
-                    return Err(corrupt("frame table does not match its address"));
-                }
-                for i in plan.frames.clone() {
-                    let frame = layout.frame(i);
-                    if self.frame_cv(i, &body[frame.start - offset..frame.end - offset]) != table[i] {
-                        return Err(corrupt("frame does not match its table entry"));
-                    }
-                }
+                self.check_frames(hash, &layout, &prefix, plan.frames.clone(), &body)?;
                 Ok(Some(body))
             }
             Some(e) => {
                 let mut body = BytesMut::from(body);
-                for i in plan.frames.clone() {
-                    let frame = layout.frame(i);
-                    let aad = frame_aad(&prefix[..HEADER_LEN], hash, i);
-                    e.cipher
-                        .open_detached(
-                            frame_nonce(header.nonce, i),
-                            &aad,
-                            layout.entry(&prefix, i),
-                            &mut body[frame.start - offset..frame.end - offset],
-                        )
-                        .map_err(|_| FormatError::Authentication { hash: hash_hex(hash) })?;
-                }
+                e.open_frames(
+                    hash,
+                    &layout,
+                    &prefix,
+                    header.nonce,
+                    plan.frames.clone(),
+                    &mut body,
+                )?;
                 Ok(Some(body.freeze()))
             }
         }
@@ -416,17 +426,7 @@ impl BlockCodec {
                     return Err(corrupt("content does not match its address"));
                 }
                 if check_address && layout.entry != 0 {
-                    let mut cvs = Vec::with_capacity(layout.frames);
-                    for i in 0..layout.frames {
-                        let cv = self.frame_cv(i, &plaintext[layout.frame(i)]);
-                        if layout.entry(&stored, i) != cv {
-                            return Err(corrupt("frame does not match its table entry"));
-                        }
-                        cvs.push(cv);
-                    }
-                    if &self.tree_root(&cvs, layout.len) != hash {
-                        return Err(corrupt("content does not match its address"));
-                    }
+                    self.check_frames(hash, &layout, &stored, 0..layout.frames, &plaintext)?;
                 }
                 Ok(plaintext)
             }
@@ -448,23 +448,43 @@ impl BlockCodec {
                     return Ok(body.freeze());
                 }
                 let mut object = BytesMut::from(stored);
-                let (table, body) = object.split_at_mut(layout.body_start());
-                for i in 0..layout.frames {
-                    let aad = frame_aad(&header_bytes, hash, i);
-                    e.cipher
-                        .open_detached(
-                            frame_nonce(header.nonce, i),
-                            &aad,
-                            layout.entry(table, i),
-                            &mut body[layout.frame(i)],
-                        )
-                        .map_err(unauthentic)?;
-                }
+                let (prefix, body) = object.split_at_mut(layout.body_start());
+                e.open_frames(hash, &layout, prefix, header.nonce, 0..layout.frames, body)?;
                 let mut object = object.freeze();
                 object.advance(layout.body_start());
                 Ok(object)
             }
         }
+    }
+
+    /// Checks plaintext `frames` of a block, held in `body` from the first of them on, against
+    /// the frame table in `prefix`, and the table against the address `hash`.
+    fn check_frames(
+        &self,
+        hash: &BlockHash,
+        layout: &Layout,
+        prefix: &[u8],
+        frames: Range<usize>,
+        body: &[u8],
+    ) -> Result<(), FormatError> {
+        let corrupt = |reason| FormatError::Corrupt {
+            hash: hash_hex(hash),
+            reason,
+        };
+        let table: Vec<ChainingValue> = (0..layout.frames)
+            .map(|i| layout.entry(prefix, i).try_into().expect("32-byte entries"))
+            .collect();
+        if &self.tree_root(&table, layout.len) != hash {
+            return Err(corrupt("frame table does not match its address"));
+        }
+        let offset = frames.start * FRAME_LEN;
+        for i in frames {
+            let frame = layout.frame(i);
+            if self.frame_cv(i, &body[frame.start - offset..frame.end - offset]) != table[i] {
+                return Err(corrupt("frame does not match its table entry"));
+            }
+        }
+        Ok(())
     }
 
     /// The BLAKE3 chaining value of frame `i`, a subtree of its block's hash tree.
