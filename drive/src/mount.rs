@@ -96,6 +96,9 @@ pub struct MountSpec {
     pub memory_cache_bytes: u64,
     /// Block bytes open files hold at once across the mount ([`FsConfig::read_buffer_bytes`]).
     pub read_buffer_bytes: u64,
+    /// Block bytes write sessions fill in memory across the mount
+    /// ([`FsConfig::write_buffer_bytes`]).
+    pub write_buffer_bytes: u64,
     /// Entries and attributes kept in the mount's metadata cache, each (0 turns it off).
     pub meta_cache_entries: usize,
     /// How long this mount's file locks outlive its last lease renewal.
@@ -127,6 +130,7 @@ impl MountSpec {
             disk_cache: DiskCache::Off,
             memory_cache_bytes: 0,
             read_buffer_bytes: fs.read_buffer_bytes,
+            write_buffer_bytes: fs.write_buffer_bytes,
             meta_cache_entries: fs.meta_cache_entries,
             lock_lease: fs.lock_lease,
             kek: None,
@@ -447,6 +451,7 @@ pub async fn open<M: MetaStore>(
     cfg.read_only = read_only;
     cfg.meta_cache_entries = spec.meta_cache_entries;
     cfg.read_buffer_bytes = spec.read_buffer_bytes;
+    cfg.write_buffer_bytes = spec.write_buffer_bytes;
     cfg.lock_lease = spec.lock_lease;
     cfg.actor = spec.actor.clone();
     cfg.hash_on_write = spec.hash_on_write.clone();

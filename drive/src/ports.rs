@@ -220,6 +220,14 @@ pub trait MetaStore: Clone + Send + Sync + std::fmt::Debug + 'static {
         stored_size: u64,
     ) -> impl Future<Output = Result<bool, MetaError>> + Send;
 
+    /// Renews the records of blocks a writer uploaded and has not committed yet, so that their
+    /// GC grace period starts again. Returns the hashes that could not be renewed: no record
+    /// any more, or claimed by a GC pass (their objects may be gone).
+    fn renew_blocks(
+        &self,
+        hashes: &[[u8; 32]],
+    ) -> impl Future<Output = Result<Vec<[u8; 32]>, MetaError>> + Send;
+
     // Extended attributes (per node, not epoch-versioned).
 
     /// The value of attribute `name` of `ino`, if set.

@@ -755,3 +755,80 @@ async fn bench_sweep() {
     }
     assert_eq!(objects(&store).await, 0);
 }
+
+/// A write session keeps no copy of the blocks it built in memory, so it renews their records
+/// while it is open (`BlockIo::renew_blocks`): a renewed record is younger than the grace
+/// period and no pass takes it; a record a pass did take is reported gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewed_block_records_outlive_a_pass_and_swept_ones_are_reported_gone() {
+    let Rig { meta, url, store, .. } = Rig::new().await;
+    let blocks = drive::data::BlockStore::new(
+        meta.clone(),
+        store.clone(),
+        drive::data::BlockCodec::plaintext(),
+        None,
+    );
+    let hash = blocks.put(bytes::Bytes::from(content(5))).await.expect("put");
+    let never = [0x5a; 32];
+    age_blocks(&url).await;
+    assert_eq!(
+        meta.renew_blocks(&[hash, never]).await.expect("renew"),
+        vec![never]
+    );
+    let kept = run_block_pass(&meta, store.as_ref(), &pass("renewed", Duration::from_secs(3600)))
+        .await
+        .expect("pass");
+    assert_eq!(
+        (kept.candidates, kept.deleted),
+        (0, 0),
+        "a renewed record was taken"
+    );
+
+    age_blocks(&url).await;
+    let swept = run_block_pass(&meta, store.as_ref(), &pass("aged", Duration::from_secs(3600)))
+        .await
+        .expect("pass");
+    assert_eq!(swept.deleted, 1, "{swept:?}");
+    assert_eq!(meta.renew_blocks(&[hash]).await.expect("renew"), vec![hash]);
+}
+
+/// Blocks an open file built in memory and a pass then swept cannot be stored again: the close
+/// fails, and the file is not committed with blocks that are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_whose_memory_blocks_were_swept_fails_instead_of_committing_them() {
+    let Rig {
+        meta,
+        url,
+        store,
+        fs,
+        dir: _dir,
+    } = Rig::new().await;
+    let flags = OpenFlags {
+        read: true,
+        write: true,
+        ..OpenFlags::default()
+    };
+    let opened = fs
+        .create(ROOT_INO, b"long-take.mov", 0o644, flags, Caller::default())
+        .await
+        .expect("create");
+    fs.write(opened.fh, 0, &content(6)).await.expect("write");
+    // A read of the written blocks waits for their uploads.
+    let all = content(6).len() as u32;
+    assert!(fs.read(opened.fh, 0, all).await.expect("read").to_vec() == content(6));
+    age_blocks(&url).await;
+    let swept = run_block_pass(&meta, store.as_ref(), &pass("swept", Duration::from_secs(3600)))
+        .await
+        .expect("pass");
+    assert_eq!(swept.deleted, 3, "{swept:?}");
+    let closed = fs.flush(opened.fh, Caller::default()).await;
+    assert_eq!(
+        closed.map_err(|e| e.kind()).err(),
+        Some(drive::fs::FsErrorKind::Io)
+    );
+    let _ = fs.release(opened.fh, Caller::default()).await;
+    assert!(
+        fs.lookup(ROOT_INO, b"long-take.mov").await.is_err(),
+        "a file whose blocks are gone was committed"
+    );
+}

@@ -128,14 +128,19 @@ pub struct GcStorage {
     /// An AWS shared-credentials file for the block store (else the default credential chain).
     #[arg(long, env = "STUDIODRIVE_S3_CREDENTIALS_FILE")]
     pub s3_credentials_file: Option<std::path::PathBuf>,
-    /// Seconds a block must be untouched before a pass may delete it (longer than any upload
-    /// and write session).
-    #[arg(long, env = "STUDIODRIVE_GC_GRACE_SECONDS", default_value_t = DEFAULT_GRACE_SECONDS)]
+    /// Seconds a block must be untouched before a pass may delete it: longer than any upload,
+    /// and at least 600, because mounts renew the blocks their open write sessions hold
+    /// (and keep no copy of) once a minute.
+    #[arg(long, env = "STUDIODRIVE_GC_GRACE_SECONDS", default_value_t = DEFAULT_GRACE_SECONDS,
+          value_parser = clap::value_parser!(u64).range(MIN_GRACE_SECONDS..))]
     pub grace_seconds: u64,
 }
 
 /// An hour: longer than any upload and write session.
 const DEFAULT_GRACE_SECONDS: u64 = 3600;
+
+/// Ten times the interval at which mounts renew the blocks of open write sessions.
+const MIN_GRACE_SECONDS: u64 = 600;
 
 impl Default for GcStorage {
     /// What the `gc` subcommand parses with an empty environment.

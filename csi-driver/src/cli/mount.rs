@@ -111,6 +111,12 @@ pub struct MountArgs {
     /// of the budgets that add up to the mount's memory bound ([`MEMORY_BOUND`]).
     #[arg(long, default_value_t = 128 << 20)]
     pub read_buffer_size: u64,
+    /// Bytes of blocks write sessions fill in memory across the mount: a block written in
+    /// order from its start is built and uploaded from memory while this budget has room, and
+    /// staged on local disk otherwise. One of the budgets that add up to the mount's memory
+    /// bound ([`MEMORY_BOUND`]).
+    #[arg(long, default_value_t = 32 << 20)]
+    pub write_buffer_size: u64,
     /// Milliseconds this mount's file locks (fcntl, flock) outlive its last lease renewal:
     /// how long another mount waits for the locks of a mount that died.
     #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(300..=3_600_000))]
@@ -151,11 +157,14 @@ pub const OTHER_MEMORY: u64 = 128 << 20;
 
 impl MountArgs {
     /// Block bytes these settings let the mount hold at once, with `block_size` blocks and
-    /// `max_uploads` uploads in flight: the memory cache, the read buffers, and each upload's
-    /// block with its encoded object. What these buffers free goes back to the kernel
+    /// `max_uploads` uploads in flight: the memory cache, the read and write buffers, and each
+    /// upload's block with its encoded object. What these buffers free goes back to the kernel
     /// ([`tune_allocator`]), so resident memory follows them.
     pub fn block_memory(&self, block_size: u64, max_uploads: usize) -> u64 {
-        self.memory_cache_size + self.read_buffer_size + 2 * block_size * max_uploads as u64
+        self.memory_cache_size
+            + self.read_buffer_size
+            + self.write_buffer_size
+            + 2 * block_size * max_uploads as u64
     }
 }
 
@@ -311,6 +320,7 @@ fn mount_spec(args: &MountArgs, state: &Path, secrets: &PublishSecrets) -> anyho
     }
     spec.memory_cache_bytes = args.memory_cache_size;
     spec.read_buffer_bytes = args.read_buffer_size;
+    spec.write_buffer_bytes = args.write_buffer_size;
     spec.meta_cache_entries = args.metadata_cache_entries;
     spec.hash_on_write = args.hash_on_write.0.clone();
     spec.lock_lease = Duration::from_millis(args.lock_lease_ms);
@@ -418,7 +428,7 @@ async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()
     tracing::info!(store = %describe, encrypted = ws.encrypted, "block store");
     tracing::info!(
         block_memory = args.block_memory(u64::from(ws.block_size), fs.config().max_uploads),
-        "block memory budget (memory cache + read buffers + uploads in flight)"
+        "block memory budget (memory cache + read and write buffers + uploads in flight)"
     );
     let metrics = Arc::new(Metrics::new()?);
     metrics.watch_blocks((*blocks).clone());
@@ -485,6 +495,10 @@ async fn serve(args: MountArgs, rt: tokio::runtime::Handle) -> anyhow::Result<()
     {
         let (fs, c) = (fs.clone(), cancel.clone());
         tasks.spawn(async move { fs.run_lock_lease(c.cancelled()).await });
+    }
+    {
+        let (fs, c) = (fs.clone(), cancel.clone());
+        tasks.spawn(async move { fs.run_block_renewal(c.cancelled()).await });
     }
     {
         let (fs, c) = (fs.clone(), cancel.clone());
@@ -614,11 +628,15 @@ mod tests {
             "one default, two places"
         );
         assert_eq!(
+            args.write_buffer_size, defaults.write_buffer_bytes,
+            "one default, two places"
+        );
+        assert_eq!(
             args.cache_min_free, 0.15,
             "the cache's free-space floor stays above kubelet's 10%"
         );
         let blocks = args.block_memory(u64::from(drive::model::DEFAULT_BLOCK_SIZE), defaults.max_uploads);
-        assert_eq!(blocks, (128 + 128 + 16 * 8) << 20);
+        assert_eq!(blocks, (128 + 128 + 32 + 12 * 8) << 20);
         assert!(
             blocks + OTHER_MEMORY <= MEMORY_BOUND,
             "default budgets {} MiB + {} MiB over the {} MiB bound",

@@ -436,6 +436,13 @@ impl<M: MetaStore> BlockIo for BlockStore<M> {
             .map_err(|e| BlockIoError::new(e.block_kind(), "store block", e))
     }
 
+    async fn renew_blocks(&self, hashes: &[[u8; 32]]) -> Result<Vec<[u8; 32]>, BlockIoError> {
+        self.inner.meta.renew_blocks(hashes).await.map_err(|e| {
+            let e = DataError::from(e);
+            BlockIoError::new(e.block_kind(), "renew block records", e)
+        })
+    }
+
     async fn get_block(&self, hash: [u8; 32], _len: u64) -> Result<Bytes, BlockIoError> {
         self.get(hash)
             .await

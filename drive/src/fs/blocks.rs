@@ -64,6 +64,14 @@ pub trait BlockIo: Send + Sync + 'static {
     fn get_block(&self, hash: [u8; 32], len: u64)
     -> impl Future<Output = Result<Bytes, BlockIoError>> + Send;
 
+    /// Renews the records of blocks stored by `put_block` and not committed yet, so that GC
+    /// leaves them while a write session holds them; returns those it could not renew (their
+    /// objects may be gone).
+    fn renew_blocks(
+        &self,
+        hashes: &[[u8; 32]],
+    ) -> impl Future<Output = Result<Vec<[u8; 32]>, BlockIoError>> + Send;
+
     /// Fetches plaintext `range` of block `hash` (whose valid length is `len`), verified,
     /// without fetching the whole block when the store can serve part of it.
     fn get_block_range(

@@ -77,6 +77,10 @@ pub struct FsConfig {
     /// reads again through the memory cache), instead of memory growing with the number of
     /// open files. Reads themselves are never refused.
     pub read_buffer_bytes: u64,
+    /// Block bytes write sessions fill in memory at once across the mount: blocks written in
+    /// order from their start are built and uploaded from memory while this budget has room
+    /// (each block holds its share until its upload ends); others are staged on local disk.
+    pub write_buffer_bytes: u64,
     /// How long this mount's file locks outlive its last lease renewal (a killed mount's
     /// locks are free again after this).
     pub lock_lease: Duration,
@@ -113,8 +117,8 @@ pub trait CommitObserver: Send + Sync + std::fmt::Debug + 'static {
 }
 
 impl FsConfig {
-    /// Defaults for a mount of `root` in `view`: 16 uploads, 64 MiB readahead per file and
-    /// 128 MiB of read buffers across the mount, a metadata
+    /// Defaults for a mount of `root` in `view`: 12 uploads, 64 MiB readahead per file,
+    /// 128 MiB of read buffers and 32 MiB of write buffers across the mount, a metadata
     /// cache of 200,000 entries that answers up to 1 s after the feed was last read, last
     /// access recorded at most hourly per file, written every 30 s, and xxHash64 computed
     /// while files are written in order.
@@ -124,9 +128,10 @@ impl FsConfig {
             root,
             read_only: view.is_read_only(),
             staging_dir,
-            max_uploads: 16,
+            max_uploads: 12,
             readahead_bytes: 64 << 20,
             read_buffer_bytes: 128 << 20,
+            write_buffer_bytes: 32 << 20,
             lock_lease: Duration::from_secs(15),
             mount_id: uuid::Uuid::new_v4().simple().to_string(),
             actor: None,
@@ -313,6 +318,10 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
             ws: ws.id,
             block_size: u64::from(ws.block_size),
             uploads: Arc::new(Semaphore::new(cfg.max_uploads.max(1))),
+            write_buffers: Arc::new(Semaphore::new(
+                (cfg.write_buffer_bytes / u64::from(ws.block_size).max(1)).min(Semaphore::MAX_PERMITS as u64)
+                    as usize,
+            )),
             clock: cfg.clock.clone(),
             hash_on_write: cfg.hash_on_write.clone(),
         });
@@ -556,6 +565,36 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
             }
         }
         drained.and(first.map_or(Ok(()), Err))
+    }
+
+    /// Renews, every [`write::RENEW_EVERY`] until `stop`, the records of the blocks open write
+    /// sessions uploaded from memory and keep no copy of, so that no GC pass takes them
+    /// before the commit that references them.
+    pub async fn run_block_renewal(&self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                () = tokio::time::sleep(write::RENEW_EVERY) => {}
+            }
+            if let Err(e) = self.renew_write_sessions().await {
+                tracing::warn!(error = %e, "could not renew the blocks of open write sessions");
+            }
+        }
+    }
+
+    /// One round of [`DriveFs::run_block_renewal`]; returns the first failure (a session whose
+    /// blocks a pass took fails its next commit, whatever this returns).
+    pub async fn renew_write_sessions(&self) -> Result<(), FsError> {
+        let sessions: Vec<Arc<WriteSession<B, M>>> =
+            lock(&self.sessions).values().map(|(s, _)| s.clone()).collect();
+        let mut first = None;
+        for session in sessions {
+            if let Err(e) = session.renew_unkept().await {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 
     /// Commits queued removals (write-behind `unlink`, see `removals`) until `stop`

@@ -1,12 +1,19 @@
 //! Write sessions: the staged, not yet committed content of one file on this mount.
 //!
-//! All write handles of an inode share one session. Written bytes land in a local staging
-//! file (unlinked at creation, so a crash leaves nothing behind), one block-sized slot per
-//! dirty block. A block whose bytes are all written is uploaded in the background at once,
-//! with a mount-wide semaphore bounding uploads in flight (and so memory: one block buffer
-//! per permit); a writer that outruns the object store waits for a permit (back-pressure).
+//! All write handles of an inode share one session. A block written in order from its start,
+//! with no committed bytes under it (a new file, or appends), is filled in memory and uploaded
+//! from that buffer as soon as it is full: one copy per byte, no local file (the common case
+//! of renders and transcodes). The mount's write-buffer budget bounds those buffers; a block
+//! written out of order, over committed content, or while the budget is spent lands in a
+//! local staging file instead (unlinked at creation, so a crash leaves nothing behind), one
+//! block-sized slot per dirty block, and is uploaded once all its bytes are written. A
+//! mount-wide semaphore bounds uploads in flight (and so memory: one block buffer per
+//! permit); a writer that outruns the object store waits for a permit (back-pressure).
 //! Partly written blocks are completed from the old block only when needed (read-modify-write
-//! at commit or on read), so sequential overwrites never read old content.
+//! at commit or on read), so sequential overwrites never read old content. A block uploaded
+//! from memory keeps no local copy: writing it again fetches it back, and the mount renews
+//! its record every [`RENEW_EVERY`] (`DriveFs::run_block_renewal`) so that no GC pass whose
+//! grace period is longer takes it before the commit.
 //!
 //! `commit` uploads what is left and calls `MetaStore::commit_content` once: until it
 //! succeeds the previous content stays the visible one. A commit that fails drops what it
@@ -22,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use bytes::Bytes;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::error::{ErrorKind, MetaError};
@@ -39,9 +46,21 @@ use crate::rules::blocks::{Shrink, shrink, spans};
 /// The largest file size accepted (the block map indexes are i64 in SQL).
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
 
-/// What the session knows about one dirty block. Every variant keeps its staging slot, so a
-/// block can be re-opened for writing after its upload without fetching it back.
+/// How often a mount renews the records of the blocks its write sessions uploaded from memory
+/// (and so cannot store again), keeping them younger than a GC pass's grace period until the
+/// commit references them. The GC job refuses a grace period under ten times this.
+pub(crate) const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What the session knows about one dirty block. A staged block keeps its slot through its
+/// upload, so it can be re-opened for writing without fetching it back; a block uploaded from
+/// memory has no slot and is fetched back if written again.
 enum Dirty {
+    /// Written in order from the block's start into memory, with no committed bytes under it;
+    /// `budget` is its share of the mount's write buffers.
+    Buffered {
+        buf: Vec<u8>,
+        budget: OwnedSemaphorePermit,
+    },
     /// Being written; `base` is the committed block whose bytes fill the unwritten gaps (its
     /// length already clipped to what survives truncations).
     Staged {
@@ -49,14 +68,30 @@ enum Dirty {
         written: Ranges,
         base: Option<FileBlock>,
     },
-    /// Upload in flight; the staged bytes stay untouched until it finishes.
+    /// Upload in flight; the staged bytes (if `slot`) stay untouched until it finishes.
     Uploading {
-        slot: u64,
+        slot: Option<u64>,
         len: u64,
         task: JoinHandle<Result<[u8; 32], FsError>>,
     },
     /// Uploaded and durable, waiting for the commit.
-    Uploaded { slot: u64, len: u64, hash: [u8; 32] },
+    Uploaded {
+        slot: Option<u64>,
+        len: u64,
+        hash: [u8; 32],
+    },
+    /// The upload of a block held only in memory failed, or a GC pass took it: its bytes are
+    /// gone, so the session's next commit fails (and drops its changes).
+    Lost { kind: FsErrorKind, message: String },
+}
+
+impl Dirty {
+    fn lost(e: &FsError) -> Dirty {
+        Dirty::Lost {
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
 }
 
 struct Inner {
@@ -140,6 +175,8 @@ pub(crate) struct SessionEnv<B: BlockIo, M: MetaStore> {
     pub ws: WorkspaceId,
     pub block_size: u64,
     pub uploads: Arc<Semaphore>,
+    /// Blocks write sessions may fill in memory at once across the mount (one permit each).
+    pub write_buffers: Arc<Semaphore>,
     pub clock: Arc<dyn Clock>,
     /// Hashes computed as a file is written in order from its start (so they cost no read
     /// later); other writes leave them to be computed on demand.
@@ -337,6 +374,13 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
         for span in spans(offset, end, bs) {
             let (idx, in_block, n) = (span.idx, span.in_block, span.len);
             let piece = &data[span.in_buffer()];
+            if self.buffer(&mut inner, idx, in_block, piece) {
+                let full = matches!(inner.blocks.get(&idx), Some(Dirty::Buffered { buf, .. }) if buf.len() as u64 == bs);
+                if full {
+                    self.start_upload(&mut inner, idx, bs).await?;
+                }
+                continue;
+            }
             let slot = self.stage(&mut inner, idx).await?;
             self.staging
                 .write_at(piece, slot * bs + in_block)
@@ -361,44 +405,189 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
         Ok(offset)
     }
 
+    /// Writes `piece` at `in_block` of block `idx` in memory, when it continues the block's
+    /// in-order write from its start, or starts one on a block with no committed bytes under
+    /// it while the mount's write-buffer budget has room. `false`: the piece must be staged.
+    fn buffer(&self, inner: &mut Inner, idx: u64, in_block: u64, piece: &[u8]) -> bool {
+        match inner.blocks.get_mut(&idx) {
+            Some(Dirty::Buffered { buf, .. }) if in_block as usize <= buf.len() => {
+                let at = in_block as usize;
+                let overlap = (buf.len() - at).min(piece.len());
+                buf[at..at + overlap].copy_from_slice(&piece[..overlap]);
+                buf.extend_from_slice(&piece[overlap..]);
+                true
+            }
+            Some(_) => false,
+            None => {
+                let bs = self.env.block_size;
+                if in_block != 0 || idx * bs < inner.committed_end() {
+                    return false;
+                }
+                let Ok(budget) = self.env.write_buffers.clone().try_acquire_owned() else {
+                    return false;
+                };
+                let mut buf = Vec::with_capacity(bs as usize);
+                buf.extend_from_slice(piece);
+                inner.blocks.insert(idx, Dirty::Buffered { buf, budget });
+                true
+            }
+        }
+    }
+
+    /// Renews the records of the blocks uploaded from memory (see [`RENEW_EVERY`]). A block a
+    /// GC pass took meanwhile is lost, and with it the session's changes: the commit will fail.
+    pub(crate) async fn renew_unkept(&self) -> Result<(), FsError> {
+        let mut inner = self.inner.lock().await;
+        let inner = &mut *inner;
+        // Uploads that finished without anyone waiting for them registered their blocks as
+        // long ago as they started: they are renewed too.
+        let finished: Vec<u64> = inner
+            .blocks
+            .iter()
+            .filter(|(_, d)| matches!(d, Dirty::Uploading { slot: None, task, .. } if task.is_finished()))
+            .map(|(idx, _)| *idx)
+            .collect();
+        for idx in finished {
+            // A failure is recorded as `Lost`, which the commit reports.
+            let _ = self.finish_upload(inner, idx).await;
+        }
+        let unkept: Vec<[u8; 32]> = inner
+            .blocks
+            .values()
+            .filter_map(|d| match d {
+                Dirty::Uploaded { slot: None, hash, .. } => Some(*hash),
+                _ => None,
+            })
+            .collect();
+        if unkept.is_empty() {
+            return Ok(());
+        }
+        let gone = self.env.blocks.renew_blocks(&unkept).await?;
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let e = FsError::new(
+            FsErrorKind::Io,
+            format!(
+                "a GC pass reclaimed {} block(s) this open file wrote before its close committed them",
+                gone.len()
+            ),
+        );
+        for dirty in inner.blocks.values_mut() {
+            if matches!(dirty, Dirty::Uploaded { slot: None, hash, .. } if gone.contains(hash)) {
+                *dirty = Dirty::lost(&e);
+            }
+        }
+        Err(e)
+    }
+
+    /// Waits for block `idx`'s upload, if one is in flight, and records how it ended: uploaded,
+    /// or failed, when the block is staged again if its bytes are kept and lost if not.
+    async fn finish_upload(&self, inner: &mut Inner, idx: u64) -> Result<(), FsError> {
+        if !matches!(inner.blocks.get(&idx), Some(Dirty::Uploading { .. })) {
+            return Ok(());
+        }
+        let Some(Dirty::Uploading { slot, len, task }) = inner.blocks.remove(&idx) else {
+            return Ok(());
+        };
+        match join(task).await {
+            Ok(hash) => {
+                inner.blocks.insert(idx, Dirty::Uploaded { slot, len, hash });
+                Ok(())
+            }
+            Err(e) => {
+                let kept = match slot {
+                    Some(slot) => staged_full(slot, len),
+                    None => Dirty::lost(&e),
+                };
+                inner.blocks.insert(idx, kept);
+                Err(e)
+            }
+        }
+    }
+
     /// Makes block `idx` writable in staging and returns its slot.
     async fn stage(&self, inner: &mut Inner, idx: u64) -> Result<u64, FsError> {
+        if matches!(inner.blocks.get(&idx), Some(Dirty::Uploading { slot: None, .. })) {
+            self.finish_upload(inner, idx).await?;
+        }
         match inner.blocks.remove(&idx) {
             Some(Dirty::Staged { slot, written, base }) => {
                 inner.blocks.insert(idx, Dirty::Staged { slot, written, base });
                 Ok(slot)
             }
-            Some(Dirty::Uploading { slot, len, task }) => {
+            Some(Dirty::Buffered { buf, budget }) => {
+                // Written out of order: the bytes move to a staging slot.
+                let slot = inner.next_slot;
+                let bs = self.env.block_size;
+                if let Err(e) = self.staging.write_at(&buf, slot * bs) {
+                    inner.blocks.insert(idx, Dirty::Buffered { buf, budget });
+                    return Err(FsError::staging("write staging file", e));
+                }
+                inner.next_slot += 1;
+                inner.blocks.insert(idx, staged_full(slot, buf.len() as u64));
+                Ok(slot)
+            }
+            Some(Dirty::Uploading {
+                slot: Some(slot),
+                len,
+                task,
+            }) => {
                 // The upload reads the slot: let it finish before the bytes change.
                 let _ = join(task).await;
                 inner.blocks.insert(idx, staged_full(slot, len));
                 Ok(slot)
             }
-            Some(Dirty::Uploaded { slot, len, .. }) => {
+            Some(Dirty::Uploaded {
+                slot: Some(slot),
+                len,
+                ..
+            }) => {
                 inner.blocks.insert(idx, staged_full(slot, len));
                 Ok(slot)
             }
+            Some(Dirty::Uploaded {
+                slot: None,
+                len,
+                hash,
+            }) => {
+                // Uploaded from memory: its stored copy is the base of the rewrite.
+                let base = Some(FileBlock { idx, hash, len });
+                Ok(self.new_slot(inner, idx, base))
+            }
+            Some(lost @ Dirty::Lost { .. }) => {
+                let e = lost.error();
+                inner.blocks.insert(idx, lost);
+                Err(e)
+            }
+            // Settled above; an upload cannot be in flight without a slot here.
+            Some(Dirty::Uploading { slot: None, .. }) => unreachable_slot(),
             None => {
                 let base = self.base_block(inner, idx).await?;
-                let slot = inner.next_slot;
-                inner.next_slot += 1;
-                inner.blocks.insert(
-                    idx,
-                    Dirty::Staged {
-                        slot,
-                        written: Ranges::default(),
-                        base,
-                    },
-                );
-                Ok(slot)
+                Ok(self.new_slot(inner, idx, base))
             }
         }
+    }
+
+    /// Stages block `idx` in a new slot, nothing written yet over `base`.
+    fn new_slot(&self, inner: &mut Inner, idx: u64, base: Option<FileBlock>) -> u64 {
+        let slot = inner.next_slot;
+        inner.next_slot += 1;
+        inner.blocks.insert(
+            idx,
+            Dirty::Staged {
+                slot,
+                written: Ranges::default(),
+                base,
+            },
+        );
+        slot
     }
 
     /// The committed block `idx`, clipped to the bytes that survived truncation.
     async fn base_block(&self, inner: &Inner, idx: u64) -> Result<Option<FileBlock>, FsError> {
         let bs = self.env.block_size;
-        let valid_end = inner.min_size.min(inner.base_size);
+        let valid_end = inner.committed_end();
         if idx * bs >= valid_end {
             return Ok(None);
         }
@@ -409,12 +598,14 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
         }))
     }
 
-    /// Uploads staged block `idx` in the background, waiting for an upload permit first.
+    /// Uploads block `idx` (its first `len` bytes), staged or in memory, in the background,
+    /// waiting for an upload permit first.
     async fn start_upload(&self, inner: &mut Inner, idx: u64, len: u64) -> Result<(), FsError> {
-        let Some(Dirty::Staged { slot, .. }) = inner.blocks.get(&idx) else {
-            return Ok(());
+        let slot = match inner.blocks.get(&idx) {
+            Some(Dirty::Staged { slot, .. }) => Some(*slot),
+            Some(Dirty::Buffered { .. }) => None,
+            _ => return Ok(()),
         };
-        let slot = *slot;
         let permit = self
             .env
             .uploads
@@ -423,14 +614,25 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
             .await
             .map_err(|_| FsError::new(FsErrorKind::Io, "the mount is shutting down"))?;
         let (staging, blocks, bs) = (self.staging.clone(), self.env.blocks.clone(), self.env.block_size);
-        let task = tokio::spawn(async move {
-            let _permit = permit;
-            let mut buf = vec![0u8; len as usize];
-            // The last slot may end before `len` (a write inside a block that a truncate grew):
-            // the missing tail is a hole and reads as zeros, as on a read.
-            read_fully(&staging, &mut buf, slot * bs)?;
-            Ok(blocks.put_block(Bytes::from(buf)).await?)
-        });
+        let task = match (slot, inner.blocks.remove(&idx)) {
+            (Some(slot), _) => tokio::spawn(async move {
+                let _permit = permit;
+                let mut buf = vec![0u8; len as usize];
+                // The last slot may end before `len` (a write inside a block that a truncate
+                // grew): the missing tail is a hole and reads as zeros, as on a read.
+                read_fully(&staging, &mut buf, slot * bs)?;
+                Ok(blocks.put_block(Bytes::from(buf)).await?)
+            }),
+            (None, Some(Dirty::Buffered { mut buf, budget })) => {
+                // Bytes past what was written (a block a truncate grew) are a hole: zeros.
+                buf.resize(len as usize, 0);
+                tokio::spawn(async move {
+                    let (_permit, _budget) = (permit, budget);
+                    Ok(blocks.put_block(Bytes::from(buf)).await?)
+                })
+            }
+            (None, _) => return unreachable_slot().map(drop),
+        };
         inner.blocks.insert(idx, Dirty::Uploading { slot, len, task });
         Ok(())
     }
@@ -481,19 +683,37 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
         for span in spans(offset, end, bs) {
             let (idx, in_block) = (span.idx, span.in_block);
             let dst = &mut out[span.in_buffer()];
-            if inner.blocks.contains_key(&idx) {
-                self.materialize(&mut inner, idx).await?;
-                let slot = match inner.blocks.get(&idx) {
-                    Some(Dirty::Staged { slot, .. })
-                    | Some(Dirty::Uploading { slot, .. })
-                    | Some(Dirty::Uploaded { slot, .. }) => *slot,
-                    None => unreachable_slot()?,
-                };
-                // Bytes never written in the slot read back as zeros (sparse file).
-                read_fully(&self.staging, dst, slot * bs + in_block)?;
-            } else if let Some(b) = self.base_block(&inner, idx).await? {
-                let block = self.env.blocks.get_block(b.hash, b.len).await?;
-                copy_block(&block, b.len, in_block, dst);
+            if matches!(inner.blocks.get(&idx), Some(Dirty::Uploading { slot: None, .. })) {
+                self.finish_upload(&mut inner, idx).await?;
+            }
+            match inner.blocks.get(&idx) {
+                None => {
+                    if let Some(b) = self.base_block(&inner, idx).await? {
+                        let block = self.env.blocks.get_block(b.hash, b.len).await?;
+                        copy_block(&block, b.len, in_block, dst);
+                    }
+                }
+                Some(Dirty::Buffered { buf, .. }) => copy_block(buf, buf.len() as u64, in_block, dst),
+                Some(&Dirty::Uploaded {
+                    slot: None,
+                    len,
+                    hash,
+                }) => {
+                    let block = self.env.blocks.get_block(hash, len).await?;
+                    copy_block(&block, len, in_block, dst);
+                }
+                Some(lost @ Dirty::Lost { .. }) => return Err(lost.error()),
+                Some(_) => {
+                    self.materialize(&mut inner, idx).await?;
+                    let slot = match inner.blocks.get(&idx) {
+                        Some(Dirty::Staged { slot, .. })
+                        | Some(Dirty::Uploading { slot: Some(slot), .. })
+                        | Some(Dirty::Uploaded { slot: Some(slot), .. }) => *slot,
+                        _ => unreachable_slot()?,
+                    };
+                    // Bytes never written in the slot read back as zeros (sparse file).
+                    read_fully(&self.staging, dst, slot * bs + in_block)?;
+                }
             }
         }
         Ok(out)
@@ -607,13 +827,13 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
         }
         let bs = self.env.block_size;
         let size = self.size();
-        let staged: Vec<u64> = inner
+        let pending: Vec<u64> = inner
             .blocks
             .iter()
-            .filter(|(_, d)| matches!(d, Dirty::Staged { .. }))
+            .filter(|(_, d)| matches!(d, Dirty::Staged { .. } | Dirty::Buffered { .. }))
             .map(|(k, _)| *k)
             .collect();
-        for idx in staged {
+        for idx in pending {
             self.materialize(inner, idx).await?;
             let len = bs.min(size.saturating_sub(idx * bs));
             self.start_upload(inner, idx, len).await?;
@@ -622,27 +842,22 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
         let mut failure = None;
         let indexes: Vec<u64> = inner.blocks.keys().copied().collect();
         for idx in indexes {
-            let Some(dirty) = inner.blocks.remove(&idx) else {
-                continue;
-            };
-            let done = match dirty {
-                Dirty::Uploading { slot, len, task } => match join(task).await {
-                    Ok(hash) => Dirty::Uploaded { slot, len, hash },
-                    Err(e) => {
-                        failure.get_or_insert(e);
-                        staged_full(slot, len)
-                    }
-                },
-                other => other,
-            };
-            if let Dirty::Uploaded { len, hash, .. } = &done {
-                let valid = bs.min(size.saturating_sub(idx * bs));
-                changes.push(BlockChange {
-                    idx,
-                    block: Some((*hash, (*len).min(valid))),
-                });
+            if let Err(e) = self.finish_upload(inner, idx).await {
+                failure.get_or_insert(e);
             }
-            inner.blocks.insert(idx, done);
+            match inner.blocks.get(&idx) {
+                Some(Dirty::Uploaded { len, hash, .. }) => {
+                    let valid = bs.min(size.saturating_sub(idx * bs));
+                    changes.push(BlockChange {
+                        idx,
+                        block: Some((*hash, (*len).min(valid))),
+                    });
+                }
+                Some(lost @ Dirty::Lost { .. }) => {
+                    failure.get_or_insert(lost.error());
+                }
+                _ => {}
+            }
         }
         if let Some(e) = failure {
             return Err(e);
@@ -729,6 +944,14 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
             if !gone.contains(hash) {
                 continue;
             }
+            let Some(slot) = slot else {
+                // Renewed every RENEW_EVERY while the session wrote: only a grace period
+                // shorter than that, or a session idle for longer than the grace, gets here.
+                return Err(FsError::new(
+                    FsErrorKind::Io,
+                    "a GC pass reclaimed a block this open file wrote from memory before its close committed it",
+                ));
+            };
             let mut buf = vec![0u8; *len as usize];
             read_fully(&self.staging, &mut buf, slot * bs)?;
             let stored = self.env.blocks.put_block(Bytes::from(buf)).await?;
@@ -776,6 +999,24 @@ impl<B: BlockIo, M: MetaStore> Drop for WriteSession<B, M> {
                     task.abort();
                 }
             }
+        }
+    }
+}
+
+impl Inner {
+    /// Where committed bytes end: bytes at or past it were truncated away (or never existed)
+    /// and nothing committed shows through there.
+    fn committed_end(&self) -> u64 {
+        self.min_size.min(self.base_size)
+    }
+}
+
+impl Dirty {
+    /// The error a lost block answers with.
+    fn error(&self) -> FsError {
+        match self {
+            Dirty::Lost { kind, message } => FsError::new(*kind, message.clone()),
+            _ => FsError::new(FsErrorKind::Io, "block is not lost"),
         }
     }
 }

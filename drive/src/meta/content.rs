@@ -199,6 +199,28 @@ impl PgMetaStore {
         }
     }
 
+    /// Renews the records of blocks uploaded and not committed yet (their grace restarts), so a
+    /// write session that keeps no copy of them can hold them past a GC pass's grace period.
+    /// A claimed record is left to its pass: the hashes returned (claimed, or with no record)
+    /// may have lost their objects.
+    pub async fn renew_blocks(&self, hashes: &[[u8; 32]]) -> Result<Vec<[u8; 32]>, MetaError> {
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let keys: Vec<&[u8]> = hashes.iter().map(|h| h.as_slice()).collect();
+        let renewed = query(
+            &client,
+            "UPDATE blocks SET updated_at = now() WHERE hash = ANY($1) AND claimed_by IS NULL RETURNING hash",
+            &[&keys],
+        )
+        .await?
+        .into_iter()
+        .map(|r| to_hash(r.get(0)))
+        .collect::<Result<std::collections::HashSet<[u8; 32]>, MetaError>>()?;
+        Ok(hashes.iter().filter(|h| !renewed.contains(*h)).copied().collect())
+    }
+
     /// A block record, if any.
     pub async fn block(&self, hash: &[u8; 32]) -> Result<Option<BlockRecord>, MetaError> {
         let client = self.client().await?;

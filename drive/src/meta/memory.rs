@@ -948,6 +948,20 @@ impl MetaStore for MemMetaStore {
         })
     }
 
+    fn renew_blocks(
+        &self,
+        hashes: &[[u8; 32]],
+    ) -> impl Future<Output = Result<Vec<[u8; 32]>, MetaError>> + Send {
+        // This store has no GC: a record is renewable while it exists.
+        self.run(move |s| {
+            Ok(hashes
+                .iter()
+                .filter(|h| !s.blocks.contains_key(*h))
+                .copied()
+                .collect())
+        })
+    }
+
     fn get_xattr(
         &self,
         ino: NodeId,

@@ -77,6 +77,7 @@ impl MetaStore for PgMetaStore {
             mtime: Timestamp,
         ) -> Attr;
         fn register_block(&self, hash: &[u8; 32], size: u64, stored_size: u64) -> bool;
+        fn renew_blocks(&self, hashes: &[[u8; 32]]) -> Vec<[u8; 32]>;
         fn get_xattr(&self, ino: NodeId, name: &[u8]) -> Option<Vec<u8>>;
         fn list_xattrs(&self, ino: NodeId) -> Vec<Vec<u8>>;
         fn set_xattr(
