@@ -86,10 +86,19 @@ enum Dirty {
 }
 
 impl Dirty {
+    /// What a block whose bytes `e` lost becomes.
     fn lost(e: &FsError) -> Dirty {
         Dirty::Lost {
             kind: e.kind(),
             message: e.to_string(),
+        }
+    }
+
+    /// The error a lost block answers with.
+    fn error(&self) -> FsError {
+        match self {
+            Dirty::Lost { kind, message } => FsError::new(*kind, message.clone()),
+            _ => FsError::new(FsErrorKind::Io, "block is not lost"),
         }
     }
 }
@@ -1008,16 +1017,6 @@ impl Inner {
     /// and nothing committed shows through there.
     fn committed_end(&self) -> u64 {
         self.min_size.min(self.base_size)
-    }
-}
-
-impl Dirty {
-    /// The error a lost block answers with.
-    fn error(&self) -> FsError {
-        match self {
-            Dirty::Lost { kind, message } => FsError::new(*kind, message.clone()),
-            _ => FsError::new(FsErrorKind::Io, "block is not lost"),
-        }
     }
 }
 
