@@ -34,6 +34,20 @@ pub fn create(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// Creates (or truncates) the private file `path` for writing with O_DIRECT: writes bypass
+/// the page cache and must be aligned (see `data::local`). File systems without direct I/O
+/// (tmpfs) refuse it with EINVAL.
+pub fn create_direct(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+}
+
 /// Creates the private file `path` for reading and writing; fails if it exists.
 pub fn create_new(path: &Path) -> io::Result<File> {
     OpenOptions::new()

@@ -622,8 +622,12 @@ async fn a_write_session_whose_staged_blocks_were_swept_stores_them_again_at_clo
     let bs = MIN_BLOCK_SIZE as usize;
     for start in (0..data.len()).step_by(bs) {
         let mid = start + bs / 2;
-        fs.write(opened.fh, mid as u64, &data[mid..start + bs]).await.unwrap();
-        fs.write(opened.fh, start as u64, &data[start..mid]).await.unwrap();
+        fs.write(opened.fh, mid as u64, &data[mid..start + bs])
+            .await
+            .unwrap();
+        fs.write(opened.fh, start as u64, &data[start..mid])
+            .await
+            .unwrap();
     }
     let all = data.len() as u32;
     assert!(fs.read(opened.fh, 0, all).await.unwrap().to_vec() == data);
