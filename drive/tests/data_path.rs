@@ -173,7 +173,10 @@ async fn round_trips(rig: &Rig, sizes: &[usize]) {
         let ino = write_file(&writer, &format!("f{i}-{size}"), &data).await;
         files.push((ino, data));
     }
-    // Cold: another node, empty cache. Warm: the same node again, served from its cache.
+    // Cold: another node, empty cache. Warm: the same node again, served from its cache; a
+    // local store's objects are not copied into the cache (they already are on this disk),
+    // so a warm read fetches them from the store again.
+    let warm_fetches = |blocks: u64| if rig.store.is_local() { blocks } else { 0 };
     let reader_blocks = rig.blocks(Some(1 << 30));
     let reader = rig.mount(reader_blocks.clone());
     for (ino, data) in &files {
@@ -198,8 +201,8 @@ async fn round_trips(rig: &Rig, sizes: &[usize]) {
                 .stats()
                 .gets
                 .load(std::sync::atomic::Ordering::Relaxed),
-            gets_cold,
-            "a warm read is served from the cache"
+            gets_cold + warm_fetches(gets_cold - gets_before),
+            "a warm read is served from the cache (from the store when it is local)"
         );
     }
 }

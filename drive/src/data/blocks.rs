@@ -69,7 +69,8 @@ struct Inner<M> {
     codec: BlockCodec,
     cache: Option<Arc<BlockCache>>,
     memory: Option<Arc<MemoryCache>>,
-    cache_writes: bool,
+    /// Whether the node cache keeps copies of this store's objects: not of a local store.
+    cache_copies: bool,
     inflight: Mutex<HashMap<BlockHash, Fetch>>,
     /// Headers and frame tables of blocks read in part, verified: the next random read in
     /// such a block fetches only its frames (one GET, not two).
@@ -104,17 +105,18 @@ pub fn block_key(hash: &BlockHash) -> String {
 }
 
 impl<M: MetaStore> BlockStore<M> {
-    /// Blocks encoded by `codec` in `store`, cached in `cache` when given. Written blocks also
-    /// go into the cache, so reading back what this node wrote is warm; not in front of a
-    /// local store, whose objects already are on this node's disk (each written block would
-    /// be written twice: about a third of the mount's CPU per written GB in a profile).
+    /// Blocks encoded by `codec` in `store`, cached in `cache` when given. Written and fetched
+    /// blocks go into the cache, so reading back what this node wrote is warm; not in front
+    /// of a local store, whose objects already are on this node's disk (each block would be
+    /// written twice: about a third of the mount's CPU per written GB, and half of a cold
+    /// read's, in profiles).
     pub fn new(
         meta: M,
         store: Arc<dyn ChunkStore>,
         codec: BlockCodec,
         cache: Option<Arc<BlockCache>>,
     ) -> BlockStore<M> {
-        let cache_writes = !store.is_local();
+        let cache_copies = !store.is_local();
         BlockStore {
             inner: Arc::new(Inner {
                 meta,
@@ -122,7 +124,7 @@ impl<M: MetaStore> BlockStore<M> {
                 codec,
                 cache,
                 memory: None,
-                cache_writes,
+                cache_copies,
                 inflight: Mutex::new(HashMap::new()),
                 tables: Mutex::new(lru::LruCache::new(TABLES_KEPT)),
                 stats: DataStats::default(),
@@ -192,7 +194,7 @@ impl<M: MetaStore> BlockStore<M> {
             .fetch_add(stored_len, Ordering::Relaxed);
         // The record stays `created` until the content commit that references the block makes
         // it available (one metadata commit fewer per block).
-        if inner.cache_writes
+        if inner.cache_copies
             && let Some(cache) = &inner.cache
         {
             cache.insert(hash, object).await;
@@ -371,7 +373,9 @@ impl<M: MetaStore> Inner<M> {
         .await?;
         let plaintext = plaintext?;
         self.remember(hash, &plaintext);
-        if let Some(cache) = &self.cache {
+        if self.cache_copies
+            && let Some(cache) = &self.cache
+        {
             cache.insert(hash, object).await;
         }
         Ok(plaintext)
