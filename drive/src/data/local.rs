@@ -85,8 +85,10 @@ const DIRECT_MIN: usize = 1 << 20;
 /// Alignment of direct writes (address, offset, length): a page, which covers every logical
 /// block size.
 const DIRECT_ALIGN: usize = 4096;
-/// Aligned buffers kept for direct writes (each the size of an object).
+/// Aligned buffers kept for direct writes, and the largest kept (a 4 MiB block's object
+/// fits, padded and aligned): at most 4 x 8 MiB stay allocated, whatever the block size.
 const DIRECT_BUFFERS_KEPT: usize = 4;
+const DIRECT_BUFFER_KEPT_MAX: usize = 8 << 20;
 
 static DIRECT_BUFFERS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
 
@@ -125,7 +127,7 @@ fn write_direct(f: &std::fs::File, data: &[u8]) -> std::io::Result<()> {
         Err(std::io::Error::from_raw_os_error(libc::EINVAL))
     };
     let mut kept = crate::sync::lock(&DIRECT_BUFFERS);
-    if kept.len() < DIRECT_BUFFERS_KEPT {
+    if kept.len() < DIRECT_BUFFERS_KEPT && buf.len() <= DIRECT_BUFFER_KEPT_MAX {
         kept.push(buf);
     }
     written
