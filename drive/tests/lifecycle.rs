@@ -556,6 +556,32 @@ async fn random_workloads_with_passes_and_crashes_never_lose_live_or_retained_da
     assert!(!rig.objects().await.is_empty());
 }
 
+/// Opens a new file `/render.exr` for reading and writing (its session stays open).
+async fn create_render(fs: &Fs) -> drive::fs::Opened {
+    let flags = OpenFlags {
+        read: true,
+        write: true,
+        ..OpenFlags::default()
+    };
+    fs.create(ROOT_INO, b"render.exr", 0o644, flags, Caller::default())
+        .await
+        .unwrap()
+}
+
+/// Closes `fh` (its commit must succeed after the `what`), then checks from a fresh mount
+/// that `/render.exr` holds `data` and that the store holds exactly the referenced blocks.
+async fn close_and_read_back(rig: &Rig, fs: &Fs, fh: u64, data: &[u8], what: &str) {
+    fs.flush(fh, Caller::default())
+        .await
+        .unwrap_or_else(|e| panic!("close after the {what}: {}", common::error_chain(&e)));
+    fs.release(fh, Caller::default()).await.unwrap();
+    assert_eq!(
+        read(&*rig.mount("long.write", None).await, "/render.exr").await,
+        data
+    );
+    assert_eq!(rig.objects().await, referenced(&rig.url).await);
+}
+
 // Catches: a write session that uploaded full blocks longer ago than a pass's grace period
 // loses them to the sweep and its close fails after all that writing. Blocks built in
 // memory have no staged copy to store again: the mount renews their records while the
@@ -565,15 +591,7 @@ async fn a_write_session_whose_blocks_outlived_the_grace_period_keeps_them_until
     let rig = Rig::new().await;
     let fs = rig.mount("long.write", None).await;
     let data = content(2); // three full blocks
-    let flags = OpenFlags {
-        read: true,
-        write: true,
-        ..OpenFlags::default()
-    };
-    let opened = fs
-        .create(ROOT_INO, b"render.exr", 0o644, flags, Caller::default())
-        .await
-        .unwrap();
+    let opened = create_render(&fs).await;
     fs.write(opened.fh, 0, &data).await.unwrap();
     // Full blocks upload while the session is open; a read of them waits for their uploads.
     let all = data.len() as u32;
@@ -590,15 +608,7 @@ async fn a_write_session_whose_blocks_outlived_the_grace_period_keeps_them_until
     opts.blocks.grace = Duration::from_secs(3600);
     let swept = pass(&rig, &opts).await;
     assert_eq!(swept.blocks.deleted, 0, "{swept:?}");
-    fs.flush(opened.fh, Caller::default())
-        .await
-        .unwrap_or_else(|e| panic!("close after the pass: {}", common::error_chain(&e)));
-    fs.release(opened.fh, Caller::default()).await.unwrap();
-    assert_eq!(
-        read(&*rig.mount("long.write", None).await, "/render.exr").await,
-        data
-    );
-    assert_eq!(rig.objects().await, referenced(&rig.url).await);
+    close_and_read_back(&rig, &fs, opened.fh, &data, "pass").await;
 }
 
 /// Staged blocks (written out of order) keep their bytes until the commit: a pass that took
@@ -609,15 +619,7 @@ async fn a_write_session_whose_staged_blocks_were_swept_stores_them_again_at_clo
     let rig = Rig::new().await;
     let fs = rig.mount("long.write", None).await;
     let data = content(2); // three full blocks
-    let flags = OpenFlags {
-        read: true,
-        write: true,
-        ..OpenFlags::default()
-    };
-    let opened = fs
-        .create(ROOT_INO, b"render.exr", 0o644, flags, Caller::default())
-        .await
-        .unwrap();
+    let opened = create_render(&fs).await;
     // Each block's second half first, so no block is written in order from its start.
     let bs = MIN_BLOCK_SIZE as usize;
     for start in (0..data.len()).step_by(bs) {
@@ -642,15 +644,7 @@ async fn a_write_session_whose_staged_blocks_were_swept_stores_them_again_at_clo
     let swept = pass(&rig, &options("sweep", None)).await;
     assert_eq!(swept.blocks.deleted, 3, "{swept:?}");
     assert!(rig.objects().await.is_empty());
-    fs.flush(opened.fh, Caller::default())
-        .await
-        .unwrap_or_else(|e| panic!("close after the sweep: {}", common::error_chain(&e)));
-    fs.release(opened.fh, Caller::default()).await.unwrap();
-    assert_eq!(
-        read(&*rig.mount("long.write", None).await, "/render.exr").await,
-        data
-    );
-    assert_eq!(rig.objects().await, referenced(&rig.url).await);
+    close_and_read_back(&rig, &fs, opened.fh, &data, "sweep").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -208,7 +208,7 @@ impl PgMetaStore {
             return Ok(Vec::new());
         }
         let client = self.client().await?;
-        let keys: Vec<&[u8]> = hashes.iter().map(|h| h.as_slice()).collect();
+        let keys: Vec<&[u8]> = hashes.iter().map(<[u8; 32]>::as_slice).collect();
         let renewed = query(
             &client,
             "UPDATE blocks SET updated_at = now() WHERE hash = ANY($1) AND claimed_by IS NULL RETURNING hash",
