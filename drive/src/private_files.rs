@@ -24,14 +24,16 @@ pub fn create_dir(dir: &Path) -> io::Result<()> {
     DirBuilder::new().mode(DIR_MODE).create(dir)
 }
 
+/// Options that create (or truncate) a private file for writing.
+fn create_options() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true).mode(FILE_MODE);
+    options
+}
+
 /// Creates (or truncates) the private file `path` for writing.
 pub fn create(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(FILE_MODE)
-        .open(path)
+    create_options().open(path)
 }
 
 /// Creates (or truncates) the private file `path` for writing with O_DIRECT: writes bypass
@@ -39,13 +41,7 @@ pub fn create(path: &Path) -> io::Result<File> {
 /// (tmpfs) refuse it with EINVAL.
 pub fn create_direct(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(FILE_MODE)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
+    create_options().custom_flags(libc::O_DIRECT).open(path)
 }
 
 /// Creates the private file `path` for reading and writing; fails if it exists.

@@ -112,6 +112,18 @@ async fn rig(buffers: u64) -> Rig {
     }
 }
 
+impl Rig {
+    /// Creates `name` in the workspace root, open for reading and writing: (inode, handle).
+    async fn create(&self, name: &[u8]) -> (u64, u64) {
+        let created = self
+            .fs
+            .create(self.root, name, 0o644, rw(), Caller::default())
+            .await
+            .expect("create");
+        (created.attr.ino.0, created.fh)
+    }
+}
+
 async fn read(fs: &Fs, fh: u64, offset: u64, len: u64) -> Vec<u8> {
     fs.read(fh, offset, len as u32).await.expect("read").to_vec()
 }
@@ -125,11 +137,7 @@ fn expected(model: &[u8], offset: u64, len: u64) -> &[u8] {
 async fn run(ops: Vec<Op>, buffers: u64) -> Result<(), TestCaseError> {
     let rig = rig(buffers).await;
     let fs = &rig.fs;
-    let created = fs
-        .create(rig.root, b"take.0001.exr", 0o644, rw(), Caller::default())
-        .await
-        .expect("create");
-    let (ino, fh) = (created.attr.ino.0, created.fh);
+    let (ino, fh) = rig.create(b"take.0001.exr").await;
     let mut model: Vec<u8> = Vec::new();
     for (step, op) in ops.iter().enumerate() {
         match op {
@@ -210,11 +218,7 @@ proptest! {
 async fn a_failed_upload_from_memory_fails_the_close_and_keeps_the_committed_content() {
     let rig = rig(8).await;
     let fs = &rig.fs;
-    let created = fs
-        .create(rig.root, b"render.mov", 0o644, rw(), Caller::default())
-        .await
-        .expect("create");
-    let (ino, fh) = (created.attr.ino.0, created.fh);
+    let (ino, fh) = rig.create(b"render.mov").await;
     let first = bytes(BS as usize + 100, 7);
     fs.write(fh, 0, &first).await.expect("write");
     fs.flush(fh, Caller::default()).await.expect("first close");

@@ -82,24 +82,29 @@ enum Dirty {
     },
     /// The upload of a block held only in memory failed, or a GC pass took it: its bytes are
     /// gone, so the session's next commit fails (and drops its changes).
-    Lost { kind: FsErrorKind, message: String },
+    Lost(Loss),
+}
+
+/// Why a block's bytes are gone, kept to answer every later access with.
+struct Loss {
+    kind: FsErrorKind,
+    message: String,
 }
 
 impl Dirty {
-    /// What a block whose bytes `e` lost becomes.
+    /// A block whose bytes `e` lost.
     fn lost(e: &FsError) -> Dirty {
-        Dirty::Lost {
+        Dirty::Lost(Loss {
             kind: e.kind(),
             message: e.to_string(),
-        }
+        })
     }
+}
 
+impl Loss {
     /// The error a lost block answers with.
     fn error(&self) -> FsError {
-        match self {
-            Dirty::Lost { kind, message } => FsError::new(*kind, message.clone()),
-            _ => FsError::new(FsErrorKind::Io, "block is not lost"),
-        }
+        FsError::new(self.kind, self.message.clone())
     }
 }
 
@@ -564,9 +569,9 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
                 let base = Some(FileBlock { idx, hash, len });
                 Ok(self.new_slot(inner, idx, base))
             }
-            Some(lost @ Dirty::Lost { .. }) => {
-                let e = lost.error();
-                inner.blocks.insert(idx, lost);
+            Some(Dirty::Lost(loss)) => {
+                let e = loss.error();
+                inner.blocks.insert(idx, Dirty::Lost(loss));
                 Err(e)
             }
             // Settled above; an upload cannot be in flight without a slot here.
@@ -711,7 +716,7 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
                     let block = self.env.blocks.get_block(hash, len).await?;
                     copy_block(&block, len, in_block, dst);
                 }
-                Some(lost @ Dirty::Lost { .. }) => return Err(lost.error()),
+                Some(Dirty::Lost(loss)) => return Err(loss.error()),
                 Some(_) => {
                     self.materialize(&mut inner, idx).await?;
                     let slot = match inner.blocks.get(&idx) {
@@ -862,8 +867,8 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
                         block: Some((*hash, (*len).min(valid))),
                     });
                 }
-                Some(lost @ Dirty::Lost { .. }) => {
-                    failure.get_or_insert(lost.error());
+                Some(Dirty::Lost(loss)) => {
+                    failure.get_or_insert(loss.error());
                 }
                 _ => {}
             }
