@@ -29,6 +29,8 @@
 #                        (studiodrive*, bindfs, rclone, s3fs). rclone's write rate is to its
 #                        VFS cache: the mixed workload does not wait for its uploads.
 #   GOAL_RSS_MIB [256]   the peak-RSS goal of the mount under the mixed load
+#   SD_MOUNT_ARGS []     extra options of the studiodrive* mounts (e.g. budgets to compare:
+#                        --memory-cache-size 33554432), split on spaces
 #   WORKLOADS [seq small frames ls mixed]  space-separated subset of the workloads to run
 #   WORK [/var/tmp/studiodrive-bench]  scratch dir on the local disk (emptied first)
 #   OUT [$WORK/results.md]             where the table goes (also printed)
@@ -62,6 +64,7 @@ REPO=$(pwd)
 
 SIZE=${SIZE:-4G}
 RAND_TIME=${RAND_TIME:-30}
+SD_MOUNT_ARGS=${SD_MOUNT_ARGS:-}
 SMALL_FILES=${SMALL_FILES:-10000}
 WORKLOADS=${WORKLOADS:-seq small frames ls mixed}
 FRAMES=${FRAMES:-2000}
@@ -192,11 +195,11 @@ start() {
         mkdir -p "$WORK/data/bindfs-src"
         bindfs --multithreaded "$WORK/data/bindfs-src" "$m" ;;
     studiodrive)
-        "$SD" mount --state-dir "$WORK/data/sd-state" "$m" >/dev/null ;;
+        "$SD" mount --state-dir "$WORK/data/sd-state" $SD_MOUNT_ARGS "$m" >/dev/null ;;
     studiodrive-s3)
         AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY AWS_REGION=$S3_REGION \
             "$SD" mount --state-dir "$WORK/data/sd-s3-state" --store s3://bench-sd/vol \
-            --s3-endpoint "$S3_ENDPOINT" "$m" >/dev/null ;;
+            --s3-endpoint "$S3_ENDPOINT" $SD_MOUNT_ARGS "$m" >/dev/null ;;
     rclone)
         # --vfs-write-back 0s: uploads start at close. rclone acknowledges close before the
         # upload ends (a weaker contract than Studio Drive's and s3fs's), so every timed write
@@ -292,12 +295,14 @@ cpu_record() {
     record "$1" "$2" "$3" "$(python3 -c "print(round(($c - $4) / ($5 / 1e9), 2))")" lo
 }
 
-# rss_sampler PID FILE: writes the highest VmRSS (KiB) of PID seen every 0.2 s to FILE, until
-# killed or the process is gone.
+# rss_sampler PID FILE: writes the highest VmRSS (KiB) of PID seen every 0.2 s to FILE, with
+# its anonymous and file-backed parts (RssAnon, RssFile) at that sample, until killed or the
+# process is gone.
 rss_sampler() {
-    local peak=0 v
-    while v=$(awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null) && [ -n "$v" ]; do
-        if [ "$v" -gt "$peak" ]; then peak=$v; echo "$peak" >"$2"; fi
+    local peak=0 rss anon file
+    while read -r rss anon file < <(awk '/^(VmRSS|RssAnon|RssFile):/ {printf "%s ", $2} END {print ""}' \
+        "/proc/$1/status" 2>/dev/null) && [ -n "$rss" ]; do
+        if [ "$rss" -gt "$peak" ]; then peak=$rss; echo "$rss $anon $file" >"$2"; fi
         sleep 0.2
     done
 }
@@ -406,7 +411,7 @@ frames() {  # target round dir
 }
 
 mixed() {  # target round dir
-    local t=$1 r=$2 d=$3/mixed per_w pid peak_f sampler out rd wr peak
+    local t=$1 r=$2 d=$3/mixed per_w pid peak_f sampler out rd wr peak sampled anon file
     mkdir -p "$d"
     # Untimed: the readers' files (mread.N.0), committed (and uploaded, for rclone), then a cold
     # restart so that the readers start from the store.
@@ -418,7 +423,7 @@ mixed() {  # target round dir
     [ "$per_w" -ge 1 ] || per_w=1
     pid=$(mount_pid "$t")
     peak_f=$WORK/data/rss.peak
-    echo 0 >"$peak_f"
+    echo "0 0 0" >"$peak_f"
     if [ -n "$pid" ]; then
         echo 5 2>/dev/null >"/proc/$pid/clear_refs" || true # resets VmHWM to the current RSS
         rss_sampler "$pid" "$peak_f" &
@@ -429,9 +434,11 @@ mixed() {  # target round dir
         --name=mwrite --numjobs="$MIXED_WRITERS" --nrfiles="$per_w" --filesize="$FRAME_SIZE" --rw=write \
         --openfiles=1 --file_service_type=sequential --create_on_open=1 --fsync_on_close=1 |
         python3 -c 'import json,sys
+# One group (group_reporting): job_runtime sums the jobs runtimes; each direction's runtime
+# is the group's wall-clock time.
 jobs = json.load(sys.stdin)["jobs"]
-secs = max(j["job_runtime"] for j in jobs) / 1000
-print(*(round(sum(j[k]["io_bytes"] for j in jobs) / 1e6 / secs, 1) for k in ("read", "write")))')
+print(*(round(sum(j[k]["io_bytes"] for j in jobs) / 1e6 / (max(j[k]["runtime"] for j in jobs) / 1000), 1)
+        for k in ("read", "write")))')
     read -r rd wr <<<"$out"
     record "$t" "$r" "mixed: $MIXED_READERS readers + $MIXED_WRITERS writers, ${MIXED_TIME}s: read (MB/s)" "$rd" hi
     record "$t" "$r" "mixed: $MIXED_READERS readers + $MIXED_WRITERS writers, ${MIXED_TIME}s: write (MB/s)" "$wr" hi
@@ -439,8 +446,13 @@ print(*(round(sum(j[k]["io_bytes"] for j in jobs) / 1e6 / secs, 1) for k in ("re
         kill "$sampler" 2>/dev/null || true
         wait "$sampler" 2>/dev/null || true
         peak=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
-        peak=$(python3 -c "print(round(max(${peak:-0}, $(cat "$peak_f")) / 1024, 1))")
+        read -r sampled anon file <"$peak_f"
+        peak=$(python3 -c "print(round(max(${peak:-0}, $sampled) / 1024, 1))")
         record "$t" "$r" "mixed: peak RSS of the mount (MiB)" "$peak" lo
+        # Where the highest sample's memory was: the mount's own buffers (anonymous) or
+        # mapped files (the block cache's entries, which the kernel can reclaim).
+        record "$t" "$r" "mixed: anonymous part of the highest RSS sample (MiB)" "$(( ${anon:-0} / 1024 ))" lo
+        record "$t" "$r" "mixed: file-backed part of the highest RSS sample (MiB)" "$(( ${file:-0} / 1024 ))" lo
     fi
     rm -rf "$d"
 }

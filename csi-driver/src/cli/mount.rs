@@ -47,7 +47,7 @@ pub struct MountArgs {
     /// Memory for verified block plaintext in bytes: hot blocks are served from here
     /// without reading and verifying them from the disk cache again (0 turns it off). One of
     /// the budgets that add up to the mount's memory bound ([`MEMORY_BOUND`]).
-    #[arg(long, default_value_t = 128 << 20)]
+    #[arg(long, default_value_t = 32 << 20)]
     pub memory_cache_size: u64,
     /// Evict cached blocks while the cache's file system has less than this fraction free
     /// (as `df` counts it: 100% minus its Use%). The default, 0.15, stays above kubelet's
@@ -107,9 +107,10 @@ pub struct MountArgs {
     #[arg(long, env = "STUDIODRIVE_TECHNICAL_METADATA", default_value_t = true, action = clap::ArgAction::Set)]
     pub technical_metadata: bool,
     /// Bytes of blocks held by open files across the mount: prefetched ahead of sequential
-    /// readers (each file's window is at most 64 MiB) and each file's block being read. One
-    /// of the budgets that add up to the mount's memory bound ([`MEMORY_BOUND`]).
-    #[arg(long, default_value_t = 128 << 20)]
+    /// readers (each file's window is at most 64 MiB, and at most its even share of this
+    /// budget among the files being read) and each file's block being read. One of the
+    /// budgets that add up to the mount's memory bound ([`MEMORY_BOUND`]).
+    #[arg(long, default_value_t = 64 << 20)]
     pub read_buffer_size: u64,
     /// Bytes of blocks write sessions fill in memory across the mount: a block written in
     /// order from its start is built and uploaded from memory while this budget has room, and
@@ -636,7 +637,7 @@ mod tests {
             "the cache's free-space floor stays above kubelet's 10%"
         );
         let blocks = args.block_memory(u64::from(drive::model::DEFAULT_BLOCK_SIZE), defaults.max_uploads);
-        assert_eq!(blocks, (128 + 128 + 32 + 12 * 8) << 20);
+        assert_eq!(blocks, (32 + 64 + 32 + 12 * 8) << 20);
         assert!(
             blocks + OTHER_MEMORY <= MEMORY_BOUND,
             "default budgets {} MiB + {} MiB over the {} MiB bound",

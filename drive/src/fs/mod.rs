@@ -49,7 +49,7 @@ use crate::rules::access::MountAccess;
 use crate::sync::lock;
 
 use self::cache::MetaCache;
-use self::read::Reader;
+use self::read::{ReadBuffers, Reader};
 use self::removals::Removals;
 use self::write::{SessionEnv, WriteSession};
 
@@ -72,10 +72,11 @@ pub struct FsConfig {
     /// Largest sequential prefetch window of one open file, in bytes.
     pub readahead_bytes: u64,
     /// Block bytes open files hold at once across the mount: blocks fetched ahead of readers
-    /// and not yet read, and the block each open file is reading. With many files open,
-    /// prefetch stops at this bound and a file beyond it keeps no block between reads (it
-    /// reads again through the memory cache), instead of memory growing with the number of
-    /// open files. Reads themselves are never refused.
+    /// and not yet read, and the block each open file is reading. Each file being read
+    /// fetches ahead at most its even share of it, less the block it reads. With many files
+    /// open, prefetch stops at this bound and a file beyond it keeps no block between reads
+    /// (it reads again through the memory cache), instead of memory growing with the number
+    /// of open files. Reads themselves are never refused.
     pub read_buffer_bytes: u64,
     /// Block bytes write sessions fill in memory at once across the mount: blocks written in
     /// order from their start are built and uploaded from memory while this budget has room
@@ -118,7 +119,7 @@ pub trait CommitObserver: Send + Sync + std::fmt::Debug + 'static {
 
 impl FsConfig {
     /// Defaults for a mount of `root` in `view`: 12 uploads, 64 MiB readahead per file,
-    /// 128 MiB of read buffers and 32 MiB of write buffers across the mount, a metadata
+    /// 64 MiB of read buffers and 32 MiB of write buffers across the mount, a metadata
     /// cache of 200,000 entries that answers up to 1 s after the feed was last read, last
     /// access recorded at most hourly per file, written every 30 s, and xxHash64 computed
     /// while files are written in order.
@@ -130,7 +131,7 @@ impl FsConfig {
             staging_dir,
             max_uploads: 12,
             readahead_bytes: 64 << 20,
-            read_buffer_bytes: 128 << 20,
+            read_buffer_bytes: 64 << 20,
             write_buffer_bytes: 32 << 20,
             lock_lease: Duration::from_secs(15),
             mount_id: uuid::Uuid::new_v4().simple().to_string(),
@@ -261,7 +262,7 @@ pub struct DriveFs<B: BlockIo, M: MetaStore = PgMetaStore> {
     env: Arc<SessionEnv<B, M>>,
     /// Permits of one block each for blocks held by open files (see
     /// `FsConfig::read_buffer_bytes`).
-    read_buffers: Arc<Semaphore>,
+    read_buffers: Arc<ReadBuffers>,
     cache: MetaCache,
     removals: Removals,
     handles: Mutex<HashMap<u64, Arc<Handle<B, M>>>>,
@@ -330,11 +331,9 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
             cfg.meta_cache_staleness,
             cfg.view.is_read_only(),
         );
-        let buffer_blocks = (cfg.read_buffer_bytes / u64::from(ws.block_size).max(1)).max(1);
+        let buffer_blocks = cfg.read_buffer_bytes / u64::from(ws.block_size).max(1);
         Ok(DriveFs {
-            read_buffers: Arc::new(Semaphore::new(
-                buffer_blocks.min(Semaphore::MAX_PERMITS as u64) as usize
-            )),
+            read_buffers: Arc::new(ReadBuffers::new(buffer_blocks)),
             cache,
             removals: Removals::default(),
             meta,

@@ -3,10 +3,14 @@
 //! stay sequential (up to a byte budget) and collapses on a seek; a read after a seek fetches
 //! only the verified frames it needs (`BlockIo::get_block_range`). Every block a reader holds
 //! (fetched ahead, or the one it is reading) holds a permit of the mount's read buffers, so
-//! memory does not grow with the number of open files.
+//! memory does not grow with the number of open files. The buffers are shared evenly among
+//! the files being read ([`ReadBuffers`]): one sequential reader cannot take them all and
+//! leave the others without room for the block each is reading, which each would then fetch
+//! again for every request in it.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -27,6 +31,40 @@ const MAP_CHUNK: u64 = 256;
 /// dropped.
 type Prefetch = JoinHandle<Result<(Bytes, OwnedSemaphorePermit), FsError>>;
 
+/// The mount's read buffers: permits of one block each, for blocks that open files hold
+/// (`FsConfig::read_buffer_bytes`), and how many files are being read.
+#[derive(Debug)]
+pub(crate) struct ReadBuffers {
+    permits: Arc<Semaphore>,
+    blocks: u64,
+    /// Readers that have read since they were opened (a file opened and not read takes no
+    /// share).
+    readers: AtomicU64,
+}
+
+impl ReadBuffers {
+    /// Buffers of `blocks` blocks.
+    pub(crate) fn new(blocks: u64) -> ReadBuffers {
+        let blocks = blocks.clamp(1, Semaphore::MAX_PERMITS as u64);
+        ReadBuffers {
+            permits: Arc::new(Semaphore::new(blocks as usize)),
+            blocks,
+            readers: AtomicU64::new(0),
+        }
+    }
+
+    /// Blocks one reader may fetch ahead: its even share of the buffers, less the block it
+    /// is reading.
+    fn ahead_share(&self) -> u64 {
+        let readers = self.readers.load(Ordering::Relaxed).max(1);
+        (self.blocks / readers).saturating_sub(1)
+    }
+
+    fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+}
+
 /// A read cursor over the committed content of one file, as of its open.
 pub(crate) struct Reader<B: BlockIo, M: MetaStore> {
     meta: M,
@@ -42,7 +80,9 @@ pub(crate) struct Reader<B: BlockIo, M: MetaStore> {
     /// The block being read, kept between reads while it holds a read-buffer permit.
     current: Option<(u64, Bytes, OwnedSemaphorePermit)>,
     prefetch: BTreeMap<u64, Prefetch>,
-    budget: Arc<Semaphore>,
+    buffers: Arc<ReadBuffers>,
+    /// Whether this reader counts in `buffers.readers` (from its first read).
+    counted: bool,
     next_offset: u64,
     window: u64,
 }
@@ -57,7 +97,7 @@ impl<B: BlockIo, M: MetaStore> Reader<B, M> {
         size: u64,
         block_size: u64,
         readahead_bytes: u64,
-        budget: Arc<Semaphore>,
+        buffers: Arc<ReadBuffers>,
     ) -> Reader<B, M> {
         Reader {
             meta,
@@ -71,7 +111,8 @@ impl<B: BlockIo, M: MetaStore> Reader<B, M> {
             loaded_chunks: HashSet::new(),
             current: None,
             prefetch: BTreeMap::new(),
-            budget,
+            buffers,
+            counted: false,
             next_offset: 0,
             window: 0,
         }
@@ -135,6 +176,10 @@ impl<B: BlockIo, M: MetaStore> Reader<B, M> {
     /// Updates the sequential-read detector: the kernel's own readahead keeps requests close
     /// to each other but not always in order, so "near the last end" counts as sequential.
     fn track(&mut self, offset: u64, end: u64) {
+        if !self.counted {
+            self.counted = true;
+            self.buffers.readers.fetch_add(1, Ordering::Relaxed);
+        }
         let slack = self.block_size;
         let sequential = offset + slack >= self.next_offset && offset <= self.next_offset + slack;
         if sequential && self.next_offset > 0 {
@@ -162,13 +207,14 @@ impl<B: BlockIo, M: MetaStore> Reader<B, M> {
         let bs = self.block_size;
         let first = end.div_ceil(bs);
         let last_block = self.size.div_ceil(bs);
-        for idx in first..(first + self.window).min(last_block) {
+        let window = self.window.min(self.buffers.ahead_share());
+        for idx in first..(first + window).min(last_block) {
             if self.holds(idx) {
                 continue;
             }
             if let Some(b) = self.entry(idx).await? {
                 // The mount's read buffers are spent: fetch the rest when it is read.
-                let Ok(permit) = self.budget.clone().try_acquire_owned() else {
+                let Some(permit) = self.buffers.try_permit() else {
                     break;
                 };
                 let blocks = self.blocks.clone();
@@ -217,7 +263,7 @@ impl<B: BlockIo, M: MetaStore> Reader<B, M> {
             },
             None => (self.blocks.get_block(b.hash, b.len).await?, previous),
         };
-        let permit = permit.or_else(|| self.budget.clone().try_acquire_owned().ok());
+        let permit = permit.or_else(|| self.buffers.try_permit());
         // Blocks behind the reader are not needed any more.
         let stale: Vec<u64> = self.prefetch.range(..b.idx).map(|(k, _)| *k).collect();
         for idx in stale {
@@ -236,6 +282,9 @@ impl<B: BlockIo, M: MetaStore> Drop for Reader<B, M> {
     fn drop(&mut self) {
         for task in self.prefetch.values() {
             task.abort();
+        }
+        if self.counted {
+            self.buffers.readers.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
