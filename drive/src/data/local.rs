@@ -8,6 +8,10 @@
 //! kernel's copy into the page cache was 45% of a mount's CPU while writing (perf, issue 21),
 //! and the object is fsynced at once anyway, so the cached copy bought nothing. File systems
 //! without direct I/O (tmpfs) get the buffered write.
+//!
+//! Objects of a megabyte or more are read into, and written from, buffers kept for reuse
+//! ([`BufferPool`]): a fresh block-sized buffer costs a page fault and a zeroed page per
+//! 4 KiB.
 
 use std::io::Write as _;
 use std::ops::Range;
@@ -18,6 +22,7 @@ use bytes::Bytes;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 
+use crate::data::pool::BufferPool;
 use crate::data::store::{ChunkStore, ListedObject, StoreError};
 use crate::private_files;
 
@@ -80,21 +85,18 @@ fn io_error(op: &'static str, key: &str, e: std::io::Error) -> StoreError {
     }
 }
 
-/// Objects at least this long are written with O_DIRECT.
-const DIRECT_MIN: usize = 1 << 20;
+/// Objects at least this long are written with O_DIRECT, and read into pooled buffers.
+const LARGE_OBJECT: usize = 1 << 20;
 /// Alignment of direct writes (address, offset, length): a page, which covers every logical
 /// block size.
 const DIRECT_ALIGN: usize = 4096;
-/// Aligned buffers kept for direct writes, and the largest kept (a 4 MiB block's object
-/// fits, padded and aligned): at most 4 x 8 MiB stay allocated, whatever the block size.
-const DIRECT_BUFFERS_KEPT: usize = 4;
-const DIRECT_BUFFER_KEPT_MAX: usize = 8 << 20;
-
-static DIRECT_BUFFERS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+/// Buffers of large objects, read or written: at most 4 of at most 8 MiB stay allocated (a
+/// 4 MiB block's object fits, padded and aligned), whatever the block size.
+static BUFFERS: BufferPool = BufferPool::new(4, 8 << 20);
 
 /// Writes `data` into a new file `tmp`, directly when it is large and the file system can.
 fn write_object(tmp: &Path, data: &[u8]) -> std::io::Result<std::fs::File> {
-    if data.len() >= DIRECT_MIN {
+    if data.len() >= LARGE_OBJECT {
         let direct = private_files::create_direct(tmp).and_then(|f| write_direct(&f, data).map(|()| f));
         match direct {
             Ok(f) => return Ok(f),
@@ -112,10 +114,7 @@ fn write_object(tmp: &Path, data: &[u8]) -> std::io::Result<std::fs::File> {
 /// aligned buffer, then cut back to its length.
 fn write_direct(f: &std::fs::File, data: &[u8]) -> std::io::Result<()> {
     let padded = data.len().div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
-    let mut buf = crate::sync::lock(&DIRECT_BUFFERS).pop().unwrap_or_default();
-    if buf.len() < padded + DIRECT_ALIGN {
-        buf.resize(padded + DIRECT_ALIGN, 0);
-    }
+    let mut buf = BUFFERS.take(padded + DIRECT_ALIGN);
     let at = buf.as_ptr().align_offset(DIRECT_ALIGN);
     let written = if at < DIRECT_ALIGN {
         let window = &mut buf[at..at + padded];
@@ -126,11 +125,41 @@ fn write_direct(f: &std::fs::File, data: &[u8]) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::from_raw_os_error(libc::EINVAL))
     };
-    let mut kept = crate::sync::lock(&DIRECT_BUFFERS);
-    if kept.len() < DIRECT_BUFFERS_KEPT && buf.len() <= DIRECT_BUFFER_KEPT_MAX {
-        kept.push(buf);
-    }
+    BUFFERS.give(buf);
     written
+}
+
+/// Reads object `path` whole (a large one into a pooled buffer).
+fn read_object(path: &Path) -> std::io::Result<Bytes> {
+    let file = std::fs::File::open(path)?;
+    let len = usize::try_from(file.metadata()?.len()).map_err(|_| std::io::ErrorKind::FileTooLarge)?;
+    if len < LARGE_OBJECT {
+        let mut out = vec![0u8; len];
+        let filled = read_at_most(&file, &mut out, 0)?;
+        out.truncate(filled);
+        return Ok(Bytes::from(out));
+    }
+    let mut buf = BUFFERS.take(len);
+    // Objects are never rewritten in place (a new one is renamed over), so the length read
+    // is the object's; a short read can only be a damaged file, which decoding refuses.
+    let filled = read_at_most(&file, &mut buf, 0)?;
+    buf.truncate(filled);
+    Ok(BUFFERS.bytes(buf))
+}
+
+/// Fills `buf` from `offset` of `file` until the buffer is full or the file ends; the bytes
+/// read.
+fn read_at_most(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 fn write_atomically(root: &Path, path: &Path, data: &[u8]) -> std::io::Result<()> {
@@ -264,9 +293,7 @@ impl ChunkStore for LocalChunkStore {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Bytes, StoreError>> {
         async move {
             let path = self.path(key)?;
-            blocking("get", key, move || std::fs::read(path))
-                .await
-                .map(Bytes::from)
+            blocking("get", key, move || read_object(&path)).await
         }
         .boxed()
     }
@@ -277,18 +304,11 @@ impl ChunkStore for LocalChunkStore {
             blocking("get", key, move || {
                 let file = std::fs::File::open(path)?;
                 let mut out = vec![0u8; range.end.saturating_sub(range.start) as usize];
-                let mut filled = 0;
-                while filled < out.len() {
-                    match file.read_at(&mut out[filled..], range.start + filled as u64)? {
-                        0 => break,
-                        n => filled += n,
-                    }
-                }
+                let filled = read_at_most(&file, &mut out, range.start)?;
                 out.truncate(filled);
-                Ok(out)
+                Ok(Bytes::from(out))
             })
             .await
-            .map(Bytes::from)
         }
         .boxed()
     }

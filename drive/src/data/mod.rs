@@ -16,6 +16,7 @@ pub mod format;
 pub mod keys;
 pub mod local;
 pub mod memory;
+mod pool;
 pub mod s3;
 pub mod store;
 
