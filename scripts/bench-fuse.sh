@@ -434,8 +434,8 @@ mixed() {  # target round dir
         --name=mwrite --numjobs="$MIXED_WRITERS" --nrfiles="$per_w" --filesize="$FRAME_SIZE" --rw=write \
         --openfiles=1 --file_service_type=sequential --create_on_open=1 --fsync_on_close=1 |
         python3 -c 'import json,sys
-# One group (group_reporting): job_runtime sums the jobs runtimes; each direction's runtime
-# is the group's wall-clock time.
+# One group (group_reporting): job_runtime sums the runtimes of the jobs; the runtime of each direction
+# is the wall-clock time of the group.
 jobs = json.load(sys.stdin)["jobs"]
 print(*(round(sum(j[k]["io_bytes"] for j in jobs) / 1e6 / (max(j[k]["runtime"] for j in jobs) / 1000), 1)
         for k in ("read", "write")))')
