@@ -1,11 +1,10 @@
 //! Write sessions: the staged, not yet committed content of one file on this mount.
 //!
-//! All write handles of an inode share one session. A block written in order from its start,
-//! with no committed bytes under it (a new file, or appends), is filled in memory and uploaded
-//! from that buffer as soon as it is full: one copy per byte, no local file (the common case
-//! of renders and transcodes). The mount's write-buffer budget bounds those buffers; a block
-//! written out of order, over committed content, or while the budget is spent lands in a
-//! local staging file instead (unlinked at creation, so a crash leaves nothing behind), one
+//! All write handles of an inode share one session. A block written in order from its start
+//! (a new file, appends, a sequential overwrite) is filled in memory and uploaded from that
+//! buffer as soon as it is full: one copy per byte, no local file (the common case of
+//! renders and transcodes). The mount's write-buffer budget bounds those buffers; a block
+//! written out of order, or while the budget is spent, lands in a local staging file instead (unlinked at creation, so a crash leaves nothing behind), one
 //! block-sized slot per dirty block, and is uploaded once all its bytes are written. A
 //! mount-wide semaphore bounds uploads in flight (and so memory: one block buffer per
 //! permit); a writer that outruns the object store waits for a permit (back-pressure).
@@ -55,11 +54,14 @@ pub(crate) const RENEW_EVERY: std::time::Duration = std::time::Duration::from_se
 /// upload, so it can be re-opened for writing without fetching it back; a block uploaded from
 /// memory has no slot and is fetched back if written again.
 enum Dirty {
-    /// Written in order from the block's start into memory, with no committed bytes under it;
-    /// `budget` is its share of the mount's write buffers.
+    /// Written in order from the block's start into memory; `budget` is its share of the
+    /// mount's write buffers. `base` is the committed block under it (clipped as for
+    /// `Staged`), whose bytes past `buf` are the block's until written over: merged into
+    /// `buf` only when needed (a read, or a commit of a block not written to its end).
     Buffered {
         buf: Vec<u8>,
         budget: OwnedSemaphorePermit,
+        base: Option<FileBlock>,
     },
     /// Being written; `base` is the committed block whose bytes fill the unwritten gaps (its
     /// length already clipped to what survives truncations).
@@ -388,7 +390,7 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
         for span in spans(offset, end, bs) {
             let (idx, in_block, n) = (span.idx, span.in_block, span.len);
             let piece = &data[span.in_buffer()];
-            if self.buffer(&mut inner, idx, in_block, piece) {
+            if self.buffer(&mut inner, idx, in_block, piece).await? {
                 let full = matches!(inner.blocks.get(&idx), Some(Dirty::Buffered { buf, .. }) if buf.len() as u64 == bs);
                 if full {
                     self.start_upload(&mut inner, idx, bs).await?;
@@ -420,30 +422,37 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
     }
 
     /// Writes `piece` at `in_block` of block `idx` in memory, when it continues the block's
-    /// in-order write from its start, or starts one on a block with no committed bytes under
-    /// it while the mount's write-buffer budget has room. `false`: the piece must be staged.
-    fn buffer(&self, inner: &mut Inner, idx: u64, in_block: u64, piece: &[u8]) -> bool {
+    /// in-order write from its start, or starts one at the block's start (over the committed
+    /// block, if any, which stays its base) while the mount's write-buffer budget has room.
+    /// `false`: the piece must be staged.
+    async fn buffer(
+        &self,
+        inner: &mut Inner,
+        idx: u64,
+        in_block: u64,
+        piece: &[u8],
+    ) -> Result<bool, FsError> {
         match inner.blocks.get_mut(&idx) {
             Some(Dirty::Buffered { buf, .. }) if in_block as usize <= buf.len() => {
                 let at = in_block as usize;
                 let overlap = (buf.len() - at).min(piece.len());
                 buf[at..at + overlap].copy_from_slice(&piece[..overlap]);
                 buf.extend_from_slice(&piece[overlap..]);
-                true
+                Ok(true)
             }
-            Some(_) => false,
+            Some(_) => Ok(false),
             None => {
-                let bs = self.env.block_size;
-                if in_block != 0 || idx * bs < inner.committed_end() {
-                    return false;
+                if in_block != 0 {
+                    return Ok(false);
                 }
                 let Ok(budget) = self.env.write_buffers.clone().try_acquire_owned() else {
-                    return false;
+                    return Ok(false);
                 };
-                let mut buf = Vec::with_capacity(bs as usize);
+                let base = self.base_block(inner, idx).await?;
+                let mut buf = Vec::with_capacity(self.env.block_size as usize);
                 buf.extend_from_slice(piece);
-                inner.blocks.insert(idx, Dirty::Buffered { buf, budget });
-                true
+                inner.blocks.insert(idx, Dirty::Buffered { buf, budget, base });
+                Ok(true)
             }
         }
     }
@@ -530,16 +539,17 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
                 inner.blocks.insert(idx, Dirty::Staged { slot, written, base });
                 Ok(slot)
             }
-            Some(Dirty::Buffered { buf, budget }) => {
-                // Written out of order: the bytes move to a staging slot.
+            Some(Dirty::Buffered { buf, budget, base }) => {
+                // Written out of order: the bytes move to a staging slot, over the same base.
                 let slot = inner.next_slot;
                 let bs = self.env.block_size;
                 if let Err(e) = self.staging.write_at(&buf, slot * bs) {
-                    inner.blocks.insert(idx, Dirty::Buffered { buf, budget });
+                    inner.blocks.insert(idx, Dirty::Buffered { buf, budget, base });
                     return Err(FsError::staging("write staging file", e));
                 }
                 inner.next_slot += 1;
-                inner.blocks.insert(idx, staged_full(slot, buf.len() as u64));
+                let written = Ranges::of(0, buf.len() as u64);
+                inner.blocks.insert(idx, Dirty::Staged { slot, written, base });
                 Ok(slot)
             }
             Some(Dirty::Uploading {
@@ -637,7 +647,16 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
                 read_fully(&staging, &mut buf, slot * bs)?;
                 Ok(blocks.put_block(Bytes::from(buf)).await?)
             }),
-            (None, Some(Dirty::Buffered { mut buf, budget })) => {
+            (
+                None,
+                Some(Dirty::Buffered {
+                    mut buf,
+                    budget,
+                    base,
+                }),
+            ) => {
+                // A base is merged before a block not written to its end is uploaded.
+                debug_assert!(base.is_none() || buf.len() as u64 >= len, "base not merged");
                 // Bytes past what was written (a block a truncate grew) are a hole: zeros.
                 buf.resize(len as usize, 0);
                 tokio::spawn(async move {
@@ -651,8 +670,28 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
         Ok(())
     }
 
-    /// Fills the unwritten parts of staged block `idx` from its committed block.
+    /// Fills the unwritten parts of dirty block `idx` (staged, or in memory) from its
+    /// committed block.
     async fn materialize(&self, inner: &mut Inner, idx: u64) -> Result<(), FsError> {
+        if let Some(Dirty::Buffered { buf, base, .. }) = inner.blocks.get_mut(&idx) {
+            let Some(b) = base.take() else {
+                return Ok(());
+            };
+            if (buf.len() as u64) < b.len {
+                let old = match self.env.blocks.get_block(b.hash, b.len).await {
+                    Ok(old) => old,
+                    Err(e) => {
+                        *base = Some(b);
+                        return Err(e.into());
+                    }
+                };
+                let from = buf.len();
+                buf.resize(b.len as usize, 0);
+                // Bytes past the stored block's end (a block a truncate grew) stay zeros.
+                copy_block(&old, b.len, from as u64, &mut buf[from..]);
+            }
+            return Ok(());
+        }
         let Some(Dirty::Staged { slot, written, base }) = inner.blocks.get_mut(&idx) else {
             return Ok(());
         };
@@ -699,6 +738,12 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
             let dst = &mut out[span.in_buffer()];
             if matches!(inner.blocks.get(&idx), Some(Dirty::Uploading { slot: None, .. })) {
                 self.finish_upload(&mut inner, idx).await?;
+            }
+            if matches!(
+                inner.blocks.get(&idx),
+                Some(Dirty::Buffered { base: Some(_), .. })
+            ) {
+                self.materialize(&mut inner, idx).await?;
             }
             match inner.blocks.get(&idx) {
                 None => {
