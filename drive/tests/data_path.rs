@@ -1517,6 +1517,44 @@ async fn read_buffers_are_shared_among_the_files_being_read() {
     }
 }
 
+// Catches: files opened and read at one place (a compositor reading the headers of its
+// inputs) taking shares of the read buffers, so that the one file read sequentially gets no
+// prefetch at all. The store is slow, so prefetches overlap and show as GETs at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_read_at_one_place_take_no_share_of_the_read_buffers() {
+    use drive::data::{StoreFault, StoreOp};
+    let (faulty, rig, files) = six_files_on_a_faulty_store("deck", |bs| 5 * bs + 100).await;
+    let bs = rig.ws.block_size as usize;
+    // Five headers keep their first block each, which leaves three for the sixth file.
+    let fs = rig.mount_with(rig.blocks(None), |cfg| {
+        cfg.read_buffer_bytes = 8 * bs as u64;
+    });
+    let handles = open_read_only(&fs, &files).await;
+    for fh in &handles[..5] {
+        let header = fs.read(*fh, 0, 4096).await.unwrap();
+        assert_eq!(header.len(), 4096);
+    }
+    faulty.set(StoreOp::Get, StoreFault::Slow(Duration::from_millis(40)));
+    let (last, data) = (handles[5], &files[5].1);
+    let mut got = Vec::new();
+    loop {
+        let page = fs.read(last, got.len() as u64, (bs / 2) as u32).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        got.extend_from_slice(&page);
+    }
+    assert_same(&got, data, "deck5");
+    let most = faulty.most_gets_in_flight();
+    assert!(
+        most >= 2,
+        "the sequential reader fetched ahead ({most} GETs at once)"
+    );
+    for fh in handles {
+        fs.release(fh, caller()).await.unwrap();
+    }
+}
+
 /// Reads `len` bytes at `offset` of `ino` through a fresh open, so the read is a seek.
 async fn read_at(
     fs: &DriveFs<BlockStore>,

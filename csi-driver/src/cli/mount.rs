@@ -108,7 +108,7 @@ pub struct MountArgs {
     pub technical_metadata: bool,
     /// Bytes of blocks held by open files across the mount: prefetched ahead of sequential
     /// readers (each file's window is at most 64 MiB, and at most its even share of this
-    /// budget among the files being read) and each file's block being read. One of the
+    /// budget among the files read sequentially) and each file's block being read. One of the
     /// budgets that add up to the mount's memory bound ([`MEMORY_BOUND`]).
     #[arg(long, default_value_t = 64 << 20)]
     pub read_buffer_size: u64,

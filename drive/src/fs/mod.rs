@@ -72,7 +72,7 @@ pub struct FsConfig {
     /// Largest sequential prefetch window of one open file, in bytes.
     pub readahead_bytes: u64,
     /// Block bytes open files hold at once across the mount: blocks fetched ahead of readers
-    /// and not yet read, and the block each open file is reading. Each file being read
+    /// and not yet read, and the block each open file is reading. Each file read sequentially
     /// fetches ahead at most its even share of it, less the block it reads. With many files
     /// open, prefetch stops at this bound and a file beyond it keeps no block between reads
     /// (it reads again through the memory cache), instead of memory growing with the number

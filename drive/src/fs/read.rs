@@ -4,7 +4,7 @@
 //! only the verified frames it needs (`BlockIo::get_block_range`). Every block a reader holds
 //! (fetched ahead, or the one it is reading) holds a permit of the mount's read buffers, so
 //! memory does not grow with the number of open files. The buffers are shared evenly among
-//! the files being read ([`ReadBuffers`]): one sequential reader cannot take them all and
+//! the files read sequentially ([`ReadBuffers`]): one sequential reader cannot take them all and
 //! leave the others without room for the block each is reading, which each would then fetch
 //! again for every request in it.
 
@@ -37,8 +37,8 @@ type Prefetch = JoinHandle<Result<(Bytes, OwnedSemaphorePermit), FsError>>;
 pub(crate) struct ReadBuffers {
     permits: Arc<Semaphore>,
     blocks: u64,
-    /// Readers that have read since they were opened (a file opened and not read takes no
-    /// share).
+    /// Readers reading sequentially (with a prefetch window open): a file opened and not
+    /// read, or read at one place (a header), takes no share.
     readers: AtomicU64,
 }
 
@@ -81,7 +81,7 @@ pub(crate) struct Reader<B: BlockIo, M: MetaStore> {
     current: Option<(u64, Bytes, OwnedSemaphorePermit)>,
     prefetch: BTreeMap<u64, Prefetch>,
     buffers: Arc<ReadBuffers>,
-    /// Whether this reader counts in `buffers.readers` (from its first read).
+    /// Whether this reader counts in `buffers.readers` (while its window is open).
     counted: bool,
     next_offset: u64,
     window: u64,
@@ -176,10 +176,6 @@ impl<B: BlockIo, M: MetaStore> Reader<B, M> {
     /// Updates the sequential-read detector: the kernel's own readahead keeps requests close
     /// to each other but not always in order, so "near the last end" counts as sequential.
     fn track(&mut self, offset: u64, end: u64) {
-        if !self.counted {
-            self.counted = true;
-            self.buffers.readers.fetch_add(1, Ordering::Relaxed);
-        }
         let slack = self.block_size;
         let sequential = offset + slack >= self.next_offset && offset <= self.next_offset + slack;
         if sequential && self.next_offset > 0 {
@@ -197,6 +193,19 @@ impl<B: BlockIo, M: MetaStore> Reader<B, M> {
             });
         }
         self.next_offset = end;
+        self.count_as_reader(self.window > 0);
+    }
+
+    /// Counts this reader among the sequential readers sharing the buffers, or stops.
+    fn count_as_reader(&mut self, sequential: bool) {
+        if sequential != self.counted {
+            self.counted = sequential;
+            if sequential {
+                self.buffers.readers.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.buffers.readers.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Starts fetching the blocks of the window after `end`.
@@ -283,8 +292,6 @@ impl<B: BlockIo, M: MetaStore> Drop for Reader<B, M> {
         for task in self.prefetch.values() {
             task.abort();
         }
-        if self.counted {
-            self.buffers.readers.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.count_as_reader(false);
     }
 }

@@ -627,6 +627,15 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
     async fn start_upload(&self, inner: &mut Inner, idx: u64, len: u64) -> Result<(), FsError> {
         let slot = match inner.blocks.get(&idx) {
             Some(Dirty::Staged { slot, .. }) => Some(*slot),
+            // Uploading it would store zeros where committed bytes belong.
+            Some(Dirty::Buffered {
+                buf, base: Some(b), ..
+            }) if (buf.len() as u64) < b.len.min(len) => {
+                return Err(FsError::new(
+                    FsErrorKind::Io,
+                    "a block's committed bytes were not merged before its upload",
+                ));
+            }
             Some(Dirty::Buffered { .. }) => None,
             _ => return Ok(()),
         };
@@ -647,16 +656,7 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
                 read_fully(&staging, &mut buf, slot * bs)?;
                 Ok(blocks.put_block(Bytes::from(buf)).await?)
             }),
-            (
-                None,
-                Some(Dirty::Buffered {
-                    mut buf,
-                    budget,
-                    base,
-                }),
-            ) => {
-                // A base is merged before a block not written to its end is uploaded.
-                debug_assert!(base.is_none() || buf.len() as u64 >= len, "base not merged");
+            (None, Some(Dirty::Buffered { mut buf, budget, .. })) => {
                 // Bytes past what was written (a block a truncate grew) are a hole: zeros.
                 buf.resize(len as usize, 0);
                 tokio::spawn(async move {
