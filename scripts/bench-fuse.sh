@@ -29,6 +29,8 @@
 #                        (studiodrive*, bindfs, rclone, s3fs). rclone's write rate is to its
 #                        VFS cache: the mixed workload does not wait for its uploads.
 #   GOAL_RSS_MIB [256]   the peak-RSS goal of the mount under the mixed load
+#   SD_BIN []            a studiodrive-csi binary to measure instead of building this tree's
+#                        (to compare two builds A B A B)
 #   SD_MOUNT_ARGS []     extra options of the studiodrive* mounts (e.g. budgets to compare:
 #                        --memory-cache-size 33554432), split on spaces
 #   WORKLOADS [seq small frames ls mixed]  space-separated subset of the workloads to run
@@ -88,10 +90,15 @@ S3_REGION=${S3_REGION:-us-east-1}
 install_missing fio:fio bindfs:bindfs rclone:rclone s3fs:s3fs python3:python3 fusermount3:fuse3 initdb:postgresql setfacl:acl
 
 # ---- build ------------------------------------------------------------------------------
-say "cargo build --release -p drive-csi"
-cargo build --release -p drive-csi --bin studiodrive-csi
 TARGET_DIR=$(target_dir)
-SD=$TARGET_DIR/release/studiodrive-csi
+if [ -n "${SD_BIN:-}" ]; then
+    [ -x "$SD_BIN" ] || die "SD_BIN=$SD_BIN is not an executable"
+    SD=$SD_BIN
+else
+    say "cargo build --release -p drive-csi"
+    cargo build --release -p drive-csi --bin studiodrive-csi
+    SD=$TARGET_DIR/release/studiodrive-csi
+fi
 S3_SERVER_BIN=""
 if [ -z "${S3_ENDPOINT:-}" ] && [ -e testkit/src/bin/studiodrive-s3-server.rs ]; then
     say "cargo build --release -p drive-testkit --bin studiodrive-s3-server"
@@ -132,7 +139,7 @@ mkdir -p "$WORK"/mnt "$WORK"/data "$WORK"/bin
 # Run private copies: the shared target dir may be rebuilt by someone else during the run.
 cp "$SD" "$WORK/bin/" && SD=$WORK/bin/studiodrive-csi
 if [ -n "$S3_SERVER_BIN" ]; then cp "$S3_SERVER_BIN" "$WORK/bin/" && S3_SERVER_BIN=$WORK/bin/studiodrive-s3-server; fi
-echo "studiodrive-csi: $(git -C "$REPO" rev-parse --short HEAD)$(git -C "$REPO" diff --quiet HEAD -- drive csi-driver || echo ' + uncommitted changes')" >&2
+if [ -n "${SD_BIN:-}" ]; then echo "studiodrive-csi: $SD_BIN" >&2; else echo "studiodrive-csi: $(git -C "$REPO" rev-parse --short HEAD)$(git -C "$REPO" diff --quiet HEAD -- drive csi-driver || echo ' + uncommitted changes')" >&2; fi
 
 # ---- S3 server --------------------------------------------------------------------------
 S3_OK=""
