@@ -137,7 +137,7 @@ if [ -d "$WORK" ]; then
 fi
 mkdir -p "$WORK"/mnt "$WORK"/data "$WORK"/bin
 # Run private copies: the shared target dir may be rebuilt by someone else during the run.
-cp "$SD" "$WORK/bin/" && SD=$WORK/bin/studiodrive-csi
+cp "$SD" "$WORK/bin/studiodrive-csi" && SD=$WORK/bin/studiodrive-csi
 if [ -n "$S3_SERVER_BIN" ]; then cp "$S3_SERVER_BIN" "$WORK/bin/" && S3_SERVER_BIN=$WORK/bin/studiodrive-s3-server; fi
 if [ -n "${SD_BIN:-}" ]; then echo "studiodrive-csi: $SD_BIN" >&2; else echo "studiodrive-csi: $(git -C "$REPO" rev-parse --short HEAD)$(git -C "$REPO" diff --quiet HEAD -- drive csi-driver || echo ' + uncommitted changes')" >&2; fi
 
