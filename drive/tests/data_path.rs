@@ -1370,6 +1370,13 @@ async fn six_files_on_a_faulty_store(
     (faulty, rig, files)
 }
 
+/// Releases each of `handles`.
+async fn release_all(fs: &DriveFs<BlockStore>, handles: Vec<u64>) {
+    for fh in handles {
+        fs.release(fh, caller()).await.unwrap();
+    }
+}
+
 /// Opens each of `files` for reading; their handles, in order.
 async fn open_read_only(fs: &DriveFs<BlockStore>, files: &[(u64, Vec<u8>)]) -> Vec<u64> {
     let read_only = OpenFlags {
@@ -1415,9 +1422,7 @@ async fn open_files_keep_blocks_only_within_the_read_buffers() {
         files_n + (files_n - buffers),
         "one GET per file, and one more per file beyond the {buffers} read buffers"
     );
-    for fh in handles {
-        fs.release(fh, caller()).await.unwrap();
-    }
+    release_all(&fs, handles).await;
 }
 
 // Catches: prefetch that grows with the number of open files (each sequential reader's
@@ -1460,9 +1465,7 @@ async fn prefetch_stays_within_the_mount_budget_across_many_readers() {
         most <= budget_blocks + 1,
         "{most} GETs at once: more than the budget's {budget_blocks} blocks and one read"
     );
-    for fh in handles {
-        fs.release(fh, caller()).await.unwrap();
-    }
+    release_all(&fs, handles).await;
 }
 
 // Catches: a sequential reader whose window takes every read buffer, again each time one is
@@ -1512,9 +1515,7 @@ async fn read_buffers_are_shared_among_the_files_being_read() {
         gets <= blocks + 4,
         "{gets} GETs for {blocks} blocks: a file kept no block between its reads"
     );
-    for fh in handles {
-        fs.release(fh, caller()).await.unwrap();
-    }
+    release_all(&fs, handles).await;
 }
 
 // Catches: files opened and read at one place (a compositor reading the headers of its
@@ -1550,9 +1551,7 @@ async fn files_read_at_one_place_take_no_share_of_the_read_buffers() {
         most >= 2,
         "the sequential reader fetched ahead ({most} GETs at once)"
     );
-    for fh in handles {
-        fs.release(fh, caller()).await.unwrap();
-    }
+    release_all(&fs, handles).await;
 }
 
 /// Reads `len` bytes at `offset` of `ino` through a fresh open, so the read is a seek.

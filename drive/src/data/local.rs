@@ -129,27 +129,20 @@ fn write_direct(f: &std::fs::File, data: &[u8]) -> std::io::Result<()> {
     written
 }
 
-/// Reads object `path` whole (a large one into a pooled buffer).
+/// Reads object `path` whole (a large one into a pooled buffer). Objects are never rewritten
+/// in place (a new one is renamed over), so the length read is the object's; a short read
+/// can only be a damaged file, which decoding refuses.
 fn read_object(path: &Path) -> std::io::Result<Bytes> {
     let file = std::fs::File::open(path)?;
     let len = usize::try_from(file.metadata()?.len()).map_err(|_| std::io::ErrorKind::FileTooLarge)?;
     if len < LARGE_OBJECT {
-        let mut out = vec![0u8; len];
-        let filled = read_at_most(&file, &mut out, 0)?;
-        out.truncate(filled);
-        return Ok(Bytes::from(out));
+        return read_into(&file, vec![0u8; len], 0).map(Bytes::from);
     }
-    let mut buf = BUFFERS.take(len);
-    // Objects are never rewritten in place (a new one is renamed over), so the length read
-    // is the object's; a short read can only be a damaged file, which decoding refuses.
-    let filled = read_at_most(&file, &mut buf, 0)?;
-    buf.truncate(filled);
-    Ok(BUFFERS.bytes(buf))
+    read_into(&file, BUFFERS.take(len), 0).map(|buf| BUFFERS.bytes(buf))
 }
 
-/// Fills `buf` from `offset` of `file` until the buffer is full or the file ends; the bytes
-/// read.
-fn read_at_most(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+/// Fills `buf` from `offset` of `file`, cut short where the file ends.
+fn read_into(file: &std::fs::File, mut buf: Vec<u8>, offset: u64) -> std::io::Result<Vec<u8>> {
     let mut filled = 0;
     while filled < buf.len() {
         match file.read_at(&mut buf[filled..], offset + filled as u64) {
@@ -159,7 +152,8 @@ fn read_at_most(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::R
             Err(e) => return Err(e),
         }
     }
-    Ok(filled)
+    buf.truncate(filled);
+    Ok(buf)
 }
 
 fn write_atomically(root: &Path, path: &Path, data: &[u8]) -> std::io::Result<()> {
@@ -303,10 +297,8 @@ impl ChunkStore for LocalChunkStore {
             let path = self.path(key)?;
             blocking("get", key, move || {
                 let file = std::fs::File::open(path)?;
-                let mut out = vec![0u8; range.end.saturating_sub(range.start) as usize];
-                let filled = read_at_most(&file, &mut out, range.start)?;
-                out.truncate(filled);
-                Ok(Bytes::from(out))
+                let len = range.end.saturating_sub(range.start) as usize;
+                read_into(&file, vec![0u8; len], range.start).map(Bytes::from)
             })
             .await
         }

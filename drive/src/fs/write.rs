@@ -4,10 +4,11 @@
 //! (a new file, appends, a sequential overwrite) is filled in memory and uploaded from that
 //! buffer as soon as it is full: one copy per byte, no local file (the common case of
 //! renders and transcodes). The mount's write-buffer budget bounds those buffers; a block
-//! written out of order, or while the budget is spent, lands in a local staging file instead (unlinked at creation, so a crash leaves nothing behind), one
-//! block-sized slot per dirty block, and is uploaded once all its bytes are written. A
-//! mount-wide semaphore bounds uploads in flight (and so memory: one block buffer per
-//! permit); a writer that outruns the object store waits for a permit (back-pressure).
+//! written out of order, or while the budget is spent, lands in a local staging file instead
+//! (unlinked at creation, so a crash leaves nothing behind), one block-sized slot per dirty
+//! block, and is uploaded once all its bytes are written. A mount-wide semaphore bounds
+//! uploads in flight (and so memory: one block buffer per permit); a writer that outruns the
+//! object store waits for a permit (back-pressure).
 //! Partly written blocks are completed from the old block only when needed (read-modify-write
 //! at commit or on read), so sequential overwrites never read old content. A block uploaded
 //! from memory keeps no local copy: writing it again fetches it back, and the mount renews
