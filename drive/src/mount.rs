@@ -94,6 +94,10 @@ pub struct MountSpec {
     pub disk_cache: DiskCache,
     /// Bytes of verified block plaintext kept in memory (0 turns it off).
     pub memory_cache_bytes: u64,
+    /// Also copy full blocks this mount uploads into the disk cache (small files and the
+    /// tails of files always are): reading back what this node wrote is then warm, at the
+    /// cost of a second disk write of every byte written.
+    pub cache_large_writes: bool,
     /// Block bytes open files hold at once across the mount ([`FsConfig::read_buffer_bytes`]).
     pub read_buffer_bytes: u64,
     /// Block bytes write sessions fill in memory across the mount
@@ -129,6 +133,7 @@ impl MountSpec {
             staging_dir,
             disk_cache: DiskCache::Off,
             memory_cache_bytes: 0,
+            cache_large_writes: false,
             read_buffer_bytes: fs.read_buffer_bytes,
             write_buffer_bytes: fs.write_buffer_bytes,
             meta_cache_entries: fs.meta_cache_entries,
@@ -442,6 +447,9 @@ pub async fn open<M: MetaStore>(
         DiskCache::Opened(cache) => Some(cache.clone()),
     };
     let mut blocks = BlockStore::new(meta.clone(), store, codec, cache);
+    if !spec.cache_large_writes {
+        blocks = blocks.cache_uploads_below(resolved.workspace.block_size.into());
+    }
     if spec.memory_cache_bytes > 0 {
         blocks = blocks.with_memory_cache(Arc::new(MemoryCache::new(spec.memory_cache_bytes)));
     }

@@ -491,6 +491,44 @@ async fn an_opened_cache_is_shared() {
     assert!(!Path::new(&rig.dir.path().join("cache-b")).exists());
 }
 
+/// Full blocks a mount uploads stay out of its disk cache unless `cache_large_writes`; the
+/// tail of a file is cached either way, and a full block is cached once it is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_uploaded_blocks_are_cached_only_when_asked() {
+    let rig = Rig::new();
+    let block = MIN_BLOCK_SIZE as usize;
+    let file = |seed: u32| -> Vec<u8> {
+        (0..block * 5 / 2)
+            .map(|i| ((i as u32).wrapping_add(seed << 24)).wrapping_mul(2_654_435_761).to_le_bytes()[3])
+            .collect()
+    };
+    let cached = |m: &OpenedMount<MemMetaStore>| m.blocks.cache().expect("a disk cache").len();
+
+    let mut spec = Rig::creating(rig.spec("studio", live("/"), None, "default"));
+    spec.memory_cache_bytes = 0; // reads below reach the disk cache or the store
+    assert!(!spec.cache_large_writes, "off by default");
+    let default = rig.open(&spec).await.expect("open");
+    assert_eq!(default.resolved.workspace.block_size, MIN_BLOCK_SIZE);
+    let first = file(1);
+    put(&default.fs, "/first.exr", &first).await;
+    default.fs.flush_all().await.expect("flush_all");
+    assert_eq!(
+        default.blocks.stats().puts.load(std::sync::atomic::Ordering::Relaxed),
+        3,
+        "two full blocks and a tail uploaded"
+    );
+    assert_eq!(cached(&default), 1, "only the tail is cached");
+    assert_eq!(get(&default.fs, "/first.exr").await, Ok(first));
+    assert_eq!(cached(&default), 3, "full blocks are cached once read");
+
+    let mut spec = rig.spec("studio", live("/"), None, "large");
+    spec.cache_large_writes = true;
+    let large = rig.open(&spec).await.expect("open");
+    put(&large.fs, "/second.exr", &file(2)).await;
+    large.fs.flush_all().await.expect("flush_all");
+    assert_eq!(cached(&large), 3, "every uploaded block is cached");
+}
+
 /// A mount's access switch: read-only refuses changes with EROFS and keeps reads, denied
 /// refuses lookups and opens with EACCES, and restoring it restores both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

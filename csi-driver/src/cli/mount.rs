@@ -49,6 +49,12 @@ pub struct MountArgs {
     /// the budgets that add up to the mount's memory bound ([`MEMORY_BOUND`]).
     #[arg(long, default_value_t = 32 << 20)]
     pub memory_cache_size: u64,
+    /// Also write full blocks this mount uploads to the cache, so reading back what this
+    /// node wrote is served from its disk; without it only small files and the last blocks
+    /// of files are, and every other written byte reaches the disk once (in the object
+    /// store) instead of twice.
+    #[arg(long, env = "STUDIODRIVE_CACHE_LARGE_WRITES")]
+    pub cache_large_writes: bool,
     /// Evict cached blocks while the cache's file system has less than this fraction free
     /// (as `df` counts it: 100% minus its Use%). The default, 0.15, stays above kubelet's
     /// 10% eviction threshold.
@@ -320,6 +326,7 @@ fn mount_spec(args: &MountArgs, state: &Path, secrets: &PublishSecrets) -> anyho
         spec.disk_cache = DiskCache::Open(cfg);
     }
     spec.memory_cache_bytes = args.memory_cache_size;
+    spec.cache_large_writes = args.cache_large_writes;
     spec.read_buffer_bytes = args.read_buffer_size;
     spec.write_buffer_bytes = args.write_buffer_size;
     spec.meta_cache_entries = args.metadata_cache_entries;

@@ -71,6 +71,8 @@ struct Inner<M> {
     memory: Option<Arc<MemoryCache>>,
     /// Whether the node cache keeps copies of this store's objects: not of a local store.
     cache_copies: bool,
+    /// Uploads of at least this many plaintext bytes are not copied into the node cache.
+    uncached_upload_len: u64,
     inflight: Mutex<HashMap<BlockHash, Fetch>>,
     /// Headers and frame tables of blocks read in part, verified: the next random read in
     /// such a block fetches only its frames (one GET, not two).
@@ -106,7 +108,8 @@ pub fn block_key(hash: &BlockHash) -> String {
 
 impl<M: MetaStore> BlockStore<M> {
     /// Blocks encoded by `codec` in `store`, cached in `cache` when given. Written and fetched
-    /// blocks go into the cache, so reading back what this node wrote is warm; not in front
+    /// blocks go into the cache, so reading back what this node wrote is warm (see
+    /// [`BlockStore::cache_uploads_below`] to keep large uploads out); not in front
     /// of a local store, whose objects already are on this node's disk (each block would be
     /// written twice: about a third of the mount's CPU per written GB, and half of a cold
     /// read's, in profiles).
@@ -125,6 +128,7 @@ impl<M: MetaStore> BlockStore<M> {
                 cache,
                 memory: None,
                 cache_copies,
+                uncached_upload_len: u64::MAX,
                 inflight: Mutex::new(HashMap::new()),
                 tables: Mutex::new(lru::LruCache::new(TABLES_KEPT)),
                 stats: DataStats::default(),
@@ -138,6 +142,18 @@ impl<M: MetaStore> BlockStore<M> {
         Arc::get_mut(&mut self.inner)
             .expect("a BlockStore is configured before it is shared")
             .memory = Some(memory);
+        self
+    }
+
+    /// Copies only blocks shorter than `len` bytes into the node cache when they are
+    /// uploaded (fetched blocks are always cached). With a workspace's block size this keeps
+    /// full blocks out and small files and the tails of files in: writing a copy of every
+    /// uploaded block doubled the disk writes of a node writing to S3, and cost about 40% of
+    /// the frames-write rate in the bench (docs/benchmarks.md). Call before first use.
+    pub fn cache_uploads_below(mut self, len: u64) -> BlockStore<M> {
+        Arc::get_mut(&mut self.inner)
+            .expect("a BlockStore is configured before it is shared")
+            .uncached_upload_len = len;
         self
     }
 
@@ -195,6 +211,7 @@ impl<M: MetaStore> BlockStore<M> {
         // The record stays `created` until the content commit that references the block makes
         // it available (one metadata commit fewer per block).
         if inner.cache_copies
+            && len < inner.uncached_upload_len
             && let Some(cache) = &inner.cache
         {
             cache.insert(hash, object).await;
