@@ -920,3 +920,85 @@ async fn a_version_1_technical_datastore_is_widened_to_take_sequence_summaries()
         .unwrap();
     assert_eq!(kept.iter().map(|d| &d.body).collect::<Vec<_>>(), [&file_doc]);
 }
+
+/// A block path whose fetches wait on a timer that never fires, saying when one starts.
+struct StalledFetches(tokio::sync::mpsc::UnboundedSender<()>);
+
+impl drive::fs::BlockIo for StalledFetches {
+    async fn put_block(&self, _data: bytes::Bytes) -> Result<[u8; 32], drive::fs::BlockIoError> {
+        Err(refused())
+    }
+
+    async fn get_block(&self, _hash: [u8; 32], _len: u64) -> Result<bytes::Bytes, drive::fs::BlockIoError> {
+        let _ = self.0.send(());
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        Err(refused())
+    }
+
+    async fn renew_blocks(&self, _hashes: &[[u8; 32]]) -> Result<Vec<[u8; 32]>, drive::fs::BlockIoError> {
+        Err(refused())
+    }
+
+    async fn get_block_range(
+        &self,
+        hash: [u8; 32],
+        len: u64,
+        _range: std::ops::Range<u64>,
+    ) -> Result<bytes::Bytes, drive::fs::BlockIoError> {
+        self.get_block(hash, len).await
+    }
+}
+
+fn refused() -> drive::fs::BlockIoError {
+    drive::fs::BlockIoError::new(drive::fs::BlockErrorKind::Refused, "not in this test", "stalled")
+}
+
+/// A mount that stops while its extractor reads a header: the runtime drops the fetch, and
+/// nothing polls its timer after the timer driver stopped (which panicked in a blocking
+/// thread at every such unmount).
+#[test]
+fn an_extraction_in_flight_when_the_mount_stops_ends_without_a_panic() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use drive::model::WorkspaceKind;
+
+    let panics = Arc::new(AtomicUsize::new(0));
+    let counted = panics.clone();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        previous(info);
+    }));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = common::store().await;
+        let ws = common::workspace(&store, "media", WorkspaceKind::Team).await;
+        let ino = new_file(&store, &ws, "sh010.1001.exr").await;
+        let (hash, len) = ([9; 32], 64 << 10);
+        store.register_block(&hash, len, len).await.unwrap();
+        let change = drive::meta::BlockChange {
+            idx: 0,
+            block: Some((hash, len)),
+        };
+        let now = drive::ports::Clock::now(&drive::ports::SystemClock);
+        store
+            .commit_content(&common::actor(), ws.id, ino, 0, &[change], len, now)
+            .await
+            .unwrap();
+        let (started, mut fetching) = tokio::sync::mpsc::unbounded_channel();
+        let extractor =
+            drive::media::extract::TechnicalExtractor::start(store.clone(), Arc::new(StalledFetches(started)), &ws)
+                .await
+                .unwrap();
+        tokio::spawn(async move { extractor.extract(ino, len, Some("sh010.1001.exr".into())).await });
+        fetching.recv().await.expect("the extractor fetches the file's first block");
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(30));
+    assert_eq!(panics.load(Ordering::SeqCst), 0, "a thread panicked as the runtime stopped");
+}
+

@@ -454,11 +454,14 @@ impl<B: BlockIo> FileSource<B> {
         if let Some(b) = lock(&self.blocks).get(&idx) {
             return Ok(b.clone());
         }
-        let inner = &self.inner;
-        let bytes = inner.runtime.block_on(async {
+        let (inner, ino) = (self.inner.clone(), self.ino);
+        // Run by the runtime, which drops it when it stops (this wait then ends with an
+        // error), not polled on this thread: there its timers would be polled after their
+        // driver stopped, which panics.
+        let fetch = self.inner.runtime.spawn(async move {
             let map = inner
                 .meta
-                .block_map(View::Live, self.ino, idx, 1)
+                .block_map(View::Live, ino, idx, 1)
                 .await
                 .map_err(io::Error::other)?;
             match map.first() {
@@ -470,7 +473,8 @@ impl<B: BlockIo> FileSource<B> {
                 // A hole reads as zeros.
                 _ => Ok(Bytes::new()),
             }
-        })?;
+        });
+        let bytes = self.inner.runtime.block_on(fetch).map_err(io::Error::other)??;
         lock(&self.blocks).insert(idx, bytes.clone());
         Ok(bytes)
     }
