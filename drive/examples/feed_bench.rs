@@ -78,16 +78,27 @@ async fn server_counters(raw: &tokio_postgres::Client) -> anyhow::Result<(f64, f
     Ok((row.get(0), row.get(1)))
 }
 
+/// The load of one run: mounts reading the feed, events written per second, for how long.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    mounts: usize,
+    events_per_s: u64,
+    seconds: u64,
+}
+
 async fn run(
     kind: Kind,
     pg: &drive_testkit::pg::PgServer,
     store: &PgMetaStore,
     raw: &tokio_postgres::Client,
     workspaces: &[Workspace],
-    mounts: usize,
-    events_per_s: u64,
-    seconds: u64,
+    load: Load,
 ) -> anyhow::Result<Figures> {
+    let Load {
+        mounts,
+        events_per_s,
+        seconds,
+    } = load;
     let stop = Arc::new(AtomicBool::new(false));
     let polls = Arc::new(AtomicU64::new(0));
     let delivered = Arc::new(AtomicU64::new(0));
@@ -127,7 +138,7 @@ async fn run(
         ticks.tick().await;
         let w = n % workspaces.len();
         let ws = &workspaces[w];
-        let name = Name::parse(&format!("{}-{n}", rand::random::<u64>())).expect("valid name");
+        let name = Name::parse(format!("{}-{n}", rand::random::<u64>())).expect("valid name");
         store
             .create(
                 &actor,
@@ -212,17 +223,12 @@ async fn main() -> anyhow::Result<()> {
     .into_iter()
     .enumerate()
     {
-        let f = run(
-            kind,
-            &pg,
-            &store,
-            &raw,
-            &workspaces,
+        let load = Load {
             mounts,
             events_per_s,
             seconds,
-        )
-        .await?;
+        };
+        let f = run(kind, &pg, &store, &raw, &workspaces, load).await?;
         println!(
             "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} / {} |",
             i + 1,

@@ -991,14 +991,23 @@ fn an_extraction_in_flight_when_the_mount_stops_ends_without_a_panic() {
             .await
             .unwrap();
         let (started, mut fetching) = tokio::sync::mpsc::unbounded_channel();
-        let extractor =
-            drive::media::extract::TechnicalExtractor::start(store.clone(), Arc::new(StalledFetches(started)), &ws)
-                .await
-                .unwrap();
+        let extractor = drive::media::extract::TechnicalExtractor::start(
+            store.clone(),
+            Arc::new(StalledFetches(started)),
+            &ws,
+        )
+        .await
+        .unwrap();
         tokio::spawn(async move { extractor.extract(ino, len, Some("sh010.1001.exr".into())).await });
-        fetching.recv().await.expect("the extractor fetches the file's first block");
+        fetching
+            .recv()
+            .await
+            .expect("the extractor fetches the file's first block");
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(30));
-    assert_eq!(panics.load(Ordering::SeqCst), 0, "a thread panicked as the runtime stopped");
+    assert_eq!(
+        panics.load(Ordering::SeqCst),
+        0,
+        "a thread panicked as the runtime stopped"
+    );
 }
-

@@ -499,7 +499,11 @@ async fn full_uploaded_blocks_are_cached_only_when_asked() {
     let block = MIN_BLOCK_SIZE as usize;
     let file = |seed: u32| -> Vec<u8> {
         (0..block * 5 / 2)
-            .map(|i| ((i as u32).wrapping_add(seed << 24)).wrapping_mul(2_654_435_761).to_le_bytes()[3])
+            .map(|i| {
+                ((i as u32).wrapping_add(seed << 24))
+                    .wrapping_mul(2_654_435_761)
+                    .to_le_bytes()[3]
+            })
             .collect()
     };
     let cached = |m: &OpenedMount<MemMetaStore>| m.blocks.cache().expect("a disk cache").len();
@@ -513,7 +517,11 @@ async fn full_uploaded_blocks_are_cached_only_when_asked() {
     put(&default.fs, "/first.exr", &first).await;
     default.fs.flush_all().await.expect("flush_all");
     assert_eq!(
-        default.blocks.stats().puts.load(std::sync::atomic::Ordering::Relaxed),
+        default
+            .blocks
+            .stats()
+            .puts
+            .load(std::sync::atomic::Ordering::Relaxed),
         3,
         "two full blocks and a tail uploaded"
     );
