@@ -524,6 +524,25 @@ impl<B: BlockIo> Filesystem for DriveFuse<B> {
         });
     }
 
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let who = caller(req);
+        self.spawn("fallocate", move |fs| async move {
+            match fs.allocate(ino.0, fh.0, offset, length, mode, who).await {
+                Ok(()) => done(reply),
+                Err(e) => failed(reply, "fallocate", &e),
+            }
+        });
+    }
+
     fn write(
         &self,
         _req: &Request,

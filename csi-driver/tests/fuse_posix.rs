@@ -223,6 +223,56 @@ fn sequential_reads_get_the_mounts_readahead_and_the_written_bytes() -> anyhow::
 // over 255 bytes (ERANGE) and values over 64 KiB (E2BIG) before the mount sees them; the
 // mount's own limits are the same, so everything up to them must be stored.
 
+/// fallocate(2) without glibc's fallback: the default mode extends the file as ftruncate
+/// would (the bytes before stay, the rest reads as zeros, and a remount keeps the size),
+/// `FALLOC_FL_KEEP_SIZE` changes nothing, and other modes are EOPNOTSUPP.
+#[test]
+#[allow(unsafe_code)]
+fn fallocate_extends_the_file_and_refuses_other_modes() -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+
+    let storage = Storage::new()?;
+    let mut m = Mount::new(&storage, &["--block-size", "65536"])?;
+    let path = m.path("preallocated.bin");
+    fs::write(&path, b"head")?;
+    let file = OpenOptions::new().read(true).write(true).open(&path)?;
+    let fallocate = |mode: i32, offset: i64, len: i64| {
+        // SAFETY: the descriptor is open for the whole call.
+        check(unsafe { libc::fallocate(file.as_raw_fd(), mode, offset, len) } as isize)
+    };
+    let size = 1i64 << 30;
+    fallocate(0, 0, size)?;
+    assert_eq!(file.metadata()?.len(), size as u64);
+    fallocate(0, 4096, 8192)?; // inside the file: nothing to do
+    fallocate(libc::FALLOC_FL_KEEP_SIZE, 0, 2 * size)?;
+    assert_eq!(file.metadata()?.len(), size as u64, "KEEP_SIZE keeps the size");
+    for mode in [
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        libc::FALLOC_FL_ZERO_RANGE,
+        libc::FALLOC_FL_COLLAPSE_RANGE,
+    ] {
+        assert_eq!(
+            err(fallocate(mode, 0, 65536)),
+            Err(libc::EOPNOTSUPP),
+            "mode {mode:#x}"
+        );
+    }
+    let mut head = [0u8; 4];
+    file.read_exact_at(&mut head, 0)?;
+    assert_eq!(&head, b"head");
+    let mut tail = vec![1u8; 65536];
+    file.read_exact_at(&mut tail, size as u64 - 65536)?;
+    assert!(
+        tail.iter().all(|&b| b == 0),
+        "the preallocated range reads as zeros"
+    );
+    drop(file);
+    assert!(m.stop()?.success());
+    let m = Mount::new(&storage, &["--block-size", "65536"])?;
+    assert_eq!(fs::metadata(m.path("preallocated.bin"))?.len(), size as u64);
+    Ok(())
+}
+
 fn c_string(bytes: &[u8]) -> CString {
     CString::new(bytes).expect("no NUL inside a path or attribute name")
 }

@@ -276,6 +276,50 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
         Ok(data.len() as u32)
     }
 
+    /// `fallocate(2)` through handle `fh` of `ino`. Blocks are stored when written, so there
+    /// is no space to reserve: the default mode extends the file to `offset + len` as
+    /// `ftruncate` would (a hole, read as zeros; `posix_fallocate` then returns at once instead
+    /// of writing a zero into every 4 KiB of the range), and `FALLOC_FL_KEEP_SIZE` changes
+    /// nothing. Punching holes, zeroing, collapsing or inserting ranges is refused
+    /// (EOPNOTSUPP), as is a handle not open for writing (EBADF).
+    pub async fn allocate(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+        caller: Caller,
+    ) -> Result<(), FsError> {
+        /// `FALLOC_FL_KEEP_SIZE` of linux/falloc.h.
+        const KEEP_SIZE: i32 = 0x01;
+        let handle = self.handle(fh)?;
+        if !handle.flags.write {
+            return Err(FsError::new(
+                FsErrorKind::BadHandle,
+                "handle is not open for writing",
+            ));
+        }
+        if mode & !KEEP_SIZE != 0 {
+            return Err(FsError::new(
+                FsErrorKind::NotSupported,
+                format!("fallocate mode {mode:#x}: only preallocation is supported"),
+            ));
+        }
+        let end = offset
+            .checked_add(len)
+            .filter(|&end| end <= crate::fs::MAX_FILE_SIZE)
+            .ok_or_else(|| FsError::new(FsErrorKind::TooBig, "fallocate past the largest file size"))?;
+        if mode & KEEP_SIZE != 0 || end <= self.getattr(ino).await?.size {
+            return Ok(());
+        }
+        let grow = crate::model::SetAttr {
+            size: Some(end),
+            ..Default::default()
+        };
+        self.setattr(ino, grow, caller).await.map(|_| ())
+    }
+
     /// `close(2)` of one descriptor: commits the file's staged content.
     pub async fn flush(&self, fh: u64, caller: Caller) -> Result<(), FsError> {
         let handle = self.handle(fh)?;
