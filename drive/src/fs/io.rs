@@ -14,7 +14,7 @@ use crate::fs::Pending;
 use crate::fs::blocks::BlockIo;
 use crate::fs::error::{FsError, FsErrorKind};
 use crate::fs::namespace::parse_name;
-use crate::fs::write::{DeferredCreate, WriteSession};
+use crate::fs::write::{DeferredCreate, WriteSession, range_end};
 use crate::fs::{Caller, DriveFs, Handle, OpenFlags, Opened, lock};
 use crate::meta::new_inode_attr;
 use crate::model::{Attr, NewNode, NodeId, NodeKind};
@@ -253,12 +253,7 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
     /// Writes `data` at `offset` (at the end for O_APPEND handles); returns bytes written.
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
         let handle = self.handle(fh)?;
-        let Some(session) = handle.session.as_ref().filter(|_| handle.flags.write) else {
-            return Err(FsError::new(
-                FsErrorKind::BadHandle,
-                "handle is not open for writing",
-            ));
-        };
+        let session = Self::writing_session(&handle)?;
         Self::lost_writes(&handle)?;
         let headroom = self.quota_headroom().await;
         match session.write(offset, data, handle.flags.append, headroom).await {
@@ -293,23 +288,14 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
     ) -> Result<(), FsError> {
         /// `FALLOC_FL_KEEP_SIZE` of linux/falloc.h.
         const KEEP_SIZE: i32 = 0x01;
-        let handle = self.handle(fh)?;
-        if !handle.flags.write {
-            return Err(FsError::new(
-                FsErrorKind::BadHandle,
-                "handle is not open for writing",
-            ));
-        }
+        Self::writing_session(&*self.handle(fh)?)?;
         if mode & !KEEP_SIZE != 0 {
             return Err(FsError::new(
                 FsErrorKind::NotSupported,
                 format!("fallocate mode {mode:#x}: only preallocation is supported"),
             ));
         }
-        let end = offset
-            .checked_add(len)
-            .filter(|&end| end <= crate::fs::MAX_FILE_SIZE)
-            .ok_or_else(|| FsError::new(FsErrorKind::TooBig, "fallocate past the largest file size"))?;
+        let end = range_end(offset, len, "fallocate")?;
         if mode & KEEP_SIZE != 0 || end <= self.getattr(ino).await?.size {
             return Ok(());
         }
@@ -318,6 +304,16 @@ impl<B: BlockIo, M: MetaStore> DriveFs<B, M> {
             ..Default::default()
         };
         self.setattr(ino, grow, caller).await.map(|_| ())
+    }
+
+    /// The write session of `handle`; EBADF for a handle not open for writing (one opened
+    /// read-only with O_TRUNC has a session too).
+    fn writing_session(handle: &Handle<B, M>) -> Result<&Arc<WriteSession<B, M>>, FsError> {
+        handle
+            .session
+            .as_ref()
+            .filter(|_| handle.flags.write)
+            .ok_or_else(|| FsError::new(FsErrorKind::BadHandle, "handle is not open for writing"))
     }
 
     /// `close(2)` of one descriptor: commits the file's staged content.

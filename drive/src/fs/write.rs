@@ -46,6 +46,15 @@ use crate::rules::blocks::{Shrink, shrink, spans};
 /// The largest file size accepted (the block map indexes are i64 in SQL).
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
 
+/// The end of `len` bytes at `offset`, refused (EFBIG) past [`MAX_FILE_SIZE`]; `op` names the
+/// operation in the error.
+pub(crate) fn range_end(offset: u64, len: u64, op: &str) -> Result<u64, FsError> {
+    offset
+        .checked_add(len)
+        .filter(|&end| end <= MAX_FILE_SIZE)
+        .ok_or_else(|| FsError::new(FsErrorKind::TooBig, format!("{op} past the largest file size")))
+}
+
 /// How often a mount renews the records of the blocks its write sessions uploaded from memory
 /// (and so cannot store again), keeping them younger than a GC pass's grace period until the
 /// commit references them. The GC job refuses a grace period under ten times this.
@@ -369,10 +378,7 @@ impl<B: BlockIo, M: MetaStore> WriteSession<B, M> {
     ) -> Result<u64, FsError> {
         let mut inner = self.inner.lock().await;
         let offset = if append { self.size() } else { offset };
-        let end = offset
-            .checked_add(data.len() as u64)
-            .filter(|&e| e <= MAX_FILE_SIZE)
-            .ok_or_else(|| FsError::new(FsErrorKind::TooBig, "write past the largest file size"))?;
+        let end = range_end(offset, data.len() as u64, "write")?;
         if crate::rules::quota::write_exceeds(headroom, inner.base_size, self.size(), end) {
             return Err(FsError::new(
                 FsErrorKind::QuotaExceeded,
